@@ -1,0 +1,67 @@
+using Merlin.Wire;
+
+namespace Merlin.Store;
+
+/// <summary>
+/// Desired state: virtual services and their real servers, stored as the wire contract's protobuf
+/// records. Every write is atomic; creates are create-if-absent; updates are optimistic (they name
+/// the version they read). Implementations raise only <see cref="StoreException"/> subclasses.
+/// Validation is the caller's job: a store keeps what it is given.
+/// </summary>
+public interface IStore : IAsyncDisposable
+{
+    /// <summary>"sqlite" or "etcd3".</summary>
+    string Backend { get; }
+
+    /// <summary>Fails with <see cref="AlreadyExistsException"/> if the id or the key (ip, port, protocol / fwmark) is taken.</summary>
+    Task CreateServiceAsync(VirtualService service, CancellationToken ct = default);
+
+    Task<Versioned<VirtualService>?> GetServiceAsync(string id, CancellationToken ct = default);
+
+    /// <summary>Replaces the record if it is still at <paramref name="expectedVersion"/>, else <see cref="ConflictException"/>.</summary>
+    Task UpdateServiceAsync(VirtualService service, long expectedVersion, CancellationToken ct = default);
+
+    /// <summary>Deletes the service and all its servers in one transaction; <see cref="NotFoundException"/> if absent.</summary>
+    Task DeleteServiceAsync(string id, CancellationToken ct = default);
+
+    /// <summary><see cref="NotFoundException"/> if the service is missing, <see cref="AlreadyExistsException"/> if the server exists.</summary>
+    Task CreateServerAsync(RealServer server, CancellationToken ct = default);
+
+    Task<Versioned<RealServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default);
+
+    Task UpdateServerAsync(RealServer server, long expectedVersion, CancellationToken ct = default);
+
+    Task DeleteServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default);
+
+    /// <summary>A consistent snapshot of everything, and the revision it was read at.</summary>
+    Task<StoreSnapshot> ListAsync(CancellationToken ct = default);
+
+    /// <summary>
+    /// Changes after <paramref name="afterRevision"/>, in order. If the history needed is gone
+    /// (etcd compaction) a single <see cref="StoreChangeKind.Resync"/> is yielded and the caller re-lists.
+    /// Ends with <see cref="StoreUnavailableException"/> if the store becomes unreachable.
+    /// </summary>
+    IAsyncEnumerable<StoreChange> WatchAsync(long afterRevision, CancellationToken ct = default);
+}
+
+public sealed record Versioned<T>(T Value, long Version);
+
+public sealed record StoreItem(VirtualService Service, IReadOnlyList<RealServer> Servers);
+
+public sealed record StoreSnapshot(IReadOnlyList<StoreItem> Items, long Revision);
+
+public enum StoreChangeKind { Put, Delete, Resync }
+
+/// <summary>One change: the key under the store's prefix that changed (e.g. <c>services/web</c>) and the revision.</summary>
+public sealed record StoreChange(StoreChangeKind Kind, string Key, long Revision);
+
+public abstract class StoreException(string message, Exception? inner = null) : Exception(message, inner);
+
+public sealed class NotFoundException(string message) : StoreException(message);
+
+public sealed class AlreadyExistsException(string message) : StoreException(message);
+
+/// <summary>The record changed between read and write; the caller re-reads and retries.</summary>
+public sealed class ConflictException(string message) : StoreException(message);
+
+public sealed class StoreUnavailableException(string message, Exception? inner = null) : StoreException(message, inner);

@@ -1,0 +1,37 @@
+using Merlin.Wire;
+
+namespace Merlin.Store;
+
+/// <summary>
+/// The original merlin's key layout: <c>&lt;prefix&gt;/services/&lt;id&gt;</c> and
+/// <c>&lt;prefix&gt;/servers/&lt;serviceID&gt;/&lt;ip&gt;:&lt;port&gt;</c> (IPv6 unbracketed, as the original wrote it).
+/// </summary>
+public static class StoreKeys
+{
+    public static string NormalizePrefix(string prefix)
+    {
+        prefix = prefix.TrimEnd('/');
+        return prefix.StartsWith('/') ? prefix : "/" + prefix;
+    }
+
+    public static string Service(string prefix, string id) => $"{prefix}/services/{id}";
+
+    public static string ServicesPrefix(string prefix) => $"{prefix}/services/";
+
+    /// <summary>The trailing slash is the fix for the original's defect where svc1 saw svc10's servers.</summary>
+    public static string ServersOf(string prefix, string serviceId) => $"{prefix}/servers/{serviceId}/";
+
+    public static string ServersPrefix(string prefix) => $"{prefix}/servers/";
+
+    public static string Server(string prefix, string serviceId, string ip, uint port) => $"{prefix}/servers/{serviceId}/{ip}:{port}";
+
+    /// <summary>Identity of a service's key, used to refuse two services with the same ip:port:protocol or fwmark.</summary>
+    public static string ServiceIdentity(VirtualService service)
+    {
+        var k = service.Key;
+        if (k is null) return "";
+        if (k.Fwmark != 0) return $"fwmark:{k.Fwmark}:{(k.Family == AddressFamily.Inet6 ? 6 : 4)}";
+        var ip = System.Net.IPAddress.TryParse(k.Ip, out var a) ? a.ToString() : k.Ip;
+        return $"{(int)k.Protocol}:{ip}:{k.Port}";
+    }
+}
