@@ -8,11 +8,7 @@ public readonly record struct RealServerKey(IPAddress Address, ushort Port) : IC
 
     public int CompareTo(RealServerKey other)
     {
-        var a = Address.GetAddressBytes();
-        var b = other.Address.GetAddressBytes();
-        var c = a.Length.CompareTo(b.Length);
-        if (c != 0) return c;
-        c = a.AsSpan().SequenceCompareTo(b);
+        var c = AddressOrder.Compare(Address, other.Address);
         return c != 0 ? c : Port.CompareTo(other.Port);
     }
 }
@@ -43,3 +39,17 @@ public sealed record HealthCheck
 }
 
 public sealed record RealServer(string ServiceId, RealServerKey Key, RealServerConfig Config, HealthCheck HealthCheck);
+
+/// <summary>IPv4 before IPv6, then by address bytes; allocation-free.</summary>
+public static class AddressOrder
+{
+    public static int Compare(IPAddress a, IPAddress b)
+    {
+        Span<byte> x = stackalloc byte[16];
+        Span<byte> y = stackalloc byte[16];
+        a.TryWriteBytes(x, out var lx);
+        b.TryWriteBytes(y, out var ly);
+        var c = lx.CompareTo(ly);
+        return c != 0 ? c : x[..lx].SequenceCompareTo(y[..ly]);
+    }
+}

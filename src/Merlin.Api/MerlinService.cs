@@ -1,0 +1,250 @@
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using Merlin.Model;
+using Merlin.Store;
+using Merlin.Wire;
+using Microsoft.Extensions.Logging;
+using WireServer = Merlin.Wire.RealServer;
+using WireService = Merlin.Wire.VirtualService;
+
+namespace Merlin.Api;
+
+/// <summary>Supplies the daemon's view for the Status RPC; the API itself knows nothing of the reconciler.</summary>
+public interface IStatusReporter
+{
+    StatusResponse Report();
+}
+
+/// <summary>
+/// The merlin gRPC service. Semantics follow the original merlin (partial updates merge into the stored
+/// record; the key is immutable) with its defects fixed: NotFound for unknown ids, deletes cascade in one
+/// transaction, store failures are Unavailable. Every record is validated before it is stored, so the
+/// store only ever holds records the daemon can program.
+/// </summary>
+public sealed partial class MerlinService(IStore store, IStatusReporter status, ILogger<MerlinService> logger) : Wire.Merlin.MerlinBase
+{
+    private static readonly Empty Done = new();
+    private const int OptimisticRetries = 8;
+
+    public override Task<Empty> CreateService(WireService request, ServerCallContext context) => Guard(context, async ct =>
+    {
+        var model = Valid(WireMapper.TryToModel(request, out var service), service);
+        await store.CreateServiceAsync(WireMapper.ToWire(model), ct);
+        LogCreatedService(model.Id, model.Key.ToString());
+        return Done;
+    });
+
+    public override Task<Empty> UpdateService(WireService request, ServerCallContext context) => Guard(context, async ct =>
+    {
+        if (Validation.Id(request.Id, "id") is { } idError) throw Invalid(idError);
+        if (request.Config is null) throw Invalid(new("config", "required: an update changes config only"));
+        for (var attempt = 0; ; attempt++)
+        {
+            var current = await store.GetServiceAsync(request.Id, ct) ?? throw NotFound($"service {request.Id} does not exist");
+            if (request.Key is not null && !SameKey(request.Key, current.Value.Key))
+                throw Invalid(new("key", "is immutable: delete and re-create the service to change it"));
+            var next = current.Value.Clone();
+            next.Config ??= new();
+            if (request.Config.Scheduler.Length != 0) next.Config.Scheduler = request.Config.Scheduler;
+            if (request.Config.Flags.Count != 0)
+            {
+                next.Config.Flags.Clear();
+                // A single "" clears all flags (there is no other way to send an empty list that means "set").
+                next.Config.Flags.AddRange(request.Config.Flags.Where(f => f.Length != 0));
+            }
+            if (request.Config.HasPersistenceTimeout) next.Config.PersistenceTimeout = request.Config.PersistenceTimeout;
+            if (request.Config.HasPersistenceNetmask) next.Config.PersistenceNetmask = request.Config.PersistenceNetmask;
+            if (request.Config.HasOnePacket) next.Config.OnePacket = request.Config.OnePacket;
+            var model = Valid(WireMapper.TryToModel(next, out var service), service);
+            var normalized = WireMapper.ToWire(model);
+            if (normalized.Equals(current.Value)) return Done;
+            try
+            {
+                await store.UpdateServiceAsync(normalized, current.Version, ct);
+                LogUpdatedService(model.Id);
+                return Done;
+            }
+            catch (ConflictException) when (attempt < OptimisticRetries) { }
+        }
+    });
+
+    public override Task<Empty> DeleteService(StringValue request, ServerCallContext context) => Guard(context, async ct =>
+    {
+        if (Validation.Id(request?.Value, "value") is { } idError) throw Invalid(idError with { Field = "id" });
+        await store.DeleteServiceAsync(request!.Value, ct);
+        LogDeletedService(request.Value);
+        return Done;
+    });
+
+    public override Task<Empty> CreateServer(WireServer request, ServerCallContext context) => Guard(context, async ct =>
+    {
+        var model = Valid(WireMapper.TryToModel(request, out var server), server);
+        var service = await store.GetServiceAsync(model.ServiceId, ct)
+            ?? throw NotFound($"service {model.ServiceId} does not exist: create it before its servers");
+        CheckFamily(service.Value, model);
+        await store.CreateServerAsync(WireMapper.ToWire(model), ct);
+        LogCreatedServer(model.ServiceId, model.Key.ToString());
+        return Done;
+    });
+
+    public override Task<Empty> UpdateServer(WireServer request, ServerCallContext context) => Guard(context, async ct =>
+    {
+        var (serviceId, ip, port) = ServerIdentity(request);
+        for (var attempt = 0; ; attempt++)
+        {
+            var current = await store.GetServerAsync(serviceId, ip, port, ct)
+                ?? throw NotFound($"server {Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port)} of service {serviceId} does not exist");
+            var next = Merge(current.Value, request);
+            var model = Valid(WireMapper.TryToModel(next, out var server), server);
+            var normalized = WireMapper.ToWire(model);
+            if (normalized.Equals(current.Value)) return Done;
+            try
+            {
+                await store.UpdateServerAsync(normalized, current.Version, ct);
+                LogUpdatedServer(serviceId, model.Key.ToString());
+                return Done;
+            }
+            catch (ConflictException) when (attempt < OptimisticRetries) { }
+        }
+    });
+
+    public override Task<Empty> DeleteServer(WireServer request, ServerCallContext context) => Guard(context, async ct =>
+    {
+        var (serviceId, ip, port) = ServerIdentity(request);
+        await store.DeleteServerAsync(serviceId, ip, port, ct);
+        LogDeletedServer(serviceId, $"{ip}:{port}");
+        return Done;
+    });
+
+    public override Task<ListResponse> List(Empty request, ServerCallContext context) => Guard(context, async ct =>
+    {
+        var snapshot = await store.ListAsync(ct);
+        var response = new ListResponse();
+        foreach (var item in snapshot.Items)
+        {
+            var entry = new ListResponse.Types.Item { Service = item.Service };
+            entry.Servers.AddRange(item.Servers);
+            response.Items.Add(entry);
+        }
+        return response;
+    });
+
+    public override Task<StatusResponse> Status(Empty request, ServerCallContext context) => Task.FromResult(status.Report());
+
+    /// <summary>Partial update as the original: unset fields keep their stored value; weight and endpoint are
+    /// taken whenever present, so weight 0 and endpoint "" (no check) can be set.</summary>
+    private static WireServer Merge(WireServer stored, WireServer update)
+    {
+        var next = stored.Clone();
+        next.Config ??= new();
+        next.HealthCheck ??= new();
+        if (update.Config is { } c)
+        {
+            if (c.Weight is not null) next.Config.Weight = c.Weight;
+            if (c.Forward != Wire.ForwardMethod.UnsetForwardMethod)
+            {
+                if (c.Forward != next.Config.Forward)
+                {
+                    // Tunnel settings belong to the old forward method.
+                    next.Config.ClearTunnelType();
+                    next.Config.ClearTunnelPort();
+                    next.Config.TunnelFlags.Clear();
+                }
+                next.Config.Forward = c.Forward;
+            }
+            if (c.HasTunnelType) next.Config.TunnelType = c.TunnelType;
+            if (c.HasTunnelPort) next.Config.TunnelPort = c.TunnelPort;
+            if (c.TunnelFlags.Count != 0) { next.Config.TunnelFlags.Clear(); next.Config.TunnelFlags.AddRange(c.TunnelFlags.Where(f => f.Length != 0)); }
+            if (c.HasUpperThreshold) next.Config.UpperThreshold = c.UpperThreshold;
+            if (c.HasLowerThreshold) next.Config.LowerThreshold = c.LowerThreshold;
+        }
+        if (update.HealthCheck is { } h)
+        {
+            if (h.Endpoint is not null) next.HealthCheck.Endpoint = h.Endpoint;
+            if (h.Period is not null) next.HealthCheck.Period = h.Period;
+            if (h.Timeout is not null) next.HealthCheck.Timeout = h.Timeout;
+            if (h.UpThreshold != 0) next.HealthCheck.UpThreshold = h.UpThreshold;
+            if (h.DownThreshold != 0) next.HealthCheck.DownThreshold = h.DownThreshold;
+        }
+        return next;
+    }
+
+    private static (string ServiceId, string Ip, uint Port) ServerIdentity(WireServer request)
+    {
+        if (request is null) throw Invalid(new("server", "required"));
+        if (Validation.Id(request.ServiceID, "serviceID") is { } idError) throw Invalid(idError);
+        if (request.Key is null) throw Invalid(new("key", "required (ip and port)"));
+        if (Validation.Address(request.Key.Ip, "key.ip", out var address) is { } ipError) throw Invalid(ipError);
+        if (Validation.Port(request.Key.Port, "key.port") is { } portError) throw Invalid(portError);
+        return (request.ServiceID, address!.ToString(), request.Key.Port);
+    }
+
+    private static void CheckFamily(WireService service, Model.RealServer server)
+    {
+        var serviceModel = WireMapper.TryToModel(service, out var s) is null ? s : null;
+        if (serviceModel is null || serviceModel.Key.IsFirewallMark) return;
+        if (Validation.SameFamily(server.Key.Address, serviceModel.Key.Family, "key.ip") is { } error) throw Invalid(error);
+    }
+
+    private static bool SameKey(WireService.Types.Key a, WireService.Types.Key b) =>
+        StoreKeys.ServiceIdentity(new WireService { Key = a }) == StoreKeys.ServiceIdentity(new WireService { Key = b });
+
+    private static T Valid<T>(ValidationError? error, T? value) where T : class =>
+        error is not null ? throw Invalid(error) : value!;
+
+    private static RpcException Invalid(ValidationError error) => new(new Grpc.Core.Status(StatusCode.InvalidArgument, error.ToString()));
+
+    private static RpcException NotFound(string message) => new(new Grpc.Core.Status(StatusCode.NotFound, message));
+
+    /// <summary>Maps store failures to status codes; nothing a client sends can crash the daemon.</summary>
+    private async Task<T> Guard<T>(ServerCallContext context, Func<CancellationToken, Task<T>> call)
+    {
+        try
+        {
+            return await call(context.CancellationToken);
+        }
+        catch (RpcException) { throw; }
+        catch (ValidationException e) { throw Invalid(e.Error); }
+        catch (NotFoundException e) { throw NotFound(e.Message); }
+        catch (AlreadyExistsException e) { throw new RpcException(new Grpc.Core.Status(StatusCode.AlreadyExists, e.Message)); }
+        catch (ConflictException e) { throw new RpcException(new Grpc.Core.Status(StatusCode.Aborted, $"concurrent update, try again: {e.Message}")); }
+        catch (StoreUnavailableException e)
+        {
+            LogStoreUnavailable(e.Message);
+            throw new RpcException(new Grpc.Core.Status(StatusCode.Unavailable, $"store unavailable: {e.Message}"));
+        }
+        catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
+        {
+            throw new RpcException(new Grpc.Core.Status(StatusCode.Cancelled, "request cancelled"));
+        }
+        catch (Exception e)
+        {
+            LogUnexpected(e);
+            throw new RpcException(new Grpc.Core.Status(StatusCode.Internal, "internal error; see the daemon's log"));
+        }
+    }
+
+    [LoggerMessage(EventId = 200, Level = LogLevel.Information, Message = "Created service {Id} {Key}")]
+    private partial void LogCreatedService(string id, string key);
+
+    [LoggerMessage(EventId = 201, Level = LogLevel.Information, Message = "Updated service {Id}")]
+    private partial void LogUpdatedService(string id);
+
+    [LoggerMessage(EventId = 202, Level = LogLevel.Information, Message = "Deleted service {Id} and its servers")]
+    private partial void LogDeletedService(string id);
+
+    [LoggerMessage(EventId = 203, Level = LogLevel.Information, Message = "Created server {Server} of service {Id}")]
+    private partial void LogCreatedServer(string id, string server);
+
+    [LoggerMessage(EventId = 204, Level = LogLevel.Information, Message = "Updated server {Server} of service {Id}")]
+    private partial void LogUpdatedServer(string id, string server);
+
+    [LoggerMessage(EventId = 205, Level = LogLevel.Information, Message = "Deleted server {Server} of service {Id}")]
+    private partial void LogDeletedServer(string id, string server);
+
+    [LoggerMessage(EventId = 206, Level = LogLevel.Warning, Message = "Store unavailable: {Reason}")]
+    private partial void LogStoreUnavailable(string reason);
+
+    [LoggerMessage(EventId = 207, Level = LogLevel.Error, Message = "Unexpected failure in an API call")]
+    private partial void LogUnexpected(Exception e);
+}

@@ -1,0 +1,50 @@
+using Merlin.Model;
+using Merlin.Store;
+using Merlin.Wire;
+
+namespace Merlin.Reconciler;
+
+/// <summary>A record in the store that cannot be programmed, and why. Reported, never fatal.</summary>
+public sealed record RejectedRecord(string Key, string Reason);
+
+/// <summary>Turns a store snapshot into the state a dataplane should hold.</summary>
+public static class DesiredState
+{
+    public static (DataplaneState State, IReadOnlyList<RejectedRecord> Rejected) From(StoreSnapshot snapshot)
+    {
+        var services = new Dictionary<ServiceKey, ServiceState>(snapshot.Items.Count);
+        var rejected = new List<RejectedRecord>();
+        foreach (var item in snapshot.Items)
+        {
+            var id = item.Service.Id;
+            if (WireMapper.TryToModel(item.Service, out var service) is { } error)
+            {
+                rejected.Add(new($"services/{id}", error.ToString()));
+                continue;
+            }
+            if (services.ContainsKey(service!.Key))
+            {
+                rejected.Add(new($"services/{id}", $"key {service.Key} is already used by another service"));
+                continue;
+            }
+            var servers = new Dictionary<RealServerKey, RealServerConfig>(item.Servers.Count);
+            foreach (var wire in item.Servers)
+            {
+                var where = $"servers/{id}/{wire.Key?.Ip}:{wire.Key?.Port}";
+                if (WireMapper.TryToModel(wire, out var server) is { } serverError)
+                {
+                    rejected.Add(new(where, serverError.ToString()));
+                    continue;
+                }
+                if (!service.Key.IsFirewallMark && Validation.SameFamily(server!.Key.Address, service.Key.Family, "key.ip") is { } familyError)
+                {
+                    rejected.Add(new(where, familyError.ToString()));
+                    continue;
+                }
+                servers[server!.Key] = server.Config;
+            }
+            services[service.Key] = new ServiceState(service.Key, service.Config, servers);
+        }
+        return (new DataplaneState(services), rejected);
+    }
+}

@@ -1,0 +1,113 @@
+using Merlin.Model;
+
+namespace Merlin.Reconciler;
+
+/// <summary>
+/// The pure diff from what a dataplane holds to what the store wants. Order is safe to apply one by
+/// one: removals first (a server before its service), then additions (a service before its servers).
+/// Within each group operations are sorted, so the same inputs always give the same plan.
+/// A dataplane edits a destination in place where it can: the kernel keeps deleted destinations in a
+/// trash list and every add searches it, so update beats delete + add.
+/// </summary>
+public static class Planner
+{
+    public static IReadOnlyList<Operation> Plan(DataplaneState desired, DataplaneState actual)
+    {
+        // Walk in whatever order the dictionaries give (cheap when nothing changed), then sort only
+        // the operations found: a no-change pass over 100,000 servers must stay in milliseconds.
+        var removals = new List<Operation>();
+        var additions = new List<Operation>();
+
+        foreach (var (key, have) in actual.Services)
+        {
+            if (desired.Services.ContainsKey(key)) continue;
+            foreach (var server in have.Servers.Keys) removals.Add(new DeleteServer(key, server));
+            removals.Add(new DeleteService(key));
+        }
+
+        foreach (var (key, want) in desired.Services)
+        {
+            if (!actual.Services.TryGetValue(key, out var have))
+            {
+                additions.Add(new AddService(key, want.Config));
+                foreach (var (server, config) in want.Servers) additions.Add(new AddServer(key, server, config));
+                continue;
+            }
+            if (!ReferenceEquals(have.Config, want.Config) && !have.Config.Equals(want.Config)) additions.Add(new UpdateService(key, want.Config));
+            foreach (var server in have.Servers.Keys)
+            {
+                if (!want.Servers.ContainsKey(server)) removals.Add(new DeleteServer(key, server));
+            }
+            foreach (var (server, config) in want.Servers)
+            {
+                if (!have.Servers.TryGetValue(server, out var current)) additions.Add(new AddServer(key, server, config));
+                else if (!ReferenceEquals(current, config) && !current.Equals(config)) additions.Add(new UpdateServer(key, server, config));
+            }
+        }
+
+        removals.Sort(OperationOrder.Instance);
+        additions.Sort(OperationOrder.Instance);
+        removals.AddRange(additions);
+        return removals;
+    }
+
+    /// <summary>What a dataplane holds after applying <paramref name="operations"/> to <paramref name="state"/>; used by tests and the in-memory dataplane.</summary>
+    public static DataplaneState Apply(DataplaneState state, IEnumerable<Operation> operations)
+    {
+        var table = new ServiceTable(state);
+        foreach (var op in operations) table.Apply(op);
+        return table.ToState();
+    }
+}
+
+/// <summary>
+/// Order within one group (removals or additions): by service, then the service-level operation
+/// around its servers (a service is added before its servers and deleted after them), then by server.
+/// </summary>
+internal sealed class OperationOrder : IComparer<Operation>
+{
+    public static readonly OperationOrder Instance = new();
+
+    public int Compare(Operation? x, Operation? y)
+    {
+        var c = ServiceKeyComparer.Instance.Compare(x!.Service, y!.Service);
+        if (c != 0) return c;
+        c = Rank(x).CompareTo(Rank(y));
+        if (c != 0) return c;
+        return (x, y) switch
+        {
+            (AddServer a, AddServer b) => a.Server.CompareTo(b.Server),
+            (UpdateServer a, UpdateServer b) => a.Server.CompareTo(b.Server),
+            (DeleteServer a, DeleteServer b) => a.Server.CompareTo(b.Server),
+            _ => 0,
+        };
+    }
+
+    private static int Rank(Operation op) => op switch
+    {
+        AddService or UpdateService => 0,
+        AddServer or UpdateServer => 1,
+        DeleteServer => 2,
+        DeleteService => 3,
+        _ => 4,
+    };
+}
+
+/// <summary>A total order on service keys, so plans are deterministic.</summary>
+public sealed class ServiceKeyComparer : IComparer<ServiceKey>
+{
+    public static readonly ServiceKeyComparer Instance = new();
+
+    public int Compare(ServiceKey x, ServiceKey y)
+    {
+        var c = x.FirewallMark.CompareTo(y.FirewallMark);
+        if (c != 0) return c;
+        c = x.Family.CompareTo(y.Family);
+        if (c != 0) return c;
+        c = x.Protocol.CompareTo(y.Protocol);
+        if (c != 0) return c;
+        if (x.Address is null || y.Address is null) return (x.Address is null).CompareTo(y.Address is null);
+        c = new RealServerKey(x.Address, x.Port).CompareTo(new RealServerKey(y.Address, y.Port));
+        return c;
+    }
+}

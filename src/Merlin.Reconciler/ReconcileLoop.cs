@@ -1,0 +1,115 @@
+using System.Threading.Channels;
+using Merlin.Store;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Merlin.Reconciler;
+
+public sealed class ReconcilerOptions
+{
+    /// <summary>Full resync period: also what repairs changes made to the kernel behind our back.</summary>
+    public TimeSpan SyncPeriod { get; set; } = TimeSpan.FromSeconds(30);
+    public TimeSpan RetryMin { get; set; } = TimeSpan.FromMilliseconds(200);
+    public TimeSpan RetryMax { get; set; } = TimeSpan.FromSeconds(30);
+}
+
+/// <summary>
+/// Drives <see cref="Reconciler"/>: at startup, on every store change (watch), on demand, and every
+/// sync period. Failed passes are retried with exponential backoff. Triggers coalesce: a pass always
+/// re-reads the whole store, so ten changes in a burst cost one or two passes.
+/// </summary>
+public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, ReconcilerOptions options, ILogger<ReconcileLoop> logger, TimeProvider time)
+    : BackgroundService
+{
+    private readonly Channel<bool> _triggers = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+    private readonly TaskCompletionSource<long> _firstRevision = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private long _passes;
+
+    /// <summary>Completed passes; tests wait on it.</summary>
+    public long Passes => Interlocked.Read(ref _passes);
+
+    public event Action<PassResult>? PassCompleted;
+
+    public void Trigger() => _triggers.Writer.TryWrite(true);
+
+    protected override async Task ExecuteAsync(CancellationToken ct)
+    {
+        var watch = WatchAsync(ct);
+        var backoff = options.RetryMin;
+        try
+        {
+            while (!ct.IsCancellationRequested)
+            {
+                _triggers.Reader.TryRead(out _); // this pass covers any trigger already queued
+                PassResult result;
+                try
+                {
+                    result = await reconciler.RunPassAsync(ct);
+                }
+                catch (OperationCanceledException) when (ct.IsCancellationRequested) { break; }
+                catch (Exception e)
+                {
+                    // Never let a bug in one pass kill the loop: report and retry.
+                    LogPassCrashed(e);
+                    result = new PassResult(false, 0, 0, 1, [], TimeSpan.Zero, 0);
+                }
+                if (result.StoreReachable) _firstRevision.TrySetResult(result.Revision);
+                Interlocked.Increment(ref _passes);
+                PassCompleted?.Invoke(result);
+
+                TimeSpan wait;
+                if (result.Converged) { wait = options.SyncPeriod; backoff = options.RetryMin; }
+                else { wait = backoff; backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, options.RetryMax.Ticks)); }
+                await WaitForTriggerAsync(wait, ct);
+            }
+        }
+        finally
+        {
+            await watch.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+    }
+
+    private async Task WaitForTriggerAsync(TimeSpan wait, CancellationToken ct)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(wait); // CancelAfter uses real time; the delay below honours the injected clock
+        var delay = Task.Delay(wait, time, timeout.Token);
+        var trigger = _triggers.Reader.WaitToReadAsync(timeout.Token).AsTask();
+        await Task.WhenAny(delay, trigger);
+        await timeout.CancelAsync();
+    }
+
+    private async Task WatchAsync(CancellationToken ct)
+    {
+        long revision;
+        try { revision = await _firstRevision.Task.WaitAsync(ct); }
+        catch (OperationCanceledException) { return; }
+        var backoff = options.RetryMin;
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                await foreach (var change in store.WatchAsync(revision, ct))
+                {
+                    backoff = options.RetryMin;
+                    if (change.Kind != StoreChangeKind.Resync) revision = Math.Max(revision, change.Revision);
+                    Trigger();
+                }
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
+            catch (Exception e)
+            {
+                LogWatchFailed(e.Message, backoff.TotalMilliseconds);
+            }
+            try { await Task.Delay(backoff, time, ct); } catch (OperationCanceledException) { return; }
+            backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, options.RetryMax.Ticks));
+            Trigger(); // whatever happened while the watch was down is picked up by a full pass
+        }
+    }
+
+    [LoggerMessage(EventId = 110, Level = LogLevel.Error, Message = "Reconcile pass failed unexpectedly; retrying")]
+    private partial void LogPassCrashed(Exception e);
+
+    [LoggerMessage(EventId = 111, Level = LogLevel.Warning, Message = "Store watch ended: {Reason}; resuming in {Milliseconds} ms")]
+    private partial void LogWatchFailed(string reason, double milliseconds);
+}

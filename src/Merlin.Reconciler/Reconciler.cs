@@ -1,0 +1,119 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using Merlin.Store;
+using Microsoft.Extensions.Logging;
+
+namespace Merlin.Reconciler;
+
+public sealed record PassResult(bool StoreReachable, int Planned, int Applied, int Failed, IReadOnlyList<RejectedRecord> Rejected, TimeSpan Duration, long Revision)
+{
+    public bool Converged => StoreReachable && Failed == 0;
+}
+
+/// <summary>
+/// One reconcile pass: read the store, read the dataplane, plan, apply. Store unreachable ⇒ the
+/// dataplane is not touched. A failed operation is logged and counted and the pass goes on with
+/// operations that do not depend on it; the loop retries the pass with backoff.
+/// </summary>
+public sealed partial class Reconciler(IStore store, IDataplane dataplane, ReconcilerStatus status, ILogger<Reconciler> logger, TimeProvider time)
+{
+    private static readonly Meter Meter = new("Merlin.Reconciler");
+    private static readonly Counter<long> Passes = Meter.CreateCounter<long>("merlin_reconcile_passes", description: "Reconcile passes by result");
+    private static readonly Counter<long> Operations = Meter.CreateCounter<long>("merlin_dataplane_operations", description: "Dataplane operations by kind and result");
+    private static readonly Histogram<double> PassSeconds = Meter.CreateHistogram<double>("merlin_reconcile_duration_seconds", "s", "Duration of a reconcile pass");
+
+    private string _lastRejections = "";
+
+    public async Task<PassResult> RunPassAsync(CancellationToken ct)
+    {
+        var started = time.GetTimestamp();
+        StoreSnapshot snapshot;
+        try
+        {
+            snapshot = await store.ListAsync(ct);
+        }
+        catch (StoreUnavailableException e)
+        {
+            LogStoreUnavailable(e.Message);
+            status.RecordStoreDown(e.Message);
+            Passes.Add(1, new KeyValuePair<string, object?>("result", "store_unavailable"));
+            return new PassResult(false, 0, 0, 0, [], time.GetElapsedTime(started), 0);
+        }
+
+        var (desired, rejected) = DesiredState.From(snapshot);
+        ReportRejections(rejected);
+
+        DataplaneState actual;
+        try
+        {
+            actual = await dataplane.ReadAsync(ct);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            LogDataplaneReadFailed(e, dataplane.Name);
+            status.RecordPass(snapshot.Revision, desired, planned: 0, applied: 0, failed: 1, e.Message);
+            Passes.Add(1, new KeyValuePair<string, object?>("result", "dataplane_error"));
+            return new PassResult(true, 0, 0, 1, rejected, time.GetElapsedTime(started), snapshot.Revision);
+        }
+
+        var plan = Planner.Plan(desired, actual);
+        int applied = 0, failed = 0;
+        string? lastError = null;
+        var failedServices = new HashSet<Model.ServiceKey>();
+        foreach (var op in plan)
+        {
+            ct.ThrowIfCancellationRequested();
+            // A server cannot go into a service the kernel refused to create.
+            if (op is AddServer or UpdateServer && failedServices.Contains(op.Service)) { failed++; continue; }
+            try
+            {
+                await dataplane.ApplyAsync(op, ct);
+                applied++;
+                Operations.Add(1, new("kind", op.GetType().Name), new("result", "ok"));
+                LogApplied(op.ToString());
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                failed++;
+                lastError = $"{op}: {e.Message}";
+                if (op is AddService) failedServices.Add(op.Service);
+                Operations.Add(1, new("kind", op.GetType().Name), new("result", "error"));
+                LogApplyFailed(op.ToString(), e.Message);
+            }
+        }
+
+        var elapsed = time.GetElapsedTime(started);
+        status.RecordPass(snapshot.Revision, desired, plan.Count, applied, failed, lastError);
+        Passes.Add(1, new KeyValuePair<string, object?>("result", failed == 0 ? "ok" : "partial"));
+        PassSeconds.Record(elapsed.TotalSeconds);
+        if (plan.Count > 0) LogPass(plan.Count, applied, failed, elapsed.TotalMilliseconds);
+        return new PassResult(true, plan.Count, applied, failed, rejected, elapsed, snapshot.Revision);
+    }
+
+    private void ReportRejections(IReadOnlyList<RejectedRecord> rejected)
+    {
+        // Log a bad record once, not on every pass.
+        var summary = string.Join("\n", rejected.Select(r => $"{r.Key}: {r.Reason}"));
+        if (summary == _lastRejections) return;
+        _lastRejections = summary;
+        foreach (var r in rejected) LogRejected(r.Key, r.Reason);
+    }
+
+    [LoggerMessage(EventId = 100, Level = LogLevel.Warning, Message = "Store unreachable, dataplane left as it is: {Reason}")]
+    private partial void LogStoreUnavailable(string reason);
+
+    [LoggerMessage(EventId = 101, Level = LogLevel.Error, Message = "Reading the {Dataplane} dataplane failed")]
+    private partial void LogDataplaneReadFailed(Exception e, string dataplane);
+
+    [LoggerMessage(EventId = 102, Level = LogLevel.Information, Message = "Applied: {Operation}")]
+    private partial void LogApplied(string operation);
+
+    [LoggerMessage(EventId = 103, Level = LogLevel.Error, Message = "Failed: {Operation}: {Reason}")]
+    private partial void LogApplyFailed(string operation, string reason);
+
+    [LoggerMessage(EventId = 104, Level = LogLevel.Information, Message = "Reconciled: {Planned} planned, {Applied} applied, {Failed} failed in {Milliseconds:0.0} ms")]
+    private partial void LogPass(int planned, int applied, int failed, double milliseconds);
+
+    [LoggerMessage(EventId = 105, Level = LogLevel.Warning, Message = "Store record {Key} cannot be programmed: {Reason}")]
+    private partial void LogRejected(string key, string reason);
+}

@@ -1,0 +1,41 @@
+namespace Merlin.Reconciler;
+
+/// <summary>What the reconciler last saw and did, for /readyz, metrics and <c>meradm status</c>.</summary>
+public sealed class ReconcilerStatus(TimeProvider time)
+{
+    private readonly Lock _lock = new();
+
+    public sealed record Snapshot(
+        bool StoreReachable, bool Ready, DateTimeOffset? LastPass, long Passes, long Errors, long OperationsApplied,
+        string? LastError, int Services, int Servers, long Revision);
+
+    private Snapshot _current = new(false, false, null, 0, 0, 0, null, 0, 0, 0);
+
+    public Snapshot Current { get { lock (_lock) return _current; } }
+
+    public void RecordStoreDown(string reason)
+    {
+        lock (_lock) _current = _current with { StoreReachable = false, Errors = _current.Errors + 1, LastError = $"store: {reason}" };
+    }
+
+    public void RecordPass(long revision, DataplaneState desired, int planned, int applied, int failed, string? error)
+    {
+        lock (_lock)
+        {
+            _current = _current with
+            {
+                StoreReachable = true,
+                // Ready once a pass has programmed everything the store asked for.
+                Ready = _current.Ready || failed == 0,
+                LastPass = time.GetUtcNow(),
+                Passes = _current.Passes + 1,
+                Errors = _current.Errors + (failed > 0 ? 1 : 0),
+                OperationsApplied = _current.OperationsApplied + applied,
+                LastError = error ?? (failed == 0 ? null : _current.LastError),
+                Services = desired.Services.Count,
+                Servers = desired.ServerCount,
+                Revision = revision,
+            };
+        }
+    }
+}
