@@ -74,14 +74,22 @@ internal sealed class OperationOrder : IComparer<Operation>
         if (c != 0) return c;
         c = Rank(x).CompareTo(Rank(y));
         if (c != 0) return c;
-        return (x, y) switch
+        c = (ServerOf(x), ServerOf(y)) switch
         {
-            (AddServer a, AddServer b) => a.Server.CompareTo(b.Server),
-            (UpdateServer a, UpdateServer b) => a.Server.CompareTo(b.Server),
-            (DeleteServer a, DeleteServer b) => a.Server.CompareTo(b.Server),
+            (RealServerKey a, RealServerKey b) => a.CompareTo(b),
             _ => 0,
         };
+        // List.Sort is unstable: break every remaining tie so the plan is a function of its inputs.
+        return c != 0 ? c : string.CompareOrdinal(x.GetType().Name, y.GetType().Name);
     }
+
+    private static RealServerKey? ServerOf(Operation op) => op switch
+    {
+        AddServer a => a.Server,
+        UpdateServer u => u.Server,
+        DeleteServer d => d.Server,
+        _ => null,
+    };
 
     private static int Rank(Operation op) => op switch
     {

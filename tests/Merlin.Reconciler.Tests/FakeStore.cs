@@ -1,0 +1,64 @@
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+using Merlin.Store;
+using Merlin.Wire;
+
+namespace Merlin.Reconciler.Tests;
+
+/// <summary>A store double for the reconciler: a settable snapshot, an outage switch and a change feed.</summary>
+internal sealed class FakeStore : IStore
+{
+    private readonly Channel<StoreChange> _changes = Channel.CreateUnbounded<StoreChange>();
+    private long _revision = 1;
+
+    public List<StoreItem> Items { get; } = [];
+    public bool Down { get; set; }
+    public int Lists { get; private set; }
+
+    public string Backend => "fake";
+
+    public void Changed(string key)
+    {
+        var rev = Interlocked.Increment(ref _revision);
+        _changes.Writer.TryWrite(new StoreChange(StoreChangeKind.Put, key, rev));
+    }
+
+    public Task<StoreSnapshot> ListAsync(CancellationToken ct = default)
+    {
+        Lists++;
+        if (Down) throw new StoreUnavailableException("etcd at 127.0.0.1:1 did not answer");
+        return Task.FromResult(new StoreSnapshot(Items.ToList(), Interlocked.Read(ref _revision)));
+    }
+
+    public async IAsyncEnumerable<StoreChange> WatchAsync(long afterRevision, [EnumeratorCancellation] CancellationToken ct = default)
+    {
+        await foreach (var change in _changes.Reader.ReadAllAsync(ct))
+        {
+            if (change.Revision > afterRevision) yield return change;
+        }
+    }
+
+    public Task CreateServiceAsync(VirtualService service, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task<Versioned<VirtualService>?> GetServiceAsync(string id, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task UpdateServiceAsync(VirtualService service, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task DeleteServiceAsync(string id, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task CreateServerAsync(RealServer server, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task<Versioned<RealServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task UpdateServerAsync(RealServer server, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task DeleteServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default) => throw new NotSupportedException();
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+
+    public static VirtualService Service(string id, string ip, uint port = 80, string scheduler = "mh") => new()
+    {
+        Id = id,
+        Key = new VirtualService.Types.Key { Ip = ip, Port = port, Protocol = Protocol.Tcp },
+        Config = new VirtualService.Types.Config { Scheduler = scheduler },
+    };
+
+    public static RealServer Server(string serviceId, string ip, uint weight = 1, uint port = 80) => new()
+    {
+        ServiceID = serviceId,
+        Key = new RealServer.Types.Key { Ip = ip, Port = port },
+        Config = new RealServer.Types.Config { Weight = weight, Forward = ForwardMethod.Route },
+    };
+}

@@ -1,0 +1,149 @@
+using System.Net;
+using Merlin.Model;
+using Merlin.Reconciler;
+using Merlin.Store;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Merlin.Reconciler.Tests;
+
+public class ReconcilerTests
+{
+    private readonly FakeStore _store = new();
+    private readonly InMemoryDataplane _dataplane = new();
+    private readonly ReconcilerStatus _status = new(TimeProvider.System);
+    private readonly Reconciler _reconciler;
+
+    public ReconcilerTests()
+    {
+        _reconciler = new Reconciler(_store, _dataplane, _status, NullLogger<Reconciler>.Instance, TimeProvider.System);
+        _store.Items.Add(new StoreItem(FakeStore.Service("web", "198.18.0.10"),
+            [FakeStore.Server("web", "198.18.1.20"), FakeStore.Server("web", "198.18.1.21")]));
+        _store.Items.Add(new StoreItem(FakeStore.Service("v6", "2001:db8::10", 443), [FakeStore.Server("v6", "2001:db8::20", port: 443)]));
+    }
+
+    private static readonly ServiceKey Web = ServiceKey.ForAddress(IPAddress.Parse("198.18.0.10"), 80, Protocol.Tcp);
+
+    [Fact]
+    public async Task RunPass_FromEmpty_ProgramsEverything_ThenSteadyStateIssuesNothing()
+    {
+        var first = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+        var second = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+
+        Assert.Equal(5, first.Applied); // 2 services + 3 servers
+        Assert.Equal(2, _dataplane.State.Services.Count);
+        Assert.Equal(2, _dataplane.State.Services[Web].Servers.Count);
+        Assert.Equal(0, second.Planned);
+        Assert.True(_status.Current.Ready);
+    }
+
+    [Fact]
+    public async Task RunPass_StoreUnreachable_LeavesDataplaneUntouched()
+    {
+        await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+        var before = _dataplane.State;
+        var applied = _dataplane.OperationsApplied;
+        _store.Down = true;
+
+        var result = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+
+        Assert.False(result.StoreReachable);
+        Assert.Equal(applied, _dataplane.OperationsApplied);
+        Assert.True(_dataplane.State.SameAs(before));
+        Assert.False(_status.Current.StoreReachable);
+        Assert.Contains("did not answer", _status.Current.LastError);
+    }
+
+    [Fact]
+    public async Task RunPass_KernelRefusesOneService_OthersAreProgrammedAndTheFailureIsReported()
+    {
+        _dataplane.FailWith = op => op is AddService a && a.Service.Equals(Web) ? new DataplaneException("EINVAL") : null;
+
+        var result = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+
+        Assert.Equal(3, result.Failed); // the service and its two servers
+        Assert.Equal(2, result.Applied); // the IPv6 service and its server
+        Assert.False(result.Converged);
+        Assert.Contains("EINVAL", _status.Current.LastError);
+
+        _dataplane.FailWith = null;
+        var retry = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(3, retry.Applied);
+        Assert.True(retry.Converged);
+    }
+
+    [Fact]
+    public async Task RunPass_ChangeBehindOurBack_IsRepaired()
+    {
+        await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+        _dataplane.Tamper(new DeleteServer(Web, new RealServerKey(IPAddress.Parse("198.18.1.21"), 80)));
+        _dataplane.Tamper(new UpdateServer(Web, new RealServerKey(IPAddress.Parse("198.18.1.20"), 80), new RealServerConfig { Weight = 99 }));
+
+        var repair = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+
+        Assert.Equal(2, repair.Applied);
+        Assert.Equal(1u, _dataplane.State.Services[Web].Servers[new RealServerKey(IPAddress.Parse("198.18.1.20"), 80)].Weight);
+        Assert.Equal(2, _dataplane.State.Services[Web].Servers.Count);
+    }
+
+    [Fact]
+    public async Task RunPass_InvalidRecordInStore_IsSkippedAndReported_RestIsProgrammed()
+    {
+        _store.Items.Add(new StoreItem(FakeStore.Service("bad", "198.18.0.99", scheduler: "bogus"), []));
+        _store.Items.Add(new StoreItem(FakeStore.Service("mixed", "198.18.0.12"), [FakeStore.Server("mixed", "2001:db8::1")]));
+
+        var result = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+
+        Assert.Equal(3, _dataplane.State.Services.Count);
+        Assert.Contains(result.Rejected, r => r.Key == "services/bad" && r.Reason.Contains("config.scheduler"));
+        Assert.Contains(result.Rejected, r => r.Key.StartsWith("servers/mixed/") && r.Reason.Contains("IPv6 but the service is IPv4"));
+    }
+
+    [Fact]
+    public async Task Loop_StoreChange_TriggersAPassThatProgramsIt()
+    {
+        var loop = new ReconcileLoop(_reconciler, _store, new ReconcilerOptions { SyncPeriod = TimeSpan.FromHours(1) },
+            NullLogger<ReconcileLoop>.Instance, TimeProvider.System);
+        var ct = TestContext.Current.CancellationToken;
+        await loop.StartAsync(ct);
+        try
+        {
+            await WaitUntil(() => _dataplane.State.Services.Count == 2, ct);
+            _store.Items.Add(new StoreItem(FakeStore.Service("late", "198.18.0.13"), [FakeStore.Server("late", "198.18.1.30")]));
+            _store.Changed("services/late");
+            await WaitUntil(() => _dataplane.State.Services.Count == 3, ct);
+        }
+        finally
+        {
+            await loop.StopAsync(CancellationToken.None);
+        }
+    }
+
+    [Fact]
+    public async Task Loop_StoreDownAtStart_RetriesWithBackoffAndProgramsWhenItReturns()
+    {
+        _store.Down = true;
+        var loop = new ReconcileLoop(_reconciler, _store,
+            new ReconcilerOptions { SyncPeriod = TimeSpan.FromHours(1), RetryMin = TimeSpan.FromMilliseconds(10), RetryMax = TimeSpan.FromMilliseconds(40) },
+            NullLogger<ReconcileLoop>.Instance, TimeProvider.System);
+        var ct = TestContext.Current.CancellationToken;
+        await loop.StartAsync(ct);
+        try
+        {
+            await WaitUntil(() => _store.Lists >= 3, ct);
+            Assert.Empty(_dataplane.State.Services);
+            _store.Down = false;
+            await WaitUntil(() => _dataplane.State.Services.Count == 2, ct);
+        }
+        finally
+        {
+            await loop.StopAsync(CancellationToken.None);
+        }
+    }
+
+    private static async Task WaitUntil(Func<bool> condition, CancellationToken ct)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(10));
+        while (!condition()) await Task.Delay(10, timeout.Token);
+    }
+}
