@@ -1,0 +1,652 @@
+using System.Net.Http;
+using System.Runtime.CompilerServices;
+using dotnet_etcd;
+using Etcdserverpb;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Grpc.Net.Client.Balancer;
+using Grpc.Net.Client.Configuration;
+using Merlin.Wire;
+using Microsoft.Extensions.DependencyInjection;
+using CompareResult = Etcdserverpb.Compare.Types.CompareResult;
+using CompareTarget = Etcdserverpb.Compare.Types.CompareTarget;
+
+namespace Merlin.Store.Etcd;
+
+/// <summary>
+/// The etcd v3 store, compatible with the original merlin: keys <c>&lt;prefix&gt;/services/&lt;id&gt;</c> and
+/// <c>&lt;prefix&gt;/servers/&lt;serviceID&gt;/&lt;ip&gt;:&lt;port&gt;</c>, values the protobuf bytes of
+/// types.VirtualService / types.RealServer. Every write is one etcd transaction; a record's version is its
+/// key's mod_revision. Two services may not share a key (ip:port:protocol or fwmark): a create reads the
+/// services and commits only if none of them changed since (compare on the whole range), retrying on a race.
+/// Every transport failure surfaces as <see cref="StoreUnavailableException"/>, and every call is bounded by
+/// <see cref="EtcdStoreOptions.Timeout"/>.
+/// </summary>
+public sealed class EtcdStore : IStore
+{
+    private const int MaxServiceWriteAttempts = 10;
+
+    private readonly EtcdStoreOptions _options;
+    private readonly string _prefix;
+    private readonly string _endpointsText;
+    private readonly GrpcChannel _channel;
+    private readonly EtcdClient _client;
+    private readonly Watch.WatchClient _watchClient;
+    private readonly ByteString _allKey, _allEnd, _servicesKey, _servicesEnd;
+    private readonly CancellationTokenSource _closed = new();
+
+    // Identity index of the services (key identity ↔ id), read incrementally; used only under _serviceWrites.
+    private readonly SemaphoreSlim _serviceWrites = new(1, 1);
+    private readonly Dictionary<string, string> _identityOf = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string> _holderOf = new(StringComparer.Ordinal);
+    private long _identityRevision;
+    private int _disposed;
+
+    public EtcdStore(EtcdStoreOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Endpoints is null || options.Endpoints.Count == 0) throw new ArgumentException("at least one etcd endpoint is needed", nameof(options));
+        if (options.Timeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(options), "Timeout must be positive");
+        if (options.PageSize < 1) throw new ArgumentOutOfRangeException(nameof(options), "PageSize must be positive");
+        _options = options;
+        _prefix = StoreKeys.NormalizePrefix(options.Prefix);
+        var endpoints = options.Endpoints.Select(ParseEndpoint).ToArray();
+        _endpointsText = string.Join(",", endpoints.Select(u => u.GetLeftPart(UriPartial.Authority)));
+        _channel = CreateChannel(endpoints, options.Timeout);
+        var invoker = _channel.CreateCallInvoker();
+        _client = new EtcdClient(invoker);
+        _watchClient = new Watch.WatchClient(invoker);
+
+        _allKey = Key(_prefix + "/");
+        _allEnd = PrefixEnd(_allKey);
+        _servicesKey = Key(StoreKeys.ServicesPrefix(_prefix));
+        _servicesEnd = PrefixEnd(_servicesKey);
+    }
+
+    public EtcdStore(IEnumerable<string> endpoints, string prefix = "/merlin", TimeSpan? timeout = null)
+        : this(new EtcdStoreOptions { Endpoints = endpoints.ToArray(), Prefix = prefix, Timeout = timeout ?? TimeSpan.FromSeconds(5) })
+    {
+    }
+
+    public string Backend => "etcd3";
+
+    /// <summary>The normalized key prefix (no trailing slash), e.g. <c>/merlin</c>.</summary>
+    public string Prefix => _prefix;
+
+    /// <summary>The endpoints as given to the channel, for messages.</summary>
+    public string Endpoints => _endpointsText;
+
+    // ---------------------------------------------------------------- services
+
+    public async Task CreateServiceAsync(VirtualService service, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(service);
+        var identity = IdentityOrNull(service);
+        var key = Key(StoreKeys.Service(_prefix, service.Id));
+        using var op = Begin(ct);
+        await Lock(_serviceWrites, op).ConfigureAwait(false);
+        try
+        {
+            for (var attempt = 1; ; attempt++)
+            {
+                var readRevision = await CheckIdentityFree(identity, service, exceptId: null, op).ConfigureAwait(false);
+                var txn = new TxnRequest();
+                txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
+                if (identity is not null) txn.Compare.Add(ServicesUnchangedSince(readRevision));
+                txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = service.ToByteString() } });
+                txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, CountOnly = true } });
+                var resp = await Txn(txn, op).ConfigureAwait(false);
+                if (resp.Succeeded) return;
+                if (resp.Responses[0].ResponseRange.Count > 0)
+                    throw new AlreadyExistsException($"service \"{service.Id}\" already exists");
+                await Backoff(attempt, $"service \"{service.Id}\"", op).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            _serviceWrites.Release();
+        }
+    }
+
+    public async Task<Versioned<VirtualService>?> GetServiceAsync(string id, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(id);
+        using var op = Begin(ct);
+        var keyText = StoreKeys.Service(_prefix, id);
+        var resp = await Range(new RangeRequest { Key = Key(keyText) }, op).ConfigureAwait(false);
+        if (resp.Kvs.Count == 0) return null;
+        return new Versioned<VirtualService>(Parse(VirtualService.Parser, resp.Kvs[0].Value, keyText), resp.Kvs[0].ModRevision);
+    }
+
+    public async Task UpdateServiceAsync(VirtualService service, long expectedVersion, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(service);
+        var identity = IdentityOrNull(service);
+        var key = Key(StoreKeys.Service(_prefix, service.Id));
+        using var op = Begin(ct);
+        await Lock(_serviceWrites, op).ConfigureAwait(false);
+        try
+        {
+            for (var attempt = 1; ; attempt++)
+            {
+                var readRevision = await CheckIdentityFree(identity, service, exceptId: service.Id, op).ConfigureAwait(false);
+                var txn = new TxnRequest();
+                txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+                txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
+                if (identity is not null) txn.Compare.Add(ServicesUnchangedSince(readRevision));
+                txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = service.ToByteString() } });
+                txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
+                var resp = await Txn(txn, op).ConfigureAwait(false);
+                if (resp.Succeeded) return;
+                var kvs = resp.Responses[0].ResponseRange.Kvs;
+                if (kvs.Count == 0) throw new NotFoundException($"service \"{service.Id}\" not found");
+                if (kvs[0].ModRevision != expectedVersion)
+                    throw new ConflictException($"service \"{service.Id}\" changed since version {expectedVersion} (now {kvs[0].ModRevision}); re-read and retry");
+                await Backoff(attempt, $"service \"{service.Id}\"", op).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            _serviceWrites.Release();
+        }
+    }
+
+    public async Task DeleteServiceAsync(string id, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(id);
+        var key = Key(StoreKeys.Service(_prefix, id));
+        var servers = Key(StoreKeys.ServersOf(_prefix, id));
+        using var op = Begin(ct);
+        var txn = new TxnRequest();
+        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+        txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
+        txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = servers, RangeEnd = PrefixEnd(servers) } });
+        var resp = await Txn(txn, op).ConfigureAwait(false);
+        if (!resp.Succeeded) throw new NotFoundException($"service \"{id}\" not found");
+    }
+
+    // ---------------------------------------------------------------- servers
+
+    public async Task CreateServerAsync(RealServer server, CancellationToken ct = default)
+    {
+        var (keyText, endpoint) = ServerKey(server);
+        var service = Key(StoreKeys.Service(_prefix, server.ServiceID));
+        var key = Key(keyText);
+        using var op = Begin(ct);
+        var txn = new TxnRequest();
+        txn.Compare.Add(new Compare { Key = service, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
+        txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
+        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = service, CountOnly = true } });
+        var resp = await Txn(txn, op).ConfigureAwait(false);
+        if (resp.Succeeded) return;
+        if (resp.Responses[0].ResponseRange.Count == 0) throw new NotFoundException($"service \"{server.ServiceID}\" not found");
+        throw new AlreadyExistsException($"server {endpoint} already exists in service \"{server.ServiceID}\"");
+    }
+
+    public async Task<Versioned<RealServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(serviceId);
+        ArgumentNullException.ThrowIfNull(ip);
+        var keyText = StoreKeys.Server(_prefix, serviceId, ip, port);
+        using var op = Begin(ct);
+        var resp = await Range(new RangeRequest { Key = Key(keyText) }, op).ConfigureAwait(false);
+        if (resp.Kvs.Count == 0) return null;
+        return new Versioned<RealServer>(Parse(RealServer.Parser, resp.Kvs[0].Value, keyText), resp.Kvs[0].ModRevision);
+    }
+
+    public async Task UpdateServerAsync(RealServer server, long expectedVersion, CancellationToken ct = default)
+    {
+        var (keyText, endpoint) = ServerKey(server);
+        var key = Key(keyText);
+        using var op = Begin(ct);
+        var txn = new TxnRequest();
+        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
+        txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
+        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
+        var resp = await Txn(txn, op).ConfigureAwait(false);
+        if (resp.Succeeded) return;
+        var kvs = resp.Responses[0].ResponseRange.Kvs;
+        if (kvs.Count == 0) throw new NotFoundException($"server {endpoint} not found in service \"{server.ServiceID}\"");
+        throw new ConflictException($"server {endpoint} of service \"{server.ServiceID}\" changed since version {expectedVersion} (now {kvs[0].ModRevision}); re-read and retry");
+    }
+
+    public async Task DeleteServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(serviceId);
+        ArgumentNullException.ThrowIfNull(ip);
+        var key = Key(StoreKeys.Server(_prefix, serviceId, ip, port));
+        using var op = Begin(ct);
+        var txn = new TxnRequest();
+        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+        txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
+        var resp = await Txn(txn, op).ConfigureAwait(false);
+        if (!resp.Succeeded) throw new NotFoundException($"server {ip}:{port} not found in service \"{serviceId}\"");
+    }
+
+    // ---------------------------------------------------------------- list and watch
+
+    /// <summary>Everything under the prefix, read page by page at one revision, so the snapshot is consistent.</summary>
+    public async Task<StoreSnapshot> ListAsync(CancellationToken ct = default)
+    {
+        using var op = Begin(ct);
+        var (kvs, revision) = await ReadAll(_allKey, _allEnd, op).ConfigureAwait(false);
+        var services = new List<VirtualService>();
+        var servers = new Dictionary<string, List<RealServer>>(StringComparer.Ordinal);
+        var servicesPrefix = StoreKeys.ServicesPrefix(_prefix);
+        var serversPrefix = StoreKeys.ServersPrefix(_prefix);
+        foreach (var kv in kvs)
+        {
+            var key = kv.Key.ToStringUtf8();
+            if (key.StartsWith(servicesPrefix, StringComparison.Ordinal))
+            {
+                services.Add(Parse(VirtualService.Parser, kv.Value, key));
+            }
+            else if (key.StartsWith(serversPrefix, StringComparison.Ordinal))
+            {
+                var rest = key.AsSpan(serversPrefix.Length);
+                var slash = rest.IndexOf('/');
+                if (slash <= 0) continue;
+                var serviceId = rest[..slash].ToString();
+                if (!servers.TryGetValue(serviceId, out var list)) servers[serviceId] = list = [];
+                list.Add(Parse(RealServer.Parser, kv.Value, key));
+            }
+        }
+        var items = new List<StoreItem>(services.Count);
+        foreach (var s in services)
+            items.Add(new StoreItem(s, servers.TryGetValue(s.Id, out var list) ? list : []));
+        return new StoreSnapshot(items, revision);
+    }
+
+    /// <summary>
+    /// Watches the prefix from <paramref name="afterRevision"/> + 1. If etcd compacted that history, one
+    /// <see cref="StoreChangeKind.Resync"/> (carrying the compaction revision) is yielded and the watch ends.
+    /// Keys are relative to the prefix (<c>services/web</c>). Losing etcd ends the watch with
+    /// <see cref="StoreUnavailableException"/>.
+    /// </summary>
+    public async IAsyncEnumerable<StoreChange> WatchAsync(long afterRevision, [EnumeratorCancellation] CancellationToken ct = default)
+    {
+        using var startTimer = new CancellationTokenSource(_options.Timeout);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, _closed.Token, startTimer.Token);
+        AsyncDuplexStreamingCall<WatchRequest, WatchResponse> call;
+        try
+        {
+            call = _watchClient.Watch(cancellationToken: linked.Token);
+        }
+        catch (Exception e) when (e is RpcException or HttpRequestException or IOException or InvalidOperationException)
+        {
+            throw Unavailable("cannot start a watch", e);
+        }
+        using var _ = call;
+        await WatchStep(async () =>
+        {
+            await call.RequestStream.WriteAsync(new WatchRequest
+            {
+                CreateRequest = new WatchCreateRequest
+                {
+                    Key = _allKey,
+                    RangeEnd = _allEnd,
+                    StartRevision = Math.Max(0, afterRevision) + 1,
+                    ProgressNotify = true,
+                },
+            }, linked.Token).ConfigureAwait(false);
+            return true;
+        }, "start a watch", ct, startTimer).ConfigureAwait(false);
+
+        var prefixLength = _prefix.Length + 1;
+        var created = false;
+        while (true)
+        {
+            var more = await WatchStep(() => call.ResponseStream.MoveNext(linked.Token), created ? "watch" : "start a watch", ct, startTimer).ConfigureAwait(false);
+            if (!more) throw new StoreUnavailableException($"etcd at {_endpointsText} closed the watch stream");
+            var resp = call.ResponseStream.Current;
+            if (!created && resp.Created)
+            {
+                created = true;
+                startTimer.CancelAfter(Timeout.InfiniteTimeSpan);
+            }
+            if (resp.CompactRevision > 0)
+            {
+                yield return new StoreChange(StoreChangeKind.Resync, "", resp.CompactRevision);
+                yield break;
+            }
+            if (resp.Canceled)
+                throw new StoreUnavailableException($"etcd at {_endpointsText} canceled the watch: {resp.CancelReason}");
+            foreach (var ev in resp.Events)
+            {
+                var key = ev.Kv.Key.ToStringUtf8();
+                var relative = key.Length > prefixLength ? key[prefixLength..] : key;
+                var kind = ev.Type == Mvccpb.Event.Types.EventType.Delete ? StoreChangeKind.Delete : StoreChangeKind.Put;
+                yield return new StoreChange(kind, relative, ev.Kv.ModRevision);
+            }
+        }
+    }
+
+    /// <summary>Compacts etcd's history through <paramref name="revision"/> (an operator or test tool: watchers from before it get a Resync).</summary>
+    public async Task CompactAsync(long revision, CancellationToken ct = default)
+    {
+        using var op = Begin(ct);
+        await Call(() => _client.CompactAsync(new CompactionRequest { Revision = revision, Physical = true }, null, op.Deadline, op.Token), op).ConfigureAwait(false);
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1) return ValueTask.CompletedTask;
+        _closed.Cancel();
+        _client.Dispose();
+        _channel.Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    // ---------------------------------------------------------------- identity index
+
+    /// <summary>
+    /// Ensures no other service holds <paramref name="identity"/>; returns the revision the services were
+    /// read at (the commit then requires the whole services range unchanged since).
+    /// </summary>
+    private async Task<long> CheckIdentityFree(string? identity, VirtualService service, string? exceptId, Operation op)
+    {
+        var revision = await RefreshIdentities(full: _identityRevision == 0, op).ConfigureAwait(false);
+        if (identity is null || !Taken()) return revision;
+        // The index may still hold a service deleted since; confirm with a full read.
+        revision = await RefreshIdentities(full: true, op).ConfigureAwait(false);
+        if (Taken())
+            throw new AlreadyExistsException($"service key {Describe(service)} is already used by service \"{_holderOf[identity]}\"");
+        return revision;
+
+        bool Taken() => _holderOf.TryGetValue(identity, out var holder) && holder != exceptId;
+    }
+
+    private async Task<long> RefreshIdentities(bool full, Operation op)
+    {
+        List<Mvccpb.KeyValue> kvs;
+        long revision;
+        if (full)
+        {
+            (kvs, revision) = await ReadAll(_servicesKey, _servicesEnd, op).ConfigureAwait(false);
+            _identityOf.Clear();
+            _holderOf.Clear();
+        }
+        else
+        {
+            var resp = await Range(new RangeRequest { Key = _servicesKey, RangeEnd = _servicesEnd, MinModRevision = _identityRevision + 1 }, op).ConfigureAwait(false);
+            kvs = [.. resp.Kvs];
+            revision = resp.Header.Revision;
+        }
+        var servicesPrefixLength = _servicesKey.Length;
+        foreach (var kv in kvs)
+        {
+            var keyText = kv.Key.ToStringUtf8();
+            var id = keyText[servicesPrefixLength..];
+            if (_identityOf.Remove(id, out var old) && _holderOf.TryGetValue(old, out var h) && h == id) _holderOf.Remove(old);
+            var identity = StoreKeys.ServiceIdentity(Parse(VirtualService.Parser, kv.Value, keyText));
+            if (identity.Length == 0) continue;
+            _identityOf[id] = identity;
+            _holderOf[identity] = id;
+        }
+        _identityRevision = revision;
+        return revision;
+    }
+
+    private Compare ServicesUnchangedSince(long revision) => new()
+    {
+        Key = _servicesKey,
+        RangeEnd = _servicesEnd,
+        Target = CompareTarget.Mod,
+        Result = CompareResult.Less,
+        ModRevision = revision + 1,
+    };
+
+    private static async Task Backoff(int attempt, string what, Operation op)
+    {
+        if (attempt >= MaxServiceWriteAttempts)
+            throw new ConflictException($"{what}: other services kept changing during {attempt} attempts; retry");
+        try
+        {
+            await Task.Delay(Random.Shared.Next(1, 5 * attempt), op.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            op.ThrowTimeoutOrCanceled();
+        }
+    }
+
+    // ---------------------------------------------------------------- rpc plumbing
+
+    private sealed class Operation(EtcdStore store, CancellationToken caller) : IDisposable
+    {
+        private readonly CancellationTokenSource _cts = CreateCts(store, caller);
+
+        public DateTime Deadline { get; } = DateTime.UtcNow + store._options.Timeout;
+        public CancellationToken Token => _cts.Token;
+        public CancellationToken Caller => caller;
+
+        private static CancellationTokenSource CreateCts(EtcdStore store, CancellationToken caller)
+        {
+            var cts = CancellationTokenSource.CreateLinkedTokenSource(caller, store._closed.Token);
+            cts.CancelAfter(store._options.Timeout);
+            return cts;
+        }
+
+        public void ThrowTimeoutOrCanceled()
+        {
+            caller.ThrowIfCancellationRequested();
+            if (store._closed.IsCancellationRequested) throw new StoreUnavailableException($"etcd store ({store._endpointsText}) is closed");
+            throw store.TimedOut(null);
+        }
+
+        public void Dispose() => _cts.Dispose();
+    }
+
+    private Operation Begin(CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested();
+        if (Volatile.Read(ref _disposed) == 1) throw new StoreUnavailableException($"etcd store ({_endpointsText}) is closed");
+        return new Operation(this, ct);
+    }
+
+    private static async Task Lock(SemaphoreSlim gate, Operation op)
+    {
+        try
+        {
+            await gate.WaitAsync(op.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            op.ThrowTimeoutOrCanceled();
+        }
+    }
+
+    private Task<TxnResponse> Txn(TxnRequest txn, Operation op) =>
+        Call(() => _client.TransactionAsync(txn, null, op.Deadline, op.Token), op);
+
+    private Task<RangeResponse> Range(RangeRequest req, Operation op) =>
+        Call(() => _client.GetAsync(req, null, op.Deadline, op.Token), op);
+
+    /// <summary>All keys in [key, end) at one revision, a page at a time; restarts if the revision is compacted meanwhile.</summary>
+    private async Task<(List<Mvccpb.KeyValue> Kvs, long Revision)> ReadAll(ByteString key, ByteString end, Operation op)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            var kvs = new List<Mvccpb.KeyValue>();
+            long revision = 0;
+            var from = key;
+            try
+            {
+                while (true)
+                {
+                    var resp = await Range(new RangeRequest { Key = from, RangeEnd = end, Limit = _options.PageSize, Revision = revision }, op).ConfigureAwait(false);
+                    if (revision == 0) revision = resp.Header.Revision;
+                    kvs.AddRange(resp.Kvs);
+                    if (!resp.More || resp.Kvs.Count == 0) return (kvs, revision);
+                    from = ByteString.CopyFrom([.. resp.Kvs[^1].Key.Span, 0]);
+                }
+            }
+            catch (StoreUnavailableException e) when (attempt < 3 && e.InnerException is RpcException { StatusCode: StatusCode.OutOfRange })
+            {
+                // "required revision has been compacted" between two pages: read again at a newer revision.
+            }
+        }
+    }
+
+    private async Task<T> Call<T>(Func<Task<T>> call, Operation op)
+    {
+        try
+        {
+            return await call().ConfigureAwait(false);
+        }
+        catch (RpcException e) when (op.Caller.IsCancellationRequested)
+        {
+            throw new OperationCanceledException("the store call was canceled", e, op.Caller);
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.DeadlineExceeded || (e.StatusCode == StatusCode.Cancelled && op.Token.IsCancellationRequested))
+        {
+            if (_closed.IsCancellationRequested) throw new StoreUnavailableException($"etcd store ({_endpointsText}) is closed", e);
+            throw TimedOut(e);
+        }
+        catch (RpcException e)
+        {
+            throw Unavailable(e.Status.Detail, e);
+        }
+        catch (OperationCanceledException e) when (!op.Caller.IsCancellationRequested)
+        {
+            throw TimedOut(e);
+        }
+        catch (Exception e) when (e is HttpRequestException or IOException or InvalidOperationException or ObjectDisposedException)
+        {
+            throw Unavailable(e.Message, e);
+        }
+    }
+
+    private async Task<T> WatchStep<T>(Func<Task<T>> step, string what, CancellationToken caller, CancellationTokenSource startTimer)
+    {
+        try
+        {
+            return await step().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is RpcException or OperationCanceledException && caller.IsCancellationRequested)
+        {
+            throw new OperationCanceledException("the watch was canceled", e, caller);
+        }
+        catch (Exception e) when (e is RpcException or OperationCanceledException && _closed.IsCancellationRequested)
+        {
+            throw new StoreUnavailableException($"etcd store ({_endpointsText}) is closed", e);
+        }
+        catch (Exception e) when (e is RpcException or OperationCanceledException && startTimer.IsCancellationRequested)
+        {
+            throw TimedOut(e, what);
+        }
+        catch (RpcException e)
+        {
+            throw Unavailable($"{what}: {e.Status.Detail}", e);
+        }
+        catch (Exception e) when (e is HttpRequestException or IOException or InvalidOperationException or ObjectDisposedException)
+        {
+            throw Unavailable($"{what}: {e.Message}", e);
+        }
+    }
+
+    private StoreUnavailableException TimedOut(Exception? inner, string what = "the call") =>
+        new($"etcd at {_endpointsText} did not answer {what} within {_options.Timeout.TotalSeconds:0.###} s", inner);
+
+    private StoreUnavailableException Unavailable(string detail, Exception inner) =>
+        new($"etcd at {_endpointsText} is unavailable: {detail}", inner);
+
+    private static GrpcChannel CreateChannel(Uri[] endpoints, TimeSpan timeout)
+    {
+        var secure = endpoints[0].Scheme == Uri.UriSchemeHttps;
+        if (endpoints.Any(u => (u.Scheme == Uri.UriSchemeHttps) != secure))
+            throw new ArgumentException("etcd endpoints must all be http or all be https");
+        var options = new GrpcChannelOptions
+        {
+            HttpHandler = new SocketsHttpHandler
+            {
+                EnableMultipleHttp2Connections = true,
+                ConnectTimeout = timeout,
+                KeepAlivePingDelay = TimeSpan.FromSeconds(10),
+                KeepAlivePingTimeout = TimeSpan.FromSeconds(10),
+                KeepAlivePingPolicy = HttpKeepAlivePingPolicy.WithActiveRequests,
+                PooledConnectionIdleTimeout = Timeout.InfiniteTimeSpan,
+            },
+            DisposeHttpClient = true,
+            MaxReceiveMessageSize = 512 * 1024 * 1024,
+            MaxSendMessageSize = 16 * 1024 * 1024,
+            Credentials = secure ? ChannelCredentials.SecureSsl : ChannelCredentials.Insecure,
+            InitialReconnectBackoff = TimeSpan.FromMilliseconds(100),
+            MaxReconnectBackoff = TimeSpan.FromSeconds(2),
+        };
+        if (endpoints.Length == 1) return GrpcChannel.ForAddress(endpoints[0], options);
+
+        var addresses = endpoints.Select(u => new BalancerAddress(u.Host, u.Port)).ToArray();
+        var services = new ServiceCollection();
+        services.AddSingleton<ResolverFactory>(new StaticResolverFactory(_ => addresses));
+        options.ServiceProvider = services.BuildServiceProvider();
+        options.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
+        return GrpcChannel.ForAddress("static:///etcd", options);
+    }
+
+    private static Uri ParseEndpoint(string endpoint)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(endpoint);
+        var text = endpoint.Trim();
+        if (!text.Contains("://", StringComparison.Ordinal)) text = "http://" + text;
+        if (!Uri.TryCreate(text, UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
+            throw new ArgumentException($"etcd endpoint \"{endpoint}\" is not an http(s)://host:port URL");
+        return uri;
+    }
+
+    // ---------------------------------------------------------------- keys and records
+
+    private (string Key, string Endpoint) ServerKey(RealServer server)
+    {
+        ArgumentNullException.ThrowIfNull(server);
+        if (server.Key is null) throw new ArgumentException("server has no key", nameof(server));
+        return (StoreKeys.Server(_prefix, server.ServiceID, server.Key.Ip, server.Key.Port), $"{server.Key.Ip}:{server.Key.Port}");
+    }
+
+    private static ByteString Key(string key) => ByteString.CopyFromUtf8(key);
+
+    /// <summary>The end of the range of keys starting with <paramref name="prefix"/>.</summary>
+    internal static ByteString PrefixEnd(ByteString prefix)
+    {
+        var bytes = prefix.ToByteArray();
+        for (var i = bytes.Length - 1; i >= 0; i--)
+        {
+            if (bytes[i] < 0xff)
+            {
+                bytes[i]++;
+                return ByteString.CopyFrom(bytes, 0, i + 1);
+            }
+        }
+        return ByteString.CopyFrom(0);
+    }
+
+    private T Parse<T>(MessageParser<T> parser, ByteString value, string key) where T : IMessage<T>
+    {
+        try
+        {
+            return parser.ParseFrom(value);
+        }
+        catch (InvalidProtocolBufferException e)
+        {
+            throw new StoreUnavailableException($"etcd at {_endpointsText}: record {key} is not a valid types.{typeof(T).Name}: {e.Message}", e);
+        }
+    }
+
+    private static string? IdentityOrNull(VirtualService service)
+    {
+        var identity = StoreKeys.ServiceIdentity(service);
+        return identity.Length == 0 ? null : identity;
+    }
+
+    private static string Describe(VirtualService service)
+    {
+        var k = service.Key;
+        if (k is null) return "(none)";
+        if (k.Fwmark != 0) return $"fwmark {k.Fwmark}";
+        var ip = k.Ip.Contains(':') ? $"[{k.Ip}]" : k.Ip;
+        return $"{k.Protocol.ToString().ToLowerInvariant()} {ip}:{k.Port}";
+    }
+}

@@ -1,0 +1,16 @@
+namespace Merlin.Store.Etcd;
+
+public sealed class EtcdStoreOptions
+{
+    /// <summary>Client URLs of the etcd members, e.g. <c>http://127.0.0.1:2379</c>; a bare <c>host:port</c> means http.</summary>
+    public IReadOnlyList<string> Endpoints { get; init; } = ["http://127.0.0.1:2379"];
+
+    /// <summary>Key prefix; the original merlin's is <c>/merlin</c>.</summary>
+    public string Prefix { get; init; } = "/merlin";
+
+    /// <summary>Bound on every store call (all its round trips together), and on the start of a watch.</summary>
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Keys read per round trip by <see cref="EtcdStore.ListAsync"/> (all pages at one revision).</summary>
+    public int PageSize { get; init; } = 5_000;
+}

@@ -1,0 +1,21 @@
+using Merlin.Store.Sqlite;
+using Merlin.Testing;
+
+namespace Merlin.Store.Tests;
+
+/// <summary>The contract against the embedded store: a fresh database file per test.</summary>
+public sealed class SqliteStoreContractTests : StoreContractTests
+{
+    private readonly TempDir _dir = new("sqlite");
+
+    protected override Task<IStore> OpenAsync() =>
+        Task.FromResult<IStore>(new SqliteStore(_dir.File("merlin.db"), new SqliteStoreOptions { WatchPollInterval = TimeSpan.FromMilliseconds(200) }));
+
+    protected override Task CompactAsync(IStore store, long revision) => ((SqliteStore)store).CompactHistoryAsync(revision, Ct);
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync();
+        _dir.Dispose();
+    }
+}
