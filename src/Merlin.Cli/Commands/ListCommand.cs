@@ -1,0 +1,36 @@
+using System.CommandLine;
+using Google.Protobuf.WellKnownTypes;
+using Merlin.Cli.Output;
+
+namespace Merlin.Cli.Commands;
+
+internal static class ListCommand
+{
+    public static Command Create(CliContext ctx)
+    {
+        var command = new Command("list", "List every service with its servers");
+        command.Aliases.Add("ls");
+        command.SetAction((result, ct) => ctx.CallAsync(result, "list services", async (client, options) =>
+        {
+            var list = Views.From(await client.ListAsync(new Empty(), options));
+            if (ctx.Output(result) == OutputFormat.Json) Json.Write(ctx.Out, list);
+            else Tables.WriteList(ctx.Out, list);
+        }, ct));
+        return command;
+    }
+}
+
+internal static class StatusCommand
+{
+    public static Command Create(CliContext ctx)
+    {
+        var command = new Command("status", "Show the daemon's state: store, dataplane, reconciler");
+        command.SetAction((result, ct) => ctx.CallAsync(result, "status", async (client, options) =>
+        {
+            var status = Views.From(await client.StatusAsync(new Empty(), options));
+            if (ctx.Output(result) == OutputFormat.Json) Json.Write(ctx.Out, status);
+            else Tables.WriteStatus(ctx.Out, status);
+        }, ct));
+        return command;
+    }
+}

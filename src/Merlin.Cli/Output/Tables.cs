@@ -1,0 +1,104 @@
+using System.Globalization;
+using Merlin.Cli.Parsing;
+
+namespace Merlin.Cli.Output;
+
+/// <summary>The human forms of <c>list</c> and <c>status</c>.</summary>
+public static class Tables
+{
+    public const string ServerPrefix = "  -> ";
+
+    /// <summary>
+    /// ipvsadm's shape: a service line, then its servers indented under it. Service lines align with
+    /// each other and with the first header, server lines with each other and with the second header.
+    /// </summary>
+    public static void WriteList(TextWriter writer, ServiceList list)
+    {
+        if (list.Services.Count == 0)
+        {
+            writer.WriteLine("No services.");
+            return;
+        }
+        var services = new Table("ID", "PROTO", "ADDRESS", "SCHEDULER", "FLAGS", "PERSISTENCE");
+        var servers = new Table("SERVER", "WEIGHT", "FORWARD", "THRESHOLDS", "HEALTH CHECK");
+        var serverRows = new List<(int Service, int Row)>();
+        foreach (var s in list.Services)
+        {
+            services.Add(
+                s.Id,
+                s.Protocol,
+                s.Fwmark is { } mark ? $"fwmark {mark}" + (s.Family == "ipv6" ? " (ipv6)" : "") : s.Address ?? "-",
+                Dash(s.Scheduler),
+                Dash(string.Join(",", s.OnePacket ? [.. s.Flags, "one-packet"] : s.Flags)),
+                Persistence(s));
+            foreach (var r in s.Servers)
+            {
+                servers.Add(r.Address, r.Weight?.ToString(CultureInfo.InvariantCulture) ?? "-", Forward(r), Thresholds(r), Health(r.HealthCheck));
+                serverRows.Add((services.Rows.Count - 1, servers.Rows.Count - 1));
+            }
+        }
+        var serviceWidths = services.Widths();
+        var serverWidths = servers.Widths();
+        writer.WriteLine(services.Line(0, serviceWidths));
+        writer.WriteLine(servers.Line(0, serverWidths, ServerPrefix));
+        var next = 0;
+        for (var i = 1; i < services.Rows.Count; i++)
+        {
+            writer.WriteLine(services.Line(i, serviceWidths));
+            for (; next < serverRows.Count && serverRows[next].Service == i; next++)
+                writer.WriteLine(servers.Line(serverRows[next].Row, serverWidths, ServerPrefix));
+        }
+    }
+
+    public static void WriteStatus(TextWriter writer, StatusView s)
+    {
+        var table = new Table("", "");
+        table.Add("version", Dash(s.Version));
+        table.Add("ready", s.Ready ? "yes" : "no");
+        table.Add("store", $"{Dash(s.StoreBackend)} ({(s.StoreReachable ? "reachable" : "UNREACHABLE")})");
+        table.Add("dataplane", Dash(s.Dataplane));
+        table.Add("last reconcile", s.SinceLastReconcileSeconds is { } ago ? Durations.Format(TimeSpan.FromSeconds(Math.Round(ago, 3))) + " ago" : "never");
+        table.Add("reconcile passes", s.ReconcilePasses.ToString(CultureInfo.InvariantCulture));
+        table.Add("reconcile errors", s.ReconcileErrors.ToString(CultureInfo.InvariantCulture));
+        table.Add("operations applied", s.OperationsApplied.ToString(CultureInfo.InvariantCulture));
+        table.Add("last error", s.LastError ?? "-");
+        table.Add("services", s.Services.ToString(CultureInfo.InvariantCulture));
+        table.Add("servers", s.Servers.ToString(CultureInfo.InvariantCulture));
+        var widths = table.Widths();
+        for (var i = 1; i < table.Rows.Count; i++) writer.WriteLine(table.Line(i, widths));
+    }
+
+    private static string Persistence(ServiceView s)
+    {
+        if (s.PersistenceTimeout == 0) return "-";
+        var text = $"{s.PersistenceTimeout}s";
+        var full = s.Family == "ipv6" ? 128u : 32u;
+        return s.PersistenceNetmask == full ? text : $"{text} /{s.PersistenceNetmask}";
+    }
+
+    private static string Forward(ServerView r)
+    {
+        if (r.Tunnel is not { } t) return r.Forward;
+        var text = $"tunnel {t.Type}";
+        if (t.Port is { } port) text += $":{port}";
+        if (t.Flags.Count > 0) text += " " + string.Join(",", t.Flags);
+        return text;
+    }
+
+    private static string Thresholds(ServerView r) =>
+        (r.UpperThreshold, r.LowerThreshold) switch
+        {
+            (0, 0) => "-",
+            (var upper, 0) => $"upper {upper}",
+            (0, var lower) => $"lower {lower}",
+            var (upper, lower) => $"upper {upper} lower {lower}",
+        };
+
+    private static string Health(HealthCheckView? h) =>
+        h is null
+            ? "-"
+            : $"{h.Endpoint} every {Durations.Format(TimeSpan.FromSeconds(h.PeriodSeconds))}" +
+              $" timeout {Durations.Format(TimeSpan.FromSeconds(h.TimeoutSeconds))} up {h.UpThreshold} down {h.DownThreshold}";
+
+    private static string Dash(string text) => text.Length == 0 ? "-" : text;
+}

@@ -1,0 +1,197 @@
+using System.Net;
+using Merlin.Model;
+using Merlin.Wire;
+using Wire = Merlin.Wire;
+
+namespace Merlin.Cli.Output;
+
+// What `list` and `status` show, independent of how: the JSON output serializes these records as
+// they are (their property names are the stable script interface), the tables format them.
+
+public sealed record ServiceList(IReadOnlyList<ServiceView> Services);
+
+public sealed record ServiceView
+{
+    public required string Id { get; init; }
+    /// <summary>tcp, udp or sctp.</summary>
+    public required string Protocol { get; init; }
+    /// <summary>ipv4 or ipv6.</summary>
+    public required string Family { get; init; }
+    /// <summary><c>ip:port</c> (<c>[v6]:port</c>); null for a firewall-mark service.</summary>
+    public required string? Address { get; init; }
+    public required string? Ip { get; init; }
+    public required uint? Port { get; init; }
+    /// <summary>Null unless this is a firewall-mark service.</summary>
+    public required uint? Fwmark { get; init; }
+    public required string Scheduler { get; init; }
+    public required IReadOnlyList<string> Flags { get; init; }
+    /// <summary>Seconds; 0 = not persistent.</summary>
+    public required uint PersistenceTimeout { get; init; }
+    /// <summary>Prefix length clients are grouped by when persistent (32 / 128 = per client address).</summary>
+    public required uint PersistenceNetmask { get; init; }
+    public required bool OnePacket { get; init; }
+    public required IReadOnlyList<ServerView> Servers { get; init; }
+}
+
+public sealed record ServerView
+{
+    public required string Address { get; init; }
+    public required string Ip { get; init; }
+    public required uint Port { get; init; }
+    /// <summary>Null only if the server sent no weight.</summary>
+    public required uint? Weight { get; init; }
+    /// <summary>route, tunnel or masq.</summary>
+    public required string Forward { get; init; }
+    /// <summary>Null unless <see cref="Forward"/> is tunnel.</summary>
+    public required TunnelView? Tunnel { get; init; }
+    /// <summary>0 = no limit.</summary>
+    public required uint UpperThreshold { get; init; }
+    public required uint LowerThreshold { get; init; }
+    /// <summary>Null when the server has no health check.</summary>
+    public required HealthCheckView? HealthCheck { get; init; }
+}
+
+public sealed record TunnelView(string Type, uint? Port, IReadOnlyList<string> Flags);
+
+public sealed record HealthCheckView
+{
+    public required string Endpoint { get; init; }
+    public required double PeriodSeconds { get; init; }
+    public required double TimeoutSeconds { get; init; }
+    public required uint UpThreshold { get; init; }
+    public required uint DownThreshold { get; init; }
+}
+
+public sealed record StatusView
+{
+    public required string Version { get; init; }
+    public required bool Ready { get; init; }
+    public required string StoreBackend { get; init; }
+    public required bool StoreReachable { get; init; }
+    public required string Dataplane { get; init; }
+    /// <summary>Seconds since the last reconcile pass; null if there has been none.</summary>
+    public required double? SinceLastReconcileSeconds { get; init; }
+    public required ulong ReconcilePasses { get; init; }
+    public required ulong ReconcileErrors { get; init; }
+    public required ulong OperationsApplied { get; init; }
+    /// <summary>Null when there is no error to report.</summary>
+    public required string? LastError { get; init; }
+    public required uint Services { get; init; }
+    public required uint Servers { get; init; }
+}
+
+public static class Views
+{
+    /// <summary>Services sorted by id, each one's servers by address, so output is stable between runs.</summary>
+    public static ServiceList From(ListResponse response) =>
+        new(response.Items
+            .Select(ToView)
+            .OrderBy(s => s.Id, StringComparer.Ordinal)
+            .ToList());
+
+    private static ServiceView ToView(ListResponse.Types.Item item)
+    {
+        var service = item.Service ?? new Wire.VirtualService();
+        var key = service.Key ?? new Wire.VirtualService.Types.Key();
+        var config = service.Config ?? new Wire.VirtualService.Types.Config();
+        var isFwmark = key.Fwmark != 0;
+        var v6 = isFwmark ? key.Family == AddressFamily.Inet6 : IsV6(key.Ip);
+        return new ServiceView
+        {
+            Id = service.Id,
+            Protocol = Name(key.Protocol == Wire.Protocol.UnsetProtocol && isFwmark ? Wire.Protocol.Tcp : key.Protocol),
+            Family = v6 ? "ipv6" : "ipv4",
+            Address = isFwmark ? null : FormatEndpoint(key.Ip, key.Port),
+            Ip = isFwmark ? null : key.Ip,
+            Port = isFwmark ? null : key.Port,
+            Fwmark = isFwmark ? key.Fwmark : null,
+            Scheduler = config.Scheduler,
+            Flags = config.Flags.ToList(),
+            PersistenceTimeout = config.PersistenceTimeout,
+            PersistenceNetmask = config.HasPersistenceNetmask ? config.PersistenceNetmask : (v6 ? 128u : 32u),
+            OnePacket = config.OnePacket,
+            Servers = item.Servers
+                .OrderBy(s => AddressSortKey(s.Key?.Ip ?? ""), StringComparer.Ordinal)
+                .ThenBy(s => s.Key?.Port ?? 0)
+                .Select(ToView)
+                .ToList(),
+        };
+    }
+
+    private static ServerView ToView(Wire.RealServer server)
+    {
+        var key = server.Key ?? new Wire.RealServer.Types.Key();
+        var config = server.Config ?? new Wire.RealServer.Types.Config();
+        var health = server.HealthCheck;
+        return new ServerView
+        {
+            Address = FormatEndpoint(key.Ip, key.Port),
+            Ip = key.Ip,
+            Port = key.Port,
+            Weight = config.Weight,
+            Forward = Name(config.Forward),
+            Tunnel = config.Forward == Wire.ForwardMethod.Tunnel
+                ? new TunnelView(
+                    Name(config.TunnelType),
+                    config.HasTunnelPort && config.TunnelPort != 0 ? config.TunnelPort : null,
+                    config.TunnelFlags.ToList())
+                : null,
+            UpperThreshold = config.UpperThreshold,
+            LowerThreshold = config.LowerThreshold,
+            HealthCheck = string.IsNullOrEmpty(health?.Endpoint)
+                ? null
+                : new HealthCheckView
+                {
+                    Endpoint = health.Endpoint,
+                    PeriodSeconds = health.Period?.ToTimeSpan().TotalSeconds ?? 0,
+                    TimeoutSeconds = health.Timeout?.ToTimeSpan().TotalSeconds ?? 0,
+                    UpThreshold = health.UpThreshold,
+                    DownThreshold = health.DownThreshold,
+                },
+        };
+    }
+
+    public static StatusView From(StatusResponse status) => new()
+    {
+        Version = status.Version,
+        Ready = status.Ready,
+        StoreBackend = status.StoreBackend,
+        StoreReachable = status.StoreReachable,
+        Dataplane = status.Dataplane,
+        SinceLastReconcileSeconds = status.SinceLastReconcile?.ToTimeSpan().TotalSeconds,
+        ReconcilePasses = status.ReconcilePasses,
+        ReconcileErrors = status.ReconcileErrors,
+        OperationsApplied = status.OperationsApplied,
+        LastError = string.IsNullOrEmpty(status.LastError) ? null : status.LastError,
+        Services = status.Services,
+        Servers = status.Servers,
+    };
+
+    /// <summary><c>ip:port</c>, IPv6 in brackets; an address that does not parse is shown as it came.</summary>
+    public static string FormatEndpoint(string ip, uint port)
+    {
+        if (Endpoints.TryParseAddress(ip, out var address) && port <= ushort.MaxValue) return Endpoints.Format(address, (ushort)port);
+        return ip.Contains(':') ? $"[{ip}]:{port}" : $"{ip}:{port}";
+    }
+
+    /// <summary>Lower-case enum names; a value this meradm does not know is shown as its number.</summary>
+    private static string Name<T>(T value) where T : struct, Enum
+    {
+        var name = value.ToString();
+        if (name.Length > 0 && (char.IsAsciiDigit(name[0]) || name[0] == '-')) return name;
+        return name switch
+        {
+            "UnsetProtocol" or "UnsetForwardMethod" => "unset",
+            _ => name.ToLowerInvariant(),
+        };
+    }
+
+    private static bool IsV6(string ip) =>
+        IPAddress.TryParse(ip, out var address) && address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6;
+
+    // IPv4 before IPv6, then by address bytes: 10.0.0.9 sorts before 10.0.0.10.
+    private static string AddressSortKey(string ip) =>
+        IPAddress.TryParse(ip, out var address)
+            ? (address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "6" : "4") + Convert.ToHexString(address.GetAddressBytes())
+            : "9" + ip;
+}

@@ -1,0 +1,67 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+
+namespace Merlin.Cli.Parsing;
+
+/// <summary>The <c>--host</c> value: a name or address, optionally with a port (<c>lb1:4282</c>, <c>[::1]:4282</c>).</summary>
+public sealed record HostSpec(string Host, ushort? Port)
+{
+    public static bool TryParse(string text, out HostSpec? spec, out string? error)
+    {
+        spec = null;
+        var s = text.Trim();
+        string host;
+        string? portText = null;
+        if (s.StartsWith('['))
+        {
+            var close = s.IndexOf(']');
+            if (close < 0 || (close + 1 < s.Length && s[close + 1] != ':'))
+            {
+                error = $"\"{text}\" is not a host ([IPv6] or [IPv6]:port)";
+                return false;
+            }
+            host = s[1..close];
+            if (close + 1 < s.Length) portText = s[(close + 2)..];
+            if (!IPAddress.TryParse(host, out var v6) || v6.AddressFamily != AddressFamily.InterNetworkV6)
+            {
+                error = $"\"{host}\" in brackets is not an IPv6 address";
+                return false;
+            }
+        }
+        else if (s.Count(c => c == ':') > 1)
+        {
+            // A bare IPv6 address: no port can be given without brackets.
+            host = s;
+            if (!IPAddress.TryParse(host, out var v6) || v6.AddressFamily != AddressFamily.InterNetworkV6)
+            {
+                error = $"\"{text}\" is not a host (write IPv6 with a port as [addr]:port)";
+                return false;
+            }
+        }
+        else
+        {
+            var colon = s.IndexOf(':');
+            host = colon < 0 ? s : s[..colon];
+            if (colon >= 0) portText = s[(colon + 1)..];
+            if (Uri.CheckHostName(host) is UriHostNameType.Unknown or UriHostNameType.IPv6)
+            {
+                error = $"\"{host}\" is not a host name or address";
+                return false;
+            }
+        }
+        ushort? port = null;
+        if (portText is not null)
+        {
+            if (!ushort.TryParse(portText, NumberStyles.None, CultureInfo.InvariantCulture, out var p) || p == 0)
+            {
+                error = $"port \"{portText}\" in \"{text}\" must be a number from 1 to 65535";
+                return false;
+            }
+            port = p;
+        }
+        spec = new HostSpec(host, port);
+        error = null;
+        return true;
+    }
+}

@@ -1,0 +1,3 @@
+using Merlin.Cli;
+
+return await MeradmApp.RunAsync(args, Console.Out, Console.Error);
