@@ -1,0 +1,202 @@
+using System.Text.Json;
+using Merlin.Wire;
+
+namespace Merlin.Cli.Tests;
+
+public class OutputTests
+{
+    [Fact]
+    public async Task List_Table_ShowsServicesWithTheirServersIndented()
+    {
+        var run = await Meradm.RunAsync(c => c.ListResponse = Canned.List(), "list");
+
+        const string expected = """
+            ID        PROTO  ADDRESS            SCHEDULER  FLAGS                PERSISTENCE
+              -> SERVER              WEIGHT  FORWARD               THRESHOLDS            HEALTH CHECK
+            dns-mark  udp    fwmark 7 (ipv6)    rr         one-packet           -
+            web       tcp    198.18.0.10:80     sh         sh-port,sh-fallback  300s /24
+              -> 198.18.1.9:80       100     route                 -                     http://:8080/health every 10s timeout 1.5s up 2 down 1
+              -> 198.18.1.10:80      0       tunnel gue:6080 csum  upper 1000 lower 800  -
+            web6      tcp    [2001:db8::1]:443  mh         mh-port              -
+              -> [2001:db8::10]:443  1       masq                  -                     -
+
+            """;
+        Assert.Equal(0, run.ExitCode);
+        Assert.Equal(expected.ReplaceLineEndings("\n"), run.Out);
+        Assert.Equal("", run.Err);
+        Assert.Equal("List", Assert.Single(run.Client.Calls).Method);
+    }
+
+    [Fact]
+    public async Task List_Empty_SaysSo()
+    {
+        var run = await Meradm.RunAsync("list");
+
+        Assert.Equal(0, run.ExitCode);
+        Assert.Equal("No services.\n", run.Out);
+    }
+
+    [Fact]
+    public async Task List_EmptyJson_IsAnEmptyArray()
+    {
+        var run = await Meradm.RunAsync("list", "--output", "json");
+
+        using var doc = JsonDocument.Parse(run.Out);
+        Assert.Equal(0, doc.RootElement.GetProperty("services").GetArrayLength());
+    }
+
+    [Theory]
+    [InlineData("list", "--output", "json")]
+    [InlineData("list", "-o", "JSON")]
+    [InlineData("--output", "json", "list")]
+    [InlineData("ls", "-o", "json")]
+    public async Task List_Json_HasStableFieldsForEveryServiceAndServer(params string[] args)
+    {
+        var run = await Meradm.RunAsync(c => c.ListResponse = Canned.List(), args);
+
+        Assert.Equal(0, run.ExitCode);
+        using var doc = JsonDocument.Parse(run.Out);
+        var services = doc.RootElement.GetProperty("services").EnumerateArray().ToList();
+        Assert.Equal(["dns-mark", "web", "web6"], services.Select(s => s.GetProperty("id").GetString()));
+
+        string[] serviceFields = ["id", "protocol", "family", "address", "ip", "port", "fwmark", "scheduler", "flags",
+            "persistenceTimeout", "persistenceNetmask", "onePacket", "servers"];
+        string[] serverFields = ["address", "ip", "port", "weight", "forward", "tunnel", "upperThreshold", "lowerThreshold", "healthCheck"];
+        foreach (var service in services)
+        {
+            Assert.Equal(serviceFields, service.EnumerateObject().Select(p => p.Name));
+            foreach (var server in service.GetProperty("servers").EnumerateArray())
+                Assert.Equal(serverFields, server.EnumerateObject().Select(p => p.Name));
+        }
+
+        var mark = services[0];
+        Assert.Equal(7, mark.GetProperty("fwmark").GetInt32());
+        Assert.Equal("ipv6", mark.GetProperty("family").GetString());
+        Assert.Equal(JsonValueKind.Null, mark.GetProperty("address").ValueKind);
+        Assert.True(mark.GetProperty("onePacket").GetBoolean());
+
+        var web = services[1];
+        Assert.Equal("198.18.0.10:80", web.GetProperty("address").GetString());
+        Assert.Equal(["sh-port", "sh-fallback"], web.GetProperty("flags").EnumerateArray().Select(f => f.GetString()));
+        Assert.Equal(300, web.GetProperty("persistenceTimeout").GetInt32());
+        Assert.Equal(24, web.GetProperty("persistenceNetmask").GetInt32());
+        var servers = web.GetProperty("servers").EnumerateArray().ToList();
+        Assert.Equal(["198.18.1.9:80", "198.18.1.10:80"], servers.Select(s => s.GetProperty("address").GetString()));
+        var health = servers[0].GetProperty("healthCheck");
+        Assert.Equal("http://:8080/health", health.GetProperty("endpoint").GetString());
+        Assert.Equal(10, health.GetProperty("periodSeconds").GetDouble());
+        Assert.Equal(1.5, health.GetProperty("timeoutSeconds").GetDouble());
+        Assert.Equal(2, health.GetProperty("upThreshold").GetInt32());
+        Assert.Equal(1, health.GetProperty("downThreshold").GetInt32());
+        Assert.Equal("route", servers[0].GetProperty("forward").GetString());
+        Assert.Equal(0, servers[1].GetProperty("weight").GetInt32());
+        var tunnel = servers[1].GetProperty("tunnel");
+        Assert.Equal("gue", tunnel.GetProperty("type").GetString());
+        Assert.Equal(6080, tunnel.GetProperty("port").GetInt32());
+        Assert.Equal(1000, servers[1].GetProperty("upperThreshold").GetInt32());
+        Assert.Equal(JsonValueKind.Null, servers[1].GetProperty("healthCheck").ValueKind);
+
+        var web6 = services[2];
+        Assert.Equal("[2001:db8::1]:443", web6.GetProperty("address").GetString());
+        Assert.Equal("2001:db8::1", web6.GetProperty("ip").GetString());
+        Assert.Equal(128, web6.GetProperty("persistenceNetmask").GetInt32());
+        var server6 = Assert.Single(web6.GetProperty("servers").EnumerateArray());
+        Assert.Equal("[2001:db8::10]:443", server6.GetProperty("address").GetString());
+        Assert.Equal("masq", server6.GetProperty("forward").GetString());
+    }
+
+    [Fact]
+    public async Task List_UnknownEnumValuesFromANewerDaemon_AreShownAsNumbers()
+    {
+        var list = new ListResponse
+        {
+            Items =
+            {
+                new ListResponse.Types.Item
+                {
+                    Service = new() { Id = "future", Key = new() { Ip = "198.18.0.1", Port = 80, Protocol = (Protocol)9 }, Config = new() { Scheduler = "rr" } },
+                    Servers = { new RealServer { Key = new() { Ip = "198.18.1.1", Port = 80 }, Config = new() { Weight = 1, Forward = (ForwardMethod)7 } } },
+                },
+            },
+        };
+        var run = await Meradm.RunAsync(c => c.ListResponse = list, "list");
+
+        Assert.Equal(0, run.ExitCode);
+        Assert.Contains("future  9 ", run.Out);
+        Assert.Contains("198.18.1.1:80  1       7 ", run.Out);
+    }
+
+    [Fact]
+    public async Task Status_Table_IsOneFactPerLine()
+    {
+        var run = await Meradm.RunAsync(c => c.StatusResponse = Canned.Status(), "status");
+
+        const string expected = """
+            version             0.1.0
+            ready               yes
+            store               sqlite (reachable)
+            dataplane           none
+            last reconcile      3.25s ago
+            reconcile passes    120
+            reconcile errors    2
+            operations applied  42
+            last error          -
+            services            3
+            servers             3
+
+            """;
+        Assert.Equal(0, run.ExitCode);
+        Assert.Equal(expected.ReplaceLineEndings("\n"), run.Out);
+        Assert.Equal("Status", Assert.Single(run.Client.Calls).Method);
+    }
+
+    [Fact]
+    public async Task Status_StoreDownAndNeverReconciled_SaysSoPlainly()
+    {
+        var status = Canned.Status();
+        status.StoreReachable = false;
+        status.Ready = false;
+        status.SinceLastReconcile = null;
+        status.LastError = "etcd: connection refused";
+        var run = await Meradm.RunAsync(c => c.StatusResponse = status, "status");
+
+        Assert.Contains("ready               no\n", run.Out);
+        Assert.Contains("store               sqlite (UNREACHABLE)\n", run.Out);
+        Assert.Contains("last reconcile      never\n", run.Out);
+        Assert.Contains("last error          etcd: connection refused\n", run.Out);
+    }
+
+    [Fact]
+    public async Task Status_Json_IsExact()
+    {
+        var run = await Meradm.RunAsync(c => c.StatusResponse = Canned.Status(), "status", "--output", "json");
+
+        const string expected = """
+            {
+              "version": "0.1.0",
+              "ready": true,
+              "storeBackend": "sqlite",
+              "storeReachable": true,
+              "dataplane": "none",
+              "sinceLastReconcileSeconds": 3.25,
+              "reconcilePasses": 120,
+              "reconcileErrors": 2,
+              "operationsApplied": 42,
+              "lastError": null,
+              "services": 3,
+              "servers": 3
+            }
+
+            """;
+        Assert.Equal(0, run.ExitCode);
+        Assert.Equal(expected.ReplaceLineEndings("\n"), run.Out.ReplaceLineEndings("\n"));
+    }
+
+    [Fact]
+    public async Task Output_UnknownFormat_IsUsageError()
+    {
+        var run = await Meradm.RunAsync("list", "--output", "yaml");
+
+        run.AssertUsageError("--output: \"yaml\" is not table or json");
+    }
+}
