@@ -1,0 +1,249 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Google.Protobuf;
+using Merlin.Store.Etcd;
+using Merlin.Wire;
+using static Merlin.Store.Tests.Records;
+
+namespace Merlin.Store.Tests;
+
+/// <summary>What only etcd has to prove: the original merlin's layout and bytes, prefixes, several endpoints.</summary>
+public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture>, IAsyncLifetime
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private RawEtcd Raw => _raw ?? throw new InvalidOperationException("not initialized");
+    private RawEtcd? _raw;
+
+    public async ValueTask InitializeAsync()
+    {
+        _raw = new RawEtcd(etcd.Server.Endpoint);
+        await Raw.DeletePrefixAsync("/merlin");
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        _raw?.Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    private EtcdStore Open(string prefix = "/merlin") => new([etcd.Server.Endpoint], prefix, TimeSpan.FromSeconds(5));
+
+    [Fact]
+    public async Task RecordsWrittenAsRawProtobufUnderTheOriginalLayout_AreListedAndFound()
+    {
+        var web = Service("web", "10.0.0.1", 80);
+        var v4 = Server("web", "10.1.0.1", 8080, weight: 3);
+        var v6 = FullServer("web", "2001:db8::10", 8080);
+        await Raw.PutAsync("/merlin/services/web", web.ToByteArray());
+        var v4Revision = await Raw.PutAsync("/merlin/servers/web/10.1.0.1:8080", v4.ToByteArray());
+        await Raw.PutAsync("/merlin/servers/web/2001:db8::10:8080", v6.ToByteArray());
+        await using var store = Open();
+
+        var list = await store.ListAsync(Ct);
+
+        var item = Assert.Single(list.Items);
+        Assert.Equal(web, item.Service);
+        Assert.Equal([v4, v6], item.Servers);
+        var got = await store.GetServerAsync("web", "10.1.0.1", 8080, Ct);
+        Assert.Equal(v4Revision, got!.Version);
+        Assert.Equal(v6, (await store.GetServerAsync("web", "2001:db8::10", 8080, Ct))!.Value);
+        // And the store can change what the original wrote.
+        var changed = v4.Clone();
+        changed.Config.Weight = 0;
+        await store.UpdateServerAsync(changed, got.Version, Ct);
+        Assert.Equal(changed, RealServer.Parser.ParseFrom(await Raw.GetAsync("/merlin/servers/web/10.1.0.1:8080")));
+    }
+
+    [Fact]
+    public async Task RecordsTheStoreWrites_ParseAsRawProtobufFromAPlainGet()
+    {
+        await using var store = Open();
+        var web = Service("web", "2001:db8::1", 443);
+        var server = FullServer("web", "2001:db8::10", 8443);
+
+        await store.CreateServiceAsync(web, Ct);
+        await store.CreateServerAsync(server, Ct);
+
+        Assert.Equal(["/merlin/servers/web/2001:db8::10:8443", "/merlin/services/web"], await Raw.KeysAsync("/merlin/"));
+        Assert.Equal(web, VirtualService.Parser.ParseFrom(await Raw.GetAsync("/merlin/services/web")));
+        Assert.Equal(server, RealServer.Parser.ParseFrom(await Raw.GetAsync("/merlin/servers/web/2001:db8::10:8443")));
+    }
+
+    [Fact]
+    public async Task Watch_SeesWritesOfAnotherClient()
+    {
+        await using var store = Open();
+        var start = (await store.ListAsync(Ct)).Revision;
+        var revision = await Raw.PutAsync("/merlin/services/other", Service("other").ToByteArray());
+        await Raw.DeletePrefixAsync("/merlin/services/other");
+
+        var changes = new List<StoreChange>();
+        await foreach (var c in store.WatchAsync(start, Ct))
+        {
+            changes.Add(c);
+            if (changes.Count == 2) break;
+        }
+
+        Assert.Equal([new StoreChange(StoreChangeKind.Put, "services/other", revision), new StoreChange(StoreChangeKind.Delete, "services/other", revision + 1)], changes);
+    }
+
+    [Fact]
+    public async Task Prefixes_AreIsolated_EvenWhenOneIsAPrefixOfTheOther()
+    {
+        await using var merlin = Open("/merlin");
+        await using var merlin2 = Open("merlin2/");
+        await merlin2.CreateServiceAsync(Service("web"), Ct);
+        await merlin2.CreateServerAsync(Server("web", "10.1.0.1"), Ct);
+
+        Assert.Empty((await merlin.ListAsync(Ct)).Items);
+        await merlin.CreateServiceAsync(Service("web"), Ct); // same id and key: another prefix is another store
+        Assert.Empty(Assert.Single((await merlin.ListAsync(Ct)).Items).Servers);
+        Assert.Equal("/merlin2", merlin2.Prefix);
+        await Raw.DeletePrefixAsync("/merlin2/");
+    }
+
+    [Fact]
+    public async Task ARecordThatIsNotProtobuf_MakesListFailInsteadOfDroppingIt()
+    {
+        await Raw.PutAsync("/merlin/services/bad", [0xff, 0xff, 0xff]);
+        await using var store = Open();
+
+        var e = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ListAsync(Ct));
+
+        Assert.Contains("/merlin/services/bad", e.Message);
+    }
+
+    [Fact]
+    public async Task SeveralEndpoints_OneDown_StillServe()
+    {
+        await using var store = new EtcdStore([$"127.0.0.1:{UnusedPort()}", etcd.Server.Endpoint], "/merlin", TimeSpan.FromSeconds(5));
+
+        for (var i = 0; i < 4; i++) await store.CreateServiceAsync(Service($"s{i}", $"10.0.0.{i + 1}"), Ct);
+
+        Assert.Equal(4, (await store.ListAsync(Ct)).Items.Count);
+    }
+
+    internal static int UnusedPort()
+    {
+        var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        var port = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+}
+
+/// <summary>An etcd that goes away, never answers, or was never there: always StoreUnavailable, within the timeout.</summary>
+public sealed class EtcdStoreOutageTests
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(1);
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task EtcdStopped_EveryCallIsUnavailableWithinTheTimeout_AndTheStoreWorksAgainAfterRestart()
+    {
+        Testing.Requires.Etcd();
+        using var server = Testing.EtcdServer.Launch();
+        await using var store = new EtcdStore([server.Endpoint], "/merlin", Timeout);
+        await store.CreateServiceAsync(Service("web"), Ct);
+        await store.CreateServerAsync(Server("web", "10.1.0.1"), Ct);
+        var version = (await store.GetServiceAsync("web", Ct))!.Version;
+        var watch = Drain(store.WatchAsync((await store.ListAsync(Ct)).Revision, Ct));
+
+        server.Stop();
+
+        var watchError = await Assert.ThrowsAsync<StoreUnavailableException>(() => watch.WaitAsync(TimeSpan.FromSeconds(10), Ct));
+        Assert.Contains(server.Endpoint.Replace("http://", ""), watchError.Message);
+        await Unavailable(() => store.ListAsync(Ct), server.Endpoint);
+        await Unavailable(() => store.GetServiceAsync("web", Ct), server.Endpoint);
+        await Unavailable(() => store.CreateServiceAsync(Service("api", "10.0.0.2"), Ct), server.Endpoint);
+        await Unavailable(() => store.UpdateServiceAsync(Service("web"), version, Ct), server.Endpoint);
+        await Unavailable(() => store.CreateServerAsync(Server("web", "10.1.0.2"), Ct), server.Endpoint);
+        await Unavailable(() => store.DeleteServiceAsync("web", Ct), server.Endpoint);
+        await Unavailable(() => Drain(store.WatchAsync(0, Ct)), server.Endpoint);
+
+        server.Start();
+
+        var list = await Eventually(() => store.ListAsync(Ct));
+        Assert.Equal("web", Assert.Single(list.Items).Service.Id);
+        await store.CreateServiceAsync(Service("api", "10.0.0.2"), Ct);
+        Assert.Equal(2, (await store.ListAsync(Ct)).Items.Count);
+    }
+
+    [Fact]
+    public async Task NothingListening_IsUnavailableNamingTheEndpoint()
+    {
+        var endpoint = $"http://127.0.0.1:{EtcdStoreTests.UnusedPort()}";
+        await using var store = new EtcdStore([endpoint], "/merlin", Timeout);
+
+        await Unavailable(() => store.ListAsync(Ct), endpoint);
+        await Unavailable(() => store.CreateServiceAsync(Service("web"), Ct), endpoint);
+        await Unavailable(() => Drain(store.WatchAsync(0, Ct)), endpoint);
+    }
+
+    [Fact]
+    public async Task APeerThatNeverAnswers_TimesOutAsUnavailable()
+    {
+        // Accepts TCP connections and then says nothing, like a hung etcd.
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var accepted = new List<TcpClient>();
+        using var acceptLoop = new CancellationTokenSource();
+        var accepting = Task.Run(async () =>
+        {
+            try
+            {
+                while (true) accepted.Add(await listener.AcceptTcpClientAsync(acceptLoop.Token));
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }, Ct);
+        var endpoint = $"http://127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}";
+        await using var store = new EtcdStore([endpoint], "/merlin", Timeout);
+
+        var e = await Unavailable(() => store.GetServiceAsync("web", Ct), endpoint);
+        Assert.Contains("did not answer", e.Message);
+        await Unavailable(() => store.DeleteServerAsync("web", "10.1.0.1", 80, Ct), endpoint);
+        await Unavailable(() => Drain(store.WatchAsync(0, Ct)), endpoint);
+
+        await acceptLoop.CancelAsync();
+        await accepting;
+        foreach (var c in accepted) c.Dispose();
+    }
+
+    private static async Task<StoreUnavailableException> Unavailable(Func<Task> call, string endpoint)
+    {
+        var clock = Stopwatch.StartNew();
+        var e = await Assert.ThrowsAsync<StoreUnavailableException>(call);
+        Assert.True(clock.Elapsed < Timeout + TimeSpan.FromSeconds(1.5), $"took {clock.Elapsed} (timeout {Timeout})");
+        Assert.Contains(endpoint.Replace("http://", ""), e.Message);
+        return e;
+    }
+
+    private static async Task Drain(IAsyncEnumerable<StoreChange> changes)
+    {
+        await foreach (var _ in changes)
+        {
+        }
+    }
+
+    private static async Task<T> Eventually<T>(Func<Task<T>> call)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            try
+            {
+                return await call();
+            }
+            catch (StoreUnavailableException) when (clock.Elapsed < TimeSpan.FromSeconds(10))
+            {
+                await Task.Delay(100, Ct);
+            }
+        }
+    }
+}
