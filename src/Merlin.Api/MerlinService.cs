@@ -45,7 +45,13 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
                 throw Invalid(new("key", "is immutable: delete and re-create the service to change it"));
             var next = current.Value.Clone();
             next.Config ??= new();
-            if (request.Config.Scheduler.Length != 0) next.Config.Scheduler = request.Config.Scheduler;
+            if (request.Config.Scheduler.Length != 0 && request.Config.Scheduler != next.Config.Scheduler)
+            {
+                // Flags mean different things per scheduler (sh-port vs mh-port): a new scheduler starts
+                // without the old one's flags unless the request gives new ones.
+                next.Config.Scheduler = request.Config.Scheduler;
+                next.Config.Flags.Clear();
+            }
             if (request.Config.Flags.Count != 0)
             {
                 next.Config.Flags.Clear();

@@ -87,7 +87,7 @@ public static class WireMapper
             key.Port = model.Key.Port;
         }
         var config = new VirtualService.Types.Config { Scheduler = model.Config.Scheduler };
-        config.Flags.AddRange(Schedulers.FlagNames(model.Config.Scheduler, model.Config.Flags));
+        config.Flags.AddRange(Schedulers.AliasNames(model.Config.Flags));
         // Only write extension fields that differ from defaults, so plain services stay byte-identical
         // to what the original merlin writes.
         if (model.Config.PersistenceTimeout != 0) config.PersistenceTimeout = model.Config.PersistenceTimeout;

@@ -54,6 +54,14 @@ public static class Schedulers
         return null;
     }
 
+    /// <summary>
+    /// The original merlin's spelling (flag-1, flag-2, flag-3), which is what goes into the store: a Go
+    /// merlin sharing the store during an upgrade ignores names it does not know, and would then hash
+    /// differently from us.
+    /// </summary>
+    public static IReadOnlyList<string> AliasNames(SchedulerFlags flags) =>
+        Aliases.Where(a => flags.HasFlag(a.Bit)).Select(a => a.Name).ToList();
+
     public static IReadOnlyList<string> FlagNames(string scheduler, SchedulerFlags flags)
     {
         var named = NamedFlags.GetValueOrDefault(scheduler, []);

@@ -17,7 +17,23 @@ public static class DesiredState
         foreach (var item in snapshot.Items)
         {
             var id = item.Service.Id;
-            if (WireMapper.TryToModel(item.Service, out var service) is { } error)
+            var error = WireMapper.TryToModel(item.Service, out var service);
+            if (error?.Field == "config.flags")
+            {
+                // The Go merlin passed any flag to the kernel, which ignores flags a scheduler does not use.
+                // Such a record must keep working after an upgrade: drop the flag, say so, program the rest.
+                var lenient = item.Service.Clone();
+                var scheduler = lenient.Config.Scheduler.Trim();
+                var usable = lenient.Config.Flags.Where(f => Model.Schedulers.ParseFlags(scheduler, [f], "", out _) is null).ToList();
+                lenient.Config.Flags.Clear();
+                lenient.Config.Flags.AddRange(usable);
+                if (WireMapper.TryToModel(lenient, out service) is null)
+                {
+                    rejected.Add(new($"services/{id}", $"{error} (that flag is ignored; the service is programmed)"));
+                    error = null;
+                }
+            }
+            if (error is not null)
             {
                 rejected.Add(new($"services/{id}", error.ToString()));
                 continue;

@@ -17,10 +17,10 @@ public sealed record PassResult(bool StoreReachable, int Planned, int Applied, i
 /// </summary>
 public sealed partial class Reconciler(IStore store, IDataplane dataplane, ReconcilerStatus status, ILogger<Reconciler> logger, TimeProvider time)
 {
-    private static readonly Meter Meter = new("Merlin.Reconciler");
-    private static readonly Counter<long> Passes = Meter.CreateCounter<long>("merlin_reconcile_passes", description: "Reconcile passes by result");
-    private static readonly Counter<long> Operations = Meter.CreateCounter<long>("merlin_dataplane_operations", description: "Dataplane operations by kind and result");
-    private static readonly Histogram<double> PassSeconds = Meter.CreateHistogram<double>("merlin_reconcile_duration_seconds", "s", "Duration of a reconcile pass");
+    private static readonly Meter Meter = new("merlin");
+    private static readonly Counter<long> Passes = Meter.CreateCounter<long>("reconcile_passes", description: "Reconcile passes by result");
+    private static readonly Counter<long> Operations = Meter.CreateCounter<long>("dataplane_operations", description: "Dataplane operations by kind and result");
+    private static readonly Histogram<double> PassSeconds = Meter.CreateHistogram<double>("reconcile_duration_seconds", null, "Duration of a reconcile pass");
 
     private string _lastRejections = "";
 

@@ -1,0 +1,125 @@
+using System.Globalization;
+using System.Net;
+using Merlin.Model;
+using Microsoft.Extensions.Configuration;
+
+namespace Merlin.Daemon;
+
+/// <summary>
+/// The daemon's settings. Flags keep the original merlin's names; every flag can also come from a JSON
+/// file (<c>--config</c>) or the environment (<c>MERLIN_STORE_BACKEND</c> → <c>--store-backend</c>).
+/// Precedence: flags over environment over file.
+/// </summary>
+public sealed record DaemonOptions
+{
+    public IPAddress ListenAddress { get; init; } = IPAddress.Loopback;
+    public int Port { get; init; } = 4282;
+    public IPAddress HealthListenAddress { get; init; } = IPAddress.Loopback;
+    public int HealthPort { get; init; } = 4283;
+    public string StoreBackend { get; init; } = "sqlite";
+    public IReadOnlyList<string> StoreEndpoints { get; init; } = ["http://127.0.0.1:2379"];
+    public string StorePrefix { get; init; } = "/merlin";
+    public string StorePath { get; init; } = "/var/lib/merlin/merlin.db";
+    public TimeSpan StoreTimeout { get; init; } = TimeSpan.FromSeconds(5);
+    public TimeSpan SyncPeriod { get; init; } = TimeSpan.FromSeconds(30);
+    public string Dataplane { get; init; } = "none";
+    public string LogFormat { get; init; } = "text";
+
+    /// <summary>Flag name → configuration key. The key is the flag without dashes, so env vars and JSON use the same words.</summary>
+    public static readonly IReadOnlyDictionary<string, string> Flags = new Dictionary<string, string>
+    {
+        ["--listen-address"] = "listen-address",
+        ["--port"] = "port",
+        ["--health-listen-address"] = "health-listen-address",
+        ["--health-port"] = "health-port",
+        ["--store-backend"] = "store-backend",
+        ["--store-endpoints"] = "store-endpoints",
+        ["--store-prefix"] = "store-prefix",
+        ["--store-path"] = "store-path",
+        ["--store-timeout"] = "store-timeout",
+        ["--reconcile-sync-period"] = "reconcile-sync-period",
+        ["--dataplane"] = "dataplane",
+        ["--log-format"] = "log-format",
+        ["--config"] = "config",
+    };
+
+    public static readonly IReadOnlyList<string> Dataplanes = ["none"];
+
+    public static IConfiguration BuildConfiguration(string[] args, IDictionary<string, string?>? environment = null)
+    {
+        var unknown = args.Where(a => a.StartsWith("--", StringComparison.Ordinal) && !Flags.ContainsKey(a.Split('=')[0])).ToList();
+        if (unknown.Count > 0) throw new OptionsException($"{unknown[0].Split('=')[0]}: unknown flag (known: {string.Join(", ", Flags.Keys)})");
+        var flags = new ConfigurationBuilder().AddCommandLine(args, Flags.ToDictionary()).Build();
+        var builder = new ConfigurationBuilder();
+        if (flags["config"] is { } file)
+        {
+            if (!File.Exists(file)) throw new OptionsException($"--config: {file} does not exist");
+            builder.AddJsonFile(Path.GetFullPath(file), optional: false);
+        }
+        // MERLIN_STORE_BACKEND → store-backend
+        var env = environment ?? Environment.GetEnvironmentVariables().Cast<System.Collections.DictionaryEntry>()
+            .ToDictionary(e => (string)e.Key, e => (string?)e.Value);
+        builder.AddInMemoryCollection(env
+            .Where(e => e.Key.StartsWith("MERLIN_", StringComparison.Ordinal))
+            .Select(e => KeyValuePair.Create(e.Key["MERLIN_".Length..].ToLowerInvariant().Replace('_', '-'), e.Value)));
+        builder.AddConfiguration(flags);
+        return builder.Build();
+    }
+
+    public static DaemonOptions From(IConfiguration config)
+    {
+        var d = new DaemonOptions();
+        var options = new DaemonOptions
+        {
+            ListenAddress = Address(config, "listen-address", d.ListenAddress),
+            Port = PortOf(config, "port", d.Port),
+            HealthListenAddress = Address(config, "health-listen-address", d.HealthListenAddress),
+            HealthPort = PortOf(config, "health-port", d.HealthPort),
+            StoreBackend = OneOf(config, "store-backend", d.StoreBackend, ["sqlite", "etcd3", "etcd"]),
+            StoreEndpoints = config["store-endpoints"] is { } e
+                ? e.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                : d.StoreEndpoints,
+            StorePrefix = config["store-prefix"] ?? d.StorePrefix,
+            StorePath = config["store-path"] ?? d.StorePath,
+            StoreTimeout = Duration(config, "store-timeout", d.StoreTimeout),
+            SyncPeriod = Duration(config, "reconcile-sync-period", d.SyncPeriod),
+            Dataplane = OneOf(config, "dataplane", d.Dataplane, Dataplanes),
+            LogFormat = OneOf(config, "log-format", d.LogFormat, ["text", "json"]),
+        };
+        if (options.StoreEndpoints.Count == 0) throw new OptionsException("--store-endpoints: at least one etcd endpoint is needed");
+        if (options.Port == options.HealthPort && options.Port != 0) throw new OptionsException($"--health-port: {options.HealthPort} is also the API port");
+        return options;
+    }
+
+    private static IPAddress Address(IConfiguration c, string key, IPAddress fallback)
+    {
+        var text = c[key];
+        if (text is null) return fallback;
+        return IPAddress.TryParse(text, out var a) ? a : throw new OptionsException($"--{key}: \"{text}\" is not an IP address");
+    }
+
+    private static int PortOf(IConfiguration c, string key, int fallback)
+    {
+        var text = c[key];
+        if (text is null) return fallback;
+        return int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var p) && p <= 65535
+            ? p : throw new OptionsException($"--{key}: \"{text}\" is not a port (0-65535)");
+    }
+
+    private static TimeSpan Duration(IConfiguration c, string key, TimeSpan fallback)
+    {
+        var text = c[key];
+        if (text is null) return fallback;
+        if (!Durations.TryParse(text, out var value, out var error)) throw new OptionsException($"--{key}: {error}");
+        return value > TimeSpan.Zero ? value : throw new OptionsException($"--{key}: must be positive");
+    }
+
+    private static string OneOf(IConfiguration c, string key, string fallback, IReadOnlyList<string> allowed)
+    {
+        var text = c[key];
+        if (text is null) return fallback;
+        return allowed.Contains(text) ? text : throw new OptionsException($"--{key}: \"{text}\" is not one of {string.Join(", ", allowed)}");
+    }
+}
+
+public sealed class OptionsException(string message) : Exception(message);

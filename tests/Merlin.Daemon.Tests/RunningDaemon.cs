@@ -1,0 +1,102 @@
+using System.Net;
+using System.Net.Sockets;
+using Grpc.Net.Client;
+using Merlin.Daemon;
+using Merlin.Reconciler;
+using Merlin.Testing;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Merlin.Daemon.Tests;
+
+/// <summary>The real daemon (Kestrel, gRPC, store, reconciler) on free loopback ports, in this process.</summary>
+public sealed class RunningDaemon : IAsyncDisposable
+{
+    private WebApplication? _app;
+    private GrpcChannel? _channel;
+
+    private RunningDaemon(DaemonOptions options) => Options = options;
+
+    public DaemonOptions Options { get; }
+
+    public Original.Types.Merlin.MerlinClient Original { get; private set; } = null!;
+
+    public Wire.Merlin.MerlinClient Extended { get; private set; } = null!;
+
+    public IServiceProvider Services => _app!.Services;
+
+    public InMemoryDataplane Dataplane => (InMemoryDataplane)Services.GetRequiredService<IDataplane>();
+
+    public ReconcileLoop Loop => Services.GetRequiredService<ReconcileLoop>();
+
+    public static async Task<RunningDaemon> StartAsync(Func<DaemonOptions, DaemonOptions> configure)
+    {
+        var options = configure(new DaemonOptions { Port = FreePort(), HealthPort = FreePort(), SyncPeriod = TimeSpan.FromSeconds(30) });
+        var daemon = new RunningDaemon(options);
+        await daemon.StartAsync();
+        return daemon;
+    }
+
+    public async Task StartAsync()
+    {
+        _app = DaemonHost.Build(Options);
+        await _app.StartAsync(TestContext.Current.CancellationToken);
+        _channel = GrpcChannel.ForAddress($"http://127.0.0.1:{Options.Port}");
+        Original = new Original.Types.Merlin.MerlinClient(_channel);
+        Extended = new Wire.Merlin.MerlinClient(_channel);
+    }
+
+    public async Task StopAsync()
+    {
+        _channel?.Dispose();
+        _channel = null;
+        if (_app is not null)
+        {
+            await _app.StopAsync(CancellationToken.None);
+            await _app.DisposeAsync();
+            _app = null;
+        }
+    }
+
+    public async Task RestartAsync()
+    {
+        await StopAsync();
+        await StartAsync();
+    }
+
+    public HttpClient Health() => new() { BaseAddress = new Uri($"http://127.0.0.1:{Options.HealthPort}") };
+
+    /// <summary>Waits until the reconciler has programmed what the store holds.</summary>
+    public async Task WaitForDataplaneAsync(Func<DataplaneState, bool> condition)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        cts.CancelAfter(TimeSpan.FromSeconds(15));
+        while (!condition(Dataplane.State)) await Task.Delay(20, cts.Token);
+    }
+
+    public ValueTask DisposeAsync() => new(StopAsync());
+
+    public static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}
+
+/// <summary>One etcd for a test class; each test uses its own key prefix.</summary>
+public sealed class EtcdFixture : IDisposable
+{
+    private EtcdServer? _etcd;
+
+    public EtcdServer Server
+    {
+        get
+        {
+            Requires.Etcd();
+            return _etcd ??= EtcdServer.Launch();
+        }
+    }
+
+    public void Dispose() => _etcd?.Dispose();
+}
