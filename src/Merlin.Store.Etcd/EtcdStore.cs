@@ -348,8 +348,9 @@ public sealed class EtcdStore : IStore
     /// </summary>
     private async Task<long> CheckIdentityFree(string? identity, VirtualService service, string? exceptId, Operation op)
     {
+        if (identity is null) return 0; // a service without a key conflicts with nothing
         var revision = await RefreshIdentities(full: _identityRevision == 0, op).ConfigureAwait(false);
-        if (identity is null || !Taken()) return revision;
+        if (!Taken()) return revision;
         // The index may still hold a service deleted since; confirm with a full read.
         revision = await RefreshIdentities(full: true, op).ConfigureAwait(false);
         if (Taken())

@@ -38,7 +38,8 @@ public interface IStore : IAsyncDisposable
 
     /// <summary>
     /// Changes after <paramref name="afterRevision"/>, in order. If the history needed is gone
-    /// (etcd compaction) a single <see cref="StoreChangeKind.Resync"/> is yielded and the caller re-lists.
+    /// (etcd compaction) a single <see cref="StoreChangeKind.Resync"/> is yielded and the enumeration
+    /// ends: the caller re-lists, and may resume watching from the Resync's revision (or the new list's).
     /// Ends with <see cref="StoreUnavailableException"/> if the store becomes unreachable.
     /// </summary>
     IAsyncEnumerable<StoreChange> WatchAsync(long afterRevision, CancellationToken ct = default);

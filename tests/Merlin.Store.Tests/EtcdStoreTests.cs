@@ -125,6 +125,75 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         Assert.Equal(4, (await store.ListAsync(Ct)).Items.Count);
     }
 
+    [Fact]
+    public async Task SeveralClients_RacingForOneServiceKey_ExactlyOneWins()
+    {
+        // Separate store instances share no lock or cache: only etcd's transaction decides.
+        var stores = Enumerable.Range(0, 4).Select(_ => Open()).ToArray();
+        try
+        {
+            var results = await Task.WhenAll(stores.SelectMany((s, n) => Enumerable.Range(0, 3).Select(i =>
+                Outcome(() => s.CreateServiceAsync(Service($"web-{n}-{i}", "10.0.0.1", 80), Ct)))));
+
+            Assert.Equal(1, results.Count(r => r is null));
+            Assert.All(results.Where(r => r is not null), r => Assert.IsType<AlreadyExistsException>(r));
+            Assert.Single((await stores[0].ListAsync(Ct)).Items);
+        }
+        finally
+        {
+            foreach (var s in stores) await s.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task SeveralClients_CreatingDistinctServicesAtOnce_AllSucceed()
+    {
+        var stores = Enumerable.Range(0, 4).Select(_ => Open()).ToArray();
+        try
+        {
+            await Task.WhenAll(stores.Select((s, n) => Task.Run(async () =>
+            {
+                for (var i = 0; i < 8; i++) await s.CreateServiceAsync(Service($"svc-{n}-{i}", $"10.0.{n}.{i + 1}", 80), Ct);
+            }, Ct)));
+
+            Assert.Equal(32, (await stores[0].ListAsync(Ct)).Items.Count);
+        }
+        finally
+        {
+            foreach (var s in stores) await s.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task TheKeyCheck_FollowsWhatOtherClientsCreateAndDelete()
+    {
+        await using var a = Open();
+        await using var b = Open();
+        await a.CreateServiceAsync(Service("x", "10.0.0.1", 80), Ct); // a now knows x holds the key
+
+        await b.DeleteServiceAsync("x", Ct);
+        await a.CreateServiceAsync(Service("y", "10.0.0.1", 80), Ct); // freed by b: accepted
+        await b.CreateServiceAsync(Service("z", "10.0.0.2", 80), Ct);
+
+        var e = await Assert.ThrowsAsync<AlreadyExistsException>(() => a.CreateServiceAsync(Service("w", "10.0.0.2", 80), Ct));
+        Assert.Contains("\"z\"", e.Message);
+        var y = (await b.GetServiceAsync("y", Ct))!;
+        await Assert.ThrowsAsync<AlreadyExistsException>(() => b.UpdateServiceAsync(Service("y", "10.0.0.2", 80), y.Version, Ct));
+    }
+
+    private static async Task<Exception?> Outcome(Func<Task> action)
+    {
+        try
+        {
+            await action();
+            return null;
+        }
+        catch (StoreException e)
+        {
+            return e;
+        }
+    }
+
     internal static int UnusedPort()
     {
         var l = new TcpListener(IPAddress.Loopback, 0);
@@ -219,7 +288,7 @@ public sealed class EtcdStoreOutageTests
     {
         var clock = Stopwatch.StartNew();
         var e = await Assert.ThrowsAsync<StoreUnavailableException>(call);
-        Assert.True(clock.Elapsed < Timeout + TimeSpan.FromSeconds(1.5), $"took {clock.Elapsed} (timeout {Timeout})");
+        Assert.True(clock.Elapsed < Timeout + TimeSpan.FromSeconds(3), $"took {clock.Elapsed} (timeout {Timeout})");
         Assert.Contains(endpoint.Replace("http://", ""), e.Message);
         return e;
     }

@@ -52,7 +52,7 @@ public sealed class SqliteStoreTests : IDisposable
 
         Assert.True(await next);
         Assert.Equal("services/web", changes.Current.Key);
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"took {clock.Elapsed}");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(3), $"took {clock.Elapsed}");
     }
 
     [Fact]
@@ -69,6 +69,29 @@ public sealed class SqliteStoreTests : IDisposable
         Assert.Equal(40, list.Items.Count);
         Assert.Equal(40, list.Revision);
         Assert.Equal(40, (await b.ListAsync(Ct)).Revision);
+    }
+
+    [Fact]
+    public async Task TwoInstancesRacingForOneServiceKey_ExactlyOneWins()
+    {
+        await using var a = Open();
+        await using var b = Open();
+
+        var results = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => Task.Run(async () =>
+        {
+            try
+            {
+                await (i % 2 == 0 ? a : b).CreateServiceAsync(Service($"web{i}", "10.0.0.1", 80), Ct);
+                return null;
+            }
+            catch (StoreException e)
+            {
+                return e;
+            }
+        }, Ct)));
+
+        Assert.Equal(1, results.Count(r => r is null));
+        Assert.All(results.Where(r => r is not null), r => Assert.IsType<AlreadyExistsException>(r));
     }
 
     [Fact]
