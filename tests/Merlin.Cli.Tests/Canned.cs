@@ -17,7 +17,7 @@ public static class Canned
                 {
                     Id = "web6",
                     Key = new() { Ip = "2001:db8::1", Port = 443, Protocol = Protocol.Tcp },
-                    Config = new() { Scheduler = "mh", Flags = { "mh-port" } },
+                    Config = new() { Scheduler = "mh", Flags = { "flag-2" } }, // as the daemon stores it: the original's alias
                 },
                 Servers =
                 {
@@ -88,7 +88,7 @@ public static class Canned
         StoreBackend = "sqlite",
         StoreReachable = true,
         Dataplane = "none",
-        SinceLastReconcile = Duration.FromTimeSpan(TimeSpan.FromSeconds(3.25)),
+        SinceLastReconcile = Duration.FromTimeSpan(TimeSpan.FromSeconds(3.2)),
         ReconcilePasses = 120,
         ReconcileErrors = 2,
         OperationsApplied = 42,

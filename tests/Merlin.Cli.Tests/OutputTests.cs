@@ -14,7 +14,7 @@ public class OutputTests
             ID        PROTO  ADDRESS            SCHEDULER  FLAGS                PERSISTENCE
               -> SERVER              WEIGHT  FORWARD               THRESHOLDS            HEALTH CHECK
             dns-mark  udp    fwmark 7 (ipv6)    rr         one-packet           -
-            web       tcp    198.18.0.10:80     sh         sh-port,sh-fallback  300s /24
+            web       tcp    198.18.0.10:80     sh         sh-fallback,sh-port  300s /24
               -> 198.18.1.9:80       100     route                 -                     http://:8080/health every 10s timeout 1.5s up 2 down 1
               -> 198.18.1.10:80      0       tunnel gue:6080 csum  upper 1000 lower 800  -
             web6      tcp    [2001:db8::1]:443  mh         mh-port              -
@@ -77,7 +77,7 @@ public class OutputTests
 
         var web = services[1];
         Assert.Equal("198.18.0.10:80", web.GetProperty("address").GetString());
-        Assert.Equal(["sh-port", "sh-fallback"], web.GetProperty("flags").EnumerateArray().Select(f => f.GetString()));
+        Assert.Equal(["sh-fallback", "sh-port"], web.GetProperty("flags").EnumerateArray().Select(f => f.GetString()));
         Assert.Equal(300, web.GetProperty("persistenceTimeout").GetInt32());
         Assert.Equal(24, web.GetProperty("persistenceNetmask").GetInt32());
         var servers = web.GetProperty("servers").EnumerateArray().ToList();
@@ -97,6 +97,7 @@ public class OutputTests
         Assert.Equal(JsonValueKind.Null, servers[1].GetProperty("healthCheck").ValueKind);
 
         var web6 = services[2];
+        Assert.Equal(["mh-port"], web6.GetProperty("flags").EnumerateArray().Select(f => f.GetString()));
         Assert.Equal("[2001:db8::1]:443", web6.GetProperty("address").GetString());
         Assert.Equal("2001:db8::1", web6.GetProperty("ip").GetString());
         Assert.Equal(128, web6.GetProperty("persistenceNetmask").GetInt32());
@@ -126,6 +127,17 @@ public class OutputTests
         Assert.Contains("198.18.1.1:80  1       7 ", run.Out);
     }
 
+    [Theory]
+    [InlineData("sh", "flag-1,flag-2", "sh-fallback,sh-port")]
+    [InlineData("mh", "flag-2", "mh-port")]
+    [InlineData("sh", "sh-port", "sh-port")]
+    [InlineData("rr", "flag-3", "flag-3")]
+    [InlineData("wlc", "", "")]
+    public void FlagNames_ShowTheSchedulersOwnNames(string scheduler, string stored, string shown)
+    {
+        Assert.Equal(shown, string.Join(",", Output.Views.FlagNames(scheduler, stored.Split(','))));
+    }
+
     [Fact]
     public async Task Status_Table_IsOneFactPerLine()
     {
@@ -136,7 +148,7 @@ public class OutputTests
             ready               yes
             store               sqlite (reachable)
             dataplane           none
-            last reconcile      3.25s ago
+            last reconcile      3.2s ago
             reconcile passes    120
             reconcile errors    2
             operations applied  42
@@ -178,7 +190,7 @@ public class OutputTests
               "storeBackend": "sqlite",
               "storeReachable": true,
               "dataplane": "none",
-              "sinceLastReconcileSeconds": 3.25,
+              "sinceLastReconcileSeconds": 3.2,
               "reconcilePasses": 120,
               "reconcileErrors": 2,
               "operationsApplied": 42,

@@ -80,6 +80,7 @@ internal static class ServiceCommands
         var protocol = new Argument<Wire.Protocol?>("protocol")
         {
             Description = "tcp, udp or sctp",
+            HelpName = "protocol",
             Arity = ArgumentArity.ZeroOrOne,
             CustomParser = r =>
             {

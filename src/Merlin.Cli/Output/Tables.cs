@@ -57,7 +57,7 @@ public static class Tables
         table.Add("ready", s.Ready ? "yes" : "no");
         table.Add("store", $"{Dash(s.StoreBackend)} ({(s.StoreReachable ? "reachable" : "UNREACHABLE")})");
         table.Add("dataplane", Dash(s.Dataplane));
-        table.Add("last reconcile", s.SinceLastReconcileSeconds is { } ago ? Durations.Format(TimeSpan.FromSeconds(Math.Round(ago, 3))) + " ago" : "never");
+        table.Add("last reconcile", s.SinceLastReconcileSeconds is { } ago ? Durations.Format(TimeSpan.FromSeconds(Math.Round(ago, 1))) + " ago" : "never");
         table.Add("reconcile passes", s.ReconcilePasses.ToString(CultureInfo.InvariantCulture));
         table.Add("reconcile errors", s.ReconcileErrors.ToString(CultureInfo.InvariantCulture));
         table.Add("operations applied", s.OperationsApplied.ToString(CultureInfo.InvariantCulture));

@@ -106,7 +106,7 @@ public static class Views
             Port = isFwmark ? null : key.Port,
             Fwmark = isFwmark ? key.Fwmark : null,
             Scheduler = config.Scheduler,
-            Flags = config.Flags.ToList(),
+            Flags = FlagNames(config.Scheduler, config.Flags),
             PersistenceTimeout = config.PersistenceTimeout,
             PersistenceNetmask = config.HasPersistenceNetmask ? config.PersistenceNetmask : (v6 ? 128u : 32u),
             OnePacket = config.OnePacket,
@@ -166,6 +166,18 @@ public static class Views
         Services = status.Services,
         Servers = status.Servers,
     };
+
+    /// <summary>
+    /// The scheduler's own flag names (sh-port, mh-fallback). The daemon stores and returns the original
+    /// merlin's flag-1/2/3 for compatibility; those are shown as-is only where they have no name.
+    /// </summary>
+    public static IReadOnlyList<string> FlagNames(string scheduler, IEnumerable<string> flags)
+    {
+        var list = flags.Where(f => f.Length != 0).ToList();
+        return Schedulers.ParseFlags(scheduler, list, "flags", out var parsed) is null
+            ? Schedulers.FlagNames(scheduler, parsed)
+            : list;
+    }
 
     /// <summary><c>ip:port</c>, IPv6 in brackets; an address that does not parse is shown as it came.</summary>
     public static string FormatEndpoint(string ip, uint port)
