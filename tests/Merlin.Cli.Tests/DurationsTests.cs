@@ -1,7 +1,8 @@
-using Merlin.Cli.Parsing;
+using Merlin.Model;
 
 namespace Merlin.Cli.Tests;
 
+// The duration syntax meradm accepts for --timeout and --health-*, from the shared Merlin.Model parser.
 public class DurationsTests
 {
     [Theory]

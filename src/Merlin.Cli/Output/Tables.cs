@@ -1,5 +1,5 @@
 using System.Globalization;
-using Merlin.Cli.Parsing;
+using Merlin.Model;
 
 namespace Merlin.Cli.Output;
 

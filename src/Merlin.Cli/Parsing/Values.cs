@@ -1,4 +1,5 @@
 using System.Globalization;
+using Merlin.Model;
 
 namespace Merlin.Cli.Parsing;
 
