@@ -51,8 +51,12 @@ public sealed class EtcdStore : IStore
         if (options.PageSize < 1) throw new ArgumentOutOfRangeException(nameof(options), "PageSize must be positive");
         _options = options;
         _prefix = StoreKeys.NormalizePrefix(options.Prefix);
-        var endpoints = options.Endpoints.Select(ParseEndpoint).ToArray();
-        _endpointsText = string.Join(",", endpoints.Select(u => u.GetLeftPart(UriPartial.Authority)));
+        var endpoints = options.Endpoints
+            .SelectMany(e => (e ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            .Select(ParseEndpoint)
+            .ToArray();
+        if (endpoints.Length == 0) throw new ArgumentException("at least one etcd endpoint is needed", nameof(options));
+        _endpointsText = string.Join(", ", endpoints.Select(u => u.GetLeftPart(UriPartial.Authority)));
         _channel = CreateChannel(endpoints, options.Timeout);
         var invoker = _channel.CreateCallInvoker();
         _client = new EtcdClient(invoker);
@@ -74,7 +78,7 @@ public sealed class EtcdStore : IStore
     /// <summary>The normalized key prefix (no trailing slash), e.g. <c>/merlin</c>.</summary>
     public string Prefix => _prefix;
 
-    /// <summary>The endpoints as given to the channel, for messages.</summary>
+    /// <summary>The endpoints in use (comma-separated lists in <see cref="EtcdStoreOptions.Endpoints"/> are split), for messages.</summary>
     public string Endpoints => _endpointsText;
 
     // ---------------------------------------------------------------- services
@@ -509,7 +513,7 @@ public sealed class EtcdStore : IStore
         }
         catch (RpcException e)
         {
-            throw Unavailable(e.Status.Detail, e);
+            throw Unavailable(Detail(e), e);
         }
         catch (OperationCanceledException e) when (!op.Caller.IsCancellationRequested)
         {
@@ -541,13 +545,18 @@ public sealed class EtcdStore : IStore
         }
         catch (RpcException e)
         {
-            throw Unavailable($"{what}: {e.Status.Detail}", e);
+            throw Unavailable($"{what}: {Detail(e)}", e);
         }
         catch (Exception e) when (e is HttpRequestException or IOException or InvalidOperationException or ObjectDisposedException)
         {
             throw Unavailable($"{what}: {e.Message}", e);
         }
     }
+
+    private static string Detail(RpcException e) =>
+        e.Status.DebugException is { } cause && !e.Status.Detail.Contains(cause.Message, StringComparison.Ordinal)
+            ? $"{e.Status.Detail.TrimEnd('.')} ({cause.Message})"
+            : e.Status.Detail;
 
     private StoreUnavailableException TimedOut(Exception? inner, string what = "the call") =>
         new($"etcd at {_endpointsText} did not answer {what} within {_options.Timeout.TotalSeconds:0.###} s", inner);

@@ -2,7 +2,10 @@ namespace Merlin.Store.Etcd;
 
 public sealed class EtcdStoreOptions
 {
-    /// <summary>Client URLs of the etcd members, e.g. <c>http://127.0.0.1:2379</c>; a bare <c>host:port</c> means http.</summary>
+    /// <summary>
+    /// Client URLs of the etcd members, e.g. <c>http://127.0.0.1:2379</c>; a bare <c>host:port</c> means http,
+    /// and an entry may itself be a comma-separated list (as the <c>--store-endpoints</c> flag gives it).
+    /// </summary>
     public IReadOnlyList<string> Endpoints { get; init; } = ["http://127.0.0.1:2379"];
 
     /// <summary>Key prefix; the original merlin's is <c>/merlin</c>.</summary>

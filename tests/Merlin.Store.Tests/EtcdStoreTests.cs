@@ -118,7 +118,10 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
     [Fact]
     public async Task SeveralEndpoints_OneDown_StillServe()
     {
-        await using var store = new EtcdStore([$"127.0.0.1:{UnusedPort()}", etcd.Server.Endpoint], "/merlin", TimeSpan.FromSeconds(5));
+        // As the --store-endpoints flag gives them: one comma-separated list, a bare host:port meaning http.
+        await using var store = new EtcdStore([$"127.0.0.1:{UnusedPort()}, {etcd.Server.Endpoint}"], "/merlin", TimeSpan.FromSeconds(5));
+        Assert.StartsWith("http://127.0.0.1:", store.Endpoints);
+        Assert.Contains($", {etcd.Server.Endpoint}", store.Endpoints);
 
         for (var i = 0; i < 4; i++) await store.CreateServiceAsync(Service($"s{i}", $"10.0.0.{i + 1}"), Ct);
 
