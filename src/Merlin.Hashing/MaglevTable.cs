@@ -1,4 +1,6 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Text;
 
 namespace Merlin.Hashing;
@@ -140,8 +142,8 @@ public static class MaglevTable
     {
         ArgumentNullException.ThrowIfNull(id);
         int max = Encoding.UTF8.GetMaxByteCount(id.Length);
-        byte[]? rented = max > 512 ? ArrayPool<byte>.Shared.Rent(max) : null;
-        Span<byte> buffer = rented ?? stackalloc byte[512];
+        byte[]? rented = max > 256 ? ArrayPool<byte>.Shared.Rent(max) : null;
+        Span<byte> buffer = rented ?? stackalloc byte[256];
         try
         {
             var bytes = buffer[..Encoding.UTF8.GetBytes(id, buffer)];
@@ -166,10 +168,23 @@ public static class MaglevTable
         int m = table.Length;
         if (k == 0) return;
         if (k > m) throw new ArgumentException($"{k} backends do not fit a table of {m} slots");
+        if (skips.Length != k || weights.Length != k || labels.Length != k) throw new ArgumentException("one offset, skip, weight and label per backend");
+        for (int i = 0; i < k; i++)
+        {
+            // Claim indexes the bitmap without bounds checks: these ranges are what keep it inside.
+            if ((uint)offsets[i] >= (uint)m || skips[i] < 1 || skips[i] >= m)
+                throw new ArgumentOutOfRangeException(nameof(offsets), $"backend {i}: offset {offsets[i]} / skip {skips[i]} outside a table of {m}");
+        }
 
         int[] nextRented = ArrayPool<int>.Shared.Rent(k);
         var next = nextRented.AsSpan(0, k);
         offsets.CopyTo(next);
+        // The probe loop tests a bitmap of taken slots, not the table: 8 KB for 65,537 slots stays
+        // in L1, where the 256 KB table would not (most of the build is probing).
+        int words = (m + 63) >> 6;
+        ulong[]? takenRented = words > 2048 ? ArrayPool<ulong>.Shared.Rent(words) : null;
+        Span<ulong> taken = takenRented is null ? stackalloc ulong[words] : takenRented.AsSpan(0, words);
+        taken.Clear();
         try
         {
             uint maxWeight = 0;
@@ -191,20 +206,21 @@ public static class MaglevTable
                 {
                     for (int i = 0; i < k; i++)
                     {
-                        Claim(table, next, skips, labels, i);
+                        Claim(table, taken, next, skips, labels, i);
                         if (++filled == m) return;
                     }
                 }
             }
-            FillWeighted(table, next, skips, weights, labels, maxWeight, totalWeight);
+            FillWeighted(table, taken, next, skips, weights, labels, maxWeight, totalWeight);
         }
         finally
         {
             ArrayPool<int>.Shared.Return(nextRented);
+            if (takenRented is not null) ArrayPool<ulong>.Shared.Return(takenRented);
         }
     }
 
-    private static void FillWeighted(Span<int> table, Span<int> next, ReadOnlySpan<int> skips, ReadOnlySpan<uint> weights,
+    private static void FillWeighted(Span<int> table, Span<ulong> taken, Span<int> next, ReadOnlySpan<int> skips, ReadOnlySpan<uint> weights,
         ReadOnlySpan<int> labels, uint maxWeight, ulong totalWeight)
     {
         int k = next.Length;
@@ -215,33 +231,46 @@ public static class MaglevTable
         int[] headsRented = ArrayPool<int>.Shared.Rent(rounds + 1);
         int[] tailsRented = ArrayPool<int>.Shared.Rent(rounds + 1);
         int[] linkRented = ArrayPool<int>.Shared.Rent(k);
-        int[] claimsRented = ArrayPool<int>.Shared.Rent(k);
+        long[] roundRented = ArrayPool<long>.Shared.Rent(k);
+        long[] slackRented = ArrayPool<long>.Shared.Rent(k);
+        long[] quotRented = ArrayPool<long>.Shared.Rent(k);
+        long[] remRented = ArrayPool<long>.Shared.Rent(k);
         try
         {
             var heads = headsRented.AsSpan(0, rounds + 1);
             var tails = tailsRented.AsSpan(0, rounds + 1);
             var link = linkRented.AsSpan(0, k);
-            var claims = claimsRented.AsSpan(0, k);
+            // Backend i's c-th further claim falls in round r_c = ceil(c·W/w). Kept without division
+            // as r_c·w − c·W = slack ∈ [0, w): each step adds W = q·w + rem.
+            var round = roundRented.AsSpan(0, k);
+            var slack = slackRented.AsSpan(0, k);
+            var quot = quotRented.AsSpan(0, k);
+            var rem = remRented.AsSpan(0, k);
+            round.Clear();
+            slack.Clear();
+            for (int i = 0; i < k; i++)
+            {
+                quot[i] = maxWeight / weights[i];
+                rem[i] = maxWeight - quot[i] * weights[i];
+            }
             heads.Fill(-1);
 
             int filled = 0;
             // Round 0: everyone claims once, in canonical order; then queue each for its next round.
             for (int i = 0; i < k; i++)
             {
-                Claim(table, next, skips, labels, i);
+                Claim(table, taken, next, skips, labels, i);
                 if (++filled == m) return;
-                claims[i] = 1;
-                Enqueue(heads, tails, link, NextRound(1, maxWeight, weights[i]), i);
+                Enqueue(heads, tails, link, Advance(round, slack, quot[i], rem[i], weights[i], i), i);
             }
             for (int r = 1; r <= rounds; r++)
             {
                 for (int i = heads[r]; i >= 0;)
                 {
                     int after = link[i];
-                    Claim(table, next, skips, labels, i);
+                    Claim(table, taken, next, skips, labels, i);
                     if (++filled == m) return;
-                    int c = ++claims[i];
-                    Enqueue(heads, tails, link, NextRound(c, maxWeight, weights[i]), i);
+                    Enqueue(heads, tails, link, Advance(round, slack, quot[i], rem[i], weights[i], i), i);
                     i = after;
                 }
             }
@@ -252,12 +281,24 @@ public static class MaglevTable
             ArrayPool<int>.Shared.Return(headsRented);
             ArrayPool<int>.Shared.Return(tailsRented);
             ArrayPool<int>.Shared.Return(linkRented);
-            ArrayPool<int>.Shared.Return(claimsRented);
+            ArrayPool<long>.Shared.Return(roundRented);
+            ArrayPool<long>.Shared.Return(slackRented);
+            ArrayPool<long>.Shared.Return(quotRented);
+            ArrayPool<long>.Shared.Return(remRented);
         }
     }
 
-    // ceil(c·W/w): the round of a backend's c-th claim after the first. Always > the round of claim c-1 since w ≤ W.
-    private static long NextRound(int c, uint maxWeight, uint weight) => ((long)c * maxWeight + weight - 1) / weight;
+    // From round r_c = ceil(c·W/w) to r_{c+1}, with W = quot·w + rem: (c+1)·W = (r_c + quot)·w + (rem − slack).
+    // Always a later round, since w ≤ W.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static long Advance(Span<long> round, Span<long> slack, long quot, long rem, uint weight, int i)
+    {
+        long r = round[i] + quot, d = rem - slack[i];
+        if (d > 0) { r++; slack[i] = weight - d; }
+        else slack[i] = -d;
+        round[i] = r;
+        return r;
+    }
 
     private static void Enqueue(Span<int> heads, Span<int> tails, Span<int> link, long round, int i)
     {
@@ -269,20 +310,26 @@ public static class MaglevTable
         tails[r] = i;
     }
 
-    private static void Claim(Span<int> table, Span<int> next, ReadOnlySpan<int> skips, ReadOnlySpan<int> labels, int i)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Claim(Span<int> table, Span<ulong> taken, Span<int> next, ReadOnlySpan<int> skips, ReadOnlySpan<int> labels, int i)
     {
         int m = table.Length;
         int c = next[i];
         int s = skips[i];
-        while (table[c] >= 0)
+        int sm = s - m;
+        ref ulong bits = ref MemoryMarshal.GetReference(taken);
+        // c and s are always in [0, m): every probe stays inside the bitmap, so no bounds checks.
+        // The wrap is arithmetic: it happens about half the time, so a branch would mispredict
+        // (and the JIT turns neither a ternary nor Math.Min into a cmov here).
+        while ((Unsafe.Add(ref bits, c >> 6) & (1UL << c)) != 0)   // a ulong shift uses the low 6 bits of c
         {
-            c += s;
-            if (c >= m) c -= m;
+            c += sm;
+            c += m & (c >> 31);
         }
+        Unsafe.Add(ref bits, c >> 6) |= 1UL << c;
         table[c] = labels[i];
-        c += s;
-        if (c >= m) c -= m;
-        next[i] = c;
+        c += sm;
+        next[i] = c + (m & (c >> 31));
     }
 
     internal static bool IsPrime(int n)

@@ -13,10 +13,53 @@ namespace Merlin.Hashing;
 public static class SipHash
 {
     /// <summary>SipHash-2-4, the reference PRF.</summary>
-    public static ulong Hash24(ulong k0, ulong k1, ReadOnlySpan<byte> data) => Compute(k0, k1, data, 2, 4);
+    public static ulong Hash24(ulong k0, ulong k1, ReadOnlySpan<byte> data)
+    {
+        var st = new State(k0, k1);
+        int blocks = data.Length & ~7;
+        for (int i = 0; i < blocks; i += 8)
+        {
+            ulong m = BinaryPrimitives.ReadUInt64LittleEndian(data.Slice(i, 8));
+            st.V3 ^= m;
+            st.Round();
+            st.Round();
+            st.V0 ^= m;
+        }
+        ulong b = LastWord(data, blocks);
+        st.V3 ^= b;
+        st.Round();
+        st.Round();
+        st.V0 ^= b;
+        st.V2 ^= 0xff;
+        st.Round();
+        st.Round();
+        st.Round();
+        st.Round();
+        return st.V0 ^ st.V1 ^ st.V2 ^ st.V3;
+    }
 
     /// <summary>SipHash-1-3, the faster variant the kernel uses for hash tables.</summary>
-    public static ulong Hash13(ulong k0, ulong k1, ReadOnlySpan<byte> data) => Compute(k0, k1, data, 1, 3);
+    public static ulong Hash13(ulong k0, ulong k1, ReadOnlySpan<byte> data)
+    {
+        var st = new State(k0, k1);
+        int blocks = data.Length & ~7;
+        for (int i = 0; i < blocks; i += 8)
+        {
+            ulong m = BinaryPrimitives.ReadUInt64LittleEndian(data.Slice(i, 8));
+            st.V3 ^= m;
+            st.Round();
+            st.V0 ^= m;
+        }
+        ulong b = LastWord(data, blocks);
+        st.V3 ^= b;
+        st.Round();
+        st.V0 ^= b;
+        st.V2 ^= 0xff;
+        st.Round();
+        st.Round();
+        st.Round();
+        return st.V0 ^ st.V1 ^ st.V2 ^ st.V3;
+    }
 
     /// <summary>
     /// The kernel's <c>hsiphash(data, len, key)</c> as built for 64-bit machines (lib/siphash.c:
@@ -29,52 +72,41 @@ public static class SipHash
     public static uint KernelHsipHash(ulong k0, ulong k1, uint value)
     {
         // A 4-byte message has no full block: the length byte and the message go in the last word.
-        ulong v0 = 0x736f6d6570736575UL ^ k0, v1 = 0x646f72616e646f6dUL ^ k1;
-        ulong v2 = 0x6c7967656e657261UL ^ k0, v3 = 0x7465646279746573UL ^ k1;
+        var st = new State(k0, k1);
         ulong b = (4UL << 56) | value;
-        v3 ^= b;
-        Round(ref v0, ref v1, ref v2, ref v3);
-        v0 ^= b;
-        v2 ^= 0xff;
-        Round(ref v0, ref v1, ref v2, ref v3);
-        Round(ref v0, ref v1, ref v2, ref v3);
-        Round(ref v0, ref v1, ref v2, ref v3);
-        return (uint)(v0 ^ v1 ^ v2 ^ v3);
+        st.V3 ^= b;
+        st.Round();
+        st.V0 ^= b;
+        st.V2 ^= 0xff;
+        st.Round();
+        st.Round();
+        st.Round();
+        return (uint)(st.V0 ^ st.V1 ^ st.V2 ^ st.V3);
     }
 
-    private static ulong Compute(ulong k0, ulong k1, ReadOnlySpan<byte> data, int cRounds, int dRounds)
+    // The remaining 0–7 bytes, little-endian, with the length (mod 256) in the top byte.
+    private static ulong LastWord(ReadOnlySpan<byte> data, int blocks)
     {
-        ulong v0 = 0x736f6d6570736575UL ^ k0, v1 = 0x646f72616e646f6dUL ^ k1;
-        ulong v2 = 0x6c7967656e657261UL ^ k0, v3 = 0x7465646279746573UL ^ k1;
-
-        int blocks = data.Length & ~7;
-        for (int i = 0; i < blocks; i += 8)
-        {
-            ulong m = BinaryPrimitives.ReadUInt64LittleEndian(data.Slice(i, 8));
-            v3 ^= m;
-            for (int r = 0; r < cRounds; r++) Round(ref v0, ref v1, ref v2, ref v3);
-            v0 ^= m;
-        }
-
-        // Last word: the remaining bytes, little-endian, with the length (mod 256) in the top byte.
         ulong b = (ulong)data.Length << 56;
         var tail = data[blocks..];
         for (int i = 0; i < tail.Length; i++) b |= (ulong)tail[i] << (8 * i);
-
-        v3 ^= b;
-        for (int r = 0; r < cRounds; r++) Round(ref v0, ref v1, ref v2, ref v3);
-        v0 ^= b;
-        v2 ^= 0xff;
-        for (int r = 0; r < dRounds; r++) Round(ref v0, ref v1, ref v2, ref v3);
-        return v0 ^ v1 ^ v2 ^ v3;
+        return b;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Round(ref ulong v0, ref ulong v1, ref ulong v2, ref ulong v3)
+    private struct State(ulong k0, ulong k1)
     {
-        v0 += v1; v1 = BitOperations.RotateLeft(v1, 13); v1 ^= v0; v0 = BitOperations.RotateLeft(v0, 32);
-        v2 += v3; v3 = BitOperations.RotateLeft(v3, 16); v3 ^= v2;
-        v0 += v3; v3 = BitOperations.RotateLeft(v3, 21); v3 ^= v0;
-        v2 += v1; v1 = BitOperations.RotateLeft(v1, 17); v1 ^= v2; v2 = BitOperations.RotateLeft(v2, 32);
+        public ulong V0 = 0x736f6d6570736575UL ^ k0;
+        public ulong V1 = 0x646f72616e646f6dUL ^ k1;
+        public ulong V2 = 0x6c7967656e657261UL ^ k0;
+        public ulong V3 = 0x7465646279746573UL ^ k1;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Round()
+        {
+            V0 += V1; V1 = BitOperations.RotateLeft(V1, 13); V1 ^= V0; V0 = BitOperations.RotateLeft(V0, 32);
+            V2 += V3; V3 = BitOperations.RotateLeft(V3, 16); V3 ^= V2;
+            V0 += V3; V3 = BitOperations.RotateLeft(V3, 21); V3 ^= V0;
+            V2 += V1; V1 = BitOperations.RotateLeft(V1, 17); V1 ^= V2; V2 = BitOperations.RotateLeft(V2, 32);
+        }
     }
 }
