@@ -24,6 +24,7 @@ public sealed record DaemonOptions
     public TimeSpan SyncPeriod { get; init; } = TimeSpan.FromSeconds(30);
     public string Dataplane { get; init; } = "none";
     public string LogFormat { get; init; } = "text";
+    public string LogLevel { get; init; } = "information";
 
     /// <summary>Flag name → configuration key. The key is the flag without dashes, so env vars and JSON use the same words.</summary>
     public static readonly IReadOnlyDictionary<string, string> Flags = new Dictionary<string, string>
@@ -40,6 +41,7 @@ public sealed record DaemonOptions
         ["--reconcile-sync-period"] = "reconcile-sync-period",
         ["--dataplane"] = "dataplane",
         ["--log-format"] = "log-format",
+        ["--log-level"] = "log-level",
         ["--config"] = "config",
     };
 
@@ -85,6 +87,7 @@ public sealed record DaemonOptions
             SyncPeriod = Duration(config, "reconcile-sync-period", d.SyncPeriod),
             Dataplane = OneOf(config, "dataplane", d.Dataplane, Dataplanes),
             LogFormat = OneOf(config, "log-format", d.LogFormat, ["text", "json"]),
+            LogLevel = OneOf(config, "log-level", d.LogLevel, ["debug", "information", "warning", "error"]),
         };
         if (options.StoreEndpoints.Count == 0) throw new OptionsException("--store-endpoints: at least one etcd endpoint is needed");
         if (options.Port == options.HealthPort && options.Port != 0) throw new OptionsException($"--health-port: {options.HealthPort} is also the API port");

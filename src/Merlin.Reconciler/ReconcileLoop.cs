@@ -92,7 +92,8 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
                 await foreach (var change in store.WatchAsync(revision, ct))
                 {
                     backoff = options.RetryMin;
-                    if (change.Kind != StoreChangeKind.Resync) revision = Math.Max(revision, change.Revision);
+                    // After a Resync the pass this triggers re-lists everything; its revision is where history resumes.
+                    revision = Math.Max(revision, change.Revision);
                     Trigger();
                 }
             }
