@@ -17,30 +17,34 @@ public static class Planner
         // the operations found: a no-change pass over 100,000 servers must stay in milliseconds.
         var removals = new List<Operation>();
         var additions = new List<Operation>();
+        var desiredServices = Concrete(desired.Services);
+        var actualServices = Concrete(actual.Services);
 
-        foreach (var (key, have) in actual.Services)
+        foreach (var (key, have) in actualServices)
         {
-            if (desired.Services.ContainsKey(key)) continue;
-            foreach (var server in have.Servers.Keys) removals.Add(new DeleteServer(key, server));
+            if (desiredServices.ContainsKey(key)) continue;
+            foreach (var server in Concrete(have.Servers).Keys) removals.Add(new DeleteServer(key, server));
             removals.Add(new DeleteService(key));
         }
 
-        foreach (var (key, want) in desired.Services)
+        foreach (var (key, want) in desiredServices)
         {
-            if (!actual.Services.TryGetValue(key, out var have))
+            var wantServers = Concrete(want.Servers);
+            if (!actualServices.TryGetValue(key, out var have))
             {
                 additions.Add(new AddService(key, want.Config));
-                foreach (var (server, config) in want.Servers) additions.Add(new AddServer(key, server, config));
+                foreach (var (server, config) in wantServers) additions.Add(new AddServer(key, server, config));
                 continue;
             }
             if (!ReferenceEquals(have.Config, want.Config) && !have.Config.Equals(want.Config)) additions.Add(new UpdateService(key, want.Config));
-            foreach (var server in have.Servers.Keys)
+            var haveServers = Concrete(have.Servers);
+            foreach (var server in haveServers.Keys)
             {
-                if (!want.Servers.ContainsKey(server)) removals.Add(new DeleteServer(key, server));
+                if (!wantServers.ContainsKey(server)) removals.Add(new DeleteServer(key, server));
             }
-            foreach (var (server, config) in want.Servers)
+            foreach (var (server, config) in wantServers)
             {
-                if (!have.Servers.TryGetValue(server, out var current)) additions.Add(new AddServer(key, server, config));
+                if (!haveServers.TryGetValue(server, out var current)) additions.Add(new AddServer(key, server, config));
                 else if (!ReferenceEquals(current, config) && !current.Equals(config)) additions.Add(new UpdateServer(key, server, config));
             }
         }
@@ -50,6 +54,11 @@ public static class Planner
         removals.AddRange(additions);
         return removals;
     }
+
+    // Enumerating through IReadOnlyDictionary boxes an enumerator per call: 20,000 allocations per
+    // no-change pass at 10,000 services. Every producer builds a Dictionary, so this is a cast.
+    private static Dictionary<TKey, TValue> Concrete<TKey, TValue>(IReadOnlyDictionary<TKey, TValue> d) where TKey : notnull =>
+        d as Dictionary<TKey, TValue> ?? d.ToDictionary();
 
     /// <summary>What a dataplane holds after applying <paramref name="operations"/> to <paramref name="state"/>; used by tests and the in-memory dataplane.</summary>
     public static DataplaneState Apply(DataplaneState state, IEnumerable<Operation> operations)
