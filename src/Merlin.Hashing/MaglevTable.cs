@@ -22,8 +22,9 @@ namespace Merlin.Hashing;
 /// each of them at least one slot (M must be at least the number of backends). After that a
 /// backend of weight w claims its c-th further slot in round ceil(c·W/w), W being the largest
 /// weight: the heaviest backend claims once per round, the others proportionally less often,
-/// all interleaved, in integer arithmetic (no floating point, so no platform can disagree).
-/// With equal weights this is the paper's round robin. Weight 0 claims nothing.
+/// and within a round backends go in sorted order. All integer arithmetic (no floating point, so
+/// no platform can disagree); scaling every weight by the same factor changes nothing. With
+/// equal weights this is the paper's round robin. Weight 0 claims nothing.
 /// </para>
 /// </summary>
 public static class MaglevTable
@@ -223,114 +224,168 @@ public static class MaglevTable
     private static void FillWeighted(Span<int> table, Span<ulong> taken, Span<int> next, ReadOnlySpan<int> skips, ReadOnlySpan<uint> weights,
         ReadOnlySpan<int> labels, uint maxWeight, ulong totalWeight)
     {
-        int k = next.Length;
         int m = table.Length;
-        // After round r every backend has claimed 1 + floor(r·w/W) slots, so r = ceil(M·W/Σw) rounds fill the table.
-        int rounds = (int)(((ulong)m * maxWeight + totalWeight - 1) / totalWeight);
-
-        int[] headsRented = ArrayPool<int>.Shared.Rent(rounds + 1);
-        int[] tailsRented = ArrayPool<int>.Shared.Rent(rounds + 1);
-        int[] linkRented = ArrayPool<int>.Shared.Rent(k);
-        long[] roundRented = ArrayPool<long>.Shared.Rent(k);
-        long[] slackRented = ArrayPool<long>.Shared.Rent(k);
-        long[] quotRented = ArrayPool<long>.Shared.Rent(k);
-        long[] remRented = ArrayPool<long>.Shared.Rent(k);
+        // Who claims the 1st, 2nd, … M-th slot depends only on the weights, so that order is worked
+        // out first and the probing loop below stays as lean as the equal-weight one.
+        int[] orderRented = ArrayPool<int>.Shared.Rent(m);
         try
         {
-            var heads = headsRented.AsSpan(0, rounds + 1);
-            var tails = tailsRented.AsSpan(0, rounds + 1);
-            var link = linkRented.AsSpan(0, k);
-            // Backend i's c-th further claim falls in round r_c = ceil(c·W/w). Kept without division
-            // as r_c·w − c·W = slack ∈ [0, w): each step adds W = q·w + rem.
-            var round = roundRented.AsSpan(0, k);
-            var slack = slackRented.AsSpan(0, k);
-            var quot = quotRented.AsSpan(0, k);
-            var rem = remRented.AsSpan(0, k);
-            round.Clear();
-            slack.Clear();
-            for (int i = 0; i < k; i++)
-            {
-                quot[i] = maxWeight / weights[i];
-                rem[i] = maxWeight - quot[i] * weights[i];
-            }
-            heads.Fill(-1);
-
-            int filled = 0;
-            // Round 0: everyone claims once, in canonical order; then queue each for its next round.
-            for (int i = 0; i < k; i++)
-            {
-                Claim(table, taken, next, skips, labels, i);
-                if (++filled == m) return;
-                Enqueue(heads, tails, link, Advance(round, slack, quot[i], rem[i], weights[i], i), i);
-            }
-            for (int r = 1; r <= rounds; r++)
-            {
-                for (int i = heads[r]; i >= 0;)
-                {
-                    int after = link[i];
-                    Claim(table, taken, next, skips, labels, i);
-                    if (++filled == m) return;
-                    Enqueue(heads, tails, link, Advance(round, slack, quot[i], rem[i], weights[i], i), i);
-                    i = after;
-                }
-            }
-            throw new InvalidOperationException($"Maglev fill stopped at {filled} of {m} slots");
+            var order = orderRented.AsSpan(0, m);
+            WeightedOrder(weights, maxWeight, totalWeight, order);
+            foreach (int i in order) Claim(table, taken, next, skips, labels, i);
         }
         finally
         {
-            ArrayPool<int>.Shared.Return(headsRented);
-            ArrayPool<int>.Shared.Return(tailsRented);
-            ArrayPool<int>.Shared.Return(linkRented);
-            ArrayPool<long>.Shared.Return(roundRented);
-            ArrayPool<long>.Shared.Return(slackRented);
-            ArrayPool<long>.Shared.Return(quotRented);
-            ArrayPool<long>.Shared.Return(remRented);
+            ArrayPool<int>.Shared.Return(orderRented);
         }
     }
 
-    // From round r_c = ceil(c·W/w) to r_{c+1}, with W = quot·w + rem: (c+1)·W = (r_c + quot)·w + (rem − slack).
-    // Always a later round, since w ≤ W.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static long Advance(Span<long> round, Span<long> slack, long quot, long rem, uint weight, int i)
+    /// <summary>
+    /// The first <c>order.Length</c> claims of the weighted schedule: round 0 is every backend; in
+    /// round r ≥ 1 backend i claims when floor(r·w_i/W) grows (its c-th further claim falls in round
+    /// ceil(c·W/w_i)); within a round, backends claim in canonical order. Two ways to the same
+    /// sequence: a scan of every backend per round, cheap while rounds·N is small, and a heap keyed
+    /// by (round, index) for very uneven weights, where most backends sit out most rounds.
+    /// </summary>
+    internal static void WeightedOrder(ReadOnlySpan<uint> weights, uint maxWeight, ulong totalWeight, Span<int> order, bool? scan = null)
     {
-        long r = round[i] + quot, d = rem - slack[i];
-        if (d > 0) { r++; slack[i] = weight - d; }
-        else slack[i] = -d;
-        round[i] = r;
-        return r;
+        int k = weights.Length;
+        int m = order.Length;
+        int n = 0;
+        for (int i = 0; i < k; i++)
+        {
+            order[n] = i;
+            if (++n == m) return;
+        }
+        // After round r every backend has claimed 1 + floor(r·w/W) slots, so r = ceil(M·W/Σw) rounds suffice.
+        long rounds = (long)(((ulong)m * maxWeight + totalWeight - 1) / totalWeight);
+        if (scan ?? rounds * k <= 32L * m) ScanOrder(weights, maxWeight, order, n);
+        else HeapOrder(weights, maxWeight, order, n);
     }
 
-    private static void Enqueue(Span<int> heads, Span<int> tails, Span<int> link, long round, int i)
+    private static void ScanOrder(ReadOnlySpan<uint> weights, long maxWeight, Span<int> order, int n)
     {
-        if (round >= heads.Length) return;   // beyond the last round needed
-        int r = (int)round;
-        link[i] = -1;
-        if (heads[r] < 0) heads[r] = i;
-        else link[tails[r]] = i;
-        tails[r] = i;
+        int k = weights.Length;
+        int m = order.Length;
+        long[] creditRented = ArrayPool<long>.Shared.Rent(k);
+        try
+        {
+            // credit_i = r·w_i mod W: a claim each time it passes W. Branch-free, since whether a
+            // backend claims in a given round is as good as random.
+            var credit = creditRented.AsSpan(0, k);
+            credit.Clear();
+            while (true)
+            {
+                for (int i = 0; i < k; i++)
+                {
+                    long c = credit[i] + weights[i];
+                    long claims = (long)((ulong)(maxWeight - 1 - c) >> 63);   // 1 when c ≥ W
+                    credit[i] = c - (maxWeight & -claims);
+                    order[n] = i;
+                    n += (int)claims;
+                    if (n == m) return;
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<long>.Shared.Return(creditRented);
+        }
     }
+
+    private static void HeapOrder(ReadOnlySpan<uint> weights, long maxWeight, Span<int> order, int n)
+    {
+        int k = weights.Length;
+        int m = order.Length;
+        long[] roundRented = ArrayPool<long>.Shared.Rent(k);
+        int[] claimsRented = ArrayPool<int>.Shared.Rent(k);
+        int[] heapRented = ArrayPool<int>.Shared.Rent(k);
+        try
+        {
+            var round = roundRented.AsSpan(0, k);     // round of backend i's next claim
+            var claims = claimsRented.AsSpan(0, k);   // further claims made so far
+            var heap = heapRented.AsSpan(0, k);       // backend indices, min-heap on (round, index)
+            for (int i = 0; i < k; i++)
+            {
+                claims[i] = 0;
+                round[i] = NextRound(0, maxWeight, weights[i]);
+                heap[i] = i;
+            }
+            for (int i = k / 2 - 1; i >= 0; i--) SiftDown(heap, round, i);
+            while (true)
+            {
+                int top = heap[0];
+                order[n] = top;
+                if (++n == m) return;
+                round[top] = NextRound(++claims[top], maxWeight, weights[top]);
+                SiftDown(heap, round, 0);
+            }
+        }
+        finally
+        {
+            ArrayPool<long>.Shared.Return(roundRented);
+            ArrayPool<int>.Shared.Return(claimsRented);
+            ArrayPool<int>.Shared.Return(heapRented);
+        }
+    }
+
+    // The round of a backend's (c+1)-th claim after round 0: ceil((c+1)·W/w).
+    private static long NextRound(int c, long maxWeight, uint weight) => ((c + 1L) * maxWeight + weight - 1) / weight;
+
+    private static void SiftDown(Span<int> heap, Span<long> round, int at)
+    {
+        int item = heap[at];
+        while (true)
+        {
+            int child = 2 * at + 1;
+            if (child >= heap.Length) break;
+            if (child + 1 < heap.Length && Before(heap[child + 1], heap[child], round)) child++;
+            if (!Before(heap[child], item, round)) break;
+            heap[at] = heap[child];
+            at = child;
+        }
+        heap[at] = item;
+    }
+
+    private static bool Before(int a, int b, Span<long> round) => round[a] < round[b] || (round[a] == round[b] && a < b);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Claim(Span<int> table, Span<ulong> taken, Span<int> next, ReadOnlySpan<int> skips, ReadOnlySpan<int> labels, int i)
     {
         int m = table.Length;
         int c = next[i];
-        int s = skips[i];
-        int sm = s - m;
         ref ulong bits = ref MemoryMarshal.GetReference(taken);
         // c and s are always in [0, m): every probe stays inside the bitmap, so no bounds checks.
-        // The wrap is arithmetic: it happens about half the time, so a branch would mispredict
-        // (and the JIT turns neither a ternary nor Math.Min into a cmov here).
-        while ((Unsafe.Add(ref bits, c >> 6) & (1UL << c)) != 0)   // a ulong shift uses the low 6 bits of c
+        if (IsTaken(ref bits, c))
         {
-            c += sm;
-            c += m & (c >> 31);
+            // Most of a build is this loop (about M·ln M probes in all). Two interleaved walks with
+            // step 2s, one from c and one from c + s, visit the same slots in the same order with
+            // two independent dependency chains.
+            int s = skips[i];
+            int s2 = s + s - m;
+            s2 += m & (s2 >> 31);         // 2s mod m
+            int d = Wrap(c + s - m, m);
+            while (true)
+            {
+                if (!IsTaken(ref bits, d)) { c = d; break; }
+                c = Wrap(c + s2 - m, m);
+                if (!IsTaken(ref bits, c)) break;
+                d = Wrap(d + s2 - m, m);
+            }
         }
         Unsafe.Add(ref bits, c >> 6) |= 1UL << c;
         table[c] = labels[i];
-        c += sm;
-        next[i] = c + (m & (c >> 31));
+        next[i] = Wrap(c + skips[i] - m, m);
     }
+
+    // A ulong shift uses the low 6 bits of the count: 1UL << c is the bit of slot c in its word.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool IsTaken(ref ulong bits, int c) => (Unsafe.Add(ref bits, c >> 6) & (1UL << c)) != 0;
+
+    // x − m → x mod m for x − m in [−m, m): arithmetic, since the wrap happens about half the
+    // time and a branch would mispredict (the JIT makes no cmov of a ternary here).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int Wrap(int xMinusM, int m) => xMinusM + (m & (xMinusM >> 31));
 
     internal static bool IsPrime(int n)
     {

@@ -73,6 +73,25 @@ public class MaglevTableTests
             Assert.Equal(fast, weighted);
         }, iter: 40);
 
+    [Fact]
+    public void WeightedSchedule_ScanAndHeapGiveTheSameOrder() =>
+        Gen.OneOf(Gen.UInt[1, 5], Gen.UInt[1, 1000], Gen.UInt[1, uint.MaxValue]).Array[1, 60]
+            .Select(Gen.Int[0, 3])
+            .Sample((weights, sizeIndex) =>
+            {
+                int m = MaglevTable.Sizes[sizeIndex];
+                if (weights.Length > m) return;
+                uint max = weights.Max();
+                ulong total = (ulong)weights.Sum(w => (long)w);
+                var scan = new int[m];
+                var heap = new int[m];
+                MaglevTable.WeightedOrder(weights, max, total, scan, scan: true);
+                MaglevTable.WeightedOrder(weights, max, total, heap, scan: false);
+                Assert.Equal(scan, heap);
+                // Everyone first, then claims proportional to weight.
+                Assert.Equal(Enumerable.Range(0, weights.Length), scan.Take(weights.Length));
+            }, iter: 300);
+
     [Theory]
     [InlineData(1)]
     [InlineData(3)]

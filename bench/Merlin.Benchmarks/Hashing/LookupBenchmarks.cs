@@ -7,7 +7,7 @@ namespace Merlin.Benchmarks.Hashing;
 /// Per-flow cost of picking a server: 1,024 flows per invocation (divide by 1,024 for one flow).
 /// Maglev = nft's jhash(saddr . sport) + reciprocal_scale + a table read, as the simulator does it.
 /// </summary>
-[MemoryDiagnoser]
+[MemoryDiagnoser, MinColumn, MedianColumn]
 public class LookupBenchmarks
 {
     private const int Flows = 1024;

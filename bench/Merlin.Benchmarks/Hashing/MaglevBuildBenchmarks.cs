@@ -7,13 +7,14 @@ namespace Merlin.Benchmarks.Hashing;
 /// Maglev table build (identity hashes + fill) into a reused buffer. The goal: N = 1,000
 /// weighted servers, M = 65,537 in ≤ 3 ms.
 /// </summary>
-[MemoryDiagnoser]
+[MemoryDiagnoser, MinColumn, MedianColumn]
 public class MaglevBuildBenchmarks
 {
     private (string Id, uint Weight)[] _backends = [];
     private int[] _table = [];
 
-    [Params("N=1000 weighted M=65537", "N=1000 equal M=65537", "N=10 equal M=251")]
+    /// <summary>N (w = weighted 1–100, else equal) / M.</summary>
+    [Params("1000w/65537", "1000/65537", "10/251")]
     public string Case { get; set; } = "";
 
     [GlobalSetup]
@@ -21,9 +22,9 @@ public class MaglevBuildBenchmarks
     {
         var (n, weighted, m) = Case switch
         {
-            "N=1000 weighted M=65537" => (1000, true, 65537),
-            "N=1000 equal M=65537" => (1000, false, 65537),
-            "N=10 equal M=251" => (10, false, 251),
+            "1000w/65537" => (1000, true, 65537),    // N = 1,000, weights 1–100, M = 65,537
+            "1000/65537" => (1000, false, 65537),    // equal weights
+            "10/251" => (10, false, 251),
             _ => throw new ArgumentException(Case),
         };
         // Weights 1–100, spread deterministically.
