@@ -101,7 +101,7 @@ public sealed record ServerShare(string Id, uint Weight, long Flows, double Shar
 /// <summary>What one change did to the flows: fractions of ALL flows.</summary>
 /// <param name="Change">"add", "remove" or "drain".</param>
 /// <param name="Moved">Flows whose server changed (including flows left with none).</param>
-/// <param name="Ideal">The least that must move: the added server's fair share, or the flows the removed or drained server had.</param>
+/// <param name="Ideal">What must move with a perfectly fair spread: the changed server's share of the total weight (after the add, before a remove or drain).</param>
 /// <param name="Needless">Moved flows that did not have to: between two servers that did not change.</param>
 /// <param name="Unrouted">Flows with no server after the change (the kernel would drop them).</param>
 public sealed record Disruption(string Change, string ServerId, uint Weight, double Moved, double Ideal, double Needless, double Unrouted);
@@ -216,19 +216,20 @@ public static class HashSimulation
         SimulationServer added, int changed, int flowCount)
     {
         int changedIndex = scenario.Name == "add" ? servers.Count : changed;
-        long moved = 0, needless = 0, unrouted = 0, onChanged = 0;
+        long moved = 0, needless = 0, unrouted = 0;
         for (int f = 0; f < before.Length; f++)
         {
             if (after[f] < 0) unrouted++;
-            if (before[f] == changedIndex) onChanged++;
             if (before[f] == after[f]) continue;
             moved++;
             if (before[f] != changedIndex && after[f] != changedIndex) needless++;
         }
         double total = flowCount == 0 ? 1 : flowCount;
+        // The changed server's fair share of the weight: the same yardstick for every algorithm.
+        double totalWeight = servers.Sum(s => (double)s.Weight);
         double ideal = scenario.Name == "add"
-            ? (double)added.Weight / (servers.Sum(s => (double)s.Weight) + added.Weight)
-            : onChanged / total;
+            ? added.Weight / (totalWeight + added.Weight)
+            : totalWeight == 0 ? 0 : servers[changed].Weight / totalWeight;
         var server = scenario.Name == "add" ? added : servers[changed];
         return new Disruption(scenario.Name, server.Id, server.Weight, moved / total, ideal, needless / total, unrouted / total);
     }

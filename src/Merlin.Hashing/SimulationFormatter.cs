@@ -42,10 +42,10 @@ public static class SimulationFormatter
         if (algs.Any(a => a.Unrouted > 0)) Row(sb, "no server", idWidth, algs, a => Pct(a.Unrouted));
 
         // Disruption.
-        sb.Append("\nflows that move (needless: between servers that did not change)\n");
+        sb.Append("\nflows that move (in brackets: needlessly, between two servers that did not change)\n");
         var changes = first?.Disruptions ?? [];
         int changeWidth = Math.Max(idWidth + 16, 24);
-        sb.Append("change".PadRight(changeWidth)).Append("ideal".PadLeft(col));
+        sb.Append("change".PadRight(changeWidth)).Append("fair".PadLeft(col));
         foreach (var a in algs) sb.Append(a.Name.PadLeft(col + 9));
         sb.Append('\n');
         for (int c = 0; c < changes.Count; c++)
