@@ -76,6 +76,20 @@ public class HashFunctionTests
         Assert.Equal(new byte[] { 0x01, 0xbb, 0, 0 }, key[16..20].ToArray());
     }
 
+    // Slots the kernel itself computed: nft rules `meta mark set jhash ip saddr . tcp sport mod 509
+    // seed 0x1234` (and `jhash ip saddr …`) on this machine's kernel, for SYNs sent from those
+    // sources inside a scratch network namespace, the marks read back through counters.
+    [Theory]
+    [InlineData("198.18.200.9:40000", 40, 289)]
+    [InlineData("198.18.200.9:40001", 244, 289)]
+    [InlineData("198.18.201.77:1234", 498, 44)]
+    public void NftFlowHash_MatchesTheKernel(string flow, int withPort, int addressOnly)
+    {
+        var key = FlowKey.Parse(flow);
+        Assert.Equal(withPort, NftFlowHash.Slot(key, 0x1234, 509, includePort: true));
+        Assert.Equal(addressOnly, NftFlowHash.Slot(key, 0x1234, 509, includePort: false));
+    }
+
     // Expected values from Reference/kernel_reference.py (an independent Python model).
     [Theory]
     [InlineData("203.0.113.9:40000", true, 0x40342bc4U, 127)]
