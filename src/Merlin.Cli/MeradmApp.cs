@@ -29,6 +29,7 @@ public sealed class MeradmApp
         _root.Subcommands.Add(ServiceCommands.Create(_ctx));
         _root.Subcommands.Add(ServerCommands.Create(_ctx));
         _root.Subcommands.Add(StatusCommand.Create(_ctx));
+        _root.Subcommands.Add(HashCommands.Create(_ctx));
     }
 
     public static Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, MerlinClientFactory? clientFactory = null, CancellationToken ct = default) =>

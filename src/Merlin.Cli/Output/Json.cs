@@ -4,9 +4,10 @@ using System.Text.Json.Serialization;
 
 namespace Merlin.Cli.Output;
 
-[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, WriteIndented = true)]
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, WriteIndented = true, UseStringEnumConverter = true)]
 [JsonSerializable(typeof(ServiceList))]
 [JsonSerializable(typeof(StatusView))]
+[JsonSerializable(typeof(Merlin.Hashing.SimulationReport))]
 internal sealed partial class CliJsonContext : JsonSerializerContext;
 
 /// <summary><c>--output json</c>: the view records, camelCase, every field present (null when it does not apply).</summary>
@@ -23,4 +24,7 @@ public static class Json
 
     public static void Write(TextWriter writer, StatusView status) =>
         writer.WriteLine(JsonSerializer.Serialize(status, Options.GetTypeInfo(typeof(StatusView))));
+
+    public static void Write(TextWriter writer, Merlin.Hashing.SimulationReport report) =>
+        writer.WriteLine(JsonSerializer.Serialize(report, Options.GetTypeInfo(typeof(Merlin.Hashing.SimulationReport))));
 }
