@@ -25,6 +25,14 @@ public sealed class NetlinkBuffer : IDisposable
 
     public void Clear() => _length = 0;
 
+    /// <summary>Drops everything after the first <paramref name="length"/> bytes (undoes a half-written message).</summary>
+    public void Truncate(int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, _length);
+        _length = length;
+    }
+
     /// <summary>Claims <paramref name="count"/> bytes at the end and returns them (not zeroed).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal Span<byte> Append(int count)
