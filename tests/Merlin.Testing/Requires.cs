@@ -17,6 +17,20 @@ public static class Requires
         if (!Environment.IsPrivilegedProcess) Missing("root privileges (run the tests as root)");
     }
 
+    /// <summary>
+    /// A kernel with IPVS loaded (/proc/net/ip_vs). The CI host's kernel has none, so this skips even with
+    /// CI=true: these tests are meant to run inside the qemu guest, whose harness sets
+    /// MERLIN_REQUIRE_IPVS=1 to turn a missing IPVS into a failure there.
+    /// </summary>
+    public static void Ipvs()
+    {
+        if (File.Exists("/proc/net/ip_vs")) return;
+        const string what = "IPVS in the running kernel (/proc/net/ip_vs is absent; these tests run in the qemu guest)";
+        if (Environment.GetEnvironmentVariable("MERLIN_REQUIRE_IPVS") == "1")
+            Assert.Fail($"Requirement missing: {what} (MERLIN_REQUIRE_IPVS=1, so this fails instead of skipping)");
+        Assert.Skip($"Requirement missing: {what}");
+    }
+
     /// <summary>An executable on PATH; <paramref name="install"/> tells how to get it.</summary>
     public static void Command(string name, string install)
     {
