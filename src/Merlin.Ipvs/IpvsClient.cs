@@ -33,9 +33,12 @@ public sealed class IpvsClient : IDisposable
     /// Opens a generic-netlink socket and resolves the "IPVS" family. A kernel without IPVS (module not
     /// loaded or not built) raises <see cref="NetlinkException"/> with <see cref="Errno.ENOENT"/>.
     /// </summary>
-    public static IpvsClient Open(NetlinkSocketOptions? options = null)
+    public static IpvsClient Open(NetlinkSocketOptions? options = null) =>
+        Open(NetlinkClient.Open(Merlin.Netlink.Netlink.ProtocolGeneric, options));
+
+    /// <summary>Resolves the "IPVS" family over <paramref name="netlink"/>, which the client then owns.</summary>
+    public static IpvsClient Open(NetlinkClient netlink)
     {
-        var netlink = NetlinkClient.Open(Merlin.Netlink.Netlink.ProtocolGeneric, options);
         try
         {
             return new IpvsClient(netlink, GenericNetlinkFamily.Resolve(netlink, K.FamilyName));

@@ -15,17 +15,18 @@ public delegate void NetlinkReplyHandler<in TState>(NetlinkMessage message, TSta
 /// </summary>
 public sealed class NetlinkClient : IDisposable
 {
-    private readonly int _protocol;
+    private readonly Func<INetlinkTransport> _open;
     private readonly Lock _lock = new();
-    private NetlinkSocket _socket;
+    private INetlinkTransport _socket;
     private byte[] _receive;
     private uint _sequence;
     private bool _disposed;
 
-    public NetlinkClient(NetlinkSocket socket, int protocol)
+    /// <param name="open">Opens the transport, now and again after a reset (a socket, or a test's scripted kernel).</param>
+    public NetlinkClient(Func<INetlinkTransport> open)
     {
-        _socket = socket;
-        _protocol = protocol;
+        _open = open;
+        var socket = _socket = open();
         _receive = ArrayPool<byte>.Shared.Rent(socket.Options.MaxDatagramSize);
         // Start where a previous client in this process is unlikely to have been (only a readability aid in
         // traces: replies are matched on port id as well).
@@ -33,9 +34,10 @@ public sealed class NetlinkClient : IDisposable
     }
 
     public static NetlinkClient Open(int protocol, NetlinkSocketOptions? options = null) =>
-        new(NetlinkSocket.Open(protocol, options), protocol);
+        new(() => NetlinkSocket.Open(protocol, options));
 
-    public NetlinkSocket Socket => _socket;
+    /// <summary>The current transport (replaced after a timeout or dropped replies).</summary>
+    public INetlinkTransport Transport => _socket;
 
     /// <summary>Replies dropped because they answered an earlier (abandoned) request or came from elsewhere.</summary>
     public long StaleMessages { get; private set; }
@@ -245,9 +247,8 @@ public sealed class NetlinkClient : IDisposable
     /// </summary>
     private void Reset()
     {
-        var options = _socket.Options;
         _socket.Dispose();
-        _socket = NetlinkSocket.Open(_protocol, options);
+        _socket = _open();
         SocketResets++;
     }
 

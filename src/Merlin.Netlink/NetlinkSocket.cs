@@ -25,11 +25,29 @@ public sealed record NetlinkSocketOptions
 }
 
 /// <summary>
+/// Where netlink datagrams go and come from: the kernel through a <see cref="NetlinkSocket"/>, or a test's
+/// scripted kernel. <see cref="NetlinkClient"/> does everything above the datagram.
+/// </summary>
+public interface INetlinkTransport : IDisposable
+{
+    /// <summary>Our port id; replies carry it.</summary>
+    uint PortId { get; }
+
+    NetlinkSocketOptions Options { get; }
+
+    /// <summary>Sends one datagram to the kernel; false if the send timed out.</summary>
+    bool TrySend(ReadOnlySpan<byte> datagram, string request);
+
+    /// <summary>Receives one datagram from the kernel; -1 if none arrived within the receive timeout.</summary>
+    int Receive(Span<byte> buffer, string request);
+}
+
+/// <summary>
 /// A bound AF_NETLINK datagram socket talking to the kernel (port id 0). Blocking calls with timeouts:
 /// the kernel handles a request synchronously inside send, so replies are normally queued before the
 /// send returns. Not thread-safe; <see cref="NetlinkClient"/> serialises its use.
 /// </summary>
-public sealed unsafe class NetlinkSocket : IDisposable
+public sealed unsafe class NetlinkSocket : INetlinkTransport
 {
     private readonly FileDescriptor _fd;
 

@@ -18,7 +18,7 @@ public class NetlinkKernelTests
     public void Socket_IsBoundToAPortIdTheKernelChose()
     {
         using var client = Open();
-        Assert.NotEqual(0u, client.Socket.PortId);
+        Assert.NotEqual(0u, client.Transport.PortId);
     }
 
     [Fact]
@@ -50,7 +50,7 @@ public class NetlinkKernelTests
         GenericNetlinkFamily.WriteGetFamily(orphan, "nlctrl");
         orphan.WriteUInt16At(6, (ushort)(NetlinkFlags.Request | NetlinkFlags.Ack));
         orphan.WriteUInt32At(8, 0xdead);
-        Assert.True(client.Socket.TrySend(orphan.WrittenSpan, "orphan"));
+        Assert.True(client.Transport.TrySend(orphan.WrittenSpan, "orphan"));
 
         Assert.Equal("nlctrl", GenericNetlinkFamily.Resolve(client, "nlctrl").Name);
         Assert.True(client.StaleMessages >= 2, $"{client.StaleMessages} stale"); // the orphan's reply and ACK
@@ -122,7 +122,7 @@ public class NetlinkKernelTests
         using var client = Open(new NetlinkSocketOptions { ReceiveTimeout = TimeSpan.FromMilliseconds(200) });
         var buffer = new byte[4096];
         var watch = Stopwatch.StartNew();
-        Assert.Equal(-1, client.Socket.Receive(buffer, "nothing"));
+        Assert.Equal(-1, client.Transport.Receive(buffer, "nothing"));
         Assert.InRange(watch.Elapsed, TimeSpan.FromMilliseconds(150), TimeSpan.FromSeconds(5));
     }
 
