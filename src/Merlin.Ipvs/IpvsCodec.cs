@@ -95,7 +95,7 @@ internal static class IpvsCodec
             w.WriteUInt32(K.SvcAttrFwmark, key.FirewallMark);
             return;
         }
-        if (key.Address is null) throw new ArgumentException($"service {key} has neither an address nor a firewall mark", nameof(key));
+        if (key.Address is null) throw new ArgumentException($"service key (port {key.Port}, {key.Protocol}) has neither an address nor a firewall mark", nameof(key));
         if (AddressFamilyOf(key.Address) != (key.Family == IpFamily.V6 ? K.AfInet6 : K.AfInet))
             throw new ArgumentException($"service address {key.Address} is not of the key's family {key.Family}", nameof(key));
         w.WriteUInt16(K.SvcAttrProtocol, ProtocolNumber(key.Protocol));

@@ -12,7 +12,9 @@ internal sealed class Wire
     private readonly List<byte> _bytes = [];
     private readonly Stack<int> _open = new();
 
-    public static byte[] Hex(string hex) => Convert.FromHexString(string.Concat(hex.Where(Uri.IsHexDigit)));
+    /// <summary>Hex digits, with any whitespace between them and "//" comments to the end of a line.</summary>
+    public static byte[] Hex(string hex) => Convert.FromHexString(string.Concat(
+        hex.Split('\n').Select(line => line.Split("//")[0]).SelectMany(line => line.Where(c => !char.IsWhiteSpace(c)))));
 
     public int Length => _bytes.Count;
 
