@@ -13,6 +13,37 @@ public interface IDataplane
 
     /// <summary>Applies one operation; throws <see cref="DataplaneException"/> if the kernel refuses it.</summary>
     Task ApplyAsync(Operation operation, CancellationToken ct);
+
+    /// <summary>
+    /// Applies a plan, in order. A dataplane that can make the whole plan one kernel transaction
+    /// overrides this (nftables does); by default it is one <see cref="ApplyAsync(Operation, CancellationToken)"/>
+    /// per operation. Returns one entry per operation: null if it was applied, else its error. A
+    /// server operation whose service could not be added is not tried.
+    /// </summary>
+    async Task<IReadOnlyList<Exception?>> ApplyAsync(IReadOnlyList<Operation> operations, CancellationToken ct)
+    {
+        var errors = new Exception?[operations.Count];
+        var failedServices = new HashSet<Model.ServiceKey>();
+        for (int i = 0; i < operations.Count; i++)
+        {
+            var op = operations[i];
+            if (op is AddServer or UpdateServer && failedServices.Contains(op.Service))
+            {
+                errors[i] = new DataplaneException($"{op}: its service was not added");
+                continue;
+            }
+            try
+            {
+                await ApplyAsync(op, ct);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                errors[i] = e;
+                if (op is AddService) failedServices.Add(op.Service);
+            }
+        }
+        return errors;
+    }
 }
 
 public sealed class DataplaneException(string message, Exception? inner = null) : Exception(message, inner);
