@@ -1,0 +1,167 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace Merlin.Dataplane.Nftables.Kernel;
+
+/// <summary>A netlink attribute: its type (flags stripped) and value.</summary>
+internal readonly record struct NlAttribute(ushort Type, ReadOnlyMemory<byte> Value)
+{
+    public uint U32BigEndian => BinaryPrimitives.ReadUInt32BigEndian(Value.Span);
+    public ulong U64BigEndian => BinaryPrimitives.ReadUInt64BigEndian(Value.Span);
+
+    /// <summary>A NUL-terminated string attribute.</summary>
+    public string String
+    {
+        get
+        {
+            var span = Value.Span;
+            int nul = span.IndexOf((byte)0);
+            return Encoding.UTF8.GetString(nul < 0 ? span : span[..nul]);
+        }
+    }
+
+    public static List<NlAttribute> Parse(ReadOnlyMemory<byte> data)
+    {
+        var result = new List<NlAttribute>();
+        var span = data.Span;
+        int offset = 0;
+        while (offset + 4 <= span.Length)
+        {
+            int length = BinaryPrimitives.ReadUInt16LittleEndian(span[offset..]);
+            ushort type = (ushort)(BinaryPrimitives.ReadUInt16LittleEndian(span[(offset + 2)..]) & 0x3fff);
+            if (length < 4 || offset + length > span.Length) throw new InvalidDataException($"netlink attribute of length {length} at {offset} overruns its message ({span.Length} bytes)");
+            result.Add(new NlAttribute(type, data.Slice(offset + 4, length - 4)));
+            offset += (length + 3) & ~3;
+        }
+        return result;
+    }
+}
+
+/// <summary>
+/// A blocking NETLINK_NETFILTER socket that sends one request and collects its replies (a single
+/// answer or a multi-part dump). Send and receive time out after five seconds, so a kernel that
+/// does not answer cannot hang a reconcile pass.
+/// </summary>
+internal sealed unsafe class NetfilterSocket : IDisposable
+{
+    private const ushort NLM_F_REQUEST = 0x1, NLM_F_ACK = 0x4, NLM_F_DUMP = 0x300;
+    private const ushort NLMSG_ERROR = 2, NLMSG_DONE = 3;
+    private const int HeaderLength = 16, GenMsgLength = 4;
+
+    private readonly int _fd;
+    private readonly uint _portId;
+    private uint _sequence = (uint)Environment.TickCount;
+    private readonly byte[] _receive = new byte[1 << 18];
+
+    private NetfilterSocket()
+    {
+        _fd = Native.socket(Native.AF_NETLINK, Native.SOCK_RAW | Native.SOCK_CLOEXEC, Native.NETLINK_NETFILTER);
+        if (_fd < 0) throw Error("socket(AF_NETLINK, NETLINK_NETFILTER)");
+        try
+        {
+            var address = new Native.SockaddrNl { Family = Native.AF_NETLINK };
+            if (Native.bind(_fd, &address, sizeof(Native.SockaddrNl)) != 0) throw Error("bind");
+            int length = sizeof(Native.SockaddrNl);
+            if (Native.getsockname(_fd, &address, &length) != 0) throw Error("getsockname");
+            _portId = address.Pid;
+            var timeout = new Native.Timeval { Seconds = 5 };
+            Native.setsockopt(_fd, Native.SOL_SOCKET, Native.SO_RCVTIMEO, &timeout, sizeof(Native.Timeval));
+            Native.setsockopt(_fd, Native.SOL_SOCKET, Native.SO_SNDTIMEO, &timeout, sizeof(Native.Timeval));
+        }
+        catch
+        {
+            Native.close(_fd);
+            throw;
+        }
+    }
+
+    /// <summary>Opens a socket in the named network namespace (null: this process's own).</summary>
+    public static NetfilterSocket Open(string? networkNamespace) => NetworkNamespace.Run(networkNamespace, () => new NetfilterSocket());
+
+    /// <summary>
+    /// Sends an nf_tables request and returns the attribute payload (after nfgenmsg) of every reply.
+    /// A kernel error becomes a <see cref="NetlinkException"/> carrying the errno.
+    /// </summary>
+    public List<ReadOnlyMemory<byte>> Request(byte messageType, byte family, bool dump, ReadOnlySpan<byte> attributes)
+    {
+        uint sequence = ++_sequence;
+        int total = HeaderLength + GenMsgLength + attributes.Length;
+        var message = new byte[total];
+        var m = message.AsSpan();
+        BinaryPrimitives.WriteUInt32LittleEndian(m, (uint)total);
+        BinaryPrimitives.WriteUInt16LittleEndian(m[4..], (ushort)((10 << 8) | messageType));   // NFNL_SUBSYS_NFTABLES
+        BinaryPrimitives.WriteUInt16LittleEndian(m[6..], (ushort)(NLM_F_REQUEST | (dump ? NLM_F_DUMP : NLM_F_ACK)));
+        BinaryPrimitives.WriteUInt32LittleEndian(m[8..], sequence);
+        BinaryPrimitives.WriteUInt32LittleEndian(m[12..], 0);
+        m[16] = family;
+        m[17] = 0;   // NFNETLINK_V0
+        attributes.CopyTo(m[20..]);
+        fixed (byte* p = message)
+        {
+            if (Native.send(_fd, p, total, 0) != total) throw Error("send");
+        }
+
+        var replies = new List<ReadOnlyMemory<byte>>();
+        while (true)
+        {
+            nint received;
+            fixed (byte* p = _receive) received = Native.recv(_fd, p, _receive.Length, 0);
+            if (received < 0) throw Error("recv");
+            int offset = 0;
+            while (offset + HeaderLength <= received)
+            {
+                var span = _receive.AsSpan(offset, (int)received - offset);
+                int length = (int)BinaryPrimitives.ReadUInt32LittleEndian(span);
+                ushort type = BinaryPrimitives.ReadUInt16LittleEndian(span[4..]);
+                uint seq = BinaryPrimitives.ReadUInt32LittleEndian(span[8..]);
+                uint pid = BinaryPrimitives.ReadUInt32LittleEndian(span[12..]);
+                if (length < HeaderLength || length > span.Length) throw new InvalidDataException($"netlink message of length {length} in a {span.Length}-byte read");
+                offset += (length + 3) & ~3;
+                if (seq != sequence || (pid != 0 && pid != _portId)) continue;   // a stale answer
+                if (type == NLMSG_DONE) return replies;
+                if (type == NLMSG_ERROR)
+                {
+                    int errno = -BinaryPrimitives.ReadInt32LittleEndian(span[HeaderLength..]);
+                    if (errno != 0) throw new NetlinkException(errno, messageType);
+                    return replies;   // the ACK after a non-dump answer
+                }
+                if (length >= HeaderLength + GenMsgLength)
+                    replies.Add(span[(HeaderLength + GenMsgLength)..length].ToArray());
+            }
+        }
+    }
+
+    public void Dispose() => Native.close(_fd);
+
+    private static IOException Error(string call) => new($"{call} failed: errno {Marshal.GetLastPInvokeError()}");
+}
+
+internal sealed class NetlinkException(int errno, byte messageType)
+    : IOException($"nf_tables request {messageType} failed: errno {errno}")
+{
+    public const int ENOENT = 2;
+    public int Errno { get; } = errno;
+}
+
+/// <summary>Builds the attributes of a request.</summary>
+internal sealed class AttributeWriter
+{
+    private readonly List<byte> _bytes = new();
+
+    public AttributeWriter String(ushort type, string value)
+    {
+        var text = Encoding.UTF8.GetBytes(value);
+        int length = 4 + text.Length + 1;
+        Span<byte> header = stackalloc byte[4];
+        BinaryPrimitives.WriteUInt16LittleEndian(header, (ushort)length);
+        BinaryPrimitives.WriteUInt16LittleEndian(header[2..], type);
+        _bytes.AddRange(header);
+        _bytes.AddRange(text);
+        _bytes.Add(0);
+        while (_bytes.Count % 4 != 0) _bytes.Add(0);
+        return this;
+    }
+
+    public byte[] ToArray() => _bytes.ToArray();
+}

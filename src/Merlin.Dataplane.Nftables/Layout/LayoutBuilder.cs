@@ -1,0 +1,386 @@
+using System.Globalization;
+using System.Net;
+using System.Net.NetworkInformation;
+using System.Net.Sockets;
+using Merlin.Hashing;
+using Merlin.Model;
+using Merlin.Reconciler;
+
+namespace Merlin.Dataplane.Nftables.Layout;
+
+/// <summary>What carries over from one layout to the next: record ids and which service uses which group.</summary>
+internal sealed record Assignment(
+    IReadOnlyDictionary<ServiceKey, string> ServiceGroups,
+    IReadOnlyDictionary<string, GroupInfo> Groups,
+    IReadOnlyDictionary<ServiceKey, uint> ServiceIds,
+    IReadOnlyDictionary<(ServiceKey, RealServerKey), uint> ServerIds)
+{
+    public static readonly Assignment Empty = new(
+        new Dictionary<ServiceKey, string>(), new Dictionary<string, GroupInfo>(),
+        new Dictionary<ServiceKey, uint>(), new Dictionary<(ServiceKey, RealServerKey), uint>());
+}
+
+/// <summary>A group of services that share one Maglev map: same kind, size and backends. <paramref name="Shape"/> is kind and size (what a map can be edited within).</summary>
+internal sealed record GroupInfo(string Name, string Shape, string ContentKey);
+
+/// <summary>Everything the builder needs besides the options; pure data.</summary>
+internal sealed record LayoutInput(
+    IReadOnlyDictionary<ServiceKey, ServiceState> Services,
+    IReadOnlyDictionary<IPAddress, PhysicalAddress> Macs,
+    PhysicalAddress? OwnMac,
+    Assignment Previous);
+
+/// <summary>A built layout: the ruleset, what to remember, and what could not be programmed.</summary>
+internal sealed record Layout(
+    NftRuleset Ruleset,
+    Assignment Assignment,
+    IReadOnlyList<NftablesIssue> Issues,
+    IReadOnlyList<IPAddress> Unresolved,
+    IReadOnlyList<IPAddress> DsrAddresses);
+
+/// <summary>
+/// Builds the ruleset for a set of services. Pure: the same input gives the same ruleset, text for
+/// text. Decisions (see the project README for the why):
+/// <list type="bullet">
+/// <item>A service is DSR when it has route servers, NAT when it has masq servers and no route one;
+/// tunnel servers, firewall-mark services and masq servers mixed into a DSR service are reported.</item>
+/// <item>M = <see cref="MaglevTable.ChooseSize"/> of the servers the service forwards to, drained and
+/// unresolved ones included, so every node computes the same M from the same store (a size that
+/// depended on history would differ between nodes and move flows at failover).</item>
+/// <item>Services with the same kind, M and backends (identity, weight, MAC) share one map, one live
+/// set and one chain per hash variant; a dispatch verdict map sends each service to its chain.</item>
+/// <item>The hash key is <c>saddr . sport</c>, or <c>saddr</c> alone for sh/mh without their port flag
+/// and for persistent services (persistence is per client address; a netmask is not applied).</item>
+/// </list>
+/// </summary>
+internal static class LayoutBuilder
+{
+    public const string MarkerSet = "marker";
+    public const string StateSet = "state";
+    public const uint FullRange = uint.MaxValue;
+
+    public static Layout Build(LayoutInput input, NftablesOptions options)
+    {
+        var issues = new List<NftablesIssue>();
+        var unresolved = new SortedSet<IPAddress>(Comparer<IPAddress>.Create(AddressOrder.Compare));
+        var dsrAddresses = new SortedSet<IPAddress>(Comparer<IPAddress>.Create(AddressOrder.Compare));
+        var services = input.Services.Values.OrderBy(s => s.Key, ServiceKeyComparer.Instance).ToList();
+        bool dsrPossible = options.Interface is not null && input.OwnMac is not null;
+
+        // 1. What each service forwards to.
+        var plans = new List<ServicePlan>();
+        foreach (var service in services)
+        {
+            var plan = Plan(service, input.Macs, options, dsrPossible, issues, unresolved, dsrAddresses);
+            if (plan is not null) plans.Add(plan);
+        }
+
+        // 2. Groups: one per distinct content, reusing the previous group a content's services used.
+        var assignment = Assign(plans, input.Previous);
+        var serviceGroups = new Dictionary<ServiceKey, string>();
+        foreach (var plan in plans) serviceGroups[plan.Key] = assignment[plan.ContentKey];
+
+        // 3. Record ids, kept across layouts so an unchanged record is never rewritten.
+        var (serviceIds, serverIds, stateContent) = Records(services, input, serviceGroups);
+
+        var groups = new Dictionary<string, GroupInfo>();
+        foreach (var plan in plans) groups[assignment[plan.ContentKey]] = new GroupInfo(assignment[plan.ContentKey], plan.Shape, plan.ContentKey);
+
+        // 4. Tables.
+        var tables = new List<NftTable>();
+        var dsrPlans = plans.Where(p => p.Dsr).ToList();
+        var natPlans = plans.Where(p => !p.Dsr).ToList();
+        if (services.Count > 0)
+            tables.Add(DsrTable(dsrPlans, assignment, stateContent, input.OwnMac, options));
+        if (natPlans.Count > 0)
+            tables.Add(NatTable(natPlans, assignment, options));
+        var ruleset = WithMarker(new NftRuleset(tables), options);
+
+        var newAssignment = new Assignment(serviceGroups, groups, serviceIds, serverIds);
+        return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.ToList());
+    }
+
+    /// <summary>The marker: a set whose comment is the fingerprint of everything else.</summary>
+    private static NftRuleset WithMarker(NftRuleset ruleset, NftablesOptions options)
+    {
+        var dsr = ruleset.Table("netdev", options.DsrTable);
+        if (dsr is null) return ruleset;
+        var fingerprint = ruleset.Fingerprint(MarkerSet);
+        var sets = new Dictionary<string, NftSet>(dsr.Sets)
+        {
+            [MarkerSet] = new(MarkerSet, "set", $"type mark; comment \"{MarkerComment(fingerprint)}\";", SetContent.Empty),
+        };
+        return new NftRuleset(ruleset.Tables.Select(t => t == dsr ? dsr with { Sets = sets } : t).ToList());
+    }
+
+    public static string MarkerComment(string fingerprint) => $"merlin v1 {fingerprint}";
+
+    private sealed record ServicePlan(ServiceKey Key, bool Dsr, int Size, string Shape, string ContentKey, string Variant,
+        IReadOnlyList<Backend> Backends);
+
+    private sealed record Backend(string Id, uint Weight, string Value, string? Mac);
+
+    private static ServicePlan? Plan(ServiceState service, IReadOnlyDictionary<IPAddress, PhysicalAddress> macs, NftablesOptions options, bool dsrPossible,
+        List<NftablesIssue> issues, SortedSet<IPAddress> unresolved, SortedSet<IPAddress> dsrAddresses)
+    {
+        var key = service.Key;
+        if (key.IsFirewallMark)
+        {
+            issues.Add(new(key, null, "firewall-mark services are not supported by the nftables dataplane"));
+            return null;
+        }
+        var servers = service.Servers.OrderBy(s => s.Key).ToList();
+        foreach (var (server, config) in servers)
+            if (config.Forward == ForwardMethod.Tunnel)
+                issues.Add(new(key, server, "tunnel forwarding is not supported by the nftables dataplane (use route or masq)"));
+        var route = servers.Where(s => s.Value.Forward == ForwardMethod.Route).ToList();
+        var masq = servers.Where(s => s.Value.Forward == ForwardMethod.Masq).ToList();
+        bool dsr = route.Count > 0;
+        if (dsr)
+            foreach (var (server, _) in masq)
+                issues.Add(new(key, server, "masq server in a service that has route servers: a service is either DSR or NAT; this one is DSR"));
+        var members = dsr ? route : masq;
+        if (members.Count == 0) return null;
+
+        bool saddrOnly = service.Config.PersistenceTimeout > 0 ||
+            (service.Config.Scheduler is "sh" or "mh" && !service.Config.Flags.HasFlag(SchedulerFlags.Flag2));
+        string family = key.Family == IpFamily.V6 ? "6" : "4";
+        var backends = new List<Backend>();
+        int size;
+        if (dsr)
+        {
+            if (!dsrPossible)
+            {
+                issues.Add(new(key, null, options.Interface is null
+                    ? "route (DSR) servers need --interface; the service is not programmed"
+                    : $"interface {options.Interface} was not found or has no MAC; the service is not programmed"));
+                return null;
+            }
+            var seen = new HashSet<IPAddress>();
+            foreach (var (server, config) in members)
+            {
+                if (!seen.Add(server.Address))
+                {
+                    issues.Add(new(key, server, "another server of this DSR service has the same address (DSR cannot change the port); ignored"));
+                    continue;
+                }
+                dsrAddresses.Add(server.Address);
+                if (!macs.TryGetValue(server.Address, out var mac))
+                {
+                    unresolved.Add(server.Address);
+                    issues.Add(new(key, server, $"MAC of {server.Address} on {options.Interface} is not known yet; out of the table until it resolves"));
+                    backends.Add(new Backend(server.Address.ToString(), config.Weight, "", null));
+                    continue;
+                }
+                var text = StateRecords.MacText(mac);
+                backends.Add(new Backend(server.Address.ToString(), config.Weight, text, text));
+            }
+            size = MaglevTable.ChooseSize(backends.Count);
+        }
+        else
+        {
+            foreach (var (server, config) in members)
+                backends.Add(new Backend(Endpoints.Format(server.Address, server.Port), config.Weight, $"{server.Address} . {server.Port.ToString(CultureInfo.InvariantCulture)}", null));
+            size = MaglevTable.ChooseSize(backends.Count);
+        }
+
+        // Unresolved DSR servers count towards M (every node must pick the same M) but hold no slot.
+        var usable = backends.Where(b => !dsr || b.Mac is not null).OrderBy(b => b.Id, StringComparer.Ordinal).ToList();
+        string shape = dsr ? $"dsr M={size}" : $"nat{family} M={size}";
+        string content = $"{shape} " + string.Join(",", usable.Select(b => $"{b.Id}={b.Weight.ToString(CultureInfo.InvariantCulture)}@{b.Value}"));
+        string variant = dsr
+            ? $"{family}{(saddrOnly ? "s" : "p")}{(service.Config.OnePacket ? "u" : "")}"
+            : saddrOnly ? "s" : "p";
+        return new ServicePlan(key, dsr, size, shape, content, variant, usable);
+    }
+
+    /// <summary>Content key → group name. Deterministic: contents with more services choose first.</summary>
+    private static Dictionary<string, string> Assign(List<ServicePlan> plans, Assignment previous)
+    {
+        var contents = plans.GroupBy(p => p.ContentKey)
+            .Select(g => (Key: g.Key, Plans: g.ToList()))
+            .OrderByDescending(c => c.Plans.Count).ThenBy(c => c.Key, StringComparer.Ordinal)
+            .ToList();
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        var claimed = new HashSet<string>(StringComparer.Ordinal);
+        var taken = new HashSet<string>(previous.Groups.Keys.Concat(previous.ServiceGroups.Values), StringComparer.Ordinal);
+        foreach (var (key, members) in contents)
+        {
+            var shape = members[0].Shape;
+            var prefix = members[0].Dsr ? "d" : "n";
+            bool Fits(string name) => !claimed.Contains(name) && name.StartsWith(prefix, StringComparison.Ordinal) &&
+                (!previous.Groups.TryGetValue(name, out var info) || info.Shape == shape);
+
+            // The same content as before: keep its name (nothing to write).
+            var name = previous.Groups.Values.Where(g => g.ContentKey == key && Fits(g.Name)).Select(g => g.Name).Order(StringComparer.Ordinal).FirstOrDefault();
+            // Else the group most of these services used: edit that map in place.
+            name ??= members.Select(m => previous.ServiceGroups.GetValueOrDefault(m.Key)).OfType<string>().Where(Fits)
+                .GroupBy(n => n).OrderByDescending(g => g.Count()).ThenBy(g => g.Key, StringComparer.Ordinal).Select(g => g.Key).FirstOrDefault();
+            // Else a fresh name that no previous group holds.
+            if (name is null)
+            {
+                for (int n = 1; ; n++)
+                {
+                    var candidate = prefix + n.ToString(CultureInfo.InvariantCulture);
+                    if (!claimed.Contains(candidate) && !taken.Contains(candidate)) { name = candidate; break; }
+                }
+            }
+            claimed.Add(name);
+            result[key] = name;
+        }
+        return result;
+    }
+
+    private static (Dictionary<ServiceKey, uint>, Dictionary<(ServiceKey, RealServerKey), uint>, SetContent) Records(
+        List<ServiceState> services, LayoutInput input, Dictionary<ServiceKey, string> groups)
+    {
+        var previous = input.Previous;
+        uint next = 1 + Math.Max(previous.ServiceIds.Values.DefaultIfEmpty(0u).Max(), previous.ServerIds.Values.DefaultIfEmpty(0u).Max());
+        var serviceIds = new Dictionary<ServiceKey, uint>();
+        var serverIds = new Dictionary<(ServiceKey, RealServerKey), uint>();
+        var elements = new List<(string Key, string Element)>();
+        foreach (var service in services)
+        {
+            if (!previous.ServiceIds.TryGetValue(service.Key, out var id)) id = next++;
+            serviceIds[service.Key] = id;
+            elements.AddRange(StateRecords.Elements(id, StateRecords.Service(id, service.Key, service.Config, groups.GetValueOrDefault(service.Key))));
+            foreach (var (server, config) in service.Servers.OrderBy(s => s.Key))
+            {
+                if (!previous.ServerIds.TryGetValue((service.Key, server), out var sid)) sid = next++;
+                serverIds[(service.Key, server)] = sid;
+                PhysicalAddress? mac = config.Forward == ForwardMethod.Route ? input.Macs.GetValueOrDefault(server.Address) : null;
+                elements.AddRange(StateRecords.Elements(sid, StateRecords.Server(sid, id, server, config, mac)));
+            }
+        }
+        return (serviceIds, serverIds, KeyedContent.Of(elements));
+    }
+
+    private static NftTable DsrTable(List<ServicePlan> plans, Dictionary<string, string> groups, SetContent state, PhysicalAddress? ownMac, NftablesOptions options)
+    {
+        var sets = new Dictionary<string, NftSet>
+        {
+            [StateSet] = new(StateSet, "set", "type mark;", state),
+        };
+        var chains = new Dictionary<string, NftChain>();
+        if (plans.Count > 0)
+        {
+            var own = StateRecords.MacText(ownMac!);
+            var iface = options.Interface!;
+            var seed = Seed(options);
+            var timeout = ((long)options.FlowTimeout.TotalSeconds).ToString(CultureInfo.InvariantCulture);
+            var maxFlows = options.MaxPinnedFlows.ToString(CultureInfo.InvariantCulture);
+            sets["flows4"] = new("flows4", "map", $"type ipv4_addr . ipv4_addr . inet_service . inet_service : ether_addr; size {maxFlows}; flags dynamic,timeout; timeout {timeout}s;", SetContent.Empty, Dynamic: true);
+            sets["flows6"] = new("flows6", "map", $"typeof numgen inc mod 2 . th sport . th dport : ether daddr; size {maxFlows}; flags dynamic,timeout; timeout {timeout}s;", SetContent.Empty, Dynamic: true);
+            sets["svc4"] = new("svc4", "map", "type ipv4_addr . inet_proto . inet_service : verdict;", Dispatch(plans.Where(p => p.Key.Family == IpFamily.V4), groups));
+            sets["svc6"] = new("svc6", "map", "type ipv6_addr . inet_proto . inet_service : verdict;", Dispatch(plans.Where(p => p.Key.Family == IpFamily.V6), groups));
+            chains["ingress"] = new("ingress", $"type filter hook ingress device \"{iface}\" priority 0; policy accept;",
+            [
+                $"ether daddr {own} ip daddr . meta l4proto . th dport vmap @svc4 comment \"merlin: IPv4 services\"",
+                $"ether daddr {own} ip6 daddr . meta l4proto . th dport vmap @svc6 comment \"merlin: IPv6 services\"",
+            ]);
+            foreach (var group in plans.GroupBy(p => groups[p.ContentKey]))
+            {
+                var plan = group.First();
+                var name = group.Key;
+                sets[name] = new(name, "map", $"typeof numgen inc mod {plan.Size} : ether daddr; size {plan.Size};", Slots(plan));
+                sets[name + "_live"] = new(name + "_live", "set", "type ether_addr;",
+                    KeyedContent.Of(plan.Backends.Select(b => (b.Mac!, b.Mac!))));
+                foreach (var variant in group.Select(p => p.Variant).Distinct())
+                {
+                    var chain = $"{name}_{variant}";
+                    chains[chain] = new(chain, null, DsrRules(name, plan.Size, variant, own, iface, seed));
+                }
+            }
+        }
+        return new NftTable("netdev", options.DsrTable, sets, chains);
+    }
+
+    private static List<string> DsrRules(string group, int size, string variant, string own, string iface, string seed)
+    {
+        bool v6 = variant[0] == '6';
+        bool saddrOnly = variant[1] == 's';
+        bool pinned = !variant.EndsWith('u');
+        string ip = v6 ? "ip6" : "ip";
+        string m = size.ToString(CultureInfo.InvariantCulture);
+        string hash = saddrOnly ? $"jhash {ip} saddr mod {m} seed {seed}" : $"jhash {ip} saddr . th sport mod {m} seed {seed}";
+        // The flow key: exact for IPv4; for IPv6 the address pair is folded by a hash, because nft
+        // 1.0.6 cannot write a dynamic map update whose key is longer than 16 bytes.
+        string flow = v6 ? $"jhash ip6 saddr . ip6 daddr mod {FullRange.ToString(CultureInfo.InvariantCulture)} seed {seed} . th sport . th dport" : "ip saddr . ip daddr . th sport . th dport";
+        string flows = v6 ? "flows6" : "flows4";
+        string forward = $"ether saddr set {own} fwd to \"{iface}\"";
+        var rules = new List<string>();
+        if (pinned)
+        {
+            rules.Add($"ether daddr set {flow} map @{flows} ether daddr @{group}_live update @{flows} {{ {flow} : ether daddr }} {forward} comment \"merlin: pinned flow\"");
+            rules.Add($"ether daddr set {hash} map @{group} update @{flows} {{ {flow} : ether daddr }} {forward} comment \"merlin: new flow\"");
+            rules.Add($"ether daddr set {hash} map @{group} {forward} comment \"merlin: new flow, flow map full\"");
+        }
+        else
+        {
+            rules.Add($"ether daddr set {hash} map @{group} {forward} comment \"merlin: one-packet scheduling\"");
+        }
+        rules.Add($"ether daddr set {own} comment \"merlin: no real server, local delivery\"");
+        return rules;
+    }
+
+    private static NftTable NatTable(List<ServicePlan> plans, Dictionary<string, string> groups, NftablesOptions options)
+    {
+        var seed = Seed(options);
+        var sets = new Dictionary<string, NftSet>
+        {
+            ["svc4"] = new("svc4", "map", "type ipv4_addr . inet_proto . inet_service : verdict;", Dispatch(plans.Where(p => p.Key.Family == IpFamily.V4), groups)),
+            ["svc6"] = new("svc6", "map", "type ipv6_addr . inet_proto . inet_service : verdict;", Dispatch(plans.Where(p => p.Key.Family == IpFamily.V6), groups)),
+        };
+        var chains = new Dictionary<string, NftChain>
+        {
+            ["prerouting"] = new("prerouting", "type nat hook prerouting priority dstnat; policy accept;",
+            [
+                "ip daddr . meta l4proto . th dport vmap @svc4 comment \"merlin: IPv4 services\"",
+                "ip6 daddr . meta l4proto . th dport vmap @svc6 comment \"merlin: IPv6 services\"",
+            ]),
+        };
+        foreach (var group in plans.GroupBy(p => groups[p.ContentKey]))
+        {
+            var plan = group.First();
+            var name = group.Key;
+            string ip = plan.Key.Family == IpFamily.V6 ? "ip6" : "ip";
+            string m = plan.Size.ToString(CultureInfo.InvariantCulture);
+            sets[name] = new(name, "map", $"typeof numgen inc mod {m} : {ip} daddr . th dport; size {m};", Slots(plan));
+            foreach (var variant in group.Select(p => p.Variant).Distinct())
+            {
+                string hash = variant == "s" ? $"jhash {ip} saddr mod {m} seed {seed}" : $"jhash {ip} saddr . th sport mod {m} seed {seed}";
+                var chain = $"{name}_{variant}";
+                chains[chain] = new(chain, null,
+                [
+                    $"meta l4proto {{ tcp, udp, sctp }} dnat {ip} to {hash} map @{name} comment \"merlin: new connection\"",
+                ]);
+            }
+        }
+        return new NftTable("inet", options.NatTable, sets, chains);
+    }
+
+    private static SetContent Dispatch(IEnumerable<ServicePlan> plans, Dictionary<string, string> groups) =>
+        KeyedContent.Of(plans.Select(p =>
+        {
+            var key = DispatchKey(p.Key);
+            return (key, $"{key} : goto {groups[p.ContentKey]}_{p.Variant}");
+        }));
+
+    public static string DispatchKey(ServiceKey key) =>
+        $"{key.Address} . {key.Protocol.ToString().ToLowerInvariant()} . {key.Port.ToString(CultureInfo.InvariantCulture)}";
+
+    private static SetContent Slots(ServicePlan plan)
+    {
+        var values = new string?[plan.Size];
+        var active = plan.Backends.Where(b => b.Weight > 0).ToList();
+        if (active.Count == 0) return new SlotContent(values);
+        var table = MaglevTable.Build(active.Select(b => (b.Id, b.Weight)).ToList(), plan.Size);
+        for (int i = 0; i < table.Length; i++)
+            if (table[i] >= 0) values[i] = active[table[i]].Value;
+        return new SlotContent(values);
+    }
+
+    internal static string Seed(NftablesOptions options) => "0x" + options.HashSeed.ToString("x8", CultureInfo.InvariantCulture);
+
+    internal static bool IsV6(IPAddress address) => address.AddressFamily == AddressFamily.InterNetworkV6;
+}

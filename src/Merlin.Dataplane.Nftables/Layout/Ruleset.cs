@@ -1,0 +1,176 @@
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Merlin.Dataplane.Nftables.Layout;
+
+/// <summary>
+/// The elements of one set or map, as nft text: each element has a key (what <c>delete element</c>
+/// names) and its whole text (what <c>add element</c> writes). Immutable; its hash is computed once,
+/// so an unchanged map shared between two layouts costs nothing to compare.
+/// </summary>
+internal abstract class SetContent
+{
+    private string? _hash;
+
+    public abstract int Count { get; }
+
+    public abstract IEnumerable<(string Key, string Element)> Elements();
+
+    public string Hash => _hash ??= ComputeHash();
+
+    private string ComputeHash()
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var (_, element) in Elements())
+        {
+            sha.AppendData(Encoding.UTF8.GetBytes(element));
+            sha.AppendData("\n"u8);
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    public static readonly SetContent Empty = new KeyedContent(new SortedDictionary<string, string>(StringComparer.Ordinal));
+
+    /// <summary>Keys to delete and elements to add to turn <paramref name="from"/> into <paramref name="to"/>.</summary>
+    public static (List<string> Delete, List<string> Add) Diff(SetContent from, SetContent to)
+    {
+        var delete = new List<string>();
+        var add = new List<string>();
+        if (ReferenceEquals(from, to) || from.Hash == to.Hash) return (delete, add);
+        if (from is SlotContent a && to is SlotContent b && a.Length == b.Length)
+        {
+            for (int i = 0; i < a.Length; i++)
+            {
+                var x = a.ValueAt(i);
+                var y = b.ValueAt(i);
+                if (string.Equals(x, y, StringComparison.Ordinal)) continue;
+                if (x is not null) delete.Add(SlotContent.KeyText(i));
+                if (y is not null) add.Add(SlotContent.ElementText(i, y));
+            }
+            return (delete, add);
+        }
+        var old = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (key, element) in from.Elements()) old[key] = element;
+        foreach (var (key, element) in to.Elements())
+        {
+            if (old.Remove(key, out var was))
+            {
+                if (was == element) continue;
+                delete.Add(key);
+            }
+            add.Add(element);
+        }
+        delete.AddRange(old.Keys);
+        delete.Sort(StringComparer.Ordinal);
+        return (delete, add);
+    }
+}
+
+/// <summary>A map from slot number 0…M-1 to a value (a Maglev table); null slots hold no element.</summary>
+internal sealed class SlotContent(string?[] values) : SetContent
+{
+    private readonly string?[] _values = values;
+    private readonly int _count = values.Count(v => v is not null);
+
+    public int Length => _values.Length;
+
+    public override int Count => _count;
+
+    public string? ValueAt(int slot) => _values[slot];
+
+    public override IEnumerable<(string Key, string Element)> Elements()
+    {
+        for (int i = 0; i < _values.Length; i++)
+            if (_values[i] is { } value) yield return (KeyText(i), ElementText(i, value));
+    }
+
+    public static string KeyText(int slot) => slot.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+    public static string ElementText(int slot, string value) => $"{KeyText(slot)} : {value}";
+}
+
+/// <summary>Elements keyed by their key text, kept in ordinal order so renders are deterministic.</summary>
+internal sealed class KeyedContent(SortedDictionary<string, string> elements) : SetContent
+{
+    public override int Count => elements.Count;
+
+    public override IEnumerable<(string Key, string Element)> Elements() => elements.Select(kv => (kv.Key, kv.Value));
+
+    public static KeyedContent Of(IEnumerable<(string Key, string Element)> elements)
+    {
+        var sorted = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (key, element) in elements) sorted[key] = element;
+        return new KeyedContent(sorted);
+    }
+}
+
+/// <summary>
+/// One set or map: <paramref name="Kind"/> is "set" or "map", <paramref name="Declaration"/> the text
+/// between its braces. A <paramref name="Dynamic"/> set is filled by the packet path (pinned flows):
+/// we declare it and never write or read its elements.
+/// </summary>
+internal sealed record NftSet(string Name, string Kind, string Declaration, SetContent Content, bool Dynamic = false);
+
+/// <summary>A chain: <paramref name="Base"/> is the hook spec of a base chain (null for a regular chain).</summary>
+internal sealed record NftChain(string Name, string? Base, IReadOnlyList<string> Rules)
+{
+    public bool SameAs(NftChain other) => Base == other.Base && Rules.SequenceEqual(other.Rules, StringComparer.Ordinal);
+
+    /// <summary>Whether a rule of this chain names the set <paramref name="set"/> (<c>@name</c>).</summary>
+    public bool References(string set) => Rules.Any(r => ReferencesSet(r, set));
+
+    internal static bool ReferencesSet(string rule, string set)
+    {
+        var needle = "@" + set;
+        for (int at = rule.IndexOf(needle, StringComparison.Ordinal); at >= 0; at = rule.IndexOf(needle, at + 1, StringComparison.Ordinal))
+        {
+            int end = at + needle.Length;
+            if (end == rule.Length || !(char.IsAsciiLetterOrDigit(rule[end]) || rule[end] == '_')) return true;
+        }
+        return false;
+    }
+}
+
+/// <summary>One table as we want it in the kernel.</summary>
+internal sealed record NftTable(string Family, string Name, IReadOnlyDictionary<string, NftSet> Sets, IReadOnlyDictionary<string, NftChain> Chains)
+{
+    public IEnumerable<NftSet> OrderedSets => Sets.Values.OrderBy(s => s.Name, StringComparer.Ordinal);
+
+    public IEnumerable<NftChain> OrderedChains => Chains.Values.OrderBy(c => c.Base is null).ThenBy(c => c.Name, StringComparer.Ordinal);
+
+    public string Id => $"{Family} {Name}";
+}
+
+/// <summary>Everything this dataplane programs: zero, one or two tables.</summary>
+internal sealed record NftRuleset(IReadOnlyList<NftTable> Tables)
+{
+    public static readonly NftRuleset Empty = new([]);
+
+    public NftTable? Table(string family, string name) => Tables.FirstOrDefault(t => t.Family == family && t.Name == name);
+
+    /// <summary>
+    /// A hash of everything in the ruleset except the marker set itself (which carries this hash):
+    /// what the generation marker records.
+    /// </summary>
+    public string Fingerprint(string markerSet)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        void Add(string text) { sha.AppendData(Encoding.UTF8.GetBytes(text)); sha.AppendData("\n"u8); }
+        foreach (var table in Tables.OrderBy(t => t.Id, StringComparer.Ordinal))
+        {
+            Add($"table {table.Id}");
+            foreach (var chain in table.OrderedChains)
+            {
+                Add($"chain {chain.Name} {chain.Base}");
+                foreach (var rule in chain.Rules) Add(rule);
+            }
+            foreach (var set in table.OrderedSets)
+            {
+                if (set.Name == markerSet) continue;
+                Add($"{set.Kind} {set.Name} {{ {set.Declaration} }}");
+                if (!set.Dynamic) Add(set.Content.Hash);
+            }
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset())[..32];
+    }
+}

@@ -1,0 +1,599 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.NetworkInformation;
+using Merlin.Dataplane.Nftables.Kernel;
+using Merlin.Dataplane.Nftables.Layout;
+using Merlin.Dataplane.Nftables.Neighbours;
+using Merlin.Model;
+using Merlin.Reconciler;
+using Microsoft.Extensions.Logging;
+
+namespace Merlin.Dataplane.Nftables;
+
+/// <summary>
+/// An <see cref="IDataplane"/> over the kernel's nftables: DSR (route servers) in a netdev ingress
+/// chain, NAT (masq servers) in an inet prerouting chain, both through Maglev tables. It owns two
+/// tables (<see cref="NftablesOptions.DsrTable"/>, <see cref="NftablesOptions.NatTable"/>) and
+/// never touches anything else.
+/// <para>
+/// Every change set is one <c>nft -f</c> transaction holding only what changed. The programmed
+/// state is kept in the kernel too (a <c>state</c> set of records, and a <c>marker</c> set whose
+/// comment is a hash of everything programmed), so a restarted daemon adopts the tables without
+/// rewriting them. A resync asks the kernel for its ruleset generation (one netlink message); only
+/// if someone else committed a transaction since our last look does it read our tables' chains,
+/// rules and set declarations (netlink, no elements), and it audits a budget of set elements per
+/// pass in rotation. Anything changed behind our back is repaired in the same <see cref="ReadAsync"/>.
+/// <see cref="ReadAsync"/> also follows the neighbour table: a DSR server's new or first MAC is
+/// programmed there, since the planner does not know MACs.
+/// </para>
+/// </summary>
+public sealed partial class NftablesDataplane : IDataplane
+{
+    private readonly NftablesOptions _options;
+    private readonly INftables _nft;
+    private readonly INeighbours _neighbours;
+    private readonly ILogger _logger;
+    private readonly TimeProvider _time;
+    private readonly SemaphoreSlim _gate = new(1, 1);
+
+    private Programmed? _programmed;
+    private readonly Dictionary<IPAddress, PhysicalAddress> _macs = new();
+    private readonly HashSet<IPAddress> _tracked = new();
+    private readonly Dictionary<IPAddress, long> _waitedFor = new();
+    private PhysicalAddress? _ownMac;
+    private readonly Dictionary<string, uint> _auditedAt = new(StringComparer.Ordinal);
+    private int _auditCursor;
+    private IReadOnlyList<NftablesIssue> _issues = [];
+    private IReadOnlyList<IPAddress> _unresolved = [];
+
+    /// <summary>What we believe the kernel holds.</summary>
+    private sealed class Programmed
+    {
+        public required Dictionary<ServiceKey, ServiceState> Services;
+        public required Layout.Layout Layout;
+        /// <summary>The ruleset generation after our last write or check; 0 = unknown.</summary>
+        public uint Generation;
+        /// <summary>Table id → structure signature after our last write or check.</summary>
+        public Dictionary<string, string> Signatures = new(StringComparer.Ordinal);
+    }
+
+    public NftablesDataplane(NftablesOptions options, ILogger<NftablesDataplane> logger, TimeProvider? time = null)
+        : this(options, null, null, logger, time ?? TimeProvider.System)
+    {
+    }
+
+    internal NftablesDataplane(NftablesOptions options, INftables? nft, INeighbours? neighbours, ILogger logger, TimeProvider time)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _options = options;
+        var runner = new ProcessRunner(options.NetworkNamespace, options.IpPath);
+        _nft = nft ?? new NftCli(options, runner);
+        _neighbours = neighbours ?? new IpNeighbours(options, runner);
+        _logger = logger;
+        _time = time;
+        _ownMac = options.OwnMac;
+    }
+
+    public string Name => "nftables";
+
+    /// <summary>Services and servers held in the state but not forwarded to, and why (unsupported, MAC unknown).</summary>
+    public IReadOnlyList<NftablesIssue> Issues => _issues;
+
+    /// <summary>DSR real servers whose MAC is not known yet: they hold no slot until their address resolves.</summary>
+    public IReadOnlyList<IPAddress> UnresolvedServers => _unresolved;
+
+    /// <summary>Raised after <see cref="Issues"/> changed.</summary>
+    public event EventHandler? IssuesChanged;
+
+    /// <summary>nft transactions run so far (tests: an apply of what is already there runs none).</summary>
+    public long Transactions { get; private set; }
+
+    /// <summary>Repairs of changes made to our tables behind our back.</summary>
+    public long Repairs { get; private set; }
+
+    public async Task<DataplaneState> ReadAsync(CancellationToken ct)
+    {
+        await _gate.WaitAsync(ct);
+        try
+        {
+            if (_programmed is null) await AdoptAsync(ct);
+            else await VerifyAsync(ct);
+            await RefreshAsync(ct);
+            return new DataplaneState(new Dictionary<ServiceKey, ServiceState>(_programmed!.Services));
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    public async Task ApplyAsync(Operation operation, CancellationToken ct)
+    {
+        var errors = await ApplyAsync([operation], ct);
+        if (errors[0] is { } error) throw error;
+    }
+
+    /// <summary>The whole plan as one transaction; if the kernel refuses it, operation by operation to find the culprits.</summary>
+    public async Task<IReadOnlyList<Exception?>> ApplyAsync(IReadOnlyList<Operation> operations, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(operations);
+        await _gate.WaitAsync(ct);
+        try
+        {
+            if (_programmed is null) await AdoptAsync(ct);
+            var errors = new Exception?[operations.Count];
+            var table = new ServiceTable(new DataplaneState(_programmed!.Services));
+            for (int i = 0; i < operations.Count; i++)
+            {
+                try { table.Apply(operations[i]); }
+                catch (InvalidOperationException e) { errors[i] = new DataplaneException(e.Message, e); }
+            }
+            if (errors.All(e => e is not null)) return errors;
+            try
+            {
+                await FlushAsync(Services(table), ct);
+                return errors;
+            }
+            catch (DataplaneException) when (operations.Count > 1)
+            {
+                // Find which operations the kernel refuses; apply the others.
+                for (int i = 0; i < operations.Count; i++)
+                {
+                    if (errors[i] is not null) continue;
+                    var one = new ServiceTable(new DataplaneState(_programmed.Services));
+                    try
+                    {
+                        one.Apply(operations[i]);
+                        await FlushAsync(Services(one), ct);
+                    }
+                    catch (InvalidOperationException e) { errors[i] = new DataplaneException(e.Message, e); }
+                    catch (DataplaneException e) { errors[i] = e; }
+                }
+                return errors;
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private static Dictionary<ServiceKey, ServiceState> Services(ServiceTable table) =>
+        table.ToState().Services.ToDictionary(kv => kv.Key, kv => kv.Value);
+
+    private (string Family, string Name)[] OurTables => [("netdev", _options.DsrTable), ("inet", _options.NatTable)];
+
+    // ---- adopting what a previous run programmed ----
+
+    private async Task AdoptAsync(CancellationToken ct)
+    {
+        await ReadOwnMacAsync(ct);
+        var generation = await _nft.GenerationAsync(ct);
+        var tables = await _nft.ReadTablesAsync(OurTables, ct);
+        var dsr = tables.FirstOrDefault(t => t.Family == "netdev");
+        var empty = Build(new Dictionary<ServiceKey, ServiceState>(), Assignment.Empty);
+        if (dsr is null)
+        {
+            _programmed = new Programmed { Services = new(), Layout = empty };
+            if (tables.Count > 0)
+            {
+                LogOrphan(string.Join(", ", tables.Select(t => $"{t.Family} {t.Name}")));
+                await RewriteAsync(empty, ct);
+            }
+            else
+            {
+                Remember(generation, tables);
+            }
+            return;
+        }
+
+        StateRecords.Decoded decoded;
+        try
+        {
+            var json = await _nft.ListSetJsonAsync("set", "netdev", _options.DsrTable, LayoutBuilder.StateSet, ct)
+                ?? throw new FormatException("the state set is missing");
+            decoded = StateRecords.Decode(NftJson.Comments(json));
+        }
+        catch (Exception e) when (e is FormatException or System.Text.Json.JsonException or KeyNotFoundException or InvalidOperationException)
+        {
+            LogStateUnreadable(e.Message);
+            _programmed = new Programmed { Services = new(), Layout = empty };
+            await RewriteAsync(empty, ct);
+            return;
+        }
+
+        foreach (var (address, mac) in decoded.Macs) _macs[address] = mac;
+        var previous = new Assignment(decoded.Groups, new Dictionary<string, GroupInfo>(), decoded.ServiceIds, decoded.ServerIds);
+        var layout = Build(decoded.Services, previous);
+        _programmed = new Programmed { Services = decoded.Services, Layout = layout };
+        var mismatch = Mismatch(tables, layout.Ruleset);
+        if (mismatch is null)
+        {
+            Remember(generation, tables);
+            LogAdopted(decoded.Services.Count, decoded.Services.Values.Sum(s => s.Servers.Count));
+        }
+        else
+        {
+            LogAdoptRepair(mismatch);
+            Repairs++;
+            await RewriteAsync(layout, ct);
+        }
+        Report(layout);
+    }
+
+    // ---- checking and repairing ----
+
+    private async Task VerifyAsync(CancellationToken ct)
+    {
+        var programmed = _programmed!;
+        var generation = await _nft.GenerationAsync(ct);
+        if (generation != programmed.Generation || programmed.Generation == 0)
+        {
+            // Someone committed a transaction (or we lost track): is it ours to worry about?
+            var tables = await _nft.ReadTablesAsync(OurTables, ct);
+            var changed = StructureChanged(tables, programmed);
+            if (changed is not null)
+            {
+                LogTampered(changed);
+                Repairs++;
+                await RewriteAsync(programmed.Layout, ct);
+                return;
+            }
+            programmed.Generation = generation;
+        }
+        await AuditAsync(generation, ct);
+    }
+
+    /// <summary>Null if our tables are as we left them (same signatures), else what differs.</summary>
+    private string? StructureChanged(IReadOnlyList<KernelTable> tables, Programmed programmed)
+    {
+        foreach (var table in programmed.Layout.Ruleset.Tables)
+        {
+            var kernel = tables.FirstOrDefault(t => t.Family == table.Family && t.Name == table.Name);
+            if (kernel is null) return $"table {table.Id} is gone";
+            if (!programmed.Signatures.TryGetValue(table.Id, out var signature)) return Mismatch(tables, programmed.Layout.Ruleset) ?? $"table {table.Id} was never checked";
+            if (kernel.Signature() != signature) return Mismatch(tables, programmed.Layout.Ruleset) ?? $"table {table.Id} was rewritten (handles or rule bodies changed)";
+        }
+        foreach (var kernel in tables)
+            if (programmed.Layout.Ruleset.Table(kernel.Family, kernel.Name) is null) return $"table {kernel.Family} {kernel.Name} exists but holds nothing of ours";
+        return null;
+    }
+
+    /// <summary>
+    /// Null if the kernel's tables have the chains, rules (by comment, in order) and sets that
+    /// <paramref name="ruleset"/> declares, else the first difference. Rule bodies are not
+    /// compared here (the kernel's bytes are not the text we wrote); signatures taken right after
+    /// our own writes cover them.
+    /// </summary>
+    internal static string? Mismatch(IReadOnlyList<KernelTable> tables, NftRuleset ruleset)
+    {
+        foreach (var kernel in tables)
+            if (ruleset.Table(kernel.Family, kernel.Name) is null) return $"table {kernel.Family} {kernel.Name} should not exist";
+        foreach (var table in ruleset.Tables)
+        {
+            var kernel = tables.FirstOrDefault(t => t.Family == table.Family && t.Name == table.Name);
+            if (kernel is null) return $"table {table.Id} is missing";
+            foreach (var chain in table.Chains.Values)
+            {
+                var k = kernel.Chain(chain.Name);
+                if (k is null) return $"chain {table.Id} {chain.Name} is missing";
+                if ((chain.Base is null) != (k.Hook is null)) return $"chain {table.Id} {chain.Name} is {(k.Hook is null ? "not " : "")}a base chain";
+                if (chain.Base is not null && chain.Base.Contains("device", StringComparison.Ordinal) && !chain.Base.Contains($"device \"{k.Device}\"", StringComparison.Ordinal))
+                    return $"chain {table.Id} {chain.Name} hooks device {k.Device}";
+                var want = chain.Rules.Select(CommentOf).ToList();
+                var have = k.Rules.Select(r => r.Comment).ToList();
+                if (!want.SequenceEqual(have)) return $"chain {table.Id} {chain.Name} holds {have.Count} rules, not the {want.Count} we wrote";
+            }
+            foreach (var k in kernel.Chains)
+                if (!table.Chains.ContainsKey(k.Name)) return $"chain {table.Id} {k.Name} is not ours";
+            foreach (var set in table.Sets.Values)
+            {
+                var k = kernel.Set(set.Name);
+                if (k is null) return $"set {table.Id} {set.Name} is missing";
+                if (set.Name == LayoutBuilder.MarkerSet && !set.Declaration.Contains($"comment \"{k.Comment}\"", StringComparison.Ordinal))
+                    return $"the generation marker says \"{k.Comment}\", not what we wrote";
+                if (set.Dynamic && !ScriptRenderer.Matches(k, set)) return $"set {table.Id} {set.Name} is declared differently";
+            }
+            foreach (var k in kernel.Sets)
+                if (!table.Sets.ContainsKey(k.Name)) return $"set {table.Id} {k.Name} is not ours";
+        }
+        return null;
+    }
+
+    internal static string? CommentOf(string rule)
+    {
+        const string marker = " comment \"";
+        int at = rule.LastIndexOf(marker, StringComparison.Ordinal);
+        return at < 0 ? null : rule[(at + marker.Length)..^1];
+    }
+
+    /// <summary>
+    /// Compares some of our sets' elements with what we wrote, in rotation, up to the budget; a set
+    /// that differs gets the missing elements added and the wrong ones deleted. Sets are checked
+    /// again only after a transaction of someone else (the generation moved).
+    /// </summary>
+    private async Task AuditAsync(uint generation, CancellationToken ct)
+    {
+        var programmed = _programmed!;
+        var sets = programmed.Layout.Ruleset.Tables
+            .SelectMany(t => t.OrderedSets.Where(s => !s.Dynamic && s.Name != LayoutBuilder.MarkerSet).Select(s => (Table: t, Set: s)))
+            .ToList();
+        if (sets.Count == 0) return;
+        int budget = _options.AuditElementsPerPass;
+        for (int n = 0; n < sets.Count && budget > 0; n++)
+        {
+            var (table, set) = sets[(_auditCursor + n) % sets.Count];
+            var id = $"{table.Id} {set.Name}";
+            if (_auditedAt.TryGetValue(id, out var at) && at == generation) continue;
+            budget -= Math.Max(1, set.Content.Count);
+            var json = await _nft.ListSetJsonAsync(set.Kind, table.Family, table.Name, set.Name, ct);
+            if (json is null)
+            {
+                LogTampered($"{set.Kind} {id} is gone");
+                Repairs++;
+                await RewriteAsync(programmed.Layout, ct);
+                return;
+            }
+            var kernel = KeyedContent.Of(NftJson.Elements(json));
+            var (delete, add) = SetContent.Diff(kernel, set.Content);
+            if (delete.Count + add.Count > 0)
+            {
+                LogElementsTampered(id, delete.Count, add.Count);
+                Repairs++;
+                var script = ScriptRenderer.Diff(
+                    new NftRuleset([table with { Sets = new Dictionary<string, NftSet> { [set.Name] = set with { Content = kernel } }, Chains = new Dictionary<string, NftChain>() }]),
+                    new NftRuleset([table with { Sets = new Dictionary<string, NftSet> { [set.Name] = set }, Chains = new Dictionary<string, NftChain>() }]));
+                await RunAsync(script, ct);
+                var after = await _nft.GenerationAsync(ct);
+                programmed.Generation = after;
+                programmed.Signatures = Signatures(await _nft.ReadTablesAsync(OurTables, ct));
+                generation = after;
+            }
+            _auditedAt[id] = generation;
+            _auditCursor = (_auditCursor + n + 1) % sets.Count;
+        }
+    }
+
+    // ---- neighbours ----
+
+    private async Task ReadOwnMacAsync(CancellationToken ct)
+    {
+        if (_options.OwnMac is not null || _options.Interface is null) return;
+        _ownMac = await _neighbours.LinkAddressAsync(_options.Interface, ct);
+    }
+
+    /// <summary>Follows the interface's MAC and the neighbour table; re-renders what a changed MAC touches.</summary>
+    private async Task RefreshAsync(CancellationToken ct)
+    {
+        if (_options.Interface is not { } device) return;
+        var programmed = _programmed!;
+        var own = _ownMac;
+        await ReadOwnMacAsync(ct);
+        bool changed = !Equals(own, _ownMac);
+        var addresses = programmed.Layout.DsrAddresses;
+        if (addresses.Count > 0)
+        {
+            await TrackAsync(addresses, device, ct);
+            var neighbours = await _neighbours.ReadAsync(device, ct);
+            foreach (var address in addresses)
+            {
+                if (!neighbours.TryGetValue(address, out var mac)) continue;   // keep the last MAC we knew
+                if (_macs.TryGetValue(address, out var known) && known.Equals(mac)) continue;
+                if (_macs.ContainsKey(address)) LogMacChanged(address, _macs[address], mac);
+                _macs[address] = mac;
+                changed = true;
+            }
+        }
+        if (changed) await FlushAsync(programmed.Services, ct);
+    }
+
+    private async Task TrackAsync(IReadOnlyList<IPAddress> addresses, string device, CancellationToken ct)
+    {
+        var fresh = addresses.Where(a => !_tracked.Contains(a)).ToList();
+        if (fresh.Count == 0) return;
+        try
+        {
+            await _neighbours.TrackAsync(fresh, device, ct);
+            _tracked.UnionWith(fresh);
+        }
+        catch (IOException e)
+        {
+            LogTrackFailed(e.Message);
+        }
+    }
+
+    /// <summary>Starts resolving the new layout's unknown MACs and waits a little for them (once per address a minute).</summary>
+    private async Task ResolveAsync(Layout.Layout layout, CancellationToken ct)
+    {
+        if (_options.Interface is not { } device) return;
+        await TrackAsync(layout.DsrAddresses, device, ct);
+        var now = _time.GetTimestamp();
+        var wait = layout.Unresolved.Where(a => !_waitedFor.TryGetValue(a, out var t) || _time.GetElapsedTime(t, now) > TimeSpan.FromMinutes(1)).ToList();
+        if (wait.Count == 0 || _options.ResolveWait <= TimeSpan.Zero) return;
+        foreach (var a in wait) _waitedFor[a] = now;
+        var deadline = Stopwatch.StartNew();
+        while (true)
+        {
+            var neighbours = await _neighbours.ReadAsync(device, ct);
+            foreach (var a in layout.DsrAddresses)
+                if (neighbours.TryGetValue(a, out var mac)) _macs[a] = mac;
+            if (wait.All(_macs.ContainsKey) || deadline.Elapsed >= _options.ResolveWait) return;
+            await Task.Delay(TimeSpan.FromMilliseconds(50), _time, ct);
+        }
+    }
+
+    // ---- writing ----
+
+    private Layout.Layout Build(IReadOnlyDictionary<ServiceKey, ServiceState> services, Assignment previous) =>
+        LayoutBuilder.Build(new LayoutInput(services, _macs, _ownMac, previous), _options);
+
+    /// <summary>Programs <paramref name="services"/>: one transaction with what differs from what the kernel holds.</summary>
+    private async Task FlushAsync(Dictionary<ServiceKey, ServiceState> services, CancellationToken ct)
+    {
+        var programmed = _programmed!;
+        var layout = Build(services, programmed.Layout.Assignment);
+        if (layout.Unresolved.Count > 0)
+        {
+            await ResolveAsync(layout, ct);
+            layout = Build(services, programmed.Layout.Assignment);
+        }
+        var script = ScriptRenderer.Diff(programmed.Layout.Ruleset, layout.Ruleset);
+        if (script.Length > 0)
+        {
+            var before = await _nft.GenerationAsync(ct);
+            try
+            {
+                await RunAsync(script, ct);
+            }
+            catch (DataplaneException e) when (StateMismatch(e.Message))
+            {
+                // The kernel does not hold what we believe (changed behind our back since the last
+                // check): replace whatever is there instead of editing it.
+                LogDiffFailed(e.Message);
+                await RewriteAsync(layout, ct, services);
+                return;
+            }
+            await AfterWriteAsync(layout, services, before, ct);
+        }
+        else
+        {
+            programmed.Services = services;
+            programmed.Layout = layout;
+        }
+        await ForgetAsync(programmed.Layout, ct);
+        Report(layout);
+    }
+
+    /// <summary>Replaces our tables, whatever they hold, with <paramref name="layout"/>; pinned flows survive.</summary>
+    private async Task RewriteAsync(Layout.Layout layout, CancellationToken ct, Dictionary<ServiceKey, ServiceState>? services = null)
+    {
+        var programmed = _programmed!;
+        var existing = await _nft.ReadTablesAsync(OurTables, ct);
+        var script = ScriptRenderer.Rewrite(existing, layout.Ruleset);
+        var before = await _nft.GenerationAsync(ct);
+        if (script.Length > 0) await RunAsync(script, ct);
+        _auditedAt.Clear();
+        await AfterWriteAsync(layout, services ?? programmed.Services, before, ct);
+        Report(layout);
+    }
+
+    private async Task AfterWriteAsync(Layout.Layout layout, Dictionary<ServiceKey, ServiceState> services, uint before, CancellationToken ct)
+    {
+        var programmed = _programmed!;
+        bool alone = before == programmed.Generation;
+        programmed.Services = services;
+        programmed.Layout = layout;
+        var after = await _nft.GenerationAsync(ct);
+        var tables = await _nft.ReadTablesAsync(OurTables, ct);
+        if (Mismatch(tables, layout.Ruleset) is { } mismatch)
+        {
+            // Someone changed our tables between our write and this read, or we wrote something
+            // the kernel keeps differently: the next resync repairs it.
+            LogAfterWriteMismatch(mismatch);
+            programmed.Generation = 0;
+            programmed.Signatures = new(StringComparer.Ordinal);
+            return;
+        }
+        programmed.Signatures = Signatures(tables);
+        if (alone && after == before + 1)
+        {
+            // Nobody else committed in between: the sets we had checked are still as checked.
+            foreach (var key in _auditedAt.Keys.ToList()) if (_auditedAt[key] == before) _auditedAt[key] = after;
+        }
+        programmed.Generation = after;
+    }
+
+    /// <summary>Errors that mean the kernel holds something other than we believe, not that the change itself is wrong.</summary>
+    private static bool StateMismatch(string error) =>
+        error.Contains("No such file or directory", StringComparison.Ordinal) ||
+        error.Contains("File exists", StringComparison.Ordinal) ||
+        error.Contains("Device or resource busy", StringComparison.Ordinal);
+
+    private static Dictionary<string, string> Signatures(IReadOnlyList<KernelTable> tables) =>
+        tables.ToDictionary(t => $"{t.Family} {t.Name}", t => t.Signature(), StringComparer.Ordinal);
+
+    private void Remember(uint generation, IReadOnlyList<KernelTable> tables)
+    {
+        _programmed!.Generation = generation;
+        _programmed.Signatures = Signatures(tables);
+    }
+
+    private async Task RunAsync(string script, CancellationToken ct)
+    {
+        var started = Stopwatch.StartNew();
+        try
+        {
+            await _nft.RunAsync(script, ct);
+        }
+        catch (NftException e)
+        {
+            throw new DataplaneException($"nft refused the transaction: {e.Message}", e);
+        }
+        Transactions++;
+        LogTransaction(script.Count(c => c == '\n'), started.Elapsed.TotalMilliseconds);
+    }
+
+    /// <summary>Drops the managed neighbour entries of addresses no DSR service uses any more.</summary>
+    private async Task ForgetAsync(Layout.Layout layout, CancellationToken ct)
+    {
+        if (_options.Interface is not { } device) return;
+        var gone = _tracked.Except(layout.DsrAddresses).ToList();
+        if (gone.Count == 0) return;
+        try { await _neighbours.UntrackAsync(gone, device, ct); }
+        catch (IOException e) { LogTrackFailed(e.Message); }
+        _tracked.ExceptWith(gone);
+        foreach (var a in gone) _macs.Remove(a);
+    }
+
+    private void Report(Layout.Layout layout)
+    {
+        var old = _issues.Select(i => i.ToString()).ToHashSet();
+        var now = layout.Issues.Select(i => i.ToString()).ToHashSet();
+        _unresolved = layout.Unresolved;
+        if (old.SetEquals(now)) return;
+        foreach (var issue in layout.Issues.Where(i => !old.Contains(i.ToString()))) LogIssue(issue.ToString());
+        foreach (var gone in old.Where(o => !now.Contains(o))) LogIssueCleared(gone);
+        _issues = layout.Issues;
+        IssuesChanged?.Invoke(this, EventArgs.Empty);
+    }
+
+    [LoggerMessage(EventId = 400, Level = LogLevel.Information, Message = "nftables: adopted the tables of a previous run ({Services} services, {Servers} servers)")]
+    private partial void LogAdopted(int services, int servers);
+
+    [LoggerMessage(EventId = 401, Level = LogLevel.Warning, Message = "nftables: our tables do not match their state records ({Reason}); rewriting them")]
+    private partial void LogAdoptRepair(string reason);
+
+    [LoggerMessage(EventId = 402, Level = LogLevel.Warning, Message = "nftables: our tables were changed behind our back ({Reason}); repairing")]
+    private partial void LogTampered(string reason);
+
+    [LoggerMessage(EventId = 403, Level = LogLevel.Warning, Message = "nftables: {Set} was changed behind our back ({Deleted} wrong elements, {Added} missing); repairing")]
+    private partial void LogElementsTampered(string set, int deleted, int added);
+
+    [LoggerMessage(EventId = 404, Level = LogLevel.Error, Message = "nftables: the state records cannot be read ({Reason}); removing our tables so the next pass programs them anew")]
+    private partial void LogStateUnreadable(string reason);
+
+    [LoggerMessage(EventId = 405, Level = LogLevel.Warning, Message = "nftables: tables without state records ({Tables}); removing them")]
+    private partial void LogOrphan(string tables);
+
+    [LoggerMessage(EventId = 406, Level = LogLevel.Warning, Message = "nftables: an incremental change was refused ({Reason}); rewriting our tables")]
+    private partial void LogDiffFailed(string reason);
+
+    [LoggerMessage(EventId = 407, Level = LogLevel.Warning, Message = "nftables: after our write the kernel holds something else ({Reason}); the next resync repairs it")]
+    private partial void LogAfterWriteMismatch(string reason);
+
+    [LoggerMessage(EventId = 408, Level = LogLevel.Debug, Message = "nftables: transaction of {Lines} commands in {Milliseconds:0.0} ms")]
+    private partial void LogTransaction(int lines, double milliseconds);
+
+    [LoggerMessage(EventId = 409, Level = LogLevel.Warning, Message = "nftables: {Issue}")]
+    private partial void LogIssue(string issue);
+
+    [LoggerMessage(EventId = 410, Level = LogLevel.Information, Message = "nftables: resolved: {Issue}")]
+    private partial void LogIssueCleared(string issue);
+
+    [LoggerMessage(EventId = 411, Level = LogLevel.Information, Message = "nftables: MAC of {Address} changed from {Old} to {New}")]
+    private partial void LogMacChanged(IPAddress address, PhysicalAddress old, PhysicalAddress @new);
+
+    [LoggerMessage(EventId = 412, Level = LogLevel.Warning, Message = "nftables: neighbour resolution could not be started: {Reason}")]
+    private partial void LogTrackFailed(string reason);
+}
