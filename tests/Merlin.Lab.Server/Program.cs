@@ -22,8 +22,6 @@ public static class Program
               Long-lived echo connections; prints "connected N" on stderr once open, then a JSON report
               of which server each reached and whether it answered every exchange.
 
-          announce --interface IF --address IPV6 [--count 1]
-              Unsolicited IPv6 neighbour advertisement for an address just moved to this host.
 
         Every loop ends by itself (count, duration, lifetime); SIGTERM/SIGINT end it early with a report.
         """;
@@ -40,7 +38,6 @@ public static class Program
                 "client http" => await RequestClient.RunAsync("http", a),
                 "client udp" => await RequestClient.RunAsync("udp", a),
                 "client hold" => await HoldClient.RunAsync(a),
-                "announce" => await Announce.RunAsync(a),
                 "" or "help" => Help(0),
                 _ => throw new UsageException($"unknown command '{words}'"),
             };
