@@ -26,12 +26,19 @@ public sealed class LabTrafficTests
             var r = await lab.Client.HttpAsync(rs.Endpoint(Lab.HttpPort, ipv6), new LabRequestOptions { Count = 20, Concurrency = 2 }, Ct);
             return (rs, ipv6, r);
         }));
+        var lbBefore = await lab["lb1"].GetLinkStatsAsync();
+        var rs1Before = await lab["rs1"].GetLinkStatsAsync();
         foreach (var (rs, ipv6, r) in await Task.WhenAll(runs))
         {
             Assert.True(r.Successes == 20, $"{rs.Name} ipv6={ipv6}: {ReportJson.Write(r)}");
             Assert.Equal(new Dictionary<string, int> { [rs.Name] = 20 }, r.PerServer);
             Assert.Equal(20, r.StatusCodes["200"]);
         }
+        // Counters see the traffic: rs1 answered 40 connections (each several packets); lb1 carried none of it
+        // (at most a flooded broadcast or multicast frame).
+        var rs1After = await lab["rs1"].GetLinkStatsAsync();
+        Assert.True(rs1After.TxPackets - rs1Before.TxPackets >= 40 * 3, $"{rs1Before} → {rs1After}");
+        Assert.True((await lab["lb1"].GetLinkStatsAsync()).RxPackets - lbBefore.RxPackets < 20);
     }
 
     [Fact]

@@ -26,6 +26,9 @@ public sealed record LabInterface(string Name, string Mac, IPAddress Address, in
 /// <summary>A neighbour (ARP / NDP) table entry as <c>ip -j neigh</c> reports it.</summary>
 public sealed record LabNeighbour(IPAddress Address, string Device, string? Mac, IReadOnlyList<string> State);
 
+/// <summary>Counters of an interface, as <c>ip -j -s link</c> reports them.</summary>
+public sealed record LabLinkStats(long RxPackets, long RxBytes, long TxPackets, long TxBytes);
+
 /// <summary>
 /// A host of the lab: its own network namespace with one interface (two for the router) on the lab bridge.
 /// Everything a test runs for it runs inside its namespace, through <c>ip netns exec</c>.
@@ -144,6 +147,19 @@ public sealed partial class LabHost
     {
         var r = await IpAsync("-j", "neigh", "show", "to", address.ToString());
         return ParseNeighbours(r.StandardOutput).FirstOrDefault(n => n.Address.Equals(address));
+    }
+
+    /// <summary>Packet and byte counters of an interface (default the primary one): e.g. to prove that replies
+    /// bypass a load balancer in direct server return (its transmit count does not grow with the replies).</summary>
+    public async Task<LabLinkStats> GetLinkStatsAsync(string? interfaceName = null)
+    {
+        var r = await IpAsync("-j", "-s", "link", "show", "dev", interfaceName ?? Interface);
+        using var doc = JsonDocument.Parse(r.StandardOutput);
+        var stats = doc.RootElement[0].GetProperty("stats64");
+        var rx = stats.GetProperty("rx");
+        var tx = stats.GetProperty("tx");
+        return new LabLinkStats(rx.GetProperty("packets").GetInt64(), rx.GetProperty("bytes").GetInt64(),
+            tx.GetProperty("packets").GetInt64(), tx.GetProperty("bytes").GetInt64());
     }
 
     /// <summary>Replaces (adds) a route in this namespace, e.g. <c>("198.18.1.0/24", lb1.Address)</c>.</summary>
