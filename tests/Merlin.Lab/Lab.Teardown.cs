@@ -7,7 +7,9 @@ namespace Merlin.Lab;
 public sealed partial class Lab
 {
     private const string NetnsDir = "/run/netns";
-    private static readonly Lazy<string?> ProbeFailure = new(Probe);
+    // Run on the thread pool: blocking on async code from a test thread with a synchronization context
+    // could otherwise wait for a continuation queued behind itself.
+    private static readonly Lazy<string?> ProbeFailure = new(() => Task.Run(ProbeAsync).GetAwaiter().GetResult());
     private static readonly Lazy<Task> Swept = new(async () =>
     {
         try
@@ -36,15 +38,14 @@ public sealed partial class Lab
     public static bool IsSupported =>
         OperatingSystem.IsLinux() && Environment.IsPrivilegedProcess && Requires.FindOnPath("ip") is not null && ProbeFailure.Value is null;
 
-    private static string? Probe()
+    private static async Task<string?> ProbeAsync()
     {
         var ns = $"ml{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(3))}-{Environment.ProcessId}-probe";
         try
         {
-            var add = LabCommand.RunAsync(["ip", "netns", "add", ns]).GetAwaiter().GetResult();
+            var add = await LabCommand.RunAsync(["ip", "netns", "add", ns]);
             if (!add.Succeeded) return add.StandardError.Trim();
-            var links = LabCommand.RunAsync(["ip", "-n", ns, "-batch", "-"], "link add b0 type bridge\nlink add v0 type veth peer name v1\nlink set v1 master b0\n")
-                .GetAwaiter().GetResult();
+            var links = await LabCommand.RunAsync(["ip", "-n", ns, "-batch", "-"], "link add b0 type bridge\nlink add v0 type veth peer name v1\nlink set v1 master b0\n");
             return links.Succeeded ? null : links.StandardError.Trim();
         }
         catch (Exception e)
@@ -55,7 +56,7 @@ public sealed partial class Lab
         {
             try
             {
-                LabCommand.RunAsync(["ip", "netns", "del", ns]).GetAwaiter().GetResult();
+                await LabCommand.RunAsync(["ip", "netns", "del", ns]);
             }
             catch (Exception)
             {
@@ -206,7 +207,7 @@ public sealed partial class Lab
         if (labs.Count == 0) return;
         try
         {
-            Task.WhenAll(labs.Select(l => l.DisposeAsync().AsTask())).Wait(TimeSpan.FromSeconds(20));
+            Task.Run(() => Task.WhenAll(labs.Select(l => l.DisposeAsync().AsTask()))).Wait(TimeSpan.FromSeconds(20));
         }
         catch (Exception)
         {

@@ -211,7 +211,7 @@ public sealed class LabProcess : IAsyncDisposable, IDisposable
         _onDispose?.Invoke(this);
     }
 
-    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
+    public void Dispose() => Task.Run(() => DisposeAsync().AsTask()).GetAwaiter().GetResult();
 
     public override string ToString() =>
         $"[{Host.Name} pid {Pid}] {string.Join(' ', Arguments.Take(6).Select(LabCommandResult.Quote))}{(Arguments.Count > 6 ? " …" : "")}";
