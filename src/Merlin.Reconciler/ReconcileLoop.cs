@@ -11,6 +11,12 @@ public sealed class ReconcilerOptions
     public TimeSpan SyncPeriod { get; set; } = TimeSpan.FromSeconds(30);
     public TimeSpan RetryMin { get; set; } = TimeSpan.FromMilliseconds(200);
     public TimeSpan RetryMax { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// How long a store change waits for more before a pass starts. A pass re-reads the whole store,
+    /// so a burst of API writes (an agent registering, a script adding 1,000 servers) should cost one.
+    /// </summary>
+    public TimeSpan Debounce { get; set; } = TimeSpan.FromMilliseconds(100);
 }
 
 /// <summary>
@@ -75,8 +81,12 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
         timeout.CancelAfter(wait); // CancelAfter uses real time; the delay below honours the injected clock
         var delay = Task.Delay(wait, time, timeout.Token);
         var trigger = _triggers.Reader.WaitToReadAsync(timeout.Token).AsTask();
-        await Task.WhenAny(delay, trigger);
+        var woken = await Task.WhenAny(delay, trigger);
         await timeout.CancelAsync();
+        if (woken == trigger && !ct.IsCancellationRequested && options.Debounce > TimeSpan.Zero)
+        {
+            try { await Task.Delay(options.Debounce, time, ct); } catch (OperationCanceledException) { }
+        }
     }
 
     private async Task WatchAsync(CancellationToken ct)

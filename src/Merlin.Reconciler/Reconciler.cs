@@ -59,24 +59,22 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
         var plan = Planner.Plan(desired, actual);
         int applied = 0, failed = 0;
         string? lastError = null;
-        var failedServices = new HashSet<Model.ServiceKey>();
-        foreach (var op in plan)
+        if (plan.Count > 0)
         {
-            ct.ThrowIfCancellationRequested();
-            // A server cannot go into a service the kernel refused to create.
-            if (op is AddServer or UpdateServer && failedServices.Contains(op.Service)) { failed++; continue; }
-            try
+            // One call for the whole plan: a dataplane that can makes it one kernel transaction.
+            var errors = await dataplane.ApplyAsync(plan, ct);
+            for (var i = 0; i < plan.Count; i++)
             {
-                await dataplane.ApplyAsync(op, ct);
-                applied++;
-                Operations.Add(1, new("kind", op.GetType().Name), new("result", "ok"));
-                LogApplied(op.ToString());
-            }
-            catch (Exception e) when (e is not OperationCanceledException)
-            {
+                var op = plan[i];
+                if (errors[i] is not { } e)
+                {
+                    applied++;
+                    Operations.Add(1, new("kind", op.GetType().Name), new("result", "ok"));
+                    LogApplied(op.ToString());
+                    continue;
+                }
                 failed++;
-                lastError = $"{op}: {e.Message}";
-                if (op is AddService) failedServices.Add(op.Service);
+                lastError ??= $"{op}: {e.Message}"; // the first failure is the cause; later ones may follow from it
                 Operations.Add(1, new("kind", op.GetType().Name), new("result", "error"));
                 LogApplyFailed(op.ToString(), e.Message);
             }
