@@ -296,7 +296,7 @@ public sealed partial class NftablesDataplane : IDataplane
                 if (set.Dynamic && !ScriptRenderer.Matches(k, set)) return $"set {table.Id} {set.Name} is declared differently";
             }
             foreach (var k in kernel.Sets)
-                if (!table.Sets.ContainsKey(k.Name)) return $"set {table.Id} {k.Name} is not ours";
+                if (!k.Anonymous && !table.Sets.ContainsKey(k.Name)) return $"set {table.Id} {k.Name} is not ours";
         }
         return null;
     }
@@ -321,9 +321,10 @@ public sealed partial class NftablesDataplane : IDataplane
             .ToList();
         if (sets.Count == 0) return;
         int budget = _options.AuditElementsPerPass;
+        int start = _auditCursor % sets.Count;
         for (int n = 0; n < sets.Count && budget > 0; n++)
         {
-            var (table, set) = sets[(_auditCursor + n) % sets.Count];
+            var (table, set) = sets[(start + n) % sets.Count];
             var id = $"{table.Id} {set.Name}";
             if (_auditedAt.TryGetValue(id, out var at) && at == generation) continue;
             budget -= Math.Max(1, set.Content.Count);
@@ -351,7 +352,7 @@ public sealed partial class NftablesDataplane : IDataplane
                 generation = after;
             }
             _auditedAt[id] = generation;
-            _auditCursor = (_auditCursor + n + 1) % sets.Count;
+            _auditCursor = (start + n + 1) % sets.Count;
         }
     }
 
@@ -403,14 +404,17 @@ public sealed partial class NftablesDataplane : IDataplane
         }
     }
 
-    /// <summary>Starts resolving the new layout's unknown MACs and waits a little for them (once per address a minute).</summary>
+    /// <summary>
+    /// Looks the new layout's unknown MACs up, starts their resolution, and waits a little for them
+    /// (<see cref="NftablesOptions.ResolveWait"/>, once per address a minute, so a server that does
+    /// not answer does not slow every apply down).
+    /// </summary>
     private async Task ResolveAsync(Layout.Layout layout, CancellationToken ct)
     {
         if (_options.Interface is not { } device) return;
         await TrackAsync(layout.DsrAddresses, device, ct);
         var now = _time.GetTimestamp();
         var wait = layout.Unresolved.Where(a => !_waitedFor.TryGetValue(a, out var t) || _time.GetElapsedTime(t, now) > TimeSpan.FromMinutes(1)).ToList();
-        if (wait.Count == 0 || _options.ResolveWait <= TimeSpan.Zero) return;
         foreach (var a in wait) _waitedFor[a] = now;
         var deadline = Stopwatch.StartNew();
         while (true)

@@ -38,7 +38,11 @@ internal sealed record KernelChain(string Name, ulong Handle, string? Type, uint
 
 internal sealed record KernelRule(ulong Handle, string? Comment, string ExpressionHash);
 
-internal sealed record KernelSet(string Name, ulong Handle, uint Flags, uint KeyLength, uint DataLength, uint Size, ulong TimeoutMs, string? Comment);
+internal sealed record KernelSet(string Name, ulong Handle, uint Flags, uint KeyLength, uint DataLength, uint Size, ulong TimeoutMs, string? Comment)
+{
+    /// <summary>An anonymous set (<c>{ tcp, udp }</c> inside a rule): it belongs to its rule and goes with it.</summary>
+    public bool Anonymous => (Flags & 0x1) != 0;   // NFT_SET_ANONYMOUS
+}
 
 /// <summary>Reads generation ids and table structure over NETLINK_NETFILTER.</summary>
 internal static class NfTablesReader

@@ -380,7 +380,8 @@ internal static class LayoutBuilder
         return new SlotContent(values);
     }
 
-    internal static string Seed(NftablesOptions options) => "0x" + options.HashSeed.ToString("x8", CultureInfo.InvariantCulture);
+    /// <summary>The seed as nft prints it back (hex, no leading zeros).</summary>
+    internal static string Seed(NftablesOptions options) => "0x" + options.HashSeed.ToString("x", CultureInfo.InvariantCulture);
 
     internal static bool IsV6(IPAddress address) => address.AddressFamily == AddressFamily.InterNetworkV6;
 }

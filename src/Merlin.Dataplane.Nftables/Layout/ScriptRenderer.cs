@@ -55,7 +55,7 @@ internal static class ScriptRenderer
                 if (table.Sets.TryGetValue(set.Name, out var want) && want.Dynamic && Matches(set, want)) keep.Add(set.Name);
             foreach (var chain in kernel.Chains) script.Flushes.AppendLine($"flush chain {table.Id} {chain.Name}");
             foreach (var set in kernel.Sets)
-                if (!keep.Contains(set.Name)) script.SetDeletions.AppendLine($"delete {(set.DataLength > 0 || (set.Flags & 0x8) != 0 ? "map" : "set")} {table.Id} {set.Name}");
+                if (!keep.Contains(set.Name) && !set.Anonymous) script.SetDeletions.AppendLine($"delete {(set.DataLength > 0 || (set.Flags & 0x8) != 0 ? "map" : "set")} {table.Id} {set.Name}");
             foreach (var chain in kernel.Chains) script.ChainDeletions.AppendLine($"delete chain {table.Id} {chain.Name}");
             script.Tables.AppendLine($"add table {table.Id}");
             foreach (var chain in table.OrderedChains) AddChain(script, table, chain);
