@@ -53,6 +53,12 @@ public sealed class HoldClient
     {
         using var stop = new CancellationTokenSource();
         using var term = Signals.OnTerminate(stop);
+        await Warmup.RunAsync(_target.AddressFamily, SocketType.Stream, async (ep, ct) =>
+        {
+            using var socket = new Socket(ep.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            await socket.ConnectAsync(ep, ct);
+            await ExchangeAsync(new Conn(0, socket), 0, ct);
+        });
         var report = new HoldReport { Target = _target.ToString(), Requested = _connections };
         var open = new List<Conn>();
         var clock = Stopwatch.StartNew();

@@ -58,6 +58,11 @@ public sealed class RequestClient
         using var stop = new CancellationTokenSource(_duration);
         using var term = Signals.OnTerminate(stop);
         var next = -1;
+        await Warmup.RunAsync(_target.AddressFamily, _mode == "http" ? SocketType.Stream : SocketType.Dgram, async (ep, ct) =>
+        {
+            if (_mode == "http") await HttpAsync(ep, null, ct);
+            else await UdpAsync(ep, 0, null, ct);
+        });
         _clock.Start();
         var workers = Enumerable.Range(0, _concurrency).Select(_ => Task.Run(async () =>
         {
@@ -100,8 +105,8 @@ public sealed class RequestClient
         {
             using var deadline = new CancellationTokenSource(_timeout);
             (localPort, server, status) = _mode == "http"
-                ? await HttpAsync(port, deadline.Token)
-                : await UdpAsync(i, port, deadline.Token);
+                ? await HttpAsync(_target, port, deadline.Token)
+                : await UdpAsync(_target, i, port, deadline.Token);
             if (_mode == "http" && status is < 200 or > 299) error = $"status-{status}";
         }
         catch (OperationCanceledException)
@@ -145,15 +150,15 @@ public sealed class RequestClient
 
     private static void Increment(SortedDictionary<string, int> d, string key) => d[key] = d.GetValueOrDefault(key) + 1;
 
-    private Socket NewSocket(SocketType type, ProtocolType protocol, int? port)
+    private static Socket NewSocket(IPEndPoint target, SocketType type, ProtocolType protocol, int? port)
     {
-        var s = new Socket(_target.AddressFamily, type, protocol);
+        var s = new Socket(target.AddressFamily, type, protocol);
         try
         {
             if (port is { } p)
             {
                 s.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-                var any = _target.AddressFamily == AddressFamily.InterNetworkV6 ? IPAddress.IPv6Any : IPAddress.Any;
+                var any = target.AddressFamily == AddressFamily.InterNetworkV6 ? IPAddress.IPv6Any : IPAddress.Any;
                 s.Bind(new IPEndPoint(any, p));
             }
             return s;
@@ -165,14 +170,14 @@ public sealed class RequestClient
         }
     }
 
-    private async Task<(int LocalPort, string? Server, int Status)> HttpAsync(int? port, CancellationToken ct)
+    private async Task<(int LocalPort, string? Server, int Status)> HttpAsync(IPEndPoint target, int? port, CancellationToken ct)
     {
-        using var s = NewSocket(SocketType.Stream, ProtocolType.Tcp, port);
+        using var s = NewSocket(target, SocketType.Stream, ProtocolType.Tcp, port);
         s.NoDelay = true;
         // With fixed source ports the same flows are replayed later: close with RST so no TIME_WAIT
         // state holds the port (or, on the server, the 4-tuple).
         if (port is not null) s.LingerState = new LingerOption(true, 0);
-        await s.ConnectAsync(_target, ct);
+        await s.ConnectAsync(target, ct);
         var localPort = ((IPEndPoint)s.LocalEndPoint!).Port;
         var request = Encoding.ASCII.GetBytes($"GET {_path} HTTP/1.1\r\nHost: {_host}\r\nUser-Agent: merlin-lab\r\nConnection: close\r\n\r\n");
         await s.SendAsync(request, ct);
@@ -217,11 +222,11 @@ public sealed class RequestClient
         return (localPort, server, status);
     }
 
-    private async Task<(int LocalPort, string? Server, int Status)> UdpAsync(int i, int? port, CancellationToken ct)
+    private static async Task<(int LocalPort, string? Server, int Status)> UdpAsync(IPEndPoint target, int i, int? port, CancellationToken ct)
     {
-        using var s = NewSocket(SocketType.Dgram, ProtocolType.Udp, port);
+        using var s = NewSocket(target, SocketType.Dgram, ProtocolType.Udp, port);
         // Connected: the kernel drops datagrams from anyone else, and an ICMP unreachable surfaces as an error.
-        await s.ConnectAsync(_target, ct);
+        await s.ConnectAsync(target, ct);
         var localPort = ((IPEndPoint)s.LocalEndPoint!).Port;
         var message = $"q {i}";
         await s.SendAsync(Encoding.ASCII.GetBytes(message), SocketFlags.None, ct);

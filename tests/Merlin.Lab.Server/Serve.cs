@@ -88,6 +88,7 @@ public sealed class Serve
             return 1;
         }
 
+        await Warmup.SelfTestAsync(_bind, _http, _echo, _udp);
         Console.Out.WriteLine($"READY name={_name} http={_http} echo={_echo} udp={_udp}");
         Console.Out.Flush();
         try
