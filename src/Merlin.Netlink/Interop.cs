@@ -6,7 +6,7 @@ namespace Merlin.Netlink;
 /// The few libc calls a netlink socket needs. System.Net.Sockets.Socket cannot do this on .NET 10:
 /// its AddressFamily has no Netlink member, (AddressFamily)16 fails with "Address family not supported"
 /// because the platform layer maps only the families it knows, and a socket wrapped from a foreign fd
-/// reports AddressFamily.Unknown and cannot bind a sockaddr_nl. Six syscalls through LibraryImport
+/// reports AddressFamily.Unknown and cannot bind a sockaddr_nl. A handful of calls through LibraryImport
 /// (source-generated, trimming/AOT-safe) are smaller than working around that.
 /// </summary>
 internal static unsafe partial class Interop
