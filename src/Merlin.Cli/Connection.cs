@@ -34,5 +34,10 @@ public static class GrpcConnection
         {
             // A refused or silent address fails within --timeout, not the OS connect timeout.
             HttpHandler = new SocketsHttpHandler { ConnectTimeout = options.Timeout },
+            // List returns everything in one message: 10,000 services × 10 servers is ~10 MB, past
+            // gRPC's 4 MB default.
+            MaxReceiveMessageSize = MaxMessageBytes,
         });
+
+    public const int MaxMessageBytes = 512 * 1024 * 1024;
 }

@@ -40,7 +40,9 @@ public static class WireMapper
         {
             if (wire.Ip.Length != 0 || wire.Port != 0) return new("fwmark", "a firewall-mark service has no ip or port");
             var family = wire.Family == AddressFamily.Inet6 ? IpFamily.V6 : IpFamily.V4;
-            key = ServiceKey.ForFirewallMark(wire.Fwmark, family, protocol ?? Model.Protocol.Tcp);
+            // The kernel keys a fwmark service by mark alone and reports it as TCP; keep it TCP here
+            // too, or a UDP fwmark service would never match what the kernel reads back.
+            key = ServiceKey.ForFirewallMark(wire.Fwmark, family, Model.Protocol.Tcp);
             return null;
         }
         if (Validation.Address(wire.Ip, "ip", out var address) is { } ipError) return ipError;
