@@ -1,0 +1,149 @@
+using System.Net;
+using Merlin.Lab;
+using Merlin.Model;
+using Merlin.Reconciler;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Merlin.Dataplane.Nftables.Tests;
+
+/// <summary>
+/// Real TCP through the dataplane, in the lab's namespaces (client, lb1, rs1–rs3 on one bridge; the
+/// client never runs in the root namespace). The dataplane is the production one: nft, netlink and
+/// the kernel's neighbour table of lb1, nothing faked.
+/// </summary>
+public class TrafficTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private const uint Seed = 0x5eed1234;
+
+    private static NftablesDataplane Dataplane(LabHost lb) => new(new NftablesOptions
+    {
+        HashSeed = Seed,
+        Interface = lb.Interface,
+        NetworkNamespace = lb.Namespace,
+        ResolveWait = TimeSpan.FromSeconds(3),
+    }, NullLogger<NftablesDataplane>.Instance);
+
+    private static Dictionary<ServiceKey, ServiceState> OneService(Lab.Lab lab, bool ipv6, ForwardMethod forward, int port, Func<string, uint>? weight = null)
+    {
+        var vip = ipv6 ? lab.Vip6! : lab.Vip;
+        var key = ServiceKey.ForAddress(vip, (ushort)port, Protocol.Tcp);
+        var servers = lab.RealServers.ToDictionary(
+            rs => new RealServerKey(ipv6 ? rs.Address6! : rs.Address, (ushort)port),
+            rs => new RealServerConfig { Weight = weight?.Invoke(rs.Name) ?? 1, Forward = forward });
+        return new() { [key] = new ServiceState(key, new ServiceConfig { Scheduler = "wrr" }, servers) };
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Dsr_300Requests_AreSpreadOverThreeServers_AndRepliesBypassTheLoadBalancer(bool ipv6)
+    {
+        Lab.Lab.Require();
+        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
+        await lab.StartServersAsync(ct: Ct);
+        var lb = lab["lb1"];
+        await lab.AssignVipAsync(lb, Ct);
+        var dataplane = Dataplane(lb);
+        await dataplane.ReconcileAsync(OneService(lab, ipv6, ForwardMethod.Route, Lab.Lab.HttpPort));
+        Assert.Empty(dataplane.Issues);   // every real server's MAC resolved
+
+        var lbBefore = await lb.GetLinkStatsAsync();
+        var clientBefore = await lab.Client.GetLinkStatsAsync();
+        var report = await lab.Client.HttpAsync(lab.VipEndpoint(Lab.Lab.HttpPort, ipv6), new LabRequestOptions { Count = 300 }, Ct);
+        var lbAfter = await lb.GetLinkStatsAsync();
+        var clientAfter = await lab.Client.GetLinkStatsAsync();
+
+        Output($"per server: {string.Join(", ", report.PerServer.Select(p => $"{p.Key} {p.Value}"))}; lb1 rx {lbAfter.RxPackets - lbBefore.RxPackets} tx {lbAfter.TxPackets - lbBefore.TxPackets}, client tx {clientAfter.TxPackets - clientBefore.TxPackets} rx {clientAfter.RxPackets - clientBefore.RxPackets}");
+        Assert.True(report.Successes == 300, $"{report.Failures} failures: {string.Join(", ", report.Errors.Select(e => $"{e.Key} {e.Value}"))}\n{await lab.DescribeAsync()}");
+        foreach (var rs in lab.RealServers)
+            Assert.InRange(report.PerServer.GetValueOrDefault(rs.Name), 75, 123);   // 33% ± 8% of 300
+        // lb1 receives what the client sends and nothing else; the replies (as many packets again)
+        // reach the client straight from the real servers.
+        long lbReceived = lbAfter.RxPackets - lbBefore.RxPackets;
+        long clientSent = clientAfter.TxPackets - clientBefore.TxPackets;
+        long clientReceived = clientAfter.RxPackets - clientBefore.RxPackets;
+        Assert.InRange(lbReceived, clientSent - 20, clientSent + 20);
+        Assert.True(clientReceived > 1000, $"the client received {clientReceived} packets");
+        Assert.InRange(lbAfter.TxPackets - lbBefore.TxPackets, lbReceived - 20, lbReceived + 20);   // each forwarded once
+    }
+
+    [Fact]
+    public async Task Dsr_Drain_NewConnectionsAvoidTheServer_WhileItsEstablishedConnectionsKeepWorking()
+    {
+        Lab.Lab.Require();
+        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
+        await lab.StartServersAsync(ct: Ct);
+        var lb = lab["lb1"];
+        await lab.AssignVipAsync(lb, Ct);
+        var dataplane = Dataplane(lb);
+        await dataplane.ReconcileAsync(Merge(OneService(lab, false, ForwardMethod.Route, Lab.Lab.EchoPort), OneService(lab, false, ForwardMethod.Route, Lab.Lab.HttpPort)));
+
+        await using var hold = lab.Client.StartHold(lab.VipEndpoint(Lab.Lab.EchoPort),
+            new LabHoldOptions { Connections = 20, Only = "rs1", Duration = TimeSpan.FromSeconds(6), MaxAttempts = 400 });
+        Assert.Equal(20, await hold.WaitConnectedAsync(ct: Ct));
+
+        // Drain rs1 in both services, as the health checker would.
+        await dataplane.ReconcileAsync(Merge(
+            OneService(lab, false, ForwardMethod.Route, Lab.Lab.EchoPort, name => name == "rs1" ? 0u : 1u),
+            OneService(lab, false, ForwardMethod.Route, Lab.Lab.HttpPort, name => name == "rs1" ? 0u : 1u)));
+        var fresh = await lab.Client.HttpAsync(lab.VipEndpoint(Lab.Lab.HttpPort), new LabRequestOptions { Count = 60 }, Ct);
+        var held = await hold.ReportAsync(Ct);
+
+        Output($"after the drain: {string.Join(", ", fresh.PerServer.Select(p => $"{p.Key} {p.Value}"))}; held {held.Survived}/20 on rs1 ({held.Exchanges} exchanges)");
+        Assert.Equal(60, fresh.Successes);
+        Assert.Equal(0, fresh.PerServer.GetValueOrDefault("rs1"));
+        Assert.True(held.Survived == 20, $"{held.Survived} of 20 survived: {string.Join("; ", held.Connections.Where(c => !c.Survived).Select(c => c.Error))}");
+        Assert.All(held.Connections, c => Assert.Equal("rs1", c.Server));
+    }
+
+    [Fact]
+    public async Task Dsr_Drain_WithoutThePinnedFlows_WouldBreakTheSameConnections()
+    {
+        // The control for the test above: the pins are what keeps those connections, not luck.
+        Lab.Lab.Require();
+        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
+        await lab.StartServersAsync(ct: Ct);
+        var lb = lab["lb1"];
+        await lab.AssignVipAsync(lb, Ct);
+        var dataplane = Dataplane(lb);
+        await dataplane.ReconcileAsync(OneService(lab, false, ForwardMethod.Route, Lab.Lab.EchoPort));
+
+        await using var hold = lab.Client.StartHold(lab.VipEndpoint(Lab.Lab.EchoPort),
+            new LabHoldOptions { Connections = 20, Only = "rs1", Duration = TimeSpan.FromSeconds(6), MaxAttempts = 400 });
+        Assert.Equal(20, await hold.WaitConnectedAsync(ct: Ct));
+        await dataplane.ReconcileAsync(OneService(lab, false, ForwardMethod.Route, Lab.Lab.EchoPort, name => name == "rs1" ? 0u : 1u));
+        await lb.ExecAsync("nft", "flush", "map", "netdev", "merlin", "flows4");
+        var held = await hold.ReportAsync(Ct);
+
+        Output($"without pins: {held.Survived}/20 survived; {string.Join("; ", held.Connections.Select(c => c.Error).Distinct())}");
+        Assert.Equal(0, held.Survived);
+    }
+
+    [Fact]
+    public async Task Nat_300Requests_AreSpreadOverThreeServers()
+    {
+        Lab.Lab.Require();
+        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
+        await lab.StartServersAsync(ct: Ct);
+        var lb = lab["lb1"];
+        await lab.AssignVipAsync(lb, Ct);
+        // NAT: replies must go back through the LB, which undoes the DNAT.
+        foreach (var rs in lab.RealServers) await rs.ReplaceRouteAsync($"{lab.Client.Address}/32", lb.Address);
+        var dataplane = Dataplane(lb);
+        await dataplane.ReconcileAsync(OneService(lab, false, ForwardMethod.Masq, Lab.Lab.HttpPort));
+
+        var report = await lab.Client.HttpAsync(lab.VipEndpoint(Lab.Lab.HttpPort), new LabRequestOptions { Count = 300 }, Ct);
+
+        Output($"per server: {string.Join(", ", report.PerServer.Select(p => $"{p.Key} {p.Value}"))}");
+        Assert.True(report.Successes == 300, $"{report.Failures} failures: {string.Join(", ", report.Errors.Select(e => $"{e.Key} {e.Value}"))}\n{await lab.DescribeAsync()}");
+        foreach (var rs in lab.RealServers)
+            Assert.InRange(report.PerServer.GetValueOrDefault(rs.Name), 75, 123);
+    }
+
+    private static void Output(string line) => TestContext.Current.TestOutputHelper?.WriteLine(line);
+
+    private static Dictionary<ServiceKey, ServiceState> Merge(params Dictionary<ServiceKey, ServiceState>[] parts) =>
+        parts.SelectMany(p => p).ToDictionary(kv => kv.Key, kv => kv.Value);
+}
