@@ -40,7 +40,7 @@ public static class DaemonHost
         services.AddSingleton(options);
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<IStore>(sp => CreateStore(options));
-        services.AddSingleton<IDataplane>(_ => CreateDataplane(options));
+        services.AddSingleton<IDataplane>(sp => CreateDataplane(options, sp.GetRequiredService<ILoggerFactory>()));
         services.AddSingleton(sp => new ReconcilerStatus(sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton(new ReconcilerOptions { SyncPeriod = options.SyncPeriod });
         services.AddSingleton<Reconciler.Reconciler>();
@@ -92,9 +92,12 @@ public static class DaemonHost
         return new EtcdStore(new EtcdStoreOptions { Endpoints = options.StoreEndpoints, Prefix = options.StorePrefix, Timeout = options.StoreTimeout });
     }
 
-    public static IDataplane CreateDataplane(DaemonOptions options) => options.Dataplane switch
+    public static IDataplane CreateDataplane(DaemonOptions options, ILoggerFactory logs) => options.Dataplane switch
     {
         "none" => new InMemoryDataplane(),
+        "nftables" => new Merlin.Dataplane.Nftables.NftablesDataplane(
+            new Merlin.Dataplane.Nftables.NftablesOptions { HashSeed = options.HashSeed!.Value, Interface = options.Interface },
+            logs.CreateLogger<Merlin.Dataplane.Nftables.NftablesDataplane>()),
         _ => throw new OptionsException($"--dataplane: \"{options.Dataplane}\" is not available in this build (one of {string.Join(", ", DaemonOptions.Dataplanes)})"),
     };
 }

@@ -23,6 +23,10 @@ public sealed record DaemonOptions
     public TimeSpan StoreTimeout { get; init; } = TimeSpan.FromSeconds(5);
     public TimeSpan SyncPeriod { get; init; } = TimeSpan.FromSeconds(30);
     public string Dataplane { get; init; } = "none";
+    /// <summary>nftables: the interface DSR traffic arrives on and leaves by.</summary>
+    public string? Interface { get; init; }
+    /// <summary>nftables: the jhash seed, identical on every node of a fleet.</summary>
+    public uint? HashSeed { get; init; }
     public string LogFormat { get; init; } = "text";
     public string LogLevel { get; init; } = "information";
 
@@ -40,12 +44,14 @@ public sealed record DaemonOptions
         ["--store-timeout"] = "store-timeout",
         ["--reconcile-sync-period"] = "reconcile-sync-period",
         ["--dataplane"] = "dataplane",
+        ["--interface"] = "interface",
+        ["--hash-seed"] = "hash-seed",
         ["--log-format"] = "log-format",
         ["--log-level"] = "log-level",
         ["--config"] = "config",
     };
 
-    public static readonly IReadOnlyList<string> Dataplanes = ["none"];
+    public static readonly IReadOnlyList<string> Dataplanes = ["none", "nftables"];
 
     public static IConfiguration BuildConfiguration(string[] args, IDictionary<string, string?>? environment = null)
     {
@@ -86,12 +92,22 @@ public sealed record DaemonOptions
             StoreTimeout = Duration(config, "store-timeout", d.StoreTimeout),
             SyncPeriod = Duration(config, "reconcile-sync-period", d.SyncPeriod),
             Dataplane = OneOf(config, "dataplane", d.Dataplane, Dataplanes),
+            Interface = config["interface"],
+            HashSeed = config["hash-seed"] is { } seed ? Seed(seed) : null,
             LogFormat = OneOf(config, "log-format", d.LogFormat, ["text", "json"]),
             LogLevel = OneOf(config, "log-level", d.LogLevel, ["debug", "information", "warning", "error"]),
         };
+        if (options.Dataplane == "nftables" && options.HashSeed is null)
+            throw new OptionsException("--hash-seed: required with --dataplane nftables, and the same on every node (e.g. 0x5eed1234)");
         if (options.StoreEndpoints.Count == 0) throw new OptionsException("--store-endpoints: at least one etcd endpoint is needed");
         if (options.Port == options.HealthPort && options.Port != 0) throw new OptionsException($"--health-port: {options.HealthPort} is also the API port");
         return options;
+    }
+
+    private static uint Seed(string text)
+    {
+        try { return Merlin.Dataplane.Nftables.NftablesOptions.ParseSeed(text); }
+        catch (FormatException e) { throw new OptionsException($"--hash-seed: {e.Message}"); }
     }
 
     private static IPAddress Address(IConfiguration c, string key, IPAddress fallback)
