@@ -478,14 +478,20 @@ public sealed partial class NftablesDataplane : IDataplane
         var before = await _nft.GenerationAsync(ct);
         if (script.Length > 0) await RunAsync(script, ct);
         _auditedAt.Clear();
-        await AfterWriteAsync(layout, services ?? programmed.Services, before, ct);
+        await AfterWriteAsync(layout, services ?? programmed.Services, before, ct, rewrite: true);
         Report(layout);
     }
 
-    private async Task AfterWriteAsync(Layout.Layout layout, Dictionary<ServiceKey, ServiceState> services, uint before, CancellationToken ct)
+    private async Task AfterWriteAsync(Layout.Layout layout, Dictionary<ServiceKey, ServiceState> services, uint before, CancellationToken ct, bool rewrite = false)
     {
         var programmed = _programmed!;
         bool alone = before == programmed.Generation;
+        // Sets this transaction wrote in full: as long as nobody else committed in between, the
+        // kernel holds exactly what we wrote, so they need no audit.
+        var written = layout.Ruleset.Tables
+            .SelectMany(t => t.Sets.Values.Where(s => !s.Dynamic && (rewrite || programmed.Layout.Ruleset.Table(t.Family, t.Name)?.Sets.GetValueOrDefault(s.Name) is not { } old
+                || old.Kind != s.Kind || old.Declaration != s.Declaration)).Select(s => $"{t.Id} {s.Name}"))
+            .ToList();
         programmed.Services = services;
         programmed.Layout = layout;
         var after = await _nft.GenerationAsync(ct);
@@ -504,6 +510,7 @@ public sealed partial class NftablesDataplane : IDataplane
         {
             // Nobody else committed in between: the sets we had checked are still as checked.
             foreach (var key in _auditedAt.Keys.ToList()) if (_auditedAt[key] == before) _auditedAt[key] = after;
+            foreach (var id in written) _auditedAt[id] = after;
         }
         programmed.Generation = after;
     }

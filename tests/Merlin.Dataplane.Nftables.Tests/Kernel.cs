@@ -147,7 +147,14 @@ internal sealed class RecordingNftables(INftables inner) : INftables
         return inner.RunAsync(script, ct);
     }
 
-    public Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct) => inner.ListSetJsonAsync(kind, family, table, name, ct);
+    /// <summary>Sets listed (audits), as "family table name".</summary>
+    public List<string> Listed { get; } = new();
+
+    public Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct)
+    {
+        Listed.Add($"{family} {table} {name}");
+        return inner.ListSetJsonAsync(kind, family, table, name, ct);
+    }
 
     public Task<uint> GenerationAsync(CancellationToken ct) => inner.GenerationAsync(ct);
 

@@ -46,7 +46,6 @@ public class KernelTests
         var desired = Mixed();
         var (dataplane, nft) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
         await dataplane.ReconcileAsync(desired);
-        await dataplane.ReadAsync(CancellationToken.None);   // the first resync audits our sets once
         var generation = ns.Generation();
         var transactions = dataplane.Transactions;
 
@@ -55,6 +54,26 @@ public class KernelTests
 
         Assert.Equal(generation, ns.Generation());
         Assert.Equal(transactions, dataplane.Transactions);
+        Assert.Equal(0, dataplane.Repairs);
+        // Nothing was listed either: we wrote those sets ourselves and nobody committed since.
+        Assert.Empty(nft.Listed);
+    }
+
+    [Fact]
+    public async Task AfterSomeoneElsesTransaction_OurSetsAreAuditedOnce_ThenLeftAlone()
+    {
+        using var ns = TestNamespace.WithInterface();
+        var desired = Mixed();
+        var (dataplane, nft) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
+        await dataplane.ReconcileAsync(desired);
+
+        ns.Nft("add", "table", "inet", "someone_else");
+        await dataplane.ReadAsync(CancellationToken.None);
+        var audited = nft.Listed.Count;
+        await dataplane.ReadAsync(CancellationToken.None);
+
+        Assert.Equal(Build(desired).Ruleset.Tables.Sum(t => t.Sets.Values.Count(s => !s.Dynamic && s.Name != "marker")), audited);
+        Assert.Equal(audited, nft.Listed.Count);
         Assert.Equal(0, dataplane.Repairs);
     }
 

@@ -150,6 +150,22 @@ public class RenderingTests
     }
 
     [Fact]
+    public void UnchangedGroup_ReusesItsElements_WithoutBuildingTheTableAgain()
+    {
+        var a = Service(Tcp("198.18.0.10", 80), Route("198.18.1.11", 80), Route("198.18.1.12", 80));
+        var b = Service(Tcp("198.18.0.11", 80), Route("198.18.1.13", 80));
+        var first = Build(State(a, b));
+
+        var second = Build(State(a, Service(b.Key, Route("198.18.1.13", 80, 2))), first.Assignment);
+
+        var before = first.Ruleset.Table("netdev", "merlin")!.Sets;
+        var after = second.Ruleset.Table("netdev", "merlin")!.Sets;
+        Assert.Same(before["d1"].Content, after["d1"].Content);
+        Assert.Same(before["d1_live"].Content, after["d1_live"].Content);
+        Assert.NotSame(before["d2"].Content, after["d2"].Content);
+    }
+
+    [Fact]
     public void WeightChange_InASharedGroup_RewritesOnlyTheChangedSlotsAndRecords()
     {
         var before = State(

@@ -18,7 +18,16 @@ internal sealed record Assignment(
     public static readonly Assignment Empty = new(
         new Dictionary<ServiceKey, string>(), new Dictionary<string, GroupInfo>(),
         new Dictionary<ServiceKey, uint>(), new Dictionary<(ServiceKey, RealServerKey), uint>());
+
+    /// <summary>
+    /// The elements of every group's map and live set by content key: a group whose content did not
+    /// change reuses them, so its Maglev table is not built again nor its elements hashed again.
+    /// </summary>
+    public IReadOnlyDictionary<string, GroupContent> Contents { get; init; } = new Dictionary<string, GroupContent>();
 }
+
+/// <summary>A group's map elements and, for DSR, its live set.</summary>
+internal sealed record GroupContent(SetContent Map, SetContent? Live);
 
 /// <summary>A group of services that share one Maglev map: same kind, size and backends. <paramref name="Shape"/> is kind and size (what a map can be edited within).</summary>
 internal sealed record GroupInfo(string Name, string Shape, string ContentKey);
@@ -87,16 +96,23 @@ internal static class LayoutBuilder
         foreach (var plan in plans) groups[assignment[plan.ContentKey]] = new GroupInfo(assignment[plan.ContentKey], plan.Shape, plan.ContentKey);
 
         // 4. Tables.
+        var contents = new Dictionary<string, GroupContent>(StringComparer.Ordinal);
+        foreach (var plan in plans)
+        {
+            if (contents.ContainsKey(plan.ContentKey)) continue;
+            contents[plan.ContentKey] = input.Previous.Contents.GetValueOrDefault(plan.ContentKey)
+                ?? new GroupContent(Slots(plan), plan.Dsr ? KeyedContent.Of(plan.Backends.Select(b => (b.Mac!, b.Mac!))) : null);
+        }
         var tables = new List<NftTable>();
         var dsrPlans = plans.Where(p => p.Dsr).ToList();
         var natPlans = plans.Where(p => !p.Dsr).ToList();
         if (services.Count > 0)
-            tables.Add(DsrTable(dsrPlans, assignment, stateContent, input.OwnMac, options));
+            tables.Add(DsrTable(dsrPlans, assignment, contents, stateContent, input.OwnMac, options));
         if (natPlans.Count > 0)
-            tables.Add(NatTable(natPlans, assignment, options));
+            tables.Add(NatTable(natPlans, assignment, contents, options));
         var ruleset = WithMarker(new NftRuleset(tables), options);
 
-        var newAssignment = new Assignment(serviceGroups, groups, serviceIds, serverIds);
+        var newAssignment = new Assignment(serviceGroups, groups, serviceIds, serverIds) { Contents = contents };
         return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.ToList());
     }
 
@@ -255,7 +271,8 @@ internal static class LayoutBuilder
         return (serviceIds, serverIds, KeyedContent.Of(elements));
     }
 
-    private static NftTable DsrTable(List<ServicePlan> plans, Dictionary<string, string> groups, SetContent state, PhysicalAddress? ownMac, NftablesOptions options)
+    private static NftTable DsrTable(List<ServicePlan> plans, Dictionary<string, string> groups, Dictionary<string, GroupContent> contents,
+        SetContent state, PhysicalAddress? ownMac, NftablesOptions options)
     {
         var sets = new Dictionary<string, NftSet>
         {
@@ -282,9 +299,8 @@ internal static class LayoutBuilder
             {
                 var plan = group.First();
                 var name = group.Key;
-                sets[name] = new(name, "map", $"typeof numgen inc mod {plan.Size} : ether daddr; size {plan.Size};", Slots(plan));
-                sets[name + "_live"] = new(name + "_live", "set", "type ether_addr;",
-                    KeyedContent.Of(plan.Backends.Select(b => (b.Mac!, b.Mac!))));
+                sets[name] = new(name, "map", $"typeof numgen inc mod {plan.Size} : ether daddr; size {plan.Size};", contents[plan.ContentKey].Map);
+                sets[name + "_live"] = new(name + "_live", "set", "type ether_addr;", contents[plan.ContentKey].Live!);
                 foreach (var variant in group.Select(p => p.Variant).Distinct())
                 {
                     var chain = $"{name}_{variant}";
@@ -323,7 +339,7 @@ internal static class LayoutBuilder
         return rules;
     }
 
-    private static NftTable NatTable(List<ServicePlan> plans, Dictionary<string, string> groups, NftablesOptions options)
+    private static NftTable NatTable(List<ServicePlan> plans, Dictionary<string, string> groups, Dictionary<string, GroupContent> contents, NftablesOptions options)
     {
         var seed = Seed(options);
         var sets = new Dictionary<string, NftSet>
@@ -345,7 +361,7 @@ internal static class LayoutBuilder
             var name = group.Key;
             string ip = plan.Key.Family == IpFamily.V6 ? "ip6" : "ip";
             string m = plan.Size.ToString(CultureInfo.InvariantCulture);
-            sets[name] = new(name, "map", $"typeof numgen inc mod {m} : {ip} daddr . th dport; size {m};", Slots(plan));
+            sets[name] = new(name, "map", $"typeof numgen inc mod {m} : {ip} daddr . th dport; size {m};", contents[plan.ContentKey].Map);
             foreach (var variant in group.Select(p => p.Variant).Distinct())
             {
                 string hash = variant == "s" ? $"jhash {ip} saddr mod {m} seed {seed}" : $"jhash {ip} saddr . th sport mod {m} seed {seed}";
