@@ -92,6 +92,9 @@ public sealed partial class NftablesDataplane : IDataplane
     /// <summary>Repairs of changes made to our tables behind our back.</summary>
     public long Repairs { get; private set; }
 
+    /// <summary>What we believe the kernel holds (tests).</summary>
+    internal NftRuleset? Ruleset => _programmed?.Layout.Ruleset;
+
     public async Task<DataplaneState> ReadAsync(CancellationToken ct)
     {
         await _gate.WaitAsync(ct);

@@ -206,6 +206,26 @@ public class KernelTests
     }
 
     [Fact]
+    public async Task OneOperationAtATime_ReachesTheSameTables()
+    {
+        using var ns = TestNamespace.WithInterface();
+        var desired = Mixed();
+        var (dataplane, nft) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
+
+        var plan = Planner.Plan(new DataplaneState(desired), await dataplane.ReadAsync(CancellationToken.None));
+        foreach (var op in plan) await ((IDataplane)dataplane).ApplyAsync(op, CancellationToken.None);
+
+        Assert.Equal(plan.Count, nft.Scripts.Count);   // a transaction per operation
+        Assert.True((await dataplane.ReadAsync(CancellationToken.None)).SameAs(new DataplaneState(desired)));
+        Assert.Null(NftablesDataplane.Mismatch(ns.Tables(("netdev", "merlin"), ("inet", "merlin_nat")), dataplane.Ruleset!));
+        // Group names depend on the order things happened in; the tables themselves do not.
+        static List<string> Maps(NftRuleset r) => r.Tables.SelectMany(t => t.Sets.Values.Where(s => s.Name[0] is 'd' or 'n' && char.IsAsciiDigit(s.Name[1])).Select(s => s.Content.Hash)).Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(Maps(Build(desired).Ruleset), Maps(dataplane.Ruleset!));
+        var refused = await Assert.ThrowsAsync<DataplaneException>(() => dataplane.ApplyAsync(new AddService(Tcp("198.18.0.10", 80), Config()), CancellationToken.None));
+        Assert.Contains("service exists", refused.Message);
+    }
+
+    [Fact]
     public async Task RemovingEverything_DeletesOurTables_AndNothingElse()
     {
         using var ns = TestNamespace.WithInterface();

@@ -142,6 +142,48 @@ public class TrafficTests
             Assert.InRange(report.PerServer.GetValueOrDefault(rs.Name), 75, 123);
     }
 
+    [Fact]
+    public async Task Dsr_AServerWhoseMacIsUnknown_HoldsNoSlotUntilItResolves_ThenJoins()
+    {
+        Lab.Lab.Require();
+        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
+        await lab.StartServersAsync(ct: Ct);
+        var lb = lab["lb1"];
+        await lab.AssignVipAsync(lb, Ct);
+        var dataplane = new NftablesDataplane(new NftablesOptions
+        {
+            HashSeed = Seed, Interface = lb.Interface, NetworkNamespace = lb.Namespace, ResolveWait = TimeSpan.FromMilliseconds(500),
+        }, NullLogger<NftablesDataplane>.Instance);
+        var late = IPAddress.Parse("198.18.0.99");   // nobody has it yet
+        var desired = OneService(lab, false, ForwardMethod.Route, Lab.Lab.HttpPort);
+        var state = desired.Values.Single();
+        var servers = new Dictionary<RealServerKey, RealServerConfig>(state.Servers) { [new RealServerKey(late, 80)] = new RealServerConfig { Weight = 1, Forward = ForwardMethod.Route } };
+        desired[state.Key] = state with { Servers = servers };
+
+        await dataplane.ReconcileAsync(desired);
+
+        Assert.Equal([late], dataplane.UnresolvedServers);
+        Assert.Contains(dataplane.Issues, i => i.Server?.Address.Equals(late) == true && i.Reason.Contains("not known yet"));
+        var before = await lab.Client.HttpAsync(lab.VipEndpoint(Lab.Lab.HttpPort), new LabRequestOptions { Count = 90 }, Ct);
+        Assert.Equal(90, before.Successes);   // no slot points at the unknown server
+
+        // The address appears (on rs3): the kernel's managed neighbour entry resolves it, a resync programs it.
+        await lab["rs3"].IpAsync("addr", "add", "198.18.0.99/24", "dev", "eth0");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (dataplane.UnresolvedServers.Count > 0 && clock.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            await Task.Delay(500, Ct);
+            await dataplane.ReconcileAsync(desired);
+        }
+        Output($"resolved after {clock.ElapsedMilliseconds} ms");
+        Assert.Empty(dataplane.UnresolvedServers);
+        Assert.Empty(dataplane.Issues);
+        var after = await lab.Client.HttpAsync(lab.VipEndpoint(Lab.Lab.HttpPort), new LabRequestOptions { Count = 120 }, Ct);
+        Output($"after: {string.Join(", ", after.PerServer.Select(p => $"{p.Key} {p.Value}"))}");
+        Assert.Equal(120, after.Successes);
+        Assert.InRange(after.PerServer.GetValueOrDefault("rs3"), 40, 80);   // rs3 now answers for two of four backends
+    }
+
     private static void Output(string line) => TestContext.Current.TestOutputHelper?.WriteLine(line);
 
     private static Dictionary<ServiceKey, ServiceState> Merge(params Dictionary<ServiceKey, ServiceState>[] parts) =>
