@@ -138,7 +138,19 @@ public sealed partial class NftablesDataplane : IDataplane
                 await FlushAsync(Services(table), ct);
                 return errors;
             }
-            catch (DataplaneException) when (operations.Count > 1)
+            catch (Exception e) when (e is not DataplaneException and not OperationCanceledException)
+            {
+                // Not the kernel refusing the change but the machine failing us (nft or ip missing,
+                // netlink timeout): every operation failed for the same reason; the loop retries.
+                for (int i = 0; i < errors.Length; i++) errors[i] ??= new DataplaneException($"nftables: {e.Message}", e);
+                return errors;
+            }
+            catch (DataplaneException e) when (errors.Count(x => x is null) == 1)
+            {
+                errors[Array.IndexOf(errors, null)] = e;
+                return errors;
+            }
+            catch (DataplaneException)
             {
                 // Find which operations the kernel refuses; apply the others.
                 for (int i = 0; i < operations.Count; i++)
@@ -152,6 +164,7 @@ public sealed partial class NftablesDataplane : IDataplane
                     }
                     catch (InvalidOperationException e) { errors[i] = new DataplaneException(e.Message, e); }
                     catch (DataplaneException e) { errors[i] = e; }
+                    catch (Exception e) when (e is not OperationCanceledException) { errors[i] = new DataplaneException($"nftables: {e.Message}", e); }
                 }
                 return errors;
             }

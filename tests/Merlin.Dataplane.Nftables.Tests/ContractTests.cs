@@ -1,0 +1,105 @@
+using System.Net;
+using Merlin.Dataplane.Nftables.Kernel;
+using Merlin.Model;
+using Merlin.Reconciler;
+using Microsoft.Extensions.Logging.Abstractions;
+using static Merlin.Dataplane.Nftables.Tests.Given;
+
+namespace Merlin.Dataplane.Nftables.Tests;
+
+/// <summary>The IDataplane contract with a scripted kernel: errors come back per operation, never as a crash.</summary>
+public class ContractTests
+{
+    private sealed class ScriptedNftables : INftables
+    {
+        private uint _generation = 1;
+        public Func<string, Exception?> Fail { get; set; } = _ => null;
+        public List<string> Scripts { get; } = new();
+
+        public Task RunAsync(string script, CancellationToken ct)
+        {
+            if (Fail(script) is { } e) throw e;
+            Scripts.Add(script);
+            _generation++;
+            return Task.CompletedTask;
+        }
+
+        public Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct) => Task.FromResult<string?>(null);
+        public Task<uint> GenerationAsync(CancellationToken ct) => Task.FromResult(_generation);
+        public Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct) =>
+            Task.FromResult<IReadOnlyList<KernelTable>>([]);
+    }
+
+    private static (NftablesDataplane, ScriptedNftables, FakeNeighbours) Create()
+    {
+        var nft = new ScriptedNftables();
+        var neighbours = new FakeNeighbours();
+        return (new NftablesDataplane(Options(), nft, neighbours, NullLogger.Instance, TimeProvider.System), nft, neighbours);
+    }
+
+    private static readonly ServiceKey Vip = Tcp("198.18.0.10", 80);
+    private static readonly RealServerKey Rs = new(IPAddress.Parse("198.18.1.11"), 80);
+
+    [Fact]
+    public async Task ARefusedBatchOfOne_ComesBackAsItsError()
+    {
+        var (dataplane, nft, _) = Create();
+        nft.Fail = _ => new NftException("Error: Could not process rule: Invalid argument");
+
+        var errors = await dataplane.ApplyAsync([new AddService(Vip, Config())], CancellationToken.None);
+
+        var error = Assert.IsType<DataplaneException>(Assert.Single(errors));
+        Assert.Contains("Invalid argument", error.Message);
+        Assert.Empty((await dataplane.ReadAsync(CancellationToken.None)).Services);
+        await Assert.ThrowsAsync<DataplaneException>(() => ((IDataplane)dataplane).ApplyAsync(new AddService(Vip, Config()), CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task AMachineFailure_FailsEveryOperation_WithoutThrowing()
+    {
+        var (dataplane, nft, _) = Create();
+        nft.Fail = _ => new IOException("nft: not found");
+
+        var errors = await dataplane.ApplyAsync([new AddService(Vip, Config()), new AddServer(Vip, Rs, new RealServerConfig { Weight = 1 })], CancellationToken.None);
+
+        Assert.All(errors, e => Assert.Contains("not found", Assert.IsType<DataplaneException>(e).Message));
+    }
+
+    [Fact]
+    public async Task AnOperationTheTableRules_Forbid_FailsAlone()
+    {
+        var (dataplane, nft, neighbours) = Create();
+        neighbours.Table[Rs.Address] = MacOf(Rs.Address);
+
+        var errors = await dataplane.ApplyAsync([
+            new AddService(Vip, Config()),
+            new AddServer(Vip, Rs, new RealServerConfig { Weight = 1 }),
+            new DeleteServer(Tcp("198.18.0.99", 80), Rs)], CancellationToken.None);
+
+        Assert.Null(errors[0]);
+        Assert.Null(errors[1]);
+        Assert.Contains("no such service", errors[2]!.Message);
+        Assert.Single(nft.Scripts);
+    }
+
+    [Fact]
+    public async Task AServerWithoutMac_IsReported_AndTheReportChangesWhenItResolves()
+    {
+        var (dataplane, _, neighbours) = Create();
+        int changes = 0;
+        dataplane.IssuesChanged += (_, _) => changes++;
+
+        await dataplane.ApplyAsync([new AddService(Vip, Config()), new AddServer(Vip, Rs, new RealServerConfig { Weight = 1 })], CancellationToken.None);
+
+        Assert.Equal([Rs.Address], dataplane.UnresolvedServers);
+        Assert.Equal(1, changes);
+        Assert.Contains(Rs.Address, neighbours.Tracked);   // resolution was asked for
+
+        neighbours.Table[Rs.Address] = MacOf(Rs.Address);
+        await dataplane.ReadAsync(CancellationToken.None);
+
+        Assert.Empty(dataplane.UnresolvedServers);
+        Assert.Empty(dataplane.Issues);
+        Assert.Equal(2, changes);
+    }
+}
