@@ -45,6 +45,7 @@ public sealed partial class NftablesDataplane : IDataplane
     private int _auditCursor;
     private IReadOnlyList<NftablesIssue> _issues = [];
     private IReadOnlyList<IPAddress> _unresolved = [];
+    private bool _issuesChanged;
 
     /// <summary>What we believe the kernel holds.</summary>
     private sealed class Programmed
@@ -83,7 +84,7 @@ public sealed partial class NftablesDataplane : IDataplane
     /// <summary>DSR real servers whose MAC is not known yet: they hold no slot until their address resolves.</summary>
     public IReadOnlyList<IPAddress> UnresolvedServers => _unresolved;
 
-    /// <summary>Raised after <see cref="Issues"/> changed.</summary>
+    /// <summary>Raised after <see cref="Issues"/> changed (after the read or apply that changed them returned its lock).</summary>
     public event EventHandler? IssuesChanged;
 
     /// <summary>nft transactions run so far (tests: an apply of what is already there runs none).</summary>
@@ -108,6 +109,7 @@ public sealed partial class NftablesDataplane : IDataplane
         finally
         {
             _gate.Release();
+            RaiseIssuesChanged();
         }
     }
 
@@ -172,6 +174,7 @@ public sealed partial class NftablesDataplane : IDataplane
         finally
         {
             _gate.Release();
+            RaiseIssuesChanged();
         }
     }
 
@@ -377,7 +380,8 @@ public sealed partial class NftablesDataplane : IDataplane
     private async Task ReadOwnMacAsync(CancellationToken ct)
     {
         if (_options.OwnMac is not null || _options.Interface is null) return;
-        _ownMac = await _neighbours.LinkAddressAsync(_options.Interface, ct);
+        // A failed read keeps the MAC we knew: a hiccup of `ip` must not take DSR down.
+        _ownMac = await _neighbours.LinkAddressAsync(_options.Interface, ct) ?? _ownMac;
     }
 
     /// <summary>Follows the interface's MAC and the neighbour table; re-renders what a changed MAC touches.</summary>
@@ -582,6 +586,14 @@ public sealed partial class NftablesDataplane : IDataplane
         foreach (var issue in layout.Issues.Where(i => !old.Contains(i.ToString()))) LogIssue(issue.ToString());
         foreach (var gone in old.Where(o => !now.Contains(o))) LogIssueCleared(gone);
         _issues = layout.Issues;
+        _issuesChanged = true;
+    }
+
+    /// <summary>Outside the gate, so a handler may call back into the dataplane.</summary>
+    private void RaiseIssuesChanged()
+    {
+        if (!_issuesChanged) return;
+        _issuesChanged = false;
         IssuesChanged?.Invoke(this, EventArgs.Empty);
     }
 
