@@ -31,10 +31,22 @@ public sealed class RunningDaemon : IAsyncDisposable
 
     public static async Task<RunningDaemon> StartAsync(Func<DaemonOptions, DaemonOptions> configure)
     {
-        var options = configure(new DaemonOptions { Port = FreePort(), HealthPort = FreePort(), SyncPeriod = TimeSpan.FromSeconds(30) });
-        var daemon = new RunningDaemon(options);
-        await daemon.StartAsync();
-        return daemon;
+        // A port found free can be taken by another test process (etcd, a lab) before Kestrel binds
+        // it: pick new ports and try again.
+        for (var attempt = 1; ; attempt++)
+        {
+            var options = configure(new DaemonOptions { Port = FreePort(), HealthPort = FreePort(), SyncPeriod = TimeSpan.FromSeconds(30) });
+            var daemon = new RunningDaemon(options);
+            try
+            {
+                await daemon.StartAsync();
+                return daemon;
+            }
+            catch (IOException e) when (attempt < 5 && e.InnerException is Microsoft.AspNetCore.Connections.AddressInUseException)
+            {
+                await daemon.StopAsync();
+            }
+        }
     }
 
     public async Task StartAsync()
