@@ -38,40 +38,12 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     {
         if (Validation.Id(request.Id, "id") is { } idError) throw Invalid(idError);
         if (request.Config is null) throw Invalid(new("config", "required: an update changes config only"));
-        for (var attempt = 0; ; attempt++)
-        {
-            var current = await store.GetServiceAsync(request.Id, ct) ?? throw NotFound($"service {request.Id} does not exist");
-            if (request.Key is not null && !SameKey(request.Key, current.Value.Key))
-                throw Invalid(new("key", "is immutable: delete and re-create the service to change it"));
-            var next = current.Value.Clone();
-            next.Config ??= new();
-            if (request.Config.Scheduler.Length != 0 && request.Config.Scheduler != next.Config.Scheduler)
-            {
-                // Flags mean different things per scheduler (sh-port vs mh-port): a new scheduler starts
-                // without the old one's flags unless the request gives new ones.
-                next.Config.Scheduler = request.Config.Scheduler;
-                next.Config.Flags.Clear();
-            }
-            if (request.Config.Flags.Count != 0)
-            {
-                next.Config.Flags.Clear();
-                // A single "" clears all flags (there is no other way to send an empty list that means "set").
-                next.Config.Flags.AddRange(request.Config.Flags.Where(f => f.Length != 0));
-            }
-            if (request.Config.HasPersistenceTimeout) next.Config.PersistenceTimeout = request.Config.PersistenceTimeout;
-            if (request.Config.HasPersistenceNetmask) next.Config.PersistenceNetmask = request.Config.PersistenceNetmask;
-            if (request.Config.HasOnePacket) next.Config.OnePacket = request.Config.OnePacket;
-            var model = Valid(WireMapper.TryToModel(next, out var service), service);
-            var normalized = WireMapper.ToWire(model);
-            if (normalized.Equals(current.Value)) return Done;
-            try
-            {
-                await store.UpdateServiceAsync(normalized, current.Version, ct);
-                LogUpdatedService(model.Id);
-                return Done;
-            }
-            catch (ConflictException) when (attempt < OptimisticRetries) { }
-        }
+        var written = await UpdateOptimisticallyAsync(
+            async () => await store.GetServiceAsync(request.Id, ct) ?? throw NotFound($"service {request.Id} does not exist"),
+            current => Normalized(Merge(current, request)),
+            (next, version) => store.UpdateServiceAsync(next, version, ct));
+        if (written) LogUpdatedService(request.Id);
+        return Done;
     });
 
     public override Task<Empty> DeleteService(StringValue request, ServerCallContext context) => Guard(context, async ct =>
@@ -96,22 +68,13 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     public override Task<Empty> UpdateServer(WireServer request, ServerCallContext context) => Guard(context, async ct =>
     {
         var (serviceId, ip, port) = ServerIdentity(request);
-        for (var attempt = 0; ; attempt++)
-        {
-            var current = await store.GetServerAsync(serviceId, ip, port, ct)
-                ?? throw NotFound($"server {Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port)} of service {serviceId} does not exist");
-            var next = Merge(current.Value, request);
-            var model = Valid(WireMapper.TryToModel(next, out var server), server);
-            var normalized = WireMapper.ToWire(model);
-            if (normalized.Equals(current.Value)) return Done;
-            try
-            {
-                await store.UpdateServerAsync(normalized, current.Version, ct);
-                LogUpdatedServer(serviceId, model.Key.ToString());
-                return Done;
-            }
-            catch (ConflictException) when (attempt < OptimisticRetries) { }
-        }
+        var written = await UpdateOptimisticallyAsync(
+            async () => await store.GetServerAsync(serviceId, ip, port, ct)
+                ?? throw NotFound($"server {Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port)} of service {serviceId} does not exist"),
+            current => Normalized(Merge(current, request)),
+            (next, version) => store.UpdateServerAsync(next, version, ct));
+        if (written) LogUpdatedServer(serviceId, Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port));
+        return Done;
     });
 
     public override Task<Empty> DeleteServer(WireServer request, ServerCallContext context) => Guard(context, async ct =>
@@ -136,6 +99,59 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     });
 
     public override Task<StatusResponse> Status(Empty request, ServerCallContext context) => Task.FromResult(status.Report());
+
+    /// <summary>
+    /// Read, merge, write only if something changed, and start over if another writer got in between
+    /// (the store refuses a write whose version is stale). Returns whether a write happened.
+    /// </summary>
+    private static async Task<bool> UpdateOptimisticallyAsync<T>(Func<Task<Versioned<T>>> read, Func<T, T> next, Func<T, long, Task> write)
+        where T : Google.Protobuf.IMessage<T>
+    {
+        for (var attempt = 0; ; attempt++)
+        {
+            var current = await read();
+            var updated = next(current.Value);
+            if (updated.Equals(current.Value)) return false;
+            try
+            {
+                await write(updated, current.Version);
+                return true;
+            }
+            catch (ConflictException) when (attempt < OptimisticRetries) { }
+        }
+    }
+
+    /// <summary>Validated and in the form we store (aliases for flags, no default-valued extensions).</summary>
+    private static WireService Normalized(WireService service) => WireMapper.ToWire(Valid(WireMapper.TryToModel(service, out var model), model));
+
+    private static WireServer Normalized(WireServer server) => WireMapper.ToWire(Valid(WireMapper.TryToModel(server, out var model), model));
+
+    /// <summary>An update changes config only: the key is immutable; flags belong to their scheduler.</summary>
+    private static WireService Merge(WireService stored, WireService update)
+    {
+        if (update.Key is not null && !SameKey(update.Key, stored.Key))
+            throw Invalid(new("key", "is immutable: delete and re-create the service to change it"));
+        var next = stored.Clone();
+        next.Config ??= new();
+        var c = update.Config;
+        if (c.Scheduler.Length != 0 && c.Scheduler != next.Config.Scheduler)
+        {
+            // Flags mean different things per scheduler (sh-port vs mh-port): a new scheduler starts
+            // without the old one's flags unless the request gives new ones.
+            next.Config.Scheduler = c.Scheduler;
+            next.Config.Flags.Clear();
+        }
+        if (c.Flags.Count != 0)
+        {
+            next.Config.Flags.Clear();
+            // A single "" clears all flags (there is no other way to send an empty list that means "set").
+            next.Config.Flags.AddRange(c.Flags.Where(f => f.Length != 0));
+        }
+        if (c.HasPersistenceTimeout) next.Config.PersistenceTimeout = c.PersistenceTimeout;
+        if (c.HasPersistenceNetmask) next.Config.PersistenceNetmask = c.PersistenceNetmask;
+        if (c.HasOnePacket) next.Config.OnePacket = c.OnePacket;
+        return next;
+    }
 
     /// <summary>Partial update as the original: unset fields keep their stored value; weight and endpoint are
     /// taken whenever present, so weight 0 and endpoint "" (no check) can be set.</summary>
