@@ -44,6 +44,11 @@ internal static unsafe partial class Interop
         public long Microseconds;
     }
 
+    public const int CloneNewNet = 0x40000000;
+
+    [LibraryImport("libc", EntryPoint = "setns", SetLastError = true)]
+    public static partial int SetNs(int fd, int nstype);
+
     [LibraryImport("libc", EntryPoint = "socket", SetLastError = true)]
     public static partial int Socket(int domain, int type, int protocol);
 

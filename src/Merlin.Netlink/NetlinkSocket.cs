@@ -22,6 +22,12 @@ public sealed record NetlinkSocketOptions
 
     /// <summary>Largest datagram a receive accepts; a dump's datagrams are at most 32 KiB on current kernels.</summary>
     public int MaxDatagramSize { get; init; } = 64 << 10;
+
+    /// <summary>
+    /// A named network namespace (<c>ip netns add</c>) to open the socket in; null is the caller's own. A
+    /// socket talks to the namespace it was created in for its whole life.
+    /// </summary>
+    public string? NetworkNamespace { get; init; }
 }
 
 /// <summary>
@@ -67,6 +73,8 @@ public sealed unsafe class NetlinkSocket : INetlinkTransport
     public static NetlinkSocket Open(int protocol, NetlinkSocketOptions? options = null)
     {
         options ??= new NetlinkSocketOptions();
+        if (options.NetworkNamespace is { } ns) return Merlin.Netlink.NetworkNamespace.Run(ns, () => Open(protocol, options with { NetworkNamespace = null }));
+
         if (!OperatingSystem.IsLinux()) throw new PlatformNotSupportedException("netlink sockets exist only on Linux");
         if (!Environment.Is64BitProcess) throw new PlatformNotSupportedException("netlink socket timeouts are set as a 64-bit struct timeval");
 

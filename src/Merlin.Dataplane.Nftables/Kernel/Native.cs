@@ -13,7 +13,6 @@ internal static unsafe partial class Native
     public const int SO_RCVTIMEO = 20;
     public const int SO_SNDTIMEO = 21;
     public const int SO_RCVBUF = 8;
-    public const int CLONE_NEWNET = 0x40000000;
 
     [StructLayout(LayoutKind.Sequential)]
     public struct SockaddrNl
@@ -52,6 +51,4 @@ internal static unsafe partial class Native
     [LibraryImport("libc", SetLastError = true)]
     public static partial int close(int fd);
 
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int setns(int fd, int nstype);
 }

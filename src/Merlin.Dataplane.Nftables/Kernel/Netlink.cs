@@ -77,7 +77,7 @@ internal sealed unsafe class NetfilterSocket : IDisposable
     }
 
     /// <summary>Opens a socket in the named network namespace (null: this process's own).</summary>
-    public static NetfilterSocket Open(string? networkNamespace) => NetworkNamespace.Run(networkNamespace, () => new NetfilterSocket());
+    public static NetfilterSocket Open(string? networkNamespace) => Merlin.Netlink.NetworkNamespace.Run(networkNamespace, () => new NetfilterSocket());
 
     /// <summary>
     /// Sends an nf_tables request and returns the attribute payload (after nfgenmsg) of every reply.

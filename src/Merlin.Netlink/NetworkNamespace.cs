@@ -1,6 +1,6 @@
 using Microsoft.Win32.SafeHandles;
 
-namespace Merlin.Dataplane.Nftables.Kernel;
+namespace Merlin.Netlink;
 
 /// <summary>
 /// Runs a short piece of code inside a named network namespace (<c>/run/netns/&lt;name&gt;</c>, as
@@ -8,8 +8,9 @@ namespace Merlin.Dataplane.Nftables.Kernel;
 /// needed to open one: the work happens on a dedicated thread that enters the namespace with
 /// setns(2), so no pool thread ever runs in the wrong namespace.
 /// </summary>
-internal static class NetworkNamespace
+public static class NetworkNamespace
 {
+    /// <summary>Runs <paramref name="action"/> inside namespace <paramref name="name"/>; null runs it here.</summary>
     public static T Run<T>(string? name, Func<T> action)
     {
         if (name is null) return action();
@@ -38,7 +39,7 @@ internal static class NetworkNamespace
 
     private static void Enter(SafeFileHandle handle, string name)
     {
-        if (Native.setns((int)handle.DangerousGetHandle(), Native.CLONE_NEWNET) != 0)
+        if (Interop.SetNs((int)handle.DangerousGetHandle(), Interop.CloneNewNet) != 0)
             throw new IOException($"setns into network namespace {name} failed: errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
     }
 }
