@@ -10,8 +10,11 @@ namespace Merlin.Ipvs.Tests;
 /// and run inside the qemu guest, as root, with the scheduler modules loaded and <c>lo</c> up (without a
 /// local route table the kernel refuses destinations with EINVAL). The guest harness sets
 /// MERLIN_REQUIRE_IPVS=1 so that a guest without IPVS fails instead of skipping. Each test starts from
-/// an empty table: run this assembly alone in a throwaway network namespace or guest.
+/// an empty table: run this assembly alone in a throwaway network namespace or guest
+/// (<c>tests/vm/ipvs-guest</c> runs every test with the trait Kernel=ipvs; the host's <c>dotnet test</c> leaves them out).
 /// </summary>
+[Trait("Kernel", "ipvs")]
+[Collection(IpvsTableCollection.Name)]
 public sealed class IpvsLiveTests : IDisposable
 {
     private readonly IpvsClient _ipvs;

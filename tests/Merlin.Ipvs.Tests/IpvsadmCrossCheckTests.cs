@@ -10,6 +10,8 @@ namespace Merlin.Ipvs.Tests;
 /// records; what our client creates, ipvsadm lists with the same settings. Same requirements as
 /// <see cref="IpvsLiveTests"/>, plus ipvsadm 1.31+ (tunnel types) on PATH.
 /// </summary>
+[Trait("Kernel", "ipvs")]
+[Collection(IpvsTableCollection.Name)]
 public sealed class IpvsadmCrossCheckTests : IDisposable
 {
     private readonly IpvsClient _ipvs;
@@ -29,10 +31,15 @@ public sealed class IpvsadmCrossCheckTests : IDisposable
         _ipvs.Dispose();
     }
 
-    private static string Ipvsadm(string arguments)
+    private static string Ipvsadm(string arguments, string? input = null)
     {
-        var start = new ProcessStartInfo("ipvsadm", arguments) { RedirectStandardOutput = true, RedirectStandardError = true };
+        var start = new ProcessStartInfo("ipvsadm", arguments) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = input is not null };
         using var process = Process.Start(start)!;
+        if (input is not null)
+        {
+            process.StandardInput.Write(input);
+            process.StandardInput.Close();
+        }
         var output = process.StandardOutput.ReadToEndAsync();
         var error = process.StandardError.ReadToEndAsync();
         if (!process.WaitForExit(30_000))
@@ -77,6 +84,78 @@ public sealed class IpvsadmCrossCheckTests : IDisposable
             destinations["198.18.4.4:80"]);
         Assert.Equal(new RealServerConfig { Weight = 5, Forward = ForwardMethod.Tunnel, TunnelType = TunnelType.Gre, TunnelFlags = TunnelFlags.Csum },
             destinations["198.18.4.5:80"]);
+    }
+
+    [Fact]
+    public void EveryScheduler_IpvsadmAndWeAgree()
+    {
+        // One service per scheduler made by ipvsadm (a single ipvsadm -R), one per scheduler made by us, each with
+        // a destination of its own weight and forwarding method: both tools must list all 26 the same way.
+        // ipvsadm gives a real server that is not NAT the service's port (it cannot translate ports); the
+        // kernel stores whatever port it is sent, so ours keep port 80.
+        static ushort IpvsadmPort(int i, ushort servicePort) => i % 3 == 1 ? (ushort)80 : servicePort;
+        ForwardMethod[] forwards = [ForwardMethod.Route, ForwardMethod.Masq, ForwardMethod.Tunnel];
+        string[] flags = ["-g", "-m", "-i"];
+        var restore = new System.Text.StringBuilder();
+        for (var i = 0; i < Schedulers.All.Count; i++)
+        {
+            restore.Append($"-A -t 198.18.5.1:{2000 + i} -s {Schedulers.All[i]}\n");
+            restore.Append($"-a -t 198.18.5.1:{2000 + i} -r 198.18.6.{i + 1}:80 {flags[i % 3]} -w {i + 1}\n");
+        }
+        Ipvsadm("-R", restore.ToString());
+        for (var i = 0; i < Schedulers.All.Count; i++)
+        {
+            var key = ServiceKey.ForAddress(IPAddress.Parse("198.18.5.2"), (ushort)(3000 + i), Protocol.Tcp);
+            _ipvs.NewService(key, Config(Schedulers.All[i]));
+            _ipvs.NewDestination(key, new RealServerKey(IPAddress.Parse($"198.18.7.{i + 1}"), 80), new RealServerConfig { Weight = (uint)i + 1, Forward = forwards[i % 3] });
+        }
+
+        // What we read: the schedulers, weights and methods ipvsadm set, and ours.
+        var ct = TestContext.Current.CancellationToken;
+        var read = _ipvs.GetServices(ct).ToDictionary(s => s.Key);
+        Assert.Equal(2 * Schedulers.All.Count, read.Count);
+        for (var i = 0; i < Schedulers.All.Count; i++)
+        {
+            foreach (var (vip, port, server) in new[] { ("198.18.5.1", 2000 + i, $"198.18.6.{i + 1}"), ("198.18.5.2", 3000 + i, $"198.18.7.{i + 1}") })
+            {
+                var key = ServiceKey.ForAddress(IPAddress.Parse(vip), (ushort)port, Protocol.Tcp);
+                Assert.Equal(Config(Schedulers.All[i]), read[key].Config);
+                var dest = Assert.Single(_ipvs.GetDestinations(key, ct));
+                var serverPort = port < 3000 ? IpvsadmPort(i, (ushort)port) : (ushort)80;
+                Assert.Equal(new IpvsDestination(new RealServerKey(IPAddress.Parse(server), serverPort),
+                    new RealServerConfig { Weight = (uint)i + 1, Forward = forwards[i % 3] }), dest);
+            }
+        }
+
+        // What ipvsadm -Ln lists: "TCP  198.18.5.2:3000 rr" then "  -> 198.18.7.1:80  Route  1  0  0".
+        var listing = Ipvsadm("-L -n");
+        var services = new Dictionary<string, string>();
+        var destinations = new Dictionary<string, (string Service, string Forward, string Weight)>();
+        string? current = null;
+        foreach (var line in listing.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (f is ["TCP", var endpoint, var scheduler, ..])
+            {
+                services.Add(endpoint, scheduler);
+                current = endpoint;
+            }
+            else if (f is ["->", var server, var forward, var weight, ..] && current is not null && server != "RemoteAddress:Port")
+            {
+                destinations.Add(server, (current, forward, weight));
+            }
+        }
+        Assert.Equal(2 * Schedulers.All.Count, services.Count);
+        string[] names = ["Route", "Masq", "Tunnel"];
+        for (var i = 0; i < Schedulers.All.Count; i++)
+        {
+            foreach (var (service, server) in new[] { ($"198.18.5.1:{2000 + i}", $"198.18.6.{i + 1}:{IpvsadmPort(i, (ushort)(2000 + i))}"), ($"198.18.5.2:{3000 + i}", $"198.18.7.{i + 1}:80") })
+            {
+                Assert.True(services.TryGetValue(service, out var scheduler), $"ipvsadm -Ln lists no {service}:\n{listing}");
+                Assert.Equal(Schedulers.All[i], scheduler);
+                Assert.Equal((service, names[i % 3], $"{i + 1}"), destinations[server]);
+            }
+        }
     }
 
     [Fact]
