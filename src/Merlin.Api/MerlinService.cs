@@ -13,6 +13,9 @@ namespace Merlin.Api;
 public interface IStatusReporter
 {
     StatusResponse Report();
+
+    /// <summary>The dataplane's traffic counters (empty when the dataplane has none).</summary>
+    Task<CountersResponse> CountersAsync(CancellationToken ct);
 }
 
 /// <summary>
@@ -99,6 +102,19 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     });
 
     public override Task<StatusResponse> Status(Empty request, ServerCallContext context) => Task.FromResult(status.Report());
+
+    public override async Task<CountersResponse> Counters(Empty request, ServerCallContext context)
+    {
+        try
+        {
+            return await status.CountersAsync(context.CancellationToken);
+        }
+        catch (Exception e) when (e is not (OperationCanceledException or RpcException))
+        {
+            LogCountersFailed(e.Message);
+            throw new RpcException(new Grpc.Core.Status(StatusCode.Unavailable, $"reading the dataplane's counters failed: {e.Message}"));
+        }
+    }
 
     /// <summary>
     /// Read, merge, write only if something changed, and start over if another writer got in between
@@ -269,4 +285,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
 
     [LoggerMessage(EventId = 207, Level = LogLevel.Error, Message = "Unexpected failure in an API call")]
     private partial void LogUnexpected(Exception e);
+
+    [LoggerMessage(EventId = 208, Level = LogLevel.Warning, Message = "Reading the dataplane's counters failed: {Reason}")]
+    private partial void LogCountersFailed(string reason);
 }

@@ -75,19 +75,27 @@ public static class WireMapper
         return null;
     }
 
-    public static VirtualService ToWire(Model.VirtualService model)
+    public static VirtualService.Types.Key ToWire(Model.ServiceKey model)
     {
-        var key = new VirtualService.Types.Key { Protocol = (Protocol)(int)model.Key.Protocol };
-        if (model.Key.IsFirewallMark)
+        var key = new VirtualService.Types.Key { Protocol = (Protocol)(int)model.Protocol };
+        if (model.IsFirewallMark)
         {
-            key.Fwmark = model.Key.FirewallMark;
-            key.Family = model.Key.Family == IpFamily.V6 ? AddressFamily.Inet6 : AddressFamily.Inet;
+            key.Fwmark = model.FirewallMark;
+            key.Family = model.Family == IpFamily.V6 ? AddressFamily.Inet6 : AddressFamily.Inet;
         }
         else
         {
-            key.Ip = model.Key.Address!.ToString();
-            key.Port = model.Key.Port;
+            key.Ip = model.Address!.ToString();
+            key.Port = model.Port;
         }
+        return key;
+    }
+
+    public static RealServer.Types.Key ToWire(Model.RealServerKey model) => new() { Ip = model.Address.ToString(), Port = model.Port };
+
+    public static VirtualService ToWire(Model.VirtualService model)
+    {
+        var key = ToWire(model.Key);
         var config = new VirtualService.Types.Config { Scheduler = model.Config.Scheduler };
         config.Flags.AddRange(Schedulers.AliasNames(model.Config.Flags));
         // Only write extension fields that differ from defaults, so plain services stay byte-identical
@@ -231,7 +239,7 @@ public static class WireMapper
         return new RealServer
         {
             ServiceID = model.ServiceId,
-            Key = new RealServer.Types.Key { Ip = model.Key.Address.ToString(), Port = model.Key.Port },
+            Key = ToWire(model.Key),
             Config = config,
             HealthCheck = health,
         };

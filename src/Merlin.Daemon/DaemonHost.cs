@@ -51,6 +51,8 @@ public static class DaemonHost
         overrides?.Invoke(services);
 
         var app = builder.Build();
+        // Open the dataplane now, so a kernel without it is a clear start-up error rather than a failing host.
+        var dataplane = app.Services.GetRequiredService<IDataplane>();
         var grpcHost = $"*:{options.Port}";
         var healthHost = $"*:{options.HealthPort}";
         app.MapGrpcService<MerlinService>().RequireHost(grpcHost);
@@ -73,7 +75,7 @@ public static class DaemonHost
             log.LogInformation(
                 "merlin {Version} listening: API {ApiAddress}:{ApiPort}, health {HealthAddress}:{HealthPort}; store {Backend} {Where}; dataplane {Dataplane}",
                 Version, options.ListenAddress, options.Port, options.HealthListenAddress, options.HealthPort, options.StoreBackend,
-                options.StoreBackend == "sqlite" ? options.StorePath : string.Join(",", options.StoreEndpoints), options.Dataplane);
+                options.StoreBackend == "sqlite" ? options.StorePath : string.Join(",", options.StoreEndpoints), dataplane.Name);
         });
         app.Lifetime.ApplicationStopping.Register(() =>
             app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Merlin.Daemon")
@@ -92,14 +94,44 @@ public static class DaemonHost
         return new EtcdStore(new EtcdStoreOptions { Endpoints = options.StoreEndpoints, Prefix = options.StorePrefix, Timeout = options.StoreTimeout });
     }
 
-    public static IDataplane CreateDataplane(DaemonOptions options, ILoggerFactory logs) => options.Dataplane switch
+    public static IDataplane CreateDataplane(DaemonOptions options, ILoggerFactory logs) => ResolveDataplane(options) switch
     {
         "none" => new InMemoryDataplane(),
+        "ipvs" => CreateIpvs(options, logs),
         "nftables" => new Merlin.Dataplane.Nftables.NftablesDataplane(
-            new Merlin.Dataplane.Nftables.NftablesOptions { HashSeed = options.HashSeed!.Value, Interface = options.Interface },
+            new Merlin.Dataplane.Nftables.NftablesOptions
+            {
+                HashSeed = options.HashSeed ?? throw new OptionsException("--hash-seed: required with the nftables dataplane, and the same on every node (e.g. 0x5eed1234)"),
+                Interface = options.Interface,
+                NetworkNamespace = options.NetworkNamespace,
+            },
             logs.CreateLogger<Merlin.Dataplane.Nftables.NftablesDataplane>()),
         _ => throw new OptionsException($"--dataplane: \"{options.Dataplane}\" is not available in this build (one of {string.Join(", ", DaemonOptions.Dataplanes)})"),
     };
+
+    /// <summary><c>auto</c> is IPVS when the kernel has it (the seed's dataplane), else nftables.</summary>
+    public static string ResolveDataplane(DaemonOptions options) =>
+        options.Dataplane != "auto" ? options.Dataplane : Merlin.Ipvs.IpvsClient.IsAvailable(options.NetworkNamespace) ? "ipvs" : "nftables";
+
+    private static Merlin.Dataplane.Ipvs.IpvsDataplane CreateIpvs(DaemonOptions options, ILoggerFactory logs)
+    {
+        try
+        {
+            return new Merlin.Dataplane.Ipvs.IpvsDataplane(
+                new Merlin.Dataplane.Ipvs.IpvsDataplaneOptions
+                {
+                    OwnWholeTable = options.IpvsOwnAll,
+                    ManageSysctls = options.ManageSysctls,
+                    OwnershipFile = Path.Combine(options.StateDir, "ipvs-owned-services"),
+                    NetworkNamespace = options.NetworkNamespace,
+                },
+                logs.CreateLogger<Merlin.Dataplane.Ipvs.IpvsDataplane>());
+        }
+        catch (Merlin.Netlink.NetlinkException e)
+        {
+            throw new OptionsException($"--dataplane: ipvs is not usable on this kernel ({e.Message}); load it with `modprobe ip_vs`, or use --dataplane nftables");
+        }
+    }
 }
 
 /// <summary>Answers the Status RPC and /status from the reconciler's view.</summary>
@@ -123,9 +155,38 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
             Ready = s.Ready && s.StoreReachable,
         };
         if (s.LastPass is { } last) response.SinceLastReconcile = Duration.FromTimeSpan(time.GetUtcNow() - last);
+        if (dataplane is IDataplaneDiagnostics diagnostics)
+        {
+            foreach (var sysctl in diagnostics.Sysctls)
+                response.Sysctls.Add(new StatusResponse.Types.Sysctl { Name = sysctl.Name, Want = sysctl.Want, Have = sysctl.Have ?? "", Managed = sysctl.Managed, Why = sysctl.Why });
+            response.Warnings.AddRange(diagnostics.Warnings);
+        }
         _ = options;
         return response;
     }
+
+    public async Task<CountersResponse> CountersAsync(CancellationToken ct)
+    {
+        var response = new CountersResponse { Dataplane = dataplane.Name };
+        if (dataplane is not IDataplaneCounters counters) return response;
+        foreach (var service in await counters.ReadCountersAsync(ct))
+        {
+            var wire = new CountersResponse.Types.Service { Key = WireMapper.ToWire(service.Service), Totals = ToWire(service.Totals) };
+            foreach (var server in service.Servers)
+                wire.Servers.Add(new CountersResponse.Types.Server
+                {
+                    Key = WireMapper.ToWire(server.Server),
+                    ActiveConnections = server.ActiveConnections,
+                    InactiveConnections = server.InactiveConnections,
+                    Totals = ToWire(server.Totals),
+                });
+            response.Services.Add(wire);
+        }
+        return response;
+    }
+
+    private static Traffic ToWire(TrafficCounters t) =>
+        new() { Connections = t.Connections, InPackets = t.InPackets, OutPackets = t.OutPackets, InBytes = t.InBytes, OutBytes = t.OutBytes };
 }
 
 /// <summary>Gauges that describe the node as a whole; counters and histograms come from the reconciler's Meter.</summary>
@@ -139,5 +200,82 @@ internal static class DaemonMetrics
         meter.CreateObservableGauge("ready", () => status.Current.Ready && status.Current.StoreReachable ? 1 : 0, description: "1 when the dataplane has been programmed from a reachable store");
         meter.CreateObservableGauge("services", () => status.Current.Services, description: "Virtual services in the desired state");
         meter.CreateObservableGauge("servers", () => status.Current.Servers, description: "Real servers in the desired state");
+
+        var dataplane = services.GetRequiredService<IDataplane>();
+        if (dataplane is IDataplaneDiagnostics diagnostics)
+        {
+            meter.CreateObservableGauge("sysctl_drift",
+                () => diagnostics.Sysctls.Select(s => new Measurement<int>(s.Drifted ? 1 : 0, new KeyValuePair<string, object?>("name", s.Name))),
+                description: "1 when a kernel setting the dataplane depends on differs from the value it wants");
+            meter.CreateObservableGauge("dataplane_warnings", () => diagnostics.Warnings.Count,
+                description: "Conditions that keep part of the desired state from working (see meradm status)");
+        }
+        if (dataplane is IDataplaneCounters counters) KernelCounterMetrics.Register(counters);
+    }
+}
+
+/// <summary>
+/// The kernel's per-service and per-server counters on /metrics, read from the dataplane when Prometheus
+/// scrapes (one dump per service; a scrape of a large table costs what a full read does).
+/// </summary>
+internal static class KernelCounterMetrics
+{
+    private static readonly string[] ServiceLabels = ["service"];
+    private static readonly string[] ServerLabels = ["service", "server"];
+
+    public static void Register(IDataplaneCounters source)
+    {
+        var f = Prometheus.Metrics.WithCustomRegistry(Prometheus.Metrics.DefaultRegistry);
+        var connections = f.CreateCounter("merlin_ipvs_connections_total", "Connections scheduled by the kernel, per service", ServiceLabels);
+        var packetsIn = f.CreateCounter("merlin_ipvs_in_packets_total", "Packets from clients, per service", ServiceLabels);
+        var packetsOut = f.CreateCounter("merlin_ipvs_out_packets_total", "Packets to clients through this node (NAT only), per service", ServiceLabels);
+        var bytesIn = f.CreateCounter("merlin_ipvs_in_bytes_total", "Bytes from clients, per service", ServiceLabels);
+        var bytesOut = f.CreateCounter("merlin_ipvs_out_bytes_total", "Bytes to clients through this node (NAT only), per service", ServiceLabels);
+        var serverConnections = f.CreateCounter("merlin_ipvs_server_connections_total", "Connections scheduled to a real server", ServerLabels);
+        var serverPacketsIn = f.CreateCounter("merlin_ipvs_server_in_packets_total", "Packets forwarded to a real server", ServerLabels);
+        var serverBytesIn = f.CreateCounter("merlin_ipvs_server_in_bytes_total", "Bytes forwarded to a real server", ServerLabels);
+        var active = f.CreateGauge("merlin_ipvs_server_active_connections", "Established connections to a real server", ServerLabels);
+        var inactive = f.CreateGauge("merlin_ipvs_server_inactive_connections", "Connections to a real server in other states", ServerLabels);
+        var seenServices = new HashSet<string>();
+        var seenServers = new HashSet<(string, string)>();
+        Prometheus.Metrics.DefaultRegistry.AddBeforeCollectCallback(async ct =>
+        {
+            IReadOnlyList<ServiceCounters> all;
+            try { all = await source.ReadCountersAsync(ct); }
+            catch (Exception e) when (e is not OperationCanceledException) { return; } // the scrape shows the last values
+            var services = new HashSet<string>();
+            var servers = new HashSet<(string, string)>();
+            foreach (var s in all)
+            {
+                var service = s.Service.ToString();
+                services.Add(service);
+                connections.WithLabels(service).IncTo(s.Totals.Connections);
+                packetsIn.WithLabels(service).IncTo(s.Totals.InPackets);
+                packetsOut.WithLabels(service).IncTo(s.Totals.OutPackets);
+                bytesIn.WithLabels(service).IncTo(s.Totals.InBytes);
+                bytesOut.WithLabels(service).IncTo(s.Totals.OutBytes);
+                foreach (var r in s.Servers)
+                {
+                    var server = r.Server.ToString();
+                    servers.Add((service, server));
+                    serverConnections.WithLabels(service, server).IncTo(r.Totals.Connections);
+                    serverPacketsIn.WithLabels(service, server).IncTo(r.Totals.InPackets);
+                    serverBytesIn.WithLabels(service, server).IncTo(r.Totals.InBytes);
+                    active.WithLabels(service, server).Set(r.ActiveConnections);
+                    inactive.WithLabels(service, server).Set(r.InactiveConnections);
+                }
+            }
+            // Series of deleted services and servers go away rather than freezing at their last value.
+            foreach (var gone in seenServices.Except(services))
+                foreach (var m in new[] { connections, packetsIn, packetsOut, bytesIn, bytesOut }) m.RemoveLabelled(gone);
+            foreach (var (service, server) in seenServers.Except(servers))
+            {
+                foreach (var m in new[] { serverConnections, serverPacketsIn, serverBytesIn }) m.RemoveLabelled(service, server);
+                active.RemoveLabelled(service, server);
+                inactive.RemoveLabelled(service, server);
+            }
+            seenServices.Clear(); seenServices.UnionWith(services);
+            seenServers.Clear(); seenServers.UnionWith(servers);
+        });
     }
 }

@@ -27,6 +27,14 @@ public sealed record DaemonOptions
     public string? Interface { get; init; }
     /// <summary>nftables: the jhash seed, identical on every node of a fleet.</summary>
     public uint? HashSeed { get; init; }
+    /// <summary>ipvs: own every service in the kernel's table (the Go merlin's behaviour), not only the store's.</summary>
+    public bool IpvsOwnAll { get; init; }
+    /// <summary>ipvs: set the IPVS sysctls instead of only reporting their drift.</summary>
+    public bool ManageSysctls { get; init; }
+    /// <summary>A named network namespace whose dataplane the daemon programs (default: its own).</summary>
+    public string? NetworkNamespace { get; init; }
+    /// <summary>Where the daemon keeps node-local state (which IPVS services it created).</summary>
+    public string StateDir { get; init; } = "/var/lib/merlin";
     public string LogFormat { get; init; } = "text";
     public string LogLevel { get; init; } = "information";
 
@@ -46,18 +54,25 @@ public sealed record DaemonOptions
         ["--dataplane"] = "dataplane",
         ["--interface"] = "interface",
         ["--hash-seed"] = "hash-seed",
+        ["--ipvs-own-all"] = "ipvs-own-all",
+        ["--manage-sysctls"] = "manage-sysctls",
+        ["--state-dir"] = "state-dir",
+        ["--netns"] = "netns",
         ["--log-format"] = "log-format",
         ["--log-level"] = "log-level",
         ["--config"] = "config",
     };
 
-    public static readonly IReadOnlyList<string> Dataplanes = ["none", "nftables"];
+    public static readonly IReadOnlyList<string> Dataplanes = ["none", "ipvs", "nftables", "auto"];
+
+    /// <summary>Flags that may stand alone (<c>--manage-sysctls</c>) or take true/false.</summary>
+    private static readonly HashSet<string> Switches = ["--ipvs-own-all", "--manage-sysctls"];
 
     public static IConfiguration BuildConfiguration(string[] args, IDictionary<string, string?>? environment = null)
     {
         var unknown = args.Where(a => a.StartsWith("--", StringComparison.Ordinal) && !Flags.ContainsKey(a.Split('=')[0])).ToList();
         if (unknown.Count > 0) throw new OptionsException($"{unknown[0].Split('=')[0]}: unknown flag (known: {string.Join(", ", Flags.Keys)})");
-        var flags = new ConfigurationBuilder().AddCommandLine(args, Flags.ToDictionary()).Build();
+        var flags = new ConfigurationBuilder().AddCommandLine(ExpandSwitches(args), Flags.ToDictionary()).Build();
         var builder = new ConfigurationBuilder();
         if (flags["config"] is { } file)
         {
@@ -72,6 +87,18 @@ public sealed record DaemonOptions
             .Select(e => KeyValuePair.Create(e.Key["MERLIN_".Length..].ToLowerInvariant().Replace('_', '-'), e.Value)));
         builder.AddConfiguration(flags);
         return builder.Build();
+    }
+
+    private static string[] ExpandSwitches(string[] args)
+    {
+        var expanded = new List<string>(args.Length + 2);
+        for (var i = 0; i < args.Length; i++)
+        {
+            expanded.Add(args[i]);
+            var next = i + 1 < args.Length ? args[i + 1] : null;
+            if (Switches.Contains(args[i]) && next is not ("true" or "false")) expanded.Add("true");
+        }
+        return [.. expanded];
     }
 
     public static DaemonOptions From(IConfiguration config)
@@ -94,6 +121,12 @@ public sealed record DaemonOptions
             Dataplane = OneOf(config, "dataplane", d.Dataplane, Dataplanes),
             Interface = config["interface"],
             HashSeed = config["hash-seed"] is { } seed ? Seed(seed) : null,
+            IpvsOwnAll = Bool(config, "ipvs-own-all", d.IpvsOwnAll),
+            ManageSysctls = Bool(config, "manage-sysctls", d.ManageSysctls),
+            StateDir = config["state-dir"] ?? d.StateDir,
+            NetworkNamespace = config["netns"] is { Length: > 0 } ns
+                ? (File.Exists(Path.Combine("/run/netns", ns)) ? ns : throw new OptionsException($"--netns: no network namespace \"{ns}\" (/run/netns/{ns} does not exist)"))
+                : null,
             LogFormat = OneOf(config, "log-format", d.LogFormat, ["text", "json"]),
             LogLevel = OneOf(config, "log-level", d.LogLevel, ["debug", "information", "warning", "error"]),
         };
@@ -108,6 +141,13 @@ public sealed record DaemonOptions
     {
         try { return Merlin.Dataplane.Nftables.NftablesOptions.ParseSeed(text); }
         catch (FormatException e) { throw new OptionsException($"--hash-seed: {e.Message}"); }
+    }
+
+    private static bool Bool(IConfiguration c, string key, bool fallback)
+    {
+        var text = c[key];
+        if (text is null) return fallback;
+        return bool.TryParse(text, out var b) ? b : throw new OptionsException($"--{key}: \"{text}\" is not true or false");
     }
 
     private static IPAddress Address(IConfiguration c, string key, IPAddress fallback)

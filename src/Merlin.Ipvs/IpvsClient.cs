@@ -51,11 +51,11 @@ public sealed class IpvsClient : IDisposable
     }
 
     /// <summary>Whether this kernel has IPVS (the controller knows the family); for <c>--dataplane auto</c>.</summary>
-    public static bool IsAvailable()
+    public static bool IsAvailable(string? networkNamespace = null)
     {
         try
         {
-            using var client = Open();
+            using var client = Open(new NetlinkSocketOptions { NetworkNamespace = networkNamespace });
             return true;
         }
         catch (NetlinkException e) when (e.Errno == Errno.ENOENT)

@@ -11,6 +11,12 @@ public interface IDataplane
 
     Task<DataplaneState> ReadAsync(CancellationToken ct);
 
+    /// <summary>
+    /// Reads with the desired state at hand. A dataplane that shares its kernel table with others (IPVS
+    /// beside kube-proxy) uses it to know what it owns: the desired services plus those it created.
+    /// </summary>
+    Task<DataplaneState> ReadAsync(DataplaneState desired, CancellationToken ct) => ReadAsync(ct);
+
     /// <summary>Applies one operation; throws <see cref="DataplaneException"/> if the kernel refuses it.</summary>
     Task ApplyAsync(Operation operation, CancellationToken ct);
 

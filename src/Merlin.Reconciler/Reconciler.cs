@@ -46,7 +46,7 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
         DataplaneState actual;
         try
         {
-            actual = await dataplane.ReadAsync(ct);
+            actual = await dataplane.ReadAsync(desired, ct);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {

@@ -6,6 +6,29 @@ namespace Merlin.Cli.Tests;
 /// <summary>A ListResponse with one of each: IPv4 with flags and persistence, IPv6, fwmark; DSR, tunnel, NAT servers.</summary>
 public static class Canned
 {
+    /// <summary>Counters for "web" and its first server only, as a dataplane that programmed just those would answer.</summary>
+    public static CountersResponse Counters() => new()
+    {
+        Dataplane = "ipvs",
+        Services =
+        {
+            new CountersResponse.Types.Service
+            {
+                Key = new() { Ip = "198.18.0.10", Port = 80, Protocol = Protocol.Tcp },
+                Totals = new() { Connections = 1200, InPackets = 98000, InBytes = 7_345_678 },
+                Servers =
+                {
+                    new CountersResponse.Types.Server
+                    {
+                        Key = new() { Ip = "198.18.1.9", Port = 80 },
+                        ActiveConnections = 3, InactiveConnections = 17,
+                        Totals = new() { Connections = 1200, InPackets = 98000, InBytes = 7_345_678 },
+                    },
+                },
+            },
+        },
+    };
+
     public static ListResponse List() => new()
     {
         Items =

@@ -11,6 +11,7 @@ public sealed class FakeMerlinClient : Wire.Merlin.MerlinClient
     public List<(string Method, IMessage Request, CallOptions Options)> Calls { get; } = [];
     public ListResponse ListResponse { get; set; } = new();
     public StatusResponse StatusResponse { get; set; } = new();
+    public CountersResponse CountersResponse { get; set; } = new();
     public RpcException? Error { get; set; }
 
     public IMessage Single(string method)
@@ -35,6 +36,7 @@ public sealed class FakeMerlinClient : Wire.Merlin.MerlinClient
     public override AsyncUnaryCall<Empty> DeleteServerAsync(RealServer request, CallOptions options) => Answer("DeleteServer", request, options, new Empty());
     public override AsyncUnaryCall<ListResponse> ListAsync(Empty request, CallOptions options) => Answer("List", request, options, ListResponse);
     public override AsyncUnaryCall<StatusResponse> StatusAsync(Empty request, CallOptions options) => Answer("Status", request, options, StatusResponse);
+    public override AsyncUnaryCall<CountersResponse> CountersAsync(Empty request, CallOptions options) => Answer("Counters", request, options, CountersResponse);
 }
 
 /// <summary>Runs meradm in-process against a <see cref="FakeMerlinClient"/>.</summary>

@@ -28,6 +28,69 @@ public class OutputTests
     }
 
     [Fact]
+    public async Task List_Stats_AddsTheKernelCountersOfProgrammedServicesAndServers()
+    {
+        var run = await Meradm.RunAsync(c =>
+        {
+            c.ListResponse = Canned.List();
+            c.CountersResponse = Canned.Counters();
+        }, "list", "--stats");
+
+        // web is programmed (with one of its two servers); the others are not, and show dashes.
+        const string expected = """
+            ID        PROTO  ADDRESS            SCHEDULER  FLAGS                PERSISTENCE  CONNS  INPKTS  OUTPKTS  INBYTES  OUTBYTES
+              -> SERVER              WEIGHT  FORWARD               THRESHOLDS            ACTIVE  INACTIVE  CONNS  INPKTS  INBYTES  HEALTH CHECK
+            dns-mark  udp    fwmark 7 (ipv6)    rr         one-packet           -            -      -       -        -        -
+            web       tcp    198.18.0.10:80     sh         sh-fallback,sh-port  300s /24     1200   98000   0        7345K    0
+              -> 198.18.1.9:80       100     route                 -                     3       17        1200   98000   7345K    http://:8080/health every 10s timeout 1.5s up 2 down 1
+              -> 198.18.1.10:80      0       tunnel gue:6080 csum  upper 1000 lower 800  -       -         -      -       -        -
+            web6      tcp    [2001:db8::1]:443  mh         mh-port              -            -      -       -        -        -
+              -> [2001:db8::10]:443  1       masq                  -                     -       -         -      -       -        -
+
+            """;
+        Assert.Equal(0, run.ExitCode);
+        Assert.Equal(expected.ReplaceLineEndings("\n"), run.Out);
+        Assert.Equal(["List", "Counters"], run.Client.Calls.Select(c => c.Method));
+    }
+
+    [Fact]
+    public async Task List_Stats_Json_CarriesTheCounters()
+    {
+        var run = await Meradm.RunAsync(c =>
+        {
+            c.ListResponse = Canned.List();
+            c.CountersResponse = Canned.Counters();
+        }, "list", "--stats", "-o", "json");
+
+        Assert.Equal(0, run.ExitCode);
+        using var doc = JsonDocument.Parse(run.Out);
+        var web = doc.RootElement.GetProperty("services").EnumerateArray().Single(s => s.GetProperty("id").GetString() == "web");
+        Assert.Equal(1200, web.GetProperty("stats").GetProperty("connections").GetInt64());
+        Assert.Equal(7_345_678, web.GetProperty("stats").GetProperty("inBytes").GetInt64());
+        var server = web.GetProperty("servers")[0].GetProperty("stats");
+        Assert.Equal(3, server.GetProperty("activeConnections").GetInt32());
+        Assert.Equal(17, server.GetProperty("inactiveConnections").GetInt32());
+        Assert.Equal(JsonValueKind.Null, web.GetProperty("servers")[1].GetProperty("stats").ValueKind);
+    }
+
+    [Fact]
+    public async Task Status_Table_ShowsSysctlDriftAndWarnings()
+    {
+        var status = Canned.Status();
+        status.Dataplane = "ipvs";
+        status.Sysctls.Add(new StatusResponse.Types.Sysctl { Name = "net.ipv4.vs.sloppy_tcp", Want = "1", Have = "1", Why = "failover" });
+        status.Sysctls.Add(new StatusResponse.Types.Sysctl { Name = "net.ipv4.vs.conn_reuse_mode", Want = "2", Have = "1", Why = "reschedule" });
+        status.Warnings.Add("sysctl net.ipv4.vs.conn_reuse_mode is 1, want 2: reschedule (start with --manage-sysctls to set it)");
+
+        var run = await Meradm.RunAsync(c => c.StatusResponse = status, "status");
+
+        Assert.Equal(0, run.ExitCode);
+        Assert.Contains("sysctl net.ipv4.vs.sloppy_tcp       1\n", run.Out);
+        Assert.Contains("sysctl net.ipv4.vs.conn_reuse_mode  1 (DRIFT: want 2; --manage-sysctls sets it)\n", run.Out);
+        Assert.Contains("warning".PadRight(36) + "sysctl net.ipv4.vs.conn_reuse_mode is 1, want 2", run.Out);
+    }
+
+    [Fact]
     public async Task List_Empty_SaysSo()
     {
         var run = await Meradm.RunAsync("list");
@@ -60,8 +123,8 @@ public class OutputTests
         Assert.Equal(["dns-mark", "web", "web6"], services.Select(s => s.GetProperty("id").GetString()));
 
         string[] serviceFields = ["id", "protocol", "family", "address", "ip", "port", "fwmark", "scheduler", "flags",
-            "persistenceTimeout", "persistenceNetmask", "onePacket", "servers"];
-        string[] serverFields = ["address", "ip", "port", "weight", "forward", "tunnel", "upperThreshold", "lowerThreshold", "healthCheck"];
+            "persistenceTimeout", "persistenceNetmask", "onePacket", "servers", "stats"];
+        string[] serverFields = ["address", "ip", "port", "weight", "forward", "tunnel", "upperThreshold", "lowerThreshold", "healthCheck", "stats"];
         foreach (var service in services)
         {
             Assert.Equal(serviceFields, service.EnumerateObject().Select(p => p.Name));
@@ -196,7 +259,9 @@ public class OutputTests
               "operationsApplied": 42,
               "lastError": null,
               "services": 3,
-              "servers": 3
+              "servers": 3,
+              "sysctls": [],
+              "warnings": []
             }
 
             """;

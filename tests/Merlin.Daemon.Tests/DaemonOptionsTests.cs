@@ -33,7 +33,7 @@ public class DaemonOptionsTests
     [Theory]
     [InlineData(new[] { "--dataplane", "nftables" }, "--hash-seed: required")]
     [InlineData(new[] { "--dataplane", "nftables", "--hash-seed", "xyz" }, "--hash-seed:")]
-    [InlineData(new[] { "--dataplane", "ipvs2" }, "--dataplane: \"ipvs2\" is not one of none, nftables")]
+    [InlineData(new[] { "--dataplane", "ipvs2" }, "--dataplane: \"ipvs2\" is not one of none, ipvs, nftables, auto")]
     [InlineData(new[] { "--port", "http" }, "--port: \"http\" is not a port")]
     [InlineData(new[] { "--reconcile-sync-period", "10" }, "--reconcile-sync-period:")]
     [InlineData(new[] { "--store-backend", "redis" }, "--store-backend: \"redis\"")]

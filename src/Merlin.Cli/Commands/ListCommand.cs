@@ -10,9 +10,12 @@ internal static class ListCommand
     {
         var command = new Command("list", "List every service with its servers");
         command.Aliases.Add("ls");
+        var stats = new Option<bool>("--stats") { Description = "Add the kernel's counters: connections, packets and bytes per service and server" };
+        command.Options.Add(stats);
         command.SetAction((result, ct) => ctx.CallAsync(result, "list services", async (client, options) =>
         {
             var list = Views.From(await client.ListAsync(new Empty(), options));
+            if (result.GetValue(stats)) list = Views.WithStats(list, await client.CountersAsync(new Empty(), options));
             if (ctx.Output(result) == OutputFormat.Json) Json.Write(ctx.Out, list);
             else Tables.WriteList(ctx.Out, list);
         }, ct));

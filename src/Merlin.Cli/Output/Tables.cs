@@ -19,21 +19,32 @@ public static class Tables
             writer.WriteLine("No services.");
             return;
         }
-        var services = new Table("ID", "PROTO", "ADDRESS", "SCHEDULER", "FLAGS", "PERSISTENCE");
-        var servers = new Table("SERVER", "WEIGHT", "FORWARD", "THRESHOLDS", "HEALTH CHECK");
+        // With --stats, ipvsadm --stats' counters follow the configuration columns.
+        var stats = list.Services.Any(s => s.Stats is not null);
+        string[] serviceStats = stats ? ["CONNS", "INPKTS", "OUTPKTS", "INBYTES", "OUTBYTES"] : [];
+        string[] serverStats = stats ? ["ACTIVE", "INACTIVE", "CONNS", "INPKTS", "INBYTES"] : [];
+        var services = new Table(["ID", "PROTO", "ADDRESS", "SCHEDULER", "FLAGS", "PERSISTENCE", .. serviceStats]);
+        var servers = new Table(["SERVER", "WEIGHT", "FORWARD", "THRESHOLDS", .. serverStats, "HEALTH CHECK"]);
         var serverRows = new List<(int Service, int Row)>();
         foreach (var s in list.Services)
         {
-            services.Add(
+            string[] serviceCounters = !stats ? [] : s.Stats is { } t
+                ? [Count(t.Connections), Count(t.InPackets), Count(t.OutPackets), Bytes(t.InBytes), Bytes(t.OutBytes)]
+                : ["-", "-", "-", "-", "-"];
+            services.Add([
                 s.Id,
                 s.Protocol,
                 s.Fwmark is { } mark ? $"fwmark {mark}" + (s.Family == "ipv6" ? " (ipv6)" : "") : s.Address ?? "-",
                 Dash(s.Scheduler),
                 Dash(string.Join(",", s.OnePacket ? [.. s.Flags, "one-packet"] : s.Flags)),
-                Persistence(s));
+                Persistence(s),
+                .. serviceCounters]);
             foreach (var r in s.Servers)
             {
-                servers.Add(r.Address, r.Weight?.ToString(CultureInfo.InvariantCulture) ?? "-", Forward(r), Thresholds(r), Health(r.HealthCheck));
+                string[] serverCounters = !stats ? [] : r.Stats is { } c
+                    ? [Count(c.ActiveConnections), Count(c.InactiveConnections), Count(c.Connections), Count(c.InPackets), Bytes(c.InBytes)]
+                    : ["-", "-", "-", "-", "-"];
+                servers.Add([r.Address, r.Weight?.ToString(CultureInfo.InvariantCulture) ?? "-", Forward(r), Thresholds(r), .. serverCounters, Health(r.HealthCheck)]);
                 serverRows.Add((services.Rows.Count - 1, servers.Rows.Count - 1));
             }
         }
@@ -64,9 +75,23 @@ public static class Tables
         table.Add("last error", s.LastError ?? "-");
         table.Add("services", s.Services.ToString(CultureInfo.InvariantCulture));
         table.Add("servers", s.Servers.ToString(CultureInfo.InvariantCulture));
+        foreach (var x in s.Sysctls)
+            table.Add($"sysctl {x.Name}", x.Drifted ? $"{x.Have ?? "unreadable"} (DRIFT: want {x.Want}{(x.Managed ? "" : "; --manage-sysctls sets it")})" : x.Have ?? "-");
+        foreach (var w in s.Warnings) table.Add("warning", w);
         var widths = table.Widths();
         for (var i = 1; i < table.Rows.Count; i++) writer.WriteLine(table.Line(i, widths));
     }
+
+    private static string Count(ulong n) => n.ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>ipvsadm's short form: 1234, 56K, 7M, 8G (powers of 1000).</summary>
+    private static string Bytes(ulong n) => n switch
+    {
+        < 100_000 => n.ToString(CultureInfo.InvariantCulture),
+        < 100_000_000 => $"{n / 1000}K",
+        < 100_000_000_000 => $"{n / 1_000_000}M",
+        _ => $"{n / 1_000_000_000}G",
+    };
 
     private static string Persistence(ServiceView s)
     {

@@ -31,7 +31,15 @@ public sealed record ServiceView
     public required uint PersistenceNetmask { get; init; }
     public required bool OnePacket { get; init; }
     public required IReadOnlyList<ServerView> Servers { get; init; }
+    /// <summary>The kernel's counters (<c>list --stats</c>); null when not asked for or not programmed.</summary>
+    public TrafficView? Stats { get; init; }
 }
+
+/// <summary>Totals since the kernel created the service or server.</summary>
+public sealed record TrafficView(ulong Connections, ulong InPackets, ulong OutPackets, ulong InBytes, ulong OutBytes);
+
+/// <summary>A real server's counters: its connections now, and totals.</summary>
+public sealed record ServerStatsView(uint ActiveConnections, uint InactiveConnections, ulong Connections, ulong InPackets, ulong InBytes);
 
 public sealed record ServerView
 {
@@ -49,6 +57,8 @@ public sealed record ServerView
     public required uint LowerThreshold { get; init; }
     /// <summary>Null when the server has no health check.</summary>
     public required HealthCheckView? HealthCheck { get; init; }
+    /// <summary>The kernel's counters (<c>list --stats</c>); null when not asked for or not programmed.</summary>
+    public ServerStatsView? Stats { get; init; }
 }
 
 public sealed record TunnelView(string Type, uint? Port, IReadOnlyList<string> Flags);
@@ -78,7 +88,12 @@ public sealed record StatusView
     public required string? LastError { get; init; }
     public required uint Services { get; init; }
     public required uint Servers { get; init; }
+    public required IReadOnlyList<SysctlView> Sysctls { get; init; }
+    public required IReadOnlyList<string> Warnings { get; init; }
 }
+
+/// <summary>A kernel setting the dataplane depends on; <see cref="Have"/> is null when it could not be read.</summary>
+public sealed record SysctlView(string Name, string Want, string? Have, bool Managed, bool Drifted, string Why);
 
 public static class Views
 {
@@ -165,7 +180,38 @@ public static class Views
         LastError = string.IsNullOrEmpty(status.LastError) ? null : status.LastError,
         Services = status.Services,
         Servers = status.Servers,
+        Sysctls = status.Sysctls
+            .Select(x => new SysctlView(x.Name, x.Want, x.Have.Length == 0 ? null : x.Have, x.Managed, x.Have != x.Want, x.Why))
+            .ToList(),
+        Warnings = status.Warnings.ToList(),
     };
+
+    /// <summary>Adds the kernel's counters to a list; services and servers the dataplane does not hold keep null.</summary>
+    public static ServiceList WithStats(ServiceList list, CountersResponse counters)
+    {
+        var byService = counters.Services.ToDictionary(s => ServiceIdentity(s.Key ?? new()), s => s);
+        return new ServiceList(list.Services.Select(service =>
+        {
+            var identity = service.Fwmark is { } mark ? $"fwmark:{mark}:{service.Family}" : $"{service.Protocol}:{Normal(service.Ip ?? "")}:{service.Port}";
+            if (!byService.TryGetValue(identity, out var c)) return service;
+            var servers = c.Servers.ToDictionary(r => $"{Normal(r.Key?.Ip ?? "")}:{r.Key?.Port}", r => r);
+            var t = c.Totals ?? new Traffic();
+            return service with
+            {
+                Stats = new TrafficView(t.Connections, t.InPackets, t.OutPackets, t.InBytes, t.OutBytes),
+                Servers = service.Servers.Select(r =>
+                    servers.TryGetValue($"{Normal(r.Ip)}:{r.Port}", out var rc)
+                        ? r with { Stats = new ServerStatsView(rc.ActiveConnections, rc.InactiveConnections, rc.Totals?.Connections ?? 0, rc.Totals?.InPackets ?? 0, rc.Totals?.InBytes ?? 0) }
+                        : r).ToList(),
+            };
+        }).ToList());
+    }
+
+    private static string ServiceIdentity(Wire.VirtualService.Types.Key key) => key.Fwmark != 0
+        ? $"fwmark:{key.Fwmark}:{(key.Family == AddressFamily.Inet6 ? "ipv6" : "ipv4")}"
+        : $"{Name(key.Protocol == Wire.Protocol.UnsetProtocol ? Wire.Protocol.Tcp : key.Protocol)}:{Normal(key.Ip)}:{key.Port}";
+
+    private static string Normal(string ip) => IPAddress.TryParse(ip, out var a) ? a.ToString() : ip;
 
     /// <summary>
     /// The scheduler's own flag names (sh-port, mh-fallback). The daemon stores and returns the original
