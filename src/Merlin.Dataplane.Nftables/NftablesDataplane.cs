@@ -223,7 +223,7 @@ public sealed partial class NftablesDataplane : IDataplane
         }
 
         foreach (var (address, mac) in decoded.Macs) _macs[address] = mac;
-        var previous = new Assignment(decoded.Groups, new Dictionary<string, GroupInfo>(), decoded.ServiceIds, decoded.ServerIds);
+        var previous = new Assignment(decoded.Groups, new Dictionary<string, GroupInfo>(), decoded.ServiceIds, decoded.ServerIds) { ListIds = decoded.ListIds };
         var layout = Build(decoded.Services, previous);
         _programmed = new Programmed { Services = decoded.Services, Layout = layout };
         var mismatch = Mismatch(tables, layout.Ruleset);

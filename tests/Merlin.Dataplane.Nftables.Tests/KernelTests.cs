@@ -86,7 +86,7 @@ public class KernelTests
         { "maglev slot rewritten", "delete element netdev merlin d1 { 7 }\nadd element netdev merlin d1 { 7 : 02:00:00:00:00:66 }" },
         { "maglev slot deleted", "delete element netdev merlin d1 { 100 }" },
         { "live server removed", "delete element netdev merlin d1_live { 02:00:c6:12:01:0b }" },
-        { "state record deleted", "delete element netdev merlin state { 16 }" },
+        { "state record deleted", "delete element netdev merlin state { 256 }" },
         { "chain added", "add chain netdev merlin extra" },
         { "set added", "add set netdev merlin extra { type ipv4_addr; }" },
         { "marker replaced", "delete set netdev merlin marker\nadd set netdev merlin marker { type mark; comment \"merlin v1 0\"; }" },

@@ -49,7 +49,7 @@ public class LayoutTests
         var table = layout.Ruleset.Table("netdev", "merlin")!;
         Assert.Equal(["198.18.0.12 . tcp . 80"], table.Sets["svc4"].Content.Elements().Select(e => e.Key));   // only the mixed one, as DSR
         Assert.Null(layout.Ruleset.Table("inet", "merlin_nat"));
-        Assert.Equal(6, table.Sets["state"].Content.Count);   // 3 services, 3 servers: all recorded
+        Assert.Equal(8, table.Sets["state"].Content.Count);   // 3 services, 3 servers, 2 server lists: all recorded
     }
 
     [Fact]
@@ -129,7 +129,7 @@ public class LayoutTests
 
         Assert.True(new DataplaneState(decoded.Services).SameAs(new DataplaneState(state)));
         Assert.Equal(layout.Assignment.ServiceGroups.OrderBy(kv => kv.Value), decoded.Groups.OrderBy(kv => kv.Value));
-        var previous = new Assignment(decoded.Groups, new Dictionary<string, GroupInfo>(), decoded.ServiceIds, decoded.ServerIds);
+        var previous = new Assignment(decoded.Groups, new Dictionary<string, GroupInfo>(), decoded.ServiceIds, decoded.ServerIds) { ListIds = decoded.ListIds };
         var rebuilt = LayoutBuilder.Build(new LayoutInput(decoded.Services, decoded.Macs, OwnMac, previous), Options());
         Assert.Equal(layout.Ruleset.Fingerprint("marker"), rebuilt.Ruleset.Fingerprint("marker"));
         Assert.Equal("", ScriptRenderer.Diff(layout.Ruleset, rebuilt.Ruleset));
@@ -140,7 +140,49 @@ public class LayoutTests
     {
         Assert.Throws<FormatException>(() => StateRecords.Decode([(16, "x whatever")]));
         Assert.Throws<FormatException>(() => StateRecords.Decode([(16, "s 1 tcp 198.18.0.10 80 wrr 0 0 0")]));
-        Assert.Throws<FormatException>(() => StateRecords.Decode([(32, "r 2 1 198.18.1.11 80 1 1 0 0 0 0 0 -")]));   // no such service
+        Assert.Throws<FormatException>(() => StateRecords.Decode([(512, "r 2 1 198.18.1.11 80 1 1 0 0 0 0 0 -")]));   // the older per-service format
+        Assert.Throws<FormatException>(() => StateRecords.Decode([(256, "s 1 tcp 198.18.0.10 80 wrr 0 0 0 0 d1 4")]));   // no such server list
+        Assert.Throws<FormatException>(() => StateRecords.Decode([(256, "s 1 tcp 198.18.0.10 80 wrr 0 0 0 0 d1 4"), (1024, "l 4 2,3"), (512, "r 2 198.18.1.11 80 1 1 0 0 0 0 0 -")]));   // no server record 3
+        Assert.Throws<FormatException>(() => StateRecords.Decode([(512, "r 3 198.18.1.11 80 1 1 0 0 0 0 0 -")]));   // id and key disagree
+    }
+
+    [Fact]
+    public void AWeightChangeInEveryServiceOfASharedSet_RewritesOneStateRecordAndTheMovedSlots_Only()
+    {
+        // The ingress case: 200 services on the same three nodes; one node's weight changes in all of them.
+        State200(1, out var before);
+        State200(3, out var after);
+        var first = Build(before);
+        var second = Build(after, first.Assignment);
+
+        var script = ScriptRenderer.Diff(first.Ruleset, second.Ruleset).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+
+        var state = script.Where(l => l.Contains(" merlin state ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(2, state.Count);   // delete + add of one element: the server record, under its old id
+        Assert.DoesNotContain(",", state[0]);
+        Assert.Contains(" 198.18.1.12 80 3 1 ", state[1]);
+        Assert.All(script, l => Assert.True(l.Contains(" merlin state ", StringComparison.Ordinal) || l.Contains(" merlin d1 ", StringComparison.Ordinal) || l.Contains(" merlin marker", StringComparison.Ordinal), l));
+        Assert.Equal(first.Assignment.ServiceIds, second.Assignment.ServiceIds);
+        Assert.Equal(first.Assignment.ListIds, second.Assignment.ListIds);
+
+        static void State200(uint weight, out Dictionary<ServiceKey, ServiceState> state) =>
+            state = State(Enumerable.Range(0, 200).Select(i => Service(Tcp($"198.18.0.{10 + i / 100}", (ushort)(80 + i % 100)),
+                Route("198.18.1.11", 80), Route("198.18.1.12", 80, weight), Route("198.18.1.13", 80))).ToArray());
+    }
+
+    [Fact]
+    public void StateRecordIds_StaySmall_HoweverOftenOneServiceOfASharedSetChanges()
+    {
+        var services = Enumerable.Range(0, 5).Select(i => Service(Tcp("198.18.0.10", (ushort)(80 + i)), Route("198.18.1.11", 80), Route("198.18.1.12", 80))).ToArray();
+        var layout = Build(State(services));
+        for (int round = 0; round < 40; round++)
+        {
+            // One service's server flaps between weights: its records split off and join again.
+            var changed = Service(services[0].Key, Route("198.18.1.11", 80), Route("198.18.1.12", 80, (uint)(round % 3)));
+            layout = Build(State([changed, .. services[1..]]), layout.Assignment);
+        }
+        var ids = layout.Assignment.ServiceIds.Values.Concat(layout.Assignment.ServerIds.Values).Concat(layout.Assignment.ListIds.Values);
+        Assert.InRange(ids.Max(), 1u, 20u);
     }
 
     [Fact]

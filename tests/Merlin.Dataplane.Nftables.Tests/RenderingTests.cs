@@ -27,7 +27,8 @@ public class RenderingTests
             "add map netdev merlin flows6 { typeof numgen inc mod 2 . th sport . th dport : ether daddr; size 262144; flags dynamic,timeout; timeout 300s; }",
             $"add set netdev merlin marker {{ type mark; comment \"merlin v1 {Build(state).Ruleset.Fingerprint("marker")}\"; }}",
             "add set netdev merlin state { type mark; }",
-            "add element netdev merlin state { 16 comment \"s 1 tcp 198.18.0.10 80 wrr 0 0 0 0 d1\", 32 comment \"r 2 1 198.18.1.11 80 1 1 0 0 0 0 0 02:00:c6:12:01:0b\", 48 comment \"r 3 1 198.18.1.12 80 1 1 0 0 0 0 0 02:00:c6:12:01:0c\" }",
+            // One record per service (naming its server list), per server list, per real server.
+            "add element netdev merlin state { 1024 comment \"l 4 2,3\", 256 comment \"s 1 tcp 198.18.0.10 80 wrr 0 0 0 0 d1 4\", 512 comment \"r 2 198.18.1.11 80 1 1 0 0 0 0 0 02:00:c6:12:01:0b\", 768 comment \"r 3 198.18.1.12 80 1 1 0 0 0 0 0 02:00:c6:12:01:0c\" }",
             "add map netdev merlin svc4 { type ipv4_addr . inet_proto . inet_service : verdict; }",
             "add element netdev merlin svc4 { 198.18.0.10 . tcp . 80 : goto d1_4p }",
             "add map netdev merlin svc6 { type ipv6_addr . inet_proto . inet_service : verdict; }",
@@ -233,7 +234,7 @@ public class RenderingTests
         // M goes from 251 to 509: a map's size cannot change, so the group gets a new map (d2);
         // the dispatch entry moves first, then the old chain and maps go.
         Assert.Equal([
-            "delete element netdev merlin state { 16 }",
+            "delete element netdev merlin state { 1024, 256 }",   // the server list (one more) and the service record (another group)
             "delete element netdev merlin svc4 { 198.18.0.10 . tcp . 80 }",
             "flush chain netdev merlin d1_4p",
             "delete map netdev merlin d1",

@@ -24,6 +24,9 @@ internal sealed record Assignment(
     /// change reuses them, so its Maglev table is not built again nor its elements hashed again.
     /// </summary>
     public IReadOnlyDictionary<string, GroupContent> Contents { get; init; } = new Dictionary<string, GroupContent>();
+
+    /// <summary>The id of each service's server-list record (services without servers have none).</summary>
+    public IReadOnlyDictionary<ServiceKey, uint> ListIds { get; init; } = new Dictionary<ServiceKey, uint>();
 }
 
 /// <summary>A group's map elements and, for DSR, its live set.</summary>
@@ -72,15 +75,17 @@ internal static class LayoutBuilder
     {
         var issues = new List<NftablesIssue>();
         var unresolved = new SortedSet<IPAddress>(Comparer<IPAddress>.Create(AddressOrder.Compare));
-        var dsrAddresses = new SortedSet<IPAddress>(Comparer<IPAddress>.Create(AddressOrder.Compare));
+        var dsrAddresses = new HashSet<IPAddress>();
+        var text = new TextCache();
         var services = input.Services.Values.OrderBy(s => s.Key, ServiceKeyComparer.Instance).ToList();
         bool dsrPossible = options.Interface is not null && input.OwnMac is not null;
 
         // 1. What each service forwards to.
         var plans = new List<ServicePlan>();
+        var sets = new Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, SetPlan>(ServerSetComparer.Instance);
         foreach (var service in services)
         {
-            var plan = Plan(service, input.Macs, options, dsrPossible, issues, unresolved, dsrAddresses);
+            var plan = Plan(service, sets, input, options, dsrPossible, issues, unresolved, dsrAddresses, text);
             if (plan is not null) plans.Add(plan);
         }
 
@@ -89,8 +94,8 @@ internal static class LayoutBuilder
         var serviceGroups = new Dictionary<ServiceKey, string>();
         foreach (var plan in plans) serviceGroups[plan.Key] = assignment[plan.ContentKey];
 
-        // 3. Record ids, kept across layouts so an unchanged record is never rewritten.
-        var (serviceIds, serverIds, stateContent) = Records(services, input, serviceGroups);
+        // 3. State records, their ids kept across layouts so an unchanged record is never rewritten.
+        var (serviceIds, serverIds, listIds, stateContent) = Records(services, input, serviceGroups, text);
 
         var groups = new Dictionary<string, GroupInfo>();
         foreach (var plan in plans) groups[assignment[plan.ContentKey]] = new GroupInfo(assignment[plan.ContentKey], plan.Shape, plan.ContentKey);
@@ -112,8 +117,8 @@ internal static class LayoutBuilder
             tables.Add(NatTable(natPlans, assignment, contents, options));
         var ruleset = WithMarker(new NftRuleset(tables), options);
 
-        var newAssignment = new Assignment(serviceGroups, groups, serviceIds, serverIds) { Contents = contents };
-        return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.ToList());
+        var newAssignment = new Assignment(serviceGroups, groups, serviceIds, serverIds) { Contents = contents, ListIds = listIds };
+        return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.Order(AddressComparer).ToList());
     }
 
     /// <summary>The marker: a set whose comment is the fingerprint of everything else.</summary>
@@ -136,8 +141,41 @@ internal static class LayoutBuilder
 
     private sealed record Backend(string Id, uint Weight, string Value, string? Mac);
 
-    private static ServicePlan? Plan(ServiceState service, IReadOnlyDictionary<IPAddress, PhysicalAddress> macs, NftablesOptions options, bool dsrPossible,
-        List<NftablesIssue> issues, SortedSet<IPAddress> unresolved, SortedSet<IPAddress> dsrAddresses)
+    private static readonly IComparer<IPAddress> AddressComparer = Comparer<IPAddress>.Create(AddressOrder.Compare);
+
+    /// <summary>
+    /// Texts a build needs many times (an ingress node's address and MAC appear in every service):
+    /// formatted once per build.
+    /// </summary>
+    private sealed class TextCache
+    {
+        private readonly Dictionary<IPAddress, string> _addresses = new();
+        private readonly Dictionary<PhysicalAddress, string> _macs = new();
+        private readonly Dictionary<(RealServerKey, RealServerConfig, PhysicalAddress?), string> _servers = new();
+
+        public string Address(IPAddress address)
+        {
+            if (!_addresses.TryGetValue(address, out var text)) _addresses[address] = text = address.ToString();
+            return text;
+        }
+
+        public string Mac(PhysicalAddress mac)
+        {
+            if (!_macs.TryGetValue(mac, out var text)) _macs[mac] = text = StateRecords.MacText(mac);
+            return text;
+        }
+
+        public string ServerBody(RealServerKey key, RealServerConfig config, PhysicalAddress? mac)
+        {
+            if (!_servers.TryGetValue((key, config, mac), out var text))
+                _servers[(key, config, mac)] = text = StateRecords.ServerBody(key, config, mac is null ? null : Mac(mac));
+            return text;
+        }
+    }
+
+    private static ServicePlan? Plan(ServiceState service, Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, SetPlan> sets,
+        LayoutInput input, NftablesOptions options, bool dsrPossible, List<NftablesIssue> issues, SortedSet<IPAddress> unresolved,
+        HashSet<IPAddress> dsrAddresses, TextCache text)
     {
         var key = service.Key;
         if (key.IsFirewallMark)
@@ -145,69 +183,124 @@ internal static class LayoutBuilder
             issues.Add(new(key, null, "firewall-mark services are not supported by the nftables dataplane"));
             return null;
         }
-        var servers = service.Servers.OrderBy(s => s.Key).ToList();
-        foreach (var (server, config) in servers)
-            if (config.Forward == ForwardMethod.Tunnel)
-                issues.Add(new(key, server, "tunnel forwarding is not supported by the nftables dataplane (use route or masq)"));
-        var route = servers.Where(s => s.Value.Forward == ForwardMethod.Route).ToList();
-        var masq = servers.Where(s => s.Value.Forward == ForwardMethod.Masq).ToList();
-        bool dsr = route.Count > 0;
-        if (dsr)
-            foreach (var (server, _) in masq)
-                issues.Add(new(key, server, "masq server in a service that has route servers: a service is either DSR or NAT; this one is DSR"));
-        var members = dsr ? route : masq;
-        if (members.Count == 0) return null;
+        // Services with the same servers (the ingress case: all of them) share one analysis of them.
+        if (!sets.TryGetValue(service.Servers, out var set))
+        {
+            sets[service.Servers] = set = Analyze(service.Servers, input.Macs, options, dsrPossible, text);
+            if (set.Dsr && dsrPossible)
+            {
+                dsrAddresses.UnionWith(set.Addresses);
+                unresolved.UnionWith(set.Unresolved);
+            }
+        }
+        foreach (var (server, reason) in set.Issues) issues.Add(new(key, server, reason));
+        if (set.Members == 0) return null;
+        if (set.Dsr && !dsrPossible)
+        {
+            issues.Add(new(key, null, options.Interface is null
+                ? "route (DSR) servers need --interface; the service is not programmed"
+                : $"interface {options.Interface} was not found or has no MAC; the service is not programmed"));
+            return null;
+        }
 
         bool saddrOnly = service.Config.PersistenceTimeout > 0 ||
             (service.Config.Scheduler is "sh" or "mh" && !service.Config.Flags.HasFlag(SchedulerFlags.Flag2));
         string family = key.Family == IpFamily.V6 ? "6" : "4";
-        var backends = new List<Backend>();
-        int size;
-        if (dsr)
+        string shape = set.Dsr ? $"dsr M={set.Size}" : $"nat{family} M={set.Size}";
+        string variant = set.Dsr
+            ? $"{family}{(saddrOnly ? "s" : "p")}{(service.Config.OnePacket ? "u" : "")}"
+            : saddrOnly ? "s" : "p";
+        return new ServicePlan(key, set.Dsr, set.Size, shape, shape + " " + set.Content, variant, set.Usable);
+    }
+
+    /// <summary>What a set of real servers forwards to: the same for every service that has exactly these servers.</summary>
+    private sealed record SetPlan(bool Dsr, int Members, int Size, string Content, IReadOnlyList<Backend> Usable,
+        IReadOnlyList<(RealServerKey, string)> Issues, IReadOnlyList<IPAddress> Addresses, IReadOnlyList<IPAddress> Unresolved);
+
+    private static SetPlan Analyze(IReadOnlyDictionary<RealServerKey, RealServerConfig> map, IReadOnlyDictionary<IPAddress, PhysicalAddress> macs,
+        NftablesOptions options, bool dsrPossible, TextCache text)
+    {
+        var servers = map.ToArray();
+        Array.Sort(servers, (a, b) => a.Key.CompareTo(b.Key));
+        var issues = new List<(RealServerKey, string)>();
+        var route = new List<KeyValuePair<RealServerKey, RealServerConfig>>();
+        var masq = new List<KeyValuePair<RealServerKey, RealServerConfig>>();
+        foreach (var entry in servers)
         {
-            if (!dsrPossible)
+            switch (entry.Value.Forward)
             {
-                issues.Add(new(key, null, options.Interface is null
-                    ? "route (DSR) servers need --interface; the service is not programmed"
-                    : $"interface {options.Interface} was not found or has no MAC; the service is not programmed"));
-                return null;
+                case ForwardMethod.Tunnel: issues.Add((entry.Key, "tunnel forwarding is not supported by the nftables dataplane (use route or masq)")); break;
+                case ForwardMethod.Route: route.Add(entry); break;
+                case ForwardMethod.Masq: masq.Add(entry); break;
             }
+        }
+        bool dsr = route.Count > 0;
+        if (dsr)
+            foreach (var (server, _) in masq)
+                issues.Add((server, "masq server in a service that has route servers: a service is either DSR or NAT; this one is DSR"));
+        var members = dsr ? route : masq;
+        var backends = new List<Backend>(members.Count);
+        var addresses = new List<IPAddress>();
+        var unresolved = new List<IPAddress>();
+        if (dsr && dsrPossible)
+        {
             var seen = new HashSet<IPAddress>();
             foreach (var (server, config) in members)
             {
                 if (!seen.Add(server.Address))
                 {
-                    issues.Add(new(key, server, "another server of this DSR service has the same address (DSR cannot change the port); ignored"));
+                    issues.Add((server, "another server of this DSR service has the same address (DSR cannot change the port); ignored"));
                     continue;
                 }
-                dsrAddresses.Add(server.Address);
+                addresses.Add(server.Address);
                 if (!macs.TryGetValue(server.Address, out var mac))
                 {
                     unresolved.Add(server.Address);
-                    issues.Add(new(key, server, $"MAC of {server.Address} on {options.Interface} is not known yet; out of the table until it resolves"));
-                    backends.Add(new Backend(server.Address.ToString(), config.Weight, "", null));
+                    issues.Add((server, $"MAC of {server.Address} on {options.Interface} is not known yet; out of the table until it resolves"));
+                    backends.Add(new Backend(text.Address(server.Address), config.Weight, "", null));
                     continue;
                 }
-                var text = StateRecords.MacText(mac);
-                backends.Add(new Backend(server.Address.ToString(), config.Weight, text, text));
+                var macText = text.Mac(mac);
+                backends.Add(new Backend(text.Address(server.Address), config.Weight, macText, macText));
             }
-            size = MaglevTable.ChooseSize(backends.Count);
         }
-        else
+        else if (!dsr)
         {
             foreach (var (server, config) in members)
-                backends.Add(new Backend(Endpoints.Format(server.Address, server.Port), config.Weight, $"{server.Address} . {server.Port.ToString(CultureInfo.InvariantCulture)}", null));
-            size = MaglevTable.ChooseSize(backends.Count);
+                backends.Add(new Backend(Endpoints.Format(server.Address, server.Port), config.Weight, $"{text.Address(server.Address)} . {server.Port.ToString(CultureInfo.InvariantCulture)}", null));
+        }
+        // Unresolved DSR servers count towards M (every node must pick the same M) but hold no slot.
+        int size = MaglevTable.ChooseSize(backends.Count);
+        var usable = backends.Where(b => !dsr || b.Mac is not null).OrderBy(b => b.Id, StringComparer.Ordinal).ToList();
+        var content = new System.Text.StringBuilder();
+        for (int i = 0; i < usable.Count; i++)
+        {
+            if (i > 0) content.Append(',');
+            content.Append(usable[i].Id).Append('=').Append(usable[i].Weight).Append('@').Append(usable[i].Value);
+        }
+        return new SetPlan(dsr, members.Count, size, content.ToString(), usable, issues, addresses, unresolved);
+    }
+
+    /// <summary>Server maps compared by content (services built apart still share an analysis).</summary>
+    private sealed class ServerSetComparer : IEqualityComparer<IReadOnlyDictionary<RealServerKey, RealServerConfig>>
+    {
+        public static readonly ServerSetComparer Instance = new();
+
+        public bool Equals(IReadOnlyDictionary<RealServerKey, RealServerConfig>? x, IReadOnlyDictionary<RealServerKey, RealServerConfig>? y)
+        {
+            if (ReferenceEquals(x, y)) return true;
+            if (x is null || y is null || x.Count != y.Count) return false;
+            foreach (var (key, config) in x)
+                if (!y.TryGetValue(key, out var other) || !config.Equals(other)) return false;
+            return true;
         }
 
-        // Unresolved DSR servers count towards M (every node must pick the same M) but hold no slot.
-        var usable = backends.Where(b => !dsr || b.Mac is not null).OrderBy(b => b.Id, StringComparer.Ordinal).ToList();
-        string shape = dsr ? $"dsr M={size}" : $"nat{family} M={size}";
-        string content = $"{shape} " + string.Join(",", usable.Select(b => $"{b.Id}={b.Weight.ToString(CultureInfo.InvariantCulture)}@{b.Value}"));
-        string variant = dsr
-            ? $"{family}{(saddrOnly ? "s" : "p")}{(service.Config.OnePacket ? "u" : "")}"
-            : saddrOnly ? "s" : "p";
-        return new ServicePlan(key, dsr, size, shape, content, variant, usable);
+        public int GetHashCode(IReadOnlyDictionary<RealServerKey, RealServerConfig> map)
+        {
+            int hash = map.Count;
+            foreach (var (key, config) in map) hash += HashCode.Combine(key, config.Weight, config.Forward);
+            return hash;
+        }
     }
 
     /// <summary>Content key → group name. Deterministic: contents with more services choose first.</summary>
@@ -247,28 +340,117 @@ internal static class LayoutBuilder
         return result;
     }
 
-    private static (Dictionary<ServiceKey, uint>, Dictionary<(ServiceKey, RealServerKey), uint>, SetContent) Records(
-        List<ServiceState> services, LayoutInput input, Dictionary<ServiceKey, string> groups)
+    /// <summary>
+    /// The state records (see <see cref="StateRecords"/>) and their ids. Ids carry over from the
+    /// previous layout: a service keeps its id; a real server record or a server list keeps the id
+    /// that most of its users had (so a weight change in every service that shares a server rewrites
+    /// that server's one record under its old id, and no service record). New records take the
+    /// lowest ids no previous record held, so ids stay small however long the daemon runs.
+    /// </summary>
+    private static (Dictionary<ServiceKey, uint>, Dictionary<(ServiceKey, RealServerKey), uint>, Dictionary<ServiceKey, uint>, SetContent) Records(
+        List<ServiceState> services, LayoutInput input, Dictionary<ServiceKey, string> groups, TextCache text)
     {
         var previous = input.Previous;
-        uint next = 1 + Math.Max(previous.ServiceIds.Values.DefaultIfEmpty(0u).Max(), previous.ServerIds.Values.DefaultIfEmpty(0u).Max());
-        var serviceIds = new Dictionary<ServiceKey, uint>();
-        var serverIds = new Dictionary<(ServiceKey, RealServerKey), uint>();
-        var elements = new List<(string Key, string Element)>();
+        var ids = new IdAllocator(previous.ServiceIds.Values.Concat(previous.ServerIds.Values).Concat(previous.ListIds.Values));
+
+        // Services keep their ids.
+        var serviceIds = new Dictionary<ServiceKey, uint>(services.Count);
+        foreach (var service in services)
+            if (previous.ServiceIds.TryGetValue(service.Key, out var id) && ids.Claim(id)) serviceIds[service.Key] = id;
+
+        // Real server records: one per distinct body. Services with the same servers share the texts.
+        var setBodies = new Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, (RealServerKey Key, string Body)[]>(ServerSetComparer.Instance);
+        var bodies = new Dictionary<string, List<(ServiceKey, RealServerKey)>>(StringComparer.Ordinal);
         foreach (var service in services)
         {
-            if (!previous.ServiceIds.TryGetValue(service.Key, out var id)) id = next++;
-            serviceIds[service.Key] = id;
-            elements.AddRange(StateRecords.Elements(id, StateRecords.Service(id, service.Key, service.Config, groups.GetValueOrDefault(service.Key))));
-            foreach (var (server, config) in service.Servers.OrderBy(s => s.Key))
+            if (!setBodies.TryGetValue(service.Servers, out var texts))
             {
-                if (!previous.ServerIds.TryGetValue((service.Key, server), out var sid)) sid = next++;
-                serverIds[(service.Key, server)] = sid;
-                PhysicalAddress? mac = config.Forward == ForwardMethod.Route ? input.Macs.GetValueOrDefault(server.Address) : null;
-                elements.AddRange(StateRecords.Elements(sid, StateRecords.Server(sid, id, server, config, mac)));
+                setBodies[service.Servers] = texts = service.Servers.Select(s =>
+                    (s.Key, text.ServerBody(s.Key, s.Value, s.Value.Forward == ForwardMethod.Route ? input.Macs.GetValueOrDefault(s.Key.Address) : null))).ToArray();
+            }
+            foreach (var (server, body) in texts)
+            {
+                if (!bodies.TryGetValue(body, out var users)) bodies[body] = users = [];
+                users.Add((service.Key, server));
             }
         }
-        return (serviceIds, serverIds, KeyedContent.Of(elements));
+        foreach (var service in services)
+            if (!serviceIds.ContainsKey(service.Key)) serviceIds[service.Key] = ids.Fresh();
+        var serverRecords = ids.Assign(bodies, previous.ServerIds);
+
+        // Server lists: one per distinct set of server records.
+        var serverIds = new Dictionary<(ServiceKey, RealServerKey), uint>(bodies.Sum(b => b.Value.Count));
+        foreach (var (body, users) in bodies)
+            foreach (var user in users) serverIds[user] = serverRecords[body];
+        var setMembers = new Dictionary<(RealServerKey Key, string Body)[], string>(ReferenceEqualityComparer.Instance);
+        var memberLists = new Dictionary<string, List<ServiceKey>>(StringComparer.Ordinal);
+        foreach (var service in services)
+        {
+            if (service.Servers.Count == 0) continue;
+            var texts = setBodies[service.Servers];
+            if (!setMembers.TryGetValue(texts, out var members))
+                setMembers[texts] = members = string.Join(',', texts.Select(t => serverRecords[t.Body]).Order().Select(i => i.ToString(CultureInfo.InvariantCulture)));
+            if (!memberLists.TryGetValue(members, out var users)) memberLists[members] = users = [];
+            users.Add(service.Key);
+        }
+        var listRecords = ids.Assign(memberLists, previous.ListIds);
+        var listIds = new Dictionary<ServiceKey, uint>();
+        foreach (var (members, users) in memberLists)
+            foreach (var user in users) listIds[user] = listRecords[members];
+
+        var elements = new List<(string Key, string Element)>(services.Count + bodies.Count + memberLists.Count);
+        foreach (var service in services)
+        {
+            var id = serviceIds[service.Key];
+            elements.AddRange(StateRecords.Elements(id, StateRecords.Service(id, service.Key, service.Config, groups.GetValueOrDefault(service.Key),
+                listIds.TryGetValue(service.Key, out var list) ? list : null)));
+        }
+        foreach (var (body, id) in serverRecords) elements.AddRange(StateRecords.Elements(id, StateRecords.Server(id, body)));
+        foreach (var (members, id) in listRecords) elements.AddRange(StateRecords.Elements(id, StateRecords.List(id, members)));
+        return (serviceIds, serverIds, listIds, KeyedContent.Of(elements));
+    }
+
+    /// <summary>Record ids: one namespace for services, servers and lists (they share the state set's keys).</summary>
+    private sealed class IdAllocator(IEnumerable<uint> previous)
+    {
+        private readonly HashSet<uint> _previous = [.. previous];
+        private readonly HashSet<uint> _claimed = [];
+        private uint _next = 1;
+
+        public bool Claim(uint id) => id is > 0 and <= StateRecords.MaxId && _claimed.Add(id);
+
+        /// <summary>The lowest id that neither this layout nor the previous one uses.</summary>
+        public uint Fresh()
+        {
+            while (_previous.Contains(_next) || _claimed.Contains(_next)) _next++;
+            if (_next > StateRecords.MaxId) throw new InvalidOperationException("no state record ids left");
+            _claimed.Add(_next);
+            return _next++;
+        }
+
+        /// <summary>
+        /// An id for each record (content → its users): the id most of its users had, unless a record
+        /// with more users took it first; else a fresh one. Deterministic.
+        /// </summary>
+        public Dictionary<string, uint> Assign<TUser>(Dictionary<string, List<TUser>> records, IReadOnlyDictionary<TUser, uint> previous) where TUser : notnull
+        {
+            var result = new Dictionary<string, uint>(records.Count, StringComparer.Ordinal);
+            var order = records.OrderByDescending(r => r.Value.Count).ThenBy(r => r.Key, StringComparer.Ordinal).ToList();
+            foreach (var (content, users) in order)
+            {
+                var had = users.Select(u => previous.TryGetValue(u, out var id) ? id : 0u).Where(id => id != 0)
+                    .GroupBy(id => id).OrderByDescending(g => g.Count()).ThenBy(g => g.Key).Select(g => g.Key);
+                foreach (var id in had)
+                {
+                    if (!Claim(id)) continue;
+                    result[content] = id;
+                    break;
+                }
+            }
+            foreach (var (content, _) in order)
+                if (!result.ContainsKey(content)) result[content] = Fresh();
+            return result;
+        }
     }
 
     private static NftTable DsrTable(List<ServicePlan> plans, Dictionary<string, string> groups, Dictionary<string, GroupContent> contents,
