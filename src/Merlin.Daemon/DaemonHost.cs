@@ -196,6 +196,8 @@ internal static class DaemonMetrics
     {
         var status = services.GetRequiredService<ReconcilerStatus>();
         var meter = new Meter("merlin");
+        // A daemon rebuilt in the same process (tests) must not leave gauges reading a stopped one.
+        services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopped.Register(meter.Dispose);
         meter.CreateObservableGauge("store_up", () => status.Current.StoreReachable ? 1 : 0, description: "1 when the last read of the store succeeded");
         meter.CreateObservableGauge("ready", () => status.Current.Ready && status.Current.StoreReachable ? 1 : 0, description: "1 when the dataplane has been programmed from a reachable store");
         meter.CreateObservableGauge("services", () => status.Current.Services, description: "Virtual services in the desired state");

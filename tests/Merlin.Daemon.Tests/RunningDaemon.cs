@@ -86,6 +86,14 @@ public sealed class RunningDaemon : IAsyncDisposable
         while (!condition(Dataplane.State)) await Task.Delay(20, cts.Token);
     }
 
+    /// <summary>Waits until this run of the daemon has made <paramref name="count"/> reconcile passes.</summary>
+    public async Task WaitForPassesAsync(int count)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        cts.CancelAfter(TimeSpan.FromSeconds(30));
+        while (Loop.Passes < count) await Task.Delay(50, cts.Token);
+    }
+
     public ValueTask DisposeAsync() => new(StopAsync());
 
     public static int FreePort()
