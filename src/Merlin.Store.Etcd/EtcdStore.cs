@@ -232,6 +232,13 @@ public sealed class EtcdStore : IStore
 
     // ---------------------------------------------------------------- list and watch
 
+    public async Task<long> GetRevisionAsync(CancellationToken ct = default)
+    {
+        using var op = Begin(ct);
+        var resp = await Range(new RangeRequest { Key = _allKey, RangeEnd = _allEnd, CountOnly = true }, op).ConfigureAwait(false);
+        return resp.Header.Revision;
+    }
+
     /// <summary>Everything under the prefix, read page by page at one revision, so the snapshot is consistent.</summary>
     public async Task<StoreSnapshot> ListAsync(CancellationToken ct = default)
     {

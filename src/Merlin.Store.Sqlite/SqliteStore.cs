@@ -218,6 +218,12 @@ public sealed class SqliteStore : IStore
 
     // ---------------------------------------------------------------- list and watch
 
+    public Task<long> GetRevisionAsync(CancellationToken ct = default) => ReadAsync(c =>
+    {
+        using var tx = c.BeginTransaction(deferred: true);
+        return ReadMeta(c, tx, "revision");
+    }, ct);
+
     public Task<StoreSnapshot> ListAsync(CancellationToken ct = default) => ReadAsync(c =>
     {
         using var tx = c.BeginTransaction(deferred: true);

@@ -37,6 +37,13 @@ public interface IStore : IAsyncDisposable
     Task<StoreSnapshot> ListAsync(CancellationToken ct = default);
 
     /// <summary>
+    /// The revision a <see cref="ListAsync"/> now would be read at, without reading anything else: equal to
+    /// the last snapshot's revision only if nothing changed since (etcd: any write to the cluster moves it,
+    /// which costs a needless re-list, never a missed change). Lets a resync skip an unchanged store.
+    /// </summary>
+    Task<long> GetRevisionAsync(CancellationToken ct = default);
+
+    /// <summary>
     /// Changes after <paramref name="afterRevision"/>, in order. If the history needed is gone
     /// (etcd compaction) a single <see cref="StoreChangeKind.Resync"/> is yielded and the enumeration
     /// ends: the caller re-lists, and may resume watching from the Resync's revision (or the new list's).

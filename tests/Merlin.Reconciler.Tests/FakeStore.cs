@@ -11,7 +11,10 @@ internal sealed class FakeStore : IStore
     private readonly Channel<StoreChange> _changes = Channel.CreateUnbounded<StoreChange>();
     private long _revision = 1;
 
-    public List<StoreItem> Items { get; } = [];
+    public FakeStore() => Items.CollectionChanged += (_, _) => Interlocked.Increment(ref _revision);
+
+    /// <summary>The records; any change moves the revision, as a real store's does.</summary>
+    public System.Collections.ObjectModel.ObservableCollection<StoreItem> Items { get; } = [];
     public bool Down { get; set; }
     public int Lists { get; private set; }
 
@@ -28,6 +31,15 @@ internal sealed class FakeStore : IStore
         Lists++;
         if (Down) throw new StoreUnavailableException("etcd at 127.0.0.1:1 did not answer");
         return Task.FromResult(new StoreSnapshot(Items.ToList(), Interlocked.Read(ref _revision)));
+    }
+
+    public int RevisionReads { get; private set; }
+
+    public Task<long> GetRevisionAsync(CancellationToken ct = default)
+    {
+        RevisionReads++;
+        if (Down) throw new StoreUnavailableException("etcd at 127.0.0.1:1 did not answer");
+        return Task.FromResult(Interlocked.Read(ref _revision));
     }
 
     public async IAsyncEnumerable<StoreChange> WatchAsync(long afterRevision, [EnumeratorCancellation] CancellationToken ct = default)

@@ -37,6 +37,24 @@ public class ReconcilerTests
     }
 
     [Fact]
+    public async Task RunPass_UnchangedStore_IsNotReadAgain_ButAChangeIs()
+    {
+        await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+        var lists = _store.Lists;
+
+        var resync = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(lists, _store.Lists);
+        Assert.Equal(1, _reconciler.StoreReadsSkipped);
+        Assert.Equal(0, resync.Planned);
+
+        _store.Items.Add(new StoreItem(FakeStore.Service("late", "198.18.0.13"), [FakeStore.Server("late", "198.18.1.30")]));
+        var changed = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(lists + 1, _store.Lists);
+        Assert.Equal(2, changed.Applied);
+        Assert.Equal(3, _dataplane.State.Services.Count);
+    }
+
+    [Fact]
     public async Task RunPass_StoreUnreachable_LeavesDataplaneUntouched()
     {
         await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
@@ -129,7 +147,7 @@ public class ReconcilerTests
         await loop.StartAsync(ct);
         try
         {
-            await WaitUntil(() => _store.Lists >= 3, ct);
+            await WaitUntil(() => _store.RevisionReads >= 3, ct); // each attempt asks the store first
             Assert.Empty(_dataplane.State.Services);
             _store.Down = false;
             await WaitUntil(() => _dataplane.State.Services.Count == 2, ct);

@@ -385,6 +385,23 @@ public abstract class StoreContractTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task GetRevision_EqualsTheSnapshotsUntilAWrite_ThenMoves()
+    {
+        await Store.CreateServiceAsync(Service("web"), Ct);
+        var snapshot = await Store.ListAsync(Ct);
+        Assert.Equal(snapshot.Revision, await Store.GetRevisionAsync(Ct));
+        Assert.Equal(snapshot.Revision, await Store.GetRevisionAsync(Ct));
+
+        await Store.CreateServerAsync(Server("web", "10.1.0.1"), Ct);
+        var afterCreate = await Store.GetRevisionAsync(Ct);
+        Assert.True(afterCreate > snapshot.Revision);
+
+        await Store.DeleteServerAsync("web", "10.1.0.1", 8080, Ct);
+        Assert.True(await Store.GetRevisionAsync(Ct) > afterCreate);
+        Assert.Equal((await Store.ListAsync(Ct)).Revision, await Store.GetRevisionAsync(Ct));
+    }
+
+    [Fact]
     public async Task List_WhileWritesRun_IsASnapshotThatTheWatchCarriesForward()
     {
         // The reconciler's promise: list at R, then apply the watch from R, and you hold what a later list shows.
