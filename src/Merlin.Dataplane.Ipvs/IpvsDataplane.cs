@@ -64,6 +64,9 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
     /// <summary>Write requests sent to the kernel since start (a restart that finds everything in place sends none).</summary>
     public long KernelWrites { get; private set; }
 
+    /// <summary>Services the last audit re-read (0 when the pass read the whole table).</summary>
+    public int LastAudit { get; private set; }
+
     /// <summary>Whole-table reads since start (the first pass, and after a failed write).</summary>
     public long FullReads { get; private set; }
 
@@ -136,6 +139,7 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
         }
         _cache = cache;
         FullReads++;
+        LastAudit = 0;
     }
 
     /// <summary>Re-reads the next <see cref="IpvsDataplaneOptions.AuditServicesPerPass"/> owned services.</summary>
@@ -145,8 +149,11 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
         if (owned.Count == 0) return;
         _auditCursor %= owned.Count;
         var budget = Math.Min(_options.AuditServicesPerPass, owned.Count);
-        for (var i = 0; i < budget; i++)
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
+        var audited = 0;
+        for (var i = 0; i < budget; i++, audited++)
         {
+            if (i > 0 && System.Diagnostics.Stopwatch.GetElapsedTime(started) > _options.AuditTimeBudget) break;
             var key = owned[(_auditCursor + i) % owned.Count];
             var found = _ipvs.GetService(key);
             if (found is null)
@@ -156,7 +163,8 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
             }
             _cache[key] = new CachedService(ReadServers(key, found.Config, ct), found.Config);
         }
-        _auditCursor = (_auditCursor + budget) % owned.Count;
+        _auditCursor = (_auditCursor + audited) % owned.Count;
+        LastAudit = audited;
     }
 
     private ServiceState ReadServers(ServiceKey key, ServiceConfig config, CancellationToken ct)
