@@ -7,13 +7,24 @@ namespace Merlin.Reconciler;
 /// <summary>A record in the store that cannot be programmed, and why. Reported, never fatal.</summary>
 public sealed record RejectedRecord(string Key, string Reason);
 
+/// <summary>A real server's health check, as the store holds it, with where it belongs.</summary>
+public sealed record HealthTarget(ServiceKey Service, RealServerKey Server, HealthCheck Check);
+
 /// <summary>Turns a store snapshot into the state a dataplane should hold.</summary>
 public static class DesiredState
 {
     public static (DataplaneState State, IReadOnlyList<RejectedRecord> Rejected) From(StoreSnapshot snapshot)
     {
+        var (state, rejected, _) = Build(snapshot);
+        return (state, rejected);
+    }
+
+    /// <summary>The desired state, the records that cannot be programmed, and the health checks of the servers in it.</summary>
+    public static (DataplaneState State, IReadOnlyList<RejectedRecord> Rejected, IReadOnlyList<HealthTarget> Checks) Build(StoreSnapshot snapshot)
+    {
         var services = new Dictionary<ServiceKey, ServiceState>(snapshot.Items.Count);
         var rejected = new List<RejectedRecord>();
+        var checks = new List<HealthTarget>();
         foreach (var item in snapshot.Items)
         {
             var id = item.Service.Id;
@@ -58,9 +69,10 @@ public static class DesiredState
                     continue;
                 }
                 servers[server!.Key] = server.Config;
+                if (server.HealthCheck.Endpoint is not null) checks.Add(new HealthTarget(service.Key, server.Key, server.HealthCheck));
             }
             services[service.Key] = new ServiceState(service.Key, service.Config, servers);
         }
-        return (new DataplaneState(services), rejected);
+        return (new DataplaneState(services), rejected, checks);
     }
 }

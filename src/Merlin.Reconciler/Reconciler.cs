@@ -15,7 +15,7 @@ public sealed record PassResult(bool StoreReachable, int Planned, int Applied, i
 /// dataplane is not touched. A failed operation is logged and counted and the pass goes on with
 /// operations that do not depend on it; the loop retries the pass with backoff.
 /// </summary>
-public sealed partial class Reconciler(IStore store, IDataplane dataplane, ReconcilerStatus status, ILogger<Reconciler> logger, TimeProvider time)
+public sealed partial class Reconciler(IStore store, IDataplane dataplane, ReconcilerStatus status, ILogger<Reconciler> logger, TimeProvider time, IServerHealth? health = null)
 {
     private static readonly Meter Meter = new("merlin");
     private static readonly Counter<long> Passes = Meter.CreateCounter<long>("reconcile_passes", description: "Reconcile passes by result");
@@ -23,7 +23,7 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
     private static readonly Histogram<double> PassSeconds = Meter.CreateHistogram<double>("reconcile_duration_seconds", null, "Duration of a reconcile pass");
 
     private string _lastRejections = "";
-    private (long Revision, DataplaneState Desired, IReadOnlyList<RejectedRecord> Rejected)? _lastDesired;
+    private (long Revision, DataplaneState Desired, IReadOnlyList<RejectedRecord> Rejected, HashSet<(Model.ServiceKey, Model.RealServerKey)> Checked)? _lastDesired;
 
     /// <summary>Passes that found the store unchanged and reused the desired state of the one before.</summary>
     public long StoreReadsSkipped { get; private set; }
@@ -33,6 +33,7 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
         var started = time.GetTimestamp();
         DataplaneState desired;
         IReadOnlyList<RejectedRecord> rejected;
+        HashSet<(Model.ServiceKey, Model.RealServerKey)> checkedServers;
         long revision;
         try
         {
@@ -41,15 +42,17 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
             revision = await store.GetRevisionAsync(ct);
             if (_lastDesired is { } last && last.Revision == revision)
             {
-                (desired, rejected) = (last.Desired, last.Rejected);
+                (desired, rejected, checkedServers) = (last.Desired, last.Rejected, last.Checked);
                 StoreReadsSkipped++;
             }
             else
             {
                 var snapshot = await store.ListAsync(ct);
-                (desired, rejected) = DesiredState.From(snapshot);
+                (desired, rejected, var checks) = DesiredState.Build(snapshot);
                 revision = snapshot.Revision;
-                _lastDesired = (revision, desired, rejected);
+                checkedServers = checks.Select(c => (c.Service, c.Server)).ToHashSet();
+                health?.Track(checks);
+                _lastDesired = (revision, desired, rejected, checkedServers);
             }
         }
         catch (StoreUnavailableException e)
@@ -75,6 +78,8 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
             return new PassResult(true, 0, 0, 1, rejected, time.GetElapsedTime(started), revision);
         }
 
+        // Health verdicts change weights only: what the store says stays the desired configuration.
+        if (health is not null) desired = HealthOverlay.Apply(desired, actual, checkedServers, health.Verdict);
         var plan = Planner.Plan(desired, actual);
         int applied = 0, failed = 0;
         string? lastError = null;

@@ -1,0 +1,217 @@
+using System.Net;
+using Merlin.Model;
+using Merlin.Reconciler;
+using Microsoft.Extensions.Logging;
+
+namespace Merlin.Health;
+
+/// <summary>The health of one real server, as <c>meradm list</c> and <c>/metrics</c> show it.</summary>
+public sealed record ServerHealthReport(ServiceKey Service, RealServerKey Server, HealthVerdict Verdict, string Detail, DateTimeOffset? Since);
+
+/// <summary>
+/// Runs every real server's health check on one scheduler over a <see cref="TimeProvider"/> (no thread or
+/// timer per check). A check is identified by the server's address, its endpoint, period, timeout and
+/// thresholds: a server shared by several services is checked once, and they all get its verdict.
+/// <para>
+/// Verdicts: no verdict until the first result; then Up on a success, Down after <c>down_threshold</c>
+/// failures in a row. Up → Down after <c>down_threshold</c> failures in a row; Down → Up after
+/// <c>up_threshold</c> successes in a row. Each transition is logged once and raises <see cref="Changed"/>.
+/// </para>
+/// </summary>
+public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
+{
+    private readonly IHealthProbe _probe;
+    private readonly TimeProvider _time;
+    private readonly ILogger _logger;
+    private readonly Lock _lock = new();
+    private readonly Dictionary<CheckKey, CheckState> _checks = new();
+    private readonly Dictionary<(ServiceKey, RealServerKey), CheckKey> _byServer = new();
+    private readonly PriorityQueue<CheckKey, long> _due = new();
+    private readonly CancellationTokenSource _stop = new();
+    private TaskCompletionSource _wake = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private IReadOnlyList<HealthTarget>? _tracked;
+    private Task? _loop;
+
+    public HealthChecker(IHealthProbe probe, TimeProvider time, ILogger<HealthChecker> logger)
+    {
+        _probe = probe;
+        _time = time;
+        _logger = logger;
+    }
+
+    public event Action? Changed;
+
+    /// <summary>Checks completed since start, by result.</summary>
+    public long Succeeded => Interlocked.Read(ref _succeeded);
+    public long FailedChecks => Interlocked.Read(ref _failed);
+    private long _succeeded, _failed;
+
+    private readonly record struct CheckKey(IPAddress Address, string Endpoint, TimeSpan Period, TimeSpan Timeout, uint Up, uint Down);
+
+    private sealed class CheckState(Uri endpoint)
+    {
+        public Uri Endpoint { get; } = endpoint;
+        public HealthVerdict Verdict = HealthVerdict.Unknown;
+        public int Successes, Failures;
+        public string Detail = "not checked yet";
+        public DateTimeOffset? Since;
+        public bool Running;
+        public long Generation; // bumps when removed, so queued entries of a removed check are ignored
+    }
+
+    public void Start() => _loop ??= Task.Run(() => RunAsync(_stop.Token));
+
+    public void Track(IReadOnlyList<HealthTarget> targets)
+    {
+        lock (_lock)
+        {
+            if (ReferenceEquals(targets, _tracked)) return;
+            _tracked = targets;
+            var wanted = new Dictionary<(ServiceKey, RealServerKey), CheckKey>(targets.Count);
+            foreach (var t in targets)
+            {
+                var c = t.Check;
+                wanted[(t.Service, t.Server)] = new CheckKey(t.Server.Address, c.Endpoint!.AbsoluteUri, c.Period, c.Timeout, c.UpThreshold, c.DownThreshold);
+            }
+            var keys = wanted.Values.ToHashSet();
+            foreach (var gone in _checks.Keys.Where(k => !keys.Contains(k)).ToList())
+            {
+                _checks[gone].Generation = -1;
+                _checks.Remove(gone);
+            }
+            var now = _time.GetTimestamp();
+            foreach (var t in targets)
+            {
+                var key = wanted[(t.Service, t.Server)];
+                if (_checks.ContainsKey(key)) continue;
+                _checks[key] = new CheckState(t.Check.Endpoint!);
+                _due.Enqueue(key, now); // a new check runs at once
+            }
+            _byServer.Clear();
+            foreach (var (server, key) in wanted) _byServer[server] = key;
+        }
+        Wake();
+    }
+
+    public HealthVerdict Verdict(ServiceKey service, RealServerKey server)
+    {
+        lock (_lock)
+            return _byServer.TryGetValue((service, server), out var key) && _checks.TryGetValue(key, out var s) ? s.Verdict : HealthVerdict.Unknown;
+    }
+
+    /// <summary>Every checked server's verdict, with the last result and since when it holds.</summary>
+    public IReadOnlyList<ServerHealthReport> Report()
+    {
+        lock (_lock)
+        {
+            return _byServer
+                .Where(kv => _checks.ContainsKey(kv.Value))
+                .Select(kv => { var s = _checks[kv.Value]; return new ServerHealthReport(kv.Key.Item1, kv.Key.Item2, s.Verdict, s.Detail, s.Since); })
+                .ToList();
+        }
+    }
+
+    private async Task RunAsync(CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            TimeSpan wait;
+            Task woken;
+            var start = new List<(CheckKey Key, CheckState State)>();
+            lock (_lock)
+            {
+                if (_wake.Task.IsCompleted) _wake = new(TaskCreationOptions.RunContinuationsAsynchronously);
+                woken = _wake.Task;
+                var now = _time.GetTimestamp();
+                wait = Timeout.InfiniteTimeSpan;
+                while (_due.TryPeek(out var key, out var at))
+                {
+                    if (!_checks.TryGetValue(key, out var state))
+                    {
+                        _due.Dequeue(); // removed
+                        continue;
+                    }
+                    var remaining = _time.GetElapsedTime(now, at);
+                    if (remaining > TimeSpan.Zero)
+                    {
+                        wait = remaining;
+                        break;
+                    }
+                    _due.Dequeue();
+                    // The next run is a period after this one was due, so checks keep their rhythm.
+                    _due.Enqueue(key, at + (long)(key.Period.TotalSeconds * _time.TimestampFrequency));
+                    if (state.Running) continue; // the last one has not finished: skip, never pile up
+                    state.Running = true;
+                    start.Add((key, state));
+                }
+            }
+            foreach (var (key, state) in start) _ = CheckAsync(key, state, ct);
+            using var sleep = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            var delay = Task.Delay(wait, _time, sleep.Token);
+            await Task.WhenAny(delay, woken).ConfigureAwait(false);
+            sleep.Cancel(); // a wake-up ends the sleep
+        }
+    }
+
+    private async Task CheckAsync(CheckKey key, CheckState state, CancellationToken ct)
+    {
+        ProbeResult result;
+        try
+        {
+            result = await _probe.ProbeAsync(key.Address, state.Endpoint, key.Timeout, ct);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+        catch (Exception e)
+        {
+            result = new ProbeResult(false, e.Message);
+        }
+        if (result.Healthy) Interlocked.Increment(ref _succeeded);
+        else Interlocked.Increment(ref _failed);
+
+        HealthVerdict? transition = null;
+        lock (_lock)
+        {
+            state.Running = false;
+            if (state.Generation < 0) return;
+            state.Detail = result.Detail;
+            if (result.Healthy) { state.Successes++; state.Failures = 0; }
+            else { state.Failures++; state.Successes = 0; }
+            var next = state.Verdict switch
+            {
+                HealthVerdict.Unknown when result.Healthy => HealthVerdict.Up,
+                HealthVerdict.Down when state.Successes >= key.Up => HealthVerdict.Up,
+                not HealthVerdict.Down when !result.Healthy && state.Failures >= key.Down => HealthVerdict.Down,
+                var same => same,
+            };
+            if (next != state.Verdict)
+            {
+                state.Verdict = next;
+                state.Since = _time.GetUtcNow();
+                transition = next;
+            }
+        }
+        if (transition is { } verdict)
+        {
+            LogTransition(key.Address, state.Endpoint.Scheme, state.Endpoint.Port, verdict, result.Detail);
+            Changed?.Invoke();
+        }
+    }
+
+    private void Wake()
+    {
+        lock (_lock) _wake.TrySetResult();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        if (_loop is not null) await _loop.ConfigureAwait(false);
+        _stop.Dispose();
+    }
+
+    [LoggerMessage(EventId = 400, Level = LogLevel.Warning, Message = "Real server {Address} is {Verdict} ({Scheme} check on port {Port}: {Detail})")]
+    private partial void LogTransition(IPAddress address, string scheme, int port, HealthVerdict verdict, string detail);
+}

@@ -1,0 +1,129 @@
+using System.Net;
+using System.Net.Sockets;
+using Grpc.Health.V1;
+using Grpc.Net.Client;
+using Merlin.Netlink;
+
+namespace Merlin.Health;
+
+/// <summary>The outcome of one check: healthy or not, and a short reason for logs and <c>meradm list</c>.</summary>
+public readonly record struct ProbeResult(bool Healthy, string Detail);
+
+/// <summary>Runs one check of one real server. Must not throw: a failure is an unhealthy result.</summary>
+public interface IHealthProbe
+{
+    Task<ProbeResult> ProbeAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct);
+}
+
+/// <summary>
+/// The checks real servers declare: <c>http://:port/path</c> and <c>https://…</c> (a 2xx answer is healthy;
+/// redirects are not followed; an HTTPS server's certificate is not verified — it is addressed by IP),
+/// <c>tcp://:port</c> (a completed connect is healthy) and <c>grpc://:port[/service]</c> (the gRPC health
+/// protocol answering SERVING). Connections are made from <see cref="NetworkNamespace"/> when set, which
+/// is where the load balancer's dataplane is.
+/// </summary>
+public sealed class HealthProbes : IHealthProbe, IDisposable
+{
+    private readonly string? _networkNamespace;
+    private readonly SocketsHttpHandler _handler;
+    private readonly HttpClient _http;
+
+    public HealthProbes(string? networkNamespace = null)
+    {
+        _networkNamespace = networkNamespace;
+        _handler = new SocketsHttpHandler
+        {
+            AllowAutoRedirect = false,
+            UseProxy = false,
+            UseCookies = false,
+            // Each check opens its own connection: a check must see a server that stopped accepting, not an old socket.
+            PooledConnectionLifetime = TimeSpan.Zero,
+            ConnectCallback = ConnectAsync,
+            SslOptions = { RemoteCertificateValidationCallback = (_, _, _, _) => true },
+        };
+        _http = new HttpClient(_handler, disposeHandler: false) { Timeout = Timeout.InfiniteTimeSpan };
+    }
+
+    public async Task<ProbeResult> ProbeAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct)
+    {
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        deadline.CancelAfter(timeout);
+        try
+        {
+            return endpoint.Scheme switch
+            {
+                "http" or "https" => await HttpAsync(address, endpoint, deadline.Token),
+                "tcp" => await TcpAsync(address, endpoint.Port, deadline.Token),
+                "grpc" => await GrpcAsync(address, endpoint, deadline.Token),
+                _ => new ProbeResult(false, $"unknown scheme {endpoint.Scheme}"),
+            };
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            return new ProbeResult(false, $"no answer within {timeout.TotalMilliseconds:0} ms");
+        }
+        catch (Exception e) when (e is HttpRequestException or SocketException or IOException or Grpc.Core.RpcException or InvalidOperationException)
+        {
+            return new ProbeResult(false, Describe(e));
+        }
+    }
+
+    private async Task<ProbeResult> HttpAsync(IPAddress address, Uri endpoint, CancellationToken ct)
+    {
+        var url = new UriBuilder(endpoint) { Host = address.ToString() }.Uri;
+        using var request = new HttpRequestMessage(HttpMethod.Get, url);
+        request.Headers.ConnectionClose = true;
+        request.Headers.UserAgent.ParseAdd("merlin-health-check");
+        using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
+        var code = (int)response.StatusCode;
+        return new ProbeResult(code is >= 200 and < 300, $"HTTP {code}");
+    }
+
+    private async Task<ProbeResult> TcpAsync(IPAddress address, int port, CancellationToken ct)
+    {
+        using var socket = NetworkNamespace.Run(_networkNamespace, () => new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
+        await socket.ConnectAsync(new IPEndPoint(address, port), ct);
+        return new ProbeResult(true, "connected");
+    }
+
+    private async Task<ProbeResult> GrpcAsync(IPAddress address, Uri endpoint, CancellationToken ct)
+    {
+        var target = new UriBuilder("http", address.ToString(), endpoint.Port).Uri;
+        using var channel = GrpcChannel.ForAddress(target, new GrpcChannelOptions { HttpHandler = _handler, DisposeHttpClient = false });
+        var client = new Grpc.Health.V1.Health.HealthClient(channel);
+        var reply = await client.CheckAsync(new HealthCheckRequest { Service = endpoint.AbsolutePath.Trim('/') }, cancellationToken: ct);
+        return new ProbeResult(reply.Status == HealthCheckResponse.Types.ServingStatus.Serving, $"gRPC {reply.Status}");
+    }
+
+    /// <summary>Sockets for HTTP and gRPC checks, made in the dataplane's namespace.</summary>
+    private async ValueTask<Stream> ConnectAsync(SocketsHttpConnectionContext context, CancellationToken ct)
+    {
+        var endpoint = context.DnsEndPoint;
+        var address = IPAddress.Parse(endpoint.Host);
+        var socket = NetworkNamespace.Run(_networkNamespace, () => new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
+        try
+        {
+            socket.NoDelay = true;
+            await socket.ConnectAsync(new IPEndPoint(address, endpoint.Port), ct);
+            return new NetworkStream(socket, ownsSocket: true);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    private static string Describe(Exception e)
+    {
+        var inner = e;
+        while (inner.InnerException is not null) inner = inner.InnerException;
+        return inner is SocketException s ? s.SocketErrorCode.ToString() : inner.Message;
+    }
+
+    public void Dispose()
+    {
+        _http.Dispose();
+        _handler.Dispose();
+    }
+}
