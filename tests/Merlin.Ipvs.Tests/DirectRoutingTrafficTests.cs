@@ -3,7 +3,6 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using Merlin.Hashing;
-using Merlin.Lab;
 using Merlin.Model;
 using Merlin.Netlink;
 using Merlin.Testing;
@@ -11,16 +10,15 @@ using Merlin.Testing;
 namespace Merlin.Ipvs.Tests;
 
 /// <summary>
-/// Real TCP through a real IPVS, programmed by our own client, in direct routing (DR). A lab (tests/Merlin.Lab:
-/// namespaces on a bridge, names with a per-run prefix) holds a client, lb1 and two real servers; the VIP is on
-/// lb1's <c>lo</c> (IPVS takes packets in LOCAL_IN, so the VIP must be local there) and the client routes it via
-/// lb1; the real servers hold it on <c>lo</c> with arp_ignore=1 / arp_announce=2. Servers and clients are
-/// sockets of this process, opened inside the namespaces (a socket keeps the namespace it was made in): under
-/// the guest's emulation, starting a process per server or client costs seconds.
+/// Real TCP through a real IPVS, programmed by our own client opened in the load balancer's namespace, in direct
+/// routing (DR), on a <see cref="TrafficLab"/>: a client, lb and two real servers in namespaces on a bridge.
+/// Servers and clients are sockets of this process, opened inside the namespaces (a socket keeps the namespace
+/// it was made in): under the guest's emulation, starting a process per server or client costs seconds.
 /// </summary>
 [Trait("Kernel", "ipvs")]
 public sealed class DirectRoutingTrafficTests
 {
+    private const ushort Port = 80;
     private const int Connections = 200;
     private const int Concurrency = 8;
     private const int ReplyBytes = 4096;
@@ -30,32 +28,29 @@ public sealed class DirectRoutingTrafficTests
     public async Task Maglev_WithPortHashing_OverDirectRouting_SpreadsAsTheKernelModelSays_AndRepliesBypassTheLb()
     {
         Requires.Ipvs();
-        Lab.Lab.Require();
+        Requires.Root();
+        Requires.Command("ip", "apt-get install iproute2");
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
         deadline.CancelAfter(TimeSpan.FromMinutes(4));
         var ct = deadline.Token;
 
-        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 2, IPv6 = false }, ct);
-        var lb = lab["lb1"];
-        await lb.IpAsync("addr", "add", $"{lab.Vip}/32", "dev", "lo");
-        await lab.RouteVipViaAsync(lb);
-
+        using var lab = TrafficLab.Create(realServers: 2);
         await using var servers = new ServerSet();
-        foreach (var rs in lab.RealServers) servers.Start(rs.Name, rs.Namespace, Lab.Lab.HttpPort);
+        foreach (var rs in lab.RealServers) servers.Start(rs.Name, rs.Namespace, Port);
 
-        using var ipvs = IpvsClient.Open(new NetlinkSocketOptions { NetworkNamespace = lb.Namespace });
-        var service = ServiceKey.ForAddress(lab.Vip, Lab.Lab.HttpPort, Protocol.Tcp);
+        using var ipvs = IpvsClient.Open(new NetlinkSocketOptions { NetworkNamespace = lab.Lb.Namespace });
+        var service = ServiceKey.ForAddress(TrafficLab.Vip, Port, Protocol.Tcp);
         ipvs.NewService(service, new ServiceConfig { Scheduler = "mh", Flags = SchedulerFlags.Flag2 }); // mh-port: one client, many flows
         foreach (var rs in lab.RealServers)
-            ipvs.NewDestination(service, new RealServerKey(rs.Address, Lab.Lab.HttpPort), new RealServerConfig { Weight = 1, Forward = ForwardMethod.Route });
+            ipvs.NewDestination(service, new RealServerKey(rs.Address, Port), new RealServerConfig { Weight = 1, Forward = ForwardMethod.Route });
 
-        var lbBefore = await lb.GetLinkStatsAsync();
-        var flows = await RunClientsAsync(lab.Client.Namespace, new IPEndPoint(lab.Vip, Lab.Lab.HttpPort), ct);
-        var lbAfter = await lb.GetLinkStatsAsync();
+        var lbBefore = TrafficLab.Counters(lab.Lb);
+        var flows = await RunClientsAsync(lab.Client.Namespace, new IPEndPoint(TrafficLab.Vip, Port), ct);
+        var lbAfter = TrafficLab.Counters(lab.Lb);
 
         var failures = flows.Where(f => f.Error is not null).ToList();
         Assert.True(failures.Count == 0,
-            $"{failures.Count} of {Connections} connections failed, e.g. {string.Join("; ", failures.Take(5).Select(f => f.Error))}\n{await lab.DescribeAsync()}");
+            $"{failures.Count} of {Connections} connections failed, e.g. {string.Join("; ", failures.Take(5).Select(f => f.Error))}\n{lab.Describe()}");
 
         // Both servers serve, each a fair share (two equal weights over 4093 slots: about half each).
         var perServer = flows.GroupBy(f => f.Server!).ToDictionary(g => g.Key, g => g.Count());
@@ -67,7 +62,7 @@ public sealed class DirectRoutingTrafficTests
         }
 
         // Every flow went where Merlin.Hashing's model of ip_vs_mh says: same table, same hash of source address and port.
-        var model = KernelMh.Build(lab.RealServers.Select(rs => IpvsDest.Create(rs.Address, Lab.Lab.HttpPort, 1)).ToList());
+        var model = KernelMh.Build(lab.RealServers.Select(rs => IpvsDest.Create(rs.Address, Port, 1)).ToList());
         var misplaced = flows
             .Select(f => (f.SourcePort, f.Server, Model: lab.RealServers[model.Schedule(FlowKey.From(lab.Client.Address, f.SourcePort), hashPort: true, fallback: false)].Name))
             .Where(f => f.Server != f.Model)
@@ -75,7 +70,7 @@ public sealed class DirectRoutingTrafficTests
         Assert.True(misplaced.Count == 0,
             $"{misplaced.Count} flows not where the mh model puts them, e.g. {string.Join(", ", misplaced.Take(5).Select(m => $"port {m.SourcePort}: {m.Server}, model {m.Model}"))}");
 
-        // Direct routing: IPVS saw every connection inbound and no packet outbound; lb1 received less than the
+        // Direct routing: IPVS saw every connection inbound and no packet outbound; lb received less than the
         // replies alone weigh, so the replies went from the real servers straight to the client.
         var stats = Assert.Single(ipvs.GetServices(ct)).Stats;
         Assert.Equal((ulong)Connections, stats.Connections);
@@ -83,7 +78,7 @@ public sealed class DirectRoutingTrafficTests
         Assert.Equal(0UL, stats.OutPackets);
         var replyBytes = (long)Connections * ReplyBytes;
         var lbReceived = lbAfter.RxBytes - lbBefore.RxBytes;
-        Assert.True(lbReceived < replyBytes / 2, $"lb1 received {lbReceived} bytes while the replies carried {replyBytes}");
+        Assert.True(lbReceived < replyBytes / 2, $"lb received {lbReceived} bytes while the replies carried {replyBytes}");
     }
 
     private sealed record Flow(int Index, ushort SourcePort, string? Server, string? Error);
