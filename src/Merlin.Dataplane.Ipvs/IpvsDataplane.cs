@@ -37,6 +37,12 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
 
     /// <summary>Every kernel service seen at the last read, with its servers if we own it (null = not read).</summary>
     private Dictionary<ServiceKey, CachedService>? _cache;
+    /// <summary>Bumps whenever the cache changes, so an unchanged table can be answered with the last state.</summary>
+    private long _cacheVersion;
+    private (DataplaneState Desired, long Version, DataplaneState State)? _lastRead;
+    private (DataplaneState Desired, long Version, List<ServiceKey> Keys)? _auditOrder;
+    private long _sysctlsCheckedAt;
+    private DataplaneState? _sysctlsCheckedFor;
     private int _auditCursor;
     private IReadOnlyList<SysctlStatus> _sysctls = [];
     private IReadOnlyList<string> _warnings = [];
@@ -84,7 +90,13 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
         {
             lock (_lock)
             {
-                CheckSysctls(desired);
+                // Sysctls are five small files, but under a namespace each read costs a thread: every 10 s is enough.
+                if (!ReferenceEquals(desired, _sysctlsCheckedFor) || System.Diagnostics.Stopwatch.GetElapsedTime(_sysctlsCheckedAt) > TimeSpan.FromSeconds(10))
+                {
+                    CheckSysctls(desired);
+                    _sysctlsCheckedFor = desired;
+                    _sysctlsCheckedAt = System.Diagnostics.Stopwatch.GetTimestamp();
+                }
                 return Read(desired, ct);
             }
         }, ct);
@@ -113,17 +125,23 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
         else
             Audit(desired, ct);
 
+        // Nothing found or written since the last read, for the same desired state: the same answer, so
+        // a resync of a large unchanged table costs the audit and no more (the reconciler skips planning).
+        if (_lastRead is { } last && ReferenceEquals(last.Desired, desired) && last.Version == _cacheVersion) return last.State;
+
         var owned = new Dictionary<ServiceKey, ServiceState>(desired.Services.Count);
-        foreach (var (key, cached) in _cache!)
+        foreach (var (key, cached) in _cache!.ToList())
         {
             if (!Owns(key, desired)) continue;
             // A service that just became ours (it was hand-made, now it is in the store): adopt its servers.
             var state = cached.State ?? ReadServers(key, cached.Config, ct);
-            if (cached.State is null) _cache[key] = cached with { State = state };
+            if (cached.State is null) _cache![key] = cached with { State = state };
             owned[key] = state;
         }
         RememberAdopted(owned.Keys, desired);
-        return new DataplaneState(owned);
+        var result = new DataplaneState(owned);
+        _lastRead = (desired, _cacheVersion, result);
+        return result;
     }
 
     private int OwnedCount(DataplaneState desired) =>
@@ -138,19 +156,26 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
             cache[s.Key] = new CachedService(Owns(s.Key, desired) ? ReadServers(s.Key, s.Config, ct) : null, s.Config);
         }
         _cache = cache;
+        _cacheVersion++;
         FullReads++;
         LastAudit = 0;
     }
 
-    /// <summary>Re-reads the next <see cref="IpvsDataplaneOptions.AuditServicesPerPass"/> owned services.</summary>
+    /// <summary>Re-reads the next owned services, within <see cref="IpvsDataplaneOptions.AuditServicesPerPass"/> and the time budget.</summary>
     private void Audit(DataplaneState desired, CancellationToken ct)
     {
-        var owned = _cache!.Keys.Where(k => Owns(k, desired)).Order(ServiceKeyOrder.Instance).ToList();
+        // The rotation order is rebuilt only when what we own may have changed.
+        if (_auditOrder is not { } order || !ReferenceEquals(order.Desired, desired) || order.Version != _cacheVersion)
+        {
+            _auditOrder = order = (desired, _cacheVersion, _cache!.Keys.Where(k => Owns(k, desired)).Order(ServiceKeyOrder.Instance).ToList());
+        }
+        var owned = order.Keys;
         if (owned.Count == 0) return;
         _auditCursor %= owned.Count;
         var budget = Math.Min(_options.AuditServicesPerPass, owned.Count);
         var started = System.Diagnostics.Stopwatch.GetTimestamp();
         var audited = 0;
+        var changed = false;
         for (var i = 0; i < budget; i++, audited++)
         {
             if (i > 0 && System.Diagnostics.Stopwatch.GetElapsedTime(started) > _options.AuditTimeBudget) break;
@@ -158,13 +183,17 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
             var found = _ipvs.GetService(key);
             if (found is null)
             {
-                _cache.Remove(key);
+                changed |= _cache!.Remove(key);
                 continue;
             }
-            _cache[key] = new CachedService(ReadServers(key, found.Config, ct), found.Config);
+            var state = ReadServers(key, found.Config, ct);
+            if (_cache!.TryGetValue(key, out var cached) && state.Equals(cached.State)) continue;
+            _cache[key] = new CachedService(state, found.Config);
+            changed = true;
         }
         _auditCursor = (_auditCursor + audited) % owned.Count;
         LastAudit = audited;
+        if (changed) _cacheVersion++;
     }
 
     private ServiceState ReadServers(ServiceKey key, ServiceConfig config, CancellationToken ct)
@@ -250,6 +279,7 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
     /// <summary>Keeps the cache and the ownership record in step with a write the kernel accepted.</summary>
     private void Record(Operation op)
     {
+        _cacheVersion++;
         switch (op)
         {
             case AddService a:

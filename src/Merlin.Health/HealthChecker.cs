@@ -41,6 +41,9 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
 
     public event Action? Changed;
 
+    public long Generation => Interlocked.Read(ref _generation);
+    private long _generation;
+
     /// <summary>Checks completed since start, by result.</summary>
     public long Succeeded => Interlocked.Read(ref _succeeded);
     public long FailedChecks => Interlocked.Read(ref _failed);
@@ -89,6 +92,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
             }
             _byServer.Clear();
             foreach (var (server, key) in wanted) _byServer[server] = key;
+            Interlocked.Increment(ref _generation);
         }
         Wake();
     }
@@ -188,6 +192,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
             };
             if (next != state.Verdict)
             {
+                Interlocked.Increment(ref _generation);
                 state.Verdict = next;
                 state.Since = _time.GetUtcNow();
                 transition = next;

@@ -22,6 +22,9 @@ public interface IServerHealth
 
     HealthVerdict Verdict(ServiceKey service, RealServerKey server);
 
+    /// <summary>Moves whenever any verdict changes, so an unchanged pass can be recognised.</summary>
+    long Generation { get; }
+
     event Action? Changed;
 }
 

@@ -55,6 +55,66 @@ public class ReconcilerTests
     }
 
     [Fact]
+    public async Task RunPass_SameStoreSameKernelSameVerdicts_SkipsPlanning_AnyChangePlansAgain()
+    {
+        var check = new Wire.RealServer.Types.HealthCheck
+        {
+            Endpoint = "http://:8080/health", Period = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromSeconds(1)),
+            Timeout = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromSeconds(1)), UpThreshold = 1, DownThreshold = 1,
+        };
+        var web = _store.Items[0];
+        _store.Items[0] = new StoreItem(web.Service, web.Servers.Select(s => { var c = s.Clone(); c.HealthCheck = check; return c; }).ToList());
+        var stable = new StableDataplane(_dataplane);
+        var health = new FixedHealth();
+        var reconciler = new Reconciler(_store, stable, _status, NullLogger<Reconciler>.Instance, TimeProvider.System, health);
+        var ct = TestContext.Current.CancellationToken;
+        await reconciler.RunPassAsync(ct);
+        await reconciler.RunPassAsync(ct); // converges: nothing planned
+        Assert.Equal(0, reconciler.PlansSkipped);
+
+        await reconciler.RunPassAsync(ct);
+        Assert.Equal(1, reconciler.PlansSkipped);
+
+        // A verdict changes: the pass plans, and the server's weight drops to 0.
+        health.Down.Add(FakeStore.Server("web", "198.18.1.20").Key.Ip);
+        health.Generation++;
+        var afterVerdict = await reconciler.RunPassAsync(ct);
+        Assert.Equal(1, afterVerdict.Applied);
+        Assert.Equal(0u, _dataplane.State.Services[Web].Servers.Single(s => s.Key.Address.ToString() == "198.18.1.20").Value.Weight);
+
+        // The kernel changes behind our back (the dataplane answers with a new state): the pass plans and repairs.
+        await reconciler.RunPassAsync(ct);
+        _dataplane.Tamper(new DeleteServer(Web, new RealServerKey(IPAddress.Parse("198.18.1.21"), 80)));
+        stable.Forget();
+        var repair = await reconciler.RunPassAsync(ct);
+        Assert.Equal(1, repair.Applied);
+    }
+
+    /// <summary>Answers reads with the same instance until something is applied, as the IPVS dataplane does.</summary>
+    private sealed class StableDataplane(InMemoryDataplane inner) : IDataplane
+    {
+        private DataplaneState? _last;
+        public string Name => "stable";
+        public void Forget() => _last = null;
+        public Task<DataplaneState> ReadAsync(CancellationToken ct) => Task.FromResult(_last ??= inner.State);
+        public Task ApplyAsync(Operation operation, CancellationToken ct)
+        {
+            _last = null;
+            return inner.ApplyAsync(operation, ct);
+        }
+    }
+
+    private sealed class FixedHealth : IServerHealth
+    {
+        public HashSet<string> Down { get; } = [];
+        public long Generation { get; set; }
+        public event Action? Changed { add { } remove { } }
+        public void Track(IReadOnlyList<HealthTarget> targets) { }
+        public HealthVerdict Verdict(ServiceKey service, RealServerKey server) =>
+            Down.Contains(server.Address.ToString()) ? HealthVerdict.Down : HealthVerdict.Up;
+    }
+
+    [Fact]
     public async Task RunPass_StoreUnreachable_LeavesDataplaneUntouched()
     {
         await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
