@@ -29,9 +29,10 @@ public static class DaemonHost
         builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
         builder.Logging.AddFilter("Grpc", LogLevel.Warning);
 
+        var apiSecurity = ApiSecurity.Load(options, TimeProvider.System);
+        apiSecurity.AddTo(builder); // the API's TCP listener (TLS), its Unix socket, and who may call what
         builder.WebHost.ConfigureKestrel(k =>
         {
-            k.Listen(options.ListenAddress, options.Port, l => l.Protocols = HttpProtocols.Http2);
             k.Listen(options.HealthListenAddress, options.HealthPort, l => l.Protocols = HttpProtocols.Http1);
         });
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(10));
@@ -53,9 +54,10 @@ public static class DaemonHost
         var app = builder.Build();
         // Open the dataplane now, so a kernel without it is a clear start-up error rather than a failing host.
         var dataplane = app.Services.GetRequiredService<IDataplane>();
-        var grpcHost = $"*:{options.Port}";
         var healthHost = $"*:{options.HealthPort}";
-        app.MapGrpcService<MerlinService>().RequireHost(grpcHost);
+        // No host filter: gRPC needs HTTP/2, which only the API's listeners speak (TCP and the Unix socket,
+        // whose clients send no port); the health listener is HTTP/1.
+        app.MapGrpcService<MerlinService>();
         app.MapGet("/healthz", () => Results.Text("ok\n")).RequireHost(healthHost);
         app.MapGet("/readyz", (ReconcilerStatus status) =>
         {
@@ -69,6 +71,7 @@ public static class DaemonHost
         app.MapMetrics("/metrics").RequireHost(healthHost);
         DaemonMetrics.Register(app.Services);
 
+        app.Lifetime.ApplicationStarted.Register(() => apiSecurity.OnStarted(app.Services));
         app.Lifetime.ApplicationStarted.Register(() =>
         {
             var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Merlin.Daemon");

@@ -35,6 +35,17 @@ public sealed record DaemonOptions
     public string? NetworkNamespace { get; init; }
     /// <summary>Where the daemon keeps node-local state (which IPVS services it created).</summary>
     public string StateDir { get; init; } = "/var/lib/merlin";
+    /// <summary>API security (docs/operations.md, "Securing the API"): the server certificate and key, PEM.</summary>
+    public string? TlsCert { get; init; }
+    public string? TlsKey { get; init; }
+    /// <summary>Client certificates issued by this CA (PEM) identify callers; see ClientCertificateAuthority.</summary>
+    public string? TlsClientCa { get; init; }
+    /// <summary>Bearer tokens, one a line: <c>token role [ip…]</c>.</summary>
+    public string? TokensFile { get; init; }
+    /// <summary>A local Unix socket for meradm on the node; its callers are admin.</summary>
+    public string? UnixSocket { get; init; }
+    /// <summary>Serve the API beyond loopback without TLS, or without credentials.</summary>
+    public bool AllowInsecure { get; init; }
     public string LogFormat { get; init; } = "text";
     public string LogLevel { get; init; } = "information";
 
@@ -58,6 +69,12 @@ public sealed record DaemonOptions
         ["--manage-sysctls"] = "manage-sysctls",
         ["--state-dir"] = "state-dir",
         ["--netns"] = "netns",
+        ["--tls-cert"] = "tls-cert",
+        ["--tls-key"] = "tls-key",
+        ["--tls-client-ca"] = "tls-client-ca",
+        ["--tokens-file"] = "tokens-file",
+        ["--unix-socket"] = "unix-socket",
+        ["--allow-insecure"] = "allow-insecure",
         ["--log-format"] = "log-format",
         ["--log-level"] = "log-level",
         ["--config"] = "config",
@@ -66,7 +83,7 @@ public sealed record DaemonOptions
     public static readonly IReadOnlyList<string> Dataplanes = ["none", "ipvs", "nftables", "auto"];
 
     /// <summary>Flags that may stand alone (<c>--manage-sysctls</c>) or take true/false.</summary>
-    private static readonly HashSet<string> Switches = ["--ipvs-own-all", "--manage-sysctls"];
+    private static readonly HashSet<string> Switches = ["--ipvs-own-all", "--manage-sysctls", "--allow-insecure"];
 
     public static IConfiguration BuildConfiguration(string[] args, IDictionary<string, string?>? environment = null)
     {
@@ -127,6 +144,12 @@ public sealed record DaemonOptions
             NetworkNamespace = config["netns"] is { Length: > 0 } ns
                 ? (File.Exists(Path.Combine("/run/netns", ns)) ? ns : throw new OptionsException($"--netns: no network namespace \"{ns}\" (/run/netns/{ns} does not exist)"))
                 : null,
+            TlsCert = NonEmpty(config, "tls-cert"),
+            TlsKey = NonEmpty(config, "tls-key"),
+            TlsClientCa = NonEmpty(config, "tls-client-ca"),
+            TokensFile = NonEmpty(config, "tokens-file"),
+            UnixSocket = NonEmpty(config, "unix-socket"),
+            AllowInsecure = Bool(config, "allow-insecure", d.AllowInsecure),
             LogFormat = OneOf(config, "log-format", d.LogFormat, ["text", "json"]),
             LogLevel = OneOf(config, "log-level", d.LogLevel, ["debug", "information", "warning", "error"]),
         };
@@ -134,8 +157,27 @@ public sealed record DaemonOptions
             throw new OptionsException("--hash-seed: required with --dataplane nftables, and the same on every node (e.g. 0x5eed1234)");
         if (options.StoreEndpoints.Count == 0) throw new OptionsException("--store-endpoints: at least one etcd endpoint is needed");
         if (options.Port == options.HealthPort && options.Port != 0) throw new OptionsException($"--health-port: {options.HealthPort} is also the API port");
+        CheckApiSecurity(options);
         return options;
     }
+
+    /// <summary>TLS comes as a pair; beyond loopback the API needs TLS and credentials unless told --allow-insecure.</summary>
+    private static void CheckApiSecurity(DaemonOptions o)
+    {
+        if (o.TlsCert is not null && o.TlsKey is null) throw new OptionsException("--tls-key: required with --tls-cert");
+        if (o.TlsKey is not null && o.TlsCert is null) throw new OptionsException("--tls-cert: required with --tls-key");
+        if (o.TlsClientCa is not null && o.TlsCert is null)
+            throw new OptionsException("--tls-client-ca: client certificates need TLS; give --tls-cert and --tls-key too");
+        if (o.AllowInsecure || IPAddress.IsLoopback(o.ListenAddress)) return;
+        if (o.TlsCert is null)
+            throw new OptionsException($"--listen-address: {o.ListenAddress} is beyond loopback and the API has no TLS; give --tls-cert and --tls-key " +
+                                       "(with --tls-client-ca or --tokens-file), or --allow-insecure to serve it in the clear");
+        if (o.TlsClientCa is null && o.TokensFile is null)
+            throw new OptionsException($"--listen-address: {o.ListenAddress} is beyond loopback and the API asks for no credentials, so every caller " +
+                                       "would be admin; give --tls-client-ca or --tokens-file, or --allow-insecure");
+    }
+
+    private static string? NonEmpty(IConfiguration c, string key) => c[key] is { Length: > 0 } text ? text : null;
 
     private static uint Seed(string text)
     {
