@@ -167,8 +167,8 @@ namespace Merlin.Nftables.Bench
         public const uint Seed = 0x5eed1234;
 
         /// <summary>
-        /// distinct: service i has its own ten real servers (10,000 addresses for 1,000 services), so
-        /// every service has its own Maglev map; shared: every service has the same ten (one map).
+        /// distinct: every service has another set of ten real servers, so every service has its own
+        /// Maglev map; shared: every service has the same ten (one map).
         /// VIPs 198.18.4.1 …, real servers 198.19.0.1 …, all DSR on port 80.
         /// </summary>
         public static List<(VirtualService Service, List<RealServer> Servers)> Services(string kind, int count, int perService)
@@ -185,13 +185,25 @@ namespace Merlin.Nftables.Bench
                 var servers = Enumerable.Range(0, perService).Select(j => new RealServer
                 {
                     ServiceID = service.Id,
-                    Key = new RealServer.Types.Key { Ip = Address(19, kind == "shared" ? j : i * perService + j), Port = 80 },
+                    Key = new RealServer.Types.Key { Ip = Address(19, kind == "shared" ? j : Pooled(i, j)), Port = 80 },
                     Config = new RealServer.Types.Config { Weight = 1, Forward = ForwardMethod.Route },
                 }).ToList();
                 list.Add((service, servers));
             }
+            if (kind == "distinct" && list.Select(s => string.Join(",", s.Item2.Select(r => r.Key.Ip).Order())).Distinct().Count() != count)
+                throw new InvalidOperationException("the distinct case's server sets are not all different");
             return list;
         }
+
+        /// <summary>
+        /// Real servers come from a pool of <see cref="Pool"/> addresses: the kernel's neighbour table is
+        /// one table for all namespaces, and it refuses entries (managed ones included) beyond
+        /// net.ipv4.neigh.default.gc_thresh3 (1,024 by default). Service i has servers i + j·53 (the first
+        /// half of the services) or i + j·37 (the second half), mod the pool: 1,000 different sets.
+        /// </summary>
+        public const int Pool = 500;
+
+        private static int Pooled(int service, int j) => (service + j * (service < Pool ? 53 : 37)) % Pool;
 
         /// <summary>198.&lt;second&gt;.x.y for the n-th host: 250 per /24, starting at .1.</summary>
         private static string Address(int second, int n) => $"198.{second}.{n / 250}.{n % 250 + 1}";
