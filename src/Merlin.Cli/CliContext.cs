@@ -36,9 +36,9 @@ internal sealed class CliContext(TextWriter stdout, TextWriter stderr, MerlinCli
     {
         var connection = Global.Resolve(result, out var error);
         if (error is not null) return UsageError(error);
-        var options = new CallOptions(deadline: DateTime.UtcNow + connection.Timeout, cancellationToken: ct);
         try
         {
+            var options = new CallOptions(GrpcConnection.Headers(connection), DateTime.UtcNow + connection.Timeout, ct);
             if (clientFactory is not null)
             {
                 await call(clientFactory(connection), options);
@@ -54,6 +54,10 @@ internal sealed class CliContext(TextWriter stdout, TextWriter stderr, MerlinCli
         {
             Error.WriteLine($"meradm: {what}: {Describe(e, connection)}");
             return Failed;
+        }
+        catch (ConnectionSetupException e)
+        {
+            return UsageError(e.Message);
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {

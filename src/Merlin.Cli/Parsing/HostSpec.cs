@@ -4,13 +4,49 @@ using System.Net.Sockets;
 
 namespace Merlin.Cli.Parsing;
 
-/// <summary>The <c>--host</c> value: a name or address, optionally with a port (<c>lb1:4282</c>, <c>[::1]:4282</c>).</summary>
+/// <summary>
+/// The <c>--host</c> value: a name or address, optionally with a port (<c>lb1:4282</c>, <c>[::1]:4282</c>);
+/// the same as a URL (<c>https://lb1:4282</c>, <c>http://127.0.0.1:4282</c>); or the daemon's local
+/// Unix socket (<c>unix:///run/merlin/merlin.sock</c>).
+/// </summary>
 public sealed record HostSpec(string Host, ushort? Port)
 {
+    /// <summary><c>http</c> or <c>https</c> when the value was a URL; null for host[:port].</summary>
+    public string? Scheme { get; init; }
+
+    /// <summary>The socket path of a <c>unix://</c> value; Host and Port then mean nothing.</summary>
+    public string? UnixSocket { get; init; }
+
+    public const string UnixPrefix = "unix://";
+
     public static bool TryParse(string text, out HostSpec? spec, out string? error)
     {
         spec = null;
         var s = text.Trim();
+        if (s.StartsWith(UnixPrefix, StringComparison.OrdinalIgnoreCase))
+        {
+            var path = s[UnixPrefix.Length..];
+            if (!path.StartsWith('/'))
+            {
+                error = $"\"{text}\" needs an absolute socket path (unix:///run/merlin/merlin.sock)";
+                return false;
+            }
+            spec = new HostSpec("localhost", null) { UnixSocket = path };
+            error = null;
+            return true;
+        }
+        string? scheme = null;
+        foreach (var candidate in (string[])["http", "https"])
+        {
+            if (!s.StartsWith(candidate + "://", StringComparison.OrdinalIgnoreCase)) continue;
+            scheme = candidate;
+            s = s[(candidate.Length + 3)..].TrimEnd('/');
+        }
+        if (s.Contains("://"))
+        {
+            error = $"\"{text}\" is not host[:port], http(s)://host[:port] or unix:///path";
+            return false;
+        }
         string host;
         string? portText = null;
         if (s.StartsWith('['))
@@ -60,7 +96,7 @@ public sealed record HostSpec(string Host, ushort? Port)
             }
             port = p;
         }
-        spec = new HostSpec(host, port);
+        spec = new HostSpec(host, port) { Scheme = scheme };
         error = null;
         return true;
     }
