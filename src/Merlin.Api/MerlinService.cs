@@ -16,6 +16,9 @@ public interface IStatusReporter
 
     /// <summary>The dataplane's traffic counters (empty when the dataplane has none).</summary>
     Task<CountersResponse> CountersAsync(CancellationToken ct);
+
+    /// <summary>Adds what this node's health checks say to a list of the store's records.</summary>
+    void AddHealth(ListResponse response) { }
 }
 
 /// <summary>
@@ -98,6 +101,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
             entry.Servers.AddRange(item.Servers);
             response.Items.Add(entry);
         }
+        status.AddHealth(response);
         return response;
     });
 

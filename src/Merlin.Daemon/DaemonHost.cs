@@ -48,6 +48,12 @@ public static class DaemonHost
         services.AddSingleton<ReconcileLoop>();
         services.AddHostedService(sp => sp.GetRequiredService<ReconcileLoop>());
         services.AddSingleton<IStatusReporter, DaemonStatus>();
+        // Health checks run from the namespace the dataplane programs, where the real servers are reachable.
+        services.AddSingleton(sp => new Merlin.Health.HealthProbes(options.NetworkNamespace));
+        services.AddSingleton<Merlin.Health.IHealthProbe>(sp => sp.GetRequiredService<Merlin.Health.HealthProbes>());
+        services.AddSingleton<Merlin.Health.HealthChecker>();
+        services.AddSingleton<IServerHealth>(sp => sp.GetRequiredService<Merlin.Health.HealthChecker>());
+        services.AddHostedService<HealthCheckService>();
         services.AddGrpc(o => o.EnableDetailedErrors = false);
         overrides?.Invoke(services);
 
@@ -138,8 +144,43 @@ public static class DaemonHost
 }
 
 /// <summary>Answers the Status RPC and /status from the reconciler's view.</summary>
-internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions options, IStore store, IDataplane dataplane, TimeProvider time) : IStatusReporter
+/// <summary>Starts the health checks with the daemon; a verdict change triggers a reconcile pass at once.</summary>
+internal sealed class HealthCheckService(Merlin.Health.HealthChecker checker, ReconcileLoop loop) : IHostedService
 {
+    public Task StartAsync(CancellationToken ct)
+    {
+        checker.Changed += loop.Trigger;
+        checker.Start();
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken ct)
+    {
+        checker.Changed -= loop.Trigger;
+        return checker.DisposeAsync().AsTask(); // stops the checks; the container's dispose then finds nothing to do
+    }
+}
+
+internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions options, IStore store, IDataplane dataplane, TimeProvider time, Merlin.Health.HealthChecker health) : IStatusReporter
+{
+    public void AddHealth(ListResponse response)
+    {
+        var verdicts = health.Report().ToDictionary(r => (r.Service, r.Server));
+        if (verdicts.Count == 0) return;
+        foreach (var item in response.Items)
+        {
+            if (WireMapper.TryToModel(item.Service, out var service) is not null) continue;
+            foreach (var server in item.Servers)
+            {
+                if (server.Key is null || !Merlin.Model.Endpoints.TryParseAddress(server.Key.Ip, out var ip) || server.Key.Port > ushort.MaxValue) continue;
+                if (!verdicts.TryGetValue((service!.Key, new Merlin.Model.RealServerKey(ip, (ushort)server.Key.Port)), out var v)) continue;
+                var wire = new ServerHealth { Key = server.Key.Clone(), Verdict = v.Verdict.ToString().ToLowerInvariant(), Detail = v.Detail };
+                if (v.Since is { } since) wire.Since = Timestamp.FromDateTimeOffset(since);
+                item.Health.Add(wire);
+            }
+        }
+    }
+
     public StatusResponse Report()
     {
         var s = status.Current;
@@ -163,6 +204,15 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
             foreach (var sysctl in diagnostics.Sysctls)
                 response.Sysctls.Add(new StatusResponse.Types.Sysctl { Name = sysctl.Name, Want = sysctl.Want, Have = sysctl.Have ?? "", Managed = sysctl.Managed, Why = sysctl.Why });
             response.Warnings.AddRange(diagnostics.Warnings);
+        }
+        foreach (var r in health.Report())
+        {
+            switch (r.Verdict)
+            {
+                case HealthVerdict.Up: response.ServersUp++; break;
+                case HealthVerdict.Down: response.ServersDown++; break;
+                default: response.ServersUnknown++; break;
+            }
         }
         _ = options;
         return response;
@@ -216,6 +266,17 @@ internal static class DaemonMetrics
                 description: "Conditions that keep part of the desired state from working (see meradm status)");
         }
         if (dataplane is IDataplaneCounters counters) KernelCounterMetrics.Register(counters);
+
+        var health = services.GetRequiredService<Merlin.Health.HealthChecker>();
+        meter.CreateObservableGauge("server_healthy",
+            () => health.Report().Where(r => r.Verdict != HealthVerdict.Unknown).Select(r => new Measurement<int>(r.Verdict == HealthVerdict.Up ? 1 : 0,
+                new KeyValuePair<string, object?>("service", r.Service.ToString()), new KeyValuePair<string, object?>("server", r.Server.ToString()))),
+            description: "1 while a real server's health check passes, 0 while it fails (servers without a check or a verdict are absent)");
+        meter.CreateObservableCounter("health_checks", () => new[]
+        {
+            new Measurement<long>(health.Succeeded, new KeyValuePair<string, object?>("result", "healthy")),
+            new Measurement<long>(health.FailedChecks, new KeyValuePair<string, object?>("result", "unhealthy")),
+        }, description: "Health checks run, by result");
     }
 }
 

@@ -212,10 +212,13 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
         _stop.Cancel();
         if (_loop is not null) await _loop.ConfigureAwait(false);
         _stop.Dispose();
     }
+
+    private int _disposed;
 
     [LoggerMessage(EventId = 400, Level = LogLevel.Warning, Message = "Real server {Address} is {Verdict} ({Scheme} check on port {Port}: {Detail})")]
     private partial void LogTransition(IPAddress address, string scheme, int port, HealthVerdict verdict, string detail);

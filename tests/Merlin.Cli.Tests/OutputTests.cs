@@ -91,6 +91,23 @@ public class OutputTests
     }
 
     [Fact]
+    public async Task List_ShowsTheNodesHealthVerdicts()
+    {
+        var list = Canned.List();
+        var web = list.Items.Single(i => i.Service.Id == "web");
+        web.Health.Add(new ServerHealth { Key = new() { Ip = "198.18.1.9", Port = 80 }, Verdict = "down", Detail = "HTTP 503", Since = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(DateTimeOffset.Parse("2026-11-26T10:00:00Z")) });
+
+        var table = await Meradm.RunAsync(c => c.ListResponse = list, "list");
+        Assert.Contains("  -> 198.18.1.9:80       100     route                 -                     DOWN (HTTP 503): http://:8080/health every 10s", table.Out);
+
+        var json = await Meradm.RunAsync(c => c.ListResponse = list, "list", "-o", "json");
+        using var doc = JsonDocument.Parse(json.Out);
+        var servers = doc.RootElement.GetProperty("services").EnumerateArray().Single(s => s.GetProperty("id").GetString() == "web").GetProperty("servers");
+        Assert.Equal("down", servers[0].GetProperty("health").GetProperty("verdict").GetString());
+        Assert.Equal(JsonValueKind.Null, servers[1].GetProperty("health").ValueKind);
+    }
+
+    [Fact]
     public async Task List_Empty_SaysSo()
     {
         var run = await Meradm.RunAsync("list");
@@ -124,7 +141,7 @@ public class OutputTests
 
         string[] serviceFields = ["id", "protocol", "family", "address", "ip", "port", "fwmark", "scheduler", "flags",
             "persistenceTimeout", "persistenceNetmask", "onePacket", "servers", "stats"];
-        string[] serverFields = ["address", "ip", "port", "weight", "forward", "tunnel", "upperThreshold", "lowerThreshold", "healthCheck", "stats"];
+        string[] serverFields = ["address", "ip", "port", "weight", "forward", "tunnel", "upperThreshold", "lowerThreshold", "healthCheck", "stats", "health"];
         foreach (var service in services)
         {
             Assert.Equal(serviceFields, service.EnumerateObject().Select(p => p.Name));
@@ -260,6 +277,9 @@ public class OutputTests
               "lastError": null,
               "services": 3,
               "servers": 3,
+              "serversUp": 0,
+              "serversDown": 0,
+              "serversUnknown": 0,
               "sysctls": [],
               "warnings": []
             }

@@ -44,7 +44,7 @@ public static class Tables
                 string[] serverCounters = !stats ? [] : r.Stats is { } c
                     ? [Count(c.ActiveConnections), Count(c.InactiveConnections), Count(c.Connections), Count(c.InPackets), Bytes(c.InBytes)]
                     : ["-", "-", "-", "-", "-"];
-                servers.Add([r.Address, r.Weight?.ToString(CultureInfo.InvariantCulture) ?? "-", Forward(r), Thresholds(r), .. serverCounters, Health(r.HealthCheck)]);
+                servers.Add([r.Address, r.Weight?.ToString(CultureInfo.InvariantCulture) ?? "-", Forward(r), Thresholds(r), .. serverCounters, Verdict(r.Health) + Health(r.HealthCheck)]);
                 serverRows.Add((services.Rows.Count - 1, servers.Rows.Count - 1));
             }
         }
@@ -75,6 +75,8 @@ public static class Tables
         table.Add("last error", s.LastError ?? "-");
         table.Add("services", s.Services.ToString(CultureInfo.InvariantCulture));
         table.Add("servers", s.Servers.ToString(CultureInfo.InvariantCulture));
+        if (s.ServersUp + s.ServersDown + s.ServersUnknown > 0)
+            table.Add("health checks", $"{s.ServersUp} up, {s.ServersDown} down, {s.ServersUnknown} unknown");
         foreach (var x in s.Sysctls)
             table.Add($"sysctl {x.Name}", x.Drifted ? $"{x.Have ?? "unreadable"} (DRIFT: want {x.Want}{(x.Managed ? "" : "; --manage-sysctls sets it")})" : x.Have ?? "-");
         foreach (var w in s.Warnings) table.Add("warning", w);
@@ -118,6 +120,11 @@ public static class Tables
             (0, var lower) => $"lower {lower}",
             var (upper, lower) => $"upper {upper} lower {lower}",
         };
+
+    /// <summary>"UP: ", "DOWN (HTTP 503): ", "UNKNOWN: " before the check's description.</summary>
+    private static string Verdict(ServerHealthView? h) => h is null
+        ? ""
+        : h.Verdict == "down" ? $"DOWN ({h.Detail}): " : $"{h.Verdict.ToUpperInvariant()}: ";
 
     private static string Health(HealthCheckView? h) =>
         h is null

@@ -59,7 +59,12 @@ public sealed record ServerView
     public required HealthCheckView? HealthCheck { get; init; }
     /// <summary>The kernel's counters (<c>list --stats</c>); null when not asked for or not programmed.</summary>
     public ServerStatsView? Stats { get; init; }
+    /// <summary>What the answering node's health checks say; null for a server without a check.</summary>
+    public ServerHealthView? Health { get; init; }
 }
+
+/// <summary>up, down or unknown (no verdict yet); the last check's result; since when (null while unknown).</summary>
+public sealed record ServerHealthView(string Verdict, string Detail, DateTimeOffset? Since);
 
 public sealed record TunnelView(string Type, uint? Port, IReadOnlyList<string> Flags);
 
@@ -88,6 +93,10 @@ public sealed record StatusView
     public required string? LastError { get; init; }
     public required uint Services { get; init; }
     public required uint Servers { get; init; }
+    /// <summary>Servers with a health check, by the answering node's verdict.</summary>
+    public required uint ServersUp { get; init; }
+    public required uint ServersDown { get; init; }
+    public required uint ServersUnknown { get; init; }
     public required IReadOnlyList<SysctlView> Sysctls { get; init; }
     public required IReadOnlyList<string> Warnings { get; init; }
 }
@@ -100,9 +109,21 @@ public static class Views
     /// <summary>Services sorted by id, each one's servers by address, so output is stable between runs.</summary>
     public static ServiceList From(ListResponse response) =>
         new(response.Items
-            .Select(ToView)
+            .Select(item => WithHealth(ToView(item), item))
             .OrderBy(s => s.Id, StringComparer.Ordinal)
             .ToList());
+
+    private static ServiceView WithHealth(ServiceView view, ListResponse.Types.Item item)
+    {
+        if (item.Health.Count == 0) return view;
+        var byServer = item.Health.Where(h => h.Key is not null).ToDictionary(h => FormatEndpoint(h.Key.Ip, h.Key.Port));
+        return view with
+        {
+            Servers = view.Servers.Select(s => byServer.TryGetValue(s.Address, out var h)
+                ? s with { Health = new ServerHealthView(h.Verdict, h.Detail, h.Since?.ToDateTimeOffset()) }
+                : s).ToList(),
+        };
+    }
 
     private static ServiceView ToView(ListResponse.Types.Item item)
     {
@@ -180,6 +201,9 @@ public static class Views
         LastError = string.IsNullOrEmpty(status.LastError) ? null : status.LastError,
         Services = status.Services,
         Servers = status.Servers,
+        ServersUp = status.ServersUp,
+        ServersDown = status.ServersDown,
+        ServersUnknown = status.ServersUnknown,
         Sysctls = status.Sysctls
             .Select(x => new SysctlView(x.Name, x.Want, x.Have.Length == 0 ? null : x.Have, x.Managed, x.Have != x.Want, x.Why))
             .ToList(),
