@@ -139,7 +139,7 @@ static async Task<int> Run(Options o)
         rows.Add(("merlin reconcile pass from empty (store read + plan + IPVS apply)", $"{first.Duration.TotalSeconds:0.00} s"));
         rows.Add(("ratio merlin / ipvsadm-restore", (first.Duration.TotalSeconds / restoreSeconds).ToString("0.00", CultureInfo.InvariantCulture)));
         rows.Add(($"no-change resync, median of {o.NoChangePasses} (store revision check + audit + plan)", $"{Median(noChange):0} ms"));
-        rows.Add(($"of which the dataplane's audit + plan, median of {o.NoChangePasses}", $"{Median(dataplaneOnly):0} ms, {dataplane.LastAudit} services audited per pass (a full round every {Math.Ceiling(services / (double)Math.Max(1, dataplane.LastAudit)):0} passes)"));
+        rows.Add(($"dataplane audit + a full plan (the reconciler skips the plan when nothing changed), median of {o.NoChangePasses}", $"{Median(dataplaneOnly):0} ms, {dataplane.LastAudit} services audited per pass (a full round every {Math.Ceiling(services / (double)Math.Max(1, dataplane.LastAudit)):0} passes)"));
         rows.Add(("whole-table read after a restart", $"{wholeRead:0.00} s"));
     }
     finally
