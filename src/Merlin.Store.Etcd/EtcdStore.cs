@@ -230,6 +230,24 @@ public sealed class EtcdStore : IStore
         if (!resp.Succeeded) throw new NotFoundException($"server {ip}:{port} not found in service \"{serviceId}\"");
     }
 
+    public async Task DeleteServerAsync(string serviceId, string ip, uint port, long expectedVersion, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(serviceId);
+        ArgumentNullException.ThrowIfNull(ip);
+        var key = Key(StoreKeys.Server(_prefix, serviceId, ip, port));
+        using var op = Begin(ct);
+        var txn = new TxnRequest();
+        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
+        txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
+        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
+        var resp = await Txn(txn, op).ConfigureAwait(false);
+        if (resp.Succeeded) return;
+        var kvs = resp.Responses[0].ResponseRange.Kvs;
+        if (kvs.Count == 0) throw new NotFoundException($"server {ip}:{port} not found in service \"{serviceId}\"");
+        throw new ConflictException($"server {ip}:{port} of service \"{serviceId}\" changed since version {expectedVersion} (now {kvs[0].ModRevision}); re-read and retry");
+    }
+
     // ---------------------------------------------------------------- list and watch
 
     public async Task<long> GetRevisionAsync(CancellationToken ct = default)

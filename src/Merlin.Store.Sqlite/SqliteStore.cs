@@ -216,6 +216,22 @@ public sealed class SqliteStore : IStore
         }, ct);
     }
 
+    public Task DeleteServerAsync(string serviceId, string ip, uint port, long expectedVersion, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(serviceId);
+        ArgumentNullException.ThrowIfNull(ip);
+        var endpoint = $"{ip}:{port}";
+        return WriteAsync(w =>
+        {
+            var current = w.Scalar<long?>("SELECT version FROM servers WHERE service_id = $id AND endpoint = $ep", ("$id", serviceId), ("$ep", endpoint))
+                ?? throw new NotFoundException($"server {endpoint} not found in service \"{serviceId}\"");
+            if (current != expectedVersion)
+                throw new ConflictException($"server {endpoint} of service \"{serviceId}\" changed since version {expectedVersion} (now {current}); re-read and retry");
+            w.Execute("DELETE FROM servers WHERE service_id = $id AND endpoint = $ep", ("$id", serviceId), ("$ep", endpoint));
+            w.Changed(StoreChangeKind.Delete, ServerKey(serviceId, endpoint));
+        }, ct);
+    }
+
     // ---------------------------------------------------------------- list and watch
 
     public Task<long> GetRevisionAsync(CancellationToken ct = default) => ReadAsync(c =>

@@ -33,6 +33,14 @@ public interface IStore : IAsyncDisposable
 
     Task DeleteServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default);
 
+    /// <summary>
+    /// Deletes the server only if its record is still at <paramref name="expectedVersion"/>, so a decision
+    /// taken on what was read (a drain's deadline has passed) holds when the delete happens, and of several
+    /// writers that read the same version exactly one deletes. <see cref="ConflictException"/> if the record
+    /// changed since, <see cref="NotFoundException"/> if it is gone.
+    /// </summary>
+    Task DeleteServerAsync(string serviceId, string ip, uint port, long expectedVersion, CancellationToken ct = default);
+
     /// <summary>A consistent snapshot of everything, and the revision it was read at.</summary>
     Task<StoreSnapshot> ListAsync(CancellationToken ct = default);
 

@@ -58,6 +58,7 @@ internal sealed class FakeStore : IStore
     public Task<Versioned<RealServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default) => throw new NotSupportedException();
     public Task UpdateServerAsync(RealServer server, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
     public Task DeleteServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task DeleteServerAsync(string serviceId, string ip, uint port, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
 
     public static VirtualService Service(string id, string ip, uint port = 80, string scheduler = "mh") => new()

@@ -324,6 +324,49 @@ public abstract class StoreContractTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task DeleteServerAtVersion_Current_RemovesIt_AndAStaleVersionConflictsAndKeepsIt()
+    {
+        await Store.CreateServiceAsync(Service("web"), Ct);
+        await Store.CreateServerAsync(Server("web", "10.1.0.1"), Ct);
+        var read = (await Store.GetServerAsync("web", "10.1.0.1", 8080, Ct))!;
+        var drained = read.Value.Clone();
+        drained.DrainDeadline = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTimeOffset(DateTimeOffset.UnixEpoch.AddDays(20_000));
+        await Store.UpdateServerAsync(drained, read.Version, Ct);
+
+        // The record changed after it was read (here: a drain with a new deadline): the delete is refused.
+        var conflict = await Assert.ThrowsAsync<ConflictException>(() => Store.DeleteServerAsync("web", "10.1.0.1", 8080, read.Version, Ct));
+        Assert.Contains("10.1.0.1:8080", conflict.Message);
+        var current = (await Store.GetServerAsync("web", "10.1.0.1", 8080, Ct))!;
+        Assert.Equal(drained, current.Value);
+
+        await Store.DeleteServerAsync("web", "10.1.0.1", 8080, current.Version, Ct);
+
+        Assert.Null(await Store.GetServerAsync("web", "10.1.0.1", 8080, Ct));
+        await Assert.ThrowsAsync<NotFoundException>(() => Store.DeleteServerAsync("web", "10.1.0.1", 8080, current.Version, Ct));
+        await Assert.ThrowsAsync<NotFoundException>(() => Store.DeleteServerAsync("ghost", "10.1.0.1", 8080, current.Version, Ct));
+    }
+
+    [Fact]
+    public async Task DeleteServerAtVersion_Concurrent_FromTheSameVersion_ExactlyOneDeletes()
+    {
+        await Store.CreateServiceAsync(Service("web"), Ct);
+        await Store.CreateServerAsync(Server("web", "10.1.0.1"), Ct);
+        await Store.CreateServerAsync(Server("web", "10.1.0.2"), Ct);
+        var start = await Store.GetRevisionAsync(Ct);
+        var read = (await Store.GetServerAsync("web", "10.1.0.1", 8080, Ct))!;
+
+        var results = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Outcome(() => Store.DeleteServerAsync("web", "10.1.0.1", 8080, read.Version, Ct))));
+
+        Assert.Equal(1, results.Count(r => r is null));
+        Assert.All(results.Where(r => r is not null), r => Assert.IsType<NotFoundException>(r));
+        Assert.Equal("10.1.0.2", Assert.Single(Assert.Single((await Store.ListAsync(Ct)).Items).Servers).Key.Ip);
+        // One delete in the history, and nothing else.
+        await Store.CreateServerAsync(Server("web", "10.1.0.3"), Ct);
+        var changes = await CollectAsync(Store.WatchAsync(start, Ct), until: c => c.Key == "servers/web/10.1.0.3:8080");
+        Assert.Equal([(StoreChangeKind.Delete, "servers/web/10.1.0.1:8080"), (StoreChangeKind.Put, "servers/web/10.1.0.3:8080")], changes.Select(c => (c.Kind, c.Key)));
+    }
+
+    [Fact]
     public async Task Servers_WithIPv6Keys_AreStoredFoundListedAndDeleted()
     {
         await Store.CreateServiceAsync(Service("v6", "2001:db8::1", 443), Ct);
