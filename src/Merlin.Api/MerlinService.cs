@@ -27,7 +27,7 @@ public interface IStatusReporter
 /// transaction, store failures are Unavailable. Every record is validated before it is stored, so the
 /// store only ever holds records the daemon can program.
 /// </summary>
-public sealed partial class MerlinService(IStore store, IStatusReporter status, ILogger<MerlinService> logger) : Wire.Merlin.MerlinBase
+public sealed partial class MerlinService(IStore store, IStatusReporter status, ILogger<MerlinService> logger, TimeProvider time) : Wire.Merlin.MerlinBase
 {
     private static readonly Empty Done = new();
     private const int OptimisticRetries = 8;
@@ -66,7 +66,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         var service = await store.GetServiceAsync(model.ServiceId, ct)
             ?? throw NotFound($"service {model.ServiceId} does not exist: create it before its servers");
         CheckFamily(service.Value, model);
-        await store.CreateServerAsync(WireMapper.ToWire(model), ct);
+        await store.CreateServerAsync(WireMapper.ToWire(model with { DrainDeadline = null }), ct); // only DrainServer drains
         LogCreatedServer(model.ServiceId, model.Key.ToString());
         return Done;
     });
@@ -94,7 +94,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     public override Task<ListResponse> List(Empty request, ServerCallContext context) => Guard(context, async ct =>
     {
         var snapshot = await store.ListAsync(ct);
-        var response = new ListResponse();
+        var response = new ListResponse { Now = Timestamp.FromDateTimeOffset(time.GetUtcNow()) };
         foreach (var item in snapshot.Items)
         {
             var entry = new ListResponse.Types.Item { Service = item.Service };

@@ -119,7 +119,13 @@ public static class WireMapper
         if (wire.Config is null) return new("config", "required (weight and forward method)");
         if (TryServerConfig(wire.Config, out var config) is { } configError) return configError.Under("config");
         if (TryHealthCheck(wire.HealthCheck, out var health) is { } healthError) return healthError.Under("health_check");
-        model = new Model.RealServer(wire.ServiceID, new RealServerKey(address!, (ushort)wire.Key.Port), config!, health!);
+        DateTimeOffset? drainDeadline = null;
+        if (wire.DrainDeadline is { } deadline)
+        {
+            try { drainDeadline = deadline.ToDateTimeOffset(); }
+            catch (InvalidOperationException) { return new("drain_deadline", $"{deadline.Seconds}s {deadline.Nanos}ns is not a valid time (0001-01-01 to 9999-12-31 UTC)"); }
+        }
+        model = new Model.RealServer(wire.ServiceID, new RealServerKey(address!, (ushort)wire.Key.Port), config!, health!) { DrainDeadline = drainDeadline };
         return null;
     }
 
@@ -236,13 +242,16 @@ public static class WireMapper
             health.UpThreshold = model.HealthCheck.UpThreshold;
             health.DownThreshold = model.HealthCheck.DownThreshold;
         }
-        return new RealServer
+        var wire = new RealServer
         {
             ServiceID = model.ServiceId,
             Key = ToWire(model.Key),
             Config = config,
             HealthCheck = health,
         };
+        // Only while draining: a server that is not stays byte-identical to the original merlin's record.
+        if (model.DrainDeadline is { } deadline) wire.DrainDeadline = Timestamp.FromDateTimeOffset(deadline);
+        return wire;
     }
 
     /// <summary>Back to the host-less form: <c>http://:8080/health</c>.</summary>

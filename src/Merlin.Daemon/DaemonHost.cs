@@ -54,6 +54,9 @@ public static class DaemonHost
         services.AddSingleton<Merlin.Health.HealthChecker>();
         services.AddSingleton<IServerHealth>(sp => sp.GetRequiredService<Merlin.Health.HealthChecker>());
         services.AddHostedService<HealthCheckService>();
+        // Removes drained servers at their deadline: the API's, as the store's only writer.
+        services.AddSingleton<DrainExpiry>();
+        services.AddHostedService(sp => sp.GetRequiredService<DrainExpiry>());
         services.AddGrpc(o => o.EnableDetailedErrors = false);
         overrides?.Invoke(services);
 

@@ -38,7 +38,14 @@ public sealed record HealthCheck
     public uint DownThreshold { get; init; }
 }
 
-public sealed record RealServer(string ServiceId, RealServerKey Key, RealServerConfig Config, HealthCheck HealthCheck);
+public sealed record RealServer(string ServiceId, RealServerKey Key, RealServerConfig Config, HealthCheck HealthCheck)
+{
+    /// <summary>
+    /// Set while the server drains (only the DrainServer call sets it): its effective weight is 0, and it is
+    /// removed once this time has passed. <see cref="Config"/> keeps the configured weight, which an undrain restores.
+    /// </summary>
+    public DateTimeOffset? DrainDeadline { get; init; }
+}
 
 /// <summary>IPv4 before IPv6, then by address bytes; allocation-free.</summary>
 public static class AddressOrder

@@ -35,6 +35,16 @@ public static class Validation
         return null;
     }
 
+    /// <summary>The longest drain: a deadline further out is almost certainly a typo (300h for 300s).</summary>
+    public static readonly TimeSpan MaxDrainPeriod = TimeSpan.FromDays(7);
+
+    public static ValidationError? DrainPeriod(TimeSpan period, string field)
+    {
+        if (period <= TimeSpan.Zero) return new(field, $"{Durations.Format(period)}: a drain period must be more than 0 (to end a drain, undrain the server)");
+        if (period > MaxDrainPeriod) return new(field, $"{Durations.Format(period)} is longer than the longest drain ({Durations.Format(MaxDrainPeriod)})");
+        return null;
+    }
+
     public static ValidationError? Port(uint port, string field)
     {
         if (port == 0) return new(field, "required (1-65535)");

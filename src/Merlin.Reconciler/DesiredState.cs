@@ -68,7 +68,9 @@ public static class DesiredState
                     rejected.Add(new(where, familyError.ToString()));
                     continue;
                 }
-                servers[server!.Key] = server.Config;
+                // A draining server gets weight 0 (new flows go elsewhere, established ones stay) until it is
+                // removed; the store keeps its configured weight for an undrain.
+                servers[server!.Key] = server.DrainDeadline is null ? server.Config : server.Config with { Weight = 0 };
                 if (server.HealthCheck.Endpoint is not null) checks.Add(new HealthTarget(service.Key, server.Key, server.HealthCheck));
             }
             services[service.Key] = new ServiceState(service.Key, service.Config, servers);

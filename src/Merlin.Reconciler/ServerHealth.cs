@@ -48,6 +48,8 @@ public static class HealthOverlay
             foreach (var (server, config) in service.Servers)
             {
                 if (!checkedServers.Contains((key, server))) continue;
+                // Desired 0 (configured, or draining) stays 0 whatever the verdict: health only ever lowers a weight.
+                if (config.Weight == 0) continue;
                 var weight = verdict(key, server) switch
                 {
                     HealthVerdict.Up => config.Weight,

@@ -28,6 +28,8 @@ public static class AccessPolicy
         ["CreateServer"] = OwnServer((RealServer r) => r.Key?.Ip),
         ["UpdateServer"] = OwnServer((RealServer r) => r.Key?.Ip),
         ["DeleteServer"] = OwnServer((RealServer r) => r.Key?.Ip),
+        ["DrainServer"] = OwnServer((DrainRequest r) => r.Server?.Key?.Ip),
+        ["UndrainServer"] = OwnServer((RealServer r) => r.Key?.Ip),
         ["List"] = Read,
         ["Status"] = Read,
         // Counters stays admin-only: every service's traffic is none of an agent's business, and a
