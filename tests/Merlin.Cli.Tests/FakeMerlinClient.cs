@@ -34,6 +34,8 @@ public sealed class FakeMerlinClient : Wire.Merlin.MerlinClient
     public override AsyncUnaryCall<Empty> CreateServerAsync(RealServer request, CallOptions options) => Answer("CreateServer", request, options, new Empty());
     public override AsyncUnaryCall<Empty> UpdateServerAsync(RealServer request, CallOptions options) => Answer("UpdateServer", request, options, new Empty());
     public override AsyncUnaryCall<Empty> DeleteServerAsync(RealServer request, CallOptions options) => Answer("DeleteServer", request, options, new Empty());
+    public override AsyncUnaryCall<Empty> DrainServerAsync(DrainRequest request, CallOptions options) => Answer("DrainServer", request, options, new Empty());
+    public override AsyncUnaryCall<Empty> UndrainServerAsync(RealServer request, CallOptions options) => Answer("UndrainServer", request, options, new Empty());
     public override AsyncUnaryCall<ListResponse> ListAsync(Empty request, CallOptions options) => Answer("List", request, options, ListResponse);
     public override AsyncUnaryCall<StatusResponse> StatusAsync(Empty request, CallOptions options) => Answer("Status", request, options, StatusResponse);
     public override AsyncUnaryCall<CountersResponse> CountersAsync(Empty request, CallOptions options) => Answer("Counters", request, options, CountersResponse);

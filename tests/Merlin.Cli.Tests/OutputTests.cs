@@ -141,7 +141,7 @@ public class OutputTests
 
         string[] serviceFields = ["id", "protocol", "family", "address", "ip", "port", "fwmark", "scheduler", "flags",
             "persistenceTimeout", "persistenceNetmask", "onePacket", "servers", "stats"];
-        string[] serverFields = ["address", "ip", "port", "weight", "forward", "tunnel", "upperThreshold", "lowerThreshold", "healthCheck", "stats", "health"];
+        string[] serverFields = ["address", "ip", "port", "weight", "forward", "tunnel", "upperThreshold", "lowerThreshold", "healthCheck", "stats", "health", "drainDeadline", "drainSecondsLeft"];
         foreach (var service in services)
         {
             Assert.Equal(serviceFields, service.EnumerateObject().Select(p => p.Name));

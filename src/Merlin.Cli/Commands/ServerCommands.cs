@@ -6,7 +6,7 @@ using Wire = Merlin.Wire;
 
 namespace Merlin.Cli.Commands;
 
-/// <summary><c>meradm server add|edit|del &lt;serviceID&gt; &lt;ip:port&gt;</c>.</summary>
+/// <summary><c>meradm server add|edit|del|drain|undrain &lt;serviceID&gt; &lt;ip:port&gt;</c>.</summary>
 internal static class ServerCommands
 {
     // What `server add --health-endpoint …` uses for timing options left out.
@@ -22,6 +22,8 @@ internal static class ServerCommands
         command.Subcommands.Add(AddOrEdit(ctx, edit: false));
         command.Subcommands.Add(AddOrEdit(ctx, edit: true));
         command.Subcommands.Add(Delete(ctx));
+        command.Subcommands.Add(Drain(ctx));
+        command.Subcommands.Add(Undrain(ctx));
         return command;
     }
 
@@ -144,6 +146,61 @@ internal static class ServerCommands
                 if (edit) await client.UpdateServerAsync(server, callOptions);
                 else await client.CreateServerAsync(server, callOptions);
             }, ct);
+        });
+        return command;
+    }
+
+    private static Command Drain(CliContext ctx)
+    {
+        var serviceId = ServiceIdArgument();
+        var endpoint = EndpointArgument();
+        var period = Parsers.Option<TimeSpan>("--period", ["-p"], "How long established connections may stay before the server is removed (e.g. 300s)",
+            (string text, out TimeSpan value, out string? error) =>
+            {
+                if (!Merlin.Model.Durations.TryParse(text, out value, out error)) return false;
+                error = Merlin.Model.Validation.DrainPeriod(value, "--period")?.Reason;
+                return error is null;
+            }, "duration");
+        period.Required = true;
+        var command = new Command("drain", "Stop new connections to a real server now, and remove it when the period has passed");
+        command.Arguments.Add(serviceId);
+        command.Arguments.Add(endpoint);
+        command.Options.Add(period);
+        command.SetAction((result, ct) =>
+        {
+            var ep = result.GetValue(endpoint)!;
+            var request = new Wire.DrainRequest
+            {
+                Server = new Wire.RealServer
+                {
+                    ServiceID = result.GetValue(serviceId)!,
+                    Key = new Wire.RealServer.Types.Key { Ip = ep.Address.ToString(), Port = (uint)ep.Port },
+                },
+                Period = Duration.FromTimeSpan(result.GetValue(period)),
+            };
+            return ctx.CallAsync(result, $"drain server {ServiceCommands.Format(ep)} of service {request.Server.ServiceID}",
+                async (client, callOptions) => await client.DrainServerAsync(request, callOptions), ct);
+        });
+        return command;
+    }
+
+    private static Command Undrain(CliContext ctx)
+    {
+        var serviceId = ServiceIdArgument();
+        var endpoint = EndpointArgument();
+        var command = new Command("undrain", "End a drain before its deadline: the server's configured weight returns");
+        command.Arguments.Add(serviceId);
+        command.Arguments.Add(endpoint);
+        command.SetAction((result, ct) =>
+        {
+            var ep = result.GetValue(endpoint)!;
+            var server = new Wire.RealServer
+            {
+                ServiceID = result.GetValue(serviceId)!,
+                Key = new Wire.RealServer.Types.Key { Ip = ep.Address.ToString(), Port = (uint)ep.Port },
+            };
+            return ctx.CallAsync(result, $"undrain server {ServiceCommands.Format(ep)} of service {server.ServiceID}",
+                async (client, callOptions) => await client.UndrainServerAsync(server, callOptions), ct);
         });
         return command;
     }

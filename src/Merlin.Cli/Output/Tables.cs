@@ -44,7 +44,7 @@ public static class Tables
                 string[] serverCounters = !stats ? [] : r.Stats is { } c
                     ? [Count(c.ActiveConnections), Count(c.InactiveConnections), Count(c.Connections), Count(c.InPackets), Bytes(c.InBytes)]
                     : ["-", "-", "-", "-", "-"];
-                servers.Add([r.Address, r.Weight?.ToString(CultureInfo.InvariantCulture) ?? "-", Forward(r), Thresholds(r), .. serverCounters, Verdict(r.Health) + Health(r.HealthCheck)]);
+                servers.Add([r.Address, Weight(r), Forward(r), Thresholds(r), .. serverCounters, Verdict(r.Health) + Health(r.HealthCheck)]);
                 serverRows.Add((services.Rows.Count - 1, servers.Rows.Count - 1));
             }
         }
@@ -101,6 +101,14 @@ public static class Tables
         var text = $"{s.PersistenceTimeout}s";
         var full = s.Family == "ipv6" ? 128u : 32u;
         return s.PersistenceNetmask == full ? text : $"{text} /{s.PersistenceNetmask}";
+    }
+
+    /// <summary>The configured weight; a draining server's says so and how long it has left ("5 (draining, 4m12s left)").</summary>
+    private static string Weight(ServerView r)
+    {
+        var weight = r.Weight?.ToString(CultureInfo.InvariantCulture) ?? "-";
+        if (r.DrainSecondsLeft is not { } left) return weight;
+        return left > 0 ? $"{weight} (draining, {Durations.Format(TimeSpan.FromSeconds(left))} left)" : $"{weight} (draining, removal due)";
     }
 
     private static string Forward(ServerView r)

@@ -61,6 +61,10 @@ public sealed record ServerView
     public ServerStatsView? Stats { get; init; }
     /// <summary>What the answering node's health checks say; null for a server without a check.</summary>
     public ServerHealthView? Health { get; init; }
+    /// <summary>When a draining server is removed (its effective weight is 0 until then); null when not draining.</summary>
+    public DateTimeOffset? DrainDeadline { get; init; }
+    /// <summary>Whole seconds until <see cref="DrainDeadline"/> by the daemon's clock (0 once due); null when not draining.</summary>
+    public long? DrainSecondsLeft { get; init; }
 }
 
 /// <summary>up, down or unknown (no verdict yet); the last check's result; since when (null while unknown).</summary>
@@ -107,11 +111,30 @@ public sealed record SysctlView(string Name, string Want, string? Have, bool Man
 public static class Views
 {
     /// <summary>Services sorted by id, each one's servers by address, so output is stable between runs.</summary>
-    public static ServiceList From(ListResponse response) =>
-        new(response.Items
-            .Select(item => WithHealth(ToView(item), item))
+    public static ServiceList From(ListResponse response) => From(response, TimeProvider.System.GetUtcNow());
+
+    /// <param name="clock">The time to count a drain's time left from when the daemon did not send its own.</param>
+    public static ServiceList From(ListResponse response, DateTimeOffset clock)
+    {
+        var now = response.Now is { } n ? n.ToDateTimeOffset() : clock;
+        return new(response.Items
+            .Select(item => WithDrain(WithHealth(ToView(item), item), item, now))
             .OrderBy(s => s.Id, StringComparer.Ordinal)
             .ToList());
+    }
+
+    private static ServiceView WithDrain(ServiceView view, ListResponse.Types.Item item, DateTimeOffset now)
+    {
+        var deadlines = item.Servers.Where(s => s.DrainDeadline is not null && s.Key is not null)
+            .ToDictionary(s => FormatEndpoint(s.Key.Ip, s.Key.Port), s => s.DrainDeadline.ToDateTimeOffset());
+        if (deadlines.Count == 0) return view;
+        return view with
+        {
+            Servers = view.Servers.Select(s => deadlines.TryGetValue(s.Address, out var d)
+                ? s with { DrainDeadline = d, DrainSecondsLeft = Math.Max(0, (long)Math.Ceiling((d - now).TotalSeconds)) }
+                : s).ToList(),
+        };
+    }
 
     private static ServiceView WithHealth(ServiceView view, ListResponse.Types.Item item)
     {
