@@ -70,6 +70,11 @@ internal sealed class CliContext(TextWriter stdout, TextWriter stderr, MerlinCli
     internal static string Describe(RpcException e, ConnectionOptions connection)
     {
         var status = e.Status;
+        if (Find<System.Security.Authentication.AuthenticationException>(status.DebugException) is { } tls)
+            return $"cannot reach merlin at {connection.Authority}: TLS failed: {Innermost(tls)}" +
+                   (connection.Tls?.CaFile is null
+                       ? " (give --ca with the CA that issued the daemon's certificate)"
+                       : " (was the daemon's certificate issued by the --ca CA, for the name or address in --host?)");
         // A transport failure carries the client-side exception; a status the daemon sent does not.
         if (status.StatusCode == StatusCode.Unavailable && status.DebugException is { } transport)
             return $"cannot reach merlin at {connection.Authority}: {Innermost(transport)}";
@@ -85,6 +90,13 @@ internal sealed class CliContext(TextWriter stdout, TextWriter stderr, MerlinCli
         if (status.StatusCode == StatusCode.Unimplemented)
             detail += $" (the daemon at {connection.Authority} does not offer this call; is it an older merlin?)";
         return detail;
+    }
+
+    private static T? Find<T>(Exception? e) where T : Exception
+    {
+        for (; e is not null; e = e.InnerException)
+            if (e is T found) return found;
+        return null;
     }
 
     private static string Innermost(Exception e)

@@ -1,6 +1,4 @@
-using System.Net.Sockets;
 using Grpc.Core;
-using Microsoft.AspNetCore.Connections.Features;
 
 namespace Merlin.Api.Security;
 
@@ -31,7 +29,9 @@ public sealed class CallerAuthenticator(ApiCredentials credentials)
     public Caller Authenticate(ServerCallContext context)
     {
         var http = context.GetHttpContext();
-        if (http.Features.Get<IConnectionEndPointFeature>()?.LocalEndPoint is UnixDomainSocketEndPoint) return Caller.LocalSocket;
+        // A connection that is not over IP came through the daemon's Unix socket, its only other listener.
+        // (Connection-level features such as the endpoint are not visible from a request.)
+        if (http.Connection.LocalIpAddress is null && http.Connection.RemoteIpAddress is null) return Caller.LocalSocket;
 
         if (http.Connection.ClientCertificate is { } certificate)
             return credentials.ClientCertificates?.Identify(certificate)
