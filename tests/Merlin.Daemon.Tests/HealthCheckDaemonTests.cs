@@ -54,8 +54,8 @@ public sealed class HealthCheckDaemonTests : IAsyncLifetime
             ServiceID = "web", Key = new() { Ip = "127.0.0.1", Port = 80 }, Config = new() { Weight = 5, Forward = Wire.ForwardMethod.Route },
             HealthCheck = new()
             {
-                Endpoint = $"http://:{_healthPort}/health", Period = Duration.FromTimeSpan(TimeSpan.FromMilliseconds(200)),
-                Timeout = Duration.FromTimeSpan(TimeSpan.FromMilliseconds(150)), UpThreshold = 2, DownThreshold = 2,
+                Endpoint = $"http://:{_healthPort}/health", Period = Duration.FromTimeSpan(TimeSpan.FromSeconds(1)),
+                Timeout = Duration.FromTimeSpan(TimeSpan.FromSeconds(1)), UpThreshold = 2, DownThreshold = 2, // generous: a loaded CI machine must not flap
             },
         }, cancellationToken: Ct);
     }

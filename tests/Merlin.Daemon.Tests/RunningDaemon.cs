@@ -82,7 +82,7 @@ public sealed class RunningDaemon : IAsyncDisposable
     public async Task WaitForDataplaneAsync(Func<DataplaneState, bool> condition)
     {
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
-        cts.CancelAfter(TimeSpan.FromSeconds(15));
+        cts.CancelAfter(TimeSpan.FromSeconds(30));
         while (!condition(Dataplane.State)) await Task.Delay(20, cts.Token);
     }
 
