@@ -94,7 +94,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     public override Task<ListResponse> List(Empty request, ServerCallContext context) => Guard(context, async ct =>
     {
         var snapshot = await store.ListAsync(ct);
-        var response = new ListResponse { Now = Timestamp.FromDateTimeOffset(time.GetUtcNow()) };
+        var response = new ListResponse();
         foreach (var item in snapshot.Items)
         {
             var entry = new ListResponse.Types.Item { Service = item.Service };
@@ -102,6 +102,9 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
             response.Items.Add(entry);
         }
         status.AddHealth(response);
+        // The daemon's clock, for a drain's time left; only when something drains, so that a list of an
+        // unchanged store is the same message every time (and the same bytes the original sent).
+        if (response.Items.Any(i => i.Servers.Any(s => s.DrainDeadline is not null))) response.Now = Timestamp.FromDateTimeOffset(time.GetUtcNow());
         return response;
     });
 
