@@ -77,7 +77,11 @@ internal sealed class CliContext(TextWriter stdout, TextWriter stderr, MerlinCli
                        : " (was the daemon's certificate issued by the --ca CA, for the name or address in --host?)");
         // A transport failure carries the client-side exception; a status the daemon sent does not.
         if (status.StatusCode == StatusCode.Unavailable && status.DebugException is { } transport)
-            return $"cannot reach merlin at {connection.Authority}: {Innermost(transport)}";
+            return $"cannot reach merlin at {connection.Authority}: {Innermost(transport)}" +
+                   // A TLS listener closes a plain HTTP/2 connection without a word.
+                   (connection.Tls is null && connection.UnixSocket is null && Find<HttpIOException>(transport, io => io.HttpRequestError == HttpRequestError.ResponseEnded) is not null
+                       ? " (if the daemon serves TLS, give --ca, or --host https://…)"
+                       : "");
         if (status.StatusCode == StatusCode.DeadlineExceeded)
             return $"no answer from merlin at {connection.Authority} within {Durations.Format(connection.Timeout)}" +
                    (string.IsNullOrEmpty(status.Detail) || status.Detail == "Deadline Exceeded" ? "" : $" ({status.Detail})");
@@ -92,10 +96,10 @@ internal sealed class CliContext(TextWriter stdout, TextWriter stderr, MerlinCli
         return detail;
     }
 
-    private static T? Find<T>(Exception? e) where T : Exception
+    private static T? Find<T>(Exception? e, Func<T, bool>? where = null) where T : Exception
     {
         for (; e is not null; e = e.InnerException)
-            if (e is T found) return found;
+            if (e is T found && (where is null || where(found))) return found;
         return null;
     }
 

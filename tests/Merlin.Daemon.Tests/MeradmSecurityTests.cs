@@ -73,7 +73,8 @@ public sealed class MeradmSecurityTests(SecuredDaemon secured) : IClassFixture<S
     {
         var (code, _, err) = await Meradm("-H", Tcp, "list");
         Assert.Equal(1, code);
-        Assert.StartsWith("meradm: list services: ", err);
+        Assert.StartsWith($"meradm: list services: cannot reach merlin at {Tcp}: ", err);
+        Assert.EndsWith("(if the daemon serves TLS, give --ca, or --host https://…)", err.TrimEnd());
     }
 
     [Fact]

@@ -7,8 +7,8 @@ namespace Merlin.Api.Security;
 /// <summary>
 /// Which role may call which method. Admin may call anything. A real server may read List and Status, and
 /// change only real servers whose IP is one of its own. A method not listed here is admin-only, so a new
-/// RPC is never open to real servers by accident; opening one to them is one line (a future DrainServer:
-/// <c>["DrainServer"] = OwnServer((DrainRequest r) => r.Server?.Key?.Ip)</c>).
+/// RPC is never open to real servers by accident; opening one to them is one line naming where its
+/// request carries the server's IP (as DrainServer's does).
 /// </summary>
 public static class AccessPolicy
 {
