@@ -167,7 +167,7 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
         // The rotation order is rebuilt only when what we own may have changed.
         if (_auditOrder is not { } order || !ReferenceEquals(order.Desired, desired) || order.Version != _cacheVersion)
         {
-            _auditOrder = order = (desired, _cacheVersion, _cache!.Keys.Where(k => Owns(k, desired)).Order(ServiceKeyOrder.Instance).ToList());
+            _auditOrder = order = (desired, _cacheVersion, _cache!.Keys.Where(k => Owns(k, desired)).Order(ServiceKeyComparer.Instance).ToList());
         }
         var owned = order.Keys;
         if (owned.Count == 0) return;
@@ -365,25 +365,4 @@ public sealed partial class IpvsDataplane : IDataplane, IDataplaneCounters, IDat
 
     [LoggerMessage(EventId = 301, Level = LogLevel.Warning, Message = "{Drift}")]
     private partial void LogSysctlDrift(string drift);
-}
-
-/// <summary>A total order on service keys, so the audit rotation visits every service.</summary>
-internal sealed class ServiceKeyOrder : IComparer<ServiceKey>
-{
-    public static readonly ServiceKeyOrder Instance = new();
-
-    public int Compare(ServiceKey a, ServiceKey b)
-    {
-        var c = a.FirewallMark.CompareTo(b.FirewallMark);
-        if (c != 0) return c;
-        c = a.Family.CompareTo(b.Family);
-        if (c != 0) return c;
-        if (a.Address is not null && b.Address is not null)
-        {
-            c = AddressOrder.Compare(a.Address, b.Address);
-            if (c != 0) return c;
-        }
-        c = a.Port.CompareTo(b.Port);
-        return c != 0 ? c : a.Protocol.CompareTo(b.Protocol);
-    }
 }

@@ -40,13 +40,6 @@ public class DrainDaemonTests(EtcdFixture etcd) : BackendTestBase(etcd)
     private static uint? Weight(RunningDaemon daemon, int server) =>
         daemon.Dataplane.State.Services.TryGetValue(Web, out var s) && s.Servers.TryGetValue(Rs(server), out var c) ? c.Weight : null;
 
-    private static async Task<(int Code, string Out, string Err)> Meradm(RunningDaemon daemon, params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        var code = await MeradmApp.RunAsync([.. args, "-H", "127.0.0.1", "-P", daemon.Options.Port.ToString()], stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
 
     [Theory, MemberData(nameof(Backends))]
     public async Task Drain_WeightZeroAtOnce_TimeLeftInList_RemovedAtTheDeadline_UndrainRestores(string backend)
@@ -56,19 +49,19 @@ public class DrainDaemonTests(EtcdFixture etcd) : BackendTestBase(etcd)
         await daemon.WaitForDataplaneAsync(_ => Weight(daemon, 1) == 5 && Weight(daemon, 2) == 5);
 
         // Server 2: drained, then undrained before its deadline: its configured weight returns.
-        var (code, _, err) = await Meradm(daemon, "server", "drain", "web", "198.18.1.2:80", "--period", "1h");
+        var (code, _, err) = await daemon.MeradmAsync("server", "drain", "web", "198.18.1.2:80", "--period", "1h");
         Assert.True(code == 0, err);
         await daemon.WaitForDataplaneAsync(_ => Weight(daemon, 2) == 0);
-        (code, _, err) = await Meradm(daemon, "server", "undrain", "web", "198.18.1.2:80");
+        (code, _, err) = await daemon.MeradmAsync("server", "undrain", "web", "198.18.1.2:80");
         Assert.True(code == 0, err);
         await daemon.WaitForDataplaneAsync(_ => Weight(daemon, 2) == 5);
 
         // Server 1: drained for 2 s; weight 0 at once, still programmed, the store keeps the configured weight.
         var started = DateTimeOffset.UtcNow;
-        (code, _, err) = await Meradm(daemon, "server", "drain", "web", "198.18.1.1:80", "--period", "2s");
+        (code, _, err) = await daemon.MeradmAsync("server", "drain", "web", "198.18.1.1:80", "--period", "2s");
         Assert.True(code == 0, err);
         await daemon.WaitForDataplaneAsync(_ => Weight(daemon, 1) == 0);
-        var (_, table, _) = await Meradm(daemon, "list");
+        var (_, table, _) = await daemon.MeradmAsync("list");
         Assert.Matches(@"198\.18\.1\.1:80\s+5 \(draining, (1|2)s left\)", table);
         var list = await daemon.Extended.ListAsync(new Empty(), cancellationToken: Ct);
         var record = list.Items[0].Servers.Single(s => s.Key.Ip == "198.18.1.1");

@@ -50,14 +50,9 @@ public sealed class IpvsDaemonTests : IDisposable
         SyncPeriod = TimeSpan.FromSeconds(1),
     });
 
-    private static async Task<(int Code, string Out, string Err)> Meradm(RunningDaemon daemon, params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        // A generous deadline: the first call in the emulated guest JIT-compiles gRPC on both ends.
-        var code = await MeradmApp.RunAsync([.. args, "-H", "127.0.0.1", "-P", daemon.Options.Port.ToString(), "--timeout", "60s"], stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    // A generous deadline: the first call in the emulated guest JIT-compiles gRPC on both ends.
+    private static Task<(int Code, string Out, string Err)> Meradm(RunningDaemon daemon, params string[] args) =>
+        daemon.MeradmAsync([.. args, "--timeout", "60s"]);
 
     private static ServiceKey Web => ServiceKey.ForAddress(IPAddress.Parse("198.18.0.10"), 80, Protocol.Tcp);
 

@@ -76,6 +76,15 @@ public sealed class RunningDaemon : IAsyncDisposable
         await StartAsync();
     }
 
+    /// <summary>Runs meradm in this process against this daemon's API, as an operator would; returns exit code, stdout, stderr.</summary>
+    public async Task<(int Code, string Out, string Err)> MeradmAsync(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        var code = await Merlin.Cli.MeradmApp.RunAsync([.. args, "-H", "127.0.0.1", "-P", Options.Port.ToString()], stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
     public HttpClient Health() => new() { BaseAddress = new Uri($"http://127.0.0.1:{Options.HealthPort}") };
 
     /// <summary>Waits until the reconciler has programmed what the store holds.</summary>
