@@ -99,6 +99,9 @@ public sealed class LabLifecycleTests
         var live = $"ml{hex}-{Environment.ProcessId}-rs1";
         var foreign = $"mltest{hex}-1-rs1"; // lab-like, but not the lab's pattern
         Process? inside = null;
+        // Other test processes sweep when they build their first lab: hold the sweep lock, so only this
+        // test's sweep can find the stale namespace it plants.
+        var held = await Lab.LockSweepsAsync();
         try
         {
             foreach (var n in new[] { stale, live, foreign }) await Ip("netns", "add", n);
@@ -106,7 +109,7 @@ public sealed class LabLifecycleTests
             inside = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", stale, "sleep", "60"]) { UseShellExecute = false })!;
             await WaitUntil(async () => (await Run("ip", "netns", "pids", stale)).Contains(inside.Id.ToString(CultureInfo.InvariantCulture)));
 
-            var removed = await Lab.SweepStaleAsync();
+            var removed = await Lab.SweepStaleAsync(held);
 
             Assert.Contains(stale, removed);
             Assert.DoesNotContain(live, removed);
@@ -121,6 +124,7 @@ public sealed class LabLifecycleTests
         }
         finally
         {
+            held.Dispose();
             if (inside is { HasExited: false }) inside.Kill();
             inside?.Dispose();
             foreach (var n in new[] { stale, live, foreign }) await Run("ip", "netns", "del", n);

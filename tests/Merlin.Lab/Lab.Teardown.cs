@@ -126,6 +126,14 @@ public sealed partial class Lab
     /// </summary>
     public static async Task<IReadOnlyList<string>> SweepStaleAsync()
     {
+        using var held = await LockSweepsAsync();
+        return await SweepStaleAsync(held);
+    }
+
+    /// <summary>The same sweep, by a caller that already holds the sweep lock (<see cref="LockSweepsAsync"/>).</summary>
+    public static async Task<IReadOnlyList<string>> SweepStaleAsync(IDisposable heldLock)
+    {
+        ArgumentNullException.ThrowIfNull(heldLock);
         var stale = ListNamespaces().Where(n => CreatorPid(n) is { } pid && !Signal.IsAlive(pid)).ToList();
         if (stale.Count > 0)
         {
@@ -148,6 +156,28 @@ public sealed partial class Lab
     }
 
     private static Task EnsureSweptAsync() => Swept.Value;
+
+    private static readonly string SweepLockPath = Path.Combine(Path.GetTempPath(), "merlin-lab-sweep.lock");
+
+    /// <summary>
+    /// Takes the machine-wide sweep lock (an exclusive lock on a file, so it holds across the test processes
+    /// that run in parallel): while it is held no other lab process sweeps. Waits up to a minute for it.
+    /// </summary>
+    public static async Task<IDisposable> LockSweepsAsync()
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(1);
+        while (true)
+        {
+            try
+            {
+                return new FileStream(SweepLockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            }
+            catch (IOException) when (DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(50);
+            }
+        }
+    }
 
     /// <summary>Kills every process inside the namespaces (by PID), deletes them; returns those still present.</summary>
     private static async Task<IReadOnlyList<string>> RemoveNamespacesAsync(IReadOnlyList<string> names)
