@@ -45,7 +45,7 @@ static async Task<List<string>> Run(string backend, Args o)
         await using var app = DaemonHost.Build(options with { LogLevel = "warning" });
         await app.StartAsync();
         using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{options.Port}",
-            new GrpcChannelOptions { MaxReceiveMessageSize = Merlin.Cli.GrpcConnection.MaxMessageBytes });
+            new GrpcChannelOptions { MaxReceiveMessageSize = Merlin.Client.GrpcConnection.MaxMessageBytes });
         var client = new Merlin.Wire.Merlin.MerlinClient(channel);
         Console.WriteLine($"[{backend}] daemon up; creating {o.Services:N0} services × {o.Servers} servers with {o.Concurrency} concurrent calls");
 

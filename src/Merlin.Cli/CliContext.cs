@@ -3,6 +3,7 @@ using System.CommandLine.Parsing;
 using System.Net.Sockets;
 using Grpc.Core;
 using Merlin.Cli.Parsing;
+using Merlin.Client;
 using Merlin.Model;
 using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
 

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using Merlin.Cli.Parsing;
+using Merlin.Client;
 
 namespace Merlin.Cli;
 

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Invocation;
 using Merlin.Cli.Commands;
+using Merlin.Client;
 using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
 
 namespace Merlin.Cli;

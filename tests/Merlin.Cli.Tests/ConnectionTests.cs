@@ -1,3 +1,5 @@
+using Merlin.Client;
+
 namespace Merlin.Cli.Tests;
 
 public class ConnectionTests

@@ -1,6 +1,7 @@
 using Google.Protobuf;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
+using Merlin.Client;
 using Merlin.Wire;
 
 namespace Merlin.Cli.Tests;

@@ -1,3 +1,5 @@
+using Merlin.Client;
+
 namespace Merlin.Cli.Tests;
 
 /// <summary>How meradm is told to use TLS, client certificates, a token or the daemon's Unix socket, and the mistakes it refuses.</summary>

@@ -6,7 +6,7 @@ using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
 using Grpc.Net.Client;
 
-namespace Merlin.Cli;
+namespace Merlin.Client;
 
 /// <summary>Where and how meradm talks to the daemon, resolved from the global options.</summary>
 /// <param name="Host">Host name or address, without brackets.</param>

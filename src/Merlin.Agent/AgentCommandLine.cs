@@ -1,0 +1,185 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Net;
+using Merlin.Client;
+using Durations = Merlin.Model.Durations;
+using Validation = Merlin.Model.Validation;
+using Merlin.Wire;
+
+namespace Merlin.Agent;
+
+/// <summary>What the command line asks for, checked: where the API is, what to register, where to keep state.</summary>
+public sealed record AgentInvocation(ConnectionOptions Connection, AgentOptions Agent, string StateFile, string LogFormat);
+
+/// <summary>merlin-agent's options. Every mistake is reported with the option it is about.</summary>
+public sealed class AgentCommandLine
+{
+    public const ushort DefaultPort = 4282;
+    public const string DefaultStateDir = "/var/lib/merlin-agent";
+
+    private readonly Option<string> _api = new("--api") { Description = "The load balancers' API, host[:port] — their management VIP [default port: 4282]", Required = true, HelpName = "host[:port]" };
+    private readonly Option<string[]> _services = new("--service") { Description = "A service (its ID in the store) this node serves; repeat for more", Required = true, HelpName = "id" };
+    private readonly Option<string[]> _addresses = new("--address") { Description = "This node's own address (one per family it serves); its real-server IP", Required = true, HelpName = "ip" };
+    private readonly Option<string> _weight = new("--weight") { Description = "Weight [default: 1]", HelpName = "n" };
+    private readonly Option<string> _forward = new("--forward") { Description = "route (direct server return) or tunnel [default: route]", HelpName = "route|tunnel" };
+    private readonly Option<string> _healthEndpoint = new("--health-endpoint") { Description = "Health check the load balancers run, e.g. http://:80/healthz (none if absent)", HelpName = "url" };
+    private readonly Option<string> _healthPeriod = new("--health-period") { Description = "Between checks [default: 2s]", HelpName = "duration" };
+    private readonly Option<string> _healthTimeout = new("--health-timeout") { Description = "Per check [default: 1s]", HelpName = "duration" };
+    private readonly Option<string> _healthUp = new("--health-up") { Description = "Passing checks in a row before up [default: 2]", HelpName = "n" };
+    private readonly Option<string> _healthDown = new("--health-down") { Description = "Failing checks in a row before down [default: 2]", HelpName = "n" };
+    private readonly Option<string> _drainPeriod = new("--drain-period") { Description = "On SIGTERM: how long established connections may finish before the node is removed (0s: remove at once) [default: 30s]", HelpName = "duration" };
+    private readonly Option<string> _stateDir = new("--state-dir") { Description = $"Where the node's original settings are remembered [default: {DefaultStateDir}]", HelpName = "dir" };
+    private readonly Option<string> _timeout = new("--timeout") { Description = "Deadline of each API call [default: 10s]", HelpName = "duration" };
+    private readonly Option<string> _ca = new("--ca") { Description = "Use TLS, and trust only this CA (PEM) for the daemon's certificate", HelpName = "file" };
+    private readonly Option<string> _cert = new("--cert") { Description = "Use TLS, and show this client certificate (PEM; role realserver, this node's IP as an IP SAN)", HelpName = "file" };
+    private readonly Option<string> _key = new("--key") { Description = "The client certificate's private key (PEM) [default: in the --cert file]", HelpName = "file" };
+    private readonly Option<string> _tokenFile = new("--token-file") { Description = "Send the bearer token in this file; only over TLS or to loopback", HelpName = "file" };
+    private readonly Option<string> _logFormat = new("--log-format") { Description = "text or json [default: text]", HelpName = "text|json" };
+
+    public RootCommand Root { get; }
+
+    public AgentCommandLine()
+    {
+        Root = new RootCommand("merlin-agent: attach this node to Merlin's load balancers as a real server (direct server return), and detach it gracefully on SIGTERM");
+        foreach (var o in new Option[] { _api, _services, _addresses, _weight, _forward, _healthEndpoint, _healthPeriod, _healthTimeout, _healthUp, _healthDown, _drainPeriod, _stateDir, _timeout, _ca, _cert, _key, _tokenFile, _logFormat })
+            Root.Options.Add(o);
+    }
+
+    /// <summary>The invocation the parsed options describe, or the first error (naming its option).</summary>
+    public AgentInvocation? Bind(ParseResult r, out string? error)
+    {
+        error = null;
+        try
+        {
+            return BindOrThrow(r);
+        }
+        catch (OptionError e)
+        {
+            error = e.Message;
+            return null;
+        }
+    }
+
+    private AgentInvocation BindOrThrow(ParseResult r)
+    {
+        var (host, port) = ParseHost(r.GetValue(_api)!);
+        var timeout = Duration(r, _timeout, TimeSpan.FromSeconds(10), min: TimeSpan.FromMilliseconds(100));
+        var (ca, cert, key, tokenFile) = (r.GetValue(_ca), r.GetValue(_cert), r.GetValue(_key), r.GetValue(_tokenFile));
+        if (key is not null && cert is null) throw new OptionError("--key: needs --cert (the certificate it belongs to)");
+        var tls = ca is not null || cert is not null ? new ClientTls(ca, cert, key) : null;
+        if (tokenFile is not null && tls is null && !(IPAddress.TryParse(host, out var ip) && IPAddress.IsLoopback(ip)))
+            throw new OptionError("--token-file: a token is sent only over TLS or to loopback; add --ca");
+        var connection = new ConnectionOptions(host, port, timeout) { Tls = tls, TokenFile = tokenFile };
+
+        var services = r.GetValue(_services)!;
+        foreach (var id in services)
+            if (Validation.Id(id, "--service") is { } idError) throw new OptionError($"{idError} (\"{id}\")");
+        if (services.Distinct(StringComparer.Ordinal).Count() != services.Length) throw new OptionError("--service: a service is named twice");
+
+        var addresses = new List<IPAddress>();
+        foreach (var text in r.GetValue(_addresses)!)
+        {
+            if (!IPAddress.TryParse(text, out var a) || text.Contains('/'))
+                throw new OptionError($"--address: \"{text}\" is not an IP address (this node's own, without a prefix length)");
+            if (IPAddress.IsLoopback(a) || a.Equals(IPAddress.Any) || a.Equals(IPAddress.IPv6Any))
+                throw new OptionError($"--address: {a} is not an address the load balancers can reach");
+            if (addresses.Any(x => x.AddressFamily == a.AddressFamily))
+                throw new OptionError($"--address: give one address per family; {a} is a second {(a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")} one");
+            addresses.Add(a);
+        }
+
+        var weight = UInt(r, _weight, 1, 0, int.MaxValue);
+        var forward = r.GetValue(_forward)?.Trim().ToLowerInvariant() switch
+        {
+            null or "route" or "dr" => ForwardMethod.Route,
+            "tunnel" or "ipip" => ForwardMethod.Tunnel,
+            var other => throw new OptionError($"--forward: \"{other}\" is not route or tunnel (masq needs no agent: the server does not hold the VIP)"),
+        };
+
+        RealServer.Types.HealthCheck? health = null;
+        if (r.GetValue(_healthEndpoint) is { Length: > 0 } endpoint)
+        {
+            health = new RealServer.Types.HealthCheck
+            {
+                Endpoint = endpoint,
+                Period = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(Duration(r, _healthPeriod, TimeSpan.FromSeconds(2), TimeSpan.FromMilliseconds(100))),
+                Timeout = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(Duration(r, _healthTimeout, TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(10))),
+                UpThreshold = UInt(r, _healthUp, 2, 1, 100),
+                DownThreshold = UInt(r, _healthDown, 2, 1, 100),
+            };
+        }
+        else if (new[] { _healthPeriod, _healthTimeout, _healthUp, _healthDown }.Any(o => r.GetValue(o) is not null))
+        {
+            throw new OptionError("--health-endpoint: required with --health-period, --health-timeout, --health-up or --health-down");
+        }
+
+        var drain = Duration(r, _drainPeriod, TimeSpan.FromSeconds(30), TimeSpan.Zero);
+        var logFormat = r.GetValue(_logFormat)?.Trim().ToLowerInvariant() ?? "text";
+        if (logFormat is not ("text" or "json")) throw new OptionError($"--log-format: \"{logFormat}\" is not text or json");
+        var stateDir = r.GetValue(_stateDir) ?? DefaultStateDir;
+
+        var agent = new AgentOptions
+        {
+            Services = services,
+            Addresses = addresses,
+            Weight = weight,
+            Forward = forward,
+            HealthCheck = health,
+            DrainPeriod = drain,
+            CallTimeout = timeout,
+            Headers = GrpcConnection.Headers(connection),
+        };
+        return new AgentInvocation(connection, agent, Path.Combine(stateDir, "node.json"), logFormat);
+    }
+
+    /// <summary><c>lb</c>, <c>lb:4282</c>, <c>198.18.0.10:4282</c>, <c>[2001:db8::10]:4282</c>, <c>2001:db8::10</c>.</summary>
+    internal static (string Host, ushort Port) ParseHost(string text)
+    {
+        var t = text.Trim();
+        string host;
+        string? port = null;
+        if (t.StartsWith('['))
+        {
+            var close = t.IndexOf(']');
+            if (close < 0) throw new OptionError($"--api: \"{text}\" has no closing ]");
+            host = t[1..close];
+            if (close + 1 < t.Length)
+            {
+                if (t[close + 1] != ':') throw new OptionError($"--api: \"{text}\": expected :port after ]");
+                port = t[(close + 2)..];
+            }
+        }
+        else if (t.Count(c => c == ':') == 1)
+        {
+            var colon = t.IndexOf(':');
+            (host, port) = (t[..colon], t[(colon + 1)..]);
+        }
+        else
+        {
+            host = t;
+        }
+        if (host.Length == 0) throw new OptionError($"--api: \"{text}\" names no host");
+        if (port is null) return (host, DefaultPort);
+        if (!ushort.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out var p) || p == 0)
+            throw new OptionError($"--api: \"{port}\" is not a port (1-65535)");
+        return (host, p);
+    }
+
+    private static TimeSpan Duration(ParseResult r, Option<string> option, TimeSpan fallback, TimeSpan min)
+    {
+        if (r.GetValue(option) is not { } text) return fallback;
+        if (!Durations.TryParse(text, out var value, out var error)) throw new OptionError($"{option.Name}: {error}");
+        if (value < min) throw new OptionError($"{option.Name}: {Durations.Format(value)} is less than {Durations.Format(min)}");
+        return value;
+    }
+
+    private static uint UInt(ParseResult r, Option<string> option, uint fallback, uint min, uint max)
+    {
+        if (r.GetValue(option) is not { } text) return fallback;
+        if (!uint.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value < min || value > max)
+            throw new OptionError($"{option.Name}: \"{text}\" is not a whole number from {min} to {max}");
+        return value;
+    }
+
+    internal sealed class OptionError(string message) : Exception(message);
+}

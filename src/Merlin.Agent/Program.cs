@@ -1,0 +1,67 @@
+using System.CommandLine;
+using System.Runtime.InteropServices;
+using Merlin.Agent;
+using Merlin.Client;
+using Microsoft.Extensions.Logging;
+using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+
+// Exit codes: 0 detached cleanly, 1 a failure (the reason is logged), 2 the command line was wrong.
+var commandLine = new AgentCommandLine();
+var parsed = commandLine.Root.Parse(args);
+if (parsed.Errors.Count > 0)
+{
+    foreach (var e in parsed.Errors) Console.Error.WriteLine($"merlin-agent: {e.Message}");
+    Console.Error.WriteLine("Run 'merlin-agent --help' for usage.");
+    return 2;
+}
+if (args.Any(a => a is "--help" or "-h" or "-?" or "--version")) return await parsed.InvokeAsync();
+
+AgentInvocation invocation;
+try
+{
+    invocation = commandLine.Bind(parsed, out var error) ?? throw new ConnectionSetupException(error!);
+}
+catch (ConnectionSetupException e)
+{
+    Console.Error.WriteLine($"merlin-agent: {e.Message}");
+    return 2;
+}
+
+using var logs = LoggerFactory.Create(b =>
+{
+    if (invocation.LogFormat == "json") b.AddJsonConsole(o => o.TimestampFormat = "O");
+    else b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ "; o.UseUtcTimestamp = true; });
+});
+var log = logs.CreateLogger("Merlin.Agent");
+
+// The first SIGTERM/SIGINT starts the detach; a second one cuts its drain wait short.
+using var stop = new CancellationTokenSource();
+using var hurry = new CancellationTokenSource();
+void OnSignal(PosixSignalContext context)
+{
+    context.Cancel = true;
+    if (!stop.IsCancellationRequested) stop.Cancel();
+    else hurry.Cancel();
+}
+using var onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+using var onInt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+
+using var channel = GrpcConnection.CreateChannel(invocation.Connection);
+var agent = new RealServerAgent(
+    new MerlinClient(channel),
+    new NodeAttachment(new LinuxNodeNetwork(), invocation.StateFile),
+    invocation.Agent,
+    TimeProvider.System,
+    logs.CreateLogger<RealServerAgent>());
+log.LogInformation("merlin-agent: API {Api}, services {Services}, drain period {Drain}, state {State}",
+    invocation.Connection.Authority, string.Join(", ", invocation.Agent.Services), Merlin.Model.Durations.Format(invocation.Agent.DrainPeriod), invocation.StateFile);
+try
+{
+    await agent.RunAsync(stop.Token, hurry.Token);
+    return 0;
+}
+catch (Exception e) when (e is AgentConfigurationException or NodeNetworkException or ConnectionSetupException or Grpc.Core.RpcException)
+{
+    log.LogError("{Error}", e.Message);
+    return 1;
+}
