@@ -1,0 +1,469 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+
+namespace Merlin.Announcer.Vrrp;
+
+/// <summary>
+/// VRRP through keepalived: renders its configuration (<see cref="KeepalivedConfig"/>), runs it as a
+/// supervised child (restarted with backoff when it dies), reloads it with SIGHUP when the service VIPs
+/// change, and learns MASTER/BACKUP/FAULT from the lines keepalived writes to its notify FIFO. Stopping
+/// sends keepalived SIGTERM, which removes the VIPs, so the peer takes over after its down timer.
+/// </summary>
+public sealed partial class KeepalivedAnnouncer : IAnnouncer
+{
+    public const string Name = "vrrp";
+
+    private static readonly TimeSpan MinBackoff = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(30);
+    /// <summary>A keepalived that ran this long before dying is restarted after the shortest backoff again.</summary>
+    private static readonly TimeSpan StableRun = TimeSpan.FromSeconds(60);
+    /// <summary>SIGHUP before keepalived installed its handlers would kill it: reload only after its first state line, or this long.</summary>
+    private static readonly TimeSpan ReloadGate = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(5);
+    private const string WakeLine = "MERLIN WAKE";
+
+    private readonly VrrpOptions _options;
+    private readonly ILogger _log;
+    private readonly ILogger _keepalivedLog;
+    private readonly TimeProvider _time;
+    private readonly Lock _lock = new();
+    private readonly Channel<bool> _reload = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+
+    private IReadOnlyList<IPAddress> _desired = [];
+    private IReadOnlyList<IPAddress> _loaded = [];
+    private AnnouncerRole _role = AnnouncerRole.Init;
+    private int? _priority;
+    private DateTimeOffset? _since;
+    private string _detail = "not started";
+    private bool _running;
+    private long _restarts;
+    private long _reloads;
+    private AnnouncerState _state;
+
+    private CancellationTokenSource? _stop;
+    private Task? _supervisor;
+    private Process? _process;
+    private TaskCompletionSource _firstState = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private FileStream? _fifo;
+    private Thread? _fifoReader;
+    private volatile bool _stopping;
+
+    public KeepalivedAnnouncer(VrrpOptions options, ILoggerFactory logs, TimeProvider? time = null)
+    {
+        if (options.Validate() is { } error) throw new ArgumentException($"{error.Flag}: {error.Reason}", nameof(options));
+        _options = options;
+        _log = logs.CreateLogger<KeepalivedAnnouncer>();
+        _keepalivedLog = logs.CreateLogger("Merlin.Announcer.Keepalived");
+        _time = time ?? TimeProvider.System;
+        _state = BuildState();
+    }
+
+    public string Mode => Name;
+
+    public VrrpOptions Options => _options;
+
+    public AnnouncerState State { get { lock (_lock) return _state; } }
+
+    /// <summary>SIGHUPs sent (tests).</summary>
+    public long Reloads => Interlocked.Read(ref _reloads);
+
+    /// <summary>The running keepalived's PID (its parent process), or null.</summary>
+    public int? Pid { get { lock (_lock) return _process is { HasExited: false } p ? p.Id : null; } }
+
+    public event Action<AnnouncerState>? Changed;
+
+    public Task AnnounceAsync(IReadOnlyCollection<IPAddress> vips, CancellationToken ct)
+    {
+        var normalized = KeepalivedConfig.Normalize(vips, _options.ManagementVip);
+        lock (_lock)
+        {
+            if (normalized.SequenceEqual(_desired)) return Task.CompletedTask;
+            _desired = normalized;
+        }
+        LogDesired(_log, normalized.Count, string.Join(" ", normalized));
+        _reload.Writer.TryWrite(true);
+        return Task.CompletedTask;
+    }
+
+    public async Task StartAsync(CancellationToken ct)
+    {
+        if (_supervisor is not null) throw new InvalidOperationException("already started");
+        Directory.CreateDirectory(_options.StateDir);
+        await StopStaleAsync(ct);
+        OpenFifo();
+        _stop = new CancellationTokenSource();
+        _supervisor = Task.Run(() => SuperviseAsync(_stop.Token), CancellationToken.None);
+    }
+
+    public async Task StopAsync(CancellationToken ct)
+    {
+        if (_stopping) return;
+        _stopping = true;
+        if (_stop is not null) await _stop.CancelAsync();
+        if (_supervisor is not null)
+        {
+            try { await _supervisor; }
+            catch (OperationCanceledException) { }
+        }
+        Process? p;
+        lock (_lock) p = _process;
+        if (p is not null) await TerminateAsync(p, ct);
+        lock (_lock)
+        {
+            _running = false;
+            SetRole(AnnouncerRole.Stopped, null, "keepalived stopped; the VIPs are released to the peer");
+        }
+        Publish();
+        CloseFifo();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(CancellationToken.None);
+        _stop?.Dispose();
+    }
+
+    private async Task SuperviseAsync(CancellationToken ct)
+    {
+        var backoff = MinBackoff;
+        while (!ct.IsCancellationRequested)
+        {
+            IReadOnlyList<IPAddress> vips;
+            lock (_lock) vips = _desired;
+            Process process;
+            try
+            {
+                WriteConfig(vips);
+                process = StartKeepalived();
+            }
+            catch (Exception e) when (e is IOException or System.ComponentModel.Win32Exception or UnauthorizedAccessException)
+            {
+                LogStartFailed(_log, e.Message, backoff.TotalSeconds);
+                lock (_lock)
+                {
+                    _running = false;
+                    SetRole(AnnouncerRole.Fault, null, $"keepalived could not start: {e.Message}; retrying in {backoff.TotalSeconds:0} s");
+                }
+                Publish();
+                if (!await DelayAsync(backoff, ct)) return;
+                backoff = Next(backoff);
+                continue;
+            }
+
+            var started = _time.GetTimestamp();
+            var exited = process.WaitForExitAsync(CancellationToken.None);
+            try
+            {
+                while (true)
+                {
+                    var wake = _reload.Reader.WaitToReadAsync(ct).AsTask();
+                    if (await Task.WhenAny(exited, wake) == exited) break;
+                    await wake; // throws when stopping
+                    _reload.Reader.TryRead(out _);
+                    // keepalived dies of a SIGHUP that comes before its signal handlers: wait for its first state.
+                    await Task.WhenAny(_firstState.Task, exited, Task.Delay(ReloadGate, _time, ct));
+                    ct.ThrowIfCancellationRequested();
+                    if (exited.IsCompleted) break;
+                    IReadOnlyList<IPAddress> want;
+                    lock (_lock) want = _desired;
+                    if (want.SequenceEqual(_loaded)) continue;
+                    WriteConfig(want);
+                    if (!Native.Signal(process.Id, Native.SigHup)) break;
+                    Interlocked.Increment(ref _reloads);
+                    lock (_lock) _loaded = want;
+                    LogReloaded(_log, process.Id, want.Count);
+                    Publish();
+                    // Let keepalived finish one reload before the next: a burst of store changes costs one or two.
+                    await Task.Delay(TimeSpan.FromMilliseconds(500), _time, ct);
+                }
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+                return; // StopAsync terminates the process
+            }
+
+            await exited;
+            var code = process.ExitCode;
+            var ran = _time.GetElapsedTime(started);
+            if (ran > StableRun) backoff = MinBackoff;
+            lock (_lock)
+            {
+                _restarts++;
+                _running = false;
+                _process = null;
+                SetRole(AnnouncerRole.Fault, null, $"keepalived exited with code {code} after {ran.TotalSeconds:0.#} s; restarting in {backoff.TotalSeconds:0} s");
+            }
+            process.Dispose();
+            LogExited(_log, code, ran.TotalSeconds, backoff.TotalSeconds);
+            Publish();
+            if (!await DelayAsync(backoff, ct)) return;
+            backoff = Next(backoff);
+        }
+    }
+
+    private static TimeSpan Next(TimeSpan backoff) => backoff * 2 > MaxBackoff ? MaxBackoff : backoff * 2;
+
+    private async Task<bool> DelayAsync(TimeSpan delay, CancellationToken ct)
+    {
+        try { await Task.Delay(delay, _time, ct); return true; }
+        catch (OperationCanceledException) { return false; }
+    }
+
+    private Process StartKeepalived()
+    {
+        var o = _options;
+        var psi = new ProcessStartInfo(o.Keepalived)
+        {
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+        };
+        // -n: stay in the foreground (our child); -l -D: detailed log to stdout, read below; -G: no syslog;
+        // -P: only the VRRP subsystem; per-daemon pid files, so two daemons on one machine never collide.
+        foreach (var a in new[] { "-n", "-l", "-D", "-G", "-P", "-f", o.ConfigPath, "-p", o.PidPath, "-r", o.VrrpPidPath })
+            psi.ArgumentList.Add(a);
+        if (o.NetworkNamespace is { } ns) { psi.ArgumentList.Add("-s"); psi.ArgumentList.Add(ns); }
+        _firstState = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var process = new Process { StartInfo = psi };
+        process.OutputDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogKeepalived(line); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogKeepalived(line); };
+        process.Start();
+        process.StandardInput.Close();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        lock (_lock)
+        {
+            _process = process;
+            _loaded = _written; // what the configuration it reads at start says
+            _running = true;
+            SetRole(AnnouncerRole.Init, null, $"keepalived started (pid {process.Id})");
+        }
+        LogStarted(_log, process.Id, o.InstanceName, o.Interface, o.ConfigPath);
+        Publish();
+        return process;
+    }
+
+    /// <summary>The VIPs written by the last <see cref="WriteConfig"/>, which is what a starting keepalived reads.</summary>
+    private IReadOnlyList<IPAddress> _written = [];
+
+    /// <summary>Writes the configuration atomically (a reload never reads half a file).</summary>
+    private void WriteConfig(IReadOnlyList<IPAddress> vips)
+    {
+        var text = KeepalivedConfig.Render(_options, vips);
+        var temp = _options.ConfigPath + ".tmp";
+        File.WriteAllText(temp, text, new UTF8Encoding(false));
+        File.Move(temp, _options.ConfigPath, overwrite: true);
+        _written = vips;
+    }
+
+    private async Task TerminateAsync(Process p, CancellationToken ct)
+    {
+        if (p.HasExited) return;
+        var vrrpChild = ReadPid(_options.VrrpPidPath);
+        Native.Signal(p.Id, Native.SigTerm);
+        using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        wait.CancelAfter(StopWait);
+        try
+        {
+            await p.WaitForExitAsync(wait.Token);
+            LogStopped(_log, p.Id);
+        }
+        catch (OperationCanceledException)
+        {
+            LogKilled(_log, p.Id, StopWait.TotalSeconds);
+            Native.Signal(p.Id, Native.SigKill);
+            if (vrrpChild is { } child && IsOurKeepalived(child)) Native.Signal(child, Native.SigKill);
+        }
+    }
+
+    /// <summary>A keepalived left running with this configuration by a daemon that died: stop it before starting ours.</summary>
+    private async Task StopStaleAsync(CancellationToken ct)
+    {
+        foreach (var pidFile in new[] { _options.PidPath, _options.VrrpPidPath })
+        {
+            if (ReadPid(pidFile) is not { } pid || !IsOurKeepalived(pid)) continue;
+            LogStale(_log, pid, pidFile);
+            Native.Signal(pid, Native.SigTerm);
+            var clock = Stopwatch.StartNew();
+            while (Native.IsAlive(pid) && clock.Elapsed < StopWait) await Task.Delay(50, ct);
+            if (Native.IsAlive(pid)) Native.Signal(pid, Native.SigKill);
+        }
+    }
+
+    private static int? ReadPid(string path)
+    {
+        try
+        {
+            return int.TryParse(File.ReadAllText(path).Trim(), out var pid) && pid > 1 ? pid : null;
+        }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
+    }
+
+    /// <summary>True when <paramref name="pid"/> is a keepalived started with this daemon's configuration file.</summary>
+    private bool IsOurKeepalived(int pid)
+    {
+        try
+        {
+            var args = File.ReadAllText($"/proc/{pid}/cmdline").Split('\0');
+            return args.Length > 0 && args[0].EndsWith("keepalived", StringComparison.Ordinal) && args.Contains(_options.ConfigPath);
+        }
+        catch (IOException) { return false; }
+        catch (UnauthorizedAccessException) { return false; }
+    }
+
+    private void OpenFifo()
+    {
+        if (File.Exists(_options.FifoPath)) File.Delete(_options.FifoPath);
+        Native.MakeFifo(_options.FifoPath);
+        // Read and write: opening never waits for a writer, and a keepalived restart (writer closes) is no end of file.
+        _fifo = new FileStream(_options.FifoPath, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, bufferSize: 0);
+        var reader = new StreamReader(_fifo, Encoding.UTF8);
+        _fifoReader = new Thread(() => ReadFifo(reader)) { IsBackground = true, Name = "keepalived-fifo" };
+        _fifoReader.Start();
+    }
+
+    private void ReadFifo(StreamReader reader)
+    {
+        try
+        {
+            while (reader.ReadLine() is { } line)
+            {
+                if (line == WakeLine && _stopping) return;
+                OnFifoLine(line);
+            }
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException)
+        {
+            if (!_stopping) LogFifoFailed(_log, e.Message);
+        }
+    }
+
+    /// <summary>One FIFO line: a state change of our instance updates the role; anything else is logged at debug level.</summary>
+    internal void OnFifoLine(string line)
+    {
+        var parsed = NotifyLine.Parse(line);
+        if (parsed is null || parsed.Kind != "INSTANCE" || parsed.Name != _options.InstanceName || parsed.Role is not { } role)
+        {
+            LogFifoIgnored(_log, line);
+            return;
+        }
+        AnnouncerRole was;
+        lock (_lock)
+        {
+            was = _role;
+            SetRole(role, parsed.Priority, role switch
+            {
+                AnnouncerRole.Master => "holds the VIPs",
+                AnnouncerRole.Backup => "a peer holds the VIPs",
+                AnnouncerRole.Fault => "cannot hold the VIPs (interface down?)",
+                _ => "keepalived stopped the instance",
+            });
+        }
+        _firstState.TrySetResult();
+        if (was != role) LogTransition(_options.InstanceName, was.ToString().ToUpperInvariant(), parsed.State, parsed.Priority ?? 0);
+        Publish();
+    }
+
+    private void CloseFifo()
+    {
+        if (_fifo is null) return;
+        try
+        {
+            // Wake the reader (blocked in read(2)) with a line of our own, then close.
+            using var writer = new FileStream(_options.FifoPath, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, bufferSize: 0);
+            writer.Write(Encoding.UTF8.GetBytes(WakeLine + "\n"));
+        }
+        catch (IOException) { }
+        _fifoReader?.Join(TimeSpan.FromSeconds(2));
+        _fifo.Dispose();
+        _fifo = null;
+        try { File.Delete(_options.FifoPath); } catch (IOException) { }
+    }
+
+    /// <summary>Call with the lock held.</summary>
+    private void SetRole(AnnouncerRole role, int? priority, string detail)
+    {
+        if (role != _role || _since is null) _since = _time.GetUtcNow();
+        _role = role;
+        _priority = priority ?? _priority;
+        _detail = detail;
+        _state = BuildState();
+    }
+
+    private AnnouncerState BuildState()
+    {
+        var holds = _running && _role == AnnouncerRole.Master;
+        var vips = new List<VipState>(_desired.Count + 1) { new(_options.ManagementVip, holds, Management: true) };
+        foreach (var v in _desired) vips.Add(new VipState(v, holds && _loaded.Contains(v)));
+        var healthy = _running && _role is AnnouncerRole.Master or AnnouncerRole.Backup;
+        var detail = _priority is { } p && _running ? $"{_detail} (instance {_options.InstanceName} on {_options.Interface}, priority {p})" : _detail;
+        return new AnnouncerState(Name, _role, vips, healthy, detail, _since, _restarts);
+    }
+
+    private void Publish()
+    {
+        AnnouncerState state;
+        lock (_lock) state = _state = BuildState();
+        try { Changed?.Invoke(state); }
+        catch (Exception e) { LogListenerFailed(_log, e); }
+    }
+
+    [LoggerMessage(EventId = 9001, Level = LogLevel.Information, Message = "keepalived started (pid {Pid}): instance {Instance} on {Interface}, config {Config}")]
+    private static partial void LogStarted(ILogger logger, int pid, string instance, string @interface, string config);
+
+    [LoggerMessage(EventId = 9002, Level = LogLevel.Warning, Message = "VRRP {Instance}: {From} -> {To} (priority {Priority})")]
+    private static partial void LogTransitionWarning(ILogger logger, string instance, string from, string to, int priority);
+
+    [LoggerMessage(EventId = 9003, Level = LogLevel.Information, Message = "VRRP {Instance}: {From} -> {To} (priority {Priority})")]
+    private static partial void LogTransitionInfo(ILogger logger, string instance, string from, string to, int priority);
+
+    private void LogTransition(string instance, string from, string to, int priority)
+    {
+        if (to == "FAULT") LogTransitionWarning(_log, instance, from, to, priority);
+        else LogTransitionInfo(_log, instance, from, to, priority);
+    }
+
+    [LoggerMessage(EventId = 9004, Level = LogLevel.Information, Message = "keepalived reloaded (SIGHUP to pid {Pid}): {Count} service VIPs")]
+    private static partial void LogReloaded(ILogger logger, int pid, int count);
+
+    [LoggerMessage(EventId = 9005, Level = LogLevel.Error, Message = "keepalived exited with code {Code} after {Seconds:0.#} s; restarting in {Backoff} s")]
+    private static partial void LogExited(ILogger logger, int code, double seconds, double backoff);
+
+    [LoggerMessage(EventId = 9006, Level = LogLevel.Error, Message = "keepalived could not start: {Reason}; retrying in {Backoff} s")]
+    private static partial void LogStartFailed(ILogger logger, string reason, double backoff);
+
+    [LoggerMessage(EventId = 9007, Level = LogLevel.Information, Message = "keepalived (pid {Pid}) stopped; it released the VIPs")]
+    private static partial void LogStopped(ILogger logger, int pid);
+
+    [LoggerMessage(EventId = 9008, Level = LogLevel.Warning, Message = "keepalived (pid {Pid}) did not stop within {Seconds} s of SIGTERM; killed")]
+    private static partial void LogKilled(ILogger logger, int pid, double seconds);
+
+    [LoggerMessage(EventId = 9009, Level = LogLevel.Warning, Message = "A keepalived from an earlier run (pid {Pid}, {PidFile}) is still running; stopping it")]
+    private static partial void LogStale(ILogger logger, int pid, string pidFile);
+
+    [LoggerMessage(EventId = 9010, Level = LogLevel.Debug, Message = "notify FIFO: ignored \"{Line}\"")]
+    private static partial void LogFifoIgnored(ILogger logger, string line);
+
+    [LoggerMessage(EventId = 9011, Level = LogLevel.Error, Message = "notify FIFO: reading failed ({Reason}); VRRP state changes are no longer seen")]
+    private static partial void LogFifoFailed(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = 9012, Level = LogLevel.Information, Message = "Service VIPs to hold: {Count} ({Vips})")]
+    private static partial void LogDesired(ILogger logger, int count, string vips);
+
+    [LoggerMessage(EventId = 9013, Level = LogLevel.Error, Message = "An announcer state listener failed")]
+    private static partial void LogListenerFailed(ILogger logger, Exception e);
+
+    private void LogKeepalived(string line)
+    {
+        // keepalived -l -D prefixes every line with its own timestamp: the daemon's log has one already.
+        LogKeepalivedLineTo(_keepalivedLog, line);
+    }
+
+    [LoggerMessage(EventId = 9015, Level = LogLevel.Information, Message = "{Line}")]
+    private static partial void LogKeepalivedLineTo(ILogger logger, string line);
+}

@@ -1,0 +1,53 @@
+namespace Merlin.Announcer.Vrrp;
+
+/// <summary>
+/// One line keepalived writes to its notify FIFO: <c>INSTANCE "merlin_51" MASTER 150</c> (also <c>GROUP</c>
+/// for sync groups and <c>VS</c>/<c>RS</c> from the checker, which merlin does not run).
+/// </summary>
+public sealed record NotifyLine(string Kind, string Name, string State, int? Priority)
+{
+    /// <summary>The parsed line, or null when it is not of that form (the caller logs and ignores it).</summary>
+    public static NotifyLine? Parse(string? line)
+    {
+        if (string.IsNullOrWhiteSpace(line)) return null;
+        var text = line.Trim();
+        var space = text.IndexOf(' ');
+        if (space <= 0) return null;
+        var kind = text[..space];
+        var rest = text[(space + 1)..].TrimStart();
+        string name;
+        if (rest.StartsWith('"'))
+        {
+            var close = rest.IndexOf('"', 1);
+            if (close < 0) return null;
+            name = rest[1..close];
+            rest = rest[(close + 1)..];
+        }
+        else
+        {
+            var end = rest.IndexOf(' ');
+            if (end < 0) return null;
+            name = rest[..end];
+            rest = rest[end..];
+        }
+        var words = rest.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        if (name.Length == 0 || words.Length is 0 or > 2) return null;
+        int? priority = null;
+        if (words.Length == 2)
+        {
+            if (!int.TryParse(words[1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var p)) return null;
+            priority = p;
+        }
+        return new NotifyLine(kind, name, words[0], priority);
+    }
+
+    /// <summary>The VRRP role this line reports, or null for states that are not one (e.g. DELETED).</summary>
+    public AnnouncerRole? Role => State switch
+    {
+        "MASTER" => AnnouncerRole.Master,
+        "BACKUP" => AnnouncerRole.Backup,
+        "FAULT" => AnnouncerRole.Fault,
+        "STOP" => AnnouncerRole.Stopped,
+        _ => null,
+    };
+}
