@@ -1,5 +1,6 @@
 using System.Net;
 using Merlin.Api.Security;
+using Merlin.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 

@@ -1,6 +1,7 @@
 using System.Net;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
+using Merlin.Testing;
 using Merlin.Wire;
 using static Merlin.Daemon.Tests.SecuredDaemon;
 using MerlinClient = Merlin.Wire.Merlin.MerlinClient;

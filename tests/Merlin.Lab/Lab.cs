@@ -344,7 +344,7 @@ public sealed partial class Lab : IAsyncDisposable
         }
         switch (p.Role)
         {
-            case LabRole.RealServer:
+            case LabRole.RealServer when o.VipsOnRealServers:
                 // Direct server return: the VIP on lo must never be announced or answered for on eth0.
                 W("ipv4/conf/all/arp_ignore", 1);
                 W("ipv4/conf/all/arp_announce", 2);

@@ -13,7 +13,20 @@ public sealed record LabMerlinOptions
     public string HashSeed { get; init; } = LabMerlin.DefaultSeed;
 
     public TimeSpan SyncPeriod { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>More daemon flags, after the lab's own (a repeated flag's last value wins): e.g. <c>--announcer vrrp …</c>.</summary>
+    public IReadOnlyList<string> ExtraArgs { get; init; } = [];
+
+    /// <summary>
+    /// Serve the API with TLS on the load balancer's lab address (where real-server agents reach it),
+    /// requiring client certificates from this CA; meradm then uses the daemon's Unix socket. Null: plain
+    /// HTTP/2 on the namespace's loopback only.
+    /// </summary>
+    public LabMerlinTls? Tls { get; init; }
 }
+
+/// <summary>The daemon's certificate and key, and the CA its clients' certificates must chain to (PEM files).</summary>
+public sealed record LabMerlinTls(string CertFile, string KeyFile, string ClientCaFile);
 
 /// <summary>
 /// The real <c>merlin</c> daemon (<c>--dataplane nftables --interface eth0</c>) running inside a lab host's
@@ -28,10 +41,13 @@ public sealed class LabMerlin : IAsyncDisposable
     public const int HealthPort = 4283;
     public const int EtcdPort = 2379;
 
-    private LabMerlin(LabHost host, LabProcess process)
+    private readonly string? _socket;
+
+    private LabMerlin(LabHost host, LabProcess process, string? socket)
     {
         Host = host;
         Process = process;
+        _socket = socket;
     }
 
     public LabHost Host { get; }
@@ -79,15 +95,19 @@ public sealed class LabMerlin : IAsyncDisposable
         var store = o.EtcdEndpoint is { } endpoint
             ? new[] { "--store-backend", "etcd3", "--store-endpoints", endpoint }
             : ["--store-backend", "sqlite", "--store-path", Path.Combine(lb.Lab.TempPath, $"merlin-{lb.Name}.db")];
+        var socket = o.Tls is null ? null : Path.Combine(lb.Lab.TempPath, $"merlin-{lb.Name}.sock");
+        string[] api = o.Tls is { } tls
+            ? ["--listen-address", lb.Address.ToString(), "--tls-cert", tls.CertFile, "--tls-key", tls.KeyFile, "--tls-client-ca", tls.ClientCaFile, "--unix-socket", socket!]
+            : ["--listen-address", "127.0.0.1"];
         List<string> argv = [LabPrograms.Dotnet, DaemonDll,
-            "--listen-address", "127.0.0.1", "--port", Int(ApiPort),
+            .. api, "--port", Int(ApiPort),
             "--health-listen-address", "127.0.0.1", "--health-port", Int(HealthPort),
             .. store,
             "--dataplane", "nftables", "--interface", lb.Interface, "--hash-seed", o.HashSeed,
             "--reconcile-sync-period", $"{(int)o.SyncPeriod.TotalSeconds}s",
-            "--state-dir", Path.Combine(lb.Lab.TempPath, $"state-{lb.Name}")];
+            "--state-dir", Path.Combine(lb.Lab.TempPath, $"state-{lb.Name}"), .. o.ExtraArgs];
         var process = lb.Start(argv);
-        var daemon = new LabMerlin(lb, process);
+        var daemon = new LabMerlin(lb, process, socket);
         try
         {
             await process.WaitForLineAsync(l => l.Contains("listening: API", StringComparison.Ordinal), TimeSpan.FromSeconds(60), 0, ct);
@@ -100,10 +120,11 @@ public sealed class LabMerlin : IAsyncDisposable
         return daemon;
     }
 
-    /// <summary>Runs <c>meradm ARGS… -H 127.0.0.1:4282</c> in this daemon's namespace; throws if it fails.</summary>
+    /// <summary>Runs <c>meradm ARGS… -H 127.0.0.1:4282</c> (with TLS: <c>--unix-socket</c>) in this daemon's namespace; throws if it fails.</summary>
     public async Task<LabCommandResult> MeradmAsync(params string[] args)
     {
-        var r = await Host.RunAsync([.. Meradm(), .. args, "-H", $"127.0.0.1:{ApiPort}"], TimeSpan.FromSeconds(60));
+        string[] to = _socket is null ? ["-H", $"127.0.0.1:{ApiPort}"] : ["--unix-socket", _socket];
+        var r = await Host.RunAsync([.. Meradm(), .. args, .. to], TimeSpan.FromSeconds(60));
         if (!r.Succeeded) throw new LabCommandException(r);
         return r;
     }
@@ -166,13 +187,21 @@ public sealed class LabMerlin : IAsyncDisposable
     /// gRPC client libraries instead of files beside it): run it with that program's deps file and the
     /// daemon's runtime config, which name exactly what is there.
     /// </summary>
-    public static IReadOnlyList<string> Meradm()
+    public static IReadOnlyList<string> Meradm() => Tool(MeradmDll);
+
+    /// <summary>merlin-agent.dll, copied next to this assembly by the project reference.</summary>
+    public static string AgentDll => Beside("merlin-agent.dll");
+
+    /// <summary>The command line of the real-server agent, run like <see cref="Meradm"/>.</summary>
+    public static IReadOnlyList<string> Agent() => Tool(AgentDll);
+
+    private static IReadOnlyList<string> Tool(string dll)
     {
         var entry = System.Reflection.Assembly.GetEntryAssembly()?.Location;
         var deps = entry is null ? null : Path.ChangeExtension(entry, ".deps.json");
-        return deps is not null && File.Exists(deps) && Path.GetDirectoryName(deps) == Path.GetDirectoryName(MeradmDll)
-            ? [LabPrograms.Dotnet, "exec", "--depsfile", deps, "--runtimeconfig", Path.ChangeExtension(DaemonDll, ".runtimeconfig.json"), MeradmDll]
-            : [LabPrograms.Dotnet, MeradmDll];
+        return deps is not null && File.Exists(deps) && Path.GetDirectoryName(deps) == Path.GetDirectoryName(dll)
+            ? [LabPrograms.Dotnet, "exec", "--depsfile", deps, "--runtimeconfig", Path.ChangeExtension(DaemonDll, ".runtimeconfig.json"), dll]
+            : [LabPrograms.Dotnet, dll];
     }
 
     private static string Beside(string file)

@@ -25,6 +25,9 @@ public sealed record LabOptions
     /// <summary>More LAN hosts (role Other) by name, e.g. "etcd": 198.18.0.200 …, at most 50, names up to 13 of [a-z0-9].</summary>
     public IReadOnlyList<string> ExtraHosts { get; init; } = [];
 
-    /// <summary>Put the VIPs on every real server's lo (with arp_ignore=1, arp_announce=2), as direct server return needs.</summary>
+    /// <summary>
+    /// Put the VIPs on every real server's lo (with arp_ignore=1, arp_announce=2), as direct server return
+    /// needs. Off: the real servers are bare (kernel defaults, no VIP), as a real-server agent finds them.
+    /// </summary>
     public bool VipsOnRealServers { get; init; } = true;
 }

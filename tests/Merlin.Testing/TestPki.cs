@@ -1,9 +1,8 @@
 using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
-using Merlin.Testing;
 
-namespace Merlin.Daemon.Tests;
+namespace Merlin.Testing;
 
 /// <summary>
 /// A CA and its certificates, made at test time and written as PEM into a temp dir (no key is ever
@@ -36,9 +35,9 @@ public sealed class TestPki : IDisposable
         return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-365), DateTimeOffset.UtcNow.AddDays(365));
     }
 
-    /// <summary>The daemon's certificate: 127.0.0.1 and localhost, for server authentication.</summary>
-    public X509Certificate2 Server() =>
-        Issue("merlin", uris: [], addresses: [IPAddress.Loopback, IPAddress.IPv6Loopback], dns: ["localhost"], usage: ServerAuthentication);
+    /// <summary>The daemon's certificate: 127.0.0.1, localhost and <paramref name="addresses"/>, for server authentication.</summary>
+    public X509Certificate2 Server(params IPAddress[] addresses) =>
+        Issue("merlin", uris: [], addresses: [IPAddress.Loopback, IPAddress.IPv6Loopback, .. addresses], dns: ["localhost"], usage: ServerAuthentication);
 
     /// <summary>A client certificate with the role URI SAN merlin:role:&lt;role&gt; (none when null) and IP SANs.</summary>
     public X509Certificate2 Client(string name, string? role, params IPAddress[] addresses) =>
