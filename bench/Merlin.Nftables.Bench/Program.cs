@@ -23,6 +23,12 @@ if (args.Contains("--help"))
     Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5]");
     return 0;
 }
+if (args.Contains("--profile-layout"))
+{
+    var p = BenchArgs.Parse(args.Where(a => a != "--profile-layout").ToArray());
+    LayoutProfile.Run(p.Services, p.Servers);
+    return 0;
+}
 if (!Environment.IsPrivilegedProcess)
 {
     Console.Error.WriteLine("Merlin.Nftables.Bench: run as root (it makes network namespaces and programs nftables in them)");
@@ -57,15 +63,18 @@ foreach (var kind in o.Cases)
             var before = KernelMemory.Read();
             first = await Pass.RunAsync(store, dataplane, nft);
             var after = KernelMemory.Read();
-            first = first with { KernelMiB = KernelMemory.DeltaMiB(before, after), Script = nft.TakeScripts() };
+            first = first with { KernelMiB = KernelMemory.DeltaMiB(before, after), Script = nft.TakeScripts(), Phases = dataplane.Phases.Take() };
             scripts.AddRange(first.Script);
+            dataplane.Phases.Take();
             noChange = await Pass.RunAsync(store, dataplane, nft);
+            noChange = noChange with { Phases = dataplane.Phases.Take() };
             nft.TakeScripts();
             for (var w = 0; w < o.WeightChanges; w++)
             {
                 await Workload.ChangeWeightAsync(store, kind, services, w % 2 == 0 ? 2u : 1u);
+                dataplane.Phases.Take();
                 var change = await Pass.RunAsync(store, dataplane, nft);
-                changes.Add(change with { Script = nft.TakeScripts() });
+                changes.Add(change with { Script = nft.TakeScripts(), Phases = dataplane.Phases.Take() });
             }
         }
         await Task.Delay(2000);   // let the namespace's teardown free its memory before the next measurement
@@ -91,10 +100,11 @@ foreach (var kind in o.Cases)
         var lines = scripts.Sum(s => s.Count(c => c == '\n'));
         var bytes = scripts.Sum(s => (long)s.Length);
         Console.WriteLine($"[{kind} run {run}] ours: pass {first.Total:0.000} s (store {first.Store:0.000}, desired {first.Desired:0.000}, dataplane read {first.Read:0.000}, plan {first.Plan:0.000}, apply {first.Apply:0.000} of which nft {first.Nft:0.000}), {first.Operations:N0} operations, {scripts.Count} transaction(s) of {lines:N0} lines / {bytes / 1048576.0:0.0} MiB, kernel +{first.KernelMiB:0} MiB");
+        Console.WriteLine($"[{kind} run {run}] ours, dataplane phases: {first.PhaseText}");
         Console.WriteLine($"[{kind} run {run}] nft -f of the same script(s): {nftSeconds:0.000} s, kernel +{nftMiB:0} MiB; ratio pass/nft {first.Total / nftSeconds:0.00}, dataplane/nft {first.DataplaneTotal / nftSeconds:0.00}");
-        Console.WriteLine($"[{kind} run {run}] no-change pass: {noChange!.Total * 1000:0} ms (dataplane read {noChange.Read * 1000:0} ms)");
+        Console.WriteLine($"[{kind} run {run}] no-change pass: {noChange!.Total * 1000:0} ms (dataplane read {noChange.Read * 1000:0} ms; {noChange.PhaseText})");
         foreach (var c in changes)
-            Console.WriteLine($"[{kind} run {run}] weight change ({c.Operations} operations): pass {c.Total * 1000:0} ms, dataplane read+plan+apply {c.DataplaneTotal * 1000:0} ms (apply {c.Apply * 1000:0} ms, nft {c.Nft * 1000:0} ms), script {c.Script.Sum(s => s.Count(ch => ch == '\n'))} lines");
+            Console.WriteLine($"[{kind} run {run}] weight change ({c.Operations} operations): pass {c.Total * 1000:0} ms, dataplane read+plan+apply {c.DataplaneTotal * 1000:0} ms (apply {c.Apply * 1000:0} ms, nft {c.Nft * 1000:0} ms), script {c.Script.Sum(s => s.Count(ch => ch == '\n'))} lines; {c.PhaseText}");
         var median = changes.Count == 0 ? double.NaN : changes.Select(c => c.DataplaneTotal).Order().ElementAt(changes.Count / 2);
         rows.Add(string.Create(CultureInfo.InvariantCulture,
             $"| {kind} | {run} | {first.Total:0.00} s | {first.DataplaneTotal:0.00} s | {nftSeconds:0.00} s | {first.Total / nftSeconds:0.00} | {first.DataplaneTotal / nftSeconds:0.00} | {first.KernelMiB:0} MiB | {nftMiB:0} MiB | {noChange.Total * 1000:0} ms | {median * 1000:0} ms |"));
@@ -125,6 +135,8 @@ namespace Merlin.Nftables.Bench
     {
         public double KernelMiB { get; init; }
         public IReadOnlyList<string> Script { get; init; } = [];
+        public IReadOnlyDictionary<string, double> Phases { get; init; } = new Dictionary<string, double>();
+        public string PhaseText => string.Join(", ", Phases.Select(p => $"{p.Key} {p.Value:0} ms"));
         public double Total => Store + Desired + Read + Plan + Apply;
         public double DataplaneTotal => Read + Plan + Apply;
     }
@@ -254,22 +266,34 @@ namespace Merlin.Nftables.Bench
         }
     }
 
-    /// <summary>The real nft CLI in a namespace, keeping each script and the time nft took.</summary>
+    /// <summary>
+    /// The real nft CLI in a namespace, keeping each script and the time nft took (with the script
+    /// written into it as the dataplane does). A script is kept as the dataplane's script object and
+    /// turned into text only when taken, after the clock stopped.
+    /// </summary>
     internal sealed class RecordingNftables(string ns) : INftables
     {
         private readonly NftCli _inner = new(new NftablesOptions { HashSeed = Workload.Seed, NetworkNamespace = ns }, new ProcessRunner(ns, "ip"));
-        private readonly List<string> _scripts = [];
+        private readonly List<object> _scripts = [];
 
         public double Seconds { get; private set; }
 
         public List<string> TakeScripts()
         {
-            var list = _scripts.ToList();
+            var list = _scripts.Select(s => s.ToString()!).ToList();
             _scripts.Clear();
             return list;
         }
 
         public async Task RunAsync(string script, CancellationToken ct)
+        {
+            _scripts.Add(script);
+            var sw = Stopwatch.StartNew();
+            try { await _inner.RunAsync(script, ct); }
+            finally { Seconds += sw.Elapsed.TotalSeconds; }
+        }
+
+        public async Task RunAsync(Merlin.Dataplane.Nftables.Layout.NftScript script, CancellationToken ct)
         {
             _scripts.Add(script);
             var sw = Stopwatch.StartNew();

@@ -93,6 +93,9 @@ public sealed partial class NftablesDataplane : IDataplane
     /// <summary>Repairs of changes made to our tables behind our back.</summary>
     public long Repairs { get; private set; }
 
+    /// <summary>Time spent per phase (the benchmark's breakdown).</summary>
+    internal Phases Phases { get; } = new();
+
     /// <summary>What we believe the kernel holds (tests).</summary>
     internal NftRuleset? Ruleset => _programmed?.Layout.Ruleset;
 
@@ -101,9 +104,12 @@ public sealed partial class NftablesDataplane : IDataplane
         await _gate.WaitAsync(ct);
         try
         {
-            if (_programmed is null) await AdoptAsync(ct);
-            else await VerifyAsync(ct);
-            await RefreshAsync(ct);
+            using (Phases.Measure("verify"))
+            {
+                if (_programmed is null) await AdoptAsync(ct);
+                else await VerifyAsync(ct);
+            }
+            using (Phases.Measure("neighbours")) await RefreshAsync(ct);
             return new DataplaneState(new Dictionary<ServiceKey, ServiceState>(_programmed!.Services));
         }
         finally
@@ -128,16 +134,20 @@ public sealed partial class NftablesDataplane : IDataplane
         {
             if (_programmed is null) await AdoptAsync(ct);
             var errors = new Exception?[operations.Count];
+            var plan = Phases.Measure("operations");
             var table = new ServiceTable(new DataplaneState(_programmed!.Services));
             for (int i = 0; i < operations.Count; i++)
             {
                 try { table.Apply(operations[i]); }
                 catch (InvalidOperationException e) { errors[i] = new DataplaneException(e.Message, e); }
             }
+            plan.Dispose();
             if (errors.All(e => e is not null)) return errors;
             try
             {
-                await FlushAsync(Services(table), ct);
+                Dictionary<ServiceKey, ServiceState> services;
+                using (Phases.Measure("operations")) services = Services(table);
+                await FlushAsync(services, ct);
                 return errors;
             }
             catch (Exception e) when (e is not DataplaneException and not OperationCanceledException)
@@ -361,7 +371,7 @@ public sealed partial class NftablesDataplane : IDataplane
             {
                 LogElementsTampered(id, delete.Count, add.Count);
                 Repairs++;
-                var script = ScriptRenderer.Diff(
+                var script = ScriptRenderer.DiffScript(
                     new NftRuleset([table with { Sets = new Dictionary<string, NftSet> { [set.Name] = set with { Content = kernel } }, Chains = new Dictionary<string, NftChain>() }]),
                     new NftRuleset([table with { Sets = new Dictionary<string, NftSet> { [set.Name] = set }, Chains = new Dictionary<string, NftChain>() }]));
                 await RunAsync(script, ct);
@@ -449,8 +459,11 @@ public sealed partial class NftablesDataplane : IDataplane
 
     // ---- writing ----
 
-    private Layout.Layout Build(IReadOnlyDictionary<ServiceKey, ServiceState> services, Assignment previous) =>
-        LayoutBuilder.Build(new LayoutInput(services, _macs, _ownMac, previous), _options);
+    private Layout.Layout Build(IReadOnlyDictionary<ServiceKey, ServiceState> services, Assignment previous)
+    {
+        using var _ = Phases.Measure("build");
+        return LayoutBuilder.Build(new LayoutInput(services, _macs, _ownMac, previous), _options);
+    }
 
     /// <summary>Programs <paramref name="services"/>: one transaction with what differs from what the kernel holds.</summary>
     private async Task FlushAsync(Dictionary<ServiceKey, ServiceState> services, CancellationToken ct)
@@ -462,8 +475,9 @@ public sealed partial class NftablesDataplane : IDataplane
             await ResolveAsync(layout, ct);
             layout = Build(services, programmed.Layout.Assignment);
         }
-        var script = ScriptRenderer.Diff(programmed.Layout.Ruleset, layout.Ruleset);
-        if (script.Length > 0)
+        NftScript script;
+        using (Phases.Measure("render")) script = ScriptRenderer.DiffScript(programmed.Layout.Ruleset, layout.Ruleset);
+        if (!script.IsEmpty)
         {
             var before = await _nft.GenerationAsync(ct);
             try
@@ -485,7 +499,7 @@ public sealed partial class NftablesDataplane : IDataplane
             programmed.Services = services;
             programmed.Layout = layout;
         }
-        await ForgetAsync(programmed.Layout, ct);
+        using (Phases.Measure("neighbours")) await ForgetAsync(programmed.Layout, ct);
         Report(layout);
     }
 
@@ -494,9 +508,9 @@ public sealed partial class NftablesDataplane : IDataplane
     {
         var programmed = _programmed!;
         var existing = await _nft.ReadTablesAsync(OurTables, ct);
-        var script = ScriptRenderer.Rewrite(existing, layout.Ruleset);
+        var script = ScriptRenderer.RewriteScript(existing, layout.Ruleset);
         var before = await _nft.GenerationAsync(ct);
-        if (script.Length > 0) await RunAsync(script, ct);
+        if (!script.IsEmpty) await RunAsync(script, ct);
         _auditedAt.Clear();
         await AfterWriteAsync(layout, services ?? programmed.Services, before, ct, rewrite: true);
         Report(layout);
@@ -514,9 +528,12 @@ public sealed partial class NftablesDataplane : IDataplane
             .ToList();
         programmed.Services = services;
         programmed.Layout = layout;
+        var readBack = Phases.Measure("read back");
         var after = await _nft.GenerationAsync(ct);
         var tables = await _nft.ReadTablesAsync(OurTables, ct);
-        if (Mismatch(tables, layout.Ruleset) is { } mismatch)
+        var mismatched = Mismatch(tables, layout.Ruleset);
+        readBack.Dispose();
+        if (mismatched is { } mismatch)
         {
             // Someone changed our tables between our write and this read, or we wrote something
             // the kernel keeps differently: the next resync repairs it.
@@ -525,7 +542,7 @@ public sealed partial class NftablesDataplane : IDataplane
             programmed.Signatures = new(StringComparer.Ordinal);
             return;
         }
-        programmed.Signatures = Signatures(tables);
+        using (Phases.Measure("read back")) programmed.Signatures = Signatures(tables);
         if (alone && after == before + 1)
         {
             // Nobody else committed in between: the sets we had checked are still as checked.
@@ -550,11 +567,12 @@ public sealed partial class NftablesDataplane : IDataplane
         _programmed.Signatures = Signatures(tables);
     }
 
-    private async Task RunAsync(string script, CancellationToken ct)
+    private async Task RunAsync(NftScript script, CancellationToken ct)
     {
         var started = Stopwatch.StartNew();
         try
         {
+            using var _ = Phases.Measure("nft (with the script written into it)");
             await _nft.RunAsync(script, ct);
         }
         catch (NftException e)
@@ -562,7 +580,7 @@ public sealed partial class NftablesDataplane : IDataplane
             throw new DataplaneException($"nft refused the transaction: {e.Message}", e);
         }
         Transactions++;
-        LogTransaction(script.Count(c => c == '\n'), started.Elapsed.TotalMilliseconds);
+        if (_logger.IsEnabled(LogLevel.Debug)) LogTransaction(script.Lines, started.Elapsed.TotalMilliseconds);
     }
 
     /// <summary>Drops the managed neighbour entries of addresses no DSR service uses any more.</summary>

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text;
+using Merlin.Dataplane.Nftables.Layout;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 
@@ -11,6 +12,9 @@ internal interface INftables
 {
     /// <summary>Runs a script as one transaction (<c>nft -f -</c>); throws <see cref="NftException"/> with nft's message.</summary>
     Task RunAsync(string script, CancellationToken ct);
+
+    /// <summary>As <see cref="RunAsync(string, CancellationToken)"/>; an implementation may write the script into nft as it renders it.</summary>
+    Task RunAsync(NftScript script, CancellationToken ct) => RunAsync(script.ToString(), ct);
 
     /// <summary><c>nft -j list {kind} {family} {table} {name}</c> — one set's elements only; null if it does not exist.</summary>
     Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct);
@@ -38,6 +42,16 @@ internal sealed class NftCli(NftablesOptions options, ICommandRunner runner) : I
     public async Task RunAsync(string script, CancellationToken ct)
     {
         var result = await runner.RunAsync(options.NftPath, ["-f", "-"], script, ct);
+        if (result.ExitCode != 0) throw new NftException(Summarize(result.Error));
+    }
+
+    /// <summary>
+    /// Renders the script straight into nft's standard input: nft parses the first commands while
+    /// the last are still being written, and no copy of a large script is ever held as a string.
+    /// </summary>
+    public async Task RunAsync(NftScript script, CancellationToken ct)
+    {
+        var result = await runner.StreamAsync(options.NftPath, ["-f", "-"], script.WriteTo, ct);
         if (result.ExitCode != 0) throw new NftException(Summarize(result.Error));
     }
 
@@ -82,19 +96,39 @@ internal sealed record CommandResult(int ExitCode, string Output, string Error);
 internal interface ICommandRunner
 {
     Task<CommandResult> RunAsync(string file, IReadOnlyList<string> arguments, string? input, CancellationToken ct);
+
+    /// <summary>As the other overload, with standard input written by <paramref name="writeInput"/> (on a pool thread, while the program runs).</summary>
+    Task<CommandResult> StreamAsync(string file, IReadOnlyList<string> arguments, Action<Stream> writeInput, CancellationToken ct) =>
+        RunAsync(file, arguments, Render(writeInput), ct);
+
+    private static string Render(Action<Stream> writeInput)
+    {
+        using var memory = new MemoryStream();
+        writeInput(memory);
+        return Encoding.UTF8.GetString(memory.GetBuffer(), 0, (int)memory.Length);
+    }
 }
 
 internal sealed class ProcessRunner(string? networkNamespace, string ipPath) : ICommandRunner
 {
-    public async Task<CommandResult> RunAsync(string file, IReadOnlyList<string> arguments, string? input, CancellationToken ct)
+    public Task<CommandResult> RunAsync(string file, IReadOnlyList<string> arguments, string? input, CancellationToken ct) =>
+        RunAsync(file, arguments, input is null ? null : stdin =>
+        {
+            var bytes = new UTF8Encoding(false).GetBytes(input);
+            stdin.Write(bytes);
+        }, input is not null, ct);
+
+    public Task<CommandResult> StreamAsync(string file, IReadOnlyList<string> arguments, Action<Stream> writeInput, CancellationToken ct) =>
+        RunAsync(file, arguments, writeInput, true, ct);
+
+    private async Task<CommandResult> RunAsync(string file, IReadOnlyList<string> arguments, Action<Stream>? writeInput, bool redirectInput, CancellationToken ct)
     {
         var start = new ProcessStartInfo
         {
-            RedirectStandardInput = input is not null,
+            RedirectStandardInput = redirectInput,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
-            StandardInputEncoding = input is null ? null : new UTF8Encoding(false),
         };
         if (networkNamespace is not null)
         {
@@ -112,10 +146,15 @@ internal sealed class ProcessRunner(string? networkNamespace, string ipPath) : I
         var error = process.StandardError.ReadToEndAsync(ct);
         try
         {
-            if (input is not null)
+            if (writeInput is not null)
             {
-                await process.StandardInput.WriteAsync(input.AsMemory(), ct);
-                process.StandardInput.Close();
+                // Written on a pool thread, so stdout and stderr keep being drained meanwhile.
+                var stdin = process.StandardInput.BaseStream;
+                await Task.Run(() =>
+                {
+                    try { writeInput(stdin); }
+                    finally { stdin.Dispose(); }
+                }, ct);
             }
             await process.WaitForExitAsync(ct);
         }
@@ -124,10 +163,12 @@ internal sealed class ProcessRunner(string? networkNamespace, string ipPath) : I
             try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
             throw;
         }
-        catch (IOException) when (process.HasExited)
+        catch (IOException) when (writeInput is not null)
         {
-            // nft exited before reading all of its input (a parse error): its stderr says why.
+            // nft exited before reading all of its input (a parse error): its stderr says why. (The
+            // broken pipe can be seen a moment before the exit is.)
             await process.WaitForExitAsync(ct);
+            if (process.ExitCode == 0) throw;
         }
         return new CommandResult(process.ExitCode, await output, await error);
     }

@@ -313,6 +313,15 @@ internal static class LayoutBuilder
         var result = new Dictionary<string, string>(StringComparer.Ordinal);
         var claimed = new HashSet<string>(StringComparer.Ordinal);
         var taken = new HashSet<string>(previous.Groups.Keys.Concat(previous.ServiceGroups.Values), StringComparer.Ordinal);
+        // Previous groups by content, names in order: a lookup per content, not a scan of every group.
+        var byContent = new Dictionary<string, List<string>>(StringComparer.Ordinal);
+        foreach (var group in previous.Groups.Values)
+        {
+            if (!byContent.TryGetValue(group.ContentKey, out var names)) byContent[group.ContentKey] = names = [];
+            names.Add(group.Name);
+        }
+        foreach (var names in byContent.Values) names.Sort(StringComparer.Ordinal);
+        var fresh = new Dictionary<string, int>(StringComparer.Ordinal) { ["d"] = 1, ["n"] = 1 };
         foreach (var (key, members) in contents)
         {
             var shape = members[0].Shape;
@@ -321,17 +330,18 @@ internal static class LayoutBuilder
                 (!previous.Groups.TryGetValue(name, out var info) || info.Shape == shape);
 
             // The same content as before: keep its name (nothing to write).
-            var name = previous.Groups.Values.Where(g => g.ContentKey == key && Fits(g.Name)).Select(g => g.Name).Order(StringComparer.Ordinal).FirstOrDefault();
+            var name = byContent.TryGetValue(key, out var same) ? same.FirstOrDefault(Fits) : null;
             // Else the group most of these services used: edit that map in place.
             name ??= members.Select(m => previous.ServiceGroups.GetValueOrDefault(m.Key)).OfType<string>().Where(Fits)
                 .GroupBy(n => n).OrderByDescending(g => g.Count()).ThenBy(g => g.Key, StringComparer.Ordinal).Select(g => g.Key).FirstOrDefault();
             // Else a fresh name that no previous group holds.
             if (name is null)
             {
-                for (int n = 1; ; n++)
+                // Names are tried in order and a name once claimed or taken stays so: resume where the last search stopped.
+                for (int n = fresh[prefix]; ; n++)
                 {
                     var candidate = prefix + n.ToString(CultureInfo.InvariantCulture);
-                    if (!claimed.Contains(candidate) && !taken.Contains(candidate)) { name = candidate; break; }
+                    if (!claimed.Contains(candidate) && !taken.Contains(candidate)) { name = candidate; fresh[prefix] = n; break; }
                 }
             }
             claimed.Add(name);

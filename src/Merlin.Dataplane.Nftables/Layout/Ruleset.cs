@@ -16,17 +16,24 @@ internal abstract class SetContent
 
     public abstract IEnumerable<(string Key, string Element)> Elements();
 
+    /// <summary>SHA-256 of every element's text, each followed by a newline, in order.</summary>
     public string Hash => _hash ??= ComputeHash();
 
     private string ComputeHash()
     {
-        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        using var sha = new HashWriter();
+        WriteElements(sha);
+        return sha.Finish();
+    }
+
+    /// <summary>Every element's text followed by a newline, as UTF-8, in order (what <see cref="Hash"/> hashes).</summary>
+    protected virtual void WriteElements(HashWriter to)
+    {
         foreach (var (_, element) in Elements())
         {
-            sha.AppendData(Encoding.UTF8.GetBytes(element));
-            sha.AppendData("\n"u8);
+            to.Append(element);
+            to.Append((byte)'\n');
         }
-        return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
     public static readonly SetContent Empty = new KeyedContent(new SortedDictionary<string, string>(StringComparer.Ordinal));
@@ -78,6 +85,24 @@ internal sealed class SlotContent(string?[] values) : SetContent
 
     public string? ValueAt(int slot) => _values[slot];
 
+    /// <summary>The same bytes as the base class writes, without a string per element: a map of 1,021 slots hashes in microseconds.</summary>
+    protected override void WriteElements(HashWriter to)
+    {
+        string? last = null;
+        byte[] bytes = [];
+        for (int i = 0; i < _values.Length; i++)
+        {
+            var value = _values[i];
+            if (value is null) continue;
+            // A Maglev table has few distinct values (one per server), each one string instance.
+            if (!ReferenceEquals(value, last)) { bytes = Encoding.UTF8.GetBytes(value); last = value; }
+            to.Append(i);
+            to.Append(" : "u8);
+            to.Append(bytes);
+            to.Append((byte)'\n');
+        }
+    }
+
     public override IEnumerable<(string Key, string Element)> Elements()
     {
         for (int i = 0; i < _values.Length; i++)
@@ -87,6 +112,64 @@ internal sealed class SlotContent(string?[] values) : SetContent
     public static string KeyText(int slot) => slot.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
     public static string ElementText(int slot, string value) => $"{KeyText(slot)} : {value}";
+}
+
+/// <summary>An incremental SHA-256 fed through a buffer, so many small texts cost one hash call per 64 KiB.</summary>
+internal sealed class HashWriter : IDisposable
+{
+    private readonly IncrementalHash _sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+    private readonly byte[] _buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(1 << 16);
+    private int _used;
+
+    public void Append(byte b)
+    {
+        if (_used == _buffer.Length) Drain();
+        _buffer[_used++] = b;
+    }
+
+    public void Append(ReadOnlySpan<byte> bytes)
+    {
+        if (bytes.Length > _buffer.Length - _used)
+        {
+            Drain();
+            if (bytes.Length > _buffer.Length) { _sha.AppendData(bytes); return; }
+        }
+        bytes.CopyTo(_buffer.AsSpan(_used));
+        _used += bytes.Length;
+    }
+
+    public void Append(string text)
+    {
+        int max = Encoding.UTF8.GetMaxByteCount(text.Length);
+        if (max > _buffer.Length - _used) Drain();
+        if (max > _buffer.Length) { _sha.AppendData(Encoding.UTF8.GetBytes(text)); return; }
+        _used += Encoding.UTF8.GetBytes(text, _buffer.AsSpan(_used));
+    }
+
+    public void Append(int number)
+    {
+        if (_buffer.Length - _used < 11) Drain();
+        number.TryFormat(_buffer.AsSpan(_used), out int written, default, System.Globalization.CultureInfo.InvariantCulture);
+        _used += written;
+    }
+
+    public string Finish()
+    {
+        Drain();
+        return Convert.ToHexStringLower(_sha.GetHashAndReset());
+    }
+
+    private void Drain()
+    {
+        _sha.AppendData(_buffer, 0, _used);
+        _used = 0;
+    }
+
+    public void Dispose()
+    {
+        _sha.Dispose();
+        System.Buffers.ArrayPool<byte>.Shared.Return(_buffer);
+    }
 }
 
 /// <summary>Elements keyed by their key text, kept in ordinal order so renders are deterministic.</summary>
@@ -154,8 +237,8 @@ internal sealed record NftRuleset(IReadOnlyList<NftTable> Tables)
     /// </summary>
     public string Fingerprint(string markerSet)
     {
-        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        void Add(string text) { sha.AppendData(Encoding.UTF8.GetBytes(text)); sha.AppendData("\n"u8); }
+        using var sha = new HashWriter();
+        void Add(string text) { sha.Append(text); sha.Append((byte)'\n'); }
         foreach (var table in Tables.OrderBy(t => t.Id, StringComparer.Ordinal))
         {
             Add($"table {table.Id}");
@@ -171,6 +254,6 @@ internal sealed record NftRuleset(IReadOnlyList<NftTable> Tables)
                 if (!set.Dynamic) Add(set.Content.Hash);
             }
         }
-        return Convert.ToHexStringLower(sha.GetHashAndReset())[..32];
+        return sha.Finish()[..32];
     }
 }

@@ -1,3 +1,6 @@
+using System.Buffers;
+using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text;
 using Merlin.Dataplane.Nftables.Kernel;
 
@@ -10,6 +13,12 @@ namespace Merlin.Dataplane.Nftables.Layout;
 /// additions. Nothing that did not change is written: an unchanged map is not mentioned, a changed
 /// one only by the elements that differ (<c>add element</c> of an existing key fails with "File
 /// exists", so a changed element is a delete and an add).
+/// <para>
+/// A script is an <see cref="NftScript"/>: its commands, with the elements of whole sets kept as
+/// references to the sets' contents and written as UTF-8 only when the script is written (straight
+/// into nft's standard input, while nft parses what came before). A full layout of a million
+/// elements is then never a 25 MiB string.
+/// </para>
 /// </summary>
 internal static class ScriptRenderer
 {
@@ -20,9 +29,12 @@ internal static class ScriptRenderer
     public static string Full(NftRuleset ruleset) => Diff(NftRuleset.Empty, ruleset);
 
     /// <summary>The script that turns <paramref name="from"/> (what the kernel holds) into <paramref name="to"/>; empty if they are the same.</summary>
-    public static string Diff(NftRuleset from, NftRuleset to)
+    public static string Diff(NftRuleset from, NftRuleset to) => DiffScript(from, to).ToString();
+
+    /// <summary>As <see cref="Diff"/>, not yet written out.</summary>
+    public static NftScript DiffScript(NftRuleset from, NftRuleset to)
     {
-        var script = new Script();
+        var script = new NftScript();
         foreach (var table in from.Tables)
             if (to.Table(table.Family, table.Name) is null) script.Removals.AppendLine($"delete table {table.Id}");
         foreach (var table in to.Tables)
@@ -30,7 +42,7 @@ internal static class ScriptRenderer
             if (from.Table(table.Family, table.Name) is { } old) DiffTable(script, old, table);
             else CreateTable(script, table);
         }
-        return script.ToString();
+        return script;
     }
 
     /// <summary>
@@ -39,9 +51,12 @@ internal static class ScriptRenderer
     /// back. Every chain is flushed and deleted, every set deleted, except the dynamic flow maps when
     /// they are still declared as we want: pinned flows survive a repair.
     /// </summary>
-    public static string Rewrite(IReadOnlyList<KernelTable> existing, NftRuleset to)
+    public static string Rewrite(IReadOnlyList<KernelTable> existing, NftRuleset to) => RewriteScript(existing, to).ToString();
+
+    /// <summary>As <see cref="Rewrite"/>, not yet written out.</summary>
+    public static NftScript RewriteScript(IReadOnlyList<KernelTable> existing, NftRuleset to)
     {
-        var script = new Script();
+        var script = new NftScript();
         foreach (var kernel in existing)
         {
             var table = to.Table(kernel.Family, kernel.Name);
@@ -64,7 +79,7 @@ internal static class ScriptRenderer
         }
         foreach (var table in to.Tables)
             if (!existing.Any(k => k.Family == table.Family && k.Name == table.Name)) CreateTable(script, table);
-        return script.ToString();
+        return script;
     }
 
     /// <summary>Whether a kernel set is still declared as <paramref name="want"/> says (for the flow maps: size and timeout).</summary>
@@ -85,14 +100,14 @@ internal static class ScriptRenderer
         return stop < 0 ? null : text[at..stop];
     }
 
-    private static void CreateTable(Script script, NftTable table)
+    private static void CreateTable(NftScript script, NftTable table)
     {
         script.Tables.AppendLine($"add table {table.Id}");
         foreach (var chain in table.OrderedChains) AddChain(script, table, chain);
         foreach (var set in table.OrderedSets) AddSet(script, table, set);
     }
 
-    private static void DiffTable(Script script, NftTable from, NftTable to)
+    private static void DiffTable(NftScript script, NftTable from, NftTable to)
     {
         // Sets that go away or are declared differently; a redeclared set is deleted and added again.
         var redeclared = new HashSet<string>(StringComparer.Ordinal);
@@ -133,59 +148,206 @@ internal static class ScriptRenderer
         }
     }
 
-    private static void AddChain(Script script, NftTable table, NftChain chain)
+    private static void AddChain(NftScript script, NftTable table, NftChain chain)
     {
         script.Chains.AppendLine(chain.Base is null ? $"add chain {table.Id} {chain.Name}" : $"add chain {table.Id} {chain.Name} {{ {chain.Base} }}");
         AddRules(script, table, chain);
     }
 
-    private static void AddRules(Script script, NftTable table, NftChain chain)
+    private static void AddRules(NftScript script, NftTable table, NftChain chain)
     {
         foreach (var rule in chain.Rules) script.Rules.AppendLine($"add rule {table.Id} {chain.Name} {rule}");
     }
 
-    private static void AddSet(Script script, NftTable table, NftSet set)
+    private static void AddSet(NftScript script, NftTable table, NftSet set)
     {
         script.Sets.AppendLine($"add {set.Kind} {table.Id} {set.Name} {{ {set.Declaration} }}");
-        if (set.Dynamic) return;
-        AppendElements(script.Sets, "add element", table, set.Name, set.Content.Elements().Select(e => e.Element));
+        if (set.Dynamic || set.Content.Count == 0) return;
+        script.Sets.AppendContent($"add element {table.Id} {set.Name} {{ ", set.Content);
     }
 
-    private static void AppendElements(StringBuilder to, string command, NftTable table, string set, IEnumerable<string> elements)
+    private static void AppendElements(NftScript.Section to, string command, NftTable table, string set, List<string> elements)
     {
-        var batch = new List<string>(ElementsPerCommand);
-        foreach (var element in elements)
+        for (int at = 0; at < elements.Count; at += ElementsPerCommand)
         {
-            batch.Add(element);
-            if (batch.Count == ElementsPerCommand) Flush();
+            var line = new StringBuilder();
+            line.Append(command).Append(' ').Append(table.Id).Append(' ').Append(set).Append(" { ");
+            line.AppendJoin(", ", elements.Skip(at).Take(ElementsPerCommand));
+            line.Append(" }");
+            to.AppendLine(line.ToString());
         }
-        Flush();
+    }
+}
 
-        void Flush()
+/// <summary>
+/// One transaction: its sections in the order the kernel must see them, each a list of command
+/// lines and of whole set contents (written <see cref="ScriptRenderer.ElementsPerCommand"/> elements
+/// per command when the script is written). Immutable once rendered, so it can be written more than
+/// once: into nft, and into a string for a log or a test.
+/// </summary>
+internal sealed class NftScript
+{
+    public readonly Section Removals = new();
+    public readonly Section ElementDeletions = new();
+    public readonly Section Flushes = new();
+    public readonly Section SetDeletions = new();
+    public readonly Section ChainDeletions = new();
+    public readonly Section Tables = new();
+    public readonly Section Chains = new();
+    public readonly Section Sets = new();
+    public readonly Section Rules = new();
+    public readonly Section ElementAdditions = new();
+
+    private IEnumerable<Section> Sections => [Removals, ElementDeletions, Flushes, SetDeletions, ChainDeletions, Tables, Chains, Sets, Rules, ElementAdditions];
+
+    /// <summary>Whether the script holds no command at all.</summary>
+    public bool IsEmpty => Sections.All(s => s.Parts.Count == 0);
+
+    /// <summary>How many command lines the script has.</summary>
+    public int Lines => Sections.Sum(s => s.Parts.Sum(p => p switch
+    {
+        SetContent c => (c.Count + ScriptRenderer.ElementsPerCommand - 1) / ScriptRenderer.ElementsPerCommand,
+        Prefix => 0,
+        _ => 1,
+    }));
+
+    /// <summary>A section: command lines (each without its newline) and set contents, each after the command prefix before it.</summary>
+    internal sealed class Section
+    {
+        internal readonly List<object> Parts = [];
+
+        public void AppendLine(string line) => Parts.Add(line);
+
+        /// <summary>Every element of <paramref name="content"/>, in commands that start with <paramref name="prefix"/> (e.g. "add element netdev merlin d1 { ").</summary>
+        public void AppendContent(string prefix, SetContent content)
         {
-            if (batch.Count == 0) return;
-            to.Append(command).Append(' ').Append(table.Id).Append(' ').Append(set).Append(" { ");
-            to.AppendJoin(", ", batch);
-            to.Append(" }\n");
-            batch.Clear();
+            Parts.Add(new Prefix(prefix));
+            Parts.Add(content);
         }
     }
 
-    /// <summary>The sections of a transaction, in the order the kernel must see them.</summary>
-    private sealed class Script
-    {
-        public readonly StringBuilder Removals = new();
-        public readonly StringBuilder ElementDeletions = new();
-        public readonly StringBuilder Flushes = new();
-        public readonly StringBuilder SetDeletions = new();
-        public readonly StringBuilder ChainDeletions = new();
-        public readonly StringBuilder Tables = new();
-        public readonly StringBuilder Chains = new();
-        public readonly StringBuilder Sets = new();
-        public readonly StringBuilder Rules = new();
-        public readonly StringBuilder ElementAdditions = new();
+    private sealed record Prefix(string Text);
 
-        public override string ToString() =>
-            string.Concat(Removals, ElementDeletions, Flushes, SetDeletions, ChainDeletions, Tables, Chains, Sets, Rules, ElementAdditions);
+    /// <summary>Writes the script as UTF-8 to <paramref name="stream"/> (nft's standard input), 64 KiB at a time.</summary>
+    public void WriteTo(Stream stream)
+    {
+        var writer = new Utf8Writer(stream);
+        try
+        {
+            foreach (var section in Sections)
+            {
+                string? prefix = null;
+                foreach (var part in section.Parts)
+                {
+                    switch (part)
+                    {
+                        case string line: writer.Append(line); writer.Append((byte)'\n'); break;
+                        case Prefix p: prefix = p.Text; break;
+                        case SlotContent slots: WriteSlots(writer, prefix!, slots); break;
+                        case SetContent content: WriteElements(writer, prefix!, content); break;
+                    }
+                }
+            }
+            writer.Flush();
+        }
+        finally
+        {
+            writer.Dispose();
+        }
+    }
+
+    public override string ToString()
+    {
+        using var memory = new MemoryStream();
+        WriteTo(memory);
+        return Encoding.UTF8.GetString(memory.GetBuffer(), 0, (int)memory.Length);
+    }
+
+    private static void WriteElements(Utf8Writer writer, string prefix, SetContent content)
+    {
+        int n = 0;
+        foreach (var (_, element) in content.Elements())
+        {
+            if (n == 0) writer.Append(prefix);
+            else writer.Append(", "u8);
+            writer.Append(element);
+            if (++n == ScriptRenderer.ElementsPerCommand) { writer.Append(" }\n"u8); n = 0; }
+        }
+        if (n > 0) writer.Append(" }\n"u8);
+    }
+
+    /// <summary>A Maglev map's slots, "slot : value", without a string per element.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WriteSlots(Utf8Writer writer, string prefix, SlotContent slots)
+    {
+        int n = 0;
+        string? last = null;
+        byte[] bytes = [];
+        for (int i = 0; i < slots.Length; i++)
+        {
+            var value = slots.ValueAt(i);
+            if (value is null) continue;
+            if (!ReferenceEquals(value, last)) { bytes = Encoding.UTF8.GetBytes(value); last = value; }
+            if (n == 0) writer.Append(prefix);
+            else writer.Append(", "u8);
+            writer.Append(i);
+            writer.Append(" : "u8);
+            writer.Append(bytes);
+            if (++n == ScriptRenderer.ElementsPerCommand) { writer.Append(" }\n"u8); n = 0; }
+        }
+        if (n > 0) writer.Append(" }\n"u8);
+    }
+
+    /// <summary>A pooled 64 KiB buffer in front of a stream.</summary>
+    private sealed class Utf8Writer(Stream stream) : IDisposable
+    {
+        private byte[] _buffer = ArrayPool<byte>.Shared.Rent(1 << 16);
+        private int _used;
+
+        public void Append(byte b)
+        {
+            if (_used == _buffer.Length) Flush();
+            _buffer[_used++] = b;
+        }
+
+        public void Append(ReadOnlySpan<byte> bytes)
+        {
+            if (bytes.Length > _buffer.Length - _used)
+            {
+                Flush();
+                if (bytes.Length > _buffer.Length) { stream.Write(bytes); return; }
+            }
+            bytes.CopyTo(_buffer.AsSpan(_used));
+            _used += bytes.Length;
+        }
+
+        public void Append(string text)
+        {
+            int max = Encoding.UTF8.GetMaxByteCount(text.Length);
+            if (max > _buffer.Length - _used) Flush();
+            if (max > _buffer.Length) { stream.Write(Encoding.UTF8.GetBytes(text)); return; }
+            _used += Encoding.UTF8.GetBytes(text, _buffer.AsSpan(_used));
+        }
+
+        public void Append(int number)
+        {
+            if (_buffer.Length - _used < 11) Flush();
+            number.TryFormat(_buffer.AsSpan(_used), out int written, default, CultureInfo.InvariantCulture);
+            _used += written;
+        }
+
+        public void Flush()
+        {
+            if (_used == 0) return;
+            stream.Write(_buffer, 0, _used);
+            _used = 0;
+        }
+
+        public void Dispose()
+        {
+            if (_buffer.Length == 0) return;
+            ArrayPool<byte>.Shared.Return(_buffer);
+            _buffer = [];
+        }
     }
 }

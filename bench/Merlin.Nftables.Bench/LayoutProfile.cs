@@ -1,0 +1,52 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.NetworkInformation;
+using Merlin.Dataplane.Nftables;
+using Merlin.Dataplane.Nftables.Layout;
+using Merlin.Model;
+using Merlin.Reconciler;
+
+namespace Merlin.Nftables.Bench;
+
+/// <summary>The layout and rendering work of the distinct case without a kernel (--profile-layout): where the non-nft time goes.</summary>
+internal static class LayoutProfile
+{
+    public static void Run(int count, int perService)
+    {
+        var options = new NftablesOptions { HashSeed = Workload.Seed, Interface = "eth0", OwnMac = PhysicalAddress.Parse("02-00-00-00-00-AA") };
+        var services = new Dictionary<ServiceKey, ServiceState>();
+        foreach (var (service, servers) in Workload.Services("distinct", count, perService))
+        {
+            var key = ServiceKey.ForAddress(IPAddress.Parse(service.Key.Ip), (ushort)service.Key.Port, Protocol.Tcp);
+            services[key] = new ServiceState(key, new ServiceConfig { Scheduler = "mh", Flags = SchedulerFlags.Flag2 },
+                servers.ToDictionary(r => new RealServerKey(IPAddress.Parse(r.Key.Ip), (ushort)r.Key.Port), r => new RealServerConfig { Weight = 1, Forward = ForwardMethod.Route }));
+        }
+        var macs = services.Values.SelectMany(s => s.Servers.Keys).Select(k => k.Address).Distinct()
+            .ToDictionary(a => a, a => { var b = a.GetAddressBytes(); return new PhysicalAddress([2, 0, b[0], b[1], b[2], b[3]]); });
+        for (int round = 0; round < 6; round++)
+        {
+            var sw = Stopwatch.StartNew();
+            var first = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, Assignment.Empty), options);
+            var tBuild = sw.Elapsed.TotalMilliseconds; sw.Restart();
+            var full = ScriptRenderer.Full(first.Ruleset);
+            var tRender = sw.Elapsed.TotalMilliseconds; sw.Restart();
+            var again = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, first.Assignment), options);
+            var tAgain = sw.Elapsed.TotalMilliseconds; sw.Restart();
+            var none = ScriptRenderer.Diff(first.Ruleset, again.Ruleset);
+            var tNone = sw.Elapsed.TotalMilliseconds; sw.Restart();
+            var changed = new Dictionary<ServiceKey, ServiceState>(services);
+            var one = changed.Values.First();
+            var servers = one.Servers.ToDictionary();
+            var target = servers.Keys.First();
+            servers[target] = servers[target] with { Weight = 2 + (uint)round };
+            changed[one.Key] = one with { Servers = servers };
+            sw.Restart();
+            var weight = LayoutBuilder.Build(new LayoutInput(changed, macs, options.OwnMac, again.Assignment), options);
+            var tWeight = sw.Elapsed.TotalMilliseconds; sw.Restart();
+            var diff = ScriptRenderer.Diff(again.Ruleset, weight.Ruleset);
+            var tDiff = sw.Elapsed.TotalMilliseconds;
+            Console.WriteLine($"round {round}: build {tBuild:0} ms, full render {tRender:0} ms ({full.Length / 1048576.0:0.0} M chars), rebuild unchanged {tAgain:0} ms, diff {tNone:0} ms ({none.Length} chars), " +
+                $"rebuild after one weight change {tWeight:0} ms, diff {tDiff:0} ms ({diff.Count(c => c == '\n')} lines)");
+        }
+    }
+}
