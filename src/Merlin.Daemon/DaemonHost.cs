@@ -57,6 +57,12 @@ public static class DaemonHost
         // Removes drained servers at their deadline: the API's, as the store's only writer.
         services.AddSingleton<DrainExpiry>();
         services.AddHostedService(sp => sp.GetRequiredService<DrainExpiry>());
+        // Who holds the VIPs, fed the service VIPs of every pass; registered after the reconcile loop, so it
+        // stops first: keepalived releases the VIPs (the peer takes over) while this node still forwards.
+        services.AddSingleton<Merlin.Announcer.IAnnouncer>(sp => options.Vrrp is { } vrrp
+            ? new Merlin.Announcer.Vrrp.KeepalivedAnnouncer(vrrp, sp.GetRequiredService<ILoggerFactory>(), sp.GetRequiredService<TimeProvider>())
+            : new Merlin.Announcer.StaticAnnouncer());
+        services.AddHostedService<AnnouncerService>();
         services.AddGrpc(o => o.EnableDetailedErrors = false);
         overrides?.Invoke(services);
 
@@ -68,11 +74,15 @@ public static class DaemonHost
         // whose clients send no port); the health listener is HTTP/1.
         app.MapGrpcService<MerlinService>();
         app.MapGet("/healthz", () => Results.Text("ok\n")).RequireHost(healthHost);
-        app.MapGet("/readyz", (ReconcilerStatus status) =>
+        app.MapGet("/readyz", (ReconcilerStatus status, Merlin.Announcer.IAnnouncer announcer) =>
         {
             var s = status.Current;
-            var ready = s.Ready && s.StoreReachable;
-            var text = ready ? "ready\n" : $"not ready: {(s.StoreReachable ? "first reconcile pending" : "store unreachable")}{(s.LastError is null ? "" : $" ({s.LastError})")}\n";
+            var a = announcer.State;
+            var role = a.RoleName.Length > 0 ? $" ({a.Mode} {a.RoleName})" : "";
+            var ready = s.Ready && s.StoreReachable && a.Healthy;
+            var text = ready ? $"ready{role}\n"
+                : !(s.Ready && s.StoreReachable) ? $"not ready: {(s.StoreReachable ? "first reconcile pending" : "store unreachable")}{(s.LastError is null ? "" : $" ({s.LastError})")}\n"
+                : $"not ready: announcer {a.Mode} {a.RoleName}: {a.Detail}\n";
             return Results.Text(text, statusCode: ready ? 200 : 503);
         }).RequireHost(healthHost);
         app.MapGet("/status", (IStatusReporter reporter) =>
@@ -164,7 +174,8 @@ internal sealed class HealthCheckService(Merlin.Health.HealthChecker checker, Re
     }
 }
 
-internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions options, IStore store, IDataplane dataplane, TimeProvider time, Merlin.Health.HealthChecker health) : IStatusReporter
+internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions options, IStore store, IDataplane dataplane, TimeProvider time, Merlin.Health.HealthChecker health,
+    Merlin.Announcer.IAnnouncer announcer) : IStatusReporter
 {
     public void AddHealth(ListResponse response)
     {
@@ -217,6 +228,15 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
                 default: response.ServersUnknown++; break;
             }
         }
+        var a = announcer.State;
+        response.Announcer = a.Mode;
+        response.AnnouncerState = a.RoleName;
+        response.AnnouncerHealthy = a.Healthy;
+        response.AnnouncerDetail = a.Detail;
+        response.AnnouncerRestarts = (ulong)a.Restarts;
+        if (a.Since is { } since) response.AnnouncerSince = Timestamp.FromDateTimeOffset(since);
+        foreach (var vip in a.Vips)
+            response.Vips.Add(new StatusResponse.Types.Vip { Address = vip.Address.ToString(), Announced = vip.Announced, Management = vip.Management });
         _ = options;
         return response;
     }
@@ -269,6 +289,19 @@ internal static class DaemonMetrics
                 description: "Conditions that keep part of the desired state from working (see meradm status)");
         }
         if (dataplane is IDataplaneCounters counters) KernelCounterMetrics.Register(counters);
+
+        var announcer = services.GetRequiredService<Merlin.Announcer.IAnnouncer>();
+        meter.CreateObservableGauge("announcer_state",
+            () => System.Enum.GetValues<Merlin.Announcer.AnnouncerRole>().Where(r => r != Merlin.Announcer.AnnouncerRole.None).Select(r =>
+                new Measurement<int>(announcer.State.Role == r ? 1 : 0, new("mode", announcer.Mode), new("state", r.ToString().ToUpperInvariant()))),
+            description: "1 for the announcer's current VRRP state (MASTER, BACKUP, FAULT, INIT, STOPPED), 0 for the others; absent where roles do not apply");
+        meter.CreateObservableGauge("announcer_healthy", () => announcer.State.Healthy ? 1 : 0,
+            description: "1 while the announcer's engine runs and is not in FAULT (a part of /readyz)");
+        meter.CreateObservableGauge("vip_announced",
+            () => announcer.State.Vips.Select(v => new Measurement<int>(v.Announced ? 1 : 0, new("vip", v.Address.ToString()), new("management", v.Management ? "true" : "false"))),
+            description: "1 while this node holds (VRRP) or announces (BGP) the VIP");
+        meter.CreateObservableCounter("announcer_restarts", () => announcer.State.Restarts,
+            description: "Times the announcer's engine (keepalived) died and was restarted");
 
         var health = services.GetRequiredService<Merlin.Health.HealthChecker>();
         meter.CreateObservableGauge("server_healthy",

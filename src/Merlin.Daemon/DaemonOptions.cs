@@ -46,6 +46,10 @@ public sealed record DaemonOptions
     public string? UnixSocket { get; init; }
     /// <summary>Serve the API beyond loopback without TLS, or without credentials.</summary>
     public bool AllowInsecure { get; init; }
+    /// <summary>Who holds the VIPs: static (the operator) or vrrp (keepalived, <see cref="Vrrp"/>).</summary>
+    public string Announcer { get; init; } = "static";
+    /// <summary>--announcer vrrp: the keepalived instance, built and checked from the --vrrp-* flags and --management-vip.</summary>
+    public Merlin.Announcer.Vrrp.VrrpOptions? Vrrp { get; init; }
     public string LogFormat { get; init; } = "text";
     public string LogLevel { get; init; } = "information";
 
@@ -75,6 +79,15 @@ public sealed record DaemonOptions
         ["--tokens-file"] = "tokens-file",
         ["--unix-socket"] = "unix-socket",
         ["--allow-insecure"] = "allow-insecure",
+        ["--announcer"] = "announcer",
+        ["--vrrp-interface"] = "vrrp-interface",
+        ["--vrrp-router-id"] = "vrrp-router-id",
+        ["--vrrp-priority"] = "vrrp-priority",
+        ["--vrrp-peer"] = "vrrp-peer",
+        ["--vrrp-preempt"] = "vrrp-preempt",
+        ["--vrrp-advert-interval"] = "vrrp-advert-interval",
+        ["--management-vip"] = "management-vip",
+        ["--keepalived"] = "keepalived",
         ["--log-format"] = "log-format",
         ["--log-level"] = "log-level",
         ["--config"] = "config",
@@ -83,13 +96,18 @@ public sealed record DaemonOptions
     public static readonly IReadOnlyList<string> Dataplanes = ["none", "ipvs", "nftables", "auto"];
 
     /// <summary>Flags that may stand alone (<c>--manage-sysctls</c>) or take true/false.</summary>
-    private static readonly HashSet<string> Switches = ["--ipvs-own-all", "--manage-sysctls", "--allow-insecure"];
+    private static readonly HashSet<string> Switches = ["--ipvs-own-all", "--manage-sysctls", "--allow-insecure", "--vrrp-preempt"];
+
+    public static readonly IReadOnlyList<string> Announcers = ["static", "vrrp"];
+
+    /// <summary>Flags that may be given more than once; their values are joined with commas.</summary>
+    private static readonly HashSet<string> Repeatable = ["--vrrp-peer"];
 
     public static IConfiguration BuildConfiguration(string[] args, IDictionary<string, string?>? environment = null)
     {
         var unknown = args.Where(a => a.StartsWith("--", StringComparison.Ordinal) && !Flags.ContainsKey(a.Split('=')[0])).ToList();
         if (unknown.Count > 0) throw new OptionsException($"{unknown[0].Split('=')[0]}: unknown flag (known: {string.Join(", ", Flags.Keys)})");
-        var flags = new ConfigurationBuilder().AddCommandLine(ExpandSwitches(args), Flags.ToDictionary()).Build();
+        var flags = new ConfigurationBuilder().AddCommandLine(JoinRepeated(ExpandSwitches(args)), Flags.ToDictionary()).Build();
         var builder = new ConfigurationBuilder();
         if (flags["config"] is { } file)
         {
@@ -104,6 +122,27 @@ public sealed record DaemonOptions
             .Select(e => KeyValuePair.Create(e.Key["MERLIN_".Length..].ToLowerInvariant().Replace('_', '-'), e.Value)));
         builder.AddConfiguration(flags);
         return builder.Build();
+    }
+
+    /// <summary><c>--vrrp-peer a --vrrp-peer b</c> → <c>--vrrp-peer a,b</c> (the command-line provider keeps only the last).</summary>
+    private static string[] JoinRepeated(string[] args)
+    {
+        var joined = new List<string>(args.Length);
+        var values = new Dictionary<string, List<string>>();
+        for (var i = 0; i < args.Length; i++)
+        {
+            var name = args[i].Split('=')[0];
+            if (!Repeatable.Contains(name))
+            {
+                joined.Add(args[i]);
+                continue;
+            }
+            var value = args[i].Contains('=') ? args[i][(name.Length + 1)..] : i + 1 < args.Length ? args[++i] : "";
+            if (!values.TryGetValue(name, out var list)) values[name] = list = [];
+            list.Add(value);
+        }
+        foreach (var (name, list) in values) joined.AddRange([name, string.Join(",", list)]);
+        return [.. joined];
     }
 
     private static string[] ExpandSwitches(string[] args)
@@ -150,6 +189,7 @@ public sealed record DaemonOptions
             TokensFile = NonEmpty(config, "tokens-file"),
             UnixSocket = NonEmpty(config, "unix-socket"),
             AllowInsecure = Bool(config, "allow-insecure", d.AllowInsecure),
+            Announcer = OneOf(config, "announcer", d.Announcer, Announcers),
             LogFormat = OneOf(config, "log-format", d.LogFormat, ["text", "json"]),
             LogLevel = OneOf(config, "log-level", d.LogLevel, ["debug", "information", "warning", "error"]),
         };
@@ -158,8 +198,48 @@ public sealed record DaemonOptions
         if (options.StoreEndpoints.Count == 0) throw new OptionsException("--store-endpoints: at least one etcd endpoint is needed");
         if (options.Port == options.HealthPort && options.Port != 0) throw new OptionsException($"--health-port: {options.HealthPort} is also the API port");
         CheckApiSecurity(options);
-        return options;
+        return options with { Vrrp = VrrpFrom(config, options) };
     }
+
+    private static readonly string[] VrrpKeys =
+        ["vrrp-interface", "vrrp-router-id", "vrrp-priority", "vrrp-peer", "vrrp-preempt", "vrrp-advert-interval", "management-vip", "keepalived"];
+
+    /// <summary>--announcer vrrp: the keepalived instance from the --vrrp-* flags (its files in --state-dir/keepalived).</summary>
+    private static Merlin.Announcer.Vrrp.VrrpOptions? VrrpFrom(IConfiguration c, DaemonOptions o)
+    {
+        if (o.Announcer != "vrrp")
+        {
+            if (VrrpKeys.FirstOrDefault(k => c[k] is not null) is { } stray)
+                throw new OptionsException($"--{stray}: only with --announcer vrrp (the announcer is {o.Announcer})");
+            return null;
+        }
+        var routerId = c["vrrp-router-id"] is { } id
+            ? Integer(id, "vrrp-router-id")
+            : throw new OptionsException("--vrrp-router-id: required with --announcer vrrp (1-255, the same on both nodes of the pair)");
+        var vip = c["management-vip"] is { } m
+            ? (IPAddress.TryParse(m, out var a) ? a : throw new OptionsException($"--management-vip: \"{m}\" is not an IP address"))
+            : throw new OptionsException("--management-vip: required with --announcer vrrp (the address on which the API is reachable at whichever node is MASTER)");
+        var peers = (c["vrrp-peer"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(p => IPAddress.TryParse(p, out var a) ? a : throw new OptionsException($"--vrrp-peer: \"{p}\" is not an IP address")).ToList();
+        var vrrp = new Merlin.Announcer.Vrrp.VrrpOptions
+        {
+            Interface = c["vrrp-interface"] ?? o.Interface ?? "",
+            RouterId = routerId,
+            Priority = c["vrrp-priority"] is { } p ? Integer(p, "vrrp-priority") : 100,
+            Peers = peers,
+            Preempt = Bool(c, "vrrp-preempt", false),
+            ManagementVip = vip,
+            AdvertInterval = Duration(c, "vrrp-advert-interval", TimeSpan.FromSeconds(1)),
+            StateDir = Path.Combine(o.StateDir, "keepalived"),
+            Keepalived = c["keepalived"] is { Length: > 0 } k ? k : "keepalived",
+            NetworkNamespace = o.NetworkNamespace,
+        };
+        if (vrrp.Validate() is { } error) throw new OptionsException($"{error.Flag}: {error.Reason}");
+        return vrrp;
+    }
+
+    private static int Integer(string text, string key) =>
+        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : throw new OptionsException($"--{key}: \"{text}\" is not a whole number");
 
     /// <summary>TLS comes as a pair; beyond loopback the API needs TLS and credentials unless told --allow-insecure.</summary>
     private static void CheckApiSecurity(DaemonOptions o)

@@ -5,9 +5,11 @@ public sealed class ReconcilerStatus(TimeProvider time)
 {
     private readonly Lock _lock = new();
 
+    /// <param name="Desired">The desired state of the last pass that read the store (kept while the store is
+    /// unreachable); the announcer takes the service VIPs from it.</param>
     public sealed record Snapshot(
         bool StoreReachable, bool Ready, DateTimeOffset? LastPass, long Passes, long Errors, long OperationsApplied,
-        string? LastError, int Services, int Servers, long Revision);
+        string? LastError, int Services, int Servers, long Revision, DataplaneState? Desired = null);
 
     private Snapshot _current = new(false, false, null, 0, 0, 0, null, 0, 0, 0);
 
@@ -35,6 +37,7 @@ public sealed class ReconcilerStatus(TimeProvider time)
                 Services = desired.Services.Count,
                 Servers = desired.ServerCount,
                 Revision = revision,
+                Desired = desired,
             };
         }
     }

@@ -43,4 +43,51 @@ public class DaemonOptionsTests
         var e = Assert.Throws<OptionsException>(() => Parse(args));
         Assert.Contains(expected, e.Message);
     }
+    [Fact]
+    public void From_Default_IsTheStaticAnnouncer()
+    {
+        var o = Parse();
+        Assert.Equal(("static", null), (o.Announcer, o.Vrrp));
+    }
+
+    [Fact]
+    public void From_Vrrp_BuildsTheKeepalivedInstance_WithRepeatedPeers()
+    {
+        var o = Parse("--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "51", "--vrrp-priority", "150",
+            "--vrrp-peer", "198.18.0.12", "--vrrp-peer=198.18.0.13", "--management-vip", "198.18.0.9", "--vrrp-preempt",
+            "--vrrp-advert-interval", "500ms", "--state-dir", "/var/lib/merlin-test");
+
+        var v = Assert.IsType<Merlin.Announcer.Vrrp.VrrpOptions>(o.Vrrp);
+        Assert.Equal(("eth0", 51, 150, true, "198.18.0.9"), (v.Interface, v.RouterId, v.Priority, v.Preempt, v.ManagementVip.ToString()));
+        Assert.Equal(["198.18.0.12", "198.18.0.13"], v.Peers.Select(p => p.ToString()));
+        Assert.Equal(TimeSpan.FromMilliseconds(500), v.AdvertInterval);
+        Assert.Equal("/var/lib/merlin-test/keepalived", v.StateDir);
+    }
+
+    [Fact]
+    public void From_Vrrp_Defaults_NoPreemptPriority100OneSecond_AndVrrpInterfaceOverridesInterface()
+    {
+        var v = Parse("--announcer", "vrrp", "--interface", "eth0", "--vrrp-interface", "bond0", "--vrrp-router-id", "7",
+            "--vrrp-peer", "10.0.0.2,10.0.0.3", "--management-vip", "10.0.0.100").Vrrp!;
+        Assert.Equal(("bond0", 100, false, TimeSpan.FromSeconds(1), 2), (v.Interface, v.Priority, v.Preempt, v.AdvertInterval, v.Peers.Count));
+    }
+
+    [Theory]
+    [InlineData(new[] { "--announcer", "bgp" }, "--announcer: \"bgp\" is not one of static, vrrp")]
+    [InlineData(new[] { "--vrrp-peer", "10.0.0.2" }, "--vrrp-peer: only with --announcer vrrp")]
+    [InlineData(new[] { "--management-vip", "10.0.0.100" }, "--management-vip: only with --announcer vrrp")]
+    [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-peer", "10.0.0.2", "--management-vip", "10.0.0.100" }, "--vrrp-router-id: required")]
+    [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "7", "--vrrp-peer", "10.0.0.2" }, "--management-vip: required")]
+    [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "7", "--management-vip", "10.0.0.100" }, "--vrrp-peer: at least one peer")]
+    [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "7", "--vrrp-peer", "peer1", "--management-vip", "10.0.0.100" }, "--vrrp-peer: \"peer1\" is not an IP address")]
+    [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "300", "--vrrp-peer", "10.0.0.2", "--management-vip", "10.0.0.100" }, "--vrrp-router-id: 300")]
+    [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "7", "--vrrp-priority", "255", "--vrrp-peer", "10.0.0.2", "--management-vip", "10.0.0.100" }, "--vrrp-priority: 255")]
+    [InlineData(new[] { "--announcer", "vrrp", "--vrrp-router-id", "7", "--vrrp-peer", "10.0.0.2", "--management-vip", "10.0.0.100" }, "--vrrp-interface:")]
+    [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "7", "--vrrp-peer", "10.0.0.2", "--management-vip", "10.0.0.100", "--vrrp-advert-interval", "5ms" }, "--vrrp-advert-interval:")]
+    [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "7", "--vrrp-peer", "2001:db8::2", "--management-vip", "10.0.0.100" }, "--vrrp-peer: 2001:db8::2 is not of the management VIP's family")]
+    public void From_BadVrrpSettings_NameTheFlag(string[] args, string expected)
+    {
+        var e = Assert.Throws<OptionsException>(() => Parse(args));
+        Assert.Contains(expected, e.Message);
+    }
 }

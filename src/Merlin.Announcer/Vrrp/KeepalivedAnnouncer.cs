@@ -231,17 +231,27 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         var process = new Process { StartInfo = psi };
         process.OutputDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogKeepalived(line); };
         process.ErrorDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogKeepalived(line); };
-        process.Start();
+        // INIT before the start: keepalived's first FIFO line (BACKUP) may be read before Start returns.
+        lock (_lock)
+        {
+            _loaded = _written; // what the configuration it reads at start says
+            _running = true;
+            SetRole(AnnouncerRole.Init, null, "keepalived starting");
+        }
+        try
+        {
+            process.Start();
+        }
+        catch
+        {
+            lock (_lock) _running = false;
+            process.Dispose();
+            throw;
+        }
+        lock (_lock) _process = process;
         process.StandardInput.Close();
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        lock (_lock)
-        {
-            _process = process;
-            _loaded = _written; // what the configuration it reads at start says
-            _running = true;
-            SetRole(AnnouncerRole.Init, null, $"keepalived started (pid {process.Id})");
-        }
         LogStarted(_log, process.Id, o.InstanceName, o.Interface, o.ConfigPath);
         Publish();
         return process;

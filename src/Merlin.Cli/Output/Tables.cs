@@ -77,6 +77,14 @@ public static class Tables
         table.Add("servers", s.Servers.ToString(CultureInfo.InvariantCulture));
         if (s.ServersUp + s.ServersDown + s.ServersUnknown > 0)
             table.Add("health checks", $"{s.ServersUp} up, {s.ServersDown} down, {s.ServersUnknown} unknown");
+        if (s.Announcer.Length > 0)
+        {
+            var state = s.AnnouncerState is { } st ? $" {st}" + (s.AnnouncerStateSeconds is { } secs ? $" for {Durations.Format(TimeSpan.FromSeconds(Math.Round(secs)))}" : "") : "";
+            table.Add("announcer", $"{s.Announcer}{state}{(s.AnnouncerHealthy ? "" : " (UNHEALTHY)")}{(s.AnnouncerRestarts > 0 ? $", {s.AnnouncerRestarts} restarts" : "")}");
+            if (s.AnnouncerDetail is { } detail) table.Add("announcer detail", detail);
+            foreach (var v in s.Vips)
+                table.Add(v.Management ? "management vip" : "vip", $"{v.Address} {(v.Announced ? "held here" : "not here")}");
+        }
         foreach (var x in s.Sysctls)
             table.Add($"sysctl {x.Name}", x.Drifted ? $"{x.Have ?? "unreadable"} (DRIFT: want {x.Want}{(x.Managed ? "" : "; --manage-sysctls sets it")})" : x.Have ?? "-");
         foreach (var w in s.Warnings) table.Add("warning", w);

@@ -103,7 +103,20 @@ public sealed record StatusView
     public required uint ServersUnknown { get; init; }
     public required IReadOnlyList<SysctlView> Sysctls { get; init; }
     public required IReadOnlyList<string> Warnings { get; init; }
+    /// <summary>Who holds the VIPs: static, vrrp or bgp (empty from a daemon that predates announcers).</summary>
+    public string Announcer { get; init; } = "";
+    /// <summary>VRRP state (MASTER, BACKUP, FAULT, …); null where roles do not apply.</summary>
+    public string? AnnouncerState { get; init; }
+    public bool AnnouncerHealthy { get; init; }
+    public string? AnnouncerDetail { get; init; }
+    /// <summary>Seconds in the current announcer state, by the daemon's clock at the call; null if unknown.</summary>
+    public double? AnnouncerStateSeconds { get; init; }
+    public ulong AnnouncerRestarts { get; init; }
+    public IReadOnlyList<VipView> Vips { get; init; } = [];
 }
+
+/// <summary>A VIP the announcer is responsible for, and whether this node holds (VRRP) or announces (BGP) it.</summary>
+public sealed record VipView(string Address, bool Announced, bool Management);
 
 /// <summary>A kernel setting the dataplane depends on; <see cref="Have"/> is null when it could not be read.</summary>
 public sealed record SysctlView(string Name, string Want, string? Have, bool Managed, bool Drifted, string Why);
@@ -231,6 +244,13 @@ public static class Views
             .Select(x => new SysctlView(x.Name, x.Want, x.Have.Length == 0 ? null : x.Have, x.Managed, x.Have != x.Want, x.Why))
             .ToList(),
         Warnings = status.Warnings.ToList(),
+        Announcer = status.Announcer,
+        AnnouncerState = status.AnnouncerState.Length == 0 ? null : status.AnnouncerState,
+        AnnouncerHealthy = status.AnnouncerHealthy,
+        AnnouncerDetail = status.AnnouncerDetail.Length == 0 ? null : status.AnnouncerDetail,
+        AnnouncerStateSeconds = status.AnnouncerSince is { } since ? Math.Max(0, (DateTimeOffset.UtcNow - since.ToDateTimeOffset()).TotalSeconds) : null,
+        AnnouncerRestarts = status.AnnouncerRestarts,
+        Vips = status.Vips.Select(v => new VipView(v.Address, v.Announced, v.Management)).ToList(),
     };
 
     /// <summary>Adds the kernel's counters to a list; services and servers the dataplane does not hold keep null.</summary>
