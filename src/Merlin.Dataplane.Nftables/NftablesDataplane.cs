@@ -56,6 +56,8 @@ public sealed partial class NftablesDataplane : IDataplane
         public uint Generation;
         /// <summary>Table id → structure signature after our last write or check.</summary>
         public Dictionary<string, string> Signatures = new(StringComparer.Ordinal);
+        /// <summary>Our tables as read (or read in part and patched) at <see cref="Generation"/>; null = unknown.</summary>
+        public IReadOnlyList<KernelTable>? Tables;
     }
 
     public NftablesDataplane(NftablesOptions options, ILogger<NftablesDataplane> logger, TimeProvider? time = null)
@@ -270,6 +272,7 @@ public sealed partial class NftablesDataplane : IDataplane
                 return;
             }
             programmed.Generation = generation;
+            programmed.Tables = tables;
         }
         await AuditAsync(generation, ct);
     }
@@ -303,22 +306,25 @@ public sealed partial class NftablesDataplane : IDataplane
         {
             var kernel = tables.FirstOrDefault(t => t.Family == table.Family && t.Name == table.Name);
             if (kernel is null) return $"table {table.Id} is missing";
+            // By name, once: a table holds thousands of chains and sets.
+            var kernelChains = new Dictionary<string, KernelChain>(StringComparer.Ordinal);
+            foreach (var c in kernel.Chains) kernelChains.TryAdd(c.Name, c);
+            var kernelSets = new Dictionary<string, KernelSet>(StringComparer.Ordinal);
+            foreach (var x in kernel.Sets) kernelSets.TryAdd(x.Name, x);
             foreach (var chain in table.Chains.Values)
             {
-                var k = kernel.Chain(chain.Name);
+                var k = kernelChains.GetValueOrDefault(chain.Name);
                 if (k is null) return $"chain {table.Id} {chain.Name} is missing";
                 if ((chain.Base is null) != (k.Hook is null)) return $"chain {table.Id} {chain.Name} is {(k.Hook is null ? "not " : "")}a base chain";
                 if (chain.Base is not null && chain.Base.Contains("device", StringComparison.Ordinal) && !chain.Base.Contains($"device \"{k.Device}\"", StringComparison.Ordinal))
                     return $"chain {table.Id} {chain.Name} hooks device {k.Device}";
-                var want = chain.Rules.Select(CommentOf).ToList();
-                var have = k.Rules.Select(r => r.Comment).ToList();
-                if (!want.SequenceEqual(have)) return $"chain {table.Id} {chain.Name} holds {have.Count} rules, not the {want.Count} we wrote";
+                if (!SameComments(chain.Rules, k.Rules)) return $"chain {table.Id} {chain.Name} holds {k.Rules.Count} rules, not the {chain.Rules.Count} we wrote";
             }
             foreach (var k in kernel.Chains)
                 if (!table.Chains.ContainsKey(k.Name)) return $"chain {table.Id} {k.Name} is not ours";
             foreach (var set in table.Sets.Values)
             {
-                var k = kernel.Set(set.Name);
+                var k = kernelSets.GetValueOrDefault(set.Name);
                 if (k is null) return $"set {table.Id} {set.Name} is missing";
                 if (set.Name == LayoutBuilder.MarkerSet && !set.Declaration.Contains($"comment \"{k.Comment}\"", StringComparison.Ordinal))
                     return $"the generation marker says \"{k.Comment}\", not what we wrote";
@@ -328,6 +334,14 @@ public sealed partial class NftablesDataplane : IDataplane
                 if (!k.Anonymous && !table.Sets.ContainsKey(k.Name)) return $"set {table.Id} {k.Name} is not ours";
         }
         return null;
+    }
+
+    private static bool SameComments(IReadOnlyList<string> rules, IReadOnlyList<KernelRule> kernel)
+    {
+        if (rules.Count != kernel.Count) return false;
+        for (int i = 0; i < rules.Count; i++)
+            if (!string.Equals(CommentOf(rules[i]), kernel[i].Comment, StringComparison.Ordinal)) return false;
+        return true;
     }
 
     internal static string? CommentOf(string rule)
@@ -377,7 +391,8 @@ public sealed partial class NftablesDataplane : IDataplane
                 await RunAsync(script, ct);
                 var after = await _nft.GenerationAsync(ct);
                 programmed.Generation = after;
-                programmed.Signatures = Signatures(await _nft.ReadTablesAsync(OurTables, ct));
+                programmed.Tables = await _nft.ReadTablesAsync(OurTables, ct);
+                programmed.Signatures = Signatures(programmed.Tables);
                 generation = after;
             }
             _auditedAt[id] = generation;
@@ -526,11 +541,17 @@ public sealed partial class NftablesDataplane : IDataplane
             .SelectMany(t => t.Sets.Values.Where(s => !s.Dynamic && (rewrite || programmed.Layout.Ruleset.Table(t.Family, t.Name)?.Sets.GetValueOrDefault(s.Name) is not { } old
                 || old.Kind != s.Kind || old.Declaration != s.Declaration)).Select(s => $"{t.Id} {s.Name}"))
             .ToList();
+        var previous = programmed.Layout.Ruleset;
+        var known = programmed.Tables;
         programmed.Services = services;
         programmed.Layout = layout;
         var readBack = Phases.Measure("read back");
         var after = await _nft.GenerationAsync(ct);
-        var tables = await _nft.ReadTablesAsync(OurTables, ct);
+        // Only our transaction since the tables were last read: read back just what it declared
+        // anew (new handles), not the thousands of chains and sets it did not touch.
+        var tables = !rewrite && alone && after == before + 1 && known is not null
+            ? await ReadChangedAsync(known, previous, layout.Ruleset, ct)
+            : await _nft.ReadTablesAsync(OurTables, ct);
         var mismatched = Mismatch(tables, layout.Ruleset);
         readBack.Dispose();
         if (mismatched is { } mismatch)
@@ -540,8 +561,10 @@ public sealed partial class NftablesDataplane : IDataplane
             LogAfterWriteMismatch(mismatch);
             programmed.Generation = 0;
             programmed.Signatures = new(StringComparer.Ordinal);
+            programmed.Tables = null;
             return;
         }
+        programmed.Tables = tables;
         using (Phases.Measure("read back")) programmed.Signatures = Signatures(tables);
         if (alone && after == before + 1)
         {
@@ -550,6 +573,58 @@ public sealed partial class NftablesDataplane : IDataplane
             foreach (var id in written) _auditedAt[id] = after;
         }
         programmed.Generation = after;
+    }
+
+    /// <summary>
+    /// Our tables after a transaction of ours from <paramref name="from"/> to <paramref name="to"/>,
+    /// when <paramref name="known"/> is what they were before it: the chains and sets the
+    /// transaction created, rewrote or deleted are read again by name (they have new handles), the
+    /// rest is as it was. A table created or deleted, or a change to most of a table, is read whole.
+    /// </summary>
+    private async Task<IReadOnlyList<KernelTable>> ReadChangedAsync(IReadOnlyList<KernelTable> known, NftRuleset from, NftRuleset to, CancellationToken ct)
+    {
+        var result = new List<KernelTable>();
+        foreach (var (family, name) in OurTables)
+        {
+            var had = known.FirstOrDefault(t => t.Family == family && t.Name == name);
+            var old = from.Table(family, name);
+            var now = to.Table(family, name);
+            if (now is null && old is null && had is null) continue;
+            if (now is null || old is null || had is null) return await _nft.ReadTablesAsync(OurTables, ct);
+            var (chains, sets) = Touched(old, now);
+            if (chains.Count + sets.Count > 64) return await _nft.ReadTablesAsync(OurTables, ct);
+            if (chains.Count + sets.Count == 0) { result.Add(had); continue; }
+            var parts = await _nft.ReadTablePartsAsync(family, name, chains, sets, ct);
+            if (parts is null) return await _nft.ReadTablesAsync(OurTables, ct);
+            result.Add(had with
+            {
+                Handle = parts.Handle,
+                Flags = parts.Flags,
+                Chains = had.Chains.Where(c => !chains.Contains(c.Name)).Concat(parts.Chains).ToList(),
+                Sets = had.Sets.Where(s => !sets.Contains(s.Name)).Concat(parts.Sets).ToList(),
+            });
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// The chains and sets a diff from <paramref name="from"/> to <paramref name="to"/> declares,
+    /// deletes or rewrites (<see cref="ScriptRenderer"/>'s rules: a chain is rewritten when its
+    /// rules or hook change or a rule names a redeclared set; element changes touch no handle).
+    /// </summary>
+    internal static (HashSet<string> Chains, HashSet<string> Sets) Touched(NftTable from, NftTable to)
+    {
+        var sets = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var set in from.Sets.Values)
+            if (!to.Sets.TryGetValue(set.Name, out var want) || want.Kind != set.Kind || want.Declaration != set.Declaration) sets.Add(set.Name);
+        foreach (var set in to.Sets.Values)
+            if (!from.Sets.ContainsKey(set.Name)) sets.Add(set.Name);
+        var chains = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var chain in from.Chains.Values)
+            if (!to.Chains.TryGetValue(chain.Name, out var want) || !want.SameAs(chain) || sets.Any(chain.References)) chains.Add(chain.Name);
+        foreach (var chain in to.Chains.Values)
+            if (!from.Chains.ContainsKey(chain.Name)) chains.Add(chain.Name);
+        return (chains, sets);
     }
 
     /// <summary>Errors that mean the kernel holds something other than we believe, not that the change itself is wrong.</summary>
@@ -565,6 +640,7 @@ public sealed partial class NftablesDataplane : IDataplane
     {
         _programmed!.Generation = generation;
         _programmed.Signatures = Signatures(tables);
+        _programmed.Tables = tables;
     }
 
     private async Task RunAsync(NftScript script, CancellationToken ct)

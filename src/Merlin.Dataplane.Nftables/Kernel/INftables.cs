@@ -24,6 +24,17 @@ internal interface INftables
 
     /// <summary>Our tables' structure (no elements); a missing table is left out.</summary>
     Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct);
+
+    /// <summary>One table with only the named chains (with their rules) and sets; null if the table does not exist.</summary>
+    async Task<KernelTable?> ReadTablePartsAsync(string family, string name, IReadOnlyCollection<string> chains, IReadOnlyCollection<string> sets, CancellationToken ct)
+    {
+        var table = (await ReadTablesAsync([(family, name)], ct)).FirstOrDefault();
+        return table is null ? null : table with
+        {
+            Chains = table.Chains.Where(c => chains.Contains(c.Name)).ToList(),
+            Sets = table.Sets.Where(s => sets.Contains(s.Name)).ToList(),
+        };
+    }
 }
 
 internal sealed class NftException(string message) : Exception(message);
@@ -76,6 +87,12 @@ internal sealed class NftCli(NftablesOptions options, ICommandRunner runner) : I
         foreach (var (family, name) in tables)
             if (NfTablesReader.ReadTable(socket, family, name) is { } table) result.Add(table);
         return (IReadOnlyList<KernelTable>)result;
+    }, ct);
+
+    public Task<KernelTable?> ReadTablePartsAsync(string family, string name, IReadOnlyCollection<string> chains, IReadOnlyCollection<string> sets, CancellationToken ct) => Task.Run(() =>
+    {
+        using var socket = NetfilterSocket.Open(options.NetworkNamespace);
+        return NfTablesReader.ReadTable(socket, family, name, chains, sets);
     }, ct);
 
     /// <summary>nft's error output, cut to what a log line can hold (an error quotes the whole offending line).</summary>
