@@ -1,0 +1,217 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Text.Json;
+using Merlin.Lab;
+using Merlin.Testing;
+
+namespace Merlin.Announcer.Tests;
+
+/// <summary>
+/// A VRRP pair end to end: lb1 and lb2 run the real merlin daemon (<c>--dataplane nftables</c>, DSR, Maglev,
+/// one hash seed, one etcd) with <c>--announcer vrrp</c>, so the real keepalived (Debian's 2.2.7) holds the
+/// VIPs. Long-lived connections stream through the VIP while a new service's VIP is added (a SIGHUP reload)
+/// and while lb1's cable is cut; lb1 comes back and, with the default nopreempt, stays BACKUP.
+/// </summary>
+public class VrrpLabTests
+{
+    private const string RouterId = "51";
+    /// <summary>A lab address no host has (hosts start at .10, extra hosts at .200).</summary>
+    private static readonly IPAddress ManagementVip = IPAddress.Parse("198.18.0.9");
+    /// <summary>
+    /// Takeover after 3 silent intervals plus skew: about 1.5 + 0.3 s at 500 ms. MERLIN_LAB_VRRP_ADVERT
+    /// (e.g. 1s, the daemon's default) measures another interval (docs/performance.md).
+    /// </summary>
+    private static readonly string AdvertInterval = Environment.GetEnvironmentVariable("MERLIN_LAB_VRRP_ADVERT") is { Length: > 0 } a ? a : "500ms";
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task Pair_CutTheMastersCable_Lb2HoldsBothVipsWithin4s_EveryConnectionSurvives_AndLb1ReturnsAsBackup()
+    {
+        Lab.Lab.Require();
+        Requires.Etcd();
+        Requires.Command("nft", "apt-get install nftables");
+        Requires.Command("keepalived", "apt-get install keepalived");
+        Requires.Command("curl", "apt-get install curl");
+        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 2, RealServers = 3, VipCount = 2, ExtraHosts = ["etcd"], IPv6 = false }, Ct);
+        await lab.StartServersAsync(ct: Ct);
+        var (_, etcd) = await LabMerlin.StartEtcdAsync(lab["etcd"], Ct);
+        LabHost h1 = lab["lb1"], h2 = lab["lb2"];
+        var vip = lab.Vip;
+        var vip2 = lab.VipsV4[1];
+
+        // lb1 first with the higher priority: it becomes MASTER alone; lb2 then joins as BACKUP.
+        await using var lb1 = await LabMerlin.StartAsync(h1, Options(etcd, h2, priority: 150), Ct);
+        try
+        {
+            foreach (var (name, port) in new[] { ("web", Lab.Lab.HttpPort), ("echo", Lab.Lab.EchoPort) })
+            {
+                await lb1.MeradmAsync("service", "add", name, "tcp", $"{vip}:{port}", "-s", "mh", "-b", "mh-port");
+                foreach (var rs in new[] { "rs1", "rs2", "rs3" })
+                    await lb1.MeradmAsync("server", "add", name, $"{lab[rs].Address}:{port}", "-w", "1", "-f", "route");
+            }
+            await lb1.WaitProgrammedAsync(2, 6, ct: Ct);
+            await WaitAsync(async () => await StateAsync(lb1) == "MASTER" && (await AddressesAsync(h1)).IsSupersetOf([vip, ManagementVip]), "lb1 MASTER with the VIPs", lab, lb1);
+        }
+        catch (Exception e) when (e is not Xunit.Sdk.XunitException)
+        {
+            Assert.Fail($"{e}\n{await lab.DescribeAsync()}");
+        }
+        await using var lb2 = await LabMerlin.StartAsync(h2, Options(etcd, h1, priority: 100), Ct);
+        await lb2.WaitProgrammedAsync(2, 6, ct: Ct);
+        await WaitAsync(async () => await StateAsync(lb2) == "BACKUP", "lb2 BACKUP", lab, lb2);
+        Assert.False((await AddressesAsync(h2)).Overlaps([vip, ManagementVip]), "lb2 holds a VIP while BACKUP");
+        var http = await lab.Client.HttpAsync(lab.VipEndpoint(), new LabRequestOptions { Count = 60 }, Ct);
+        Assert.True(http.Successes == 60, $"through lb1: {http.Failures} failures\n{await lab.DescribeAsync()}");
+
+        await using var hold = lab.Client.StartHold(lab.VipEndpoint(Lab.Lab.EchoPort),
+            new LabHoldOptions { Connections = 20, Duration = TimeSpan.FromSeconds(25), Timeout = TimeSpan.FromSeconds(10) });
+        Assert.Equal(20, await hold.WaitConnectedAsync(ct: Ct));
+
+        // A new service's VIP: keepalived is reloaded (SIGHUP) and must not drop the VIPs it holds meanwhile.
+        await lb1.MeradmAsync("service", "add", "web2", "tcp", $"{vip2}:{Lab.Lab.HttpPort}", "-s", "mh");
+        await lb1.MeradmAsync("server", "add", "web2", $"{lab["rs1"].Address}:{Lab.Lab.HttpPort}", "-w", "1", "-f", "route");
+        var samples = 0;
+        var reload = Stopwatch.StartNew();
+        while (true)
+        {
+            var held = await AddressesAsync(h1);
+            samples++;
+            Assert.True(held.IsSupersetOf([vip, ManagementVip]), $"lb1 dropped a VIP during the reload (sample {samples}): {string.Join(", ", held)}");
+            if (held.Contains(vip2)) break;
+            if (reload.Elapsed > TimeSpan.FromSeconds(15)) Assert.Fail($"lb1 never added {vip2}\n{Tail(lb1.Process.Output)}");
+            await Task.Delay(20, Ct);
+        }
+        for (var i = 0; i < 10; i++, samples++)
+        {
+            Assert.True((await AddressesAsync(h1)).IsSupersetOf([vip, vip2, ManagementVip]), "lb1 dropped a VIP after the reload");
+            await Task.Delay(50, Ct);
+        }
+        Assert.Contains("keepalived reloaded (SIGHUP", lb1.Process.Output, StringComparison.Ordinal);
+        Assert.Equal("MASTER", await StateAsync(lb1));
+        Output($"reload: {vip2} added on lb1 after {reload.ElapsedMilliseconds} ms; {samples} samples of lb1's addresses all held {vip} and {ManagementVip}");
+        Assert.Equal(h1.Mac, (await lab.Client.GetNeighbourAsync(vip))?.Mac);
+
+        // The cut. From here: when lb2 holds the VIP, and when the client's neighbour entry (updated by
+        // keepalived's gratuitous ARP, nobody else sends one) points at lb2.
+        var clock = Stopwatch.StartNew();
+        await lab.SetLinkAsync(h1, up: false);
+        TimeSpan? held2 = null, arp = null;
+        while (clock.Elapsed < TimeSpan.FromSeconds(10) && (held2 is null || arp is null))
+        {
+            if (held2 is null && (await AddressesAsync(h2)).Contains(vip)) held2 = clock.Elapsed;
+            if (arp is null && held2 is not null && (await lab.Client.GetNeighbourAsync(vip))?.Mac == h2.Mac) arp = clock.Elapsed;
+            if (held2 is null || arp is null) await Task.Delay(10, Ct);
+        }
+        var reached = await lab.Client.HttpAsync(lab.VipEndpoint(), new LabRequestOptions { Count = 1, Timeout = TimeSpan.FromSeconds(2) }, Ct);
+        var reachedAt = clock.Elapsed;
+        Output($"failover (advert interval {AdvertInterval}): lb2 held {vip} {Ms(held2)} after the cut; the client's ARP entry pointed at lb2 {Ms(arp)} after; first new HTTP request through lb2 answered by {reachedAt.TotalMilliseconds:0} ms");
+        Assert.True(held2 is not null && arp is not null, $"lb2 did not take over within 10 s (held {Ms(held2)}, arp {Ms(arp)})\n{await lab.DescribeAsync()}");
+        Assert.True(arp < TimeSpan.FromSeconds(4), $"the client reached lb2 only {Ms(arp)} after the cut (limit 4 s)");
+        Assert.Equal(1, reached.Successes);
+        Assert.True((await AddressesAsync(h2)).IsSupersetOf([vip, vip2, ManagementVip]), "lb2 holds not every VIP");
+
+        // The API on the management VIP answers from lb2; its status, metrics and readiness say MASTER.
+        var status = await MeradmFromClientAsync(lab, "status", "-o", "json");
+        Assert.Equal("MASTER", status.GetProperty("announcerState").GetString());
+        Assert.Contains(status.GetProperty("vips").EnumerateArray(), v => v.GetProperty("address").GetString() == vip.ToString() && v.GetProperty("announced").GetBoolean());
+        var metrics = (await h2.ExecAsync("curl", "-s", $"http://127.0.0.1:{LabMerlin.HealthPort}/metrics")).StandardOutput;
+        Assert.Contains("merlin_announcer_state{mode=\"vrrp\",state=\"MASTER\"} 1", metrics);
+        Assert.Contains($"merlin_vip_announced{{management=\"false\",vip=\"{vip}\"}} 1", metrics);
+        var ready = (await h2.ExecAsync("curl", "-s", $"http://127.0.0.1:{LabMerlin.HealthPort}/readyz")).StandardOutput;
+        Assert.Equal("ready (vrrp MASTER)", ready.Trim());
+        var readyLb1 = (await h1.ExecAsync("curl", "-s", $"http://127.0.0.1:{LabMerlin.HealthPort}/readyz")).StandardOutput;
+        Assert.StartsWith("not ready: announcer vrrp FAULT", readyLb1.Trim());
+
+        var report = await hold.ReportAsync(Ct);
+        Output($"connections: {report.Survived}/20 survived ({string.Join(", ", report.PerServer.Select(p => $"{p.Key} {p.Value}"))})");
+        Assert.True(report.Survived == 20, string.Join("; ", report.Connections.Where(c => !c.Survived).Select(c => $"{c.Server}: {c.Error} at {c.FailedAtMs} ms")));
+
+        // lb1 returns. nopreempt (the default): it hears lb2's adverts and stays BACKUP despite its higher priority.
+        await lab.SetLinkAsync(h1, up: true);
+        await WaitAsync(async () => await StateAsync(lb1) == "BACKUP", "lb1 BACKUP after its return", lab, lb1);
+        var watch = Stopwatch.StartNew();
+        while (watch.Elapsed < TimeSpan.FromSeconds(4))
+        {
+            Assert.False((await AddressesAsync(h1)).Overlaps([vip, ManagementVip]), "lb1 took the VIPs back (preempted) although nopreempt is the policy");
+            Assert.Contains(vip, await AddressesAsync(h2));
+            await Task.Delay(100, Ct);
+        }
+        Assert.Equal("MASTER", await StateAsync(lb2));
+        Assert.Equal("BACKUP", await StateAsync(lb1));
+        var after = await lab.Client.HttpAsync(lab.VipEndpoint(), new LabRequestOptions { Count = 30 }, Ct);
+        Assert.Equal(30, after.Successes);
+
+        // lb2's daemon stops (SIGTERM): it stops keepalived by PID, which releases the VIPs and tells lb1
+        // (priority 0), so lb1 takes over without waiting for its down timer.
+        var stop = Stopwatch.StartNew();
+        var stopping = lb2.Process.StopAsync(TimeSpan.FromSeconds(15));
+        TimeSpan? taken = null;
+        while (stop.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            if ((await AddressesAsync(h1)).Contains(vip)) { taken = stop.Elapsed; break; }
+            await Task.Delay(10, Ct);
+        }
+        await stopping;
+        Output($"lb2's daemon stopped: lb1 held {vip} {Ms(taken)} after the SIGTERM");
+        Assert.True(taken is not null, $"lb1 did not take the VIPs after lb2's daemon stopped\n{Tail(lb2.Process.Output)}");
+        Assert.False((await AddressesAsync(h2)).Overlaps([vip, vip2, ManagementVip]), "lb2 kept a VIP after its daemon stopped");
+        Assert.Contains(") stopped; it released the VIPs", lb2.Process.Output, StringComparison.Ordinal);
+        Assert.Equal(30, (await lab.Client.HttpAsync(lab.VipEndpoint(), new LabRequestOptions { Count = 30 }, Ct)).Successes);
+    }
+
+    private static LabMerlinOptions Options(string etcd, LabHost peer, int priority) => new()
+    {
+        EtcdEndpoint = etcd,
+        ExtraArgs =
+        [
+            "--announcer", "vrrp", "--vrrp-router-id", RouterId, "--vrrp-priority", priority.ToString(CultureInfo.InvariantCulture),
+            "--vrrp-peer", peer.Address.ToString(), "--management-vip", ManagementVip.ToString(), "--vrrp-advert-interval", AdvertInterval,
+            // The API on every address of the namespace, so the management VIP reaches it (a lab: no TLS).
+            "--listen-address", "0.0.0.0", "--allow-insecure",
+        ],
+    };
+
+    private static async Task<string?> StateAsync(LabMerlin daemon)
+    {
+        var s = await daemon.StatusAsync();
+        return s.TryGetProperty("announcerState", out var state) ? state.GetString() : null;
+    }
+
+    private static async Task<JsonElement> MeradmFromClientAsync(Lab.Lab lab, params string[] args)
+    {
+        var r = await lab.Client.RunAsync([.. LabMerlin.Meradm(), .. args, "-H", $"{ManagementVip}:{LabMerlin.ApiPort}"], TimeSpan.FromSeconds(60));
+        if (!r.Succeeded) throw new LabCommandException(r);
+        using var doc = JsonDocument.Parse(r.StandardOutput);
+        return doc.RootElement.Clone();
+    }
+
+    /// <summary>The IPv4 addresses on the host's lab interface.</summary>
+    private static async Task<HashSet<IPAddress>> AddressesAsync(LabHost host)
+    {
+        var r = await host.IpAsync("-j", "-4", "addr", "show", "dev", host.Interface);
+        using var doc = JsonDocument.Parse(r.StandardOutput);
+        return doc.RootElement.EnumerateArray()
+            .SelectMany(i => i.GetProperty("addr_info").EnumerateArray())
+            .Select(a => IPAddress.Parse(a.GetProperty("local").GetString()!))
+            .ToHashSet();
+    }
+
+    private static async Task WaitAsync(Func<Task<bool>> condition, string what, Lab.Lab lab, LabMerlin daemon)
+    {
+        var clock = Stopwatch.StartNew();
+        while (!await condition())
+        {
+            if (clock.Elapsed > TimeSpan.FromSeconds(30))
+                Assert.Fail($"timed out waiting for {what}\n{Tail(daemon.Process.Output)}\n{await lab.DescribeAsync()}");
+            await Task.Delay(100, Ct);
+        }
+    }
+
+    private static string Tail(string s, int max = 6000) => s.Length <= max ? s : "…" + s[^max..];
+
+    private static string Ms(TimeSpan? t) => t is { } v ? $"{v.TotalMilliseconds:0} ms" : "never";
+
+    private static void Output(string line) => TestContext.Current.TestOutputHelper?.WriteLine(line);
+}
