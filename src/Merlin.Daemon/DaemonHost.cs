@@ -292,8 +292,9 @@ internal static class DaemonMetrics
 
         var announcer = services.GetRequiredService<Merlin.Announcer.IAnnouncer>();
         meter.CreateObservableGauge("announcer_state",
-            () => System.Enum.GetValues<Merlin.Announcer.AnnouncerRole>().Where(r => r != Merlin.Announcer.AnnouncerRole.None).Select(r =>
-                new Measurement<int>(announcer.State.Role == r ? 1 : 0, new("mode", announcer.Mode), new("state", r.ToString().ToUpperInvariant()))),
+            () => announcer.State.Role == Merlin.Announcer.AnnouncerRole.None ? [] : System.Enum.GetValues<Merlin.Announcer.AnnouncerRole>()
+                .Where(r => r != Merlin.Announcer.AnnouncerRole.None)
+                .Select(r => new Measurement<int>(announcer.State.Role == r ? 1 : 0, new("mode", announcer.Mode), new("state", r.ToString().ToUpperInvariant()))),
             description: "1 for the announcer's current VRRP state (MASTER, BACKUP, FAULT, INIT, STOPPED), 0 for the others; absent where roles do not apply");
         meter.CreateObservableGauge("announcer_healthy", () => announcer.State.Healthy ? 1 : 0,
             description: "1 while the announcer's engine runs and is not in FAULT (a part of /readyz)");

@@ -159,6 +159,17 @@ public class VrrpLabTests
         Assert.False((await AddressesAsync(h2)).Overlaps([vip, vip2, ManagementVip]), "lb2 kept a VIP after its daemon stopped");
         Assert.Contains(") stopped; it released the VIPs", lb2.Process.Output, StringComparison.Ordinal);
         Assert.Equal(30, (await lab.Client.HttpAsync(lab.VipEndpoint(), new LabRequestOptions { Count = 30 }, Ct)).Successes);
+
+        // keepalived dies under lb1's daemon: the daemon notices, restarts it after its backoff, and lb1
+        // (alone now) is MASTER again with the VIPs.
+        var pidFile = Path.Combine(lab.TempPath, "state-lb1", "keepalived", "keepalived.pid");
+        var keepalived = int.Parse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture);
+        Assert.True(Signal.Send(keepalived, Signal.Kill));
+        var restart = Stopwatch.StartNew();
+        await WaitAsync(async () => (await lb1.StatusAsync()).GetProperty("announcerRestarts").GetUInt64() == 1, "the restart counted", lab, lb1);
+        await WaitAsync(async () => await StateAsync(lb1) == "MASTER" && (await AddressesAsync(h1)).IsSupersetOf([vip, vip2, ManagementVip]), "lb1 MASTER again", lab, lb1);
+        Output($"keepalived killed on lb1: restarted and MASTER with the VIPs again after {restart.ElapsedMilliseconds} ms");
+        Assert.NotEqual(keepalived, int.Parse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture));
     }
 
     private static LabMerlinOptions Options(string etcd, LabHost peer, int priority) => new()

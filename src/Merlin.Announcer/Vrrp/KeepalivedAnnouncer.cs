@@ -200,6 +200,9 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             LogExited(_log, code, ran.TotalSeconds, backoff.TotalSeconds);
             Publish();
             if (!await DelayAsync(backoff, ct)) return;
+            // A VRRP child that outlived its parent would still hold the VIPs and make the new one refuse to start.
+            try { await StopStaleAsync(ct); }
+            catch (OperationCanceledException) { return; }
             backoff = Next(backoff);
         }
     }
