@@ -306,6 +306,9 @@ namespace Merlin.Nftables.Bench
         public Task<uint> GenerationAsync(CancellationToken ct) => _inner.GenerationAsync(ct);
 
         public Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct) => _inner.ReadTablesAsync(tables, ct);
+
+        public Task<KernelTable?> ReadTablePartsAsync(string family, string name, IReadOnlyCollection<string> chains, IReadOnlyCollection<string> sets, CancellationToken ct) =>
+            _inner.ReadTablePartsAsync(family, name, chains, sets, ct);
     }
 
     /// <summary>

@@ -545,15 +545,23 @@ public sealed partial class NftablesDataplane : IDataplane
         var known = programmed.Tables;
         programmed.Services = services;
         programmed.Layout = layout;
-        var readBack = Phases.Measure("read back");
-        var after = await _nft.GenerationAsync(ct);
+        uint after;
+        using (Phases.Measure("read back: generation")) after = await _nft.GenerationAsync(ct);
         // Only our transaction since the tables were last read: read back just what it declared
         // anew (new handles), not the thousands of chains and sets it did not touch.
-        var tables = !rewrite && alone && after == before + 1 && known is not null
-            ? await ReadChangedAsync(known, previous, layout.Ruleset, ct)
-            : await _nft.ReadTablesAsync(OurTables, ct);
-        var mismatched = Mismatch(tables, layout.Ruleset);
-        readBack.Dispose();
+        IReadOnlyList<KernelTable> tables;
+        if (!rewrite && alone && after == before + 1 && known is not null)
+        {
+            using var _ = Phases.Measure("read back: what changed");
+            tables = await ReadChangedAsync(known, previous, layout.Ruleset, ct);
+        }
+        else
+        {
+            using var _ = Phases.Measure("read back: whole tables");
+            tables = await _nft.ReadTablesAsync(OurTables, ct);
+        }
+        string? mismatched;
+        using (Phases.Measure("read back: compare")) mismatched = Mismatch(tables, layout.Ruleset);
         if (mismatched is { } mismatch)
         {
             // Someone changed our tables between our write and this read, or we wrote something
@@ -565,7 +573,7 @@ public sealed partial class NftablesDataplane : IDataplane
             return;
         }
         programmed.Tables = tables;
-        using (Phases.Measure("read back")) programmed.Signatures = Signatures(tables);
+        using (Phases.Measure("read back: signatures")) programmed.Signatures = Signatures(tables);
         if (alone && after == before + 1)
         {
             // Nobody else committed in between: the sets we had checked are still as checked.

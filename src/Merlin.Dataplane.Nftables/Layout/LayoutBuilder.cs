@@ -27,6 +27,16 @@ internal sealed record Assignment(
 
     /// <summary>The id of each service's server-list record (services without servers have none).</summary>
     public IReadOnlyDictionary<ServiceKey, uint> ListIds { get; init; } = new Dictionary<ServiceKey, uint>();
+
+    /// <summary>
+    /// The analysis of every server set of the layout (what it forwards to, its M, its content key,
+    /// its state record texts), by the set's content: a set whose servers and MACs did not change
+    /// is not analyzed again. Valid only for the options in <see cref="SetsFor"/>.
+    /// </summary>
+    public IReadOnlyDictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, LayoutBuilder.SetPlan>? Sets { get; init; }
+
+    /// <summary>The options <see cref="Sets"/> were analyzed under (<see cref="LayoutBuilder.SetOptions"/>).</summary>
+    public string? SetsFor { get; init; }
 }
 
 /// <summary>A group's map elements and, for DSR, its live set.</summary>
@@ -80,12 +90,27 @@ internal static class LayoutBuilder
         var services = input.Services.Values.OrderBy(s => s.Key, ServiceKeyComparer.Instance).ToList();
         bool dsrPossible = options.Interface is not null && input.OwnMac is not null;
 
-        // 1. What each service forwards to.
+        // 1. What each service forwards to. Services with the same servers (the ingress case: all of
+        // them) share one analysis of them, and a set analyzed by the previous build under the same
+        // options is reused while its servers' MACs are the same.
         var plans = new List<ServicePlan>();
         var sets = new Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, SetPlan>(ServerSetComparer.Instance);
+        var setOptions = SetOptions(options, input.OwnMac);
+        var cached = input.Previous.SetsFor == setOptions ? input.Previous.Sets : null;
         foreach (var service in services)
         {
-            var plan = Plan(service, sets, input, options, dsrPossible, issues, unresolved, dsrAddresses, text);
+            if (!sets.TryGetValue(service.Servers, out var set))
+            {
+                if (cached is null || !cached.TryGetValue(service.Servers, out set) || !set.SameMacs(input.Macs))
+                    set = Analyze(service.Servers, input.Macs, options, dsrPossible, text);
+                sets[service.Servers] = set;
+                if (set.Dsr && dsrPossible)
+                {
+                    dsrAddresses.UnionWith(set.Addresses);
+                    unresolved.UnionWith(set.Unresolved);
+                }
+            }
+            var plan = Plan(service, set, options, dsrPossible, issues);
             if (plan is not null) plans.Add(plan);
         }
 
@@ -95,7 +120,7 @@ internal static class LayoutBuilder
         foreach (var plan in plans) serviceGroups[plan.Key] = assignment[plan.ContentKey];
 
         // 3. State records, their ids kept across layouts so an unchanged record is never rewritten.
-        var (serviceIds, serverIds, listIds, stateContent) = Records(services, input, serviceGroups, text);
+        var (serviceIds, serverIds, listIds, stateContent) = Records(services, input, serviceGroups, sets);
 
         var groups = new Dictionary<string, GroupInfo>();
         foreach (var plan in plans) groups[assignment[plan.ContentKey]] = new GroupInfo(assignment[plan.ContentKey], plan.Shape, plan.ContentKey);
@@ -117,7 +142,7 @@ internal static class LayoutBuilder
             tables.Add(NatTable(natPlans, assignment, contents, options));
         var ruleset = WithMarker(new NftRuleset(tables), options);
 
-        var newAssignment = new Assignment(serviceGroups, groups, serviceIds, serverIds) { Contents = contents, ListIds = listIds };
+        var newAssignment = new Assignment(serviceGroups, groups, serviceIds, serverIds) { Contents = contents, ListIds = listIds, Sets = sets, SetsFor = setOptions };
         return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.Order(AddressComparer).ToList());
     }
 
@@ -139,7 +164,7 @@ internal static class LayoutBuilder
     private sealed record ServicePlan(ServiceKey Key, bool Dsr, int Size, string Shape, string ContentKey, string Variant,
         IReadOnlyList<Backend> Backends);
 
-    private sealed record Backend(string Id, uint Weight, string Value, string? Mac);
+    internal sealed record Backend(string Id, uint Weight, string Value, string? Mac);
 
     private static readonly IComparer<IPAddress> AddressComparer = Comparer<IPAddress>.Create(AddressOrder.Compare);
 
@@ -173,25 +198,17 @@ internal static class LayoutBuilder
         }
     }
 
-    private static ServicePlan? Plan(ServiceState service, Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, SetPlan> sets,
-        LayoutInput input, NftablesOptions options, bool dsrPossible, List<NftablesIssue> issues, SortedSet<IPAddress> unresolved,
-        HashSet<IPAddress> dsrAddresses, TextCache text)
+    /// <summary>What an analysis of a server set depends on besides the servers and their MACs.</summary>
+    internal static string SetOptions(NftablesOptions options, PhysicalAddress? ownMac) =>
+        $"{options.Interface}|{(ownMac is null ? "-" : StateRecords.MacText(ownMac))}|{Seed(options)}";
+
+    private static ServicePlan? Plan(ServiceState service, SetPlan set, NftablesOptions options, bool dsrPossible, List<NftablesIssue> issues)
     {
         var key = service.Key;
         if (key.IsFirewallMark)
         {
             issues.Add(new(key, null, "firewall-mark services are not supported by the nftables dataplane"));
             return null;
-        }
-        // Services with the same servers (the ingress case: all of them) share one analysis of them.
-        if (!sets.TryGetValue(service.Servers, out var set))
-        {
-            sets[service.Servers] = set = Analyze(service.Servers, input.Macs, options, dsrPossible, text);
-            if (set.Dsr && dsrPossible)
-            {
-                dsrAddresses.UnionWith(set.Addresses);
-                unresolved.UnionWith(set.Unresolved);
-            }
         }
         foreach (var (server, reason) in set.Issues) issues.Add(new(key, server, reason));
         if (set.Members == 0) return null;
@@ -213,9 +230,26 @@ internal static class LayoutBuilder
         return new ServicePlan(key, set.Dsr, set.Size, shape, shape + " " + set.Content, variant, set.Usable);
     }
 
-    /// <summary>What a set of real servers forwards to: the same for every service that has exactly these servers.</summary>
-    private sealed record SetPlan(bool Dsr, int Members, int Size, string Content, IReadOnlyList<Backend> Usable,
-        IReadOnlyList<(RealServerKey, string)> Issues, IReadOnlyList<IPAddress> Addresses, IReadOnlyList<IPAddress> Unresolved);
+    /// <summary>
+    /// What a set of real servers forwards to: the same for every service that has exactly these
+    /// servers. <paramref name="Bodies"/> are the servers' state record texts; <paramref name="Macs"/>
+    /// the MAC each route server had (null: unknown) when the analysis was made.
+    /// </summary>
+    internal sealed record SetPlan(bool Dsr, int Members, int Size, string Content, IReadOnlyList<Backend> Usable,
+        IReadOnlyList<(RealServerKey, string)> Issues, IReadOnlyList<IPAddress> Addresses, IReadOnlyList<IPAddress> Unresolved,
+        (RealServerKey Key, string Body)[] Bodies, (IPAddress Address, PhysicalAddress? Mac)[] Macs)
+    {
+        /// <summary>Whether every route server still has the MAC (or lack of one) this analysis saw.</summary>
+        public bool SameMacs(IReadOnlyDictionary<IPAddress, PhysicalAddress> macs)
+        {
+            foreach (var (address, mac) in Macs)
+            {
+                var now = macs.GetValueOrDefault(address);
+                if (mac is null ? now is not null : !mac.Equals(now)) return false;
+            }
+            return true;
+        }
+    }
 
     private static SetPlan Analyze(IReadOnlyDictionary<RealServerKey, RealServerConfig> map, IReadOnlyDictionary<IPAddress, PhysicalAddress> macs,
         NftablesOptions options, bool dsrPossible, TextCache text)
@@ -278,7 +312,20 @@ internal static class LayoutBuilder
             if (i > 0) content.Append(',');
             content.Append(usable[i].Id).Append('=').Append(usable[i].Weight).Append('@').Append(usable[i].Value);
         }
-        return new SetPlan(dsr, members.Count, size, content.ToString(), usable, issues, addresses, unresolved);
+        var bodies = new (RealServerKey, string)[servers.Length];
+        var macsSeen = new List<(IPAddress, PhysicalAddress?)>();
+        for (int i = 0; i < servers.Length; i++)
+        {
+            var (server, config) = servers[i];
+            PhysicalAddress? mac = null;
+            if (config.Forward == ForwardMethod.Route)
+            {
+                mac = macs.GetValueOrDefault(server.Address);
+                macsSeen.Add((server.Address, mac));
+            }
+            bodies[i] = (server, text.ServerBody(server, config, mac));
+        }
+        return new SetPlan(dsr, members.Count, size, content.ToString(), usable, issues, addresses, unresolved, bodies, [.. macsSeen]);
     }
 
     /// <summary>Server maps compared by content (services built apart still share an analysis).</summary>
@@ -358,7 +405,8 @@ internal static class LayoutBuilder
     /// lowest ids no previous record held, so ids stay small however long the daemon runs.
     /// </summary>
     private static (Dictionary<ServiceKey, uint>, Dictionary<(ServiceKey, RealServerKey), uint>, Dictionary<ServiceKey, uint>, SetContent) Records(
-        List<ServiceState> services, LayoutInput input, Dictionary<ServiceKey, string> groups, TextCache text)
+        List<ServiceState> services, LayoutInput input, Dictionary<ServiceKey, string> groups,
+        Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, SetPlan> sets)
     {
         var previous = input.Previous;
         var ids = new IdAllocator(previous.ServiceIds.Values.Concat(previous.ServerIds.Values).Concat(previous.ListIds.Values));
@@ -368,17 +416,11 @@ internal static class LayoutBuilder
         foreach (var service in services)
             if (previous.ServiceIds.TryGetValue(service.Key, out var id) && ids.Claim(id)) serviceIds[service.Key] = id;
 
-        // Real server records: one per distinct body. Services with the same servers share the texts.
-        var setBodies = new Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, (RealServerKey Key, string Body)[]>(ServerSetComparer.Instance);
+        // Real server records: one per distinct body. Services with the same servers share the texts (their set's analysis has them).
         var bodies = new Dictionary<string, List<(ServiceKey, RealServerKey)>>(StringComparer.Ordinal);
         foreach (var service in services)
         {
-            if (!setBodies.TryGetValue(service.Servers, out var texts))
-            {
-                setBodies[service.Servers] = texts = service.Servers.Select(s =>
-                    (s.Key, text.ServerBody(s.Key, s.Value, s.Value.Forward == ForwardMethod.Route ? input.Macs.GetValueOrDefault(s.Key.Address) : null))).ToArray();
-            }
-            foreach (var (server, body) in texts)
+            foreach (var (server, body) in sets[service.Servers].Bodies)
             {
                 if (!bodies.TryGetValue(body, out var users)) bodies[body] = users = [];
                 users.Add((service.Key, server));
@@ -397,7 +439,7 @@ internal static class LayoutBuilder
         foreach (var service in services)
         {
             if (service.Servers.Count == 0) continue;
-            var texts = setBodies[service.Servers];
+            var texts = sets[service.Servers].Bodies;
             if (!setMembers.TryGetValue(texts, out var members))
                 setMembers[texts] = members = string.Join(',', texts.Select(t => serverRecords[t.Body]).Order().Select(i => i.ToString(CultureInfo.InvariantCulture)));
             if (!memberLists.TryGetValue(members, out var users)) memberLists[members] = users = [];
