@@ -79,6 +79,7 @@ try
     await Task.Delay(TimeSpan.FromSeconds(warmup));
 
     var (cpu0, checks0, served0, t0) = (CpuSeconds(daemon.Id), await Checks(http), targets.Served, Stopwatch.GetTimestamp());
+    var (failed0, passes0) = (await Metric(http, "merlin_health_checks{result=\"unhealthy\"}"), (await client.StatusAsync(new Empty())).ReconcilePasses);
     var own0 = Process.GetCurrentProcess().TotalProcessorTime;
     for (var s = 0; s < seconds; s += 5)
     {
@@ -88,6 +89,7 @@ try
     var elapsed = Stopwatch.GetElapsedTime(t0).TotalSeconds;
     var (cpu1, checks1, served1) = (CpuSeconds(daemon.Id), await Checks(http), targets.Served);
     var own = (Process.GetCurrentProcess().TotalProcessorTime - own0).TotalSeconds;
+    var (failed1, passes1) = (await Metric(http, "merlin_health_checks{result=\"unhealthy\"}"), (await client.StatusAsync(new Empty())).ReconcilePasses);
     var status = await client.StatusAsync(new Empty());
     var rate = (checks1 - checks0) / elapsed;
     var cpu = (cpu1 - cpu0) / elapsed;
@@ -95,7 +97,21 @@ try
     Console.WriteLine("| servers | period | checks/s asked | checks/s done (daemon) | requests/s served | daemon CPU (one core = 100 %) | CPU per check | daemon RSS | servers up / down |");
     Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
     Console.WriteLine($"| {servers:N0} | {periodMs} ms | {servers * 1000.0 / periodMs:N0} | {rate:N0} | {(served1 - served0) / elapsed:N0} | {cpu * 100:0.0} % | {cpu / rate * 1e6:0.0} µs | {Rss(daemon.Id) / 1024 / 1024} MiB | {status.ServersUp} / {status.ServersDown} |");
-    Console.WriteLine($"(this harness's own CPU, serving the checks: {own / elapsed * 100:0.0} %; load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]})");
+    Console.WriteLine($"(in the window: {failed1 - failed0:N0} failed checks, {passes1 - passes0:N0} reconcile passes; this harness's own CPU, serving the checks: {own / elapsed * 100:0.0} %; load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]})");
+
+    // The reference, same machine, same targets, same rate: a bare prober (connect, one GET, read the
+    // status line, close) in this process. The daemon is stopped first; this process's CPU above what
+    // serving alone cost is the prober's.
+    daemon.Kill(entireProcessTree: true);
+    await daemon.WaitForExitAsync();
+    await Task.Delay(TimeSpan.FromSeconds(2));
+    var (ref0, refServed0, refT0) = (Process.GetCurrentProcess().TotalProcessorTime, targets.Served, Stopwatch.GetTimestamp());
+    var probed = await BareProber.RunAsync(targets.Ports, TimeSpan.FromMilliseconds(periodMs), TimeSpan.FromSeconds(seconds));
+    var refElapsed = Stopwatch.GetElapsedTime(refT0).TotalSeconds;
+    var refCpu = (Process.GetCurrentProcess().TotalProcessorTime - ref0).TotalSeconds / refElapsed - own / elapsed * (double)(targets.Served - refServed0) / refElapsed / Math.Max(1, (served1 - served0) / elapsed);
+    var refRate = probed / refElapsed;
+    Console.WriteLine($"| bare prober (reference) | {periodMs} ms | {servers * 1000.0 / periodMs:N0} | {refRate:N0} | {(targets.Served - refServed0) / refElapsed:N0} | {refCpu * 100:0.0} % | {refCpu / refRate * 1e6:0.0} µs | | |");
+    Console.WriteLine($"daemon CPU per check / bare prober's: {cpu / rate / (refCpu / refRate):0.00}");
     return 0;
 }
 finally
@@ -142,6 +158,13 @@ static async Task<double> Checks(HttpClient http)
         .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
 }
 
+static async Task<double> Metric(HttpClient http, string series)
+{
+    var text = await http.GetStringAsync("/metrics");
+    var line = text.Split('\n').FirstOrDefault(l => l.StartsWith(series + " ", StringComparison.Ordinal));
+    return line is null ? double.NaN : double.Parse(line[(line.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture);
+}
+
 // /proc/PID/stat fields 14 and 15 (utime, stime) in clock ticks of 1/100 s, after the ")" that ends the name.
 static double CpuSeconds(int pid)
 {
@@ -152,6 +175,52 @@ static double CpuSeconds(int pid)
 
 static long Rss(int pid) =>
     long.Parse(File.ReadAllLines($"/proc/{pid}/status").First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal)).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+
+/// <summary>The least a health check can do: connect, send one GET, read the status line, close; on a fixed schedule.</summary>
+internal static class BareProber
+{
+    private static readonly byte[] Request = Encoding.ASCII.GetBytes("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+
+    public static async Task<long> RunAsync(IReadOnlyList<int> ports, TimeSpan period, TimeSpan duration)
+    {
+        long ok = 0;
+        var tick = TimeSpan.FromMilliseconds(10);
+        var perTick = ports.Count * tick.TotalMilliseconds / period.TotalMilliseconds;
+        var clock = Stopwatch.StartNew();
+        using var timer = new PeriodicTimer(tick);
+        double owed = 0;
+        var next = 0;
+        var running = new List<Task>();
+        while (clock.Elapsed < duration && await timer.WaitForNextTickAsync())
+        {
+            for (owed += perTick; owed >= 1; owed--)
+            {
+                var port = ports[next++ % ports.Count];
+                running.Add(Task.Run(async () => { if (await ProbeAsync(port)) Interlocked.Increment(ref ok); }));
+            }
+            if (running.Count > 10_000) { await Task.WhenAll(running); running.Clear(); }
+        }
+        await Task.WhenAll(running);
+        return ok;
+    }
+
+    private static async Task<bool> ProbeAsync(int port)
+    {
+        using var s = new Socket(System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            await s.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
+            await s.SendAsync(Request);
+            var buffer = new byte[256];
+            var n = await s.ReceiveAsync(buffer);
+            return n >= 12 && buffer[9] == (byte)'2';
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
+    }
+}
 
 /// <summary>N minimal HTTP/1.1 servers on 127.0.0.1 (one port each): 200 "ok" to any request, then close.</summary>
 internal sealed class Targets : IDisposable

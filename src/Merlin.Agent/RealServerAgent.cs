@@ -68,8 +68,9 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
             LogRegistered(_servers.Count, string.Join(", ", _servers.Select(Describe)));
             await Task.Delay(Timeout.Infinite, stop);
         }
-        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        catch (Exception e) when (stop.IsCancellationRequested && e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled })
         {
+            // Stopped before or after registering: detach below either way.
         }
         catch
         {

@@ -112,6 +112,19 @@ public sealed class RealServerAgentTests : IDisposable
     }
 
     [Fact]
+    public async Task StoppedWhileTheDaemonIsUnreachable_ItDetachesAndEndsWithoutAnError()
+    {
+        _api.Fail["List"] = new Queue<StatusCode>(Enumerable.Repeat(StatusCode.Unavailable, 1000));
+        using var stop = new CancellationTokenSource();
+        var run = Agent("web").RunAsync(stop.Token, CancellationToken.None);
+        await WaitForAsync(() => _api.Calls.Count > 0);
+        stop.Cancel();
+        await run.WaitAsync(TimeSpan.FromSeconds(10), Ct);
+        Assert.DoesNotContain(_api.Calls, c => c.Method != "List");
+        Assert.Null(_node.Load());
+    }
+
+    [Fact]
     public async Task AServerAlreadyRemoved_AtDrainOrDelete_IsDone()
     {
         _api.Fail["DrainServer"] = new Queue<StatusCode>([StatusCode.NotFound]);
