@@ -259,6 +259,24 @@ public class OutputTests
     }
 
     [Fact]
+    public async Task Status_Vrrp_ShowsTheStateAndWhichVipsAreHeldHere()
+    {
+        var status = Canned.Status();
+        status.Announcer = "vrrp";
+        status.AnnouncerState = "BACKUP";
+        status.AnnouncerHealthy = true;
+        status.AnnouncerDetail = "a peer holds the VIPs (instance merlin_51 on eth0, priority 100)";
+        status.Vips.Add(new StatusResponse.Types.Vip { Address = "198.18.0.9", Announced = false, Management = true });
+        status.Vips.Add(new StatusResponse.Types.Vip { Address = "198.18.0.100", Announced = false });
+        var run = await Meradm.RunAsync(c => c.StatusResponse = status, "status");
+
+        Assert.Contains("announcer           vrrp BACKUP\n", run.Out);
+        Assert.Contains("announcer detail    a peer holds the VIPs (instance merlin_51 on eth0, priority 100)\n", run.Out);
+        Assert.Contains("management vip      198.18.0.9 not here\n", run.Out);
+        Assert.Contains("vip                 198.18.0.100 not here\n", run.Out);
+    }
+
+    [Fact]
     public async Task Status_Json_IsExact()
     {
         var run = await Meradm.RunAsync(c => c.StatusResponse = Canned.Status(), "status", "--output", "json");
@@ -281,7 +299,14 @@ public class OutputTests
               "serversDown": 0,
               "serversUnknown": 0,
               "sysctls": [],
-              "warnings": []
+              "warnings": [],
+              "announcer": "",
+              "announcerState": null,
+              "announcerHealthy": false,
+              "announcerDetail": null,
+              "announcerStateSeconds": null,
+              "announcerRestarts": 0,
+              "vips": []
             }
 
             """;
