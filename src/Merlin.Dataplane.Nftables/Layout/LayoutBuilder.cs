@@ -127,12 +127,25 @@ internal static class LayoutBuilder
 
         // 4. Tables.
         var contents = new Dictionary<string, GroupContent>(StringComparer.Ordinal);
+        var fresh = new List<ServicePlan>();
         foreach (var plan in plans)
         {
             if (contents.ContainsKey(plan.ContentKey)) continue;
-            contents[plan.ContentKey] = input.Previous.Contents.GetValueOrDefault(plan.ContentKey)
-                ?? new GroupContent(Slots(plan), plan.Dsr ? KeyedContent.Of(plan.Backends.Select(b => (b.Mac!, b.Mac!))) : null);
+            if (input.Previous.Contents.TryGetValue(plan.ContentKey, out var had)) contents[plan.ContentKey] = had;
+            else { contents[plan.ContentKey] = null!; fresh.Add(plan); }
         }
+        // New maps: their Maglev tables and content hashes are independent of one another; with
+        // many (a first build of 1,000 maps) they are made on every core.
+        var made = new GroupContent[fresh.Count];
+        void Make(int i)
+        {
+            var plan = fresh[i];
+            made[i] = new GroupContent(Slots(plan), plan.Dsr ? KeyedContent.Of(plan.Backends.Select(b => (b.Mac!, b.Mac!))) : null);
+            _ = made[i].Map.Hash;
+        }
+        if (fresh.Count >= 64) Parallel.For(0, fresh.Count, Make);
+        else for (int i = 0; i < fresh.Count; i++) Make(i);
+        for (int i = 0; i < fresh.Count; i++) contents[fresh[i].ContentKey] = made[i];
         var tables = new List<NftTable>();
         var dsrPlans = plans.Where(p => p.Dsr).ToList();
         var natPlans = plans.Where(p => !p.Dsr).ToList();
@@ -490,7 +503,17 @@ internal static class LayoutBuilder
             var order = records.OrderByDescending(r => r.Value.Count).ThenBy(r => r.Key, StringComparer.Ordinal).ToList();
             foreach (var (content, users) in order)
             {
-                var had = users.Select(u => previous.TryGetValue(u, out var id) ? id : 0u).Where(id => id != 0)
+                // Nearly always every user had the same id (or none had one): no grouping then.
+                uint only = 0;
+                bool several = false;
+                foreach (var user in users)
+                {
+                    if (!previous.TryGetValue(user, out var id) || id == 0) continue;
+                    if (only == 0) only = id;
+                    else if (id != only) { several = true; break; }
+                }
+                if (only == 0) continue;
+                IEnumerable<uint> had = !several ? [only] : users.Select(u => previous.TryGetValue(u, out var id) ? id : 0u).Where(id => id != 0)
                     .GroupBy(id => id).OrderByDescending(g => g.Count()).ThenBy(g => g.Key).Select(g => g.Key);
                 foreach (var id in had)
                 {

@@ -36,7 +36,7 @@ internal abstract class SetContent
         }
     }
 
-    public static readonly SetContent Empty = new KeyedContent(new SortedDictionary<string, string>(StringComparer.Ordinal));
+    public static readonly SetContent Empty = KeyedContent.Of([]);
 
     /// <summary>Keys to delete and elements to add to turn <paramref name="from"/> into <paramref name="to"/>.</summary>
     public static (List<string> Delete, List<string> Add) Diff(SetContent from, SetContent to)
@@ -173,17 +173,35 @@ internal sealed class HashWriter : IDisposable
 }
 
 /// <summary>Elements keyed by their key text, kept in ordinal order so renders are deterministic.</summary>
-internal sealed class KeyedContent(SortedDictionary<string, string> elements) : SetContent
+internal sealed class KeyedContent : SetContent
 {
-    public override int Count => elements.Count;
+    private readonly (string Key, string Element)[] _elements;
 
-    public override IEnumerable<(string Key, string Element)> Elements() => elements.Select(kv => (kv.Key, kv.Value));
+    private KeyedContent((string Key, string Element)[] elements) => _elements = elements;
 
+    public override int Count => _elements.Length;
+
+    public override IEnumerable<(string Key, string Element)> Elements() => _elements;
+
+    /// <summary>The elements in ordinal order of their keys; of elements with the same key, the last one.</summary>
     public static KeyedContent Of(IEnumerable<(string Key, string Element)> elements)
     {
-        var sorted = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        foreach (var (key, element) in elements) sorted[key] = element;
-        return new KeyedContent(sorted);
+        var list = elements.ToArray();
+        // A stable sort by key, so that "the last one wins" below means the last one given.
+        var order = new int[list.Length];
+        for (int i = 0; i < order.Length; i++) order[i] = i;
+        Array.Sort(order, (x, y) =>
+        {
+            int c = string.CompareOrdinal(list[x].Key, list[y].Key);
+            return c != 0 ? c : x.CompareTo(y);
+        });
+        var result = new List<(string, string)>(list.Length);
+        for (int i = 0; i < order.Length; i++)
+        {
+            if (i + 1 < order.Length && string.Equals(list[order[i]].Key, list[order[i + 1]].Key, StringComparison.Ordinal)) continue;
+            result.Add(list[order[i]]);
+        }
+        return new KeyedContent([.. result]);
     }
 }
 
