@@ -33,7 +33,7 @@ daemon.OutputDataReceived += (_, e) => { if (e.Data is { Length: > 0 } l) Consol
 daemon.ErrorDataReceived += (_, e) => { if (e.Data is { Length: > 0 } l) Console.WriteLine($"  daemon: {l}"); };
 daemon.BeginOutputReadLine();
 daemon.BeginErrorReadLine();
-using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{health}"), Timeout = TimeSpan.FromSeconds(30) };
+using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{health}"), Timeout = TimeSpan.FromSeconds(120) };
 try
 {
     await Until(async () => { try { return (await http.GetAsync("/healthz")).IsSuccessStatusCode; } catch (HttpRequestException) { return false; } }, "the daemon to start", 60);
