@@ -54,9 +54,9 @@ internal sealed unsafe class NetfilterSocket : IDisposable
     private uint _sequence = (uint)Environment.TickCount;
     private readonly byte[] _receive = new byte[1 << 18];
 
-    private NetfilterSocket()
+    private NetfilterSocket(int protocol)
     {
-        _fd = Native.socket(Native.AF_NETLINK, Native.SOCK_RAW | Native.SOCK_CLOEXEC, Native.NETLINK_NETFILTER);
+        _fd = Native.socket(Native.AF_NETLINK, Native.SOCK_RAW | Native.SOCK_CLOEXEC, protocol);
         if (_fd < 0) throw Error("socket(AF_NETLINK, NETLINK_NETFILTER)");
         try
         {
@@ -77,7 +77,10 @@ internal sealed unsafe class NetfilterSocket : IDisposable
     }
 
     /// <summary>Opens a socket in the named network namespace (null: this process's own).</summary>
-    public static NetfilterSocket Open(string? networkNamespace) => Merlin.Netlink.NetworkNamespace.Run(networkNamespace, () => new NetfilterSocket());
+    public static NetfilterSocket Open(string? networkNamespace) => Merlin.Netlink.NetworkNamespace.Run(networkNamespace, () => new NetfilterSocket(Native.NETLINK_NETFILTER));
+
+    /// <summary>A NETLINK_ROUTE socket (links, neighbours) in the named network namespace, for <see cref="RequestRaw"/>.</summary>
+    public static NetfilterSocket OpenRoute(string? networkNamespace) => Merlin.Netlink.NetworkNamespace.Run(networkNamespace, () => new NetfilterSocket(0));
 
     /// <summary>
     /// Sends an nf_tables request and returns the attribute payload (after nfgenmsg) of every reply.
@@ -85,18 +88,32 @@ internal sealed unsafe class NetfilterSocket : IDisposable
     /// </summary>
     public List<ReadOnlyMemory<byte>> Request(byte messageType, byte family, bool dump, ReadOnlySpan<byte> attributes)
     {
+        var payload = new byte[GenMsgLength + attributes.Length];
+        payload[0] = family;
+        payload[1] = 0;   // NFNETLINK_V0
+        attributes.CopyTo(payload.AsSpan(GenMsgLength));
+        var replies = RequestRaw((ushort)((10 << 8) | messageType), dump, payload);   // NFNL_SUBSYS_NFTABLES
+        for (int i = 0; i < replies.Count; i++) replies[i] = replies[i][GenMsgLength..];
+        return replies;
+    }
+
+    /// <summary>
+    /// Sends one request of <paramref name="requestType"/> with <paramref name="payload"/> after the
+    /// netlink header and returns what follows the header in every reply (at least 4 bytes of it).
+    /// </summary>
+    public List<ReadOnlyMemory<byte>> RequestRaw(ushort requestType, bool dump, ReadOnlySpan<byte> payload)
+    {
+        byte messageType = (byte)requestType;
         uint sequence = ++_sequence;
-        int total = HeaderLength + GenMsgLength + attributes.Length;
+        int total = HeaderLength + payload.Length;
         var message = new byte[total];
         var m = message.AsSpan();
         BinaryPrimitives.WriteUInt32LittleEndian(m, (uint)total);
-        BinaryPrimitives.WriteUInt16LittleEndian(m[4..], (ushort)((10 << 8) | messageType));   // NFNL_SUBSYS_NFTABLES
+        BinaryPrimitives.WriteUInt16LittleEndian(m[4..], requestType);
         BinaryPrimitives.WriteUInt16LittleEndian(m[6..], (ushort)(NLM_F_REQUEST | (dump ? NLM_F_DUMP : NLM_F_ACK)));
         BinaryPrimitives.WriteUInt32LittleEndian(m[8..], sequence);
         BinaryPrimitives.WriteUInt32LittleEndian(m[12..], 0);
-        m[16] = family;
-        m[17] = 0;   // NFNETLINK_V0
-        attributes.CopyTo(m[20..]);
+        payload.CopyTo(m[HeaderLength..]);
         fixed (byte* p = message)
         {
             if (Native.send(_fd, p, total, 0) != total) throw Error("send");
@@ -127,7 +144,7 @@ internal sealed unsafe class NetfilterSocket : IDisposable
                     return replies;   // the ACK after a non-dump answer
                 }
                 if (length >= HeaderLength + GenMsgLength)
-                    replies.Add(span[(HeaderLength + GenMsgLength)..length].ToArray());
+                    replies.Add(span[HeaderLength..length].ToArray());
             }
         }
     }

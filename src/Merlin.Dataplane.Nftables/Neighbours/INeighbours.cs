@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Net;
 using System.Net.NetworkInformation;
 using System.Text.Json;
@@ -25,13 +26,30 @@ internal interface INeighbours
 }
 
 /// <summary>
-/// iproute2's <c>ip -j neigh</c> and <c>ip -batch</c>: one process per read or change, JSON output.
-/// (rtnetlink RTM_GETNEIGH would save that process; the neighbour table is read once per resync, so
-/// it is not worth a second netlink codec.)
+/// Reads over rtnetlink (RTM_GETLINK, RTM_GETNEIGH: one socket, no process; a resync reads both, and
+/// two <c>ip</c> processes were 10–40 ms of every pass on a busy machine); changes through iproute2's
+/// <c>ip -batch</c> (one process per change set). A read that netlink cannot answer falls back to
+/// <c>ip -j</c>.
 /// </summary>
 internal sealed class IpNeighbours(NftablesOptions options, ICommandRunner runner) : INeighbours
 {
     public async Task<PhysicalAddress?> LinkAddressAsync(string device, CancellationToken ct)
+    {
+        try
+        {
+            return await Task.Run(() =>
+            {
+                using var socket = NetfilterSocket.OpenRoute(options.NetworkNamespace);
+                return RouteReader.Link(socket, device)?.Mac;
+            }, ct);
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException)
+        {
+            return await IpLinkAddressAsync(device, ct);
+        }
+    }
+
+    private async Task<PhysicalAddress?> IpLinkAddressAsync(string device, CancellationToken ct)
     {
         var result = await runner.RunAsync(options.IpPath, ["-j", "link", "show", "dev", device], null, ct);
         if (result.ExitCode != 0) return null;
@@ -42,6 +60,24 @@ internal sealed class IpNeighbours(NftablesOptions options, ICommandRunner runne
     }
 
     public async Task<IReadOnlyDictionary<IPAddress, PhysicalAddress>> ReadAsync(string device, CancellationToken ct)
+    {
+        try
+        {
+            var entries = await Task.Run(() =>
+            {
+                using var socket = NetfilterSocket.OpenRoute(options.NetworkNamespace);
+                var link = RouteReader.Link(socket, device) ?? throw new IOException($"no interface {device}");
+                return RouteReader.Neighbours(socket, link.Index);
+            }, ct);
+            return entries;
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException)
+        {
+            return await IpReadAsync(device, ct);
+        }
+    }
+
+    private async Task<IReadOnlyDictionary<IPAddress, PhysicalAddress>> IpReadAsync(string device, CancellationToken ct)
     {
         var result = await runner.RunAsync(options.IpPath, ["-j", "neigh", "show", "dev", device], null, ct);
         if (result.ExitCode != 0) throw new IOException($"ip neigh show dev {device}: {result.Error.Trim()}");
@@ -107,4 +143,67 @@ internal sealed class IpNeighbours(NftablesOptions options, ICommandRunner runne
         mac = parsed;
         return true;
     }
+}
+
+/// <summary>Links and neighbours over NETLINK_ROUTE, decoded as <see cref="IpNeighbours"/>' <c>ip -j</c> readers decode them.</summary>
+internal static class RouteReader
+{
+    private const ushort RTM_GETLINK = 18, RTM_GETNEIGH = 30;
+    private const ushort NUD_INCOMPLETE = 0x01, NUD_FAILED = 0x20, NUD_NOARP = 0x40;
+    private const int IfInfoLength = 16, NdMsgLength = 12;
+
+    /// <summary>The interface's index and MAC (null if it has none), or null if there is no such interface.</summary>
+    public static (int Index, PhysicalAddress? Mac)? Link(NetfilterSocket socket, string device)
+    {
+        var attributes = new AttributeWriter().String(3, device).ToArray();   // IFLA_IFNAME
+        var payload = new byte[IfInfoLength + attributes.Length];             // struct ifinfomsg, zeroed: any family, index 0
+        attributes.CopyTo(payload, IfInfoLength);
+        List<ReadOnlyMemory<byte>> replies;
+        try
+        {
+            replies = socket.RequestRaw(RTM_GETLINK, dump: false, payload);
+        }
+        catch (NetlinkException e) when (e.Errno is 19 or NetlinkException.ENOENT)   // ENODEV
+        {
+            return null;
+        }
+        foreach (var reply in replies)
+        {
+            if (reply.Length < IfInfoLength) continue;
+            int index = BinaryPrimitives.ReadInt32LittleEndian(reply.Span[4..]);
+            PhysicalAddress? mac = null;
+            foreach (var a in NlAttribute.Parse(reply[IfInfoLength..]))
+                if (a.Type == 1 && IpNeighbours.TryMac(Text(a.Value.Span), out var m)) mac = m;   // IFLA_ADDRESS
+            return (index, mac);
+        }
+        return null;
+    }
+
+    /// <summary>Every neighbour of interface <paramref name="index"/> with a usable link-layer address (not FAILED or INCOMPLETE).</summary>
+    public static Dictionary<IPAddress, PhysicalAddress> Neighbours(NetfilterSocket socket, int index)
+    {
+        var entries = new Dictionary<IPAddress, PhysicalAddress>();
+        foreach (var reply in socket.RequestRaw(RTM_GETNEIGH, dump: true, new byte[NdMsgLength]))   // struct ndmsg: AF_UNSPEC, both families
+        {
+            if (reply.Length < NdMsgLength) continue;
+            var span = reply.Span;
+            if (BinaryPrimitives.ReadInt32LittleEndian(span[4..]) != index) continue;
+            // As `ip neigh show`: entries in some state other than NOARP (its default filter; NOARP
+            // entries are multicast and the like), and of those not FAILED or INCOMPLETE.
+            int state = BinaryPrimitives.ReadUInt16LittleEndian(span[8..]);
+            if ((state & 0xff & ~NUD_NOARP) == 0 || (state & (NUD_INCOMPLETE | NUD_FAILED)) != 0) continue;
+            IPAddress? address = null;
+            PhysicalAddress? mac = null;
+            foreach (var a in NlAttribute.Parse(reply[NdMsgLength..]))
+            {
+                if (a.Type == 1 && a.Value.Length is 4 or 16) address = new IPAddress(a.Value.Span);   // NDA_DST
+                else if (a.Type == 2 && IpNeighbours.TryMac(Text(a.Value.Span), out var m)) mac = m;    // NDA_LLADDR
+            }
+            if (address is not null && mac is not null) entries[address] = mac;
+        }
+        return entries;
+    }
+
+    /// <summary>A link-layer address as ip prints it (aa:bb:…), so both readers apply the same rules.</summary>
+    private static string Text(ReadOnlySpan<byte> bytes) => string.Join(':', bytes.ToArray().Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture)));
 }
