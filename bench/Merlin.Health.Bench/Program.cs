@@ -78,7 +78,10 @@ try
     Console.WriteLine($"  {first.ServersUp:N0} up, {first.ServersDown:N0} down; warming up {warmup} s");
     await Task.Delay(TimeSpan.FromSeconds(warmup));
 
-    var (cpu0, checks0, served0, t0) = (CpuSeconds(daemon.Id), await Checks(http), targets.Served, Stopwatch.GetTimestamp());
+    // The window opens and closes right after a /metrics read (slow when the daemon is saturated), so
+    // the check count, CPU, served requests and clock cover the same span.
+    var checks0 = await Checks(http);
+    var (cpu0, served0, t0) = (CpuSeconds(daemon.Id), targets.Served, Stopwatch.GetTimestamp());
     var (failed0, passes0) = (await Metric(http, "merlin_health_checks{result=\"unhealthy\"}"), (await client.StatusAsync(new Empty())).ReconcilePasses);
     var own0 = Process.GetCurrentProcess().TotalProcessorTime;
     for (var s = 0; s < seconds; s += 5)
@@ -86,8 +89,8 @@ try
         await Task.Delay(TimeSpan.FromSeconds(Math.Min(5, seconds - s)));
         Console.WriteLine($"  {s + Math.Min(5, seconds - s)} s: {targets.Served - served0:N0} requests served");
     }
-    var elapsed = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-    var (cpu1, checks1, served1) = (CpuSeconds(daemon.Id), await Checks(http), targets.Served);
+    var checks1 = await Checks(http);
+    var (elapsed, cpu1, served1) = (Stopwatch.GetElapsedTime(t0).TotalSeconds, CpuSeconds(daemon.Id), targets.Served);
     var own = (Process.GetCurrentProcess().TotalProcessorTime - own0).TotalSeconds;
     var (failed1, passes1) = (await Metric(http, "merlin_health_checks{result=\"unhealthy\"}"), (await client.StatusAsync(new Empty())).ReconcilePasses);
     var status = await client.StatusAsync(new Empty());
