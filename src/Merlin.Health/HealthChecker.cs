@@ -26,7 +26,9 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
     private readonly Lock _lock = new();
     private readonly Dictionary<CheckKey, CheckState> _checks = new();
     private readonly Dictionary<(ServiceKey, RealServerKey), CheckKey> _byServer = new();
-    private readonly PriorityQueue<CheckKey, long> _due = new();
+    // Entries carry the state they were queued for: a check removed and added again gets a new state,
+    // and the old entry must not keep a second rhythm going for it.
+    private readonly PriorityQueue<(CheckKey Key, CheckState State), long> _due = new();
     private readonly CancellationTokenSource _stop = new();
     private TaskCompletionSource _wake = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private IReadOnlyList<HealthTarget>? _tracked;
@@ -87,8 +89,9 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
             {
                 var key = wanted[(t.Service, t.Server)];
                 if (_checks.ContainsKey(key)) continue;
-                _checks[key] = new CheckState(t.Check.Endpoint!);
-                _due.Enqueue(key, now); // a new check runs at once
+                var added = new CheckState(t.Check.Endpoint!);
+                _checks[key] = added;
+                _due.Enqueue((key, added), now); // a new check runs at once
             }
             _byServer.Clear();
             foreach (var (server, key) in wanted) _byServer[server] = key;
@@ -128,11 +131,12 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
                 woken = _wake.Task;
                 var now = _time.GetTimestamp();
                 wait = Timeout.InfiniteTimeSpan;
-                while (_due.TryPeek(out var key, out var at))
+                while (_due.TryPeek(out var entry, out var at))
                 {
-                    if (!_checks.TryGetValue(key, out var state))
+                    var (key, state) = entry;
+                    if (!_checks.TryGetValue(key, out var current) || !ReferenceEquals(current, state))
                     {
-                        _due.Dequeue(); // removed
+                        _due.Dequeue(); // removed (and perhaps added again, with its own entry)
                         continue;
                     }
                     var remaining = _time.GetElapsedTime(now, at);
@@ -143,7 +147,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
                     }
                     _due.Dequeue();
                     // The next run is a period after this one was due, so checks keep their rhythm.
-                    _due.Enqueue(key, at + (long)(key.Period.TotalSeconds * _time.TimestampFrequency));
+                    _due.Enqueue((key, state), at + (long)(key.Period.TotalSeconds * _time.TimestampFrequency));
                     if (state.Running) continue; // the last one has not finished: skip, never pile up
                     state.Running = true;
                     start.Add((key, state));

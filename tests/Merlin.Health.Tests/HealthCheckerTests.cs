@@ -114,6 +114,36 @@ public sealed class HealthCheckerTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task ACheckRemovedAndAddedAgain_RunsOncePerPeriod_NotAlsoOnItsOldRhythm()
+    {
+        // As when an agent's server is deleted and registered again during a rolling restart, while
+        // other checks keep the removed one's old turn from coming up first.
+        var rs2 = new RealServerKey(IPAddress.Parse("198.18.1.2"), 80);
+        var other = new HealthTarget(Web, rs2, Check());
+        _checker.Track([other]);
+        await SettleAsync();
+        _time.Advance(TimeSpan.FromMilliseconds(100));
+        _checker.Track([other, new HealthTarget(Web, Rs1, Check())]);
+        await SettleAsync();
+        _time.Advance(TimeSpan.FromMilliseconds(150));
+        await SettleAsync();
+        _checker.Track([other]);
+        await SettleAsync();
+        _checker.Track([other, new HealthTarget(Web, Rs1, Check())]);
+        await SettleAsync();
+        var calls = _probe.Calls;
+
+        for (var i = 0; i < 40; i++) // 2 s in steps of 50 ms, so two rhythms would not fall on one step
+        {
+            _time.Advance(TimeSpan.FromMilliseconds(50));
+            await Task.Delay(5, TestContext.Current.CancellationToken);
+        }
+        await SettleAsync();
+
+        Assert.Equal(calls + 8, _probe.Calls); // two checks, four periods
+    }
+
+    [Fact]
     public async Task ASlowCheck_IsNotStartedAgainBeforeItEnds()
     {
         _probe.Gate = new TaskCompletionSource();
