@@ -115,60 +115,22 @@ internal sealed class SlotContent(string?[] values) : SetContent
 }
 
 /// <summary>An incremental SHA-256 fed through a buffer, so many small texts cost one hash call per 64 KiB.</summary>
-internal sealed class HashWriter : IDisposable
+internal sealed class HashWriter : BufferedUtf8Writer
 {
     private readonly IncrementalHash _sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-    private readonly byte[] _buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(1 << 16);
-    private int _used;
 
-    public void Append(byte b)
-    {
-        if (_used == _buffer.Length) Drain();
-        _buffer[_used++] = b;
-    }
-
-    public void Append(ReadOnlySpan<byte> bytes)
-    {
-        if (bytes.Length > _buffer.Length - _used)
-        {
-            Drain();
-            if (bytes.Length > _buffer.Length) { _sha.AppendData(bytes); return; }
-        }
-        bytes.CopyTo(_buffer.AsSpan(_used));
-        _used += bytes.Length;
-    }
-
-    public void Append(string text)
-    {
-        int max = Encoding.UTF8.GetMaxByteCount(text.Length);
-        if (max > _buffer.Length - _used) Drain();
-        if (max > _buffer.Length) { _sha.AppendData(Encoding.UTF8.GetBytes(text)); return; }
-        _used += Encoding.UTF8.GetBytes(text, _buffer.AsSpan(_used));
-    }
-
-    public void Append(int number)
-    {
-        if (_buffer.Length - _used < 11) Drain();
-        number.TryFormat(_buffer.AsSpan(_used), out int written, default, System.Globalization.CultureInfo.InvariantCulture);
-        _used += written;
-    }
+    protected override void Write(ReadOnlySpan<byte> bytes) => _sha.AppendData(bytes);
 
     public string Finish()
     {
-        Drain();
+        Flush();
         return Convert.ToHexStringLower(_sha.GetHashAndReset());
     }
 
-    private void Drain()
-    {
-        _sha.AppendData(_buffer, 0, _used);
-        _used = 0;
-    }
-
-    public void Dispose()
+    public override void Dispose()
     {
         _sha.Dispose();
-        System.Buffers.ArrayPool<byte>.Shared.Return(_buffer);
+        base.Dispose();
     }
 }
 

@@ -299,55 +299,8 @@ internal sealed class NftScript
     }
 
     /// <summary>A pooled 64 KiB buffer in front of a stream.</summary>
-    private sealed class Utf8Writer(Stream stream) : IDisposable
+    private sealed class Utf8Writer(Stream stream) : BufferedUtf8Writer
     {
-        private byte[] _buffer = ArrayPool<byte>.Shared.Rent(1 << 16);
-        private int _used;
-
-        public void Append(byte b)
-        {
-            if (_used == _buffer.Length) Flush();
-            _buffer[_used++] = b;
-        }
-
-        public void Append(ReadOnlySpan<byte> bytes)
-        {
-            if (bytes.Length > _buffer.Length - _used)
-            {
-                Flush();
-                if (bytes.Length > _buffer.Length) { stream.Write(bytes); return; }
-            }
-            bytes.CopyTo(_buffer.AsSpan(_used));
-            _used += bytes.Length;
-        }
-
-        public void Append(string text)
-        {
-            int max = Encoding.UTF8.GetMaxByteCount(text.Length);
-            if (max > _buffer.Length - _used) Flush();
-            if (max > _buffer.Length) { stream.Write(Encoding.UTF8.GetBytes(text)); return; }
-            _used += Encoding.UTF8.GetBytes(text, _buffer.AsSpan(_used));
-        }
-
-        public void Append(int number)
-        {
-            if (_buffer.Length - _used < 11) Flush();
-            number.TryFormat(_buffer.AsSpan(_used), out int written, default, CultureInfo.InvariantCulture);
-            _used += written;
-        }
-
-        public void Flush()
-        {
-            if (_used == 0) return;
-            stream.Write(_buffer, 0, _used);
-            _used = 0;
-        }
-
-        public void Dispose()
-        {
-            if (_buffer.Length == 0) return;
-            ArrayPool<byte>.Shared.Return(_buffer);
-            _buffer = [];
-        }
+        protected override void Write(ReadOnlySpan<byte> bytes) => stream.Write(bytes);
     }
 }
