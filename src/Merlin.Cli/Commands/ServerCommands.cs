@@ -184,34 +184,26 @@ internal static class ServerCommands
         return command;
     }
 
-    private static Command Undrain(CliContext ctx)
-    {
-        var serviceId = ServiceIdArgument();
-        var endpoint = EndpointArgument();
-        var command = new Command("undrain", "End a drain before its deadline: the server's configured weight returns");
-        command.Arguments.Add(serviceId);
-        command.Arguments.Add(endpoint);
-        command.SetAction((result, ct) =>
-        {
-            var ep = result.GetValue(endpoint)!;
-            var server = new Wire.RealServer
-            {
-                ServiceID = result.GetValue(serviceId)!,
-                Key = new Wire.RealServer.Types.Key { Ip = ep.Address.ToString(), Port = (uint)ep.Port },
-            };
-            return ctx.CallAsync(result, $"undrain server {ServiceCommands.Format(ep)} of service {server.ServiceID}",
-                async (client, callOptions) => await client.UndrainServerAsync(server, callOptions), ct);
-        });
-        return command;
-    }
+    private static Command Undrain(CliContext ctx) =>
+        ByKey(ctx, "undrain", "End a drain before its deadline: the server's configured weight returns",
+            "undrain", (client, server, callOptions) => client.UndrainServerAsync(server, callOptions));
 
     private static Command Delete(CliContext ctx)
     {
-        var serviceId = ServiceIdArgument();
-        var endpoint = EndpointArgument();
-        var command = new Command("del", "Remove a real server from a service");
+        var command = ByKey(ctx, "del", "Remove a real server from a service",
+            "delete", (client, server, callOptions) => client.DeleteServerAsync(server, callOptions));
         command.Aliases.Add("delete");
         command.Aliases.Add("rm");
+        return command;
+    }
+
+    /// <summary>A command that names one server (service ID and ip:port) and makes one call with it.</summary>
+    private static Command ByKey(CliContext ctx, string name, string description, string verb,
+        Func<Wire.Merlin.MerlinClient, Wire.RealServer, Grpc.Core.CallOptions, Grpc.Core.AsyncUnaryCall<Google.Protobuf.WellKnownTypes.Empty>> call)
+    {
+        var serviceId = ServiceIdArgument();
+        var endpoint = EndpointArgument();
+        var command = new Command(name, description);
         command.Arguments.Add(serviceId);
         command.Arguments.Add(endpoint);
         command.SetAction((result, ct) =>
@@ -222,8 +214,8 @@ internal static class ServerCommands
                 ServiceID = result.GetValue(serviceId)!,
                 Key = new Wire.RealServer.Types.Key { Ip = ep.Address.ToString(), Port = (uint)ep.Port },
             };
-            return ctx.CallAsync(result, $"delete server {ServiceCommands.Format(ep)} of service {server.ServiceID}",
-                async (client, callOptions) => await client.DeleteServerAsync(server, callOptions), ct);
+            return ctx.CallAsync(result, $"{verb} server {ServiceCommands.Format(ep)} of service {server.ServiceID}",
+                async (client, callOptions) => await call(client, server, callOptions), ct);
         });
         return command;
     }
