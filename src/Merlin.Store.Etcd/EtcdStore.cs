@@ -217,20 +217,14 @@ public sealed class EtcdStore : IStore
         throw new ConflictException($"server {endpoint} of service \"{server.ServiceID}\" changed since version {expectedVersion} (now {kvs[0].ModRevision}); re-read and retry");
     }
 
-    public async Task DeleteServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default)
-    {
-        ArgumentNullException.ThrowIfNull(serviceId);
-        ArgumentNullException.ThrowIfNull(ip);
-        var key = Key(StoreKeys.Server(_prefix, serviceId, ip, port));
-        using var op = Begin(ct);
-        var txn = new TxnRequest();
-        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
-        txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
-        var resp = await Txn(txn, op).ConfigureAwait(false);
-        if (!resp.Succeeded) throw new NotFoundException($"server {ip}:{port} not found in service \"{serviceId}\"");
-    }
+    public Task DeleteServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default) =>
+        DeleteServerAsync(serviceId, ip, port, expectedVersion: null, ct);
 
-    public async Task DeleteServerAsync(string serviceId, string ip, uint port, long expectedVersion, CancellationToken ct = default)
+    public Task DeleteServerAsync(string serviceId, string ip, uint port, long expectedVersion, CancellationToken ct = default) =>
+        DeleteServerAsync(serviceId, ip, port, (long?)expectedVersion, ct);
+
+    /// <summary>Deletes a server that exists, and with <paramref name="expectedVersion"/> only that version of it.</summary>
+    private async Task DeleteServerAsync(string serviceId, string ip, uint port, long? expectedVersion, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(serviceId);
         ArgumentNullException.ThrowIfNull(ip);
@@ -238,7 +232,8 @@ public sealed class EtcdStore : IStore
         using var op = Begin(ct);
         var txn = new TxnRequest();
         txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
-        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
+        if (expectedVersion is { } version)
+            txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = version });
         txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
         txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
         var resp = await Txn(txn, op).ConfigureAwait(false);
