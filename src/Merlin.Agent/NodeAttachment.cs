@@ -33,12 +33,9 @@ public sealed class NodeAttachment(INodeNetwork network, string stateFile)
         var state = Load() ?? new AgentState();
         foreach (var (name, value) in Sysctls)
         {
-            if (!state.OriginalSysctls.ContainsKey(name))
-            {
-                state.OriginalSysctls[name] = await network.ReadSysctlAsync(name, ct);
-                Save(state);
-            }
-            if (await network.ReadSysctlAsync(name, ct) != value) await network.WriteSysctlAsync(name, value, ct);
+            var now = await network.ReadSysctlAsync(name, ct);
+            if (state.OriginalSysctls.TryAdd(name, now)) Save(state); // first attach: the operator's value
+            if (now != value) await network.WriteSysctlAsync(name, value, ct);
         }
         var present = await network.LoopbackAddressesAsync(ct);
         foreach (var vip in vips)

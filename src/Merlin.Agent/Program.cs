@@ -16,14 +16,19 @@ if (parsed.Errors.Count > 0)
 }
 if (args.Any(a => a is "--help" or "-h" or "-?" or "--version")) return await parsed.InvokeAsync();
 
-AgentInvocation invocation;
+AgentInvocation? invocation;
+string? error;
 try
 {
-    invocation = commandLine.Bind(parsed, out var error) ?? throw new ConnectionSetupException(error!);
+    invocation = commandLine.Bind(parsed, out error);
 }
-catch (ConnectionSetupException e)
+catch (ConnectionSetupException e) // an unreadable --token-file
 {
-    Console.Error.WriteLine($"merlin-agent: {e.Message}");
+    (invocation, error) = (null, e.Message);
+}
+if (invocation is null)
+{
+    Console.Error.WriteLine($"merlin-agent: {error}");
     return 2;
 }
 

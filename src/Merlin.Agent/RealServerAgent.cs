@@ -60,8 +60,8 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
         try
         {
             var targets = await RetryAsync("List", ct => api.ListAsync(new Empty(), Call(ct)).ResponseAsync, stop, TimeSpan.MaxValue);
-            _servers.AddRange(Resolve(targets));
-            var vips = _servers.Select(s => IPAddress.Parse(VipOf(targets, s.ServiceID))).Distinct().ToList();
+            var (servers, vips) = Resolve(targets);
+            _servers.AddRange(servers);
             await node.AttachAsync(vips, stop);
             LogAttached(string.Join(", ", vips));
             foreach (var server in _servers) await RegisterAsync(server, stop);
@@ -165,10 +165,11 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
 
     private CallOptions Call(CancellationToken ct) => new(options.Headers, time.GetUtcNow().UtcDateTime + options.CallTimeout, ct);
 
-    /// <summary>This node's server in each service, in the form the API takes.</summary>
-    private List<RealServer> Resolve(ListResponse list)
+    /// <summary>This node's server in each service, in the form the API takes, and the services' VIPs.</summary>
+    private (List<RealServer> Servers, List<IPAddress> Vips) Resolve(ListResponse list)
     {
         var servers = new List<RealServer>();
+        var vips = new List<IPAddress>();
         foreach (var id in options.Services)
         {
             var key = list.Items.FirstOrDefault(i => i.Service?.Id == id)?.Service.Key
@@ -186,11 +187,10 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
             };
             if (options.HealthCheck is { } health) server.HealthCheck = health.Clone();
             servers.Add(server);
+            if (!vips.Contains(vip)) vips.Add(vip);
         }
-        return servers;
+        return (servers, vips);
     }
-
-    private static string VipOf(ListResponse list, string serviceId) => list.Items.First(i => i.Service.Id == serviceId).Service.Key.Ip;
 
     private static RealServer Name(RealServer server) => new() { ServiceID = server.ServiceID, Key = server.Key.Clone() };
 
