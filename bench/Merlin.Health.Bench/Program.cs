@@ -80,19 +80,19 @@ try
 
     // The window opens and closes right after a /metrics read (slow when the daemon is saturated), so
     // the check count, CPU, served requests and clock cover the same span.
-    var checks0 = await Checks(http);
+    var (checks0, failed0) = await Checks(http);
     var (cpu0, served0, t0) = (CpuSeconds(daemon.Id), targets.Served, Stopwatch.GetTimestamp());
-    var (failed0, passes0) = (await Metric(http, "merlin_health_checks{result=\"unhealthy\"}"), (await client.StatusAsync(new Empty())).ReconcilePasses);
+    var passes0 = (await client.StatusAsync(new Empty())).ReconcilePasses;
     var own0 = Process.GetCurrentProcess().TotalProcessorTime;
     for (var s = 0; s < seconds; s += 5)
     {
         await Task.Delay(TimeSpan.FromSeconds(Math.Min(5, seconds - s)));
         Console.WriteLine($"  {s + Math.Min(5, seconds - s)} s: {targets.Served - served0:N0} requests served");
     }
-    var checks1 = await Checks(http);
+    var (checks1, failed1) = await Checks(http);
     var (elapsed, cpu1, served1) = (Stopwatch.GetElapsedTime(t0).TotalSeconds, CpuSeconds(daemon.Id), targets.Served);
     var own = (Process.GetCurrentProcess().TotalProcessorTime - own0).TotalSeconds;
-    var (failed1, passes1) = (await Metric(http, "merlin_health_checks{result=\"unhealthy\"}"), (await client.StatusAsync(new Empty())).ReconcilePasses);
+    var passes1 = (await client.StatusAsync(new Empty())).ReconcilePasses;
     var status = await client.StatusAsync(new Empty());
     var rate = (checks1 - checks0) / elapsed;
     var cpu = (cpu1 - cpu0) / elapsed;
@@ -154,18 +154,14 @@ static async Task Until(Func<Task<bool>> condition, string what, int seconds)
     }
 }
 
-static async Task<double> Checks(HttpClient http)
+// One scrape: all checks run (merlin_health_checks{result=…}) and the failed ones among them.
+static async Task<(double All, double Failed)> Checks(HttpClient http)
 {
-    var text = await http.GetStringAsync("/metrics");
-    return text.Split('\n').Where(l => l.StartsWith("merlin_health_checks", StringComparison.Ordinal))
-        .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
-}
-
-static async Task<double> Metric(HttpClient http, string series)
-{
-    var text = await http.GetStringAsync("/metrics");
-    var line = text.Split('\n').FirstOrDefault(l => l.StartsWith(series + " ", StringComparison.Ordinal));
-    return line is null ? double.NaN : double.Parse(line[(line.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture);
+    var series = (await http.GetStringAsync("/metrics")).Split('\n')
+        .Where(l => l.StartsWith("merlin_health_checks{", StringComparison.Ordinal))
+        .Select(l => (Line: l, Value: double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture)))
+        .ToList();
+    return (series.Sum(s => s.Value), series.Where(s => s.Line.Contains("result=\"unhealthy\"", StringComparison.Ordinal)).Sum(s => s.Value));
 }
 
 // /proc/PID/stat fields 14 and 15 (utime, stime) in clock ticks of 1/100 s, after the ")" that ends the name.
