@@ -154,6 +154,9 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
                 }
             }
             foreach (var (key, state) in start) _ = CheckAsync(key, state, ct);
+            // Timers count whole milliseconds: a wait of 0.3 ms would fire at once and spin this loop
+            // until the check is due, so round up (a check starts at most 1 ms late).
+            if (wait != Timeout.InfiniteTimeSpan) wait = TimeSpan.FromMilliseconds(Math.Ceiling(wait.TotalMilliseconds));
             using var sleep = CancellationTokenSource.CreateLinkedTokenSource(ct);
             var delay = Task.Delay(wait, _time, sleep.Token);
             await Task.WhenAny(delay, woken).ConfigureAwait(false);
