@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace Merlin.Announcer;
 
-/// <summary>The libc calls the keepalived supervisor needs: signals by PID and a FIFO.</summary>
+/// <summary>The libc calls the engine supervisors (keepalived, gobgpd) need: signals by PID and a FIFO.</summary>
 internal static partial class Native
 {
     public const int SigHup = 1, SigKill = 9, SigTerm = 15;
