@@ -12,8 +12,11 @@ using Merlin.Wire;
 // that this process serves on loopback (127.0.0.1, one port each), every period. The rate is the
 // daemon's own count of checks (merlin_health_checks_total); the CPU is the daemon's user+system time
 // from /proc over the same window, as a share of one core.
+// The references run on the same targets at the same rate, each in its own process measured the same way:
+// a bare prober that opens a connection per check, and one that keeps a connection per server alive.
 // Usage: dotnet run -c Release --project bench/Merlin.Health.Bench -- [--servers 2000] [--period 200ms]
 //        [--seconds 30] [--warmup 10]
+if (args.Length > 0 && args[0] == "--bare-prober") return await BareProber.MainAsync(args);
 var servers = Arg("--servers", 2000);
 var periodMs = Arg("--period", 200);
 var seconds = Arg("--seconds", 30);
@@ -81,7 +84,7 @@ try
     // The window opens and closes right after a /metrics read (slow when the daemon is saturated), so
     // the check count, CPU, served requests and clock cover the same span.
     var (checks0, failed0) = await Checks(http);
-    var (cpu0, served0, t0) = (CpuSeconds(daemon.Id), targets.Served, Stopwatch.GetTimestamp());
+    var (cpu0, served0, accepted0, t0) = (CpuSeconds(daemon.Id), targets.Served, targets.Accepted, Stopwatch.GetTimestamp());
     var passes0 = (await client.StatusAsync(new Empty())).ReconcilePasses;
     var own0 = Process.GetCurrentProcess().TotalProcessorTime;
     for (var s = 0; s < seconds; s += 5)
@@ -90,31 +93,36 @@ try
         Console.WriteLine($"  {s + Math.Min(5, seconds - s)} s: {targets.Served - served0:N0} requests served");
     }
     var (checks1, failed1) = await Checks(http);
-    var (elapsed, cpu1, served1) = (Stopwatch.GetElapsedTime(t0).TotalSeconds, CpuSeconds(daemon.Id), targets.Served);
+    var (elapsed, cpu1, served1, accepted1) = (Stopwatch.GetElapsedTime(t0).TotalSeconds, CpuSeconds(daemon.Id), targets.Served, targets.Accepted);
     var own = (Process.GetCurrentProcess().TotalProcessorTime - own0).TotalSeconds;
     var passes1 = (await client.StatusAsync(new Empty())).ReconcilePasses;
     var status = await client.StatusAsync(new Empty());
     var rate = (checks1 - checks0) / elapsed;
     var cpu = (cpu1 - cpu0) / elapsed;
     Console.WriteLine();
-    Console.WriteLine("| servers | period | checks/s asked | checks/s done (daemon) | requests/s served | daemon CPU (one core = 100 %) | CPU per check | daemon RSS | servers up / down |");
-    Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
-    Console.WriteLine($"| {servers:N0} | {periodMs} ms | {servers * 1000.0 / periodMs:N0} | {rate:N0} | {(served1 - served0) / elapsed:N0} | {cpu * 100:0.0} % | {cpu / rate * 1e6:0.0} µs | {Rss(daemon.Id) / 1024 / 1024} MiB | {status.ServersUp} / {status.ServersDown} |");
+    Console.WriteLine("| prober | servers × period | checks/s asked | checks/s done | requests/s served | new connections/s | CPU (one core = 100 %) | CPU per check | RSS | servers up / down |");
+    Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
+    Console.WriteLine($"| merlin daemon | {servers:N0} × {periodMs} ms | {servers * 1000.0 / periodMs:N0} | {rate:N0} | {(served1 - served0) / elapsed:N0} | {(accepted1 - accepted0) / elapsed:N0} | {cpu * 100:0.0} % | {cpu / rate * 1e6:0.0} µs | {Rss(daemon.Id) / 1024 / 1024} MiB | {status.ServersUp} / {status.ServersDown} |");
     Console.WriteLine($"(in the window: {failed1 - failed0:N0} failed checks, {passes1 - passes0:N0} reconcile passes; this harness's own CPU, serving the checks: {own / elapsed * 100:0.0} %; load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]})");
 
-    // The reference, same machine, same targets, same rate: a bare prober (connect, one GET, read the
-    // status line, close) in this process. The daemon is stopped first; this process's CPU above what
-    // serving alone cost is the prober's.
+    // The references, same machine, same targets, same rate, after the daemon is stopped: bare probers
+    // in a process of their own (so their CPU, user + system, is theirs alone, runtime included).
     daemon.Kill(entireProcessTree: true);
     await daemon.WaitForExitAsync();
     await Task.Delay(TimeSpan.FromSeconds(2));
-    var (ref0, refServed0, refT0) = (Process.GetCurrentProcess().TotalProcessorTime, targets.Served, Stopwatch.GetTimestamp());
-    var probed = await BareProber.RunAsync(targets.Ports, TimeSpan.FromMilliseconds(periodMs), TimeSpan.FromSeconds(seconds));
-    var refElapsed = Stopwatch.GetElapsedTime(refT0).TotalSeconds;
-    var refCpu = (Process.GetCurrentProcess().TotalProcessorTime - ref0).TotalSeconds / refElapsed - own / elapsed * (double)(targets.Served - refServed0) / refElapsed / Math.Max(1, (served1 - served0) / elapsed);
-    var refRate = probed / refElapsed;
-    Console.WriteLine($"| bare prober (reference) | {periodMs} ms | {servers * 1000.0 / periodMs:N0} | {refRate:N0} | {(targets.Served - refServed0) / refElapsed:N0} | {refCpu * 100:0.0} % | {refCpu / refRate * 1e6:0.0} µs | | |");
-    Console.WriteLine($"daemon CPU per check / bare prober's: {cpu / rate / (refCpu / refRate):0.00}");
+    var ports = dir.File("ports.txt");
+    File.WriteAllLines(ports, targets.Ports.Select(I));
+    var reference = new Dictionary<string, double>();
+    foreach (var mode in new[] { "close", "keepalive" })
+    {
+        var (served, accepted, whole) = (targets.Served, targets.Accepted, Stopwatch.StartNew());
+        var (done, refCpu, refElapsed) = await BareProber.RunChildAsync(dll.Replace("merlin.dll", "Merlin.Health.Bench.dll"), mode, ports, periodMs, seconds, Math.Min(warmup, 5));
+        var refRate = done / refElapsed;
+        reference[mode] = refCpu / done;
+        var label = mode == "close" ? "bare prober, connection per check" : "bare prober, kept connection";
+        Console.WriteLine($"| {label} | {servers:N0} × {periodMs} ms | {servers * 1000.0 / periodMs:N0} | {refRate:N0} | {(targets.Served - served) / whole.Elapsed.TotalSeconds:N0} | {(targets.Accepted - accepted) / whole.Elapsed.TotalSeconds:N0} | {refCpu / refElapsed * 100:0.0} % | {refCpu / done * 1e6:0.0} µs | | |");
+    }
+    Console.WriteLine($"daemon CPU per check / bare prober's: {cpu / rate / reference["close"]:0.00} (connection per check), {cpu / rate / reference["keepalive"]:0.00} (kept connection)");
     return 0;
 }
 finally
@@ -175,16 +183,54 @@ static double CpuSeconds(int pid)
 static long Rss(int pid) =>
     long.Parse(File.ReadAllLines($"/proc/{pid}/status").First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal)).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
 
-/// <summary>The least a health check can do: connect, send one GET, read the status line, close; on a fixed schedule.</summary>
+/// <summary>
+/// The least a health check can do, on a fixed schedule: "close" connects, sends one GET, reads the status
+/// line and closes; "keepalive" keeps one connection per server and sends each GET on it. Runs as a child
+/// process (<c>--bare-prober MODE PORTS-FILE PERIOD-MS SECONDS WARMUP</c>) and prints the checks that got a
+/// 200 in its window and its own CPU seconds over that window.
+/// </summary>
 internal static class BareProber
 {
-    private static readonly byte[] Request = Encoding.ASCII.GetBytes("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    private static readonly byte[] CloseRequest = Encoding.ASCII.GetBytes("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    private static readonly byte[] KeepAliveRequest = Encoding.ASCII.GetBytes("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
 
-    public static async Task<long> RunAsync(IReadOnlyList<int> ports, TimeSpan period, TimeSpan duration)
+    public static async Task<(long Done, double CpuSeconds, double Elapsed)> RunChildAsync(string benchDll, string mode, string portsFile, int periodMs, int seconds, int warmup)
+    {
+        var start = new ProcessStartInfo(Merlin.Testing.Requires.FindOnPath("dotnet") ?? "dotnet") { UseShellExecute = false, RedirectStandardOutput = true };
+        foreach (var a in new object[] { benchDll, "--bare-prober", mode, portsFile, periodMs, seconds, warmup }) start.ArgumentList.Add(Convert.ToString(a, CultureInfo.InvariantCulture)!);
+        using var child = Process.Start(start)!;
+        try
+        {
+            var output = await child.StandardOutput.ReadToEndAsync();
+            await child.WaitForExitAsync();
+            var parts = output.Trim().Split(' ');
+            return (long.Parse(parts[0], CultureInfo.InvariantCulture), double.Parse(parts[1], CultureInfo.InvariantCulture), double.Parse(parts[2], CultureInfo.InvariantCulture));
+        }
+        finally
+        {
+            if (!child.HasExited) child.Kill(); // this run's child, by its handle
+        }
+    }
+
+    public static async Task<int> MainAsync(string[] args)
+    {
+        var (mode, ports) = (args[1], File.ReadAllLines(args[2]).Select(p => int.Parse(p, CultureInfo.InvariantCulture)).ToArray());
+        var period = TimeSpan.FromMilliseconds(int.Parse(args[3], CultureInfo.InvariantCulture));
+        var (seconds, warmup) = (int.Parse(args[4], CultureInfo.InvariantCulture), int.Parse(args[5], CultureInfo.InvariantCulture));
+        var kept = new Kept?[ports.Length];
+        await RunAsync(mode, ports, kept, period, TimeSpan.FromSeconds(warmup));
+        var (cpu0, t0) = (Process.GetCurrentProcess().TotalProcessorTime, Stopwatch.GetTimestamp());
+        var done = await RunAsync(mode, ports, kept, period, TimeSpan.FromSeconds(seconds));
+        var (elapsed, cpu) = (Stopwatch.GetElapsedTime(t0).TotalSeconds, (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds);
+        Console.WriteLine(FormattableString.Invariant($"{done} {cpu} {elapsed}"));
+        return 0;
+    }
+
+    private static async Task<long> RunAsync(string mode, int[] ports, Kept?[] kept, TimeSpan period, TimeSpan duration)
     {
         long ok = 0;
         var tick = TimeSpan.FromMilliseconds(10);
-        var perTick = ports.Count * tick.TotalMilliseconds / period.TotalMilliseconds;
+        var perTick = ports.Length * tick.TotalMilliseconds / period.TotalMilliseconds;
         var clock = Stopwatch.StartNew();
         using var timer = new PeriodicTimer(tick);
         double owed = 0;
@@ -194,8 +240,10 @@ internal static class BareProber
         {
             for (owed += perTick; owed >= 1; owed--)
             {
-                var port = ports[next++ % ports.Count];
-                running.Add(Task.Run(async () => { if (await ProbeAsync(port)) Interlocked.Increment(ref ok); }));
+                var i = next++ % ports.Length;
+                running.Add(mode == "close"
+                    ? Task.Run(async () => { if (await CloseAsync(ports[i])) Interlocked.Increment(ref ok); })
+                    : Task.Run(async () => { if (await KeepAliveAsync(ports[i], kept, i)) Interlocked.Increment(ref ok); }));
             }
             if (running.Count > 10_000) { await Task.WhenAll(running); running.Clear(); }
         }
@@ -203,13 +251,13 @@ internal static class BareProber
         return ok;
     }
 
-    private static async Task<bool> ProbeAsync(int port)
+    private static async Task<bool> CloseAsync(int port)
     {
         using var s = new Socket(System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {
             await s.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
-            await s.SendAsync(Request);
+            await s.SendAsync(CloseRequest);
             var buffer = new byte[256];
             var n = await s.ReceiveAsync(buffer);
             return n >= 12 && buffer[9] == (byte)'2';
@@ -219,15 +267,61 @@ internal static class BareProber
             return false;
         }
     }
+
+    /// <summary>One server's kept connection; a check finds it busy only if the last one has not ended.</summary>
+    private sealed class Kept(Socket socket)
+    {
+        public readonly Socket Socket = socket;
+        public readonly byte[] Buffer = new byte[256];
+        public int Busy;
+    }
+
+    private static async Task<bool> KeepAliveAsync(int port, Kept?[] kept, int i)
+    {
+        var k = kept[i];
+        if (k is null)
+        {
+            var s = new Socket(System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            await s.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
+            k = kept[i] = new Kept(s);
+        }
+        if (Interlocked.Exchange(ref k.Busy, 1) == 1) return false;
+        try
+        {
+            await k.Socket.SendAsync(KeepAliveRequest);
+            // The targets' answer has a fixed length: read exactly that.
+            var seen = 0;
+            while (seen < Targets.KeepAliveResponse.Length)
+            {
+                var n = await k.Socket.ReceiveAsync(k.Buffer.AsMemory(seen));
+                if (n == 0) { kept[i] = null; return false; }
+                seen += n;
+            }
+            return k.Buffer[9] == (byte)'2';
+        }
+        catch (SocketException)
+        {
+            kept[i] = null;
+            return false;
+        }
+        finally
+        {
+            Volatile.Write(ref k.Busy, 0);
+        }
+    }
 }
 
-/// <summary>N minimal HTTP/1.1 servers on 127.0.0.1 (one port each): 200 "ok" to any request, then close.</summary>
+/// <summary>
+/// N minimal HTTP/1.1 servers on 127.0.0.1 (one port each): 200 "ok" to any request; the connection is kept
+/// for the next request unless the request says <c>Connection: close</c>.
+/// </summary>
 internal sealed class Targets : IDisposable
 {
-    private static readonly byte[] Response = Encoding.ASCII.GetBytes("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    private static readonly byte[] CloseResponse = Encoding.ASCII.GetBytes("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    public static readonly byte[] KeepAliveResponse = Encoding.ASCII.GetBytes("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     private readonly List<Socket> _listeners = [];
     private readonly CancellationTokenSource _stop = new();
-    private long _served;
+    private long _served, _accepted;
 
     public Targets(int count)
     {
@@ -245,6 +339,7 @@ internal sealed class Targets : IDisposable
     public List<int> Ports { get; } = [];
 
     public long Served => Interlocked.Read(ref _served);
+    public long Accepted => Interlocked.Read(ref _accepted);
 
     private async Task AcceptAsync(Socket listener)
     {
@@ -253,6 +348,7 @@ internal sealed class Targets : IDisposable
             Socket c;
             try { c = await listener.AcceptAsync(_stop.Token); }
             catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { return; }
+            Interlocked.Increment(ref _accepted);
             _ = ServeAsync(c);
         }
     }
@@ -262,20 +358,29 @@ internal sealed class Targets : IDisposable
         using (c)
         {
             var buffer = new byte[2048];
-            var seen = 0;
             try
             {
-                // Read the request head (a health check sends no body), answer, close.
-                while (seen < buffer.Length)
+                while (true)
                 {
-                    var n = await c.ReceiveAsync(buffer.AsMemory(seen), _stop.Token);
-                    if (n == 0) return;
-                    seen += n;
-                    if (buffer.AsSpan(0, seen).IndexOf("\r\n\r\n"u8) >= 0) break;
+                    // Read one request head (a health check sends no body), answer; close if asked to.
+                    var seen = 0;
+                    int head;
+                    while ((head = buffer.AsSpan(0, seen).IndexOf("\r\n\r\n"u8)) < 0)
+                    {
+                        if (seen == buffer.Length) return;
+                        var n = await c.ReceiveAsync(buffer.AsMemory(seen), _stop.Token);
+                        if (n == 0) return;
+                        seen += n;
+                    }
+                    var close = buffer.AsSpan(0, head).IndexOf("Connection: close"u8) >= 0;
+                    await c.SendAsync(close ? CloseResponse : KeepAliveResponse, _stop.Token);
+                    Interlocked.Increment(ref _served);
+                    if (close)
+                    {
+                        c.Shutdown(SocketShutdown.Both);
+                        return;
+                    }
                 }
-                await c.SendAsync(Response, _stop.Token);
-                Interlocked.Increment(ref _served);
-                c.Shutdown(SocketShutdown.Both);
             }
             catch (Exception e) when (e is OperationCanceledException or SocketException) { }
         }

@@ -21,16 +21,23 @@ public interface IHealthProbe
 /// <c>tcp://:port</c> (a completed connect is healthy) and <c>grpc://:port[/service]</c> (the gRPC health
 /// protocol answering SERVING). Connections are made from <see cref="NetworkNamespace"/> when set, which
 /// is where the load balancer's dataplane is.
+/// <para>
+/// Plain HTTP goes through <see cref="HttpProbe"/> (a raw socket; the connection kept alive between checks
+/// unless <c>reuseHttpConnections</c> is false); HTTPS and gRPC through <see cref="HttpClient"/> with a
+/// new connection per check.
+/// </para>
 /// </summary>
 public sealed class HealthProbes : IHealthProbe, IDisposable
 {
     private readonly string? _networkNamespace;
     private readonly SocketsHttpHandler _handler;
     private readonly HttpClient _http;
+    private readonly HttpProbe _plainHttp;
 
-    public HealthProbes(string? networkNamespace = null)
+    public HealthProbes(string? networkNamespace = null, bool reuseHttpConnections = true)
     {
         _networkNamespace = networkNamespace;
+        _plainHttp = new HttpProbe(networkNamespace, reuseHttpConnections);
         _handler = new SocketsHttpHandler
         {
             AllowAutoRedirect = false,
@@ -44,7 +51,16 @@ public sealed class HealthProbes : IHealthProbe, IDisposable
         _http = new HttpClient(_handler, disposeHandler: false) { Timeout = Timeout.InfiniteTimeSpan };
     }
 
-    public async Task<ProbeResult> ProbeAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct)
+    /// <summary>What a 2xx-only check accepts: the one rule for HTTP and HTTPS.</summary>
+    internal static bool IsHealthyStatus(int code) => code is >= 200 and < 300;
+
+    /// <summary>Plain-HTTP connections opened since start (the other HTTP checks reused one).</summary>
+    public long HttpConnects => _plainHttp.Connects;
+
+    public Task<ProbeResult> ProbeAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct) =>
+        endpoint.Scheme == "http" ? _plainHttp.ProbeAsync(address, endpoint, timeout, ct) : ProbeOtherAsync(address, endpoint, timeout, ct);
+
+    private async Task<ProbeResult> ProbeOtherAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct)
     {
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
         deadline.CancelAfter(timeout);
@@ -52,7 +68,7 @@ public sealed class HealthProbes : IHealthProbe, IDisposable
         {
             return endpoint.Scheme switch
             {
-                "http" or "https" => await HttpAsync(address, endpoint, deadline.Token),
+                "https" => await HttpAsync(address, endpoint, deadline.Token),
                 "tcp" => await TcpAsync(address, endpoint.Port, deadline.Token),
                 "grpc" => await GrpcAsync(address, endpoint, deadline.Token),
                 _ => new ProbeResult(false, $"unknown scheme {endpoint.Scheme}"),
@@ -76,7 +92,7 @@ public sealed class HealthProbes : IHealthProbe, IDisposable
         request.Headers.UserAgent.ParseAdd("merlin-health-check");
         using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
         var code = (int)response.StatusCode;
-        return new ProbeResult(code is >= 200 and < 300, $"HTTP {code}");
+        return new ProbeResult(IsHealthyStatus(code), $"HTTP {code}");
     }
 
     private async Task<ProbeResult> TcpAsync(IPAddress address, int port, CancellationToken ct)
@@ -123,6 +139,7 @@ public sealed class HealthProbes : IHealthProbe, IDisposable
 
     public void Dispose()
     {
+        _plainHttp.Dispose();
         _http.Dispose();
         _handler.Dispose();
     }

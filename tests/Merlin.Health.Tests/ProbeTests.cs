@@ -37,6 +37,13 @@ public sealed class ProbeTests : IAsyncLifetime
         _app.MapGet("/ok", () => Results.Text("ok"));
         _app.MapGet("/failing", () => Results.StatusCode(503));
         _app.MapGet("/moved", () => Results.Redirect("/ok"));
+        _app.MapGet("/chunked", async (HttpContext c) =>
+        {
+            await c.Response.WriteAsync("first part, ");
+            await c.Response.Body.FlushAsync();
+            await c.Response.WriteAsync("second part");
+        });
+        _app.MapGet("/big", () => Results.Text(new string('x', 200_000)));
         _app.MapGet("/slow", async () => { await Task.Delay(TimeSpan.FromSeconds(10)); return Results.Text("late"); });
         _app.MapGrpcService<HealthServiceImpl>();
         await _app.StartAsync(Ct);
@@ -61,6 +68,16 @@ public sealed class ProbeTests : IAsyncLifetime
         Assert.Equal(new ProbeResult(true, "HTTP 200"), await Probe($"http://:{_http}/ok"));
         Assert.Equal(new ProbeResult(false, "HTTP 503"), await Probe($"http://:{_http}/failing"));
         Assert.Equal(new ProbeResult(false, "HTTP 302"), await Probe($"http://:{_http}/moved")); // not followed
+    }
+
+    [Fact]
+    public async Task Http_ChunkedBodiesAreSkippedOnAKeptConnection_ABodyTooLargeToSkipClosesIt()
+    {
+        for (var i = 0; i < 3; i++) Assert.Equal(new ProbeResult(true, "HTTP 200"), await Probe($"http://:{_http}/chunked"));
+        Assert.Equal(1, _probes.HttpConnects);
+
+        for (var i = 0; i < 2; i++) Assert.Equal(new ProbeResult(true, "HTTP 200"), await Probe($"http://:{_http}/big"));
+        Assert.Equal(3, _probes.HttpConnects); // each /big check needed its own connection
     }
 
     [Fact]

@@ -1,0 +1,261 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+
+namespace Merlin.Health.Tests;
+
+/// <summary>The response reader on exact bytes, whole and cut into single bytes.</summary>
+public sealed class ResponseReaderTests
+{
+    private static (ResponseReader.Step Step, int Status, bool KeepAlive, int Unread) Read(string response, int chunk)
+    {
+        var bytes = Encoding.ASCII.GetBytes(response);
+        var reader = new ResponseReader(new byte[HttpProbe.BufferSize]);
+        var fed = 0;
+        while (true)
+        {
+            var step = reader.Advance();
+            if (step != ResponseReader.Step.NeedMore) return (step, reader.Status, reader.KeepAlive, bytes.Length - fed);
+            if (fed == bytes.Length) return (step, reader.Status, reader.KeepAlive, 0);
+            var free = reader.FreeSpace();
+            var n = Math.Min(Math.Min(chunk, free.Length), bytes.Length - fed);
+            bytes.AsSpan(fed, n).CopyTo(free.Span);
+            reader.Received(n);
+            fed += n;
+        }
+    }
+
+    public static TheoryData<string, string, int, bool> Responses => new()
+    {
+        { "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "Done", 200, true },
+        { "HTTP/1.1 204 No Content\r\n\r\n", "Done", 204, true },
+        { "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n", "Done", 503, true },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;ext=1\r\nok\r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n", "Done", 200, true },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", "Done", 200, false },
+        { "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", "Done", 200, false },
+        { "HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", "Done", 200, true },
+        { "HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n", "Done", 302, true },
+        { "HTTP/1.1 200 OK\r\n\r\nbody until the server closes", "StopReading", 200, false },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", "StopReading", 200, false },
+        { "SSH-2.0-OpenSSH_9.2\r\n", "Malformed", 0, false },
+        { "HTTP/1.1 2x0 OK\r\n\r\n", "Malformed", 0, false },
+    };
+
+    [Theory]
+    [MemberData(nameof(Responses))]
+    public void AResponse_IsFramedTheSame_WholeOrByteByByte(string response, string step, int status, bool keepAlive)
+    {
+        foreach (var chunk in new[] { response.Length, 1, 7 })
+        {
+            var read = Read(response, chunk);
+            Assert.Equal((step, status, keepAlive), (read.Step.ToString(), read.Status, read.KeepAlive));
+        }
+    }
+
+    [Fact]
+    public void BytesAfterTheResponse_InTheSameRead_KeepTheStatusButNotTheConnection()
+    {
+        // Arriving later, they make the idle connection readable, and it is replaced before the next check.
+        var read = Read("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", 1000);
+        Assert.Equal((ResponseReader.Step.StopReading, 200, false), (read.Step, read.Status, read.KeepAlive));
+    }
+
+    [Fact]
+    public void AnIncompleteBody_WantsMore()
+    {
+        Assert.Equal(ResponseReader.Step.NeedMore, Read("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok", 100).Step);
+        Assert.Equal(ResponseReader.Step.NeedMore, Read("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n", 100).Step);
+    }
+
+    [Fact]
+    public void HeadersLongerThanTheBuffer_AfterTheStatus_StopReadingButKeepTheStatus()
+    {
+        var read = Read("HTTP/1.1 200 OK\r\nX-Big: " + new string('a', HttpProbe.BufferSize) + "\r\n\r\n", 1000);
+        Assert.Equal((ResponseReader.Step.StopReading, 200, false), (read.Step, read.Status, read.KeepAlive));
+    }
+}
+
+/// <summary>The plain-HTTP probe against scripted servers on loopback: reuse, a closed kept connection, a stopped server.</summary>
+public sealed class HttpProbeTests : IDisposable
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(2);
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+    private readonly HttpProbe _probe = new(networkNamespace: null, reuse: true);
+
+    public void Dispose() => _probe.Dispose();
+
+    private static Uri Endpoint(ScriptedServer server) => new($"http://check.invalid:{server.Port}/healthz");
+
+    [Fact]
+    public async Task ChecksOfOneServer_ShareOneConnection()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive);
+        for (var i = 0; i < 5; i++)
+            Assert.Equal(new ProbeResult(true, "HTTP 200"), await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct));
+
+        Assert.Equal(1, server.Accepted);
+        Assert.Equal(5, server.Requests);
+        Assert.Equal(1, _probe.Connects);
+        Assert.Contains("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:", server.LastRequest);
+        Assert.DoesNotContain("Connection: close", server.LastRequest);
+    }
+
+    [Fact]
+    public async Task AServerThatClosesAfterEachAnswer_WithoutSayingSo_IsStillHealthy()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.CloseSilently);
+        for (var i = 0; i < 4; i++)
+        {
+            Assert.Equal(new ProbeResult(true, "HTTP 200"), await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct));
+            await server.WaitForClosedAsync(i + 1, Ct); // its close has reached us before the next check
+        }
+        Assert.Equal(4, server.Accepted);
+    }
+
+    [Fact]
+    public async Task AKeptConnectionDroppedWithoutAnAnswer_IsRetriedOnAFreshOne()
+    {
+        // Every second request is read and the connection closed unanswered, as a server's idle timeout
+        // racing with the request would: the check must not fail for it.
+        using var server = new ScriptedServer(ScriptedServer.Mode.DropSecondRequest);
+        for (var i = 0; i < 4; i++)
+            Assert.Equal(new ProbeResult(true, "HTTP 200"), await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct));
+        Assert.True(server.Accepted >= 2, $"{server.Accepted} connections");
+    }
+
+    [Fact]
+    public async Task AStoppedServer_FailsTheNextCheck_ThoughAConnectionWasKept()
+    {
+        var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive);
+        var endpoint = Endpoint(server);
+        Assert.True((await _probe.ProbeAsync(IPAddress.Loopback, endpoint, Timeout, Ct)).Healthy);
+        server.Dispose(); // listener and connections closed, as when the process dies
+
+        var result = await _probe.ProbeAsync(IPAddress.Loopback, endpoint, Timeout, Ct);
+        Assert.Equal(new ProbeResult(false, "ConnectionRefused"), result);
+    }
+
+    [Fact]
+    public async Task AKeptConnectionThatStopsAnswering_TimesOut_WithoutAThrow()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive);
+        Assert.True((await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct)).Healthy);
+        server.Mute = true;
+
+        var result = await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), TimeSpan.FromMilliseconds(300), Ct);
+        Assert.Equal(new ProbeResult(false, "no answer within 300 ms"), result);
+        server.Mute = false;
+        Assert.True((await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct)).Healthy); // a fresh connection
+    }
+
+    [Fact]
+    public async Task WithoutReuse_EachCheckHasItsOwnConnection_AndSaysClose()
+    {
+        using var probe = new HttpProbe(networkNamespace: null, reuse: false);
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive);
+        for (var i = 0; i < 3; i++)
+            Assert.True((await probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct)).Healthy);
+        Assert.Equal(3, server.Accepted);
+        Assert.Contains("Connection: close\r\n", server.LastRequest);
+    }
+
+    [Fact]
+    public async Task AStopDuringACheck_EndsItAsCancelled()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive) { Mute = true };
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        var check = _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), TimeSpan.FromMinutes(1), stop.Token);
+        await server.WaitForRequestAsync(Ct);
+        stop.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => check);
+    }
+
+    /// <summary>An HTTP/1.1 server on 127.0.0.1 that answers 200 "ok" with Content-Length, as told.</summary>
+    private sealed class ScriptedServer : IDisposable
+    {
+        public enum Mode { KeepAlive, CloseSilently, DropSecondRequest }
+
+        private static readonly byte[] Ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"u8.ToArray();
+        private readonly Socket _listener = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        private readonly List<Socket> _connections = [];
+        private readonly Mode _mode;
+        private readonly CancellationTokenSource _stop = new();
+        private int _accepted, _requests, _closed;
+
+        public ScriptedServer(Mode mode)
+        {
+            _mode = mode;
+            _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            _listener.Listen(16);
+            Port = ((IPEndPoint)_listener.LocalEndPoint!).Port;
+            _ = AcceptAsync();
+        }
+
+        public int Port { get; }
+        public int Accepted => Volatile.Read(ref _accepted);
+        public int Requests => Volatile.Read(ref _requests);
+        public volatile string LastRequest = "";
+        public volatile bool Mute;
+
+        public async Task WaitForClosedAsync(int count, CancellationToken ct)
+        {
+            while (Volatile.Read(ref _closed) < count) await Task.Delay(5, ct);
+            await Task.Delay(20, ct); // the FIN is on its way to the client's socket
+        }
+
+        public async Task WaitForRequestAsync(CancellationToken ct)
+        {
+            while (LastRequest.Length == 0) await Task.Delay(5, ct);
+        }
+
+        private async Task AcceptAsync()
+        {
+            while (true)
+            {
+                Socket c;
+                try { c = await _listener.AcceptAsync(_stop.Token); }
+                catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { return; }
+                lock (_connections) _connections.Add(c);
+                var index = Interlocked.Increment(ref _accepted);
+                _ = ServeAsync(c, index);
+            }
+        }
+
+        private async Task ServeAsync(Socket c, int index)
+        {
+            var buffer = new byte[4096];
+            try
+            {
+                for (var onThis = 1; ; onThis++)
+                {
+                    var seen = 0;
+                    while (buffer.AsSpan(0, seen).IndexOf("\r\n\r\n"u8) < 0)
+                    {
+                        var n = await c.ReceiveAsync(buffer.AsMemory(seen), _stop.Token);
+                        if (n == 0) return;
+                        seen += n;
+                    }
+                    LastRequest = Encoding.ASCII.GetString(buffer, 0, seen);
+                    var request = Interlocked.Increment(ref _requests);
+                    if (Mute) continue;
+                    if (_mode == Mode.DropSecondRequest && request % 2 == 0) return;
+                    await c.SendAsync(Ok, _stop.Token);
+                    if (_mode == Mode.CloseSilently) return;
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { }
+            finally
+            {
+                c.Dispose();
+                Interlocked.Increment(ref _closed);
+            }
+        }
+
+        public void Dispose()
+        {
+            _stop.Cancel();
+            _listener.Dispose();
+            lock (_connections) foreach (var c in _connections) c.Dispose();
+        }
+    }
+}
