@@ -15,12 +15,12 @@ using Merlin.Wire;
 // The references run on the same targets at the same rate, each in its own process measured the same way:
 // a bare prober that opens a connection per check, and one that keeps a connection per server alive.
 // Usage: dotnet run -c Release --project bench/Merlin.Health.Bench -- [--servers 2000] [--period 200ms]
-//        [--seconds 30] [--warmup 10]
+//        [--seconds 30] [--warmup 30]
 if (args.Length > 0 && args[0] == "--bare-prober") return await BareProber.MainAsync(args);
 var servers = Arg("--servers", 2000);
 var periodMs = Arg("--period", 200);
 var seconds = Arg("--seconds", 30);
-var warmup = Arg("--warmup", 10);
+var warmup = Arg("--warmup", 30);
 Console.WriteLine($"{servers:N0} servers checked every {periodMs} ms: {servers * 1000.0 / periodMs:N0} checks/s asked for; measuring {seconds} s after {warmup} s of warm-up");
 
 using var dir = new TempDir("health-bench");

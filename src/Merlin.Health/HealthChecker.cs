@@ -56,6 +56,8 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
     private sealed class CheckState(Uri endpoint)
     {
         public Uri Endpoint { get; } = endpoint;
+        // Verdict, counts, detail and since change under lock (this); Running is set by the scheduler and
+        // cleared by the check; Generation is set to -1 (under the checker's lock) when the check is removed.
         public HealthVerdict Verdict = HealthVerdict.Unknown;
         public int Successes, Failures;
         public string Detail = "not checked yet";
@@ -113,18 +115,28 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
         {
             return _byServer
                 .Where(kv => _checks.ContainsKey(kv.Value))
-                .Select(kv => { var s = _checks[kv.Value]; return new ServerHealthReport(kv.Key.Item1, kv.Key.Item2, s.Verdict, s.Detail, s.Since); })
+                .Select(kv => { var s = _checks[kv.Value]; lock (s) return new ServerHealthReport(kv.Key.Item1, kv.Key.Item2, s.Verdict, s.Detail, s.Since); })
                 .ToList();
         }
     }
 
+    /// <summary>
+    /// Checks due within this much of now start together: at thousands of checks a second the scheduler wakes
+    /// once per window, not once per check (a check starts at most this much early; its rhythm is kept).
+    /// </summary>
+    internal static readonly TimeSpan BatchWindow = TimeSpan.FromMilliseconds(5);
+
     private async Task RunAsync(CancellationToken ct)
     {
+        // One timer, re-armed for the next due check; a Track or the stop wakes the loop as well.
+        using var timer = _time.CreateTimer(static s => ((HealthChecker)s!).Wake(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        using var stop = ct.UnsafeRegister(static s => ((HealthChecker)s!).Wake(), this);
+        var window = (long)(BatchWindow.TotalSeconds * _time.TimestampFrequency);
+        var start = new List<(CheckKey Key, CheckState State)>();
         while (!ct.IsCancellationRequested)
         {
             TimeSpan wait;
             Task woken;
-            var start = new List<(CheckKey Key, CheckState State)>();
             lock (_lock)
             {
                 if (_wake.Task.IsCompleted) _wake = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -139,28 +151,26 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
                         _due.Dequeue(); // removed (and perhaps added again, with its own entry)
                         continue;
                     }
-                    var remaining = _time.GetElapsedTime(now, at);
-                    if (remaining > TimeSpan.Zero)
+                    if (at - now > window)
                     {
-                        wait = remaining;
+                        wait = _time.GetElapsedTime(now, at);
                         break;
                     }
                     _due.Dequeue();
                     // The next run is a period after this one was due, so checks keep their rhythm.
                     _due.Enqueue((key, state), at + (long)(key.Period.TotalSeconds * _time.TimestampFrequency));
-                    if (state.Running) continue; // the last one has not finished: skip, never pile up
+                    if (Volatile.Read(ref state.Running)) continue; // the last one has not finished: skip, never pile up
                     state.Running = true;
                     start.Add((key, state));
                 }
             }
             foreach (var (key, state) in start) _ = CheckAsync(key, state, ct);
+            start.Clear();
             // Timers count whole milliseconds: a wait of 0.3 ms would fire at once and spin this loop
             // until the check is due, so round up (a check starts at most 1 ms late).
             if (wait != Timeout.InfiniteTimeSpan) wait = TimeSpan.FromMilliseconds(Math.Ceiling(wait.TotalMilliseconds));
-            using var sleep = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            var delay = Task.Delay(wait, _time, sleep.Token);
-            await Task.WhenAny(delay, woken).ConfigureAwait(false);
-            sleep.Cancel(); // a wake-up ends the sleep
+            timer.Change(wait, Timeout.InfiniteTimeSpan);
+            await woken.ConfigureAwait(false);
         }
     }
 
@@ -183,10 +193,14 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
         else Interlocked.Increment(ref _failed);
 
         HealthVerdict? transition = null;
-        lock (_lock)
+        // The check's own state, under its own lock: results of different checks do not contend.
+        lock (state)
         {
-            state.Running = false;
-            if (state.Generation < 0) return;
+            if (Volatile.Read(ref state.Generation) < 0)
+            {
+                Volatile.Write(ref state.Running, false);
+                return;
+            }
             state.Detail = result.Detail;
             if (result.Healthy) { state.Successes++; state.Failures = 0; }
             else { state.Failures++; state.Successes = 0; }
@@ -204,6 +218,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
                 state.Since = _time.GetUtcNow();
                 transition = next;
             }
+            Volatile.Write(ref state.Running, false);
         }
         if (transition is { } verdict)
         {

@@ -65,13 +65,6 @@ internal sealed class HttpProbe : IDisposable
 
     public async Task<ProbeResult> ProbeAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct)
     {
-        var result = await ProbeCoreAsync(address, endpoint, timeout, ct);
-        ct.ThrowIfCancellationRequested(); // the daemon stops: no verdict from a check it cut short
-        return result;
-    }
-
-    private async Task<ProbeResult> ProbeCoreAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct)
-    {
         var now = Stopwatch.GetTimestamp();
         if (now >= Volatile.Read(ref _nextSweep)) Sweep(now);
         var slot = SlotFor(address, endpoint);
@@ -87,7 +80,7 @@ internal sealed class HttpProbe : IDisposable
         using var deadline = new Deadline(timeout);
         using var stop = ct.CanBeCanceled ? ct.UnsafeRegister(static d => ((Deadline)d!).Cancel(), deadline) : default;
         connection ??= await ConnectAsync(slot, deadline);
-        if (connection is null) return deadline.Fired ? TimedOut(timeout) : deadline.Failure;
+        if (connection is null) return Ended(deadline.Fired ? TimedOut(timeout) : deadline.Failure, ct);
 
         var answer = await ExchangeAsync(connection, slot.Request, deadline);
         if (answer.Broken && reused && !deadline.Fired)
@@ -96,18 +89,25 @@ internal sealed class HttpProbe : IDisposable
             // fresh connection's answer counts.
             connection.Dispose();
             connection = await ConnectAsync(slot, deadline);
-            if (connection is null) return deadline.Fired ? TimedOut(timeout) : deadline.Failure;
+            if (connection is null) return Ended(deadline.Fired ? TimedOut(timeout) : deadline.Failure, ct);
             answer = await ExchangeAsync(connection, slot.Request, deadline);
         }
         var inTime = deadline.Finish();
         if (answer.Status == 0)
         {
             connection.Dispose();
-            return !inTime ? TimedOut(timeout) : new ProbeResult(false, answer.Error ?? "connection closed before an answer");
+            return Ended(!inTime ? TimedOut(timeout) : new ProbeResult(false, answer.Error ?? "connection closed before an answer"), ct);
         }
         if (inTime && answer.KeepAlive && _reuse && Volatile.Read(ref _disposed) == 0) Return(slot, connection);
         else connection.Dispose();
-        return new ProbeResult(HealthProbes.IsHealthyStatus(answer.Status), StatusDetail(answer.Status));
+        return Ended(new ProbeResult(HealthProbes.IsHealthyStatus(answer.Status), StatusDetail(answer.Status)), ct);
+    }
+
+    /// <summary>A check the daemon's stop cut short gives no result.</summary>
+    private static ProbeResult Ended(ProbeResult result, CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested();
+        return result;
     }
 
     private Slot SlotFor(IPAddress address, Uri endpoint)
@@ -183,7 +183,8 @@ internal sealed class HttpProbe : IDisposable
             if (error != SocketError.Success || op.BytesTransferred == 0) return new Answer(0, false, true, error.ToString());
             sent += op.BytesTransferred;
         }
-        var reader = new ResponseReader(c.Buffer);
+        var reader = c.Reader;
+        reader.Reset();
         while (true)
         {
             var step = reader.Advance();
@@ -274,7 +275,7 @@ internal sealed class HttpProbe : IDisposable
     {
         public readonly Socket Socket = socket;
         public readonly long Opened = Stopwatch.GetTimestamp();
-        public readonly byte[] Buffer = new byte[BufferSize];
+        public readonly ResponseReader Reader = new(new byte[BufferSize]);
         public readonly SocketOperation Operation = new();
         private int _closed;
 
@@ -372,6 +373,18 @@ internal sealed class ResponseReader(byte[] buffer)
 
     public int Status { get; private set; }
     public string? Error { get; private set; }
+
+    /// <summary>Ready for the next response on the same connection (the last one was read to its end).</summary>
+    public void Reset()
+    {
+        _start = _end = 0;
+        _phase = Phase.StatusLine;
+        _remaining = -1;
+        _drained = 0;
+        _chunked = _close = _http10 = _keepAliveHeader = false;
+        Status = 0;
+        Error = null;
+    }
     public bool KeepAlive => !_close && (!_http10 || _keepAliveHeader);
 
     public Memory<byte> FreeSpace()
