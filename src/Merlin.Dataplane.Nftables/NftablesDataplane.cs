@@ -148,7 +148,7 @@ public sealed partial class NftablesDataplane : IDataplane
             try
             {
                 Dictionary<ServiceKey, ServiceState> services;
-                using (Phases.Measure("operations")) services = Services(table);
+                using (Phases.Measure("operations")) services = Services(table, _programmed.Services, operations.Where((_, i) => errors[i] is null));
                 await FlushAsync(services, ct);
                 return errors;
             }
@@ -174,7 +174,7 @@ public sealed partial class NftablesDataplane : IDataplane
                     try
                     {
                         one.Apply(operations[i]);
-                        await FlushAsync(Services(one), ct);
+                        await FlushAsync(Services(one, _programmed.Services, [operations[i]]), ct);
                     }
                     catch (InvalidOperationException e) { errors[i] = new DataplaneException(e.Message, e); }
                     catch (DataplaneException e) { errors[i] = e; }
@@ -190,8 +190,19 @@ public sealed partial class NftablesDataplane : IDataplane
         }
     }
 
-    private static Dictionary<ServiceKey, ServiceState> Services(ServiceTable table) =>
-        table.ToState().Services.ToDictionary(kv => kv.Key, kv => kv.Value);
+    /// <summary>
+    /// The services after <paramref name="applied"/>: a service no operation names keeps its state
+    /// object from <paramref name="before"/>, which is how the layout builder knows it need not
+    /// format anything of it again.
+    /// </summary>
+    private static Dictionary<ServiceKey, ServiceState> Services(ServiceTable table, Dictionary<ServiceKey, ServiceState> before, IEnumerable<Operation> applied)
+    {
+        var touched = applied.Select(o => o.Service).ToHashSet();
+        var result = new Dictionary<ServiceKey, ServiceState>(before.Count);
+        foreach (var (key, state) in table.ToState().Services)
+            result[key] = !touched.Contains(key) && before.TryGetValue(key, out var had) ? had : state;
+        return result;
+    }
 
     private (string Family, string Name)[] OurTables => [("netdev", _options.DsrTable), ("inet", _options.NatTable)];
 
@@ -477,7 +488,7 @@ public sealed partial class NftablesDataplane : IDataplane
     private Layout.Layout Build(IReadOnlyDictionary<ServiceKey, ServiceState> services, Assignment previous)
     {
         using var _ = Phases.Measure("build");
-        return LayoutBuilder.Build(new LayoutInput(services, _macs, _ownMac, previous), _options);
+        return LayoutBuilder.Build(new LayoutInput(services, _macs, _ownMac, previous), _options, Phases);
     }
 
     /// <summary>Programs <paramref name="services"/>: one transaction with what differs from what the kernel holds.</summary>

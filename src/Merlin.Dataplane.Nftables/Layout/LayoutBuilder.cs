@@ -37,7 +37,49 @@ internal sealed record Assignment(
 
     /// <summary>The options <see cref="Sets"/> were analyzed under (<see cref="LayoutBuilder.SetOptions"/>).</summary>
     public string? SetsFor { get; init; }
+
+    // What a build keeps so the next one formats only what changed (null: nothing, e.g. after adoption).
+
+    /// <summary>The services' keys in order.</summary>
+    public IReadOnlyList<ServiceKey>? Order { get; init; }
+
+    /// <summary>Per service: the state object the build saw, its server set's analysis, and what was made of them.</summary>
+    public IReadOnlyDictionary<ServiceKey, ServiceMemo>? Memos { get; init; }
+
+    /// <summary>Real server record body → id (with <see cref="Memos"/>, the ids every (service, server) had; replaces <see cref="ServerIds"/>).</summary>
+    public IReadOnlyDictionary<string, uint>? ServerRecordIds { get; init; }
+
+    /// <summary>Per server set: the record id of each of its servers, in the order of <see cref="LayoutBuilder.SetPlan.Bodies"/>.</summary>
+    public IReadOnlyDictionary<LayoutBuilder.SetPlan, uint[]>? IdsOf { get; init; }
+
+    /// <summary>Per server set: its record ids in order and the list record's text.</summary>
+    public IReadOnlyDictionary<LayoutBuilder.SetPlan, (uint[] Ids, string Text)>? Members { get; init; }
+
+    /// <summary>Server and list records by id: their text and elements.</summary>
+    public IReadOnlyDictionary<uint, RecordText>? Texts { get; init; }
+
+    /// <summary>Group chains by (name, shape), valid under <see cref="SetsFor"/>.</summary>
+    public IReadOnlyDictionary<(string, string), NftChain>? Chains { get; init; }
 }
+
+/// <summary>What one build made of one service; the next build reuses it while the service's state object and server set analysis are the same.</summary>
+internal sealed class ServiceMemo(ServiceState state, LayoutBuilder.SetPlan set)
+{
+    public ServiceState State { get; } = state;
+    public LayoutBuilder.SetPlan Set { get; } = set;
+    public LayoutBuilder.ServicePlan? Plan { get; init; }
+    public ServiceRecord? Record { get; set; }
+    public DispatchElement? Dispatch { get; set; }
+}
+
+/// <summary>A service's state record: its inputs besides the service and its elements.</summary>
+internal sealed record ServiceRecord(uint Id, string? Group, uint? List, (string Key, string Element)[] Elements);
+
+/// <summary>A server or list record: its text (without the id) and its elements.</summary>
+internal sealed record RecordText(char Kind, string Body, (string Key, string Element)[] Elements);
+
+/// <summary>A service's element of the dispatch map.</summary>
+internal sealed record DispatchElement(string Group, string Variant, string Key, string Element);
 
 /// <summary>A group's map elements and, for DSR, its live set.</summary>
 internal sealed record GroupContent(SetContent Map, SetContent? Live);
@@ -81,50 +123,81 @@ internal static class LayoutBuilder
     public const string StateSet = "state";
     public const uint FullRange = uint.MaxValue;
 
-    public static Layout Build(LayoutInput input, NftablesOptions options)
+    public static Layout Build(LayoutInput input, NftablesOptions options, Phases? phases = null)
     {
+        var step = phases?.Measure("build: plans");
         var issues = new List<NftablesIssue>();
         var unresolved = new SortedSet<IPAddress>(Comparer<IPAddress>.Create(AddressOrder.Compare));
         var dsrAddresses = new HashSet<IPAddress>();
         var text = new TextCache();
-        var services = input.Services.Values.OrderBy(s => s.Key, ServiceKeyComparer.Instance).ToList();
+        var (services, sameOrder) = InOrder(input.Services, input.Previous.Order);
         bool dsrPossible = options.Interface is not null && input.OwnMac is not null;
 
         // 1. What each service forwards to. Services with the same servers (the ingress case: all of
         // them) share one analysis of them, and a set analyzed by the previous build under the same
-        // options is reused while its servers' MACs are the same.
+        // options is reused while its servers' MACs are the same. A service whose state is the very
+        // object the previous build saw, with the same analysis, keeps its plan (nothing of it is
+        // formatted again).
         var plans = new List<ServicePlan>();
         var sets = new Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, SetPlan>(ServerSetComparer.Instance);
         var setOptions = SetOptions(options, input.OwnMac);
         var cached = input.Previous.SetsFor == setOptions ? input.Previous.Sets : null;
-        foreach (var service in services)
+        // Memos hold what each service had last time (its ids follow from them under any options);
+        // their plans and sets are reused only under the same options.
+        var previousMemos = input.Previous.Memos;
+        bool reusable = input.Previous.SetsFor == setOptions;
+        var setOf = new SetPlan[services.Count];
+        var memos = new ServiceMemo[services.Count];
+        var before = new ServiceMemo?[services.Count];
+        var macsStill = new Dictionary<SetPlan, bool>(ReferenceEqualityComparer.Instance);
+        var seen = new Dictionary<SetPlan, IReadOnlyDictionary<RealServerKey, RealServerConfig>>(ReferenceEqualityComparer.Instance);
+        for (int k = 0; k < services.Count; k++)
         {
-            if (!sets.TryGetValue(service.Servers, out var set))
+            var service = services[k];
+            SetPlan? set = null;
+            ServiceMemo? memo = null;
+            if (previousMemos is not null && previousMemos.TryGetValue(service.Key, out memo))
+            {
+                before[k] = memo;
+                if (!macsStill.TryGetValue(memo.Set, out var still)) macsStill[memo.Set] = still = memo.Set.SameMacs(input.Macs);
+                if (reusable && ReferenceEquals(memo.State, service) && still) set = memo.Set;
+                else memo = null;
+            }
+            if (set is null && !sets.TryGetValue(service.Servers, out set))
             {
                 if (cached is null || !cached.TryGetValue(service.Servers, out set) || !set.SameMacs(input.Macs))
                     set = Analyze(service.Servers, input.Macs, options, dsrPossible, text);
                 sets[service.Servers] = set;
-                if (set.Dsr && dsrPossible)
-                {
-                    dsrAddresses.UnionWith(set.Addresses);
-                    unresolved.UnionWith(set.Unresolved);
-                }
             }
-            var plan = Plan(service, set, options, dsrPossible, issues);
+            setOf[k] = set;
+            if (seen.TryAdd(set, service.Servers) && set.Dsr && dsrPossible)
+            {
+                dsrAddresses.UnionWith(set.Addresses);
+                unresolved.UnionWith(set.Unresolved);
+            }
+            var plan = Plan(service, set, options, dsrPossible, issues, memo?.Plan);
+            memos[k] = new ServiceMemo(service, set) { Plan = plan };
             if (plan is not null) plans.Add(plan);
         }
+        foreach (var (set, servers) in seen) sets.TryAdd(servers, set);
 
+        step?.Dispose();
+        step = phases?.Measure("build: groups");
         // 2. Groups: one per distinct content, reusing the previous group a content's services used.
         var assignment = Assign(plans, input.Previous);
         var serviceGroups = new Dictionary<ServiceKey, string>();
         foreach (var plan in plans) serviceGroups[plan.Key] = assignment[plan.ContentKey];
 
+        step?.Dispose();
+        step = phases?.Measure("build: records");
         // 3. State records, their ids kept across layouts so an unchanged record is never rewritten.
-        var (serviceIds, serverIds, listIds, stateContent) = Records(services, input, serviceGroups, sets);
+        var records = Records(services, setOf, before, memos, input, serviceGroups);
 
         var groups = new Dictionary<string, GroupInfo>();
         foreach (var plan in plans) groups[assignment[plan.ContentKey]] = new GroupInfo(assignment[plan.ContentKey], plan.Shape, plan.ContentKey);
 
+        step?.Dispose();
+        step = phases?.Measure("build: maps");
         // 4. Tables.
         var contents = new Dictionary<string, GroupContent>(StringComparer.Ordinal);
         var fresh = new List<ServicePlan>();
@@ -146,17 +219,63 @@ internal static class LayoutBuilder
         if (fresh.Count >= 64) Parallel.For(0, fresh.Count, Make);
         else for (int i = 0; i < fresh.Count; i++) Make(i);
         for (int i = 0; i < fresh.Count; i++) contents[fresh[i].ContentKey] = made[i];
+        step?.Dispose();
+        step = phases?.Measure("build: tables");
+        // The dispatch maps' elements: kept from the previous build while the service goes to the same chain.
+        var dispatch = new List<(ServicePlan Plan, (string Key, string Element) Element)>(plans.Count);
+        for (int k = 0; k < services.Count; k++)
+        {
+            if (memos[k].Plan is not { } plan) continue;
+            var group = assignment[plan.ContentKey];
+            var element = before[k] is { Dispatch: { } had } && had.Group == group && had.Variant == plan.Variant ? had : NewDispatch(plan.Key, group, plan.Variant);
+            memos[k].Dispatch = element;
+            dispatch.Add((plan, (element.Key, element.Element)));
+        }
+        var chains = new Dictionary<(string, string), NftChain>();
+        var chainsBefore = reusable ? input.Previous.Chains : null;
         var tables = new List<NftTable>();
         var dsrPlans = plans.Where(p => p.Dsr).ToList();
         var natPlans = plans.Where(p => !p.Dsr).ToList();
         if (services.Count > 0)
-            tables.Add(DsrTable(dsrPlans, assignment, contents, stateContent, input.OwnMac, options));
+            tables.Add(DsrTable(dsrPlans, assignment, contents, records.State, dispatch, chainsBefore, chains, input.OwnMac, options));
         if (natPlans.Count > 0)
-            tables.Add(NatTable(natPlans, assignment, contents, options));
+            tables.Add(NatTable(natPlans, assignment, contents, dispatch, chainsBefore, chains, options));
+        step?.Dispose();
+        step = phases?.Measure("build: marker");
         var ruleset = WithMarker(new NftRuleset(tables), options);
+        step?.Dispose();
 
-        var newAssignment = new Assignment(serviceGroups, groups, serviceIds, serverIds) { Contents = contents, ListIds = listIds, Sets = sets, SetsFor = setOptions };
+        var order = sameOrder ? input.Previous.Order! : services.ConvertAll(x => x.Key);
+        var byKey = new Dictionary<ServiceKey, ServiceMemo>(services.Count);
+        for (int k = 0; k < services.Count; k++) byKey[services[k].Key] = memos[k];
+        var newAssignment = new Assignment(serviceGroups, groups, records.ServiceIds, new Dictionary<(ServiceKey, RealServerKey), uint>())
+        {
+            Contents = contents, ListIds = records.ListIds, Sets = sets, SetsFor = setOptions,
+            Order = order, Memos = byKey, ServerRecordIds = records.ServerRecordIds, IdsOf = records.IdsOf, Members = records.Members, Texts = records.Texts, Chains = chains,
+        };
         return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.Order(AddressComparer).ToList());
+    }
+
+    /// <summary>The services in key order: the previous build's order when the keys are the same (no sort).</summary>
+    private static (List<ServiceState>, bool Same) InOrder(IReadOnlyDictionary<ServiceKey, ServiceState> services, IReadOnlyList<ServiceKey>? order)
+    {
+        if (order is not null && order.Count == services.Count)
+        {
+            var list = new List<ServiceState>(order.Count);
+            foreach (var key in order)
+            {
+                if (!services.TryGetValue(key, out var service)) break;
+                list.Add(service);
+            }
+            if (list.Count == order.Count) return (list, true);
+        }
+        return (services.Values.OrderBy(s => s.Key, ServiceKeyComparer.Instance).ToList(), false);
+    }
+
+    private static DispatchElement NewDispatch(ServiceKey service, string group, string variant)
+    {
+        var key = DispatchKey(service);
+        return new DispatchElement(group, variant, key, $"{key} : goto {group}_{variant}");
     }
 
     /// <summary>The marker: a set whose comment is the fingerprint of everything else.</summary>
@@ -174,7 +293,7 @@ internal static class LayoutBuilder
 
     public static string MarkerComment(string fingerprint) => $"merlin v1 {fingerprint}";
 
-    private sealed record ServicePlan(ServiceKey Key, bool Dsr, int Size, string Shape, string ContentKey, string Variant,
+    internal sealed record ServicePlan(ServiceKey Key, bool Dsr, int Size, string Shape, string ContentKey, string Variant,
         IReadOnlyList<Backend> Backends);
 
     internal sealed record Backend(string Id, uint Weight, string Value, string? Mac);
@@ -215,7 +334,7 @@ internal static class LayoutBuilder
     internal static string SetOptions(NftablesOptions options, PhysicalAddress? ownMac) =>
         $"{options.Interface}|{(ownMac is null ? "-" : StateRecords.MacText(ownMac))}|{Seed(options)}";
 
-    private static ServicePlan? Plan(ServiceState service, SetPlan set, NftablesOptions options, bool dsrPossible, List<NftablesIssue> issues)
+    private static ServicePlan? Plan(ServiceState service, SetPlan set, NftablesOptions options, bool dsrPossible, List<NftablesIssue> issues, ServicePlan? same)
     {
         var key = service.Key;
         if (key.IsFirewallMark)
@@ -233,14 +352,15 @@ internal static class LayoutBuilder
             return null;
         }
 
+        if (same is not null) return same;
         bool saddrOnly = service.Config.PersistenceTimeout > 0 ||
             (service.Config.Scheduler is "sh" or "mh" && !service.Config.Flags.HasFlag(SchedulerFlags.Flag2));
         string family = key.Family == IpFamily.V6 ? "6" : "4";
-        string shape = set.Dsr ? $"dsr M={set.Size}" : $"nat{family} M={set.Size}";
+        var (shape, contentKey) = set.Keys(family);
         string variant = set.Dsr
             ? $"{family}{(saddrOnly ? "s" : "p")}{(service.Config.OnePacket ? "u" : "")}"
             : saddrOnly ? "s" : "p";
-        return new ServicePlan(key, set.Dsr, set.Size, shape, shape + " " + set.Content, variant, set.Usable);
+        return new ServicePlan(key, set.Dsr, set.Size, shape, contentKey, variant, set.Usable);
     }
 
     /// <summary>
@@ -252,6 +372,24 @@ internal static class LayoutBuilder
         IReadOnlyList<(RealServerKey, string)> Issues, IReadOnlyList<IPAddress> Addresses, IReadOnlyList<IPAddress> Unresolved,
         (RealServerKey Key, string Body)[] Bodies, (IPAddress Address, PhysicalAddress? Mac)[] Macs)
     {
+        private (string, string)[]? _keys;
+
+        /// <summary>
+        /// The shape (kind and M) and content key of a group of this set's services of one family
+        /// ("4" or "6"): one string each for all the services that share the set.
+        /// </summary>
+        public (string Shape, string ContentKey) Keys(string family)
+        {
+            var keys = _keys ??= new (string, string)[2];
+            int at = family == "6" ? 1 : 0;
+            if (keys[at].Item1 is null)
+            {
+                string shape = Dsr ? $"dsr M={Size}" : $"nat{family} M={Size}";
+                keys[at] = (shape, shape + " " + Content);
+            }
+            return keys[at];
+        }
+
         /// <summary>Whether every route server still has the MAC (or lack of one) this analysis saw.</summary>
         public bool SameMacs(IReadOnlyDictionary<IPAddress, PhysicalAddress> macs)
         {
@@ -410,69 +548,154 @@ internal static class LayoutBuilder
         return result;
     }
 
+    /// <summary>What <see cref="Records"/> gives: ids, the state set, and what the next build reuses.</summary>
+    private sealed record RecordsResult(Dictionary<ServiceKey, uint> ServiceIds, Dictionary<ServiceKey, uint> ListIds, SetContent State,
+        Dictionary<string, uint> ServerRecordIds, Dictionary<SetPlan, uint[]> IdsOf, Dictionary<SetPlan, (uint[] Ids, string Text)> Members, Dictionary<uint, RecordText> Texts);
+
     /// <summary>
     /// The state records (see <see cref="StateRecords"/>) and their ids. Ids carry over from the
     /// previous layout: a service keeps its id; a real server record or a server list keeps the id
     /// that most of its users had (so a weight change in every service that shares a server rewrites
     /// that server's one record under its old id, and no service record). New records take the
     /// lowest ids no previous record held, so ids stay small however long the daemon runs.
+    /// <para>
+    /// Work is per distinct server set, not per (service, server): the users of a set that had the
+    /// same set before vote for its servers' old ids all at once. A record whose id and text did
+    /// not change keeps its elements from the previous build (nothing is formatted again).
+    /// </para>
     /// </summary>
-    private static (Dictionary<ServiceKey, uint>, Dictionary<(ServiceKey, RealServerKey), uint>, Dictionary<ServiceKey, uint>, SetContent) Records(
-        List<ServiceState> services, LayoutInput input, Dictionary<ServiceKey, string> groups,
-        Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, SetPlan> sets)
+    private static RecordsResult Records(List<ServiceState> services, SetPlan[] setOf, ServiceMemo?[] before, ServiceMemo[] memos, LayoutInput input,
+        Dictionary<ServiceKey, string> groups)
     {
         var previous = input.Previous;
-        var ids = new IdAllocator(previous.ServiceIds.Values.Concat(previous.ServerIds.Values).Concat(previous.ListIds.Values));
+        var ids = new IdAllocator(previous.ServiceIds.Values.Concat(previous.ServerRecordIds is { } had ? had.Values : previous.ServerIds.Values).Concat(previous.ListIds.Values));
 
         // Services keep their ids.
         var serviceIds = new Dictionary<ServiceKey, uint>(services.Count);
         foreach (var service in services)
             if (previous.ServiceIds.TryGetValue(service.Key, out var id) && ids.Claim(id)) serviceIds[service.Key] = id;
 
-        // Real server records: one per distinct body. Services with the same servers share the texts (their set's analysis has them).
-        var bodies = new Dictionary<string, List<(ServiceKey, RealServerKey)>>(StringComparer.Ordinal);
-        foreach (var service in services)
+        // The services of each distinct server set, and of those, which set each had before.
+        var users = new Dictionary<SetPlan, List<int>>(ReferenceEqualityComparer.Instance);
+        var distinct = new List<SetPlan>();
+        for (int k = 0; k < services.Count; k++)
         {
-            foreach (var (server, body) in sets[service.Servers].Bodies)
+            if (!users.TryGetValue(setOf[k], out var list)) { users[setOf[k]] = list = []; distinct.Add(setOf[k]); }
+            list.Add(k);
+        }
+
+        // Real server records: one per distinct body, voted for by every (service, server) that has it.
+        var oldIds = new Dictionary<SetPlan, uint[]>(ReferenceEqualityComparer.Instance);
+        uint[] OldIds(SetPlan set)
+        {
+            if (previous.IdsOf is { } known && known.TryGetValue(set, out var result)) return result;
+            if (oldIds.TryGetValue(set, out result)) return result;
+            result = new uint[set.Bodies.Length];
+            for (int i = 0; i < result.Length; i++) result[i] = previous.ServerRecordIds!.GetValueOrDefault(set.Bodies[i].Body);
+            return oldIds[set] = result;
+        }
+        var bodies = new Dictionary<string, Votes>(StringComparer.Ordinal);
+        var votesOf = new Dictionary<SetPlan, Votes[]>(ReferenceEqualityComparer.Instance);
+        var byOldSet = new Dictionary<SetPlan, int>(ReferenceEqualityComparer.Instance);
+        foreach (var set in distinct)
+        {
+            var members = users[set];
+            var mine = votesOf[set] = new Votes[set.Bodies.Length];
+            byOldSet.Clear();
+            foreach (var k in members)
+                if (before[k] is { } memo && previous.ServerRecordIds is not null) byOldSet[memo.Set] = byOldSet.GetValueOrDefault(memo.Set) + 1;
+            for (int i = 0; i < set.Bodies.Length; i++)
             {
-                if (!bodies.TryGetValue(body, out var users)) bodies[body] = users = [];
-                users.Add((service.Key, server));
+                var (server, body) = set.Bodies[i];
+                if (!bodies.TryGetValue(body, out var votes)) bodies[body] = votes = new Votes();
+                mine[i] = votes;
+                votes.Users += members.Count;
+                foreach (var (old, count) in byOldSet)
+                {
+                    int j = i < old.Bodies.Length && old.Bodies[i].Key == server ? i : Array.FindIndex(old.Bodies, b => b.Key == server);
+                    if (j >= 0) votes.Add(OldIds(old)[j], count);
+                }
+                // Services the previous build did not make (adopted from the kernel's records): one by one.
+                if (previous.ServerRecordIds is null)
+                    foreach (var k in members)
+                        votes.Add(previous.ServerIds.GetValueOrDefault((services[k].Key, server)), 1);
             }
         }
         foreach (var service in services)
             if (!serviceIds.ContainsKey(service.Key)) serviceIds[service.Key] = ids.Fresh();
-        var serverRecords = ids.Assign(bodies, previous.ServerIds);
+        var serverRecords = ids.Assign(bodies);
+        var idsOf = new Dictionary<SetPlan, uint[]>(distinct.Count, ReferenceEqualityComparer.Instance);
+        foreach (var (set, votes) in votesOf) idsOf[set] = Array.ConvertAll(votes, v => v.Id);
 
         // Server lists: one per distinct set of server records.
-        var serverIds = new Dictionary<(ServiceKey, RealServerKey), uint>(bodies.Sum(b => b.Value.Count));
-        foreach (var (body, users) in bodies)
-            foreach (var user in users) serverIds[user] = serverRecords[body];
-        var setMembers = new Dictionary<(RealServerKey Key, string Body)[], string>(ReferenceEqualityComparer.Instance);
+        var memberTexts = new Dictionary<SetPlan, (uint[] Ids, string Text)>(ReferenceEqualityComparer.Instance);
         var memberLists = new Dictionary<string, List<ServiceKey>>(StringComparer.Ordinal);
-        foreach (var service in services)
+        foreach (var set in distinct)
         {
-            if (service.Servers.Count == 0) continue;
-            var texts = sets[service.Servers].Bodies;
-            if (!setMembers.TryGetValue(texts, out var members))
-                setMembers[texts] = members = string.Join(',', texts.Select(t => serverRecords[t.Body]).Order().Select(i => i.ToString(CultureInfo.InvariantCulture)));
-            if (!memberLists.TryGetValue(members, out var users)) memberLists[members] = users = [];
-            users.Add(service.Key);
+            if (set.Bodies.Length == 0) continue;
+            var sorted = (uint[])idsOf[set].Clone();
+            Array.Sort(sorted);
+            string text = previous.Members is { } known && known.TryGetValue(set, out var was) && was.Ids.AsSpan().SequenceEqual(sorted)
+                ? was.Text
+                : string.Join(',', sorted.Select(i => i.ToString(CultureInfo.InvariantCulture)));
+            memberTexts[set] = (sorted, text);
+            if (!memberLists.TryGetValue(text, out var list)) memberLists[text] = list = [];
+            foreach (var k in users[set]) list.Add(services[k].Key);
         }
         var listRecords = ids.Assign(memberLists, previous.ListIds);
         var listIds = new Dictionary<ServiceKey, uint>();
-        foreach (var (members, users) in memberLists)
-            foreach (var user in users) listIds[user] = listRecords[members];
+        foreach (var (members, list) in memberLists)
+            foreach (var user in list) listIds[user] = listRecords[members];
 
-        var elements = new List<(string Key, string Element)>(services.Count + bodies.Count + memberLists.Count);
-        foreach (var service in services)
+        // The elements: reused where id and text are what the previous build wrote.
+        var texts = new Dictionary<uint, RecordText>(serverRecords.Count + listRecords.Count);
+        var elements = new List<(string Key, string Element)>(services.Count + serverRecords.Count + listRecords.Count);
+        for (int k = 0; k < services.Count; k++)
         {
+            var service = services[k];
             var id = serviceIds[service.Key];
-            elements.AddRange(StateRecords.Elements(id, StateRecords.Service(id, service.Key, service.Config, groups.GetValueOrDefault(service.Key),
-                listIds.TryGetValue(service.Key, out var list) ? list : null)));
+            var group = groups.GetValueOrDefault(service.Key);
+            uint? list = listIds.TryGetValue(service.Key, out var l) ? l : null;
+            var record = before[k] is { Record: { } r } memo && r.Id == id && r.Group == group && r.List == list
+                && (ReferenceEquals(memo.State.Config, service.Config) || memo.State.Config == service.Config)
+                ? r
+                : new ServiceRecord(id, group, list, [.. StateRecords.Elements(id, StateRecords.Service(id, service.Key, service.Config, group, list))]);
+            memos[k].Record = record;
+            elements.AddRange(record.Elements);
         }
-        foreach (var (body, id) in serverRecords) elements.AddRange(StateRecords.Elements(id, StateRecords.Server(id, body)));
-        foreach (var (members, id) in listRecords) elements.AddRange(StateRecords.Elements(id, StateRecords.List(id, members)));
-        return (serviceIds, serverIds, listIds, KeyedContent.Of(elements));
+        RecordText Text(char kind, uint id, string body, Func<uint, string, string> format)
+        {
+            if (previous.Texts is { } known && known.TryGetValue(id, out var was) && was.Kind == kind && was.Body == body) return texts[id] = was;
+            return texts[id] = new RecordText(kind, body, [.. StateRecords.Elements(id, format(id, body))]);
+        }
+        foreach (var (body, id) in serverRecords) elements.AddRange(Text('r', id, body, StateRecords.Server).Elements);
+        foreach (var (members, id) in listRecords) elements.AddRange(Text('l', id, members, StateRecords.List).Elements);
+        return new RecordsResult(serviceIds, listIds, KeyedContent.Of(elements), serverRecords, idsOf, memberTexts, texts);
+    }
+
+    /// <summary>The previous ids a record's users had, with how many users had each.</summary>
+    private sealed class Votes
+    {
+        public int Users;
+
+        /// <summary>The id the record got.</summary>
+        public uint Id;
+        private uint _only;
+        private int _onlyCount;
+        private Dictionary<uint, int>? _several;
+
+        public void Add(uint id, int count)
+        {
+            if (id == 0) return;
+            if (_several is not null) { _several[id] = _several.GetValueOrDefault(id) + count; return; }
+            if (_only == 0 || _only == id) { _only = id; _onlyCount += count; return; }
+            _several = new Dictionary<uint, int> { [_only] = _onlyCount, [id] = count };
+        }
+
+        /// <summary>The ids, most users first, then the lowest.</summary>
+        public IEnumerable<uint> Ranked() =>
+            _several is not null ? _several.OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key).Select(kv => kv.Key)
+            : _only != 0 ? [_only] : [];
     }
 
     /// <summary>Record ids: one namespace for services, servers and lists (they share the state set's keys).</summary>
@@ -491,6 +714,25 @@ internal static class LayoutBuilder
             if (_next > StateRecords.MaxId) throw new InvalidOperationException("no state record ids left");
             _claimed.Add(_next);
             return _next++;
+        }
+
+        /// <summary>As the other overload, from votes already counted: the records with most users choose first.</summary>
+        public Dictionary<string, uint> Assign(Dictionary<string, Votes> records)
+        {
+            var result = new Dictionary<string, uint>(records.Count, StringComparer.Ordinal);
+            var order = records.OrderByDescending(r => r.Value.Users).ThenBy(r => r.Key, StringComparer.Ordinal).ToList();
+            foreach (var (content, votes) in order)
+            {
+                foreach (var id in votes.Ranked())
+                {
+                    if (!Claim(id)) continue;
+                    result[content] = votes.Id = id;
+                    break;
+                }
+            }
+            foreach (var (content, votes) in order)
+                if (!result.ContainsKey(content)) result[content] = votes.Id = Fresh();
+            return result;
         }
 
         /// <summary>
@@ -529,7 +771,8 @@ internal static class LayoutBuilder
     }
 
     private static NftTable DsrTable(List<ServicePlan> plans, Dictionary<string, string> groups, Dictionary<string, GroupContent> contents,
-        SetContent state, PhysicalAddress? ownMac, NftablesOptions options)
+        SetContent state, List<(ServicePlan Plan, (string Key, string Element) Element)> dispatch,
+        IReadOnlyDictionary<(string, string), NftChain>? chainsBefore, Dictionary<(string, string), NftChain> chainsNow, PhysicalAddress? ownMac, NftablesOptions options)
     {
         var sets = new Dictionary<string, NftSet>
         {
@@ -545,8 +788,8 @@ internal static class LayoutBuilder
             var maxFlows = options.MaxPinnedFlows.ToString(CultureInfo.InvariantCulture);
             sets["flows4"] = new("flows4", "map", $"type ipv4_addr . ipv4_addr . inet_service . inet_service : ether_addr; size {maxFlows}; flags dynamic,timeout; timeout {timeout}s;", SetContent.Empty, Dynamic: true);
             sets["flows6"] = new("flows6", "map", $"typeof numgen inc mod 2 . th sport . th dport : ether daddr; size {maxFlows}; flags dynamic,timeout; timeout {timeout}s;", SetContent.Empty, Dynamic: true);
-            sets["svc4"] = new("svc4", "map", "type ipv4_addr . inet_proto . inet_service : verdict;", Dispatch(plans.Where(p => p.Key.Family == IpFamily.V4), groups));
-            sets["svc6"] = new("svc6", "map", "type ipv6_addr . inet_proto . inet_service : verdict;", Dispatch(plans.Where(p => p.Key.Family == IpFamily.V6), groups));
+            sets["svc4"] = new("svc4", "map", "type ipv4_addr . inet_proto . inet_service : verdict;", Dispatch(dispatch, true, IpFamily.V4));
+            sets["svc6"] = new("svc6", "map", "type ipv6_addr . inet_proto . inet_service : verdict;", Dispatch(dispatch, true, IpFamily.V6));
             chains["ingress"] = new("ingress", $"type filter hook ingress device \"{iface}\" priority 0; policy accept;",
             [
                 $"ether daddr {own} ip daddr . meta l4proto . th dport vmap @svc4 comment \"merlin: IPv4 services\"",
@@ -556,12 +799,14 @@ internal static class LayoutBuilder
             {
                 var plan = group.First();
                 var name = group.Key;
-                sets[name] = new(name, "map", $"typeof numgen inc mod {plan.Size} : ether daddr; size {plan.Size};", contents[plan.ContentKey].Map);
+                sets[name] = new(name, "map", Declarations.Dsr(plan.Size), contents[plan.ContentKey].Map);
                 sets[name + "_live"] = new(name + "_live", "set", "type ether_addr;", contents[plan.ContentKey].Live!);
                 foreach (var variant in group.Select(p => p.Variant).Distinct())
                 {
                     var chain = $"{name}_{variant}";
-                    chains[chain] = new(chain, null, DsrRules(name, plan.Size, variant, own, iface, seed));
+                    if (chainsBefore is null || !chainsBefore.TryGetValue((chain, plan.Shape), out var made))
+                        made = new(chain, null, DsrRules(name, plan.Size, variant, own, iface, seed));
+                    chains[chain] = chainsNow[(chain, plan.Shape)] = made;
                 }
             }
         }
@@ -596,13 +841,15 @@ internal static class LayoutBuilder
         return rules;
     }
 
-    private static NftTable NatTable(List<ServicePlan> plans, Dictionary<string, string> groups, Dictionary<string, GroupContent> contents, NftablesOptions options)
+    private static NftTable NatTable(List<ServicePlan> plans, Dictionary<string, string> groups, Dictionary<string, GroupContent> contents,
+        List<(ServicePlan Plan, (string Key, string Element) Element)> dispatch,
+        IReadOnlyDictionary<(string, string), NftChain>? chainsBefore, Dictionary<(string, string), NftChain> chainsNow, NftablesOptions options)
     {
         var seed = Seed(options);
         var sets = new Dictionary<string, NftSet>
         {
-            ["svc4"] = new("svc4", "map", "type ipv4_addr . inet_proto . inet_service : verdict;", Dispatch(plans.Where(p => p.Key.Family == IpFamily.V4), groups)),
-            ["svc6"] = new("svc6", "map", "type ipv6_addr . inet_proto . inet_service : verdict;", Dispatch(plans.Where(p => p.Key.Family == IpFamily.V6), groups)),
+            ["svc4"] = new("svc4", "map", "type ipv4_addr . inet_proto . inet_service : verdict;", Dispatch(dispatch, false, IpFamily.V4)),
+            ["svc6"] = new("svc6", "map", "type ipv6_addr . inet_proto . inet_service : verdict;", Dispatch(dispatch, false, IpFamily.V6)),
         };
         var chains = new Dictionary<string, NftChain>
         {
@@ -623,21 +870,27 @@ internal static class LayoutBuilder
             {
                 string hash = variant == "s" ? $"jhash {ip} saddr mod {m} seed {seed}" : $"jhash {ip} saddr . th sport mod {m} seed {seed}";
                 var chain = $"{name}_{variant}";
-                chains[chain] = new(chain, null,
-                [
-                    $"meta l4proto {{ tcp, udp, sctp }} dnat {ip} to {hash} map @{name} comment \"merlin: new connection\"",
-                ]);
+                if (chainsBefore is null || !chainsBefore.TryGetValue((chain, plan.Shape), out var made))
+                    made = new(chain, null,
+                    [
+                        $"meta l4proto {{ tcp, udp, sctp }} dnat {ip} to {hash} map @{name} comment \"merlin: new connection\"",
+                    ]);
+                chains[chain] = chainsNow[(chain, plan.Shape)] = made;
             }
         }
         return new NftTable("inet", options.NatTable, sets, chains);
     }
 
-    private static SetContent Dispatch(IEnumerable<ServicePlan> plans, Dictionary<string, string> groups) =>
-        KeyedContent.Of(plans.Select(p =>
-        {
-            var key = DispatchKey(p.Key);
-            return (key, $"{key} : goto {groups[p.ContentKey]}_{p.Variant}");
-        }));
+    private static SetContent Dispatch(List<(ServicePlan Plan, (string Key, string Element) Element)> dispatch, bool dsr, IpFamily family) =>
+        KeyedContent.Of(dispatch.Where(d => d.Plan.Dsr == dsr && d.Plan.Key.Family == family).Select(d => d.Element));
+
+    /// <summary>Map declarations by size: a layout of a thousand maps has a handful of sizes.</summary>
+    private static class Declarations
+    {
+        private static readonly System.Collections.Concurrent.ConcurrentDictionary<int, string> ByDsrSize = new();
+
+        public static string Dsr(int size) => ByDsrSize.GetOrAdd(size, m => $"typeof numgen inc mod {m} : ether daddr; size {m};");
+    }
 
     public static string DispatchKey(ServiceKey key) =>
         $"{key.Address} . {key.Protocol.ToString().ToLowerInvariant()} . {key.Port.ToString(CultureInfo.InvariantCulture)}";

@@ -177,7 +177,7 @@ internal sealed record NftSet(string Name, string Kind, string Declaration, SetC
 /// <summary>A chain: <paramref name="Base"/> is the hook spec of a base chain (null for a regular chain).</summary>
 internal sealed record NftChain(string Name, string? Base, IReadOnlyList<string> Rules)
 {
-    public bool SameAs(NftChain other) => Base == other.Base && Rules.SequenceEqual(other.Rules, StringComparer.Ordinal);
+    public bool SameAs(NftChain other) => ReferenceEquals(this, other) || (Base == other.Base && Rules.SequenceEqual(other.Rules, StringComparer.Ordinal));
 
     /// <summary>Whether a rule of this chain names the set <paramref name="set"/> (<c>@name</c>).</summary>
     public bool References(string set) => Rules.Any(r => ReferencesSet(r, set));
