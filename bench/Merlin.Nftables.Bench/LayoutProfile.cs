@@ -8,14 +8,14 @@ using Merlin.Reconciler;
 
 namespace Merlin.Nftables.Bench;
 
-/// <summary>The layout and rendering work of the distinct case without a kernel (--profile-layout): where the non-nft time goes.</summary>
+/// <summary>The layout and rendering work of one case without a kernel (--profile-layout): where the non-nft time goes, the build of a weight change step by step.</summary>
 internal static class LayoutProfile
 {
-    public static void Run(int count, int perService)
+    public static void Run(int count, int perService, string kind = "distinct")
     {
         var options = new NftablesOptions { HashSeed = Workload.Seed, Interface = "eth0", OwnMac = PhysicalAddress.Parse("02-00-00-00-00-AA") };
         var services = new Dictionary<ServiceKey, ServiceState>();
-        foreach (var (service, servers) in Workload.Services("distinct", count, perService))
+        foreach (var (service, servers) in Workload.Services(kind, count, perService))
         {
             var key = ServiceKey.ForAddress(IPAddress.Parse(service.Key.Ip), (ushort)service.Key.Port, Protocol.Tcp);
             services[key] = new ServiceState(key, new ServiceConfig { Scheduler = "mh", Flags = SchedulerFlags.Flag2 },
@@ -35,18 +35,21 @@ internal static class LayoutProfile
             var none = ScriptRenderer.Diff(first.Ruleset, again.Ruleset);
             var tNone = sw.Elapsed.TotalMilliseconds; sw.Restart();
             var changed = new Dictionary<ServiceKey, ServiceState>(services);
-            var one = changed.Values.First();
-            var servers = one.Servers.ToDictionary();
-            var target = servers.Keys.First();
-            servers[target] = servers[target] with { Weight = 2 + (uint)round };
-            changed[one.Key] = one with { Servers = servers };
+            foreach (var one in kind == "shared" ? changed.Values.ToList() : [changed.Values.First()])
+            {
+                var servers = one.Servers.ToDictionary();
+                var target = servers.Keys.Order().ElementAt(3);
+                servers[target] = servers[target] with { Weight = 2 + (uint)round };
+                changed[one.Key] = one with { Servers = servers };
+            }
+            var phases = new Phases();
             sw.Restart();
-            var weight = LayoutBuilder.Build(new LayoutInput(changed, macs, options.OwnMac, again.Assignment), options);
+            var weight = LayoutBuilder.Build(new LayoutInput(changed, macs, options.OwnMac, again.Assignment), options, phases);
             var tWeight = sw.Elapsed.TotalMilliseconds; sw.Restart();
             var diff = ScriptRenderer.Diff(again.Ruleset, weight.Ruleset);
             var tDiff = sw.Elapsed.TotalMilliseconds;
             Console.WriteLine($"round {round}: build {tBuild:0} ms, full render {tRender:0} ms ({full.Length / 1048576.0:0.0} M chars), rebuild unchanged {tAgain:0} ms, diff {tNone:0} ms ({none.Length} chars), " +
-                $"rebuild after one weight change {tWeight:0} ms, diff {tDiff:0} ms ({diff.Count(c => c == '\n')} lines)");
+                $"rebuild after one weight change {tWeight:0.0} ms ({string.Join(", ", phases.Take().Select(p => $"{p.Key} {p.Value:0.0}"))}), diff {tDiff:0.0} ms ({diff.Count(c => c == '\n')} lines)");
         }
     }
 }

@@ -21,13 +21,13 @@ using Microsoft.Extensions.Logging.Abstractions;
 if (args.Contains("--help"))
 {
     Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5]");
-    Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--services 1000] [--servers 10]   (the distinct case's layout build and render, no kernel)");
+    Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared] [--services 1000] [--servers 10]   (layout build and render, no kernel)");
     return 0;
 }
 if (args.Contains("--profile-layout"))
 {
     var p = BenchArgs.Parse(args.Where(a => a != "--profile-layout").ToArray());
-    LayoutProfile.Run(p.Services, p.Servers);
+    LayoutProfile.Run(p.Services, p.Servers, p.Cases[0]);
     return 0;
 }
 if (!Environment.IsPrivilegedProcess)
