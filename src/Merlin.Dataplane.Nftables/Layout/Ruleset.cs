@@ -177,6 +177,23 @@ internal sealed record NftSet(string Name, string Kind, string Declaration, SetC
 /// <summary>A chain: <paramref name="Base"/> is the hook spec of a base chain (null for a regular chain).</summary>
 internal sealed record NftChain(string Name, string? Base, IReadOnlyList<string> Rules)
 {
+    private Cached<byte[]>? _fingerprint;
+
+    /// <summary>
+    /// What <see cref="NftRuleset.Fingerprint"/> hashes of this chain, as UTF-8, made once: a build
+    /// after a change reuses the chains that did not change, and with them these bytes.
+    /// </summary>
+    public byte[] FingerprintBytes()
+    {
+        if (_fingerprint is { } c && c.Valid(Name, Base, Rules)) return c.Value;
+        var text = new StringBuilder();
+        text.Append("chain ").Append(Name).Append(' ').Append(Base).Append('\n');
+        foreach (var rule in Rules) text.Append(rule).Append('\n');
+        var bytes = Encoding.UTF8.GetBytes(text.ToString());
+        _fingerprint = new Cached<byte[]>(Name, Base, Rules, bytes);
+        return bytes;
+    }
+
     public bool SameAs(NftChain other) => ReferenceEquals(this, other) || (Base == other.Base && Rules.SequenceEqual(other.Rules, StringComparer.Ordinal));
 
     /// <summary>Whether a rule of this chain names the set <paramref name="set"/> (<c>@name</c>).</summary>
@@ -194,12 +211,43 @@ internal sealed record NftChain(string Name, string? Base, IReadOnlyList<string>
     }
 }
 
+/// <summary>A value made from some objects, valid while a record still holds those very objects (a <c>with</c> copy may not).</summary>
+internal sealed class Cached<T>(object? a, object? b, object? c, T value)
+{
+    public T Value { get; } = value;
+
+    public bool Valid(object? x, object? y, object? z) => ReferenceEquals(a, x) && ReferenceEquals(b, y) && ReferenceEquals(c, z);
+}
+
 /// <summary>One table as we want it in the kernel.</summary>
 internal sealed record NftTable(string Family, string Name, IReadOnlyDictionary<string, NftSet> Sets, IReadOnlyDictionary<string, NftChain> Chains)
 {
-    public IEnumerable<NftSet> OrderedSets => Sets.Values.OrderBy(s => s.Name, StringComparer.Ordinal);
+    private Cached<NftSet[]>? _orderedSets;
+    private Cached<NftChain[]>? _orderedChains;
 
-    public IEnumerable<NftChain> OrderedChains => Chains.Values.OrderBy(c => c.Base is null).ThenBy(c => c.Name, StringComparer.Ordinal);
+    /// <summary>The sets by name, sorted once per table (a diff and the fingerprint walk them several times).</summary>
+    public IReadOnlyList<NftSet> OrderedSets
+    {
+        get
+        {
+            if (_orderedSets is { } c && c.Valid(Sets, null, null)) return c.Value;
+            var ordered = Sets.Values.OrderBy(s => s.Name, StringComparer.Ordinal).ToArray();
+            _orderedSets = new(Sets, null, null, ordered);
+            return ordered;
+        }
+    }
+
+    /// <summary>Base chains first, then by name; sorted once per table.</summary>
+    public IReadOnlyList<NftChain> OrderedChains
+    {
+        get
+        {
+            if (_orderedChains is { } c && c.Valid(Chains, null, null)) return c.Value;
+            var ordered = Chains.Values.OrderBy(c => c.Base is null).ThenBy(c => c.Name, StringComparer.Ordinal).ToArray();
+            _orderedChains = new(Chains, null, null, ordered);
+            return ordered;
+        }
+    }
 
     public string Id => $"{Family} {Name}";
 }
@@ -222,11 +270,7 @@ internal sealed record NftRuleset(IReadOnlyList<NftTable> Tables)
         foreach (var table in Tables.OrderBy(t => t.Id, StringComparer.Ordinal))
         {
             Add($"table {table.Id}");
-            foreach (var chain in table.OrderedChains)
-            {
-                Add($"chain {chain.Name} {chain.Base}");
-                foreach (var rule in chain.Rules) Add(rule);
-            }
+            foreach (var chain in table.OrderedChains) sha.Append(chain.FingerprintBytes());
             foreach (var set in table.OrderedSets)
             {
                 if (set.Name == markerSet) continue;
