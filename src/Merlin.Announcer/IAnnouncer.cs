@@ -18,6 +18,13 @@ public interface IAnnouncer : IAsyncDisposable
     /// <summary>The whole desired set of service VIPs. Idempotent; may be called before <see cref="StartAsync"/>.</summary>
     Task AnnounceAsync(IReadOnlyCollection<IPAddress> vips, CancellationToken ct);
 
+    /// <summary>
+    /// Returns once the engine has told its peers the set last given to <see cref="AnnounceAsync"/> (BGP: every
+    /// established session was sent exactly those routes), so a drain can answer when the routers know.
+    /// Engines that cannot tell return at once.
+    /// </summary>
+    Task SettleAsync(CancellationToken ct) => Task.CompletedTask;
+
     /// <summary>Withdraws everything this node announces (VRRP: the peer takes over) and stops.</summary>
     Task StopAsync(CancellationToken ct);
 

@@ -19,6 +19,13 @@ public interface IStatusReporter
 
     /// <summary>Adds what this node's health checks say to a list of the store's records.</summary>
     void AddHealth(ListResponse response) { }
+
+    /// <summary>
+    /// Drains this node (or ends its drain): its announcer withdraws every VIP and keeps them withdrawn until
+    /// undrained. Returns once the announcer's peers were told; the status then says so.
+    /// </summary>
+    Task<StatusResponse> DrainNodeAsync(bool drain, CancellationToken ct) =>
+        throw new RpcException(new Grpc.Core.Status(StatusCode.FailedPrecondition, "this daemon cannot drain its node"));
 }
 
 /// <summary>
@@ -109,6 +116,20 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     });
 
     public override Task<StatusResponse> Status(Empty request, ServerCallContext context) => Task.FromResult(status.Report());
+
+    public override async Task<StatusResponse> DrainNode(Empty request, ServerCallContext context)
+    {
+        var response = await status.DrainNodeAsync(true, context.CancellationToken);
+        LogDrainedNode(true);
+        return response;
+    }
+
+    public override async Task<StatusResponse> UndrainNode(Empty request, ServerCallContext context)
+    {
+        var response = await status.DrainNodeAsync(false, context.CancellationToken);
+        LogDrainedNode(false);
+        return response;
+    }
 
     public override async Task<CountersResponse> Counters(Empty request, ServerCallContext context)
     {
@@ -295,4 +316,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
 
     [LoggerMessage(EventId = 208, Level = LogLevel.Warning, Message = "Reading the dataplane's counters failed: {Reason}")]
     private partial void LogCountersFailed(string reason);
+
+    [LoggerMessage(EventId = 240, Level = LogLevel.Information, Message = "Node drained: {Drained}")]
+    private partial void LogDrainedNode(bool drained);
 }

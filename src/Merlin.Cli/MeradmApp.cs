@@ -30,6 +30,7 @@ public sealed class MeradmApp
         _root.Subcommands.Add(ServiceCommands.Create(_ctx));
         _root.Subcommands.Add(ServerCommands.Create(_ctx));
         _root.Subcommands.Add(StatusCommand.Create(_ctx));
+        _root.Subcommands.Add(NodeCommands.Create(_ctx));
         _root.Subcommands.Add(HashCommands.Create(_ctx));
     }
 

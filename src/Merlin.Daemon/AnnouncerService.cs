@@ -6,22 +6,39 @@ using Merlin.Reconciler;
 namespace Merlin.Daemon;
 
 /// <summary>
-/// Runs the announcer with the daemon and tells it, after every reconcile pass, the VIPs of every service
-/// in the desired state (the whole set: a pass that could not reach the store keeps the last one, so
-/// losing etcd never drops the VIPs). Stops it first on shutdown (registered after the reconcile loop).
+/// Runs the announcer with the daemon and tells it which VIPs to announce: those of the services the
+/// dataplane has programmed. A VIP is added only after a pass that programmed everything (a node never
+/// attracts traffic for a service it cannot forward), and removed as soon as its service is gone. Nothing
+/// is announced while the node is drained, nor (with <see cref="DaemonOptions.StoreGrace"/>) once the store
+/// has been unreachable for longer than the grace period; until then the node keeps announcing and
+/// forwarding with its last state. Stops the announcer first on shutdown (registered after the reconcile
+/// loop), so routes are withdrawn while the dataplane still forwards.
 /// </summary>
-internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLoop loop, ReconcilerStatus status, ILogger<AnnouncerService> log) : IHostedService
+internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLoop loop, ReconcilerStatus status, NodeDrain drain, DaemonOptions options,
+    TimeProvider time, ILogger<AnnouncerService> log) : IHostedService
 {
-    /// <summary>How long the start waits for the first pass, so keepalived starts with the service VIPs rather than reloading at once.</summary>
+    /// <summary>How long the start waits for the first pass, so the engine starts with the service VIPs rather than changing at once.</summary>
     private static readonly TimeSpan FirstPassWait = TimeSpan.FromSeconds(10);
 
     private readonly CancellationTokenSource _stopping = new();
+    private readonly Lock _lock = new();
     private Task _starting = Task.CompletedTask;
+    private IReadOnlyCollection<IPAddress> _programmed = [];
+    /// <summary>When a pass first found the store unreachable (null while it is reachable); the grace counts from here.</summary>
+    private long? _unreachableSince;
+    private string? _withheld;
+    private ITimer? _graceTimer;
+
+    /// <summary>Why no VIP is announced now (the node is drained, the store is lost), or null.</summary>
+    public string? Withheld { get { lock (_lock) return _withheld; } }
 
     public Task StartAsync(CancellationToken ct)
     {
+        if (status.Current is { Ready: true, Desired: { } desired }) _programmed = VipsOf(desired); // a pass that finished before we listened
         loop.PassCompleted += OnPass;
         announcer.Changed += OnChanged;
+        drain.Changed += Feed;
+        if (options.StoreGrace is { } grace) _graceTimer = time.CreateTimer(_ => Feed(), null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
         var token = _stopping.Token;
         _starting = Task.Run(async () =>
         {
@@ -42,6 +59,8 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
     public async Task StopAsync(CancellationToken ct)
     {
         loop.PassCompleted -= OnPass;
+        drain.Changed -= Feed;
+        if (_graceTimer is not null) await _graceTimer.DisposeAsync();
         await _stopping.CancelAsync();
         await _starting;
         await announcer.StopAsync(ct);
@@ -49,11 +68,45 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
         _stopping.Dispose();
     }
 
-    private void OnPass(PassResult _) => Feed();
-
-    private void Feed()
+    private void OnPass(PassResult result)
     {
-        if (status.Current.Desired is { } desired) _ = announcer.AnnounceAsync(VipsOf(desired), CancellationToken.None);
+        var desired = status.Current.Desired;
+        lock (_lock)
+        {
+            if (result.StoreReachable) _unreachableSince = null;
+            else _unreachableSince ??= time.GetTimestamp();
+            if (desired is not null && result.StoreReachable)
+            {
+                var now = VipsOf(desired);
+                // Converged: every service is programmed. Otherwise add nothing new, but drop what is gone.
+                _programmed = result.Converged ? now : _programmed.Where(now.Contains).ToList();
+            }
+        }
+        Feed();
+    }
+
+    /// <summary>Tells the announcer the VIPs it should announce now (idempotent: it ignores a repeated set).</summary>
+    public void Feed()
+    {
+        IReadOnlyCollection<IPAddress> vips;
+        string? was, why;
+        lock (_lock)
+        {
+            was = _withheld;
+            var lost = _unreachableSince is { } since ? time.GetElapsedTime(since) : TimeSpan.Zero;
+            why = drain.Drained ? "the node is drained (meradm node undrain ends it)"
+                : options.StoreGrace is { } grace && _unreachableSince is not null && lost > grace
+                    ? $"the store has been unreachable for {lost.TotalSeconds:0} s (grace {grace.TotalSeconds:0} s)"
+                    : null;
+            _withheld = why;
+            vips = why is null ? _programmed : [];
+        }
+        if (why != was)
+        {
+            if (why is null) LogAnnouncing(log, vips.Count);
+            else LogWithholding(log, why);
+        }
+        _ = announcer.AnnounceAsync(vips, CancellationToken.None);
     }
 
     private void OnChanged(AnnouncerState s) => LogState(log, s.Mode, s.RoleName, s.Healthy, s.Detail);
@@ -70,4 +123,10 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
 
     [LoggerMessage(EventId = 9103, Level = LogLevel.Debug, Message = "Announcer {Mode} {State} (healthy: {Healthy}): {Detail}")]
     private static partial void LogState(ILogger logger, string mode, string state, bool healthy, string detail);
+
+    [LoggerMessage(EventId = 9104, Level = LogLevel.Warning, Message = "Withdrawing every VIP: {Why}")]
+    private static partial void LogWithholding(ILogger logger, string why);
+
+    [LoggerMessage(EventId = 9105, Level = LogLevel.Information, Message = "Announcing the VIPs again ({Count})")]
+    private static partial void LogAnnouncing(ILogger logger, int count);
 }

@@ -59,10 +59,15 @@ public static class DaemonHost
         services.AddHostedService(sp => sp.GetRequiredService<DrainExpiry>());
         // Who holds the VIPs, fed the service VIPs of every pass; registered after the reconcile loop, so it
         // stops first: keepalived releases the VIPs (the peer takes over) while this node still forwards.
-        services.AddSingleton<Merlin.Announcer.IAnnouncer>(sp => options.Vrrp is { } vrrp
-            ? new Merlin.Announcer.Vrrp.KeepalivedAnnouncer(vrrp, sp.GetRequiredService<ILoggerFactory>(), sp.GetRequiredService<TimeProvider>())
-            : new Merlin.Announcer.StaticAnnouncer());
-        services.AddHostedService<AnnouncerService>();
+        services.AddSingleton<Merlin.Announcer.IAnnouncer>(sp => (options.Vrrp, options.Bgp) switch
+        {
+            ({ } vrrp, _) => new Merlin.Announcer.Vrrp.KeepalivedAnnouncer(vrrp, sp.GetRequiredService<ILoggerFactory>(), sp.GetRequiredService<TimeProvider>()),
+            (_, { } bgp) => new Merlin.Announcer.Bgp.GobgpAnnouncer(bgp, sp.GetRequiredService<ILoggerFactory>(), sp.GetRequiredService<TimeProvider>()),
+            _ => new Merlin.Announcer.StaticAnnouncer(),
+        });
+        services.AddSingleton(new NodeDrain(options.StateDir));
+        services.AddSingleton<AnnouncerService>();
+        services.AddHostedService(sp => sp.GetRequiredService<AnnouncerService>());
         services.AddGrpc(o => o.EnableDetailedErrors = false);
         overrides?.Invoke(services);
 
@@ -74,14 +79,15 @@ public static class DaemonHost
         // whose clients send no port); the health listener is HTTP/1.
         app.MapGrpcService<MerlinService>();
         app.MapGet("/healthz", () => Results.Text("ok\n")).RequireHost(healthHost);
-        app.MapGet("/readyz", (ReconcilerStatus status, Merlin.Announcer.IAnnouncer announcer) =>
+        app.MapGet("/readyz", (ReconcilerStatus status, Merlin.Announcer.IAnnouncer announcer, NodeDrain drain) =>
         {
             var s = status.Current;
             var a = announcer.State;
             var role = a.RoleName.Length > 0 ? $" ({a.Mode} {a.RoleName})" : "";
-            var ready = s.Ready && s.StoreReachable && a.Healthy;
+            var ready = s.Ready && s.StoreReachable && a.Healthy && !drain.Drained;
             var text = ready ? $"ready{role}\n"
                 : !(s.Ready && s.StoreReachable) ? $"not ready: {(s.StoreReachable ? "first reconcile pending" : "store unreachable")}{(s.LastError is null ? "" : $" ({s.LastError})")}\n"
+                : drain.Drained ? "not ready: the node is drained (meradm node undrain)\n"
                 : $"not ready: announcer {a.Mode} {a.RoleName}: {a.Detail}\n";
             return Results.Text(text, statusCode: ready ? 200 : 503);
         }).RequireHost(healthHost);
@@ -175,8 +181,22 @@ internal sealed class HealthCheckService(Merlin.Health.HealthChecker checker, Re
 }
 
 internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions options, IStore store, IDataplane dataplane, TimeProvider time, Merlin.Health.HealthChecker health,
-    Merlin.Announcer.IAnnouncer announcer) : IStatusReporter
+    Merlin.Announcer.IAnnouncer announcer, NodeDrain drain, AnnouncerService feed) : IStatusReporter
 {
+    /// <summary>How long a node drain waits for the announcer's peers to be told before it answers anyway.</summary>
+    private static readonly TimeSpan DrainSettle = TimeSpan.FromSeconds(5);
+
+    public async Task<StatusResponse> DrainNodeAsync(bool drained, CancellationToken ct)
+    {
+        drain.Set(drained); // the announcer is fed the new set at once (NodeDrain.Changed)
+        feed.Feed();
+        using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        wait.CancelAfter(DrainSettle);
+        try { await announcer.SettleAsync(wait.Token); }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested) { }
+        return Report();
+    }
+
     public void AddHealth(ListResponse response)
     {
         var verdicts = health.Report().ToDictionary(r => (r.Service, r.Server));
@@ -237,6 +257,8 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
         if (a.Since is { } since) response.AnnouncerSince = Timestamp.FromDateTimeOffset(since);
         foreach (var vip in a.Vips)
             response.Vips.Add(new StatusResponse.Types.Vip { Address = vip.Address.ToString(), Announced = vip.Announced, Management = vip.Management });
+        response.NodeDrained = drain.Drained;
+        if (feed.Withheld is { } why) response.Warnings.Add($"no VIP is announced: {why}");
         _ = options;
         return response;
     }
@@ -296,6 +318,9 @@ internal static class DaemonMetrics
                 .Where(r => r != Merlin.Announcer.AnnouncerRole.None)
                 .Select(r => new Measurement<int>(announcer.State.Role == r ? 1 : 0, new("mode", announcer.Mode), new("state", r.ToString().ToUpperInvariant()))),
             description: "1 for the announcer's current VRRP state (MASTER, BACKUP, FAULT, INIT, STOPPED), 0 for the others; absent where roles do not apply");
+        var drain = services.GetRequiredService<NodeDrain>();
+        meter.CreateObservableGauge("node_drained", () => drain.Drained ? 1 : 0,
+            description: "1 while the node is drained (meradm node drain): it announces no VIP");
         meter.CreateObservableGauge("announcer_healthy", () => announcer.State.Healthy ? 1 : 0,
             description: "1 while the announcer's engine runs and is not in FAULT (a part of /readyz)");
         meter.CreateObservableGauge("vip_announced",

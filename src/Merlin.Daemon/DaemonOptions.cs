@@ -50,6 +50,13 @@ public sealed record DaemonOptions
     public string Announcer { get; init; } = "static";
     /// <summary>--announcer vrrp: the keepalived instance, built and checked from the --vrrp-* flags and --management-vip.</summary>
     public Merlin.Announcer.Vrrp.VrrpOptions? Vrrp { get; init; }
+    /// <summary>--announcer bgp: gobgpd's instance and peers, built and checked from the --bgp-* flags.</summary>
+    public Merlin.Announcer.Bgp.BgpOptions? Bgp { get; init; }
+    /// <summary>
+    /// --announcer bgp: how long a node that cannot reach the store keeps announcing (and forwarding with its
+    /// last state) before it withdraws its VIPs. Null: it never withdraws for that reason.
+    /// </summary>
+    public TimeSpan? StoreGrace { get; init; }
     public string LogFormat { get; init; } = "text";
     public string LogLevel { get; init; } = "information";
 
@@ -88,6 +95,13 @@ public sealed record DaemonOptions
         ["--vrrp-advert-interval"] = "vrrp-advert-interval",
         ["--management-vip"] = "management-vip",
         ["--keepalived"] = "keepalived",
+        ["--bgp-asn"] = "bgp-asn",
+        ["--bgp-router-id"] = "bgp-router-id",
+        ["--bgp-peer"] = "bgp-peer",
+        ["--bgp-local-address"] = "bgp-local-address",
+        ["--bgp-hold-time"] = "bgp-hold-time",
+        ["--bgp-store-grace"] = "bgp-store-grace",
+        ["--gobgpd"] = "gobgpd",
         ["--log-format"] = "log-format",
         ["--log-level"] = "log-level",
         ["--config"] = "config",
@@ -98,10 +112,10 @@ public sealed record DaemonOptions
     /// <summary>Flags that may stand alone (<c>--manage-sysctls</c>) or take true/false.</summary>
     private static readonly HashSet<string> Switches = ["--ipvs-own-all", "--manage-sysctls", "--allow-insecure", "--vrrp-preempt"];
 
-    public static readonly IReadOnlyList<string> Announcers = ["static", "vrrp"];
+    public static readonly IReadOnlyList<string> Announcers = ["static", "vrrp", "bgp"];
 
     /// <summary>Flags that may be given more than once; their values are joined with commas.</summary>
-    private static readonly HashSet<string> Repeatable = ["--vrrp-peer"];
+    private static readonly HashSet<string> Repeatable = ["--vrrp-peer", "--bgp-peer", "--bgp-local-address"];
 
     public static IConfiguration BuildConfiguration(string[] args, IDictionary<string, string?>? environment = null)
     {
@@ -198,7 +212,13 @@ public sealed record DaemonOptions
         if (options.StoreEndpoints.Count == 0) throw new OptionsException("--store-endpoints: at least one etcd endpoint is needed");
         if (options.Port == options.HealthPort && options.Port != 0) throw new OptionsException($"--health-port: {options.HealthPort} is also the API port");
         CheckApiSecurity(options);
-        return options with { Vrrp = VrrpFrom(config, options) };
+        var bgp = BgpFrom(config, options);
+        return options with
+        {
+            Vrrp = VrrpFrom(config, options),
+            Bgp = bgp,
+            StoreGrace = bgp is null ? null : Duration(config, "bgp-store-grace", TimeSpan.FromSeconds(120)),
+        };
     }
 
     private static readonly string[] VrrpKeys =
@@ -236,6 +256,52 @@ public sealed record DaemonOptions
         };
         if (vrrp.Validate() is { } error) throw new OptionsException($"{error.Flag}: {error.Reason}");
         return vrrp;
+    }
+
+    private static readonly string[] BgpKeys =
+        ["bgp-asn", "bgp-router-id", "bgp-peer", "bgp-local-address", "bgp-hold-time", "bgp-store-grace", "gobgpd"];
+
+    /// <summary>--announcer bgp: gobgpd's instance from the --bgp-* flags (its socket in --state-dir/gobgpd).</summary>
+    private static Merlin.Announcer.Bgp.BgpOptions? BgpFrom(IConfiguration c, DaemonOptions o)
+    {
+        if (o.Announcer != "bgp")
+        {
+            if (BgpKeys.FirstOrDefault(k => c[k] is not null) is { } stray)
+                throw new OptionsException($"--{stray}: only with --announcer bgp (the announcer is {o.Announcer})");
+            return null;
+        }
+        var asn = c["bgp-asn"] is { } a
+            ? (uint.TryParse(a, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new OptionsException($"--bgp-asn: \"{a}\" is not an AS number (1-4294967295)"))
+            : throw new OptionsException("--bgp-asn: required with --announcer bgp (this node's AS; every node of a fleet may share one)");
+        var routerId = c["bgp-router-id"] is { } r
+            ? (IPAddress.TryParse(r, out var id) ? id : throw new OptionsException($"--bgp-router-id: \"{r}\" is not an IPv4 address"))
+            : throw new OptionsException("--bgp-router-id: required with --announcer bgp (a unique IPv4 address, usually the node's own)");
+        var peers = new List<Merlin.Announcer.Bgp.BgpPeer>();
+        foreach (var text in (c["bgp-peer"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            peers.Add(Merlin.Announcer.Bgp.BgpPeer.TryParse(text, out var reason) ?? throw new OptionsException($"--bgp-peer: {reason}"));
+        IPAddress? local4 = null, local6 = null;
+        foreach (var text in (c["bgp-local-address"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (!IPAddress.TryParse(text, out var local)) throw new OptionsException($"--bgp-local-address: \"{text}\" is not an IP address");
+            if (local.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6)
+                local6 = local6 is null ? local : throw new OptionsException("--bgp-local-address: at most one IPv6 address");
+            else
+                local4 = local4 is null ? local : throw new OptionsException("--bgp-local-address: at most one IPv4 address");
+        }
+        var bgp = new Merlin.Announcer.Bgp.BgpOptions
+        {
+            LocalAsn = asn,
+            RouterId = routerId,
+            Peers = peers,
+            LocalAddress = local4,
+            LocalAddress6 = local6,
+            HoldTime = Duration(c, "bgp-hold-time", TimeSpan.FromSeconds(9)),
+            StateDir = Path.Combine(o.StateDir, "gobgpd"),
+            Gobgpd = c["gobgpd"] is { Length: > 0 } g ? g : "gobgpd",
+            NetworkNamespace = o.NetworkNamespace,
+        };
+        if (bgp.Validate() is { } error) throw new OptionsException($"{error.Flag}: {error.Reason}");
+        return bgp;
     }
 
     private static int Integer(string text, string key) =>

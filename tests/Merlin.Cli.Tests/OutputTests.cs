@@ -306,7 +306,8 @@ public class OutputTests
               "announcerDetail": null,
               "announcerStateSeconds": null,
               "announcerRestarts": 0,
-              "vips": []
+              "vips": [],
+              "nodeDrained": false
             }
 
             """;

@@ -73,7 +73,7 @@ public class DaemonOptionsTests
     }
 
     [Theory]
-    [InlineData(new[] { "--announcer", "bgp" }, "--announcer: \"bgp\" is not one of static, vrrp")]
+    [InlineData(new[] { "--announcer", "ospf" }, "--announcer: \"ospf\" is not one of static, vrrp, bgp")]
     [InlineData(new[] { "--vrrp-peer", "10.0.0.2" }, "--vrrp-peer: only with --announcer vrrp")]
     [InlineData(new[] { "--management-vip", "10.0.0.100" }, "--management-vip: only with --announcer vrrp")]
     [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-peer", "10.0.0.2", "--management-vip", "10.0.0.100" }, "--vrrp-router-id: required")]
@@ -86,6 +86,52 @@ public class DaemonOptionsTests
     [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "7", "--vrrp-peer", "10.0.0.2", "--management-vip", "10.0.0.100", "--vrrp-advert-interval", "5ms" }, "--vrrp-advert-interval:")]
     [InlineData(new[] { "--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "7", "--vrrp-peer", "2001:db8::2", "--management-vip", "10.0.0.100" }, "--vrrp-peer: 2001:db8::2 is not of the management VIP's family")]
     public void From_BadVrrpSettings_NameTheFlag(string[] args, string expected)
+    {
+        var e = Assert.Throws<OptionsException>(() => Parse(args));
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void From_Bgp_ReadsEveryFlag_RepeatedPeersAndLocalAddressesByFamily()
+    {
+        var o = Parse("--announcer", "bgp", "--bgp-asn", "64513", "--bgp-router-id", "198.18.0.11", "--bgp-peer", "198.18.0.1:64512",
+            "--bgp-peer", "[2001:db8::1]:64512", "--bgp-local-address", "198.18.0.11", "--bgp-local-address", "2001:db8::11",
+            "--bgp-hold-time", "30s", "--bgp-store-grace", "45s", "--gobgpd", "/opt/gobgpd", "--state-dir", "/var/lib/merlin-test");
+        var b = Assert.IsType<Merlin.Announcer.Bgp.BgpOptions>(o.Bgp);
+        Assert.Equal((64513u, "198.18.0.11", "198.18.0.11", "2001:db8::11", TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(10), "/opt/gobgpd"),
+            (b.LocalAsn, b.RouterId.ToString(), b.LocalAddress?.ToString(), b.LocalAddress6?.ToString(), b.HoldTime, b.Keepalive, b.Gobgpd));
+        Assert.Equal(["198.18.0.1 AS64512", "2001:db8::1 AS64512"], b.Peers.Select(p => p.ToString()));
+        Assert.Equal("/var/lib/merlin-test/gobgpd", b.StateDir);
+        Assert.Equal(TimeSpan.FromSeconds(45), o.StoreGrace);
+        Assert.Null(o.Vrrp);
+    }
+
+    [Fact]
+    public void From_Bgp_Defaults_Hold9sGrace120s_AndOtherAnnouncersHaveNoGrace()
+    {
+        var o = Parse("--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "10.0.0.254:65001");
+        Assert.Equal((TimeSpan.FromSeconds(9), TimeSpan.FromSeconds(3), "gobgpd"), (o.Bgp!.HoldTime, o.Bgp.Keepalive, o.Bgp.Gobgpd));
+        Assert.Equal(TimeSpan.FromSeconds(120), o.StoreGrace);
+        Assert.Null(Parse().StoreGrace);
+    }
+
+    [Theory]
+    [InlineData(new[] { "--bgp-peer", "10.0.0.254:65001" }, "--bgp-peer: only with --announcer bgp")]
+    [InlineData(new[] { "--bgp-store-grace", "10s" }, "--bgp-store-grace: only with --announcer bgp")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "10.0.0.254:65001" }, "--bgp-asn: required")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "0", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "10.0.0.254:65001" }, "--bgp-asn: \"0\" is not an AS number")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-peer", "10.0.0.254:65001" }, "--bgp-router-id: required")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "2001:db8::1", "--bgp-peer", "10.0.0.254:65001" }, "--bgp-router-id: 2001:db8::1 is not a router id")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "10.0.0.1" }, "--bgp-peer: at least one peer")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "10.0.0.254" }, "--bgp-peer: \"10.0.0.254\" is not ADDRESS:ASN")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "2001:db8::1:65001" }, "--bgp-peer: \"2001:db8::1:65001\": write an IPv6 peer in brackets")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "router:65001" }, "--bgp-peer: \"router\" is not an IP address")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "10.0.0.254:as1" }, "--bgp-peer: \"as1\" is not an AS number")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "10.0.0.254:1", "--bgp-peer", "10.0.0.254:2" }, "--bgp-peer: a peer is given twice")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "10.0.0.254:1", "--bgp-hold-time", "2s" }, "--bgp-hold-time: 2s is not a BGP hold time")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "10.0.0.254:1", "--bgp-local-address", "10.0.0.1,10.0.0.2" }, "--bgp-local-address: at most one IPv4 address")]
+    [InlineData(new[] { "--announcer", "bgp", "--bgp-asn", "65000", "--bgp-router-id", "10.0.0.1", "--bgp-peer", "10.0.0.254:1", "--bgp-store-grace", "0s" }, "--bgp-store-grace: must be positive")]
+    public void From_BadBgpSettings_NameTheFlag(string[] args, string expected)
     {
         var e = Assert.Throws<OptionsException>(() => Parse(args));
         Assert.Contains(expected, e.Message);

@@ -66,6 +66,7 @@ public static class Tables
         var table = new Table("", "");
         table.Add("version", Dash(s.Version));
         table.Add("ready", s.Ready ? "yes" : "no");
+        if (s.NodeDrained) table.Add("node", "DRAINED (announces no VIP; meradm node undrain ends it)");
         table.Add("store", $"{Dash(s.StoreBackend)} ({(s.StoreReachable ? "reachable" : "UNREACHABLE")})");
         table.Add("dataplane", Dash(s.Dataplane));
         table.Add("last reconcile", s.SinceLastReconcileSeconds is { } ago ? Durations.Format(TimeSpan.FromSeconds(Math.Round(ago, 1))) + " ago" : "never");
@@ -83,7 +84,7 @@ public static class Tables
             table.Add("announcer", $"{s.Announcer}{state}{(s.AnnouncerHealthy ? "" : " (UNHEALTHY)")}{(s.AnnouncerRestarts > 0 ? $", {s.AnnouncerRestarts} restarts" : "")}");
             if (s.AnnouncerDetail is { } detail) table.Add("announcer detail", detail);
             foreach (var v in s.Vips)
-                table.Add(v.Management ? "management vip" : "vip", $"{v.Address} {(v.Announced ? "held here" : "not here")}");
+                table.Add(v.Management ? "management vip" : "vip", $"{v.Address} {(v.Announced ? s.Announcer == "bgp" ? "announced" : "held here" : s.Announcer == "bgp" ? "not announced" : "not here")}");
         }
         foreach (var x in s.Sysctls)
             table.Add($"sysctl {x.Name}", x.Drifted ? $"{x.Have ?? "unreadable"} (DRIFT: want {x.Want}{(x.Managed ? "" : "; --manage-sysctls sets it")})" : x.Have ?? "-");

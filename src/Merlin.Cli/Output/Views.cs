@@ -113,6 +113,8 @@ public sealed record StatusView
     public double? AnnouncerStateSeconds { get; init; }
     public ulong AnnouncerRestarts { get; init; }
     public IReadOnlyList<VipView> Vips { get; init; } = [];
+    /// <summary>Drained with <c>meradm node drain</c>: the node announces no VIP.</summary>
+    public bool NodeDrained { get; init; }
 }
 
 /// <summary>A VIP the announcer is responsible for, and whether this node holds (VRRP) or announces (BGP) it.</summary>
@@ -250,6 +252,7 @@ public static class Views
         AnnouncerDetail = status.AnnouncerDetail.Length == 0 ? null : status.AnnouncerDetail,
         AnnouncerStateSeconds = status.AnnouncerSince is { } since ? Math.Max(0, (DateTimeOffset.UtcNow - since.ToDateTimeOffset()).TotalSeconds) : null,
         AnnouncerRestarts = status.AnnouncerRestarts,
+        NodeDrained = status.NodeDrained,
         Vips = status.Vips.Select(v => new VipView(v.Address, v.Announced, v.Management)).ToList(),
     };
 
