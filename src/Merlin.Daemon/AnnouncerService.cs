@@ -6,13 +6,9 @@ using Merlin.Reconciler;
 namespace Merlin.Daemon;
 
 /// <summary>
-/// Runs the announcer with the daemon and tells it which VIPs to announce: those of the services the
-/// dataplane has programmed. A VIP is added only after a pass that programmed everything (a node never
-/// attracts traffic for a service it cannot forward), and removed as soon as its service is gone. Nothing
-/// is announced while the node is drained, nor (with <see cref="DaemonOptions.StoreGrace"/>) once the store
-/// has been unreachable for longer than the grace period; until then the node keeps announcing and
-/// forwarding with its last state. Stops the announcer first on shutdown (registered after the reconcile
-/// loop), so routes are withdrawn while the dataplane still forwards.
+/// Runs the announcer with the daemon and tells it, after every pass, on a node drain and every second
+/// while a store grace runs, the VIPs <see cref="AnnouncePolicy"/> picks. Stops the announcer first on
+/// shutdown (registered after the reconcile loop), so routes are withdrawn while the dataplane still forwards.
 /// </summary>
 internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLoop loop, ReconcilerStatus status, NodeDrain drain, DaemonOptions options,
     TimeProvider time, ILogger<AnnouncerService> log) : IHostedService
@@ -23,9 +19,7 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
     private readonly CancellationTokenSource _stopping = new();
     private readonly Lock _lock = new();
     private Task _starting = Task.CompletedTask;
-    private IReadOnlyCollection<IPAddress> _programmed = [];
-    /// <summary>When a pass first found the store unreachable (null while it is reachable); the grace counts from here.</summary>
-    private long? _unreachableSince;
+    private readonly AnnouncePolicy _policy = new(options.StoreGrace, time);
     private string? _withheld;
     private ITimer? _graceTimer;
 
@@ -34,7 +28,7 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
 
     public Task StartAsync(CancellationToken ct)
     {
-        if (status.Current is { Ready: true, Desired: { } desired }) _programmed = VipsOf(desired); // a pass that finished before we listened
+        if (status.Current is { Ready: true, Desired: { } desired }) _policy.OnPass(true, true, VipsOf(desired)); // a pass that finished before we listened
         loop.PassCompleted += OnPass;
         announcer.Changed += OnChanged;
         drain.Changed += Feed;
@@ -71,17 +65,7 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
     private void OnPass(PassResult result)
     {
         var desired = status.Current.Desired;
-        lock (_lock)
-        {
-            if (result.StoreReachable) _unreachableSince = null;
-            else _unreachableSince ??= time.GetTimestamp();
-            if (desired is not null && result.StoreReachable)
-            {
-                var now = VipsOf(desired);
-                // Converged: every service is programmed. Otherwise add nothing new, but drop what is gone.
-                _programmed = result.Converged ? now : _programmed.Where(now.Contains).ToList();
-            }
-        }
+        lock (_lock) _policy.OnPass(result.StoreReachable, result.Converged, desired is null ? null : VipsOf(desired));
         Feed();
     }
 
@@ -93,21 +77,19 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
         lock (_lock)
         {
             was = _withheld;
-            var lost = _unreachableSince is { } since ? time.GetElapsedTime(since) : TimeSpan.Zero;
-            why = drain.Drained ? "the node is drained (meradm node undrain ends it)"
-                : options.StoreGrace is { } grace && _unreachableSince is not null && lost > grace
-                    ? $"the store has been unreachable for {lost.TotalSeconds:0} s (grace {grace.TotalSeconds:0} s)"
-                    : null;
+            (vips, why) = _policy.Decide(drain.Drained);
             _withheld = why;
-            vips = why is null ? _programmed : [];
         }
-        if (why != was)
+        // Once per change of reason (the store-loss sentence counts seconds).
+        if (Kind(why) != Kind(was))
         {
             if (why is null) LogAnnouncing(log, vips.Count);
             else LogWithholding(log, why);
         }
         _ = announcer.AnnounceAsync(vips, CancellationToken.None);
     }
+
+    private static string? Kind(string? why) => why?[..why.IndexOf(' ', 4)];
 
     private void OnChanged(AnnouncerState s) => LogState(log, s.Mode, s.RoleName, s.Healthy, s.Detail);
 
