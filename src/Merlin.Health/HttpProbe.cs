@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Threading.Tasks.Sources;
@@ -37,6 +38,9 @@ internal sealed class HttpProbe : IDisposable
     private readonly string? _networkNamespace;
     private readonly bool _reuse;
     private readonly ConcurrentDictionary<Target, Slot> _slots = new();
+    // The scheduler passes the same Uri for every run of a check: finding its slot by reference skips
+    // hashing the address and path on each check.
+    private readonly ConditionalWeakTable<Uri, Slot> _byEndpoint = new();
     private long _nextSweep;
     private int _disposed;
 
@@ -112,13 +116,21 @@ internal sealed class HttpProbe : IDisposable
 
     private Slot SlotFor(IPAddress address, Uri endpoint)
     {
-        var target = new Target(address, endpoint.Port, endpoint.PathAndQuery);
+        if (_byEndpoint.TryGetValue(endpoint, out var known) && !known.Removed && known.Remote.Address.Equals(address)) return known;
+        var slot = SlotFor(new Target(address, endpoint.Port, endpoint.PathAndQuery));
+        _byEndpoint.AddOrUpdate(endpoint, slot);
+        return slot;
+    }
+
+    private Slot SlotFor(Target target)
+    {
         if (_slots.TryGetValue(target, out var slot)) return slot;
+        var (address, port) = (target.Address, target.Port);
         var host = address.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
-        if (endpoint.Port != 80) host += $":{endpoint.Port}";
+        if (port != 80) host += $":{port}";
         var request = Encoding.ASCII.GetBytes(
             $"GET {target.Path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: merlin-health-check\r\nAccept: */*\r\n{(_reuse ? "" : "Connection: close\r\n")}\r\n");
-        return _slots.GetOrAdd(target, new Slot(new IPEndPoint(address, endpoint.Port), request));
+        return _slots.GetOrAdd(target, new Slot(new IPEndPoint(address, port), request));
     }
 
     private static void Return(Slot slot, Connection connection)

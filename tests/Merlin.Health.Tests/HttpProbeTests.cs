@@ -101,6 +101,17 @@ public sealed class HttpProbeTests : IDisposable
     }
 
     [Fact]
+    public async Task OneEndpointForTwoAddresses_NeverSharesTheirConnections()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive); // on 127.0.0.1 only
+        var endpoint = Endpoint(server);
+        Assert.True((await _probe.ProbeAsync(IPAddress.Loopback, endpoint, Timeout, Ct)).Healthy);
+        Assert.Equal(new ProbeResult(false, "ConnectionRefused"), await _probe.ProbeAsync(IPAddress.Parse("127.0.0.2"), endpoint, Timeout, Ct));
+        Assert.True((await _probe.ProbeAsync(IPAddress.Loopback, endpoint, Timeout, Ct)).Healthy);
+        Assert.Equal(1, server.Accepted);
+    }
+
+    [Fact]
     public async Task AServerThatClosesAfterEachAnswer_WithoutSayingSo_IsStillHealthy()
     {
         using var server = new ScriptedServer(ScriptedServer.Mode.CloseSilently);
