@@ -40,6 +40,8 @@ public sealed class FakeMerlinClient : Wire.Merlin.MerlinClient
     public override AsyncUnaryCall<ListResponse> ListAsync(Empty request, CallOptions options) => Answer("List", request, options, ListResponse);
     public override AsyncUnaryCall<StatusResponse> StatusAsync(Empty request, CallOptions options) => Answer("Status", request, options, StatusResponse);
     public override AsyncUnaryCall<CountersResponse> CountersAsync(Empty request, CallOptions options) => Answer("Counters", request, options, CountersResponse);
+    public override AsyncUnaryCall<StatusResponse> DrainNodeAsync(Empty request, CallOptions options) => Answer("DrainNode", request, options, StatusResponse);
+    public override AsyncUnaryCall<StatusResponse> UndrainNodeAsync(Empty request, CallOptions options) => Answer("UndrainNode", request, options, StatusResponse);
 }
 
 /// <summary>Runs meradm in-process against a <see cref="FakeMerlinClient"/>.</summary>

@@ -219,6 +219,29 @@ public class OutputTests
     }
 
     [Fact]
+    public async Task NodeDrain_CallsDrainNode_AndShowsTheDrainedNodesBgpState()
+    {
+        var status = Canned.Status();
+        status.NodeDrained = true;
+        status.Announcer = "bgp";
+        status.AnnouncerHealthy = true;
+        status.AnnouncerDetail = "1/1 sessions established; 0 routes announced";
+        status.Vips.Add(new StatusResponse.Types.Vip { Address = "198.18.0.100", Announced = false });
+        status.Warnings.Add("no VIP is announced: the node is drained (meradm node undrain ends it)");
+
+        var run = await Meradm.RunAsync(c => c.StatusResponse = status, "node", "drain");
+
+        Assert.Equal(0, run.ExitCode);
+        Assert.Equal("DrainNode", Assert.Single(run.Client.Calls).Method);
+        Assert.Contains("node                DRAINED (announces no VIP; meradm node undrain ends it)\n", run.Out);
+        Assert.Contains("announcer           bgp\n", run.Out);
+        Assert.Contains("vip                 198.18.0.100 not announced\n", run.Out);
+        var json = await Meradm.RunAsync(c => c.StatusResponse = status, "node", "undrain", "-o", "json");
+        Assert.Equal("UndrainNode", Assert.Single(json.Client.Calls).Method);
+        Assert.Contains("\"nodeDrained\": true", json.Out);
+    }
+
+    [Fact]
     public async Task Status_Table_IsOneFactPerLine()
     {
         var run = await Meradm.RunAsync(c => c.StatusResponse = Canned.Status(), "status");
