@@ -25,8 +25,9 @@ internal static class LayoutProfile
             .ToDictionary(a => a, a => { var b = a.GetAddressBytes(); return new PhysicalAddress([2, 0, b[0], b[1], b[2], b[3]]); });
         for (int round = 0; round < 6; round++)
         {
+            var firstPhases = new Phases();
             var sw = Stopwatch.StartNew();
-            var first = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, Assignment.Empty), options);
+            var first = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, Assignment.Empty), options, firstPhases);
             var tBuild = sw.Elapsed.TotalMilliseconds; sw.Restart();
             var full = ScriptRenderer.Full(first.Ruleset);
             var tRender = sw.Elapsed.TotalMilliseconds; sw.Restart();
@@ -48,7 +49,7 @@ internal static class LayoutProfile
             var tWeight = sw.Elapsed.TotalMilliseconds; sw.Restart();
             var diff = ScriptRenderer.Diff(again.Ruleset, weight.Ruleset);
             var tDiff = sw.Elapsed.TotalMilliseconds;
-            Console.WriteLine($"round {round}: build {tBuild:0} ms, full render {tRender:0} ms ({full.Length / 1048576.0:0.0} M chars), rebuild unchanged {tAgain:0} ms, diff {tNone:0} ms ({none.Length} chars), " +
+            Console.WriteLine($"round {round}: build {tBuild:0} ms ({string.Join(", ", firstPhases.Take().Select(p => $"{p.Key} {p.Value:0}"))}), full render {tRender:0} ms ({full.Length / 1048576.0:0.0} M chars), rebuild unchanged {tAgain:0} ms, diff {tNone:0} ms ({none.Length} chars), " +
                 $"rebuild after one weight change {tWeight:0.0} ms ({string.Join(", ", phases.Take().Select(p => $"{p.Key} {p.Value:0.0}"))}), diff {tDiff:0.0} ms ({diff.Count(c => c == '\n')} lines)");
         }
     }
