@@ -628,14 +628,12 @@ public sealed partial class NftablesDataplane : IDataplane
 
     /// <summary>
     /// The chains and sets a diff from <paramref name="from"/> to <paramref name="to"/> declares,
-    /// deletes or rewrites (<see cref="ScriptRenderer"/>'s rules: a chain is rewritten when its
+    /// deletes or rewrites (<see cref="ScriptRenderer"/>'s rules, <see cref="ScriptRenderer.Redeclared"/>: a chain is rewritten when its
     /// rules or hook change or a rule names a redeclared set; element changes touch no handle).
     /// </summary>
     internal static (HashSet<string> Chains, HashSet<string> Sets) Touched(NftTable from, NftTable to)
     {
-        var sets = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var set in from.Sets.Values)
-            if (!to.Sets.TryGetValue(set.Name, out var want) || want.Kind != set.Kind || want.Declaration != set.Declaration) sets.Add(set.Name);
+        var sets = ScriptRenderer.Redeclared(from, to);
         foreach (var set in to.Sets.Values)
             if (!from.Sets.ContainsKey(set.Name)) sets.Add(set.Name);
         var chains = new HashSet<string>(StringComparer.Ordinal);

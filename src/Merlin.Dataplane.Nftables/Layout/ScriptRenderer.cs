@@ -107,12 +107,38 @@ internal static class ScriptRenderer
         foreach (var set in table.OrderedSets) AddSet(script, table, set);
     }
 
+    /// <summary>
+    /// The sets of <paramref name="from"/> a diff to <paramref name="to"/> deletes (and adds again if
+    /// they stay): those that go away or are declared differently, and NAT maps a new or changed rule
+    /// names. nft 1.0.6 refuses a rule <c>dnat … map @nN</c> when the map exists in the kernel already
+    /// (its <c>typeof … th dport</c> read back from the kernel: "conflicting protocols specified: tcp
+    /// vs. th"), and accepts it when the map is declared in the same transaction; so such a map is
+    /// declared again with its elements (conntrack keeps the connections it already translated).
+    /// </summary>
+    internal static HashSet<string> Redeclared(NftTable from, NftTable to)
+    {
+        var redeclared = new HashSet<string>(StringComparer.Ordinal);
+        List<string>? transportMaps = null;
+        foreach (var set in from.OrderedSets)
+        {
+            if (!to.Sets.TryGetValue(set.Name, out var want) || want.Kind != set.Kind || want.Declaration != set.Declaration) redeclared.Add(set.Name);
+            else if (set.Kind == "map" && set.Declaration.Contains(" th dport", StringComparison.Ordinal)) (transportMaps ??= []).Add(set.Name);
+        }
+        if (transportMaps is null) return redeclared;
+        foreach (var chain in to.Chains.Values)
+        {
+            if (from.Chains.TryGetValue(chain.Name, out var had) && had.Base == chain.Base && had.SameAs(chain)) continue;
+            foreach (var map in transportMaps)
+                if (chain.References(map)) redeclared.Add(map);
+        }
+        return redeclared;
+    }
+
     private static void DiffTable(NftScript script, NftTable from, NftTable to)
     {
-        // Sets that go away or are declared differently; a redeclared set is deleted and added again.
-        var redeclared = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var set in from.OrderedSets)
-            if (!to.Sets.TryGetValue(set.Name, out var want) || want.Kind != set.Kind || want.Declaration != set.Declaration) redeclared.Add(set.Name);
+        // Sets that go away or are declared differently, and NAT maps a new rule names (see
+        // Redeclared); a redeclared set is deleted and added again.
+        var redeclared = Redeclared(from, to);
 
         // Chains whose rules are rewritten: changed ones, and unchanged ones naming a set that is
         // deleted (the kernel refuses to delete a set a rule still uses).
