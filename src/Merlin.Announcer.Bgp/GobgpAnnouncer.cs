@@ -17,11 +17,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
 {
     public const string Name = "bgp";
 
-    private static readonly TimeSpan MinBackoff = TimeSpan.FromSeconds(1);
-    private static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(30);
-    private static readonly TimeSpan StableRun = TimeSpan.FromSeconds(60);
     private static readonly TimeSpan SocketWait = TimeSpan.FromSeconds(10);
-    private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(5);
     /// <summary>How often the sessions are read: the state reported, and the cadence at which a lost route is replayed.</summary>
     private static readonly TimeSpan PollInterval = TimeSpan.FromSeconds(1);
 
@@ -192,7 +188,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
 
     private async Task SuperviseAsync(CancellationToken ct)
     {
-        var backoff = MinBackoff;
+        var backoff = EngineProcess.MinBackoff;
         while (!ct.IsCancellationRequested)
         {
             Process? process = null;
@@ -213,8 +209,8 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
                     SetProblem($"gobgpd could not start: {e.Message}; retrying in {backoff.TotalSeconds:0} s");
                 }
                 Publish();
-                if (!await DelayAsync(backoff, ct)) return;
-                backoff = Next(backoff);
+                if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
+                backoff = EngineProcess.NextBackoff(backoff);
                 continue;
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested)
@@ -264,7 +260,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
 
             await exited;
             var ran = _time.GetElapsedTime(started);
-            if (ran > StableRun) backoff = MinBackoff;
+            if (ran > EngineProcess.StableRun) backoff = EngineProcess.MinBackoff;
             lock (_lock)
             {
                 _restarts++;
@@ -279,8 +275,8 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
             process.Dispose();
             LogExited(_log, why, ran.TotalSeconds, backoff.TotalSeconds);
             Publish();
-            if (!await DelayAsync(backoff, ct)) return;
-            backoff = Next(backoff);
+            if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
+            backoff = EngineProcess.NextBackoff(backoff);
         }
     }
 
@@ -416,30 +412,11 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     /// <summary>A VIP can only be announced to a peer of its family.</summary>
     private bool HasPeerFor(IPAddress vip) => _options.Peers.Any(p => p.Address.AddressFamily == vip.AddressFamily);
 
-    private static TimeSpan Next(TimeSpan backoff) => backoff * 2 > MaxBackoff ? MaxBackoff : backoff * 2;
-
-    private async Task<bool> DelayAsync(TimeSpan delay, CancellationToken ct)
-    {
-        try { await Task.Delay(delay, _time, ct); return true; }
-        catch (OperationCanceledException) { return false; }
-    }
-
     private async Task TerminateAsync(Process p, CancellationToken ct)
     {
-        if (p.HasExited) return;
-        Native.Signal(p.Id, Native.SigTerm);
-        using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        wait.CancelAfter(StopWait);
-        try
-        {
-            await p.WaitForExitAsync(wait.Token);
-            LogStopped(_log, p.Id);
-        }
-        catch (OperationCanceledException)
-        {
-            LogKilled(_log, p.Id, StopWait.TotalSeconds);
-            Native.Signal(p.Id, Native.SigKill);
-        }
+        var pid = p.Id;
+        if (await EngineProcess.TerminateAsync(p, ct)) LogStopped(_log, pid);
+        else LogKilled(_log, pid, EngineProcess.StopWait.TotalSeconds);
         TryDelete(_options.PidPath);
     }
 
@@ -453,30 +430,9 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     /// <summary>A gobgpd left running by a daemon that died (its pid file, its socket on the command line): stop it before starting ours.</summary>
     private async Task StopStaleAsync(CancellationToken ct)
     {
-        if (ReadPid(_options.PidPath) is not { } pid || !IsOurGobgpd(pid)) return;
+        if (EngineProcess.ReadPid(_options.PidPath) is not { } pid || !EngineProcess.Runs(pid, "gobgpd", $"--api-hosts=unix://{_options.SocketPath}")) return;
         LogStale(_log, pid, _options.PidPath);
-        Native.Signal(pid, Native.SigTerm);
-        var clock = Stopwatch.StartNew();
-        while (Native.IsAlive(pid) && clock.Elapsed < StopWait) await Task.Delay(50, ct);
-        if (Native.IsAlive(pid)) Native.Signal(pid, Native.SigKill);
-    }
-
-    private static int? ReadPid(string path)
-    {
-        try { return int.TryParse(File.ReadAllText(path).Trim(), out var pid) && pid > 1 ? pid : null; }
-        catch (IOException) { return null; }
-        catch (UnauthorizedAccessException) { return null; }
-    }
-
-    private bool IsOurGobgpd(int pid)
-    {
-        try
-        {
-            var args = File.ReadAllText($"/proc/{pid}/cmdline").Split('\0');
-            return args.Any(a => a.EndsWith("gobgpd", StringComparison.Ordinal)) && args.Contains($"--api-hosts=unix://{_options.SocketPath}");
-        }
-        catch (IOException) { return false; }
-        catch (UnauthorizedAccessException) { return false; }
+        await EngineProcess.StopPidAsync(pid, ct);
     }
 
     private static void TryDelete(string path)

@@ -16,13 +16,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
 {
     public const string Name = "vrrp";
 
-    private static readonly TimeSpan MinBackoff = TimeSpan.FromSeconds(1);
-    private static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(30);
-    /// <summary>A keepalived that ran this long before dying is restarted after the shortest backoff again.</summary>
-    private static readonly TimeSpan StableRun = TimeSpan.FromSeconds(60);
     /// <summary>SIGHUP before keepalived installed its handlers would kill it: reload only after its first state line, or this long.</summary>
     private static readonly TimeSpan ReloadGate = TimeSpan.FromSeconds(5);
-    private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(5);
     private const string WakeLine = "MERLIN WAKE";
 
     private readonly VrrpOptions _options;
@@ -128,7 +123,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
 
     private async Task SuperviseAsync(CancellationToken ct)
     {
-        var backoff = MinBackoff;
+        var backoff = EngineProcess.MinBackoff;
         while (!ct.IsCancellationRequested)
         {
             IReadOnlyList<IPAddress> vips;
@@ -148,8 +143,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
                     SetRole(AnnouncerRole.Fault, null, $"keepalived could not start: {e.Message}; retrying in {backoff.TotalSeconds:0} s");
                 }
                 Publish();
-                if (!await DelayAsync(backoff, ct)) return;
-                backoff = Next(backoff);
+                if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
+                backoff = EngineProcess.NextBackoff(backoff);
                 continue;
             }
 
@@ -188,7 +183,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             await exited;
             var code = process.ExitCode;
             var ran = _time.GetElapsedTime(started);
-            if (ran > StableRun) backoff = MinBackoff;
+            if (ran > EngineProcess.StableRun) backoff = EngineProcess.MinBackoff;
             lock (_lock)
             {
                 _restarts++;
@@ -199,20 +194,12 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             process.Dispose();
             LogExited(_log, code, ran.TotalSeconds, backoff.TotalSeconds);
             Publish();
-            if (!await DelayAsync(backoff, ct)) return;
+            if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
             // A VRRP child that outlived its parent would still hold the VIPs and make the new one refuse to start.
             try { await StopStaleAsync(ct); }
             catch (OperationCanceledException) { return; }
-            backoff = Next(backoff);
+            backoff = EngineProcess.NextBackoff(backoff);
         }
-    }
-
-    private static TimeSpan Next(TimeSpan backoff) => backoff * 2 > MaxBackoff ? MaxBackoff : backoff * 2;
-
-    private async Task<bool> DelayAsync(TimeSpan delay, CancellationToken ct)
-    {
-        try { await Task.Delay(delay, _time, ct); return true; }
-        catch (OperationCanceledException) { return false; }
     }
 
     private Process StartKeepalived()
@@ -276,21 +263,15 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private async Task TerminateAsync(Process p, CancellationToken ct)
     {
         if (p.HasExited) return;
-        var vrrpChild = ReadPid(_options.VrrpPidPath);
-        Native.Signal(p.Id, Native.SigTerm);
-        using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        wait.CancelAfter(StopWait);
-        try
+        var vrrpChild = EngineProcess.ReadPid(_options.VrrpPidPath);
+        var pid = p.Id;
+        if (await EngineProcess.TerminateAsync(p, ct))
         {
-            await p.WaitForExitAsync(wait.Token);
-            LogStopped(_log, p.Id);
+            LogStopped(_log, pid);
+            return;
         }
-        catch (OperationCanceledException)
-        {
-            LogKilled(_log, p.Id, StopWait.TotalSeconds);
-            Native.Signal(p.Id, Native.SigKill);
-            if (vrrpChild is { } child && IsOurKeepalived(child)) Native.Signal(child, Native.SigKill);
-        }
+        LogKilled(_log, pid, EngineProcess.StopWait.TotalSeconds);
+        if (vrrpChild is { } child && IsOurKeepalived(child)) Native.Signal(child, Native.SigKill);
     }
 
     /// <summary>A keepalived left running with this configuration by a daemon that died: stop it before starting ours.</summary>
@@ -298,36 +279,14 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     {
         foreach (var pidFile in new[] { _options.PidPath, _options.VrrpPidPath })
         {
-            if (ReadPid(pidFile) is not { } pid || !IsOurKeepalived(pid)) continue;
+            if (EngineProcess.ReadPid(pidFile) is not { } pid || !IsOurKeepalived(pid)) continue;
             LogStale(_log, pid, pidFile);
-            Native.Signal(pid, Native.SigTerm);
-            var clock = Stopwatch.StartNew();
-            while (Native.IsAlive(pid) && clock.Elapsed < StopWait) await Task.Delay(50, ct);
-            if (Native.IsAlive(pid)) Native.Signal(pid, Native.SigKill);
+            await EngineProcess.StopPidAsync(pid, ct);
         }
-    }
-
-    private static int? ReadPid(string path)
-    {
-        try
-        {
-            return int.TryParse(File.ReadAllText(path).Trim(), out var pid) && pid > 1 ? pid : null;
-        }
-        catch (IOException) { return null; }
-        catch (UnauthorizedAccessException) { return null; }
     }
 
     /// <summary>True when <paramref name="pid"/> is a keepalived started with this daemon's configuration file.</summary>
-    private bool IsOurKeepalived(int pid)
-    {
-        try
-        {
-            var args = File.ReadAllText($"/proc/{pid}/cmdline").Split('\0');
-            return args.Length > 0 && args[0].EndsWith("keepalived", StringComparison.Ordinal) && args.Contains(_options.ConfigPath);
-        }
-        catch (IOException) { return false; }
-        catch (UnauthorizedAccessException) { return false; }
-    }
+    private bool IsOurKeepalived(int pid) => EngineProcess.Runs(pid, "keepalived", _options.ConfigPath);
 
     private void OpenFifo()
     {
