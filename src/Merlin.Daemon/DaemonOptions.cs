@@ -227,12 +227,7 @@ public sealed record DaemonOptions
     /// <summary>--announcer vrrp: the keepalived instance from the --vrrp-* flags (its files in --state-dir/keepalived).</summary>
     private static Merlin.Announcer.Vrrp.VrrpOptions? VrrpFrom(IConfiguration c, DaemonOptions o)
     {
-        if (o.Announcer != "vrrp")
-        {
-            if (VrrpKeys.FirstOrDefault(k => c[k] is not null) is { } stray)
-                throw new OptionsException($"--{stray}: only with --announcer vrrp (the announcer is {o.Announcer})");
-            return null;
-        }
+        if (!For(c, o, "vrrp", VrrpKeys)) return null;
         var routerId = c["vrrp-router-id"] is { } id
             ? Integer(id, "vrrp-router-id")
             : throw new OptionsException("--vrrp-router-id: required with --announcer vrrp (1-255, the same on both nodes of the pair)");
@@ -264,12 +259,7 @@ public sealed record DaemonOptions
     /// <summary>--announcer bgp: gobgpd's instance from the --bgp-* flags (its socket in --state-dir/gobgpd).</summary>
     private static Merlin.Announcer.Bgp.BgpOptions? BgpFrom(IConfiguration c, DaemonOptions o)
     {
-        if (o.Announcer != "bgp")
-        {
-            if (BgpKeys.FirstOrDefault(k => c[k] is not null) is { } stray)
-                throw new OptionsException($"--{stray}: only with --announcer bgp (the announcer is {o.Announcer})");
-            return null;
-        }
+        if (!For(c, o, "bgp", BgpKeys)) return null;
         var asn = c["bgp-asn"] is { } a
             ? (uint.TryParse(a, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new OptionsException($"--bgp-asn: \"{a}\" is not an AS number (1-4294967295)"))
             : throw new OptionsException("--bgp-asn: required with --announcer bgp (this node's AS; every node of a fleet may share one)");
@@ -302,6 +292,15 @@ public sealed record DaemonOptions
         };
         if (bgp.Validate() is { } error) throw new OptionsException($"{error.Flag}: {error.Reason}");
         return bgp;
+    }
+
+    /// <summary>True when the announcer is <paramref name="mode"/>; otherwise none of its flags may be given.</summary>
+    private static bool For(IConfiguration c, DaemonOptions o, string mode, IEnumerable<string> keys)
+    {
+        if (o.Announcer == mode) return true;
+        if (keys.FirstOrDefault(k => c[k] is not null) is { } stray)
+            throw new OptionsException($"--{stray}: only with --announcer {mode} (the announcer is {o.Announcer})");
+        return false;
     }
 
     private static int Integer(string text, string key) =>
