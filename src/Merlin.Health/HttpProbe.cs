@@ -75,7 +75,7 @@ internal sealed class HttpProbe : IDisposable
         Volatile.Write(ref slot.LastUsed, now);
 
         var connection = _reuse ? Interlocked.Exchange(ref slot.Idle, null) : null;
-        if (connection is not null && (now - connection.Opened > Ticks(MaxConnectionAge) || connection.ClosedByPeer()))
+        if (connection is not null && (now >= connection.Expires || connection.ClosedByPeer()))
         {
             connection.Dispose();
             connection = null;
@@ -286,7 +286,9 @@ internal sealed class HttpProbe : IDisposable
     private sealed class Connection(Socket socket) : IDisposable
     {
         public readonly Socket Socket = socket;
-        public readonly long Opened = Stopwatch.GetTimestamp();
+        // Renewed after 75-100 % of the maximum age: connections opened together (a daemon start) are
+        // not all renewed in the same instant.
+        public readonly long Expires = Stopwatch.GetTimestamp() + (long)(Ticks(MaxConnectionAge) * (0.75 + 0.25 * Random.Shared.NextDouble()));
         public readonly ResponseReader Reader = new(new byte[BufferSize]);
         public readonly SocketOperation Operation = new();
         private int _closed;
