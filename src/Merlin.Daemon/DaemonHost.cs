@@ -49,7 +49,7 @@ public static class DaemonHost
         services.AddHostedService(sp => sp.GetRequiredService<ReconcileLoop>());
         services.AddSingleton<IStatusReporter, DaemonStatus>();
         // Health checks run from the namespace the dataplane programs, where the real servers are reachable.
-        services.AddSingleton(sp => new Merlin.Health.HealthProbes(options.NetworkNamespace));
+        services.AddSingleton(sp => new Merlin.Health.HealthProbes(options.NetworkNamespace, options.HealthKeepAlive));
         services.AddSingleton<Merlin.Health.IHealthProbe>(sp => sp.GetRequiredService<Merlin.Health.HealthProbes>());
         services.AddSingleton<Merlin.Health.HealthChecker>();
         services.AddSingleton<IServerHealth>(sp => sp.GetRequiredService<Merlin.Health.HealthChecker>());

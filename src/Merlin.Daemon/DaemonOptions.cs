@@ -57,6 +57,8 @@ public sealed record DaemonOptions
     /// last state) before it withdraws its VIPs. Null: it never withdraws for that reason.
     /// </summary>
     public TimeSpan? StoreGrace { get; init; }
+    /// <summary>Plain HTTP health checks keep one connection per server (renewed every 22.5-30 s); false: a new connection per check.</summary>
+    public bool HealthKeepAlive { get; init; } = true;
     public string LogFormat { get; init; } = "text";
     public string LogLevel { get; init; } = "information";
 
@@ -102,6 +104,7 @@ public sealed record DaemonOptions
         ["--bgp-hold-time"] = "bgp-hold-time",
         ["--bgp-store-grace"] = "bgp-store-grace",
         ["--gobgpd"] = "gobgpd",
+        ["--health-keepalive"] = "health-keepalive",
         ["--log-format"] = "log-format",
         ["--log-level"] = "log-level",
         ["--config"] = "config",
@@ -110,7 +113,7 @@ public sealed record DaemonOptions
     public static readonly IReadOnlyList<string> Dataplanes = ["none", "ipvs", "nftables", "auto"];
 
     /// <summary>Flags that may stand alone (<c>--manage-sysctls</c>) or take true/false.</summary>
-    private static readonly HashSet<string> Switches = ["--ipvs-own-all", "--manage-sysctls", "--allow-insecure", "--vrrp-preempt"];
+    private static readonly HashSet<string> Switches = ["--ipvs-own-all", "--manage-sysctls", "--allow-insecure", "--vrrp-preempt", "--health-keepalive"];
 
     public static readonly IReadOnlyList<string> Announcers = ["static", "vrrp", "bgp"];
 
@@ -121,6 +124,16 @@ public sealed record DaemonOptions
     {
         var unknown = args.Where(a => a.StartsWith("--", StringComparison.Ordinal) && !Flags.ContainsKey(a.Split('=')[0])).ToList();
         if (unknown.Count > 0) throw new OptionsException($"{unknown[0].Split('=')[0]}: unknown flag (known: {string.Join(", ", Flags.Keys)})");
+        for (var i = 0; i < args.Length; i++)
+        {
+            // A flag's value follows it (a switch's only when it is true or false); anything else is a stray word.
+            if (args[i].StartsWith("--", StringComparison.Ordinal))
+            {
+                if (!args[i].Contains('=') && i + 1 < args.Length && (!Switches.Contains(args[i]) || args[i + 1] is "true" or "false")) i++;
+                continue;
+            }
+            throw new OptionsException($"\"{args[i]}\": unexpected argument (flags are --name value or --name=value)");
+        }
         var flags = new ConfigurationBuilder().AddCommandLine(JoinRepeated(ExpandSwitches(args)), Flags.ToDictionary()).Build();
         var builder = new ConfigurationBuilder();
         if (flags["config"] is { } file)
@@ -204,6 +217,7 @@ public sealed record DaemonOptions
             UnixSocket = NonEmpty(config, "unix-socket"),
             AllowInsecure = Bool(config, "allow-insecure", d.AllowInsecure),
             Announcer = OneOf(config, "announcer", d.Announcer, Announcers),
+            HealthKeepAlive = Bool(config, "health-keepalive", d.HealthKeepAlive),
             LogFormat = OneOf(config, "log-format", d.LogFormat, ["text", "json"]),
             LogLevel = OneOf(config, "log-level", d.LogLevel, ["debug", "information", "warning", "error"]),
         };

@@ -136,4 +136,14 @@ public class DaemonOptionsTests
         var e = Assert.Throws<OptionsException>(() => Parse(args));
         Assert.Contains(expected, e.Message);
     }
+
+    [Fact]
+    public void HealthKeepAlive_IsOnByDefault_AndCanBeTurnedOff()
+    {
+        Assert.True(Parse().HealthKeepAlive);
+        Assert.False(Parse("--health-keepalive", "false").HealthKeepAlive);
+        Assert.Contains("--health-keepalive: \"sometimes\" is not true or false", Assert.Throws<OptionsException>(() => Parse("--health-keepalive=sometimes")).Message);
+        Assert.Contains("\"sometimes\": unexpected argument", Assert.Throws<OptionsException>(() => Parse("--health-keepalive", "sometimes")).Message);
+        Assert.Contains("\"eth0\": unexpected argument", Assert.Throws<OptionsException>(() => Parse("--manage-sysctls", "eth0")).Message);
+    }
 }
