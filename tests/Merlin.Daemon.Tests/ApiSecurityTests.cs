@@ -38,6 +38,8 @@ public sealed class ApiSecurityTests(SecuredDaemon secured) : IClassFixture<Secu
         ("List", c => c.ListAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
         ("Status", c => c.StatusAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
         ("Counters", c => c.CountersAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
+        ("DrainNode", c => c.DrainNodeAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
+        ("UndrainNode", c => c.UndrainNodeAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
     ];
 
     [Fact]
