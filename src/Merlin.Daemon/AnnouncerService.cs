@@ -11,7 +11,7 @@ namespace Merlin.Daemon;
 /// shutdown (registered after the reconcile loop), so routes are withdrawn while the dataplane still forwards.
 /// </summary>
 internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLoop loop, ReconcilerStatus status, NodeDrain drain, DaemonOptions options,
-    TimeProvider time, ILogger<AnnouncerService> log) : IHostedService
+    IDataplane dataplane, TimeProvider time, ILogger<AnnouncerService> log) : IHostedService
 {
     /// <summary>How long the start waits for the first pass, so the engine starts with the service VIPs rather than changing at once.</summary>
     private static readonly TimeSpan FirstPassWait = TimeSpan.FromSeconds(10);
@@ -65,7 +65,8 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
     private void OnPass(PassResult result)
     {
         var desired = status.Current.Desired;
-        lock (_lock) _policy.OnPass(result.StoreReachable, result.Converged, desired is null ? null : VipsOf(desired));
+        var unresolved = dataplane is Merlin.Dataplane.Nftables.NftablesDataplane { UnresolvedServers.Count: > 0 };
+        lock (_lock) _policy.OnPass(result.StoreReachable, result.Converged, desired is null ? null : VipsOf(desired), unresolved);
         Feed();
     }
 

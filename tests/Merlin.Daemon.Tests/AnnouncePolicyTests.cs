@@ -68,4 +68,25 @@ public class AnnouncePolicyTests
         clock.Advance(TimeSpan.FromHours(1));
         Assert.Equal([A], policy.Decide(false).Vips);
     }
+
+    [Fact]
+    public void AServerWhoseMacIsUnknown_HoldsNewVipsBack_ForAtMostTheLimit()
+    {
+        var clock = new FakeTimeProvider();
+        var policy = new AnnouncePolicy(null, clock);
+        policy.OnPass(true, true, [A], unresolvedServers: true);
+        Assert.Empty(policy.Decide(false).Vips);                    // its table would lack a server its peers have
+        clock.Advance(TimeSpan.FromSeconds(5));
+        policy.OnPass(true, true, [A], unresolvedServers: false);   // resolved
+        Assert.Equal([A], policy.Decide(false).Vips);
+
+        policy.OnPass(true, true, [A, B], unresolvedServers: true); // a new server, not resolved: B waits, A stays
+        Assert.Equal([A], policy.Decide(false).Vips);
+        clock.Advance(AnnouncePolicy.UnresolvedLimit);
+        policy.OnPass(true, true, [A, B], unresolvedServers: true);
+        Assert.Equal([A], policy.Decide(false).Vips);
+        clock.Advance(TimeSpan.FromMilliseconds(1));
+        policy.OnPass(true, true, [A, B], unresolvedServers: true); // a dead server must not keep B out for good
+        Assert.Equal([A, B], policy.Decide(false).Vips);
+    }
 }
