@@ -71,24 +71,17 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
 
     public Task AnnounceAsync(IReadOnlyCollection<IPAddress> vips, CancellationToken ct)
     {
-        var normalized = Normalize(vips);
+        var normalized = VipSet.Normalize(vips);
         lock (_lock)
         {
             if (normalized.SequenceEqual(_desired)) return Task.CompletedTask;
             _desired = normalized;
-            _state = BuildState();
         }
         LogDesired(_log, normalized.Count, string.Join(" ", normalized));
         _wake.Writer.TryWrite(true);
         Publish();
         return Task.CompletedTask;
     }
-
-    /// <summary>Distinct, IPv4 first, in address order: the same set always reads the same.</summary>
-    internal static IReadOnlyList<IPAddress> Normalize(IEnumerable<IPAddress> vips) =>
-        vips.Select(v => v.IsIPv4MappedToIPv6 ? v.MapToIPv4() : v).Distinct()
-            .OrderBy(v => v.AddressFamily == AddressFamily.InterNetworkV6)
-            .ThenBy(v => v.GetAddressBytes(), ByteOrder.Instance).ToList();
 
     public async Task StartAsync(CancellationToken ct)
     {
@@ -397,7 +390,6 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
             before = _sessions;
             if (before.SequenceEqual(sessions)) return;
             _sessions = sessions;
-            _state = BuildState();
         }
         foreach (var s in sessions)
         {
@@ -440,12 +432,8 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
         try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
-    /// <summary>Call with the lock held. Null: no problem beyond what the sessions say.</summary>
-    private void SetProblem(string? problem)
-    {
-        _problem = problem ?? "";
-        _state = BuildState();
-    }
+    /// <summary>Call with the lock held, then <see cref="Publish"/>. Null: no problem beyond what the sessions say.</summary>
+    private void SetProblem(string? problem) => _problem = problem ?? "";
 
     private AnnouncerState BuildState()
     {
@@ -472,12 +460,6 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
         lock (_lock) state = _state = BuildState();
         try { Changed?.Invoke(state); }
         catch (Exception e) { LogListenerFailed(_log, e); }
-    }
-
-    private sealed class ByteOrder : IComparer<byte[]>
-    {
-        public static readonly ByteOrder Instance = new();
-        public int Compare(byte[]? x, byte[]? y) => x!.AsSpan().SequenceCompareTo(y);
     }
 
     [LoggerMessage(EventId = 9201, Level = LogLevel.Information, Message = "gobgpd started (pid {Pid}), API on {Socket}")]

@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Sockets;
 
 namespace Merlin.Announcer;
 
@@ -62,4 +63,15 @@ public sealed record AnnouncerState(string Mode, AnnouncerRole Role, IReadOnlyLi
 {
     /// <summary>MASTER, BACKUP, FAULT, INIT, STOPPED, or empty where roles do not apply.</summary>
     public string RoleName => Role == AnnouncerRole.None ? "" : Role.ToString().ToUpperInvariant();
+}
+
+/// <summary>The one way announcers compare VIP sets: distinct, IPv4-mapped addresses as IPv4, IPv4 first, in address order.</summary>
+public static class VipSet
+{
+    public static IReadOnlyList<IPAddress> Normalize(IEnumerable<IPAddress> vips) =>
+        vips.Select(v => v.IsIPv4MappedToIPv6 ? v.MapToIPv4() : v)
+            .Distinct()
+            .OrderBy(v => v.AddressFamily == AddressFamily.InterNetwork ? 0 : 1)
+            .ThenBy(v => Convert.ToHexString(v.GetAddressBytes()), StringComparer.Ordinal)
+            .ToList();
 }

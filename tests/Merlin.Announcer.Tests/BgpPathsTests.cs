@@ -47,8 +47,8 @@ public class BgpPathsTests
     {
         var a = new[] { "2001:db8::1", "198.18.0.101", "198.18.0.100", "198.18.0.100" }.Select(IPAddress.Parse).ToList();
         var expected = new[] { "198.18.0.100", "198.18.0.101", "2001:db8::1" };
-        Assert.Equal(expected, GobgpAnnouncer.Normalize(a).Select(v => v.ToString()));
-        Assert.Equal(expected, GobgpAnnouncer.Normalize(Enumerable.Reverse(a)).Select(v => v.ToString()));
+        Assert.Equal(expected, VipSet.Normalize(a).Select(v => v.ToString()));
+        Assert.Equal(expected, VipSet.Normalize(Enumerable.Reverse(a)).Select(v => v.ToString()));
     }
 
     [Theory]

@@ -55,12 +55,7 @@ public static class KeepalivedConfig
 
     /// <summary>The service VIPs as rendered: distinct, IPv4 before IPv6, in address order, without the management VIP.</summary>
     public static IReadOnlyList<IPAddress> Normalize(IEnumerable<IPAddress> vips, IPAddress managementVip) =>
-        vips.Select(v => v.IsIPv4MappedToIPv6 ? v.MapToIPv4() : v)
-            .Where(v => !v.Equals(managementVip))
-            .Distinct()
-            .OrderBy(v => v.AddressFamily == AddressFamily.InterNetwork ? 0 : 1)
-            .ThenBy(v => Convert.ToHexString(v.GetAddressBytes()), StringComparer.Ordinal)
-            .ToList();
+        VipSet.Normalize(vips).Where(v => !v.Equals(managementVip)).ToList();
 
     private static string Cidr(IPAddress a) => a.AddressFamily == AddressFamily.InterNetworkV6 ? $"{a}/128" : $"{a}/32";
 
