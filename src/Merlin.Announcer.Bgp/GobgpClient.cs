@@ -106,21 +106,5 @@ internal sealed class GobgpClient : IDisposable
     public async Task DeleteAllPathsAsync(CancellationToken ct) =>
         await _api.DeletePathAsync(new DeletePathRequest { TableType = TableType.Global }, Options(ct));
 
-    /// <summary>The host routes in gobgpd's global RIB (what it would announce), both families.</summary>
-    public async Task<IReadOnlyList<IPAddress>> ListRoutesAsync(CancellationToken ct)
-    {
-        var vips = new List<IPAddress>();
-        foreach (var family in new[] { GobgpPaths.Ipv4, GobgpPaths.Ipv6 })
-        {
-            using var call = _api.ListPath(new ListPathRequest { TableType = TableType.Global, Family = family }, Options(ct));
-            await foreach (var r in call.ResponseStream.ReadAllAsync(ct))
-            {
-                foreach (var p in r.Destination?.Paths ?? [])
-                    if (GobgpPaths.VipOf(p) is { } vip) vips.Add(vip);
-            }
-        }
-        return vips;
-    }
-
     public void Dispose() => _channel.Dispose();
 }
