@@ -31,7 +31,6 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
         if (status.Current is { Ready: true, Desired: { } desired }) _policy.OnPass(true, true, VipsOf(desired)); // a pass that finished before we listened
         loop.PassCompleted += OnPass;
         announcer.Changed += OnChanged;
-        drain.Changed += Feed;
         if (options.StoreGrace is { } grace) _graceTimer = time.CreateTimer(_ => Feed(), null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
         var token = _stopping.Token;
         _starting = Task.Run(async () =>
@@ -53,7 +52,6 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
     public async Task StopAsync(CancellationToken ct)
     {
         loop.PassCompleted -= OnPass;
-        drain.Changed -= Feed;
         if (_graceTimer is not null) await _graceTimer.DisposeAsync();
         await _stopping.CancelAsync();
         await _starting;

@@ -188,8 +188,8 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
 
     public async Task<StatusResponse> DrainNodeAsync(bool drained, CancellationToken ct)
     {
-        drain.Set(drained); // the announcer is fed the new set at once (NodeDrain.Changed)
-        feed.Feed();
+        drain.Set(drained);
+        feed.Feed(); // the announcer is told the new set at once, not at the next pass
         using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
         wait.CancelAfter(DrainSettle);
         try { await announcer.SettleAsync(wait.Token); }

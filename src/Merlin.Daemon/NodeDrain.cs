@@ -19,9 +19,6 @@ public sealed class NodeDrain
 
     public bool Drained { get { lock (_lock) return _drained; } }
 
-    /// <summary>Raised after <see cref="Drained"/> changed, on the caller's thread.</summary>
-    public event Action? Changed;
-
     public void Set(bool drained)
     {
         lock (_lock)
@@ -38,6 +35,5 @@ public sealed class NodeDrain
             }
             _drained = drained;
         }
-        Changed?.Invoke();
     }
 }
