@@ -248,7 +248,7 @@ public sealed record DaemonOptions
         var vip = c["management-vip"] is { } m
             ? (IPAddress.TryParse(m, out var a) ? a : throw new OptionsException($"--management-vip: \"{m}\" is not an IP address"))
             : throw new OptionsException("--management-vip: required with --announcer vrrp (the address on which the API is reachable at whichever node is MASTER)");
-        var peers = (c["vrrp-peer"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+        var peers = Values(c, "vrrp-peer")
             .Select(p => IPAddress.TryParse(p, out var a) ? a : throw new OptionsException($"--vrrp-peer: \"{p}\" is not an IP address")).ToList();
         var vrrp = new Merlin.Announcer.Vrrp.VrrpOptions
         {
@@ -281,10 +281,10 @@ public sealed record DaemonOptions
             ? (IPAddress.TryParse(r, out var id) ? id : throw new OptionsException($"--bgp-router-id: \"{r}\" is not an IPv4 address"))
             : throw new OptionsException("--bgp-router-id: required with --announcer bgp (a unique IPv4 address, usually the node's own)");
         var peers = new List<Merlin.Announcer.Bgp.BgpPeer>();
-        foreach (var text in (c["bgp-peer"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        foreach (var text in Values(c, "bgp-peer"))
             peers.Add(Merlin.Announcer.Bgp.BgpPeer.TryParse(text, out var reason) ?? throw new OptionsException($"--bgp-peer: {reason}"));
         IPAddress? local4 = null, local6 = null;
-        foreach (var text in (c["bgp-local-address"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        foreach (var text in Values(c, "bgp-local-address"))
         {
             if (!IPAddress.TryParse(text, out var local)) throw new OptionsException($"--bgp-local-address: \"{text}\" is not an IP address");
             if (local.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6)
@@ -335,6 +335,10 @@ public sealed record DaemonOptions
             throw new OptionsException($"--listen-address: {o.ListenAddress} is beyond loopback and the API asks for no credentials, so every caller " +
                                        "would be admin; give --tls-client-ca or --tokens-file, or --allow-insecure");
     }
+
+    /// <summary>A repeatable flag's values (repeats are joined with commas), trimmed, empty ones dropped.</summary>
+    private static string[] Values(IConfiguration c, string key) =>
+        (c[key] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 
     private static string? NonEmpty(IConfiguration c, string key) => c[key] is { Length: > 0 } text ? text : null;
 
