@@ -53,9 +53,14 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
 
     private readonly record struct CheckKey(IPAddress Address, string Endpoint, TimeSpan Period, TimeSpan Timeout, uint Up, uint Down);
 
-    private sealed class CheckState(Uri endpoint)
+    /// <summary>A check's state; also where a batching probe delivers its results.</summary>
+    private sealed class CheckState(Uri endpoint, CheckKey key, HealthChecker checker) : ProbeCompletion
     {
         public Uri Endpoint { get; } = endpoint;
+        public readonly CheckKey Key = key;
+
+        public override void Completed(ProbeResult result) => checker.Record(Key, this, result, checker._stop.IsCancellationRequested);
+
         // Verdict, counts, detail and since change under lock (this); Running is set by the scheduler and
         // cleared by the check; Generation is set to -1 (under the checker's lock) when the check is removed.
         public HealthVerdict Verdict = HealthVerdict.Unknown;
@@ -91,7 +96,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
             {
                 var key = wanted[(t.Service, t.Server)];
                 if (_checks.ContainsKey(key)) continue;
-                var added = new CheckState(t.Check.Endpoint!);
+                var added = new CheckState(t.Check.Endpoint!, key, this);
                 _checks[key] = added;
                 _due.Enqueue((key, added), now); // a new check runs at once
             }
@@ -133,6 +138,10 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
         using var stop = ct.UnsafeRegister(static s => ((HealthChecker)s!).Wake(), this);
         var window = (long)(BatchWindow.TotalSeconds * _time.TimestampFrequency);
         var start = new List<(CheckKey Key, CheckState State)>();
+        // Checks the probe takes in batches go to it together, once per wake-up; their results come back
+        // on the probe's thread through CheckState.Completed — no task per check.
+        var batchProbe = _probe as IBatchProbe;
+        var batch = new List<ProbeRequest>();
         while (!ct.IsCancellationRequested)
         {
             TimeSpan wait;
@@ -164,8 +173,17 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
                     start.Add((key, state));
                 }
             }
-            foreach (var (key, state) in start) _ = CheckAsync(key, state, ct);
+            foreach (var (key, state) in start)
+            {
+                if (batchProbe is not null && batchProbe.Batches(state.Endpoint)) batch.Add(new ProbeRequest(key.Address, state.Endpoint, key.Timeout, state));
+                else _ = CheckAsync(key, state, ct);
+            }
             start.Clear();
+            if (batch.Count > 0)
+            {
+                batchProbe!.Submit(batch);
+                batch.Clear();
+            }
             // Timers count whole milliseconds: a wait of 0.3 ms would fire at once and spin this loop
             // until the check is due, so round up (a check starts at most 1 ms late).
             if (wait != Timeout.InfiniteTimeSpan) wait = TimeSpan.FromMilliseconds(Math.Ceiling(wait.TotalMilliseconds));
@@ -188,6 +206,17 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
         catch (Exception e)
         {
             result = new ProbeResult(false, e.Message);
+        }
+        Record(key, state, result, stopped: false);
+    }
+
+    /// <summary>One check's result: counts, the verdict, and a transition logged and announced once.</summary>
+    private void Record(CheckKey key, CheckState state, ProbeResult result, bool stopped)
+    {
+        if (stopped)
+        {
+            Volatile.Write(ref state.Running, false); // the daemon's stop cut it short: no result
+            return;
         }
         if (result.Healthy) Interlocked.Increment(ref _succeeded);
         else Interlocked.Increment(ref _failed);

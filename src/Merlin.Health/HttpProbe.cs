@@ -1,31 +1,49 @@
-using System.Collections.Concurrent;
+using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
-using System.Threading.Tasks.Sources;
 using Merlin.Netlink;
+using static Merlin.Health.ProbeInterop;
 
 namespace Merlin.Health;
 
+/// <summary>Receives a check's result on the probe's loop thread: must be quick and must not block.</summary>
+internal abstract class ProbeCompletion
+{
+    /// <summary>Set from any thread (then wake the probe): the loop ends the check at its next pass.</summary>
+    public volatile bool Cancelled;
+
+    public abstract void Completed(ProbeResult result);
+}
+
+/// <summary>One check handed to the probe's loop.</summary>
+internal readonly record struct ProbeRequest(IPAddress Address, Uri Endpoint, TimeSpan Timeout, ProbeCompletion Completion);
+
 /// <summary>
-/// Plain-HTTP checks on a raw socket: one pre-built <c>GET</c>, the status line parsed, the headers read
-/// for the body's framing, the body skipped (Content-Length or chunked), nothing else. Redirects are not
-/// followed; <see cref="HealthProbes.IsHealthyStatus"/> decides what passes.
+/// Plain-HTTP checks on non-blocking sockets driven by one event loop of their own: one pre-built
+/// <c>GET</c>, the status line parsed, the headers read for the body's framing, the body skipped
+/// (Content-Length or chunked), nothing else. Redirects are not followed;
+/// <see cref="HealthProbes.IsHealthyStatus"/> decides what passes.
 /// <para>
-/// With <c>reuse</c> (the default) the connection is kept alive between checks, one idle connection per
-/// endpoint. A reused connection the server has closed is replaced before the request; one that breaks
-/// during the exchange (reset, closed before the status line) is retried once on a fresh connection within
-/// the same timeout, so a check fails only if a fresh connection fails too — a stopped server (its
-/// sockets closed by the kernel) is seen exactly as with a connection per check. A connection is
-/// replaced after <see cref="MaxConnectionAge"/>, so a server that stops accepting new connections while
-/// it still answers an old one is seen within that time.
+/// The loop is one thread with its own epoll set: it sends every submitted check's request at once,
+/// then waits in <c>epoll_wait</c> until an answer arrives or the earliest deadline passes, and parses
+/// answers in place. A socket is registered once when its connection opens (level-triggered, for
+/// reading; for writing only while a connect or a send is pending), so a check costs one <c>send</c> and
+/// one <c>recv</c> — no thread-pool hop, no timer and no allocation per check. Timeouts are a scan of the
+/// checks in flight against their deadlines.
 /// </para>
 /// <para>
-/// The timeout is a timer that closes the socket: the pending operation then completes with an error
-/// code, so a check that times out or is refused throws no exception.
+/// With <c>reuse</c> (the default) the connection is kept alive between checks, one idle connection per
+/// endpoint. A kept connection the server closes (or writes to unasked) while idle is readable, and the
+/// loop closes it at once. One that breaks during the exchange (reset, closed before the status line) is
+/// retried once on a fresh connection within the same timeout, so a check fails only if a fresh
+/// connection fails too — a stopped server (its sockets closed by the kernel) is seen exactly as with a
+/// connection per check. A connection is replaced after <see cref="MaxConnectionAge"/> (a random
+/// 75–100 % of it), so a server that stops accepting new connections while it still answers an old one
+/// is seen within that time. Without <c>reuse</c> each check opens its own connection and says
+/// <c>Connection: close</c>. Sockets are made in the network namespace given, when one is.
 /// </para>
 /// </summary>
 internal sealed class HttpProbe : IDisposable
@@ -34,21 +52,45 @@ internal sealed class HttpProbe : IDisposable
     internal const int MaxDrainBytes = 64 * 1024;
     internal static readonly TimeSpan MaxConnectionAge = TimeSpan.FromSeconds(30);
     private static readonly TimeSpan IdleLimit = TimeSpan.FromSeconds(60);
+    private const int MaxEvents = 256;
+    private const ulong WakeToken = ulong.MaxValue;
 
     private readonly string? _networkNamespace;
     private readonly bool _reuse;
-    private readonly ConcurrentDictionary<Target, Slot> _slots = new();
+    private readonly int _epoll, _wake;
+
+    // Submissions, from any thread; the loop swaps the two lists.
+    private readonly Lock _lock = new();
+    private List<ProbeRequest> _submitted = [], _taking = [];
+    private bool _wakePending, _disposed;
+    private Thread? _thread;
+
+    // The loop thread's own state.
+    private readonly Dictionary<Target, Slot> _slots = new();
     // The scheduler passes the same Uri for every run of a check: finding its slot by reference skips
     // hashing the address and path on each check.
-    private readonly ConditionalWeakTable<Uri, Slot> _byEndpoint = new();
+    private readonly Dictionary<Uri, Slot> _byEndpoint = new(ReferenceEqualityComparer.Instance);
+    private readonly Dictionary<int, Connection> _byFd = new();
+    private readonly List<Check> _active = [];
+    private readonly Stack<Check> _spare = new();
     private long _nextSweep;
-    private int _disposed;
+    private uint _nextId;
 
     public HttpProbe(string? networkNamespace, bool reuse)
     {
         _networkNamespace = networkNamespace;
         _reuse = reuse;
         _nextSweep = Stopwatch.GetTimestamp() + Ticks(IdleLimit);
+        _epoll = EpollCreate1(EpollCloexec);
+        if (_epoll < 0) throw new IOException($"epoll_create1 failed: errno {Marshal.GetLastPInvokeError()}");
+        _wake = EventFd(0, EfdNonblock | EfdCloexec);
+        if (_wake < 0 || Control(_epoll, EpollCtlAdd, _wake, EpollIn, WakeToken) < 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            if (_wake >= 0) ProbeInterop.Close(_wake);
+            ProbeInterop.Close(_epoll);
+            throw new IOException($"eventfd failed: errno {errno}");
+        }
     }
 
     /// <summary>Connections opened since start (the rest of the checks reused one).</summary>
@@ -57,163 +99,519 @@ internal sealed class HttpProbe : IDisposable
 
     private readonly record struct Target(IPAddress Address, int Port, string Path);
 
-    /// <summary>One endpoint: its request bytes and at most one idle connection.</summary>
+    /// <summary>One endpoint: its address, its request bytes and at most one idle connection.</summary>
     private sealed class Slot(IPEndPoint remote, byte[] request)
     {
         public readonly IPEndPoint Remote = remote;
         public readonly byte[] Request = request;
+        public readonly byte[] SockAddr = SocketAddress(remote);
         public Connection? Idle;
         public long LastUsed;
-        public volatile bool Removed;
+        public bool Removed;
     }
 
+    /// <summary>A check in flight on the loop.</summary>
+    private sealed class Check
+    {
+        public Slot Slot = null!;
+        public ProbeCompletion Completion = null!;
+        public TimeSpan Timeout;
+        public long Deadline;
+        public bool Reused;
+        public Connection? Connection;
+        public int Index = -1; // in _active
+    }
+
+    private enum State { Connecting, Sending, Receiving, Idle }
+
+    /// <summary>A socket, its receive buffer, the check using it (none while idle).</summary>
+    private sealed class Connection(int fd, uint id, Slot slot)
+    {
+        public readonly int Fd = fd;
+        public readonly ulong Token = (ulong)id << 32 | (uint)fd; // told apart from a later socket on the same fd
+        public readonly Slot Slot = slot;
+        // Renewed after 75-100 % of the maximum age: connections opened together (a daemon start) are
+        // not all renewed in the same instant.
+        public readonly long Expires = Stopwatch.GetTimestamp() + (long)(Ticks(MaxConnectionAge) * (0.75 + 0.25 * Random.Shared.NextDouble()));
+        public readonly ResponseReader Reader = new(new byte[BufferSize]);
+        public State State;
+        public int Sent;
+        public bool WatchesOutput;
+        public Check? Check;
+    }
+
+    /// <summary>Runs one check; the result comes from the loop thread. For callers other than the scheduler.</summary>
     public async Task<ProbeResult> ProbeAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct)
     {
-        var now = Stopwatch.GetTimestamp();
-        if (now >= Volatile.Read(ref _nextSweep)) Sweep(now);
-        var slot = SlotFor(address, endpoint);
-        Volatile.Write(ref slot.LastUsed, now);
-
-        var connection = _reuse ? Interlocked.Exchange(ref slot.Idle, null) : null;
-        if (connection is not null && (now >= connection.Expires || connection.ClosedByPeer()))
+        var pending = new PendingProbe(this);
+        using var stop = ct.CanBeCanceled ? ct.UnsafeRegister(static p => ((PendingProbe)p!).Cancel(), pending) : default;
+        lock (_lock)
         {
-            connection.Dispose();
-            connection = null;
+            if (_disposed) pending.Completed(Stopped);
+            else
+            {
+                _submitted.Add(new ProbeRequest(address, endpoint, timeout, pending));
+                WakeLocked();
+            }
         }
-        var reused = connection is not null;
-        using var deadline = new Deadline(timeout);
-        using var stop = ct.CanBeCanceled ? ct.UnsafeRegister(static d => ((Deadline)d!).Cancel(), deadline) : default;
-        connection ??= await ConnectAsync(slot, deadline);
-        if (connection is null) return Ended(deadline.Fired ? TimedOut(timeout) : deadline.Failure, ct);
-
-        var answer = await ExchangeAsync(connection, slot.Request, deadline);
-        if (answer.Broken && reused && !deadline.Fired)
-        {
-            // The server closed the kept connection while we sent (an idle timeout, a restart): only a
-            // fresh connection's answer counts.
-            connection.Dispose();
-            connection = await ConnectAsync(slot, deadline);
-            if (connection is null) return Ended(deadline.Fired ? TimedOut(timeout) : deadline.Failure, ct);
-            answer = await ExchangeAsync(connection, slot.Request, deadline);
-        }
-        var inTime = deadline.Finish();
-        if (answer.Status == 0)
-        {
-            connection.Dispose();
-            return Ended(!inTime ? TimedOut(timeout) : new ProbeResult(false, answer.Error ?? "connection closed before an answer"), ct);
-        }
-        if (inTime && answer.KeepAlive && _reuse && Volatile.Read(ref _disposed) == 0) Return(slot, connection);
-        else connection.Dispose();
-        return Ended(new ProbeResult(HealthProbes.IsHealthyStatus(answer.Status), StatusDetail(answer.Status)), ct);
-    }
-
-    /// <summary>A check the daemon's stop cut short gives no result.</summary>
-    private static ProbeResult Ended(ProbeResult result, CancellationToken ct)
-    {
-        ct.ThrowIfCancellationRequested();
+        var result = await pending.Source.Task.ConfigureAwait(false);
+        ct.ThrowIfCancellationRequested(); // a check the daemon's stop cut short gives no result
         return result;
     }
 
-    private Slot SlotFor(IPAddress address, Uri endpoint)
+    private sealed class PendingProbe(HttpProbe probe) : ProbeCompletion
     {
-        if (_byEndpoint.TryGetValue(endpoint, out var known) && !known.Removed && known.Remote.Address.Equals(address)) return known;
-        var slot = SlotFor(new Target(address, endpoint.Port, endpoint.PathAndQuery));
-        _byEndpoint.AddOrUpdate(endpoint, slot);
-        return slot;
-    }
+        public readonly TaskCompletionSource<ProbeResult> Source = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    private Slot SlotFor(Target target)
-    {
-        if (_slots.TryGetValue(target, out var slot)) return slot;
-        var (address, port) = (target.Address, target.Port);
-        var host = address.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
-        if (port != 80) host += $":{port}";
-        var request = Encoding.ASCII.GetBytes(
-            $"GET {target.Path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: merlin-health-check\r\nAccept: */*\r\n{(_reuse ? "" : "Connection: close\r\n")}\r\n");
-        return _slots.GetOrAdd(target, new Slot(new IPEndPoint(address, port), request));
-    }
+        public override void Completed(ProbeResult result) => Source.TrySetResult(result);
 
-    private static void Return(Slot slot, Connection connection)
-    {
-        if (Interlocked.CompareExchange(ref slot.Idle, connection, null) is not null)
+        public void Cancel()
         {
-            connection.Dispose(); // another check of the same endpoint kept its own
+            Cancelled = true;
+            probe.Wake();
+        }
+    }
+
+    /// <summary>Hands checks to the loop (one wake-up for all of them); each result goes to its request's completion.</summary>
+    public void Submit(List<ProbeRequest> requests)
+    {
+        if (requests.Count == 0) return;
+        lock (_lock)
+        {
+            if (!_disposed)
+            {
+                _submitted.AddRange(requests);
+                WakeLocked();
+                return;
+            }
+        }
+        foreach (var request in requests) request.Completion.Completed(Stopped);
+    }
+
+    private static readonly ProbeResult Stopped = new(false, "the probe has stopped");
+
+    private void Wake()
+    {
+        lock (_lock) WakeLocked();
+    }
+
+    private unsafe void WakeLocked()
+    {
+        if (_thread is null && !_disposed)
+        {
+            _thread = new Thread(Run) { IsBackground = true, Name = "merlin-http-probe" };
+            _thread.Start();
+        }
+        if (_wakePending) return;
+        _wakePending = true;
+        ulong one = 1;
+        Write(_wake, (byte*)&one, 8);
+    }
+
+    private unsafe void Run()
+    {
+        var events = GC.AllocateArray<byte>(MaxEvents * EventSize, pinned: true);
+        fixed (byte* ev = events)
+        {
+            while (true)
+            {
+                if (TakeSubmitted()) break;
+                var now = Stopwatch.GetTimestamp();
+                var wait = Expire(now);
+                var n = EpollWait(_epoll, ev, MaxEvents, wait);
+                if (n < 0)
+                {
+                    if (Marshal.GetLastPInvokeError() == EIntr) continue;
+                    break; // the set is gone: nothing more can be checked
+                }
+                for (var i = 0; i < n; i++)
+                {
+                    var flags = *(uint*)(ev + i * EventSize);
+                    var token = *(ulong*)(ev + i * EventSize + EventDataOffset);
+                    if (token == WakeToken)
+                    {
+                        ulong count;
+                        Read(_wake, (byte*)&count, 8);
+                        continue;
+                    }
+                    if (_byFd.TryGetValue((int)(uint)token, out var c) && c.Token == token) OnEvent(c, flags);
+                }
+            }
+        }
+        Shutdown();
+    }
+
+    /// <summary>Starts the checks submitted since the last pass; true when the probe is being disposed.</summary>
+    private bool TakeSubmitted()
+    {
+        List<ProbeRequest> taken;
+        lock (_lock)
+        {
+            _wakePending = false;
+            if (_disposed) return true;
+            if (_submitted.Count == 0) return false;
+            taken = _submitted;
+            _submitted = _taking;
+            _taking = taken;
+        }
+        var now = Stopwatch.GetTimestamp();
+        if (now >= _nextSweep) Sweep(now);
+        foreach (var request in taken) Start(request, now);
+        taken.Clear();
+        return false;
+    }
+
+    private void Start(in ProbeRequest request, long now)
+    {
+        var slot = SlotFor(request.Address, request.Endpoint);
+        slot.LastUsed = now;
+        var check = _spare.Count > 0 ? _spare.Pop() : new Check();
+        check.Slot = slot;
+        check.Completion = request.Completion;
+        check.Timeout = request.Timeout;
+        check.Deadline = now + Ticks(request.Timeout);
+        check.Reused = false;
+        check.Index = _active.Count;
+        _active.Add(check);
+
+        var connection = slot.Idle;
+        slot.Idle = null;
+        if (connection is not null && now >= connection.Expires)
+        {
+            Close(connection);
+            connection = null;
+        }
+        if (connection is null)
+        {
+            Open(check);
             return;
         }
-        // A sweep may have dropped the slot meanwhile: then nobody would ever close this connection.
-        if (slot.Removed && Interlocked.CompareExchange(ref slot.Idle, null, connection) == connection) connection.Dispose();
+        check.Reused = true;
+        Attach(check, connection);
+        SendRequest(connection);
     }
 
-    /// <summary>Closes connections of endpoints no longer checked (a removed server), at most every <see cref="IdleLimit"/>.</summary>
-    private void Sweep(long now)
+    /// <summary>Ends timed-out and cancelled checks; the time to wait for the next deadline (ms, -1: none).</summary>
+    private int Expire(long now)
     {
-        var due = Volatile.Read(ref _nextSweep);
-        if (now < due || Interlocked.CompareExchange(ref _nextSweep, now + Ticks(IdleLimit), due) != due) return;
-        foreach (var (target, slot) in _slots)
+        var next = _nextSweep;
+        for (var i = _active.Count - 1; i >= 0; i--)
         {
-            if (now - Volatile.Read(ref slot.LastUsed) < Ticks(IdleLimit)) continue;
-            slot.Removed = true;
-            _slots.TryRemove(target, out _);
-            Interlocked.Exchange(ref slot.Idle, null)?.Dispose();
+            if (i >= _active.Count) continue; // a completion ended several
+            var check = _active[i];
+            if (check.Completion.Cancelled || now >= check.Deadline)
+            {
+                if (check.Connection is { } c) Close(c);
+                Finish(check, check.Completion.Cancelled ? new ProbeResult(false, "cancelled") : TimedOut(check.Timeout));
+                continue;
+            }
+            if (check.Deadline < next) next = check.Deadline;
         }
+        var ms = Math.Ceiling((next - now) * 1000.0 / Stopwatch.Frequency);
+        return ms <= 0 ? 0 : ms >= int.MaxValue ? -1 : (int)ms;
     }
 
-    private async ValueTask<Connection?> ConnectAsync(Slot slot, Deadline deadline)
+    private unsafe void Open(Check check)
     {
         Interlocked.Increment(ref _connects);
-        Socket socket;
+        var slot = check.Slot;
+        var fd = NewSocket(slot.Remote.AddressFamily, out var failure);
+        if (fd < 0)
+        {
+            Finish(check, new ProbeResult(false, failure!));
+            return;
+        }
+        int on = 1;
+        SetSockOpt(fd, IpProtoTcp, TcpNoDelay, (byte*)&on, sizeof(int));
+        var c = new Connection(fd, ++_nextId, slot);
+        _byFd[fd] = c;
+        Attach(check, c);
+        int rc;
+        fixed (byte* address = slot.SockAddr) rc = ProbeInterop.Connect(fd, address, slot.SockAddr.Length);
+        var errno = rc < 0 ? Marshal.GetLastPInvokeError() : 0;
+        if (rc < 0 && errno != EInProgress)
+        {
+            ConnectFailed(c, errno);
+            return;
+        }
+        c.State = rc == 0 ? State.Sending : State.Connecting;
+        c.WatchesOutput = rc != 0;
+        if (Control(_epoll, EpollCtlAdd, fd, rc == 0 ? EpollIn | EpollRdHup : EpollIn | EpollOut | EpollRdHup, c.Token) < 0)
+        {
+            ConnectFailed(c, Marshal.GetLastPInvokeError());
+            return;
+        }
+        if (rc == 0) SendRequest(c);
+    }
+
+    private int NewSocket(AddressFamily family, out string? failure)
+    {
+        failure = null;
+        var domain = family == AddressFamily.InterNetworkV6 ? AfInet6 : AfInet;
+        (int Fd, int Errno) made;
         try
         {
-            socket = NetworkNamespace.Run(_networkNamespace, () => new Socket(slot.Remote.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
-            socket.NoDelay = true;
+            made = NetworkNamespace.Run(_networkNamespace, () =>
+            {
+                var fd = Socket(domain, SockStream | SockNonblock | SockCloexec, IpProtoTcp);
+                return (fd, fd < 0 ? Marshal.GetLastPInvokeError() : 0);
+            });
         }
-        catch (Exception e) when (e is SocketException or IOException)
+        catch (IOException e)
         {
-            deadline.Failure = new ProbeResult(false, e is SocketException s ? s.SocketErrorCode.ToString() : e.Message);
-            return null;
+            failure = e.Message;
+            return -1;
         }
-        var connection = new Connection(socket);
-        deadline.Watch(connection);
-        var error = await connection.Operation.ConnectAsync(socket, slot.Remote);
-        if (error == SocketError.Success) return connection;
-        connection.Dispose();
-        deadline.Failure = new ProbeResult(false, error.ToString());
-        return null;
+        if (made.Fd < 0) failure = ErrorName(made.Errno);
+        return made.Fd;
+    }
+
+    private static void Attach(Check check, Connection c)
+    {
+        check.Connection = c;
+        c.Check = check;
+        c.Sent = 0;
+        c.Reader.Reset();
+    }
+
+    private unsafe void OnEvent(Connection c, uint flags)
+    {
+        switch (c.State)
+        {
+            case State.Idle:
+                // Readable while idle: the server closed or reset it, or sent something unasked.
+                Close(c);
+                break;
+            case State.Connecting:
+            {
+                int error = 0, length = sizeof(int);
+                if (GetSockOpt(c.Fd, SolSocket, SoError, (byte*)&error, &length) < 0) error = Marshal.GetLastPInvokeError();
+                if (error != 0) ConnectFailed(c, error);
+                else if ((flags & EpollOut) != 0)
+                {
+                    c.State = State.Sending;
+                    SendRequest(c);
+                }
+                else if ((flags & (EpollErr | EpollHup)) != 0) ConnectFailed(c, 104);
+                break;
+            }
+            case State.Sending:
+                SendRequest(c);
+                break;
+            case State.Receiving:
+                Receive(c);
+                break;
+        }
+    }
+
+    private void ConnectFailed(Connection c, int errno)
+    {
+        var check = c.Check!;
+        Close(c);
+        Finish(check, new ProbeResult(false, ErrorName(errno)));
+    }
+
+    private unsafe void SendRequest(Connection c)
+    {
+        var request = c.Slot.Request;
+        while (c.Sent < request.Length)
+        {
+            nint n;
+            fixed (byte* p = request) n = Send(c.Fd, p + c.Sent, (nuint)(request.Length - c.Sent), MsgNoSignal);
+            if (n > 0)
+            {
+                c.Sent += (int)n;
+                continue;
+            }
+            var errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
+            if (errno == EIntr) continue;
+            if (errno == EAgain)
+            {
+                c.State = State.Sending;
+                Watch(c, output: true);
+                return;
+            }
+            Answered(c, new Answer(0, false, true, errno == 0 ? null : ErrorName(errno)));
+            return;
+        }
+        Watch(c, output: false);
+        c.State = State.Receiving;
+    }
+
+    private void Watch(Connection c, bool output)
+    {
+        if (c.WatchesOutput == output) return;
+        c.WatchesOutput = output;
+        Control(_epoll, EpollCtlMod, c.Fd, output ? EpollIn | EpollOut | EpollRdHup : EpollIn | EpollRdHup, c.Token);
+    }
+
+    private unsafe void Receive(Connection c)
+    {
+        var reader = c.Reader;
+        while (true)
+        {
+            var free = reader.FreeSpace().Span;
+            nint n;
+            fixed (byte* p = free) n = Recv(c.Fd, p, (nuint)free.Length, 0);
+            if (n <= 0)
+            {
+                var errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
+                if (errno == EAgain) return; // woken for less than a response: wait for the rest
+                if (errno == EIntr) continue;
+                // Closed before the status line: a broken connection. After it, the status counts, but the
+                // connection is done.
+                Answered(c, reader.Status == 0 ? new Answer(0, false, true, errno == 0 ? null : ErrorName(errno)) : new Answer(reader.Status, false, false, null));
+                return;
+            }
+            reader.Received((int)n);
+            switch (reader.Advance())
+            {
+                case ResponseReader.Step.NeedMore:
+                    if (n < free.Length) return; // level-triggered: the next part wakes the loop again
+                    continue;
+                case ResponseReader.Step.Done:
+                    Answered(c, new Answer(reader.Status, reader.KeepAlive, false, null));
+                    return;
+                case ResponseReader.Step.Malformed:
+                    Answered(c, new Answer(reader.Status, false, false, reader.Error));
+                    return;
+                default: // StopReading
+                    Answered(c, new Answer(reader.Status, false, false, null));
+                    return;
+            }
+        }
     }
 
     /// <summary>The answer to one request: its status (0: none), whether the connection can carry another.</summary>
     internal readonly record struct Answer(int Status, bool KeepAlive, bool Broken, string? Error);
 
-    private static async ValueTask<Answer> ExchangeAsync(Connection c, byte[] request, Deadline deadline)
+    private void Answered(Connection c, Answer answer)
     {
-        deadline.Watch(c);
-        var op = c.Operation;
-        var sent = 0;
-        while (sent < request.Length)
+        var check = c.Check!;
+        if (answer.Broken && check.Reused)
         {
-            var error = await op.SendAsync(c.Socket, request.AsMemory(sent));
-            if (error != SocketError.Success || op.BytesTransferred == 0) return new Answer(0, false, true, error.ToString());
-            sent += op.BytesTransferred;
+            // The server closed the kept connection while we sent (an idle timeout, a restart): only a
+            // fresh connection's answer counts, within the same deadline.
+            Close(c);
+            check.Reused = false;
+            Open(check);
+            return;
         }
-        var reader = c.Reader;
-        reader.Reset();
-        while (true)
+        if (answer.Status == 0)
         {
-            var step = reader.Advance();
-            if (step == ResponseReader.Step.Done) return new Answer(reader.Status, reader.KeepAlive, false, null);
-            if (step == ResponseReader.Step.Malformed) return new Answer(reader.Status, false, false, reader.Error);
-            if (step == ResponseReader.Step.StopReading) return new Answer(reader.Status, false, false, null);
-            // NeedMore: read into the free end of the buffer.
-            var free = reader.FreeSpace();
-            var error = await op.ReceiveAsync(c.Socket, free);
-            if (error != SocketError.Success || op.BytesTransferred == 0)
-            {
-                // Closed before the status line: a broken connection. After it, the status counts, but the
-                // connection is done.
-                return reader.Status == 0 ? new Answer(0, false, true, error == SocketError.Success ? null : error.ToString()) : new Answer(reader.Status, false, false, null);
-            }
-            reader.Received(op.BytesTransferred);
+            Close(c);
+            Finish(check, new ProbeResult(false, answer.Error ?? "connection closed before an answer"));
+            return;
         }
+        var slot = c.Slot;
+        if (answer.KeepAlive && _reuse && !slot.Removed && slot.Idle is null && !Volatile.Read(ref _disposed))
+        {
+            c.Check = null;
+            check.Connection = null;
+            c.State = State.Idle;
+            slot.Idle = c;
+        }
+        else Close(c); // another check of the same endpoint kept its own, or this one cannot carry another
+        Finish(check, new ProbeResult(HealthProbes.IsHealthyStatus(answer.Status), StatusDetail(answer.Status)));
+    }
+
+    private void Close(Connection c)
+    {
+        _byFd.Remove(c.Fd);
+        ProbeInterop.Close(c.Fd); // also leaves the epoll set
+        if (c.Slot.Idle == c) c.Slot.Idle = null;
+        if (c.Check is { } check) check.Connection = null;
+        c.Check = null;
+    }
+
+    /// <summary>Takes the check out of flight and hands its result over.</summary>
+    private void Finish(Check check, ProbeResult result)
+    {
+        var last = _active[^1];
+        _active[check.Index] = last;
+        last.Index = check.Index;
+        _active.RemoveAt(_active.Count - 1);
+        var completion = check.Completion;
+        check.Index = -1;
+        check.Slot = null!;
+        check.Completion = null!;
+        check.Connection = null;
+        _spare.Push(check);
+        try
+        {
+            completion.Completed(result);
+        }
+        catch (Exception e)
+        {
+            Trace.TraceError($"health check completion failed: {e}"); // must not stop the loop
+        }
+    }
+
+    private Slot SlotFor(IPAddress address, Uri endpoint)
+    {
+        if (_byEndpoint.TryGetValue(endpoint, out var known) && !known.Removed && known.Remote.Address.Equals(address)) return known;
+        var target = new Target(address, endpoint.Port, endpoint.PathAndQuery);
+        if (!_slots.TryGetValue(target, out var slot))
+        {
+            var host = address.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
+            if (target.Port != 80) host += $":{target.Port}";
+            var request = Encoding.ASCII.GetBytes(
+                $"GET {target.Path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: merlin-health-check\r\nAccept: */*\r\n{(_reuse ? "" : "Connection: close\r\n")}\r\n");
+            _slots[target] = slot = new Slot(new IPEndPoint(address, target.Port), request);
+        }
+        _byEndpoint[endpoint] = slot;
+        return slot;
+    }
+
+    /// <summary>Closes connections of endpoints no longer checked (a removed server), at most every <see cref="IdleLimit"/>.</summary>
+    private void Sweep(long now)
+    {
+        _nextSweep = now + Ticks(IdleLimit);
+        List<Target>? gone = null;
+        foreach (var (target, slot) in _slots)
+        {
+            if (now - slot.LastUsed < Ticks(IdleLimit)) continue;
+            slot.Removed = true;
+            (gone ??= []).Add(target);
+            if (slot.Idle is { } idle) Close(idle);
+        }
+        if (gone is null) return;
+        foreach (var target in gone) _slots.Remove(target);
+        foreach (var endpoint in _byEndpoint.Where(kv => kv.Value.Removed).Select(kv => kv.Key).ToList()) _byEndpoint.Remove(endpoint);
+    }
+
+    /// <summary>The loop ends: every check in flight or waiting fails, every socket is closed.</summary>
+    private void Shutdown()
+    {
+        lock (_lock)
+        {
+            _disposed = true;
+            (_taking, _submitted) = (_submitted, _taking);
+        }
+        foreach (var c in _byFd.Values.ToList()) Close(c);
+        while (_active.Count > 0) Finish(_active[^1], Stopped);
+        foreach (var request in _taking) request.Completion.Completed(Stopped);
+        _taking.Clear();
+        ProbeInterop.Close(_wake);
+        ProbeInterop.Close(_epoll);
+    }
+
+    private static byte[] SocketAddress(IPEndPoint remote)
+    {
+        if (remote.AddressFamily == AddressFamily.InterNetworkV6)
+        {
+            var v6 = new byte[28]; // sockaddr_in6: family, port, flow info, address, scope id
+            MemoryMarshal.Write(v6, (ushort)AfInet6);
+            BinaryPrimitives.WriteUInt16BigEndian(v6.AsSpan(2), (ushort)remote.Port);
+            remote.Address.TryWriteBytes(v6.AsSpan(8, 16), out _);
+            MemoryMarshal.Write(v6.AsSpan(24), (uint)remote.Address.ScopeId);
+            return v6;
+        }
+        var v4 = new byte[16]; // sockaddr_in: family, port, address, padding
+        MemoryMarshal.Write(v4, (ushort)AfInet);
+        BinaryPrimitives.WriteUInt16BigEndian(v4.AsSpan(2), (ushort)remote.Port);
+        remote.Address.TryWriteBytes(v4.AsSpan(4, 4), out _);
+        return v4;
     }
 
     private static readonly string?[] StatusDetails = new string?[600];
@@ -230,139 +628,21 @@ internal sealed class HttpProbe : IDisposable
 
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
-        foreach (var slot in _slots.Values)
+        Thread? thread;
+        lock (_lock)
         {
-            slot.Removed = true;
-            Interlocked.Exchange(ref slot.Idle, null)?.Dispose();
+            if (_disposed) return;
+            thread = _thread;
+            if (thread is not null) WakeLocked();
+            _disposed = true;
         }
-        _slots.Clear();
-    }
-
-    /// <summary>
-    /// A check's timeout: a timer that closes the connection the check is using, so its pending operation
-    /// ends with an error code instead of an exception.
-    /// </summary>
-    private sealed class Deadline : IDisposable
-    {
-        private const int Running = 0, Expired = 1, Finished = 2;
-        private readonly Timer _timer;
-        private Connection? _connection;
-        private int _state;
-
-        public Deadline(TimeSpan timeout) =>
-            _timer = new Timer(static s => ((Deadline)s!).Fire(), this, timeout, Timeout.InfiniteTimeSpan);
-
-        /// <summary>Why the last connect failed, when it did not time out.</summary>
-        public ProbeResult Failure;
-
-        public bool Fired => Volatile.Read(ref _state) == Expired;
-
-        public void Watch(Connection connection)
+        if (thread is null)
         {
-            Volatile.Write(ref _connection, connection);
-            if (Fired) connection.Abort();
+            ProbeInterop.Close(_wake);
+            ProbeInterop.Close(_epoll);
+            return;
         }
-
-        /// <summary>The daemon stops: end the check now.</summary>
-        public void Cancel() => Fire();
-
-        private void Fire()
-        {
-            if (Interlocked.CompareExchange(ref _state, Expired, Running) == Running) Volatile.Read(ref _connection)?.Abort();
-        }
-
-        /// <summary>Stops the timer; false if it had already fired (the connection is closed).</summary>
-        public bool Finish() => Interlocked.CompareExchange(ref _state, Finished, Running) != Expired;
-
-        public void Dispose()
-        {
-            Finish();
-            _timer.Dispose();
-        }
-    }
-
-    /// <summary>A socket, its receive buffer and its one reusable socket operation.</summary>
-    private sealed class Connection(Socket socket) : IDisposable
-    {
-        public readonly Socket Socket = socket;
-        // Renewed after 75-100 % of the maximum age: connections opened together (a daemon start) are
-        // not all renewed in the same instant.
-        public readonly long Expires = Stopwatch.GetTimestamp() + (long)(Ticks(MaxConnectionAge) * (0.75 + 0.25 * Random.Shared.NextDouble()));
-        public readonly ResponseReader Reader = new(new byte[BufferSize]);
-        public readonly SocketOperation Operation = new();
-        private int _closed;
-
-        /// <summary>True when the server has closed (or reset) the idle connection, or sent something unasked.</summary>
-        public bool ClosedByPeer()
-        {
-            try
-            {
-                return Socket.Poll(0, SelectMode.SelectRead); // readable while idle: EOF, an error or stray bytes
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
-            {
-                return true;
-            }
-        }
-
-        /// <summary>Closes the socket from the timer: a pending connect, send or receive completes with an error.</summary>
-        public void Abort() => Socket.Dispose();
-
-        public void Dispose()
-        {
-            if (Interlocked.Exchange(ref _closed, 1) == 1) return;
-            Socket.Dispose();
-            Operation.Dispose();
-        }
-    }
-
-    /// <summary>One reusable socket operation, awaited as a <see cref="ValueTask{SocketError}"/>: failures are codes, not exceptions.</summary>
-    private sealed class SocketOperation : SocketAsyncEventArgs, IValueTaskSource<SocketError>
-    {
-        private ManualResetValueTaskSourceCore<SocketError> _core;
-
-        public SocketOperation() : base(unsafeSuppressExecutionContextFlow: true) { }
-
-        public ValueTask<SocketError> ConnectAsync(Socket socket, EndPoint remote)
-        {
-            SetBuffer(Memory<byte>.Empty);
-            RemoteEndPoint = remote;
-            return Start(socket, static (s, e) => s.ConnectAsync(e));
-        }
-
-        public ValueTask<SocketError> SendAsync(Socket socket, ReadOnlyMemory<byte> data)
-        {
-            SetBuffer(MemoryMarshal.AsMemory(data));
-            return Start(socket, static (s, e) => s.SendAsync(e));
-        }
-
-        public ValueTask<SocketError> ReceiveAsync(Socket socket, Memory<byte> buffer)
-        {
-            SetBuffer(buffer);
-            return Start(socket, static (s, e) => s.ReceiveAsync(e));
-        }
-
-        private ValueTask<SocketError> Start(Socket socket, Func<Socket, SocketAsyncEventArgs, bool> start)
-        {
-            _core.Reset();
-            try
-            {
-                if (start(socket, this)) return new ValueTask<SocketError>(this, _core.Version);
-            }
-            catch (ObjectDisposedException)
-            {
-                return new ValueTask<SocketError>(SocketError.OperationAborted); // the timer closed it between two operations
-            }
-            return new ValueTask<SocketError>(SocketError);
-        }
-
-        protected override void OnCompleted(SocketAsyncEventArgs e) => _core.SetResult(e.SocketError);
-
-        public SocketError GetResult(short token) => _core.GetResult(token);
-        public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
-        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
-            _core.OnCompleted(continuation, state, token, flags);
+        if (Thread.CurrentThread != thread) thread.Join();
     }
 }
 

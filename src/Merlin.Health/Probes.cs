@@ -16,18 +16,29 @@ public interface IHealthProbe
 }
 
 /// <summary>
+/// A probe that also takes checks in batches and reports each result through its request's
+/// <see cref="ProbeCompletion"/> (on the probe's own thread) — no task per check. The scheduler uses it for
+/// the endpoints it <see cref="Batches"/>.
+/// </summary>
+internal interface IBatchProbe
+{
+    bool Batches(Uri endpoint);
+    void Submit(List<ProbeRequest> requests);
+}
+
+/// <summary>
 /// The checks real servers declare: <c>http://:port/path</c> and <c>https://…</c> (a 2xx answer is healthy;
 /// redirects are not followed; an HTTPS server's certificate is not verified — it is addressed by IP),
 /// <c>tcp://:port</c> (a completed connect is healthy) and <c>grpc://:port[/service]</c> (the gRPC health
 /// protocol answering SERVING). Connections are made from <see cref="NetworkNamespace"/> when set, which
 /// is where the load balancer's dataplane is.
 /// <para>
-/// Plain HTTP goes through <see cref="HttpProbe"/> (a raw socket; the connection kept alive between checks
-/// unless <c>reuseHttpConnections</c> is false); HTTPS and gRPC through <see cref="HttpClient"/> with a
+/// Plain HTTP goes through <see cref="HttpProbe"/> (non-blocking sockets on an event loop of its own; the
+/// connection kept alive between checks unless <c>reuseHttpConnections</c> is false); HTTPS and gRPC through <see cref="HttpClient"/> with a
 /// new connection per check.
 /// </para>
 /// </summary>
-public sealed class HealthProbes : IHealthProbe, IDisposable
+public sealed class HealthProbes : IHealthProbe, IBatchProbe, IDisposable
 {
     private readonly string? _networkNamespace;
     private readonly SocketsHttpHandler _handler;
@@ -59,6 +70,10 @@ public sealed class HealthProbes : IHealthProbe, IDisposable
 
     public Task<ProbeResult> ProbeAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct) =>
         endpoint.Scheme == "http" ? _plainHttp.ProbeAsync(address, endpoint, timeout, ct) : ProbeOtherAsync(address, endpoint, timeout, ct);
+
+    bool IBatchProbe.Batches(Uri endpoint) => endpoint.Scheme == "http";
+
+    void IBatchProbe.Submit(List<ProbeRequest> requests) => _plainHttp.Submit(requests);
 
     private async Task<ProbeResult> ProbeOtherAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct)
     {

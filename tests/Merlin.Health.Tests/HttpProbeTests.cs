@@ -181,6 +181,167 @@ public sealed class HttpProbeTests : IDisposable
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => check);
     }
 
+    [Fact]
+    public async Task AnAnswerSplitAcrossManyReads_IsReadWhole_AndTheConnectionKept()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive) { Piece = 5 };
+        for (var i = 0; i < 3; i++)
+            Assert.Equal(new ProbeResult(true, "HTTP 200"), await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct));
+        Assert.Equal(1, server.Accepted);
+    }
+
+    [Fact]
+    public async Task AChunkedBody_InPieces_IsSkipped_AndTheConnectionKept()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive)
+        {
+            Response = Encoding.ASCII.GetBytes("HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\ndown\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n"),
+            Piece = 7,
+        };
+        for (var i = 0; i < 3; i++)
+            Assert.Equal(new ProbeResult(false, "HTTP 503"), await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct));
+        Assert.Equal(1, server.Accepted);
+        Assert.Equal(3, server.Requests);
+    }
+
+    [Fact]
+    public async Task AnAnswerCutShortByTheServer_KeepsItsStatus_ButNotTheConnection()
+    {
+        // Content-Length promises more than comes before the close: the status counts (as with a
+        // connection per check), the connection is not reused.
+        using var server = new ScriptedServer(ScriptedServer.Mode.CloseSilently) { Response = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok"u8.ToArray() };
+        Assert.Equal(new ProbeResult(true, "HTTP 200"), await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct));
+        await server.WaitForClosedAsync(1, Ct);
+        Assert.Equal(new ProbeResult(true, "HTTP 200"), await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct));
+        Assert.Equal(2, server.Accepted);
+    }
+
+    [Fact]
+    public async Task AServerThatNeverAnswers_ANewConnection_TimesOut()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive) { Mute = true };
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var result = await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), TimeSpan.FromMilliseconds(200), Ct);
+        Assert.Equal(new ProbeResult(false, "no answer within 200 ms"), result);
+        Assert.InRange(clock.ElapsedMilliseconds, 190, 1500);
+    }
+
+    [Fact]
+    public async Task Garbage_IsAFailedCheck_WithItsReason()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive) { Response = "SSH-2.0-OpenSSH_9.2\r\n"u8.ToArray() };
+        Assert.Equal(new ProbeResult(false, "not an HTTP/1 status line"), await _probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct));
+    }
+
+    [Fact]
+    public async Task ManyServers_InOneBatch_EachAnswered_OnOneConnectionEach()
+    {
+        var servers = Enumerable.Range(0, 200).Select(_ => new ScriptedServer(ScriptedServer.Mode.KeepAlive)).ToList();
+        try
+        {
+            var endpoints = servers.Select(Endpoint).ToList();
+            for (var round = 0; round < 3; round++)
+            {
+                var results = new Collector(servers.Count);
+                _probe.Submit(endpoints.Select((e, i) => new ProbeRequest(IPAddress.Loopback, e, Timeout, results.For(i))).ToList());
+                var all = await results.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct);
+                Assert.All(all, r => Assert.Equal(new ProbeResult(true, "HTTP 200"), r));
+            }
+            Assert.All(servers, s => Assert.Equal((1, 3), (s.Accepted, s.Requests)));
+            Assert.Equal(servers.Count, _probe.Connects);
+        }
+        finally
+        {
+            foreach (var s in servers) s.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task ABatch_MixingUpDownAndSilentServers_GetsEachItsOwnResult()
+    {
+        using var up = new ScriptedServer(ScriptedServer.Mode.KeepAlive);
+        using var silent = new ScriptedServer(ScriptedServer.Mode.KeepAlive) { Mute = true };
+        var down = new ScriptedServer(ScriptedServer.Mode.KeepAlive);
+        var downEndpoint = Endpoint(down);
+        down.Dispose();
+        var results = new Collector(3);
+        _probe.Submit([
+            new ProbeRequest(IPAddress.Loopback, Endpoint(silent), TimeSpan.FromMilliseconds(300), results.For(0)),
+            new ProbeRequest(IPAddress.Loopback, downEndpoint, Timeout, results.For(1)),
+            new ProbeRequest(IPAddress.Loopback, Endpoint(up), Timeout, results.For(2)),
+        ]);
+        var all = await results.Task.WaitAsync(TimeSpan.FromSeconds(10), Ct);
+        Assert.Equal([new ProbeResult(false, "no answer within 300 ms"), new ProbeResult(false, "ConnectionRefused"), new ProbeResult(true, "HTTP 200")], all);
+    }
+
+    [Fact]
+    public async Task ADisposedProbe_FailsChecksInsteadOfLosingThem()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive) { Mute = true };
+        var probe = new HttpProbe(networkNamespace: null, reuse: true);
+        var check = probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), TimeSpan.FromMinutes(1), Ct);
+        await server.WaitForRequestAsync(Ct);
+        probe.Dispose();
+        Assert.False((await check.WaitAsync(TimeSpan.FromSeconds(5), Ct)).Healthy);
+        Assert.False((await probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct)).Healthy);
+    }
+
+    [Fact]
+    public async Task TheScheduler_ThroughTheProbesLoop_SeesAServerGoDown()
+    {
+        // HealthProbes takes plain-HTTP checks in batches: results reach the checker on the probe's thread.
+        using var probes = new HealthProbes();
+        var checker = new HealthChecker(probes, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<HealthChecker>.Instance);
+        await using var _ = checker;
+        var changes = 0;
+        checker.Changed += () => Interlocked.Increment(ref changes);
+        var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive);
+        var service = Merlin.Model.ServiceKey.ForAddress(IPAddress.Parse("198.18.0.10"), 80, Merlin.Model.Protocol.Tcp);
+        var rs = new Merlin.Model.RealServerKey(IPAddress.Loopback, (ushort)server.Port);
+        checker.Track([new Merlin.Reconciler.HealthTarget(service, rs, new Merlin.Model.HealthCheck
+        {
+            Endpoint = Endpoint(server), Period = TimeSpan.FromMilliseconds(50), Timeout = TimeSpan.FromMilliseconds(200), UpThreshold = 1, DownThreshold = 2,
+        })]);
+        checker.Start();
+        await WaitForAsync(() => checker.Verdict(service, rs) == Merlin.Reconciler.HealthVerdict.Up);
+        await WaitForAsync(() => checker.Succeeded >= 5);
+        server.Dispose();
+        await WaitForAsync(() => checker.Verdict(service, rs) == Merlin.Reconciler.HealthVerdict.Down);
+        Assert.Equal(2, Volatile.Read(ref changes));
+        Assert.Equal(1, server.Accepted);
+    }
+
+    private static async Task WaitForAsync(Func<bool> condition)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (!condition())
+        {
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), "timed out waiting");
+            await Task.Delay(10, Ct);
+        }
+    }
+
+    /// <summary>Collects a batch's results, each on the probe's thread, into their request order.</summary>
+    private sealed class Collector(int count)
+    {
+        private readonly ProbeResult[] _results = new ProbeResult[count];
+        private readonly TaskCompletionSource<ProbeResult[]> _all = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _left = count;
+
+        public Task<ProbeResult[]> Task => _all.Task;
+
+        public ProbeCompletion For(int index) => new One(this, index);
+
+        private sealed class One(Collector owner, int index) : ProbeCompletion
+        {
+            public override void Completed(ProbeResult result)
+            {
+                owner._results[index] = result;
+                if (Interlocked.Decrement(ref owner._left) == 0) owner._all.TrySetResult(owner._results);
+            }
+        }
+    }
+
     /// <summary>An HTTP/1.1 server on 127.0.0.1 that answers 200 "ok" with Content-Length, as told.</summary>
     private sealed class ScriptedServer : IDisposable
     {
@@ -207,6 +368,10 @@ public sealed class HttpProbeTests : IDisposable
         public int Requests => Volatile.Read(ref _requests);
         public volatile string LastRequest = "";
         public volatile bool Mute;
+        /// <summary>What each request gets (default: 200 "ok" with Content-Length).</summary>
+        public byte[] Response = Ok;
+        /// <summary>When above 0, the answer goes out in pieces of this many bytes, a few ms apart (several reads).</summary>
+        public int Piece;
 
         public async Task WaitForClosedAsync(int count, CancellationToken ct)
         {
@@ -250,7 +415,15 @@ public sealed class HttpProbeTests : IDisposable
                     var request = Interlocked.Increment(ref _requests);
                     if (Mute) continue;
                     if (_mode == Mode.DropSecondRequest && request % 2 == 0) return;
-                    await c.SendAsync(Ok, _stop.Token);
+                    if (Piece <= 0) await c.SendAsync(Response, _stop.Token);
+                    else
+                    {
+                        for (var at = 0; at < Response.Length; at += Piece)
+                        {
+                            await c.SendAsync(Response.AsMemory(at, Math.Min(Piece, Response.Length - at)), _stop.Token);
+                            await Task.Delay(3, _stop.Token);
+                        }
+                    }
                     if (_mode == Mode.CloseSilently) return;
                 }
             }
