@@ -17,10 +17,11 @@ using Microsoft.Extensions.Logging.Abstractions;
 //         read, plan, apply), timed step by step, with the kernel memory it took;
 //   nft:  another fresh namespace with an eth0, and `nft -f` of the very scripts our pass ran.
 // Usage (root): dotnet run -c Release --project bench/Merlin.Nftables.Bench -- [--services 1000]
-//        [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5]
+//        [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli]
+// --writer cli makes the dataplane write through the nft CLI instead of libnftables (for comparison).
 if (args.Contains("--help"))
 {
-    Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5]");
+    Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli]");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared] [--services 1000] [--servers 10]   (layout build and render, no kernel)");
     return 0;
 }
@@ -59,12 +60,14 @@ foreach (var kind in o.Cases)
         using (var net = BenchNet.Create(servers))
         {
             await net.ResolveAsync(servers);
-            var nft = new RecordingNftables(net.Lb);
+            using var nft = new RecordingNftables(net.Lb, o.Cli);
+            if (run == 1) Console.WriteLine($"[{kind}] writer: {nft.Writer}");
             var dataplane = Workload.Dataplane(net.Lb, nft);
             var before = KernelMemory.Read();
             first = await Pass.RunAsync(store, dataplane, nft);
             var after = KernelMemory.Read();
             first = first with { KernelMiB = KernelMemory.DeltaMiB(before, after), Script = nft.TakeScripts(), Phases = dataplane.Phases.Take() };
+            var rssFirst = ProcessMemory.Text();
             scripts.AddRange(first.Script);
             dataplane.Phases.Take();
             noChange = await Pass.RunAsync(store, dataplane, nft);
@@ -77,6 +80,7 @@ foreach (var kind in o.Cases)
                 var change = await Pass.RunAsync(store, dataplane, nft);
                 changes.Add(change with { Script = nft.TakeScripts(), Phases = dataplane.Phases.Take() });
             }
+            Console.WriteLine($"[{kind} run {run}] process memory after the first pass: {rssFirst}; after the changes: {ProcessMemory.Text()}");
         }
         await Task.Delay(2000);   // let the namespace's teardown free its memory before the next measurement
 
@@ -119,7 +123,7 @@ return 0;
 
 namespace Merlin.Nftables.Bench
 {
-    internal sealed record BenchArgs(int Services, int Servers, int Runs, IReadOnlyList<string> Cases, int WeightChanges)
+    internal sealed record BenchArgs(int Services, int Servers, int Runs, IReadOnlyList<string> Cases, int WeightChanges, bool Cli)
     {
         public static BenchArgs Parse(string[] a)
         {
@@ -127,7 +131,8 @@ namespace Merlin.Nftables.Bench
             var cases = Get("--cases", "distinct,shared").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             if (cases.Any(c => c is not ("distinct" or "shared"))) throw new ArgumentException("--cases: distinct and/or shared");
             return new BenchArgs(int.Parse(Get("--services", "1000"), CultureInfo.InvariantCulture), int.Parse(Get("--servers", "10"), CultureInfo.InvariantCulture),
-                int.Parse(Get("--runs", "3"), CultureInfo.InvariantCulture), cases, int.Parse(Get("--weight-changes", "5"), CultureInfo.InvariantCulture));
+                int.Parse(Get("--runs", "3"), CultureInfo.InvariantCulture), cases, int.Parse(Get("--weight-changes", "5"), CultureInfo.InvariantCulture),
+                Get("--writer", "lib") switch { "lib" => false, "cli" => true, var w => throw new ArgumentException($"--writer {w}: lib or cli") });
         }
     }
 
@@ -268,13 +273,25 @@ namespace Merlin.Nftables.Bench
     }
 
     /// <summary>
-    /// The real nft CLI in a namespace, keeping each script and the time nft took (with the script
-    /// written into it as the dataplane does). A script is kept as the dataplane's script object and
+    /// The dataplane's writer (libnftables in the process unless --writer cli) in a namespace, keeping
+    /// each script and the time nft took (with the script written into it as the dataplane does). A script is kept as the dataplane's script object and
     /// turned into text only when taken, after the clock stopped.
     /// </summary>
-    internal sealed class RecordingNftables(string ns) : INftables
+    internal sealed class RecordingNftables(string ns, bool cli) : INftables, IDisposable
     {
-        private readonly NftCli _inner = new(new NftablesOptions { HashSeed = Workload.Seed, NetworkNamespace = ns }, new ProcessRunner(ns, "ip"));
+        /// <summary>Closes the writer's kept netlink sockets before the namespace is deleted.</summary>
+        public void Dispose() => _inner.Dispose();
+
+        private readonly NftKernel _inner = NftKernel.Open(Options(ns, cli), new ProcessRunner(ns, "ip"), NullLogger.Instance);
+
+        private static NftablesOptions Options(string ns, bool cli)
+        {
+            var options = new NftablesOptions { HashSeed = Workload.Seed, NetworkNamespace = ns };
+            return cli ? options with { LibNftables = null } : options;
+        }
+
+        /// <summary>The writer the dataplane gets by default (libnftables), or the nft CLI with --writer cli.</summary>
+        public string Writer => _inner.Description;
         private readonly List<object> _scripts = [];
 
         public double Seconds { get; private set; }
@@ -408,6 +425,17 @@ namespace Merlin.Nftables.Bench
         {
             long Sum(Dictionary<string, long> m) => m["SUnreclaim"] + m["VmallocUsed"] + m.GetValueOrDefault("Percpu");
             return (Sum(after) - Sum(before)) / 1024.0;
+        }
+    }
+
+    /// <summary>This process's resident memory now and at its peak (VmRSS, VmHWM), and the managed heap.</summary>
+    internal static class ProcessMemory
+    {
+        public static string Text()
+        {
+            var status = File.ReadAllLines("/proc/self/status").Select(l => l.Split(':', 2)).Where(p => p.Length == 2).ToDictionary(p => p[0], p => p[1].Trim());
+            static string MiB(string kb) => $"{long.Parse(kb.Split(' ')[0], CultureInfo.InvariantCulture) / 1024.0:0} MiB";
+            return $"RSS {MiB(status["VmRSS"])} (peak {MiB(status["VmHWM"])}, managed heap {GC.GetTotalMemory(false) / 1048576.0:0} MiB)";
         }
     }
 

@@ -16,7 +16,7 @@ namespace Merlin.Dataplane.Nftables;
 /// tables (<see cref="NftablesOptions.DsrTable"/>, <see cref="NftablesOptions.NatTable"/>) and
 /// never touches anything else.
 /// <para>
-/// Every change set is one <c>nft -f</c> transaction holding only what changed. The programmed
+/// Every change set is one nftables transaction (libnftables in the process) holding only what changed. The programmed
 /// state is kept in the kernel too (a <c>state</c> set of records, and a <c>marker</c> set whose
 /// comment is a hash of everything programmed), so a restarted daemon adopts the tables without
 /// rewriting them. A resync asks the kernel for its ruleset generation (one netlink message); only
@@ -27,10 +27,11 @@ namespace Merlin.Dataplane.Nftables;
 /// programmed there, since the planner does not know MACs.
 /// </para>
 /// </summary>
-public sealed partial class NftablesDataplane : IDataplane
+public sealed partial class NftablesDataplane : IDataplane, IDisposable
 {
     private readonly NftablesOptions _options;
     private readonly INftables _nft;
+    private readonly NftKernel? _ownNft;
     private readonly INeighbours _neighbours;
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
@@ -71,7 +72,8 @@ public sealed partial class NftablesDataplane : IDataplane
         options.Validate();
         _options = options;
         var runner = new ProcessRunner(options.NetworkNamespace, options.IpPath);
-        _nft = nft ?? new NftCli(options, runner);
+        if (nft is null) _nft = _ownNft = NftKernel.Open(options, runner, logger);
+        else _nft = nft;
         _neighbours = neighbours ?? new IpNeighbours(options, runner);
         _logger = logger;
         _time = time;
@@ -79,6 +81,12 @@ public sealed partial class NftablesDataplane : IDataplane
     }
 
     public string Name => "nftables";
+
+    /// <summary>
+    /// Closes the netlink sockets kept open between passes (ours and libnftables'); they close
+    /// themselves a second after their last use anyway. The tables stay programmed.
+    /// </summary>
+    public void Dispose() => _ownNft?.Dispose();
 
     /// <summary>Services and servers held in the state but not forwarded to, and why (unsupported, MAC unknown).</summary>
     public IReadOnlyList<NftablesIssue> Issues => _issues;

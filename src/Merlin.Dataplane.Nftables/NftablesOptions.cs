@@ -49,7 +49,13 @@ public sealed record NftablesOptions
     /// <summary>Run everything inside this named network namespace (<c>ip netns</c>): for tests and the lab.</summary>
     public string? NetworkNamespace { get; init; }
 
-    /// <summary>The nft executable.</summary>
+    /// <summary>
+    /// libnftables, which runs every transaction inside this process (a name dlopen resolves, or a
+    /// path). If it cannot be loaded, or this is null, transactions go through <see cref="NftPath"/>.
+    /// </summary>
+    public string? LibNftables { get; init; } = "libnftables.so.1";
+
+    /// <summary>The nft executable: the writer when <see cref="LibNftables"/> cannot be loaded.</summary>
     public string NftPath { get; init; } = "nft";
 
     /// <summary>The ip (iproute2) executable.</summary>

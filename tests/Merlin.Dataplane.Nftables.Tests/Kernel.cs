@@ -136,7 +136,7 @@ internal sealed class FakeNeighbours : INeighbours
     }
 }
 
-/// <summary>Passes everything to the real nft, keeping each script.</summary>
+/// <summary>Passes everything to the real writer (libnftables, as the daemon's), keeping each script.</summary>
 internal sealed class RecordingNftables(INftables inner) : INftables
 {
     public List<string> Scripts { get; } = new();
@@ -144,6 +144,13 @@ internal sealed class RecordingNftables(INftables inner) : INftables
     public Task RunAsync(string script, CancellationToken ct)
     {
         Scripts.Add(script);
+        return inner.RunAsync(script, ct);
+    }
+
+    /// <summary>Passes the script object on, so the writer renders it as the dataplane's own would.</summary>
+    public Task RunAsync(Layout.NftScript script, CancellationToken ct)
+    {
+        Scripts.Add(script.ToString());
         return inner.RunAsync(script, ct);
     }
 
@@ -166,7 +173,7 @@ internal static class KernelDataplane
     public static (NftablesDataplane Dataplane, RecordingNftables Nft) Create(TestNamespace ns, INeighbours neighbours, NftablesOptions? options = null)
     {
         options = (options ?? Given.Options()) with { NetworkNamespace = ns.Name };
-        var nft = new RecordingNftables(new NftCli(options, new ProcessRunner(ns.Name, options.IpPath)));
+        var nft = new RecordingNftables(NftKernel.Open(options, new ProcessRunner(ns.Name, options.IpPath), NullLogger.Instance));
         return (new NftablesDataplane(options, nft, neighbours, NullLogger.Instance, TimeProvider.System), nft);
     }
 

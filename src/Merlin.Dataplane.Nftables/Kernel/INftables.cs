@@ -1,16 +1,18 @@
 using System.Diagnostics;
 using System.Text;
 using Merlin.Dataplane.Nftables.Layout;
+using Microsoft.Extensions.Logging;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 
 /// <summary>
 /// Everything the dataplane asks of the kernel's nftables, so the rest of it is pure and testable.
-/// Writes are nft scripts; reads are netlink (structure, generation) or a JSON listing of one set.
+/// Writes are nft scripts (libnftables in the process, or the nft CLI); reads are netlink (structure,
+/// generation) or a JSON listing of one set.
 /// </summary>
 internal interface INftables
 {
-    /// <summary>Runs a script as one transaction (<c>nft -f -</c>); throws <see cref="NftException"/> with nft's message.</summary>
+    /// <summary>Runs a script as one transaction; throws <see cref="NftException"/> with nft's message.</summary>
     Task RunAsync(string script, CancellationToken ct);
 
     /// <summary>As <see cref="RunAsync(string, CancellationToken)"/>; an implementation may write the script into nft as it renders it.</summary>
@@ -40,60 +42,87 @@ internal interface INftables
 internal sealed class NftException(string message) : Exception(message);
 
 /// <summary>
-/// The nft CLI for writes, netlink for reads. Why the CLI and not libnftables through P/Invoke: both
-/// run the same parser and the same transaction code, the CLI measured here at 0.5 s for a
-/// 65,537-element map and 19 ms for one element, and a script in a file is something an operator can
-/// read and replay by hand (the exact transaction is in the error message when the kernel refuses
-/// it). A process per change set costs a few milliseconds, which is nothing next to a reconcile
-/// pass. Why netlink for reads: nft fetches every element of every set of a table before it lists
+/// What both writers share: reads over netlink, nft's error text cut for a log line, and the choice
+/// of writer. Writes go through libnftables inside the process (<see cref="NftLib"/>) and through the
+/// nft CLI (<see cref="NftCli"/>) only when the library cannot be loaded: both run the same parser and
+/// transaction code, but a process per change set cost 13–37 ms of every change here (spawned through
+/// <c>ip netns exec</c> in tests and the lab), more than the rest of a weight change among 1,000
+/// services. Why netlink for reads: nft fetches every element of every set of a table before it lists
 /// even one chain (18–29 s with 1.3 M elements, measured), netlink answers in milliseconds.
 /// </summary>
-internal sealed class NftCli(NftablesOptions options, ICommandRunner runner) : INftables
+internal abstract partial class NftKernel : INftables, IDisposable
 {
-    public async Task RunAsync(string script, CancellationToken ct)
+    /// <summary>
+    /// How long an idle netlink socket (ours for reads, libnftables' context) stays open. Closing one
+    /// right after a transaction waits for the kernel to release it (an RCU grace period, 6–15 ms
+    /// measured here); a second later it costs nothing.
+    /// </summary>
+    public static readonly TimeSpan Linger = TimeSpan.FromSeconds(1);
+
+    private readonly Kept<NetfilterSocket> _socket;
+
+    protected NftKernel(NftablesOptions options)
     {
-        var result = await runner.RunAsync(options.NftPath, ["-f", "-"], script, ct);
-        if (result.ExitCode != 0) throw new NftException(Summarize(result.Error));
+        Options = options;
+        _socket = new Kept<NetfilterSocket>(() => NetfilterSocket.Open(options.NetworkNamespace), s => s.Dispose(), Linger, new Lock());
     }
+
+    protected NftablesOptions Options { get; }
+
+    /// <summary>Which writer this is, for the log ("libnftables.so.1 (in-process)", "the nft CLI (nft)").</summary>
+    public abstract string Description { get; }
+
+    public abstract Task RunAsync(string script, CancellationToken ct);
+
+    public abstract Task RunAsync(NftScript script, CancellationToken ct);
+
+    public abstract Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct);
 
     /// <summary>
-    /// Renders the script straight into nft's standard input: nft parses the first commands while
-    /// the last are still being written, and no copy of a large script is ever held as a string.
+    /// libnftables (<see cref="NftablesOptions.LibNftables"/>) if it loads, else the nft CLI; the log
+    /// says which, and why not the library.
     /// </summary>
-    public async Task RunAsync(NftScript script, CancellationToken ct)
+    public static NftKernel Open(NftablesOptions options, ICommandRunner runner, ILogger logger)
     {
-        var result = await runner.StreamAsync(options.NftPath, ["-f", "-"], script.WriteTo, ct);
-        if (result.ExitCode != 0) throw new NftException(Summarize(result.Error));
+        NftKernel writer;
+        string? why = "no library configured";
+        if (options.LibNftables is { } library && LibNftablesApi.TryLoad(library, out why) is { } api) writer = new NftLib(options, api);
+        else writer = new NftCli(options, runner);
+        if (writer is NftLib) LogWriter(logger, writer.Description);
+        else LogFallback(logger, why ?? "unknown", writer.Description);
+        return writer;
     }
 
-    public async Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct)
-    {
-        var result = await runner.RunAsync(options.NftPath, ["-j", "list", kind, family, table, name], null, ct);
-        if (result.ExitCode == 0) return result.Output;
-        if (result.Error.Contains("No such file or directory", StringComparison.Ordinal)) return null;
-        throw new NftException(Summarize(result.Error));
-    }
+    [LoggerMessage(EventId = 413, Level = LogLevel.Information, Message = "nftables: transactions through {Writer}")]
+    private static partial void LogWriter(ILogger logger, string writer);
 
-    public Task<uint> GenerationAsync(CancellationToken ct) => Task.Run(() =>
-    {
-        using var socket = NetfilterSocket.Open(options.NetworkNamespace);
-        return NfTablesReader.Generation(socket);
-    }, ct);
+    [LoggerMessage(EventId = 414, Level = LogLevel.Warning, Message = "nftables: libnftables is not used ({Reason}); transactions through {Writer}")]
+    private static partial void LogFallback(ILogger logger, string reason, string writer);
 
-    public Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct) => Task.Run(() =>
+    public Task<uint> GenerationAsync(CancellationToken ct) => Task.Run(() => _socket.Use(NfTablesReader.Generation), ct);
+
+    public Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct) => Task.Run(() => _socket.Use(socket =>
     {
-        using var socket = NetfilterSocket.Open(options.NetworkNamespace);
         var result = new List<KernelTable>();
         foreach (var (family, name) in tables)
             if (NfTablesReader.ReadTable(socket, family, name) is { } table) result.Add(table);
         return (IReadOnlyList<KernelTable>)result;
-    }, ct);
+    }), ct);
 
-    public Task<KernelTable?> ReadTablePartsAsync(string family, string name, IReadOnlyCollection<string> chains, IReadOnlyCollection<string> sets, CancellationToken ct) => Task.Run(() =>
+    public Task<KernelTable?> ReadTablePartsAsync(string family, string name, IReadOnlyCollection<string> chains, IReadOnlyCollection<string> sets, CancellationToken ct) =>
+        Task.Run(() => _socket.Use(socket => NfTablesReader.ReadTable(socket, family, name, chains, sets)), ct);
+
+    /// <summary>Closes what is kept open between calls now (it closes itself after <see cref="Linger"/> anyway).</summary>
+    public void Dispose()
     {
-        using var socket = NetfilterSocket.Open(options.NetworkNamespace);
-        return NfTablesReader.ReadTable(socket, family, name, chains, sets);
-    }, ct);
+        Dispose(true);
+        GC.SuppressFinalize(this);
+    }
+
+    protected virtual void Dispose(bool disposing)
+    {
+        if (disposing) _socket.Dispose();
+    }
 
     /// <summary>nft's error output, cut to what a log line can hold (an error quotes the whole offending line).</summary>
     internal static string Summarize(string error)
@@ -104,6 +133,49 @@ internal sealed class NftCli(NftablesOptions options, ICommandRunner runner) : I
             .Select(l => l.Length > 300 ? l[..300] + "…" : l);
         var text = string.Join(" | ", lines);
         return text.Length == 0 ? "nft failed without a message" : text;
+    }
+}
+
+/// <summary>
+/// The nft CLI (<see cref="NftablesOptions.NftPath"/>, one process per transaction, inside the
+/// namespace through <c>ip netns exec</c>): the writer when libnftables cannot be loaded.
+/// </summary>
+internal sealed class NftCli(NftablesOptions options, ICommandRunner runner) : NftKernel(options)
+{
+    public override string Description => $"the nft CLI ({Options.NftPath})";
+
+    public override async Task RunAsync(string script, CancellationToken ct)
+    {
+        var result = await runner.RunAsync(Options.NftPath, ["-f", "-"], script, ct);
+        if (result.ExitCode != 0) throw new NftException(Summarize(result.Error));
+    }
+
+    /// <summary>
+    /// Renders the script straight into nft's standard input, so no copy of a large script is ever
+    /// held as a string. If rendering fails, a character nft rejects goes in before the end of file,
+    /// so nft refuses the cut script instead of committing it up to the cut.
+    /// </summary>
+    public override async Task RunAsync(NftScript script, CancellationToken ct)
+    {
+        var result = await runner.StreamAsync(Options.NftPath, ["-f", "-"], stdin =>
+        {
+            try { script.WriteTo(stdin); }
+            catch (Exception e) when (e is not IOException)
+            {
+                try { stdin.Write("\n\u0001 merlin: the script was not rendered to its end\n"u8); }
+                catch (IOException) { }
+                throw;
+            }
+        }, ct);
+        if (result.ExitCode != 0) throw new NftException(Summarize(result.Error));
+    }
+
+    public override async Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct)
+    {
+        var result = await runner.RunAsync(Options.NftPath, ["-j", "list", kind, family, table, name], null, ct);
+        if (result.ExitCode == 0) return result.Output;
+        if (result.Error.Contains("No such file or directory", StringComparison.Ordinal)) return null;
+        throw new NftException(Summarize(result.Error));
     }
 }
 

@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 
-/// <summary>The few libc calls the netlink reader and the namespace switch need.</summary>
+/// <summary>The few libc calls the netlink reader, the namespace switch and the libnftables runner need.</summary>
 internal static unsafe partial class Native
 {
     public const int AF_NETLINK = 16;
@@ -51,4 +51,24 @@ internal static unsafe partial class Native
     [LibraryImport("libc", SetLastError = true)]
     public static partial int close(int fd);
 
+    public const int CLONE_NEWNET = 0x40000000;
+    public const int O_CLOEXEC = 0x80000;
+    public const int F_SETPIPE_SZ = 1031;
+    public const int EINTR = 4;
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int setns(int fd, int nstype);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int pipe2(int* fds, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint write(int fd, byte* buffer, nint length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int fcntl(int fd, int command, int argument);
+
+    /// <summary>Returns free heap memory to the kernel (glibc): after a large transaction, libnftables' parse and cache are freed but stay in the heap.</summary>
+    [LibraryImport("libc")]
+    public static partial int malloc_trim(nuint pad);
 }

@@ -1,0 +1,515 @@
+using System.Runtime.ExceptionServices;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.RegularExpressions;
+using Merlin.Dataplane.Nftables.Layout;
+
+namespace Merlin.Dataplane.Nftables.Kernel;
+
+/// <summary>
+/// Writes through libnftables inside this process — the parser and transaction code <c>nft</c> itself
+/// runs, without a process per change set. A script is rendered into a pipe that libnftables reads
+/// as a file (<c>/dev/fd/N</c>): it parses the first commands while the last are still being
+/// rendered, and no copy of a large script is held anywhere. libnftables runs on a thread of its
+/// own that entered <see cref="NftablesOptions.NetworkNamespace"/> (where the context's netlink
+/// socket is opened and interface names are looked up) and ends with the run.
+/// <para>
+/// The context is kept between runs and freed once it has been idle for <see cref="NftKernel.Linger"/>:
+/// closing a netfilter netlink socket right after a transaction waits for the kernel to release
+/// that transaction (an RCU grace period: 6–15 ms measured here), which a context freed after
+/// every run — or an nft process exiting — pays on every change. A context kept between runs also
+/// keeps nft's cache; nft refetches it whenever the ruleset generation moved, which every
+/// transaction does. After a large script the context is freed at once and free heap pages go back
+/// to the kernel (<c>malloc_trim</c>): nft's parse of the 1,000-map first pass peaks at hundreds of MiB.
+/// </para>
+/// </summary>
+internal sealed partial class NftLib : NftKernel
+{
+    /// <summary>A script at least this large frees the context after its run, and trims the heap.</summary>
+    private const long LargeScript = 1 << 20;
+
+    private readonly LibNftablesApi _api;
+    private readonly Kept<NftContext> _context;
+
+    public NftLib(NftablesOptions options, LibNftablesApi api) : base(options)
+    {
+        _api = api;
+        _context = new Kept<NftContext>(() => api.NewContext(), api.Free, Linger, LibNftablesApi.Gate);
+    }
+
+    public override string Description => $"{_api.Library} (in-process)";
+
+    public override Task RunAsync(string script, CancellationToken ct) =>
+        RunAsync(stream => stream.Write(Encoding.UTF8.GetBytes(script)), wanted => LinesOf(script, wanted), ct);
+
+    public override Task RunAsync(NftScript script, CancellationToken ct) =>
+        RunAsync(script.WriteTo, wanted => LineCapture.Of(script.WriteTo, wanted), ct);
+
+    /// <summary>Runs what <paramref name="render"/> writes as one transaction; <paramref name="quote"/> finds numbered lines of it again for an error message.</summary>
+    internal async Task RunAsync(Action<Stream> render, Func<IReadOnlySet<int>, IReadOnlyDictionary<int, string>> quote, CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested();
+        using var pipe = ScriptPipe.Create();
+        var path = $"/dev/fd/{pipe.ReadFd}";
+        var nft = NamespaceThread.RunAsync(Options.NetworkNamespace, () => _context.Use(c => _api.RunFile(c, path)), after: pipe.CloseRead);
+        long written = 0;
+        Exception? failed = null;
+        await Task.Run(() =>
+        {
+            try { written = pipe.Write(render, ct); }
+            catch (Exception e) { failed = e; }
+        }, CancellationToken.None);
+        var outcome = await nft;
+        if (written >= LargeScript)
+        {
+            _context.Close();
+            Native.malloc_trim(0);
+        }
+
+        if (outcome.Status != 0)
+        {
+            // The writer's own failure (cancellation, a bug in rendering) is why nft failed: it saw a
+            // spoiled script. A broken pipe only means nft stopped reading; its error says why.
+            if (failed is not null and not IOException) ExceptionDispatchInfo.Throw(failed);
+            throw new NftException(Summarize(Quote(outcome.Error, quote)));
+        }
+        if (failed is not null) ExceptionDispatchInfo.Throw(failed);
+    }
+
+    public override async Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested();
+        var command = $"list {kind} {family} {table} {name}";
+        var outcome = await NamespaceThread.RunAsync(Options.NetworkNamespace, () => _context.Use(c => _api.RunBuffer(c, command, LibNftablesApi.OutputJson)));
+        if (outcome.Status == 0) return outcome.Output;
+        if (outcome.Error.Contains("No such file or directory", StringComparison.Ordinal)) return null;
+        throw new NftException(Summarize(outcome.Error));
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _context.Close();
+        base.Dispose(disposing);
+    }
+
+    /// <summary>
+    /// nft names a pipe <c>/dev/fd/N</c> and cannot quote the offending line from it (it reopens the
+    /// file to do so): each located error gets "line L:" and the line itself, from the script.
+    /// </summary>
+    internal static string Quote(string error, Func<IReadOnlySet<int>, IReadOnlyDictionary<int, string>> lines)
+    {
+        var located = error.Split('\n').Select(l => (Text: l, Match: Location().Match(l))).ToList();
+        var wanted = located.Where(l => l.Match.Success).Select(l => int.Parse(l.Match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToHashSet();
+        var quoted = wanted.Count == 0 ? new Dictionary<int, string>() : lines(wanted);
+        var result = new StringBuilder();
+        foreach (var (text, match) in located)
+        {
+            if (!match.Success)
+            {
+                result.Append(text).Append('\n');
+                continue;
+            }
+            var line = int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            result.Append("line ").Append(line).Append(':').Append(text.AsSpan(match.Length)).Append('\n');
+            if (quoted.TryGetValue(line, out var source)) result.Append(source).Append('\n');
+        }
+        return result.ToString();
+    }
+
+    [GeneratedRegex(@"^/dev/fd/\d+:(\d+):")]
+    private static partial Regex Location();
+
+    private static Dictionary<int, string> LinesOf(string script, IReadOnlySet<int> wanted)
+    {
+        var lines = script.Split('\n');
+        return wanted.Where(n => n >= 1 && n <= lines.Length).ToDictionary(n => n, n => lines[n - 1]);
+    }
+
+    /// <summary>Picks numbered lines out of a script as it is rendered again (only after a refusal).</summary>
+    private sealed class LineCapture : Stream
+    {
+        private const int MaxLine = 1000;
+        private readonly IReadOnlySet<int> _wanted;
+        private readonly Dictionary<int, List<byte>> _lines = new();
+        private readonly int _last;
+        private int _line = 1;
+
+        private LineCapture(IReadOnlySet<int> wanted)
+        {
+            _wanted = wanted;
+            _last = wanted.Max();
+        }
+
+        public static IReadOnlyDictionary<int, string> Of(Action<Stream> render, IReadOnlySet<int> wanted)
+        {
+            var capture = new LineCapture(wanted);
+            try { render(capture); }
+            catch (EndOfStreamException) { }   // every wanted line seen
+            return capture._lines.ToDictionary(kv => kv.Key, kv => Encoding.UTF8.GetString(kv.Value.ToArray()));
+        }
+
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            while (!buffer.IsEmpty)
+            {
+                var newline = buffer.IndexOf((byte)'\n');
+                var part = newline < 0 ? buffer : buffer[..newline];
+                if (_wanted.Contains(_line))
+                {
+                    var line = _lines.TryGetValue(_line, out var l) ? l : _lines[_line] = [];
+                    foreach (var b in part[..Math.Min(part.Length, Math.Max(0, MaxLine - line.Count))]) line.Add(b);
+                }
+                if (newline < 0) return;
+                if (_line++ >= _last) throw new EndOfStreamException();
+                buffer = buffer[(newline + 1)..];
+            }
+        }
+
+        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+        public override bool CanRead => false;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() { }
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+    }
+}
+
+/// <summary>What one libnftables run returned: its status (0 = success) and its buffered output and errors.</summary>
+internal readonly record struct NftOutcome(int Status, string Output, string Error);
+
+/// <summary>
+/// libnftables' C API (nftables 1.0.x: nft_ctx_new, nft_ctx_buffer_output/error, nft_run_cmd_from_*,
+/// nft_ctx_free), resolved at run time so that a machine without the library falls back to the CLI.
+/// </summary>
+internal sealed unsafe class LibNftablesApi
+{
+    /// <summary>NFT_CTX_OUTPUT_JSON.</summary>
+    public const uint OutputJson = 1 << 4;
+
+    private static readonly Lock LoadLock = new();
+    private static readonly Dictionary<string, (LibNftablesApi? Api, string? Why)> Loaded = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// One libnftables call at a time in the whole process: libnftables is not thread-safe (its first
+    /// nft_ctx_new initialises process-wide state, and a context must never be used by two threads at once).
+    /// </summary>
+    public static readonly Lock Gate = new();
+
+    private readonly delegate* unmanaged<uint, nint> _ctxNew;
+    private readonly delegate* unmanaged<nint, void> _ctxFree;
+    private readonly delegate* unmanaged<nint, int> _bufferOutput;
+    private readonly delegate* unmanaged<nint, int> _bufferError;
+    private readonly delegate* unmanaged<nint, byte*> _outputBuffer;
+    private readonly delegate* unmanaged<nint, byte*> _errorBuffer;
+    private readonly delegate* unmanaged<nint, uint, void> _setOutputFlags;
+    private readonly delegate* unmanaged<nint, byte*, int> _runBuffer;
+    private readonly delegate* unmanaged<nint, byte*, int> _runFile;
+
+    public string Library { get; }
+
+    private LibNftablesApi(string library, Func<string, nint> export)
+    {
+        Library = library;
+        _ctxNew = (delegate* unmanaged<uint, nint>)export("nft_ctx_new");
+        _ctxFree = (delegate* unmanaged<nint, void>)export("nft_ctx_free");
+        _bufferOutput = (delegate* unmanaged<nint, int>)export("nft_ctx_buffer_output");
+        _bufferError = (delegate* unmanaged<nint, int>)export("nft_ctx_buffer_error");
+        _outputBuffer = (delegate* unmanaged<nint, byte*>)export("nft_ctx_get_output_buffer");
+        _errorBuffer = (delegate* unmanaged<nint, byte*>)export("nft_ctx_get_error_buffer");
+        _setOutputFlags = (delegate* unmanaged<nint, uint, void>)export("nft_ctx_output_set_flags");
+        _runBuffer = (delegate* unmanaged<nint, byte*, int>)export("nft_run_cmd_from_buffer");
+        _runFile = (delegate* unmanaged<nint, byte*, int>)export("nft_run_cmd_from_filename");
+    }
+
+    private static readonly string[] Exports =
+    [
+        "nft_ctx_new", "nft_ctx_free", "nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_get_output_buffer",
+        "nft_ctx_get_error_buffer", "nft_ctx_output_set_flags", "nft_run_cmd_from_buffer", "nft_run_cmd_from_filename",
+    ];
+
+    /// <summary>The library (a name dlopen resolves, or a path), or null and why not. Loaded once per name.</summary>
+    public static LibNftablesApi? TryLoad(string library, out string? why)
+    {
+        lock (LoadLock)
+        {
+            if (!Loaded.TryGetValue(library, out var entry)) Loaded[library] = entry = Load(library);
+            why = entry.Why;
+            return entry.Api;
+        }
+    }
+
+    private static (LibNftablesApi?, string?) Load(string library)
+    {
+        if (!NativeLibrary.TryLoad(library, out var handle)) return (null, $"{library} cannot be loaded");
+        var missing = Exports.Where(e => !NativeLibrary.TryGetExport(handle, e, out _)).ToList();
+        if (missing.Count > 0)
+        {
+            NativeLibrary.Free(handle);
+            return (null, $"{library} has no {string.Join(", ", missing)}");
+        }
+        return (new LibNftablesApi(library, e => NativeLibrary.GetExport(handle, e)), null);
+    }
+
+    /// <summary>A context whose output and errors go to buffers (not this process's stdout and stderr).</summary>
+    public NftContext NewContext()
+    {
+        var ctx = _ctxNew(0);
+        if (ctx == 0) throw new NftException($"{Library}: nft_ctx_new failed");
+        if (_bufferOutput(ctx) != 0 || _bufferError(ctx) != 0)
+        {
+            _ctxFree(ctx);
+            throw new NftException($"{Library}: cannot buffer its output");
+        }
+        return new NftContext(ctx);
+    }
+
+    public void Free(NftContext context) => _ctxFree(context.Handle);
+
+    /// <summary>Runs the commands in a file (one transaction), on this thread; the caller holds <see cref="Gate"/>.</summary>
+    public NftOutcome RunFile(NftContext context, string path, uint outputFlags = 0) => Run(context, path, outputFlags, file: true);
+
+    /// <summary>Runs commands given as text (one transaction), on this thread; the caller holds <see cref="Gate"/>.</summary>
+    public NftOutcome RunBuffer(NftContext context, string commands, uint outputFlags = 0) => Run(context, commands, outputFlags, file: false);
+
+    private NftOutcome Run(NftContext context, string input, uint outputFlags, bool file)
+    {
+        var bytes = new byte[Encoding.UTF8.GetByteCount(input) + 1];
+        Encoding.UTF8.GetBytes(input, bytes);
+        var ctx = context.Handle;
+        _setOutputFlags(ctx, outputFlags);
+        int status;
+        fixed (byte* p = bytes) status = file ? _runFile(ctx, p) : _runBuffer(ctx, p);
+        // Reading a buffer also rewinds it for the next run.
+        return new NftOutcome(status, Marshal.PtrToStringUTF8((nint)_outputBuffer(ctx)) ?? "", Marshal.PtrToStringUTF8((nint)_errorBuffer(ctx)) ?? "");
+    }
+}
+
+/// <summary>A libnftables context (struct nft_ctx *).</summary>
+internal sealed record NftContext(nint Handle);
+
+/// <summary>
+/// A pipe that libnftables reads as <c>/dev/fd/N</c> while a script is rendered into it. Both ends
+/// are close-on-exec, so a process started meanwhile cannot hold the write end open (nft would wait
+/// for its end of file).
+/// </summary>
+internal sealed unsafe class ScriptPipe : IDisposable
+{
+    private int _read, _write;
+
+    private ScriptPipe(int read, int write)
+    {
+        _read = read;
+        _write = write;
+    }
+
+    public int ReadFd => _read;
+
+    public static ScriptPipe Create()
+    {
+        int* fds = stackalloc int[2];
+        if (Native.pipe2(fds, Native.O_CLOEXEC) != 0) throw new IOException($"pipe2 failed: errno {Marshal.GetLastPInvokeError()}");
+        // 1 MiB instead of 64 KiB: fewer switches between the renderer and the parser (best effort).
+        Native.fcntl(fds[1], Native.F_SETPIPE_SZ, 1 << 20);
+        return new ScriptPipe(fds[0], fds[1]);
+    }
+
+    /// <summary>
+    /// Renders into the pipe and closes its write end (nft's end of file). If rendering fails or is
+    /// cancelled, a character nft's scanner rejects goes in first, so the cut script is refused as a
+    /// whole instead of committed up to the cut. Returns the bytes written.
+    /// </summary>
+    public long Write(Action<Stream> render, CancellationToken ct)
+    {
+        var stream = new Writer(_write, ct);
+        try
+        {
+            render(stream);
+            return stream.Written;
+        }
+        catch (Exception e) when (e is not IOException)
+        {
+            try { stream.Spoil(); }
+            catch (IOException) { }
+            throw;
+        }
+        finally
+        {
+            CloseWrite();
+        }
+    }
+
+    public void CloseRead() => Close(ref _read);
+
+    private void CloseWrite() => Close(ref _write);
+
+    private static void Close(ref int fd)
+    {
+        var old = Interlocked.Exchange(ref fd, -1);
+        if (old >= 0) Native.close(old);
+    }
+
+    public void Dispose()
+    {
+        CloseWrite();
+        CloseRead();
+    }
+
+    private sealed class Writer(int fd, CancellationToken ct) : Stream
+    {
+        public long Written { get; private set; }
+
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            ct.ThrowIfCancellationRequested();
+            WriteAll(buffer);
+        }
+
+        /// <summary>A new line holding a control character: "syntax error, unexpected junk".</summary>
+        public void Spoil() => WriteAll("\n\u0001 merlin: the script was not rendered to its end\n"u8);
+
+        private void WriteAll(ReadOnlySpan<byte> buffer)
+        {
+            while (!buffer.IsEmpty)
+            {
+                nint n;
+                fixed (byte* p = buffer) n = Native.write(fd, p, buffer.Length);
+                if (n < 0)
+                {
+                    var errno = Marshal.GetLastPInvokeError();
+                    if (errno == Native.EINTR) continue;
+                    throw new IOException($"writing the script into libnftables: errno {errno}");
+                }
+                Written += n;
+                buffer = buffer[(int)n..];
+            }
+        }
+
+        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+        public override bool CanRead => false;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() { }
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+    }
+}
+
+/// <summary>
+/// Runs work on a new thread of its own inside a named network namespace (<c>/run/netns/NAME</c>;
+/// null: this process's). The thread ends with the work, so nothing else ever runs in that
+/// namespace by mistake, and it holds no reference to the namespace afterwards (a deleted
+/// namespace's memory is freed). The caller's thread is not blocked.
+/// </summary>
+internal static class NamespaceThread
+{
+    /// <summary>nft's parser and evaluator recurse; give them what a process's main thread has.</summary>
+    private const int StackSize = 8 << 20;
+
+    public static Task<T> RunAsync<T>(string? networkNamespace, Func<T> work, Action? after = null)
+    {
+        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                if (networkNamespace is not null) Enter(networkNamespace);
+                var result = work();
+                after?.Invoke();
+                after = null;
+                done.SetResult(result);
+            }
+            catch (Exception e)
+            {
+                after?.Invoke();
+                done.SetException(e);
+            }
+        }, StackSize) { IsBackground = true, Name = "merlin-nft" };
+        thread.Start();
+        return done.Task;
+    }
+
+    private static void Enter(string name)
+    {
+        using var target = File.OpenHandle(Path.Combine("/run/netns", name));
+        if (Native.setns((int)target.DangerousGetHandle(), Native.CLONE_NEWNET) != 0)
+            throw new IOException($"setns into network namespace {name} failed: errno {Marshal.GetLastPInvokeError()}");
+    }
+}
+
+/// <summary>
+/// A resource opened on first use, kept between uses, and closed once it has been idle for
+/// <c>linger</c> (or by <see cref="Close"/>). Every use, open and close happens under <c>gate</c>.
+/// A resource whose use throws is closed, so the next use starts afresh.
+/// </summary>
+internal sealed class Kept<T>(Func<T> open, Action<T> close, TimeSpan linger, Lock gate) : IDisposable where T : class
+{
+    private T? _value;
+    private Timer? _timer;
+    private long _used;
+
+    public TResult Use<TResult>(Func<T, TResult> use)
+    {
+        lock (gate)
+        {
+            var value = _value ??= open();
+            try
+            {
+                return use(value);
+            }
+            catch
+            {
+                Close();
+                throw;
+            }
+            finally
+            {
+                _used = System.Diagnostics.Stopwatch.GetTimestamp();
+                if (_value is not null)
+                {
+                    _timer ??= new Timer(static state => ((Kept<T>)state!).OnIdle(), this, Timeout.Infinite, Timeout.Infinite);
+                    _timer.Change(linger, Timeout.InfiniteTimeSpan);
+                }
+            }
+        }
+    }
+
+    /// <summary>Closes the resource now, if open; the next use opens it again.</summary>
+    public void Close()
+    {
+        lock (gate)
+        {
+            _timer?.Change(Timeout.Infinite, Timeout.Infinite);
+            if (_value is not { } value) return;
+            _value = null;
+            close(value);
+        }
+    }
+
+    private void OnIdle()
+    {
+        lock (gate)
+        {
+            if (_value is null) return;
+            var idle = System.Diagnostics.Stopwatch.GetElapsedTime(_used);
+            if (idle < linger) _timer?.Change(linger - idle, Timeout.InfiniteTimeSpan);
+            else Close();
+        }
+    }
+
+    public void Dispose()
+    {
+        Close();
+        lock (gate)
+        {
+            _timer?.Dispose();
+            _timer = null;
+        }
+    }
+}
