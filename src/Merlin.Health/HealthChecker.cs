@@ -18,7 +18,7 @@ public sealed record ServerHealthReport(ServiceKey Service, RealServerKey Server
 /// <c>up_threshold</c> successes in a row. Each transition is logged once and raises <see cref="Changed"/>.
 /// </para>
 /// </summary>
-public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
+public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IProbeScheduler
 {
     private readonly IHealthProbe _probe;
     private readonly TimeProvider _time;
@@ -26,13 +26,16 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
     private readonly Lock _lock = new();
     private readonly Dictionary<CheckKey, CheckState> _checks = new();
     private readonly Dictionary<(ServiceKey, RealServerKey), CheckKey> _byServer = new();
-    // Entries carry the state they were queued for: a check removed and added again gets a new state,
-    // and the old entry must not keep a second rhythm going for it.
-    private readonly PriorityQueue<(CheckKey Key, CheckState State), long> _due = new();
+    // Entries are the state they were queued for: a check removed and added again gets a new state, and
+    // the old entry (its Generation -1) must not keep a second rhythm going for it.
+    private readonly PriorityQueue<CheckState, long> _due = new();
     private readonly CancellationTokenSource _stop = new();
     private TaskCompletionSource _wake = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private IReadOnlyList<HealthTarget>? _tracked;
     private Task? _loop;
+    // The probe whose thread drives this scheduler (on the system clock, with a probe that batches).
+    private IBatchProbe? _driver;
+    private CancellationToken _stopping;
 
     public HealthChecker(IHealthProbe probe, TimeProvider time, ILogger<HealthChecker> logger)
     {
@@ -58,6 +61,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
     {
         public Uri Endpoint { get; } = endpoint;
         public readonly CheckKey Key = key;
+        public long PeriodTicks = (long)(key.Period.TotalSeconds * checker._time.TimestampFrequency);
 
         public override void Completed(ProbeResult result) => checker.Record(Key, this, result, checker._stop.IsCancellationRequested);
 
@@ -71,7 +75,26 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
         public long Generation; // bumps when removed, so queued entries of a removed check are ignored
     }
 
-    public void Start() => _loop ??= Task.Run(() => RunAsync(_stop.Token));
+    /// <summary>
+    /// Starts checking. On the system clock, with a probe that batches (<see cref="HealthProbes"/>), the
+    /// probe's own thread drives the schedule — it takes due checks when they are due, with no timer or
+    /// thread-pool work per wake-up; otherwise a loop of this checker's own does, on its TimeProvider.
+    /// </summary>
+    public void Start()
+    {
+        lock (_lock)
+        {
+            if (_loop is not null || _driver is not null) return;
+            _stopping = _stop.Token;
+            if (_probe is IBatchProbe batch && ReferenceEquals(_time, TimeProvider.System))
+            {
+                _driver = batch;
+                batch.Attach(this);
+                return;
+            }
+            _loop = Task.Run(() => RunAsync(_stop.Token));
+        }
+    }
 
     public void Track(IReadOnlyList<HealthTarget> targets)
     {
@@ -98,7 +121,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
                 if (_checks.ContainsKey(key)) continue;
                 var added = new CheckState(t.Check.Endpoint!, key, this);
                 _checks[key] = added;
-                _due.Enqueue((key, added), now); // a new check runs at once
+                _due.Enqueue(added, now); // a new check runs at once
             }
             _byServer.Clear();
             foreach (var (server, key) in wanted) _byServer[server] = key;
@@ -136,7 +159,6 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
         // One timer, re-armed for the next due check; a Track or the stop wakes the loop as well.
         using var timer = _time.CreateTimer(static s => ((HealthChecker)s!).Wake(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
         using var stop = ct.UnsafeRegister(static s => ((HealthChecker)s!).Wake(), this);
-        var window = (long)(BatchWindow.TotalSeconds * _time.TimestampFrequency);
         var start = new List<(CheckKey Key, CheckState State)>();
         // Checks the probe takes in batches go to it together, once per wake-up; their results come back
         // on the probe's thread through CheckState.Completed — no task per check.
@@ -150,28 +172,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
             {
                 if (_wake.Task.IsCompleted) _wake = new(TaskCreationOptions.RunContinuationsAsynchronously);
                 woken = _wake.Task;
-                var now = _time.GetTimestamp();
-                wait = Timeout.InfiniteTimeSpan;
-                while (_due.TryPeek(out var entry, out var at))
-                {
-                    var (key, state) = entry;
-                    if (!_checks.TryGetValue(key, out var current) || !ReferenceEquals(current, state))
-                    {
-                        _due.Dequeue(); // removed (and perhaps added again, with its own entry)
-                        continue;
-                    }
-                    if (at - now > window)
-                    {
-                        wait = _time.GetElapsedTime(now, at);
-                        break;
-                    }
-                    _due.Dequeue();
-                    // The next run is a period after this one was due, so checks keep their rhythm.
-                    _due.Enqueue((key, state), at + (long)(key.Period.TotalSeconds * _time.TimestampFrequency));
-                    if (Volatile.Read(ref state.Running)) continue; // the last one has not finished: skip, never pile up
-                    state.Running = true;
-                    start.Add((key, state));
-                }
+                wait = TakeDueLocked(start);
             }
             foreach (var (key, state) in start)
             {
@@ -191,6 +192,46 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
             await woken.ConfigureAwait(false);
         }
     }
+
+    /// <summary>Takes the checks due within <see cref="BatchWindow"/> of now; returns the wait until the next one.</summary>
+    private TimeSpan TakeDueLocked(List<(CheckKey Key, CheckState State)> start)
+    {
+        var window = (long)(BatchWindow.TotalSeconds * _time.TimestampFrequency);
+        var now = _time.GetTimestamp();
+        while (_due.TryPeek(out var state, out var at))
+        {
+            if (state.Generation < 0)
+            {
+                _due.Dequeue(); // removed (and perhaps added again, with its own entry)
+                continue;
+            }
+            if (at - now > window) return _time.GetElapsedTime(now, at);
+            // The next run is a period after this one was due, so checks keep their rhythm.
+            _due.DequeueEnqueue(state, at + state.PeriodTicks);
+            if (Volatile.Read(ref state.Running)) continue; // the last one has not finished: skip, never pile up
+            state.Running = true;
+            start.Add((state.Key, state));
+        }
+        return Timeout.InfiniteTimeSpan;
+    }
+
+    /// <summary>On the driving probe's thread: its checks go into <paramref name="requests"/>, others start on the thread pool.</summary>
+    TimeSpan IProbeScheduler.TakeDue(List<ProbeRequest> requests)
+    {
+        if (_stopping.IsCancellationRequested) return Timeout.InfiniteTimeSpan;
+        TimeSpan wait;
+        var start = _taken;
+        lock (_lock) wait = TakeDueLocked(start);
+        foreach (var (key, state) in start)
+        {
+            if (_driver!.Batches(state.Endpoint)) requests.Add(new ProbeRequest(key.Address, state.Endpoint, key.Timeout, state));
+            else ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Checker.CheckAsync(s.Key, s.State, s.Checker._stopping), (Checker: this, Key: key, State: state), preferLocal: false);
+        }
+        start.Clear();
+        return wait;
+    }
+
+    private readonly List<(CheckKey Key, CheckState State)> _taken = []; // only the driving probe's thread uses it
 
     private async Task CheckAsync(CheckKey key, CheckState state, CancellationToken ct)
     {
@@ -258,13 +299,15 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable
 
     private void Wake()
     {
-        lock (_lock) _wake.TrySetResult();
+        if (_driver is { } driver) driver.Reschedule();
+        else lock (_lock) _wake.TrySetResult();
     }
 
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
         _stop.Cancel();
+        _driver?.Detach(this);
         if (_loop is not null) await _loop.ConfigureAwait(false);
         _stop.Dispose();
     }

@@ -15,6 +15,11 @@ internal abstract class ProbeCompletion
     /// <summary>Set from any thread (then wake the probe): the loop ends the check at its next pass.</summary>
     public volatile bool Cancelled;
 
+    // The probe's own cache: the slot this completion's checks last used, and for which endpoint (the
+    // scheduler passes the same completion and Uri for every run of a check).
+    internal object? ProbeSlot;
+    internal Uri? ProbeSlotEndpoint;
+
     public abstract void Completed(ProbeResult result);
 }
 
@@ -62,18 +67,18 @@ internal sealed class HttpProbe : IDisposable
     // Submissions, from any thread; the loop swaps the two lists.
     private readonly Lock _lock = new();
     private List<ProbeRequest> _submitted = [], _taking = [];
-    private bool _wakePending, _disposed;
+    private bool _wakePending, _disposed, _reschedule;
     private Thread? _thread;
+    private IProbeScheduler[] _schedulers = [];
 
     // The loop thread's own state.
     private readonly Dictionary<Target, Slot> _slots = new();
-    // The scheduler passes the same Uri for every run of a check: finding its slot by reference skips
-    // hashing the address and path on each check.
-    private readonly Dictionary<Uri, Slot> _byEndpoint = new(ReferenceEqualityComparer.Instance);
-    private readonly Dictionary<int, Connection> _byFd = new();
+    private Connection?[] _byFd = new Connection?[1024];
     private readonly List<Check> _active = [];
     private readonly Stack<Check> _spare = new();
     private long _nextSweep;
+    private long _nextDue = long.MaxValue; // when an attached scheduler next has checks due
+    private readonly List<ProbeRequest> _due = [];
     private uint _nextId;
 
     public HttpProbe(string? networkNamespace, bool reuse)
@@ -190,6 +195,32 @@ internal sealed class HttpProbe : IDisposable
 
     private static readonly ProbeResult Stopped = new(false, "the probe has stopped");
 
+    /// <summary>From now on the loop asks <paramref name="scheduler"/> for due checks itself (no timer, no other thread).</summary>
+    public void Attach(IProbeScheduler scheduler)
+    {
+        lock (_lock)
+        {
+            _schedulers = [.. _schedulers, scheduler];
+            _reschedule = true;
+            WakeLocked();
+        }
+    }
+
+    public void Detach(IProbeScheduler scheduler)
+    {
+        lock (_lock) _schedulers = _schedulers.Where(s => s != scheduler).ToArray();
+    }
+
+    /// <summary>An attached scheduler's checks changed: ask it again now.</summary>
+    public void Reschedule()
+    {
+        lock (_lock)
+        {
+            _reschedule = true;
+            WakeLocked();
+        }
+    }
+
     private void Wake()
     {
         lock (_lock) WakeLocked();
@@ -215,39 +246,49 @@ internal sealed class HttpProbe : IDisposable
         {
             while (true)
             {
-                if (TakeSubmitted()) break;
+                if (TakeSubmitted(out var schedulers, out var reschedule)) break;
                 var now = Stopwatch.GetTimestamp();
-                var wait = Expire(now);
+                if (reschedule || now >= _nextDue) Pump(schedulers, now);
+                var wait = Expire(now, ev);
                 var n = EpollWait(_epoll, ev, MaxEvents, wait);
                 if (n < 0)
                 {
                     if (Marshal.GetLastPInvokeError() == EIntr) continue;
                     break; // the set is gone: nothing more can be checked
                 }
-                for (var i = 0; i < n; i++)
-                {
-                    var flags = *(uint*)(ev + i * EventSize);
-                    var token = *(ulong*)(ev + i * EventSize + EventDataOffset);
-                    if (token == WakeToken)
-                    {
-                        ulong count;
-                        Read(_wake, (byte*)&count, 8);
-                        continue;
-                    }
-                    if (_byFd.TryGetValue((int)(uint)token, out var c) && c.Token == token) OnEvent(c, flags);
-                }
+                Dispatch(ev, n);
             }
         }
         Shutdown();
     }
 
+    private unsafe void Dispatch(byte* ev, int n)
+    {
+        for (var i = 0; i < n; i++)
+        {
+            var flags = *(uint*)(ev + i * EventSize);
+            var token = *(ulong*)(ev + i * EventSize + EventDataOffset);
+            if (token == WakeToken)
+            {
+                ulong count;
+                Read(_wake, (byte*)&count, 8);
+                continue;
+            }
+            var fd = (int)(uint)token;
+            if ((uint)fd < (uint)_byFd.Length && _byFd[fd] is { } c && c.Token == token) OnEvent(c, flags);
+        }
+    }
+
     /// <summary>Starts the checks submitted since the last pass; true when the probe is being disposed.</summary>
-    private bool TakeSubmitted()
+    private bool TakeSubmitted(out IProbeScheduler[] schedulers, out bool reschedule)
     {
         List<ProbeRequest> taken;
         lock (_lock)
         {
             _wakePending = false;
+            schedulers = _schedulers;
+            reschedule = _reschedule;
+            _reschedule = false;
             if (_disposed) return true;
             if (_submitted.Count == 0) return false;
             taken = _submitted;
@@ -261,9 +302,33 @@ internal sealed class HttpProbe : IDisposable
         return false;
     }
 
+    /// <summary>Starts the attached schedulers' due checks and notes when they next have some.</summary>
+    private void Pump(IProbeScheduler[] schedulers, long now)
+    {
+        _nextDue = long.MaxValue;
+        foreach (var scheduler in schedulers)
+        {
+            TimeSpan wait;
+            try
+            {
+                wait = scheduler.TakeDue(_due);
+            }
+            catch (Exception e)
+            {
+                Trace.TraceError($"health check scheduler failed: {e}"); // must not stop the loop
+                wait = TimeSpan.FromSeconds(1);
+            }
+            if (wait != System.Threading.Timeout.InfiniteTimeSpan) _nextDue = Math.Min(_nextDue, now + Ticks(wait));
+        }
+        if (_due.Count == 0) return;
+        if (now >= _nextSweep) Sweep(now);
+        foreach (var request in _due) Start(request, now);
+        _due.Clear();
+    }
+
     private void Start(in ProbeRequest request, long now)
     {
-        var slot = SlotFor(request.Address, request.Endpoint);
+        var slot = SlotFor(request);
         slot.LastUsed = now;
         var check = _spare.Count > 0 ? _spare.Pop() : new Check();
         check.Slot = slot;
@@ -292,9 +357,19 @@ internal sealed class HttpProbe : IDisposable
     }
 
     /// <summary>Ends timed-out and cancelled checks; the time to wait for the next deadline (ms, -1: none).</summary>
-    private int Expire(long now)
+    private unsafe int Expire(long now, byte* ev)
     {
-        var next = _nextSweep;
+        var next = Math.Min(_nextSweep, _nextDue);
+        // Answers that arrived in time but are not read yet (the loop was busy or not scheduled) count.
+        var polled = false;
+        foreach (var check in _active)
+        {
+            if (now < check.Deadline && !check.Completion.Cancelled) continue;
+            var n = EpollWait(_epoll, ev, MaxEvents, 0);
+            if (n > 0) Dispatch(ev, n);
+            polled = true; // it may have read the wake-up: go round once more before waiting
+            break;
+        }
         for (var i = _active.Count - 1; i >= 0; i--)
         {
             if (i >= _active.Count) continue; // a completion ended several
@@ -307,6 +382,7 @@ internal sealed class HttpProbe : IDisposable
             }
             if (check.Deadline < next) next = check.Deadline;
         }
+        if (polled) return 0;
         var ms = Math.Ceiling((next - now) * 1000.0 / Stopwatch.Frequency);
         return ms <= 0 ? 0 : ms >= int.MaxValue ? -1 : (int)ms;
     }
@@ -324,6 +400,7 @@ internal sealed class HttpProbe : IDisposable
         int on = 1;
         SetSockOpt(fd, IpProtoTcp, TcpNoDelay, (byte*)&on, sizeof(int));
         var c = new Connection(fd, ++_nextId, slot);
+        if (fd >= _byFd.Length) Array.Resize(ref _byFd, Math.Max(fd + 1, _byFd.Length * 2));
         _byFd[fd] = c;
         Attach(check, c);
         int rc;
@@ -517,7 +594,7 @@ internal sealed class HttpProbe : IDisposable
 
     private void Close(Connection c)
     {
-        _byFd.Remove(c.Fd);
+        _byFd[c.Fd] = null;
         ProbeInterop.Close(c.Fd); // also leaves the epoll set
         if (c.Slot.Idle == c) c.Slot.Idle = null;
         if (c.Check is { } check) check.Connection = null;
@@ -547,9 +624,10 @@ internal sealed class HttpProbe : IDisposable
         }
     }
 
-    private Slot SlotFor(IPAddress address, Uri endpoint)
+    private Slot SlotFor(in ProbeRequest r)
     {
-        if (_byEndpoint.TryGetValue(endpoint, out var known) && !known.Removed && known.Remote.Address.Equals(address)) return known;
+        var (address, endpoint, completion) = (r.Address, r.Endpoint, r.Completion);
+        if (completion.ProbeSlot is Slot known && !known.Removed && ReferenceEquals(completion.ProbeSlotEndpoint, endpoint) && known.Remote.Address.Equals(address)) return known;
         var target = new Target(address, endpoint.Port, endpoint.PathAndQuery);
         if (!_slots.TryGetValue(target, out var slot))
         {
@@ -559,7 +637,8 @@ internal sealed class HttpProbe : IDisposable
                 $"GET {target.Path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: merlin-health-check\r\nAccept: */*\r\n{(_reuse ? "" : "Connection: close\r\n")}\r\n");
             _slots[target] = slot = new Slot(new IPEndPoint(address, target.Port), request);
         }
-        _byEndpoint[endpoint] = slot;
+        completion.ProbeSlot = slot;
+        completion.ProbeSlotEndpoint = endpoint;
         return slot;
     }
 
@@ -577,7 +656,6 @@ internal sealed class HttpProbe : IDisposable
         }
         if (gone is null) return;
         foreach (var target in gone) _slots.Remove(target);
-        foreach (var endpoint in _byEndpoint.Where(kv => kv.Value.Removed).Select(kv => kv.Key).ToList()) _byEndpoint.Remove(endpoint);
     }
 
     /// <summary>The loop ends: every check in flight or waiting fails, every socket is closed.</summary>
@@ -588,7 +666,7 @@ internal sealed class HttpProbe : IDisposable
             _disposed = true;
             (_taking, _submitted) = (_submitted, _taking);
         }
-        foreach (var c in _byFd.Values.ToList()) Close(c);
+        foreach (var c in _byFd) if (c is not null) Close(c);
         while (_active.Count > 0) Finish(_active[^1], Stopped);
         foreach (var request in _taking) request.Completion.Completed(Stopped);
         _taking.Clear();

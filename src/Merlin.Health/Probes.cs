@@ -24,6 +24,21 @@ internal interface IBatchProbe
 {
     bool Batches(Uri endpoint);
     void Submit(List<ProbeRequest> requests);
+
+    /// <summary>
+    /// The probe's own thread drives <paramref name="scheduler"/>: it asks for due checks when the last
+    /// answer said they would be due, or after <see cref="Reschedule"/>, and waits for nothing else.
+    /// </summary>
+    void Attach(IProbeScheduler scheduler);
+    void Detach(IProbeScheduler scheduler);
+    void Reschedule();
+}
+
+/// <summary>A scheduler driven by a probe's thread (see <see cref="IBatchProbe.Attach"/>).</summary>
+internal interface IProbeScheduler
+{
+    /// <summary>Adds the checks due now that the probe batches; returns how long until the next one is due (infinite: none).</summary>
+    TimeSpan TakeDue(List<ProbeRequest> requests);
 }
 
 /// <summary>
@@ -74,6 +89,12 @@ public sealed class HealthProbes : IHealthProbe, IBatchProbe, IDisposable
     bool IBatchProbe.Batches(Uri endpoint) => endpoint.Scheme == "http";
 
     void IBatchProbe.Submit(List<ProbeRequest> requests) => _plainHttp.Submit(requests);
+
+    void IBatchProbe.Attach(IProbeScheduler scheduler) => _plainHttp.Attach(scheduler);
+
+    void IBatchProbe.Detach(IProbeScheduler scheduler) => _plainHttp.Detach(scheduler);
+
+    void IBatchProbe.Reschedule() => _plainHttp.Reschedule();
 
     private async Task<ProbeResult> ProbeOtherAsync(IPAddress address, Uri endpoint, TimeSpan timeout, CancellationToken ct)
     {
