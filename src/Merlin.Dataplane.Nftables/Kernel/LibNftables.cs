@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 using System.Text;
@@ -11,8 +12,8 @@ namespace Merlin.Dataplane.Nftables.Kernel;
 /// runs, without a process per change set. A script is rendered into a pipe that libnftables reads
 /// as a file (<c>/dev/fd/N</c>): it parses the first commands while the last are still being
 /// rendered, and no copy of a large script is held anywhere. libnftables runs on a thread of its
-/// own that entered <see cref="NftablesOptions.NetworkNamespace"/> (where the context's netlink
-/// socket is opened and interface names are looked up) and ends with the run.
+/// own, inside <see cref="NftablesOptions.NetworkNamespace"/> for the native calls only (the context's
+/// netlink socket is opened there and interface names are looked up there; see <see cref="NamespaceWindow"/>).
 /// <para>
 /// The context is kept between runs and freed once it has been idle for <see cref="NftKernel.Linger"/>:
 /// closing a netfilter netlink socket right after a transaction waits for the kernel to release
@@ -29,12 +30,12 @@ internal sealed partial class NftLib : NftKernel
     private const long LargeScript = 1 << 20;
 
     private readonly LibNftablesApi _api;
-    private readonly Kept<NftContext> _context;
+    private readonly NftSession _session;
 
     public NftLib(NftablesOptions options, LibNftablesApi api) : base(options)
     {
         _api = api;
-        _context = new Kept<NftContext>(() => api.NewContext(), api.Free, Linger, LibNftablesApi.Gate);
+        _session = new NftSession(api, options.NetworkNamespace, Linger);
     }
 
     public override string Description => $"{_api.Library} (in-process)";
@@ -51,7 +52,7 @@ internal sealed partial class NftLib : NftKernel
         ct.ThrowIfCancellationRequested();
         using var pipe = ScriptPipe.Create();
         var path = $"/dev/fd/{pipe.ReadFd}";
-        var nft = NamespaceThread.RunAsync(Options.NetworkNamespace, () => _context.Use(c => _api.RunFile(c, path)), after: pipe.CloseRead);
+        var nft = OwnThread.RunAsync(() => _session.Run(path, file: true), after: pipe.CloseRead);
         long written = 0;
         Exception? failed = null;
         await Task.Run(() =>
@@ -62,7 +63,7 @@ internal sealed partial class NftLib : NftKernel
         var outcome = await nft;
         if (written >= LargeScript)
         {
-            _context.Close();
+            _session.Close();
             Native.malloc_trim(0);
         }
 
@@ -80,7 +81,7 @@ internal sealed partial class NftLib : NftKernel
     {
         ct.ThrowIfCancellationRequested();
         var command = $"list {kind} {family} {table} {name}";
-        var outcome = await NamespaceThread.RunAsync(Options.NetworkNamespace, () => _context.Use(c => _api.RunBuffer(c, command, LibNftablesApi.OutputJson)));
+        var outcome = await OwnThread.RunAsync(() => _session.Run(command, file: false, LibNftablesApi.OutputJson));
         if (outcome.Status == 0) return outcome.Output;
         if (outcome.Error.Contains("No such file or directory", StringComparison.Ordinal)) return null;
         throw new NftException(Summarize(outcome.Error));
@@ -88,7 +89,7 @@ internal sealed partial class NftLib : NftKernel
 
     protected override void Dispose(bool disposing)
     {
-        if (disposing) _context.Close();
+        if (disposing) _session.Close();
         base.Dispose(disposing);
     }
 
@@ -199,30 +200,31 @@ internal sealed unsafe class LibNftablesApi
     /// </summary>
     public static readonly Lock Gate = new();
 
-    private readonly delegate* unmanaged<uint, nint> _ctxNew;
-    private readonly delegate* unmanaged<nint, void> _ctxFree;
-    private readonly delegate* unmanaged<nint, int> _bufferOutput;
-    private readonly delegate* unmanaged<nint, int> _bufferError;
-    private readonly delegate* unmanaged<nint, byte*> _outputBuffer;
-    private readonly delegate* unmanaged<nint, byte*> _errorBuffer;
-    private readonly delegate* unmanaged<nint, uint, void> _setOutputFlags;
-    private readonly delegate* unmanaged<nint, byte*, int> _runBuffer;
-    private readonly delegate* unmanaged<nint, byte*, int> _runFile;
+    // Called inside a namespace window, where no managed method may run: fields, not methods.
+    internal readonly delegate* unmanaged<uint, nint> CtxNew;
+    internal readonly delegate* unmanaged<nint, void> CtxFree;
+    internal readonly delegate* unmanaged<nint, int> BufferOutput;
+    internal readonly delegate* unmanaged<nint, int> BufferError;
+    internal readonly delegate* unmanaged<nint, byte*> OutputBuffer;
+    internal readonly delegate* unmanaged<nint, byte*> ErrorBuffer;
+    internal readonly delegate* unmanaged<nint, uint, void> SetOutputFlags;
+    internal readonly delegate* unmanaged<nint, byte*, int> RunBuffer;
+    internal readonly delegate* unmanaged<nint, byte*, int> RunFile;
 
     public string Library { get; }
 
     private LibNftablesApi(string library, Func<string, nint> export)
     {
         Library = library;
-        _ctxNew = (delegate* unmanaged<uint, nint>)export("nft_ctx_new");
-        _ctxFree = (delegate* unmanaged<nint, void>)export("nft_ctx_free");
-        _bufferOutput = (delegate* unmanaged<nint, int>)export("nft_ctx_buffer_output");
-        _bufferError = (delegate* unmanaged<nint, int>)export("nft_ctx_buffer_error");
-        _outputBuffer = (delegate* unmanaged<nint, byte*>)export("nft_ctx_get_output_buffer");
-        _errorBuffer = (delegate* unmanaged<nint, byte*>)export("nft_ctx_get_error_buffer");
-        _setOutputFlags = (delegate* unmanaged<nint, uint, void>)export("nft_ctx_output_set_flags");
-        _runBuffer = (delegate* unmanaged<nint, byte*, int>)export("nft_run_cmd_from_buffer");
-        _runFile = (delegate* unmanaged<nint, byte*, int>)export("nft_run_cmd_from_filename");
+        CtxNew = (delegate* unmanaged<uint, nint>)export("nft_ctx_new");
+        CtxFree = (delegate* unmanaged<nint, void>)export("nft_ctx_free");
+        BufferOutput = (delegate* unmanaged<nint, int>)export("nft_ctx_buffer_output");
+        BufferError = (delegate* unmanaged<nint, int>)export("nft_ctx_buffer_error");
+        OutputBuffer = (delegate* unmanaged<nint, byte*>)export("nft_ctx_get_output_buffer");
+        ErrorBuffer = (delegate* unmanaged<nint, byte*>)export("nft_ctx_get_error_buffer");
+        SetOutputFlags = (delegate* unmanaged<nint, uint, void>)export("nft_ctx_output_set_flags");
+        RunBuffer = (delegate* unmanaged<nint, byte*, int>)export("nft_run_cmd_from_buffer");
+        RunFile = (delegate* unmanaged<nint, byte*, int>)export("nft_run_cmd_from_filename");
     }
 
     private static readonly string[] Exports =
@@ -253,43 +255,117 @@ internal sealed unsafe class LibNftablesApi
         }
         return (new LibNftablesApi(library, e => NativeLibrary.GetExport(handle, e)), null);
     }
+}
 
-    /// <summary>A context whose output and errors go to buffers (not this process's stdout and stderr).</summary>
-    public NftContext NewContext()
-    {
-        var ctx = _ctxNew(0);
-        if (ctx == 0) throw new NftException($"{Library}: nft_ctx_new failed");
-        if (_bufferOutput(ctx) != 0 || _bufferError(ctx) != 0)
-        {
-            _ctxFree(ctx);
-            throw new NftException($"{Library}: cannot buffer its output");
-        }
-        return new NftContext(ctx);
-    }
+/// <summary>
+/// One namespace's libnftables context, kept between runs and freed when idle (see <see cref="NftLib"/>).
+/// Runs on the caller's thread, which must be a thread of its own (it enters the namespace).
+/// </summary>
+internal sealed unsafe class NftSession(LibNftablesApi api, string? networkNamespace, TimeSpan linger)
+{
+    private nint _ctx;
+    private Timer? _timer;
+    private long _used;
 
-    public void Free(NftContext context) => _ctxFree(context.Handle);
-
-    /// <summary>Runs the commands in a file (one transaction), on this thread; the caller holds <see cref="Gate"/>.</summary>
-    public NftOutcome RunFile(NftContext context, string path, uint outputFlags = 0) => Run(context, path, outputFlags, file: true);
-
-    /// <summary>Runs commands given as text (one transaction), on this thread; the caller holds <see cref="Gate"/>.</summary>
-    public NftOutcome RunBuffer(NftContext context, string commands, uint outputFlags = 0) => Run(context, commands, outputFlags, file: false);
-
-    private NftOutcome Run(NftContext context, string input, uint outputFlags, bool file)
+    public NftOutcome Run(string input, bool file, uint outputFlags = 0)
     {
         var bytes = new byte[Encoding.UTF8.GetByteCount(input) + 1];
         Encoding.UTF8.GetBytes(input, bytes);
-        var ctx = context.Handle;
-        _setOutputFlags(ctx, outputFlags);
-        int status;
-        fixed (byte* p = bytes) status = file ? _runFile(ctx, p) : _runBuffer(ctx, p);
-        // Reading a buffer also rewinds it for the next run.
-        return new NftOutcome(status, Marshal.PtrToStringUTF8((nint)_outputBuffer(ctx)) ?? "", Marshal.PtrToStringUTF8((nint)_errorBuffer(ctx)) ?? "");
+        var (target, own) = NamespaceWindow.Handles(networkNamespace);
+        using (target)
+        using (own)
+        {
+            lock (LibNftablesApi.Gate)
+            {
+                int status, failure, errno;
+                fixed (byte* p = bytes)
+                    status = Window(target is null ? -1 : (int)target.DangerousGetHandle(), own is null ? -1 : (int)own.DangerousGetHandle(), p, file ? 1 : 0, outputFlags, out failure, out errno);
+                NamespaceWindow.Check(failure, errno, networkNamespace);
+                if (failure == NamespaceWindow.CallFailed) throw new NftException($"{api.Library}: nft_ctx_new failed or cannot buffer its output");
+                // Reading a buffer also rewinds it for the next run.
+                var outcome = new NftOutcome(status, Marshal.PtrToStringUTF8((nint)api.OutputBuffer(_ctx)) ?? "", Marshal.PtrToStringUTF8((nint)api.ErrorBuffer(_ctx)) ?? "");
+                _used = System.Diagnostics.Stopwatch.GetTimestamp();
+                _timer ??= new Timer(static state => ((NftSession)state!).OnIdle(), this, Timeout.Infinite, Timeout.Infinite);
+                _timer.Change(linger, Timeout.InfiniteTimeSpan);
+                return outcome;
+            }
+        }
+    }
+
+    /// <summary>In the namespace (if any) for native calls only: see <see cref="NamespaceWindow"/>. The caller holds the gate.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private int Window(int target, int own, byte* input, int file, uint outputFlags, out int failure, out int errno)
+    {
+        var setns = NamespaceWindow.SetNs;
+        var errnoLocation = NamespaceWindow.ErrnoLocation;
+        var ctxNew = api.CtxNew;
+        var ctxFree = api.CtxFree;
+        var bufferOutput = api.BufferOutput;
+        var bufferError = api.BufferError;
+        var setOutputFlags = api.SetOutputFlags;
+        var run = file != 0 ? api.RunFile : api.RunBuffer;
+        var ctx = _ctx;
+        failure = NamespaceWindow.NoFailure;
+        errno = 0;
+        if (target >= 0 && setns(target, Native.CLONE_NEWNET) != 0)
+        {
+            failure = NamespaceWindow.EnterFailed;
+            errno = *errnoLocation();
+            return -1;
+        }
+        // ---- inside: native calls only ----
+        var status = -1;
+        if (ctx == 0)
+        {
+            // nft_ctx_new opens the context's netlink socket: in the namespace.
+            ctx = ctxNew(0);
+            if (ctx != 0 && (bufferOutput(ctx) != 0 || bufferError(ctx) != 0))
+            {
+                ctxFree(ctx);
+                ctx = 0;
+            }
+        }
+        if (ctx == 0)
+        {
+            failure = NamespaceWindow.CallFailed;
+        }
+        else
+        {
+            setOutputFlags(ctx, outputFlags);
+            status = run(ctx, input);
+        }
+        if (own >= 0 && setns(own, Native.CLONE_NEWNET) != 0)
+        {
+            failure = NamespaceWindow.LeaveFailed;
+            errno = *errnoLocation();
+        }
+        _ctx = ctx;
+        return status;
+    }
+
+    /// <summary>Frees the context now, if there is one; the next run makes another.</summary>
+    public void Close()
+    {
+        lock (LibNftablesApi.Gate)
+        {
+            _timer?.Change(Timeout.Infinite, Timeout.Infinite);
+            if (_ctx == 0) return;
+            api.CtxFree(_ctx);
+            _ctx = 0;
+        }
+    }
+
+    private void OnIdle()
+    {
+        lock (LibNftablesApi.Gate)
+        {
+            if (_ctx == 0) return;
+            var idle = System.Diagnostics.Stopwatch.GetElapsedTime(_used);
+            if (idle < linger) _timer?.Change(linger - idle, Timeout.InfiniteTimeSpan);
+            else Close();
+        }
     }
 }
-
-/// <summary>A libnftables context (struct nft_ctx *).</summary>
-internal sealed record NftContext(nint Handle);
 
 /// <summary>
 /// A pipe that libnftables reads as <c>/dev/fd/N</c> while a script is rendered into it. Both ends
@@ -398,48 +474,6 @@ internal sealed unsafe class ScriptPipe : IDisposable
         public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
         public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
         public override void SetLength(long value) => throw new NotSupportedException();
-    }
-}
-
-/// <summary>
-/// Runs work on a new thread of its own inside a named network namespace (<c>/run/netns/NAME</c>;
-/// null: this process's). The thread ends with the work, so nothing else ever runs in that
-/// namespace by mistake, and it holds no reference to the namespace afterwards (a deleted
-/// namespace's memory is freed). The caller's thread is not blocked.
-/// </summary>
-internal static class NamespaceThread
-{
-    /// <summary>nft's parser and evaluator recurse; give them what a process's main thread has.</summary>
-    private const int StackSize = 8 << 20;
-
-    public static Task<T> RunAsync<T>(string? networkNamespace, Func<T> work, Action? after = null)
-    {
-        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var thread = new Thread(() =>
-        {
-            try
-            {
-                if (networkNamespace is not null) Enter(networkNamespace);
-                var result = work();
-                after?.Invoke();
-                after = null;
-                done.SetResult(result);
-            }
-            catch (Exception e)
-            {
-                after?.Invoke();
-                done.SetException(e);
-            }
-        }, StackSize) { IsBackground = true, Name = "merlin-nft" };
-        thread.Start();
-        return done.Task;
-    }
-
-    private static void Enter(string name)
-    {
-        using var target = File.OpenHandle(Path.Combine("/run/netns", name));
-        if (Native.setns((int)target.DangerousGetHandle(), Native.CLONE_NEWNET) != 0)
-            throw new IOException($"setns into network namespace {name} failed: errno {Marshal.GetLastPInvokeError()}");
     }
 }
 

@@ -54,10 +54,10 @@ internal sealed unsafe class NetfilterSocket : IDisposable
     private uint _sequence = (uint)Environment.TickCount;
     private readonly byte[] _receive = new byte[1 << 18];
 
-    private NetfilterSocket(int protocol)
+    /// <summary>Takes over a netlink socket made (in its namespace) by <see cref="NamespaceWindow.Socket"/>.</summary>
+    private NetfilterSocket(int fd)
     {
-        _fd = Native.socket(Native.AF_NETLINK, Native.SOCK_RAW | Native.SOCK_CLOEXEC, protocol);
-        if (_fd < 0) throw Error("socket(AF_NETLINK, NETLINK_NETFILTER)");
+        _fd = fd;
         try
         {
             var address = new Native.SockaddrNl { Family = Native.AF_NETLINK };
@@ -77,10 +77,10 @@ internal sealed unsafe class NetfilterSocket : IDisposable
     }
 
     /// <summary>Opens a socket in the named network namespace (null: this process's own).</summary>
-    public static NetfilterSocket Open(string? networkNamespace) => Merlin.Netlink.NetworkNamespace.Run(networkNamespace, () => new NetfilterSocket(Native.NETLINK_NETFILTER));
+    public static NetfilterSocket Open(string? networkNamespace) => new(NamespaceWindow.Socket(networkNamespace, Native.AF_NETLINK, Native.SOCK_RAW | Native.SOCK_CLOEXEC, Native.NETLINK_NETFILTER));
 
     /// <summary>A NETLINK_ROUTE socket (links, neighbours) in the named network namespace, for <see cref="RequestRaw"/>.</summary>
-    public static NetfilterSocket OpenRoute(string? networkNamespace) => Merlin.Netlink.NetworkNamespace.Run(networkNamespace, () => new NetfilterSocket(0));
+    public static NetfilterSocket OpenRoute(string? networkNamespace) => new(NamespaceWindow.Socket(networkNamespace, Native.AF_NETLINK, Native.SOCK_RAW | Native.SOCK_CLOEXEC, 0));
 
     /// <summary>
     /// Sends an nf_tables request and returns the attribute payload (after nfgenmsg) of every reply.
