@@ -16,7 +16,8 @@ namespace Merlin.Dataplane.Nftables;
 /// tables (<see cref="NftablesOptions.DsrTable"/>, <see cref="NftablesOptions.NatTable"/>) and
 /// never touches anything else.
 /// <para>
-/// Every change set is one nftables transaction (libnftables in the process) holding only what changed. The programmed
+/// Every change set is one nftables transaction (libnftables in the process) holding only what
+/// changed. The programmed
 /// state is kept in the kernel too (a <c>state</c> set of records, and a <c>marker</c> set whose
 /// comment is a hash of everything programmed), so a restarted daemon adopts the tables without
 /// rewriting them. A resync asks the kernel for its ruleset generation (one netlink message); only

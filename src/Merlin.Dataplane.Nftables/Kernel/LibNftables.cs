@@ -64,7 +64,8 @@ internal sealed partial class NftLib : NftKernel
         if (written >= LargeScript)
         {
             _session.Close();
-            Native.malloc_trim(0);
+            // Off the pass's path: after the 1,000-map first pass it takes ~85 ms (measured).
+            _ = Task.Run(static () => Native.malloc_trim(0), CancellationToken.None);
         }
 
         if (outcome.Status != 0)
