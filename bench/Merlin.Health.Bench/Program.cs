@@ -15,7 +15,7 @@ using Merlin.Wire;
 // The references run on the same targets at the same rate, each in its own process measured the same way:
 // a bare prober that opens a connection per check, and one that keeps a connection per server alive.
 // Usage: dotnet run -c Release --project bench/Merlin.Health.Bench -- [--servers 2000] [--period 200ms]
-//        [--seconds 30] [--warmup 30] [--no-reference]
+//        [--seconds 30] [--warmup 30] [--no-reference] [--keepalive false]
 if (args.Length > 0 && args[0] == "--bare-prober") return await BareProber.MainAsync(args);
 var servers = Arg("--servers", 2000);
 var periodMs = Arg("--period", 200);
@@ -31,6 +31,8 @@ var start = new ProcessStartInfo(Merlin.Testing.Requires.FindOnPath("dotnet") ??
 foreach (var a in new[] { dll, "--listen-address", "127.0.0.1", "--port", I(api), "--health-listen-address", "127.0.0.1", "--health-port", I(health),
              "--store-backend", "sqlite", "--store-path", dir.File("merlin.db"), "--state-dir", dir.File("state"), "--dataplane", "none", "--log-level", "error" })
     start.ArgumentList.Add(a);
+// --keepalive false: the daemon opens a connection per HTTP check (--health-keepalive false).
+if (args.Contains("--keepalive")) { start.ArgumentList.Add("--health-keepalive"); start.ArgumentList.Add(args[Array.IndexOf(args, "--keepalive") + 1]); }
 using var daemon = Process.Start(start)!;
 daemon.OutputDataReceived += (_, e) => { if (e.Data is { Length: > 0 } l) Console.WriteLine($"  daemon: {l}"); };
 daemon.ErrorDataReceived += (_, e) => { if (e.Data is { Length: > 0 } l) Console.WriteLine($"  daemon: {l}"); };
@@ -84,6 +86,7 @@ try
     // The window opens and closes right after a /metrics read (slow when the daemon is saturated), so
     // the check count, CPU, served requests and clock cover the same span.
     var (checks0, failed0) = await Checks(http);
+    var gc0 = await Collections(http);
     var (cpu0, served0, accepted0, t0) = (CpuSeconds(daemon.Id), targets.Served, targets.Accepted, Stopwatch.GetTimestamp());
     var passes0 = (await client.StatusAsync(new Empty())).ReconcilePasses;
     var own0 = Process.GetCurrentProcess().TotalProcessorTime;
@@ -93,6 +96,7 @@ try
         Console.WriteLine($"  {s + Math.Min(5, seconds - s)} s: {targets.Served - served0:N0} requests served");
     }
     var (checks1, failed1) = await Checks(http);
+    var gc1 = await Collections(http);
     var (elapsed, cpu1, served1, accepted1) = (Stopwatch.GetElapsedTime(t0).TotalSeconds, CpuSeconds(daemon.Id), targets.Served, targets.Accepted);
     var own = (Process.GetCurrentProcess().TotalProcessorTime - own0).TotalSeconds;
     var passes1 = (await client.StatusAsync(new Empty())).ReconcilePasses;
@@ -103,7 +107,7 @@ try
     Console.WriteLine("| prober | servers × period | checks/s asked | checks/s done | requests/s served | new connections/s | CPU (one core = 100 %) | CPU per check | RSS | servers up / down |");
     Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
     Console.WriteLine($"| merlin daemon | {servers:N0} × {periodMs} ms | {servers * 1000.0 / periodMs:N0} | {rate:N0} | {(served1 - served0) / elapsed:N0} | {(accepted1 - accepted0) / elapsed:N0} | {cpu * 100:0.0} % | {cpu / rate * 1e6:0.0} µs | {Rss(daemon.Id) / 1024 / 1024} MiB | {status.ServersUp} / {status.ServersDown} |");
-    Console.WriteLine($"(in the window: {failed1 - failed0:N0} failed checks, {passes1 - passes0:N0} reconcile passes; this harness's own CPU, serving the checks: {own / elapsed * 100:0.0} %; load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]})");
+    Console.WriteLine($"(in the window: {failed1 - failed0:N0} failed checks, {passes1 - passes0:N0} reconcile passes, daemon garbage collections gen0/1/2 {string.Join("/", gc1.Zip(gc0, (b, a) => (b - a).ToString("0", CultureInfo.InvariantCulture)))}; this harness's own CPU, serving the checks: {own / elapsed * 100:0.0} %; load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]})");
 
     // The references, same machine, same targets, same rate, after the daemon is stopped: bare probers
     // in a process of their own (so their CPU, user + system, is theirs alone, runtime included).
@@ -171,6 +175,19 @@ static async Task<(double All, double Failed)> Checks(HttpClient http)
         .Select(l => (Line: l, Value: double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture)))
         .ToList();
     return (series.Sum(s => s.Value), series.Where(s => s.Line.Contains("result=\"unhealthy\"", StringComparison.Ordinal)).Sum(s => s.Value));
+}
+
+// The daemon's garbage collections so far by generation (prometheus-net's dotnet_collection_count_total).
+static async Task<double[]> Collections(HttpClient http)
+{
+    var counts = new double[3];
+    foreach (var l in (await http.GetStringAsync("/metrics")).Split('\n'))
+    {
+        if (!l.StartsWith("dotnet_collection_count_total{generation=\"", StringComparison.Ordinal)) continue;
+        var generation = l["dotnet_collection_count_total{generation=\"".Length] - '0';
+        if (generation is >= 0 and < 3) counts[generation] = double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture);
+    }
+    return counts;
 }
 
 // /proc/PID/stat fields 14 and 15 (utime, stime) in clock ticks of 1/100 s, after the ")" that ends the name.

@@ -311,6 +311,34 @@ public sealed class HttpProbeTests : IDisposable
         Assert.Equal(1, server.Accepted);
     }
 
+    [Fact]
+    public async Task TheSchedulerDrivenByTheProbe_StillRunsOtherSchemes_OnTheThreadPool()
+    {
+        using var probes = new HealthProbes();
+        var checker = new HealthChecker(probes, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<HealthChecker>.Instance);
+        await using var _ = checker;
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive);
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(16);
+        var tcpPort = ((IPEndPoint)listener.LocalEndPoint!).Port;
+        var service = Merlin.Model.ServiceKey.ForAddress(IPAddress.Parse("198.18.0.10"), 80, Merlin.Model.Protocol.Tcp);
+        var web = new Merlin.Model.RealServerKey(IPAddress.Loopback, (ushort)server.Port);
+        var tcp = new Merlin.Model.RealServerKey(IPAddress.Loopback, (ushort)tcpPort);
+        Merlin.Model.HealthCheck Check(string endpoint) => new()
+        {
+            Endpoint = new Uri(endpoint), Period = TimeSpan.FromMilliseconds(50), Timeout = TimeSpan.FromMilliseconds(500), UpThreshold = 1, DownThreshold = 1,
+        };
+        checker.Start(); // before Track: the probe's loop is asked again when the checks arrive
+        checker.Track([
+            new Merlin.Reconciler.HealthTarget(service, web, Check($"http://check.invalid:{server.Port}/healthz")),
+            new Merlin.Reconciler.HealthTarget(service, tcp, Check($"tcp://check.invalid:{tcpPort}")),
+        ]);
+        await WaitForAsync(() => checker.Verdict(service, web) == Merlin.Reconciler.HealthVerdict.Up && checker.Verdict(service, tcp) == Merlin.Reconciler.HealthVerdict.Up);
+        var before = server.Requests;
+        await WaitForAsync(() => server.Requests >= before + 3); // it keeps its rhythm
+    }
+
     private static async Task WaitForAsync(Func<bool> condition)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
