@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -9,9 +8,9 @@ namespace Merlin.Dataplane.Nftables.Kernel;
 
 /// <summary>
 /// Writes through libnftables inside this process — the parser and transaction code <c>nft</c> itself
-/// runs, without a process per change set. A script is rendered into a pipe that libnftables reads
-/// as a file (<c>/dev/fd/N</c>): it parses the first commands while the last are still being
-/// rendered, and no copy of a large script is held anywhere. libnftables runs on a thread of its
+/// runs, without a process per change set. A script is rendered into memory (<see cref="ScriptFile"/>)
+/// and libnftables reads it as a file (<c>/dev/fd/N</c>), so a refusal quotes the offending line and
+/// a render that fails leaves nothing for nft to commit. libnftables runs on a thread of its
 /// own, inside <see cref="NftablesOptions.NetworkNamespace"/> for the native calls only (the context's
 /// netlink socket is opened there and interface names are looked up there; see <see cref="NamespaceWindow"/>).
 /// <para>
@@ -50,32 +49,18 @@ internal sealed partial class NftLib : NftKernel
     internal async Task RunAsync(Action<Stream> render, Func<IReadOnlySet<int>, IReadOnlyDictionary<int, string>> quote, CancellationToken ct)
     {
         ct.ThrowIfCancellationRequested();
-        using var pipe = ScriptPipe.Create();
-        var path = $"/dev/fd/{pipe.ReadFd}";
-        var nft = OwnThread.RunAsync(() => _session.Run(path, file: true), after: pipe.CloseRead);
-        long written = 0;
-        Exception? failed = null;
-        await Task.Run(() =>
-        {
-            try { written = pipe.Write(render, ct); }
-            catch (Exception e) { failed = e; }
-        }, CancellationToken.None);
-        var outcome = await nft;
+        using var file = ScriptFile.Create();
+        // A render that fails or is cancelled throws here, before nft has seen any of the script.
+        var written = await Task.Run(() => file.Write(render, ct), ct);
+        var path = $"/dev/fd/{file.Fd}";
+        var outcome = await OwnThread.RunAsync(() => _session.Run(path, file: true));
         if (written >= LargeScript)
         {
             _session.Close();
             // Off the pass's path: after the 1,000-map first pass it takes ~85 ms (measured).
             _ = Task.Run(static () => Native.malloc_trim(0), CancellationToken.None);
         }
-
-        if (outcome.Status != 0)
-        {
-            // The writer's own failure (cancellation, a bug in rendering) is why nft failed: it saw a
-            // spoiled script. A broken pipe only means nft stopped reading; its error says why.
-            if (failed is not null and not IOException) ExceptionDispatchInfo.Throw(failed);
-            throw new NftException(Summarize(Quote(outcome.Error, quote)));
-        }
-        if (failed is not null) ExceptionDispatchInfo.Throw(failed);
+        if (outcome.Status != 0) throw new NftException(Summarize(Quote(outcome.Error, quote)));
     }
 
     public override async Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct)
@@ -95,8 +80,8 @@ internal sealed partial class NftLib : NftKernel
     }
 
     /// <summary>
-    /// nft names a pipe <c>/dev/fd/N</c> and cannot quote the offending line from it (it reopens the
-    /// file to do so): each located error gets "line L:" and the line itself, from the script.
+    /// nft names the script <c>/dev/fd/N</c>: each located error gets "line L:" instead, and the line
+    /// itself from the script if nft did not quote it (it reopens the file to do so).
     /// </summary>
     internal static string Quote(string error, Func<IReadOnlySet<int>, IReadOnlyDictionary<int, string>> lines)
     {
@@ -113,7 +98,10 @@ internal sealed partial class NftLib : NftKernel
             }
             var line = int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
             result.Append("line ").Append(line).Append(':').Append(text.AsSpan(match.Length)).Append('\n');
-            if (quoted.TryGetValue(line, out var source)) result.Append(source).Append('\n');
+            // nft quotes the line itself when it can read the file again; add it only when it did not.
+            var next = located.IndexOf((text, match)) + 1;
+            bool nftQuoted = next < located.Count && !located[next].Match.Success && located[next].Text.Trim().Length > 0;
+            if (!nftQuoted && quoted.TryGetValue(line, out var source)) result.Append(source).Append('\n');
         }
         return result.ToString();
     }
@@ -369,70 +357,38 @@ internal sealed unsafe class NftSession(LibNftablesApi api, string? networkNames
 }
 
 /// <summary>
-/// A pipe that libnftables reads as <c>/dev/fd/N</c> while a script is rendered into it. Both ends
-/// are close-on-exec, so a process started meanwhile cannot hold the write end open (nft would wait
-/// for its end of file).
+/// A script rendered into memory (a memfd, close-on-exec) that libnftables then reads as the file
+/// <c>/dev/fd/N</c>. Rendered first, read after: measured faster here than letting nft parse from a
+/// pipe while the script is being rendered into it (the 1,000-map first pass: 1.10 × <c>nft -f</c>
+/// against 1.22–1.27), and a script cut short by a failed or cancelled render never reaches nft.
 /// </summary>
-internal sealed unsafe class ScriptPipe : IDisposable
+internal sealed unsafe class ScriptFile : IDisposable
 {
-    private int _read, _write;
+    private int _fd;
 
-    private ScriptPipe(int read, int write)
+    private ScriptFile(int fd) => _fd = fd;
+
+    public int Fd => _fd;
+
+    public static ScriptFile Create()
     {
-        _read = read;
-        _write = write;
+        var fd = Native.memfd_create("merlin-nft-script", Native.MFD_CLOEXEC);
+        if (fd < 0) throw new IOException($"memfd_create failed: errno {Marshal.GetLastPInvokeError()}");
+        return new ScriptFile(fd);
     }
 
-    public int ReadFd => _read;
-
-    public static ScriptPipe Create()
-    {
-        int* fds = stackalloc int[2];
-        if (Native.pipe2(fds, Native.O_CLOEXEC) != 0) throw new IOException($"pipe2 failed: errno {Marshal.GetLastPInvokeError()}");
-        // 1 MiB instead of 64 KiB: fewer switches between the renderer and the parser (best effort).
-        Native.fcntl(fds[1], Native.F_SETPIPE_SZ, 1 << 20);
-        return new ScriptPipe(fds[0], fds[1]);
-    }
-
-    /// <summary>
-    /// Renders into the pipe and closes its write end (nft's end of file). If rendering fails or is
-    /// cancelled, a character nft's scanner rejects goes in first, so the cut script is refused as a
-    /// whole instead of committed up to the cut. Returns the bytes written.
-    /// </summary>
+    /// <summary>Renders the script into the file; returns the bytes written.</summary>
     public long Write(Action<Stream> render, CancellationToken ct)
     {
-        var stream = new Writer(_write, ct);
-        try
-        {
-            render(stream);
-            return stream.Written;
-        }
-        catch (Exception e) when (e is not IOException)
-        {
-            try { stream.Spoil(); }
-            catch (IOException) { }
-            throw;
-        }
-        finally
-        {
-            CloseWrite();
-        }
-    }
-
-    public void CloseRead() => Close(ref _read);
-
-    private void CloseWrite() => Close(ref _write);
-
-    private static void Close(ref int fd)
-    {
-        var old = Interlocked.Exchange(ref fd, -1);
-        if (old >= 0) Native.close(old);
+        var stream = new Writer(_fd, ct);
+        render(stream);
+        return stream.Written;
     }
 
     public void Dispose()
     {
-        CloseWrite();
-        CloseRead();
+        var fd = Interlocked.Exchange(ref _fd, -1);
+        if (fd >= 0) Native.close(fd);
     }
 
     private sealed class Writer(int fd, CancellationToken ct) : Stream
@@ -445,9 +401,6 @@ internal sealed unsafe class ScriptPipe : IDisposable
             WriteAll(buffer);
         }
 
-        /// <summary>A new line holding a control character: "syntax error, unexpected junk".</summary>
-        public void Spoil() => WriteAll("\n\u0001 merlin: the script was not rendered to its end\n"u8);
-
         private void WriteAll(ReadOnlySpan<byte> buffer)
         {
             while (!buffer.IsEmpty)
@@ -458,7 +411,7 @@ internal sealed unsafe class ScriptPipe : IDisposable
                 {
                     var errno = Marshal.GetLastPInvokeError();
                     if (errno == Native.EINTR) continue;
-                    throw new IOException($"writing the script into libnftables: errno {errno}");
+                    throw new IOException($"writing the script for libnftables: errno {errno}");
                 }
                 Written += n;
                 buffer = buffer[(int)n..];

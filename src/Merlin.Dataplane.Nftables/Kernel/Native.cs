@@ -52,21 +52,17 @@ internal static unsafe partial class Native
     public static partial int close(int fd);
 
     public const int CLONE_NEWNET = 0x40000000;
-    public const int O_CLOEXEC = 0x80000;
-    public const int F_SETPIPE_SZ = 1031;
+    public const uint MFD_CLOEXEC = 1;
     public const int EINTR = 4;
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial int setns(int fd, int nstype);
 
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int pipe2(int* fds, int flags);
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int memfd_create(string name, uint flags);
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial nint write(int fd, byte* buffer, nint length);
-
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int fcntl(int fd, int command, int argument);
 
     /// <summary>Returns free heap memory to the kernel (glibc): after a large transaction, libnftables' parse and cache are freed but stay in the heap.</summary>
     [LibraryImport("libc")]
