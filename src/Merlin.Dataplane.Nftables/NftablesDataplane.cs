@@ -674,7 +674,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
         var started = Stopwatch.StartNew();
         try
         {
-            using var _ = Phases.Measure("nft (with the script written into it)");
+            using var _ = Phases.Measure("nft (render, then libnftables)");
             await _nft.RunAsync(script, ct);
         }
         catch (NftException e)
