@@ -161,6 +161,9 @@ public class LibNftablesTests
         });
 
         Assert.Equal([2, 5], asked.Order());
+        // A line nft quoted itself (it could reopen the file) is not quoted twice.
+        Assert.Equal("line 3:1-3: Error: syntax error | add rule x", NftKernel.Summarize(NftLib.Quote(
+            "/dev/fd/7:3:1-3: Error: syntax error\nadd rule x\n^^^\n", _ => throw new InvalidOperationException("nothing to look up"))));
         Assert.Equal("line 2:20-30: Error: Could not process rule: No such file or directory | delete element netdev merlin d1 { 3 } | line 5:1-3: Error: syntax error | foo",
             NftKernel.Summarize(quoted));
     }

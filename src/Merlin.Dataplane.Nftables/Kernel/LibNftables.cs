@@ -86,22 +86,23 @@ internal sealed partial class NftLib : NftKernel
     internal static string Quote(string error, Func<IReadOnlySet<int>, IReadOnlyDictionary<int, string>> lines)
     {
         var located = error.Split('\n').Select(l => (Text: l, Match: Location().Match(l))).ToList();
-        var wanted = located.Where(l => l.Match.Success).Select(l => int.Parse(l.Match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToHashSet();
+        int Number(int i) => int.Parse(located[i].Match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        // nft quotes the line itself when it can read the file again: the next line is then its text.
+        bool Unquoted(int i) => i + 1 >= located.Count || located[i + 1].Match.Success || located[i + 1].Text.Trim().Length == 0;
+        var wanted = Enumerable.Range(0, located.Count).Where(i => located[i].Match.Success && Unquoted(i)).Select(Number).ToHashSet();
         var quoted = wanted.Count == 0 ? new Dictionary<int, string>() : lines(wanted);
         var result = new StringBuilder();
-        foreach (var (text, match) in located)
+        for (int i = 0; i < located.Count; i++)
         {
+            var (text, match) = located[i];
             if (!match.Success)
             {
                 result.Append(text).Append('\n');
                 continue;
             }
-            var line = int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            var line = Number(i);
             result.Append("line ").Append(line).Append(':').Append(text.AsSpan(match.Length)).Append('\n');
-            // nft quotes the line itself when it can read the file again; add it only when it did not.
-            var next = located.IndexOf((text, match)) + 1;
-            bool nftQuoted = next < located.Count && !located[next].Match.Success && located[next].Text.Trim().Length > 0;
-            if (!nftQuoted && quoted.TryGetValue(line, out var source)) result.Append(source).Append('\n');
+            if (Unquoted(i) && quoted.TryGetValue(line, out var source)) result.Append(source).Append('\n');
         }
         return result.ToString();
     }
@@ -358,9 +359,11 @@ internal sealed unsafe class NftSession(LibNftablesApi api, string? networkNames
 
 /// <summary>
 /// A script rendered into memory (a memfd, close-on-exec) that libnftables then reads as the file
-/// <c>/dev/fd/N</c>. Rendered first, read after: measured faster here than letting nft parse from a
-/// pipe while the script is being rendered into it (the 1,000-map first pass: 1.10 × <c>nft -f</c>
-/// against 1.22–1.27), and a script cut short by a failed or cancelled render never reaches nft.
+/// <c>/dev/fd/N</c>. Rendered first, read after: letting nft parse from a pipe while we rendered into
+/// it made nft in our process 8–17 % slower than <c>nft -f</c> of the same script in 6 of 9 runs of the
+/// 1,000-map first pass, rendering first was no worse (docs/performance.md); a file nft can reopen
+/// lets it quote the offending line, and a script cut short by a failed or cancelled render never
+/// reaches nft.
 /// </summary>
 internal sealed unsafe class ScriptFile : IDisposable
 {
