@@ -56,7 +56,8 @@ internal sealed class HttpProbe : IDisposable
     internal const int BufferSize = 4096;
     internal const int MaxDrainBytes = 64 * 1024;
     internal static readonly TimeSpan MaxConnectionAge = TimeSpan.FromSeconds(30);
-    private static readonly TimeSpan IdleLimit = TimeSpan.FromSeconds(60);
+    internal static readonly TimeSpan DefaultIdleLimit = TimeSpan.FromSeconds(60);
+    private readonly long _idleLimit;
     private const int MaxEvents = 256;
     private const ulong WakeToken = ulong.MaxValue;
 
@@ -81,11 +82,17 @@ internal sealed class HttpProbe : IDisposable
     private readonly List<ProbeRequest> _due = [];
     private uint _nextId;
 
-    public HttpProbe(string? networkNamespace, bool reuse)
+    public HttpProbe(string? networkNamespace, bool reuse) : this(networkNamespace, reuse, DefaultIdleLimit)
+    {
+    }
+
+    /// <param name="idleLimit">How long an endpoint no check used keeps its connection (tests shorten it).</param>
+    internal HttpProbe(string? networkNamespace, bool reuse, TimeSpan idleLimit)
     {
         _networkNamespace = networkNamespace;
         _reuse = reuse;
-        _nextSweep = Stopwatch.GetTimestamp() + Ticks(IdleLimit);
+        _idleLimit = Ticks(idleLimit);
+        _nextSweep = Stopwatch.GetTimestamp() + _idleLimit;
         _epoll = EpollCreate1(EpollCloexec);
         if (_epoll < 0) throw new IOException($"epoll_create1 failed: errno {Marshal.GetLastPInvokeError()}");
         _wake = EventFd(0, EfdNonblock | EfdCloexec);
@@ -228,7 +235,9 @@ internal sealed class HttpProbe : IDisposable
 
     private unsafe void WakeLocked()
     {
-        if (_thread is null && !_disposed)
+        // Once disposed the eventfd is closed (or about to be) and its number may belong to another file.
+        if (_disposed) return;
+        if (_thread is null)
         {
             _thread = new Thread(Run) { IsBackground = true, Name = "merlin-http-probe" };
             _thread.Start();
@@ -248,6 +257,9 @@ internal sealed class HttpProbe : IDisposable
             {
                 if (TakeSubmitted(out var schedulers, out var reschedule)) break;
                 var now = Stopwatch.GetTimestamp();
+                // The sweep's time is one of the loop's deadlines: it must move on even when nothing is
+                // checked, or the wait for it is 0 and the loop spins.
+                if (now >= _nextSweep) Sweep(now);
                 if (reschedule || now >= _nextDue) Pump(schedulers, now);
                 var wait = Expire(now, ev);
                 var n = EpollWait(_epoll, ev, MaxEvents, wait);
@@ -296,7 +308,6 @@ internal sealed class HttpProbe : IDisposable
             _taking = taken;
         }
         var now = Stopwatch.GetTimestamp();
-        if (now >= _nextSweep) Sweep(now);
         foreach (var request in taken) Start(request, now);
         taken.Clear();
         return false;
@@ -321,7 +332,6 @@ internal sealed class HttpProbe : IDisposable
             if (wait != System.Threading.Timeout.InfiniteTimeSpan) _nextDue = Math.Min(_nextDue, now + Ticks(wait));
         }
         if (_due.Count == 0) return;
-        if (now >= _nextSweep) Sweep(now);
         foreach (var request in _due) Start(request, now);
         _due.Clear();
     }
@@ -434,9 +444,9 @@ internal sealed class HttpProbe : IDisposable
                 return (fd, fd < 0 ? Marshal.GetLastPInvokeError() : 0);
             });
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            failure = e.Message;
+            failure = e.Message; // no such namespace, or not allowed to enter it: the check fails, the loop goes on
             return -1;
         }
         if (made.Fd < 0) failure = ErrorName(made.Errno);
@@ -642,14 +652,14 @@ internal sealed class HttpProbe : IDisposable
         return slot;
     }
 
-    /// <summary>Closes connections of endpoints no longer checked (a removed server), at most every <see cref="IdleLimit"/>.</summary>
+    /// <summary>Closes connections of endpoints no longer checked (a removed server), once per idle limit.</summary>
     private void Sweep(long now)
     {
-        _nextSweep = now + Ticks(IdleLimit);
+        _nextSweep = now + _idleLimit;
         List<Target>? gone = null;
         foreach (var (target, slot) in _slots)
         {
-            if (now - slot.LastUsed < Ticks(IdleLimit)) continue;
+            if (now - slot.LastUsed < _idleLimit) continue;
             slot.Removed = true;
             (gone ??= []).Add(target);
             if (slot.Idle is { } idle) Close(idle);
@@ -711,7 +721,7 @@ internal sealed class HttpProbe : IDisposable
         {
             if (_disposed) return;
             thread = _thread;
-            if (thread is not null) WakeLocked();
+            if (thread is not null) WakeLocked(); // before _disposed: the loop must wake to see it
             _disposed = true;
         }
         if (thread is null)
@@ -798,7 +808,16 @@ internal sealed class ResponseReader(byte[] buffer)
                         Header(line);
                         break;
                     }
-                    if (Status is >= 100 and < 200 || Status is 204 or 304) return Done(); // no body
+                    if (Status is >= 100 and < 200 and not 101)
+                    {
+                        // An interim answer (100 Continue, 103 Early Hints): the final one follows.
+                        _chunked = _close = _keepAliveHeader = false;
+                        _remaining = -1;
+                        Status = 0;
+                        _phase = Phase.StatusLine;
+                        break;
+                    }
+                    if (Status is 101 or 204 or 304) return Done(); // no body
                     if (_chunked) { _phase = Phase.ChunkSize; break; }
                     if (_remaining < 0) return StopReading(); // read until close: the connection is not reusable
                     if (_remaining > HttpProbe.MaxDrainBytes) return StopReading();

@@ -37,6 +37,8 @@ public sealed class ResponseReaderTests
         { "HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n", "Done", 302, true },
         { "HTTP/1.1 200 OK\r\n\r\nbody until the server closes", "StopReading", 200, false },
         { "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", "StopReading", 200, false },
+        { "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "Done", 200, true },
+        { "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", "Done", 503, false },
         { "SSH-2.0-OpenSSH_9.2\r\n", "Malformed", 0, false },
         { "HTTP/1.1 2x0 OK\r\n\r\n", "Malformed", 0, false },
     };
@@ -283,6 +285,41 @@ public sealed class HttpProbeTests : IDisposable
         await server.WaitForRequestAsync(Ct);
         probe.Dispose();
         Assert.False((await check.WaitAsync(TimeSpan.FromSeconds(5), Ct)).Healthy);
+        Assert.False((await probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct)).Healthy);
+    }
+
+    [Fact]
+    public async Task AnIdleLoop_PastItsSweep_WaitsInsteadOfSpinning()
+    {
+        // One check starts the loop thread; then nothing is due while several sweeps come and go.
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive);
+        using var probe = new HttpProbe(networkNamespace: null, reuse: true, idleLimit: TimeSpan.FromMilliseconds(50));
+        Assert.True((await probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct)).Healthy);
+        await Task.Delay(200, Ct);
+        var thread = Directory.GetDirectories("/proc/self/task").Single(t => File.ReadAllText(Path.Combine(t, "comm")).Trim() == "merlin-http-pro");
+        var before = CpuTicks(thread);
+        await Task.Delay(1000, Ct);
+        // A spinning loop would use about 100 ticks (a whole core) in that second.
+        Assert.True(CpuTicks(thread) - before < 20, $"the idle probe thread used {CpuTicks(thread) - before} ticks in 1 s");
+        // And the sweep did run: the unused server's connection was closed.
+        await server.WaitForClosedAsync(1, Ct);
+
+        static long CpuTicks(string task)
+        {
+            var stat = File.ReadAllText(Path.Combine(task, "stat"));
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return long.Parse(fields[11]) + long.Parse(fields[12]); // utime + stime
+        }
+    }
+
+    [Fact]
+    public async Task ANamespaceThatDoesNotExist_FailsTheCheck_AndTheLoopGoesOn()
+    {
+        using var server = new ScriptedServer(ScriptedServer.Mode.KeepAlive);
+        using var probe = new HttpProbe(networkNamespace: $"merlin-no-such-{Guid.NewGuid():N}"[..30], reuse: true);
+        var result = await probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct);
+        Assert.False(result.Healthy);
+        Assert.Contains("merlin-no-such-", result.Detail);
         Assert.False((await probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct)).Healthy);
     }
 
