@@ -5,6 +5,8 @@ using System.Net.Sockets;
 using System.Text;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Net.Client;
+using Merlin.Lab;
+using Merlin.Netlink;
 using Merlin.Testing;
 using Merlin.Wire;
 
@@ -14,8 +16,14 @@ using Merlin.Wire;
 // from /proc over the same window, as a share of one core.
 // The references run on the same targets at the same rate, each in its own process measured the same way:
 // a bare prober that opens a connection per check, and one that keeps a connection per server alive.
+// --lab: the daemon runs in a lab load balancer's namespace and the servers listen on lab real servers'
+// addresses (rs1…rsN, each its own namespace, reached over veths and the lab's bridge) instead of loopback;
+// --lab-servers N (default 4) spreads the N targets over that many real servers. --wire napi (with --lab):
+// every bridge port hands what it receives to a NAPI thread of its own (veth GRO on, threaded NAPI), as a
+// NIC and a switch would take it off the sender's CPU; by default a veth delivers a packet — through the
+// bridge and into the server's TCP — inside the sender's send(), so the daemon pays for the servers' receive.
 // Usage: dotnet run -c Release --project bench/Merlin.Health.Bench -- [--servers 2000] [--period 200ms]
-//        [--seconds 30] [--warmup 30] [--no-reference] [--keepalive false]
+//        [--seconds 30] [--warmup 30] [--no-reference] [--keepalive false] [--lab] [--lab-servers 4] [--wire napi]
 if (args.Length > 0 && args[0] == "--bare-prober") return await BareProber.MainAsync(args);
 var servers = Arg("--servers", 2000);
 var periodMs = Arg("--period", 200);
@@ -24,25 +32,29 @@ var warmup = Arg("--warmup", 30);
 Console.WriteLine($"{servers:N0} servers checked every {periodMs} ms: {servers * 1000.0 / periodMs:N0} checks/s asked for; measuring {seconds} s after {warmup} s of warm-up");
 
 using var dir = new TempDir("health-bench");
-using var targets = new Targets(servers);
-var (api, health) = (FreePort(), FreePort());
+await using var lab = args.Contains("--lab") ? await CreateLabAsync(Arg("--lab-servers", 4)) : null;
+var lb = lab?.LoadBalancers[0];
+if (lab is not null && args.Contains("--wire")) await ThreadedWireAsync(lab, args[Array.IndexOf(args, "--wire") + 1]);
+// Targets: loopback ports, or the lab real servers' addresses (ports 20000 up on each), listening in their namespaces.
+using var targets = lab is null
+    ? new Targets(Enumerable.Range(0, servers).Select(_ => ((string?)null, new IPEndPoint(IPAddress.Loopback, 0))))
+    : new Targets(Enumerable.Range(0, servers).Select(i => lab.RealServers[i % lab.RealServers.Count] is var rs
+        ? ((string?)rs.Namespace, new IPEndPoint(rs.Address, 20000 + i / lab.RealServers.Count)) : default));
+// The daemon's namespace is its own in the lab: its loopback ports are private, so fixed ones do.
+var (api, health) = lab is null ? (FreePort(), FreePort()) : (LabMerlin.ApiPort, LabMerlin.HealthPort);
 var dll = Path.Combine(AppContext.BaseDirectory, "merlin.dll");
-var start = new ProcessStartInfo(Merlin.Testing.Requires.FindOnPath("dotnet") ?? "dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-foreach (var a in new[] { dll, "--listen-address", "127.0.0.1", "--port", I(api), "--health-listen-address", "127.0.0.1", "--health-port", I(health),
-             "--store-backend", "sqlite", "--store-path", dir.File("merlin.db"), "--state-dir", dir.File("state"), "--dataplane", "none", "--log-level", "error" })
-    start.ArgumentList.Add(a);
+List<string> daemonArgs = [dll, "--listen-address", "127.0.0.1", "--port", I(api), "--health-listen-address", "127.0.0.1", "--health-port", I(health),
+    "--store-backend", "sqlite", "--store-path", dir.File("merlin.db"), "--state-dir", dir.File("state"), "--dataplane", "none", "--log-level", "error"];
 // --keepalive false: the daemon opens a connection per HTTP check (--health-keepalive false).
-if (args.Contains("--keepalive")) { start.ArgumentList.Add("--health-keepalive"); start.ArgumentList.Add(args[Array.IndexOf(args, "--keepalive") + 1]); }
-using var daemon = Process.Start(start)!;
-daemon.OutputDataReceived += (_, e) => { if (e.Data is { Length: > 0 } l) Console.WriteLine($"  daemon: {l}"); };
-daemon.ErrorDataReceived += (_, e) => { if (e.Data is { Length: > 0 } l) Console.WriteLine($"  daemon: {l}"); };
-daemon.BeginOutputReadLine();
-daemon.BeginErrorReadLine();
-using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{health}"), Timeout = TimeSpan.FromSeconds(120) };
+if (args.Contains("--keepalive")) daemonArgs.AddRange(["--health-keepalive", args[Array.IndexOf(args, "--keepalive") + 1]]);
+var dotnet = Merlin.Testing.Requires.FindOnPath("dotnet") ?? "dotnet";
+using var daemon = lab is null ? Daemon.Start(dotnet, daemonArgs) : Daemon.Start(lab, lb!, [dotnet, .. daemonArgs]);
+// In the lab the API and /metrics are on the load balancer's loopback: connect from inside its namespace.
+using var http = new HttpClient(InNamespace(lb?.Namespace)) { BaseAddress = new Uri($"http://127.0.0.1:{health}"), Timeout = TimeSpan.FromSeconds(120) };
 try
 {
     await Until(async () => { try { return (await http.GetAsync("/healthz")).IsSuccessStatusCode; } catch (HttpRequestException) { return false; } }, "the daemon to start", 60);
-    using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{api}");
+    using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{api}", new GrpcChannelOptions { HttpHandler = InNamespace(lb?.Namespace) });
     var client = new Merlin.Wire.Merlin.MerlinClient(channel);
     // 100 servers per service, as an ingress tier of 100 nodes behind N/100 VIPs would be.
     var perService = 100;
@@ -61,11 +73,11 @@ try
             batch.Add(client.CreateServerAsync(new RealServer
             {
                 ServiceID = $"svc{s}",
-                Key = new() { Ip = "127.0.0.1", Port = (uint)targets.Ports[i] },
+                Key = new() { Ip = targets.Endpoints[i].Address.ToString(), Port = (uint)targets.Endpoints[i].Port },
                 Config = new() { Weight = 1, Forward = ForwardMethod.Route },
                 HealthCheck = new()
                 {
-                    Endpoint = $"http://:{targets.Ports[i]}/healthz",
+                    Endpoint = $"http://:{targets.Endpoints[i].Port}/healthz",
                     Period = Duration.FromTimeSpan(TimeSpan.FromMilliseconds(periodMs)),
                     Timeout = Duration.FromTimeSpan(TimeSpan.FromMilliseconds(Math.Min(1000, periodMs))),
                     UpThreshold = 1,
@@ -111,17 +123,16 @@ try
 
     // The references, same machine, same targets, same rate, after the daemon is stopped: bare probers
     // in a process of their own (so their CPU, user + system, is theirs alone, runtime included).
-    daemon.Kill(entireProcessTree: true);
-    await daemon.WaitForExitAsync();
+    await daemon.StopAsync();
     await Task.Delay(TimeSpan.FromSeconds(2));
-    var ports = dir.File("ports.txt");
-    File.WriteAllLines(ports, targets.Ports.Select(I));
+    var ports = dir.File("targets.txt");
+    File.WriteAllLines(ports, targets.Endpoints.Select(e => e.ToString()));
     var reference = new Dictionary<string, double>();
     if (args.Contains("--no-reference")) return 0;
     foreach (var mode in new[] { "close", "keepalive" })
     {
         var (served, accepted, whole) = (targets.Served, targets.Accepted, Stopwatch.StartNew());
-        var (done, refCpu, refElapsed) = await BareProber.RunChildAsync(dll.Replace("merlin.dll", "Merlin.Health.Bench.dll"), mode, ports, periodMs, seconds, Math.Min(warmup, 5));
+        var (done, refCpu, refElapsed) = await BareProber.RunChildAsync(dll.Replace("merlin.dll", "Merlin.Health.Bench.dll"), lb?.Namespace, mode, ports, periodMs, seconds, Math.Min(warmup, 5));
         var refRate = done / refElapsed;
         reference[mode] = refCpu / done;
         var label = mode == "close" ? "bare prober, connection per check" : "bare prober, kept connection";
@@ -133,12 +144,70 @@ try
 finally
 {
     // Stop the daemon this run started, by its PID.
-    if (!daemon.HasExited)
+    await daemon.StopAsync();
+}
+
+static async Task<Lab> CreateLabAsync(int realServers)
+{
+    Console.WriteLine($"  lab: one load balancer, {realServers} real servers (namespaces on a bridge, veth links)");
+    return await Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = realServers, IPv6 = false, VipsOnRealServers = false });
+}
+
+// Threaded NAPI on every bridge port (the veth ends in the bridge's namespace): a packet a host sends is
+// queued to the port's NAPI thread instead of being switched and received inside the sender's send().
+static async Task ThreadedWireAsync(Lab lab, string wire)
+{
+    if (wire != "napi") throw new ArgumentException($"--wire must be napi, got '{wire}'");
+    var ethtool = Merlin.Testing.Requires.FindOnPath("ethtool") ?? throw new InvalidOperationException("--wire napi needs ethtool (apt-get install ethtool)");
+    var ports = lab.Hosts.SelectMany(h => h.Interfaces).Select(i => i.BridgePort).ToList();
+    // veth hands a packet to the peer's NAPI only if the sender does not offload TCP segmentation (TSO;
+    // GSO still stands in, nothing for a one-segment request) or the receiver merges fraglists: TSO off on
+    // the hosts' own ends (eth0…).
+    foreach (var host in lab.Hosts)
+        foreach (var i in host.Interfaces)
+        {
+            await RunAsync("ip", "netns", "exec", host.Namespace, ethtool, "-K", i.Name, "tso", "off");
+            // A queue in front of the veth, as a NIC has: when the peer's NAPI ring (256) is full the
+            // kernel stops the queue and holds packets back instead of dropping them (noqueue can only drop).
+            await RunAsync("ip", "netns", "exec", host.Namespace, "tc", "qdisc", "replace", "dev", i.Name, "root", "pfifo", "limit", "1000");
+        }
+    foreach (var port in ports)
     {
-        daemon.Kill(entireProcessTree: true);
-        await daemon.WaitForExitAsync();
+        await RunAsync("ip", "netns", "exec", lab.BridgeNamespace, ethtool, "-K", port, "gro", "on");
+        await RunAsync("ip", "netns", "exec", lab.BridgeNamespace, "sh", "-c", $"echo 1 > /sys/class/net/{port}/threaded && cat /sys/class/net/{port}/threaded");
+    }
+    Console.WriteLine($"  wire: threaded NAPI on {ports.Count} bridge ports");
+
+    static async Task RunAsync(string file, params string[] argv)
+    {
+        var start = new ProcessStartInfo(file) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in argv) start.ArgumentList.Add(a);
+        using var p = Process.Start(start)!;
+        var error = await p.StandardError.ReadToEndAsync();
+        await p.WaitForExitAsync();
+        if (p.ExitCode != 0) throw new InvalidOperationException($"{file} {string.Join(' ', argv)}: {error.Trim()}");
     }
 }
+
+// An HTTP handler whose connections are opened from inside network namespace ns (null: this one); a socket
+// keeps the namespace it was made in.
+static SocketsHttpHandler InNamespace(string? ns) => new()
+{
+    ConnectCallback = async (context, ct) =>
+    {
+        var socket = NetworkNamespace.Run(ns, () => new Socket(System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true });
+        try
+        {
+            await socket.ConnectAsync(context.DnsEndPoint, ct);
+            return new NetworkStream(socket, ownsSocket: true);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    },
+};
 
 int Arg(string name, int fallback)
 {
@@ -212,10 +281,13 @@ internal static class BareProber
     private static readonly byte[] CloseRequest = Encoding.ASCII.GetBytes("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     private static readonly byte[] KeepAliveRequest = Encoding.ASCII.GetBytes("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
 
-    public static async Task<(long Done, double CpuSeconds, double Elapsed)> RunChildAsync(string benchDll, string mode, string portsFile, int periodMs, int seconds, int warmup)
+    public static async Task<(long Done, double CpuSeconds, double Elapsed)> RunChildAsync(string benchDll, string? ns, string mode, string targetsFile, int periodMs, int seconds, int warmup)
     {
-        var start = new ProcessStartInfo(Merlin.Testing.Requires.FindOnPath("dotnet") ?? "dotnet") { UseShellExecute = false, RedirectStandardOutput = true };
-        foreach (var a in new object[] { benchDll, "--bare-prober", mode, portsFile, periodMs, seconds, warmup }) start.ArgumentList.Add(Convert.ToString(a, CultureInfo.InvariantCulture)!);
+        var dotnet = Merlin.Testing.Requires.FindOnPath("dotnet") ?? "dotnet";
+        // In the lab, where the daemon ran: ip netns exec execs dotnet, so the child is the prober itself.
+        var start = new ProcessStartInfo(ns is null ? dotnet : "ip") { UseShellExecute = false, RedirectStandardOutput = true };
+        if (ns is not null) foreach (var a in new[] { "netns", "exec", ns, dotnet }) start.ArgumentList.Add(a);
+        foreach (var a in new object[] { benchDll, "--bare-prober", mode, targetsFile, periodMs, seconds, warmup }) start.ArgumentList.Add(Convert.ToString(a, CultureInfo.InvariantCulture)!);
         using var child = Process.Start(start)!;
         try
         {
@@ -232,7 +304,7 @@ internal static class BareProber
 
     public static async Task<int> MainAsync(string[] args)
     {
-        var (mode, ports) = (args[1], File.ReadAllLines(args[2]).Select(p => int.Parse(p, CultureInfo.InvariantCulture)).ToArray());
+        var (mode, ports) = (args[1], File.ReadAllLines(args[2]).Select(t => IPEndPoint.Parse(t)).ToArray());
         var period = TimeSpan.FromMilliseconds(int.Parse(args[3], CultureInfo.InvariantCulture));
         var (seconds, warmup) = (int.Parse(args[4], CultureInfo.InvariantCulture), int.Parse(args[5], CultureInfo.InvariantCulture));
         var kept = new Kept?[ports.Length];
@@ -244,7 +316,7 @@ internal static class BareProber
         return 0;
     }
 
-    private static async Task<long> RunAsync(string mode, int[] ports, Kept?[] kept, TimeSpan period, TimeSpan duration)
+    private static async Task<long> RunAsync(string mode, IPEndPoint[] ports, Kept?[] kept, TimeSpan period, TimeSpan duration)
     {
         long ok = 0;
         var tick = TimeSpan.FromMilliseconds(10);
@@ -269,12 +341,12 @@ internal static class BareProber
         return ok;
     }
 
-    private static async Task<bool> CloseAsync(int port)
+    private static async Task<bool> CloseAsync(IPEndPoint target)
     {
         using var s = new Socket(System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {
-            await s.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
+            await s.ConnectAsync(target);
             await s.SendAsync(CloseRequest);
             var buffer = new byte[256];
             var n = await s.ReceiveAsync(buffer);
@@ -294,13 +366,13 @@ internal static class BareProber
         public int Busy;
     }
 
-    private static async Task<bool> KeepAliveAsync(int port, Kept?[] kept, int i)
+    private static async Task<bool> KeepAliveAsync(IPEndPoint target, Kept?[] kept, int i)
     {
         var k = kept[i];
         if (k is null)
         {
             var s = new Socket(System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-            await s.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
+            await s.ConnectAsync(target);
             k = kept[i] = new Kept(s);
         }
         if (Interlocked.Exchange(ref k.Busy, 1) == 1) return false;
@@ -330,8 +402,9 @@ internal static class BareProber
 }
 
 /// <summary>
-/// N minimal HTTP/1.1 servers on 127.0.0.1 (one port each): 200 "ok" to any request; the connection is kept
-/// for the next request unless the request says <c>Connection: close</c>.
+/// N minimal HTTP/1.1 servers, one listening socket each (on loopback, or on a lab real server's address in
+/// its namespace): 200 "ok" to any request; the connection is kept for the next request unless the request
+/// says <c>Connection: close</c>.
 /// </summary>
 internal sealed class Targets : IDisposable
 {
@@ -341,20 +414,29 @@ internal sealed class Targets : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private long _served, _accepted;
 
-    public Targets(int count)
+    /// <param name="at">Where each server listens: a namespace (null: this one) and an endpoint (port 0: any free one).</param>
+    public Targets(IEnumerable<(string? Namespace, IPEndPoint Endpoint)> at)
     {
-        for (var i = 0; i < count; i++)
+        foreach (var group in at.GroupBy(t => t.Namespace))
         {
-            var s = new Socket(System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-            s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-            s.Listen(256);
-            _listeners.Add(s);
-            Ports.Add(((IPEndPoint)s.LocalEndPoint!).Port);
-            _ = AcceptAsync(s);
+            // A socket keeps the namespace it was made in: make (and bind) a namespace's sockets inside it.
+            var made = NetworkNamespace.Run(group.Key, () => group.Select(t =>
+            {
+                var s = new Socket(System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                s.Bind(t.Endpoint);
+                s.Listen(256);
+                return s;
+            }).ToList());
+            foreach (var s in made)
+            {
+                _listeners.Add(s);
+                Endpoints.Add((IPEndPoint)s.LocalEndPoint!);
+                _ = AcceptAsync(s);
+            }
         }
     }
 
-    public List<int> Ports { get; } = [];
+    public List<IPEndPoint> Endpoints { get; } = [];
 
     public long Served => Interlocked.Read(ref _served);
     public long Accepted => Interlocked.Read(ref _accepted);
@@ -408,5 +490,47 @@ internal sealed class Targets : IDisposable
     {
         _stop.Cancel();
         foreach (var s in _listeners) s.Dispose();
+    }
+}
+
+/// <summary>The daemon under test: a child process here, or a lab process in a load balancer's namespace.</summary>
+internal sealed class Daemon : IDisposable
+{
+    private readonly Process? _process;
+    private readonly LabProcess? _labProcess;
+
+    private Daemon(Process? process, LabProcess? labProcess) => (_process, _labProcess) = (process, labProcess);
+
+    public int Id => _process?.Id ?? _labProcess!.Pid;
+
+    public static Daemon Start(string dotnet, IReadOnlyList<string> argv)
+    {
+        var start = new ProcessStartInfo(dotnet) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in argv) start.ArgumentList.Add(a);
+        var process = Process.Start(start)!;
+        process.OutputDataReceived += (_, e) => { if (e.Data is { Length: > 0 } l) Console.WriteLine($"  daemon: {l}"); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is { Length: > 0 } l) Console.WriteLine($"  daemon: {l}"); };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return new Daemon(process, null);
+    }
+
+    public static Daemon Start(Lab lab, LabHost host, IReadOnlyList<string> argv) => new(null, lab.StartProcess(host, argv));
+
+    /// <summary>Stops the daemon this run started, by its PID.</summary>
+    public async Task StopAsync()
+    {
+        if (_process is { HasExited: false })
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync();
+        }
+        if (_labProcess is not null) await _labProcess.DisposeAsync();
+    }
+
+    public void Dispose()
+    {
+        _process?.Dispose();
+        _labProcess?.Dispose();
     }
 }
