@@ -62,6 +62,7 @@ internal sealed class HttpProbe : IDisposable
     private const ulong WakeToken = ulong.MaxValue;
 
     private readonly string? _networkNamespace;
+    private Microsoft.Win32.SafeHandles.SafeFileHandle? _ownNamespace; // the loop thread's own, opened there
     private readonly bool _reuse;
     private readonly int _epoll, _wake;
 
@@ -438,11 +439,18 @@ internal sealed class HttpProbe : IDisposable
         (int Fd, int Errno) made;
         try
         {
-            made = NetworkNamespace.Run(_networkNamespace, () =>
+            if (_networkNamespace is null)
             {
                 var fd = Socket(domain, SockStream | SockNonblock | SockCloexec, IpProtoTcp);
-                return (fd, fd < 0 ? Marshal.GetLastPInvokeError() : 0);
-            });
+                made = (fd, fd < 0 ? Marshal.GetLastPInvokeError() : 0);
+            }
+            else
+            {
+                // On this thread, in a window around socket(2) only: no thread per connection, the loop never waits.
+                _ownNamespace ??= NetworkNamespace.OpenOwn();
+                var fd = NetworkNamespace.Socket(_networkNamespace, _ownNamespace, domain, SockStream | SockNonblock | SockCloexec, IpProtoTcp, out var errno);
+                made = (fd, errno);
+            }
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -682,6 +690,7 @@ internal sealed class HttpProbe : IDisposable
         _taking.Clear();
         ProbeInterop.Close(_wake);
         ProbeInterop.Close(_epoll);
+        _ownNamespace?.Dispose();
     }
 
     private static byte[] SocketAddress(IPEndPoint remote)

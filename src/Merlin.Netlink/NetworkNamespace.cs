@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
 namespace Merlin.Netlink;
@@ -35,6 +37,59 @@ public static class NetworkNamespace
         thread.Join();
         if (error is not null) throw error;
         return result;
+    }
+
+    /// <summary>
+    /// Makes a socket inside namespace <paramref name="name"/> on the calling thread, for a thread that opens
+    /// sockets often and must not wait for a thread per socket (a prober's event loop). The thread is in the
+    /// namespace only around the <c>socket</c> call itself — setns, socket, setns back, through function
+    /// pointers, nothing managed in between — because a thread the runtime starts inherits the namespace of
+    /// the thread that starts it, and a managed call may start one (the tiered compiler's worker, a pool
+    /// thread). <paramref name="own"/> is this thread's own namespace (<see cref="OpenOwn"/>), kept open by
+    /// the caller. Returns the fd, or -1 with <paramref name="errno"/> set when socket(2) fails; throws when
+    /// the namespace cannot be opened or entered; ends the process if the thread cannot come back.
+    /// </summary>
+    public static unsafe int Socket(string name, SafeFileHandle own, int domain, int type, int protocol, out int errno)
+    {
+        using var target = File.OpenHandle(Path.Combine("/run/netns", name)); // anew each time: the name may now be another namespace
+        var fd = SocketWindow((int)target.DangerousGetHandle(), (int)own.DangerousGetHandle(), domain, type, protocol, out var failure, out errno);
+        if (failure == LeaveFailed) Environment.FailFast($"setns back from network namespace {name} failed: errno {errno}");
+        if (failure == EnterFailed) throw new IOException($"setns into network namespace {name} failed: errno {errno}");
+        return fd;
+    }
+
+    /// <summary>The calling thread's own network namespace, to come back to after <see cref="Socket"/>.</summary>
+    public static SafeFileHandle OpenOwn() => File.OpenHandle("/proc/thread-self/ns/net");
+
+    private const int EnterFailed = 1, LeaveFailed = 2;
+    private static readonly nint Libc = NativeLibrary.Load("libc.so.6");
+    private static readonly unsafe delegate* unmanaged<int, int, int> SetNsCall = (delegate* unmanaged<int, int, int>)NativeLibrary.GetExport(Libc, "setns");
+    private static readonly unsafe delegate* unmanaged<int, int, int, int> SocketCall = (delegate* unmanaged<int, int, int, int>)NativeLibrary.GetExport(Libc, "socket");
+    private static readonly unsafe delegate* unmanaged<int*> ErrnoLocation = (delegate* unmanaged<int*>)NativeLibrary.GetExport(Libc, "__errno_location");
+
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static unsafe int SocketWindow(int target, int own, int domain, int type, int protocol, out int failure, out int errno)
+    {
+        var setns = SetNsCall;
+        var socket = SocketCall;
+        var errnoLocation = ErrnoLocation;
+        failure = 0;
+        errno = 0;
+        if (setns(target, Interop.CloneNewNet) != 0)
+        {
+            failure = EnterFailed;
+            errno = *errnoLocation();
+            return -1;
+        }
+        // ---- inside: native calls only ----
+        var fd = socket(domain, type, protocol);
+        if (fd < 0) errno = *errnoLocation();
+        if (setns(own, Interop.CloneNewNet) != 0)
+        {
+            failure = LeaveFailed;
+            errno = *errnoLocation();
+        }
+        return fd;
     }
 
     private static void Enter(SafeFileHandle handle, string name)
