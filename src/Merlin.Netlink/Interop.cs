@@ -52,6 +52,10 @@ internal static unsafe partial class Interop
     [LibraryImport("libc", EntryPoint = "socket", SetLastError = true)]
     public static partial int Socket(int domain, int type, int protocol);
 
+    /// <summary>stat(2); struct stat starts with st_dev and st_ino (64 bits each) on x86-64 and arm64.</summary>
+    [LibraryImport("libc", EntryPoint = "stat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Stat(string path, byte* buffer);
+
     [LibraryImport("libc", EntryPoint = "bind", SetLastError = true)]
     public static partial int Bind(int fd, SockaddrNl* address, uint length);
 

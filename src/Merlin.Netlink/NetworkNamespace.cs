@@ -58,6 +58,18 @@ public static class NetworkNamespace
         return fd;
     }
 
+    /// <summary>
+    /// Which namespace <paramref name="name"/> stands for now: its inode (nsfs), 0 for null (this one) or a
+    /// name that is not there. Something kept open in a namespace (a socket, a libnftables context) is
+    /// compared with it before use: a namespace deleted and made again under the same name is another one.
+    /// </summary>
+    public static unsafe ulong Identity(string? name)
+    {
+        if (name is null) return 0;
+        var buffer = stackalloc byte[256];
+        return Interop.Stat(Path.Combine("/run/netns", name), buffer) == 0 ? *(ulong*)(buffer + 8) : 0;
+    }
+
     /// <summary>The calling thread's own network namespace, to come back to after <see cref="Socket"/>.</summary>
     public static SafeFileHandle OpenOwn() => File.OpenHandle("/proc/thread-self/ns/net");
 

@@ -101,6 +101,27 @@ public class LibNftablesTests
     }
 
     [Fact]
+    public async Task ANamespaceMadeAgainUnderItsName_IsTheOneProgrammed()
+    {
+        using var ns = TestNamespace.Empty("renewed");
+        using var nft = Lib(ns);
+        // Several transactions, so that the old namespace's generation is not what the new one's will be.
+        for (var i = 0; i < 5; i++) await nft.RunAsync(Script($"add table inet before{i}"), CancellationToken.None);
+        var old = await nft.GenerationAsync(CancellationToken.None);
+
+        // Deleted and made again within the kept context's and socket's linger (1 s).
+        TestNamespace.Host("ip", "netns", "delete", ns.Name);
+        TestNamespace.Host("ip", "netns", "add", ns.Name);
+        await nft.RunAsync(Script("add table inet after"), CancellationToken.None);
+
+        var tables = ns.Nft("list", "tables");
+        Assert.Contains("table inet after", tables, StringComparison.Ordinal);
+        Assert.DoesNotContain("before", tables, StringComparison.Ordinal);
+        Assert.NotEqual(old, ns.Generation());
+        Assert.Equal(ns.Generation(), await nft.GenerationAsync(CancellationToken.None));
+    }
+
+    [Fact]
     public async Task ScriptCutShort_IsNotCommittedUpToTheCut()
     {
         using var ns = TestNamespace.Empty("cut");

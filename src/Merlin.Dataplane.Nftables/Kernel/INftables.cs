@@ -71,7 +71,8 @@ internal abstract partial class NftKernel : INftables, IDisposable
     protected NftKernel(NftablesOptions options)
     {
         Options = options;
-        _socket = new Kept<NetfilterSocket>(() => NetfilterSocket.Open(options.NetworkNamespace), s => s.Dispose(), Linger, new Lock());
+        _socket = new Kept<NetfilterSocket>(() => NetfilterSocket.Open(options.NetworkNamespace), s => s.Dispose(), Linger, new Lock(),
+            () => Merlin.Netlink.NetworkNamespace.Identity(options.NetworkNamespace));
     }
 
     protected NftablesOptions Options { get; }

@@ -117,7 +117,7 @@ internal sealed partial class NftLib : NftKernel
     }
 
     /// <summary>Picks numbered lines out of a script as it is rendered again (only after a refusal).</summary>
-    private sealed class LineCapture : Stream
+    private sealed class LineCapture : WriteOnlyStream
     {
         private const int MaxLine = 1000;
         private readonly IReadOnlySet<int> _wanted;
@@ -156,16 +156,6 @@ internal sealed partial class NftLib : NftKernel
             }
         }
 
-        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-        public override bool CanRead => false;
-        public override bool CanSeek => false;
-        public override bool CanWrite => true;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override void Flush() { }
-        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
     }
 }
 
@@ -254,6 +244,7 @@ internal sealed unsafe class LibNftablesApi
 internal sealed unsafe class NftSession(LibNftablesApi api, string? networkNamespace, TimeSpan linger)
 {
     private nint _ctx;
+    private ulong _identity; // the namespace _ctx was made in (NetworkNamespace.Identity)
     private Timer? _timer;
     private long _used;
 
@@ -265,8 +256,17 @@ internal sealed unsafe class NftSession(LibNftablesApi api, string? networkNames
         using (target)
         using (own)
         {
+            var identity = Merlin.Netlink.NetworkNamespace.Identity(networkNamespace);
             lock (LibNftablesApi.Gate)
             {
+                // A context made in a namespace since deleted (and perhaps made again under the name) would
+                // program the dead one: free it, the window makes one in the namespace there is now.
+                if (_ctx != 0 && identity != _identity)
+                {
+                    api.CtxFree(_ctx);
+                    _ctx = 0;
+                }
+                _identity = identity;
                 int status, failure, errno;
                 fixed (byte* p = bytes)
                     status = Window(target is null ? -1 : (int)target.DangerousGetHandle(), own is null ? -1 : (int)own.DangerousGetHandle(), p, file ? 1 : 0, outputFlags, out failure, out errno);
@@ -394,7 +394,7 @@ internal sealed unsafe class ScriptFile : IDisposable
         if (fd >= 0) Native.close(fd);
     }
 
-    private sealed class Writer(int fd, CancellationToken ct) : Stream
+    private sealed class Writer(int fd, CancellationToken ct) : WriteOnlyStream
     {
         public long Written { get; private set; }
 
@@ -421,16 +421,6 @@ internal sealed unsafe class ScriptFile : IDisposable
             }
         }
 
-        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-        public override bool CanRead => false;
-        public override bool CanSeek => false;
-        public override bool CanWrite => true;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override void Flush() { }
-        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
     }
 }
 
@@ -439,9 +429,10 @@ internal sealed unsafe class ScriptFile : IDisposable
 /// <c>linger</c> (or by <see cref="Close"/>). Every use, open and close happens under <c>gate</c>.
 /// A resource whose use throws is closed, so the next use starts afresh.
 /// </summary>
-internal sealed class Kept<T>(Func<T> open, Action<T> close, TimeSpan linger, Lock gate) : IDisposable where T : class
+internal sealed class Kept<T>(Func<T> open, Action<T> close, TimeSpan linger, Lock gate, Func<ulong>? identity = null) : IDisposable where T : class
 {
     private T? _value;
+    private ulong _identity; // what identity() said when _value was opened
     private Timer? _timer;
     private long _used;
 
@@ -449,6 +440,10 @@ internal sealed class Kept<T>(Func<T> open, Action<T> close, TimeSpan linger, Lo
     {
         lock (gate)
         {
+            // Opened for something that is no longer there (a namespace made again under its name): reopen.
+            var now = identity?.Invoke() ?? 0;
+            if (_value is not null && now != _identity) Close();
+            _identity = now;
             var value = _value ??= open();
             try
             {
@@ -503,4 +498,20 @@ internal sealed class Kept<T>(Func<T> open, Action<T> close, TimeSpan linger, Lo
             _timer = null;
         }
     }
+}
+
+/// <summary>A stream that is only written to, span by span: what a renderer writes into.</summary>
+internal abstract class WriteOnlyStream : Stream
+{
+    public abstract override void Write(ReadOnlySpan<byte> buffer);
+    public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+    public override bool CanRead => false;
+    public override bool CanSeek => false;
+    public override bool CanWrite => true;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override void Flush() { }
+    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
 }

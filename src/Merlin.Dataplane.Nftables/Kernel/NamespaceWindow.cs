@@ -23,11 +23,22 @@ internal static unsafe class NamespaceWindow
     private static readonly nint Libc = NativeLibrary.Load("libc.so.6");
     internal static readonly delegate* unmanaged<int, int, int> SetNs = (delegate* unmanaged<int, int, int>)NativeLibrary.GetExport(Libc, "setns");
     internal static readonly delegate* unmanaged<int*> ErrnoLocation = (delegate* unmanaged<int*>)NativeLibrary.GetExport(Libc, "__errno_location");
-    private static readonly delegate* unmanaged<int, int, int, int> SocketCall = (delegate* unmanaged<int, int, int, int>)NativeLibrary.GetExport(Libc, "socket");
 
     /// <summary>The namespace's file and this thread's own, for a window; both null without a namespace.</summary>
-    public static (SafeHandle? Target, SafeHandle? Own) Handles(string? networkNamespace) =>
-        networkNamespace is null ? (null, null) : (File.OpenHandle(Path.Combine("/run/netns", networkNamespace)), File.OpenHandle("/proc/thread-self/ns/net"));
+    public static (SafeHandle? Target, SafeHandle? Own) Handles(string? networkNamespace)
+    {
+        if (networkNamespace is null) return (null, null);
+        var target = File.OpenHandle(Path.Combine("/run/netns", networkNamespace));
+        try
+        {
+            return (target, File.OpenHandle("/proc/thread-self/ns/net"));
+        }
+        catch
+        {
+            target.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>A socket made inside the namespace (null: here), by a thread of its own.</summary>
     public static int Socket(string? networkNamespace, int domain, int type, int protocol)
@@ -53,39 +64,9 @@ internal static unsafe class NamespaceWindow
 
     private static int SocketIn(string networkNamespace, int domain, int type, int protocol)
     {
-        var (target, own) = Handles(networkNamespace);
-        using (target)
-        using (own)
-        {
-            var fd = SocketWindow((int)target!.DangerousGetHandle(), (int)own!.DangerousGetHandle(), domain, type, protocol, out var failure, out var errno);
-            Check(failure, errno, networkNamespace);
-            if (fd < 0) throw new IOException($"socket({domain}, {type}, {protocol}) in network namespace {networkNamespace} failed: errno {errno}");
-            return fd;
-        }
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static int SocketWindow(int target, int own, int domain, int type, int protocol, out int failure, out int errno)
-    {
-        var setns = SetNs;
-        var socket = SocketCall;
-        var errnoLocation = ErrnoLocation;
-        failure = NoFailure;
-        errno = 0;
-        if (setns(target, Native.CLONE_NEWNET) != 0)
-        {
-            failure = EnterFailed;
-            errno = *errnoLocation();
-            return -1;
-        }
-        // ---- inside: native calls only ----
-        var fd = socket(domain, type, protocol);
-        if (fd < 0) errno = *errnoLocation();
-        if (setns(own, Native.CLONE_NEWNET) != 0)
-        {
-            failure = LeaveFailed;
-            errno = *errnoLocation();
-        }
+        using var own = Merlin.Netlink.NetworkNamespace.OpenOwn();
+        var fd = Merlin.Netlink.NetworkNamespace.Socket(networkNamespace, own, domain, type, protocol, out var errno);
+        if (fd < 0) throw new IOException($"socket({domain}, {type}, {protocol}) in network namespace {networkNamespace} failed: errno {errno}");
         return fd;
     }
 
