@@ -38,8 +38,11 @@ if (lab is not null && args.Contains("--wire")) await ThreadedWireAsync(lab, arg
 // Targets: loopback ports, or the lab real servers' addresses (ports 20000 up on each), listening in their namespaces.
 using var targets = lab is null
     ? new Targets(Enumerable.Range(0, servers).Select(_ => ((string?)null, new IPEndPoint(IPAddress.Loopback, 0))))
-    : new Targets(Enumerable.Range(0, servers).Select(i => lab.RealServers[i % lab.RealServers.Count] is var rs
-        ? ((string?)rs.Namespace, new IPEndPoint(rs.Address, 20000 + i / lab.RealServers.Count)) : default));
+    : new Targets(Enumerable.Range(0, servers).Select(i =>
+    {
+        var rs = lab.RealServers[i % lab.RealServers.Count];
+        return ((string?)rs.Namespace, new IPEndPoint(rs.Address, 20000 + i / lab.RealServers.Count));
+    }));
 // The daemon's namespace is its own in the lab: its loopback ports are private, so fixed ones do.
 var (api, health) = lab is null ? (FreePort(), FreePort()) : (LabMerlin.ApiPort, LabMerlin.HealthPort);
 var dll = Path.Combine(AppContext.BaseDirectory, "merlin.dll");

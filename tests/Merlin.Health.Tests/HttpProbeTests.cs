@@ -327,59 +327,40 @@ public sealed class HttpProbeTests : IDisposable
     public async Task ChecksInANamespace_ReachItsServer_AndLeaveNoThreadInIt()
     {
         Merlin.Testing.Requires.Root();
-        var name = $"mhp{Environment.ProcessId}-{Guid.NewGuid():N}"[..24];
-        Run("ip", "netns", "add", name);
-        try
+        using var ns = new Merlin.Testing.ScratchNamespace("probe");
+        // The server listens on the namespace's own loopback: only a socket made in there reaches it.
+        using var listener = Merlin.Netlink.NetworkNamespace.Run(ns.Name, () =>
         {
-            Run("ip", "-n", name, "link", "set", "lo", "up");
-            // The server listens on the namespace's own loopback: only a socket made in there reaches it.
-            using var listener = Merlin.Netlink.NetworkNamespace.Run(name, () =>
+            var l = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            l.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            l.Listen(16);
+            return l;
+        });
+        var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+        var serving = Task.Run(async () =>
+        {
+            // Answers whatever it is sent (bounded: three connections, three requests each).
+            for (var c = 0; c < 3; c++)
             {
-                var l = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-                l.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-                l.Listen(16);
-                return l;
-            });
-            var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
-            var serving = Task.Run(async () =>
-            {
-                // Answers whatever it is sent (bounded: three connections, three requests each).
-                for (var c = 0; c < 3; c++)
-                {
-                    using var s = await listener.AcceptAsync(Ct);
-                    var buffer = new byte[1024];
-                    for (var r = 0; r < 3 && await s.ReceiveAsync(buffer, Ct) > 0; r++)
-                        await s.SendAsync("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"u8.ToArray(), Ct);
-                }
-            }, Ct);
-            using var probe = new HttpProbe(networkNamespace: name, reuse: true);
-            for (var i = 0; i < 3; i++)
-                Assert.Equal(new ProbeResult(true, "HTTP 200"), await probe.ProbeAsync(IPAddress.Loopback, new Uri($"http://check.invalid:{port}/"), Timeout, Ct));
-            Assert.Equal(3, probe.Connects);
-            await serving.WaitAsync(TimeSpan.FromSeconds(5), Ct);
+                using var s = await listener.AcceptAsync(Ct);
+                var buffer = new byte[1024];
+                for (var r = 0; r < 3 && await s.ReceiveAsync(buffer, Ct) > 0; r++)
+                    await s.SendAsync("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"u8.ToArray(), Ct);
+            }
+        }, Ct);
+        using var probe = new HttpProbe(networkNamespace: ns.Name, reuse: true);
+        for (var i = 0; i < 3; i++)
+            Assert.Equal(new ProbeResult(true, "HTTP 200"), await probe.ProbeAsync(IPAddress.Loopback, new Uri($"http://check.invalid:{port}/"), Timeout, Ct));
+        Assert.Equal(3, probe.Connects);
+        await serving.WaitAsync(TimeSpan.FromSeconds(5), Ct);
 
-            // No thread of this process is left in the namespace (the loop entered it around socket(2) only).
-            var inside = $"net:[{Run("stat", "-L", "-c", "%i", $"/run/netns/{name}").Trim()}]";
-            var threads = Directory.GetDirectories("/proc/self/task").Where(t => new FileInfo(Path.Combine(t, "ns/net")).LinkTarget == inside).ToList();
-            Assert.Empty(threads);
-            Assert.NotEqual(inside, new FileInfo("/proc/thread-self/ns/net").LinkTarget);
-        }
-        finally
-        {
-            Run("ip", "netns", "delete", name);
-        }
-
-        static string Run(string file, params string[] argv)
-        {
-            var start = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in argv) start.ArgumentList.Add(a);
-            using var p = System.Diagnostics.Process.Start(start)!;
-            var output = p.StandardOutput.ReadToEnd();
-            var error = p.StandardError.ReadToEnd();
-            p.WaitForExit();
-            Assert.True(p.ExitCode == 0, $"{file} {string.Join(' ', argv)}: {error}");
-            return output;
-        }
+        // No thread of this process is left in the namespace (the loop entered it around socket(2) only).
+        var identity = Merlin.Netlink.NetworkNamespace.Identity(ns.Name);
+        Assert.NotEqual(0UL, identity);
+        var inside = $"net:[{identity}]";
+        var threads = Directory.GetDirectories("/proc/self/task").Where(t => new FileInfo(Path.Combine(t, "ns/net")).LinkTarget == inside).ToList();
+        Assert.Empty(threads);
+        Assert.NotEqual(inside, new FileInfo("/proc/thread-self/ns/net").LinkTarget);
     }
 
     [Fact]
