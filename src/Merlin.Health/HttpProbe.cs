@@ -108,6 +108,10 @@ internal sealed class HttpProbe : IDisposable
 
     /// <summary>Connections opened since start (the rest of the checks reused one).</summary>
     public long Connects => Interlocked.Read(ref _connects);
+
+    /// <summary>The loop thread's kernel thread id (/proc/self/task/N) once it runs, else 0: for tests of its CPU use.</summary>
+    internal int LoopThreadId => Volatile.Read(ref _loopThreadId);
+    private int _loopThreadId;
     private long _connects;
 
     private readonly record struct Target(IPAddress Address, int Port, string Path);
@@ -251,6 +255,7 @@ internal sealed class HttpProbe : IDisposable
 
     private unsafe void Run()
     {
+        Volatile.Write(ref _loopThreadId, GetTid());
         var events = GC.AllocateArray<byte>(MaxEvents * EventSize, pinned: true);
         fixed (byte* ev = events)
         {

@@ -296,7 +296,10 @@ public sealed class HttpProbeTests : IDisposable
         using var probe = new HttpProbe(networkNamespace: null, reuse: true, idleLimit: TimeSpan.FromMilliseconds(50));
         Assert.True((await probe.ProbeAsync(IPAddress.Loopback, Endpoint(server), Timeout, Ct)).Healthy);
         await Task.Delay(200, Ct);
-        var thread = Directory.GetDirectories("/proc/self/task").Single(t => File.ReadAllText(Path.Combine(t, "comm")).Trim() == "merlin-http-pro");
+        // This probe's own loop thread: other tests' probes run loop threads of the same name in parallel.
+        var thread = $"/proc/self/task/{probe.LoopThreadId}";
+        Assert.NotEqual(0, probe.LoopThreadId);
+        Assert.Equal("merlin-http-pro", File.ReadAllText(Path.Combine(thread, "comm")).Trim());
         var before = CpuTicks(thread);
         await Task.Delay(1000, Ct);
         // A spinning loop would use about 100 ticks (a whole core) in that second.
