@@ -15,13 +15,16 @@ using Microsoft.Extensions.Logging.Abstractions;
 //   ours: a fresh LB namespace (eth0, its real servers answering ARP in a second namespace), a fresh
 //         dataplane, and one reconcile pass as the daemon runs it (store read, desired state, dataplane
 //         read, plan, apply), timed step by step, with the kernel memory it took;
-//   nft:  another fresh namespace with an eth0, and `nft -f` of the very scripts our pass ran.
+//   nft:  another fresh namespace with an eth0, and `nft -f` of the very scripts our pass ran, with
+//         the maps our pass made over netlink (staged) written into them as nft commands: the same
+//         change, all of it through nft.
 // Usage (root): dotnet run -c Release --project bench/Merlin.Nftables.Bench -- [--services 1000]
-//        [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli]
-// --writer cli makes the dataplane write through the nft CLI instead of libnftables (for comparison).
+//        [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no]
+// --writer cli makes the dataplane write through the nft CLI instead of libnftables (for comparison);
+// --stage no makes it write new maps through nft too (NftablesOptions.StageMaps = false).
 if (args.Contains("--help"))
 {
-    Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli]");
+    Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no]");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared] [--services 1000] [--servers 10]   (layout build and render, no kernel)");
     return 0;
 }
@@ -62,7 +65,7 @@ foreach (var kind in o.Cases)
             await net.ResolveAsync(servers);
             using var nft = new RecordingNftables(net.Lb, o.Cli);
             if (run == 1) Console.WriteLine($"[{kind}] writer: {nft.Writer}");
-            var dataplane = Workload.Dataplane(net.Lb, nft);
+            var dataplane = Workload.Dataplane(net.Lb, nft, o.Stage);
             var before = KernelMemory.Read();
             first = await Pass.RunAsync(store, dataplane, nft);
             var after = KernelMemory.Read();
@@ -104,7 +107,7 @@ foreach (var kind in o.Cases)
 
         var lines = scripts.Sum(s => s.Count(c => c == '\n'));
         var bytes = scripts.Sum(s => (long)s.Length);
-        Console.WriteLine($"[{kind} run {run}] ours: pass {first.Total:0.000} s (store {first.Store:0.000}, desired {first.Desired:0.000}, dataplane read {first.Read:0.000}, plan {first.Plan:0.000}, apply {first.Apply:0.000} of which nft {first.Nft:0.000}), {first.Operations:N0} operations, {scripts.Count} transaction(s) of {lines:N0} lines / {bytes / 1048576.0:0.0} MiB, kernel +{first.KernelMiB:0} MiB");
+        Console.WriteLine($"[{kind} run {run}] ours: pass {first.Total:0.000} s (store {first.Store:0.000}, desired {first.Desired:0.000}, dataplane read {first.Read:0.000}, plan {first.Plan:0.000}, apply {first.Apply:0.000} of which writes (staged maps + nft) {first.Nft:0.000}), {first.Operations:N0} operations, {scripts.Count} transaction(s) of {lines:N0} lines / {bytes / 1048576.0:0.0} MiB, kernel +{first.KernelMiB:0} MiB");
         Console.WriteLine($"[{kind} run {run}] ours, dataplane phases: {first.PhaseText}");
         Console.WriteLine($"[{kind} run {run}] nft -f of the same script(s): {nftSeconds:0.000} s, kernel +{nftMiB:0} MiB; ratio pass/nft {first.Total / nftSeconds:0.00}, dataplane/nft {first.DataplaneTotal / nftSeconds:0.00}");
         Console.WriteLine($"[{kind} run {run}] no-change pass: {noChange!.Total * 1000:0} ms (dataplane read {noChange.Read * 1000:0} ms; {noChange.PhaseText})");
@@ -123,7 +126,7 @@ return 0;
 
 namespace Merlin.Nftables.Bench
 {
-    internal sealed record BenchArgs(int Services, int Servers, int Runs, IReadOnlyList<string> Cases, int WeightChanges, bool Cli)
+    internal sealed record BenchArgs(int Services, int Servers, int Runs, IReadOnlyList<string> Cases, int WeightChanges, bool Cli, bool Stage = true)
     {
         public static BenchArgs Parse(string[] a)
         {
@@ -132,7 +135,8 @@ namespace Merlin.Nftables.Bench
             if (cases.Any(c => c is not ("distinct" or "shared"))) throw new ArgumentException("--cases: distinct and/or shared");
             return new BenchArgs(int.Parse(Get("--services", "1000"), CultureInfo.InvariantCulture), int.Parse(Get("--servers", "10"), CultureInfo.InvariantCulture),
                 int.Parse(Get("--runs", "3"), CultureInfo.InvariantCulture), cases, int.Parse(Get("--weight-changes", "5"), CultureInfo.InvariantCulture),
-                Get("--writer", "lib") switch { "lib" => false, "cli" => true, var w => throw new ArgumentException($"--writer {w}: lib or cli") });
+                Get("--writer", "lib") switch { "lib" => false, "cli" => true, var w => throw new ArgumentException($"--writer {w}: lib or cli") },
+                Get("--stage", "yes") switch { "yes" => true, "no" => false, var v => throw new ArgumentException($"--stage {v}: yes or no") });
         }
     }
 
@@ -245,9 +249,9 @@ namespace Merlin.Nftables.Bench
             })), 32);
         }
 
-        public static NftablesDataplane Dataplane(string ns, RecordingNftables nft)
+        public static NftablesDataplane Dataplane(string ns, RecordingNftables nft, bool stage)
         {
-            var options = new NftablesOptions { HashSeed = Seed, Interface = "eth0", NetworkNamespace = ns, ResolveWait = TimeSpan.FromSeconds(5) };
+            var options = new NftablesOptions { HashSeed = Seed, Interface = "eth0", NetworkNamespace = ns, ResolveWait = TimeSpan.FromSeconds(5), StageMaps = stage };
             return new NftablesDataplane(options, nft, null, NullLogger.Instance, TimeProvider.System);
         }
 
@@ -298,7 +302,8 @@ namespace Merlin.Nftables.Bench
 
         public List<string> TakeScripts()
         {
-            var list = _scripts.Select(s => s.ToString()!).ToList();
+            // A script's staged maps written into it as nft commands: the whole change, as nft -f would be given it.
+            var list = _scripts.Select(s => s is Merlin.Dataplane.Nftables.Layout.NftScript script ? script.ToString(withStaged: true) : s.ToString()!).ToList();
             _scripts.Clear();
             return list;
         }
@@ -320,6 +325,20 @@ namespace Merlin.Nftables.Bench
         }
 
         public Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct) => _inner.ListSetJsonAsync(kind, family, table, name, ct);
+
+        public bool CanStage => _inner.CanStage;
+
+        /// <summary>Time spent making maps over netlink (also counted in <see cref="Seconds"/>).</summary>
+        public double StageSeconds { get; private set; }
+
+        public async Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
+        {
+            var sw = Stopwatch.StartNew();
+            try { return await _inner.StageAsync(sets, ct); }
+            finally { Seconds += sw.Elapsed.TotalSeconds; StageSeconds += sw.Elapsed.TotalSeconds; }
+        }
+
+        public Task UnstageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => _inner.UnstageAsync(sets, ct);
 
         public Task<uint> GenerationAsync(CancellationToken ct) => _inner.GenerationAsync(ct);
 

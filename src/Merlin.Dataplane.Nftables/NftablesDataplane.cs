@@ -511,13 +511,14 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
             layout = Build(services, programmed.Layout.Assignment);
         }
         NftScript script;
-        using (Phases.Measure("render")) script = ScriptRenderer.DiffScript(programmed.Layout.Ruleset, layout.Ruleset);
+        using (Phases.Measure("render")) script = ScriptRenderer.DiffScript(programmed.Layout.Ruleset, layout.Ruleset, Staging);
         if (!script.IsEmpty)
         {
             var before = await _nft.GenerationAsync(ct);
+            int commits;
             try
             {
-                await RunAsync(script, ct);
+                commits = await RunAsync(script, ct);
             }
             catch (DataplaneException e) when (StateMismatch(e.Message))
             {
@@ -527,7 +528,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
                 await RewriteAsync(layout, ct, services);
                 return;
             }
-            await AfterWriteAsync(layout, services, before, ct);
+            await AfterWriteAsync(layout, services, before, commits, ct);
         }
         else
         {
@@ -543,15 +544,16 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
     {
         var programmed = _programmed!;
         var existing = await _nft.ReadTablesAsync(OurTables, ct);
-        var script = ScriptRenderer.RewriteScript(existing, layout.Ruleset);
+        var script = ScriptRenderer.RewriteScript(existing, layout.Ruleset, Staging);
         var before = await _nft.GenerationAsync(ct);
-        if (!script.IsEmpty) await RunAsync(script, ct);
+        int commits = script.IsEmpty ? 0 : await RunAsync(script, ct);
         _auditedAt.Clear();
-        await AfterWriteAsync(layout, services ?? programmed.Services, before, ct, rewrite: true);
+        await AfterWriteAsync(layout, services ?? programmed.Services, before, commits, ct, rewrite: true);
         Report(layout);
     }
 
-    private async Task AfterWriteAsync(Layout.Layout layout, Dictionary<ServiceKey, ServiceState> services, uint before, CancellationToken ct, bool rewrite = false)
+    /// <summary>What we know of the kernel after our write of <paramref name="commits"/> transactions, which started at generation <paramref name="before"/>.</summary>
+    private async Task AfterWriteAsync(Layout.Layout layout, Dictionary<ServiceKey, ServiceState> services, uint before, int commits, CancellationToken ct, bool rewrite = false)
     {
         var programmed = _programmed!;
         bool alone = before == programmed.Generation;
@@ -570,7 +572,8 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
         // Only our transaction since the tables were last read: read back just what it declared
         // anew (new handles), not the thousands of chains and sets it did not touch.
         IReadOnlyList<KernelTable> tables;
-        if (!rewrite && alone && after == before + 1 && known is not null)
+        bool onlyOurs = alone && after == before + (uint)commits;
+        if (!rewrite && onlyOurs && known is not null)
         {
             using var _ = Phases.Measure("read back: what changed");
             tables = await ReadChangedAsync(known, previous, layout.Ruleset, ct);
@@ -594,7 +597,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
         }
         programmed.Tables = tables;
         using (Phases.Measure("read back: signatures")) programmed.Signatures = Signatures(tables);
-        if (alone && after == before + 1)
+        if (onlyOurs)
         {
             // Nobody else committed in between: the sets we had checked are still as checked.
             foreach (var key in _auditedAt.Keys.ToList()) if (_auditedAt[key] == before) _auditedAt[key] = after;
@@ -669,13 +672,45 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
         _programmed.Tables = tables;
     }
 
-    private async Task RunAsync(NftScript script, CancellationToken ct)
+    /// <summary>Whether new DSR Maglev maps are made over netlink ahead of the transaction (<see cref="NftablesOptions.StageMaps"/>).</summary>
+    private bool Staging => _options.StageMaps && _nft.CanStage;
+
+    /// <summary>
+    /// Runs a script: its staged sets first (over netlink, unseen by the packet path until the
+    /// script's rules name them), then the rest as one nft transaction. If that transaction fails, the
+    /// staged sets are deleted again. Returns how many transactions were committed.
+    /// </summary>
+    private async Task<int> RunAsync(NftScript script, CancellationToken ct)
     {
         var started = Stopwatch.StartNew();
+        int commits = 0;
+        if (script.Staged.Count > 0)
+        {
+            try
+            {
+                using var _ = Phases.Measure("stage maps (netlink)");
+                commits = await _nft.StageAsync(script.Staged, ct);
+            }
+            catch (NetlinkException e)
+            {
+                throw new DataplaneException($"the kernel refused the new maps: {e.Message}", e);
+            }
+        }
         try
         {
-            using var _ = Phases.Measure("nft (render, then libnftables)");
-            await _nft.RunAsync(script, ct);
+            if (script.HasNftCommands)
+            {
+                using var _ = Phases.Measure("nft (render, then libnftables)");
+                await _nft.RunAsync(script, ct);
+                commits++;
+            }
+        }
+        catch (Exception e) when (script.Staged.Count > 0)
+        {
+            try { await _nft.UnstageAsync(script.Staged, CancellationToken.None); }
+            catch (Exception u) when (u is IOException or NftException) { LogUnstageFailed(u.Message); }   // the next resync removes them
+            if (e is NftException refused) throw new DataplaneException($"nft refused the transaction: {refused.Message}", e);
+            throw;
         }
         catch (NftException e)
         {
@@ -683,6 +718,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
         }
         Transactions++;
         if (_logger.IsEnabled(LogLevel.Debug)) LogTransaction(script.Lines, started.Elapsed.TotalMilliseconds);
+        return commits;
     }
 
     /// <summary>Drops the managed neighbour entries of addresses no DSR service uses any more.</summary>
@@ -743,6 +779,9 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
 
     [LoggerMessage(EventId = 408, Level = LogLevel.Debug, Message = "nftables: transaction of {Lines} commands in {Milliseconds:0.0} ms")]
     private partial void LogTransaction(int lines, double milliseconds);
+
+    [LoggerMessage(EventId = 415, Level = LogLevel.Warning, Message = "nftables: the maps made for a refused transaction could not be deleted ({Reason}); the next resync removes them")]
+    private partial void LogUnstageFailed(string reason);
 
     [LoggerMessage(EventId = 409, Level = LogLevel.Warning, Message = "nftables: {Issue}")]
     private partial void LogIssue(string issue);

@@ -55,6 +55,14 @@ public sealed record NftablesOptions
     /// </summary>
     public string? LibNftables { get; init; } = "libnftables.so.1";
 
+    /// <summary>
+    /// Whether DSR Maglev maps new to the kernel are created and filled through our own netlink codec
+    /// just before the nft transaction that puts them in use (they are unseen by the packet path
+    /// until then), instead of inside nft's script: nft's parser is most of the cost of a million
+    /// map elements. False: everything through nft (for comparison).
+    /// </summary>
+    public bool StageMaps { get; init; } = true;
+
     /// <summary>The nft executable: the writer when <see cref="LibNftables"/> cannot be loaded.</summary>
     public string NftPath { get; init; } = "nft";
 

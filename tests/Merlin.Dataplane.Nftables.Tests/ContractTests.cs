@@ -24,6 +24,24 @@ public class ContractTests
             return Task.CompletedTask;
         }
 
+        public bool CanStage { get; set; }
+        public List<string> Staged { get; } = new();
+        public List<string> Unstaged { get; } = new();
+
+        public Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
+        {
+            Staged.AddRange(sets.Select(s => s.Set.Name));
+            _generation++;
+            return Task.FromResult(1);
+        }
+
+        public Task UnstageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
+        {
+            Unstaged.AddRange(sets.Select(s => s.Set.Name));
+            _generation++;
+            return Task.CompletedTask;
+        }
+
         public Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct) => Task.FromResult<string?>(null);
         public Task<uint> GenerationAsync(CancellationToken ct) => Task.FromResult(_generation);
         public Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct) =>
@@ -101,5 +119,28 @@ public class ContractTests
         Assert.Empty(dataplane.UnresolvedServers);
         Assert.Empty(dataplane.Issues);
         Assert.Equal(2, changes);
+    }
+
+    [Fact]
+    public async Task NewMaps_AreMadeAhead_AndDeletedAgainWhenTheTransactionIsRefused()
+    {
+        var (dataplane, nft, neighbours) = Create();
+        nft.CanStage = true;
+        neighbours.Table[Rs.Address] = MacOf(Rs.Address);
+        nft.Fail = _ => new NftException("Error: Could not process rule: Invalid argument");
+
+        var errors = await dataplane.ApplyAsync([new AddService(Vip, Config()), new AddServer(Vip, Rs, new RealServerConfig { Weight = 1 })], CancellationToken.None);
+
+        Assert.Contains("Invalid argument", Assert.IsType<DataplaneException>(errors[0]).Message);
+        Assert.Contains("d1", nft.Staged);
+        Assert.Equal(nft.Staged, nft.Unstaged);   // every map made for a refused transaction is deleted again
+
+        nft.Fail = _ => null;
+        nft.Staged.Clear();
+        Assert.All(await dataplane.ApplyAsync([new AddService(Vip, Config()), new AddServer(Vip, Rs, new RealServerConfig { Weight = 1 })], CancellationToken.None), Assert.Null);
+        Assert.Equal(["d1"], nft.Staged);
+        var script = Assert.Single(nft.Scripts);
+        Assert.DoesNotContain("merlin d1 ", script);      // made ahead, not in nft's script
+        Assert.Contains("map @d1", script);               // which puts it in use
     }
 }

@@ -166,6 +166,19 @@ internal sealed class RecordingNftables(INftables inner) : INftables
     public Task<uint> GenerationAsync(CancellationToken ct) => inner.GenerationAsync(ct);
 
     public Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct) => inner.ReadTablesAsync(tables, ct);
+
+    public bool CanStage => inner.CanStage;
+
+    /// <summary>Sets made over netlink ahead of a transaction, as "family table name".</summary>
+    public List<string> Staged { get; } = new();
+
+    public Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
+    {
+        Staged.AddRange(sets.Select(s => $"{s.Family} {s.Table} {s.Set.Name}"));
+        return inner.StageAsync(sets, ct);
+    }
+
+    public Task UnstageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => inner.UnstageAsync(sets, ct);
 }
 
 internal static class KernelDataplane

@@ -28,6 +28,7 @@ public class KernelTests
         Assert.Equal(21, await dataplane.ReconcileAsync(desired));   // 7 services, 14 servers
 
         Assert.Single(nft.Scripts);   // the whole plan, one transaction
+        Assert.Equal(["netdev merlin d1", "netdev merlin d2", "netdev merlin d3", "netdev merlin d4"], nft.Staged.Order(StringComparer.Ordinal));   // its DSR maps made ahead of it
         var read = await dataplane.ReadAsync(CancellationToken.None);
         Assert.True(read.SameAs(new DataplaneState(desired)));
         Assert.Empty(dataplane.Issues);

@@ -18,6 +18,15 @@ internal interface INftables
     /// <summary>As <see cref="RunAsync(string, CancellationToken)"/>; an implementation may write the script into nft as it renders it.</summary>
     Task RunAsync(NftScript script, CancellationToken ct) => RunAsync(script.ToString(), ct);
 
+    /// <summary>Whether <see cref="StageAsync"/> reaches the kernel (a double for tests of logic says no, and is given whole scripts).</summary>
+    bool CanStage => false;
+
+    /// <summary>Creates and fills sets over netlink ahead of the transaction that uses them (<see cref="SetStaging"/>); returns how many transactions that committed.</summary>
+    Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => throw new NotSupportedException("this nftables writer cannot stage sets");
+
+    /// <summary>Deletes staged sets again: the transaction that was to use them failed.</summary>
+    Task UnstageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => Task.CompletedTask;
+
     /// <summary><c>nft -j list {kind} {family} {table} {name}</c> — one set's elements only; null if it does not exist.</summary>
     Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct);
 
@@ -108,6 +117,16 @@ internal abstract partial class NftKernel : INftables, IDisposable
     private static partial void LogFallback(ILogger logger, string reason, string writer);
 
     public Task<uint> GenerationAsync(CancellationToken ct) => Task.Run(() => _socket.Use(NfTablesReader.Generation), ct);
+
+    public bool CanStage => true;
+
+    public Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => Task.Run(() => _socket.Use(socket => SetStaging.Stage(socket, sets)), ct);
+
+    public Task UnstageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => Task.Run(() => _socket.Use(socket =>
+    {
+        SetStaging.Unstage(socket, sets);
+        return 0;
+    }), ct);
 
     public Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct) => Task.Run(() => _socket.Use(socket =>
     {

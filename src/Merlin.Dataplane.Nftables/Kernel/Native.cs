@@ -13,6 +13,8 @@ internal static unsafe partial class Native
     public const int SO_RCVTIMEO = 20;
     public const int SO_SNDTIMEO = 21;
     public const int SO_RCVBUF = 8;
+    public const int SO_SNDBUF = 7;
+    public const int SO_SNDBUFFORCE = 32;
 
     [StructLayout(LayoutKind.Sequential)]
     public struct SockaddrNl
@@ -41,6 +43,9 @@ internal static unsafe partial class Native
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial int setsockopt(int fd, int level, int name, void* value, int length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int getsockopt(int fd, int level, int name, void* value, int* length);
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial nint send(int fd, byte* buffer, nint length, int flags);

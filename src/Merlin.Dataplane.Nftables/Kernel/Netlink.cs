@@ -149,15 +149,75 @@ internal sealed unsafe class NetfilterSocket : IDisposable
         }
     }
 
+    /// <summary>A sequence number for a message of a batch (<see cref="SendBatch"/>).</summary>
+    public uint NextSequence() => ++_sequence;
+
+    /// <summary>
+    /// Makes the socket's send buffer hold a batch of <paramref name="bytes"/> and returns the largest
+    /// batch it holds: the kernel takes a batch in one message, refused if longer than the buffer.
+    /// Raised past the system's limit with SO_SNDBUFFORCE (CAP_NET_ADMIN, which nftables needs anyway).
+    /// </summary>
+    public int ReserveSendBuffer(int bytes)
+    {
+        if (_sendBuffer - 32 >= bytes) return _sendBuffer - 32;
+        int wanted = bytes + 4096;
+        if (Native.setsockopt(_fd, Native.SOL_SOCKET, Native.SO_SNDBUFFORCE, &wanted, sizeof(int)) != 0)
+            Native.setsockopt(_fd, Native.SOL_SOCKET, Native.SO_SNDBUF, &wanted, sizeof(int));
+        int actual = 0, length = sizeof(int);
+        if (Native.getsockopt(_fd, Native.SOL_SOCKET, Native.SO_SNDBUF, &actual, &length) != 0) throw Error("getsockopt");
+        _sendBuffer = actual;   // the kernel doubles what it is given, and keeps the doubled value
+        return actual - 32;
+    }
+
+    private int _sendBuffer;
+
+    /// <summary>
+    /// Sends a batch (NFNL_MSG_BATCH_BEGIN … NFNL_MSG_BATCH_END, one transaction) and waits for the
+    /// acknowledgement of its message <paramref name="ackSequence"/>, the one message sent with
+    /// NLM_F_ACK. The kernel applies the whole batch inside the send and answers only then: an error
+    /// of any message, or of the commit, arrives before that acknowledgement and fails the batch.
+    /// </summary>
+    public void SendBatch(ReadOnlySpan<byte> batch, uint ackSequence)
+    {
+        if (ReserveSendBuffer(batch.Length) < batch.Length) throw new IOException($"a batch of {batch.Length} bytes does not fit the netlink send buffer ({_sendBuffer} bytes)");
+        fixed (byte* p = batch)
+        {
+            if (Native.send(_fd, p, batch.Length, 0) != batch.Length) throw Error("send");
+        }
+        while (true)
+        {
+            nint received;
+            fixed (byte* p = _receive) received = Native.recv(_fd, p, _receive.Length, 0);
+            if (received < 0) throw Error("recv");
+            int offset = 0;
+            while (offset + HeaderLength <= received)
+            {
+                var span = _receive.AsSpan(offset, (int)received - offset);
+                int length = (int)BinaryPrimitives.ReadUInt32LittleEndian(span);
+                ushort type = BinaryPrimitives.ReadUInt16LittleEndian(span[4..]);
+                uint seq = BinaryPrimitives.ReadUInt32LittleEndian(span[8..]);
+                if (length < HeaderLength || length > span.Length) throw new InvalidDataException($"netlink message of length {length} in a {span.Length}-byte read");
+                offset += (length + 3) & ~3;
+                if (type != NLMSG_ERROR || length < HeaderLength + 4 + HeaderLength) continue;
+                int errno = -BinaryPrimitives.ReadInt32LittleEndian(span[HeaderLength..]);
+                // The error message repeats the header of the message it answers: its type names the request.
+                byte request = (byte)BinaryPrimitives.ReadUInt16LittleEndian(span[(HeaderLength + 4 + 4)..]);
+                if (errno != 0) throw new NetlinkException(errno, request);
+                if (seq == ackSequence) return;
+            }
+        }
+    }
+
     public void Dispose() => Native.close(_fd);
 
     private static IOException Error(string call) => new($"{call} failed: errno {Marshal.GetLastPInvokeError()}");
 }
 
 internal sealed class NetlinkException(int errno, byte messageType)
-    : IOException($"nf_tables request {messageType} failed: errno {errno}")
+    : IOException($"nf_tables request {messageType} failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno})")
 {
     public const int ENOENT = 2;
+    public byte MessageType { get; } = messageType;
     public int Errno { get; } = errno;
 }
 

@@ -885,6 +885,9 @@ internal static class LayoutBuilder
         KeyedContent.Of(dispatch.Where(d => d.Plan.Dsr == dsr && d.Plan.Key.Family == family).Select(d => d.Element));
 
     /// <summary>Map declarations by size: a layout of a thousand maps has a handful of sizes.</summary>
+    /// <summary>The declaration of a DSR Maglev map of <paramref name="size"/> slots.</summary>
+    internal static string DsrDeclaration(int size) => Declarations.Dsr(size);
+
     private static class Declarations
     {
         private static readonly System.Collections.Concurrent.ConcurrentDictionary<int, string> ByDsrSize = new();

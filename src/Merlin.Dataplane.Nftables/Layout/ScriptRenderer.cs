@@ -31,16 +31,21 @@ internal static class ScriptRenderer
     /// <summary>The script that turns <paramref name="from"/> (what the kernel holds) into <paramref name="to"/>; empty if they are the same.</summary>
     public static string Diff(NftRuleset from, NftRuleset to) => DiffScript(from, to).ToString();
 
-    /// <summary>As <see cref="Diff"/>, not yet written out.</summary>
-    public static NftScript DiffScript(NftRuleset from, NftRuleset to)
+    /// <summary>
+    /// As <see cref="Diff"/>, not yet written out. With <paramref name="stage"/>, the DSR Maglev maps
+    /// the diff creates (new to the kernel, not redeclared) are left to <see cref="Kernel.SetStaging"/>:
+    /// listed in <see cref="NftScript.Staged"/>, written into the script only on request (for a log or
+    /// a replay), and created and filled over netlink before nft runs the rest.
+    /// </summary>
+    public static NftScript DiffScript(NftRuleset from, NftRuleset to, bool stage = false)
     {
         var script = new NftScript();
         foreach (var table in from.Tables)
             if (to.Table(table.Family, table.Name) is null) script.Removals.AppendLine($"delete table {table.Id}");
         foreach (var table in to.Tables)
         {
-            if (from.Table(table.Family, table.Name) is { } old) DiffTable(script, old, table);
-            else CreateTable(script, table);
+            if (from.Table(table.Family, table.Name) is { } old) DiffTable(script, old, table, stage);
+            else CreateTable(script, table, stage);
         }
         return script;
     }
@@ -53,8 +58,8 @@ internal static class ScriptRenderer
     /// </summary>
     public static string Rewrite(IReadOnlyList<KernelTable> existing, NftRuleset to) => RewriteScript(existing, to).ToString();
 
-    /// <summary>As <see cref="Rewrite"/>, not yet written out.</summary>
-    public static NftScript RewriteScript(IReadOnlyList<KernelTable> existing, NftRuleset to)
+    /// <summary>As <see cref="Rewrite"/>, not yet written out; <paramref name="stage"/> as for <see cref="DiffScript"/> (only sets the kernel does not hold).</summary>
+    public static NftScript RewriteScript(IReadOnlyList<KernelTable> existing, NftRuleset to, bool stage = false)
     {
         var script = new NftScript();
         foreach (var kernel in existing)
@@ -75,10 +80,10 @@ internal static class ScriptRenderer
             script.Tables.AppendLine($"add table {table.Id}");
             foreach (var chain in table.OrderedChains) AddChain(script, table, chain);
             foreach (var set in table.OrderedSets)
-                if (!keep.Contains(set.Name)) AddSet(script, table, set);
+                if (!keep.Contains(set.Name)) AddSet(script, table, set, stage && kernel.Set(set.Name) is null);
         }
         foreach (var table in to.Tables)
-            if (!existing.Any(k => k.Family == table.Family && k.Name == table.Name)) CreateTable(script, table);
+            if (!existing.Any(k => k.Family == table.Family && k.Name == table.Name)) CreateTable(script, table, stage);
         return script;
     }
 
@@ -100,11 +105,11 @@ internal static class ScriptRenderer
         return stop < 0 ? null : text[at..stop];
     }
 
-    private static void CreateTable(NftScript script, NftTable table)
+    private static void CreateTable(NftScript script, NftTable table, bool stage)
     {
         script.Tables.AppendLine($"add table {table.Id}");
         foreach (var chain in table.OrderedChains) AddChain(script, table, chain);
-        foreach (var set in table.OrderedSets) AddSet(script, table, set);
+        foreach (var set in table.OrderedSets) AddSet(script, table, set, stage);
     }
 
     /// <summary>
@@ -134,7 +139,7 @@ internal static class ScriptRenderer
         return redeclared;
     }
 
-    private static void DiffTable(NftScript script, NftTable from, NftTable to)
+    private static void DiffTable(NftScript script, NftTable from, NftTable to, bool stage)
     {
         // Sets that go away or are declared differently, and NAT maps a new rule names (see
         // Redeclared); a redeclared set is deleted and added again.
@@ -167,7 +172,12 @@ internal static class ScriptRenderer
         foreach (var chain in rewritten) AddRules(script, to, chain);
         foreach (var set in to.OrderedSets)
         {
-            if (!from.Sets.ContainsKey(set.Name) || redeclared.Contains(set.Name)) { AddSet(script, to, set); continue; }
+            if (!from.Sets.ContainsKey(set.Name) || redeclared.Contains(set.Name))
+            {
+                // A redeclared set is deleted in this very transaction: it cannot be made ahead of it under its name.
+                AddSet(script, to, set, stage && !redeclared.Contains(set.Name));
+                continue;
+            }
             if (set.Dynamic) continue;
             var (_, add) = SetContent.Diff(from.Sets[set.Name].Content, set.Content);
             AppendElements(script.ElementAdditions, "add element", to, set.Name, add);
@@ -185,11 +195,20 @@ internal static class ScriptRenderer
         foreach (var rule in chain.Rules) script.Rules.AppendLine($"add rule {table.Id} {chain.Name} {rule}");
     }
 
-    private static void AddSet(NftScript script, NftTable table, NftSet set)
+    /// <summary>Declares and fills a set; with <paramref name="stage"/> and a set <see cref="StagedSet.Stageable"/>, as a staged set.</summary>
+    private static void AddSet(NftScript script, NftTable table, NftSet set, bool stage)
     {
-        script.Sets.AppendLine($"add {set.Kind} {table.Id} {set.Name} {{ {set.Declaration} }}");
+        var declaration = $"add {set.Kind} {table.Id} {set.Name} {{ {set.Declaration} }}";
+        var prefix = $"add element {table.Id} {set.Name} {{ ";
+        if (stage && StagedSet.Stageable(set))
+        {
+            script.Staged.Add(new StagedSet(table.Family, table.Name, set));
+            script.Sets.AppendStaged(declaration, prefix, set.Content);
+            return;
+        }
+        script.Sets.AppendLine(declaration);
         if (set.Dynamic || set.Content.Count == 0) return;
-        script.Sets.AppendContent($"add element {table.Id} {set.Name} {{ ", set.Content);
+        script.Sets.AppendContent(prefix, set.Content);
     }
 
     private static void AppendElements(NftScript.Section to, string command, NftTable table, string set, List<string> elements)
@@ -224,15 +243,22 @@ internal sealed class NftScript
     public readonly Section Rules = new();
     public readonly Section ElementAdditions = new();
 
+    /// <summary>Sets made over netlink before nft runs the script (see <see cref="ScriptRenderer.DiffScript"/>); their commands are in the script, written only by <c>WriteTo(stream, withStaged: true)</c>.</summary>
+    public readonly List<StagedSet> Staged = [];
+
     private IEnumerable<Section> Sections => [Removals, ElementDeletions, Flushes, SetDeletions, ChainDeletions, Tables, Chains, Sets, Rules, ElementAdditions];
 
     /// <summary>Whether the script holds no command at all.</summary>
     public bool IsEmpty => Sections.All(s => s.Parts.Count == 0);
 
+    /// <summary>Whether nft has anything to run once the staged sets are made.</summary>
+    public bool HasNftCommands => Sections.Any(s => s.Parts.Any(p => p is not StagedPart));
+
     /// <summary>How many command lines the script has.</summary>
     public int Lines => Sections.Sum(s => s.Parts.Sum(p => p switch
     {
         SetContent c => (c.Count + ScriptRenderer.ElementsPerCommand - 1) / ScriptRenderer.ElementsPerCommand,
+        StagedPart staged => 1 + (staged.Content.Count + ScriptRenderer.ElementsPerCommand - 1) / ScriptRenderer.ElementsPerCommand,
         Prefix => 0,
         _ => 1,
     }));
@@ -250,12 +276,23 @@ internal sealed class NftScript
             Parts.Add(new Prefix(prefix));
             Parts.Add(content);
         }
+
+        /// <summary>A staged set's declaration and elements: what nft would have been given for it.</summary>
+        public void AppendStaged(string declaration, string prefix, SetContent content) => Parts.Add(new StagedPart(declaration, prefix, content));
     }
 
     private sealed record Prefix(string Text);
 
+    private sealed record StagedPart(string Declaration, string Prefix, SetContent Content);
+
     /// <summary>Writes the script as UTF-8 to <paramref name="stream"/> (nft's standard input), 64 KiB at a time.</summary>
-    public void WriteTo(Stream stream)
+    public void WriteTo(Stream stream) => WriteTo(stream, withStaged: false);
+
+    /// <summary>
+    /// As <see cref="WriteTo(Stream)"/>; <paramref name="withStaged"/> writes the staged sets too, as
+    /// nft commands in their place: the whole change as one script that <c>nft -f</c> could replay.
+    /// </summary>
+    public void WriteTo(Stream stream, bool withStaged)
     {
         var writer = new Utf8Writer(stream);
         try
@@ -271,6 +308,12 @@ internal sealed class NftScript
                         case Prefix p: prefix = p.Text; break;
                         case SlotContent slots: WriteSlots(writer, prefix!, slots); break;
                         case SetContent content: WriteElements(writer, prefix!, content); break;
+                        case StagedPart staged when withStaged:
+                            writer.Append(staged.Declaration);
+                            writer.Append((byte)'\n');
+                            if (staged.Content is SlotContent s) WriteSlots(writer, staged.Prefix, s);
+                            else WriteElements(writer, staged.Prefix, staged.Content);
+                            break;
                     }
                 }
             }
@@ -282,10 +325,13 @@ internal sealed class NftScript
         }
     }
 
-    public override string ToString()
+    /// <summary>What nft runs (without the staged sets).</summary>
+    public override string ToString() => ToString(withStaged: false);
+
+    public string ToString(bool withStaged)
     {
         using var memory = new MemoryStream();
-        WriteTo(memory);
+        WriteTo(memory, withStaged);
         return Encoding.UTF8.GetString(memory.GetBuffer(), 0, (int)memory.Length);
     }
 

@@ -1,0 +1,239 @@
+using Merlin.Dataplane.Nftables.Kernel;
+using Merlin.Dataplane.Nftables.Layout;
+using Merlin.Model;
+using Merlin.Reconciler;
+using static Merlin.Dataplane.Nftables.Tests.Given;
+
+namespace Merlin.Dataplane.Nftables.Tests;
+
+/// <summary>The DSR Maglev maps made over our own netlink codec ahead of nft's transaction: exact bytes, and what the script leaves to them.</summary>
+public class StagingTests
+{
+    private static Dictionary<ServiceKey, ServiceState> Mixed() => State(
+        Service(Tcp("198.18.0.10", 80), Route("198.18.1.11", 80), Route("198.18.1.12", 80)),
+        Service(Tcp("198.18.0.11", 80), Route("198.18.1.13", 80), Route("198.18.1.14", 80, 2)),
+        Service(Tcp("198.18.0.20", 80), Masq("198.18.2.11", 8080), Masq("198.18.2.12", 8080, 3)));
+
+    [Fact]
+    public void TheMapsUserData_IsWhatNft106Stores()
+    {
+        // Read back over netlink from `add map netdev merlin d1 { typeof numgen inc mod 1021 : ether daddr; size 1021; }`
+        // made by nft 1.0.6 (Debian 12) on kernel 6.18.
+        const string nft = "00040100000001040200000003" + "1a" + "0004170000000112" + "000400000000" + "0104fd030000" + "020400000000"
+            + "0414" + "0004070000000" + "10c" + "000411000000" + "010401000000" + "060400000000";
+        Assert.Equal(nft, Convert.ToHexStringLower(SetStaging.MapUserData(1021)));
+    }
+
+    [Fact]
+    public void ABatch_IsTheNetlinkMessagesNftWouldSend_ByteForByte()
+    {
+        var values = new string?[7];
+        values[0] = "02:00:00:00:00:01";
+        values[5] = "02:00:00:00:00:0A";
+        var set = new NftSet("d1", "map", LayoutBuilder.DsrDeclaration(7), new SlotContent(values));
+        uint sequence = 0;
+        var writer = new BatchWriter(() => ++sequence, 1 << 20);
+        writer.Message(0, 0x400, 5, w => w.String(1, "merlin"), _ => { });
+        writer.Message(9, 0x600, 5, w => SetStaging.WriteMapDeclaration(w, "merlin", "d1", 7, 1), _ => { });
+        SetStaging.WriteSlots(writer, 5, "merlin", "d1", (SlotContent)set.Content, _ => { });
+        var batch = writer.Finish()!.Value;
+
+        string Header(int length, string type, string flags, int seq, string family, string resId) =>
+            $"{length:x2}000000{type}{flags}{seq:x2}00000000000000{family}00{resId}";
+        var expected = string.Concat(
+            // NFNL_MSG_BATCH_BEGIN, AF_UNSPEC, res_id NFNL_SUBSYS_NFTABLES (big endian)
+            Header(20, "1000", "0100", 1, "00", "000a"),
+            // NFT_MSG_NEWTABLE (subsystem 10 << 8), REQUEST|CREATE, netdev; NFTA_TABLE_NAME "merlin"
+            Header(32, "000a", "0104", 2, "05", "0000"), "0b000100", "6d65726c696e0000",
+            // NFT_MSG_NEWSET, REQUEST|CREATE|EXCL: table, name, flags MAP, key integer/4, data ether_addr/6, id 1, desc size 7, user data
+            Header(172, "090a", "0106", 3, "05", "0000"), "0b000100", "6d65726c696e0000", "07000200", "64310000",
+            "0800030000000008", "0800040000000004", "0800050000000004", "0800060000000009", "0800070000000006", "08000a0000000001",
+            "0c000980", "0800010000000007",
+            "48000d00", Convert.ToHexStringLower(SetStaging.MapUserData(7)),
+            // NFT_MSG_NEWSETELEM, REQUEST|CREATE|EXCL|ACK (the batch's last message): table, set, elements
+            Header(108, "0c0a", "0506", 4, "05", "0000"), "0b000100", "6d65726c696e0000", "07000200", "64310000",
+            "44000380",
+            // slot 0 → 02:00:00:00:00:01: LIST_ELEM { KEY { VALUE u32 host order }, DATA { VALUE 6 bytes } }
+            "20000180", "0c000180", "0800010000000000", "10000280", "0a000100", "020000000001", "0000",
+            "20000180", "0c000180", "0800010005000000", "10000280", "0a000100", "02000000000a", "0000",
+            // NFNL_MSG_BATCH_END
+            Header(20, "1100", "0100", 5, "00", "000a"));
+        Assert.Equal(expected, Convert.ToHexStringLower(batch.Bytes.Span));
+        Assert.Equal(4u, batch.AckSequence);
+        Assert.Equal(68, SetStaging.MapUserData(7).Length);
+    }
+
+    [Fact]
+    public void ALongMap_IsSplitIntoMessagesAndBatches()
+    {
+        var values = Enumerable.Range(0, 4093).Select(i => i % 3 == 0 ? null : "02:00:00:00:00:01").ToArray();
+        var batches = new List<byte[]>();
+        uint sequence = 0;
+        var writer = new BatchWriter(() => ++sequence, 100_000);
+        void Full(BatchWriter w) => batches.Add(w.Finish()!.Value.Bytes.ToArray());
+        SetStaging.WriteSlots(writer, 5, "merlin", "d1", new SlotContent(values), Full);
+        Full(writer);
+
+        int elements = 0, messages = 0;
+        foreach (var batch in batches)
+        {
+            Assert.True(batch.Length <= 100_000);
+            for (int at = 0; at < batch.Length;)
+            {
+                int length = BitConverter.ToInt32(batch, at);
+                ushort type = BitConverter.ToUInt16(batch, at + 4);
+                if (type == 0x0a0c)
+                {
+                    messages++;
+                    int count = (length - 20 - 12 - 8 - 4) / 32;
+                    Assert.InRange(count, 1, SetStaging.ElementsPerMessage);
+                    elements += count;
+                }
+                at += (length + 3) & ~3;
+            }
+        }
+        Assert.Equal(values.Count(v => v is not null), elements);
+        Assert.Equal(3, messages);          // 2,728 elements, 1,024 a message
+        Assert.Equal(2, batches.Count);     // 100 kB a batch
+    }
+
+    [Theory]
+    [InlineData("02:00:00:00:00")]
+    [InlineData("02-00-00-00-00-01")]
+    [InlineData("02:00:00:00:00:0g")]
+    public void ATextThatIsNoMac_IsRefused(string text) =>
+        Assert.Throws<FormatException>(() => SetStaging.ParseMac(text, new byte[6]));
+
+    [Fact]
+    public void AFirstPass_StagesTheDsrMaps_AndWrittenWithThemIsTheWholeScript()
+    {
+        var ruleset = Build(Mixed()).Ruleset;
+
+        var staged = ScriptRenderer.DiffScript(NftRuleset.Empty, ruleset, stage: true);
+
+        Assert.Equal(["d1", "d2"], staged.Staged.Select(s => s.Set.Name).Order(StringComparer.Ordinal));
+        Assert.All(staged.Staged, s => Assert.Equal(("netdev", "merlin"), (s.Family, s.Table)));
+        var text = staged.ToString();
+        Assert.DoesNotContain("merlin d1 ", text);
+        Assert.DoesNotContain("merlin d2 ", text);
+        Assert.Contains("add map inet merlin_nat n1 ", text);   // NAT maps stay in nft's script
+        Assert.Contains("add set netdev merlin d1_live ", text);
+        Assert.Contains("map @d1", text);                       // the rules that put them in use
+        Assert.Equal(ScriptRenderer.Full(ruleset), staged.ToString(withStaged: true));
+        Assert.True(staged.HasNftCommands);
+    }
+
+    [Fact]
+    public void OnlyMapsNewToTheKernel_AreStaged()
+    {
+        var before = Build(Mixed());
+        var more = Mixed();
+        more[Tcp("198.18.0.12", 80)] = Service(Tcp("198.18.0.12", 80), Route("198.18.1.15", 80));
+        var after = Build(more, before.Assignment);
+
+        var diff = ScriptRenderer.DiffScript(before.Ruleset, after.Ruleset, stage: true);
+
+        var name = Assert.Single(diff.Staged).Set.Name;
+        Assert.DoesNotContain(name, before.Ruleset.Table("netdev", "merlin")!.Sets.Keys);
+        Assert.Equal(ScriptRenderer.Diff(before.Ruleset, after.Ruleset), diff.ToString(withStaged: true));
+        // A rewrite stages only what the kernel does not hold.
+        var kernel = new KernelTable("netdev", "merlin", 1, 0, [], [new KernelSet("d1", 1, 8, 4, 6, 1021, 0, null)]);
+        var rewrite = ScriptRenderer.RewriteScript([kernel], before.Ruleset, stage: true);
+        Assert.Equal(["d2"], rewrite.Staged.Select(s => s.Set.Name));
+        Assert.Contains("add map netdev merlin d1 ", rewrite.ToString());
+    }
+
+    // ---- against the kernel ----
+
+    private static NftSet Map(string name, int size, int servers, int seed = 0)
+    {
+        var values = new string?[size];
+        for (int i = 0; i < size; i++)
+            if ((i + seed) % 17 != 0) values[i] = $"02:00:00:00:{(i + seed) % servers:x2}:{seed % 256:x2}";
+        return new NftSet(name, "map", LayoutBuilder.DsrDeclaration(size), new SlotContent(values));
+    }
+
+    private static string NftScriptFor(params NftSet[] sets) =>
+        ScriptRenderer.Full(new NftRuleset([new NftTable("netdev", "merlin", sets.ToDictionary(s => s.Name), new Dictionary<string, NftChain>())]));
+
+    /// <summary>Every attribute the kernel reports for a set, but its name and handle.</summary>
+    private static List<string> SetAttributes(NetfilterSocket socket, string name) =>
+        NlAttribute.Parse(Assert.Single(socket.Request(10, 5, dump: false, new AttributeWriter().String(1, "merlin").String(2, name).ToArray())))
+            .Where(a => a.Type is not (2 or 16))
+            .Select(a => $"{a.Type}={Convert.ToHexStringLower(a.Value.Span)}")
+            .ToList();
+
+    /// <summary>The set's elements as the kernel dumps them (each NFTA_LIST_ELEM, as bytes), sorted: a hash set's order depends on its random seed.</summary>
+    private static List<string> ElementBytes(NetfilterSocket socket, string name) =>
+        socket.Request(13, 5, dump: true, new AttributeWriter().String(1, "merlin").String(2, name).ToArray())
+            .SelectMany(r => NlAttribute.Parse(r).Where(a => a.Type == 3))
+            .SelectMany(list => NlAttribute.Parse(list.Value))
+            .Select(e => Convert.ToHexStringLower(e.Value.Span))
+            .Order(StringComparer.Ordinal)
+            .ToList();
+
+    [Fact]
+    public void AStagedMap_IsTheMapNftMakes()
+    {
+        using var ns = TestNamespace.WithInterface();
+        var byNft = Map("da", 1021, 10);
+        var ours = byNft with { Name = "db" };
+        ns.NftScript(NftScriptFor(byNft));
+        using var socket = NetfilterSocket.Open(ns.Name);
+
+        Assert.Equal(1, SetStaging.Stage(socket, [new StagedSet("netdev", "merlin", ours)]));
+
+        Assert.Equal(SetAttributes(socket, "da"), SetAttributes(socket, "db"));   // declaration, size, user data: all the same
+        var elements = ElementBytes(socket, "db");
+        Assert.Equal(ours.Content.Count, elements.Count);
+        Assert.Equal(ElementBytes(socket, "da"), elements);
+        Assert.Equal(ns.Nft("list", "map", "netdev", "merlin", "da").Replace("map da", "map db"), ns.Nft("list", "map", "netdev", "merlin", "db"));
+        // nft reads it back element for element as the map it would have made.
+        Assert.Equal(ours.Content.Elements().Select(e => e.Element), Kernel.NftJson.Elements(ns.Nft("-j", "list", "map", "netdev", "merlin", "db")).Select(e => e.Element));
+    }
+
+    [Fact]
+    public void MapsSplitOverSeveralTransactions_AreWhole_AndCountTheirCommits()
+    {
+        using var ns = TestNamespace.WithInterface();
+        var maps = Enumerable.Range(1, 4).Select(i => Map($"d{i}", 1021, 7, i)).ToList();
+        uint before = ns.Generation();
+        using var socket = NetfilterSocket.Open(ns.Name);
+
+        int commits = SetStaging.Stage(socket, maps.Select(m => new StagedSet("netdev", "merlin", m)).ToList(), maxBatchBytes: 40_000);
+
+        Assert.True(commits >= 4, $"{commits} transactions for 4 maps of ~31 kB in batches of 40 kB");
+        Assert.Equal(before + (uint)commits, ns.Generation());
+        foreach (var map in maps)
+            Assert.Equal(map.Content.Elements().Select(e => e.Element), Kernel.NftJson.Elements(ns.Nft("-j", "list", "map", "netdev", "merlin", map.Name)).Select(e => e.Element));
+    }
+
+    [Fact]
+    public void ABatchTheKernelRefuses_LeavesNothingBehind()
+    {
+        using var ns = TestNamespace.WithInterface();
+        ns.NftScript(NftScriptFor(Map("d2", 251, 3)));
+        uint before = ns.Generation();
+        using var socket = NetfilterSocket.Open(ns.Name);
+
+        var refused = Assert.Throws<NetlinkException>(() => SetStaging.Stage(socket, [new("netdev", "merlin", Map("d1", 251, 3)), new("netdev", "merlin", Map("d2", 251, 3))]));
+
+        Assert.Equal(17, refused.Errno);                     // EEXIST: d2 is there already
+        Assert.Contains("File exists", refused.Message);     // what the dataplane takes for "our picture was stale"
+        Assert.Equal(before, ns.Generation());               // one transaction, aborted whole
+        Assert.Null(ns.Tables(("netdev", "merlin")).Single().Set("d1"));
+    }
+
+    [Fact]
+    public void StagedMaps_CanBeDeletedAgain()
+    {
+        using var ns = TestNamespace.WithInterface();
+        var staged = new List<StagedSet> { new("netdev", "merlin", Map("d1", 251, 3)), new("netdev", "merlin", Map("d2", 509, 5)) };
+        using var socket = NetfilterSocket.Open(ns.Name);
+        SetStaging.Stage(socket, staged);
+
+        SetStaging.Unstage(socket, staged);
+
+        Assert.Empty(ns.Tables(("netdev", "merlin")).Single().Sets);
+    }
+}
