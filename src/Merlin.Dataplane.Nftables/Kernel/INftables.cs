@@ -60,9 +60,10 @@ internal sealed class NftException(string message) : Exception(message);
 /// through the CLI (process start, <c>ip netns exec</c>, and the exit's close of its netlink socket,
 /// which waits for the kernel to release the transaction — 6–15 ms) and takes 1–4 ms in the process
 /// with the context kept between runs; dataplane read + plan + apply went from medians 46–56 ms to
-/// 23–44 ms (docs/performance.md). The first pass of 1,000 distinct maps costs the same in both
-/// (1.01–1.09 × <c>nft -f</c> in the process), but the process's RSS peaks at ~1 GB while libnftables
-/// parses its 25.5 MiB script, then drops back (context freed, heap trimmed).
+/// 23–44 ms (docs/performance.md). New DSR maps are made by our own codec before either writer runs
+/// (<see cref="StageAsync"/>, <see cref="SetStaging"/>): nft's parser was most of a first pass of
+/// 1,000 distinct maps, and libnftables' parse of their 25.5 MiB of elements made the process's RSS
+/// peak at ~1 GB.
 /// Why netlink for reads: nft fetches every element of every set of a table before it lists even one
 /// chain (18–29 s with 1.3 M elements, measured), netlink answers in milliseconds.
 /// </summary>
@@ -118,7 +119,8 @@ internal abstract partial class NftKernel : INftables, IDisposable
 
     public Task<uint> GenerationAsync(CancellationToken ct) => Task.Run(() => _socket.Use(NfTablesReader.Generation), ct);
 
-    public bool CanStage => true;
+    /// <summary>The codec writes numbers in host order as little-endian (every Linux this runs on).</summary>
+    public bool CanStage => BitConverter.IsLittleEndian;
 
     public Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => Task.Run(() => _socket.Use(socket => SetStaging.Stage(socket, sets)), ct);
 
