@@ -331,14 +331,14 @@ namespace Merlin.Nftables.Bench
         /// <summary>Time spent making maps over netlink (also counted in <see cref="Seconds"/>).</summary>
         public double StageSeconds { get; private set; }
 
-        public async Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
+        public async Task<StageResult> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
         {
             var sw = Stopwatch.StartNew();
             try { return await _inner.StageAsync(sets, ct); }
             finally { Seconds += sw.Elapsed.TotalSeconds; StageSeconds += sw.Elapsed.TotalSeconds; }
         }
 
-        public Task UnstageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => _inner.UnstageAsync(sets, ct);
+        public Task UnstageAsync(StageResult staging, IReadOnlyList<StagedSet> sets, CancellationToken ct) => _inner.UnstageAsync(staging, sets, ct);
 
         public Task<uint> GenerationAsync(CancellationToken ct) => _inner.GenerationAsync(ct);
 

@@ -683,19 +683,25 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
     private async Task<int> RunAsync(NftScript script, CancellationToken ct)
     {
         var started = Stopwatch.StartNew();
-        int commits = 0;
+        var staging = StageResult.None;
         if (script.Staged.Count > 0)
         {
             try
             {
                 using var _ = Phases.Measure("stage maps (netlink)");
-                commits = await _nft.StageAsync(script.Staged, ct);
+                staging = await _nft.StageAsync(script.Staged, ct);
             }
             catch (NetlinkException e)
             {
                 throw new DataplaneException($"the kernel refused the new maps: {e.Message}", e);
             }
+            catch (FormatException e)
+            {
+                // A neighbour address that is no MAC (a value nft would refuse too): this change's fault, not the machine's.
+                throw new DataplaneException($"the new maps cannot be written: {e.Message}", e);
+            }
         }
+        int commits = staging.Commits;
         try
         {
             if (script.HasNftCommands)
@@ -707,8 +713,8 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
         }
         catch (Exception e) when (script.Staged.Count > 0)
         {
-            try { await _nft.UnstageAsync(script.Staged, CancellationToken.None); }
-            catch (Exception u) when (u is IOException or NftException) { LogUnstageFailed(u.Message); }   // the next resync removes them
+            try { await _nft.UnstageAsync(staging, script.Staged, CancellationToken.None); }
+            catch (Exception u) when (u is not OperationCanceledException) { LogUnstageFailed(u.Message); }   // the next resync removes them
             if (e is NftException refused) throw new DataplaneException($"nft refused the transaction: {refused.Message}", e);
             throw;
         }

@@ -28,14 +28,17 @@ public class ContractTests
         public List<string> Staged { get; } = new();
         public List<string> Unstaged { get; } = new();
 
-        public Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
+        public Func<IReadOnlyList<StagedSet>, Exception?> FailStaging { get; set; } = _ => null;
+
+        public Task<StageResult> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
         {
+            if (FailStaging(sets) is { } e) throw e;
             Staged.AddRange(sets.Select(s => s.Set.Name));
             _generation++;
-            return Task.FromResult(1);
+            return Task.FromResult(new StageResult(1, []));
         }
 
-        public Task UnstageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
+        public Task UnstageAsync(StageResult staging, IReadOnlyList<StagedSet> sets, CancellationToken ct)
         {
             Unstaged.AddRange(sets.Select(s => s.Set.Name));
             _generation++;
@@ -137,10 +140,40 @@ public class ContractTests
 
         nft.Fail = _ => null;
         nft.Staged.Clear();
+        nft.Unstaged.Clear();
         Assert.All(await dataplane.ApplyAsync([new AddService(Vip, Config()), new AddServer(Vip, Rs, new RealServerConfig { Weight = 1 })], CancellationToken.None), Assert.Null);
         Assert.Equal(["d1"], nft.Staged);
+        Assert.Empty(nft.Unstaged);
         var script = Assert.Single(nft.Scripts);
         Assert.DoesNotContain("merlin d1 ", script);      // made ahead, not in nft's script
         Assert.Contains("map @d1", script);               // which puts it in use
+    }
+
+    [Fact]
+    public async Task MapsTheKernelHasAlready_MakeAWholeRewrite_WhileAnotherRefusalIsTheOperations()
+    {
+        var (dataplane, nft, neighbours) = Create();
+        nft.CanStage = true;
+        neighbours.Table[Rs.Address] = MacOf(Rs.Address);
+        int refusals = 0;
+        nft.FailStaging = _ => refusals++ == 0 ? new NetlinkException(17, 9) : null;   // EEXIST once: our picture was stale
+
+        var errors = await dataplane.ApplyAsync([new AddService(Vip, Config()), new AddServer(Vip, Rs, new RealServerConfig { Weight = 1 })], CancellationToken.None);
+
+        Assert.All(errors, Assert.Null);                  // the rewrite that followed programmed it
+        Assert.Equal(["d1"], nft.Staged);                 // made by the rewrite's staging (the first attempt threw)
+        Assert.Single(nft.Scripts);
+
+        var other = Tcp("198.18.0.11", 80);
+        var rs2 = new RealServerKey(IPAddress.Parse("198.18.1.12"), 80);   // another server set: a new map
+        neighbours.Table[rs2.Address] = MacOf(rs2.Address);
+        nft.FailStaging = _ => new NetlinkException(22, 12);   // EINVAL: the change itself is refused
+        errors = await dataplane.ApplyAsync([new AddService(other, Config()), new AddServer(other, rs2, new RealServerConfig { Weight = 1 })], CancellationToken.None);
+        Assert.Null(errors[0]);                           // found operation by operation: the service alone needs no map
+        Assert.Contains("Invalid argument", Assert.IsType<DataplaneException>(errors[1]).Message);
+        nft.FailStaging = _ => null;
+        var read = await dataplane.ReadAsync(CancellationToken.None);
+        Assert.Single(read.Services[Vip].Servers);
+        Assert.Empty(read.Services[other].Servers);
     }
 }

@@ -68,7 +68,7 @@ public class DaemonLabTests
         await using var s = await StartAsync(realServers: 3);
         var lab = s.Lab;
 
-        var report = await lab.Client.HttpAsync(lab.VipEndpoint(), new LabRequestOptions { Count = 300 }, Ct);
+        var report = await lab.Client.HttpAsync(lab.VipEndpoint(), new LabRequestOptions { Count = 300, SourcePorts = TrafficTests.SpreadPorts }, Ct);
 
         Output($"through lb1: {string.Join(", ", report.PerServer.Select(p => $"{p.Key} {p.Value}"))}");
         Assert.True(report.Successes == 300, $"{report.Failures} failures: {string.Join(", ", report.Errors.Select(e => $"{e.Key} {e.Value}"))}\n{await lab.DescribeAsync()}");

@@ -172,13 +172,13 @@ internal sealed class RecordingNftables(INftables inner) : INftables
     /// <summary>Sets made over netlink ahead of a transaction, as "family table name".</summary>
     public List<string> Staged { get; } = new();
 
-    public Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
+    public Task<StageResult> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct)
     {
         Staged.AddRange(sets.Select(s => $"{s.Family} {s.Table} {s.Set.Name}"));
         return inner.StageAsync(sets, ct);
     }
 
-    public Task UnstageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => inner.UnstageAsync(sets, ct);
+    public Task UnstageAsync(StageResult staging, IReadOnlyList<StagedSet> sets, CancellationToken ct) => inner.UnstageAsync(staging, sets, ct);
 }
 
 internal static class KernelDataplane

@@ -59,7 +59,7 @@ public class StagingTests
             // NFNL_MSG_BATCH_END
             Header(20, "1100", "0100", 5, "00", "000a"));
         Assert.Equal(expected, Convert.ToHexStringLower(batch.Bytes.Span));
-        Assert.Equal(4u, batch.AckSequence);
+        Assert.Equal((1u, 4u), (batch.FirstSequence, batch.AckSequence));
         Assert.Equal(68, SetStaging.MapUserData(7).Length);
     }
 
@@ -181,7 +181,7 @@ public class StagingTests
         ns.NftScript(NftScriptFor(byNft));
         using var socket = NetfilterSocket.Open(ns.Name);
 
-        Assert.Equal(1, SetStaging.Stage(socket, [new StagedSet("netdev", "merlin", ours)]));
+        Assert.Equal(1, SetStaging.Stage(socket, [new StagedSet("netdev", "merlin", ours)]).Commits);
 
         Assert.Equal(SetAttributes(socket, "da"), SetAttributes(socket, "db"));   // declaration, size, user data: all the same
         var elements = ElementBytes(socket, "db");
@@ -200,10 +200,13 @@ public class StagingTests
         uint before = ns.Generation();
         using var socket = NetfilterSocket.Open(ns.Name);
 
-        int commits = SetStaging.Stage(socket, maps.Select(m => new StagedSet("netdev", "merlin", m)).ToList(), maxBatchBytes: 40_000);
+        var staging = SetStaging.Stage(socket, maps.Select(m => new StagedSet("netdev", "merlin", m)).ToList(), maxBatchBytes: 140_000);
 
-        Assert.True(commits >= 4, $"{commits} transactions for 4 maps of ~31 kB in batches of 40 kB");
-        Assert.Equal(before + (uint)commits, ns.Generation());
+        // A batch takes another message while 64 KiB more still fit: three maps of ~31 kB (a NEWSET
+        // and one NEWSETELEM each), then the fourth; the table (new) goes with the first.
+        Assert.Equal(2, staging.Commits);
+        Assert.Equal([("netdev", "merlin")], staging.TablesMade);
+        Assert.Equal(before + 2, ns.Generation());
         foreach (var map in maps)
             Assert.Equal(map.Content.Elements().Select(e => e.Element), Kernel.NftJson.Elements(ns.Nft("-j", "list", "map", "netdev", "merlin", map.Name)).Select(e => e.Element));
     }
@@ -216,7 +219,7 @@ public class StagingTests
         uint before = ns.Generation();
         using var socket = NetfilterSocket.Open(ns.Name);
 
-        var refused = Assert.Throws<NetlinkException>(() => SetStaging.Stage(socket, [new("netdev", "merlin", Map("d1", 251, 3)), new("netdev", "merlin", Map("d2", 251, 3))]));
+        var refused = Assert.Throws<NetlinkException>(() => SetStaging.Stage(socket, [new("netdev", "merlin", Map("d1", 251, 3)), new("netdev", "merlin", Map("d2", 251, 3))]).Commits);
 
         Assert.Equal(17, refused.Errno);                     // EEXIST: d2 is there already
         Assert.Contains("File exists", refused.Message);     // what the dataplane takes for "our picture was stale"
@@ -225,15 +228,41 @@ public class StagingTests
     }
 
     [Fact]
-    public void StagedMaps_CanBeDeletedAgain()
+    public void ALaterBatchRefused_TakesBackTheEarlierOnes_AndTheSocketServesTheNextBatch()
     {
         using var ns = TestNamespace.WithInterface();
-        var staged = new List<StagedSet> { new("netdev", "merlin", Map("d1", 251, 3)), new("netdev", "merlin", Map("d2", 509, 5)) };
+        ns.NftScript(NftScriptFor(Map("d4", 1021, 3)));
         using var socket = NetfilterSocket.Open(ns.Name);
-        SetStaging.Stage(socket, staged);
+        var maps = Enumerable.Range(1, 4).Select(i => new StagedSet("netdev", "merlin", Map($"d{i}", 1021, 7, i))).ToList();
 
-        SetStaging.Unstage(socket, staged);
+        // d1–d3 commit in the first batch; the second is refused (d4 exists), so the first is taken back.
+        var refused = Assert.Throws<NetlinkException>(() => SetStaging.Stage(socket, maps, maxBatchBytes: 140_000));
 
-        Assert.Empty(ns.Tables(("netdev", "merlin")).Single().Sets);
+        Assert.Equal(17, refused.Errno);
+        Assert.Equal(["d4"], ns.Tables(("netdev", "merlin")).Single().Sets.Select(s => s.Name));
+        // Nothing of those batches is left on the socket to be read as the next batch's answer.
+        var next = SetStaging.Stage(socket, [new("netdev", "merlin", Map("d5", 251, 3))]);
+        Assert.Equal((1, 0), (next.Commits, next.TablesMade.Count));
+        Assert.Equal(["d4", "d5"], ns.Tables(("netdev", "merlin")).Single().Sets.Select(s => s.Name).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public void StagedMaps_CanBeDeletedAgain_AndATableStagingMadeGoesWithThem()
+    {
+        using var ns = TestNamespace.WithInterface();
+        ns.NftScript("add table inet merlin_nat\n");
+        var staged = new List<StagedSet>
+        {
+            new("netdev", "merlin", Map("d1", 251, 3)), new("netdev", "merlin", Map("d2", 509, 5)),
+            new("inet", "merlin_nat", Map("d3", 251, 3)),
+        };
+        using var socket = NetfilterSocket.Open(ns.Name);
+        var staging = SetStaging.Stage(socket, staged);
+        Assert.Equal([("netdev", "merlin")], staging.TablesMade);
+
+        SetStaging.Unstage(socket, staging, staged);
+
+        Assert.Empty(ns.Tables(("netdev", "merlin")));                              // made by staging: gone
+        Assert.Empty(Assert.Single(ns.Tables(("inet", "merlin_nat"))).Sets);        // was there: kept, its staged set gone
     }
 }

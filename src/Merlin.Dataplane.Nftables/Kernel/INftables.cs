@@ -21,11 +21,11 @@ internal interface INftables
     /// <summary>Whether <see cref="StageAsync"/> reaches the kernel (a double for tests of logic says no, and is given whole scripts).</summary>
     bool CanStage => false;
 
-    /// <summary>Creates and fills sets over netlink ahead of the transaction that uses them (<see cref="SetStaging"/>); returns how many transactions that committed.</summary>
-    Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => throw new NotSupportedException("this nftables writer cannot stage sets");
+    /// <summary>Creates and fills sets over netlink ahead of the transaction that uses them (<see cref="SetStaging"/>); says how many transactions that committed and which tables it made.</summary>
+    Task<StageResult> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => throw new NotSupportedException("this nftables writer cannot stage sets");
 
-    /// <summary>Deletes staged sets again: the transaction that was to use them failed.</summary>
-    Task UnstageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => Task.CompletedTask;
+    /// <summary>Deletes staged sets (and the tables staging made) again: the transaction that was to use them failed.</summary>
+    Task UnstageAsync(StageResult staging, IReadOnlyList<StagedSet> sets, CancellationToken ct) => Task.CompletedTask;
 
     /// <summary><c>nft -j list {kind} {family} {table} {name}</c> — one set's elements only; null if it does not exist.</summary>
     Task<string?> ListSetJsonAsync(string kind, string family, string table, string name, CancellationToken ct);
@@ -122,11 +122,11 @@ internal abstract partial class NftKernel : INftables, IDisposable
     /// <summary>The codec writes numbers in host order as little-endian (every Linux this runs on).</summary>
     public bool CanStage => BitConverter.IsLittleEndian;
 
-    public Task<int> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => Task.Run(() => _socket.Use(socket => SetStaging.Stage(socket, sets)), ct);
+    public Task<StageResult> StageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => Task.Run(() => _socket.Use(socket => SetStaging.Stage(socket, sets)), ct);
 
-    public Task UnstageAsync(IReadOnlyList<StagedSet> sets, CancellationToken ct) => Task.Run(() => _socket.Use(socket =>
+    public Task UnstageAsync(StageResult staging, IReadOnlyList<StagedSet> sets, CancellationToken ct) => Task.Run(() => _socket.Use(socket =>
     {
-        SetStaging.Unstage(socket, sets);
+        SetStaging.Unstage(socket, staging, sets);
         return 0;
     }), ct);
 

@@ -69,6 +69,10 @@ internal static class NfTablesReader
         throw new InvalidDataException("the kernel's generation reply has no NFTA_GEN_ID");
     }
 
+    /// <summary>Whether the table exists.</summary>
+    public static bool TableExists(NetfilterSocket socket, string family, string name) =>
+        RequestOne(socket, NFT_MSG_GETTABLE, FamilyNumber(family), new AttributeWriter().String(1, name).ToArray()).Count > 0;
+
     /// <summary>One table's structure, or null if the table does not exist.</summary>
     public static KernelTable? ReadTable(NetfilterSocket socket, string family, string name) => ReadTable(socket, family, name, null, null);
 

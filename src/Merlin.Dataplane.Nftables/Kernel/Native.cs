@@ -15,6 +15,10 @@ internal static unsafe partial class Native
     public const int SO_RCVBUF = 8;
     public const int SO_SNDBUF = 7;
     public const int SO_SNDBUFFORCE = 32;
+    public const int SOL_NETLINK = 270;
+    public const int NETLINK_CAP_ACK = 10;
+    public const int MSG_DONTWAIT = 0x40;
+    public const int EAGAIN = 11;
 
     [StructLayout(LayoutKind.Sequential)]
     public struct SockaddrNl

@@ -65,6 +65,9 @@ internal sealed unsafe class NetfilterSocket : IDisposable
             int length = sizeof(Native.SockaddrNl);
             if (Native.getsockname(_fd, &address, &length) != 0) throw Error("getsockname");
             _portId = address.Pid;
+            // Errors answer with the failed message's header only, not its payload (a 32 kB element list).
+            int on = 1;
+            Native.setsockopt(_fd, Native.SOL_NETLINK, Native.NETLINK_CAP_ACK, &on, sizeof(int));
             var timeout = new Native.Timeval { Seconds = 5 };
             Native.setsockopt(_fd, Native.SOL_SOCKET, Native.SO_RCVTIMEO, &timeout, sizeof(Native.Timeval));
             Native.setsockopt(_fd, Native.SOL_SOCKET, Native.SO_SNDTIMEO, &timeout, sizeof(Native.Timeval));
@@ -172,23 +175,34 @@ internal sealed unsafe class NetfilterSocket : IDisposable
     private int _sendBuffer;
 
     /// <summary>
-    /// Sends a batch (NFNL_MSG_BATCH_BEGIN … NFNL_MSG_BATCH_END, one transaction) and waits for the
+    /// Sends a batch (NFNL_MSG_BATCH_BEGIN … NFNL_MSG_BATCH_END, one transaction, sequence numbers
+    /// <paramref name="firstSequence"/>…<paramref name="ackSequence"/>) and waits for the
     /// acknowledgement of its message <paramref name="ackSequence"/>, the one message sent with
-    /// NLM_F_ACK. The kernel applies the whole batch inside the send and answers only then: an error
-    /// of any message, or of the commit, arrives before that acknowledgement and fails the batch.
+    /// NLM_F_ACK. The kernel applies the whole batch inside the send and queues every answer before
+    /// the send returns: an error of any message, or of the commit (answered against the batch's
+    /// first message), comes before that acknowledgement and fails the batch. After an error the
+    /// rest of the batch's answers are read without waiting, so none is left for the next request;
+    /// answers to other requests (sequence numbers outside the batch) are skipped.
     /// </summary>
-    public void SendBatch(ReadOnlySpan<byte> batch, uint ackSequence)
+    public void SendBatch(ReadOnlySpan<byte> batch, uint firstSequence, uint ackSequence)
     {
         if (ReserveSendBuffer(batch.Length) < batch.Length) throw new IOException($"a batch of {batch.Length} bytes does not fit the netlink send buffer ({_sendBuffer} bytes)");
         fixed (byte* p = batch)
         {
             if (Native.send(_fd, p, batch.Length, 0) != batch.Length) throw Error("send");
         }
+        NetlinkException? failure = null;
         while (true)
         {
             nint received;
-            fixed (byte* p = _receive) received = Native.recv(_fd, p, _receive.Length, 0);
-            if (received < 0) throw Error("recv");
+            fixed (byte* p = _receive) received = Native.recv(_fd, p, _receive.Length, failure is null ? 0 : Native.MSG_DONTWAIT);
+            if (received < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (failure is not null && errno is Native.EAGAIN) throw failure;   // every answer read
+                // ENOBUFS: answers were dropped, the batch's outcome is unknown (the caller reads the tables again).
+                throw new IOException($"recv failed after a batch: errno {errno}{(failure is null ? "" : $" (after: {failure.Message})")}");
+            }
             int offset = 0;
             while (offset + HeaderLength <= received)
             {
@@ -199,11 +213,16 @@ internal sealed unsafe class NetfilterSocket : IDisposable
                 if (length < HeaderLength || length > span.Length) throw new InvalidDataException($"netlink message of length {length} in a {span.Length}-byte read");
                 offset += (length + 3) & ~3;
                 if (type != NLMSG_ERROR || length < HeaderLength + 4 + HeaderLength) continue;
-                int errno = -BinaryPrimitives.ReadInt32LittleEndian(span[HeaderLength..]);
+                if (seq - firstSequence > ackSequence - firstSequence) continue;   // not this batch's (wraps correctly)
+                int code = -BinaryPrimitives.ReadInt32LittleEndian(span[HeaderLength..]);
                 // The error message repeats the header of the message it answers: its type names the request.
                 byte request = (byte)BinaryPrimitives.ReadUInt16LittleEndian(span[(HeaderLength + 4 + 4)..]);
-                if (errno != 0) throw new NetlinkException(errno, request);
-                if (seq == ackSequence) return;
+                if (code != 0) failure ??= new NetlinkException(code, request);
+                if (seq == ackSequence)
+                {
+                    if (failure is not null) throw failure;
+                    return;
+                }
             }
         }
     }

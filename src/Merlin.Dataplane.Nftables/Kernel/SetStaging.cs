@@ -23,8 +23,14 @@ internal sealed record StagedSet(string Family, string Table, NftSet Set)
         set is { Kind: "map", Dynamic: false, Content: SlotContent slots } && set.Declaration == LayoutBuilder.DsrDeclaration(slots.Length);
 }
 
+/// <summary>What staging did: transactions committed, and the tables it had to make (deleted whole if the sets are unstaged).</summary>
+internal sealed record StageResult(int Commits, IReadOnlyList<(string Family, string Table)> TablesMade)
+{
+    public static readonly StageResult None = new(0, []);
+}
+
 /// <summary>
-/// Writes <see cref="StagedSet"/>s over NETLINK_NETFILTER: NFT_MSG_NEWTABLE (create if missing),
+/// Writes <see cref="StagedSet"/>s over NETLINK_NETFILTER: NFT_MSG_NEWTABLE (if missing),
 /// NFT_MSG_NEWSET with the very attributes nft 1.0.6 sends for the map's declaration (its user data
 /// included, so nft lists and edits the map as if it had made it), and NFT_MSG_NEWSETELEM messages of
 /// up to <see cref="ElementsPerMessage"/> elements, in batches of at most <see cref="MaxBatchBytes"/>.
@@ -37,7 +43,7 @@ internal sealed record StagedSet(string Family, string Table, NftSet Set)
 /// </summary>
 internal static class SetStaging
 {
-    private const byte NFT_MSG_NEWTABLE = 0, NFT_MSG_NEWSET = 9, NFT_MSG_DELSET = 11, NFT_MSG_NEWSETELEM = 12;
+    private const byte NFT_MSG_NEWTABLE = 0, NFT_MSG_DELTABLE = 2, NFT_MSG_NEWSET = 9, NFT_MSG_DELSET = 11, NFT_MSG_NEWSETELEM = 12;
     private const ushort NLM_F_EXCL = 0x200, NLM_F_CREATE = 0x400;
     private const uint NFT_SET_MAP = 0x8;
     private const uint TYPE_INTEGER = 4, TYPE_ETHERADDR = 9;
@@ -48,36 +54,54 @@ internal static class SetStaging
     /// <summary>The largest batch (one transaction, one send): bounds our buffer and the kernel's copy of it.</summary>
     internal const int MaxBatchBytes = 8 << 20;
 
-    /// <summary>Creates and fills <paramref name="sets"/>; returns the number of transactions committed. On failure, what was committed is deleted again.</summary>
-    public static int Stage(NetfilterSocket socket, IReadOnlyList<StagedSet> sets, int maxBatchBytes = MaxBatchBytes)
+    /// <summary>
+    /// Creates and fills <paramref name="sets"/> (and their tables, if missing); returns the number of
+    /// transactions committed and the tables it made. On failure, what was committed is deleted again.
+    /// </summary>
+    public static StageResult Stage(NetfilterSocket socket, IReadOnlyList<StagedSet> sets, int maxBatchBytes = MaxBatchBytes)
     {
         int limit = Math.Min(maxBatchBytes, socket.ReserveSendBuffer(maxBatchBytes));
         var writer = new BatchWriter(socket.NextSequence, limit);
         int committed = 0;
-        var pending = new List<StagedSet>();     // declared in the batch being written
-        var created = new List<StagedSet>();     // declared in a committed batch
+        var pending = new List<StagedSet>();                        // declared in the batch being written
+        var created = new List<StagedSet>();                        // declared in a committed batch
+        var pendingTables = new List<(string, string)>();
+        var madeTables = new List<(string Family, string Table)>();
         try
         {
             foreach (var group in sets.GroupBy(s => (s.Family, s.Table)))
             {
                 byte family = NfTablesReader.FamilyNumber(group.Key.Family);
-                writer.Message(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, w => w.String(1, group.Key.Table), Send);   // NFTA_TABLE_NAME
+                bool first = true;
                 foreach (var staged in group)
                 {
                     var slots = (SlotContent)staged.Set.Content;
-                    writer.Message(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_EXCL, family, w => WriteMapDeclaration(w, staged.Table, staged.Set.Name, slots.Length, (uint)(created.Count + pending.Count + 1)), Send);
+                    uint id = (uint)(created.Count + pending.Count + 1);
+                    if (first)
+                    {
+                        // The table and its first set in one batch: a batch holding only the NEWTABLE
+                        // of a table that exists would commit nothing, and not move the generation.
+                        writer.MakeRoom(2, Send);
+                        if (!NfTablesReader.TableExists(socket, group.Key.Family, group.Key.Table))
+                        {
+                            writer.Message(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, family, w => w.String(1, group.Key.Table), Send);   // NFTA_TABLE_NAME
+                            pendingTables.Add(group.Key);
+                        }
+                        first = false;
+                    }
+                    writer.Message(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_EXCL, family, w => WriteMapDeclaration(w, staged.Table, staged.Set.Name, slots.Length, id), Send);
                     pending.Add(staged);
                     WriteSlots(writer, family, staged.Table, staged.Set.Name, slots, Send);
                 }
             }
             Send(writer);
-            return committed;
+            return new StageResult(committed, madeTables);
         }
         catch
         {
-            if (created.Count > 0)
+            if (created.Count > 0 || madeTables.Count > 0)
             {
-                try { Unstage(socket, created); }
+                try { Unstage(socket, new StageResult(committed, madeTables), created); }
                 catch (IOException) { }   // the next resync finds and removes them (sets no layout names)
             }
             throw;
@@ -86,23 +110,32 @@ internal static class SetStaging
         void Send(BatchWriter full)
         {
             if (full.Finish() is not { } batch) return;
-            socket.SendBatch(batch.Bytes.Span, batch.AckSequence);
+            socket.SendBatch(batch.Bytes.Span, batch.FirstSequence, batch.AckSequence);
             committed++;
             created.AddRange(pending);
             pending.Clear();
+            madeTables.AddRange(pendingTables);
+            pendingTables.Clear();
         }
     }
 
-    /// <summary>Deletes staged sets again (after the transaction that was to use them failed): one transaction.</summary>
-    public static void Unstage(NetfilterSocket socket, IReadOnlyList<StagedSet> sets)
+    /// <summary>
+    /// Deletes staged sets again (after the transaction that was to use them failed), in one
+    /// transaction: the tables staging made go whole, the other sets one by one.
+    /// </summary>
+    public static void Unstage(NetfilterSocket socket, StageResult staging, IReadOnlyList<StagedSet> sets)
     {
-        if (sets.Count == 0) return;
         var writer = new BatchWriter(socket.NextSequence, int.MaxValue);
+        foreach (var (family, table) in staging.TablesMade)
+            writer.Message(NFT_MSG_DELTABLE, 0, NfTablesReader.FamilyNumber(family), w => w.String(1, table), _ => { });
         foreach (var staged in sets)
+        {
+            if (staging.TablesMade.Contains((staged.Family, staged.Table))) continue;
             writer.Message(NFT_MSG_DELSET, 0, NfTablesReader.FamilyNumber(staged.Family), w => w.String(1, staged.Table).String(2, staged.Set.Name), _ => { });
-        var batch = writer.Finish()!.Value;
+        }
+        if (writer.Finish() is not { } batch) return;
         socket.ReserveSendBuffer(batch.Bytes.Length);
-        socket.SendBatch(batch.Bytes.Span, batch.AckSequence);
+        socket.SendBatch(batch.Bytes.Span, batch.FirstSequence, batch.AckSequence);
     }
 
     /// <summary>
@@ -242,6 +275,7 @@ internal sealed class BatchWriter(Func<uint> nextSequence, int limit)
     private int _length;
     private int _lastMessage = -1;
     private uint _lastSequence;
+    private uint _firstSequence;
 
     /// <summary>A message of no more than 64 KiB: the buffer is sent first if it would not fit.</summary>
     public void Message(byte type, ushort flags, byte family, Action<BatchWriter> attributes, Action<BatchWriter> full)
@@ -251,11 +285,21 @@ internal sealed class BatchWriter(Func<uint> nextSequence, int limit)
         EndMessage(start);
     }
 
+    /// <summary>Hands the batch so far to <paramref name="full"/> unless <paramref name="messages"/> more messages of up to 64 KiB each fit after it.</summary>
+    public void MakeRoom(int messages, Action<BatchWriter> full)
+    {
+        if (_length > 0 && _length + messages * (64 << 10) + 2 * 20 > limit) full(this);
+    }
+
     /// <summary>Starts a message; <paramref name="full"/> gets the batch so far when this one might not fit (a message is at most 64 KiB).</summary>
     public int BeginMessage(byte type, ushort flags, byte family, Action<BatchWriter> full)
     {
-        if (_length > 0 && _length + (64 << 10) + 2 * 20 > limit) full(this);
-        if (_length == 0) Begin(0x10);   // NFNL_MSG_BATCH_BEGIN
+        MakeRoom(1, full);
+        if (_length == 0)
+        {
+            Begin(0x10);   // NFNL_MSG_BATCH_BEGIN
+            _firstSequence = BinaryPrimitives.ReadUInt32LittleEndian(_buffer.AsSpan(8));
+        }
         return Header((ushort)((10 << 8) | type), (ushort)(NLM_F_REQUEST | flags), family, 0);
     }
 
@@ -267,18 +311,21 @@ internal sealed class BatchWriter(Func<uint> nextSequence, int limit)
     }
 
     /// <summary>Closes the batch (its last message asks for an acknowledgement) and returns it; null if it holds no message. The writer starts a new batch after this.</summary>
-    public (ReadOnlyMemory<byte> Bytes, uint AckSequence)? Finish()
+    public Batch? Finish()
     {
         if (_lastMessage < 0) { _length = 0; return null; }
         var flags = BinaryPrimitives.ReadUInt16LittleEndian(_buffer.AsSpan(_lastMessage + 6));
         BinaryPrimitives.WriteUInt16LittleEndian(_buffer.AsSpan(_lastMessage + 6), (ushort)(flags | NLM_F_ACK));
         Begin(0x11);   // NFNL_MSG_BATCH_END
-        var result = (new ReadOnlyMemory<byte>(_buffer, 0, _length), _lastSequence);
+        var result = new Batch(new ReadOnlyMemory<byte>(_buffer, 0, _length), _firstSequence, _lastSequence);
         _length = 0;
         _lastMessage = -1;
         // The bytes stay valid until the next message is written: the caller sends them first.
         return result;
     }
+
+    /// <summary>A finished batch: its bytes, the sequence numbers it spans, the one whose acknowledgement ends it.</summary>
+    public readonly record struct Batch(ReadOnlyMemory<byte> Bytes, uint FirstSequence, uint AckSequence);
 
     private void Begin(ushort type)
     {
