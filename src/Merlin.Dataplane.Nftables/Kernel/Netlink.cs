@@ -129,15 +129,8 @@ internal sealed unsafe class NetfilterSocket : IDisposable
             fixed (byte* p = _receive) received = Native.recv(_fd, p, _receive.Length, 0);
             if (received < 0) throw Error("recv");
             int offset = 0;
-            while (offset + HeaderLength <= received)
+            while (NextMessage((int)received, ref offset, out var span, out var type, out var seq, out var pid))
             {
-                var span = _receive.AsSpan(offset, (int)received - offset);
-                int length = (int)BinaryPrimitives.ReadUInt32LittleEndian(span);
-                ushort type = BinaryPrimitives.ReadUInt16LittleEndian(span[4..]);
-                uint seq = BinaryPrimitives.ReadUInt32LittleEndian(span[8..]);
-                uint pid = BinaryPrimitives.ReadUInt32LittleEndian(span[12..]);
-                if (length < HeaderLength || length > span.Length) throw new InvalidDataException($"netlink message of length {length} in a {span.Length}-byte read");
-                offset += (length + 3) & ~3;
                 if (seq != sequence || (pid != 0 && pid != _portId)) continue;   // a stale answer
                 if (type == NLMSG_DONE) return replies;
                 if (type == NLMSG_ERROR)
@@ -146,8 +139,8 @@ internal sealed unsafe class NetfilterSocket : IDisposable
                     if (errno != 0) throw new NetlinkException(errno, messageType);
                     return replies;   // the ACK after a non-dump answer
                 }
-                if (length >= HeaderLength + GenMsgLength)
-                    replies.Add(span[HeaderLength..length].ToArray());
+                if (span.Length >= HeaderLength + GenMsgLength)
+                    replies.Add(span[HeaderLength..].ToArray());
             }
         }
     }
@@ -204,15 +197,9 @@ internal sealed unsafe class NetfilterSocket : IDisposable
                 throw new IOException($"recv failed after a batch: errno {errno}{(failure is null ? "" : $" (after: {failure.Message})")}");
             }
             int offset = 0;
-            while (offset + HeaderLength <= received)
+            while (NextMessage((int)received, ref offset, out var span, out var type, out var seq, out _))
             {
-                var span = _receive.AsSpan(offset, (int)received - offset);
-                int length = (int)BinaryPrimitives.ReadUInt32LittleEndian(span);
-                ushort type = BinaryPrimitives.ReadUInt16LittleEndian(span[4..]);
-                uint seq = BinaryPrimitives.ReadUInt32LittleEndian(span[8..]);
-                if (length < HeaderLength || length > span.Length) throw new InvalidDataException($"netlink message of length {length} in a {span.Length}-byte read");
-                offset += (length + 3) & ~3;
-                if (type != NLMSG_ERROR || length < HeaderLength + 4 + HeaderLength) continue;
+                if (type != NLMSG_ERROR || span.Length < HeaderLength + 4 + HeaderLength) continue;
                 if (seq - firstSequence > ackSequence - firstSequence) continue;   // not this batch's (wraps correctly)
                 int code = -BinaryPrimitives.ReadInt32LittleEndian(span[HeaderLength..]);
                 // The error message repeats the header of the message it answers: its type names the request.
@@ -225,6 +212,24 @@ internal sealed unsafe class NetfilterSocket : IDisposable
                 }
             }
         }
+    }
+
+    /// <summary>The next message of what the last receive read (from <paramref name="offset"/>, which it advances), or false at the end.</summary>
+    private bool NextMessage(int received, ref int offset, out Span<byte> message, out ushort type, out uint seq, out uint pid)
+    {
+        message = default;
+        type = 0;
+        seq = pid = 0;
+        if (offset + HeaderLength > received) return false;
+        var span = _receive.AsSpan(offset, received - offset);
+        int length = (int)BinaryPrimitives.ReadUInt32LittleEndian(span);
+        if (length < HeaderLength || length > span.Length) throw new InvalidDataException($"netlink message of length {length} in a {span.Length}-byte read");
+        type = BinaryPrimitives.ReadUInt16LittleEndian(span[4..]);
+        seq = BinaryPrimitives.ReadUInt32LittleEndian(span[8..]);
+        pid = BinaryPrimitives.ReadUInt32LittleEndian(span[12..]);
+        message = span[..length];
+        offset += (length + 3) & ~3;
+        return true;
     }
 
     public void Dispose() => Native.close(_fd);
