@@ -48,6 +48,22 @@ public ref struct NetlinkWriter
         header[3] = 0;
     }
 
+    /// <summary>
+    /// Writes struct nfgenmsg (nfnetlink, &lt;linux/netfilter/nfnetlink.h&gt;): the address family, version
+    /// NFNETLINK_V0, and res_id in network byte order (a subsystem id on batch messages, else 0).
+    /// </summary>
+    public readonly void WriteNetfilterHeader(byte family, ushort resourceId)
+    {
+        var header = _buffer.Append(4);
+        header[0] = family;
+        header[1] = 0;
+        BinaryPrimitives.WriteUInt16BigEndian(header[2..], resourceId);
+    }
+
+    /// <summary>Adds <paramref name="flags"/> to a message already written (e.g. NLM_F_ACK on the last message of a batch, once it is known to be the last).</summary>
+    public readonly void AddFlags(MessageMark mark, NetlinkFlags flags) =>
+        _buffer.WriteUInt16At(mark.Offset + 6, (ushort)(_buffer.ReadUInt16At(mark.Offset + 6) | (ushort)flags));
+
     /// <summary>Fills in nlmsg_len: everything written since <paramref name="mark"/>, padding included.</summary>
     public readonly void EndMessage(MessageMark mark) =>
         _buffer.WriteUInt32At(mark.Offset, (uint)(_buffer.Length - mark.Offset));

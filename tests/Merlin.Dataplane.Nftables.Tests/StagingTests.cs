@@ -1,6 +1,7 @@
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Model;
+using NetlinkFlags = Merlin.Netlink.NetlinkFlags;
 using Merlin.Reconciler;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 
@@ -33,8 +34,8 @@ public class StagingTests
         var set = new NftSet("d1", "map", LayoutBuilder.DsrDeclaration(7), new SlotContent(values));
         uint sequence = 0;
         var writer = new BatchWriter(() => ++sequence, 1 << 20);
-        writer.Message(0, 0x400, 5, w => w.String(1, "merlin"), _ => { });
-        writer.Message(9, 0x600, 5, w => SetStaging.WriteMapDeclaration(w, "merlin", "d1", 7, 1), _ => { });
+        writer.Message(0, NetlinkFlags.Create, 5, w => w.Writer.WriteString(1, "merlin"), _ => { });
+        writer.Message(9, NetlinkFlags.Create | NetlinkFlags.Exclusive, 5, w => SetStaging.WriteMapDeclaration(w.Writer, "merlin", "d1", 7, 1), _ => { });
         SetStaging.WriteSlots(writer, 5, "merlin", "d1", (SlotContent)set.Content, _ => { });
         var batch = writer.Finish()!.Value;
 

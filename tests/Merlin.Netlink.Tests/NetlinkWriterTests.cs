@@ -32,6 +32,28 @@ public class NetlinkWriterTests
         }));
 
     [Fact]
+    public void NetfilterHeader_IsFamilyVersionZeroAndResourceIdInNetworkOrder() =>
+        AssertBytes("14000000 1000 0100 00000000 00000000 05 00 000a", Write(b =>
+        {
+            var w = new NetlinkWriter(b);
+            var m = w.BeginMessage(0x10, NetlinkFlags.Request);
+            w.WriteNetfilterHeader(5, 10);
+            w.EndMessage(m);
+        }));
+
+    [Fact]
+    public void AddFlags_SetsFlagsOfAMessageWrittenBefore_KeepingTheOthers() =>
+        AssertBytes("10000000 0100 0106 00000000 00000000 10000000 0200 0100 00000000 00000000", Write(b =>
+        {
+            var w = new NetlinkWriter(b);
+            var first = w.BeginMessage(1, NetlinkFlags.Request | NetlinkFlags.Create);
+            w.EndMessage(first);
+            var second = w.BeginMessage(2, NetlinkFlags.Request);
+            w.EndMessage(second);
+            w.AddFlags(first, NetlinkFlags.Exclusive);
+        }));
+
+    [Fact]
     public void UInt8_IsPaddedToFourBytes_LengthExcludesPadding() =>
         AssertBytes("0500 0700 ab000000", Write(b => new NetlinkWriter(b).WriteUInt8(7, 0xab)));
 

@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
-using System.Text;
 using Merlin.Dataplane.Nftables.Layout;
+using Merlin.Netlink;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 
@@ -44,7 +44,6 @@ internal sealed record StageResult(int Commits, IReadOnlyList<(string Family, st
 internal static class SetStaging
 {
     private const byte NFT_MSG_NEWTABLE = 0, NFT_MSG_DELTABLE = 2, NFT_MSG_NEWSET = 9, NFT_MSG_DELSET = 11, NFT_MSG_NEWSETELEM = 12;
-    private const ushort NLM_F_EXCL = 0x200, NLM_F_CREATE = 0x400;
     private const uint NFT_SET_MAP = 0x8;
     private const uint TYPE_INTEGER = 4, TYPE_ETHERADDR = 9;
 
@@ -61,7 +60,7 @@ internal static class SetStaging
     public static StageResult Stage(NetfilterSocket socket, IReadOnlyList<StagedSet> sets, int maxBatchBytes = MaxBatchBytes)
     {
         int limit = Math.Min(maxBatchBytes, socket.ReserveSendBuffer(maxBatchBytes));
-        var writer = new BatchWriter(socket.NextSequence, limit);
+        using var writer = new BatchWriter(socket.NextSequence, limit);
         int committed = 0;
         var pending = new List<StagedSet>();                        // declared in the batch being written
         var created = new List<StagedSet>();                        // declared in a committed batch
@@ -84,12 +83,12 @@ internal static class SetStaging
                         writer.MakeRoom(2, Send);
                         if (!NfTablesReader.TableExists(socket, group.Key.Family, group.Key.Table))
                         {
-                            writer.Message(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, family, w => w.String(1, group.Key.Table), Send);   // NFTA_TABLE_NAME
+                            writer.Message(NFT_MSG_NEWTABLE, NetlinkFlags.Create | NetlinkFlags.Exclusive, family, w => w.Writer.WriteString(1, group.Key.Table), Send);   // NFTA_TABLE_NAME
                             pendingTables.Add(group.Key);
                         }
                         first = false;
                     }
-                    writer.Message(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_EXCL, family, w => WriteMapDeclaration(w, staged.Table, staged.Set.Name, slots.Length, id), Send);
+                    writer.Message(NFT_MSG_NEWSET, NetlinkFlags.Create | NetlinkFlags.Exclusive, family, w => WriteMapDeclaration(w.Writer, staged.Table, staged.Set.Name, slots.Length, id), Send);
                     pending.Add(staged);
                     WriteSlots(writer, family, staged.Table, staged.Set.Name, slots, Send);
                 }
@@ -125,16 +124,20 @@ internal static class SetStaging
     /// </summary>
     public static void Unstage(NetfilterSocket socket, StageResult staging, IReadOnlyList<StagedSet> sets)
     {
-        var writer = new BatchWriter(socket.NextSequence, int.MaxValue);
+        using var writer = new BatchWriter(socket.NextSequence, int.MaxValue);
         foreach (var (family, table) in staging.TablesMade)
-            writer.Message(NFT_MSG_DELTABLE, 0, NfTablesReader.FamilyNumber(family), w => w.String(1, table), _ => { });
+            writer.Message(NFT_MSG_DELTABLE, NetlinkFlags.None, NfTablesReader.FamilyNumber(family), w => w.Writer.WriteString(1, table), _ => { });
         foreach (var staged in sets)
         {
             if (staging.TablesMade.Contains((staged.Family, staged.Table))) continue;
-            writer.Message(NFT_MSG_DELSET, 0, NfTablesReader.FamilyNumber(staged.Family), w => w.String(1, staged.Table).String(2, staged.Set.Name), _ => { });
+            writer.Message(NFT_MSG_DELSET, NetlinkFlags.None, NfTablesReader.FamilyNumber(staged.Family), w =>
+            {
+                var n = w.Writer;
+                n.WriteString(1, staged.Table);
+                n.WriteString(2, staged.Set.Name);
+            }, _ => { });
         }
         if (writer.Finish() is not { } batch) return;
-        socket.ReserveSendBuffer(batch.Bytes.Length);
         socket.SendBatch(batch.Bytes.Span, batch.FirstSequence, batch.AckSequence);
     }
 
@@ -144,20 +147,20 @@ internal static class SetStaging
     /// type and length (ether_addr, 6 bytes), the set's id within the transaction (which the kernel
     /// requires, unique in the batch), description (size M), user data.
     /// </summary>
-    internal static void WriteMapDeclaration(BatchWriter w, string table, string name, int slots, uint id)
+    internal static void WriteMapDeclaration(NetlinkWriter w, string table, string name, int slots, uint id)
     {
-        w.String(1, table)                       // NFTA_SET_TABLE
-            .String(2, name)                     // NFTA_SET_NAME
-            .U32BigEndian(3, NFT_SET_MAP)        // NFTA_SET_FLAGS
-            .U32BigEndian(4, TYPE_INTEGER)       // NFTA_SET_KEY_TYPE
-            .U32BigEndian(5, 4)                  // NFTA_SET_KEY_LEN
-            .U32BigEndian(6, TYPE_ETHERADDR)     // NFTA_SET_DATA_TYPE
-            .U32BigEndian(7, 6)                  // NFTA_SET_DATA_LEN
-            .U32BigEndian(10, id);               // NFTA_SET_ID
-        int desc = w.BeginNest(9);               // NFTA_SET_DESC
-        w.U32BigEndian(1, (uint)slots);          // NFTA_SET_DESC_SIZE
-        w.EndNest(desc);
-        w.Bytes(13, MapUserData(slots));         // NFTA_SET_USERDATA
+        w.WriteString(1, table);                         // NFTA_SET_TABLE
+        w.WriteString(2, name);                          // NFTA_SET_NAME
+        w.WriteUInt32BigEndian(3, NFT_SET_MAP);          // NFTA_SET_FLAGS
+        w.WriteUInt32BigEndian(4, TYPE_INTEGER);         // NFTA_SET_KEY_TYPE
+        w.WriteUInt32BigEndian(5, 4);                    // NFTA_SET_KEY_LEN
+        w.WriteUInt32BigEndian(6, TYPE_ETHERADDR);       // NFTA_SET_DATA_TYPE
+        w.WriteUInt32BigEndian(7, 6);                    // NFTA_SET_DATA_LEN
+        w.WriteUInt32BigEndian(10, id);                  // NFTA_SET_ID
+        var desc = w.BeginNested(9);                     // NFTA_SET_DESC
+        w.WriteUInt32BigEndian(1, (uint)slots);          // NFTA_SET_DESC_SIZE
+        w.EndNested(desc);
+        w.WriteBytes(13, MapUserData(slots));            // NFTA_SET_USERDATA
     }
 
     /// <summary>
@@ -200,9 +203,11 @@ internal static class SetStaging
         {
             while (slot < slots.Length && slots.ValueAt(slot) is null) slot++;
             if (slot == slots.Length) return;
-            int start = writer.BeginMessage(NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, family, full);
-            writer.String(1, table).String(2, set);   // NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET
-            int list = writer.BeginNest(3);           // NFTA_SET_ELEM_LIST_ELEMENTS
+            var start = writer.BeginMessage(NFT_MSG_NEWSETELEM, NetlinkFlags.Create | NetlinkFlags.Exclusive, family, full);
+            var w = writer.Writer;
+            w.WriteString(1, table);                  // NFTA_SET_ELEM_LIST_TABLE
+            w.WriteString(2, set);                    // NFTA_SET_ELEM_LIST_SET
+            var list = w.BeginNested(3);              // NFTA_SET_ELEM_LIST_ELEMENTS
             for (int n = 0; n < ElementsPerMessage && slot < slots.Length; slot++)
             {
                 var value = slots.ValueAt(slot);
@@ -211,7 +216,7 @@ internal static class SetStaging
                 writer.SlotElement((uint)slot, mac);
                 n++;
             }
-            writer.EndNest(list);
+            w.EndNested(list);
             writer.EndMessage(start);
         }
     }
@@ -263,165 +268,101 @@ internal static class SetStaging
 }
 
 /// <summary>
-/// Encodes nfnetlink batches: BATCH_BEGIN, messages, BATCH_END, into one buffer. When the next
-/// message would make the batch longer than its limit, the batch so far is handed to the caller's
-/// send first. The last message of a batch asks for an acknowledgement (NLM_F_ACK).
+/// Puts nf_tables messages into nfnetlink batches (BATCH_BEGIN, messages, BATCH_END) in one
+/// <see cref="NetlinkBuffer"/>, encoded by Merlin.Netlink's <see cref="NetlinkWriter"/>. When the
+/// next message would make the batch longer than its limit, the batch so far is handed to the
+/// caller's send first. The last message of a batch asks for an acknowledgement (NLM_F_ACK).
 /// </summary>
-internal sealed class BatchWriter(Func<uint> nextSequence, int limit)
+internal sealed class BatchWriter(Func<uint> nextSequence, int limit) : IDisposable
 {
-    private const int HeaderLength = 16;
-    private const ushort NLM_F_REQUEST = 0x1, NLM_F_ACK = 0x4;
-    private byte[] _buffer = new byte[Math.Min(limit, 256 << 10)];
-    private int _length;
-    private int _lastMessage = -1;
-    private uint _lastSequence;
+    private const ushort NFNL_MSG_BATCH_BEGIN = 0x10, NFNL_MSG_BATCH_END = 0x11, NFNL_SUBSYS_NFTABLES = 10;
+    private readonly NetlinkBuffer _buffer = new(Math.Min(limit, 256 << 10));
+    private MessageMark? _last;
     private uint _firstSequence;
+    private uint _lastSequence;
+
+    /// <summary>Writes the attributes of the message begun last.</summary>
+    public NetlinkWriter Writer => new(_buffer);
 
     /// <summary>A message of no more than 64 KiB: the buffer is sent first if it would not fit.</summary>
-    public void Message(byte type, ushort flags, byte family, Action<BatchWriter> attributes, Action<BatchWriter> full)
+    public void Message(byte type, NetlinkFlags flags, byte family, Action<BatchWriter> attributes, Action<BatchWriter> full)
     {
-        int start = BeginMessage(type, flags, family, full);
+        var mark = BeginMessage(type, flags, family, full);
         attributes(this);
-        EndMessage(start);
+        EndMessage(mark);
     }
 
     /// <summary>Hands the batch so far to <paramref name="full"/> unless <paramref name="messages"/> more messages of up to 64 KiB each fit after it.</summary>
     public void MakeRoom(int messages, Action<BatchWriter> full)
     {
-        if (_length > 0 && _length + messages * (64 << 10) + 2 * 20 > limit) full(this);
+        if (_buffer.Length > 0 && _buffer.Length + messages * (64 << 10) + 2 * 20 > limit) full(this);
     }
 
     /// <summary>Starts a message; <paramref name="full"/> gets the batch so far when this one might not fit (a message is at most 64 KiB).</summary>
-    public int BeginMessage(byte type, ushort flags, byte family, Action<BatchWriter> full)
+    public MessageMark BeginMessage(byte type, NetlinkFlags flags, byte family, Action<BatchWriter> full)
     {
         MakeRoom(1, full);
-        if (_length == 0)
-        {
-            Begin(0x10);   // NFNL_MSG_BATCH_BEGIN
-            _firstSequence = BinaryPrimitives.ReadUInt32LittleEndian(_buffer.AsSpan(8));
-        }
-        return Header((ushort)((10 << 8) | type), (ushort)(NLM_F_REQUEST | flags), family, 0);
+        if (_buffer.Length == 0) _firstSequence = Control(NFNL_MSG_BATCH_BEGIN);
+        var w = Writer;
+        _lastSequence = nextSequence();
+        var mark = w.BeginMessage((ushort)(NFNL_SUBSYS_NFTABLES << 8 | type), NetlinkFlags.Request | flags, _lastSequence);
+        w.WriteNetfilterHeader(family, 0);
+        return mark;
     }
 
-    public void EndMessage(int start)
+    public void EndMessage(MessageMark mark)
     {
-        BinaryPrimitives.WriteUInt32LittleEndian(_buffer.AsSpan(start), (uint)(_length - start));
-        _lastMessage = start;
-        _lastSequence = BinaryPrimitives.ReadUInt32LittleEndian(_buffer.AsSpan(start + 8));
+        Writer.EndMessage(mark);
+        _last = mark;
     }
 
     /// <summary>Closes the batch (its last message asks for an acknowledgement) and returns it; null if it holds no message. The writer starts a new batch after this.</summary>
     public Batch? Finish()
     {
-        if (_lastMessage < 0) { _length = 0; return null; }
-        var flags = BinaryPrimitives.ReadUInt16LittleEndian(_buffer.AsSpan(_lastMessage + 6));
-        BinaryPrimitives.WriteUInt16LittleEndian(_buffer.AsSpan(_lastMessage + 6), (ushort)(flags | NLM_F_ACK));
-        Begin(0x11);   // NFNL_MSG_BATCH_END
-        var result = new Batch(new ReadOnlyMemory<byte>(_buffer, 0, _length), _firstSequence, _lastSequence);
-        _length = 0;
-        _lastMessage = -1;
+        if (_last is not { } last)
+        {
+            _buffer.Clear();
+            return null;
+        }
+        Writer.AddFlags(last, NetlinkFlags.Ack);
+        Control(NFNL_MSG_BATCH_END);
+        var result = new Batch(_buffer.WrittenMemory, _firstSequence, _lastSequence);
         // The bytes stay valid until the next message is written: the caller sends them first.
+        _buffer.Clear();
+        _last = null;
         return result;
     }
 
     /// <summary>A finished batch: its bytes, the sequence numbers it spans, the one whose acknowledgement ends it.</summary>
     public readonly record struct Batch(ReadOnlyMemory<byte> Bytes, uint FirstSequence, uint AckSequence);
 
-    private void Begin(ushort type)
+    /// <summary>BATCH_BEGIN or BATCH_END: AF_UNSPEC, res_id NFNL_SUBSYS_NFTABLES. Returns its sequence number.</summary>
+    private uint Control(ushort type)
     {
-        int start = Header(type, NLM_F_REQUEST, 0, 10);   // AF_UNSPEC, res_id NFNL_SUBSYS_NFTABLES
-        BinaryPrimitives.WriteUInt32LittleEndian(_buffer.AsSpan(start), HeaderLength + 4);
-    }
-
-    private int Header(ushort type, ushort flags, byte family, ushort resId)
-    {
-        var s = Reserve(HeaderLength + 4);
-        int start = _length - HeaderLength - 4;
-        BinaryPrimitives.WriteUInt16LittleEndian(s[4..], type);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[6..], flags);
-        BinaryPrimitives.WriteUInt32LittleEndian(s[8..], nextSequence());
-        BinaryPrimitives.WriteUInt32LittleEndian(s[12..], 0);
-        s[16] = family;
-        s[17] = 0;   // NFNETLINK_V0
-        BinaryPrimitives.WriteUInt16BigEndian(s[18..], resId);
-        return start;
-    }
-
-    public BatchWriter String(ushort type, string value)
-    {
-        int length = Encoding.UTF8.GetByteCount(value) + 1;
-        var s = Attribute(type, length);
-        Encoding.UTF8.GetBytes(value, s);
-        s[length - 1] = 0;
-        return this;
-    }
-
-    public BatchWriter U32BigEndian(ushort type, uint value)
-    {
-        BinaryPrimitives.WriteUInt32BigEndian(Attribute(type, 4), value);
-        return this;
-    }
-
-    public BatchWriter Bytes(ushort type, ReadOnlySpan<byte> value)
-    {
-        value.CopyTo(Attribute(type, value.Length));
-        return this;
-    }
-
-    public int BeginNest(ushort type)
-    {
-        Attribute((ushort)(type | 0x8000), 0);   // NLA_F_NESTED
-        return _length - 4;
-    }
-
-    public void EndNest(int start)
-    {
-        int length = _length - start;
-        if (length > ushort.MaxValue) throw new InvalidOperationException($"a nested netlink attribute of {length} bytes (at most 65,535)");
-        BinaryPrimitives.WriteUInt16LittleEndian(_buffer.AsSpan(start), (ushort)length);
+        var w = Writer;
+        uint sequence = nextSequence();
+        var mark = w.BeginMessage(type, NetlinkFlags.Request, sequence);
+        w.WriteNetfilterHeader(0, NFNL_SUBSYS_NFTABLES);
+        w.EndMessage(mark);
+        return sequence;
     }
 
     /// <summary>
-    /// One element of a slot → MAC map, 32 bytes: NFTA_LIST_ELEM { NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE
-    /// u32 (host order) }, NFTA_SET_ELEM_DATA { NFTA_DATA_VALUE 6 bytes } }. Written in one go: a
-    /// first pass writes a million of them.
+    /// One element of a slot → MAC map: NFTA_LIST_ELEM { NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE u32 (host
+    /// order) }, NFTA_SET_ELEM_DATA { NFTA_DATA_VALUE 6 bytes } }, 32 bytes.
     /// </summary>
     public void SlotElement(uint slot, ReadOnlySpan<byte> mac)
     {
-        var s = Reserve(32);
-        Nla(s, 32, 1 | 0x8000);            // NFTA_LIST_ELEM
-        Nla(s[4..], 12, 1 | 0x8000);       // NFTA_SET_ELEM_KEY
-        Nla(s[8..], 8, 1);                 // NFTA_DATA_VALUE
-        BinaryPrimitives.WriteUInt32LittleEndian(s[12..], slot);
-        Nla(s[16..], 16, 2 | 0x8000);      // NFTA_SET_ELEM_DATA
-        Nla(s[20..], 10, 1);               // NFTA_DATA_VALUE
-        mac.CopyTo(s[24..]);
-        s[30] = 0;
-        s[31] = 0;
-
-        static void Nla(Span<byte> at, ushort length, ushort type)
-        {
-            BinaryPrimitives.WriteUInt16LittleEndian(at, length);
-            BinaryPrimitives.WriteUInt16LittleEndian(at[2..], type);
-        }
+        var w = Writer;
+        var element = w.BeginNested(1);   // NFTA_LIST_ELEM
+        var key = w.BeginNested(1);       // NFTA_SET_ELEM_KEY
+        w.WriteUInt32(1, slot);           // NFTA_DATA_VALUE
+        w.EndNested(key);
+        var data = w.BeginNested(2);      // NFTA_SET_ELEM_DATA
+        w.WriteBytes(1, mac);             // NFTA_DATA_VALUE
+        w.EndNested(data);
+        w.EndNested(element);
     }
 
-    /// <summary>An attribute header and room for <paramref name="length"/> bytes of value (padding zeroed); returns the value's span.</summary>
-    private Span<byte> Attribute(ushort type, int length)
-    {
-        int padded = (length + 3) & ~3;
-        var s = Reserve(4 + padded);
-        BinaryPrimitives.WriteUInt16LittleEndian(s, (ushort)(4 + length));
-        BinaryPrimitives.WriteUInt16LittleEndian(s[2..], type);
-        s[(4 + length)..].Clear();
-        return s.Slice(4, length);
-    }
-
-    private Span<byte> Reserve(int bytes)
-    {
-        if (_length + bytes > _buffer.Length) Array.Resize(ref _buffer, Math.Max(_buffer.Length * 2, _length + bytes));
-        var span = _buffer.AsSpan(_length, bytes);
-        _length += bytes;
-        return span;
-    }
+    public void Dispose() => _buffer.Dispose();
 }
