@@ -711,16 +711,15 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
                 commits++;
             }
         }
-        catch (Exception e) when (script.Staged.Count > 0)
+        catch (Exception e) when (e is NftException || script.Staged.Count > 0)
         {
-            try { await _nft.UnstageAsync(staging, script.Staged, CancellationToken.None); }
-            catch (Exception u) when (u is not OperationCanceledException) { LogUnstageFailed(u.Message); }   // the next resync removes them
+            if (script.Staged.Count > 0)
+            {
+                try { await _nft.UnstageAsync(staging, script.Staged, CancellationToken.None); }
+                catch (Exception u) when (u is not OperationCanceledException) { LogUnstageFailed(u.Message); }   // the next resync removes them
+            }
             if (e is NftException refused) throw new DataplaneException($"nft refused the transaction: {refused.Message}", e);
             throw;
-        }
-        catch (NftException e)
-        {
-            throw new DataplaneException($"nft refused the transaction: {e.Message}", e);
         }
         Transactions++;
         if (_logger.IsEnabled(LogLevel.Debug)) LogTransaction(script.Lines, started.Elapsed.TotalMilliseconds);

@@ -241,7 +241,6 @@ internal sealed class NetlinkException(int errno, byte messageType)
     : IOException($"nf_tables request {messageType} failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno})")
 {
     public const int ENOENT = 2;
-    public byte MessageType { get; } = messageType;
     public int Errno { get; } = errno;
 }
 
