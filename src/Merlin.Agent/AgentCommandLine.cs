@@ -132,38 +132,8 @@ public sealed class AgentCommandLine
         return new AgentInvocation(connection, agent, Path.Combine(stateDir, "node.json"), logFormat);
     }
 
-    /// <summary><c>lb</c>, <c>lb:4282</c>, <c>198.18.0.10:4282</c>, <c>[2001:db8::10]:4282</c>, <c>2001:db8::10</c>.</summary>
-    internal static (string Host, ushort Port) ParseHost(string text)
-    {
-        var t = text.Trim();
-        string host;
-        string? port = null;
-        if (t.StartsWith('['))
-        {
-            var close = t.IndexOf(']');
-            if (close < 0) throw new OptionError($"--api: \"{text}\" has no closing ]");
-            host = t[1..close];
-            if (close + 1 < t.Length)
-            {
-                if (t[close + 1] != ':') throw new OptionError($"--api: \"{text}\": expected :port after ]");
-                port = t[(close + 2)..];
-            }
-        }
-        else if (t.Count(c => c == ':') == 1)
-        {
-            var colon = t.IndexOf(':');
-            (host, port) = (t[..colon], t[(colon + 1)..]);
-        }
-        else
-        {
-            host = t;
-        }
-        if (host.Length == 0) throw new OptionError($"--api: \"{text}\" names no host");
-        if (port is null) return (host, DefaultPort);
-        if (!ushort.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out var p) || p == 0)
-            throw new OptionError($"--api: \"{port}\" is not a port (1-65535)");
-        return (host, p);
-    }
+    internal static (string Host, ushort Port) ParseHost(string text) =>
+        HostPort.TryParse(text, DefaultPort, out var host, out var port, out var error) ? (host, port) : throw new OptionError($"--api: {error}");
 
     private static TimeSpan Duration(ParseResult r, Option<string> option, TimeSpan fallback, TimeSpan min)
     {
