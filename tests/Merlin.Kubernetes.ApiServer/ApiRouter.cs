@@ -74,13 +74,16 @@ sealed class ApiRouter(ResourceRegistry registry, ObjectStore store, TestApiServ
             ["openapi", "v3"] when get => Discovery.OpenApiV3Root(types, store.ResourceVersion),
             ["openapi", "v3", .. var rest] when get => Discovery.OpenApiV3(types, string.Join('/', rest)),
             ["api", "v1", _, ..] or ["apis", _, _, _, ..] => null,
-            ["healthz" or "livez" or "readyz"] when get => null,
+            ["healthz" or "livez" or "readyz"] or ["openapi", "v2"] when get => null,
             _ => throw ApiError.UnknownPath(),
         };
         if (found is not null) return WriteAsync(ctx, 200, found);
         return segments switch
         {
             ["healthz" or "livez" or "readyz"] => ctx.Response.WriteAsync("ok"),
+            // kubectl reads OpenAPI v2 as protobuf; an empty message is an empty document, whose lookups
+            // find no schema, so client-side validation and patch computation fall back to built-in types.
+            ["openapi", "v2"] => EmptyOpenApiV2(ctx),
             ["api", "v1", .. var rest] => ResourceAsync(ctx, "", "v1", rest),
             ["apis", var g, var v, .. var rest] when rest.Length > 0 => ResourceAsync(ctx, g, v, rest),
             _ => throw ApiError.UnknownPath(),
@@ -154,7 +157,8 @@ sealed class ApiRouter(ResourceRegistry registry, ObjectStore store, TestApiServ
         }
         if (HttpMethods.IsDelete(method))
         {
-            var options = ctx.Request.ContentLength is > 0 || ctx.Request.Headers.TransferEncoding.Count > 0
+            var jsonBody = (ctx.Request.ContentType ?? "").StartsWith("application/json", StringComparison.Ordinal);
+            var options = jsonBody && (ctx.Request.ContentLength is > 0 || ctx.Request.Headers.TransferEncoding.Count > 0)
                 ? await JsonNode.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted) as JsonObject
                 : null;
             var preconditions = options?["preconditions"];
@@ -213,9 +217,25 @@ sealed class ApiRouter(ResourceRegistry registry, ObjectStore store, TestApiServ
         ["items"] = new JsonArray(items.Select(i => (JsonNode)i).ToArray()),
     };
 
-    static async Task<JsonObject> ReadObjectAsync(HttpContext ctx) =>
-        await JsonNode.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted) as JsonObject
+    static Task EmptyOpenApiV2(HttpContext ctx)
+    {
+        ctx.Response.ContentType = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+        ctx.Response.ContentLength = 0;
+        return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Bodies must be JSON. kubectl's typed commands (<c>kubectl create namespace</c>, <c>create service</c>, …)
+    /// send protobuf, which this server does not decode: they get 415 (use <c>kubectl apply/create -f</c>).
+    /// </summary>
+    static async Task<JsonObject> ReadObjectAsync(HttpContext ctx)
+    {
+        var contentType = (ctx.Request.ContentType ?? "application/json").Split(';')[0].Trim();
+        if (contentType is not ("application/json" or "*/*" or ""))
+            throw new ApiError(415, "UnsupportedMediaType", $"the body of the request was in an unknown format - accepted media types include: application/json (got {contentType}; this test server does not decode protobuf)");
+        return await JsonNode.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted) as JsonObject
         ?? throw ApiError.BadRequest("the request body must be a JSON object");
+    }
 
     static async Task WriteAsync(HttpContext ctx, int code, JsonNode body)
     {

@@ -112,8 +112,13 @@ public sealed class ObjectStore(ResourceRegistry registry, int historyLimit = 10
             if (ns is null) throw ApiError.BadRequest("the namespace of the object is required");
             if (!string.IsNullOrEmpty(bodyNs) && bodyNs != ns)
                 throw ApiError.BadRequest("the namespace of the provided object does not match the namespace sent on the request");
-            if (mode != WriteMode.Direct && !Bucket(registry.Find("", "v1", "namespaces")!).ContainsKey(Key(null, ns)))
-                throw ApiError.NotFound(registry.Find("", "v1", "namespaces")!, ns);
+            var namespaces = registry.Find("", "v1", "namespaces")!;
+            if (mode != WriteMode.Direct)
+            {
+                if (!Bucket(namespaces).TryGetValue(Key(null, ns), out var nsObj)) throw ApiError.NotFound(namespaces, ns);
+                if (Meta.Of(nsObj)["deletionTimestamp"] is not null)
+                    throw new ApiError(403, "Forbidden", $"{type.GroupResource} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated");
+            }
             meta["namespace"] = ns;
         }
         else
@@ -230,13 +235,17 @@ public sealed class ObjectStore(ResourceRegistry registry, int historyLimit = 10
         if ((!string.IsNullOrEmpty(preconditionRv) && preconditionRv != Meta.ResourceVersion(existing)) ||
             (!string.IsNullOrEmpty(preconditionUid) && preconditionUid != Meta.Of(existing)["uid"]?.GetValue<string>()))
             throw ApiError.Conflict(type, name);
-        if (Meta.Finalizers(existing).Count > 0)
+        var cleanup = HasContents(type);
+        if (Meta.Finalizers(existing).Count > 0 || cleanup)
         {
             if (Meta.Of(existing)["deletionTimestamp"] is not null) return (Shape(type, existing), false);
             var marked = (JsonObject)existing.DeepClone();
             Meta.Of(marked)["deletionTimestamp"] = Now();
             Meta.Of(marked)["deletionGracePeriodSeconds"] = 0;
-            return (Shape(type, Commit(type, ns, name, marked, existing, "MODIFIED")), false);
+            if (IsNamespace(type)) marked["status"] = new JsonObject { ["phase"] = "Terminating" };
+            var result = Commit(type, ns, name, marked, existing, "MODIFIED");
+            if (cleanup && Meta.Finalizers(existing).Count == 0) ScheduleCleanup(type, name);
+            return (Shape(type, result), false);
         }
         return (Shape(type, RemoveLocked(type, ns, name, existing)), true);
     }
@@ -244,20 +253,40 @@ public sealed class ObjectStore(ResourceRegistry registry, int historyLimit = 10
     JsonObject RemoveLocked(ResourceType type, string? ns, string name, JsonObject last)
     {
         var gone = Commit(type, ns, name, null, last, "DELETED");
-        if (IsCrd(type))
-        {
-            foreach (var served in registry.UnregisterCrd(name).DistinctBy(t => t.StorageKey))
-                foreach (var o in Bucket(served).Values.ToList())
-                    Commit(served, Meta.Namespace(o), Meta.Name(o), null, o, "DELETED");
-        }
-        else if (type.Group == "" && type.Kind == "Namespace")
-        {
-            // Namespace deletion takes its objects with it (immediately; objects with finalizers are marked).
-            foreach (var t in registry.All.Where(t => t.Namespaced).DistinctBy(t => t.StorageKey))
-                foreach (var o in Bucket(t).Values.Where(o => Meta.Namespace(o) == name).ToList())
-                    DeleteLocked(t, name, Meta.Name(o), null, null);
-        }
+        if (IsCrd(type)) registry.UnregisterCrd(name);
         return gone;
+    }
+
+    /// <summary>Namespaces and CRDs, whose deletion waits for what they contain to be deleted.</summary>
+    static bool HasContents(ResourceType type) => IsCrd(type) || IsNamespace(type);
+
+    /// <summary>How long the simulated namespace and CRD cleanup controllers take to start.</summary>
+    public TimeSpan CleanupDelay { get; set; } = TimeSpan.FromMilliseconds(500);
+
+    void ScheduleCleanup(ResourceType type, string name) =>
+        _ = Task.Delay(CleanupDelay).ContinueWith(_ => Cleanup(type, name), TaskScheduler.Default);
+
+    /// <summary>
+    /// What the namespace controller and the CRD finalizer do, asynchronously as on a real cluster:
+    /// delete everything inside, and remove the container once nothing is left (objects with finalizers
+    /// keep it terminating until they go).
+    /// </summary>
+    void Cleanup(ResourceType type, string name)
+    {
+        lock (_gate)
+        {
+            if (!Bucket(type).TryGetValue(Key(null, name), out var container) || Meta.Of(container)["deletionTimestamp"] is null) return;
+            var contents = IsCrd(type)
+                ? registry.CrdTypes(name).DistinctBy(t => t.StorageKey).SelectMany(t => Bucket(t).Values.Select(o => (t, o))).ToList()
+                : registry.All.Where(t => t.Namespaced).DistinctBy(t => t.StorageKey)
+                    .SelectMany(t => Bucket(t).Values.Where(o => Meta.Namespace(o) == name).Select(o => (t, o))).ToList();
+            foreach (var (t, o) in contents)
+                if (Meta.Of(o)["deletionTimestamp"] is null) DeleteLocked(t, Meta.Namespace(o), Meta.Name(o), null, null);
+            if (contents.All(c => !Bucket(c.t).ContainsKey(Key(Meta.Namespace(c.o), Meta.Name(c.o)))))
+                RemoveLocked(type, null, name, container);
+            else
+                ScheduleCleanup(type, name);
+        }
     }
 
     /// <summary>
@@ -340,6 +369,8 @@ public sealed class ObjectStore(ResourceRegistry registry, int historyLimit = 10
             _watches.Clear();
         }
     }
+
+    static bool IsNamespace(ResourceType t) => t is { Group: "", Plural: "namespaces" };
 
     static bool IsCrd(ResourceType t) => t is { Group: "apiextensions.k8s.io", Plural: "customresourcedefinitions" };
 

@@ -101,6 +101,11 @@ public sealed class ResourceRegistry
         }
     }
 
+    public IReadOnlyList<ResourceType> CrdTypes(string crdName)
+    {
+        lock (_gate) return _byCrd.TryGetValue(crdName, out var types) ? [.. types] : [];
+    }
+
     /// <summary>Stops serving a CRD's resources; returns what was served so the caller can drop the objects.</summary>
     public IReadOnlyList<ResourceType> UnregisterCrd(string name)
     {
