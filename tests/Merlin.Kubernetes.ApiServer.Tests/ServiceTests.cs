@@ -50,6 +50,32 @@ public sealed class ServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Services_are_defaulted_and_keep_their_allocations()
+    {
+        var created = await _client.CreateNamespacedServiceAsync(Service("web"), "default", cancellationToken: Ct);
+        Assert.StartsWith("10.96.", created.Spec.ClusterIP);
+        Assert.Equal([created.Spec.ClusterIP], created.Spec.ClusterIPs);
+        Assert.Equal(["IPv4"], created.Spec.IpFamilies);
+        Assert.Equal(("SingleStack", "Cluster", "Cluster", "None"), (created.Spec.IpFamilyPolicy, created.Spec.ExternalTrafficPolicy, created.Spec.InternalTrafficPolicy, created.Spec.SessionAffinity));
+        Assert.True(created.Spec.AllocateLoadBalancerNodePorts);
+        var port = created.Spec.Ports.Single();
+        Assert.InRange(port.NodePort!.Value, 30000, 32767);
+        Assert.Equal("80", port.TargetPort.Value);
+
+        // A replace that leaves the allocated fields out keeps them; ETP Local adds a health-check node port.
+        var replacement = Service("web");
+        replacement.Spec.ExternalTrafficPolicy = "Local";
+        var replaced = await _client.ReplaceNamespacedServiceAsync(replacement, "web", "default", cancellationToken: Ct);
+        Assert.Equal(created.Spec.ClusterIP, replaced.Spec.ClusterIP);
+        Assert.Equal(port.NodePort, replaced.Spec.Ports.Single().NodePort);
+        Assert.InRange(replaced.Spec.HealthCheckNodePort!.Value, 30000, 32767);
+
+        var other = await _client.CreateNamespacedServiceAsync(Service("other"), "default", cancellationToken: Ct);
+        Assert.NotEqual(created.Spec.ClusterIP, other.Spec.ClusterIP);
+        Assert.NotEqual(port.NodePort, other.Spec.Ports.Single().NodePort);
+    }
+
+    [Fact]
     public async Task GenerateName_makes_a_unique_name()
     {
         var svc = Service("");

@@ -8,7 +8,7 @@ namespace Merlin.Kubernetes.ApiServer;
 /// <summary>The query parameters the handlers read.</summary>
 sealed record RequestOptions(
     bool Watch, long? ResourceVersion, string? LabelSelector, string? FieldSelector,
-    int? TimeoutSeconds, bool AllowBookmarks, bool SendInitialEvents)
+    int? TimeoutSeconds, bool AllowBookmarks, bool SendInitialEvents, bool IncludeObject)
 {
     public static RequestOptions From(IQueryCollection q)
     {
@@ -23,7 +23,7 @@ sealed record RequestOptions(
         }
         int? timeout = int.TryParse(q["timeoutSeconds"].ToString(), CultureInfo.InvariantCulture, out var t) ? t : null;
         return new RequestOptions(Flag(q["watch"]), rv, q["labelSelector"], q["fieldSelector"], timeout,
-            Flag(q["allowWatchBookmarks"]), Flag(q["sendInitialEvents"]));
+            Flag(q["allowWatchBookmarks"]), Flag(q["sendInitialEvents"]), q["includeObject"] == "Object");
     }
 }
 
@@ -124,13 +124,15 @@ sealed class ApiRouter(ResourceRegistry registry, ObjectStore store, TestApiServ
                 await WatchStream.ServeAsync(ctx, store, type, ns, filter, q, server.BookmarkInterval, server.Stopping);
                 return;
             }
+            var table = Tables.Wanted(ctx.Request.Headers.Accept.ToString());
             if (name is not null)
             {
-                await WriteAsync(ctx, 200, store.Get(type, ns, name, q.ResourceVersion) ?? throw ApiError.NotFound(type, name));
+                var obj = store.Get(type, ns, name, q.ResourceVersion) ?? throw ApiError.NotFound(type, name);
+                await WriteAsync(ctx, 200, table ? TableOf(type, [obj], store.ResourceVersion, q) : obj);
                 return;
             }
             var (items, rv) = store.List(type, ns, filter, q.ResourceVersion);
-            await WriteAsync(ctx, 200, ListOf(type, items, rv));
+            await WriteAsync(ctx, 200, table ? TableOf(type, items, rv, q) : ListOf(type, items, rv));
             return;
         }
         if (HttpMethods.IsPost(method) && name is null)
@@ -208,6 +210,13 @@ sealed class ApiRouter(ResourceRegistry registry, ObjectStore store, TestApiServ
             ["uid"] = obj["metadata"]?["uid"]?.DeepClone(),
         },
     };
+
+    JsonObject TableOf(ResourceType type, List<JsonObject> items, long rv, RequestOptions q)
+    {
+        var crdType = registry.Find("apiextensions.k8s.io", "v1", "customresourcedefinitions")!;
+        var crd = type.Group.Length > 0 ? store.Get(crdType, null, type.GroupResource) : null;
+        return Tables.Of(type, items, rv, q.IncludeObject, crd);
+    }
 
     static JsonObject ListOf(ResourceType type, List<JsonObject> items, long rv) => new()
     {

@@ -16,6 +16,7 @@ public enum WriteMode { Main, Status, Direct }
 public sealed class ObjectStore(ResourceRegistry registry, int historyLimit = 10_000)
 {
     readonly Lock _gate = new();
+    readonly Defaults _defaults = new();
     readonly Dictionary<string, SortedDictionary<string, JsonObject>> _objects = [];
     readonly Queue<StoredEvent> _history = new();
     readonly List<WatchSubscription> _watches = [];
@@ -140,6 +141,7 @@ public sealed class ObjectStore(ResourceRegistry registry, int historyLimit = 10
         if (type.HasStatus && mode != WriteMode.Direct && !(type.Group == "" && type.Kind == "Node")) obj.Remove("status");
         if (type.Group == "" && type.Kind == "Namespace") obj["status"] ??= new JsonObject { ["phase"] = "Active" };
         if (IsCrd(type)) AcceptCrd(obj);
+        _defaults.Apply(type, obj, null);
 
         return Shape(type, Commit(type, ns, name, obj, null, "ADDED"));
     }
@@ -204,6 +206,7 @@ public sealed class ObjectStore(ResourceRegistry registry, int historyLimit = 10
                 throw ApiError.Invalid(type, name,
                     $"metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [{string.Join(" ", added)}]");
         }
+        if (mode != WriteMode.Status) _defaults.Apply(type, result, existing);
         if (!JsonNode.DeepEquals(Spec(result), Spec(existing)))
             newMeta["generation"] = (long.TryParse(oldMeta["generation"]?.ToJsonString(), out var generation) ? generation : 0) + 1;
         if (IsCrd(type)) AcceptCrd(result);
