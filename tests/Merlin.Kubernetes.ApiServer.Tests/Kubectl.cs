@@ -41,7 +41,7 @@ public sealed class Kubectl : IDisposable
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.ArgumentList.Add($"--kubeconfig={_kubeconfig}");
         psi.ArgumentList.Add($"--cache-dir={_dir.File("cache")}");
-        psi.ArgumentList.Add("--request-timeout=10s");
+        if (!args.Any(a => a.StartsWith("--request-timeout", StringComparison.Ordinal))) psi.ArgumentList.Add("--request-timeout=10s");
         psi.Environment.Remove("KUBECONFIG");
         psi.Environment["HOME"] = _dir.File("home");
         using var process = Process.Start(psi)!;

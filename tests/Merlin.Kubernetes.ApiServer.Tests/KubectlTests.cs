@@ -112,6 +112,14 @@ public sealed class KubectlTests : IAsyncLifetime
         _server.Put(svc);
         Assert.Matches(@"(?m)^web\s+LoadBalancer\s+\S+\s+192\.0\.2\.1\s", await _kubectl.OkAsync("get", "svc", "web", "-n", "merlin-demo"));
 
+        // kubectl get -w: watch events come back as table rows too.
+        var watching = _kubectl.RunAsync("get", "svc", "-w", "-n", "merlin-demo", "--request-timeout=3s");
+        await Task.Delay(1000, Ct);
+        svc = _server.Get<V1Service>("v1", "Service", "merlin-demo", "web")!;
+        svc.Status.LoadBalancer.Ingress[0].Ip = "192.0.2.2";
+        _server.Put(svc);
+        Assert.Matches(@"(?m)^web\s+LoadBalancer\s+\S+\s+192\.0\.2\.2\s", (await watching).Stdout);
+
         var pools = await _kubectl.OkAsync("get", "ippools");
         Assert.Matches(@"(?m)^default\s", pools);
         Assert.Contains("198.51.100.0/28", await _kubectl.OkAsync("get", "ippool", "default", "-o", "jsonpath={.spec.cidrs[0]}"));

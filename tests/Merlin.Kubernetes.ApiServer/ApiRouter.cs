@@ -119,12 +119,16 @@ sealed class ApiRouter(ResourceRegistry registry, ObjectStore store, TestApiServ
         {
             var fields = name is null ? q.FieldSelector : string.Join(',', new[] { q.FieldSelector, $"metadata.name={name}" }.Where(s => !string.IsNullOrEmpty(s)));
             var filter = Selectors.Parse(q.LabelSelector, fields);
+            var table = Tables.Wanted(ctx.Request.Headers.Accept.ToString());
             if (watch)
             {
-                await WatchStream.ServeAsync(ctx, store, type, ns, filter, q, server.BookmarkInterval, server.Stopping);
+                var crd = table ? CrdOf(type) : null;
+                Func<JsonObject, JsonNode>? transform = table
+                    ? o => Tables.Of(type, [o], long.Parse(Meta.ResourceVersion(o) ?? "0", CultureInfo.InvariantCulture), q.IncludeObject, crd)
+                    : null;
+                await WatchStream.ServeAsync(ctx, store, type, ns, filter, q, server.BookmarkInterval, server.Stopping, transform);
                 return;
             }
-            var table = Tables.Wanted(ctx.Request.Headers.Accept.ToString());
             if (name is not null)
             {
                 var obj = store.Get(type, ns, name, q.ResourceVersion) ?? throw ApiError.NotFound(type, name);
@@ -211,12 +215,11 @@ sealed class ApiRouter(ResourceRegistry registry, ObjectStore store, TestApiServ
         },
     };
 
-    JsonObject TableOf(ResourceType type, List<JsonObject> items, long rv, RequestOptions q)
-    {
-        var crdType = registry.Find("apiextensions.k8s.io", "v1", "customresourcedefinitions")!;
-        var crd = type.Group.Length > 0 ? store.Get(crdType, null, type.GroupResource) : null;
-        return Tables.Of(type, items, rv, q.IncludeObject, crd);
-    }
+    JsonObject TableOf(ResourceType type, List<JsonObject> items, long rv, RequestOptions q) =>
+        Tables.Of(type, items, rv, q.IncludeObject, CrdOf(type));
+
+    JsonObject? CrdOf(ResourceType type) => type.Group.Length == 0 ? null
+        : store.Get(registry.Find("apiextensions.k8s.io", "v1", "customresourcedefinitions")!, null, type.GroupResource);
 
     static JsonObject ListOf(ResourceType type, List<JsonObject> items, long rv) => new()
     {

@@ -327,11 +327,11 @@ public sealed class ObjectStore(ResourceRegistry registry, int historyLimit = 10
     /// Opens a watch: from <paramref name="fromRv"/> (replaying later history), or with none/0 from
     /// synthetic ADDED events for the current objects. Throws 410 Gone when history no longer reaches back.
     /// </summary>
-    public WatchSubscription Watch(ResourceType type, string? ns, Func<JsonObject, bool> filter, long? fromRv)
+    public WatchSubscription Watch(ResourceType type, string? ns, Func<JsonObject, bool> filter, long? fromRv, Func<JsonObject, JsonNode>? transform = null)
     {
         lock (_gate)
         {
-            var sub = new WatchSubscription(this, type, ns, filter);
+            var sub = new WatchSubscription(this, type, ns, filter, transform);
             if (fromRv is null or 0)
             {
                 foreach (var o in Bucket(type).Values)
@@ -418,7 +418,7 @@ public sealed record StoredEvent(long ResourceVersion, string Type, string Stora
 /// <summary>
 /// One open watch: filters events (under the store's lock) and queues them as ready-to-write lines.
 /// A MODIFIED event that moves an object into or out of the selector becomes ADDED or DELETED, as on
-/// the real server.
+/// the real server. An optional transform reshapes each object (kubectl get -w asks for Tables).
 /// </summary>
 public sealed class WatchSubscription : IDisposable
 {
@@ -426,10 +426,12 @@ public sealed class WatchSubscription : IDisposable
     readonly ResourceType _type;
     readonly string? _ns;
     readonly Func<JsonObject, bool> _filter;
+    readonly Func<JsonObject, JsonNode>? _transform;
     readonly Channel<string> _lines = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true });
 
-    internal WatchSubscription(ObjectStore store, ResourceType type, string? ns, Func<JsonObject, bool> filter)
+    internal WatchSubscription(ObjectStore store, ResourceType type, string? ns, Func<JsonObject, bool> filter, Func<JsonObject, JsonNode>? transform)
     {
+        _transform = transform;
         _store = store;
         _type = type;
         _ns = ns;
@@ -458,7 +460,7 @@ public sealed class WatchSubscription : IDisposable
         var obj = (JsonObject)ev.Object.DeepClone();
         obj["apiVersion"] = _type.ApiVersion;
         obj["kind"] = _type.Kind;
-        _lines.Writer.TryWrite(WatchLine(type, obj));
+        _lines.Writer.TryWrite(WatchLine(type, _transform?.Invoke(obj) ?? obj));
     }
 
     public static string WatchLine(string type, JsonNode obj) =>

@@ -15,14 +15,15 @@ namespace Merlin.Kubernetes.ApiServer;
 static class WatchStream
 {
     public static async Task ServeAsync(HttpContext ctx, ObjectStore store, ResourceType type, string? ns,
-        Func<JsonObject, bool> filter, RequestOptions q, TimeSpan bookmarkInterval, CancellationToken stopping)
+        Func<JsonObject, bool> filter, RequestOptions q, TimeSpan bookmarkInterval, CancellationToken stopping,
+        Func<JsonObject, JsonNode>? transform = null)
     {
         ctx.Response.StatusCode = 200;
         ctx.Response.ContentType = "application/json";
         WatchSubscription sub;
         try
         {
-            sub = store.Watch(type, ns, filter, q.ResourceVersion);
+            sub = store.Watch(type, ns, filter, q.ResourceVersion, transform);
         }
         catch (ApiError e) when (e.Code == 410)
         {
