@@ -212,7 +212,7 @@ public sealed class ObjectStore(ResourceRegistry registry, int historyLimit = 10
         if (IsCrd(type)) AcceptCrd(result);
 
         if (JsonNode.DeepEquals(result, existing)) return Shape(type, existing); // a no-op write changes nothing, not even the resourceVersion
-        if (oldMeta["deletionTimestamp"] is not null && Meta.Finalizers(result).Count == 0)
+        if (oldMeta["deletionTimestamp"] is not null && Meta.Finalizers(existing).Count > 0 && Meta.Finalizers(result).Count == 0)
             return Shape(type, RemoveLocked(type, ns, name, result));
         return Shape(type, Commit(type, ns, name, result, existing, "MODIFIED"));
     }
