@@ -34,8 +34,6 @@ sealed record RequestOptions(
 /// </summary>
 sealed class ApiRouter(ResourceRegistry registry, ObjectStore store, TestApiServer server)
 {
-    static readonly JsonSerializerOptions Compact = new() { WriteIndented = false };
-
     public async Task HandleAsync(HttpContext ctx)
     {
         try
@@ -253,6 +251,6 @@ sealed class ApiRouter(ResourceRegistry registry, ObjectStore store, TestApiServ
     {
         ctx.Response.StatusCode = code;
         ctx.Response.ContentType = "application/json";
-        await ctx.Response.WriteAsync(body.ToJsonString(Compact), ctx.RequestAborted);
+        await ctx.Response.WriteAsync(body.ToJsonString(), ctx.RequestAborted);
     }
 }
