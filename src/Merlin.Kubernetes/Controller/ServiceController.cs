@@ -97,18 +97,26 @@ public sealed class ServiceController
     }
 
     // The allocation map from every Service's status, before anything is allocated: a new leader, or this one after a
-    // restart, hands out nothing another Service holds. Services of other classes hold theirs too (never shared). Of
-    // two Services whose status names the same address (an edit by hand), the older keeps it; the other is given a
-    // new one when reconciled.
+    // restart, hands out nothing another Service holds. Services of other classes hold theirs too (never shared). A
+    // Service whose status names an address its current terms may not share (its sharing key or ports were edited and
+    // no new address was found yet, or a status edited by hand) keeps it pinned, unshared, until it gets a new one.
     private void RebuildBook()
     {
         lock (_allocation)
         {
             _book.Clear();
-            foreach (var svc in _services.Items.OrderBy(s => s.Metadata.CreationTimestamp ?? DateTime.MaxValue).ThenBy(ResourceCache<V1Service>.KeyOf, StringComparer.Ordinal))
-                ClaimFromStatus(svc);
+            // Services waiting for an address (their condition says so) are pinned after every other has claimed.
+            var ordered = _services.Items.OrderBy(s => s.Metadata.CreationTimestamp ?? DateTime.MaxValue).ThenBy(ResourceCache<V1Service>.KeyOf, StringComparer.Ordinal).ToList();
+            foreach (var svc in ordered.Where(s => !Waiting(s))) ClaimFromStatus(svc);
+            foreach (var svc in ordered.Where(Waiting)) _book.Pin(ResourceCache<V1Service>.KeyOf(svc), StatusAddresses(svc));
         }
     }
+
+    // Ours, and its request found no address (edited into one that clashes, or bad input): it keeps what it has, pinned.
+    private bool Waiting(V1Service svc) =>
+        ServiceIntent.Qualifies(svc, _options.DefaultClass)
+        && (svc.Status?.Conditions?.FirstOrDefault(c => c.Type == Annotations.ConditionType) is { Status: "False" } c && AllocationFailure.Reasons.Contains(c.Reason)
+            || ServiceIntent.Parse(svc, out _) is null);
 
     private void ClaimFromStatus(V1Service svc)
     {
@@ -116,9 +124,13 @@ public sealed class ServiceController
         var addresses = StatusAddresses(svc);
         if (addresses.Count == 0) return;
         var ours = ServiceIntent.Qualifies(svc, _options.DefaultClass);
-        var holder = ours && ServiceIntent.Parse(svc, out _) is { } intent ? intent.Holder : new Holder(key, null, new HashSet<PortKey>(), Foreign: !ours);
+        var intent = ours ? ServiceIntent.Parse(svc, out _) : null;
+        var holder = intent?.Holder ?? new Holder(key, null, new HashSet<PortKey>(), Foreign: true);
         if (_book.TryClaim(holder, addresses) is { } clash)
-            _log.LogWarning("{Service}: its status names {Addresses}, but {Clash}; it gets a new address", key, string.Join(",", addresses), clash);
+        {
+            _log.LogWarning("{Service}: its status names {Addresses}, but {Clash}; it keeps them unshared until it gets a new address", key, string.Join(",", addresses), clash);
+            _book.Pin(key, addresses);
+        }
     }
 
     private static List<IPAddress> StatusAddresses(V1Service svc) =>
@@ -255,6 +267,9 @@ public sealed class ServiceController
             result = Allocator.Allocate(intent.AllocationRequest, Pools(), _book, current);
             if (result.Succeeded && _book.TryClaim(intent.Holder, result.Addresses) is { } clash)
                 result = AllocationResult.Fail("AddressInUse", clash);
+            // A Service that keeps its addresses while its request finds none holds them pinned: nobody joins them on
+            // terms its edited request might clash with, here or after a restart (which reads the condition).
+            if (!result.Succeeded && before.Count > 0) _book.Pin(key, before);
         }
         if (!result.Succeeded)
         {

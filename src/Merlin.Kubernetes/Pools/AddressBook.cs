@@ -9,8 +9,10 @@ public readonly record struct PortKey(string Protocol, int Port)
 }
 
 /// <summary>Who holds addresses: a Service (<c>namespace/name</c>), its sharing key and ports. A foreign holder is a
-/// Service of another load-balancer class: its addresses are never shared or handed out.</summary>
-public sealed record Holder(string Service, string? SharingKey, IReadOnlySet<PortKey> Ports, bool Foreign = false)
+/// Service of another load-balancer class: its addresses are never shared or handed out.
+/// A pinned holder keeps addresses it holds while its request finds no new ones: nobody may join it there, but
+/// those who hold the address with it keep it.</summary>
+public sealed record Holder(string Service, string? SharingKey, IReadOnlySet<PortKey> Ports, bool Foreign = false, bool Pinned = false)
 {
     /// <summary>Whether this holder and another may hold the same address at once.</summary>
     public string? ClashWith(Holder other)
@@ -45,8 +47,9 @@ public sealed class AddressBook
     /// <summary>Why <paramref name="holder"/> may not hold <paramref name="address"/>, or null if it may.</summary>
     public string? Clash(IPAddress address, Holder holder)
     {
+        var holds = HoldersOf(address).Any(h => h.Service == holder.Service);
         foreach (var other in HoldersOf(address))
-            if (holder.ClashWith(other) is { } why) return why;
+            if (!(other.Pinned && holds) && holder.ClashWith(other) is { } why) return why;
         return null;
     }
 
@@ -56,14 +59,27 @@ public sealed class AddressBook
         foreach (var a in addresses)
             if (Clash(a, holder) is { } why) return $"{a} is {why}";
         Release(holder.Service);
-        if (addresses.Count == 0) return null;
+        if (addresses.Count > 0) Add(holder, addresses);
+        return null;
+    }
+
+    /// <summary>Records that the Service holds these addresses although its current terms clash with another holder's
+    /// (its sharing key or ports were edited, and no new address could be found yet): it keeps them, unshared, so
+    /// nobody else is given them, until a new allocation replaces the pin.</summary>
+    public void Pin(string service, IReadOnlyList<IPAddress> addresses)
+    {
+        Release(service);
+        if (addresses.Count > 0) Add(new Holder(service, null, new HashSet<PortKey>(), Pinned: true), addresses);
+    }
+
+    private void Add(Holder holder, IReadOnlyList<IPAddress> addresses)
+    {
         _byService[holder.Service] = (holder, addresses.ToArray());
         foreach (var a in addresses)
         {
             if (!_byAddress.TryGetValue(a, out var list)) _byAddress[a] = list = [];
             list.Add(holder);
         }
-        return null;
     }
 
     public void Release(string service)

@@ -19,7 +19,14 @@ public sealed record AllocationRequest(
 
 /// <summary>Why a Service got no address, in words for its Events and condition. Reasons are CamelCase, as Kubernetes
 /// expects of an Event's or a condition's reason.</summary>
-public sealed record AllocationFailure(string Reason, string Message);
+public sealed record AllocationFailure(string Reason, string Message)
+{
+    /// <summary>Every reason the allocator gives (a Service condition with one of these is waiting for an address).</summary>
+    public static readonly IReadOnlySet<string> Reasons = new HashSet<string>
+    {
+        "PoolNotFound", "PoolNotAllowed", "PoolExhausted", "NoPoolForFamily", "InvalidRequest", "AddressNotInPool", "AddressInUse",
+    };
+}
 
 /// <summary>The addresses given, or why none could be; a warning when a preferred family is missing or a kept address
 /// is in no pool any more.</summary>
