@@ -1,8 +1,8 @@
 using System.Diagnostics;
-using Merlin.Kubernetes.ApiServer;
+using Xunit;
 using Merlin.Testing;
 
-namespace Merlin.Kubernetes.ApiServer.Tests;
+namespace Merlin.Kubernetes.ApiServer;
 
 /// <summary>
 /// Runs the machine's kubectl against a <see cref="TestApiServer"/>: its own kubeconfig and cache dir (never
