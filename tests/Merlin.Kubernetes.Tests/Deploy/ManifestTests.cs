@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Reflection;
 using System.Text.Json;
 using System.Text.Json.Serialization;
@@ -8,7 +7,6 @@ using Merlin.Kubernetes.ApiServer;
 using Merlin.Kubernetes.Kube;
 using Merlin.Kubernetes.Mapping;
 using Merlin.Kubernetes.Pools;
-using Merlin.Testing;
 
 namespace Merlin.Kubernetes.Tests.Deploy;
 
@@ -23,25 +21,22 @@ namespace Merlin.Kubernetes.Tests.Deploy;
 public sealed class ManifestTests : IAsyncLifetime
 {
     private TestApiServer _server = null!;
-    private TempDir _dir = null!;
-    private string _kubeconfig = null!;
+    private Kubectl _kubectl = null!;
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     private static readonly string Deploy = Path.Combine(RepoRoot(), "deploy", "kubernetes");
 
     public async ValueTask InitializeAsync()
     {
-        Requires.Command("kubectl", "apt-get install kubernetes-client, or scripts/setup");
+        Kubectl.Require();
         _server = await TestApiServer.StartAsync(Ct);
-        _dir = new TempDir("manifests");
-        _kubeconfig = _server.WriteKubeconfig(_dir.File("kubeconfig"));
-        Directory.CreateDirectory(_dir.File("home"));
+        _kubectl = new Kubectl(_server);
     }
 
     public async ValueTask DisposeAsync()
     {
+        _kubectl?.Dispose();
         if (_server is not null) await _server.DisposeAsync();
-        _dir?.Dispose();
     }
 
     [Fact]
@@ -360,38 +355,6 @@ public sealed class ManifestTests : IAsyncLifetime
         throw new InvalidOperationException($"no Merlin.slnx above {AppContext.BaseDirectory}");
     }
 
-    /// <summary>Runs kubectl against the test server (its own kubeconfig and cache, HOME in the temp dir, KUBECONFIG
-    /// unset, a bounded request timeout, killed if it hangs) and asserts it succeeded; returns stdout.</summary>
-    private async Task<string> KubectlAsync(params string[] args)
-    {
-        var psi = new ProcessStartInfo(Requires.FindOnPath("kubectl")!)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.ArgumentList.Add($"--kubeconfig={_kubeconfig}");
-        psi.ArgumentList.Add($"--cache-dir={_dir.File("cache")}");
-        psi.ArgumentList.Add("--request-timeout=10s");
-        psi.Environment.Remove("KUBECONFIG");
-        psi.Environment["HOME"] = _dir.File("home");
-        using var process = Process.Start(psi)!;
-        var stdout = process.StandardOutput.ReadToEndAsync(Ct);
-        var stderr = process.StandardError.ReadToEndAsync(Ct);
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(Ct);
-        timeout.CancelAfter(TimeSpan.FromSeconds(60));
-        try
-        {
-            await process.WaitForExitAsync(timeout.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"kubectl {string.Join(' ', args)} did not finish in 60 s");
-        }
-        var (output, errors) = (await stdout, await stderr);
-        Assert.True(process.ExitCode == 0, $"kubectl {string.Join(' ', args)} exited {process.ExitCode}\nstdout: {output}\nstderr: {errors}");
-        return output;
-    }
+    /// <summary>Runs the machine's kubectl against the test server (the library's runner) and asserts it succeeded; returns stdout.</summary>
+    private Task<string> KubectlAsync(params string[] args) => _kubectl.OkAsync(args);
 }
