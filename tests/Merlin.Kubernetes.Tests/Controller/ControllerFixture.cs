@@ -24,6 +24,7 @@ public sealed class ControllerCluster : IAsyncDisposable
     private readonly List<(CancellationTokenSource Stop, Task Run, ControllerHost Host)> _replicas = [];
     private WebApplication? _daemon;
     private GrpcChannel? _channel;
+    private Func<KubernetesClientConfiguration> _config = null!;
 
     public TestApiServer Api { get; private set; } = null!;
     public k8s.Kubernetes Kube { get; private set; } = null!;
@@ -36,32 +37,49 @@ public sealed class ControllerCluster : IAsyncDisposable
         var c = new ControllerCluster();
         c.Api = await TestApiServer.StartAsync(TestContext.Current.CancellationToken);
         c.Api.BookmarkInterval = TimeSpan.FromMilliseconds(300);
-        c.Kube = new k8s.Kubernetes(c.Api.ClientConfiguration());
+        c._config = c.Api.ClientConfiguration;
+        c.Kube = new k8s.Kubernetes(c._config());
         c.Api.Put(new V1Namespace { ApiVersion = "v1", Kind = "Namespace", Metadata = new V1ObjectMeta { Name = "default" } });
         c.Api.Put(new V1Namespace { ApiVersion = "v1", Kind = "Namespace", Metadata = new V1ObjectMeta { Name = "merlin-system" } });
         // The CRD as shipped in deploy/kubernetes, so the pools the tests make are the ones a cluster would take.
         c.Api.Put(KubernetesYaml.Deserialize<V1CustomResourceDefinition>(File.ReadAllText(Path.Combine(RepoRoot(), "deploy", "kubernetes", "crd-ippool.yaml"))));
+        await c.StartDaemonAsync();
+        return c;
+    }
+
+    /// <summary>The daemon and replicas against an API server already running (a real kube-apiserver, see
+    /// RealApiServer/KubeApiServerProcess.cs). There is no test server: <see cref="Api"/> is null, so the helpers that write
+    /// through it (Node, Pool, GetService, ServiceStatusAsync) are not for this cluster; use <see cref="Kube"/>.</summary>
+    public static async Task<ControllerCluster> StartAsync(KubernetesClientConfiguration config)
+    {
+        var c = new ControllerCluster { _config = () => config };
+        c.Kube = new k8s.Kubernetes(config);
+        await c.StartDaemonAsync();
+        return c;
+    }
+
+    private async Task StartDaemonAsync()
+    {
         for (var attempt = 1; ; attempt++)
         {
-            c.MerlinPort = FreePort();
-            c._daemon = DaemonHost.Build(new DaemonOptions
+            MerlinPort = FreePort();
+            _daemon = DaemonHost.Build(new DaemonOptions
             {
-                Port = c.MerlinPort, HealthPort = FreePort(), StorePath = c._dir.File("merlin.db"), StateDir = c._dir.Path, Dataplane = "none",
+                Port = MerlinPort, HealthPort = FreePort(), StorePath = _dir.File("merlin.db"), StateDir = _dir.Path, Dataplane = "none",
                 SyncPeriod = TimeSpan.FromSeconds(30),
             });
             try
             {
-                await c._daemon.StartAsync(TestContext.Current.CancellationToken);
+                await _daemon.StartAsync(TestContext.Current.CancellationToken);
                 break;
             }
             catch (IOException) when (attempt < 5)
             {
-                await c._daemon.DisposeAsync();
+                await _daemon.DisposeAsync();
             }
         }
-        c._channel = GrpcChannel.ForAddress($"http://127.0.0.1:{c.MerlinPort}");
-        c.Merlin = new MerlinClient(c._channel);
-        return c;
+        _channel = GrpcChannel.ForAddress($"http://127.0.0.1:{MerlinPort}");
+        Merlin = new MerlinClient(_channel);
     }
 
     public static ControllerOptions Options => new()
@@ -79,7 +97,7 @@ public sealed class ControllerCluster : IAsyncDisposable
         {
             Duration = TimeSpan.FromSeconds(3), RenewDeadline = TimeSpan.FromSeconds(2), RetryPeriod = TimeSpan.FromMilliseconds(300),
         };
-        var host = new ControllerHost(new k8s.Kubernetes(Api.ClientConfiguration()), Merlin, () => new CallOptions(deadline: DateTime.UtcNow.AddSeconds(10)),
+        var host = new ControllerHost(new k8s.Kubernetes(_config()), Merlin, () => new CallOptions(deadline: DateTime.UtcNow.AddSeconds(10)),
             (options ?? Options) with { Identity = identity }, lease, Logs);
         var stop = new CancellationTokenSource();
         _replicas.Add((stop, Task.Run(() => host.RunAsync(stop.Token)), host));
