@@ -72,7 +72,8 @@ public sealed class TestApiServer : IAsyncDisposable
 
     public KubernetesClientConfiguration ClientConfiguration() => new() { Host = Url.ToString() };
 
-    /// <summary>Writes a kubeconfig for kubectl (one cluster at <see cref="Url"/>, one context, a user with no credentials).</summary>
+    /// <summary>Writes a kubeconfig for kubectl and merlin-k8s (one cluster at <see cref="Url"/>, one context, a user with
+    /// a token the server ignores: the C# client refuses a kubeconfig user without credentials).</summary>
     public string WriteKubeconfig(string path)
     {
         File.WriteAllText(path, $$"""
@@ -91,7 +92,7 @@ public sealed class TestApiServer : IAsyncDisposable
             current-context: merlin-test
             users:
             - name: merlin-test
-              user: {}
+              user: {token: merlin-test}
             preferences: {}
 
             """);
