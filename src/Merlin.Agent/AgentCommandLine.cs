@@ -1,9 +1,9 @@
 using System.CommandLine;
-using System.Globalization;
 using System.Net;
 using Merlin.Client;
-using Durations = Merlin.Model.Durations;
 using Validation = Merlin.Model.Validation;
+using OptionValues = Merlin.Model.OptionValues;
+using OptionValueException = Merlin.Model.OptionValueException;
 using Merlin.Wire;
 
 namespace Merlin.Agent;
@@ -53,7 +53,7 @@ public sealed class AgentCommandLine
         {
             return BindOrThrow(r);
         }
-        catch (OptionError e)
+        catch (Exception e) when (e is OptionError or OptionValueException)
         {
             error = e.Message;
             return null;
@@ -135,21 +135,11 @@ public sealed class AgentCommandLine
     internal static (string Host, ushort Port) ParseHost(string text) =>
         HostPort.TryParse(text, DefaultPort, out var host, out var port, out var error) ? (host, port) : throw new OptionError($"--api: {error}");
 
-    private static TimeSpan Duration(ParseResult r, Option<string> option, TimeSpan fallback, TimeSpan min)
-    {
-        if (r.GetValue(option) is not { } text) return fallback;
-        if (!Durations.TryParse(text, out var value, out var error)) throw new OptionError($"{option.Name}: {error}");
-        if (value < min) throw new OptionError($"{option.Name}: {Durations.Format(value)} is less than {Durations.Format(min)}");
-        return value;
-    }
+    private static TimeSpan Duration(ParseResult r, Option<string> option, TimeSpan fallback, TimeSpan min) =>
+        OptionValues.Duration(r.GetValue(option), option.Name, fallback, min);
 
-    private static uint UInt(ParseResult r, Option<string> option, uint fallback, uint min, uint max)
-    {
-        if (r.GetValue(option) is not { } text) return fallback;
-        if (!uint.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value < min || value > max)
-            throw new OptionError($"{option.Name}: \"{text}\" is not a whole number from {min} to {max}");
-        return value;
-    }
+    private static uint UInt(ParseResult r, Option<string> option, uint fallback, uint min, uint max) =>
+        OptionValues.UInt(r.GetValue(option), option.Name, fallback, min, max);
 
     internal sealed class OptionError(string message) : Exception(message);
 }

@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Globalization;
 using System.Net;
 using Merlin.Client;
 using Merlin.Kubernetes.Controller;
@@ -51,7 +50,7 @@ public sealed class ControllerCommandLine
             error = null;
             return BindOrThrow(r);
         }
-        catch (OptionError e)
+        catch (Exception e) when (e is OptionError or OptionValueException)
         {
             error = e.Message;
             return null;
@@ -107,21 +106,11 @@ public sealed class ControllerCommandLine
         return new ControllerInvocation(kubeconfig, merlin, controller, lease, listen, logFormat);
     }
 
-    private static TimeSpan Duration(ParseResult r, Option<string> option, TimeSpan fallback, TimeSpan min)
-    {
-        if (r.GetValue(option) is not { } text) return fallback;
-        if (!Durations.TryParse(text, out var value, out var error)) throw new OptionError($"{option.Name}: {error}");
-        if (value < min) throw new OptionError($"{option.Name}: {Durations.Format(value)} is less than {Durations.Format(min)}");
-        return value;
-    }
+    private static TimeSpan Duration(ParseResult r, Option<string> option, TimeSpan fallback, TimeSpan min) =>
+        OptionValues.Duration(r.GetValue(option), option.Name, fallback, min);
 
-    private static uint UInt(ParseResult r, Option<string> option, uint fallback, uint min, uint max)
-    {
-        if (r.GetValue(option) is not { } text) return fallback;
-        if (!uint.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value < min || value > max)
-            throw new OptionError($"{option.Name}: \"{text}\" is not a whole number from {min} to {max}");
-        return value;
-    }
+    private static uint UInt(ParseResult r, Option<string> option, uint fallback, uint min, uint max) =>
+        OptionValues.UInt(r.GetValue(option), option.Name, fallback, min, max);
 
     private sealed class OptionError(string message) : Exception(message);
 }

@@ -220,7 +220,9 @@ public sealed class ServiceController
             if (e is MerlinWriteException && _services.Get(key) is { } svc)
             {
                 _events.Warning(svc, reason, e.Message);
-                await WriteStatusAsync(svc, null, false, reason, e.Message, ct).ConfigureAwait(false);
+                // Best effort: the condition tells the user; a conflict here must not hide the error being retried.
+                try { await WriteStatusAsync(svc, null, false, reason, e.Message, ct); }
+                catch (HttpOperationException) { }
             }
             throw;
         }
