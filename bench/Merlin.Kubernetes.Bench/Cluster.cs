@@ -233,6 +233,12 @@ public sealed class Cluster : IAsyncDisposable
         try { await r.Run.WaitAsync(TimeSpan.FromSeconds(30)); } catch (OperationCanceledException) { } catch (TimeoutException) { }
     }
 
+    /// <summary>Kills a child process this cluster started (by its handle, i.e. its PID).</summary>
+    public void StopChild(Process p)
+    {
+        if (_children.Remove(p)) Kill(p);
+    }
+
     /// <summary>Stops a replica and drops every reference this cluster holds to it (so its memory can be collected).</summary>
     public async Task ForgetReplicaAsync(Replica r)
     {

@@ -11,8 +11,8 @@ using Microsoft.Extensions.Logging;
 //
 // Usage: dotnet run -c Release --project bench/Merlin.Kubernetes.Bench -- [--quick] [--scenarios latency,sync,churn,failover]
 //        [--output table|json] [--workers 4] [--daemon process|inproc]
-//        [--services 200] [--rate 10] [--latency-nodes 10]
-//        [--sync-services 1000] [--sync-nodes 100] [--no-controller-process] [--controller-env KEY=VALUE ...]
+//        [--services 200] [--rate 10] [--latency-nodes 10] [--latency-background 0]
+//        [--sync-services 1000] [--sync-nodes 100] [--no-controller-process] [--controller-env KEY=VALUE[,KEY=VALUE] ...]
 //        [--churn-services 100] [--churn-nodes 10] [--churn-rate 1000] [--churn-seconds 10]
 //        [--failover-runs 3] [--failover-services 100] [--failover-nodes 10] [--lease-seconds 15]
 //        (not in the default set) --scenarios ceiling [--ceiling-calls 20000] [--ceiling-concurrency 16,64]: the daemon's own
@@ -112,11 +112,13 @@ public sealed record BenchArgs
     public int Services { get; init; } = 200;
     public double Rate { get; init; } = 10;
     public int LatencyNodes { get; init; } = 10;
+    public int LatencyBackground { get; init; }
     public int SyncServices { get; init; } = 1000;
     public int SyncNodes { get; init; } = 100;
     public bool ControllerProcess { get; init; } = true;
-    /// <summary>Environment of the merlin-k8s child process (--controller-env KEY=VALUE, repeatable), e.g. DOTNET_gcServer=0.</summary>
-    public IReadOnlyDictionary<string, string> ControllerEnv { get; init; } = new Dictionary<string, string>();
+    /// <summary>Environments the merlin-k8s child process is run with, one takeover each (--controller-env KEY=VALUE[,KEY=VALUE],
+    /// repeatable; "default" for none), e.g. DOTNET_gcServer=0. Without the flag: once, with the default environment.</summary>
+    public IReadOnlyList<IReadOnlyDictionary<string, string>> ControllerEnvs { get; init; } = [new Dictionary<string, string>()];
     public int ChurnServices { get; init; } = 100;
     public int ChurnNodes { get; init; } = 10;
     public int ChurnRate { get; init; } = 1000;
@@ -155,11 +157,14 @@ public sealed record BenchArgs
             Services = Int("--services", o.Services, 1, 4000),
             Rate = Dbl("--rate", o.Rate, 0, 1000),
             LatencyNodes = Int("--latency-nodes", o.LatencyNodes, 1, 1000),
+            LatencyBackground = Int("--latency-background", o.LatencyBackground, 0, 3000),
             SyncServices = Int("--sync-services", o.SyncServices, 1, 4000),
             SyncNodes = Int("--sync-nodes", o.SyncNodes, 1, 1000),
             ControllerProcess = !a.Contains("--no-controller-process"),
-            ControllerEnv = a.Select((x, i) => (x, i)).Where(p => p.x == "--controller-env" && p.i + 1 < a.Length).Select(p => a[p.i + 1].Split('=', 2))
-                .ToDictionary(kv => kv[0], kv => kv.Length > 1 ? kv[1] : ""),
+            ControllerEnvs = a.Select((x, i) => (x, i)).Where(p => p.x == "--controller-env" && p.i + 1 < a.Length)
+                .Select(p => (IReadOnlyDictionary<string, string>)a[p.i + 1].Split(',', StringSplitOptions.RemoveEmptyEntries).Where(kv => kv != "default")
+                    .Select(kv => kv.Split('=', 2)).ToDictionary(kv => kv[0], kv => kv.Length > 1 ? kv[1] : ""))
+                .ToList() is { Count: > 0 } envs ? envs : o.ControllerEnvs,
             ChurnServices = Int("--churn-services", o.ChurnServices, 1, 250),
             ChurnNodes = Int("--churn-nodes", o.ChurnNodes, 1, 250),
             ChurnRate = Int("--churn-rate", o.ChurnRate, 1, 20000),

@@ -27,10 +27,13 @@ public static class Scenarios
     {
         await using var c = await ClusterAsync(o, logs, ct);
         c.Nodes(o.LatencyNodes);
+        // --latency-background N: N Services already served (synced before the measured ones are created).
+        if (o.LatencyBackground > 0) await c.CreateServicesAsync(Enumerable.Range(0, o.LatencyBackground).Select(i => $"bg-{i}"), local: false, ct);
         await using var watch = new StatusWatch(c.Api.ClientConfiguration());
         await watch.Opened.WaitAsync(TimeSpan.FromSeconds(30), ct);
         var replica = c.StartReplica("a", o.Workers);
-        await WaitAsync(() => replica.Host.Controller.FirstSyncDone, TimeSpan.FromSeconds(60), "the first sync (no Services)", ct);
+        await WaitAsync(() => replica.Host.Controller.FirstSyncDone, TimeSpan.FromSeconds(600), "the first sync", ct, 20);
+        var reconciles0 = replica.Host.Controller.Queue.Handled;
         // One Service first, not measured: the first pass through each code path pays for JIT.
         for (var w = 0; w < 3; w++)
         {
@@ -69,15 +72,19 @@ public static class Scenarios
         foreach (var (label, list) in new[] { ("ingress", ingress), ("ready", ready) })
             foreach (var (q, p) in new[] { ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0) })
                 r.Values[$"{label}_{q}_ms"] = Math.Round(Quantile(list, p), 1);
-        r.Values["reconciles"] = replica.Host.Controller.Queue.Handled;
+        var reconciles = replica.Host.Controller.Queue.Handled - reconciles0;
+        r.Values["background_services"] = o.LatencyBackground;
+        r.Values["reconciles"] = reconciles;
         r.Values["reconcile_failures"] = replica.Host.Controller.Queue.Failed;
-        var shape = $"{o.Services} Services × {o.LatencyNodes} nodes, {(o.Rate > 0 ? $"{o.Rate:N0}/s" : $"back to back ({o.Services / createSeconds:N0}/s)")}";
+        r.Values["reconcile_errors"] = Errors(replica.Host);
+        var shape = $"{o.Services} Services × {o.LatencyNodes} nodes, {(o.Rate > 0 ? $"{o.Rate:N0}/s" : $"back to back ({o.Services / createSeconds:N0}/s)")}{(o.LatencyBackground > 0 ? $", {o.LatencyBackground:N0} Services already served" : "")}";
         var p99 = missing > 0 ? double.PositiveInfinity : Quantile(ingress, 0.99);
         r.Rows.Add(new($"created → status with ingress IP ({shape})",
             $"p50 {F(Quantile(ingress, 0.5))} ms, p90 {F(Quantile(ingress, 0.9))} ms, p99 {F(Quantile(ingress, 0.99))} ms, max {F(Quantile(ingress, 1))} ms{(missing > 0 ? $", {missing} never" : "")}",
             "p99 ≤ 1 s", p99 <= 1000));
         r.Rows.Add(new("created → Ready condition (Merlin programmed on every node)",
             $"p50 {F(Quantile(ready, 0.5))} ms, p90 {F(Quantile(ready, 0.9))} ms, p99 {F(Quantile(ready, 0.99))} ms, max {F(Quantile(ready, 1))} ms"));
+        r.Rows.Add(new("reconciles while creating (failed, by reason)", $"{reconciles:N0} for {o.Services} Services ({Errors(replica.Host)})"));
         Log(r.Name, $"ingress p50 {F(Quantile(ingress, 0.5))} p99 {F(Quantile(ingress, 0.99))} max {F(Quantile(ingress, 1))} ms; ready p99 {F(Quantile(ready, 0.99))} ms");
     }
 
@@ -113,47 +120,54 @@ public static class Scenarios
                 "≤ 200 MiB", Mib(heap1 - heap2) <= 200));
 
         if (!o.ControllerProcess) return;
-        // The real merlin-k8s process takes over (another lease name: the in-process replica is stopped first).
-        var (p, port) = c.StartControllerProcess("proc", "merlin-k8s-proc", o.Workers, o.ControllerEnv);
-        var pStart = Stopwatch.GetTimestamp();
-        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(10) };
-        double firstSync = 0, merlinWrites = 0;
-        var done = await UntilAsync(async () =>
+        for (var run = 0; run < o.ControllerEnvs.Count; run++)
         {
-            if (p.HasExited) throw new InvalidOperationException($"merlin-k8s exited with {p.ExitCode}");
-            try
+            // The real merlin-k8s process takes over (another lease name: the in-process replica is stopped first).
+            var env = o.ControllerEnvs[run];
+            var envText = env.Count == 0 ? "default environment" : string.Join(" ", env.Select(kv => $"{kv.Key}={kv.Value}"));
+            var x = o.ControllerEnvs.Count == 1 ? "" : $"_{run}";
+            var (p, port) = c.StartControllerProcess($"proc{run}", $"merlin-k8s-proc{run}", o.Workers, env);
+            var pStart = Stopwatch.GetTimestamp();
+            using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(10) };
+            double firstSync = 0, merlinWrites = 0;
+            var done = await UntilAsync(async () =>
             {
-                var text = await http.GetStringAsync("/metrics", ct);
-                firstSync = Metric(text, "merlin_k8s_first_sync_seconds");
-                merlinWrites = Metric(text, "merlin_k8s_merlin_writes_total");
-                return firstSync > 0;
+                if (p.HasExited) throw new InvalidOperationException($"merlin-k8s exited with {p.ExitCode}");
+                try
+                {
+                    var text = await http.GetStringAsync("/metrics", ct);
+                    firstSync = Metric(text, "merlin_k8s_first_sync_seconds");
+                    merlinWrites = Metric(text, "merlin_k8s_merlin_writes_total");
+                    return firstSync > 0;
+                }
+                catch (HttpRequestException) { return false; }
+            }, limit, ct, 100) ?? throw new TimeoutException("merlin-k8s (process): no first sync");
+            var untilSync = Ms(pStart, done);
+            var (pRss0, _) = Memory(p.Id);
+            var samples = new List<long>();
+            for (var i = 0; i < (o.Quick ? 2 : 10); i++)
+            {
+                await Task.Delay(1000, ct);
+                samples.Add(Memory(p.Id).Rss);
             }
-            catch (HttpRequestException) { return false; }
-        }, limit, ct, 100) ?? throw new TimeoutException("merlin-k8s (process): no first sync");
-        var untilSync = Ms(pStart, done);
-        var (pRss0, _) = Memory(p.Id);
-        var samples = new List<long>();
-        for (var i = 0; i < (o.Quick ? 2 : 10); i++)
-        {
-            await Task.Delay(1000, ct);
-            samples.Add(Memory(p.Id).Rss);
+            var (_, pPeak) = Memory(p.Id);
+            var pCpu = CpuSeconds(p.Id);
+            var steady = samples.Max();
+            r.Values[$"process_start_to_first_sync_ms{x}"] = Math.Round(untilSync);
+            r.Values[$"process_first_sync_metric_s{x}"] = firstSync;
+            r.Values[$"process_merlin_writes{x}"] = merlinWrites;
+            r.Values[$"process_rss_at_sync_mib{x}"] = Math.Round(Mib(pRss0), 1);
+            r.Values[$"process_rss_steady_max_mib{x}"] = Math.Round(Mib(steady), 1);
+            r.Values[$"process_rss_peak_mib{x}"] = Math.Round(Mib(pPeak), 1);
+            r.Values[$"process_cpu_s{x}"] = Math.Round(pCpu, 1);
+            r.Rows.Add(new($"merlin-k8s as its own process ({envText}), taking over (Merlin already programmed): start → first sync",
+                $"{F(untilSync / 1000, 1)} s (merlin_k8s_first_sync_seconds {F(firstSync, 2)}), {merlinWrites:N0} Merlin writes, {F(pCpu, 1)} s CPU"));
+            r.Values[$"process_env{x}"] = envText;
+            r.Rows.Add(new($"merlin-k8s process RSS ({envText}): steady (max of {samples.Count} samples, 1 s apart, after the sync) / peak",
+                $"{F(Mib(steady))} MiB / {F(Mib(pPeak))} MiB", "≤ 200 MiB", Mib(steady) <= 200));
+            Log(r.Name, $"merlin-k8s process ({envText}): first sync {F(untilSync / 1000, 1)} s after start, RSS {F(Mib(steady))} MiB (peak {F(Mib(pPeak))} MiB)");
+            c.StopChild(p);
         }
-        var (_, pPeak) = Memory(p.Id);
-        var pCpu = CpuSeconds(p.Id);
-        var steady = samples.Max();
-        r.Values["process_start_to_first_sync_ms"] = Math.Round(untilSync);
-        r.Values["process_first_sync_metric_s"] = firstSync;
-        r.Values["process_merlin_writes"] = merlinWrites;
-        r.Values["process_rss_at_sync_mib"] = Math.Round(Mib(pRss0), 1);
-        r.Values["process_rss_steady_max_mib"] = Math.Round(Mib(steady), 1);
-        r.Values["process_rss_peak_mib"] = Math.Round(Mib(pPeak), 1);
-        r.Values["process_cpu_s"] = Math.Round(pCpu, 1);
-        r.Rows.Add(new("merlin-k8s as its own process, taking over (Merlin already programmed): start → first sync",
-            $"{F(untilSync / 1000, 1)} s (merlin_k8s_first_sync_seconds {F(firstSync, 2)}), {merlinWrites:N0} Merlin writes, {F(pCpu, 1)} s CPU"));
-        r.Values["process_env"] = string.Join(" ", o.ControllerEnv.Select(kv => $"{kv.Key}={kv.Value}"));
-        r.Rows.Add(new($"merlin-k8s process RSS{(o.ControllerEnv.Count > 0 ? $" ({string.Join(" ", o.ControllerEnv.Select(kv => $"{kv.Key}={kv.Value}"))})" : "")}: steady (max of {samples.Count} samples, 1 s apart, after the sync) / peak",
-            $"{F(Mib(steady))} MiB / {F(Mib(pPeak))} MiB", "≤ 200 MiB", Mib(steady) <= 200));
-        Log(r.Name, $"merlin-k8s process: first sync {F(untilSync / 1000, 1)} s after start, RSS {F(Mib(steady))} MiB (peak {F(Mib(pPeak))} MiB)");
     }
 
     private static async Task<(long Heap, WeakReference Host)> InProcessSyncAsync(BenchArgs o, ScenarioResult r, Cluster c, StatusWatch watch, long heap0, TimeSpan limit, CancellationToken ct)
@@ -219,6 +233,7 @@ public static class Scenarios
         r.Values["kubernetes_writes"] = kubeWrites;
         r.Values["reconciles"] = controller.Queue.Handled;
         r.Values["reconcile_failures"] = controller.Queue.Failed;
+        r.Values["reconcile_errors"] = Errors(replica.Host);
         r.Values["reconcile_seconds_sum"] = Math.Round(reconcileSeconds, 1);
         r.Values["bench_process_cpu_s"] = Math.Round(ownCpu, 1);
         r.Values["daemon_process_cpu_s"] = Math.Round(daemonCpu, 1);
@@ -235,7 +250,7 @@ public static class Scenarios
             $"{(allReady is null ? $"only {watch.Ready.Count} Ready" : $"{F(Ms(replica.Started, lastReady) / 1000, 1)} s")} / {servers:N0} of {expectedServers:N0} servers"));
         r.Rows.Add(new("writes: Merlin / Kubernetes", $"{string.Join(", ", writes.OrderBy(k => k.Key).Select(kv => $"{kv.Key} {kv.Value:N0}"))} / {string.Join(", ", kubeWrites.OrderBy(k => k.Key).Select(kv => $"{kv.Key} {kv.Value:N0}"))}"));
         r.Rows.Add(new("CPU during the sync: bench process (controller + API server + watch) / merlin daemon",
-            $"{F(ownCpu, 1)} s / {(double.IsNaN(daemonCpu) ? "in this process" : $"{F(daemonCpu, 1)} s")} over {F(toSync / 1000, 1)} s on {Environment.ProcessorCount} cores; reconciles {controller.Queue.Handled:N0} ({controller.Queue.Failed} failed), Σ reconcile time {F(reconcileSeconds, 0)} s"));
+            $"{F(ownCpu, 1)} s / {(double.IsNaN(daemonCpu) ? "in this process" : $"{F(daemonCpu, 1)} s")} over {F(toSync / 1000, 1)} s on {Environment.ProcessorCount} cores; reconciles {controller.Queue.Handled:N0} (failed: {Errors(replica.Host)}), Σ reconcile time {F(reconcileSeconds, 0)} s"));
         r.Rows.Add(new("GC heap of the bench process: after the sync − before the replica started (the controller, and the API server's growth from its writes)",
             $"{F(Mib(heap1 - heap0), 1)} MiB ({F(Mib(heap0), 1)} → {F(Mib(heap1), 1)} MiB)", "≤ 200 MiB (an upper bound for the controller)", Mib(heap1 - heap0) <= 200));
         r.Rows.Add(new("RSS of the bench process: before → after (peak)", $"{F(Mib(rss0))} → {F(Mib(rss1))} MiB ({F(Mib(peak1))} MiB)"));
@@ -250,6 +265,14 @@ public static class Scenarios
         var list = await c.ListMerlinAsync(ct);
         var ours = list.Items.Where(i => i.Service.Id.StartsWith(Annotations.IdPrefix, StringComparison.Ordinal)).ToList();
         return (ours.Sum(i => (long)i.Servers.Count), ours.Count);
+    }
+
+    /// <summary>The controller's failed reconciles by reason (its merlin_k8s_reconcile_errors_total).</summary>
+    public static string Errors(ControllerHost host)
+    {
+        var parts = new[] { "Conflict", "KubernetesApi", "MerlinRefused", "MerlinUnreachable", "Internal" }
+            .Select(reason => (reason, n: host.Metrics.ReconcileErrors.WithLabels(reason).Value)).Where(x => x.n > 0).Select(x => $"{x.reason} {x.n:N0}");
+        return string.Join(", ", parts) is { Length: > 0 } text ? text : "none";
     }
 
     private static long SettledHeap()
@@ -341,10 +364,11 @@ public static class Scenarios
         r.Values["merlin_writes"] = writes;
         r.Values["queue_depth_max"] = maxDepth;
         r.Values["reconcile_failures"] = controller.Queue.Failed;
+        r.Values["reconcile_errors"] = Errors(replica.Host);
         r.Rows.Add(new($"EndpointSlice updates ({o.ChurnServices} ETP Local Services × {o.ChurnNodes} nodes)", $"{sent:N0} in {F(writeSeconds, 1)} s = {F(sent / writeSeconds)}/s (asked {o.ChurnRate:N0}/s)"));
         r.Rows.Add(new("last update → Merlin weights final everywhere", converged is null ? "not within 30 s" : $"{F(lag)} ms", "≤ 1 s", lag <= 1000));
         r.Rows.Add(new("reconciles / Merlin writes per update (coalescing)",
-            $"{reconciles:N0} reconciles ({F((double)reconciles / sent, 2)} per update), {writes:N0} Merlin writes; queue depth max {maxDepth}"));
+            $"{reconciles:N0} reconciles ({F((double)reconciles / sent, 2)} per update), {writes:N0} Merlin writes; queue depth max {maxDepth}; failed: {Errors(replica.Host)}"));
         Log(r.Name, $"{sent} updates at {F(sent / writeSeconds)}/s; final in Merlin {F(lag)} ms after the last; {reconciles} reconciles, {writes} writes");
     }
 
