@@ -22,6 +22,8 @@ public class ServiceControllerTests
         return c;
     }
 
+    private static List<RealServer> Serving(ListResponse.Types.Item item) => item.Servers.Where(s => s.DrainDeadline is null).ToList();
+
     private static string Servers(ListResponse.Types.Item item) =>
         string.Join(" ", item.Servers.OrderBy(s => s.Key.Ip).Select(s => $"{s.Key.Ip}:{s.Key.Port}={s.Config.Weight}{(s.DrainDeadline is null ? "" : "(draining)")}"));
 
@@ -95,6 +97,16 @@ public class ServiceControllerTests
         var moved = await c.ServiceStatusAsync("web", s => Ingress(s) == "198.18.100.15", "the requested address");
         var item = await EventuallyAsync(() => c.MerlinServiceAsync(WebId), i => i.Service.Key.Ip == "198.18.100.15" && i.Service.Config.Scheduler == "sh" && i.Servers.Count == 3, "the VIP moved and the scheduler changed");
 
+        // NAT: masquerade to each node's node port, and the status says packets arrive proxied. The servers on the
+        // service port are drained (their connections came by direct return), not cut.
+        await c.Kube.CoreV1.PatchNamespacedServiceAsync(new V1Patch("{\"metadata\":{\"annotations\":{\"merlin.io/forwarding\":\"nat\"}}}", V1Patch.PatchType.MergePatch), "web", "default", cancellationToken: TestContext.Current.CancellationToken);
+        var nodePort = (uint)c.GetService("web")!.Spec.Ports[0].NodePort!.Value;
+        var nat = await EventuallyAsync(() => c.MerlinServiceAsync(WebId), i => Serving(i).Count == 3 && Serving(i).All(s => s.Config.Forward == ForwardMethod.Masq && s.Key.Port == nodePort)
+            && i.Servers.Count(s => s.DrainDeadline is not null && s.Key.Port == 80) == 3, "masq to the node port, the direct-return servers draining");
+        await c.ServiceStatusAsync("web", s => s.Status.LoadBalancer.Ingress[0].IpMode == "Proxy", "ipMode Proxy");
+        await c.Kube.CoreV1.PatchNamespacedServiceAsync(new V1Patch("{\"metadata\":{\"annotations\":{\"merlin.io/forwarding\":null}}}", V1Patch.PatchType.MergePatch), "web", "default", cancellationToken: TestContext.Current.CancellationToken);
+        item = await EventuallyAsync(() => c.MerlinServiceAsync(WebId), i => Serving(i).Count == 3 && Serving(i).All(s => s.Config.Forward == ForwardMethod.Route && s.Key.Port == 80), "back to direct return on port 80");
+
         // An invalid annotation and an address outside every pool: an event and a condition name them; nothing else changes.
         await c.Kube.CoreV1.PatchNamespacedServiceAsync(new V1Patch("{\"metadata\":{\"annotations\":{\"merlin.io/forwarding\":\"carrier-pigeon\"}}}", V1Patch.PatchType.MergePatch), "web", "default", cancellationToken: TestContext.Current.CancellationToken);
         var bad = await c.ServiceStatusAsync("web", s => s.Status.Conditions?.Any(x => x.Reason == "InvalidRequest") == true, "an InvalidRequest condition");
@@ -107,10 +119,14 @@ public class ServiceControllerTests
         Assert.Contains(events, e => e.Reason == "AddressNotInPool" && e.Message.Contains("198.18.200.1 is in no IPPool"));
         Assert.Equal(Servers(item), Servers((await c.MerlinServiceAsync(WebId))!));
 
+        // Ports changed: the removed port's Merlin service goes, the new one comes.
+        await c.Kube.CoreV1.PatchNamespacedServiceAsync(new V1Patch("{\"metadata\":{\"annotations\":{\"merlin.io/load-balancer-ips\":\"198.18.100.15\"}},\"spec\":{\"ports\":[{\"name\":\"https\",\"port\":443,\"protocol\":\"TCP\",\"targetPort\":8443}]}}", V1Patch.PatchType.MergePatch), "web", "default", cancellationToken: TestContext.Current.CancellationToken);
+        await EventuallyAsync(async () => (object?)((await c.ListMerlinAsync()).Items.Select(i => i.Service.Id).SequenceEqual(["k8s-default.web.tcp-443"]) ? "yes" : null), _ => true, "only the 443 service in Merlin");
+
         // Type changed to ClusterIP: its Merlin services go and the address is released.
         await c.Kube.CoreV1.PatchNamespacedServiceAsync(new V1Patch("{\"spec\":{\"type\":\"ClusterIP\",\"loadBalancerClass\":null,\"externalTrafficPolicy\":null}}", V1Patch.PatchType.MergePatch), "web", "default", cancellationToken: TestContext.Current.CancellationToken);
         var plain = await c.ServiceStatusAsync("web", s => Ingress(s) is null && s.Metadata.Finalizers?.Contains(Annotations.Finalizer) != true, "the address released and the finalizer removed");
-        Assert.Null(await c.MerlinServiceAsync(WebId));
+        Assert.Empty((await c.ListMerlinAsync()).Items);
         Assert.Equal("ClusterIP", plain.Spec.Type);
     }
 
@@ -162,6 +178,7 @@ public class ServiceControllerTests
         c.Service("s5");
         var fresh = Ingress(await c.ServiceStatusAsync("s5", s => Ingress(s) is not null, "s5's address"));
         Assert.DoesNotContain(fresh, before.Values);
-        Assert.Equal(6, (await c.ListMerlinAsync()).Items.Count(i => i.Service.Id.StartsWith("k8s-", StringComparison.Ordinal)));
+        // The status is written before Merlin is: wait for s5's Merlin service too.
+        await EventuallyAsync(async () => (object?)((await c.ListMerlinAsync()).Items.Count(i => i.Service.Id.StartsWith("k8s-", StringComparison.Ordinal)) == 6 ? "yes" : null), _ => true, "six Merlin services");
     }
 }

@@ -143,4 +143,22 @@ public class DesiredServicesTests
         svc.Spec.LoadBalancerClass = cls;
         Assert.Equal(expected, ServiceIntent.Qualifies(svc, defaultClass));
     }
+
+    [Fact]
+    public void Parse_DeprecatedLoadBalancerIP_IsARequest_TheAnnotationWins()
+    {
+        var svc = Service();
+        svc.Spec.LoadBalancerIP = "198.18.100.7";
+        Assert.Equal("198.18.100.7", Intent(svc).RequestedAddresses.Single().ToString());
+        svc.Metadata.Annotations = new Dictionary<string, string> { [Annotations.Ips] = "198.18.100.8, 2001:db8::8" };
+        Assert.Equal(["198.18.100.8", "2001:db8::8"], Intent(svc).RequestedAddresses.Select(a => a.ToString()));
+    }
+
+    [Fact]
+    public void Parse_NatWithoutNodePorts_IsRefused()
+    {
+        var svc = Service(annotations: new() { [Annotations.Forwarding] = "nat" }, ports: [new V1ServicePort { Port = 80, Protocol = "TCP" }]);
+        Assert.Null(ServiceIntent.Parse(svc, out var error));
+        Assert.Contains("has none (spec.allocateLoadBalancerNodePorts is false?)", error!.Reason);
+    }
 }
