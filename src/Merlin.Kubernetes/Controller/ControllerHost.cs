@@ -9,12 +9,13 @@ using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
 
 namespace Merlin.Kubernetes.Controller;
 
-/// <summary>The leader lease (<c>coordination.k8s.io/v1</c>): which replica writes. 15 s is the longest a dead
-/// leader's replica waits before taking over.</summary>
+/// <summary>The leader lease (<c>coordination.k8s.io/v1</c>): which replica writes. A crashed leader's lease runs
+/// out after <see cref="Duration"/> and a standby takes it at its next try (every <see cref="RetryPeriod"/>), so a crash
+/// costs at most 14 s; a leader that is stopped gives the lease up and a standby takes over within seconds.</summary>
 public sealed record LeaseOptions(string Namespace, string Name, string Identity)
 {
-    public TimeSpan Duration { get; init; } = TimeSpan.FromSeconds(15);
-    public TimeSpan RenewDeadline { get; init; } = TimeSpan.FromSeconds(10);
+    public TimeSpan Duration { get; init; } = TimeSpan.FromSeconds(12);
+    public TimeSpan RenewDeadline { get; init; } = TimeSpan.FromSeconds(8);
     public TimeSpan RetryPeriod { get; init; } = TimeSpan.FromSeconds(2);
 }
 
@@ -55,7 +56,8 @@ public sealed class ControllerHost
     {
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var caches = Task.WhenAll(Services.RunAsync(stop.Token), Nodes.RunAsync(stop.Token), Slices.RunAsync(stop.Token), Pools.RunAsync(stop.Token));
-        var config = new LeaderElectionConfig(new LeaseLock(_k, _lease.Namespace, _lease.Name, _lease.Identity))
+        var leaseLock = new LeaseLock(_k, _lease.Namespace, _lease.Name, _lease.Identity);
+        var config = new LeaderElectionConfig(leaseLock)
         {
             LeaseDuration = _lease.Duration,
             RenewDeadline = _lease.RenewDeadline,
@@ -81,12 +83,40 @@ public sealed class ControllerHost
         catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
         finally
         {
+            var wasLeading = Leading;
             Leading = false;
             Metrics.Leader.Set(0);
             leading.Cancel();
             stop.Cancel();
             try { await controller; } catch (OperationCanceledException) { }
             try { await caches; } catch (OperationCanceledException) { }
+            if (wasLeading && ct.IsCancellationRequested) await ReleaseAsync(leaseLock);
+        }
+    }
+
+    // Stopped while leading (SIGTERM, a rolling update): the lease is handed back — it runs out in a second instead of
+    // its full duration — so a standby takes over at its next try. Only after the controller has stopped writing.
+    private async Task ReleaseAsync(LeaseLock leaseLock)
+    {
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(3));
+            var record = await leaseLock.GetAsync(timeout.Token);
+            if (record.HolderIdentity != _lease.Identity) return;
+            var now = DateTime.UtcNow;
+            await leaseLock.UpdateAsync(new LeaderElectionRecord
+            {
+                HolderIdentity = "",
+                LeaseDurationSeconds = 1,
+                AcquireTime = now,
+                RenewTime = now,
+                LeaderTransitions = record.LeaderTransitions,
+            }, timeout.Token);
+            _log.LogInformation("{Identity} handed the lease back", _lease.Identity);
+        }
+        catch (Exception e)
+        {
+            _log.LogWarning("The lease was not handed back ({Error}); a standby takes over when it runs out", e.Message);
         }
     }
 }

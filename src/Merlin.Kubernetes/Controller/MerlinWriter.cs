@@ -20,6 +20,10 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
 
     private readonly ConcurrentDictionary<string, Held> _held = new(StringComparer.Ordinal);
     private readonly SemaphoreSlim _reading = new(1, 1);
+    // Calls in flight to Merlin across all workers: each is one store transaction, and the daemon's throughput grows
+    // with concurrency up to about this many (docs/performance.md, "Kubernetes controller").
+    private readonly SemaphoreSlim _inFlight = new(MaxInFlight, MaxInFlight);
+    public const int MaxInFlight = 64;
     private volatile bool _stale = true;
 
     /// <summary>Writes made since start, by RPC name (for metrics and tests).</summary>
@@ -76,7 +80,7 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
         foreach (var (id, held) in _held.Where(h => h.Key.StartsWith(prefix, StringComparison.Ordinal)).ToList())
         {
             if (wanted.TryGetValue(id, out var d) && d.Service.Key == held.Service.Key) continue;
-            await CallAsync("DeleteService", api.DeleteServiceAsync(new StringValue { Value = id }, Options(ct)).ResponseAsync);
+            await CallAsync("DeleteService", () => api.DeleteServiceAsync(new StringValue { Value = id }, Options(ct)).ResponseAsync);
             _held.TryRemove(id, out _);
             writes++;
         }
@@ -84,13 +88,13 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
         {
             if (!_held.TryGetValue(d.Service.Id, out var held))
             {
-                await CallAsync("CreateService", api.CreateServiceAsync(WireMapper.ToWire(d.Service), Options(ct)).ResponseAsync);
+                await CallAsync("CreateService", () => api.CreateServiceAsync(WireMapper.ToWire(d.Service), Options(ct)).ResponseAsync);
                 _held[d.Service.Id] = held = new Held(d.Service, new());
                 writes++;
             }
             else if (held.Service.Config != d.Service.Config)
             {
-                await CallAsync("UpdateService", api.UpdateServiceAsync(WireMapper.ToWire(d.Service), Options(ct)).ResponseAsync);
+                await CallAsync("UpdateService", () => api.UpdateServiceAsync(WireMapper.ToWire(d.Service), Options(ct)).ResponseAsync);
                 _held[d.Service.Id] = held = held with { Service = d.Service };
                 writes++;
             }
@@ -112,7 +116,7 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
             {
                 work.Add(async c =>
                 {
-                    await CallAsync("CreateServer", api.CreateServerAsync(WireMapper.ToWire(server), Options(c)).ResponseAsync);
+                    await CallAsync("CreateServer", () => api.CreateServerAsync(WireMapper.ToWire(server), Options(c)).ResponseAsync);
                     held.Servers[server.Key] = server;
                 });
                 continue;
@@ -122,8 +126,8 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
             if (!undrain && !update) continue;
             work.Add(async c =>
             {
-                if (undrain) await CallAsync("UndrainServer", api.UndrainServerAsync(Name(server), Options(c)).ResponseAsync);
-                if (update) await CallAsync("UpdateServer", api.UpdateServerAsync(UpdateOf(server), Options(c)).ResponseAsync);
+                if (undrain) await CallAsync("UndrainServer", () => api.UndrainServerAsync(Name(server), Options(c)).ResponseAsync);
+                if (update) await CallAsync("UpdateServer", () => api.UpdateServerAsync(UpdateOf(server), Options(c)).ResponseAsync);
                 held.Servers[server.Key] = server;
             });
         }
@@ -134,16 +138,16 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
             {
                 if (drainPeriod <= TimeSpan.Zero)
                 {
-                    await CallAsync("DeleteServer", api.DeleteServerAsync(Name(have), Options(c)).ResponseAsync);
+                    await CallAsync("DeleteServer", () => api.DeleteServerAsync(Name(have), Options(c)).ResponseAsync);
                     held.Servers.TryRemove(key, out _);
                     return;
                 }
-                await CallAsync("DrainServer", api.DrainServerAsync(new Wire.DrainRequest { Server = Name(have), Period = Duration.FromTimeSpan(drainPeriod) }, Options(c)).ResponseAsync);
+                await CallAsync("DrainServer", () => api.DrainServerAsync(new Wire.DrainRequest { Server = Name(have), Period = Duration.FromTimeSpan(drainPeriod) }, Options(c)).ResponseAsync);
                 held.Servers[key] = have with { DrainDeadline = DateTimeOffset.UtcNow + drainPeriod };
             });
         }
         // A Service over many nodes is many calls: run a few at once (each is one store transaction in Merlin).
-        await Parallel.ForEachAsync(work, new ParallelOptions { MaxDegreeOfParallelism = 16, CancellationToken = ct }, async (w, c) => await w(c));
+        await Parallel.ForEachAsync(work, new ParallelOptions { MaxDegreeOfParallelism = MaxInFlight, CancellationToken = ct }, async (w, c) => await w(c));
         return work.Count;
     }
 
@@ -160,11 +164,12 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
 
     private CallOptions Options(CancellationToken ct) => callOptions().WithCancellationToken(ct);
 
-    private async Task CallAsync(string rpc, Task call)
+    private async Task CallAsync(string rpc, Func<Task> call)
     {
+        await _inFlight.WaitAsync();
         try
         {
-            await call;
+            await call();
             Writes.AddOrUpdate(rpc, 1, (_, n) => n + 1);
         }
         catch (RpcException e) when (e.StatusCode is StatusCode.NotFound or StatusCode.AlreadyExists or StatusCode.FailedPrecondition or StatusCode.Aborted)
@@ -176,6 +181,10 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
         catch (RpcException e)
         {
             throw new MerlinWriteException(rpc, e);
+        }
+        finally
+        {
+            _inFlight.Release();
         }
     }
 }

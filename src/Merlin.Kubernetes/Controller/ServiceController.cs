@@ -48,7 +48,7 @@ public sealed class ServiceController
         services.Changed += OnService;
         nodes.Changed += OnNode;
         slices.Changed += OnSlice;
-        pools.Changed += (_, _) => { _pools = null; EnqueueAll(); PoolStatusDue(); };
+        pools.Changed += OnPool;
     }
 
     /// <summary>True once every Service known at leadership was reconciled; only then are Merlin services no Service owns deleted.</summary>
@@ -155,6 +155,15 @@ public sealed class ServiceController
         if (_leading) _queue.Add(key);
     }
 
+    // Only a pool's spec changes what Services get: its status (which this controller writes) does not re-queue them.
+    private void OnPool(V1IPPool? old, V1IPPool? now)
+    {
+        if (old is not null && now is not null && KubernetesJson.Serialize(old.Spec) == KubernetesJson.Serialize(now.Spec)) return;
+        _pools = null;
+        EnqueueAll();
+        PoolStatusDue();
+    }
+
     private void OnNode(V1Node? old, V1Node? now)
     {
         if (old is not null && now is not null && NodeView.From(old) == NodeView.From(now)) return; // a heartbeat
@@ -236,7 +245,7 @@ public sealed class ServiceController
     {
         var slash = key.IndexOf('/');
         var prefix = DesiredServices.Prefix(key[..slash], key[(slash + 1)..]);
-        var svc = _services.Get(key);
+        var svc = Newest(key);
         if (svc is null)
         {
             // Gone without our finalizer (removed by hand, or never ours): its Merlin services go.
@@ -330,8 +339,8 @@ public sealed class ServiceController
         if (HasFinalizer(svc))
         {
             var finalizers = svc.Metadata.Finalizers!.Where(f => f != Annotations.Finalizer).ToList();
-            await _k.CoreV1.PatchNamespacedServiceAsync(MergePatch(new { metadata = new { finalizers, resourceVersion = svc.Metadata.ResourceVersion } }),
-                svc.Metadata.Name, svc.Metadata.NamespaceProperty, cancellationToken: ct);
+            Remember(svc, await _k.CoreV1.PatchNamespacedServiceAsync(MergePatch(new { metadata = new { finalizers, resourceVersion = svc.Metadata.ResourceVersion } }),
+                svc.Metadata.Name, svc.Metadata.NamespaceProperty, cancellationToken: ct));
         }
         if (svc.Metadata.DeletionTimestamp is not null && svc.Metadata.Uid is { } uid) _events.Forget(uid);
     }
@@ -339,8 +348,27 @@ public sealed class ServiceController
     private async Task<V1Service> AddFinalizerAsync(V1Service svc, CancellationToken ct)
     {
         var finalizers = (svc.Metadata.Finalizers ?? []).Append(Annotations.Finalizer).ToList();
-        return await _k.CoreV1.PatchNamespacedServiceAsync(MergePatch(new { metadata = new { finalizers, resourceVersion = svc.Metadata.ResourceVersion } }),
-            svc.Metadata.Name, svc.Metadata.NamespaceProperty, cancellationToken: ct);
+        return Remember(svc, await _k.CoreV1.PatchNamespacedServiceAsync(MergePatch(new { metadata = new { finalizers, resourceVersion = svc.Metadata.ResourceVersion } }),
+            svc.Metadata.Name, svc.Metadata.NamespaceProperty, cancellationToken: ct));
+    }
+
+    // The object our last write returned, kept until the cache has moved past the version that write was based on:
+    // the next pass then starts from what we wrote, not from a cached copy a write behind (a sure 409 Conflict).
+    private readonly ConcurrentDictionary<string, (string? Before, V1Service After)> _written = new(StringComparer.Ordinal);
+
+    private V1Service Remember(V1Service before, V1Service after)
+    {
+        _written[ResourceCache<V1Service>.KeyOf(after)] = (before.Metadata.ResourceVersion, after);
+        return after;
+    }
+
+    private V1Service? Newest(string key)
+    {
+        var cached = _services.Get(key);
+        if (!_written.TryGetValue(key, out var w)) return cached;
+        if (cached is not null && cached.Metadata.ResourceVersion == w.Before && cached.Metadata.Uid == w.After.Metadata.Uid) return w.After;
+        _written.TryRemove(key, out _);
+        return cached;
     }
 
     // Writes status.loadBalancer.ingress (when addresses is not null) and our condition, only if either differs from
@@ -382,8 +410,8 @@ public sealed class ServiceController
         (svc.Status?.Conditions ?? []).Where(c => c.Type != Annotations.ConditionType).ToList();
 
     private async Task<V1Service?> PatchStatusAsync(V1Service svc, object status, CancellationToken ct) =>
-        await _k.CoreV1.PatchNamespacedServiceStatusAsync(MergePatch(new { metadata = new { resourceVersion = svc.Metadata.ResourceVersion }, status }),
-            svc.Metadata.Name, svc.Metadata.NamespaceProperty, cancellationToken: ct);
+        Remember(svc, await _k.CoreV1.PatchNamespacedServiceStatusAsync(MergePatch(new { metadata = new { resourceVersion = svc.Metadata.ResourceVersion }, status }),
+            svc.Metadata.Name, svc.Metadata.NamespaceProperty, cancellationToken: ct));
 
     private static V1Patch MergePatch(object body) => new(KubernetesJson.Serialize(body), V1Patch.PatchType.MergePatch);
 

@@ -104,7 +104,7 @@ public sealed class ControllerCluster : IAsyncDisposable
         return host;
     }
 
-    /// <summary>Stops a replica as a crash would: it keeps the lease until the lease runs out.</summary>
+    /// <summary>Stops a replica as SIGTERM does: the controller stops, then the lease is handed back.</summary>
     public async Task StopReplicaAsync(ControllerHost host)
     {
         var r = _replicas.Single(x => x.Host == host);

@@ -151,7 +151,7 @@ public class ServiceControllerTests
     }
 
     [Fact]
-    public async Task LeaderKilled_OtherReplicaTakesOver_NothingReallocated_OrphansSwept()
+    public async Task LeaderStopped_HandsTheLeaseBack_OtherReplicaTakesOver_NothingReallocated_OrphansSwept()
     {
         await using var c = await ClusterWithNodesAsync();
         // A Merlin service under our prefix that no Service owns (left while the controller was down).
@@ -172,6 +172,10 @@ public class ServiceControllerTests
         Assert.False(b.Leading);
 
         await c.StopReplicaAsync(a);
+        // a handed the lease back on its way out (it runs out in a second), unless b has taken it already.
+        var lease = await c.Kube.CoordinationV1.ReadNamespacedLeaseAsync("merlin-k8s", "merlin-system", cancellationToken: TestContext.Current.CancellationToken);
+        Assert.True(lease.Spec.HolderIdentity == "b" || (string.IsNullOrEmpty(lease.Spec.HolderIdentity) && lease.Spec.LeaseDurationSeconds == 1),
+            $"lease after a stopped: holder \"{lease.Spec.HolderIdentity}\", {lease.Spec.LeaseDurationSeconds} s");
         await EventuallyAsync(() => Task.FromResult<object?>(b.Leading ? "yes" : null), _ => true, "replica b to take over");
         await EventuallyAsync(() => Task.FromResult<object?>(b.Controller.FirstSyncDone ? "yes" : null), _ => true, "b's first full sync");
         for (var i = 0; i < 5; i++) Assert.Equal(before[$"s{i}"], Ingress(c.GetService($"s{i}")!));

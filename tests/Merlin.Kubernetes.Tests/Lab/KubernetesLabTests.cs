@@ -139,7 +139,7 @@ public sealed class KubernetesLabTests
                 Assert.True(held.Survived == 8, "held connections on the drained node: " + ReportJson.Write(held));
             }
 
-            // 3. The leader is killed; b takes over and reallocates nothing.
+            // 3. The leader stops (as on SIGTERM: it hands the lease back); b takes over and reallocates nothing.
             stopA.Cancel();
             await runA;
             await Eventually(() => b.Leading && b.Controller.FirstSyncDone, "replica b to lead and sync");
