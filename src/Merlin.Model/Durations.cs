@@ -68,7 +68,7 @@ public static class Durations
         if (value.Ticks % TimeSpan.TicksPerSecond != 0)
         {
             return value < TimeSpan.FromSeconds(1)
-                ? (value.Ticks / (decimal)TimeSpan.TicksPerMillisecond).ToString("0.###", CultureInfo.InvariantCulture) + "ms"
+                ? (value.Ticks / (decimal)TimeSpan.TicksPerMillisecond).ToString("0.#######", CultureInfo.InvariantCulture) + "ms" // to the tick: 100ns is 0.0001ms, not 0ms
                 : ((decimal)value.Ticks / TimeSpan.TicksPerSecond).ToString("0.###", CultureInfo.InvariantCulture) + "s";
         }
         var sb = new StringBuilder();

@@ -97,10 +97,22 @@ public static class Validation
         return null;
     }
 
+    /// <summary>The shortest health-check period: a shorter one probes a server many times a second for no better verdict.</summary>
+    public static readonly TimeSpan MinHealthPeriod = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>The longest health-check period: a check an hour apart no longer tells whether a server is up.</summary>
+    public static readonly TimeSpan MaxHealthPeriod = TimeSpan.FromHours(1);
+
+    /// <summary>The shortest health-check timeout: no connect and answer completes sooner, so every check would fail.</summary>
+    public static readonly TimeSpan MinHealthTimeout = TimeSpan.FromMilliseconds(1);
+
     public static ValidationError? HealthTiming(TimeSpan period, TimeSpan timeout, uint up, uint down, string field)
     {
         if (period <= TimeSpan.Zero) return new($"{field}.period", "required and must be positive when an endpoint is set");
+        if (period < MinHealthPeriod) return new($"{field}.period", $"{Durations.Format(period)} is shorter than the shortest period ({Durations.Format(MinHealthPeriod)})");
+        if (period > MaxHealthPeriod) return new($"{field}.period", $"{Durations.Format(period)} is longer than the longest period ({Durations.Format(MaxHealthPeriod)})");
         if (timeout <= TimeSpan.Zero) return new($"{field}.timeout", "required and must be positive when an endpoint is set");
+        if (timeout < MinHealthTimeout) return new($"{field}.timeout", $"{Durations.Format(timeout)} is shorter than the shortest timeout ({Durations.Format(MinHealthTimeout)})");
         if (timeout > period) return new($"{field}.timeout", $"{timeout.TotalSeconds:0.###}s is longer than the period {period.TotalSeconds:0.###}s");
         if (up == 0) return new($"{field}.up_threshold", "required and must be > 0 when an endpoint is set");
         if (down == 0) return new($"{field}.down_threshold", "required and must be > 0 when an endpoint is set");
