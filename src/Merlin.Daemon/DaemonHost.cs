@@ -188,7 +188,16 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
 
     public async Task<StatusResponse> DrainNodeAsync(bool drained, CancellationToken ct)
     {
-        drain.Set(drained);
+        try
+        {
+            drain.Set(drained);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // The state directory was checked at start; it has been replaced or made unwritable since.
+            throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.FailedPrecondition,
+                $"cannot record the node's drain in --state-dir {options.StateDir}: {e.Message}"));
+        }
         feed.Feed(); // the announcer is told the new set at once, not at the next pass
         using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
         wait.CancelAfter(DrainSettle);
@@ -259,7 +268,6 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
             response.Vips.Add(new StatusResponse.Types.Vip { Address = vip.Address.ToString(), Announced = vip.Announced, Management = vip.Management });
         response.NodeDrained = drain.Drained;
         if (feed.Withheld is { } why) response.Warnings.Add($"no VIP is announced: {why}");
-        _ = options;
         return response;
     }
 

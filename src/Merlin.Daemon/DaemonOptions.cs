@@ -206,7 +206,7 @@ public sealed record DaemonOptions
             HashSeed = config["hash-seed"] is { } seed ? Seed(seed) : null,
             IpvsOwnAll = Bool(config, "ipvs-own-all", d.IpvsOwnAll),
             ManageSysctls = Bool(config, "manage-sysctls", d.ManageSysctls),
-            StateDir = config["state-dir"] ?? d.StateDir,
+            StateDir = StateDirectory(config["state-dir"] ?? d.StateDir),
             NetworkNamespace = config["netns"] is { Length: > 0 } ns
                 ? (File.Exists(Path.Combine("/run/netns", ns)) ? ns : throw new OptionsException($"--netns: no network namespace \"{ns}\" (/run/netns/{ns} does not exist)"))
                 : null,
@@ -339,6 +339,23 @@ public sealed record DaemonOptions
     /// <summary>A repeatable flag's values (repeats are joined with commas), trimmed, empty ones dropped.</summary>
     private static string[] Values(IConfiguration c, string key) =>
         (c[key] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+
+    /// <summary>
+    /// --state-dir is a directory, or can be made one (its nearest existing ancestor is a directory). Checked
+    /// here without writing anything; the daemon makes it when it first keeps state there.
+    /// </summary>
+    private static string StateDirectory(string path)
+    {
+        if (path.Trim().Length == 0) throw new OptionsException("--state-dir: empty (a directory for node-local state, e.g. /var/lib/merlin)");
+        var full = Path.GetFullPath(path);
+        if (File.Exists(full)) throw new OptionsException($"--state-dir: {path} is a file, not a directory");
+        for (var ancestor = Path.GetDirectoryName(full); !Directory.Exists(full) && ancestor is not null; ancestor = Path.GetDirectoryName(ancestor))
+        {
+            if (File.Exists(ancestor)) throw new OptionsException($"--state-dir: {path} cannot be made: {ancestor} is a file");
+            if (Directory.Exists(ancestor)) break;
+        }
+        return path;
+    }
 
     private static string? NonEmpty(IConfiguration c, string key) => c[key] is { Length: > 0 } text ? text : null;
 

@@ -80,4 +80,32 @@ public class ApiHardeningTests(EtcdFixture etcd) : BackendTestBase(etcd)
         Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
         Assert.StartsWith("period: {seconds: 1, nanos: -1} is not a valid duration", e.Status.Detail);
     }
+
+    [Fact]
+    public async Task DrainNodeAndUndrainNode_StateDirReplacedByAFile_AreFailedPreconditionNamingIt_NotUnknown()
+    {
+        using var dir = new Merlin.Testing.TempDir("node-drain");
+        var state = dir.File("state");
+        Directory.CreateDirectory(state);
+        await using var daemon = await RunningDaemon.StartAsync(o => o with { StoreBackend = "sqlite", StorePath = dir.File("merlin.db"), StateDir = state });
+        Assert.True((await daemon.Extended.DrainNodeAsync(new Empty(), cancellationToken: Ct)).NodeDrained);
+
+        // Checked at start; replaced behind the daemon's back since.
+        Directory.Delete(state, recursive: true);
+        File.WriteAllText(state, "a file now");
+
+        var undrain = await Assert.ThrowsAsync<RpcException>(async () => await daemon.Extended.UndrainNodeAsync(new Empty(), cancellationToken: Ct));
+        Assert.Equal(StatusCode.FailedPrecondition, undrain.StatusCode);
+        Assert.StartsWith($"cannot record the node's drain in --state-dir {state}:", undrain.Status.Detail);
+        Assert.True((await daemon.Extended.StatusAsync(new Empty(), cancellationToken: Ct)).NodeDrained); // still drained, as recorded
+
+        File.Delete(state);
+        Directory.CreateDirectory(state);
+        Assert.False((await daemon.Extended.UndrainNodeAsync(new Empty(), cancellationToken: Ct)).NodeDrained);
+        Directory.Delete(state);
+        File.WriteAllText(state, "a file again");
+        var drain = await Assert.ThrowsAsync<RpcException>(async () => await daemon.Extended.DrainNodeAsync(new Empty(), cancellationToken: Ct));
+        Assert.Equal(StatusCode.FailedPrecondition, drain.StatusCode);
+        Assert.DoesNotContain(daemon.Logs.Lines, l => l.Contains(" Error ") || l.Contains("Exception was thrown by handler"));
+    }
 }

@@ -146,4 +146,17 @@ public class DaemonOptionsTests
         Assert.Contains("\"sometimes\": unexpected argument", Assert.Throws<OptionsException>(() => Parse("--health-keepalive", "sometimes")).Message);
         Assert.Contains("\"eth0\": unexpected argument", Assert.Throws<OptionsException>(() => Parse("--manage-sysctls", "eth0")).Message);
     }
+
+    [Fact]
+    public void From_StateDirThatIsOrIsUnderAFile_IsRefusedNamingTheFlag()
+    {
+        using var dir = new Merlin.Testing.TempDir("state");
+        var file = dir.File("file");
+        File.WriteAllText(file, "");
+
+        Assert.Equal($"--state-dir: {file} is a file, not a directory", Assert.Throws<OptionsException>(() => Parse("--state-dir", file)).Message);
+        Assert.Equal($"--state-dir: {file}/sub cannot be made: {file} is a file", Assert.Throws<OptionsException>(() => Parse("--state-dir", file + "/sub")).Message);
+        Assert.StartsWith("--state-dir: empty", Assert.Throws<OptionsException>(() => Parse("--state-dir", " ")).Message);
+        Assert.Equal(dir.File("new/deeper"), Parse("--state-dir", dir.File("new/deeper")).StateDir); // made when first needed
+    }
 }

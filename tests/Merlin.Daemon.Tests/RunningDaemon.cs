@@ -19,6 +19,9 @@ public sealed class RunningDaemon : IAsyncDisposable
 
     public DaemonOptions Options { get; }
 
+    /// <summary>Every line the daemon logged (after its own level filters), across restarts.</summary>
+    public ListLoggerProvider Logs { get; } = new();
+
     public Original.Types.Merlin.MerlinClient Original { get; private set; } = null!;
 
     public Wire.Merlin.MerlinClient Extended { get; private set; } = null!;
@@ -51,7 +54,7 @@ public sealed class RunningDaemon : IAsyncDisposable
 
     public async Task StartAsync()
     {
-        _app = DaemonHost.Build(Options);
+        _app = DaemonHost.Build(Options, services => services.AddSingleton<Microsoft.Extensions.Logging.ILoggerProvider>(Logs));
         await _app.StartAsync(TestContext.Current.CancellationToken);
         _channel = GrpcChannel.ForAddress($"http://127.0.0.1:{Options.Port}");
         Original = new Original.Types.Merlin.MerlinClient(_channel);
