@@ -69,6 +69,7 @@ public static class DaemonHost
         services.AddSingleton<AnnouncerService>();
         services.AddHostedService(sp => sp.GetRequiredService<AnnouncerService>());
         services.AddGrpc(o => o.EnableDetailedErrors = false);
+        services.AddMerlinApi();
         overrides?.Invoke(services);
 
         var app = builder.Build();
@@ -77,7 +78,7 @@ public static class DaemonHost
         var healthHost = $"*:{options.HealthPort}";
         // No host filter: gRPC needs HTTP/2, which only the API's listeners speak (TCP and the Unix socket,
         // whose clients send no port); the health listener is HTTP/1.
-        app.MapGrpcService<MerlinService>();
+        app.MapMerlinApi(); // callers admitted before any body is read; a malformed body is INVALID_ARGUMENT
         app.MapGet("/healthz", () => Results.Text("ok\n")).RequireHost(healthHost);
         app.MapGet("/readyz", (ReconcilerStatus status, Merlin.Announcer.IAnnouncer announcer, NodeDrain drain) =>
         {

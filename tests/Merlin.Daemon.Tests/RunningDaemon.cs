@@ -22,6 +22,9 @@ public sealed class RunningDaemon : IAsyncDisposable
     /// <summary>Every line the daemon logged (after its own level filters), across restarts.</summary>
     public ListLoggerProvider Logs { get; } = new();
 
+    /// <summary>The channel the clients share (h2c to the API port), for calls with hand-made bodies.</summary>
+    public GrpcChannel Channel => _channel!;
+
     public Original.Types.Merlin.MerlinClient Original { get; private set; } = null!;
 
     public Wire.Merlin.MerlinClient Extended { get; private set; } = null!;
