@@ -177,7 +177,7 @@ public static class WireMapper
                     case "csum": tunnelFlags |= Model.TunnelFlags.Csum; break;
                     case "remcsum": tunnelFlags |= Model.TunnelFlags.RemoteCsum; break;
                     case "nocsum" or "": break;
-                    default: return new("tunnel_flags", $"\"{flag}\" is not a tunnel flag (csum, remcsum, nocsum)");
+                    default: return new("tunnel_flags", $"{Validation.Quote(flag)} is not a tunnel flag (csum, remcsum, nocsum)");
                 }
             }
             if (tunnelFlags != Model.TunnelFlags.None && tunnelType == Model.TunnelType.Ipip)

@@ -9,6 +9,7 @@ using Merlin.Store.Sqlite;
 using Merlin.Wire;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Prometheus;
+using Merlin.Model;
 
 namespace Merlin.Daemon;
 
@@ -135,7 +136,7 @@ public static class DaemonHost
                 NetworkNamespace = options.NetworkNamespace,
             },
             logs.CreateLogger<Merlin.Dataplane.Nftables.NftablesDataplane>()),
-        _ => throw new OptionsException($"--dataplane: \"{options.Dataplane}\" is not available in this build (one of {string.Join(", ", DaemonOptions.Dataplanes)})"),
+        _ => throw new OptionsException($"--dataplane: {Validation.Quote(options.Dataplane)} is not available in this build (one of {string.Join(", ", DaemonOptions.Dataplanes)})"),
     };
 
     /// <summary><c>auto</c> is IPVS when the kernel has it (the seed's dataplane), else nftables.</summary>

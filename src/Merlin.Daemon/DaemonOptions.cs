@@ -132,7 +132,7 @@ public sealed record DaemonOptions
                 if (!args[i].Contains('=') && i + 1 < args.Length && (!Switches.Contains(args[i]) || args[i + 1] is "true" or "false")) i++;
                 continue;
             }
-            throw new OptionsException($"\"{args[i]}\": unexpected argument (flags are --name value or --name=value)");
+            throw new OptionsException($"{Validation.Quote(args[i])}: unexpected argument (flags are --name value or --name=value)");
         }
         var flags = new ConfigurationBuilder().AddCommandLine(JoinRepeated(ExpandSwitches(args)), Flags.ToDictionary()).Build();
         var builder = new ConfigurationBuilder();
@@ -208,7 +208,7 @@ public sealed record DaemonOptions
             ManageSysctls = Bool(config, "manage-sysctls", d.ManageSysctls),
             StateDir = StateDirectory(config["state-dir"] ?? d.StateDir),
             NetworkNamespace = config["netns"] is { Length: > 0 } ns
-                ? (File.Exists(Path.Combine("/run/netns", ns)) ? ns : throw new OptionsException($"--netns: no network namespace \"{ns}\" (/run/netns/{ns} does not exist)"))
+                ? (File.Exists(Path.Combine("/run/netns", ns)) ? ns : throw new OptionsException($"--netns: no network namespace {Validation.Quote(ns)} (/run/netns/{ns} does not exist)"))
                 : null,
             TlsCert = NonEmpty(config, "tls-cert"),
             TlsKey = NonEmpty(config, "tls-key"),
@@ -246,10 +246,10 @@ public sealed record DaemonOptions
             ? Integer(id, "vrrp-router-id")
             : throw new OptionsException("--vrrp-router-id: required with --announcer vrrp (1-255, the same on both nodes of the pair)");
         var vip = c["management-vip"] is { } m
-            ? (IPAddress.TryParse(m, out var a) ? a : throw new OptionsException($"--management-vip: \"{m}\" is not an IP address"))
+            ? (IPAddress.TryParse(m, out var a) ? a : throw new OptionsException($"--management-vip: {Validation.Quote(m)} is not an IP address"))
             : throw new OptionsException("--management-vip: required with --announcer vrrp (the address on which the API is reachable at whichever node is MASTER)");
         var peers = Values(c, "vrrp-peer")
-            .Select(p => IPAddress.TryParse(p, out var a) ? a : throw new OptionsException($"--vrrp-peer: \"{p}\" is not an IP address")).ToList();
+            .Select(p => IPAddress.TryParse(p, out var a) ? a : throw new OptionsException($"--vrrp-peer: {Validation.Quote(p)} is not an IP address")).ToList();
         var vrrp = new Merlin.Announcer.Vrrp.VrrpOptions
         {
             Interface = c["vrrp-interface"] ?? o.Interface ?? "",
@@ -275,10 +275,10 @@ public sealed record DaemonOptions
     {
         if (!For(c, o, "bgp", BgpKeys)) return null;
         var asn = c["bgp-asn"] is { } a
-            ? (uint.TryParse(a, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new OptionsException($"--bgp-asn: \"{a}\" is not an AS number (1-4294967295)"))
+            ? (uint.TryParse(a, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new OptionsException($"--bgp-asn: {Validation.Quote(a)} is not an AS number (1-4294967295)"))
             : throw new OptionsException("--bgp-asn: required with --announcer bgp (this node's AS; every node of a fleet may share one)");
         var routerId = c["bgp-router-id"] is { } r
-            ? (IPAddress.TryParse(r, out var id) ? id : throw new OptionsException($"--bgp-router-id: \"{r}\" is not an IPv4 address"))
+            ? (IPAddress.TryParse(r, out var id) ? id : throw new OptionsException($"--bgp-router-id: {Validation.Quote(r)} is not an IPv4 address"))
             : throw new OptionsException("--bgp-router-id: required with --announcer bgp (a unique IPv4 address, usually the node's own)");
         var peers = new List<Merlin.Announcer.Bgp.BgpPeer>();
         foreach (var text in Values(c, "bgp-peer"))
@@ -286,7 +286,7 @@ public sealed record DaemonOptions
         IPAddress? local4 = null, local6 = null;
         foreach (var text in Values(c, "bgp-local-address"))
         {
-            if (!IPAddress.TryParse(text, out var local)) throw new OptionsException($"--bgp-local-address: \"{text}\" is not an IP address");
+            if (!IPAddress.TryParse(text, out var local)) throw new OptionsException($"--bgp-local-address: {Validation.Quote(text)} is not an IP address");
             if (local.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6)
                 local6 = local6 is null ? local : throw new OptionsException("--bgp-local-address: at most one IPv6 address");
             else
@@ -318,7 +318,7 @@ public sealed record DaemonOptions
     }
 
     private static int Integer(string text, string key) =>
-        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : throw new OptionsException($"--{key}: \"{text}\" is not a whole number");
+        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not a whole number");
 
     /// <summary>TLS comes as a pair; beyond loopback the API needs TLS and credentials unless told --allow-insecure.</summary>
     private static void CheckApiSecurity(DaemonOptions o)
@@ -369,14 +369,14 @@ public sealed record DaemonOptions
     {
         var text = c[key];
         if (text is null) return fallback;
-        return bool.TryParse(text, out var b) ? b : throw new OptionsException($"--{key}: \"{text}\" is not true or false");
+        return bool.TryParse(text, out var b) ? b : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not true or false");
     }
 
     private static IPAddress Address(IConfiguration c, string key, IPAddress fallback)
     {
         var text = c[key];
         if (text is null) return fallback;
-        return IPAddress.TryParse(text, out var a) ? a : throw new OptionsException($"--{key}: \"{text}\" is not an IP address");
+        return IPAddress.TryParse(text, out var a) ? a : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not an IP address");
     }
 
     private static int PortOf(IConfiguration c, string key, int fallback)
@@ -384,7 +384,7 @@ public sealed record DaemonOptions
         var text = c[key];
         if (text is null) return fallback;
         return int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var p) && p <= 65535
-            ? p : throw new OptionsException($"--{key}: \"{text}\" is not a port (0-65535)");
+            ? p : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not a port (0-65535)");
     }
 
     private static TimeSpan Duration(IConfiguration c, string key, TimeSpan fallback)
@@ -399,7 +399,7 @@ public sealed record DaemonOptions
     {
         var text = c[key];
         if (text is null) return fallback;
-        return allowed.Contains(text) ? text : throw new OptionsException($"--{key}: \"{text}\" is not one of {string.Join(", ", allowed)}");
+        return allowed.Contains(text) ? text : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not one of {string.Join(", ", allowed)}");
     }
 }
 

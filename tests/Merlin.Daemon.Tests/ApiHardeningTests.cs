@@ -209,4 +209,36 @@ public class ApiHardeningTests(EtcdFixture etcd) : BackendTestBase(etcd)
         }
         Assert.Empty(Errors(daemon));
     }
+
+    [Fact]
+    public async Task HugeValues_AreQuotedAsAShortPrefixWithTheirLength_AndTheSharedConnectionSurvives()
+    {
+        await using var daemon = await StartDaemonAsync("sqlite");
+        await CreateWebAsync(daemon);
+        var huge = new string('a', 71_728);
+        var ip = Checked("198.18.1.2", new Duration { Seconds = 2 }, new Duration { Seconds = 1 });
+        ip.Key.Ip = huge;
+        var scheduler = new VirtualService { Id = "web", Config = new() { Scheduler = huge } };
+        var endpoint = Checked("198.18.1.1", null, null);
+        endpoint.HealthCheck.Endpoint = "http://" + huge;
+        endpoint.Config = null;
+
+        // Concurrent calls share the channel's one HTTP/2 connection: a 70 KiB grpc-message used to fail them all.
+        var list = daemon.Extended.ListAsync(new Empty(), cancellationToken: Ct).ResponseAsync;
+        foreach (var (field, call) in new (string, Func<Task>)[]
+        {
+            ("key.ip", async () => await daemon.Extended.CreateServerAsync(ip, cancellationToken: Ct)),
+            ("config.scheduler", async () => await daemon.Extended.UpdateServiceAsync(scheduler, cancellationToken: Ct)),
+            ("health_check.endpoint", async () => await daemon.Extended.UpdateServerAsync(endpoint, cancellationToken: Ct)),
+        })
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(call);
+            Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+            Assert.StartsWith($"{field}:", e.Status.Detail);
+            Assert.Matches(@"""[a-z:/]{64}…"" \(71,7\d\d characters\)", e.Status.Detail);
+            Assert.True(e.Status.Detail.Length < 300, e.Status.Detail);
+        }
+        Assert.Single((await list).Items);
+        Assert.Single((await daemon.Extended.ListAsync(new Empty(), cancellationToken: Ct)).Items);
+    }
 }
