@@ -134,9 +134,11 @@ public sealed record DaemonOptions
             }
             throw new OptionsException($"{Validation.Quote(args[i])}: unexpected argument (flags are --name value or --name=value)");
         }
-        var flags = new ConfigurationBuilder().AddCommandLine(JoinRepeated(ExpandSwitches(args)), Flags.ToDictionary()).Build();
+        var flagArgs = JoinRepeated(ExpandSwitches(args));
+        var flags = new ConfigurationBuilder().AddCommandLine(flagArgs, Flags.ToDictionary()).Build();
         var builder = new ConfigurationBuilder();
-        if (flags["config"] is { } file)
+        var file = flags["config"];
+        if (file is not null)
         {
             if (!File.Exists(file)) throw new OptionsException($"--config: {file} does not exist");
             builder.AddJsonFile(Path.GetFullPath(file), optional: false);
@@ -147,8 +149,21 @@ public sealed record DaemonOptions
         builder.AddInMemoryCollection(env
             .Where(e => e.Key.StartsWith("MERLIN_", StringComparison.Ordinal))
             .Select(e => KeyValuePair.Create(e.Key["MERLIN_".Length..].ToLowerInvariant().Replace('_', '-'), e.Value)));
-        builder.AddConfiguration(flags);
-        return builder.Build();
+        // The flags' own provider, not AddConfiguration(flags): a chained configuration drops empty values, so
+        // --port "" would silently mean the default port instead of being refused.
+        builder.AddCommandLine(flagArgs, Flags.ToDictionary());
+        try
+        {
+            return builder.Build();
+        }
+        catch (InvalidDataException e)
+        {
+            throw new OptionsException($"--config: {file} is not valid JSON: {e.InnerException?.Message ?? e.Message}");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new OptionsException($"--config: cannot read {file}: {e.Message}");
+        }
     }
 
     /// <summary><c>--vrrp-peer a --vrrp-peer b</c> → <c>--vrrp-peer a,b</c> (the command-line provider keeps only the last).</summary>
@@ -224,6 +239,7 @@ public sealed record DaemonOptions
         if (options.Dataplane == "nftables" && options.HashSeed is null)
             throw new OptionsException("--hash-seed: required with --dataplane nftables, and the same on every node (e.g. 0x5eed1234)");
         if (options.StoreEndpoints.Count == 0) throw new OptionsException("--store-endpoints: at least one etcd endpoint is needed");
+        if (options.StoreBackend == "sqlite") CheckStorePath(options.StorePath);
         if (options.Port == options.HealthPort && options.Port != 0) throw new OptionsException($"--health-port: {options.HealthPort} is also the API port");
         CheckApiSecurity(options);
         var bgp = BgpFrom(config, options);
@@ -349,12 +365,27 @@ public sealed record DaemonOptions
         if (path.Trim().Length == 0) throw new OptionsException("--state-dir: empty (a directory for node-local state, e.g. /var/lib/merlin)");
         var full = Path.GetFullPath(path);
         if (File.Exists(full)) throw new OptionsException($"--state-dir: {path} is a file, not a directory");
-        for (var ancestor = Path.GetDirectoryName(full); !Directory.Exists(full) && ancestor is not null; ancestor = Path.GetDirectoryName(ancestor))
-        {
-            if (File.Exists(ancestor)) throw new OptionsException($"--state-dir: {path} cannot be made: {ancestor} is a file");
-            if (Directory.Exists(ancestor)) break;
-        }
+        if (!Directory.Exists(full)) CheckMakeable("--state-dir", path, full);
         return path;
+    }
+
+    /// <summary>The SQLite file's path is not a directory, and its directory exists or can be made; opening it is the store's check.</summary>
+    private static void CheckStorePath(string path)
+    {
+        if (path.Trim().Length == 0) throw new OptionsException("--store-path: empty (the SQLite database file, e.g. /var/lib/merlin/merlin.db)");
+        var full = Path.GetFullPath(path);
+        if (Directory.Exists(full)) throw new OptionsException($"--store-path: {path} is a directory; give the database file in it (e.g. {Path.Combine(path, "merlin.db")})");
+        if (!File.Exists(full)) CheckMakeable("--store-path", path, full);
+    }
+
+    /// <summary>A path that does not exist yet can be made: its nearest existing ancestor is a directory, not a file.</summary>
+    private static void CheckMakeable(string flag, string path, string full)
+    {
+        for (var ancestor = Path.GetDirectoryName(full); ancestor is not null; ancestor = Path.GetDirectoryName(ancestor))
+        {
+            if (File.Exists(ancestor)) throw new OptionsException($"{flag}: {path} cannot be made: {ancestor} is a file");
+            if (Directory.Exists(ancestor)) return;
+        }
     }
 
     private static string? NonEmpty(IConfiguration c, string key) => c[key] is { Length: > 0 } text ? text : null;

@@ -38,6 +38,10 @@ public class DaemonOptionsTests
     [InlineData(new[] { "--reconcile-sync-period", "10" }, "--reconcile-sync-period:")]
     [InlineData(new[] { "--store-backend", "redis" }, "--store-backend: \"redis\"")]
     [InlineData(new[] { "--bogus", "1" }, "--bogus: unknown flag")]
+    [InlineData(new[] { "--store-backend", "" }, "--store-backend: \"\" is not one of sqlite, etcd3, etcd")]
+    [InlineData(new[] { "--port", "" }, "--port: \"\" is not a port")]
+    [InlineData(new[] { "--store-path", "" }, "--store-path: empty")]
+    [InlineData(new[] { "--store-path", "/" }, "--store-path: / is a directory")]
     public void From_BadValue_NamesTheFlag(string[] args, string expected)
     {
         var e = Assert.Throws<OptionsException>(() => Parse(args));

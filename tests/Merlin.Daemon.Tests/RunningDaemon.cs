@@ -98,7 +98,14 @@ public sealed class RunningDaemon : IAsyncDisposable
     {
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
         cts.CancelAfter(TimeSpan.FromSeconds(30));
-        while (!condition(Dataplane.State)) await Task.Delay(20, cts.Token);
+        try
+        {
+            while (!condition(Dataplane.State)) await Task.Delay(20, cts.Token);
+        }
+        catch (OperationCanceledException) when (!TestContext.Current.CancellationToken.IsCancellationRequested)
+        {
+            throw new TimeoutException($"the dataplane did not reach the expected state within 30 s; the daemon's log:\n{Logs.Text}");
+        }
     }
 
     /// <summary>Waits until this run of the daemon has made <paramref name="count"/> reconcile passes.</summary>
