@@ -21,6 +21,23 @@ public static class DaemonHost
 
     public static WebApplication Build(DaemonOptions options, Action<IServiceCollection>? overrides = null)
     {
+        // First of all: a second daemon on this node and state directory stops here, having touched nothing.
+        var nodeLock = NodeLock.Take(options.StateDir);
+        try
+        {
+            var app = Build(options, nodeLock, overrides);
+            app.Services.GetRequiredService<NodeLock>(); // held until the host is disposed
+            return app;
+        }
+        catch
+        {
+            nodeLock.Dispose();
+            throw;
+        }
+    }
+
+    private static WebApplication Build(DaemonOptions options, NodeLock nodeLock, Action<IServiceCollection>? overrides)
+    {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
         builder.Configuration.Sources.Clear();
         builder.Logging.ClearProviders();
@@ -39,6 +56,7 @@ public static class DaemonHost
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(10));
 
         var services = builder.Services;
+        services.AddSingleton(_ => nodeLock); // made by a factory, so the container disposes it (releases the lock)
         services.AddSingleton(options);
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<IStore>(sp => CreateStore(options));

@@ -15,7 +15,14 @@ public sealed class RunningDaemon : IAsyncDisposable
     private WebApplication? _app;
     private GrpcChannel? _channel;
 
-    private RunningDaemon(DaemonOptions options) => Options = options;
+    /// <summary>The daemon's own --state-dir (unless a test gives one): a daemon takes a node lock in it.</summary>
+    private readonly TempDir _state;
+
+    private RunningDaemon(DaemonOptions options, TempDir state)
+    {
+        Options = options;
+        _state = state;
+    }
 
     public DaemonOptions Options { get; }
 
@@ -41,8 +48,9 @@ public sealed class RunningDaemon : IAsyncDisposable
         // it: pick new ports and try again.
         for (var attempt = 1; ; attempt++)
         {
-            var options = configure(new DaemonOptions { Port = FreePort(), HealthPort = FreePort(), SyncPeriod = TimeSpan.FromSeconds(30) });
-            var daemon = new RunningDaemon(options);
+            var state = new TempDir("state");
+            var options = configure(new DaemonOptions { Port = FreePort(), HealthPort = FreePort(), SyncPeriod = TimeSpan.FromSeconds(30), StateDir = state.Path });
+            var daemon = new RunningDaemon(options, state);
             try
             {
                 await daemon.StartAsync();
@@ -50,7 +58,7 @@ public sealed class RunningDaemon : IAsyncDisposable
             }
             catch (IOException e) when (attempt < 5 && e.InnerException is Microsoft.AspNetCore.Connections.AddressInUseException)
             {
-                await daemon.StopAsync();
+                await daemon.DisposeAsync();
             }
         }
     }
@@ -116,7 +124,11 @@ public sealed class RunningDaemon : IAsyncDisposable
         while (Loop.Passes < count) await Task.Delay(50, cts.Token);
     }
 
-    public ValueTask DisposeAsync() => new(StopAsync());
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync();
+        _state.Dispose();
+    }
 
     public static int FreePort()
     {

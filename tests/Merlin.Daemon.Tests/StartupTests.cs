@@ -147,5 +147,22 @@ public sealed class StartupTests : IDisposable
         Assert.Empty(((InMemoryDataplane)app.Services.GetRequiredService<IDataplane>()).State.Services);
     }
 
+    [Fact]
+    public async Task SecondDaemonOnTheSameStateDir_ExitsWith2_NamingTheFirstOnesPid_AndStartsOnceItIsGone()
+    {
+        var state = _dir.File("state");
+        await using (var first = await RunningDaemon.StartAsync(o => o with { StoreBackend = "sqlite", StorePath = _dir.File("first.db"), StateDir = state }))
+        {
+            var (code, _, err) = await MerlinAsync("--state-dir", state, "--store-path", _dir.File("second.db"));
+
+            Assert.Equal(2, code);
+            Assert.Equal($"merlin: --state-dir: {state} is in use by another merlin (PID {Environment.ProcessId}); one daemon per node and state directory " +
+                         "(give a second daemon its own --state-dir, ports and store)", err.Trim());
+            Assert.False(File.Exists(_dir.File("second.db")), "the second daemon opened its store");
+        }
+
+        await using var again = await RunningDaemon.StartAsync(o => o with { StoreBackend = "sqlite", StorePath = _dir.File("first.db"), StateDir = state });
+    }
+
     public void Dispose() => _dir.Dispose();
 }
