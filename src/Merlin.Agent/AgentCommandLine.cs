@@ -73,14 +73,14 @@ public sealed class AgentCommandLine
 
         var services = r.GetValue(_services)!;
         foreach (var id in services)
-            if (Validation.Id(id, "--service") is { } idError) throw new OptionError($"{idError} (\"{id}\")");
+            if (Validation.Id(id, "--service") is { } idError) throw new OptionError($"{idError} ({Validation.Quote(id)})");
         if (services.Distinct(StringComparer.Ordinal).Count() != services.Length) throw new OptionError("--service: a service is named twice");
 
         var addresses = new List<IPAddress>();
         foreach (var text in r.GetValue(_addresses)!)
         {
             if (!IPAddress.TryParse(text, out var a) || text.Contains('/'))
-                throw new OptionError($"--address: \"{text}\" is not an IP address (this node's own, without a prefix length)");
+                throw new OptionError($"--address: {Validation.Quote(text)} is not an IP address (this node's own, without a prefix length)");
             if (IPAddress.IsLoopback(a) || a.Equals(IPAddress.Any) || a.Equals(IPAddress.IPv6Any))
                 throw new OptionError($"--address: {a} is not an address the load balancers can reach");
             if (addresses.Any(x => x.AddressFamily == a.AddressFamily))
@@ -93,7 +93,7 @@ public sealed class AgentCommandLine
         {
             null or "route" or "dr" => ForwardMethod.Route,
             "tunnel" or "ipip" => ForwardMethod.Tunnel,
-            var other => throw new OptionError($"--forward: \"{other}\" is not route or tunnel (masq needs no agent: the server does not hold the VIP)"),
+            var other => throw new OptionError($"--forward: {Validation.Quote(other)} is not route or tunnel (masq needs no agent: the server does not hold the VIP)"),
         };
 
         RealServer.Types.HealthCheck? health = null;
@@ -115,7 +115,7 @@ public sealed class AgentCommandLine
 
         var drain = Duration(r, _drainPeriod, TimeSpan.FromSeconds(30), TimeSpan.Zero);
         var logFormat = r.GetValue(_logFormat)?.Trim().ToLowerInvariant() ?? "text";
-        if (logFormat is not ("text" or "json")) throw new OptionError($"--log-format: \"{logFormat}\" is not text or json");
+        if (logFormat is not ("text" or "json")) throw new OptionError($"--log-format: {Validation.Quote(logFormat)} is not text or json");
         var stateDir = r.GetValue(_stateDir) ?? DefaultStateDir;
 
         var agent = new AgentOptions

@@ -173,11 +173,11 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
         foreach (var id in options.Services)
         {
             var key = list.Items.FirstOrDefault(i => i.Service?.Id == id)?.Service.Key
-                ?? throw new AgentConfigurationException($"--service: service \"{id}\" does not exist on the load balancers (meradm list shows what does)");
+                ?? throw new AgentConfigurationException($"--service: service {Merlin.Model.Validation.Quote(id)} does not exist on the load balancers (meradm list shows what does)");
             if (string.IsNullOrEmpty(key.Ip) || !IPAddress.TryParse(key.Ip, out var vip))
-                throw new AgentConfigurationException($"--service: service \"{id}\" is a firewall-mark service; the agent attaches VIP:port services only");
+                throw new AgentConfigurationException($"--service: service {Merlin.Model.Validation.Quote(id)} is a firewall-mark service; the agent attaches VIP:port services only");
             var own = options.Addresses.FirstOrDefault(a => a.AddressFamily == vip.AddressFamily)
-                ?? throw new AgentConfigurationException($"--address: service \"{id}\" has an {(vip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")} VIP ({vip}); give this node's address of that family");
+                ?? throw new AgentConfigurationException($"--address: service {Merlin.Model.Validation.Quote(id)} has an {(vip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")} VIP ({vip}); give this node's address of that family");
             var server = new RealServer
             {
                 ServiceID = id,

@@ -18,9 +18,7 @@ public sealed partial class MerlinService
     {
         var (serviceId, ip, port) = DrainTarget(request?.Server, "server.");
         if (request!.Period is null) throw Invalid(new("period", "required (e.g. 300s)"));
-        TimeSpan period;
-        try { period = request.Period.ToTimeSpan(); }
-        catch (InvalidOperationException) { throw Invalid(new("period", $"{request.Period.Seconds}s {request.Period.Nanos}ns is not a valid duration")); }
+        if (WireMapper.TryDuration(request.Period, "period", out var period) is { } durationError) throw Invalid(durationError);
         if (Validation.DrainPeriod(period, "period") is { } periodError) throw Invalid(periodError);
 
         var deadline = time.GetUtcNow() + period;

@@ -115,34 +115,34 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         return response;
     });
 
-    public override Task<StatusResponse> Status(Empty request, ServerCallContext context) => Task.FromResult(status.Report());
+    public override Task<StatusResponse> Status(Empty request, ServerCallContext context) => Guard(context, _ => Task.FromResult(status.Report()));
 
-    public override async Task<StatusResponse> DrainNode(Empty request, ServerCallContext context)
+    public override Task<StatusResponse> DrainNode(Empty request, ServerCallContext context) => Guard(context, async ct =>
     {
-        var response = await status.DrainNodeAsync(true, context.CancellationToken);
+        var response = await status.DrainNodeAsync(true, ct);
         LogDrainedNode(true);
         return response;
-    }
+    });
 
-    public override async Task<StatusResponse> UndrainNode(Empty request, ServerCallContext context)
+    public override Task<StatusResponse> UndrainNode(Empty request, ServerCallContext context) => Guard(context, async ct =>
     {
-        var response = await status.DrainNodeAsync(false, context.CancellationToken);
+        var response = await status.DrainNodeAsync(false, ct);
         LogDrainedNode(false);
         return response;
-    }
+    });
 
-    public override async Task<CountersResponse> Counters(Empty request, ServerCallContext context)
+    public override Task<CountersResponse> Counters(Empty request, ServerCallContext context) => Guard(context, async ct =>
     {
         try
         {
-            return await status.CountersAsync(context.CancellationToken);
+            return await status.CountersAsync(ct);
         }
         catch (Exception e) when (e is not (OperationCanceledException or RpcException))
         {
             LogCountersFailed(e.Message);
             throw new RpcException(new Grpc.Core.Status(StatusCode.Unavailable, $"reading the dataplane's counters failed: {e.Message}"));
         }
-    }
+    });
 
     /// <summary>
     /// Read, merge, write only if something changed, and start over if another writer got in between
@@ -262,7 +262,10 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
 
     private static RpcException NotFound(string message) => new(new Grpc.Core.Status(StatusCode.NotFound, message));
 
-    /// <summary>Maps store failures to status codes; nothing a client sends can crash the daemon.</summary>
+    /// <summary>
+    /// Maps store failures to status codes; nothing a client sends can crash the daemon. Every RPC runs inside
+    /// it, so none answers UNKNOWN ("Exception was thrown by handler").
+    /// </summary>
     private async Task<T> Guard<T>(ServerCallContext context, Func<CancellationToken, Task<T>> call)
     {
         try

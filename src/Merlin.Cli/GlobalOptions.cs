@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.CommandLine.Parsing;
 using Merlin.Cli.Parsing;
 using Merlin.Client;
+using Merlin.Model;
 
 namespace Merlin.Cli;
 
@@ -48,7 +49,7 @@ internal sealed class GlobalOptions
             {
                 "table" => (OutputFormat.Table, null),
                 "json" => (OutputFormat.Json, (string?)null),
-                _ => (OutputFormat.Table, $"\"{text}\" is not table or json"),
+                _ => (OutputFormat.Table, $"{Validation.Quote(text)} is not table or json"),
             };
             return error is null;
         }, "table|json");

@@ -1,4 +1,5 @@
 using System.Globalization;
+using Merlin.Model;
 
 namespace Merlin.Client;
 
@@ -14,11 +15,11 @@ public static class HostPort
         if (t.StartsWith('['))
         {
             var close = t.IndexOf(']');
-            if (close < 0) { error = $"\"{text}\" has no closing ]"; return false; }
+            if (close < 0) { error = $"{Validation.Quote(text)} has no closing ]"; return false; }
             host = t[1..close];
             if (close + 1 < t.Length)
             {
-                if (t[close + 1] != ':') { error = $"\"{text}\": expected :port after ]"; return false; }
+                if (t[close + 1] != ':') { error = $"{Validation.Quote(text)}: expected :port after ]"; return false; }
                 portText = t[(close + 2)..];
             }
         }
@@ -31,10 +32,10 @@ public static class HostPort
         {
             host = t;
         }
-        if (host.Length == 0) { error = $"\"{text}\" names no host"; return false; }
+        if (host.Length == 0) { error = $"{Validation.Quote(text)} names no host"; return false; }
         if (portText is null) { port = defaultPort; return true; }
         if (!ushort.TryParse(portText, NumberStyles.None, CultureInfo.InvariantCulture, out port) || port == 0)
-        { error = $"\"{portText}\" is not a port (1-65535)"; return false; }
+        { error = $"{Validation.Quote(portText)} is not a port (1-65535)"; return false; }
         return true;
     }
 }

@@ -177,7 +177,7 @@ public static class WireMapper
                     case "csum": tunnelFlags |= Model.TunnelFlags.Csum; break;
                     case "remcsum": tunnelFlags |= Model.TunnelFlags.RemoteCsum; break;
                     case "nocsum" or "": break;
-                    default: return new("tunnel_flags", $"\"{flag}\" is not a tunnel flag (csum, remcsum, nocsum)");
+                    default: return new("tunnel_flags", $"{Validation.Quote(flag)} is not a tunnel flag (csum, remcsum, nocsum)");
                 }
             }
             if (tunnelFlags != Model.TunnelFlags.None && tunnelType == Model.TunnelType.Ipip)
@@ -208,8 +208,10 @@ public static class WireMapper
         var endpoint = wire?.Endpoint ?? "";
         if (wire is null || endpoint.Length == 0) return null;
         if (Validation.HealthEndpoint(endpoint, "endpoint", out var uri) is { } endpointError) return endpointError;
-        var period = wire.Period?.ToTimeSpan() ?? TimeSpan.Zero;
-        var timeout = wire.Timeout?.ToTimeSpan() ?? TimeSpan.Zero;
+        var period = TimeSpan.Zero;
+        if (wire.Period is not null && TryDuration(wire.Period, "period", out period) is { } periodError) return periodError;
+        var timeout = TimeSpan.Zero;
+        if (wire.Timeout is not null && TryDuration(wire.Timeout, "timeout", out timeout) is { } timeoutError) return timeoutError;
         if (Validation.HealthTiming(period, timeout, wire.UpThreshold, wire.DownThreshold, "") is { } timingError)
             return timingError with { Field = timingError.Field.TrimStart('.') };
         health = new Model.HealthCheck
@@ -218,6 +220,26 @@ public static class WireMapper
             UpThreshold = wire.UpThreshold, DownThreshold = wire.DownThreshold,
         };
         return null;
+    }
+
+    /// <summary>
+    /// A protobuf Duration as a TimeSpan. One that is not normalized (<c>{seconds: 1, nanos: -1}</c>,
+    /// <c>{nanos: 1000000000}</c>) or beyond ±10,000 years (<c>{seconds: 9223372036854775807}</c>) is refused
+    /// naming <paramref name="field"/>: <see cref="Duration.ToTimeSpan"/> throws on those.
+    /// </summary>
+    public static ValidationError? TryDuration(Duration wire, string field, out TimeSpan value)
+    {
+        value = TimeSpan.Zero;
+        try
+        {
+            value = wire.ToTimeSpan();
+            return null;
+        }
+        catch (Exception e) when (e is InvalidOperationException or OverflowException)
+        {
+            return new(field, $"{{seconds: {wire.Seconds}, nanos: {wire.Nanos}}} is not a valid duration " +
+                              "(seconds within ±315576000000, nanos within ±999999999 and of the same sign)");
+        }
     }
 
     public static RealServer ToWire(Model.RealServer model)

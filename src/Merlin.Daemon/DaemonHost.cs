@@ -9,6 +9,7 @@ using Merlin.Store.Sqlite;
 using Merlin.Wire;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Prometheus;
+using Merlin.Model;
 
 namespace Merlin.Daemon;
 
@@ -19,6 +20,23 @@ public static class DaemonHost
         typeof(DaemonHost).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "dev";
 
     public static WebApplication Build(DaemonOptions options, Action<IServiceCollection>? overrides = null)
+    {
+        // First of all: a second daemon on this node and state directory stops here, having touched nothing.
+        var nodeLock = NodeLock.Take(options.StateDir);
+        try
+        {
+            var app = Build(options, nodeLock, overrides);
+            app.Services.GetRequiredService<NodeLock>(); // held until the host is disposed
+            return app;
+        }
+        catch
+        {
+            nodeLock.Dispose();
+            throw;
+        }
+    }
+
+    private static WebApplication Build(DaemonOptions options, NodeLock nodeLock, Action<IServiceCollection>? overrides)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
         builder.Configuration.Sources.Clear();
@@ -38,6 +56,7 @@ public static class DaemonHost
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(10));
 
         var services = builder.Services;
+        services.AddSingleton(_ => nodeLock); // made by a factory, so the container disposes it (releases the lock)
         services.AddSingleton(options);
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<IStore>(sp => CreateStore(options));
@@ -46,17 +65,21 @@ public static class DaemonHost
         services.AddSingleton(new ReconcilerOptions { SyncPeriod = options.SyncPeriod });
         services.AddSingleton<Reconciler.Reconciler>();
         services.AddSingleton<ReconcileLoop>();
-        services.AddHostedService(sp => sp.GetRequiredService<ReconcileLoop>());
+        // The services that act on the kernel, the store or the network start once the host has started, i.e.
+        // once the API and health ports are bound (AfterListening): a second daemon started by mistake on a node
+        // fails on the ports in use without having written a thing.
+        services.AddHostedService<AfterListening<ReconcileLoop>>();
         services.AddSingleton<IStatusReporter, DaemonStatus>();
         // Health checks run from the namespace the dataplane programs, where the real servers are reachable.
         services.AddSingleton(sp => new Merlin.Health.HealthProbes(options.NetworkNamespace, options.HealthKeepAlive));
         services.AddSingleton<Merlin.Health.IHealthProbe>(sp => sp.GetRequiredService<Merlin.Health.HealthProbes>());
         services.AddSingleton<Merlin.Health.HealthChecker>();
         services.AddSingleton<IServerHealth>(sp => sp.GetRequiredService<Merlin.Health.HealthChecker>());
-        services.AddHostedService<HealthCheckService>();
+        services.AddSingleton<HealthCheckService>();
+        services.AddHostedService<AfterListening<HealthCheckService>>();
         // Removes drained servers at their deadline: the API's, as the store's only writer.
         services.AddSingleton<DrainExpiry>();
-        services.AddHostedService(sp => sp.GetRequiredService<DrainExpiry>());
+        services.AddHostedService<AfterListening<DrainExpiry>>();
         // Who holds the VIPs, fed the service VIPs of every pass; registered after the reconcile loop, so it
         // stops first: keepalived releases the VIPs (the peer takes over) while this node still forwards.
         services.AddSingleton<Merlin.Announcer.IAnnouncer>(sp => (options.Vrrp, options.Bgp) switch
@@ -67,17 +90,21 @@ public static class DaemonHost
         });
         services.AddSingleton(new NodeDrain(options.StateDir));
         services.AddSingleton<AnnouncerService>();
-        services.AddHostedService(sp => sp.GetRequiredService<AnnouncerService>());
+        services.AddHostedService<AfterListening<AnnouncerService>>();
         services.AddGrpc(o => o.EnableDetailedErrors = false);
+        services.AddMerlinApi();
         overrides?.Invoke(services);
 
         var app = builder.Build();
+        // Open the store now (SQLite: the file is checked before anything is written to it), so a bad file is a
+        // clear start-up error naming the flag rather than a failing host.
+        OpenStore(app.Services, options);
         // Open the dataplane now, so a kernel without it is a clear start-up error rather than a failing host.
         var dataplane = app.Services.GetRequiredService<IDataplane>();
         var healthHost = $"*:{options.HealthPort}";
         // No host filter: gRPC needs HTTP/2, which only the API's listeners speak (TCP and the Unix socket,
         // whose clients send no port); the health listener is HTTP/1.
-        app.MapGrpcService<MerlinService>();
+        app.MapMerlinApi(); // callers admitted before any body is read; a malformed body is INVALID_ARGUMENT
         app.MapGet("/healthz", () => Results.Text("ok\n")).RequireHost(healthHost);
         app.MapGet("/readyz", (ReconcilerStatus status, Merlin.Announcer.IAnnouncer announcer, NodeDrain drain) =>
         {
@@ -111,6 +138,37 @@ public static class DaemonHost
         return app;
     }
 
+    /// <summary>
+    /// A listener Kestrel could not bind, as one line naming its flag (<c>--port: 127.0.0.1:4282 is in use …</c>);
+    /// null when <paramref name="e"/> is not a bind failure.
+    /// </summary>
+    public static string? DescribeBindFailure(DaemonOptions options, IOException e)
+    {
+        if (!e.Message.StartsWith("Failed to bind to address", StringComparison.Ordinal)) return null;
+        var inUse = e.InnerException is Microsoft.AspNetCore.Connections.AddressInUseException;
+        var why = inUse ? "is in use by another process (another merlin on this node?)" : $"cannot be listened on ({e.InnerException?.Message ?? e.Message})";
+        if (options.UnixSocket is { } socket && e.Message.Contains(socket, StringComparison.Ordinal))
+            return $"--unix-socket: {socket} {why}";
+        var (flag, address, port) = e.Message.Contains($":{options.HealthPort}:", StringComparison.Ordinal) && options.HealthPort != options.Port
+            ? ("--health-port", options.HealthListenAddress, options.HealthPort)
+            : ("--port", options.ListenAddress, options.Port);
+        return $"{flag}: {Merlin.Model.Endpoints.Format(address, (ushort)port)} {why}; nothing was done to the dataplane or the store";
+    }
+
+    private static void OpenStore(IServiceProvider services, DaemonOptions options)
+    {
+        try
+        {
+            services.GetRequiredService<IStore>();
+        }
+        catch (StoreUnavailableException e) when (options.StoreBackend == "sqlite")
+        {
+            var reason = e.InnerException is Microsoft.Data.Sqlite.SqliteException sqlite ? sqlite.Message : e.Message.Replace($"sqlite store {Path.GetFullPath(options.StorePath)}: ", "");
+            throw new OptionsException($"--store-path: {options.StorePath} is not a usable merlin store ({reason}); it was not changed: " +
+                                       "restore it from a backup, or move it away to start with an empty store");
+        }
+    }
+
     public static IStore CreateStore(DaemonOptions options)
     {
         if (options.StoreBackend == "sqlite")
@@ -134,7 +192,7 @@ public static class DaemonHost
                 NetworkNamespace = options.NetworkNamespace,
             },
             logs.CreateLogger<Merlin.Dataplane.Nftables.NftablesDataplane>()),
-        _ => throw new OptionsException($"--dataplane: \"{options.Dataplane}\" is not available in this build (one of {string.Join(", ", DaemonOptions.Dataplanes)})"),
+        _ => throw new OptionsException($"--dataplane: {Validation.Quote(options.Dataplane)} is not available in this build (one of {string.Join(", ", DaemonOptions.Dataplanes)})"),
     };
 
     /// <summary><c>auto</c> is IPVS when the kernel has it (the seed's dataplane), else nftables.</summary>
@@ -162,7 +220,62 @@ public static class DaemonHost
     }
 }
 
-/// <summary>Answers the Status RPC and /status from the reconciler's view.</summary>
+/// <summary>
+/// Starts a hosted service once the host has started — every hosted service's start done and the API and health
+/// ports bound — instead of with the others, which run before Kestrel binds. If binding fails the host never
+/// starts, and neither does the service. Stopped in the host's order (reverse registration), only if started.
+/// Generic so that each is its own hosted service: AddHostedService keeps one registration per type.
+/// </summary>
+internal sealed class AfterListening<T>(T inner, IHostApplicationLifetime lifetime, ILogger<T> log) : IHostedService
+    where T : class, IHostedService
+{
+    private readonly Lock _lock = new();
+    private Task? _started;
+    private bool _stopping;
+
+    public Task StartAsync(CancellationToken ct)
+    {
+        lifetime.ApplicationStarted.Register(() =>
+        {
+            lock (_lock)
+            {
+                if (_stopping) return;
+                _started = StartInner();
+            }
+        });
+        return Task.CompletedTask;
+    }
+
+    private async Task StartInner()
+    {
+        try
+        {
+            await inner.StartAsync(lifetime.ApplicationStopping);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            log.LogCritical(e, "{Service} failed to start; stopping the daemon", typeof(T).Name);
+            Environment.ExitCode = 1;
+            lifetime.StopApplication();
+            throw;
+        }
+    }
+
+    public async Task StopAsync(CancellationToken ct)
+    {
+        Task? started;
+        lock (_lock)
+        {
+            _stopping = true;
+            started = _started;
+        }
+        if (started is null) return;
+        try { await started; }
+        catch (Exception) { return; } // it never ran; logged above
+        await inner.StopAsync(ct);
+    }
+}
+
 /// <summary>Starts the health checks with the daemon; a verdict change triggers a reconcile pass at once.</summary>
 internal sealed class HealthCheckService(Merlin.Health.HealthChecker checker, ReconcileLoop loop) : IHostedService
 {
@@ -180,6 +293,7 @@ internal sealed class HealthCheckService(Merlin.Health.HealthChecker checker, Re
     }
 }
 
+/// <summary>Answers the Status RPC and /status from the reconciler's view.</summary>
 internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions options, IStore store, IDataplane dataplane, TimeProvider time, Merlin.Health.HealthChecker health,
     Merlin.Announcer.IAnnouncer announcer, NodeDrain drain, AnnouncerService feed) : IStatusReporter
 {
@@ -188,7 +302,16 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
 
     public async Task<StatusResponse> DrainNodeAsync(bool drained, CancellationToken ct)
     {
-        drain.Set(drained);
+        try
+        {
+            drain.Set(drained);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // The state directory was checked at start; it has been replaced or made unwritable since.
+            throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.FailedPrecondition,
+                $"cannot record the node's drain in --state-dir {options.StateDir}: {e.Message}"));
+        }
         feed.Feed(); // the announcer is told the new set at once, not at the next pass
         using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
         wait.CancelAfter(DrainSettle);
@@ -259,7 +382,6 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
             response.Vips.Add(new StatusResponse.Types.Vip { Address = vip.Address.ToString(), Announced = vip.Announced, Management = vip.Management });
         response.NodeDrained = drain.Drained;
         if (feed.Withheld is { } why) response.Warnings.Add($"no VIP is announced: {why}");
-        _ = options;
         return response;
     }
 

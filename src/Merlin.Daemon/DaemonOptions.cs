@@ -132,11 +132,13 @@ public sealed record DaemonOptions
                 if (!args[i].Contains('=') && i + 1 < args.Length && (!Switches.Contains(args[i]) || args[i + 1] is "true" or "false")) i++;
                 continue;
             }
-            throw new OptionsException($"\"{args[i]}\": unexpected argument (flags are --name value or --name=value)");
+            throw new OptionsException($"{Validation.Quote(args[i])}: unexpected argument (flags are --name value or --name=value)");
         }
-        var flags = new ConfigurationBuilder().AddCommandLine(JoinRepeated(ExpandSwitches(args)), Flags.ToDictionary()).Build();
+        var flagArgs = JoinRepeated(ExpandSwitches(args));
+        var flags = new ConfigurationBuilder().AddCommandLine(flagArgs, Flags.ToDictionary()).Build();
         var builder = new ConfigurationBuilder();
-        if (flags["config"] is { } file)
+        var file = flags["config"];
+        if (file is not null)
         {
             if (!File.Exists(file)) throw new OptionsException($"--config: {file} does not exist");
             builder.AddJsonFile(Path.GetFullPath(file), optional: false);
@@ -147,8 +149,21 @@ public sealed record DaemonOptions
         builder.AddInMemoryCollection(env
             .Where(e => e.Key.StartsWith("MERLIN_", StringComparison.Ordinal))
             .Select(e => KeyValuePair.Create(e.Key["MERLIN_".Length..].ToLowerInvariant().Replace('_', '-'), e.Value)));
-        builder.AddConfiguration(flags);
-        return builder.Build();
+        // The flags' own provider, not AddConfiguration(flags): a chained configuration drops empty values, so
+        // --port "" would silently mean the default port instead of being refused.
+        builder.AddCommandLine(flagArgs, Flags.ToDictionary());
+        try
+        {
+            return builder.Build();
+        }
+        catch (InvalidDataException e)
+        {
+            throw new OptionsException($"--config: {file} is not valid JSON: {e.InnerException?.Message ?? e.Message}");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new OptionsException($"--config: cannot read {file}: {e.Message}");
+        }
     }
 
     /// <summary><c>--vrrp-peer a --vrrp-peer b</c> → <c>--vrrp-peer a,b</c> (the command-line provider keeps only the last).</summary>
@@ -206,9 +221,9 @@ public sealed record DaemonOptions
             HashSeed = config["hash-seed"] is { } seed ? Seed(seed) : null,
             IpvsOwnAll = Bool(config, "ipvs-own-all", d.IpvsOwnAll),
             ManageSysctls = Bool(config, "manage-sysctls", d.ManageSysctls),
-            StateDir = config["state-dir"] ?? d.StateDir,
+            StateDir = StateDirectory(config["state-dir"] ?? d.StateDir),
             NetworkNamespace = config["netns"] is { Length: > 0 } ns
-                ? (File.Exists(Path.Combine("/run/netns", ns)) ? ns : throw new OptionsException($"--netns: no network namespace \"{ns}\" (/run/netns/{ns} does not exist)"))
+                ? (File.Exists(Path.Combine("/run/netns", ns)) ? ns : throw new OptionsException($"--netns: no network namespace {Validation.Quote(ns)} (/run/netns/{ns} does not exist)"))
                 : null,
             TlsCert = NonEmpty(config, "tls-cert"),
             TlsKey = NonEmpty(config, "tls-key"),
@@ -224,6 +239,7 @@ public sealed record DaemonOptions
         if (options.Dataplane == "nftables" && options.HashSeed is null)
             throw new OptionsException("--hash-seed: required with --dataplane nftables, and the same on every node (e.g. 0x5eed1234)");
         if (options.StoreEndpoints.Count == 0) throw new OptionsException("--store-endpoints: at least one etcd endpoint is needed");
+        if (options.StoreBackend == "sqlite") CheckStorePath(options.StorePath);
         if (options.Port == options.HealthPort && options.Port != 0) throw new OptionsException($"--health-port: {options.HealthPort} is also the API port");
         CheckApiSecurity(options);
         var bgp = BgpFrom(config, options);
@@ -246,10 +262,10 @@ public sealed record DaemonOptions
             ? Integer(id, "vrrp-router-id")
             : throw new OptionsException("--vrrp-router-id: required with --announcer vrrp (1-255, the same on both nodes of the pair)");
         var vip = c["management-vip"] is { } m
-            ? (IPAddress.TryParse(m, out var a) ? a : throw new OptionsException($"--management-vip: \"{m}\" is not an IP address"))
+            ? (IPAddress.TryParse(m, out var a) ? a : throw new OptionsException($"--management-vip: {Validation.Quote(m)} is not an IP address"))
             : throw new OptionsException("--management-vip: required with --announcer vrrp (the address on which the API is reachable at whichever node is MASTER)");
         var peers = Values(c, "vrrp-peer")
-            .Select(p => IPAddress.TryParse(p, out var a) ? a : throw new OptionsException($"--vrrp-peer: \"{p}\" is not an IP address")).ToList();
+            .Select(p => IPAddress.TryParse(p, out var a) ? a : throw new OptionsException($"--vrrp-peer: {Validation.Quote(p)} is not an IP address")).ToList();
         var vrrp = new Merlin.Announcer.Vrrp.VrrpOptions
         {
             Interface = c["vrrp-interface"] ?? o.Interface ?? "",
@@ -275,10 +291,10 @@ public sealed record DaemonOptions
     {
         if (!For(c, o, "bgp", BgpKeys)) return null;
         var asn = c["bgp-asn"] is { } a
-            ? (uint.TryParse(a, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new OptionsException($"--bgp-asn: \"{a}\" is not an AS number (1-4294967295)"))
+            ? (uint.TryParse(a, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new OptionsException($"--bgp-asn: {Validation.Quote(a)} is not an AS number (1-4294967295)"))
             : throw new OptionsException("--bgp-asn: required with --announcer bgp (this node's AS; every node of a fleet may share one)");
         var routerId = c["bgp-router-id"] is { } r
-            ? (IPAddress.TryParse(r, out var id) ? id : throw new OptionsException($"--bgp-router-id: \"{r}\" is not an IPv4 address"))
+            ? (IPAddress.TryParse(r, out var id) ? id : throw new OptionsException($"--bgp-router-id: {Validation.Quote(r)} is not an IPv4 address"))
             : throw new OptionsException("--bgp-router-id: required with --announcer bgp (a unique IPv4 address, usually the node's own)");
         var peers = new List<Merlin.Announcer.Bgp.BgpPeer>();
         foreach (var text in Values(c, "bgp-peer"))
@@ -286,7 +302,7 @@ public sealed record DaemonOptions
         IPAddress? local4 = null, local6 = null;
         foreach (var text in Values(c, "bgp-local-address"))
         {
-            if (!IPAddress.TryParse(text, out var local)) throw new OptionsException($"--bgp-local-address: \"{text}\" is not an IP address");
+            if (!IPAddress.TryParse(text, out var local)) throw new OptionsException($"--bgp-local-address: {Validation.Quote(text)} is not an IP address");
             if (local.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6)
                 local6 = local6 is null ? local : throw new OptionsException("--bgp-local-address: at most one IPv6 address");
             else
@@ -318,7 +334,7 @@ public sealed record DaemonOptions
     }
 
     private static int Integer(string text, string key) =>
-        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : throw new OptionsException($"--{key}: \"{text}\" is not a whole number");
+        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not a whole number");
 
     /// <summary>TLS comes as a pair; beyond loopback the API needs TLS and credentials unless told --allow-insecure.</summary>
     private static void CheckApiSecurity(DaemonOptions o)
@@ -340,6 +356,38 @@ public sealed record DaemonOptions
     private static string[] Values(IConfiguration c, string key) =>
         (c[key] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 
+    /// <summary>
+    /// --state-dir is a directory, or can be made one (its nearest existing ancestor is a directory). Checked
+    /// here without writing anything; the daemon makes it when it first keeps state there.
+    /// </summary>
+    private static string StateDirectory(string path)
+    {
+        if (path.Trim().Length == 0) throw new OptionsException("--state-dir: empty (a directory for node-local state, e.g. /var/lib/merlin)");
+        var full = Path.GetFullPath(path);
+        if (File.Exists(full)) throw new OptionsException($"--state-dir: {path} is a file, not a directory");
+        if (!Directory.Exists(full)) CheckMakeable("--state-dir", path, full);
+        return path;
+    }
+
+    /// <summary>The SQLite file's path is not a directory, and its directory exists or can be made; opening it is the store's check.</summary>
+    private static void CheckStorePath(string path)
+    {
+        if (path.Trim().Length == 0) throw new OptionsException("--store-path: empty (the SQLite database file, e.g. /var/lib/merlin/merlin.db)");
+        var full = Path.GetFullPath(path);
+        if (Directory.Exists(full)) throw new OptionsException($"--store-path: {path} is a directory; give the database file in it (e.g. {Path.Combine(path, "merlin.db")})");
+        if (!File.Exists(full)) CheckMakeable("--store-path", path, full);
+    }
+
+    /// <summary>A path that does not exist yet can be made: its nearest existing ancestor is a directory, not a file.</summary>
+    private static void CheckMakeable(string flag, string path, string full)
+    {
+        for (var ancestor = Path.GetDirectoryName(full); ancestor is not null; ancestor = Path.GetDirectoryName(ancestor))
+        {
+            if (File.Exists(ancestor)) throw new OptionsException($"{flag}: {path} cannot be made: {ancestor} is a file");
+            if (Directory.Exists(ancestor)) return;
+        }
+    }
+
     private static string? NonEmpty(IConfiguration c, string key) => c[key] is { Length: > 0 } text ? text : null;
 
     private static uint Seed(string text)
@@ -352,14 +400,14 @@ public sealed record DaemonOptions
     {
         var text = c[key];
         if (text is null) return fallback;
-        return bool.TryParse(text, out var b) ? b : throw new OptionsException($"--{key}: \"{text}\" is not true or false");
+        return bool.TryParse(text, out var b) ? b : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not true or false");
     }
 
     private static IPAddress Address(IConfiguration c, string key, IPAddress fallback)
     {
         var text = c[key];
         if (text is null) return fallback;
-        return IPAddress.TryParse(text, out var a) ? a : throw new OptionsException($"--{key}: \"{text}\" is not an IP address");
+        return IPAddress.TryParse(text, out var a) ? a : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not an IP address");
     }
 
     private static int PortOf(IConfiguration c, string key, int fallback)
@@ -367,7 +415,7 @@ public sealed record DaemonOptions
         var text = c[key];
         if (text is null) return fallback;
         return int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var p) && p <= 65535
-            ? p : throw new OptionsException($"--{key}: \"{text}\" is not a port (0-65535)");
+            ? p : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not a port (0-65535)");
     }
 
     private static TimeSpan Duration(IConfiguration c, string key, TimeSpan fallback)
@@ -382,7 +430,7 @@ public sealed record DaemonOptions
     {
         var text = c[key];
         if (text is null) return fallback;
-        return allowed.Contains(text) ? text : throw new OptionsException($"--{key}: \"{text}\" is not one of {string.Join(", ", allowed)}");
+        return allowed.Contains(text) ? text : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not one of {string.Join(", ", allowed)}");
     }
 }
 

@@ -1,5 +1,7 @@
 using Merlin.Daemon;
 
+// Exit codes (docs/operations.md, "Start-up order and exit codes"): 0 stopped; 2 a flag, a file it names or a port it names cannot be
+// used — one line on stderr naming the flag, and nothing done to the kernel or the store; 1 anything else.
 DaemonOptions options;
 try
 {
@@ -21,15 +23,21 @@ try
 {
     await using var app = DaemonHost.Build(options);
     await app.RunAsync();
-    return 0;
+    return Environment.ExitCode;
 }
 catch (OptionsException e)
 {
     Console.Error.WriteLine($"merlin: {e.Message}");
     return 2;
 }
-catch (IOException e) when (e.InnerException is System.Net.Sockets.SocketException or null)
+catch (IOException e) when (DaemonHost.DescribeBindFailure(options, e) is { } failure)
 {
-    Console.Error.WriteLine($"merlin: cannot listen: {e.Message}");
+    Console.Error.WriteLine($"merlin: {failure}");
+    return 2;
+}
+catch (Exception e)
+{
+    // Not a failure merlin knows how to name: a bug or an environment it does not expect. The whole exception, to report it.
+    Console.Error.WriteLine($"merlin: failed: {e}");
     return 1;
 }

@@ -98,9 +98,9 @@ public sealed class ControllerCommandLine
 
         var listenText = r.GetValue(_listen) ?? "0.0.0.0:8080";
         if (!IPEndPoint.TryParse(listenText, out var listen) || listen.Port == 0 && !listenText.EndsWith(":0", StringComparison.Ordinal))
-            throw new OptionError($"--listen: \"{listenText}\" is not ip:port");
+            throw new OptionError($"--listen: {Validation.Quote(listenText)} is not ip:port");
         var logFormat = r.GetValue(_logFormat)?.Trim().ToLowerInvariant() ?? "text";
-        if (logFormat is not ("text" or "json")) throw new OptionError($"--log-format: \"{logFormat}\" is not text or json");
+        if (logFormat is not ("text" or "json")) throw new OptionError($"--log-format: {Validation.Quote(logFormat)} is not text or json");
         var kubeconfig = r.GetValue(_kubeconfig);
         if (kubeconfig is not null && !File.Exists(kubeconfig)) throw new OptionError($"--kubeconfig: {kubeconfig} does not exist");
         return new ControllerInvocation(kubeconfig, merlin, controller, lease, listen, logFormat);

@@ -29,7 +29,7 @@ public static class Durations
             while (i < s.Length && (char.IsAsciiDigit(s[i]) || s[i] == '.')) i++;
             if (i == start || !decimal.TryParse(s[start..i], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var number))
             {
-                error = $"\"{text}\" is not a duration ({Hint})";
+                error = $"{Validation.Quote(text)} is not a duration ({Hint})";
                 return false;
             }
             var unitStart = i;
@@ -45,14 +45,14 @@ public static class Durations
             if (unitMs is null)
             {
                 error = unitStart == i
-                    ? $"\"{text}\" needs a unit ({Hint})"
-                    : $"\"{s[unitStart..i]}\" in \"{text}\" is not a unit (ms, s, m or h)";
+                    ? $"{Validation.Quote(text)} needs a unit ({Hint})"
+                    : $"{Validation.Quote(s[unitStart..i])} in {Validation.Quote(text)} is not a unit (ms, s, m or h)";
                 return false;
             }
             totalMs += number * unitMs.Value;
             if (totalMs > (decimal)TimeSpan.MaxValue.TotalMilliseconds / 2)
             {
-                error = $"\"{text}\" is too long";
+                error = $"{Validation.Quote(text)} is too long";
                 return false;
             }
         }
@@ -68,7 +68,7 @@ public static class Durations
         if (value.Ticks % TimeSpan.TicksPerSecond != 0)
         {
             return value < TimeSpan.FromSeconds(1)
-                ? (value.Ticks / (decimal)TimeSpan.TicksPerMillisecond).ToString("0.###", CultureInfo.InvariantCulture) + "ms"
+                ? (value.Ticks / (decimal)TimeSpan.TicksPerMillisecond).ToString("0.#######", CultureInfo.InvariantCulture) + "ms" // to the tick: 100ns is 0.0001ms, not 0ms
                 : ((decimal)value.Ticks / TimeSpan.TicksPerSecond).ToString("0.###", CultureInfo.InvariantCulture) + "s";
         }
         var sb = new StringBuilder();

@@ -21,7 +21,7 @@ public static class Endpoints
             var close = text.IndexOf(']');
             if (close < 0 || close + 1 >= text.Length || text[close + 1] != ':')
             {
-                error = $"\"{text}\" is not ip:port (IPv6 is written [addr]:port)";
+                error = $"{Validation.Quote(text)} is not ip:port (IPv6 is written [addr]:port)";
                 return false;
             }
             host = text[1..close];
@@ -32,7 +32,7 @@ public static class Endpoints
             var colon = text.LastIndexOf(':');
             if (colon < 0 || text.IndexOf(':') != colon)
             {
-                error = $"\"{text}\" is not ip:port (IPv6 is written [addr]:port)";
+                error = $"{Validation.Quote(text)} is not ip:port (IPv6 is written [addr]:port)";
                 return false;
             }
             host = text[..colon];
@@ -40,12 +40,12 @@ public static class Endpoints
         }
         if (!TryParseAddress(host, out address))
         {
-            error = $"\"{host}\" is not an IPv4 or IPv6 address";
+            error = $"{Validation.Quote(host)} is not an IPv4 or IPv6 address";
             return false;
         }
         if (!uint.TryParse(portText, NumberStyles.None, CultureInfo.InvariantCulture, out var p) || p is 0 or > 65535)
         {
-            error = $"port \"{portText}\" must be a number from 1 to 65535";
+            error = $"port {Validation.Quote(portText)} must be a number from 1 to 65535";
             return false;
         }
         port = (ushort)p;

@@ -23,7 +23,7 @@ public static class OptionValues
     {
         if (text is null) return fallback;
         if (!uint.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value < min || value > max)
-            throw new OptionValueException($"{option}: \"{text}\" is not a whole number from {min} to {max}");
+            throw new OptionValueException($"{option}: {Validation.Quote(text)} is not a whole number from {min} to {max}");
         return value;
     }
 }

@@ -23,7 +23,7 @@ public static class Schedulers
     {
         parsed = (scheduler ?? "").Trim();
         if (parsed.Length == 0) return new(field, "required (one of " + string.Join(", ", All) + ")");
-        if (!IsKnown(parsed)) return new(field, $"\"{parsed}\" is not an IPVS scheduler (one of {string.Join(", ", All)})");
+        if (!IsKnown(parsed)) return new(field, $"{Validation.Quote(parsed)} is not an IPVS scheduler (one of {string.Join(", ", All)})");
         return null;
     }
 
@@ -45,9 +45,9 @@ public static class Schedulers
             if (bit == SchedulerFlags.None)
             {
                 var allowed = named.Length == 0
-                    ? $"scheduler \"{scheduler}\" takes no flags"
-                    : $"scheduler \"{scheduler}\" takes {string.Join(", ", named.Select(f => f.Name))}";
-                return new(field, $"\"{raw}\" is not a flag of this scheduler ({allowed})");
+                    ? $"scheduler {Validation.Quote(scheduler)} takes no flags"
+                    : $"scheduler {Validation.Quote(scheduler)} takes {string.Join(", ", named.Select(f => f.Name))}";
+                return new(field, $"{Validation.Quote(raw)} is not a flag of this scheduler ({allowed})");
             }
             parsed |= bit;
         }

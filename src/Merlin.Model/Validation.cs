@@ -13,6 +13,23 @@ public static class Validation
     public const uint MaxWeight = int.MaxValue; // the kernel stores weights as a signed 32-bit int
     public const int MaxIdLength = 253;
 
+    /// <summary>The most characters of a value an error message quotes.</summary>
+    public const int MaxQuoted = 64;
+
+    /// <summary>
+    /// A value as error messages quote it: <c>"web"</c>, or a long one cut to its first <see cref="MaxQuoted"/>
+    /// characters with its length, <c>"aaaa…" (71,728 characters)</c>. A message is sent back as a gRPC status
+    /// header and written to logs: quoting a 70 KiB value whole made the .NET client fail the call as
+    /// Unavailable and drop the connection other calls shared. Every message that quotes a value uses this.
+    /// </summary>
+    public static string Quote(string? value)
+    {
+        value ??= "";
+        if (value.Length <= MaxQuoted) return $"\"{value}\"";
+        var cut = char.IsHighSurrogate(value[MaxQuoted - 1]) ? MaxQuoted - 1 : MaxQuoted; // never half a character
+        return $"\"{value[..cut]}…\" ({value.Length.ToString("N0", CultureInfo.InvariantCulture)} characters)";
+    }
+
     public static ValidationError? Id(string? id, string field)
     {
         if (string.IsNullOrEmpty(id)) return new(field, "required");
@@ -21,7 +38,7 @@ public static class Validation
         foreach (var c in id)
         {
             if (!(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' or ':' or '@'))
-                return new(field, $"\"{id}\" may only contain letters, digits and - _ . : @");
+                return new(field, $"{Validation.Quote(id)} may only contain letters, digits and - _ . : @");
         }
         return null;
     }
@@ -30,8 +47,8 @@ public static class Validation
     {
         address = null;
         if (string.IsNullOrEmpty(ip)) return new(field, "required");
-        if (!Endpoints.TryParseAddress(ip, out address)) return new(field, $"\"{ip}\" is not an IPv4 or IPv6 address");
-        if (IPAddress.Any.Equals(address) || IPAddress.IPv6Any.Equals(address)) return new(field, $"\"{ip}\" is the unspecified address");
+        if (!Endpoints.TryParseAddress(ip, out address)) return new(field, $"{Validation.Quote(ip)} is not an IPv4 or IPv6 address");
+        if (IPAddress.Any.Equals(address) || IPAddress.IPv6Any.Equals(address)) return new(field, $"{Validation.Quote(ip)} is the unspecified address");
         return null;
     }
 
@@ -82,25 +99,37 @@ public static class Validation
         uri = null;
         // Uri refuses an empty host, so put a placeholder host in to parse the rest.
         var schemeEnd = endpoint.IndexOf("://", StringComparison.Ordinal);
-        if (schemeEnd <= 0) return new(field, $"\"{endpoint}\" is not <scheme>://:<port>/<path> (e.g. http://:8080/health)");
+        if (schemeEnd <= 0) return new(field, $"{Validation.Quote(endpoint)} is not <scheme>://:<port>/<path> (e.g. http://:8080/health)");
         var scheme = endpoint[..schemeEnd].ToLowerInvariant();
         if (scheme is not ("http" or "https" or "tcp" or "grpc"))
-            return new(field, $"scheme \"{scheme}\" is not one of http, https, tcp, grpc");
+            return new(field, $"scheme {Validation.Quote(scheme)} is not one of http, https, tcp, grpc");
         var rest = endpoint[(schemeEnd + 3)..];
-        if (!rest.StartsWith(':')) return new(field, $"\"{endpoint}\" must not name a host: the real server's own address is checked (e.g. {scheme}://:8080/health)");
+        if (!rest.StartsWith(':')) return new(field, $"{Validation.Quote(endpoint)} must not name a host: the real server's own address is checked (e.g. {scheme}://:8080/health)");
         if (!Uri.TryCreate($"{scheme}://check.invalid{rest}", UriKind.Absolute, out var parsed))
-            return new(field, $"\"{endpoint}\" is not a valid URL");
+            return new(field, $"{Validation.Quote(endpoint)} is not a valid URL");
         var portText = rest[1..].Split('/', '?')[0];
         if (!uint.TryParse(portText, NumberStyles.None, CultureInfo.InvariantCulture, out var p) || p is 0 or > 65535)
-            return new(field, $"\"{endpoint}\" needs a port from 1 to 65535");
+            return new(field, $"{Validation.Quote(endpoint)} needs a port from 1 to 65535");
         uri = parsed;
         return null;
     }
 
+    /// <summary>The shortest health-check period: a shorter one probes a server many times a second for no better verdict.</summary>
+    public static readonly TimeSpan MinHealthPeriod = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>The longest health-check period: a check an hour apart no longer tells whether a server is up.</summary>
+    public static readonly TimeSpan MaxHealthPeriod = TimeSpan.FromHours(1);
+
+    /// <summary>The shortest health-check timeout: no connect and answer completes sooner, so every check would fail.</summary>
+    public static readonly TimeSpan MinHealthTimeout = TimeSpan.FromMilliseconds(1);
+
     public static ValidationError? HealthTiming(TimeSpan period, TimeSpan timeout, uint up, uint down, string field)
     {
         if (period <= TimeSpan.Zero) return new($"{field}.period", "required and must be positive when an endpoint is set");
+        if (period < MinHealthPeriod) return new($"{field}.period", $"{Durations.Format(period)} is shorter than the shortest period ({Durations.Format(MinHealthPeriod)})");
+        if (period > MaxHealthPeriod) return new($"{field}.period", $"{Durations.Format(period)} is longer than the longest period ({Durations.Format(MaxHealthPeriod)})");
         if (timeout <= TimeSpan.Zero) return new($"{field}.timeout", "required and must be positive when an endpoint is set");
+        if (timeout < MinHealthTimeout) return new($"{field}.timeout", $"{Durations.Format(timeout)} is shorter than the shortest timeout ({Durations.Format(MinHealthTimeout)})");
         if (timeout > period) return new($"{field}.timeout", $"{timeout.TotalSeconds:0.###}s is longer than the period {period.TotalSeconds:0.###}s");
         if (up == 0) return new($"{field}.up_threshold", "required and must be > 0 when an endpoint is set");
         if (down == 0) return new($"{field}.down_threshold", "required and must be > 0 when an endpoint is set");

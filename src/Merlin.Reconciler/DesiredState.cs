@@ -60,8 +60,13 @@ public static class DesiredState
                 var where = $"servers/{id}/{wire.Key?.Ip}:{wire.Key?.Port}";
                 if (WireMapper.TryToModel(wire, out var server) is { } serverError)
                 {
-                    rejected.Add(new(where, serverError.ToString()));
-                    continue;
+                    if (WithinHealthBounds(wire) is not { } bounded || WireMapper.TryToModel(bounded, out server) is not null)
+                    {
+                        rejected.Add(new(where, serverError.ToString()));
+                        continue;
+                    }
+                    // Stored before the API had bounds (or by the Go merlin): keep it programmed, checked at the nearest bound.
+                    rejected.Add(new(where, $"{serverError} (checked every {Durations.Format(server!.HealthCheck.Period)} with a {Durations.Format(server.HealthCheck.Timeout)} timeout instead; the server is programmed)"));
                 }
                 if (!service.Key.IsFirewallMark && Validation.SameFamily(server!.Key.Address, service.Key.Family, "key.ip") is { } familyError)
                 {
@@ -76,5 +81,23 @@ public static class DesiredState
             services[service.Key] = new ServiceState(service.Key, service.Config, servers);
         }
         return (new DataplaneState(services), rejected, checks);
+    }
+
+    /// <summary>
+    /// A stored server whose health-check period or timeout is outside today's bounds, with both moved to the
+    /// nearest bound; null when they are not valid durations at all or within bounds (then something else is wrong).
+    /// </summary>
+    private static Wire.RealServer? WithinHealthBounds(Wire.RealServer wire)
+    {
+        if (wire.HealthCheck is not { Period: { } p, Timeout: { } t }) return null;
+        if (WireMapper.TryDuration(p, "", out var period) is not null || WireMapper.TryDuration(t, "", out var timeout) is not null) return null;
+        if (period <= TimeSpan.Zero || timeout <= TimeSpan.Zero) return null;
+        if (period >= Validation.MinHealthPeriod && period <= Validation.MaxHealthPeriod && timeout >= Validation.MinHealthTimeout) return null;
+        var newPeriod = TimeSpan.FromTicks(Math.Clamp(period.Ticks, Validation.MinHealthPeriod.Ticks, Validation.MaxHealthPeriod.Ticks));
+        var newTimeout = TimeSpan.FromTicks(Math.Clamp(timeout.Ticks, Validation.MinHealthTimeout.Ticks, newPeriod.Ticks));
+        var bounded = wire.Clone();
+        bounded.HealthCheck.Period = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(newPeriod);
+        bounded.HealthCheck.Timeout = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(newTimeout);
+        return bounded;
     }
 }

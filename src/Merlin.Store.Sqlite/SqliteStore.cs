@@ -71,6 +71,7 @@ public sealed class SqliteStore : IStore
         {
             var dir = Path.GetDirectoryName(_path);
             if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
+            if (File.Exists(_path) && new FileInfo(_path).Length > 0) CheckIntegrity();
             _writer = Open();
             CreateSchema(_writer);
             new Thread(WriterLoop) { IsBackground = true, Name = "merlin-sqlite-writer" }.Start();
@@ -672,6 +673,25 @@ public sealed class SqliteStore : IStore
         {
             throw Unavailable(e);
         }
+    }
+
+    /// <summary>
+    /// An existing file is checked before anything is written to it (switching to WAL, the schema): a damaged
+    /// or foreign file is refused as it is, so the operator can still restore or inspect it.
+    /// </summary>
+    private void CheckIntegrity()
+    {
+        using var c = new SqliteConnection(new SqliteConnectionStringBuilder(_connectionString) { Mode = SqliteOpenMode.ReadOnly, Pooling = false }.ToString());
+        c.Open();
+        using var check = Command(c, "PRAGMA quick_check(1);");
+        var result = check.ExecuteScalar() as string;
+        if (!string.Equals(result, "ok", StringComparison.Ordinal))
+            throw new StoreUnavailableException($"sqlite store {_path}: damaged: {result}");
+        using var tables = Command(c, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT IN ('meta', 'services', 'servers', 'changes');");
+        using var ours = Command(c, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta';");
+        if (Convert.ToInt64(ours.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) == 0
+            && Convert.ToInt64(tables.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) > 0)
+            throw new StoreUnavailableException($"sqlite store {_path}: a SQLite database of something else (it has other tables and no merlin schema)");
     }
 
     private SqliteConnection Open()

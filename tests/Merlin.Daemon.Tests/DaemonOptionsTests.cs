@@ -38,6 +38,10 @@ public class DaemonOptionsTests
     [InlineData(new[] { "--reconcile-sync-period", "10" }, "--reconcile-sync-period:")]
     [InlineData(new[] { "--store-backend", "redis" }, "--store-backend: \"redis\"")]
     [InlineData(new[] { "--bogus", "1" }, "--bogus: unknown flag")]
+    [InlineData(new[] { "--store-backend", "" }, "--store-backend: \"\" is not one of sqlite, etcd3, etcd")]
+    [InlineData(new[] { "--port", "" }, "--port: \"\" is not a port")]
+    [InlineData(new[] { "--store-path", "" }, "--store-path: empty")]
+    [InlineData(new[] { "--store-path", "/" }, "--store-path: / is a directory")]
     public void From_BadValue_NamesTheFlag(string[] args, string expected)
     {
         var e = Assert.Throws<OptionsException>(() => Parse(args));
@@ -145,5 +149,18 @@ public class DaemonOptionsTests
         Assert.Contains("--health-keepalive: \"sometimes\" is not true or false", Assert.Throws<OptionsException>(() => Parse("--health-keepalive=sometimes")).Message);
         Assert.Contains("\"sometimes\": unexpected argument", Assert.Throws<OptionsException>(() => Parse("--health-keepalive", "sometimes")).Message);
         Assert.Contains("\"eth0\": unexpected argument", Assert.Throws<OptionsException>(() => Parse("--manage-sysctls", "eth0")).Message);
+    }
+
+    [Fact]
+    public void From_StateDirThatIsOrIsUnderAFile_IsRefusedNamingTheFlag()
+    {
+        using var dir = new Merlin.Testing.TempDir("state");
+        var file = dir.File("file");
+        File.WriteAllText(file, "");
+
+        Assert.Equal($"--state-dir: {file} is a file, not a directory", Assert.Throws<OptionsException>(() => Parse("--state-dir", file)).Message);
+        Assert.Equal($"--state-dir: {file}/sub cannot be made: {file} is a file", Assert.Throws<OptionsException>(() => Parse("--state-dir", file + "/sub")).Message);
+        Assert.StartsWith("--state-dir: empty", Assert.Throws<OptionsException>(() => Parse("--state-dir", " ")).Message);
+        Assert.Equal(dir.File("new/deeper"), Parse("--state-dir", dir.File("new/deeper")).StateDir); // made when first needed
     }
 }

@@ -15,9 +15,22 @@ public sealed class RunningDaemon : IAsyncDisposable
     private WebApplication? _app;
     private GrpcChannel? _channel;
 
-    private RunningDaemon(DaemonOptions options) => Options = options;
+    /// <summary>The daemon's own --state-dir (unless a test gives one): a daemon takes a node lock in it.</summary>
+    private readonly TempDir _state;
+
+    private RunningDaemon(DaemonOptions options, TempDir state)
+    {
+        Options = options;
+        _state = state;
+    }
 
     public DaemonOptions Options { get; }
+
+    /// <summary>Every line the daemon logged (after its own level filters), across restarts.</summary>
+    public ListLoggerProvider Logs { get; } = new();
+
+    /// <summary>The channel the clients share (h2c to the API port), for calls with hand-made bodies.</summary>
+    public GrpcChannel Channel => _channel!;
 
     public Original.Types.Merlin.MerlinClient Original { get; private set; } = null!;
 
@@ -35,8 +48,9 @@ public sealed class RunningDaemon : IAsyncDisposable
         // it: pick new ports and try again.
         for (var attempt = 1; ; attempt++)
         {
-            var options = configure(new DaemonOptions { Port = FreePort(), HealthPort = FreePort(), SyncPeriod = TimeSpan.FromSeconds(30) });
-            var daemon = new RunningDaemon(options);
+            var state = new TempDir("state");
+            var options = configure(new DaemonOptions { Port = FreePort(), HealthPort = FreePort(), SyncPeriod = TimeSpan.FromSeconds(30), StateDir = state.Path });
+            var daemon = new RunningDaemon(options, state);
             try
             {
                 await daemon.StartAsync();
@@ -44,14 +58,14 @@ public sealed class RunningDaemon : IAsyncDisposable
             }
             catch (IOException e) when (attempt < 5 && e.InnerException is Microsoft.AspNetCore.Connections.AddressInUseException)
             {
-                await daemon.StopAsync();
+                await daemon.DisposeAsync();
             }
         }
     }
 
     public async Task StartAsync()
     {
-        _app = DaemonHost.Build(Options);
+        _app = DaemonHost.Build(Options, services => services.AddSingleton<Microsoft.Extensions.Logging.ILoggerProvider>(Logs));
         await _app.StartAsync(TestContext.Current.CancellationToken);
         _channel = GrpcChannel.ForAddress($"http://127.0.0.1:{Options.Port}");
         Original = new Original.Types.Merlin.MerlinClient(_channel);
@@ -92,7 +106,14 @@ public sealed class RunningDaemon : IAsyncDisposable
     {
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
         cts.CancelAfter(TimeSpan.FromSeconds(30));
-        while (!condition(Dataplane.State)) await Task.Delay(20, cts.Token);
+        try
+        {
+            while (!condition(Dataplane.State)) await Task.Delay(20, cts.Token);
+        }
+        catch (OperationCanceledException) when (!TestContext.Current.CancellationToken.IsCancellationRequested)
+        {
+            throw new TimeoutException($"the dataplane did not reach the expected state within 30 s; the daemon's log:\n{Logs.Text}");
+        }
     }
 
     /// <summary>Waits until this run of the daemon has made <paramref name="count"/> reconcile passes.</summary>
@@ -103,7 +124,11 @@ public sealed class RunningDaemon : IAsyncDisposable
         while (Loop.Passes < count) await Task.Delay(50, cts.Token);
     }
 
-    public ValueTask DisposeAsync() => new(StopAsync());
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync();
+        _state.Dispose();
+    }
 
     public static int FreePort()
     {

@@ -177,6 +177,30 @@ public class ReconcilerTests
     }
 
     [Fact]
+    public async Task RunPass_StoredHealthCheckOutsideTodaysBounds_IsProgrammedAtTheNearestBound_AndReported()
+    {
+        // A record stored before the API bounded periods (50 ms) must not vanish from the dataplane on upgrade.
+        var fast = FakeStore.Server("web", "198.18.1.40");
+        fast.HealthCheck = new Wire.RealServer.Types.HealthCheck
+        {
+            Endpoint = "http://:8080/health", UpThreshold = 1, DownThreshold = 1,
+            Period = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromMilliseconds(50)),
+            Timeout = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromMilliseconds(20)),
+        };
+        var broken = FakeStore.Server("web", "198.18.1.41");
+        broken.HealthCheck = fast.HealthCheck.Clone();
+        broken.HealthCheck.Period = new Google.Protobuf.WellKnownTypes.Duration { Seconds = 1, Nanos = -1 };
+        _store.Items[0] = new StoreItem(_store.Items[0].Service, [.. _store.Items[0].Servers, fast, broken]);
+
+        var result = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
+
+        Assert.Contains(new RealServerKey(IPAddress.Parse("198.18.1.40"), 80), _dataplane.State.Services[Web].Servers.Keys);
+        Assert.DoesNotContain(new RealServerKey(IPAddress.Parse("198.18.1.41"), 80), _dataplane.State.Services[Web].Servers.Keys);
+        Assert.Contains(result.Rejected, r => r.Key.EndsWith("198.18.1.40:80") && r.Reason.Contains("checked every 100ms with a 20ms timeout instead; the server is programmed"));
+        Assert.Contains(result.Rejected, r => r.Key.EndsWith("198.18.1.41:80") && r.Reason.StartsWith("health_check.period:"));
+    }
+
+    [Fact]
     public async Task Loop_StoreChange_TriggersAPassThatProgramsIt()
     {
         var loop = new ReconcileLoop(_reconciler, _store, new ReconcilerOptions { SyncPeriod = TimeSpan.FromHours(1) },

@@ -18,7 +18,7 @@ public sealed class ListLoggerFactory : ILoggerFactory
 
     public void Dispose() { }
 
-    private sealed class ListLogger(string category, ConcurrentQueue<string> lines) : ILogger
+    internal sealed class ListLogger(string category, ConcurrentQueue<string> lines) : ILogger
     {
         public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
 
@@ -27,4 +27,21 @@ public sealed class ListLoggerFactory : ILoggerFactory
         public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
             lines.Enqueue($"{DateTime.UtcNow:HH:mm:ss.fff} {logLevel} {category}: {formatter(state, exception)}{(exception is null ? "" : " " + exception.Message)}");
     }
+}
+
+/// <summary>
+/// The same lines as a provider, for a host that builds its own logger factory (the daemon): what passes
+/// the host's filters is kept, with the exception's type and message but never its stack trace.
+/// </summary>
+public sealed class ListLoggerProvider : ILoggerProvider
+{
+    private readonly ConcurrentQueue<string> _lines = new();
+
+    public IReadOnlyList<string> Lines => _lines.ToArray();
+
+    public string Text => string.Join('\n', _lines);
+
+    public ILogger CreateLogger(string categoryName) => new ListLoggerFactory.ListLogger(categoryName, _lines);
+
+    public void Dispose() { }
 }

@@ -36,20 +36,30 @@ public static class AccessPolicy
         // read costs the dataplane one dump per service.
     };
 
+    /// <summary>
+    /// Throws PermissionDenied unless <paramref name="caller"/>'s role may call <paramref name="method"/> at all;
+    /// needs no request, so a call is refused before its body is read. <see cref="Authorize"/> then checks the request.
+    /// </summary>
+    public static void AuthorizeMethod(string method, Caller caller) => Access(method, caller);
+
     /// <summary>Throws PermissionDenied, naming why, unless <paramref name="caller"/> may make this call.</summary>
     /// <param name="method">The RPC's name (<c>CreateServer</c>).</param>
     /// <param name="request">The request message; null for streaming calls.</param>
     public static void Authorize(string method, object? request, Caller caller)
     {
-        if (caller.Role == Role.Admin) return;
-        if (!RealServerMay.TryGetValue(method, out var access))
-            throw Denied($"{caller} may not call {method}: only admin may");
-        if (access.ReadOnly) return;
+        if (Access(method, caller) is not { ReadOnly: false } access) return;
         var text = access.ServerIp!(request);
         if (!IPAddress.TryParse(text, out var address))
             throw Denied($"{caller} may {method} only its own servers, and the request names no server address (key.ip)");
         if (!caller.Addresses.Any(own => Same(own, address)))
             throw Denied($"{caller} may {method} only servers with its own IP ({string.Join(", ", caller.Addresses)}), not {address}");
+    }
+
+    /// <summary>What <paramref name="caller"/> may do with <paramref name="method"/>: null for admin (anything).</summary>
+    private static RealServerAccess? Access(string method, Caller caller)
+    {
+        if (caller.Role == Role.Admin) return null;
+        return RealServerMay.TryGetValue(method, out var access) ? access : throw Denied($"{caller} may not call {method}: only admin may");
     }
 
     private static bool Same(IPAddress a, IPAddress b) => Plain(a).Equals(Plain(b));

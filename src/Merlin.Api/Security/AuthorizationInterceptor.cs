@@ -1,14 +1,15 @@
 using Grpc.Core;
 using Grpc.Core.Interceptors;
-using Microsoft.Extensions.Logging;
 
 namespace Merlin.Api.Security;
 
 /// <summary>
-/// Admits each call before it reaches <see cref="MerlinService"/>: authenticates the caller, then asks
-/// <see cref="AccessPolicy"/>. A refused call never reaches the service, so it changes nothing.
+/// Admits each call before it reaches <see cref="MerlinService"/>, once its body is parsed: the caller (found by
+/// <see cref="ApiAdmission"/> before the body was read, or authenticated here when no admission ran) must be
+/// allowed this request by <see cref="AccessPolicy"/> — for a real server, the address it names must be its own.
+/// A refused call never reaches the service, so it changes nothing.
 /// </summary>
-public sealed partial class AuthorizationInterceptor(CallerAuthenticator authenticator, ILogger<AuthorizationInterceptor> logger) : Interceptor
+public sealed class AuthorizationInterceptor(CallerAuthenticator authenticator, RefusedCalls refusals) : Interceptor
 {
     public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(
         TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
@@ -42,17 +43,15 @@ public sealed partial class AuthorizationInterceptor(CallerAuthenticator authent
     {
         // "/types.Merlin/CreateServer" → "CreateServer"
         var method = context.Method[(context.Method.LastIndexOf('/') + 1)..];
+        var http = context.GetHttpContext();
         try
         {
-            AccessPolicy.Authorize(method, request, authenticator.Authenticate(context));
+            AccessPolicy.Authorize(method, request, ApiAdmission.CallerOf(http) ?? authenticator.Authenticate(context));
         }
         catch (RpcException e)
         {
-            LogRefused(method, context.Peer, e.StatusCode, e.Status.Detail);
+            refusals.Refused(method, RefusedCalls.Peer(http), e.Status);
             throw;
         }
     }
-
-    [LoggerMessage(EventId = 220, Level = LogLevel.Warning, Message = "Refused {Method} from {Peer}: {Code}: {Reason}")]
-    private partial void LogRefused(string method, string peer, StatusCode code, string reason);
 }

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Security.Cryptography;
 using System.Text;
+using Merlin.Model;
 
 namespace Merlin.Api.Security;
 
@@ -38,12 +39,12 @@ public sealed class BearerTokens
             if (fields[0].Length < MinimumLength)
                 throw new FormatException($"line {lineNumber}: the token is shorter than {MinimumLength} characters (make one with `openssl rand -hex 32`)");
             if (!Caller.TryParseRole(fields[1], out var role))
-                throw new FormatException($"line {lineNumber}: \"{fields[1]}\" is not a role (admin or realserver)");
+                throw new FormatException($"line {lineNumber}: {Validation.Quote(fields[1])} is not a role (admin or realserver)");
             var addresses = new List<IPAddress>();
             foreach (var field in fields.Skip(2))
                 addresses.Add(IPAddress.TryParse(field, out var address)
                     ? address
-                    : throw new FormatException($"line {lineNumber}: \"{field}\" is not an IP address"));
+                    : throw new FormatException($"line {lineNumber}: {Validation.Quote(field)} is not an IP address"));
             if (role == Role.RealServer && addresses.Count == 0)
                 throw new FormatException($"line {lineNumber}: a realserver token needs the IP it may manage (\"token realserver 198.18.1.21\")");
             if (role == Role.Admin && addresses.Count != 0)

@@ -1,4 +1,5 @@
 using Grpc.Core;
+using Microsoft.AspNetCore.Http;
 
 namespace Merlin.Api.Security;
 
@@ -26,9 +27,11 @@ public sealed class CallerAuthenticator(ApiCredentials credentials)
 {
     private const string BearerPrefix = "Bearer ";
 
-    public Caller Authenticate(ServerCallContext context)
+    public Caller Authenticate(ServerCallContext context) => Authenticate(context.GetHttpContext());
+
+    /// <summary>From the connection and the request's headers alone, so a call can be refused before its body is read.</summary>
+    public Caller Authenticate(HttpContext http)
     {
-        var http = context.GetHttpContext();
         // A connection that is not over IP came through the daemon's Unix socket, its only other listener.
         // (Connection-level features such as the endpoint are not visible from a request.)
         if (http.Connection.LocalIpAddress is null && http.Connection.RemoteIpAddress is null) return Caller.LocalSocket;
@@ -37,7 +40,7 @@ public sealed class CallerAuthenticator(ApiCredentials credentials)
             return credentials.ClientCertificates?.Identify(certificate)
                 ?? throw Unauthenticated("this daemon takes no client certificates (it has no --tls-client-ca)");
 
-        if (context.RequestHeaders.GetValue("authorization") is { } authorization)
+        if (http.Request.Headers.Authorization.ToString() is { Length: > 0 } authorization)
         {
             if (!authorization.StartsWith(BearerPrefix, StringComparison.OrdinalIgnoreCase))
                 throw Unauthenticated("the authorization header is not \"Bearer <token>\"");

@@ -3,6 +3,7 @@ using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
+using Merlin.Model;
 
 namespace Merlin.Api.Security;
 
@@ -58,7 +59,7 @@ public sealed class ClientCertificateAuthority
         if (roles.Count != 1)
             throw Denied($"{name} must carry exactly one role as a URI SAN ({RoleUriPrefix}admin or {RoleUriPrefix}realserver); it has {(roles.Count == 0 ? "none" : string.Join(", ", roles))}");
         if (!Caller.TryParseRole(roles[0][RoleUriPrefix.Length..], out var role))
-            throw Denied($"{name} has role \"{roles[0]}\"; known roles are {RoleUriPrefix}admin and {RoleUriPrefix}realserver");
+            throw Denied($"{name} has role {Validation.Quote(roles[0])}; known roles are {RoleUriPrefix}admin and {RoleUriPrefix}realserver");
         if (role == Role.RealServer && addresses.Count == 0)
             throw Denied($"{name} has role realserver but no IP SAN: a real server may only manage its own addresses");
         return new Caller(role, role == Role.RealServer ? addresses : [], name);

@@ -4,6 +4,7 @@ using System.Net;
 using StringValue = Google.Protobuf.WellKnownTypes.StringValue;
 using Merlin.Cli.Parsing;
 using Wire = Merlin.Wire;
+using Merlin.Model;
 
 namespace Merlin.Cli.Commands;
 
@@ -88,7 +89,7 @@ internal static class ServiceCommands
                 var text = r.Tokens[0].Value;
                 if (Parsers.TryParseProtocol(text, out var p, out var error)) return p;
                 r.AddError(text.Contains(':')
-                    ? $"<protocol>: \"{text}\" is not tcp, udp or sctp (the protocol comes before ip:port)"
+                    ? $"<protocol>: {Validation.Quote(text)} is not tcp, udp or sctp (the protocol comes before ip:port)"
                     : $"<protocol>: {error}");
                 return null;
             },

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using Merlin.Model;
 
 namespace Merlin.Cli.Parsing;
 
@@ -28,7 +29,7 @@ public sealed record HostSpec(string Host, ushort? Port)
             var path = s[UnixPrefix.Length..];
             if (!path.StartsWith('/'))
             {
-                error = $"\"{text}\" needs an absolute socket path (unix:///run/merlin/merlin.sock)";
+                error = $"{Validation.Quote(text)} needs an absolute socket path (unix:///run/merlin/merlin.sock)";
                 return false;
             }
             spec = new HostSpec("localhost", null) { UnixSocket = path };
@@ -44,7 +45,7 @@ public sealed record HostSpec(string Host, ushort? Port)
         }
         if (s.Contains("://"))
         {
-            error = $"\"{text}\" is not host[:port], http(s)://host[:port] or unix:///path";
+            error = $"{Validation.Quote(text)} is not host[:port], http(s)://host[:port] or unix:///path";
             return false;
         }
         string host;
@@ -54,14 +55,14 @@ public sealed record HostSpec(string Host, ushort? Port)
             var close = s.IndexOf(']');
             if (close < 0 || (close + 1 < s.Length && s[close + 1] != ':'))
             {
-                error = $"\"{text}\" is not a host ([IPv6] or [IPv6]:port)";
+                error = $"{Validation.Quote(text)} is not a host ([IPv6] or [IPv6]:port)";
                 return false;
             }
             host = s[1..close];
             if (close + 1 < s.Length) portText = s[(close + 2)..];
             if (!IPAddress.TryParse(host, out var v6) || v6.AddressFamily != AddressFamily.InterNetworkV6)
             {
-                error = $"\"{host}\" in brackets is not an IPv6 address";
+                error = $"{Validation.Quote(host)} in brackets is not an IPv6 address";
                 return false;
             }
         }
@@ -71,7 +72,7 @@ public sealed record HostSpec(string Host, ushort? Port)
             host = s;
             if (!IPAddress.TryParse(host, out var v6) || v6.AddressFamily != AddressFamily.InterNetworkV6)
             {
-                error = $"\"{text}\" is not a host (write IPv6 with a port as [addr]:port)";
+                error = $"{Validation.Quote(text)} is not a host (write IPv6 with a port as [addr]:port)";
                 return false;
             }
         }
@@ -82,7 +83,7 @@ public sealed record HostSpec(string Host, ushort? Port)
             if (colon >= 0) portText = s[(colon + 1)..];
             if (Uri.CheckHostName(host) is UriHostNameType.Unknown or UriHostNameType.IPv6)
             {
-                error = $"\"{host}\" is not a host name or address";
+                error = $"{Validation.Quote(host)} is not a host name or address";
                 return false;
             }
         }
@@ -91,7 +92,7 @@ public sealed record HostSpec(string Host, ushort? Port)
         {
             if (!ushort.TryParse(portText, NumberStyles.None, CultureInfo.InvariantCulture, out var p) || p == 0)
             {
-                error = $"port \"{portText}\" in \"{text}\" must be a number from 1 to 65535";
+                error = $"port {Validation.Quote(portText)} in {Validation.Quote(text)} must be a number from 1 to 65535";
                 return false;
             }
             port = p;

@@ -38,7 +38,7 @@ internal static class Parsers
             if (!Durations.TryParse(text, out value, out error)) return false;
             if (positive && value <= TimeSpan.Zero)
             {
-                error = $"\"{text}\" must be longer than zero";
+                error = $"{Validation.Quote(text)} must be longer than zero";
                 return false;
             }
             return true;
@@ -62,7 +62,7 @@ internal static class Parsers
             "tcp" => (Wire.Protocol.Tcp, null),
             "udp" => (Wire.Protocol.Udp, (string?)null),
             "sctp" => (Wire.Protocol.Sctp, null),
-            _ => (Wire.Protocol.UnsetProtocol, $"\"{text}\" is not tcp, udp or sctp"),
+            _ => (Wire.Protocol.UnsetProtocol, $"{Validation.Quote(text)} is not tcp, udp or sctp"),
         };
         return error is null;
     }
@@ -75,7 +75,7 @@ internal static class Parsers
             "route" or "dr" => (Wire.ForwardMethod.Route, null),
             "tunnel" or "ipip" => (Wire.ForwardMethod.Tunnel, (string?)null),
             "masq" or "nat" => (Wire.ForwardMethod.Masq, null),
-            _ => (Wire.ForwardMethod.UnsetForwardMethod, $"\"{text}\" is not route, tunnel or masq"),
+            _ => (Wire.ForwardMethod.UnsetForwardMethod, $"{Validation.Quote(text)} is not route, tunnel or masq"),
         };
         return error is null;
     }
@@ -87,7 +87,7 @@ internal static class Parsers
             "ipip" => (Wire.TunnelType.Ipip, null),
             "gue" => (Wire.TunnelType.Gue, (string?)null),
             "gre" => (Wire.TunnelType.Gre, null),
-            _ => (Wire.TunnelType.Ipip, $"\"{text}\" is not ipip, gue or gre"),
+            _ => (Wire.TunnelType.Ipip, $"{Validation.Quote(text)} is not ipip, gue or gre"),
         };
         return error is null;
     }

@@ -13,7 +13,7 @@ public static class Values
             error = null;
             return true;
         }
-        error = $"\"{text}\" is not a whole number from {min} to {max}";
+        error = $"{Validation.Quote(text)} is not a whole number from {min} to {max}";
         return false;
     }
 
@@ -29,12 +29,12 @@ public static class Values
         }
         if (!Durations.TryParse(s, out var span, out _))
         {
-            error = $"\"{text}\" is not a number of seconds (e.g. 300 or 5m)";
+            error = $"{Validation.Quote(text)} is not a number of seconds (e.g. 300 or 5m)";
             return false;
         }
         if (span.Ticks % TimeSpan.TicksPerSecond != 0 || span.TotalSeconds > uint.MaxValue)
         {
-            error = $"\"{text}\" is not a whole number of seconds";
+            error = $"{Validation.Quote(text)} is not a whole number of seconds";
             return false;
         }
         seconds = (uint)span.TotalSeconds;
@@ -52,7 +52,7 @@ public static class Values
             error = null;
             return true;
         }
-        error = $"\"{text}\" is not a prefix length (0-32 for IPv4, 0-128 for IPv6)";
+        error = $"{Validation.Quote(text)} is not a prefix length (0-32 for IPv4, 0-128 for IPv6)";
         return false;
     }
 

@@ -56,7 +56,7 @@ public sealed record ServiceIntent(string Namespace, string Name)
                 "IPv6" => AddressFamily.InterNetworkV6,
                 _ => AddressFamily.Unknown,
             });
-            if (families[^1] == AddressFamily.Unknown) { error = new("spec.ipFamilies", $"\"{f}\" is not IPv4 or IPv6"); return null; }
+            if (families[^1] == AddressFamily.Unknown) { error = new("spec.ipFamilies", $"{Validation.Quote(f)} is not IPv4 or IPv6"); return null; }
         }
         if (families.Count == 0) families.Add(AddressFamily.InterNetwork);
         var policy = spec.IpFamilyPolicy switch
@@ -66,7 +66,7 @@ public sealed record ServiceIntent(string Namespace, string Name)
             "RequireDualStack" => FamilyPolicy.RequireDualStack,
             var p => (FamilyPolicy)(-1),
         };
-        if (!Enum.IsDefined(policy)) { error = new("spec.ipFamilyPolicy", $"\"{spec.IpFamilyPolicy}\" is not SingleStack, PreferDualStack or RequireDualStack"); return null; }
+        if (!Enum.IsDefined(policy)) { error = new("spec.ipFamilyPolicy", $"{Validation.Quote(spec.IpFamilyPolicy)} is not SingleStack, PreferDualStack or RequireDualStack"); return null; }
 
         var requested = new List<IPAddress>();
         var (ipsField, ipsText) = Annotation(Annotations.Ips) is { } ips
@@ -75,7 +75,7 @@ public sealed record ServiceIntent(string Namespace, string Name)
         foreach (var part in (ipsText ?? "").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
         {
             if (!IPAddress.TryParse(part, out var a) || part.Contains('/') || part.Contains('%'))
-            { error = new(ipsField, $"\"{Cut(part)}\" is not an IP address"); return null; }
+            { error = new(ipsField, $"{Validation.Quote(part)} is not an IP address"); return null; }
             requested.Add(a);
         }
 
@@ -90,7 +90,7 @@ public sealed record ServiceIntent(string Namespace, string Name)
                 "SCTP" => Protocol.Sctp,
                 _ => (Protocol)0,
             };
-            if (protocol == 0) { error = new($"spec.ports[{i}].protocol", $"\"{p.Protocol}\" is not TCP, UDP or SCTP"); return null; }
+            if (protocol == 0) { error = new($"spec.ports[{i}].protocol", $"{Validation.Quote(p.Protocol)} is not TCP, UDP or SCTP"); return null; }
             if (p.Port is < 1 or > 65535) { error = new($"spec.ports[{i}].port", $"{p.Port} is not a port (1-65535)"); return null; }
             ports.Add(new(protocol, (ushort)p.Port, (ushort)Math.Clamp(p.NodePort ?? 0, 0, 65535)));
         }
@@ -107,7 +107,7 @@ public sealed record ServiceIntent(string Namespace, string Name)
             "nat" or "masq" => Forwarding.Nat,
             var f => (Forwarding)(-1),
         };
-        if (!Enum.IsDefined(forwarding)) { error = new($"annotation {Annotations.Forwarding}", $"\"{Cut(Annotation(Annotations.Forwarding)!)}\" is not route or nat"); return null; }
+        if (!Enum.IsDefined(forwarding)) { error = new($"annotation {Annotations.Forwarding}", $"{Validation.Quote(Annotation(Annotations.Forwarding))} is not route or nat"); return null; }
         if (forwarding == Forwarding.Nat && ports.FirstOrDefault(p => p.NodePort == 0) is { } noNodePort)
         { error = new($"annotation {Annotations.Forwarding}", $"nat forwards to the node port, and port {noNodePort.Port} has none (spec.allocateLoadBalancerNodePorts is false?)"); return null; }
 
@@ -133,7 +133,4 @@ public sealed record ServiceIntent(string Namespace, string Name)
             HealthCheckNodePort = (ushort)(local ? healthPort : 0),
         };
     }
-
-    /// <summary>A value quoted in a message, cut short: annotations can be long.</summary>
-    public static string Cut(string value) => value.Length <= 64 ? value : $"{value[..64]}… ({value.Length} characters)";
 }

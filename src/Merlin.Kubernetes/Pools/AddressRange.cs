@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Merlin.Model;
 
 namespace Merlin.Kubernetes.Pools;
 
@@ -48,14 +49,14 @@ public readonly record struct AddressRange(AddressFamily Family, UInt128 First, 
         if (slash >= 0)
         {
             if (!IPAddress.TryParse(text[..slash], out var network) || network.ToString().Contains('%'))
-            { error = $"\"{text}\" is not a CIDR: {text[..slash]} is not an IP address"; return false; }
+            { error = $"{Validation.Quote(text)} is not a CIDR: {text[..slash]} is not an IP address"; return false; }
             var bits = network.AddressFamily == AddressFamily.InterNetwork ? 32 : 128;
             if (!int.TryParse(text[(slash + 1)..], out var prefix) || prefix < 0 || prefix > bits)
-            { error = $"\"{text}\" is not a CIDR: the prefix length must be 0-{bits}"; return false; }
+            { error = $"{Validation.Quote(text)} is not a CIDR: the prefix length must be 0-{bits}"; return false; }
             var host = bits - prefix;
             var mask = host == 128 ? UInt128.MaxValue : (UInt128.One << host) - 1;
             var first = AddressMath.ToNumber(network);
-            if ((first & mask) != 0) { error = $"\"{text}\" has host bits set (the network is {AddressMath.FromNumber(first & ~mask, network.AddressFamily)}/{prefix})"; return false; }
+            if ((first & mask) != 0) { error = $"{Validation.Quote(text)} has host bits set (the network is {AddressMath.FromNumber(first & ~mask, network.AddressFamily)}/{prefix})"; return false; }
             range = new(network.AddressFamily, first, first | mask);
             error = null;
             return true;
@@ -63,16 +64,16 @@ public readonly record struct AddressRange(AddressFamily Family, UInt128 First, 
         var dash = text.IndexOf('-');
         if (dash < 0)
         {
-            if (!IPAddress.TryParse(text, out var single)) { error = $"\"{text}\" is not a CIDR, a range first-last or an address"; return false; }
+            if (!IPAddress.TryParse(text, out var single)) { error = $"{Validation.Quote(text)} is not a CIDR, a range first-last or an address"; return false; }
             range = new(single.AddressFamily, AddressMath.ToNumber(single), AddressMath.ToNumber(single));
             error = null;
             return true;
         }
         if (!IPAddress.TryParse(text[..dash].Trim(), out var a) || !IPAddress.TryParse(text[(dash + 1)..].Trim(), out var b))
-        { error = $"\"{text}\" is not a range: both ends must be IP addresses"; return false; }
-        if (a.AddressFamily != b.AddressFamily) { error = $"\"{text}\" mixes IPv4 and IPv6"; return false; }
+        { error = $"{Validation.Quote(text)} is not a range: both ends must be IP addresses"; return false; }
+        if (a.AddressFamily != b.AddressFamily) { error = $"{Validation.Quote(text)} mixes IPv4 and IPv6"; return false; }
         var (lo, hi) = (AddressMath.ToNumber(a), AddressMath.ToNumber(b));
-        if (lo > hi) { error = $"\"{text}\" ends before it starts"; return false; }
+        if (lo > hi) { error = $"{Validation.Quote(text)} ends before it starts"; return false; }
         range = new(a.AddressFamily, lo, hi);
         error = null;
         return true;

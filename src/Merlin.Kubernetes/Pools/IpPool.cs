@@ -84,7 +84,7 @@ public sealed class LabelMatcher
             };
             if (string.IsNullOrEmpty(key) || term is null)
             {
-                error = $"{field}.matchExpressions[{i}]: \"{e.OperatorProperty}\" with {values.Count} values is not In/NotIn (with values) or Exists/DoesNotExist (without)";
+                error = $"{field}.matchExpressions[{i}]: {Merlin.Model.Validation.Quote(e.OperatorProperty)} with {values.Count} values is not In/NotIn (with values) or Exists/DoesNotExist (without)";
                 return null;
             }
             m._terms.Add(term);
