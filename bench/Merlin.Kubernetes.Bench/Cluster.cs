@@ -174,7 +174,7 @@ public sealed class Cluster : IAsyncDisposable
     /// <summary>Starts a replica in this process; it campaigns for the lease at once.</summary>
     public Replica StartReplica(string identity, int workers, LeaseOptions? lease = null)
     {
-        lease ??= new LeaseOptions("merlin-system", "merlin-k8s", identity); // the defaults: 15 s, renew 10 s, retry 2 s
+        lease ??= new LeaseOptions("merlin-system", "merlin-k8s", identity); // the defaults: 12 s, renew 8 s, retry 2 s
         var kube = new k8s.Kubernetes(Api.ClientConfiguration());
         var host = new ControllerHost(kube, Merlin, () => new CallOptions(deadline: DateTime.UtcNow.AddSeconds(10)),
             Options(workers) with { Identity = identity }, lease, Logs);

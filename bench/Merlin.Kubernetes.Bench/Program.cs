@@ -14,7 +14,7 @@ using Microsoft.Extensions.Logging;
 //        [--services 200] [--rate 10] [--latency-nodes 10] [--latency-background 0]
 //        [--sync-services 1000] [--sync-nodes 100] [--no-controller-process] [--controller-env KEY=VALUE[,KEY=VALUE] ...]
 //        [--churn-services 100] [--churn-nodes 10] [--churn-rate 1000] [--churn-seconds 10]
-//        [--failover-runs 3] [--failover-services 100] [--failover-nodes 10] [--lease-seconds 15]
+//        [--failover-runs 3] [--failover-services 100] [--failover-nodes 10] [--lease-seconds 12] [--failover-graceful]
 //        (not in the default set) --scenarios ceiling [--ceiling-calls 20000] [--ceiling-concurrency 16,64]: the daemon's own
 //        CreateServer rate without the controller, the floor under the first full sync
 var o = BenchArgs.Parse(args);
@@ -126,8 +126,10 @@ public sealed record BenchArgs
     public int FailoverRuns { get; init; } = 3;
     public int FailoverServices { get; init; } = 100;
     public int FailoverNodes { get; init; } = 10;
-    /// <summary>The failover scenario's lease: 15 s is the default LeaseOptions (renew 10 s, retry 2 s); --quick uses 5 s (renew 4 s, retry 1 s).</summary>
-    public int LeaseSeconds { get; init; } = 15;
+    /// <summary>The failover scenario's lease: 12 s is the default LeaseOptions (renew 8 s, retry 2 s); --quick uses 5 s (renew 4 s, retry 1 s).</summary>
+    public int LeaseSeconds { get; init; } = 12;
+    /// <summary>Stop the leader as SIGTERM does (it hands the lease back) instead of as a crash.</summary>
+    public bool FailoverGraceful { get; init; }
     public int CeilingCalls { get; init; } = 20_000;
     public IReadOnlyList<int> CeilingConcurrency { get; init; } = [16, 64];
 
@@ -173,6 +175,7 @@ public sealed record BenchArgs
             FailoverServices = Int("--failover-services", o.FailoverServices, 1, 4000),
             FailoverNodes = Int("--failover-nodes", o.FailoverNodes, 1, 1000),
             LeaseSeconds = Int("--lease-seconds", o.LeaseSeconds, 3, 60),
+            FailoverGraceful = a.Contains("--failover-graceful"),
             CeilingCalls = Int("--ceiling-calls", o.CeilingCalls, 100, 1_000_000),
             CeilingConcurrency = Get("--ceiling-concurrency")?.Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToList() ?? o.CeilingConcurrency,
         };

@@ -17,6 +17,8 @@ public sealed record LeaseOptions(string Namespace, string Name, string Identity
     public TimeSpan Duration { get; init; } = TimeSpan.FromSeconds(12);
     public TimeSpan RenewDeadline { get; init; } = TimeSpan.FromSeconds(8);
     public TimeSpan RetryPeriod { get; init; } = TimeSpan.FromSeconds(2);
+    /// <summary>Hand the lease back when stopped while leading (off only to measure what a crash costs).</summary>
+    public bool HandBackOnStop { get; init; } = true;
 }
 
 /// <summary>One replica of merlin-k8s: its caches run on every replica (a standby is warm), the controller only while
@@ -90,7 +92,7 @@ public sealed class ControllerHost
             stop.Cancel();
             try { await controller; } catch (OperationCanceledException) { }
             try { await caches; } catch (OperationCanceledException) { }
-            if (wasLeading && ct.IsCancellationRequested) await ReleaseAsync(leaseLock);
+            if (wasLeading && ct.IsCancellationRequested && _lease.HandBackOnStop) await ReleaseAsync(leaseLock);
         }
     }
 
