@@ -4,16 +4,17 @@ using System.Net;
 using System.Net.Sockets;
 using Grpc.Core;
 using Grpc.Net.Client;
-using k8s;
-using k8s.Models;
 using Merlin.Client;
 using Merlin.Daemon;
 using Merlin.Kubernetes.ApiServer;
 using Merlin.Kubernetes.Controller;
 using Merlin.Kubernetes.Kube;
 using Merlin.Kubernetes.Mapping;
+using Merlin.Testing;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Logging;
+using k8s;
+using k8s.Models;
 using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
 
 namespace Merlin.Kubernetes.Bench;
@@ -55,7 +56,7 @@ public sealed class Cluster : IAsyncDisposable
             c.Kube = new k8s.Kubernetes(c.Api.ClientConfiguration());
             c.Api.Put(new V1Namespace { ApiVersion = "v1", Kind = "Namespace", Metadata = new V1ObjectMeta { Name = "default" } });
             c.Api.Put(new V1Namespace { ApiVersion = "v1", Kind = "Namespace", Metadata = new V1ObjectMeta { Name = "merlin-system" } });
-            c.Api.Put(KubernetesYaml.Deserialize<V1CustomResourceDefinition>(File.ReadAllText(Path.Combine(RepoRoot(), "deploy", "kubernetes", "crd-ippool.yaml"))));
+            c.Api.Put(KubernetesYaml.Deserialize<V1CustomResourceDefinition>(File.ReadAllText(Path.Combine(Repository.Root, "deploy", "kubernetes", "crd-ippool.yaml"))));
             // 198.18.0.0/20: 4,096 addresses, enough for every scenario's Services.
             c.Api.Put(new V1IPPool { Metadata = new V1ObjectMeta { Name = "bench" }, Spec = new V1IPPoolSpec { Addresses = ["198.18.0.0/20"] } });
             await c.StartDaemonAsync(daemonProcess, ct);
@@ -72,8 +73,8 @@ public sealed class Cluster : IAsyncDisposable
     {
         for (var attempt = 1; ; attempt++)
         {
-            MerlinPort = FreePort();
-            var health = FreePort();
+            MerlinPort = LocalPorts.Free();
+            var health = LocalPorts.Free();
             var store = Path.Combine(_dir, $"merlin-{attempt}.db");
             var state = Path.Combine(_dir, "state");
             Directory.CreateDirectory(state);
@@ -210,7 +211,7 @@ public sealed class Cluster : IAsyncDisposable
                 token: bench
 
             """);
-        var port = FreePort();
+        var port = LocalPorts.Free();
         var start = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "merlin-k8s.dll"), "--kubeconfig", kubeconfig, "--merlin-api", $"127.0.0.1:{MerlinPort}",
                      "--node-health-check", "", "--drain-period", "60s", "--workers", I(workers), "--lease-namespace", "merlin-system", "--lease-name", leaseName,
@@ -285,20 +286,6 @@ public sealed class Cluster : IAsyncDisposable
         }
         catch (InvalidOperationException) { }
         p.Dispose();
-    }
-
-    public static string RepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "Merlin.slnx"))) return dir.FullName;
-        throw new InvalidOperationException("Merlin.slnx not found above " + AppContext.BaseDirectory);
-    }
-
-    public static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     private static string I(int v) => v.ToString(CultureInfo.InvariantCulture);

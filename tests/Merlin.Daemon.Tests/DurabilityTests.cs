@@ -30,8 +30,8 @@ public class DurabilityTests(EtcdFixture etcd) : BackendTestBase(etcd)
 
         for (var round = 0; round < Kills; round++)
         {
-            var port = RunningDaemon.FreePort();
-            using var daemon = StartMerlin([.. store, "--port", port.ToString(), "--health-port", RunningDaemon.FreePort().ToString(), "--state-dir", dir.File("state")]);
+            var port = LocalPorts.Free();
+            using var daemon = StartMerlin([.. store, "--port", port.ToString(), "--health-port", LocalPorts.Free().ToString(), "--state-dir", dir.File("state")]);
             try
             {
                 using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{port}");
@@ -51,8 +51,8 @@ public class DurabilityTests(EtcdFixture etcd) : BackendTestBase(etcd)
             }
         }
 
-        var last = RunningDaemon.FreePort();
-        using var final = StartMerlin([.. store, "--port", last.ToString(), "--health-port", RunningDaemon.FreePort().ToString(), "--state-dir", dir.File("state")]);
+        var last = LocalPorts.Free();
+        using var final = StartMerlin([.. store, "--port", last.ToString(), "--health-port", LocalPorts.Free().ToString(), "--state-dir", dir.File("state")]);
         try
         {
             using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{last}");

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Merlin.Testing;
 
 namespace Merlin.Daemon.Tests;
 
@@ -41,7 +42,7 @@ public static class MerlinProcess
     /// <summary>The flags that keep a started daemon to itself: free loopback ports, its store and state in <paramref name="dir"/>.</summary>
     public static string[] Contained(string dir) =>
     [
-        "--port", RunningDaemon.FreePort().ToString(), "--health-port", RunningDaemon.FreePort().ToString(),
+        "--port", LocalPorts.Free().ToString(), "--health-port", LocalPorts.Free().ToString(),
         "--store-path", Path.Combine(dir, "merlin.db"), "--state-dir", Path.Combine(dir, "state"),
     ];
 }

@@ -49,7 +49,7 @@ public sealed class RunningDaemon : IAsyncDisposable
         for (var attempt = 1; ; attempt++)
         {
             var state = new TempDir("state");
-            var options = configure(new DaemonOptions { Port = FreePort(), HealthPort = FreePort(), SyncPeriod = TimeSpan.FromSeconds(30), StateDir = state.Path });
+            var options = configure(new DaemonOptions { Port = LocalPorts.Free(), HealthPort = LocalPorts.Free(), SyncPeriod = TimeSpan.FromSeconds(30), StateDir = state.Path });
             var daemon = new RunningDaemon(options, state);
             try
             {
@@ -130,12 +130,6 @@ public sealed class RunningDaemon : IAsyncDisposable
         _state.Dispose();
     }
 
-    public static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 }
 
 /// <summary>One etcd for a test class; each test uses its own key prefix.</summary>

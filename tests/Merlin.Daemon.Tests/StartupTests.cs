@@ -134,7 +134,7 @@ public sealed class StartupTests : IDisposable
         taken.Start();
         var options = new DaemonOptions
         {
-            Port = ((IPEndPoint)taken.LocalEndpoint).Port, HealthPort = RunningDaemon.FreePort(),
+            Port = ((IPEndPoint)taken.LocalEndpoint).Port, HealthPort = LocalPorts.Free(),
             StoreBackend = "sqlite", StorePath = db, StateDir = _dir.File("state"),
         };
 

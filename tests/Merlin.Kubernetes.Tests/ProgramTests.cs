@@ -66,7 +66,7 @@ public class ProgramTests
         var kubeconfig = c.Api.WriteKubeconfig(dir.File("kubeconfig"));
         c.Pool("default", "198.18.100.10-198.18.100.20");
         c.Node("n1", "127.0.0.11");
-        var port = FreePort();
+        var port = LocalPorts.Free();
         using var p = Start("--kubeconfig", kubeconfig, "--merlin-api", $"127.0.0.1:{c.MerlinPort}", "--listen", $"127.0.0.1:{port}",
             "--lease-namespace", "merlin-system", "--identity", "replica-1", "--node-health-check", "", "--drain-period", "10s");
         var output = p.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
@@ -92,13 +92,6 @@ public class ProgramTests
             await p.WaitForExitAsync(timeout.Token);
         }
         Assert.True(p.ExitCode == 0, await output);
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     private static class Syscall

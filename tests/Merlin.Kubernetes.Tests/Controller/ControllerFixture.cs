@@ -2,8 +2,6 @@ using System.Net;
 using System.Net.Sockets;
 using Grpc.Core;
 using Grpc.Net.Client;
-using k8s;
-using k8s.Models;
 using Merlin.Daemon;
 using Merlin.Kubernetes.ApiServer;
 using Merlin.Kubernetes.Controller;
@@ -11,6 +9,8 @@ using Merlin.Kubernetes.Kube;
 using Merlin.Kubernetes.Mapping;
 using Merlin.Testing;
 using Microsoft.AspNetCore.Builder;
+using k8s;
+using k8s.Models;
 using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
 
 namespace Merlin.Kubernetes.Tests.Controller;
@@ -42,7 +42,7 @@ public sealed class ControllerCluster : IAsyncDisposable
         c.Api.Put(new V1Namespace { ApiVersion = "v1", Kind = "Namespace", Metadata = new V1ObjectMeta { Name = "default" } });
         c.Api.Put(new V1Namespace { ApiVersion = "v1", Kind = "Namespace", Metadata = new V1ObjectMeta { Name = "merlin-system" } });
         // The CRD as shipped in deploy/kubernetes, so the pools the tests make are the ones a cluster would take.
-        c.Api.Put(KubernetesYaml.Deserialize<V1CustomResourceDefinition>(File.ReadAllText(Path.Combine(RepoRoot(), "deploy", "kubernetes", "crd-ippool.yaml"))));
+        c.Api.Put(KubernetesYaml.Deserialize<V1CustomResourceDefinition>(File.ReadAllText(Path.Combine(Repository.Root, "deploy", "kubernetes", "crd-ippool.yaml"))));
         await c.StartDaemonAsync();
         return c;
     }
@@ -62,10 +62,10 @@ public sealed class ControllerCluster : IAsyncDisposable
     {
         for (var attempt = 1; ; attempt++)
         {
-            MerlinPort = FreePort();
+            MerlinPort = LocalPorts.Free();
             _daemon = DaemonHost.Build(new DaemonOptions
             {
-                Port = MerlinPort, HealthPort = FreePort(), StorePath = _dir.File("merlin.db"), StateDir = _dir.Path, Dataplane = "none",
+                Port = MerlinPort, HealthPort = LocalPorts.Free(), StorePath = _dir.File("merlin.db"), StateDir = _dir.Path, Dataplane = "none",
                 SyncPeriod = TimeSpan.FromSeconds(30),
             });
             try
@@ -190,17 +190,4 @@ public sealed class ControllerCluster : IAsyncDisposable
         _dir.Dispose();
     }
 
-    public static string RepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "Merlin.slnx"))) return dir.FullName;
-        throw new InvalidOperationException("Merlin.slnx not found above " + AppContext.BaseDirectory);
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 }

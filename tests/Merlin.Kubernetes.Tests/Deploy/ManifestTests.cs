@@ -1,12 +1,13 @@
 using System.Reflection;
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using k8s;
-using k8s.Models;
 using Merlin.Kubernetes.ApiServer;
 using Merlin.Kubernetes.Kube;
 using Merlin.Kubernetes.Mapping;
 using Merlin.Kubernetes.Pools;
+using Merlin.Testing;
+using k8s;
+using k8s.Models;
 
 namespace Merlin.Kubernetes.Tests.Deploy;
 
@@ -24,7 +25,7 @@ public sealed class ManifestTests : IAsyncLifetime
     private Kubectl _kubectl = null!;
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private static readonly string Deploy = Path.Combine(RepoRoot(), "deploy", "kubernetes");
+    private static readonly string Deploy = Path.Combine(Repository.Root, "deploy", "kubernetes");
 
     public async ValueTask InitializeAsync()
     {
@@ -346,14 +347,6 @@ public sealed class ManifestTests : IAsyncLifetime
     }
 
     private static string File(string name) => Path.Combine(Deploy, name);
-
-    /// <summary>The folder holding Merlin.slnx, found by walking up from the test's binaries.</summary>
-    private static string RepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (System.IO.File.Exists(Path.Combine(dir.FullName, "Merlin.slnx"))) return dir.FullName;
-        throw new InvalidOperationException($"no Merlin.slnx above {AppContext.BaseDirectory}");
-    }
 
     /// <summary>Runs the machine's kubectl against the test server (the library's runner) and asserts it succeeded; returns stdout.</summary>
     private Task<string> KubectlAsync(params string[] args) => _kubectl.OkAsync(args);

@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using Grpc.Core;
-using k8s;
-using k8s.Models;
 using Merlin.Client;
 using Merlin.Kubernetes.ApiServer;
 using Merlin.Kubernetes.Controller;
@@ -10,6 +8,8 @@ using Merlin.Kubernetes.Mapping;
 using Merlin.Lab;
 using Merlin.Lab.Server;
 using Merlin.Testing;
+using k8s;
+using k8s.Models;
 using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
 
 namespace Merlin.Kubernetes.Tests.Lab;
@@ -61,7 +61,7 @@ public sealed class KubernetesLabTests
         await using var api = await TestApiServer.StartAsync(Ct);
         api.BookmarkInterval = TimeSpan.FromMilliseconds(300);
         using var kubectl = new Kubectl(api);
-        var deploy = Path.Combine(Controller.ControllerCluster.RepoRoot(), "deploy", "kubernetes");
+        var deploy = Path.Combine(Repository.Root, "deploy", "kubernetes");
         await kubectl.OkAsync("apply", "-f", Path.Combine(deploy, "namespace.yaml"));
         await kubectl.OkAsync("apply", "-f", Path.Combine(deploy, "crd-ippool.yaml"));
         await kubectl.OkAsync("apply", "-f", kubectl.File("pool.yaml", $$"""

@@ -6,8 +6,8 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
-using k8s;
 using Merlin.Testing;
+using k8s;
 
 namespace Merlin.Kubernetes.Tests.RealApiServer;
 
@@ -75,8 +75,8 @@ public sealed class KubeApiServerProcess : IAsyncDisposable
     private async Task StartOnceAsync(string assets, CancellationToken ct)
     {
         // etcd: client and peer URLs on loopback only, data in the temp dir.
-        var etcdClient = $"http://127.0.0.1:{FreePort()}";
-        var etcdPeer = $"http://127.0.0.1:{FreePort()}";
+        var etcdClient = $"http://127.0.0.1:{LocalPorts.Free()}";
+        var etcdPeer = $"http://127.0.0.1:{LocalPorts.Free()}";
         _etcd = OwnedProcess.Start(Path.Combine(assets, "etcd"),
         [
             "--name", "merlin-test",
@@ -95,7 +95,7 @@ public sealed class KubeApiServerProcess : IAsyncDisposable
             }, ct);
 
         // kube-apiserver: serving certificate from our CA, service-account signing key, admin token, RBAC.
-        var port = FreePort();
+        var port = LocalPorts.Free();
         Url = new Uri($"https://127.0.0.1:{port}/");
         WriteCertificates();
         // A static token file row: token,user,uid,groups. system:masters may do anything, whatever the authorizer says.
@@ -219,13 +219,6 @@ public sealed class KubeApiServerProcess : IAsyncDisposable
         if (_etcd is not null) await _etcd.StopAsync(StopTimeout);
         _ca?.Dispose();
         _dir.Dispose();
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     /// <summary>A process this class started: its output kept (the last 64 KiB), stopped by its own PID only.</summary>

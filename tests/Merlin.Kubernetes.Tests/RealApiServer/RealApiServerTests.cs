@@ -1,12 +1,13 @@
 using System.Net;
 using System.Text.Json;
-using k8s;
-using k8s.Autorest;
-using k8s.Models;
 using Merlin.Kubernetes.Kube;
 using Merlin.Kubernetes.Mapping;
 using Merlin.Kubernetes.Tests.Controller;
+using Merlin.Testing;
 using Merlin.Wire;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
 using static Merlin.Kubernetes.Tests.Controller.ControllerCluster;
 
 namespace Merlin.Kubernetes.Tests.RealApiServer;
@@ -44,7 +45,7 @@ public sealed class RealApiServerTests
         using var kube = new k8s.Kubernetes(config);
 
         // The CRD exactly as deploy/kubernetes ships it: a real API server validates its schema, which the test server does not.
-        var crd = KubernetesYaml.Deserialize<V1CustomResourceDefinition>(File.ReadAllText(Path.Combine(RepoRoot(), "deploy", "kubernetes", "crd-ippool.yaml")));
+        var crd = KubernetesYaml.Deserialize<V1CustomResourceDefinition>(File.ReadAllText(Path.Combine(Repository.Root, "deploy", "kubernetes", "crd-ippool.yaml")));
         await kube.ApiextensionsV1.CreateCustomResourceDefinitionAsync(crd, cancellationToken: ct);
         await EventuallyAsync(() => kube.ApiextensionsV1.ReadCustomResourceDefinitionAsync(crd.Metadata.Name, cancellationToken: ct),
             d => d.Status?.Conditions?.Any(x => x.Type == "Established" && x.Status == "True") == true, "the IPPool CRD to be Established", 30);
