@@ -26,24 +26,8 @@ public sealed class IPPool : IKubernetesObject<V1ObjectMeta>
 }
 
 /// <summary>CRDs: creating one serves its group, version and plural, with the status subresource it declares.</summary>
-public sealed class CustomResourceTests : IAsyncLifetime
+public sealed class CustomResourceTests : ServerTestBase
 {
-    TestApiServer _server = null!;
-    k8s.Kubernetes _client = null!;
-    static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
-    {
-        _server = await TestApiServer.StartAsync(Ct);
-        _client = new k8s.Kubernetes(_server.ClientConfiguration());
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _client.Dispose();
-        await _server.DisposeAsync();
-    }
-
     static V1CustomResourceDefinition Crd(string scope = "Cluster", string plural = "ippools", string kind = "IPPool") => new()
     {
         Metadata = new V1ObjectMeta { Name = $"{plural}.merlin.io" },

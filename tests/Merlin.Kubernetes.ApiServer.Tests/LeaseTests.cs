@@ -7,24 +7,8 @@ using k8s.Models;
 namespace Merlin.Kubernetes.ApiServer.Tests;
 
 /// <summary>Leases with optimistic concurrency, and the client's LeaderElector on a LeaseLock.</summary>
-public sealed class LeaseTests : IAsyncLifetime
+public sealed class LeaseTests : ServerTestBase
 {
-    TestApiServer _server = null!;
-    k8s.Kubernetes _client = null!;
-    static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
-    {
-        _server = await TestApiServer.StartAsync(Ct);
-        _client = new k8s.Kubernetes(_server.ClientConfiguration());
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _client.Dispose();
-        await _server.DisposeAsync();
-    }
-
     [Fact]
     public async Task Replacing_a_lease_with_a_stale_resourceVersion_is_a_Conflict()
     {

@@ -5,24 +5,8 @@ using k8s.Models;
 namespace Merlin.Kubernetes.ApiServer.Tests;
 
 /// <summary>EndpointSlices, Nodes and Events as the controller reads and writes them; patch preconditions; bounded history.</summary>
-public sealed class OtherResourceTests : IAsyncLifetime
+public sealed class OtherResourceTests : ServerTestBase
 {
-    TestApiServer _server = null!;
-    k8s.Kubernetes _client = null!;
-    static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
-    {
-        _server = await TestApiServer.StartAsync(Ct);
-        _client = new k8s.Kubernetes(_server.ClientConfiguration());
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _client.Dispose();
-        await _server.DisposeAsync();
-    }
-
     static V1EndpointSlice Slice(string name, string service, params string[] nodes) => new()
     {
         ApiVersion = "discovery.k8s.io/v1", Kind = "EndpointSlice",

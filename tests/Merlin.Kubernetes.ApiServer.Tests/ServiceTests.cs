@@ -5,24 +5,8 @@ using k8s.Models;
 namespace Merlin.Kubernetes.ApiServer.Tests;
 
 /// <summary>The official C# client against the test server: CRUD, lists, watches, 410 Gone, status, patches, finalizers.</summary>
-public sealed class ServiceTests : IAsyncLifetime
+public sealed class ServiceTests : ServerTestBase
 {
-    TestApiServer _server = null!;
-    k8s.Kubernetes _client = null!;
-    static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
-    {
-        _server = await TestApiServer.StartAsync(Ct);
-        _client = new k8s.Kubernetes(_server.ClientConfiguration());
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _client.Dispose();
-        await _server.DisposeAsync();
-    }
-
     static V1Service Service(string name, params (string Key, string Value)[] labels) => new()
     {
         Metadata = new V1ObjectMeta { Name = name, Labels = labels.ToDictionary(l => l.Key, l => l.Value) },
