@@ -107,7 +107,7 @@ public sealed class KubectlTests : IAsyncLifetime
         Assert.Equal("merlin.io/lb", svc.Spec.LoadBalancerClass);
 
         // kubectl get prints the server's table: the EXTERNAL-IP column shows what a controller wrote to status.
-        Assert.Matches(@"(?m)^web\s+LoadBalancer\s+10\.96\.\S+\s+<pending>\s+8443:3\d{4}/TCP\s", await _kubectl.OkAsync("get", "svc", "-n", "merlin-demo"));
+        Assert.Matches(@"(?m)^web\s+LoadBalancer\s+198\.19\.128\.\S+\s+<pending>\s+8443:3\d{4}/TCP\s", await _kubectl.OkAsync("get", "svc", "-n", "merlin-demo"));
         svc.Status = new V1ServiceStatus { LoadBalancer = new V1LoadBalancerStatus { Ingress = [new V1LoadBalancerIngress { Ip = "192.0.2.1", IpMode = "VIP" }] } };
         _server.Put(svc);
         Assert.Matches(@"(?m)^web\s+LoadBalancer\s+\S+\s+192\.0\.2\.1\s", await _kubectl.OkAsync("get", "svc", "web", "-n", "merlin-demo"));

@@ -50,13 +50,13 @@ public sealed class OtherResourceTests : ServerTestBase
         {
             Metadata = new V1ObjectMeta { GenerateName = "web." },
             InvolvedObject = new V1ObjectReference { Kind = "Service", Name = "web", NamespaceProperty = "default" },
-            Reason = "AddressNotInPool", Message = "10.9.9.9 is outside every IPPool", Type = "Warning",
+            Reason = "AddressNotInPool", Message = "198.18.200.9 is outside every IPPool", Type = "Warning",
         }, "default", cancellationToken: Ct);
         await _client.EventsV1.CreateNamespacedEventAsync(new Eventsv1Event
         {
             Metadata = new V1ObjectMeta { GenerateName = "web." },
             Regarding = new V1ObjectReference { Kind = "Service", Name = "web", NamespaceProperty = "default" },
-            Reason = "AddressNotInPool", Note = "10.9.9.9 is outside every IPPool", Type = "Warning", Action = "Allocate",
+            Reason = "AddressNotInPool", Note = "198.18.200.9 is outside every IPPool", Type = "Warning", Action = "Allocate",
             EventTime = DateTime.UtcNow, ReportingController = "merlin.io/lb", ReportingInstance = "a",
         }, "default", cancellationToken: Ct);
         Assert.Equal("AddressNotInPool", (await _client.CoreV1.ListNamespacedEventAsync("default", fieldSelector: "involvedObject.name=web", cancellationToken: Ct)).Items.Single().Reason);

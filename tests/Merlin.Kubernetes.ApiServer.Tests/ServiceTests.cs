@@ -37,7 +37,7 @@ public sealed class ServiceTests : ServerTestBase
     public async Task Services_are_defaulted_and_keep_their_allocations()
     {
         var created = await _client.CreateNamespacedServiceAsync(Service("web"), "default", cancellationToken: Ct);
-        Assert.StartsWith("10.96.", created.Spec.ClusterIP);
+        Assert.StartsWith("198.19.128.", created.Spec.ClusterIP);
         Assert.Equal([created.Spec.ClusterIP], created.Spec.ClusterIPs);
         Assert.Equal(["IPv4"], created.Spec.IpFamilies);
         Assert.Equal(("SingleStack", "Cluster", "Cluster", "None"), (created.Spec.IpFamilyPolicy, created.Spec.ExternalTrafficPolicy, created.Spec.InternalTrafficPolicy, created.Spec.SessionAffinity));
@@ -252,14 +252,14 @@ public sealed class ServiceTests : ServerTestBase
     public async Task Status_subresource_is_separate_from_the_main_resource()
     {
         var svc = Service("web");
-        svc.Status = new V1ServiceStatus { LoadBalancer = new V1LoadBalancerStatus { Ingress = [new V1LoadBalancerIngress { Ip = "10.0.0.1" }] } };
+        svc.Status = new V1ServiceStatus { LoadBalancer = new V1LoadBalancerStatus { Ingress = [new V1LoadBalancerIngress { Ip = "198.18.100.1" }] } };
         var created = await _client.CreateNamespacedServiceAsync(svc, "default", cancellationToken: Ct);
         Assert.Null(created.Status?.LoadBalancer?.Ingress); // status is reset on create
 
-        created.Status = new V1ServiceStatus { LoadBalancer = new V1LoadBalancerStatus { Ingress = [new V1LoadBalancerIngress { Ip = "10.0.0.2", IpMode = "VIP" }] } };
+        created.Status = new V1ServiceStatus { LoadBalancer = new V1LoadBalancerStatus { Ingress = [new V1LoadBalancerIngress { Ip = "198.18.100.2", IpMode = "VIP" }] } };
         created.Spec.Ports[0].Port = 81;
         var statusWritten = await _client.ReplaceNamespacedServiceStatusAsync(created, "web", "default", cancellationToken: Ct);
-        Assert.Equal("10.0.0.2", statusWritten.Status.LoadBalancer.Ingress.Single().Ip);
+        Assert.Equal("198.18.100.2", statusWritten.Status.LoadBalancer.Ingress.Single().Ip);
         Assert.Equal(80, statusWritten.Spec.Ports[0].Port); // /status changes only .status
         Assert.Equal(1, statusWritten.Metadata.Generation);
 
@@ -267,13 +267,13 @@ public sealed class ServiceTests : ServerTestBase
         statusWritten.Spec.Ports[0].Port = 82;
         var mainWritten = await _client.ReplaceNamespacedServiceAsync(statusWritten, "web", "default", cancellationToken: Ct);
         Assert.Equal(82, mainWritten.Spec.Ports[0].Port);
-        Assert.Equal("10.0.0.2", mainWritten.Status.LoadBalancer.Ingress.Single().Ip); // the main resource ignores .status
+        Assert.Equal("198.18.100.2", mainWritten.Status.LoadBalancer.Ingress.Single().Ip); // the main resource ignores .status
         Assert.Equal(2, mainWritten.Metadata.Generation);
 
         var patched = await _client.PatchNamespacedServiceStatusAsync(
-            new V1Patch("""{"status":{"loadBalancer":{"ingress":[{"ip":"10.0.0.3"}]}},"spec":{"type":"ClusterIP"}}""", V1Patch.PatchType.MergePatch),
+            new V1Patch("""{"status":{"loadBalancer":{"ingress":[{"ip":"198.18.100.3"}]}},"spec":{"type":"ClusterIP"}}""", V1Patch.PatchType.MergePatch),
             "web", "default", cancellationToken: Ct);
-        Assert.Equal("10.0.0.3", patched.Status.LoadBalancer.Ingress.Single().Ip);
+        Assert.Equal("198.18.100.3", patched.Status.LoadBalancer.Ingress.Single().Ip);
         Assert.Equal("LoadBalancer", patched.Spec.Type);
     }
 

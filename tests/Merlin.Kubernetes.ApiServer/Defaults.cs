@@ -6,7 +6,7 @@ namespace Merlin.Kubernetes.ApiServer;
 /// <summary>
 /// The API server's defaulting and allocation for the kinds the controller reads: a Service gets its
 /// type, protocols and target ports, single-stack IPv4 families, traffic policies, a cluster IP (from
-/// 10.96.0.0/16) and, when it needs them, node ports (30000–32767) and a health-check node port — and
+/// 198.19.128.0/17, inside the test range) and, when it needs them, node ports (30000–32767) and a health-check node port — and
 /// keeps what was allocated when an update leaves those fields out, as the real registry does.
 /// A Namespace gets its <c>kubernetes.io/metadata.name</c> label.
 /// </summary>
@@ -43,7 +43,7 @@ sealed class Defaults
         var clusterIp = spec["clusterIP"]?.GetValue<string>();
         if (string.IsNullOrEmpty(clusterIp))
         {
-            clusterIp = $"10.96.{_nextClusterIp / 256}.{_nextClusterIp % 256}";
+            clusterIp = $"198.19.{128 + _nextClusterIp / 256 % 128}.{_nextClusterIp % 256}";
             _nextClusterIp++;
             spec["clusterIP"] = clusterIp;
         }

@@ -111,7 +111,7 @@ public sealed class KubeApiServerProcess : IAsyncDisposable
             $"--tls-private-key-file={_dir.File("apiserver.key")}",
             $"--token-auth-file={_dir.File("tokens.csv")}",
             "--authorization-mode=RBAC",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            "--service-cluster-ip-range=198.19.128.0/24",
             $"--service-account-issuer={Url}",
             $"--service-account-key-file={_dir.File("sa.pub")}",
             $"--service-account-signing-key-file={_dir.File("sa.key")}",
