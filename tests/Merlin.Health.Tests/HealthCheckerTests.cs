@@ -34,10 +34,24 @@ public sealed class HealthCheckerTests : IAsyncDisposable
         Period = TimeSpan.FromMilliseconds(500), Timeout = TimeSpan.FromMilliseconds(200), UpThreshold = up, DownThreshold = down,
     };
 
-    /// <summary>Lets the scheduler and the probes' continuations run.</summary>
-    private static async Task SettleAsync()
+    /// <summary>Lets the scheduler and the probes' continuations run, and waits until every probe that
+    /// started has been recorded (unless the test holds them at the gate), so a loaded machine is not a failure.</summary>
+    private async Task SettleAsync()
     {
         for (var i = 0; i < 20; i++) await Task.Delay(5);
+        if (_probe.Gate is { Task.IsCompleted: false }) return;
+        await UntilAsync(() => _checker.Succeeded + _checker.FailedChecks >= _probe.Calls);
+    }
+
+    /// <summary>Waits for what the scheduler does on its own threads; bounded, so a regression fails instead of hanging.</summary>
+    private static async Task UntilAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the condition did not hold within 10 s");
+            await Task.Delay(5);
+        }
     }
 
     private async Task StepAsync(int periods = 1)
@@ -52,10 +66,14 @@ public sealed class HealthCheckerTests : IAsyncDisposable
     [Fact]
     public async Task ANewCheck_RunsAtOnce_AndAFirstSuccessIsUp()
     {
+        _probe.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _checker.Track([new HealthTarget(Web, Rs1, Check())]);
+        await UntilAsync(() => _probe.Calls == 1); // at once: the clock has not moved
         Assert.Equal(HealthVerdict.Unknown, _checker.Verdict(Web, Rs1)); // until the first result
-        await SettleAsync();
 
+        _probe.Gate.SetResult();
+        await UntilAsync(() => _checker.Verdict(Web, Rs1) == HealthVerdict.Up);
+        await SettleAsync();
         Assert.Equal(1, _probe.Calls);
         Assert.Equal(HealthVerdict.Up, _checker.Verdict(Web, Rs1));
         Assert.Equal(1, _changes);
