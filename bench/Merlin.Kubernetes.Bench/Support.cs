@@ -98,6 +98,22 @@ public static class Util
         static long Kb(string l) => long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
     }
 
+    /// <summary>A process's resident memory split into anonymous (heaps, stacks), file-backed (mapped binaries, shared
+    /// with other processes that map them) and shared-memory (the runtime's double-mapped JIT code under W^X) parts,
+    /// from /proc (bytes).</summary>
+    public static (long Anon, long File, long Shmem) ResidentParts(int pid)
+    {
+        long anon = 0, file = 0, shmem = 0;
+        foreach (var l in File.ReadAllLines($"/proc/{pid}/status"))
+        {
+            if (l.StartsWith("RssAnon:", StringComparison.Ordinal)) anon = Kb(l);
+            else if (l.StartsWith("RssFile:", StringComparison.Ordinal)) file = Kb(l);
+            else if (l.StartsWith("RssShmem:", StringComparison.Ordinal)) shmem = Kb(l);
+        }
+        return (anon, file, shmem);
+        static long Kb(string l) => long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+    }
+
     /// <summary>User + system CPU of a process so far, from /proc/&lt;pid&gt;/stat (seconds).</summary>
     public static double CpuSeconds(int pid)
     {

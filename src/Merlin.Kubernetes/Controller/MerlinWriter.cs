@@ -25,6 +25,11 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
     private readonly SemaphoreSlim _inFlight = new(MaxInFlight, MaxInFlight);
     public const int MaxInFlight = 64;
     private volatile bool _stale = true;
+    // A cluster's servers are few distinct parts many times over (a node's address in every Service, one health check
+    // per Service, one config per weight): each held server shares them instead of carrying its own decoded copies
+    // (a Uri, an IPAddress, the id string), which took most of the controller's heap at 1,000 Services × 100 nodes.
+    // Replaced on every full read, so what leaves the cluster is not kept.
+    private Parts _parts = new();
 
     /// <summary>Writes made since start, by RPC name (for metrics and tests).</summary>
     public ConcurrentDictionary<string, long> Writes { get; } = new();
@@ -48,6 +53,7 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
             if (!_stale && !force) return;
             var list = await api.ListAsync(new Empty(), callOptions().WithCancellationToken(ct));
             _held.Clear();
+            var parts = _parts = new Parts();
             foreach (var item in list.Items)
             {
                 if (DesiredServices.Owner(item.Service.Id) is null) continue;
@@ -58,7 +64,11 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
                 }
                 var servers = new ConcurrentDictionary<RealServerKey, RealServer>();
                 foreach (var s in item.Servers)
-                    if (WireMapper.TryToModel(s, out var server) is null && server is not null) servers[server.Key] = server;
+                    if (WireMapper.TryToModel(s, out var server) is null && server is not null)
+                    {
+                        server = parts.Share(server with { ServiceId = service.Id });
+                        servers[server.Key] = server;
+                    }
                 _held[service.Id] = new Held(service, servers);
             }
             _stale = false;
@@ -117,7 +127,7 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
                 work.Add(async c =>
                 {
                     await CallAsync("CreateServer", () => api.CreateServerAsync(WireMapper.ToWire(server), Options(c)).ResponseAsync);
-                    held.Servers[server.Key] = server;
+                    Hold(held, server);
                 });
                 continue;
             }
@@ -128,7 +138,7 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
             {
                 if (undrain) await CallAsync("UndrainServer", () => api.UndrainServerAsync(Name(server), Options(c)).ResponseAsync);
                 if (update) await CallAsync("UpdateServer", () => api.UpdateServerAsync(UpdateOf(server), Options(c)).ResponseAsync);
-                held.Servers[server.Key] = server;
+                Hold(held, server);
             });
         }
         foreach (var (key, have) in held.Servers)
@@ -149,6 +159,27 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
         // A Service over many nodes is many calls: run a few at once (each is one store transaction in Merlin).
         await Parallel.ForEachAsync(work, new ParallelOptions { MaxDegreeOfParallelism = MaxInFlight, CancellationToken = ct }, async (w, c) => await w(c));
         return work.Count;
+    }
+
+    private void Hold(Held held, RealServer server)
+    {
+        server = _parts.Share(server with { ServiceId = held.Service.Id });
+        held.Servers[server.Key] = server;
+    }
+
+    /// <summary>One shared instance of each distinct server key, config and health check (safe from many workers).</summary>
+    private sealed class Parts
+    {
+        private readonly ConcurrentDictionary<RealServerKey, RealServerKey> _keys = new();
+        private readonly ConcurrentDictionary<RealServerConfig, RealServerConfig> _configs = new();
+        private readonly ConcurrentDictionary<HealthCheck, HealthCheck> _checks = new();
+
+        public RealServer Share(RealServer server) => server with
+        {
+            Key = _keys.GetOrAdd(server.Key, server.Key),
+            Config = _configs.GetOrAdd(server.Config, server.Config),
+            HealthCheck = _checks.GetOrAdd(server.HealthCheck, server.HealthCheck),
+        };
     }
 
     // UpdateServer merges into the stored record and leaves an unset health endpoint as it was: a check that is to go

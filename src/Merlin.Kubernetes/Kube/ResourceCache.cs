@@ -10,10 +10,12 @@ namespace Merlin.Kubernetes.Kube;
 /// <summary>How to list and watch one kind of object; the client library has no informer, so this is the seam.</summary>
 /// <param name="Watch">Opens a watch from a resourceVersion (with bookmarks) and yields its events until the server
 /// ends it; errors the stream carries (410 Gone) go to the callback.</param>
+/// <param name="Trim">Clears, before an object is kept, fields of this kind the controller never reads.</param>
 public sealed record ResourceSource<T>(
     string Name,
     Func<CancellationToken, Task<(IList<T> Items, string ResourceVersion)>> List,
-    Func<string, Action<Exception>, CancellationToken, IAsyncEnumerable<(WatchEventType Type, T Object)>> Watch)
+    Func<string, Action<Exception>, CancellationToken, IAsyncEnumerable<(WatchEventType Type, T Object)>> Watch,
+    Action<T>? Trim = null)
     where T : IKubernetesObject<V1ObjectMeta>;
 
 /// <summary>An informer: lists once, then watches from the list's resourceVersion, keeps every object by key and tells
@@ -58,7 +60,7 @@ public sealed class ResourceCache<T>(ResourceSource<T> source, TimeProvider time
                         case WatchEventType.Modified:
                             var key = KeyOf(obj!);
                             _items.TryGetValue(key, out var old);
-                            _items[key] = obj!;
+                            _items[key] = Trimmed(obj!);
                             Changed?.Invoke(old, obj);
                             break;
                         case WatchEventType.Deleted:
@@ -98,7 +100,7 @@ public sealed class ResourceCache<T>(ResourceSource<T> source, TimeProvider time
     {
         var (items, resourceVersion) = await source.List(ct);
         Relists++;
-        var fresh = items.ToDictionary(KeyOf, StringComparer.Ordinal);
+        var fresh = items.Select(Trimmed).ToDictionary(KeyOf, StringComparer.Ordinal);
         foreach (var (key, old) in _items)
             if (!fresh.ContainsKey(key) && _items.TryRemove(key, out _)) Changed?.Invoke(old, null);
         foreach (var (key, obj) in fresh)
@@ -109,6 +111,15 @@ public sealed class ResourceCache<T>(ResourceSource<T> source, TimeProvider time
         }
         _synced.TrySetResult();
         return resourceVersion;
+    }
+
+    // What is kept is what the controller reads: every object's managedFields (often the larger half of a small
+    // object) go, and whatever the source trims for its kind. Like client-go's informer transforms.
+    private T Trimmed(T obj)
+    {
+        obj.Metadata.ManagedFields = null;
+        source.Trim?.Invoke(obj);
+        return obj;
     }
 
     private static bool IsGone(Exception e) => e switch

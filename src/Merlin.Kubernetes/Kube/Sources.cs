@@ -16,7 +16,18 @@ public static class Sources
 
     public static ResourceSource<V1Node> Nodes(IKubernetes k) => new("nodes",
         async ct => await k.CoreV1.ListNodeAsync(cancellationToken: ct) is var l ? (l.Items, l.Metadata.ResourceVersion) : default,
-        (rv, onError, ct) => k.CoreV1.WatchListNodeAsync(resourceVersion: rv, allowWatchBookmarks: true, timeoutSeconds: WatchSeconds, onError: onError, cancellationToken: ct));
+        (rv, onError, ct) => k.CoreV1.WatchListNodeAsync(resourceVersion: rv, allowWatchBookmarks: true, timeoutSeconds: WatchSeconds, onError: onError, cancellationToken: ct),
+        TrimNode);
+
+    // A node's status lists every image it has pulled and every volume attached (tens of KB on a busy node); the
+    // controller reads only its addresses, conditions, labels and taints.
+    private static void TrimNode(V1Node node)
+    {
+        if (node.Status is not { } status) return;
+        status.Images = null;
+        status.VolumesAttached = null;
+        status.VolumesInUse = null;
+    }
 
     public static ResourceSource<V1EndpointSlice> EndpointSlices(IKubernetes k) => new("endpointslices",
         async ct => await k.DiscoveryV1.ListEndpointSliceForAllNamespacesAsync(cancellationToken: ct) is var l ? (l.Items, l.Metadata.ResourceVersion) : default,

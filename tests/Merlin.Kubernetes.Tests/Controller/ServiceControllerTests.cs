@@ -47,7 +47,7 @@ public class ServiceControllerTests
 
         await c.Kube.CoreV1.DeleteNamespacedServiceAsync("web", "default", cancellationToken: TestContext.Current.CancellationToken);
         await EventuallyAsync(async () => (object?)(c.GetService("web") is null && await c.MerlinServiceAsync(WebId) is null ? "gone" : null), _ => true, "the Service and its Merlin service gone");
-        await EventuallyAsync(() => Task.FromResult(c.Api.Get<Kube.V1IPPool>("merlin.io/v1", "IPPool", null, "default")), p => p.Status?.Used == 0 && p.Status.Total == 11, "the pool's status to show the address free");
+        await EventuallyAsync(() => Task.FromResult(c.Api.Get<Merlin.Kubernetes.Kube.V1IPPool>("merlin.io/v1", "IPPool", null, "default")), p => p.Status?.Used == 0 && p.Status.Total == 11, "the pool's status to show the address free");
     }
 
     [Fact]
