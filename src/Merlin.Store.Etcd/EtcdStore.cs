@@ -348,6 +348,23 @@ public sealed class EtcdStore : IStore
         }
     }
 
+    public async Task<Settings> GetSettingsAsync(CancellationToken ct = default)
+    {
+        using var op = Begin(ct);
+        var keyText = StoreKeys.Settings(_prefix);
+        var resp = await Range(new RangeRequest { Key = Key(keyText) }, op).ConfigureAwait(false);
+        return resp.Kvs.Count == 0 ? new Settings() : Parse(Settings.Parser, resp.Kvs[0].Value, keyText);
+    }
+
+    public async Task SetSettingsAsync(Settings settings, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        using var op = Begin(ct);
+        var txn = new TxnRequest();
+        txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = Key(StoreKeys.Settings(_prefix)), Value = settings.ToByteString() } });
+        await Txn(txn, op).ConfigureAwait(false);
+    }
+
     /// <summary>Compacts etcd's history through <paramref name="revision"/> (an operator or test tool: watchers from before it get a Resync).</summary>
     public async Task CompactAsync(long revision, CancellationToken ct = default)
     {
