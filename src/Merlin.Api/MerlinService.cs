@@ -247,10 +247,13 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         var c = update.Config;
         if (c.Scheduler.Length != 0 && c.Scheduler != next.Config.Scheduler)
         {
-            // Flags mean different things per scheduler (sh-port vs mh-port): a new scheduler starts
-            // without the old one's flags unless the request gives new ones.
+            // A new scheduler keeps the flag bits it gives a meaning too — sh and mh both read flag-1 as
+            // fallback and flag-2 as port, so a move between them hashes the same way, as it did with the Go
+            // merlin, which kept every flag — and drops the rest, which the kernel would ignore anyway.
             next.Config.Scheduler = c.Scheduler;
+            var kept = next.Config.Flags.Where(f => Schedulers.ParseFlags(c.Scheduler.Trim(), [f], "", out _) is null).ToList();
             next.Config.Flags.Clear();
+            next.Config.Flags.AddRange(kept);
         }
         if (c.Flags.Count != 0)
         {

@@ -137,6 +137,28 @@ public class GoMerlinCompatTests(EtcdFixture etcd) : BackendTestBase(etcd)
         Assert.Equal(new Settings(), await daemon.Extended.UpdateSettingsAsync(new Settings(), cancellationToken: Ct));
     }
 
+    [Theory, MemberData(nameof(Backends))]
+    public async Task SchedulerChange_KeepsTheFlagsTheNewSchedulerNames_AndDropsTheRest(string backend)
+    {
+        await using var daemon = await StartDaemonAsync(backend);
+        var go = daemon.Original; // as the Go meradm sends `service edit web -s mh`: a scheduler, no flags
+        await go.CreateServiceAsync(new Go.VirtualService
+        {
+            Id = "web", Key = new() { Ip = "198.18.0.10", Port = 80, Protocol = Go.Protocol.Tcp },
+            Config = new() { Scheduler = "sh", Flags = { "flag-1", "flag-2" } },
+        }, cancellationToken: Ct);
+
+        await go.UpdateServiceAsync(new Go.VirtualService { Id = "web", Config = new() { Scheduler = "mh" } }, cancellationToken: Ct);
+        var mh = Assert.Single((await go.ListAsync(new Empty(), cancellationToken: Ct)).Items).Service.Config;
+        // sh and mh read both bits alike (fallback, port): the flows hash as before, as with the Go merlin.
+        Assert.Equal(["flag-1", "flag-2"], mh.Flags);
+
+        await go.UpdateServiceAsync(new Go.VirtualService { Id = "web", Config = new() { Scheduler = "wrr" } }, cancellationToken: Ct);
+        var wrr = Assert.Single((await go.ListAsync(new Empty(), cancellationToken: Ct)).Items).Service.Config;
+        Assert.Equal("wrr", wrr.Scheduler);
+        Assert.Empty(wrr.Flags); // wrr has no flags; the Go merlin kept them, and the kernel ignored them
+    }
+
     private static T With<T>(T message, Action<T> change)
     {
         change(message);
