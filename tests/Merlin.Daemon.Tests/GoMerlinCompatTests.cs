@@ -159,6 +159,119 @@ public class GoMerlinCompatTests(EtcdFixture etcd) : BackendTestBase(etcd)
         Assert.Empty(wrr.Flags); // wrr has no flags; the Go merlin kept them, and the kernel ignored them
     }
 
+    /// <summary>
+    /// Property: with the mode on, random requests of every kind Merlin supports (valid or not for a Go merlin)
+    /// never leave a record in the store that the Go merlin's own code would refuse or panic on. The rules are
+    /// restated here from its source, not taken from Merlin's, and checked on the records as a client built
+    /// from the original proto reads them (an unknown field in a key or config is something it cannot match).
+    /// </summary>
+    [Theory, MemberData(nameof(Backends))]
+    public async Task ModeOn_RandomRequests_NeverStoreARecordTheGoMerlinRefuses(string backend)
+    {
+        await using var daemon = await StartDaemonAsync(backend);
+        var api = daemon.Extended;
+        await GoMerlinOn(daemon);
+        var random = new Random(21);
+        string[] ids = ["web", "web2", "api", "dns", "a"];
+        var accepted = 0;
+        for (var i = 0; i < 400; i++)
+        {
+            var id = ids[random.Next(ids.Length)];
+            var serverIp = random.Next(4) == 0 ? $"2001:db8::{random.Next(1, 9)}" : $"198.18.1.{random.Next(1, 9)}";
+            Func<Task> call = random.Next(8) switch
+            {
+                0 or 1 => () => api.CreateServiceAsync(RandomService(random, id), cancellationToken: Ct).ResponseAsync,
+                2 => () => api.UpdateServiceAsync(new VirtualService { Id = id, Config = RandomService(random, id).Config }, cancellationToken: Ct).ResponseAsync,
+                3 or 4 => () => api.CreateServerAsync(RandomServer(random, id, serverIp), cancellationToken: Ct).ResponseAsync,
+                5 => () => api.UpdateServerAsync(RandomServer(random, id, serverIp), cancellationToken: Ct).ResponseAsync,
+                6 => () => api.DrainServerAsync(new DrainRequest { Server = Rs(id, serverIp), Period = Duration.FromTimeSpan(TimeSpan.FromMinutes(1)) }, cancellationToken: Ct).ResponseAsync,
+                _ => () => api.DeleteServiceAsync(new StringValue { Value = id }, cancellationToken: Ct).ResponseAsync,
+            };
+            try
+            {
+                await call();
+                accepted++;
+            }
+            catch (RpcException e) when (e.StatusCode is StatusCode.FailedPrecondition or StatusCode.InvalidArgument or StatusCode.NotFound or StatusCode.AlreadyExists) { }
+        }
+
+        var list = await daemon.Original.ListAsync(new Empty(), cancellationToken: Ct);
+        Assert.True(accepted > 40, $"only {accepted} of 400 requests were accepted: the run proves little");
+        Assert.NotEmpty(list.Items.SelectMany(i => i.Servers));
+        var storedIds = list.Items.Select(i => i.Service.Id).ToList();
+        foreach (var item in list.Items)
+        {
+            GoAccepts(item.Service, storedIds);
+            foreach (var server in item.Servers) GoAccepts(server);
+        }
+    }
+
+    private static readonly string[] Schedulers = ["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"];
+
+    private static VirtualService RandomService(Random r, string id)
+    {
+        var scheduler = Schedulers[r.Next(Schedulers.Length)];
+        var key = r.Next(6) switch
+        {
+            0 => new VirtualService.Types.Key { Fwmark = (uint)r.Next(1, 5) },
+            1 => new VirtualService.Types.Key { Ip = $"2001:db8::{r.Next(1, 9)}", Port = 80, Protocol = Protocol.Tcp },
+            _ => new VirtualService.Types.Key { Ip = $"198.18.0.{r.Next(1, 9)}", Port = (uint)r.Next(80, 83), Protocol = (Protocol)r.Next(1, 4) },
+        };
+        var config = new VirtualService.Types.Config { Scheduler = scheduler };
+        if (scheduler is "sh" or "mh" && r.Next(2) == 0) config.Flags.Add(r.Next(2) == 0 ? $"{scheduler}-port" : "flag-1");
+        if (r.Next(5) == 0) config.PersistenceTimeout = 300;
+        if (r.Next(8) == 0) config.OnePacket = true;
+        return new VirtualService { Id = id, Key = key, Config = config };
+    }
+
+    private static RealServer RandomServer(Random r, string id, string ip)
+    {
+        var server = Rs(id, ip, weight: (uint)r.Next(0, 100), forward: (ForwardMethod)r.Next(1, 4));
+        if (server.Config.Forward == ForwardMethod.Tunnel)
+        {
+            server.Config.TunnelType = (TunnelType)r.Next(0, 3);
+            if (server.Config.TunnelType == TunnelType.Gue) server.Config.TunnelPort = 6080;
+        }
+        if (r.Next(6) == 0) server.Config.UpperThreshold = 100;
+        if (r.Next(2) == 0) server.HealthCheck = Check(r.Next(5) switch { 0 => "https://:8443/h", 1 => "tcp://:8080", 2 => "grpc://:9090", 3 => "http://:8080/h?x=1", _ => "http://:8080/healthz" });
+        return server;
+    }
+
+    /// <summary>The Go merlin's rules for a service, from its server, reconciler and ipvs packages.</summary>
+    private static void GoAccepts(Go.VirtualService s, IReadOnlyList<string> ids)
+    {
+        // Fields it does not know make proto.Equal(stored, kernel) false forever: it adds the service again, and panics.
+        Assert.Equal(new Go.VirtualService.Types.Key { Ip = s.Key.Ip, Port = s.Key.Port, Protocol = s.Key.Protocol }, s.Key);
+        Assert.Equal(new Go.VirtualService.Types.Config { Scheduler = s.Config.Scheduler, Flags = { s.Config.Flags } }, s.Config);
+        Assert.Contains(s.Key.Protocol, new[] { Go.Protocol.Tcp, Go.Protocol.Udp }); // toProtocolBits: anything else panics
+        Assert.Equal(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.IPAddress.Parse(s.Key.Ip).AddressFamily); // AF_INET always
+        Assert.InRange(s.Key.Port, 1u, 65535u);
+        Assert.Contains(s.Config.Scheduler, Schedulers); // handed to the kernel as it is
+        Assert.All(s.Config.Flags, f => Assert.Contains(f, new[] { "flag-1", "flag-2", "flag-3" })); // the only names it maps to bits
+        Assert.Equal(s.Config.Flags.Distinct().Count(), s.Config.Flags.Count);
+        Assert.DoesNotContain(ids, other => other != s.Id && (other.StartsWith(s.Id, StringComparison.Ordinal) || s.Id.StartsWith(other, StringComparison.Ordinal)));
+    }
+
+    /// <summary>The Go merlin's rules for a real server.</summary>
+    private static void GoAccepts(Go.RealServer r)
+    {
+        Assert.Equal(new Go.RealServer { ServiceID = r.ServiceID, Key = r.Key, Config = r.Config, HealthCheck = r.HealthCheck }, r); // no drain_deadline: it would ignore it
+        Assert.Equal(new Go.RealServer.Types.Key { Ip = r.Key.Ip, Port = r.Key.Port }, r.Key);
+        Assert.Equal(new Go.RealServer.Types.Config { Weight = r.Config.Weight, Forward = r.Config.Forward }, r.Config);
+        Assert.Equal(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.IPAddress.Parse(r.Key.Ip).AddressFamily);
+        Assert.Contains(r.Config.Forward, new[] { Go.ForwardMethod.Route, Go.ForwardMethod.Tunnel, Go.ForwardMethod.Masq });
+        Assert.NotNull(r.Config.Weight);
+        Assert.InRange(r.Config.Weight.Value, 0u, (uint)int.MaxValue); // the kernel refuses a negative int
+        Assert.NotNull(r.HealthCheck); // its checker panics ("health check not added yet") on a server without one
+        if (string.IsNullOrEmpty(r.HealthCheck.Endpoint)) return;
+        var endpoint = new Uri(r.HealthCheck.Endpoint.Replace("://:", "://h:", StringComparison.Ordinal));
+        Assert.Equal("http", endpoint.Scheme); // any other scheme panics its checker
+        Assert.Equal("", endpoint.Query);
+        Assert.True(r.HealthCheck.Period.ToTimeSpan() > TimeSpan.Zero); // time.NewTicker panics on 0
+        Assert.True(r.HealthCheck.Timeout.ToTimeSpan() > TimeSpan.Zero);
+        Assert.True(r.HealthCheck.UpThreshold > 0 && r.HealthCheck.DownThreshold > 0);
+    }
+
     private static T With<T>(T message, Action<T> change)
     {
         change(message);
