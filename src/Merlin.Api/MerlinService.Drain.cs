@@ -23,6 +23,7 @@ public sealed partial class MerlinService
 
         var deadline = time.GetUtcNow() + period;
         var endpoint = Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port);
+        var compat = await GoMerlinCompatAsync(ct);
         await UpdateOptimisticallyAsync(
             async () => await store.GetServerAsync(serviceId, ip, port, ct)
                 ?? throw NotFound($"server {endpoint} of service {serviceId} does not exist"),
@@ -30,6 +31,8 @@ public sealed partial class MerlinService
             {
                 var next = current.Clone();
                 next.DrainDeadline = Timestamp.FromDateTimeOffset(deadline);
+                // A Go merlin ignores the deadline: its nodes would keep sending new connections, then cut them.
+                if (compat && WireMapper.TryToModel(next, out var model) is null) RefuseIfGoMerlinCannot(GoMerlin.Check(model!));
                 return next;
             },
             (next, version) => store.UpdateServerAsync(next, version, ct));

@@ -42,6 +42,13 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     public override Task<Empty> CreateService(WireService request, ServerCallContext context) => Guard(context, async ct =>
     {
         var model = Valid(WireMapper.TryToModel(request, out var service), service);
+        if (await GoMerlinCompatAsync(ct))
+        {
+            RefuseIfGoMerlinCannot(GoMerlin.Check(model));
+            // Only creates need this: ids never change, and a pair already stored was stored before the mode.
+            var ids = (await store.ListAsync(ct)).Items.Select(i => i.Service.Id);
+            RefuseIfGoMerlinCannot(GoMerlin.CheckId(model.Id, ids));
+        }
         await store.CreateServiceAsync(WireMapper.ToWire(model), ct);
         LogCreatedService(model.Id, model.Key.ToString());
         return Done;
@@ -51,9 +58,10 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     {
         if (Validation.Id(request.Id, "id") is { } idError) throw Invalid(idError);
         if (request.Config is null) throw Invalid(new("config", "required: an update changes config only"));
+        var compat = await GoMerlinCompatAsync(ct);
         var written = await UpdateOptimisticallyAsync(
             async () => await store.GetServiceAsync(request.Id, ct) ?? throw NotFound($"service {request.Id} does not exist"),
-            current => Normalized(Merge(current, request)),
+            current => Normalized(Merge(current, request), compat),
             (next, version) => store.UpdateServiceAsync(next, version, ct));
         if (written) LogUpdatedService(request.Id);
         return Done;
@@ -69,11 +77,12 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
 
     public override Task<Empty> CreateServer(WireServer request, ServerCallContext context) => Guard(context, async ct =>
     {
-        var model = Valid(WireMapper.TryToModel(request, out var server), server);
+        var model = Valid(WireMapper.TryToModel(request, out var server), server) with { DrainDeadline = null }; // only DrainServer drains
         var service = await store.GetServiceAsync(model.ServiceId, ct)
             ?? throw NotFound($"service {model.ServiceId} does not exist: create it before its servers");
         CheckFamily(service.Value, model);
-        await store.CreateServerAsync(WireMapper.ToWire(model with { DrainDeadline = null }), ct); // only DrainServer drains
+        if (await GoMerlinCompatAsync(ct)) RefuseIfGoMerlinCannot(GoMerlin.Check(model));
+        await store.CreateServerAsync(WireMapper.ToWire(model), ct);
         LogCreatedServer(model.ServiceId, model.Key.ToString());
         return Done;
     });
@@ -81,10 +90,11 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     public override Task<Empty> UpdateServer(WireServer request, ServerCallContext context) => Guard(context, async ct =>
     {
         var (serviceId, ip, port) = ServerIdentity(request);
+        var compat = await GoMerlinCompatAsync(ct);
         var written = await UpdateOptimisticallyAsync(
             async () => await store.GetServerAsync(serviceId, ip, port, ct)
                 ?? throw NotFound($"server {Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port)} of service {serviceId} does not exist"),
-            current => Normalized(Merge(current, request)),
+            current => Normalized(Merge(current, request), compat),
             (next, version) => store.UpdateServerAsync(next, version, ct));
         if (written) LogUpdatedServer(serviceId, Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port));
         return Done;
@@ -115,7 +125,38 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         return response;
     });
 
-    public override Task<StatusResponse> Status(Empty request, ServerCallContext context) => Guard(context, _ => Task.FromResult(status.Report()));
+    public override Task<StatusResponse> Status(Empty request, ServerCallContext context) => Guard(context, async ct =>
+    {
+        var response = status.Report();
+        try
+        {
+            response.Compatibility = (await store.GetSettingsAsync(ct)).Compatibility;
+        }
+        catch (StoreUnavailableException)
+        {
+            // The status must answer while the store is down (it says so); the setting is then unknown.
+            response.Compatibility = "";
+        }
+        return response;
+    });
+
+    public override Task<Settings> GetSettings(Empty request, ServerCallContext context) => Guard(context, ct => store.GetSettingsAsync(ct));
+
+    public override Task<Settings> UpdateSettings(Settings request, ServerCallContext context) => Guard(context, async ct =>
+    {
+        if (request is null) throw Invalid(new("settings", "required"));
+        if (request.HasCompatibility && request.Compatibility is not ("" or GoMerlin.Mode))
+            throw Invalid(new("compatibility", $"{Validation.Quote(request.Compatibility)} is not a compatibility mode (\"{GoMerlin.Mode}\", or \"\" for none)"));
+        var settings = await store.GetSettingsAsync(ct);
+        var next = settings.Clone();
+        next.MergeFrom(request);
+        if (!next.Equals(settings))
+        {
+            await store.SetSettingsAsync(next, ct);
+            LogSettings(next.Compatibility.Length == 0 ? "off" : next.Compatibility);
+        }
+        return next;
+    });
 
     public override Task<StatusResponse> DrainNode(Empty request, ServerCallContext context) => Guard(context, async ct =>
     {
@@ -165,10 +206,36 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         }
     }
 
-    /// <summary>Validated and in the form we store (aliases for flags, no default-valued extensions).</summary>
-    private static WireService Normalized(WireService service) => WireMapper.ToWire(Valid(WireMapper.TryToModel(service, out var model), model));
+    /// <summary>
+    /// Validated and in the form we store (aliases for flags, no default-valued extensions); with
+    /// <paramref name="goMerlin"/>, refused unless a Go merlin can program it too.
+    /// </summary>
+    private static WireService Normalized(WireService service, bool goMerlin)
+    {
+        var model = Valid(WireMapper.TryToModel(service, out var m), m);
+        if (goMerlin) RefuseIfGoMerlinCannot(GoMerlin.Check(model));
+        return WireMapper.ToWire(model);
+    }
 
-    private static WireServer Normalized(WireServer server) => WireMapper.ToWire(Valid(WireMapper.TryToModel(server, out var model), model));
+    private static WireServer Normalized(WireServer server, bool goMerlin)
+    {
+        var model = Valid(WireMapper.TryToModel(server, out var m), m);
+        if (goMerlin) RefuseIfGoMerlinCannot(GoMerlin.Check(model));
+        return WireMapper.ToWire(model);
+    }
+
+    /// <summary>
+    /// Whether the store's compatibility mode is go-merlin. Read on every write rather than cached, so a
+    /// change made through any node applies on every node from the next call.
+    /// </summary>
+    private async Task<bool> GoMerlinCompatAsync(CancellationToken ct) =>
+        (await store.GetSettingsAsync(ct)).Compatibility == GoMerlin.Mode;
+
+    /// <summary>FailedPrecondition: the record is valid, and refused only while the mode is on.</summary>
+    private static void RefuseIfGoMerlinCannot(ValidationError? error)
+    {
+        if (error is not null) throw new RpcException(new Grpc.Core.Status(StatusCode.FailedPrecondition, error.ToString()));
+    }
 
     /// <summary>An update changes config only: the key is immutable; flags belong to their scheduler.</summary>
     private static WireService Merge(WireService stored, WireService update)
@@ -180,10 +247,13 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         var c = update.Config;
         if (c.Scheduler.Length != 0 && c.Scheduler != next.Config.Scheduler)
         {
-            // Flags mean different things per scheduler (sh-port vs mh-port): a new scheduler starts
-            // without the old one's flags unless the request gives new ones.
+            // A new scheduler keeps the flag bits it gives a meaning too — sh and mh both read flag-1 as
+            // fallback and flag-2 as port, so a move between them hashes the same way, as it did with the Go
+            // merlin, which kept every flag — and drops the rest, which the kernel would ignore anyway.
             next.Config.Scheduler = c.Scheduler;
+            var kept = next.Config.Flags.Where(f => Schedulers.ParseFlags(c.Scheduler.Trim(), [f], "", out _) is null).ToList();
             next.Config.Flags.Clear();
+            next.Config.Flags.AddRange(kept);
         }
         if (c.Flags.Count != 0)
         {
@@ -319,6 +389,9 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
 
     [LoggerMessage(EventId = 208, Level = LogLevel.Warning, Message = "Reading the dataplane's counters failed: {Reason}")]
     private partial void LogCountersFailed(string reason);
+
+    [LoggerMessage(EventId = 209, Level = LogLevel.Warning, Message = "Compatibility mode is now {Mode}")]
+    private partial void LogSettings(string mode);
 
     [LoggerMessage(EventId = 240, Level = LogLevel.Information, Message = "Node drained: {Drained}")]
     private partial void LogDrainedNode(bool drained);

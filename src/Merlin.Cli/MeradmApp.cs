@@ -31,6 +31,7 @@ public sealed class MeradmApp
         _root.Subcommands.Add(ServerCommands.Create(_ctx));
         _root.Subcommands.Add(StatusCommand.Create(_ctx));
         _root.Subcommands.Add(NodeCommands.Create(_ctx));
+        _root.Subcommands.Add(CompatCommand.Create(_ctx));
         _root.Subcommands.Add(HashCommands.Create(_ctx));
     }
 

@@ -99,6 +99,9 @@ public sealed class EtcdStore : IStore
                 txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
                 if (identity is not null) txn.Compare.Add(ServicesUnchangedSince(readRevision));
                 txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = service.ToByteString() } });
+                // A Go merlin's `service del` leaves the servers behind; a new service of that id must not inherit them.
+                var servers = Key(StoreKeys.ServersOf(_prefix, service.Id));
+                txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = servers, RangeEnd = PrefixEnd(servers) } });
                 txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, CountOnly = true } });
                 var resp = await Txn(txn, op).ConfigureAwait(false);
                 if (resp.Succeeded) return;
@@ -348,6 +351,23 @@ public sealed class EtcdStore : IStore
         }
     }
 
+    public async Task<Settings> GetSettingsAsync(CancellationToken ct = default)
+    {
+        using var op = Begin(ct);
+        var keyText = StoreKeys.Settings(_prefix);
+        var resp = await Range(new RangeRequest { Key = Key(keyText) }, op).ConfigureAwait(false);
+        return resp.Kvs.Count == 0 ? new Settings() : Parse(Settings.Parser, resp.Kvs[0].Value, keyText);
+    }
+
+    public async Task SetSettingsAsync(Settings settings, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        using var op = Begin(ct);
+        var txn = new TxnRequest();
+        txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = Key(StoreKeys.Settings(_prefix)), Value = settings.ToByteString() } });
+        await Txn(txn, op).ConfigureAwait(false);
+    }
+
     /// <summary>Compacts etcd's history through <paramref name="revision"/> (an operator or test tool: watchers from before it get a Resync).</summary>
     public async Task CompactAsync(long revision, CancellationToken ct = default)
     {
@@ -374,6 +394,8 @@ public sealed class EtcdStore : IStore
     {
         if (identity is null) return 0; // a service without a key conflicts with nothing
         var revision = await RefreshIdentities(full: _identityRevision == 0, op).ConfigureAwait(false);
+        // An update that keeps its key takes nothing: a duplicate the Go merlin accepted must not block edits.
+        if (exceptId is not null && _identityOf.TryGetValue(exceptId, out var own) && own == identity) return revision;
         if (!Taken()) return revision;
         // The index may still hold a service deleted since; confirm with a full read.
         revision = await RefreshIdentities(full: true, op).ConfigureAwait(false);

@@ -233,6 +233,22 @@ public sealed class SqliteStore : IStore
         }, ct);
     }
 
+    // ---------------------------------------------------------------- settings
+
+    // One row of meta (its value a protobuf blob): no schema change, and no revision, since nothing watches them.
+    public Task<Settings> GetSettingsAsync(CancellationToken ct = default) => ReadAsync(c =>
+    {
+        using var cmd = Command(c, "SELECT value FROM meta WHERE key = 'settings'");
+        return cmd.ExecuteScalar() is byte[] blob ? Settings.Parser.ParseFrom(blob) : new Settings();
+    }, ct);
+
+    public Task SetSettingsAsync(Settings settings, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        var blob = settings.ToByteArray();
+        return WriteAsync(w => w.Execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('settings', $value)", ("$value", blob)), ct);
+    }
+
     // ---------------------------------------------------------------- list and watch
 
     public Task<long> GetRevisionAsync(CancellationToken ct = default) => ReadAsync(c =>

@@ -58,6 +58,15 @@ public interface IStore : IAsyncDisposable
     /// Ends with <see cref="StoreUnavailableException"/> if the store becomes unreachable.
     /// </summary>
     IAsyncEnumerable<StoreChange> WatchAsync(long afterRevision, CancellationToken ct = default);
+
+    /// <summary>
+    /// The fleet-wide settings (empty until set). etcd keeps them at <c>&lt;prefix&gt;/settings</c>: outside the
+    /// <c>services/</c> and <c>servers/</c> ranges the Go merlin lists, so a Go merlin sharing the store never parses them.
+    /// </summary>
+    Task<Settings> GetSettingsAsync(CancellationToken ct = default);
+
+    /// <summary>Replaces the settings (last writer wins: they change by hand, rarely).</summary>
+    Task SetSettingsAsync(Settings settings, CancellationToken ct = default);
 }
 
 public sealed record Versioned<T>(T Value, long Version);

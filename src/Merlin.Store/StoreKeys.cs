@@ -23,6 +23,12 @@ public static class StoreKeys
 
     public static string ServersPrefix(string prefix) => $"{prefix}/servers/";
 
+    /// <summary>
+    /// Not under <c>services/</c> (the Go merlin parses every key there as a service) nor <c>servers/</c>; the Go
+    /// merlin's watch of the whole prefix sees it change, which only makes it run a pass.
+    /// </summary>
+    public static string Settings(string prefix) => $"{prefix}/settings";
+
     public static string Server(string prefix, string serviceId, string ip, uint port) => $"{prefix}/servers/{serviceId}/{ip}:{port}";
 
     /// <summary>Identity of a service's key, used to refuse two services with the same ip:port:protocol or fwmark.</summary>

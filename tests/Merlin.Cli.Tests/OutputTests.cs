@@ -330,7 +330,8 @@ public class OutputTests
               "announcerStateSeconds": null,
               "announcerRestarts": 0,
               "vips": [],
-              "nodeDrained": false
+              "nodeDrained": false,
+              "compatibility": ""
             }
 
             """;

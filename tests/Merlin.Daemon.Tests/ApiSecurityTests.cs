@@ -40,6 +40,8 @@ public sealed class ApiSecurityTests(SecuredDaemon secured) : IClassFixture<Secu
         ("Counters", c => c.CountersAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
         ("DrainNode", c => c.DrainNodeAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
         ("UndrainNode", c => c.UndrainNodeAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
+        ("GetSettings", c => c.GetSettingsAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
+        ("UpdateSettings", c => c.UpdateSettingsAsync(new Settings(), cancellationToken: Ct).ResponseAsync),
     ];
 
     [Fact]

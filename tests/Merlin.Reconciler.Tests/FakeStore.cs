@@ -59,6 +59,8 @@ internal sealed class FakeStore : IStore
     public Task UpdateServerAsync(RealServer server, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
     public Task DeleteServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default) => throw new NotSupportedException();
     public Task DeleteServerAsync(string serviceId, string ip, uint port, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task<Settings> GetSettingsAsync(CancellationToken ct = default) => Task.FromResult(new Settings());
+    public Task SetSettingsAsync(Settings settings, CancellationToken ct = default) => throw new NotSupportedException();
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
 
     public static VirtualService Service(string id, string ip, uint port = 80, string scheduler = "mh") => new()

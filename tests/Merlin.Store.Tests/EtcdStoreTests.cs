@@ -129,6 +129,35 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
     }
 
     [Fact]
+    public async Task ServersLeftByAGoMerlinsServiceDelete_AreNotListed_AndAServiceCreatedWithThatIdStartsWithoutThem()
+    {
+        // The Go merlin's `service del old` deletes services/old only; its servers stay under servers/old/.
+        var orphan = Server("old", "10.1.0.9", 80);
+        await Raw.PutAsync("/merlin/servers/old/10.1.0.9:80", orphan.ToByteArray());
+        await Raw.PutAsync("/merlin/servers/old2/10.1.0.8:80", Server("old2", "10.1.0.8", 80).ToByteArray());
+        await using var store = Open();
+        Assert.Empty((await store.ListAsync(Ct)).Items);
+
+        await store.CreateServiceAsync(Service("old", "10.0.0.2", 443), Ct);
+
+        Assert.Empty(Assert.Single((await store.ListAsync(Ct)).Items).Servers);
+        Assert.Equal(["/merlin/servers/old2/10.1.0.8:80", "/merlin/services/old"], await Raw.KeysAsync("/merlin/")); // old2's are not old's
+    }
+
+    [Fact]
+    public async Task SettingsKey_IsOutsideTheRangesTheGoMerlinLists()
+    {
+        await using var store = Open();
+        await store.CreateServiceAsync(Service("web"), Ct);
+        await store.SetSettingsAsync(new Settings { Compatibility = "go-merlin" }, Ct);
+
+        // The Go merlin lists services/ as services, and servers/<id> (no closing slash) as a service's servers.
+        Assert.Equal(["/merlin/services/web"], await Raw.KeysAsync("/merlin/services/"));
+        Assert.Empty(await Raw.KeysAsync("/merlin/servers/"));
+        Assert.Equal(new Settings { Compatibility = "go-merlin" }, Settings.Parser.ParseFrom(await Raw.GetAsync("/merlin/settings")));
+    }
+
+    [Fact]
     public async Task SeveralClients_RacingForOneServiceKey_ExactlyOneWins()
     {
         // Separate store instances share no lock or cache: only etcd's transaction decides.

@@ -653,6 +653,23 @@ public abstract class StoreContractTests : IAsyncLifetime
         Assert.Equal(version, (await Store.GetServerAsync("web", "10.1.0.1", 80, Ct))!.Version);
     }
 
+    // ------------------------------------------------------------ settings
+
+    [Fact]
+    public async Task Settings_AreEmptyUntilSet_SurviveAReopen_AndAreNoRecord()
+    {
+        Assert.Equal(new Settings(), await Store.GetSettingsAsync(Ct));
+        await Store.CreateServiceAsync(Service("web"), Ct);
+
+        await Store.SetSettingsAsync(new Settings { Compatibility = "go-merlin" }, Ct);
+        await ReopenAsync();
+
+        Assert.Equal("go-merlin", (await Store.GetSettingsAsync(Ct)).Compatibility);
+        Assert.Equal(["web"], (await Store.ListAsync(Ct)).Items.Select(i => i.Service.Id)); // not listed as a record
+        await Store.SetSettingsAsync(new Settings { Compatibility = "" }, Ct);
+        Assert.Equal("", (await Store.GetSettingsAsync(Ct)).Compatibility);
+    }
+
     // ------------------------------------------------------------ helpers
 
     protected static async Task<Exception?> Outcome(Func<Task> action)

@@ -69,6 +69,7 @@ public static class Tables
         if (s.NodeDrained) table.Add("node", "DRAINED (announces no VIP; meradm node undrain ends it)");
         table.Add("store", $"{Dash(s.StoreBackend)} ({(s.StoreReachable ? "reachable" : "UNREACHABLE")})");
         table.Add("dataplane", Dash(s.Dataplane));
+        if (s.Compatibility.Length > 0) table.Add("compatibility", Commands.CompatCommand.Describe(s.Compatibility));
         table.Add("last reconcile", s.SinceLastReconcileSeconds is { } ago ? Durations.Format(TimeSpan.FromSeconds(Math.Round(ago, 1))) + " ago" : "never");
         table.Add("reconcile passes", s.ReconcilePasses.ToString(CultureInfo.InvariantCulture));
         table.Add("reconcile errors", s.ReconcileErrors.ToString(CultureInfo.InvariantCulture));

@@ -115,6 +115,8 @@ public sealed record StatusView
     public IReadOnlyList<VipView> Vips { get; init; } = [];
     /// <summary>Drained with <c>meradm node drain</c>: the node announces no VIP.</summary>
     public bool NodeDrained { get; init; }
+    /// <summary>The store's compatibility mode: go-merlin, or empty when off (or from a daemon that predates it).</summary>
+    public string Compatibility { get; init; } = "";
 }
 
 /// <summary>A VIP the announcer is responsible for, and whether this node holds (VRRP) or announces (BGP) it.</summary>
@@ -253,6 +255,7 @@ public static class Views
         AnnouncerStateSeconds = status.AnnouncerSince is { } since ? Math.Max(0, (DateTimeOffset.UtcNow - since.ToDateTimeOffset()).TotalSeconds) : null,
         AnnouncerRestarts = status.AnnouncerRestarts,
         NodeDrained = status.NodeDrained,
+        Compatibility = status.Compatibility,
         Vips = status.Vips.Select(v => new VipView(v.Address, v.Announced, v.Management)).ToList(),
     };
 
