@@ -25,6 +25,7 @@ public static class MerlinApi
     {
         services.AddHttpContextAccessor();
         services.TryAddSingleton<RefusedCalls>();
+        services.TryAddSingleton<FleetSettings>();
         services.TryAddTransient<MerlinService>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IServiceMethodProvider<MerlinEndpoint>, GuardedMethods>());
         return services;

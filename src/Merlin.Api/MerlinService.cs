@@ -34,7 +34,7 @@ public interface IStatusReporter
 /// transaction, store failures are Unavailable. Every record is validated before it is stored, so the
 /// store only ever holds records the daemon can program.
 /// </summary>
-public sealed partial class MerlinService(IStore store, IStatusReporter status, ILogger<MerlinService> logger, TimeProvider time) : Wire.Merlin.MerlinBase
+public sealed partial class MerlinService(IStore store, IStatusReporter status, ILogger<MerlinService> logger, TimeProvider time, FleetSettings fleet) : Wire.Merlin.MerlinBase
 {
     private static readonly Empty Done = new();
     private const int OptimisticRetries = 8;
@@ -153,6 +153,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         if (!next.Equals(settings))
         {
             await store.SetSettingsAsync(next, ct);
+            fleet.Forget();
             LogSettings(next.Compatibility.Length == 0 ? "off" : next.Compatibility);
         }
         return next;
@@ -225,11 +226,11 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     }
 
     /// <summary>
-    /// Whether the store's compatibility mode is go-merlin. Read on every write rather than cached, so a
-    /// change made through any node applies on every node from the next call.
+    /// Whether the store's compatibility mode is go-merlin: a change made through this node applies from the next
+    /// call, one made through another node within <see cref="FleetSettings.MaxAge"/>.
     /// </summary>
     private async Task<bool> GoMerlinCompatAsync(CancellationToken ct) =>
-        (await store.GetSettingsAsync(ct)).Compatibility == GoMerlin.Mode;
+        (await fleet.GetAsync(ct)).Compatibility == GoMerlin.Mode;
 
     /// <summary>FailedPrecondition: the record is valid, and refused only while the mode is on.</summary>
     private static void RefuseIfGoMerlinCannot(ValidationError? error)
