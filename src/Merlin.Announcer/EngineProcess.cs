@@ -44,13 +44,29 @@ internal static class EngineProcess
         catch (UnauthorizedAccessException) { return false; }
     }
 
+    /// <summary>True when <paramref name="pid"/> has exited and waits for its parent to collect it.</summary>
+    public static bool IsZombie(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            var end = stat.LastIndexOf(')');
+            return end > 0 && end + 2 < stat.Length && stat[end + 2] is 'Z' or 'X';
+        }
+        catch (IOException) { return false; }
+        catch (UnauthorizedAccessException) { return false; }
+    }
+
     /// <summary>SIGTERM to <paramref name="pid"/>, SIGKILL if it is still alive after <see cref="StopWait"/>.</summary>
     public static async Task StopPidAsync(int pid, CancellationToken ct)
     {
         Native.Signal(pid, Native.SigTerm);
         var clock = Stopwatch.StartNew();
-        while (Native.IsAlive(pid) && clock.Elapsed < StopWait) await Task.Delay(50, ct);
-        if (Native.IsAlive(pid)) Native.Signal(pid, Native.SigKill);
+        while (Native.IsAlive(pid) && !IsZombie(pid) && clock.Elapsed < StopWait) await Task.Delay(50, ct);
+        if (!Native.IsAlive(pid) || IsZombie(pid)) return;
+        Native.Signal(pid, Native.SigKill);
+        clock.Restart();
+        while (Native.IsAlive(pid) && !IsZombie(pid) && clock.Elapsed < TimeSpan.FromSeconds(1)) await Task.Delay(20, ct);
     }
 
     /// <summary>SIGTERM to a child and wait for it; true when it stopped, false when it had to be killed after <see cref="StopWait"/>.</summary>

@@ -26,6 +26,12 @@ public interface IAnnouncer : IAsyncDisposable
     /// </summary>
     Task SettleAsync(CancellationToken ct) => Task.CompletedTask;
 
+    /// <summary>
+    /// The node was drained (true) or undrained. <see cref="AnnounceAsync"/> is told no VIPs meanwhile; an engine
+    /// with a role gives it up too (VRRP: FAULT, so the peer takes the VIPs at once). Others do nothing.
+    /// </summary>
+    Task DrainAsync(bool drained, CancellationToken ct) => Task.CompletedTask;
+
     /// <summary>Withdraws everything this node announces (VRRP: the peer takes over) and stops.</summary>
     Task StopAsync(CancellationToken ct);
 

@@ -38,7 +38,11 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
             try
             {
                 var clock = Stopwatch.StartNew();
-                while (status.Current.Desired is null && clock.Elapsed < FirstPassWait) await Task.Delay(50, token);
+                // VRRP: keepalived starts only once a pass has programmed everything, so a node whose table is not
+                // complete never wins an election (its peer holds the VIPs, or nobody while neither can forward).
+                // An adopting daemon waits too; the keepalived it adopts keeps running meanwhile.
+                var vrrp = announcer.Mode == Merlin.Announcer.Vrrp.KeepalivedAnnouncer.Name;
+                while (vrrp ? !status.Current.Ready : status.Current.Desired is null && clock.Elapsed < FirstPassWait) await Task.Delay(50, token);
                 Feed();
                 await announcer.StartAsync(token);
                 LogStarted(log, announcer.Mode);
@@ -85,6 +89,7 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
             if (why is null) LogAnnouncing(log, vips.Count);
             else LogWithholding(log, why);
         }
+        _ = announcer.DrainAsync(drain.Drained, CancellationToken.None);
         _ = announcer.AnnounceAsync(vips, CancellationToken.None);
     }
 

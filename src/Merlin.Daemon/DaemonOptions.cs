@@ -95,6 +95,7 @@ public sealed record DaemonOptions
         ["--vrrp-peer"] = "vrrp-peer",
         ["--vrrp-preempt"] = "vrrp-preempt",
         ["--vrrp-advert-interval"] = "vrrp-advert-interval",
+        ["--vrrp-start-window"] = "vrrp-start-window",
         ["--management-vip"] = "management-vip",
         ["--keepalived"] = "keepalived",
         ["--bgp-asn"] = "bgp-asn",
@@ -252,7 +253,7 @@ public sealed record DaemonOptions
     }
 
     private static readonly string[] VrrpKeys =
-        ["vrrp-interface", "vrrp-router-id", "vrrp-priority", "vrrp-peer", "vrrp-preempt", "vrrp-advert-interval", "management-vip", "keepalived"];
+        ["vrrp-interface", "vrrp-router-id", "vrrp-priority", "vrrp-peer", "vrrp-preempt", "vrrp-advert-interval", "vrrp-start-window", "management-vip", "keepalived"];
 
     /// <summary>--announcer vrrp: the keepalived instance from the --vrrp-* flags (its files in --state-dir/keepalived).</summary>
     private static Merlin.Announcer.Vrrp.VrrpOptions? VrrpFrom(IConfiguration c, DaemonOptions o)
@@ -275,6 +276,7 @@ public sealed record DaemonOptions
             Preempt = Bool(c, "vrrp-preempt", false),
             ManagementVip = vip,
             AdvertInterval = Duration(c, "vrrp-advert-interval", TimeSpan.FromSeconds(1)),
+            StartWindow = Duration(c, "vrrp-start-window", TimeSpan.FromSeconds(60)),
             StateDir = Path.Combine(o.StateDir, "keepalived"),
             Keepalived = c["keepalived"] is { Length: > 0 } k ? k : "keepalived",
             NetworkNamespace = o.NetworkNamespace,

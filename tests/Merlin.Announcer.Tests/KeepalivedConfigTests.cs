@@ -18,14 +18,19 @@ public class KeepalivedConfigTests
     };
 
     [Fact]
-    public void Render_NoPreempt_ManagementVipAdvertisedAndServiceVipsExcluded()
+    public void Render_ManagementVipAdvertised_ServiceVipsExcluded_PriorityTrackedFromAFile_NoNopreempt()
     {
         var text = KeepalivedConfig.Render(Options(), [IPAddress.Parse("2001:db8::100"), IPAddress.Parse("198.18.0.101"), IPAddress.Parse("198.18.0.100"), IPAddress.Parse("198.18.0.100")]);
 
         Assert.Equal("""
-            # Rendered by merlin (--announcer vrrp); rewritten on every change of the service VIPs.
+            # Rendered by merlin (--announcer vrrp); the service VIPs are updated while this node is MASTER.
             global_defs {
                 notify_fifo /var/lib/merlin/keepalived/notify.fifo
+            }
+
+            track_file merlin_51_priority {
+                file "/var/lib/merlin/keepalived/priority"
+                weight 1
             }
 
             vrrp_instance merlin_51 {
@@ -35,7 +40,10 @@ public class KeepalivedConfigTests
                 priority 150
                 version 3
                 advert_int 1
-                nopreempt
+                notify_priority_changes true
+                track_file {
+                    merlin_51_priority
+                }
                 unicast_peer {
                     198.18.0.12
                 }
@@ -53,14 +61,19 @@ public class KeepalivedConfigTests
     }
 
     [Fact]
-    public void Render_PreemptWithoutServiceVips_HasNoNopreemptAndNoExcludedBlock()
+    public void Render_WithoutServiceVips_HasNoExcludedBlock()
     {
         var text = KeepalivedConfig.Render(Options(preempt: true, advert: TimeSpan.FromMilliseconds(250)), []);
 
         Assert.Equal("""
-            # Rendered by merlin (--announcer vrrp); rewritten on every change of the service VIPs.
+            # Rendered by merlin (--announcer vrrp); the service VIPs are updated while this node is MASTER.
             global_defs {
                 notify_fifo /var/lib/merlin/keepalived/notify.fifo
+            }
+
+            track_file merlin_51_priority {
+                file "/var/lib/merlin/keepalived/priority"
+                weight 1
             }
 
             vrrp_instance merlin_51 {
@@ -70,6 +83,10 @@ public class KeepalivedConfigTests
                 priority 150
                 version 3
                 advert_int 0.25
+                notify_priority_changes true
+                track_file {
+                    merlin_51_priority
+                }
                 unicast_peer {
                     198.18.0.12
                 }
@@ -90,6 +107,44 @@ public class KeepalivedConfigTests
 
         Assert.Equal(["198.18.0.100", "2001:db8::1"], a.Select(v => v.ToString()));
         Assert.Equal(a, b);
+    }
+
+    [Fact]
+    public void Settings_IgnoreTheServiceVips_ButNotTheInstance()
+    {
+        var one = KeepalivedConfig.Render(Options(), [IPAddress.Parse("198.18.0.100")]);
+        var other = KeepalivedConfig.Render(Options(), [IPAddress.Parse("198.18.0.101"), IPAddress.Parse("2001:db8::1")]);
+
+        Assert.Equal(KeepalivedConfig.Settings(KeepalivedConfig.Render(Options(), [])), KeepalivedConfig.Settings(one));
+        Assert.Equal(KeepalivedConfig.Settings(one), KeepalivedConfig.Settings(other));
+        Assert.NotEqual(KeepalivedConfig.Settings(one), KeepalivedConfig.Settings(KeepalivedConfig.Render(Options() with { Priority = 100 }, [IPAddress.Parse("198.18.0.100")])));
+        Assert.Equal(["198.18.0.101", "2001:db8::1"], KeepalivedConfig.ServiceVips(other).Select(v => v.ToString()));
+        Assert.Empty(KeepalivedConfig.ServiceVips(KeepalivedConfig.Render(Options(), [])));
+    }
+
+    [Theory]
+    // drained, master, within a first election's window → the number in the file, and the effective priority
+    [InlineData(false, false, false, 0, 150)]    // BACKUP: its configured priority, preempting any lower MASTER
+    [InlineData(false, true, true, 0, 150)]      // a first election's MASTER: a higher priority may still take over
+    [InlineData(false, true, false, 104, 254)]   // a MASTER that keeps the VIPs: nobody preempts 254
+    [InlineData(true, true, false, -254, 0)]     // drained: FAULT
+    public void PriorityHold_Values(bool drained, bool master, bool window, int value, int effective)
+    {
+        Assert.Equal(value, PriorityHold.Value(Options(), drained, master, window));
+        Assert.Equal(effective, PriorityHold.Effective(150, value));
+        Assert.Equal(0, PriorityHold.Value(Options(preempt: true), false, true, false)); // --vrrp-preempt: keepalived's own preemption
+    }
+
+    [Theory]
+    [InlineData(150, 0, -1)]
+    [InlineData(150, -1, -2)]
+    [InlineData(150, 104, -1)]
+    [InlineData(1, 0, 1)]
+    [InlineData(254, 0, -1)]
+    public void PriorityHold_Probe_ChangesTheEffectivePriority(int priority, int current, int probe)
+    {
+        Assert.Equal(probe, PriorityHold.Probe(priority, current));
+        Assert.NotEqual(PriorityHold.Effective(priority, current), PriorityHold.Effective(priority, probe));
     }
 
     [Fact]

@@ -11,6 +11,8 @@ public class NotifyLineTests
     [InlineData("INSTANCE \"merlin_51\" STOP 150", "INSTANCE", "merlin_51", "STOP", 150, AnnouncerRole.Stopped)]
     [InlineData("INSTANCE \"with space\" MASTER 7", "INSTANCE", "with space", "MASTER", 7, AnnouncerRole.Master)]
     [InlineData("INSTANCE merlin_51 BACKUP 100", "INSTANCE", "merlin_51", "BACKUP", 100, AnnouncerRole.Backup)]
+    [InlineData("INSTANCE \"merlin_51\" MASTER_PRIORITY 254", "INSTANCE", "merlin_51", "MASTER_PRIORITY", 254, AnnouncerRole.Master)]
+    [InlineData("INSTANCE \"merlin_51\" BACKUP_PRIORITY 149", "INSTANCE", "merlin_51", "BACKUP_PRIORITY", 149, AnnouncerRole.Backup)]
     public void Parse_InstanceLines(string line, string kind, string name, string state, int priority, AnnouncerRole role)
     {
         var parsed = NotifyLine.Parse(line);
@@ -30,6 +32,7 @@ public class NotifyLineTests
     public void Parse_UnknownState_HasNoRole()
     {
         Assert.Null(NotifyLine.Parse("INSTANCE \"merlin_51\" DELETED 150")!.Role);
+        Assert.Null(NotifyLine.Parse("INSTANCE \"merlin_51\" MASTER_RX_LOWER_PRI 150")!.Role);
     }
 
     [Theory]

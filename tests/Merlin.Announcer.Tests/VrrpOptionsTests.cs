@@ -10,6 +10,14 @@ public class VrrpOptionsTests
     [Fact]
     public void Validate_Good_IsNull() => Assert.Null(Good.Validate());
 
+    [Fact]
+    public void DownInterval_IsThreeAdvertsPlusTheSkewOfThePriority()
+    {
+        // 500 ms: 1.5 s + (256 - 150)/256 × 0.5 s = 1.707 s at 150; 1.805 s at 100.
+        Assert.Equal(1707, (int)(Good with { AdvertInterval = TimeSpan.FromMilliseconds(500) }).DownInterval.TotalMilliseconds);
+        Assert.Equal(1804, (int)(Good with { AdvertInterval = TimeSpan.FromMilliseconds(500), Priority = 100 }).DownInterval.TotalMilliseconds);
+    }
+
     public static TheoryData<string, string> Broken() => new()
     {
         { "interface", "--vrrp-interface" },
@@ -28,6 +36,7 @@ public class VrrpOptionsTests
         { "advert-5ms", "--vrrp-advert-interval" },
         { "advert-15ms", "--vrrp-advert-interval" },
         { "advert-41s", "--vrrp-advert-interval" },
+        { "window-2h", "--vrrp-start-window" },
     };
 
     [Theory]
@@ -37,6 +46,7 @@ public class VrrpOptionsTests
         var o = what switch
         {
             "interface" => Good with { Interface = "" },
+            "window-2h" => Good with { StartWindow = TimeSpan.FromHours(2) },
             "interface-long" => Good with { Interface = "a-very-long-interface-name" },
             "router-id-0" => Good with { RouterId = 0 },
             "router-id-256" => Good with { RouterId = 256 },

@@ -59,9 +59,10 @@ public class DaemonOptionsTests
     {
         var o = Parse("--announcer", "vrrp", "--interface", "eth0", "--vrrp-router-id", "51", "--vrrp-priority", "150",
             "--vrrp-peer", "198.18.0.12", "--vrrp-peer=198.18.0.13", "--management-vip", "198.18.0.9", "--vrrp-preempt",
-            "--vrrp-advert-interval", "500ms", "--state-dir", "/var/lib/merlin-test");
+            "--vrrp-advert-interval", "500ms", "--vrrp-start-window", "90s", "--state-dir", "/var/lib/merlin-test");
 
         var v = Assert.IsType<Merlin.Announcer.Vrrp.VrrpOptions>(o.Vrrp);
+        Assert.Equal(TimeSpan.FromSeconds(90), v.StartWindow);
         Assert.Equal(("eth0", 51, 150, true, "198.18.0.9"), (v.Interface, v.RouterId, v.Priority, v.Preempt, v.ManagementVip.ToString()));
         Assert.Equal(["198.18.0.12", "198.18.0.13"], v.Peers.Select(p => p.ToString()));
         Assert.Equal(TimeSpan.FromMilliseconds(500), v.AdvertInterval);
@@ -74,6 +75,7 @@ public class DaemonOptionsTests
         var v = Parse("--announcer", "vrrp", "--interface", "eth0", "--vrrp-interface", "bond0", "--vrrp-router-id", "7",
             "--vrrp-peer", "10.0.0.2,10.0.0.3", "--management-vip", "10.0.0.100").Vrrp!;
         Assert.Equal(("bond0", 100, false, TimeSpan.FromSeconds(1), 2), (v.Interface, v.Priority, v.Preempt, v.AdvertInterval, v.Peers.Count));
+        Assert.Equal(TimeSpan.FromSeconds(60), v.StartWindow);
     }
 
     [Theory]

@@ -8,10 +8,19 @@ namespace Merlin.Announcer.Vrrp;
 
 /// <summary>
 /// VRRP through keepalived: renders its configuration (<see cref="KeepalivedConfig"/>), runs it as a
-/// supervised child (restarted with backoff when it dies), reloads it with SIGHUP when the service VIPs
-/// change, and learns MASTER/BACKUP/FAULT from the lines keepalived writes to its notify FIFO. Stopping
-/// sends keepalived SIGTERM, which removes the VIPs, so the peer takes over after its down timer.
+/// supervised child (restarted with backoff when it dies) or adopts the one a previous daemon left running,
+/// and learns MASTER/BACKUP/FAULT from the lines keepalived writes to its notify FIFO.
 /// </summary>
+/// <remarks>
+/// A reload (SIGHUP) restarts the master-down timer of a BACKUP instance (keepalived 2.2.7,
+/// vrrp_scheduler.c: every instance that is not MASTER is set up again as "BACKUP (init)") — during a cold
+/// start that hands the election to the peer. A MASTER keeps its state across a reload and adverts at once.
+/// So keepalived is reloaded only while it is MASTER, the only state in which the service VIPs are on the
+/// interface; a BACKUP keeps the set it loaded, and on becoming MASTER is reloaded with the current one.
+/// Who keeps the VIPs is decided through the priority (<see cref="PriorityHold"/>), changed through a
+/// tracked file, never a reload. Stopping leaves keepalived running: the next daemon adopts it, so a
+/// restart of merlin moves nothing; <see cref="ReleaseAsync"/> stops it.
+/// </remarks>
 public sealed partial class KeepalivedAnnouncer : IAnnouncer
 {
     public const string Name = "vrrp";
@@ -30,6 +39,16 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private IReadOnlyList<IPAddress> _desired = [];
     private IReadOnlyList<IPAddress> _loaded = [];
     private AnnouncerRole _role = AnnouncerRole.Init;
+    private long? _backupSince;
+    /// <summary>This MASTER won a first election and its start window has not ended.</summary>
+    private bool _firstElection;
+    private long _elections;
+    private bool _drained;
+    private int? _holdWritten;
+    private ITimer? _windowTimer;
+    private int? _adopted;
+    /// <summary>Adopted, and its state not reported yet: a MASTER found then held the VIPs before this daemon, so it keeps them.</summary>
+    private bool _adopting;
     private int? _priority;
     private DateTimeOffset? _since;
     private string _detail = "not started";
@@ -66,7 +85,10 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     public long Reloads => Interlocked.Read(ref _reloads);
 
     /// <summary>The running keepalived's PID (its parent process), or null.</summary>
-    public int? Pid { get { lock (_lock) return _process is { HasExited: false } p ? p.Id : null; } }
+    public int? Pid { get { lock (_lock) return _adopted ?? (_process is { HasExited: false } p ? p.Id : null); } }
+
+    /// <summary>True when this announcer adopted a keepalived a previous daemon left running.</summary>
+    public bool Adopted { get; private set; }
 
     public event Action<AnnouncerState>? Changed;
 
@@ -83,19 +105,124 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         return Task.CompletedTask;
     }
 
+    /// <summary>Drained: the instance goes to FAULT (priority -254 through the tracked file), which releases the VIPs
+    /// with a priority-0 advert, so the peer takes over at once. Undrained: it competes again.</summary>
+    public Task DrainAsync(bool drained, CancellationToken ct)
+    {
+        lock (_lock)
+        {
+            if (_drained == drained) return Task.CompletedTask;
+            _drained = drained;
+        }
+        UpdateHold();
+        return Task.CompletedTask;
+    }
+
     public async Task StartAsync(CancellationToken ct)
     {
         if (_supervisor is not null) throw new InvalidOperationException("already started");
         Directory.CreateDirectory(_options.StateDir);
-        await StopStaleAsync(ct);
-        OpenFifo();
+        var adopt = Adoptable();
+        if (adopt is null) await StopStaleAsync(ct);
+        OpenFifo(create: adopt is null);
         _stop = new CancellationTokenSource();
-        _supervisor = Task.Run(() => SuperviseAsync(_stop.Token), CancellationToken.None);
+        if (adopt is { } pid) Adopt(pid);
+        _supervisor = Task.Run(() => SuperviseAsync(adopt, _stop.Token), CancellationToken.None);
     }
 
+    /// <summary>
+    /// The PID of a keepalived a previous daemon left running with this configuration (apart from the service
+    /// VIPs), which this daemon can take over without a restart or an election; null when there is none.
+    /// </summary>
+    private int? Adoptable()
+    {
+        if (EngineProcess.ReadPid(_options.PidPath) is not { } pid || !IsOurKeepalived(pid) || EngineProcess.IsZombie(pid)) return null;
+        try
+        {
+            if (!File.Exists(_options.FifoPath) || !File.Exists(_options.PriorityFilePath)) return null;
+            var running = File.ReadAllText(_options.ConfigPath);
+            return KeepalivedConfig.Settings(running) == KeepalivedConfig.Settings(KeepalivedConfig.Render(_options, [])) ? pid : null;
+        }
+        catch (IOException) { return null; }
+    }
+
+    /// <summary>
+    /// Takes over a running keepalived: what it holds is what its configuration says; its state is learned by
+    /// changing the tracked priority by one (keepalived answers with a MASTER_PRIORITY or BACKUP_PRIORITY line),
+    /// after which <see cref="UpdateHold"/> writes the value this daemon wants.
+    /// </summary>
+    private void Adopt(int pid)
+    {
+        var loaded = KeepalivedConfig.ServiceVips(File.ReadAllText(_options.ConfigPath));
+        var current = ReadHold();
+        lock (_lock)
+        {
+            _adopted = pid;
+            _loaded = loaded;
+            _written = loaded;
+            _running = true;
+            _adopting = true;
+            SetRole(AnnouncerRole.Init, null, "adopted a running keepalived; asking its state");
+        }
+        Adopted = true;
+        LogAdopted(_log, pid, _options.ConfigPath);
+        if (_drained && current == PriorityHold.Fault)
+        {
+            lock (_lock) SetRole(AnnouncerRole.Fault, null, "drained: the instance is in FAULT and holds no VIP");
+            _firstState.TrySetResult();
+        }
+        else WriteHold(PriorityHold.Probe(_options.Priority, current));
+        Publish();
+    }
+
+    /// <summary>
+    /// Stops supervising and leaves keepalived running in its state (like the dataplane, which stays
+    /// programmed): the next daemon adopts it, so a restart of merlin moves no VIP. Drain the node first to
+    /// hand the VIPs to the peer; <see cref="ReleaseAsync"/> also stops keepalived.
+    /// </summary>
     public async Task StopAsync(CancellationToken ct)
     {
-        if (_stopping) return;
+        if (await StopSupervisingAsync() is { } pid) LogLeftRunning(_log, pid);
+        lock (_lock)
+        {
+            _process?.Dispose();
+            _process = null;
+        }
+    }
+
+    /// <summary>Stops supervising and stops keepalived (SIGTERM by PID), which releases the VIPs with a priority-0 advert.</summary>
+    public async Task ReleaseAsync(CancellationToken ct)
+    {
+        var vrrpChild = EngineProcess.ReadPid(_options.VrrpPidPath);
+        await StopSupervisingAsync();
+        Process? child;
+        int? adopted;
+        lock (_lock)
+        {
+            child = _process;
+            adopted = _adopted;
+            _process = null;
+            _adopted = null;
+        }
+        if (child is not null)
+        {
+            await TerminateAsync(child, vrrpChild, ct);
+            child.Dispose();
+        }
+        else if (adopted is { } pid && IsOurKeepalived(pid))
+        {
+            await EngineProcess.StopPidAsync(pid, ct);
+            LogStopped(_log, pid);
+        }
+        lock (_lock) SetRole(AnnouncerRole.Stopped, null, "keepalived stopped; the VIPs are released to the peer");
+        Publish();
+        try { File.Delete(_options.FifoPath); } catch (IOException) { }
+    }
+
+    /// <summary>Ends the supervisor and the FIFO reader (once); returns the PID of the keepalived still running.</summary>
+    private async Task<int?> StopSupervisingAsync()
+    {
+        if (_stopping) return null;
         _stopping = true;
         if (_stop is not null) await _stop.CancelAsync();
         if (_supervisor is not null)
@@ -103,16 +230,17 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             try { await _supervisor; }
             catch (OperationCanceledException) { }
         }
-        Process? p;
-        lock (_lock) p = _process;
-        if (p is not null) await TerminateAsync(p, ct);
+        int? pid;
         lock (_lock)
         {
+            pid = _adopted ?? (_process is { HasExited: false } p ? p.Id : null);
+            _windowTimer?.Dispose();
             _running = false;
-            SetRole(AnnouncerRole.Stopped, null, "keepalived stopped; the VIPs are released to the peer");
+            SetRole(AnnouncerRole.Stopped, null, pid is null ? "keepalived is not running" : $"merlin stopped; keepalived (pid {pid}) keeps running for the next daemon to adopt");
         }
         Publish();
-        CloseFifo();
+        CloseFifo(delete: false);
+        return pid;
     }
 
     public async ValueTask DisposeAsync()
@@ -121,18 +249,29 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         _stop?.Dispose();
     }
 
-    private async Task SuperviseAsync(CancellationToken ct)
+    private async Task SuperviseAsync(int? adopted, CancellationToken ct)
     {
         var backoff = EngineProcess.MinBackoff;
         while (!ct.IsCancellationRequested)
         {
             IReadOnlyList<IPAddress> vips;
             lock (_lock) vips = _desired;
-            Process process;
+            Engine process;
             try
             {
-                WriteConfig(vips);
-                process = StartKeepalived();
+                if (adopted is { } pid)
+                {
+                    process = Engine.Adopted(pid);
+                    adopted = null;
+                }
+                else
+                {
+                    WriteConfig(vips);
+                    int hold;
+                    lock (_lock) hold = HoldValue();
+                    WriteHold(hold);
+                    process = Engine.Child(StartKeepalived());
+                }
             }
             catch (Exception e) when (e is IOException or System.ComponentModel.Win32Exception or UnauthorizedAccessException)
             {
@@ -149,7 +288,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             }
 
             var started = _time.GetTimestamp();
-            var exited = process.WaitForExitAsync(CancellationToken.None);
+            var exited = process.Exited;
             try
             {
                 while (true)
@@ -163,13 +302,18 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
                     ct.ThrowIfCancellationRequested();
                     if (exited.IsCompleted) break;
                     IReadOnlyList<IPAddress> want;
-                    lock (_lock) want = _desired;
-                    if (want.SequenceEqual(_loaded)) continue;
+                    lock (_lock)
+                    {
+                        want = _desired;
+                        // Only a MASTER is reloaded: a reload restarts a BACKUP's master-down timer (see the remarks).
+                        // A BACKUP holds no VIP; the MASTER line wakes this loop again.
+                        if (_role != AnnouncerRole.Master || want.SequenceEqual(_loaded)) continue;
+                    }
                     WriteConfig(want);
-                    if (!Native.Signal(process.Id, Native.SigHup)) break;
+                    if (!Native.Signal(process.Pid, Native.SigHup)) break;
                     Interlocked.Increment(ref _reloads);
                     lock (_lock) _loaded = want;
-                    LogReloaded(_log, process.Id, want.Count);
+                    LogReloaded(_log, process.Pid, want.Count);
                     Publish();
                     // Let keepalived finish one reload before the next: a burst of store changes costs one or two.
                     await Task.Delay(TimeSpan.FromMilliseconds(500), _time, ct);
@@ -189,6 +333,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
                 _restarts++;
                 _running = false;
                 _process = null;
+                _adopted = null;
                 SetRole(AnnouncerRole.Fault, null, $"keepalived exited with code {code} after {ran.TotalSeconds:0.#} s; restarting in {backoff.TotalSeconds:0} s");
             }
             process.Dispose();
@@ -260,10 +405,9 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         _written = vips;
     }
 
-    private async Task TerminateAsync(Process p, CancellationToken ct)
+    private async Task TerminateAsync(Process p, int? vrrpChild, CancellationToken ct)
     {
         if (p.HasExited) return;
-        var vrrpChild = EngineProcess.ReadPid(_options.VrrpPidPath);
         var pid = p.Id;
         if (await EngineProcess.TerminateAsync(p, ct))
         {
@@ -288,10 +432,14 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     /// <summary>True when <paramref name="pid"/> is a keepalived started with this daemon's configuration file.</summary>
     private bool IsOurKeepalived(int pid) => EngineProcess.Runs(pid, "keepalived", _options.ConfigPath);
 
-    private void OpenFifo()
+    /// <param name="create">False when adopting: the running keepalived writes to the FIFO it opened at its start.</param>
+    private void OpenFifo(bool create)
     {
-        if (File.Exists(_options.FifoPath)) File.Delete(_options.FifoPath);
-        Native.MakeFifo(_options.FifoPath);
+        if (create)
+        {
+            if (File.Exists(_options.FifoPath)) File.Delete(_options.FifoPath);
+            Native.MakeFifo(_options.FifoPath);
+        }
         // Read and write: opening never waits for a writer, and a keepalived restart (writer closes) is no end of file.
         _fifo = new FileStream(_options.FifoPath, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, bufferSize: 0);
         var reader = new StreamReader(_fifo, Encoding.UTF8);
@@ -328,6 +476,11 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         lock (_lock)
         {
             was = _role;
+            // A priority change is no transition: its state word is only trusted to learn an adopted keepalived's
+            // state. keepalived says BACKUP_PRIORITY for every state but MASTER, and was seen to say it for a
+            // change that raced with its own BACKUP -> MASTER transition.
+            if (parsed.IsPriorityChange && was != AnnouncerRole.Init) role = was;
+            if (role != was) OnTransition(was, role);
             SetRole(role, parsed.Priority, role switch
             {
                 AnnouncerRole.Master => "holds the VIPs",
@@ -338,10 +491,89 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         }
         _firstState.TrySetResult();
         if (was != role) LogTransition(_options.InstanceName, was.ToString().ToUpperInvariant(), parsed.State, parsed.Priority ?? 0);
+        // A new MASTER may hold an older VIP set than the daemon wants: the supervisor reloads it now.
+        if (role == AnnouncerRole.Master) _reload.Writer.TryWrite(true);
+        UpdateHold();
         Publish();
     }
 
-    private void CloseFifo()
+    /// <summary>
+    /// Election bookkeeping, with the lock held. A MASTER whose BACKUP spell lasted no longer than one
+    /// master-down interval (plus an advert of slack) never heard a master: it took VIPs nobody held (a cold
+    /// start, or the peer was down too). Any longer and it heard adverts until they stopped: a takeover.
+    /// </summary>
+    private void OnTransition(AnnouncerRole was, AnnouncerRole role)
+    {
+        var now = _time.GetTimestamp();
+        if (role == AnnouncerRole.Backup) _backupSince = now;
+        if (role == AnnouncerRole.Master)
+        {
+            _firstElection = !_adopting && (was != AnnouncerRole.Backup ||
+                _backupSince is { } b && _time.GetElapsedTime(b) <= _options.DownInterval + _options.AdvertInterval);
+            if (_firstElection && !_options.Preempt)
+            {
+                _windowTimer?.Dispose();
+                var election = ++_elections;
+                _windowTimer = _time.CreateTimer(_ => EndWindow(election), null, _options.StartWindow, Timeout.InfiniteTimeSpan);
+            }
+            LogElection(_log, _options.InstanceName, _firstElection ? "it heard no master since it started: a first election" : "it took over from a master it had heard",
+                _firstElection && !_options.Preempt ? $"a higher priority may still take the VIPs for {_options.StartWindow.TotalSeconds:0} s" : "it keeps them");
+        }
+        _adopting = false;
+    }
+
+    /// <summary>The start window of election <paramref name="election"/> ended: if it is still MASTER, it keeps the VIPs now.</summary>
+    private void EndWindow(long election)
+    {
+        lock (_lock)
+        {
+            if (election != _elections) return;
+            _firstElection = false;
+        }
+        UpdateHold();
+    }
+
+    /// <summary>The number the tracked priority file should hold now (lock held).</summary>
+    private int HoldValue() => PriorityHold.Value(_options, _drained, _role == AnnouncerRole.Master && _running, _firstElection);
+
+    /// <summary>Writes the tracked priority file when the value it should hold changed.</summary>
+    private void UpdateHold()
+    {
+        int value;
+        lock (_lock)
+        {
+            if (_stopping || !_running) return;
+            value = HoldValue();
+            if (value == _holdWritten) return;
+        }
+        WriteHold(value);
+        LogHold(_log, _options.InstanceName, value, PriorityHold.Effective(_options.Priority, value));
+    }
+
+    private void WriteHold(int value)
+    {
+        try
+        {
+            // Atomically: keepalived reads the file on every change it sees (inotify, a rename included).
+            var temp = _options.PriorityFilePath + ".tmp";
+            File.WriteAllText(temp, value.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
+            File.Move(temp, _options.PriorityFilePath, overwrite: true);
+            lock (_lock) _holdWritten = value;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            LogHoldFailed(_log, _options.PriorityFilePath, e.Message);
+        }
+    }
+
+    private int? ReadHold()
+    {
+        try { return int.TryParse(File.ReadAllText(_options.PriorityFilePath).Trim(), System.Globalization.CultureInfo.InvariantCulture, out var v) ? v : null; }
+        catch (IOException) { return null; }
+    }
+
+    /// <param name="delete">False when keepalived keeps running: it still writes to this FIFO, for the next daemon.</param>
+    private void CloseFifo(bool delete)
     {
         if (_fifo is null) return;
         try
@@ -354,6 +586,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         _fifoReader?.Join(TimeSpan.FromSeconds(2));
         _fifo.Dispose();
         _fifo = null;
+        if (!delete) return;
         try { File.Delete(_options.FifoPath); } catch (IOException) { }
     }
 
@@ -430,6 +663,21 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     [LoggerMessage(EventId = 9013, Level = LogLevel.Error, Message = "An announcer state listener failed")]
     private static partial void LogListenerFailed(ILogger logger, Exception e);
 
+    [LoggerMessage(EventId = 9016, Level = LogLevel.Information, Message = "Adopted the keepalived a previous daemon left running (pid {Pid}, {Config}): no restart, no election")]
+    private static partial void LogAdopted(ILogger logger, int pid, string config);
+
+    [LoggerMessage(EventId = 9017, Level = LogLevel.Information, Message = "keepalived (pid {Pid}) keeps running with its VRRP state; the next daemon adopts it")]
+    private static partial void LogLeftRunning(ILogger logger, int pid);
+
+    [LoggerMessage(EventId = 9018, Level = LogLevel.Information, Message = "VRRP {Instance}: MASTER because {How}; {Then}")]
+    private static partial void LogElection(ILogger logger, string instance, string how, string then);
+
+    [LoggerMessage(EventId = 9019, Level = LogLevel.Information, Message = "VRRP {Instance}: priority file set to {Value} (effective priority {Effective})")]
+    private static partial void LogHold(ILogger logger, string instance, int value, int effective);
+
+    [LoggerMessage(EventId = 9020, Level = LogLevel.Error, Message = "Could not write the VRRP priority file {Path}: {Reason}")]
+    private static partial void LogHoldFailed(ILogger logger, string path, string reason);
+
     private void LogKeepalived(string line)
     {
         // keepalived -l -D prefixes every line with its own timestamp: the daemon's log has one already.
@@ -438,4 +686,33 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
 
     [LoggerMessage(EventId = 9015, Level = LogLevel.Information, Message = "{Line}")]
     private static partial void LogKeepalivedLineTo(ILogger logger, string line);
+
+    /// <summary>The keepalived being supervised: our child, or one adopted from a previous daemon (not our child: polled).</summary>
+    private sealed class Engine : IDisposable
+    {
+        private readonly Process? _child;
+
+        private Engine(int pid, Task exited, Process? child)
+        {
+            Pid = pid;
+            Exited = exited;
+            _child = child;
+        }
+
+        public int Pid { get; }
+
+        public Task Exited { get; }
+
+        /// <summary>The child's exit code; -1 for an adopted process (its exit status goes to its parent).</summary>
+        public int ExitCode => _child?.ExitCode ?? -1;
+
+        public static Engine Child(Process p) => new(p.Id, p.WaitForExitAsync(CancellationToken.None), p);
+
+        public static Engine Adopted(int pid) => new(pid, Task.Run(async () =>
+        {
+            while (Native.IsAlive(pid) && !EngineProcess.IsZombie(pid)) await Task.Delay(200);
+        }), null);
+
+        public void Dispose() => _child?.Dispose();
+    }
 }

@@ -41,13 +41,20 @@ public sealed record NotifyLine(string Kind, string Name, string State, int? Pri
         return new NotifyLine(kind, name, words[0], priority);
     }
 
-    /// <summary>The VRRP role this line reports, or null for states that are not one (e.g. DELETED).</summary>
+    /// <summary>
+    /// The VRRP role this line reports, or null for states that are not one (e.g. DELETED). A priority change
+    /// (<c>MASTER_PRIORITY</c>, <c>BACKUP_PRIORITY</c>, with <c>notify_priority_changes</c>) reports the current
+    /// role too; keepalived says BACKUP_PRIORITY for any state but MASTER.
+    /// </summary>
     public AnnouncerRole? Role => State switch
     {
-        "MASTER" => AnnouncerRole.Master,
-        "BACKUP" => AnnouncerRole.Backup,
+        "MASTER" or "MASTER_PRIORITY" => AnnouncerRole.Master,
+        "BACKUP" or "BACKUP_PRIORITY" => AnnouncerRole.Backup,
         "FAULT" => AnnouncerRole.Fault,
         "STOP" => AnnouncerRole.Stopped,
         _ => null,
     };
+
+    /// <summary>A priority change rather than a state change.</summary>
+    public bool IsPriorityChange => State is "MASTER_PRIORITY" or "BACKUP_PRIORITY";
 }

@@ -22,10 +22,19 @@ public sealed record VrrpOptions
     public required IReadOnlyList<IPAddress> Peers { get; init; }
 
     /// <summary>
-    /// True: a node with a higher priority takes the VIPs back when it returns. False (the default,
-    /// <c>nopreempt</c>): the VIPs stay where they are until that node fails, which saves a second move.
+    /// True: a node with a higher priority takes the VIPs back when it returns. False (the default): the VIPs
+    /// stay where they are until that node fails, which saves a second move — except during
+    /// <see cref="StartWindow"/> after a node took VIPs that nobody held (a cold start), so the higher
+    /// priority still wins however the two starts were timed.
     /// </summary>
     public bool Preempt { get; init; }
+
+    /// <summary>
+    /// Without <see cref="Preempt"/>: how long a MASTER that took the VIPs when nobody held them (it heard no
+    /// master since it started) can still be replaced by a higher priority. A MASTER that took over from a
+    /// master it had heard keeps the VIPs at once.
+    /// </summary>
+    public TimeSpan StartWindow { get; init; } = TimeSpan.FromSeconds(60);
 
     /// <summary>The address on which the API is reachable on whichever node is MASTER.</summary>
     public required IPAddress ManagementVip { get; init; }
@@ -49,6 +58,18 @@ public sealed record VrrpOptions
     public string PidPath => Path.Combine(StateDir, "keepalived.pid");
     public string VrrpPidPath => Path.Combine(StateDir, "keepalived_vrrp.pid");
     public string FifoPath => Path.Combine(StateDir, "notify.fifo");
+
+    /// <summary>keepalived's track_file: the number in it is added to <see cref="Priority"/> (-254: FAULT).</summary>
+    public string PriorityFilePath => Path.Combine(StateDir, "priority");
+
+    /// <summary>The track_file's name in the configuration.</summary>
+    public string TrackFileName => $"{InstanceName}_priority";
+
+    /// <summary>
+    /// VRRPv3's Master_Down_Interval at this node's priority: 3 adverts plus a skew of (256 − priority)/256
+    /// of one. A BACKUP that hears no advert for this long becomes MASTER.
+    /// </summary>
+    public TimeSpan DownInterval => AdvertInterval * 3 + AdvertInterval * ((256 - Priority) / 256.0);
 
     /// <summary>
     /// The first problem with these settings, named by the daemon flag that sets it
@@ -79,6 +100,8 @@ public sealed record VrrpOptions
         var centis = AdvertInterval.TotalMilliseconds / 10;
         if (centis < 1 || centis > 4095 || centis != Math.Floor(centis))
             return ("--vrrp-advert-interval", $"{AdvertInterval.TotalSeconds}s is not a VRRPv3 advert interval (10ms to 40.95s in steps of 10ms)");
+        if (StartWindow < TimeSpan.Zero || StartWindow > TimeSpan.FromHours(1))
+            return ("--vrrp-start-window", $"{StartWindow.TotalSeconds}s is not a start window (0s to 1h)");
         if (string.IsNullOrWhiteSpace(StateDir)) return ("--state-dir", "a directory for keepalived's files is required");
         return null;
     }
