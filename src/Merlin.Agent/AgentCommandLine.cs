@@ -23,8 +23,8 @@ public sealed class AgentCommandLine
     private readonly Option<string> _weight = new("--weight") { Description = "Weight [default: 1]", HelpName = "n" };
     private readonly Option<string> _forward = new("--forward") { Description = "route (direct server return) or tunnel [default: route]", HelpName = "route|tunnel" };
     private readonly Option<string> _healthEndpoint = new("--health-endpoint") { Description = "Health check the load balancers run, e.g. http://:80/healthz (none if absent)", HelpName = "url" };
-    private readonly Option<string> _healthPeriod = new("--health-period") { Description = "Between checks [default: 2s]", HelpName = "duration" };
-    private readonly Option<string> _healthTimeout = new("--health-timeout") { Description = "Per check [default: 1s]", HelpName = "duration" };
+    private readonly Option<string> _healthPeriod = new("--health-period") { Description = "Between checks, 100ms to 1h [default: 2s]", HelpName = "duration" };
+    private readonly Option<string> _healthTimeout = new("--health-timeout") { Description = "Per check, at most the period [default: 1s, or the period if shorter]", HelpName = "duration" };
     private readonly Option<string> _healthUp = new("--health-up") { Description = "Passing checks in a row before up [default: 2]", HelpName = "n" };
     private readonly Option<string> _healthDown = new("--health-down") { Description = "Failing checks in a row before down [default: 2]", HelpName = "n" };
     private readonly Option<string> _drainPeriod = new("--drain-period") { Description = "On SIGTERM: how long established connections may finish before the node is removed (0s: remove at once) [default: 30s]", HelpName = "duration" };
@@ -99,11 +99,13 @@ public sealed class AgentCommandLine
         RealServer.Types.HealthCheck? health = null;
         if (r.GetValue(_healthEndpoint) is { Length: > 0 } endpoint)
         {
+            if (Validation.HealthEndpoint(endpoint, _healthEndpoint.Name, out _) is { } endpointError) throw new OptionError(endpointError.ToString());
+            var (period, checkTimeout) = OptionValues.HealthTiming(r.GetValue(_healthPeriod), _healthPeriod.Name, r.GetValue(_healthTimeout), _healthTimeout.Name);
             health = new RealServer.Types.HealthCheck
             {
                 Endpoint = endpoint,
-                Period = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(Duration(r, _healthPeriod, TimeSpan.FromSeconds(2), TimeSpan.FromMilliseconds(100))),
-                Timeout = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(Duration(r, _healthTimeout, TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(10))),
+                Period = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(period),
+                Timeout = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(checkTimeout),
                 UpThreshold = UInt(r, _healthUp, 2, 1, 100),
                 DownThreshold = UInt(r, _healthDown, 2, 1, 100),
             };

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Runtime.InteropServices;
 using Merlin.Agent;
 using Merlin.Client;
+using Merlin.Netlink;
 using Microsoft.Extensions.Logging;
 using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
 
@@ -31,6 +32,26 @@ if (invocation is null)
     Console.Error.WriteLine($"merlin-agent: {error}");
     return 2;
 }
+
+// One agent per node and state directory, before the node or the API is touched: two would each record the other's
+// changes as the operator's and undo them at detach.
+var stateDir = Path.GetDirectoryName(invocation.StateFile)!;
+ProcessLock nodeLock;
+try
+{
+    nodeLock = ProcessLock.Take(stateDir, "merlin-agent");
+}
+catch (ProcessLockHeldException e)
+{
+    Console.Error.WriteLine($"merlin-agent: --state-dir: {stateDir} is in use by another merlin-agent{(e.HolderPid is { } pid ? $" (PID {pid})" : "")}; one agent per node");
+    return 2;
+}
+catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+{
+    Console.Error.WriteLine($"merlin-agent: --state-dir: {stateDir} cannot be used: {e.Message}");
+    return 2;
+}
+using var heldLock = nodeLock;
 
 using var logs = LoggerFactory.Create(b =>
 {
@@ -65,7 +86,8 @@ try
     await agent.RunAsync(stop.Token, hurry.Token);
     return 0;
 }
-catch (Exception e) when (e is AgentConfigurationException or NodeNetworkException or ConnectionSetupException or Grpc.Core.RpcException)
+catch (Exception e) when (e is AgentConfigurationException or NodeNetworkException or ConnectionSetupException or Grpc.Core.RpcException
+                           or IOException or UnauthorizedAccessException) // e.g. the state file cannot be written
 {
     log.LogError("{Error}", e.Message);
     return 1;

@@ -25,7 +25,7 @@ public sealed class ControllerCommandLine
     private readonly Option<string> _drain = new("--drain-period") { Description = "How long a node leaving a Service keeps its open connections before it is removed [default: 30s]", HelpName = "duration" };
     private readonly Option<string> _nodeCheck = new("--node-health-check") { Description = "Health check of nodes for externalTrafficPolicy Cluster (\"\" for none) [default: http://:10256/healthz, kube-proxy's]", HelpName = "url" };
     private readonly Option<string> _period = new("--health-period") { Description = "Between node checks [default: 2s]", HelpName = "duration" };
-    private readonly Option<string> _checkTimeout = new("--health-timeout") { Description = "Per node check [default: 1s]", HelpName = "duration" };
+    private readonly Option<string> _checkTimeout = new("--health-timeout") { Description = "Per node check, at most the period [default: 1s, or the period if shorter]", HelpName = "duration" };
     private readonly Option<string> _workers = new("--workers") { Description = "Services reconciled at once [default: 4]", HelpName = "n" };
     private readonly Option<string> _resync = new("--resync") { Description = "Reconcile every Service and re-read Merlin this often [default: 5m]", HelpName = "duration" };
     private readonly Option<string> _leaseNamespace = new("--lease-namespace") { Description = "Namespace of the leader Lease [default: $POD_NAMESPACE, else merlin-system]", HelpName = "ns" };
@@ -68,9 +68,7 @@ public sealed class ControllerCommandLine
             throw new OptionError("--merlin-token-file: a token is sent only over TLS or to loopback; add --merlin-ca");
         var merlin = new ConnectionOptions(host, port, timeout) { Tls = tls, TokenFile = token };
 
-        var period = Duration(r, _period, TimeSpan.FromSeconds(2), TimeSpan.FromMilliseconds(100));
-        var checkTimeout = Duration(r, _checkTimeout, TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(10));
-        if (checkTimeout > period) throw new OptionError($"--health-timeout: {Durations.Format(checkTimeout)} is longer than --health-period {Durations.Format(period)}");
+        var (period, checkTimeout) = OptionValues.HealthTiming(r.GetValue(_period), _period.Name, r.GetValue(_checkTimeout), _checkTimeout.Name);
         Uri? nodeCheck = HealthOptions.Default.ClusterCheck;
         if (r.GetValue(_nodeCheck) is { } checkText)
         {

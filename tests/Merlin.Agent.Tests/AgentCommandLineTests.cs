@@ -34,7 +34,7 @@ public sealed class AgentCommandLineTests
     {
         var (i, _) = Bind("--health-endpoint", "http://:8081/health", "--health-period", "500ms", "--health-down", "3", "--address", "2001:db8::51");
         var health = i!.Agent.HealthCheck!;
-        Assert.Equal(("http://:8081/health", TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), 2u, 3u),
+        Assert.Equal(("http://:8081/health", TimeSpan.FromMilliseconds(500), TimeSpan.FromMilliseconds(500), 2u, 3u), // the timeout: 1 s, or the period if shorter
             (health.Endpoint, health.Period.ToTimeSpan(), health.Timeout.ToTimeSpan(), health.UpThreshold, health.DownThreshold));
         Assert.Equal(2, i.Agent.Addresses.Count);
     }
@@ -63,6 +63,27 @@ public sealed class AgentCommandLineTests
     public void Mistakes_AreNamedByTheirOption(string option, string value, string message)
     {
         var (i, error) = Bind(option, value);
+        Assert.Null(i);
+        Assert.StartsWith(message, error);
+    }
+
+    [Theory]
+    [InlineData("ftp://:21/", "--health-endpoint: scheme \"ftp\" is not one of http, https, tcp, grpc")]
+    [InlineData("http://node:80/healthz", "--health-endpoint: \"http://node:80/healthz\" must not name a host")]
+    public void ABadHealthEndpoint_IsNamedBeforeTheApiSeesIt(string endpoint, string message)
+    {
+        var (i, error) = Bind("--health-endpoint", endpoint);
+        Assert.Null(i);
+        Assert.StartsWith(message, error);
+    }
+
+    [Theory]
+    [InlineData("--health-period", "2h", "--health-period: 2h is more than 1h")]
+    [InlineData("--health-period", "50ms", "--health-period: 50ms is less than 100ms")]
+    [InlineData("--health-timeout", "5s", "--health-timeout: 5s is longer than --health-period 2s")]
+    public void AHealthTimingOutsideTheApisBounds_IsNamedByItsOption(string option, string value, string message)
+    {
+        var (i, error) = Bind("--health-endpoint", "http://:8081/health", option, value);
         Assert.Null(i);
         Assert.StartsWith(message, error);
     }
