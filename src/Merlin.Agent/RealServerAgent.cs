@@ -51,6 +51,9 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
     /// <summary>The servers this agent registered (or would have), for detaching.</summary>
     private readonly List<RealServer> _servers = [];
 
+    /// <summary>The API refused a drain (compatibility mode go-merlin): the others are set to weight 0 without asking again.</summary>
+    private bool _drainRefused;
+
     /// <summary>
     /// Attaches and registers, retrying an unreachable API until <paramref name="stop"/>; then waits for
     /// <paramref name="stop"/> and detaches. <paramref name="hurry"/> (a second signal) cuts the drain wait short.
@@ -102,7 +105,7 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
         {
             var drained = 0;
             foreach (var server in _servers)
-                if (await TryAsync("DrainServer", ct => api.DrainServerAsync(new DrainRequest { Server = Name(server), Period = Duration.FromTimeSpan(options.DrainPeriod) }, Call(ct)).ResponseAsync))
+                if (await DrainAsync(server))
                     drained++;
             LogDraining(drained, Durations.Format(options.DrainPeriod));
             try
@@ -122,8 +125,35 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
         LogDetached();
     }
 
-    /// <summary>A call whose failure must not stop a detach: NotFound is done, anything else is logged after retries.</summary>
-    private async Task<bool> TryAsync(string method, Func<CancellationToken, Task<Empty>> call)
+    /// <summary>
+    /// No new connections: a drain; or, where the API refuses drains (FailedPrecondition: its compatibility mode go-merlin
+    /// is on, and Go nodes would ignore the deadline), weight 0, which every node understands. The wait and the delete
+    /// that follow end either the way the drain's deadline would.
+    /// </summary>
+    private Task<bool> DrainAsync(RealServer server)
+    {
+        if (_drainRefused) return ZeroWeightAsync(server);
+        return TryAsync("DrainServer", ct => api.DrainServerAsync(new DrainRequest { Server = Name(server), Period = Duration.FromTimeSpan(options.DrainPeriod) }, Call(ct)).ResponseAsync,
+            refused: e =>
+            {
+                _drainRefused = true;
+                LogDrainRefused(e.Status.Detail);
+                return ZeroWeightAsync(server);
+            });
+    }
+
+    private Task<bool> ZeroWeightAsync(RealServer server)
+    {
+        var zero = Name(server);
+        zero.Config = new RealServer.Types.Config { Weight = 0 };
+        return TryAsync("UpdateServer", ct => api.UpdateServerAsync(zero, Call(ct)).ResponseAsync);
+    }
+
+    /// <summary>
+    /// A call whose failure must not stop a detach: NotFound is done, FailedPrecondition goes to <paramref name="refused"/>
+    /// when given, anything else is logged after retries.
+    /// </summary>
+    private async Task<bool> TryAsync(string method, Func<CancellationToken, Task<Empty>> call, Func<RpcException, Task<bool>>? refused = null)
     {
         using var limit = new CancellationTokenSource(options.DetachRetryLimit, time);
         try
@@ -134,6 +164,10 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
         catch (RpcException e) when (e.StatusCode == StatusCode.NotFound)
         {
             return true;
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.FailedPrecondition && refused is not null)
+        {
+            return await refused(e);
         }
         catch (Exception e) when (e is RpcException or OperationCanceledException)
         {
@@ -216,4 +250,7 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
 
     [LoggerMessage(EventId = 7, Level = LogLevel.Error, Message = "{Method} failed, detaching anyway: {Error}")]
     private partial void LogGaveUp(string method, string error);
+
+    [LoggerMessage(EventId = 8, Level = LogLevel.Warning, Message = "DrainServer refused ({Detail}): setting weight 0 instead, then waiting the drain period and deleting, as the drain would")]
+    private partial void LogDrainRefused(string detail);
 }

@@ -49,7 +49,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
             var ids = (await store.ListAsync(ct)).Items.Select(i => i.Service.Id);
             RefuseIfGoMerlinCannot(GoMerlin.CheckId(model.Id, ids));
         }
-        await store.CreateServiceAsync(WireMapper.ToWire(model), ct);
+        await store.CreateServiceAsync(RecordDigest.Stamped(WireMapper.ToWire(model)), ct);
         LogCreatedService(model.Id, model.Key.ToString());
         return Done;
     });
@@ -82,7 +82,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
             ?? throw NotFound($"service {model.ServiceId} does not exist: create it before its servers");
         CheckFamily(service.Value, model);
         if (await GoMerlinCompatAsync(ct)) RefuseIfGoMerlinCannot(GoMerlin.Check(model));
-        await store.CreateServerAsync(WireMapper.ToWire(model), ct);
+        await store.CreateServerAsync(RecordDigest.Stamped(WireMapper.ToWire(model)), ct);
         LogCreatedServer(model.ServiceId, model.Key.ToString());
         return Done;
     });
@@ -114,6 +114,10 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         var response = new ListResponse();
         foreach (var item in snapshot.Items)
         {
+            // Merlin's mark is the store's business, not the client's: the list is the records as the original
+            // sent them. The snapshot is this call's own (every store parses its records afresh), so clear in place.
+            item.Service.ClearMerlinDigest();
+            foreach (var server in item.Servers) server.ClearMerlinDigest();
             var entry = new ListResponse.Types.Item { Service = item.Service };
             entry.Servers.AddRange(item.Servers);
             response.Items.Add(entry);
@@ -188,7 +192,9 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
 
     /// <summary>
     /// Read, merge, write only if something changed, and start over if another writer got in between
-    /// (the store refuses a write whose version is stale). Returns whether a write happened.
+    /// (the store refuses a write whose version is stale). Returns whether a write happened. What is written
+    /// carries Merlin's mark (<see cref="RecordDigest"/>); a change of the mark alone is no change, so a record a
+    /// Go merlin wrote stays as it is until its content changes.
     /// </summary>
     private static async Task<bool> UpdateOptimisticallyAsync<T>(Func<Task<Versioned<T>>> read, Func<T, T> next, Func<T, long, Task> write)
         where T : Google.Protobuf.IMessage<T>
@@ -197,15 +203,29 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         {
             var current = await read();
             var updated = next(current.Value);
-            if (updated.Equals(current.Value)) return false;
+            if (SameContent(updated, current.Value)) return false;
             try
             {
-                await write(updated, current.Version);
+                await write(Stamped(updated), current.Version);
                 return true;
             }
             catch (ConflictException) when (attempt < OptimisticRetries) { }
         }
     }
+
+    private static bool SameContent<T>(T a, T b) where T : Google.Protobuf.IMessage<T> => (a, b) switch
+    {
+        (WireService x, WireService y) => RecordDigest.SameContent(x, y),
+        (WireServer x, WireServer y) => RecordDigest.SameContent(x, y),
+        _ => a.Equals(b),
+    };
+
+    private static T Stamped<T>(T record) => record switch
+    {
+        WireService s => (T)(object)RecordDigest.Stamped(s),
+        WireServer s => (T)(object)RecordDigest.Stamped(s),
+        _ => record,
+    };
 
     /// <summary>
     /// Validated and in the form we store (aliases for flags, no default-valued extensions); with

@@ -356,6 +356,12 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
             Ready = s.Ready && s.StoreReachable,
         };
         if (s.LastPass is { } last) response.SinceLastReconcile = Duration.FromTimeSpan(time.GetUtcNow() - last);
+        if (s.Origins is { } origins)
+        {
+            response.ServicesNotByMerlin = (uint)origins.ServicesNotByMerlin;
+            response.ServersNotByMerlin = (uint)origins.ServersNotByMerlin;
+            response.OrphanedServers = (uint)origins.OrphanedServers;
+        }
         if (dataplane is IDataplaneDiagnostics diagnostics)
         {
             foreach (var sysctl in diagnostics.Sysctls)
@@ -422,6 +428,15 @@ internal static class DaemonMetrics
         meter.CreateObservableGauge("ready", () => status.Current.Ready && status.Current.StoreReachable ? 1 : 0, description: "1 when the dataplane has been programmed from a reachable store");
         meter.CreateObservableGauge("services", () => status.Current.Services, description: "Virtual services in the desired state");
         meter.CreateObservableGauge("servers", () => status.Current.Servers, description: "Real servers in the desired state");
+        meter.CreateObservableGauge("store_records_not_by_merlin",
+            () => status.Current.Origins is not { } o ? [] : new[]
+            {
+                new Measurement<int>(o.ServicesNotByMerlin, new KeyValuePair<string, object?>("kind", "service")),
+                new Measurement<int>(o.ServersNotByMerlin, new KeyValuePair<string, object?>("kind", "server")),
+                new Measurement<int>(o.OrphanedServers, new KeyValuePair<string, object?>("kind", "orphaned_server")),
+            },
+            description: "Store records last written by a Go merlin (or a Merlin from before merlin_digest), by kind; orphaned_server: " +
+                "server keys whose service does not exist (a Go merlin's service del). Above 0, a Go merlin shares or shared the store");
 
         var dataplane = services.GetRequiredService<IDataplane>();
         if (dataplane is IDataplaneDiagnostics diagnostics)

@@ -55,6 +55,8 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
             {
                 var snapshot = await store.ListAsync(ct);
                 (desired, rejected, var checks) = DesiredState.Build(snapshot);
+                // Who wrote the records, from this read: it changes only with the store, as the read does.
+                status.RecordStoreOrigins(StoreOrigins.Count(snapshot));
                 revision = snapshot.Revision;
                 checkedServers = checks.Select(c => (c.Service, c.Server)).ToHashSet();
                 health?.Track(checks);

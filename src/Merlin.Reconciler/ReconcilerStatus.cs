@@ -9,7 +9,11 @@ public sealed class ReconcilerStatus(TimeProvider time)
     /// unreachable); the announcer takes the service VIPs from it.</param>
     public sealed record Snapshot(
         bool StoreReachable, bool Ready, DateTimeOffset? LastPass, long Passes, long Errors, long OperationsApplied,
-        string? LastError, int Services, int Servers, long Revision, DataplaneState? Desired = null);
+        string? LastError, int Services, int Servers, long Revision, DataplaneState? Desired = null)
+    {
+        /// <summary>Who wrote the records of the last store read (null before one): a mixed fleet shows here.</summary>
+        public StoreOrigins? Origins { get; init; }
+    }
 
     private Snapshot _current = new(false, false, null, 0, 0, 0, null, 0, 0, 0);
 
@@ -18,6 +22,11 @@ public sealed class ReconcilerStatus(TimeProvider time)
     public void RecordStoreDown(string reason)
     {
         lock (_lock) _current = _current with { StoreReachable = false, Errors = _current.Errors + 1, LastError = $"store: {reason}" };
+    }
+
+    public void RecordStoreOrigins(StoreOrigins origins)
+    {
+        lock (_lock) _current = _current with { Origins = origins };
     }
 
     public void RecordPass(long revision, DataplaneState desired, int planned, int applied, int failed, string? error)

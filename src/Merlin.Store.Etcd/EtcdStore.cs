@@ -282,9 +282,15 @@ public sealed class EtcdStore : IStore
             }
         }
         var items = new List<StoreItem>(services.Count);
+        var ids = new HashSet<string>(services.Count, StringComparer.Ordinal);
         foreach (var s in services)
+        {
+            ids.Add(s.Id);
             items.Add(new StoreItem(s, servers.TryGetValue(s.Id, out var list) ? list : []));
-        return new StoreSnapshot(items, revision);
+        }
+        // The range read brought them anyway: counting them costs nothing, and tells of a Go merlin's service del.
+        var orphaned = servers.Where(kv => !ids.Contains(kv.Key)).Sum(kv => kv.Value.Count);
+        return new StoreSnapshot(items, revision) { OrphanedServers = orphaned };
     }
 
     /// <summary>

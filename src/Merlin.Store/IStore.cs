@@ -73,7 +73,15 @@ public sealed record Versioned<T>(T Value, long Version);
 
 public sealed record StoreItem(VirtualService Service, IReadOnlyList<RealServer> Servers);
 
-public sealed record StoreSnapshot(IReadOnlyList<StoreItem> Items, long Revision);
+public sealed record StoreSnapshot(IReadOnlyList<StoreItem> Items, long Revision)
+{
+    /// <summary>
+    /// Server records under a service id that has no service (etcd: left by a Go merlin's <c>service del</c>, which
+    /// deletes only <c>services/&lt;id&gt;</c>). They are in no item: no merlin reads them. Always 0 on SQLite, whose
+    /// deletes cascade and which a Go merlin never writes.
+    /// </summary>
+    public int OrphanedServers { get; init; }
+}
 
 public enum StoreChangeKind { Put, Delete, Resync }
 

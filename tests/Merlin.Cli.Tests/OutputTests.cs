@@ -266,6 +266,39 @@ public class OutputTests
     }
 
     [Fact]
+    public async Task Status_AMixedFleet_CountsTheRecordsOtherWritersLeft_InTheTableAndTheJson()
+    {
+        var status = Canned.Status();
+        status.ServicesNotByMerlin = 2;
+        status.ServersNotByMerlin = 1;
+        status.OrphanedServers = 3;
+        var run = await Meradm.RunAsync(c => c.StatusResponse = status, "status");
+        var json = await Meradm.RunAsync(c => c.StatusResponse = status, "status", "-o", "json");
+
+        Assert.Contains("\nmixed fleet         records last written by a Go merlin (or an older Merlin): 2 services, 1 server, " +
+            "3 orphaned server keys (of services deleted by a Go merlin)\n", run.Out);
+        Assert.Contains("\"servicesNotByMerlin\": 2,\n  \"serversNotByMerlin\": 1,\n  \"orphanedServers\": 3\n", json.Out.ReplaceLineEndings("\n"));
+    }
+
+    [Fact]
+    public async Task Status_NoOtherWriter_IsNewsOnlyWhileTheCompatibilityModeIsOn()
+    {
+        var status = Canned.Status();
+        status.ServicesNotByMerlin = 0;
+        status.ServersNotByMerlin = 0;
+        Assert.DoesNotContain("mixed fleet", (await Meradm.RunAsync(c => c.StatusResponse = status, "status")).Out);
+
+        status.Compatibility = "go-merlin";
+        Assert.Contains("\nmixed fleet         records last written by a Go merlin (or an older Merlin): 0 services, 0 servers\n",
+            (await Meradm.RunAsync(c => c.StatusResponse = status, "status")).Out);
+
+        // A daemon that does not count says nothing, rather than a zero it does not know.
+        status.ClearServicesNotByMerlin();
+        status.ClearServersNotByMerlin();
+        Assert.DoesNotContain("mixed fleet", (await Meradm.RunAsync(c => c.StatusResponse = status, "status")).Out);
+    }
+
+    [Fact]
     public async Task Status_StoreDownAndNeverReconciled_SaysSoPlainly()
     {
         var status = Canned.Status();
@@ -331,7 +364,10 @@ public class OutputTests
               "announcerRestarts": 0,
               "vips": [],
               "nodeDrained": false,
-              "compatibility": ""
+              "compatibility": "",
+              "servicesNotByMerlin": null,
+              "serversNotByMerlin": null,
+              "orphanedServers": 0
             }
 
             """;

@@ -38,6 +38,10 @@ public class GoMerlinRecordsTests(EtcdFixture etcd) : BackendTestBase(etcd)
     // web after `meradm service edit web -s mh`, as the Go merlin stores it: it keeps the flags.
     private static readonly byte[] GoWebMh = Hex("0a 03 776562 12 11 0a 0b 3139382e31382e302e3130 10 50 18 01 1a 14 0a 02 6d68 12 06 666c61672d31 12 06 666c61672d32");
 
+    // Merlin's mark on its writes (RecordDigest): field 15, fixed64, FNV-1a 64 of the record's bytes before it. The Go
+    // merlin's decoder (golang/protobuf v1.3.2, proto3) keeps it aside as an unknown field and programs the rest.
+    private static byte[] MarkedByMerlin(byte[] goRecord, string mark) => [.. goRecord, .. Hex("79" + mark)];
+
     private EtcdClient Raw(GrpcChannel channel) => new(channel.CreateCallInvoker());
 
     private Task Put(EtcdClient raw, string key, byte[] value) =>
@@ -113,9 +117,16 @@ public class GoMerlinRecordsTests(EtcdFixture etcd) : BackendTestBase(etcd)
         {
             ServiceID = "web", Key = new() { Ip = "198.18.1.2", Port = 8080 }, Config = new() { Weight = 5 }, HealthCheck = new(),
         }, cancellationToken: Ct);
-        Assert.Equal(GoServer2Weight5, await Get(raw, "/servers/web/198.18.1.2:8080"));
+        Assert.Equal(MarkedByMerlin(GoServer2Weight5, "dbc1c23ad45c1435"), await Get(raw, "/servers/web/198.18.1.2:8080"));
         await daemon.Original.UpdateServiceAsync(new Go.VirtualService { Id = "web", Config = new() { Scheduler = "mh" } }, cancellationToken: Ct);
-        Assert.Equal(GoWebMh, await Get(raw, "/services/web"));
+        Assert.Equal(MarkedByMerlin(GoWebMh, "0d2790d3b8f1fe54"), await Get(raw, "/services/web"));
+        // The Go types read Merlin's record as the Go merlin's own, the mark set aside.
+        var goRead = Go.VirtualService.Parser.ParseFrom(await Get(raw, "/services/web"));
+        Assert.Equal(GoWebMh, new Go.VirtualService { Id = goRead.Id, Key = goRead.Key, Config = goRead.Config }.ToByteArray());
+        // An edit that changes nothing writes nothing: the mark alone is no change.
+        await daemon.Original.UpdateServiceAsync(new Go.VirtualService { Id = "web", Config = new() { Scheduler = "mh" } }, cancellationToken: Ct);
+        var unchanged = await raw.GetAsync(new RangeRequest { Key = ByteString.CopyFromUtf8(Prefix + "/services/web") }, cancellationToken: Ct);
+        Assert.Equal(2, unchanged.Kvs[0].Version); // the Go merlin's put, and Merlin's one edit
         Assert.Equal(GoServer1, await Get(raw, "/servers/web/198.18.1.1:8080")); // untouched
         // The duplicate of web's key does not block edits of either (neither changes the key).
         await daemon.Original.UpdateServiceAsync(new Go.VirtualService { Id = "zdup", Config = new() { Scheduler = "wrr" } }, cancellationToken: Ct);

@@ -129,18 +129,22 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
     }
 
     [Fact]
-    public async Task ServersLeftByAGoMerlinsServiceDelete_AreNotListed_AndAServiceCreatedWithThatIdStartsWithoutThem()
+    public async Task ServersLeftByAGoMerlinsServiceDelete_AreNotListed_ButCounted_AndAServiceCreatedWithThatIdStartsWithoutThem()
     {
         // The Go merlin's `service del old` deletes services/old only; its servers stay under servers/old/.
         var orphan = Server("old", "10.1.0.9", 80);
         await Raw.PutAsync("/merlin/servers/old/10.1.0.9:80", orphan.ToByteArray());
         await Raw.PutAsync("/merlin/servers/old2/10.1.0.8:80", Server("old2", "10.1.0.8", 80).ToByteArray());
         await using var store = Open();
-        Assert.Empty((await store.ListAsync(Ct)).Items);
+        var before = await store.ListAsync(Ct);
+        Assert.Empty(before.Items);
+        Assert.Equal(2, before.OrphanedServers);
 
         await store.CreateServiceAsync(Service("old", "10.0.0.2", 443), Ct);
 
-        Assert.Empty(Assert.Single((await store.ListAsync(Ct)).Items).Servers);
+        var after = await store.ListAsync(Ct);
+        Assert.Empty(Assert.Single(after.Items).Servers);
+        Assert.Equal(1, after.OrphanedServers); // old2's is still an orphan
         Assert.Equal(["/merlin/servers/old2/10.1.0.8:80", "/merlin/services/old"], await Raw.KeysAsync("/merlin/")); // old2's are not old's
     }
 

@@ -70,6 +70,7 @@ public static class Tables
         table.Add("store", $"{Dash(s.StoreBackend)} ({(s.StoreReachable ? "reachable" : "UNREACHABLE")})");
         table.Add("dataplane", Dash(s.Dataplane));
         if (s.Compatibility.Length > 0) table.Add("compatibility", Commands.CompatCommand.Describe(s.Compatibility));
+        if (MixedFleet(s) is { } mixed) table.Add("mixed fleet", mixed);
         table.Add("last reconcile", s.SinceLastReconcileSeconds is { } ago ? Durations.Format(TimeSpan.FromSeconds(Math.Round(ago, 1))) + " ago" : "never");
         table.Add("reconcile passes", s.ReconcilePasses.ToString(CultureInfo.InvariantCulture));
         table.Add("reconcile errors", s.ReconcileErrors.ToString(CultureInfo.InvariantCulture));
@@ -93,6 +94,20 @@ public static class Tables
         var widths = table.Widths();
         for (var i = 1; i < table.Rows.Count; i++) writer.WriteLine(table.Line(i, widths));
     }
+
+    /// <summary>
+    /// What the store says of other writers: shown while there are any, and while the compatibility mode is on (then
+    /// "0 services, 0 servers" is the news that the Go merlins stopped writing).
+    /// </summary>
+    private static string? MixedFleet(StatusView s)
+    {
+        if (s.ServicesNotByMerlin is not { } services || s.ServersNotByMerlin is not { } servers) return null;
+        if (services + servers + s.OrphanedServers == 0 && s.Compatibility.Length == 0) return null;
+        var orphans = s.OrphanedServers == 0 ? "" : $", {Plural(s.OrphanedServers, "orphaned server key")} (of services deleted by a Go merlin)";
+        return $"records last written by a Go merlin (or an older Merlin): {Plural(services, "service")}, {Plural(servers, "server")}{orphans}";
+    }
+
+    private static string Plural(uint n, string what) => $"{n} {what}{(n == 1 ? "" : "s")}";
 
     private static string Count(ulong n) => n.ToString(CultureInfo.InvariantCulture);
 

@@ -117,6 +117,14 @@ public sealed record StatusView
     public bool NodeDrained { get; init; }
     /// <summary>The store's compatibility mode: go-merlin, or empty when off (or from a daemon that predates it).</summary>
     public string Compatibility { get; init; } = "";
+    /// <summary>
+    /// Records of the store last written by a Go merlin or a Merlin from before merlin_digest; null from a daemon
+    /// that does not count them, or has not read the store yet.
+    /// </summary>
+    public uint? ServicesNotByMerlin { get; init; }
+    public uint? ServersNotByMerlin { get; init; }
+    /// <summary>Server keys whose service does not exist (etcd: left by a Go merlin's service del).</summary>
+    public uint OrphanedServers { get; init; }
 }
 
 /// <summary>A VIP the announcer is responsible for, and whether this node holds (VRRP) or announces (BGP) it.</summary>
@@ -256,6 +264,9 @@ public static class Views
         AnnouncerRestarts = status.AnnouncerRestarts,
         NodeDrained = status.NodeDrained,
         Compatibility = status.Compatibility,
+        ServicesNotByMerlin = status.HasServicesNotByMerlin ? status.ServicesNotByMerlin : null,
+        ServersNotByMerlin = status.HasServersNotByMerlin ? status.ServersNotByMerlin : null,
+        OrphanedServers = status.OrphanedServers,
         Vips = status.Vips.Select(v => new VipView(v.Address, v.Announced, v.Management)).ToList(),
     };
 
