@@ -168,8 +168,13 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         LogAdopted(_log, pid, _options.ConfigPath);
         if (_drained && current == PriorityHold.Fault)
         {
-            lock (_lock) SetRole(AnnouncerRole.Fault, null, "drained: the instance is in FAULT and holds no VIP");
+            lock (_lock)
+            {
+                _adopting = false;
+                SetRole(AnnouncerRole.Fault, null, "drained: the instance is in FAULT and holds no VIP");
+            }
             _firstState.TrySetResult();
+            LogAdoptedState(_log, _options.InstanceName, pid, "FAULT", 0, "drained: it holds no VIP");
         }
         else WriteHold(PriorityHold.Probe(_options.Priority, current));
         Publish();
@@ -473,6 +478,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             return;
         }
         AnnouncerRole was;
+        int? adopted = null;
         lock (_lock)
         {
             was = _role;
@@ -480,6 +486,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             // state. keepalived says BACKUP_PRIORITY for every state but MASTER, and was seen to say it for a
             // change that raced with its own BACKUP -> MASTER transition.
             if (parsed.IsPriorityChange && was != AnnouncerRole.Init) role = was;
+            // The first state line after an adoption is the state the running keepalived was in, not a transition.
+            if (_adopting && was == AnnouncerRole.Init) adopted = _adopted;
             if (role != was) OnTransition(was, role);
             SetRole(role, parsed.Priority, role switch
             {
@@ -490,7 +498,14 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             });
         }
         _firstState.TrySetResult();
-        if (was != role) LogTransition(_options.InstanceName, was.ToString().ToUpperInvariant(), parsed.State, parsed.Priority ?? 0);
+        if (adopted is { } pid)
+            LogAdoptedState(_log, _options.InstanceName, pid, role.ToString().ToUpperInvariant(), parsed.Priority ?? 0, role switch
+            {
+                AnnouncerRole.Master => _options.Preempt ? "it keeps the VIPs while no higher priority advertises" : "it keeps the VIPs",
+                AnnouncerRole.Backup => "a peer holds the VIPs",
+                _ => "it holds no VIP",
+            });
+        else if (was != role) LogTransition(_options.InstanceName, was.ToString().ToUpperInvariant(), parsed.State, parsed.Priority ?? 0);
         // A new MASTER may hold an older VIP set than the daemon wants: the supervisor reloads it now.
         if (role == AnnouncerRole.Master) _reload.Writer.TryWrite(true);
         UpdateHold();
@@ -516,8 +531,10 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
                 var election = ++_elections;
                 _windowTimer = _time.CreateTimer(_ => EndWindow(election), null, _options.StartWindow, Timeout.InfiniteTimeSpan);
             }
-            LogElection(_log, _options.InstanceName, _firstElection ? "it heard no master since it started: a first election" : "it took over from a master it had heard",
-                _firstElection && !_options.Preempt ? $"a higher priority may still take the VIPs for {_options.StartWindow.TotalSeconds:0} s" : "it keeps them");
+            // An adopted MASTER was one already (LogAdoptedState says so): no election happened.
+            if (!_adopting)
+                LogElection(_log, _options.InstanceName, _firstElection ? "it heard no master since it started: a first election" : "it took over from a master it had heard",
+                    _firstElection && !_options.Preempt ? $"a higher priority may still take the VIPs for {_options.StartWindow.TotalSeconds:0} s" : "it keeps them");
         }
         _adopting = false;
     }
@@ -665,6 +682,9 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
 
     [LoggerMessage(EventId = 9016, Level = LogLevel.Information, Message = "Adopted the keepalived a previous daemon left running (pid {Pid}, {Config}): no restart, no election")]
     private static partial void LogAdopted(ILogger logger, int pid, string config);
+
+    [LoggerMessage(EventId = 9021, Level = LogLevel.Information, Message = "VRRP {Instance}: adopted running keepalived pid {Pid}, state {State} (priority {Priority}); {Then}")]
+    private static partial void LogAdoptedState(ILogger logger, string instance, int pid, string state, int priority, string then);
 
     [LoggerMessage(EventId = 9017, Level = LogLevel.Information, Message = "keepalived (pid {Pid}) keeps running with its VRRP state; the next daemon adopts it")]
     private static partial void LogLeftRunning(ILogger logger, int pid);
