@@ -174,7 +174,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
                 SetRole(AnnouncerRole.Fault, null, "drained: the instance is in FAULT and holds no VIP");
             }
             _firstState.TrySetResult();
-            LogAdoptedState(_log, _options.InstanceName, pid, "FAULT", 0, "drained: it holds no VIP");
+            LogAdoptedState(_log, _options.InstanceName, pid, "FAULT", "drained: it holds no VIP");
         }
         else WriteHold(PriorityHold.Probe(_options.Priority, current));
         Publish();
@@ -499,7 +499,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         }
         _firstState.TrySetResult();
         if (adopted is { } pid)
-            LogAdoptedState(_log, _options.InstanceName, pid, role.ToString().ToUpperInvariant(), parsed.Priority ?? 0, role switch
+            // (No priority: the line answers the probe's value, not the one written next.)
+            LogAdoptedState(_log, _options.InstanceName, pid, role.ToString().ToUpperInvariant(), role switch
             {
                 AnnouncerRole.Master => _options.Preempt ? "it keeps the VIPs while no higher priority advertises" : "it keeps the VIPs",
                 AnnouncerRole.Backup => "a peer holds the VIPs",
@@ -683,8 +684,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     [LoggerMessage(EventId = 9016, Level = LogLevel.Information, Message = "Adopted the keepalived a previous daemon left running (pid {Pid}, {Config}): no restart, no election")]
     private static partial void LogAdopted(ILogger logger, int pid, string config);
 
-    [LoggerMessage(EventId = 9021, Level = LogLevel.Information, Message = "VRRP {Instance}: adopted running keepalived pid {Pid}, state {State} (priority {Priority}); {Then}")]
-    private static partial void LogAdoptedState(ILogger logger, string instance, int pid, string state, int priority, string then);
+    [LoggerMessage(EventId = 9021, Level = LogLevel.Information, Message = "VRRP {Instance}: adopted running keepalived pid {Pid}, state {State}; {Then}")]
+    private static partial void LogAdoptedState(ILogger logger, string instance, int pid, string state, string then);
 
     [LoggerMessage(EventId = 9017, Level = LogLevel.Information, Message = "keepalived (pid {Pid}) keeps running with its VRRP state; the next daemon adopts it")]
     private static partial void LogLeftRunning(ILogger logger, int pid);
