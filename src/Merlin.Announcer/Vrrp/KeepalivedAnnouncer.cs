@@ -34,6 +34,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private readonly ILogger _keepalivedLog;
     private readonly TimeProvider _time;
     private readonly Lock _lock = new();
+    /// <summary>Serializes writes of the tracked priority file; taken before <see cref="_lock"/>, never inside it.</summary>
+    private readonly Lock _holdLock = new();
     private readonly Channel<bool> _reload = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     private IReadOnlyList<IPAddress> _desired = [];
@@ -124,9 +126,12 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         Directory.CreateDirectory(_options.StateDir);
         var adopt = Adoptable();
         if (adopt is null) await StopStaleAsync(ct);
+        // Adopting before the FIFO is read: a line keepalived buffered while no daemon read it (the previous
+        // daemon's last priority change, a transition) is then read as the adopted state, never as an election.
+        var probe = adopt is { } pid ? Adopt(pid) : null;
         OpenFifo(create: adopt is null);
         _stop = new CancellationTokenSource();
-        if (adopt is { } pid) Adopt(pid);
+        if (probe is { } value) WriteHold(value);
         _supervisor = Task.Run(() => SuperviseAsync(adopt, _stop.Token), CancellationToken.None);
     }
 
@@ -151,7 +156,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     /// changing the tracked priority by one (keepalived answers with a MASTER_PRIORITY or BACKUP_PRIORITY line),
     /// after which <see cref="UpdateHold"/> writes the value this daemon wants.
     /// </summary>
-    private void Adopt(int pid)
+    /// <returns>The probe value to write once the FIFO is read, or null (drained: its FAULT is known).</returns>
+    private int? Adopt(int pid)
     {
         var loaded = KeepalivedConfig.ServiceVips(File.ReadAllText(_options.ConfigPath));
         var current = ReadHold();
@@ -175,9 +181,11 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             }
             _firstState.TrySetResult();
             LogAdoptedState(_log, _options.InstanceName, pid, "FAULT", "drained: it holds no VIP");
+            Publish();
+            return null;
         }
-        else WriteHold(PriorityHold.Probe(_options.Priority, current));
         Publish();
+        return PriorityHold.Probe(_options.Priority, current);
     }
 
     /// <summary>
@@ -558,29 +566,38 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private void UpdateHold()
     {
         int value;
-        lock (_lock)
+        // One writer at a time (the FIFO reader, the start window's timer, a drain, the start's probe): two
+        // writers shared the temp file, and one could leave the file at its value while _holdWritten said the
+        // other's, which no later change corrected (an adopted MASTER left at its probe priority).
+        lock (_holdLock)
         {
-            if (_stopping || !_running) return;
-            value = HoldValue();
-            if (value == _holdWritten) return;
+            lock (_lock)
+            {
+                if (_stopping || !_running) return;
+                value = HoldValue();
+                if (value == _holdWritten) return;
+            }
+            WriteHold(value);
         }
-        WriteHold(value);
         LogHold(_log, _options.InstanceName, value, PriorityHold.Effective(_options.Priority, value));
     }
 
     private void WriteHold(int value)
     {
-        try
+        lock (_holdLock)
         {
-            // Atomically: keepalived reads the file on every change it sees (inotify, a rename included).
-            var temp = _options.PriorityFilePath + ".tmp";
-            File.WriteAllText(temp, value.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
-            File.Move(temp, _options.PriorityFilePath, overwrite: true);
-            lock (_lock) _holdWritten = value;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            LogHoldFailed(_log, _options.PriorityFilePath, e.Message);
+            try
+            {
+                // Atomically: keepalived reads the file on every change it sees (inotify, a rename included).
+                var temp = _options.PriorityFilePath + ".tmp";
+                File.WriteAllText(temp, value.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
+                File.Move(temp, _options.PriorityFilePath, overwrite: true);
+                lock (_lock) _holdWritten = value;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                LogHoldFailed(_log, _options.PriorityFilePath, e.Message);
+            }
         }
     }
 
