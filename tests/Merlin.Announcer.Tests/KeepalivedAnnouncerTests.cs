@@ -105,12 +105,17 @@ public class KeepalivedAnnouncerTests
             Assert.Equal(AnnouncerRole.Stopped, announcer.State.Role);
             Assert.True(Native.IsAlive(second.Value));
             Assert.True(File.Exists(options.FifoPath));
+            var before = logs.Lines.Count;
             announcer = new KeepalivedAnnouncer(options, logs);
             await announcer.AnnounceAsync([IPAddress.Parse("198.18.0.100")], Ct);
             await announcer.StartAsync(Ct);
             Assert.True(announcer.Adopted);
             Assert.Equal(second, announcer.Pid);
             await WaitAsync(() => announcer.State.Role == AnnouncerRole.Master && File.ReadAllText(options.PriorityFilePath).Trim() == "104", "the adopted MASTER found and kept");
+            // The log says what happened: an adoption of a MASTER, no election, no transition from INIT.
+            var adoption = logs.Lines.Skip(before).ToList();
+            Assert.Contains(adoption, l => l.Contains($"adopted running keepalived pid {second}, state MASTER", StringComparison.Ordinal));
+            Assert.False(adoption.Any(l => l.Contains("MASTER because", StringComparison.Ordinal) || l.Contains("INIT ->", StringComparison.Ordinal)), string.Join('\n', adoption));
             Assert.All(announcer.State.Vips, v => Assert.True(v.Announced));
             await Task.Delay(600, Ct);
             Assert.Equal(0, announcer.Reloads);   // it holds the set it loaded

@@ -204,6 +204,114 @@ public class VrrpLabTests
         Assert.NotEqual(keepalived, int.Parse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture));
     }
 
+    /// <summary>
+    /// MASTER only when programmed. lb2 (priority 100) is programmed and MASTER, still within its first election's
+    /// start window, so a keepalived on lb1 (priority 150) would take the VIPs within its down interval (1.7 s).
+    /// lb1's daemon starts while it cannot reach the store (a prohibit route to etcd in its namespace: the store
+    /// unreachable from this node, every pass fails). Its keepalived must not start — no pid file, no keepalived
+    /// process in lb1's namespace, no VIP on lb1, lb2 keeps them — sampled through its first six failed passes
+    /// (6 s), and it must start only after the first programmed pass. Once the route is gone, a pass programs everything, then keepalived starts, and lb1 takes the VIPs as
+    /// docs/operations.md says a higher priority does within the peer's start window — with its table
+    /// programmed: requests through the VIP are answered through lb1.
+    /// </summary>
+    [Fact]
+    public async Task StoreUnreachableAtStart_KeepalivedWaitsForAProgrammedPass_NoVipMeanwhile_ThenTheHigherPriorityJoins()
+    {
+        Lab.Lab.Require();
+        Requires.Etcd();
+        Requires.Command("nft", "apt-get install nftables");
+        Requires.Command("keepalived", "apt-get install keepalived");
+        Requires.Command("curl", "apt-get install curl");
+        var total = Stopwatch.StartNew();
+        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 2, RealServers = 1, VipCount = 1, ExtraHosts = ["etcd"], IPv6 = false }, Ct);
+        await lab.StartServersAsync(ct: Ct);
+        var (_, etcd) = await LabMerlin.StartEtcdAsync(lab["etcd"], Ct);
+        LabHost h1 = lab["lb1"], h2 = lab["lb2"];
+        var vip = lab.Vip;
+        var etcdRoute = $"{lab["etcd"].Address}/32";
+        var pidFile1 = Path.Combine(lab.TempPath, "state-lb1", "keepalived", "keepalived.pid");
+
+        // lb2 first: programmed, then MASTER by a first election (it heard nobody), so it advertises 100 for 60 s.
+        await using var lb2 = await LabMerlin.StartAsync(h2, Options(etcd, h1, priority: 100), Ct);
+        await lb2.MeradmAsync("service", "add", "web", "tcp", $"{vip}:{Lab.Lab.HttpPort}", "-s", "mh");
+        await lb2.MeradmAsync("server", "add", "web", $"{lab["rs1"].Address}:{Lab.Lab.HttpPort}", "-w", "1", "-f", "route");
+        await lb2.WaitProgrammedAsync(1, 1, TimeSpan.FromSeconds(20), Ct);
+        await WaitAsync(async () => (await AddressesAsync(h2)).IsSupersetOf([vip, ManagementVip]), "lb2 MASTER with the VIPs", lab, lb2);
+        var lb2Ready = total.Elapsed;
+
+        // The store is unreachable from lb1 only: its connections to etcd are refused by its own routing table.
+        // (Not longer than needed: the reconcile loop's retry doubles from 200 ms, so the pass after the route is
+        // gone comes at 3.0 or 6.2 s after the first failure.)
+        await h1.IpAsync("route", "add", "prohibit", etcdRoute);
+        await using var lb1 = await LabMerlin.StartAsync(h1, Options(etcd, h2, priority: 150), Ct);
+
+        // lb1 while its passes fail: sampled until the failed pass 6.2 s after the first (the loop's retry doubles
+        // from 200 ms), just seen. A keepalived started with the daemon would have written its pid file at once and
+        // been MASTER 1.7 s later. The route goes right after that pass, so the next (6.4 s later, time for the etcd
+        // client to reconnect) is the first to succeed: more than the 10 s any other announcer waits for a first
+        // pass after the daemon's start, so a VRRP node that waited only that long is caught too (its keepalived
+        // would start before the programmed pass; the order is checked below).
+        var samples = 0;
+        var phase = Stopwatch.StartNew();
+        TimeSpan? failedAt = null;
+        var failures = 0;
+        while (true)
+        {
+            if (phase.Elapsed > TimeSpan.FromSeconds(20)) Assert.Fail($"lb1 never reported the store unreachable, or not for 5 s\n{Tail(lb1.Process.Output)}");
+            var seen = Count(lb1.Process.Output, "Store unreachable");
+            if (failedAt is null && seen > 0) failedAt = phase.Elapsed;
+            var justFailed = seen > failures;
+            failures = seen;
+            if (failedAt is { } f && phase.Elapsed >= f + TimeSpan.FromSeconds(5) && justFailed) break;
+            var on1 = await AddressesAsync(h1);
+            var running = await KeepalivedInAsync(h1);
+            samples++;
+            Assert.False(on1.Overlaps([vip, ManagementVip]), $"sample {samples}: lb1 holds a VIP with its store unreachable ({string.Join(", ", on1)})\n{Tail(lb1.Process.Output)}");
+            Assert.False(File.Exists(pidFile1), $"sample {samples}: lb1 wrote a keepalived pid file with its store unreachable\n{Tail(lb1.Process.Output)}");
+            Assert.True(running.Count == 0, $"sample {samples}: keepalived runs in lb1's namespace (pid {string.Join(", ", running)}) with its store unreachable");
+            await Task.Delay(100, Ct);
+        }
+        var status1 = await lb1.StatusAsync();
+        Assert.False(Flag(status1, "ready"), $"lb1 ready with its store unreachable: {status1}");
+        Assert.False(Flag(status1, "storeReachable"), $"{status1}");
+        Assert.DoesNotContain("keepalived started", lb1.Process.Output, StringComparison.Ordinal);
+        Assert.Equal("MASTER", await StateAsync(lb2));
+        Assert.True((await AddressesAsync(h2)).IsSupersetOf([vip, ManagementVip]), "lb2 lost the VIPs while lb1 could not program");
+        Output($"lb2 programmed and MASTER after {lb2Ready.TotalSeconds:0.0} s; store unreachable from lb1: {samples} samples over {phase.Elapsed.TotalSeconds:0.0} s ({failures} failed passes): no keepalived, no pid file, no VIP on lb1; lb1 announcer {await StateAsync(lb1)}");
+
+        // The store comes back for lb1: a pass programs everything, and only then keepalived starts.
+        await h1.IpAsync("route", "del", "prohibit", etcdRoute);
+        var back = Stopwatch.StartNew();
+        var unblocked = DateTime.UtcNow;
+        TimeSpan? programmed = null, started = null;
+        while (started is null)
+        {
+            if (back.Elapsed > TimeSpan.FromSeconds(25)) Assert.Fail($"lb1 never started keepalived after the store came back (programmed {Ms(programmed)})\n{Tail(lb1.Process.Output)}");
+            if (programmed is null && lb1.Process.Output.Contains("Reconciled:", StringComparison.Ordinal)) programmed = back.Elapsed;
+            if (File.Exists(pidFile1)) started = back.Elapsed;
+            else Assert.False((await AddressesAsync(h1)).Overlaps([vip, ManagementVip]), "lb1 holds a VIP before its keepalived started");
+            await Task.Delay(50, Ct);
+        }
+        var log1 = lb1.Process.Output;
+        var pass = System.Text.RegularExpressions.Regex.Match(log1, @"Reconciled: [1-9]\d* planned, \d+ applied, 0 failed") is { Success: true } m ? m.Index : -1;
+        var keepalived = log1.IndexOf("keepalived started (pid", StringComparison.Ordinal);
+        Assert.True(pass >= 0 && keepalived > pass, $"keepalived started before a pass programmed everything (pass at {pass}, keepalived at {keepalived})\n{Tail(log1)}");
+        Assert.True(Flag(await lb1.StatusAsync(), "ready"));
+
+        // The election as documented: lb2 won a first election less than its start window ago and advertises 100,
+        // so lb1 (150) takes the VIPs after its down interval; lb2 steps down. Requests go through lb1.
+        await WaitAsync(async () => await StateAsync(lb1) == "MASTER" && (await AddressesAsync(h1)).IsSupersetOf([vip, ManagementVip]), "lb1 MASTER with the VIPs", lab, lb1);
+        var master = back.Elapsed;
+        await WaitAsync(async () => await StateAsync(lb2) == "BACKUP" && !(await AddressesAsync(h2)).Overlaps([vip, ManagementVip]), "lb2 BACKUP without the VIPs", lab, lb2);
+        var http = await lab.Client.HttpAsync(lab.VipEndpoint(), new LabRequestOptions { Count = 20, Timeout = TimeSpan.FromSeconds(2) }, Ct);
+        Assert.True(http.Successes == 20, $"through lb1: {http.Failures} failures\n{await lab.DescribeAsync()}");
+        Assert.Equal(h1.Mac, (await lab.Client.GetNeighbourAsync(vip))?.Mac);   // the client reached the VIP at lb1
+        Output($"store reachable again: lb1 programmed after {Ms(programmed)}, keepalived started after {Ms(started)}, MASTER with the VIPs after {master.TotalMilliseconds:0} ms; 20/20 requests through lb1; test {total.Elapsed.TotalSeconds:0.0} s");
+        Output($"lb1's log (route removed at {unblocked:HH:mm:ss.fff}):\n" + string.Join('\n', lb1.Process.Output.Split('\n').Where(l =>
+            l.Contains("Store unreachable", StringComparison.Ordinal) || l.Contains("Reconciled:", StringComparison.Ordinal) || l.Contains("keepalived started", StringComparison.Ordinal)
+            || l.Contains("listening: API", StringComparison.Ordinal) || l.Contains("VRRP merlin_51", StringComparison.Ordinal)).Select(l => l.Length > 200 ? l[..200] : l)));
+    }
+
     private static LabMerlinOptions Options(string etcd, LabHost peer, int priority) => new()
     {
         EtcdEndpoint = etcd,
@@ -228,6 +336,30 @@ public class VrrpLabTests
         if (!r.Succeeded) throw new LabCommandException(r);
         using var doc = JsonDocument.Parse(r.StandardOutput);
         return doc.RootElement.Clone();
+    }
+
+    private static int Count(string text, string what)
+    {
+        var n = 0;
+        for (var i = text.IndexOf(what, StringComparison.Ordinal); i >= 0; i = text.IndexOf(what, i + what.Length, StringComparison.Ordinal)) n++;
+        return n;
+    }
+
+    /// <summary>A boolean of <c>meradm status -o json</c> (false is left out).</summary>
+    private static bool Flag(JsonElement status, string name) => status.TryGetProperty(name, out var v) && v.GetBoolean();
+
+    /// <summary>The PIDs of keepalived processes in the host's namespace.</summary>
+    private static async Task<List<int>> KeepalivedInAsync(LabHost host)
+    {
+        var r = await host.ExecAsync("ip", "netns", "pids", host.Namespace);
+        var found = new List<int>();
+        foreach (var line in r.StandardOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (!int.TryParse(line, CultureInfo.InvariantCulture, out var pid)) continue;
+            try { if (File.ReadAllText($"/proc/{pid}/comm").Trim() == "keepalived") found.Add(pid); }
+            catch (IOException) { } // gone meanwhile
+        }
+        return found;
     }
 
     /// <summary>The IPv4 addresses on the host's lab interface.</summary>

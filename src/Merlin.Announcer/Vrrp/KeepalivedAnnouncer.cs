@@ -34,6 +34,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private readonly ILogger _keepalivedLog;
     private readonly TimeProvider _time;
     private readonly Lock _lock = new();
+    /// <summary>Serializes writes of the tracked priority file; taken before <see cref="_lock"/>, never inside it.</summary>
+    private readonly Lock _holdLock = new();
     private readonly Channel<bool> _reload = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     private IReadOnlyList<IPAddress> _desired = [];
@@ -124,9 +126,12 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         Directory.CreateDirectory(_options.StateDir);
         var adopt = Adoptable();
         if (adopt is null) await StopStaleAsync(ct);
+        // Adopting before the FIFO is read: a line keepalived buffered while no daemon read it (the previous
+        // daemon's last priority change, a transition) is then read as the adopted state, never as an election.
+        var probe = adopt is { } pid ? Adopt(pid) : null;
         OpenFifo(create: adopt is null);
         _stop = new CancellationTokenSource();
-        if (adopt is { } pid) Adopt(pid);
+        if (probe is { } value) WriteHold(value);
         _supervisor = Task.Run(() => SuperviseAsync(adopt, _stop.Token), CancellationToken.None);
     }
 
@@ -151,7 +156,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     /// changing the tracked priority by one (keepalived answers with a MASTER_PRIORITY or BACKUP_PRIORITY line),
     /// after which <see cref="UpdateHold"/> writes the value this daemon wants.
     /// </summary>
-    private void Adopt(int pid)
+    /// <returns>The probe value to write once the FIFO is read, or null (drained: its FAULT is known).</returns>
+    private int? Adopt(int pid)
     {
         var loaded = KeepalivedConfig.ServiceVips(File.ReadAllText(_options.ConfigPath));
         var current = ReadHold();
@@ -168,11 +174,18 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         LogAdopted(_log, pid, _options.ConfigPath);
         if (_drained && current == PriorityHold.Fault)
         {
-            lock (_lock) SetRole(AnnouncerRole.Fault, null, "drained: the instance is in FAULT and holds no VIP");
+            lock (_lock)
+            {
+                _adopting = false;
+                SetRole(AnnouncerRole.Fault, null, "drained: the instance is in FAULT and holds no VIP");
+            }
             _firstState.TrySetResult();
+            LogAdoptedState(_log, _options.InstanceName, pid, "FAULT", "drained: it holds no VIP");
+            Publish();
+            return null;
         }
-        else WriteHold(PriorityHold.Probe(_options.Priority, current));
         Publish();
+        return PriorityHold.Probe(_options.Priority, current);
     }
 
     /// <summary>
@@ -473,6 +486,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             return;
         }
         AnnouncerRole was;
+        int? adopted = null;
         lock (_lock)
         {
             was = _role;
@@ -480,6 +494,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             // state. keepalived says BACKUP_PRIORITY for every state but MASTER, and was seen to say it for a
             // change that raced with its own BACKUP -> MASTER transition.
             if (parsed.IsPriorityChange && was != AnnouncerRole.Init) role = was;
+            // The first state line after an adoption is the state the running keepalived was in, not a transition.
+            if (_adopting && was == AnnouncerRole.Init) adopted = _adopted;
             if (role != was) OnTransition(was, role);
             SetRole(role, parsed.Priority, role switch
             {
@@ -490,7 +506,15 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             });
         }
         _firstState.TrySetResult();
-        if (was != role) LogTransition(_options.InstanceName, was.ToString().ToUpperInvariant(), parsed.State, parsed.Priority ?? 0);
+        if (adopted is { } pid)
+            // (No priority: the line answers the probe's value, not the one written next.)
+            LogAdoptedState(_log, _options.InstanceName, pid, role.ToString().ToUpperInvariant(), role switch
+            {
+                AnnouncerRole.Master => _options.Preempt ? "it keeps the VIPs while no higher priority advertises" : "it keeps the VIPs",
+                AnnouncerRole.Backup => "a peer holds the VIPs",
+                _ => "it holds no VIP",
+            });
+        else if (was != role) LogTransition(_options.InstanceName, was.ToString().ToUpperInvariant(), parsed.State, parsed.Priority ?? 0);
         // A new MASTER may hold an older VIP set than the daemon wants: the supervisor reloads it now.
         if (role == AnnouncerRole.Master) _reload.Writer.TryWrite(true);
         UpdateHold();
@@ -516,8 +540,10 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
                 var election = ++_elections;
                 _windowTimer = _time.CreateTimer(_ => EndWindow(election), null, _options.StartWindow, Timeout.InfiniteTimeSpan);
             }
-            LogElection(_log, _options.InstanceName, _firstElection ? "it heard no master since it started: a first election" : "it took over from a master it had heard",
-                _firstElection && !_options.Preempt ? $"a higher priority may still take the VIPs for {_options.StartWindow.TotalSeconds:0} s" : "it keeps them");
+            // An adopted MASTER was one already (LogAdoptedState says so): no election happened.
+            if (!_adopting)
+                LogElection(_log, _options.InstanceName, _firstElection ? "it heard no master since it started: a first election" : "it took over from a master it had heard",
+                    _firstElection && !_options.Preempt ? $"a higher priority may still take the VIPs for {_options.StartWindow.TotalSeconds:0} s" : "it keeps them");
         }
         _adopting = false;
     }
@@ -540,29 +566,38 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private void UpdateHold()
     {
         int value;
-        lock (_lock)
+        // One writer at a time (the FIFO reader, the start window's timer, a drain, the start's probe): two
+        // writers shared the temp file, and one could leave the file at its value while _holdWritten said the
+        // other's, which no later change corrected (an adopted MASTER left at its probe priority).
+        lock (_holdLock)
         {
-            if (_stopping || !_running) return;
-            value = HoldValue();
-            if (value == _holdWritten) return;
+            lock (_lock)
+            {
+                if (_stopping || !_running) return;
+                value = HoldValue();
+                if (value == _holdWritten) return;
+            }
+            WriteHold(value);
         }
-        WriteHold(value);
         LogHold(_log, _options.InstanceName, value, PriorityHold.Effective(_options.Priority, value));
     }
 
     private void WriteHold(int value)
     {
-        try
+        lock (_holdLock)
         {
-            // Atomically: keepalived reads the file on every change it sees (inotify, a rename included).
-            var temp = _options.PriorityFilePath + ".tmp";
-            File.WriteAllText(temp, value.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
-            File.Move(temp, _options.PriorityFilePath, overwrite: true);
-            lock (_lock) _holdWritten = value;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            LogHoldFailed(_log, _options.PriorityFilePath, e.Message);
+            try
+            {
+                // Atomically: keepalived reads the file on every change it sees (inotify, a rename included).
+                var temp = _options.PriorityFilePath + ".tmp";
+                File.WriteAllText(temp, value.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
+                File.Move(temp, _options.PriorityFilePath, overwrite: true);
+                lock (_lock) _holdWritten = value;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                LogHoldFailed(_log, _options.PriorityFilePath, e.Message);
+            }
         }
     }
 
@@ -665,6 +700,9 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
 
     [LoggerMessage(EventId = 9016, Level = LogLevel.Information, Message = "Adopted the keepalived a previous daemon left running (pid {Pid}, {Config}): no restart, no election")]
     private static partial void LogAdopted(ILogger logger, int pid, string config);
+
+    [LoggerMessage(EventId = 9021, Level = LogLevel.Information, Message = "VRRP {Instance}: adopted running keepalived pid {Pid}, state {State}; {Then}")]
+    private static partial void LogAdoptedState(ILogger logger, string instance, int pid, string state, string then);
 
     [LoggerMessage(EventId = 9017, Level = LogLevel.Information, Message = "keepalived (pid {Pid}) keeps running with its VRRP state; the next daemon adopts it")]
     private static partial void LogLeftRunning(ILogger logger, int pid);
