@@ -30,7 +30,8 @@ public static class GoMerlin
         var c = service.Config;
         if (c.PersistenceTimeout != 0)
             return Refused("config.persistence_timeout", "it ignores persistence, so clients would stick to a server only on Merlin nodes");
-        if (c.PersistenceNetmask != 32)
+        // 0 is unset (the API's clients, merlin-k8s among them, leave it out): a per-client default, as 32.
+        if (c.PersistenceNetmask is not (0 or 32))
             return Refused("config.persistence_netmask", "it ignores persistence");
         if (c.OnePacket)
             return Refused("config.one_packet", "it ignores one-packet scheduling");

@@ -30,6 +30,9 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
     // (a Uri, an IPAddress, the id string), which took most of the controller's heap at 1,000 Services × 100 nodes.
     // Replaced on every full read, so what leaves the cluster is not kept.
     private Parts _parts = new();
+    // Servers left at weight 0 because Merlin refused to drain them, and when they are to be deleted.
+    private readonly ConcurrentDictionary<(string Service, RealServerKey Server), DateTimeOffset> _weightZeroUntil = new();
+    private int _drainRefusedLogged;
 
     /// <summary>Writes made since start, by RPC name (for metrics and tests).</summary>
     public ConcurrentDictionary<string, long> Writes { get; } = new();
@@ -143,17 +146,39 @@ public sealed class MerlinWriter(MerlinClient api, Func<CallOptions> callOptions
         }
         foreach (var (key, have) in held.Servers)
         {
-            if (wanted.ContainsKey(key) || have.DrainDeadline is not null) continue;
+            if (wanted.ContainsKey(key))
+            {
+                _weightZeroUntil.TryRemove((held.Service.Id, key), out _);
+                continue;
+            }
+            if (have.DrainDeadline is not null) continue;
+            var weightZero = _weightZeroUntil.TryGetValue((held.Service.Id, key), out var until);
+            if (weightZero && DateTimeOffset.UtcNow < until) continue; // still draining by weight 0
             work.Add(async c =>
             {
-                if (drainPeriod <= TimeSpan.Zero)
+                if (drainPeriod <= TimeSpan.Zero || weightZero)
                 {
                     await CallAsync("DeleteServer", () => api.DeleteServerAsync(Name(have), Options(c)).ResponseAsync);
                     held.Servers.TryRemove(key, out _);
+                    _weightZeroUntil.TryRemove((held.Service.Id, key), out _);
                     return;
                 }
-                await CallAsync("DrainServer", () => api.DrainServerAsync(new Wire.DrainRequest { Server = Name(have), Period = Duration.FromTimeSpan(drainPeriod) }, Options(c)).ResponseAsync);
-                held.Servers[key] = have with { DrainDeadline = DateTimeOffset.UtcNow + drainPeriod };
+                try
+                {
+                    await CallAsync("DrainServer", () => api.DrainServerAsync(new Wire.DrainRequest { Server = Name(have), Period = Duration.FromTimeSpan(drainPeriod) }, Options(c)).ResponseAsync);
+                    held.Servers[key] = have with { DrainDeadline = DateTimeOffset.UtcNow + drainPeriod };
+                }
+                catch (MerlinWriteException e) when (e.Code == StatusCode.FailedPrecondition)
+                {
+                    // Merlin refuses drains while its go-merlin compatibility mode is on (a Go merlin would ignore the
+                    // deadline): weight 0 instead, and the delete at the first pass after the drain period.
+                    if (Interlocked.Exchange(ref _drainRefusedLogged, 1) == 0)
+                        log.LogWarning("Merlin refuses drains ({Reason}); leaving nodes get weight 0 and are deleted after the drain period instead", e.Message);
+                    var zero = have with { Config = have.Config with { Weight = 0 } };
+                    await CallAsync("UpdateServer", () => api.UpdateServerAsync(UpdateOf(zero), Options(c)).ResponseAsync);
+                    _weightZeroUntil[(held.Service.Id, key)] = DateTimeOffset.UtcNow + drainPeriod;
+                    Hold(held, zero);
+                }
             });
         }
         // A Service over many nodes is many calls: run a few at once (each is one store transaction in Merlin).

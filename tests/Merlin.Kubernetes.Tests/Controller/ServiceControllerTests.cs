@@ -86,6 +86,24 @@ public class ServiceControllerTests
     }
 
     [Fact]
+    public async Task WithGoMerlinCompatibility_ALeavingNodeGetsWeightZero_AndIsDeletedAfterTheDrainPeriod()
+    {
+        await using var c = await ClusterWithNodesAsync();
+        await c.Merlin.UpdateSettingsAsync(new Settings { Compatibility = Merlin.Model.GoMerlin.Mode }, cancellationToken: TestContext.Current.CancellationToken);
+        c.StartReplica("a", ControllerCluster.Options with { DrainPeriod = TimeSpan.FromSeconds(2) });
+        c.Service("web");
+        await EventuallyAsync(() => c.MerlinServiceAsync(WebId), i => i.Servers.Count == 3, "three servers"); // nothing merlin-k8s writes is refused
+
+        // Merlin refuses the drain (a Go merlin would ignore its deadline): weight 0 instead, nothing cut.
+        c.Node("n3", "127.0.0.13", ready: false);
+        await EventuallyAsync(() => c.MerlinServiceAsync(WebId), i => Servers(i) == "127.0.0.11:80=1 127.0.0.12:80=1 127.0.0.13:80=0", "n3 at weight 0");
+        await Task.Delay(TimeSpan.FromSeconds(2.5), TestContext.Current.CancellationToken);
+        c.Node("n4", "127.0.0.14"); // the next pass after the drain period deletes it
+        await EventuallyAsync(() => c.MerlinServiceAsync(WebId), i => Servers(i) == "127.0.0.11:80=1 127.0.0.12:80=1 127.0.0.14:80=1", "n3 deleted, n4 added");
+        Assert.Single(c.Logs.Lines, l => l.Contains("Merlin refuses drains"));
+    }
+
+    [Fact]
     public async Task Edits_AreHonoured_BadInputChangesNothing_AndIsNamed()
     {
         await using var c = await ClusterWithNodesAsync();
