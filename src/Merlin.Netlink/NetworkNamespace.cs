@@ -30,39 +30,6 @@ namespace Merlin.Netlink;
 /// </summary>
 public static class NetworkNamespace
 {
-    /// <summary>Runs <paramref name="action"/> inside namespace <paramref name="name"/>; null runs it here.</summary>
-    public static T Run<T>(string? name, Func<T> action)
-    {
-        if (name is null) return action();
-        T result = default!;
-        Exception? error = null;
-        var thread = new Thread(() =>
-        {
-            try
-            {
-                using SafeFileHandle own = File.OpenHandle("/proc/thread-self/ns/net");
-                using SafeFileHandle target = File.OpenHandle(Path.Combine("/run/netns", name));
-                Enter(target, name);
-                try { result = action(); }
-                finally { Enter(own, "(own)"); }
-            }
-            catch (Exception e)
-            {
-                error = e;
-            }
-        }) { IsBackground = true, Name = "merlin-netns" };
-        thread.Start();
-        thread.Join();
-        if (error is not null) throw error;
-        return result;
-    }
-
-    private static void Enter(SafeFileHandle handle, string name)
-    {
-        if (Interop.SetNs((int)handle.DangerousGetHandle(), Interop.CloneNewNet) != 0)
-            throw new IOException($"setns into network namespace {name} failed: errno {Marshal.GetLastPInvokeError()}");
-    }
-
     /// <summary>
     /// A socket made inside namespace <paramref name="name"/> (null: this one), for System.Net: connect, bind
     /// or listen on it here. Throws <see cref="SocketException"/> when socket(2) fails, <see cref="IOException"/>

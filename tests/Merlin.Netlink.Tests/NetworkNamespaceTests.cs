@@ -72,4 +72,19 @@ public sealed class NetworkNamespaceTests
             Assert.Equal("nlctrl", GenericNetlinkFamily.Resolve(netlink, "nlctrl").Name);
         Assert.Empty(ThreadNamespaces.In(ns));
     }
+
+    [Fact]
+    public void ANetlinkSocketInANamespace_IsMadeThere_AndConfiguredHere()
+    {
+        Requires.Root();
+        using var ns = new ScratchNamespace("netlink");
+        using var inside = new ManagedCodeInside(ns);
+        // A setting refused while configuring the socket: the error is raised here, not in the namespace.
+        var options = new NetlinkSocketOptions { NetworkNamespace = ns.Name, ReceiveTimeout = TimeSpan.Zero };
+        Assert.Throws<ArgumentOutOfRangeException>(() => NetlinkSocket.Open(Netlink.ProtocolGeneric, options));
+        using (var client = NetlinkClient.Open(Netlink.ProtocolGeneric, options with { ReceiveTimeout = TimeSpan.FromSeconds(5) }))
+            Assert.Equal("nlctrl", GenericNetlinkFamily.Resolve(client, "nlctrl").Name);
+        Assert.Empty(inside.Seen);
+        Assert.Empty(ThreadNamespaces.In(ns));
+    }
 }
