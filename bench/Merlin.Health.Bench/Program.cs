@@ -198,9 +198,10 @@ static SocketsHttpHandler InNamespace(string? ns) => new()
 {
     ConnectCallback = async (context, ct) =>
     {
-        var socket = NetworkNamespace.Run(ns, () => new Socket(System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true });
+        var socket = NetworkNamespace.CreateSocket(ns, System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         try
         {
+            socket.NoDelay = true;
             await socket.ConnectAsync(context.DnsEndPoint, ct);
             return new NetworkStream(socket, ownsSocket: true);
         }
@@ -422,14 +423,14 @@ internal sealed class Targets : IDisposable
     {
         foreach (var group in at.GroupBy(t => t.Namespace))
         {
-            // A socket keeps the namespace it was made in: make (and bind) a namespace's sockets inside it.
-            var made = NetworkNamespace.Run(group.Key, () => group.Select(t =>
+            // A socket keeps the namespace it was made in: made inside it, bound and listening from here.
+            var made = group.Select(t =>
             {
-                var s = new Socket(System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                var s = NetworkNamespace.CreateSocket(group.Key, System.Net.Sockets.AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
                 s.Bind(t.Endpoint);
                 s.Listen(256);
                 return s;
-            }).ToList());
+            }).ToList();
             foreach (var s in made)
             {
                 _listeners.Add(s);

@@ -1,3 +1,4 @@
+using System.Text;
 using Merlin.Netlink;
 using Merlin.Reconciler;
 
@@ -31,17 +32,17 @@ public static class IpvsSysctls
     public static IReadOnlyList<SysctlStatus> Check(bool manage, bool masq, string? networkNamespace, string procRoot = "/proc/sys")
     {
         var wanted = masq ? [.. Always, Forwarding] : Always;
-        // /proc/sys/net answers for the namespace of the thread that opens the file.
-        return NetworkNamespace.Run(networkNamespace, () => wanted.Select(w =>
+        return wanted.Select(w =>
         {
             var path = Path.Combine(procRoot, w.Name.Replace('.', '/'));
-            var have = Read(path);
+            var have = Read(networkNamespace, path);
             if (manage && have is not null && have != w.Value)
             {
                 try
                 {
-                    File.WriteAllText(path, w.Value + "\n");
-                    have = Read(path);
+                    using (var file = NetworkNamespace.OpenFile(networkNamespace, path, FileMode.Truncate, FileAccess.Write))
+                        RandomAccess.Write(file, Encoding.ASCII.GetBytes(w.Value + "\n"), 0);
+                    have = Read(networkNamespace, path);
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {
@@ -49,12 +50,23 @@ public static class IpvsSysctls
                 }
             }
             return new SysctlStatus(w.Name, w.Value, have, manage, w.Why);
-        }).ToList());
+        }).ToList();
     }
 
-    private static string? Read(string path)
+    /// <summary>
+    /// /proc/sys/net answers for the namespace the file was opened in: opened there (around open(2) only, see
+    /// <see cref="NetworkNamespace"/>), read and written here.
+    /// </summary>
+    private static string? Read(string? networkNamespace, string path)
     {
-        try { return File.ReadAllText(path).Trim(); }
+        try
+        {
+            using var file = NetworkNamespace.OpenFile(networkNamespace, path, FileMode.Open, FileAccess.Read);
+            var buffer = new byte[256]; // a sysctl value here is a number and a newline
+            var length = 0;
+            for (int n; length < buffer.Length && (n = RandomAccess.Read(file, buffer.AsSpan(length), length)) > 0;) length += n;
+            return Encoding.ASCII.GetString(buffer, 0, length).Trim();
+        }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
     }
 }

@@ -133,7 +133,7 @@ public sealed class HealthProbes : IHealthProbe, IBatchProbe, IDisposable
 
     private async Task<ProbeResult> TcpAsync(IPAddress address, int port, CancellationToken ct)
     {
-        using var socket = NetworkNamespace.Run(_networkNamespace, () => new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
+        using var socket = NetworkNamespace.CreateSocket(_networkNamespace, address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         await socket.ConnectAsync(new IPEndPoint(address, port), ct);
         return new ProbeResult(true, "connected");
     }
@@ -147,12 +147,15 @@ public sealed class HealthProbes : IHealthProbe, IBatchProbe, IDisposable
         return new ProbeResult(reply.Status == HealthCheckResponse.Types.ServingStatus.Serving, $"gRPC {reply.Status}");
     }
 
-    /// <summary>Sockets for HTTP and gRPC checks, made in the dataplane's namespace.</summary>
+    /// <summary>
+    /// Sockets for HTTPS and gRPC checks: made in the dataplane's namespace (on this thread, around socket(2)
+    /// only), connected and spoken over from here — a socket keeps the namespace it was made in.
+    /// </summary>
     private async ValueTask<Stream> ConnectAsync(SocketsHttpConnectionContext context, CancellationToken ct)
     {
         var endpoint = context.DnsEndPoint;
         var address = IPAddress.Parse(endpoint.Host);
-        var socket = NetworkNamespace.Run(_networkNamespace, () => new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
+        var socket = NetworkNamespace.CreateSocket(_networkNamespace, address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
             socket.NoDelay = true;

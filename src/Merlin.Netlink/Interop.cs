@@ -46,9 +46,6 @@ internal static unsafe partial class Interop
 
     public const int CloneNewNet = 0x40000000;
 
-    [LibraryImport("libc", EntryPoint = "setns", SetLastError = true)]
-    public static partial int SetNs(int fd, int nstype);
-
     [LibraryImport("libc", EntryPoint = "socket", SetLastError = true)]
     public static partial int Socket(int domain, int type, int protocol);
 
@@ -73,7 +70,4 @@ internal static unsafe partial class Interop
 
     [LibraryImport("libc", EntryPoint = "recvfrom", SetLastError = true)]
     public static partial nint RecvFrom(int fd, byte* buffer, nuint length, int flags, SockaddrNl* address, uint* addressLength);
-
-    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
-    public static partial int Close(int fd);
 }

@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using System.Runtime.InteropServices;
 
 namespace Merlin.Netlink;
@@ -55,9 +56,9 @@ public interface INetlinkTransport : IDisposable
 /// </summary>
 public sealed unsafe class NetlinkSocket : INetlinkTransport
 {
-    private readonly FileDescriptor _fd;
+    private readonly SafeSocketHandle _fd;
 
-    private NetlinkSocket(FileDescriptor fd, uint portId, NetlinkSocketOptions options)
+    private NetlinkSocket(SafeSocketHandle fd, uint portId, NetlinkSocketOptions options)
     {
         _fd = fd;
         PortId = portId;
@@ -73,14 +74,13 @@ public sealed unsafe class NetlinkSocket : INetlinkTransport
     public static NetlinkSocket Open(int protocol, NetlinkSocketOptions? options = null)
     {
         options ??= new NetlinkSocketOptions();
-        if (options.NetworkNamespace is { } ns) return Merlin.Netlink.NetworkNamespace.Run(ns, () => Open(protocol, options with { NetworkNamespace = null }));
-
         if (!OperatingSystem.IsLinux()) throw new PlatformNotSupportedException("netlink sockets exist only on Linux");
         if (!Environment.Is64BitProcess) throw new PlatformNotSupportedException("netlink socket timeouts are set as a 64-bit struct timeval");
 
-        var raw = Interop.Socket(Netlink.AddressFamily, Interop.SockRaw | Interop.SockCloexec, protocol);
-        if (raw < 0) ThrowHelper.Errno(Marshal.GetLastPInvokeError(), $"socket(AF_NETLINK, SOCK_RAW, {protocol})");
-        var fd = new FileDescriptor(raw);
+        // Only the socket is made in the namespace: it talks to that one for its whole life, configured and bound from here.
+        if (!Merlin.Netlink.NetworkNamespace.TryCreateSocket(options.NetworkNamespace, Netlink.AddressFamily, Interop.SockRaw | Interop.SockCloexec, protocol, out var fd, out var errno))
+            ThrowHelper.Errno(errno, $"socket(AF_NETLINK, SOCK_RAW, {protocol})");
+        var raw = (int)fd.DangerousGetHandle();
         try
         {
             SetTimeout(raw, Interop.SoRcvtimeo, options.ReceiveTimeout, "SO_RCVTIMEO");
@@ -226,13 +226,4 @@ public sealed unsafe class NetlinkSocket : INetlinkTransport
     private static void TrySetInt(int fd, int level, int name, int value) =>
         // Older kernels answer ENOPROTOOPT; the option is an improvement, not a requirement.
         Interop.SetSockOpt(fd, level, name, &value, sizeof(int));
-
-    private sealed class FileDescriptor : SafeHandle
-    {
-        public FileDescriptor(int fd) : base(invalidHandleValue: -1, ownsHandle: true) => SetHandle(fd);
-
-        public override bool IsInvalid => handle == -1;
-
-        protected override bool ReleaseHandle() => Interop.Close((int)handle) == 0;
-    }
 }

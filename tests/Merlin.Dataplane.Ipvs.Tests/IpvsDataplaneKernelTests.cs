@@ -264,6 +264,22 @@ public sealed class IpvsDataplaneKernelTests : IDisposable
     }
 
     [Fact]
+    public async Task Syncs_AndSysctls_LeaveNoThreadInTheNamespace()
+    {
+        // Sockets and sysctl files are made in the namespace around the native call only (NetworkNamespace).
+        using var inside = new ManagedCodeInside(_ns);
+        var dataplane = NewDataplane(manageSysctls: true);
+        for (var i = 0; i < 5; i++)
+        {
+            await PassAsync(dataplane, Desired(webWeight: (uint)(100 + i)));
+            await dataplane.ReadAsync(Desired(webWeight: (uint)(100 + i)), Ct);
+        }
+        Assert.All(dataplane.Sysctls, s => Assert.False(s.Drifted, $"{s.Name} is {s.Have}"));
+        Assert.Empty(inside.Seen);
+        Assert.Empty(ThreadNamespaces.In(_ns));
+    }
+
+    [Fact]
     public async Task Counters_CoverOwnedServicesAndTheirServers_Only()
     {
         _other.NewService(Tcp("198.18.0.99", 8080), Config("rr"));

@@ -116,4 +116,23 @@ public sealed class IpvsSysctlsTests
 
         Assert.All(status, s => { Assert.Null(s.Have); Assert.True(s.Drifted); });
     }
+
+    [Fact]
+    public void InANamespace_TheNamespacesOwnAreReadAndSet_WithNoManagedCodeInThere()
+    {
+        // Without ip_vs (this host) only ip_forward exists, so the vs.* files are not found: the errors are
+        // raised, like all managed code, outside the namespace. The guest suite sets the vs.* ones too
+        // (IpvsDataplaneKernelTests).
+        Requires.Root();
+        using var ns = new ScratchNamespace("sysctl");
+        using var inside = new ManagedCodeInside(ns);
+        var host = File.ReadAllText("/proc/sys/net/ipv4/ip_forward").Trim();
+        var status = IpvsSysctls.Check(manage: true, masq: true, networkNamespace: ns.Name);
+
+        Assert.Equal("1", Assert.Single(status, s => s.Name == "net.ipv4.ip_forward").Have);
+        Assert.Equal("1", ns.Exec("cat", "/proc/sys/net/ipv4/ip_forward").Trim());
+        Assert.Equal(host, File.ReadAllText("/proc/sys/net/ipv4/ip_forward").Trim());
+        Assert.Empty(inside.Seen);
+        Assert.Empty(ThreadNamespaces.In(ns));
+    }
 }

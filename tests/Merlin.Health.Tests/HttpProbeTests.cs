@@ -332,13 +332,9 @@ public sealed class HttpProbeTests : IDisposable
         Merlin.Testing.Requires.Root();
         using var ns = new Merlin.Testing.ScratchNamespace("probe");
         // The server listens on the namespace's own loopback: only a socket made in there reaches it.
-        using var listener = Merlin.Netlink.NetworkNamespace.Run(ns.Name, () =>
-        {
-            var l = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-            l.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-            l.Listen(16);
-            return l;
-        });
+        using var listener = Merlin.Netlink.NetworkNamespace.CreateSocket(ns.Name, AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(16);
         var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
         var serving = Task.Run(async () =>
         {

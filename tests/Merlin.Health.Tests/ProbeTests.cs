@@ -117,7 +117,7 @@ public sealed class ProbeTests : IAsyncLifetime
     }
 
     /// <summary>A real server's own certificate: self-signed, for a name that is not its address.</summary>
-    private static System.Security.Cryptography.X509Certificates.X509Certificate2 SelfSigned()
+    internal static System.Security.Cryptography.X509Certificates.X509Certificate2 SelfSigned()
     {
         using var key = System.Security.Cryptography.RSA.Create(2048);
         var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(

@@ -93,8 +93,7 @@ public sealed class DirectRoutingTrafficTests
     /// </summary>
     private static async Task<IReadOnlyList<Flow>> RunClientsAsync(string clientNamespace, IPEndPoint target, CancellationToken ct)
     {
-        var sockets = NetworkNamespace.Run(clientNamespace, () =>
-            Enumerable.Range(0, Connections).Select(_ => new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)).ToArray());
+        var sockets = Enumerable.Range(0, Connections).Select(_ => NetworkNamespace.CreateSocket(clientNamespace, AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)).ToArray();
         try
         {
             var flows = new Flow[Connections];
@@ -157,21 +156,18 @@ public sealed class DirectRoutingTrafficTests
 
         public void Start(string name, string ns, int port)
         {
-            var listener = NetworkNamespace.Run(ns, () =>
+            // Made in the namespace, bound and listening from here: a socket keeps the namespace it was made in.
+            var listener = NetworkNamespace.CreateSocket(ns, AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            try
             {
-                var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-                try
-                {
-                    s.Bind(new IPEndPoint(IPAddress.Any, port));
-                    s.Listen(256);
-                    return s;
-                }
-                catch
-                {
-                    s.Dispose();
-                    throw;
-                }
-            });
+                listener.Bind(new IPEndPoint(IPAddress.Any, port));
+                listener.Listen(256);
+            }
+            catch
+            {
+                listener.Dispose();
+                throw;
+            }
             var reply = new byte[ReplyBytes];
             reply.AsSpan().Fill((byte)'x');
             Encoding.ASCII.GetBytes(name + "\n").CopyTo(reply, 0);

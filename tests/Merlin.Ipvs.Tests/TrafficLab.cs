@@ -91,14 +91,16 @@ internal sealed class TrafficLab : IDisposable
     }
 
     /// <summary>Byte and packet counters of a host's eth0, from /proc/net/dev as the namespace sees it.</summary>
-    public static (long RxBytes, long RxPackets, long TxBytes, long TxPackets) Counters(Host host) =>
-        NetworkNamespace.Run(host.Namespace, () =>
-        {
-            // thread-self, not self: /proc/self/net is the namespace of the process's main thread.
-            var line = File.ReadLines("/proc/thread-self/net/dev").Select(l => l.Trim()).Single(l => l.StartsWith("eth0:", StringComparison.Ordinal));
-            var f = line["eth0:".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
-            return (f[0], f[1], f[8], f[9]);
-        });
+    public static (long RxBytes, long RxPackets, long TxBytes, long TxPackets) Counters(Host host)
+    {
+        // Opened in the namespace, read here: the file keeps the namespace it was opened in. thread-self, not
+        // self: /proc/self/net is the namespace of the process's main thread.
+        using var file = NetworkNamespace.OpenFile(host.Namespace, "/proc/thread-self/net/dev", FileMode.Open, FileAccess.Read);
+        using var reader = new StreamReader(new FileStream(file, FileAccess.Read, bufferSize: 0));
+        var line = reader.ReadToEnd().Split('\n').Select(l => l.Trim()).Single(l => l.StartsWith("eth0:", StringComparison.Ordinal));
+        var f = line["eth0:".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
+        return (f[0], f[1], f[8], f[9]);
+    }
 
     /// <summary>Addresses, routes and neighbours of every host: for a failure message.</summary>
     public string Describe() =>
@@ -121,12 +123,15 @@ internal sealed class TrafficLab : IDisposable
         _namespaces.Clear();
     }
 
-    private static void Sysctls(string ns, params (string Key, int Value)[] settings) =>
-        NetworkNamespace.Run(ns, () =>
+    private static void Sysctls(string ns, params (string Key, int Value)[] settings)
+    {
+        // Opened in the namespace, written here: a /proc/sys/net file keeps the namespace it was opened in.
+        foreach (var (key, value) in settings)
         {
-            foreach (var (key, value) in settings) File.WriteAllText($"/proc/sys/net/{key}", value.ToString(System.Globalization.CultureInfo.InvariantCulture));
-            return 0;
-        });
+            using var file = NetworkNamespace.OpenFile(ns, $"/proc/sys/net/{key}", FileMode.Truncate, FileAccess.Write);
+            RandomAccess.Write(file, System.Text.Encoding.ASCII.GetBytes(value.ToString(System.Globalization.CultureInfo.InvariantCulture)), 0);
+        }
+    }
 
     /// <summary>
     /// <c>ip [-n ns] …</c>: one command, or several lines through <c>-batch</c>; 30 s at most (then killed by

@@ -27,6 +27,11 @@ public sealed class ScratchNamespace : IDisposable
 
     public string Name { get; }
 
+    /// <summary>The namespace as /proc/*/ns/net links name it (<c>net:[inode]</c>), as a process inside it sees its own.</summary>
+    public string Link => _link ??= Exec("readlink", "/proc/self/ns/net").Trim();
+
+    private string? _link;
+
     /// <summary>Runs a command inside the namespace (<c>ip netns exec</c>) and returns its standard output; throws on a non-zero exit.</summary>
     public string Exec(string command, params string[] args) => Run("ip", ["netns", "exec", Name, command, .. args]);
 

@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.RegularExpressions;
 using Merlin.Dataplane.Nftables.Layout;
+using Merlin.Netlink;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 
@@ -12,7 +13,7 @@ namespace Merlin.Dataplane.Nftables.Kernel;
 /// and libnftables reads it as a file (<c>/dev/fd/N</c>), so a refusal quotes the offending line and
 /// a render that fails leaves nothing for nft to commit. libnftables runs on a thread of its
 /// own, inside <see cref="NftablesOptions.NetworkNamespace"/> for the native calls only (the context's
-/// netlink socket is opened there and interface names are looked up there; see <see cref="NamespaceWindow"/>).
+/// netlink socket is opened there and interface names are looked up there; see <see cref="NetworkNamespace"/>).
 /// <para>
 /// The context is kept between runs and freed once it has been idle for <see cref="NftKernel.Linger"/>:
 /// closing a netfilter netlink socket right after a transaction waits for the kernel to release
@@ -252,11 +253,9 @@ internal sealed unsafe class NftSession(LibNftablesApi api, string? networkNames
     {
         var bytes = new byte[Encoding.UTF8.GetByteCount(input) + 1];
         Encoding.UTF8.GetBytes(input, bytes);
-        var (target, own) = NamespaceWindow.Handles(networkNamespace);
-        using (target)
-        using (own)
+        using (var window = networkNamespace is null ? null : NetworkNamespace.OpenWindow(networkNamespace))
         {
-            var identity = Merlin.Netlink.NetworkNamespace.Identity(networkNamespace);
+            var identity = NetworkNamespace.Identity(networkNamespace);
             lock (LibNftablesApi.Gate)
             {
                 // A context made in a namespace since deleted (and perhaps made again under the name) would
@@ -269,9 +268,9 @@ internal sealed unsafe class NftSession(LibNftablesApi api, string? networkNames
                 _identity = identity;
                 int status, failure, errno;
                 fixed (byte* p = bytes)
-                    status = Window(target is null ? -1 : (int)target.DangerousGetHandle(), own is null ? -1 : (int)own.DangerousGetHandle(), p, file ? 1 : 0, outputFlags, out failure, out errno);
-                NamespaceWindow.Check(failure, errno, networkNamespace);
-                if (failure == NamespaceWindow.CallFailed) throw new NftException($"{api.Library}: nft_ctx_new failed or cannot buffer its output");
+                    status = Window(window is null ? -1 : (int)window.Target.DangerousGetHandle(), window is null ? -1 : (int)window.Own.DangerousGetHandle(), p, file ? 1 : 0, outputFlags, out failure, out errno);
+                NetworkNamespace.Check(failure, errno, networkNamespace);
+                if (failure == CallFailed) throw new NftException($"{api.Library}: nft_ctx_new failed or cannot buffer its output");
                 // Reading a buffer also rewinds it for the next run.
                 var outcome = new NftOutcome(status, Marshal.PtrToStringUTF8((nint)api.OutputBuffer(_ctx)) ?? "", Marshal.PtrToStringUTF8((nint)api.ErrorBuffer(_ctx)) ?? "");
                 _used = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -282,12 +281,15 @@ internal sealed unsafe class NftSession(LibNftablesApi api, string? networkNames
         }
     }
 
-    /// <summary>In the namespace (if any) for native calls only: see <see cref="NamespaceWindow"/>. The caller holds the gate.</summary>
+    /// <summary>A window's outcome besides <see cref="NetworkNamespace"/>'s own: no context could be made.</summary>
+    private const int CallFailed = 3;
+
+    /// <summary>In the namespace (if any) for native calls only: see <see cref="NetworkNamespace"/>. The caller holds the gate.</summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private int Window(int target, int own, byte* input, int file, uint outputFlags, out int failure, out int errno)
     {
-        var setns = NamespaceWindow.SetNs;
-        var errnoLocation = NamespaceWindow.ErrnoLocation;
+        var setns = NetworkNamespace.SetNsFunction;
+        var errnoLocation = NetworkNamespace.ErrnoFunction;
         var ctxNew = api.CtxNew;
         var ctxFree = api.CtxFree;
         var bufferOutput = api.BufferOutput;
@@ -295,11 +297,11 @@ internal sealed unsafe class NftSession(LibNftablesApi api, string? networkNames
         var setOutputFlags = api.SetOutputFlags;
         var run = file != 0 ? api.RunFile : api.RunBuffer;
         var ctx = _ctx;
-        failure = NamespaceWindow.NoFailure;
+        failure = NetworkNamespace.NoFailure;
         errno = 0;
-        if (target >= 0 && setns(target, Native.CLONE_NEWNET) != 0)
+        if (target >= 0 && setns(target, NetworkNamespace.CloneNewNet) != 0)
         {
-            failure = NamespaceWindow.EnterFailed;
+            failure = NetworkNamespace.EnterFailed;
             errno = *errnoLocation();
             return -1;
         }
@@ -317,16 +319,16 @@ internal sealed unsafe class NftSession(LibNftablesApi api, string? networkNames
         }
         if (ctx == 0)
         {
-            failure = NamespaceWindow.CallFailed;
+            failure = CallFailed;
         }
         else
         {
             setOutputFlags(ctx, outputFlags);
             status = run(ctx, input);
         }
-        if (own >= 0 && setns(own, Native.CLONE_NEWNET) != 0)
+        if (own >= 0 && setns(own, NetworkNamespace.CloneNewNet) != 0)
         {
-            failure = NamespaceWindow.LeaveFailed;
+            failure = NetworkNamespace.LeaveFailed;
             errno = *errnoLocation();
         }
         _ctx = ctx;

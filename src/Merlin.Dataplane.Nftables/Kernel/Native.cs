@@ -37,9 +37,6 @@ internal static unsafe partial class Native
     }
 
     [LibraryImport("libc", SetLastError = true)]
-    public static partial int socket(int domain, int type, int protocol);
-
-    [LibraryImport("libc", SetLastError = true)]
     public static partial int bind(int fd, SockaddrNl* address, int length);
 
     [LibraryImport("libc", SetLastError = true)]
@@ -60,7 +57,6 @@ internal static unsafe partial class Native
     [LibraryImport("libc", SetLastError = true)]
     public static partial int close(int fd);
 
-    public const int CLONE_NEWNET = 0x40000000;
     public const uint MFD_CLOEXEC = 1;
     public const int EINTR = 4;
 

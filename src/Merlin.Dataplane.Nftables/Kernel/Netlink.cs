@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text;
@@ -49,15 +50,17 @@ internal sealed unsafe class NetfilterSocket : IDisposable
     private const ushort NLMSG_ERROR = 2, NLMSG_DONE = 3;
     private const int HeaderLength = 16, GenMsgLength = 4;
 
-    private readonly int _fd;
+    private readonly SafeSocketHandle _socket;
+    private readonly int _fd; // _socket's, for the calls below; valid until Dispose
     private readonly uint _portId;
     private uint _sequence = (uint)Environment.TickCount;
     private readonly byte[] _receive = new byte[1 << 18];
 
-    /// <summary>Takes over a netlink socket made (in its namespace) by <see cref="NamespaceWindow.Socket"/>.</summary>
-    private NetfilterSocket(int fd)
+    /// <summary>Takes over a netlink socket made in its namespace (see <see cref="Open"/>).</summary>
+    private NetfilterSocket(SafeSocketHandle socket)
     {
-        _fd = fd;
+        _socket = socket;
+        _fd = (int)socket.DangerousGetHandle();
         try
         {
             var address = new Native.SockaddrNl { Family = Native.AF_NETLINK };
@@ -74,16 +77,22 @@ internal sealed unsafe class NetfilterSocket : IDisposable
         }
         catch
         {
-            Native.close(_fd);
+            _socket.Dispose();
             throw;
         }
     }
 
     /// <summary>Opens a socket in the named network namespace (null: this process's own).</summary>
-    public static NetfilterSocket Open(string? networkNamespace) => new(NamespaceWindow.Socket(networkNamespace, Native.AF_NETLINK, Native.SOCK_RAW | Native.SOCK_CLOEXEC, Native.NETLINK_NETFILTER));
+    public static NetfilterSocket Open(string? networkNamespace) => new(Socket(networkNamespace, Native.NETLINK_NETFILTER));
 
     /// <summary>A NETLINK_ROUTE socket (links, neighbours) in the named network namespace, for <see cref="RequestRaw"/>.</summary>
-    public static NetfilterSocket OpenRoute(string? networkNamespace) => new(NamespaceWindow.Socket(networkNamespace, Native.AF_NETLINK, Native.SOCK_RAW | Native.SOCK_CLOEXEC, 0));
+    public static NetfilterSocket OpenRoute(string? networkNamespace) => new(Socket(networkNamespace, 0));
+
+    /// <summary>Only the socket is made in the namespace (on this thread, around socket(2) only); it is bound from here.</summary>
+    private static SafeSocketHandle Socket(string? networkNamespace, int protocol) =>
+        Merlin.Netlink.NetworkNamespace.TryCreateSocket(networkNamespace, Native.AF_NETLINK, Native.SOCK_RAW | Native.SOCK_CLOEXEC, protocol, out var socket, out var errno)
+            ? socket
+            : throw new IOException($"socket(AF_NETLINK, SOCK_RAW, {protocol}){(networkNamespace is null ? "" : $" in network namespace {networkNamespace}")} failed: errno {errno}");
 
     /// <summary>
     /// Sends an nf_tables request and returns the attribute payload (after nfgenmsg) of every reply.
@@ -232,7 +241,7 @@ internal sealed unsafe class NetfilterSocket : IDisposable
         return true;
     }
 
-    public void Dispose() => Native.close(_fd);
+    public void Dispose() => _socket.Dispose();
 
     private static IOException Error(string call) => new($"{call} failed: errno {Marshal.GetLastPInvokeError()}");
 }
