@@ -33,11 +33,11 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
     [Fact]
     public async Task RecordsWrittenAsRawProtobufUnderTheOriginalLayout_AreListedAndFound()
     {
-        var web = Service("web", "10.0.0.1", 80);
-        var v4 = Server("web", "10.1.0.1", 8080, weight: 3);
+        var web = Service("web", "198.18.0.1", 80);
+        var v4 = Server("web", "198.18.1.1", 8080, weight: 3);
         var v6 = FullServer("web", "2001:db8::10", 8080);
         await Raw.PutAsync("/merlin/services/web", web.ToByteArray());
-        var v4Revision = await Raw.PutAsync("/merlin/servers/web/10.1.0.1:8080", v4.ToByteArray());
+        var v4Revision = await Raw.PutAsync("/merlin/servers/web/198.18.1.1:8080", v4.ToByteArray());
         await Raw.PutAsync("/merlin/servers/web/2001:db8::10:8080", v6.ToByteArray());
         await using var store = Open();
 
@@ -46,14 +46,14 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         var item = Assert.Single(list.Items);
         Assert.Equal(web, item.Service);
         Assert.Equal([v4, v6], item.Servers);
-        var got = await store.GetServerAsync("web", "10.1.0.1", 8080, Ct);
+        var got = await store.GetServerAsync("web", "198.18.1.1", 8080, Ct);
         Assert.Equal(v4Revision, got!.Version);
         Assert.Equal(v6, (await store.GetServerAsync("web", "2001:db8::10", 8080, Ct))!.Value);
         // And the store can change what the original wrote.
         var changed = v4.Clone();
         changed.Config.Weight = 0;
         await store.UpdateServerAsync(changed, got.Version, Ct);
-        Assert.Equal(changed, RealServer.Parser.ParseFrom(await Raw.GetAsync("/merlin/servers/web/10.1.0.1:8080")));
+        Assert.Equal(changed, RealServer.Parser.ParseFrom(await Raw.GetAsync("/merlin/servers/web/198.18.1.1:8080")));
     }
 
     [Fact]
@@ -95,7 +95,7 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         await using var merlin = Open("/merlin");
         await using var merlin2 = Open("merlin2/");
         await merlin2.CreateServiceAsync(Service("web"), Ct);
-        await merlin2.CreateServerAsync(Server("web", "10.1.0.1"), Ct);
+        await merlin2.CreateServerAsync(Server("web", "198.18.1.1"), Ct);
 
         Assert.Empty((await merlin.ListAsync(Ct)).Items);
         await merlin.CreateServiceAsync(Service("web"), Ct); // same id and key: another prefix is another store
@@ -132,20 +132,20 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
     public async Task ServersLeftByAGoMerlinsServiceDelete_AreNotListed_ButCounted_AndAServiceCreatedWithThatIdStartsWithoutThem()
     {
         // The Go merlin's `service del old` deletes services/old only; its servers stay under servers/old/.
-        var orphan = Server("old", "10.1.0.9", 80);
-        await Raw.PutAsync("/merlin/servers/old/10.1.0.9:80", orphan.ToByteArray());
-        await Raw.PutAsync("/merlin/servers/old2/10.1.0.8:80", Server("old2", "10.1.0.8", 80).ToByteArray());
+        var orphan = Server("old", "198.18.1.9", 80);
+        await Raw.PutAsync("/merlin/servers/old/198.18.1.9:80", orphan.ToByteArray());
+        await Raw.PutAsync("/merlin/servers/old2/198.18.1.8:80", Server("old2", "198.18.1.8", 80).ToByteArray());
         await using var store = Open();
         var before = await store.ListAsync(Ct);
         Assert.Empty(before.Items);
         Assert.Equal(2, before.OrphanedServers);
 
-        await store.CreateServiceAsync(Service("old", "10.0.0.2", 443), Ct);
+        await store.CreateServiceAsync(Service("old", "198.18.0.2", 443), Ct);
 
         var after = await store.ListAsync(Ct);
         Assert.Empty(Assert.Single(after.Items).Servers);
         Assert.Equal(1, after.OrphanedServers); // old2's is still an orphan
-        Assert.Equal(["/merlin/servers/old2/10.1.0.8:80", "/merlin/services/old"], await Raw.KeysAsync("/merlin/")); // old2's are not old's
+        Assert.Equal(["/merlin/servers/old2/198.18.1.8:80", "/merlin/services/old"], await Raw.KeysAsync("/merlin/")); // old2's are not old's
     }
 
     [Fact]
@@ -169,7 +169,7 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         try
         {
             var results = await Task.WhenAll(stores.SelectMany((s, n) => Enumerable.Range(0, 3).Select(i =>
-                Outcome(() => s.CreateServiceAsync(Service($"web-{n}-{i}", "10.0.0.1", 80), Ct)))));
+                Outcome(() => s.CreateServiceAsync(Service($"web-{n}-{i}", "198.18.0.1", 80), Ct)))));
 
             Assert.Equal(1, results.Count(r => r is null));
             Assert.All(results.Where(r => r is not null), r => Assert.IsType<AlreadyExistsException>(r));
@@ -205,16 +205,16 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
     {
         await using var a = Open();
         await using var b = Open();
-        await a.CreateServiceAsync(Service("x", "10.0.0.1", 80), Ct); // a now knows x holds the key
+        await a.CreateServiceAsync(Service("x", "198.18.0.1", 80), Ct); // a now knows x holds the key
 
         await b.DeleteServiceAsync("x", Ct);
-        await a.CreateServiceAsync(Service("y", "10.0.0.1", 80), Ct); // freed by b: accepted
-        await b.CreateServiceAsync(Service("z", "10.0.0.2", 80), Ct);
+        await a.CreateServiceAsync(Service("y", "198.18.0.1", 80), Ct); // freed by b: accepted
+        await b.CreateServiceAsync(Service("z", "198.18.0.2", 80), Ct);
 
-        var e = await Assert.ThrowsAsync<AlreadyExistsException>(() => a.CreateServiceAsync(Service("w", "10.0.0.2", 80), Ct));
+        var e = await Assert.ThrowsAsync<AlreadyExistsException>(() => a.CreateServiceAsync(Service("w", "198.18.0.2", 80), Ct));
         Assert.Contains("\"z\"", e.Message);
         var y = (await b.GetServiceAsync("y", Ct))!;
-        await Assert.ThrowsAsync<AlreadyExistsException>(() => b.UpdateServiceAsync(Service("y", "10.0.0.2", 80), y.Version, Ct));
+        await Assert.ThrowsAsync<AlreadyExistsException>(() => b.UpdateServiceAsync(Service("y", "198.18.0.2", 80), y.Version, Ct));
     }
 
     private static async Task<Exception?> Outcome(Func<Task> action)
@@ -254,7 +254,7 @@ public sealed class EtcdStoreOutageTests
         using var server = Testing.EtcdServer.Launch();
         await using var store = new EtcdStore([server.Endpoint], "/merlin", Timeout);
         await store.CreateServiceAsync(Service("web"), Ct);
-        await store.CreateServerAsync(Server("web", "10.1.0.1"), Ct);
+        await store.CreateServerAsync(Server("web", "198.18.1.1"), Ct);
         var version = (await store.GetServiceAsync("web", Ct))!.Version;
         var watch = Drain(store.WatchAsync((await store.ListAsync(Ct)).Revision, Ct));
 
@@ -264,9 +264,9 @@ public sealed class EtcdStoreOutageTests
         Assert.Contains(server.Endpoint.Replace("http://", ""), watchError.Message);
         await Unavailable(() => store.ListAsync(Ct), server.Endpoint);
         await Unavailable(() => store.GetServiceAsync("web", Ct), server.Endpoint);
-        await Unavailable(() => store.CreateServiceAsync(Service("api", "10.0.0.2"), Ct), server.Endpoint);
+        await Unavailable(() => store.CreateServiceAsync(Service("api", "198.18.0.2"), Ct), server.Endpoint);
         await Unavailable(() => store.UpdateServiceAsync(Service("web"), version, Ct), server.Endpoint);
-        await Unavailable(() => store.CreateServerAsync(Server("web", "10.1.0.2"), Ct), server.Endpoint);
+        await Unavailable(() => store.CreateServerAsync(Server("web", "198.18.1.2"), Ct), server.Endpoint);
         await Unavailable(() => store.DeleteServiceAsync("web", Ct), server.Endpoint);
         await Unavailable(() => Drain(store.WatchAsync(0, Ct)), server.Endpoint);
 
@@ -274,7 +274,7 @@ public sealed class EtcdStoreOutageTests
 
         var list = await Eventually(() => store.ListAsync(Ct));
         Assert.Equal("web", Assert.Single(list.Items).Service.Id);
-        await store.CreateServiceAsync(Service("api", "10.0.0.2"), Ct);
+        await store.CreateServiceAsync(Service("api", "198.18.0.2"), Ct);
         Assert.Equal(2, (await store.ListAsync(Ct)).Items.Count);
     }
 
@@ -312,7 +312,7 @@ public sealed class EtcdStoreOutageTests
 
         var e = await Unavailable(() => store.GetServiceAsync("web", Ct), endpoint);
         Assert.Contains("did not answer", e.Message);
-        await Unavailable(() => store.DeleteServerAsync("web", "10.1.0.1", 80, Ct), endpoint);
+        await Unavailable(() => store.DeleteServerAsync("web", "198.18.1.1", 80, Ct), endpoint);
         await Unavailable(() => Drain(store.WatchAsync(0, Ct)), endpoint);
 
         await acceptLoop.CancelAsync();
