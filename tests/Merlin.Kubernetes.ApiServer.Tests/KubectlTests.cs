@@ -6,8 +6,9 @@ namespace Merlin.Kubernetes.ApiServer.Tests;
 /// <summary>Debian's kubectl, unchanged, against the test server: apply, get, re-apply, delete, a CRD's kind.</summary>
 public sealed class KubectlTests : IAsyncLifetime
 {
-    TestApiServer _server = null!;
-    Kubectl _kubectl = null!;
+    private KubectlCluster? _cluster;
+    private TestApiServer Api => _cluster!.Api;
+    private Kubectl Kubectl => _cluster!.Kubectl;
     static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     const string Crd = """
@@ -69,88 +70,82 @@ public sealed class KubectlTests : IAsyncLifetime
             protocol: TCP
         """;
 
-    public async ValueTask InitializeAsync()
-    {
-        Kubectl.Require();
-        _server = await TestApiServer.StartAsync(Ct);
-        _kubectl = new Kubectl(_server);
-    }
+    public async ValueTask InitializeAsync() => _cluster = await KubectlCluster.StartAsync(Ct);
 
     public async ValueTask DisposeAsync()
     {
-        _kubectl?.Dispose();
-        if (_server is not null) await _server.DisposeAsync();
+        if (_cluster is not null) await _cluster.DisposeAsync();
     }
 
     [Fact]
     public async Task Apply_get_reapply_and_delete_manifests()
     {
         // As on a real cluster, the CRD goes first: kubectl maps every object of a file before applying any.
-        Assert.Contains("customresourcedefinition.apiextensions.k8s.io/ippools.merlin.io created", await _kubectl.OkAsync("apply", "-f", _kubectl.File("crd.yaml", Crd)));
-        var file = _kubectl.File("all.yaml", Manifests(80, "192.0.2.0/28"));
-        var applied = await _kubectl.OkAsync("apply", "-f", file);
+        Assert.Contains("customresourcedefinition.apiextensions.k8s.io/ippools.merlin.io created", await Kubectl.OkAsync("apply", "-f", Kubectl.File("crd.yaml", Crd)));
+        var file = Kubectl.File("all.yaml", Manifests(80, "192.0.2.0/28"));
+        var applied = await Kubectl.OkAsync("apply", "-f", file);
         Assert.Contains("namespace/merlin-demo created", applied);
         Assert.Contains("ippool.merlin.io/default created", applied);
         Assert.Contains("service/web created", applied);
 
-        var yaml = await _kubectl.OkAsync("get", "svc", "web", "-n", "merlin-demo", "-o", "yaml");
+        var yaml = await Kubectl.OkAsync("get", "svc", "web", "-n", "merlin-demo", "-o", "yaml");
         Assert.Contains("loadBalancerClass: merlin.io/lb", yaml);
         Assert.Contains("kubectl.kubernetes.io/last-applied-configuration", yaml);
         Assert.Contains("port: 80", yaml);
 
-        var reapplied = await _kubectl.OkAsync("apply", "-f", _kubectl.File("all.yaml", Manifests(8443, "198.51.100.0/28")));
+        var reapplied = await Kubectl.OkAsync("apply", "-f", Kubectl.File("all.yaml", Manifests(8443, "198.51.100.0/28")));
         Assert.Contains("service/web configured", reapplied);
         Assert.Contains("ippool.merlin.io/default configured", reapplied);
         Assert.Contains("namespace/merlin-demo unchanged", reapplied);
-        var svc = _server.Get<V1Service>("v1", "Service", "merlin-demo", "web")!;
+        var svc = Api.Get<V1Service>("v1", "Service", "merlin-demo", "web")!;
         Assert.Equal((8443, "http", 2L), (svc.Spec.Ports.Single().Port, svc.Spec.Ports.Single().Name, svc.Metadata.Generation!.Value));
         Assert.Equal("merlin.io/lb", svc.Spec.LoadBalancerClass);
 
         // kubectl get prints the server's table: the EXTERNAL-IP column shows what a controller wrote to status.
-        Assert.Matches(@"(?m)^web\s+LoadBalancer\s+198\.19\.128\.\S+\s+<pending>\s+8443:3\d{4}/TCP\s", await _kubectl.OkAsync("get", "svc", "-n", "merlin-demo"));
+        Assert.Matches(@"(?m)^web\s+LoadBalancer\s+198\.19\.128\.\S+\s+<pending>\s+8443:3\d{4}/TCP\s", await Kubectl.OkAsync("get", "svc", "-n", "merlin-demo"));
         svc.Status = new V1ServiceStatus { LoadBalancer = new V1LoadBalancerStatus { Ingress = [new V1LoadBalancerIngress { Ip = "192.0.2.1", IpMode = "VIP" }] } };
-        _server.Put(svc);
-        Assert.Matches(@"(?m)^web\s+LoadBalancer\s+\S+\s+192\.0\.2\.1\s", await _kubectl.OkAsync("get", "svc", "web", "-n", "merlin-demo"));
+        Api.Put(svc);
+        Assert.Matches(@"(?m)^web\s+LoadBalancer\s+\S+\s+192\.0\.2\.1\s", await Kubectl.OkAsync("get", "svc", "web", "-n", "merlin-demo"));
 
         // kubectl get -w: watch events come back as table rows too.
-        var watching = _kubectl.RunAsync("get", "svc", "-w", "-n", "merlin-demo", "--request-timeout=3s");
+        var watching = Kubectl.RunAsync("get", "svc", "-w", "-n", "merlin-demo", "--request-timeout=3s");
         await Task.Delay(1000, Ct);
-        svc = _server.Get<V1Service>("v1", "Service", "merlin-demo", "web")!;
+        svc = Api.Get<V1Service>("v1", "Service", "merlin-demo", "web")!;
         svc.Status.LoadBalancer.Ingress[0].Ip = "192.0.2.2";
-        _server.Put(svc);
+        Api.Put(svc);
         Assert.Matches(@"(?m)^web\s+LoadBalancer\s+\S+\s+192\.0\.2\.2\s", (await watching).Stdout);
 
-        var pools = await _kubectl.OkAsync("get", "ippools");
+        var pools = await Kubectl.OkAsync("get", "ippools");
         Assert.Matches(@"(?m)^default\s", pools);
-        Assert.Contains("198.51.100.0/28", await _kubectl.OkAsync("get", "ippool", "default", "-o", "jsonpath={.spec.cidrs[0]}"));
+        Assert.Contains("198.51.100.0/28", await Kubectl.OkAsync("get", "ippool", "default", "-o", "jsonpath={.spec.cidrs[0]}"));
 
-        var deleted = await _kubectl.OkAsync("delete", "-f", file);
+        var deleted = await Kubectl.OkAsync("delete", "-f", file);
         Assert.Contains("service \"web\" deleted", deleted);
         Assert.Contains("ippool.merlin.io \"default\" deleted", deleted);
-        Assert.Null(_server.Get<V1Service>("v1", "Service", "merlin-demo", "web"));
-        Assert.Null(_server.Get<V1Namespace>("v1", "Namespace", null, "merlin-demo"));
-        Assert.Null(_server.Get<V1CustomResourceDefinition>("apiextensions.k8s.io/v1", "CustomResourceDefinition", null, "ippools.merlin.io"));
+        Assert.Null(Api.Get<V1Service>("v1", "Service", "merlin-demo", "web"));
+        Assert.Null(Api.Get<V1Namespace>("v1", "Namespace", null, "merlin-demo"));
+        Assert.Null(Api.Get<V1CustomResourceDefinition>("apiextensions.k8s.io/v1", "CustomResourceDefinition", null, "ippools.merlin.io"));
     }
 
     [Fact]
     public async Task A_custom_resource_in_the_same_file_as_its_CRD_fails_the_first_apply_like_a_real_cluster()
     {
-        var (code, stdout, stderr) = await _kubectl.RunAsync("apply", "-f", _kubectl.File("all.yaml", Manifests(80, "192.0.2.0/28")));
+        var (code, stdout, stderr) = await Kubectl.RunAsync("apply", "-f", Kubectl.File("all.yaml", Manifests(80, "192.0.2.0/28")));
         Assert.NotEqual(0, code);
         Assert.Contains("ensure CRDs are installed first", stderr);
         Assert.Contains("service/web created", stdout);
-        Assert.Contains("ippool.merlin.io/default created", await _kubectl.OkAsync("apply", "-f", _kubectl.File("all.yaml", Manifests(80, "192.0.2.0/28"))));
+        Assert.Contains("ippool.merlin.io/default created", await Kubectl.OkAsync("apply", "-f", Kubectl.File("all.yaml", Manifests(80, "192.0.2.0/28"))));
     }
 
     [Fact]
     public async Task Get_lists_and_discovery_short_names()
     {
         // kubectl's generators (create namespace, create service …) send protobuf, which this server refuses with 415.
-        var (code, _, stderr) = await _kubectl.RunAsync("create", "namespace", "x");
+        var (code, _, stderr) = await Kubectl.RunAsync("create", "namespace", "x");
         Assert.NotEqual(0, code);
         Assert.Contains("protobuf", stderr);
-        await _kubectl.OkAsync("create", "-f", _kubectl.File("ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"));
-        Assert.Contains("service/a created", await _kubectl.OkAsync("create", "-f", _kubectl.File("svc.yaml", """
+        await Kubectl.OkAsync("create", "-f", Kubectl.File("ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"));
+        Assert.Contains("service/a created", await Kubectl.OkAsync("create", "-f", Kubectl.File("svc.yaml", """
             apiVersion: v1
             kind: Service
             metadata: {name: a, namespace: x}
@@ -158,12 +153,12 @@ public sealed class KubectlTests : IAsyncLifetime
               type: LoadBalancer
               ports: [{port: 80, targetPort: 8080}]
             """)));
-        Assert.Matches(@"(?m)^a\s", await _kubectl.OkAsync("get", "svc", "-n", "x"));
-        Assert.Matches(@"(?m)^x\s+a\s", await _kubectl.OkAsync("get", "services", "-A"));
-        Assert.Contains("Server Version: v1.32", await _kubectl.OkAsync("version"));
-        Assert.Contains("service/a labeled", await _kubectl.OkAsync("label", "svc", "a", "-n", "x", "tier=web"));
-        Assert.Matches(@"(?m)^a\s", await _kubectl.OkAsync("get", "svc", "-n", "x", "-l", "tier in (web)"));
-        Assert.Contains("service/a patched", await _kubectl.OkAsync("patch", "svc", "a", "-n", "x", "--type=merge", "-p", """{"spec":{"externalTrafficPolicy":"Local"}}"""));
-        Assert.Equal("Local", _server.Get<V1Service>("v1", "Service", "x", "a")!.Spec.ExternalTrafficPolicy);
+        Assert.Matches(@"(?m)^a\s", await Kubectl.OkAsync("get", "svc", "-n", "x"));
+        Assert.Matches(@"(?m)^x\s+a\s", await Kubectl.OkAsync("get", "services", "-A"));
+        Assert.Contains("Server Version: v1.32", await Kubectl.OkAsync("version"));
+        Assert.Contains("service/a labeled", await Kubectl.OkAsync("label", "svc", "a", "-n", "x", "tier=web"));
+        Assert.Matches(@"(?m)^a\s", await Kubectl.OkAsync("get", "svc", "-n", "x", "-l", "tier in (web)"));
+        Assert.Contains("service/a patched", await Kubectl.OkAsync("patch", "svc", "a", "-n", "x", "--type=merge", "-p", """{"spec":{"externalTrafficPolicy":"Local"}}"""));
+        Assert.Equal("Local", Api.Get<V1Service>("v1", "Service", "x", "a")!.Spec.ExternalTrafficPolicy);
     }
 }

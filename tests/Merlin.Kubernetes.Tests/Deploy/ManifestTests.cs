@@ -21,23 +21,18 @@ namespace Merlin.Kubernetes.Tests.Deploy;
 /// </summary>
 public sealed class ManifestTests : IAsyncLifetime
 {
-    private TestApiServer _server = null!;
-    private Kubectl _kubectl = null!;
+    private KubectlCluster? _cluster;
+    private TestApiServer Api => _cluster!.Api;
+    private Kubectl Kubectl => _cluster!.Kubectl;
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     private static readonly string Deploy = Path.Combine(Repository.Root, "deploy", "kubernetes");
 
-    public async ValueTask InitializeAsync()
-    {
-        Kubectl.Require();
-        _server = await TestApiServer.StartAsync(Ct);
-        _kubectl = new Kubectl(_server);
-    }
+    public async ValueTask InitializeAsync() => _cluster = await KubectlCluster.StartAsync(Ct);
 
     public async ValueTask DisposeAsync()
     {
-        _kubectl?.Dispose();
-        if (_server is not null) await _server.DisposeAsync();
+        if (_cluster is not null) await _cluster.DisposeAsync();
     }
 
     [Fact]
@@ -62,18 +57,18 @@ public sealed class ManifestTests : IAsyncLifetime
         })
             Assert.Contains(line, applied);
 
-        Assert.NotNull(_server.Get<V1Namespace>("v1", "Namespace", null, "merlin-system"));
-        Assert.NotNull(_server.Get<V1CustomResourceDefinition>("apiextensions.k8s.io/v1", "CustomResourceDefinition", null, "ippools.merlin.io"));
-        Assert.NotNull(_server.Get<V1ServiceAccount>("v1", "ServiceAccount", "merlin-system", "merlin-k8s"));
-        Assert.NotNull(_server.Get<V1ClusterRole>("rbac.authorization.k8s.io/v1", "ClusterRole", null, "merlin-k8s"));
-        Assert.NotNull(_server.Get<V1ClusterRoleBinding>("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", null, "merlin-k8s"));
-        Assert.NotNull(_server.Get<V1Role>("rbac.authorization.k8s.io/v1", "Role", "merlin-system", "merlin-k8s-leader-election"));
-        Assert.NotNull(_server.Get<V1RoleBinding>("rbac.authorization.k8s.io/v1", "RoleBinding", "merlin-system", "merlin-k8s-leader-election"));
-        Assert.NotNull(_server.Get<V1Deployment>("apps/v1", "Deployment", "merlin-system", "merlin-k8s"));
+        Assert.NotNull(Api.Get<V1Namespace>("v1", "Namespace", null, "merlin-system"));
+        Assert.NotNull(Api.Get<V1CustomResourceDefinition>("apiextensions.k8s.io/v1", "CustomResourceDefinition", null, "ippools.merlin.io"));
+        Assert.NotNull(Api.Get<V1ServiceAccount>("v1", "ServiceAccount", "merlin-system", "merlin-k8s"));
+        Assert.NotNull(Api.Get<V1ClusterRole>("rbac.authorization.k8s.io/v1", "ClusterRole", null, "merlin-k8s"));
+        Assert.NotNull(Api.Get<V1ClusterRoleBinding>("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", null, "merlin-k8s"));
+        Assert.NotNull(Api.Get<V1Role>("rbac.authorization.k8s.io/v1", "Role", "merlin-system", "merlin-k8s-leader-election"));
+        Assert.NotNull(Api.Get<V1RoleBinding>("rbac.authorization.k8s.io/v1", "RoleBinding", "merlin-system", "merlin-k8s-leader-election"));
+        Assert.NotNull(Api.Get<V1Deployment>("apps/v1", "Deployment", "merlin-system", "merlin-k8s"));
 
         // The example pools, read as the controller reads them, parse with its own parser.
-        var pool = _server.Get<V1IPPool>("merlin.io/v1", "IPPool", null, "default")!;
-        var reserved = _server.Get<V1IPPool>("merlin.io/v1", "IPPool", null, "reserved")!;
+        var pool = Api.Get<V1IPPool>("merlin.io/v1", "IPPool", null, "default")!;
+        var reserved = Api.Get<V1IPPool>("merlin.io/v1", "IPPool", null, "reserved")!;
         Assert.Equal(["198.18.100.0/24"], pool.Spec.Addresses!);
         Assert.True(IpPool.Parse(pool.Metadata.Name, pool.Spec, out var error)?.AutoAssign, error);
         Assert.Equal(256L, IpPool.Parse(pool.Metadata.Name, pool.Spec, out _)!.Ranges.Sum(r => r.Count)); // a /24
@@ -98,7 +93,7 @@ public sealed class ManifestTests : IAsyncLifetime
         var yaml = await KubectlAsync("get", "svc", "-n", "default", "web", "-o", "yaml");
         Assert.Contains($"loadBalancerClass: {Annotations.LoadBalancerClass}", yaml);
         Assert.Contains("externalTrafficPolicy: Local", yaml);
-        var svc = _server.Get<V1Service>("v1", "Service", "default", "web")!;
+        var svc = Api.Get<V1Service>("v1", "Service", "default", "web")!;
         Assert.True(ServiceIntent.Qualifies(svc, defaultClass: false));
         var intent = ServiceIntent.Parse(svc, out var invalid);
         Assert.True(intent is not null, invalid?.ToString());
@@ -115,7 +110,7 @@ public sealed class ManifestTests : IAsyncLifetime
     public async Task The_Deployment_runs_two_hardened_replicas_whose_args_the_controller_accepts()
     {
         await ApplyAllAsync();
-        var deployment = _server.Get<V1Deployment>("apps/v1", "Deployment", "merlin-system", "merlin-k8s")!;
+        var deployment = Api.Get<V1Deployment>("apps/v1", "Deployment", "merlin-system", "merlin-k8s")!;
         var pod = deployment.Spec.Template.Spec;
         var container = pod.Containers.Single();
         Assert.Equal(2, deployment.Spec.Replicas);
@@ -157,7 +152,7 @@ public sealed class ManifestTests : IAsyncLifetime
     public async Task The_CRD_schema_names_exactly_the_fields_of_V1IPPoolSpec_and_V1IPPoolStatus()
     {
         await KubectlAsync("apply", "-f", File("crd-ippool.yaml"));
-        var crd = _server.Get<V1CustomResourceDefinition>("apiextensions.k8s.io/v1", "CustomResourceDefinition", null, "ippools.merlin.io")!;
+        var crd = Api.Get<V1CustomResourceDefinition>("apiextensions.k8s.io/v1", "CustomResourceDefinition", null, "ippools.merlin.io")!;
         Assert.Equal((V1IPPool.Group, "Cluster", V1IPPool.Plural, V1IPPool.KindName), (crd.Spec.Group, crd.Spec.Scope, crd.Spec.Names.Plural, crd.Spec.Names.Kind));
         var version = crd.Spec.Versions.Single();
         Assert.Equal(V1IPPool.Version, version.Name);
@@ -221,7 +216,7 @@ public sealed class ManifestTests : IAsyncLifetime
     public async Task RBAC_grants_exactly_the_calls_the_controller_makes_and_no_wildcard()
     {
         await ApplyAllAsync();
-        var role = _server.Get<V1ClusterRole>("rbac.authorization.k8s.io/v1", "ClusterRole", null, "merlin-k8s")!;
+        var role = Api.Get<V1ClusterRole>("rbac.authorization.k8s.io/v1", "ClusterRole", null, "merlin-k8s")!;
         var granted = Grants(role.Rules);
         string[] read = ["get", "list", "watch"];
         var expected = new SortedSet<string>(StringComparer.Ordinal);
@@ -237,18 +232,18 @@ public sealed class ManifestTests : IAsyncLifetime
         Assert.All(role.Rules, r => Assert.True(r.NonResourceURLs is null or { Count: 0 } && r.ResourceNames is null or { Count: 0 }));
         Assert.Null(role.AggregationRule);
 
-        var leases = _server.Get<V1Role>("rbac.authorization.k8s.io/v1", "Role", "merlin-system", "merlin-k8s-leader-election")!;
+        var leases = Api.Get<V1Role>("rbac.authorization.k8s.io/v1", "Role", "merlin-system", "merlin-k8s-leader-election")!;
         Assert.Equal(["coordination.k8s.io|leases|create", "coordination.k8s.io|leases|get", "coordination.k8s.io|leases|update"], Grants(leases.Rules));
 
-        var clusterBinding = _server.Get<V1ClusterRoleBinding>("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", null, "merlin-k8s")!;
-        var binding = _server.Get<V1RoleBinding>("rbac.authorization.k8s.io/v1", "RoleBinding", "merlin-system", "merlin-k8s-leader-election")!;
+        var clusterBinding = Api.Get<V1ClusterRoleBinding>("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", null, "merlin-k8s")!;
+        var binding = Api.Get<V1RoleBinding>("rbac.authorization.k8s.io/v1", "RoleBinding", "merlin-system", "merlin-k8s-leader-election")!;
         Assert.Equal(("ClusterRole", "merlin-k8s"), (clusterBinding.RoleRef.Kind, clusterBinding.RoleRef.Name));
         Assert.Equal(("Role", "merlin-k8s-leader-election"), (binding.RoleRef.Kind, binding.RoleRef.Name));
         foreach (var subject in clusterBinding.Subjects.Concat(binding.Subjects))
             Assert.Equal(("ServiceAccount", "merlin-k8s", "merlin-system"), (subject.Kind, subject.Name, subject.NamespaceProperty));
         Assert.Single(clusterBinding.Subjects);
         Assert.Single(binding.Subjects);
-        Assert.NotNull(_server.Get<V1ServiceAccount>("v1", "ServiceAccount", "merlin-system", "merlin-k8s"));
+        Assert.NotNull(Api.Get<V1ServiceAccount>("v1", "ServiceAccount", "merlin-system", "merlin-k8s"));
     }
 
     // Every (apiGroup, resource, verb) a rule list grants, with no wildcard allowed anywhere.
@@ -279,7 +274,7 @@ public sealed class ManifestTests : IAsyncLifetime
 
     private V1JSONSchemaProps SchemaOf(string property)
     {
-        var crd = _server.Get<V1CustomResourceDefinition>("apiextensions.k8s.io/v1", "CustomResourceDefinition", null, "ippools.merlin.io")!;
+        var crd = Api.Get<V1CustomResourceDefinition>("apiextensions.k8s.io/v1", "CustomResourceDefinition", null, "ippools.merlin.io")!;
         return crd.Spec.Versions.Single().Schema.OpenAPIV3Schema.Properties[property];
     }
 
@@ -349,5 +344,5 @@ public sealed class ManifestTests : IAsyncLifetime
     private static string File(string name) => Path.Combine(Deploy, name);
 
     /// <summary>Runs the machine's kubectl against the test server (the library's runner) and asserts it succeeded; returns stdout.</summary>
-    private Task<string> KubectlAsync(params string[] args) => _kubectl.OkAsync(args);
+    private Task<string> KubectlAsync(params string[] args) => Kubectl.OkAsync(args);
 }
