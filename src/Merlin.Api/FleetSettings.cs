@@ -5,8 +5,8 @@ namespace Merlin.Api;
 
 /// <summary>
 /// The store's fleet-wide settings as the API's writes consult them: read at most once per <see cref="MaxAge"/>, so a
-/// write costs no extra store round trip (an etcd read per CreateServer halves nothing, but adds up at 100,000). A
-/// change made through this node applies at once; one made through another node within <see cref="MaxAge"/>.
+/// write costs no extra store round trip (one more etcd read per CreateServer adds up at 100,000 servers). A change
+/// made through this node applies at once; one made through another node within <see cref="MaxAge"/>.
 /// </summary>
 public sealed class FleetSettings(IStore store, TimeProvider time)
 {
