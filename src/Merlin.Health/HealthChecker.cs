@@ -54,6 +54,14 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
     public long FailedChecks => Interlocked.Read(ref _failed);
     private long _succeeded, _failed;
 
+    /// <summary>
+    /// Signs of a checker falling behind: checks not started when due because their previous run had not finished,
+    /// and the time checks started after they were due, summed (a few ms each when keeping up).
+    /// </summary>
+    public long Skipped => Interlocked.Read(ref _skipped);
+    public TimeSpan Delay => TimeSpan.FromSeconds((double)Interlocked.Read(ref _delayTicks) / _time.TimestampFrequency);
+    private long _skipped, _delayTicks;
+
     private readonly record struct CheckKey(IPAddress Address, string Endpoint, TimeSpan Period, TimeSpan Timeout, uint Up, uint Down);
 
     /// <summary>A check's state; also where a batching probe delivers its results.</summary>
@@ -208,7 +216,12 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
             if (at - now > window) return _time.GetElapsedTime(now, at);
             // The next run is a period after this one was due, so checks keep their rhythm.
             _due.DequeueEnqueue(state, at + state.PeriodTicks);
-            if (Volatile.Read(ref state.Running)) continue; // the last one has not finished: skip, never pile up
+            if (Volatile.Read(ref state.Running))
+            {
+                Interlocked.Increment(ref _skipped); // the last one has not finished: skip, never pile up
+                continue;
+            }
+            if (now > at) Interlocked.Add(ref _delayTicks, now - at);
             state.Running = true;
             start.Add((state.Key, state));
         }
