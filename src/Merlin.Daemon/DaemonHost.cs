@@ -120,6 +120,7 @@ public static class DaemonHost
         }).RequireHost(healthHost);
         app.MapGet("/status", (IStatusReporter reporter) =>
             Results.Text(Google.Protobuf.JsonFormatter.Default.Format(reporter.Report()) + "\n", "application/json")).RequireHost(healthHost);
+        StatusPage.Map(app, healthHost); // the page (/) and its JSON (/status/detail)
         app.MapMetrics("/metrics").RequireHost(healthHost);
         DaemonMetrics.Register(app.Services);
 

@@ -6,7 +6,8 @@ using Microsoft.Extensions.Logging;
 namespace Merlin.Health;
 
 /// <summary>The health of one real server, as <c>meradm list</c> and <c>/metrics</c> show it.</summary>
-public sealed record ServerHealthReport(ServiceKey Service, RealServerKey Server, HealthVerdict Verdict, string Detail, DateTimeOffset? Since);
+/// <param name="LastCheck">When the last check's result came in; null before the first.</param>
+public sealed record ServerHealthReport(ServiceKey Service, RealServerKey Server, HealthVerdict Verdict, string Detail, DateTimeOffset? Since, DateTimeOffset? LastCheck = null);
 
 /// <summary>
 /// Runs every real server's health check on one scheduler over a <see cref="TimeProvider"/> (no thread or
@@ -79,6 +80,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
         public int Successes, Failures;
         public string Detail = "not checked yet";
         public DateTimeOffset? Since;
+        public DateTimeOffset? LastCheck;
         public bool Running;
         public long Generation; // bumps when removed, so queued entries of a removed check are ignored
     }
@@ -151,7 +153,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
         {
             return _byServer
                 .Where(kv => _checks.ContainsKey(kv.Value))
-                .Select(kv => { var s = _checks[kv.Value]; lock (s) return new ServerHealthReport(kv.Key.Item1, kv.Key.Item2, s.Verdict, s.Detail, s.Since); })
+                .Select(kv => { var s = _checks[kv.Value]; lock (s) return new ServerHealthReport(kv.Key.Item1, kv.Key.Item2, s.Verdict, s.Detail, s.Since, s.LastCheck); })
                 .ToList();
         }
     }
@@ -285,6 +287,8 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
                 return;
             }
             state.Detail = result.Detail;
+            var now = _time.GetUtcNow();
+            state.LastCheck = now;
             if (result.Healthy) { state.Successes++; state.Failures = 0; }
             else { state.Failures++; state.Successes = 0; }
             var next = state.Verdict switch
@@ -298,7 +302,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
             {
                 Interlocked.Increment(ref _generation);
                 state.Verdict = next;
-                state.Since = _time.GetUtcNow();
+                state.Since = now;
                 transition = next;
             }
             Volatile.Write(ref state.Running, false);
