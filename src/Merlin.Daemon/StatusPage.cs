@@ -74,7 +74,7 @@ internal static class StatusPage
         catch (StoreUnavailableException e)
         {
             detail["storeError"] = e.Message;
-            detail["services"] = new JsonArray();
+            detail["virtualServices"] = new JsonArray();
             return detail;
         }
 
@@ -134,7 +134,7 @@ internal static class StatusPage
             if (serviceTraffic is not null) entry["counters"] = TrafficJson(serviceTraffic.Totals);
             list.Add(entry);
         }
-        detail["services"] = list;
+        detail["virtualServices"] = list; // "services" is /status's count
         return detail;
     }
 

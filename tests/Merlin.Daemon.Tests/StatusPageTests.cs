@@ -54,10 +54,15 @@ public sealed class StatusPageTests : IDisposable
         while (deadline.Elapsed < TimeSpan.FromSeconds(30))
         {
             using var detail = JsonDocument.Parse(await http.GetStringAsync("/status/detail", Ct));
-            web = detail.RootElement.GetProperty("services").EnumerateArray().FirstOrDefault(s => s.GetProperty("id").GetString() == "web").Clone();
+            web = detail.RootElement.GetProperty("virtualServices").EnumerateArray().FirstOrDefault(s => s.GetProperty("id").GetString() == "web").Clone();
             if (web.ValueKind == JsonValueKind.Object && Server(web, "127.0.0.1:80").TryGetProperty("health", out var h)
                 && h.GetProperty("verdict").GetString() == "down" && Server(web, "127.0.0.1:80").TryGetProperty("effectiveWeight", out var w) && w.GetUInt32() == 0) break;
             await Task.Delay(100, Ct);
+        }
+        using (var last = JsonDocument.Parse(await http.GetStringAsync("/status/detail", Ct)))
+        {
+            Assert.Equal(1u, last.RootElement.GetProperty("services").GetUInt32()); // /status's fields as they are
+            Assert.Equal(2u, last.RootElement.GetProperty("servers").GetUInt32());
         }
         Assert.Equal("tcp:198.18.0.10:80", web.GetProperty("key").GetString());
         Assert.Equal("mh", web.GetProperty("scheduler").GetString());
