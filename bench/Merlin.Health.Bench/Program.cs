@@ -240,11 +240,11 @@ static async Task Until(Func<Task<bool>> condition, string what, int seconds)
     }
 }
 
-// One scrape: all checks run (merlin_health_checks{result=…}) and the failed ones among them.
+// One scrape: all checks run (merlin_health_checks_total{result=…}) and the failed ones among them.
 static async Task<(double All, double Failed)> Checks(HttpClient http)
 {
     var series = (await http.GetStringAsync("/metrics")).Split('\n')
-        .Where(l => l.StartsWith("merlin_health_checks{", StringComparison.Ordinal))
+        .Where(l => l.StartsWith("merlin_health_checks_total{", StringComparison.Ordinal))
         .Select(l => (Line: l, Value: double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture)))
         .ToList();
     return (series.Sum(s => s.Value), series.Where(s => s.Line.Contains("result=\"unhealthy\"", StringComparison.Ordinal)).Sum(s => s.Value));

@@ -120,6 +120,7 @@ public static class DaemonHost
         }).RequireHost(healthHost);
         app.MapGet("/status", (IStatusReporter reporter) =>
             Results.Text(Google.Protobuf.JsonFormatter.Default.Format(reporter.Report()) + "\n", "application/json")).RequireHost(healthHost);
+        StatusPage.Map(app, healthHost); // the page (/) and its JSON (/status/detail)
         app.MapMetrics("/metrics").RequireHost(healthHost);
         DaemonMetrics.Register(app.Services);
 
@@ -420,8 +421,9 @@ internal static class DaemonMetrics
 {
     public static void Register(IServiceProvider services)
     {
+        MeterExport.Start();
         var status = services.GetRequiredService<ReconcilerStatus>();
-        var meter = new Meter("merlin");
+        var meter = new Meter(MeterExport.MeterName);
         // A daemon rebuilt in the same process (tests) must not leave gauges reading a stopped one.
         services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopped.Register(meter.Dispose);
         meter.CreateObservableGauge("store_up", () => status.Current.StoreReachable ? 1 : 0, description: "1 when the last read of the store succeeded");
@@ -438,16 +440,15 @@ internal static class DaemonMetrics
             description: "Store records last written by a Go merlin (or a Merlin from before merlin_digest), by kind; orphaned_server: " +
                 "server keys whose service does not exist (a Go merlin's service del). Above 0, a Go merlin shares or shared the store");
 
+        // Declared with every dataplane (empty where it has no sysctls or counters), so dashboards and alerts find them.
         var dataplane = services.GetRequiredService<IDataplane>();
-        if (dataplane is IDataplaneDiagnostics diagnostics)
-        {
-            meter.CreateObservableGauge("sysctl_drift",
-                () => diagnostics.Sysctls.Select(s => new Measurement<int>(s.Drifted ? 1 : 0, new KeyValuePair<string, object?>("name", s.Name))),
-                description: "1 when a kernel setting the dataplane depends on differs from the value it wants");
-            meter.CreateObservableGauge("dataplane_warnings", () => diagnostics.Warnings.Count,
-                description: "Conditions that keep part of the desired state from working (see meradm status)");
-        }
-        if (dataplane is IDataplaneCounters counters) KernelCounterMetrics.Register(counters);
+        var diagnostics = dataplane as IDataplaneDiagnostics;
+        meter.CreateObservableGauge("sysctl_drift",
+            () => diagnostics?.Sysctls.Select(s => new Measurement<int>(s.Drifted ? 1 : 0, new KeyValuePair<string, object?>("name", s.Name))) ?? [],
+            description: "1 when a kernel setting the dataplane depends on differs from the value it wants");
+        meter.CreateObservableGauge("dataplane_warnings", () => diagnostics?.Warnings.Count ?? 0,
+            description: "Conditions that keep part of the desired state from working (see meradm status)");
+        KernelCounterMetrics.Register(dataplane as IDataplaneCounters);
 
         var announcer = services.GetRequiredService<Merlin.Announcer.IAnnouncer>();
         meter.CreateObservableGauge("announcer_state",
@@ -464,7 +465,12 @@ internal static class DaemonMetrics
             () => announcer.State.Vips.Select(v => new Measurement<int>(v.Announced ? 1 : 0, new("vip", v.Address.ToString()), new("management", v.Management ? "true" : "false"))),
             description: "1 while this node holds (VRRP) or announces (BGP) the VIP");
         meter.CreateObservableCounter("announcer_restarts", () => announcer.State.Restarts,
-            description: "Times the announcer's engine (keepalived) died and was restarted");
+            description: "Times the announcer's engine (keepalived, gobgpd) died and was restarted");
+        var options = services.GetRequiredService<DaemonOptions>();
+        meter.CreateObservableGauge("bgp_session_up",
+            () => announcer is not Merlin.Announcer.Bgp.GobgpAnnouncer bgp || options.Bgp is not { } configured ? [] : configured.Peers.Select(p =>
+                new Measurement<int>(bgp.Sessions.Any(s => s.Address.Equals(p.Address) && s.Established) ? 1 : 0, new KeyValuePair<string, object?>("peer", p.Address.ToString()))),
+            description: "1 while the BGP session with a configured router is established, 0 otherwise (--announcer bgp only)");
 
         var health = services.GetRequiredService<Merlin.Health.HealthChecker>();
         meter.CreateObservableGauge("server_healthy",
@@ -476,6 +482,10 @@ internal static class DaemonMetrics
             new Measurement<long>(health.Succeeded, new KeyValuePair<string, object?>("result", "healthy")),
             new Measurement<long>(health.FailedChecks, new KeyValuePair<string, object?>("result", "unhealthy")),
         }, description: "Health checks run, by result");
+        meter.CreateObservableCounter("health_checks_skipped", () => health.Skipped,
+            description: "Health checks not started when due because the server's previous check had not finished");
+        meter.CreateObservableCounter("health_check_delay_seconds", () => health.Delay.TotalSeconds,
+            description: "Seconds health checks started after they were due, summed: divided by the checks run, the mean delay");
     }
 }
 
@@ -488,7 +498,8 @@ internal static class KernelCounterMetrics
     private static readonly string[] ServiceLabels = ["service"];
     private static readonly string[] ServerLabels = ["service", "server"];
 
-    public static void Register(IDataplaneCounters source)
+    /// <summary>Declares the families (with every dataplane, so dashboards find them); reads them from <paramref name="source"/> when it counts.</summary>
+    public static void Register(IDataplaneCounters? source)
     {
         var f = Prometheus.Metrics.WithCustomRegistry(Prometheus.Metrics.DefaultRegistry);
         var connections = f.CreateCounter("merlin_ipvs_connections_total", "Connections scheduled by the kernel, per service", ServiceLabels);
@@ -501,6 +512,7 @@ internal static class KernelCounterMetrics
         var serverBytesIn = f.CreateCounter("merlin_ipvs_server_in_bytes_total", "Bytes forwarded to a real server", ServerLabels);
         var active = f.CreateGauge("merlin_ipvs_server_active_connections", "Established connections to a real server", ServerLabels);
         var inactive = f.CreateGauge("merlin_ipvs_server_inactive_connections", "Connections to a real server in other states", ServerLabels);
+        if (source is null) return;
         var seenServices = new HashSet<string>();
         var seenServers = new HashSet<(string, string)>();
         Prometheus.Metrics.DefaultRegistry.AddBeforeCollectCallback(async ct =>

@@ -6,7 +6,8 @@ using Microsoft.Extensions.Logging;
 namespace Merlin.Health;
 
 /// <summary>The health of one real server, as <c>meradm list</c> and <c>/metrics</c> show it.</summary>
-public sealed record ServerHealthReport(ServiceKey Service, RealServerKey Server, HealthVerdict Verdict, string Detail, DateTimeOffset? Since);
+/// <param name="LastCheck">When the last check's result came in; null before the first.</param>
+public sealed record ServerHealthReport(ServiceKey Service, RealServerKey Server, HealthVerdict Verdict, string Detail, DateTimeOffset? Since, DateTimeOffset? LastCheck = null);
 
 /// <summary>
 /// Runs every real server's health check on one scheduler over a <see cref="TimeProvider"/> (no thread or
@@ -54,6 +55,14 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
     public long FailedChecks => Interlocked.Read(ref _failed);
     private long _succeeded, _failed;
 
+    /// <summary>
+    /// Signs of a checker falling behind: checks not started when due because their previous run had not finished,
+    /// and the time checks started after they were due, summed (a few ms each when keeping up).
+    /// </summary>
+    public long Skipped => Interlocked.Read(ref _skipped);
+    public TimeSpan Delay => TimeSpan.FromSeconds((double)Interlocked.Read(ref _delayTicks) / _time.TimestampFrequency);
+    private long _skipped, _delayTicks;
+
     private readonly record struct CheckKey(IPAddress Address, string Endpoint, TimeSpan Period, TimeSpan Timeout, uint Up, uint Down);
 
     /// <summary>A check's state; also where a batching probe delivers its results.</summary>
@@ -71,6 +80,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
         public int Successes, Failures;
         public string Detail = "not checked yet";
         public DateTimeOffset? Since;
+        public DateTimeOffset? LastCheck;
         public bool Running;
         public long Generation; // bumps when removed, so queued entries of a removed check are ignored
     }
@@ -143,7 +153,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
         {
             return _byServer
                 .Where(kv => _checks.ContainsKey(kv.Value))
-                .Select(kv => { var s = _checks[kv.Value]; lock (s) return new ServerHealthReport(kv.Key.Item1, kv.Key.Item2, s.Verdict, s.Detail, s.Since); })
+                .Select(kv => { var s = _checks[kv.Value]; lock (s) return new ServerHealthReport(kv.Key.Item1, kv.Key.Item2, s.Verdict, s.Detail, s.Since, s.LastCheck); })
                 .ToList();
         }
     }
@@ -208,7 +218,12 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
             if (at - now > window) return _time.GetElapsedTime(now, at);
             // The next run is a period after this one was due, so checks keep their rhythm.
             _due.DequeueEnqueue(state, at + state.PeriodTicks);
-            if (Volatile.Read(ref state.Running)) continue; // the last one has not finished: skip, never pile up
+            if (Volatile.Read(ref state.Running))
+            {
+                Interlocked.Increment(ref _skipped); // the last one has not finished: skip, never pile up
+                continue;
+            }
+            if (now > at) Interlocked.Add(ref _delayTicks, now - at);
             state.Running = true;
             start.Add((state.Key, state));
         }
@@ -272,6 +287,8 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
                 return;
             }
             state.Detail = result.Detail;
+            var now = _time.GetUtcNow();
+            state.LastCheck = now;
             if (result.Healthy) { state.Successes++; state.Failures = 0; }
             else { state.Failures++; state.Successes = 0; }
             var next = state.Verdict switch
@@ -285,7 +302,7 @@ public sealed partial class HealthChecker : IServerHealth, IAsyncDisposable, IPr
             {
                 Interlocked.Increment(ref _generation);
                 state.Verdict = next;
-                state.Since = _time.GetUtcNow();
+                state.Since = now;
                 transition = next;
             }
             Volatile.Write(ref state.Running, false);

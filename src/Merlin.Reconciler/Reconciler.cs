@@ -27,6 +27,7 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
 
     /// <summary>The inputs of the last pass that converged, to recognise a pass with nothing to do.</summary>
     private (DataplaneState Desired, DataplaneState Actual, long Health)? _converged;
+    private DataplaneState? _convergedEffective;
 
     /// <summary>Passes that found the store unchanged and reused the desired state of the one before.</summary>
     public long StoreReadsSkipped { get; private set; }
@@ -94,6 +95,9 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
         var storeDesired = desired;
         // Health verdicts change weights only: what the store says stays the desired configuration.
         if (health is not null && !unchanged) desired = HealthOverlay.Apply(desired, actual, checkedServers, health.Verdict);
+        // Nothing changed since the pass that converged: its weights (health applied) are still the ones wanted,
+        // and the status (effective weights on the status page) must not fall back to the store's.
+        else if (unchanged && _convergedEffective is { } effective) desired = effective;
         IReadOnlyList<Operation> plan = unchanged ? [] : Planner.Plan(desired, actual);
         int applied = 0, failed = 0;
         string? lastError = null;
@@ -119,6 +123,7 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
         }
 
         _converged = plan.Count == 0 ? (storeDesired, actual, healthGeneration) : null;
+        _convergedEffective = plan.Count == 0 ? desired : null;
         if (unchanged) PlansSkipped++;
         var elapsed = time.GetElapsedTime(started);
         status.RecordPass(revision, desired, plan.Count, applied, failed, lastError);

@@ -169,6 +169,7 @@ public sealed class HealthCheckerTests : IAsyncDisposable
         await SettleAsync();
         await StepAsync(3);
         Assert.Equal(1, _probe.Calls);
+        Assert.Equal(3, _checker.Skipped); // counted, for the falling-behind alert
 
         _probe.Gate.SetResult();
         await SettleAsync();
@@ -188,6 +189,21 @@ public sealed class HealthCheckerTests : IAsyncDisposable
         Assert.Equal(HealthVerdict.Down, report.Verdict);
         Assert.Equal("HTTP 503", report.Detail);
         Assert.Equal(_time.GetUtcNow(), report.Since);
+        Assert.Equal(_time.GetUtcNow(), report.LastCheck);
+    }
+
+    [Fact]
+    public async Task AChecksStartAfterItWasDue_AddsToTheDelay()
+    {
+        _checker.Track([new HealthTarget(Web, Rs1, Check())]);
+        await SettleAsync();
+        Assert.Equal(TimeSpan.Zero, _checker.Delay); // a new check runs at once
+
+        _time.Advance(TimeSpan.FromMilliseconds(700)); // due at 500 ms, started at 700 ms
+        await SettleAsync();
+        Assert.Equal(2, _probe.Calls);
+        Assert.Equal(200, _checker.Delay.TotalMilliseconds, precision: 3);
+        Assert.Equal(0, _checker.Skipped);
     }
 
     private sealed class ScriptedProbe : IHealthProbe
