@@ -8,11 +8,12 @@ public readonly record struct TableServer(string Id, uint Weight);
 /// the previous one, not from the server set alone. Looked up like <see cref="MaglevTable"/>
 /// (<c>jhash … mod M</c>), sized like it (M ≥ 100·N, a prime from <see cref="MaglevTable.Sizes"/>).
 /// <para>
-/// Each server of weight w gets exactly its share M·w/W rounded down or up (the quota), so every
-/// server is within one slot of its fair share after any history of changes. A change moves only
-/// what the quotas force: a server that left or went to weight 0 frees its slots; a server above its
-/// new quota frees the excess; the freed slots go to the servers below theirs. Where rounding lets a
-/// server keep one slot more or less, it keeps what it holds, so nothing moves for the rounding.
+/// Each server of weight w holds between floor(M·w/W) − 1 and ceil(M·w/W) slots (its quota; see
+/// <see cref="Quotas"/>), after any history of changes: never more than its share rounded up, which
+/// bounds max / fair share by 1 + 1/share. A change moves only what the quotas force: a server that
+/// left or went to weight 0 frees its slots; a server above its new quota frees the excess; the freed
+/// slots go to the servers below theirs. Where the one-slot slack lets a server keep what it holds,
+/// it does, so nothing moves for rounding.
 /// </para>
 /// <para>
 /// Deterministic to the byte on every machine: servers are ordered by ordinal id, every tie is
@@ -154,8 +155,14 @@ public sealed class MinimalDisruptionTable
     }
 
     /// <summary>
-    /// Each server's slot count: floor(M·w/W), and the slots left over one each to servers that
-    /// already hold more than their floor (so they keep them), then by largest remainder, then by id.
+    /// Each server's slot count given what it holds (<paramref name="held"/>). With q = M·w/W the exact
+    /// share, a count stays within [floor(q) − 1, ceil(q)]: never above the share rounded up (which is
+    /// what bounds max / fair share), and at most one slot short of its floor. Within those bounds a
+    /// server keeps what it holds; a server below floor(q) aims for floor(q). When the counts then add
+    /// up to more than M, slots come off first where that undoes a gain (so a removal moves only the
+    /// removed server's slots), then from the most over-served; when less than M, they go to the most
+    /// under-served. A server that holds nothing (added, undrained) always gets at least its floor − 1
+    /// and counts as a loss to trim, so it is not starved to spare others a move. Ties go by id order.
     /// All zero when no server has weight.
     /// </summary>
     internal static int[] Quotas(TableServer[] servers, int m, int[] held)
@@ -165,28 +172,39 @@ public sealed class MinimalDisruptionTable
         ulong total = 0;
         foreach (var s in servers) total += s.Weight;
         if (total == 0) return quotas;
-        var remainders = new ulong[n];
-        long given = 0;
+        var low = new int[n];
+        var high = new int[n];
+        long sum = 0;
         for (int i = 0; i < n; i++)
         {
             // M < 2^25 and w < 2^32: the product fits in 64 bits.
             ulong share = (ulong)m * servers[i].Weight;
-            quotas[i] = (int)(share / total);
-            remainders[i] = share % total;
-            given += quotas[i];
+            int floor = (int)(share / total);
+            high[i] = floor + (share % total == 0 ? 0 : 1);
+            low[i] = servers[i].Weight == 0 ? 0 : Math.Max(0, floor - 1);
+            quotas[i] = Math.Clamp(held[i], Math.Min(floor, high[i]), high[i]);
+            sum += quotas[i];
         }
-        int left = (int)(m - given);   // < n: each server rounded down by less than one slot
-        if (left == 0) return quotas;
-        var order = new int[n];
-        for (int i = 0; i < n; i++) order[i] = i;
-        Array.Sort(order, (a, b) =>
+        if (sum == m) return quotas;
+
+        // How far over its exact share a server is at count v, times W: exact integer comparisons.
+        Int128 Over(int i, int v) => (Int128)v * total - (Int128)((ulong)m * servers[i].Weight);
+        var units = new List<(int Server, int Cost, Int128 Key)>();
+        if (sum < m)
         {
-            bool ha = held[a] > quotas[a] && servers[a].Weight > 0, hb = held[b] > quotas[b] && servers[b].Weight > 0;
-            if (ha != hb) return ha ? -1 : 1;
-            int c = remainders[b].CompareTo(remainders[a]);
-            return c != 0 ? c : a.CompareTo(b);
-        });
-        for (int k = 0; k < left; k++) quotas[order[k]]++;
+            for (int i = 0; i < n; i++)
+                for (int v = quotas[i] + 1; v <= high[i]; v++) units.Add((i, 0, Over(i, v)));
+            units.Sort((a, b) => a.Key != b.Key ? a.Key.CompareTo(b.Key) : a.Server.CompareTo(b.Server));
+            for (int k = 0; k < m - sum; k++) quotas[units[k].Server]++;
+        }
+        else
+        {
+            for (int i = 0; i < n; i++)
+                for (int v = quotas[i]; v > low[i]; v--) units.Add((i, v > held[i] && held[i] > 0 ? 0 : 1, Over(i, v)));
+            units.Sort((a, b) => a.Cost != b.Cost ? a.Cost.CompareTo(b.Cost) : a.Key != b.Key ? b.Key.CompareTo(a.Key) : a.Server.CompareTo(b.Server));
+            if (units.Count < sum - m) throw new InvalidOperationException("quotas cannot add up to the table size (a bug)");
+            for (int k = 0; k < sum - m; k++) quotas[units[k].Server]--;
+        }
         return quotas;
     }
 
