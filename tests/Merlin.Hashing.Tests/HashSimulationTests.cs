@@ -118,6 +118,7 @@ public class HashSimulationTests
         Assert.Contains("add 198.18.0.13:80 w1", text);
         Assert.Contains("max / expected", text);
         Assert.Contains("50.00%", text);   // expected share of the weight-2 server
+        Assert.Contains("remove: moved / fair", text);
     }
 
     [Theory]
