@@ -324,7 +324,7 @@ public sealed class SqliteStore : IStore
         {
             cmd.Transaction = tx;
             using var r = cmd.ExecuteReader();
-            while (r.Read()) tables[r.GetString(0)] = (byte[])r.GetValue(1);
+            while (r.Read()) tables[r.GetString(0)] = Bytes(r, 1);
         }
         tx.Commit();
         var items = services.Select(s => new StoreItem(s, servers[s.Id]) { Table = tables.GetValueOrDefault(s.Id) }).ToList();
@@ -440,7 +440,7 @@ public sealed class SqliteStore : IStore
         {
             var values = new List<byte[]>();
             using var r = store.Statement(transaction, sql, args).ExecuteReader();
-            while (r.Read()) values.Add((byte[])r.GetValue(0));
+            while (r.Read()) values.Add(Bytes(r, 0));
             return values;
         }
 
@@ -880,6 +880,10 @@ public sealed class SqliteStore : IStore
     private static string ServerKey(string serviceId, string endpoint) => $"servers/{serviceId}/{endpoint}";
 
     private static string TableKey(string serviceId) => $"tables/{serviceId}";
+
+    /// <summary>A blob column; text where a hand edit left text (its reader then finds it damaged, rather than the store failing).</summary>
+    private static byte[] Bytes(SqliteDataReader r, int column) =>
+        r.GetValue(column) as byte[] ?? System.Text.Encoding.UTF8.GetBytes(r.GetValue(column)?.ToString() ?? "");
 
     private VirtualService ParseService(SqliteDataReader r, int column, string key)
     {
