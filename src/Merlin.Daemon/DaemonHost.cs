@@ -176,9 +176,10 @@ public static class DaemonHost
         {
             var dir = Path.GetDirectoryName(Path.GetFullPath(options.StorePath));
             if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
-            return new SqliteStore(options.StorePath);
+            return new SqliteStore(options.StorePath, new SqliteStoreOptions { DeriveTable = Merlin.Api.LookupTables.Derive });
         }
-        return new EtcdStore(new EtcdStoreOptions { Endpoints = options.StoreEndpoints, Prefix = options.StorePrefix, Timeout = options.StoreTimeout });
+        // The API computes each md-table service's table in the store transaction of the write that changes it.
+        return new EtcdStore(new EtcdStoreOptions { Endpoints = options.StoreEndpoints, Prefix = options.StorePrefix, Timeout = options.StoreTimeout, DeriveTable = Merlin.Api.LookupTables.Derive });
     }
 
     public static IDataplane CreateDataplane(DaemonOptions options, ILoggerFactory logs) => ResolveDataplane(options) switch

@@ -83,6 +83,9 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
 
     public string Name => "nftables";
 
+    /// <summary>md-table services are programmed from the table the API stored, not from Maglev (docs/architecture.md).</summary>
+    public bool ProgramsStoredTables => true;
+
     /// <summary>
     /// Closes the netlink sockets kept open between passes (ours and libnftables'); they close
     /// themselves a second after their last use anyway. The tables stay programmed.

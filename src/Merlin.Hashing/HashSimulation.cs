@@ -13,19 +13,22 @@ public enum HashAlgorithm
     ShHash32,
     /// <summary>The kernel's mh (4.18+).</summary>
     Mh,
+    /// <summary>The minimal-disruption table: each table derived from the one before, looked up as maglev is.</summary>
+    MinimalDisruption,
 }
 
 public static class HashAlgorithms
 {
-    public static IReadOnlyList<HashAlgorithm> All { get; } = [HashAlgorithm.Maglev, HashAlgorithm.ShLinux4x, HashAlgorithm.ShHash32, HashAlgorithm.Mh];
+    public static IReadOnlyList<HashAlgorithm> All { get; } = [HashAlgorithm.Maglev, HashAlgorithm.ShLinux4x, HashAlgorithm.ShHash32, HashAlgorithm.Mh, HashAlgorithm.MinimalDisruption];
 
-    /// <summary>The name operators type and read: maglev, sh-4.x, sh-fixed, mh.</summary>
+    /// <summary>The name operators type and read: maglev, sh-4.x, sh-fixed, mh, md.</summary>
     public static string Name(this HashAlgorithm algorithm) => algorithm switch
     {
         HashAlgorithm.Maglev => "maglev",
         HashAlgorithm.ShLinux4x => "sh-4.x",
         HashAlgorithm.ShHash32 => "sh-fixed",
         HashAlgorithm.Mh => "mh",
+        HashAlgorithm.MinimalDisruption => "md",
         _ => throw new ArgumentOutOfRangeException(nameof(algorithm)),
     };
 
@@ -247,6 +250,7 @@ public static class HashSimulation
             HashAlgorithm.ShLinux4x => new ShModel(ShVariant.Linux4x, options),
             HashAlgorithm.ShHash32 => new ShModel(ShVariant.Hash32, options),
             HashAlgorithm.Mh => new MhModel(options),
+            HashAlgorithm.MinimalDisruption => new MinimalDisruptionModel(MaglevTable.ResolveSize(servers.Count, options.MaglevTableSize), options),
             _ => throw new ArgumentOutOfRangeException(nameof(algorithm)),
         };
 
@@ -284,6 +288,42 @@ public static class HashSimulation
             {
                 int t = table[slots[f]];
                 result[f] = t < 0 ? -1 : scenario.OriginalIndex[t];
+            }
+            return result;
+        }
+    }
+
+    /// <summary>The base table from the base set; every change's table derived from it, as the API would store it.</summary>
+    private sealed class MinimalDisruptionModel(int size, SimulationOptions options) : Model
+    {
+        private MinimalDisruptionTable? _base;
+        private int[]? _slots;
+
+        public override int TableSize => size;
+
+        public override int[] Assign(Scenario scenario, IReadOnlyList<FlowKey> flows, out int[] slotsPerServer)
+        {
+            var servers = scenario.Servers.Select(s => (s.Id, s.Weight)).ToArray();
+            // M held fixed across the changes, as for maglev.
+            var table = _base is null ? (_base = MinimalDisruptionTable.Build(servers, size)) : _base.Next(servers, size);
+            if (_slots is null)
+            {
+                _slots = new int[flows.Count];
+                for (int f = 0; f < flows.Count; f++) _slots[f] = NftFlowHash.Slot(flows[f], options.HashSeed, size, options.HashPort);
+            }
+            // Table server index → scenario index → original index.
+            var position = new Dictionary<string, int>(StringComparer.Ordinal);
+            for (int i = 0; i < scenario.Servers.Length; i++) position[scenario.Servers[i].Id] = scenario.OriginalIndex[i];
+            var original = table.Servers.Select(s => position[s.Id]).ToArray();
+            var counts = new int[scenario.OriginalIndex.Length + 2];
+            foreach (var o in table.Owners) if (o >= 0) counts[original[o]]++;
+            slotsPerServer = counts;
+            var result = new int[_slots.Length];
+            var owners = table.Owners;
+            for (int f = 0; f < _slots.Length; f++)
+            {
+                int o = owners[_slots[f]];
+                result[f] = o < 0 ? -1 : original[o];
             }
             return result;
         }

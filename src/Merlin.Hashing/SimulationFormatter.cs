@@ -60,6 +60,15 @@ public static class SimulationFormatter
             }
             sb.Append('\n');
         }
+        // The same as ratios: at 1,000 servers a change moves a tenth of a percent, too little to compare as percentages.
+        for (int c = 0; c < changes.Count; c++)
+        {
+            var d = changes[c];
+            if (d.Ideal <= 0) continue;
+            sb.Append($"{d.Change}: moved / fair".PadRight(changeWidth)).Append("".PadLeft(col));
+            foreach (var a in algs) sb.Append(Ratio(a.Disruptions[c].Moved / d.Ideal).PadLeft(col + 9));
+            sb.Append('\n');
+        }
         for (int c = 0; c < changes.Count; c++)
         {
             if (!algs.Any(a => a.Disruptions[c].Unrouted > 0)) continue;

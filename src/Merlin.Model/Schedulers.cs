@@ -10,8 +10,14 @@ public static class Schedulers
     private static readonly Dictionary<string, (string Name, SchedulerFlags Bit)[]> NamedFlags = new()
     {
         ["sh"] = [("sh-fallback", SchedulerFlags.Flag1), ("sh-port", SchedulerFlags.Flag2)],
-        ["mh"] = [("mh-fallback", SchedulerFlags.Flag1), ("mh-port", SchedulerFlags.Flag2)],
+        // md-table is Merlin's, not the kernel's: the nftables dataplane looks flows up in the minimal-disruption
+        // table the API stores (docs/architecture.md); IPVS's mh does not read the bit and hashes as plain mh.
+        ["mh"] = [("mh-fallback", SchedulerFlags.Flag1), ("mh-port", SchedulerFlags.Flag2), ("md-table", SchedulerFlags.Flag3)],
     };
+
+    /// <summary>Whether the service's flows are looked up in a stored minimal-disruption table instead of Maglev (scheduler mh with md-table).</summary>
+    public static bool UsesStoredTable(ServiceConfig config) =>
+        config.Scheduler == "mh" && config.Flags.HasFlag(SchedulerFlags.Flag3);
 
     // The original merlin passed flags through as flag-1/2/3 regardless of scheduler.
     private static readonly (string Name, SchedulerFlags Bit)[] Aliases =

@@ -40,6 +40,24 @@ public sealed record ServiceConfig
     /// <summary>Persistence granularity as a prefix length (32/128 = per client address).</summary>
     public byte PersistenceNetmask { get; init; }
     public bool OnePacket { get; init; }
+
+    /// <summary>
+    /// The service's stored minimal-disruption table (md-table services only), handed only to a dataplane that
+    /// programs stored tables; null otherwise. Part of the configuration so a new table is a change to plan.
+    /// </summary>
+    public StoredTable? Table { get; init; }
+}
+
+/// <summary>A stored lookup table as the store holds it (its encoding); equal when the bytes are.</summary>
+public sealed class StoredTable(byte[] bytes) : IEquatable<StoredTable>
+{
+    public byte[] Bytes { get; } = bytes ?? throw new ArgumentNullException(nameof(bytes));
+
+    public bool Equals(StoredTable? other) => other is not null && (ReferenceEquals(this, other) || Bytes.AsSpan().SequenceEqual(other.Bytes));
+
+    public override bool Equals(object? obj) => Equals(obj as StoredTable);
+
+    public override int GetHashCode() => Bytes.Length;
 }
 
 public sealed record VirtualService(string Id, ServiceKey Key, ServiceConfig Config);

@@ -20,7 +20,8 @@ public static class DesiredState
     }
 
     /// <summary>The desired state, the records that cannot be programmed, and the health checks of the servers in it.</summary>
-    public static (DataplaneState State, IReadOnlyList<RejectedRecord> Rejected, IReadOnlyList<HealthTarget> Checks) Build(StoreSnapshot snapshot)
+    /// <param name="withTables">Give md-table services their stored table (<see cref="ServiceConfig.Table"/>): only for a dataplane that programs them.</param>
+    public static (DataplaneState State, IReadOnlyList<RejectedRecord> Rejected, IReadOnlyList<HealthTarget> Checks) Build(StoreSnapshot snapshot, bool withTables = false)
     {
         var services = new Dictionary<ServiceKey, ServiceState>(snapshot.Items.Count);
         var rejected = new List<RejectedRecord>();
@@ -78,7 +79,10 @@ public static class DesiredState
                 servers[server!.Key] = server.DrainDeadline is null ? server.Config : server.Config with { Weight = 0 };
                 if (server.HealthCheck.Endpoint is not null) checks.Add(new HealthTarget(service.Key, server.Key, server.HealthCheck));
             }
-            services[service.Key] = new ServiceState(service.Key, service.Config, servers);
+            var config = withTables && item.Table is { } table && Model.Schedulers.UsesStoredTable(service.Config)
+                ? service.Config with { Table = new StoredTable(table) }
+                : service.Config;
+            services[service.Key] = new ServiceState(service.Key, config, servers);
         }
         return (new DataplaneState(services), rejected, checks);
     }

@@ -9,6 +9,9 @@ public interface IDataplane
 {
     string Name { get; }
 
+    /// <summary>Whether it programs md-table services from their stored table (<see cref="Model.ServiceConfig.Table"/>); one that does not never sees it.</summary>
+    bool ProgramsStoredTables => false;
+
     Task<DataplaneState> ReadAsync(CancellationToken ct);
 
     /// <summary>

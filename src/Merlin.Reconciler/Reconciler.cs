@@ -55,7 +55,7 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
             else
             {
                 var snapshot = await store.ListAsync(ct);
-                (desired, rejected, var checks) = DesiredState.Build(snapshot);
+                (desired, rejected, var checks) = DesiredState.Build(snapshot, dataplane.ProgramsStoredTables);
                 // Who wrote the records, from this read: it changes only with the store, as the read does.
                 status.RecordStoreOrigins(StoreOrigins.Count(snapshot));
                 revision = snapshot.Revision;

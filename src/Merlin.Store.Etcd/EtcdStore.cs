@@ -144,6 +144,8 @@ public sealed class EtcdStore : IStore
                 if (identity is not null) txn.Compare.Add(ServicesUnchangedSince(readRevision));
                 txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = service.ToByteString() } });
                 txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
+                // A changed table guard (a server written meanwhile) shows as the same version below: retried.
+                await AddTableAsync(txn, service.Id, service, servers => servers, op).ConfigureAwait(false);
                 var resp = await Txn(txn, op).ConfigureAwait(false);
                 if (resp.Succeeded) return;
                 var kvs = resp.Responses[0].ResponseRange.Kvs;
@@ -169,6 +171,7 @@ public sealed class EtcdStore : IStore
         txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
         txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
         txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = servers, RangeEnd = PrefixEnd(servers) } });
+        txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = Key(StoreKeys.Table(_prefix, id)) } });
         var resp = await Txn(txn, op).ConfigureAwait(false);
         if (!resp.Succeeded) throw new NotFoundException($"service \"{id}\" not found");
     }
@@ -181,13 +184,20 @@ public sealed class EtcdStore : IStore
         var service = Key(StoreKeys.Service(_prefix, server.ServiceID));
         var key = Key(keyText);
         using var op = Begin(ct);
-        var txn = new TxnRequest();
-        txn.Compare.Add(new Compare { Key = service, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
-        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
-        txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
-        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = service, CountOnly = true } });
-        var resp = await Txn(txn, op).ConfigureAwait(false);
-        if (resp.Succeeded) return;
+        TxnResponse resp;
+        for (var attempt = 1; ; attempt++)
+        {
+            var txn = new TxnRequest();
+            txn.Compare.Add(new Compare { Key = service, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+            txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
+            txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
+            txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = service, CountOnly = true } });
+            var guard = await AddTableAsync(txn, server.ServiceID, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op).ConfigureAwait(false);
+            resp = await Txn(txn, op).ConfigureAwait(false);
+            if (resp.Succeeded) return;
+            if (guard is null || !guard.Broken(resp)) break;
+            await Backoff(attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
+        }
         if (resp.Responses[0].ResponseRange.Count == 0) throw new NotFoundException($"service \"{server.ServiceID}\" not found");
         throw new AlreadyExistsException($"server {endpoint} already exists in service \"{server.ServiceID}\"");
     }
@@ -208,13 +218,20 @@ public sealed class EtcdStore : IStore
         var (keyText, endpoint) = ServerKey(server);
         var key = Key(keyText);
         using var op = Begin(ct);
-        var txn = new TxnRequest();
-        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
-        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
-        txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
-        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
-        var resp = await Txn(txn, op).ConfigureAwait(false);
-        if (resp.Succeeded) return;
+        TxnResponse resp;
+        for (var attempt = 1; ; attempt++)
+        {
+            var txn = new TxnRequest();
+            txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+            txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
+            txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
+            txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
+            var guard = await AddTableAsync(txn, server.ServiceID, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op).ConfigureAwait(false);
+            resp = await Txn(txn, op).ConfigureAwait(false);
+            if (resp.Succeeded) return;
+            if (guard is null || !guard.Broken(resp)) break;
+            await Backoff(attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
+        }
         var kvs = resp.Responses[0].ResponseRange.Kvs;
         if (kvs.Count == 0) throw new NotFoundException($"server {endpoint} not found in service \"{server.ServiceID}\"");
         throw new ConflictException($"server {endpoint} of service \"{server.ServiceID}\" changed since version {expectedVersion} (now {kvs[0].ModRevision}); re-read and retry");
@@ -233,18 +250,98 @@ public sealed class EtcdStore : IStore
         ArgumentNullException.ThrowIfNull(ip);
         var key = Key(StoreKeys.Server(_prefix, serviceId, ip, port));
         using var op = Begin(ct);
-        var txn = new TxnRequest();
-        txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
-        if (expectedVersion is { } version)
-            txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = version });
-        txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
-        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
-        var resp = await Txn(txn, op).ConfigureAwait(false);
-        if (resp.Succeeded) return;
+        var endpoint = $"{ip}:{port}";
+        TxnResponse resp;
+        for (var attempt = 1; ; attempt++)
+        {
+            var txn = new TxnRequest();
+            txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+            if (expectedVersion is { } version)
+                txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = version });
+            txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
+            txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
+            var guard = await AddTableAsync(txn, serviceId, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint)], op).ConfigureAwait(false);
+            resp = await Txn(txn, op).ConfigureAwait(false);
+            if (resp.Succeeded) return;
+            if (guard is null || !guard.Broken(resp)) break;
+            await Backoff(attempt, $"table of service \"{serviceId}\"", op).ConfigureAwait(false);
+        }
         var kvs = resp.Responses[0].ResponseRange.Kvs;
         if (kvs.Count == 0) throw new NotFoundException($"server {ip}:{port} not found in service \"{serviceId}\"");
         throw new ConflictException($"server {ip}:{port} of service \"{serviceId}\" changed since version {expectedVersion} (now {kvs[0].ModRevision}); re-read and retry");
     }
+
+    // ---------------------------------------------------------------- lookup tables
+
+    /// <summary>
+    /// What a write's table depends on, as read: the revision of the read, and the service's and the
+    /// table's mod revisions (0: absent). <see cref="At"/> is where its reads start in the failure responses.
+    /// </summary>
+    private sealed record TableGuard(long Revision, long ServiceMod, long TableMod, int At)
+    {
+        /// <summary>Whether the transaction failed because what the table was computed from changed (then retry).</summary>
+        public bool Broken(TxnResponse resp)
+        {
+            static long Mod(TxnResponse r, int i) => r.Responses[i].ResponseRange.Kvs is { Count: > 0 } kvs ? kvs[0].ModRevision : 0;
+            return Mod(resp, At) != ServiceMod || Mod(resp, At + 1) > Revision || Mod(resp, At + 2) != TableMod;
+        }
+    }
+
+    /// <summary>
+    /// Adds to <paramref name="txn"/> the service's table as <see cref="EtcdStoreOptions.DeriveTable"/> computes
+    /// it after this write (its servers as read, changed by <paramref name="apply"/>; its record replaced by
+    /// <paramref name="newService"/> if given), and compares that hold only if nothing it was computed from
+    /// changed: the service, every server of it (no mod revision after the read), the table. Null (nothing
+    /// added) without a deriver or when the service is gone (the write itself then fails).
+    /// </summary>
+    private async Task<TableGuard?> AddTableAsync(TxnRequest txn, string serviceId, VirtualService? newService,
+        Func<List<RealServer>, List<RealServer>> apply, Operation op)
+    {
+        if (_options.DeriveTable is not { } derive) return null;
+        var serviceText = StoreKeys.Service(_prefix, serviceId);
+        var serviceKey = Key(serviceText);
+        var serversKey = Key(StoreKeys.ServersOf(_prefix, serviceId));
+        var tableKey = Key(StoreKeys.Table(_prefix, serviceId));
+        var read = new TxnRequest();
+        read.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = serviceKey } });
+        read.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = serversKey, RangeEnd = PrefixEnd(serversKey) } });
+        read.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = tableKey } });
+        var resp = await Txn(read, op).ConfigureAwait(false);
+        var serviceKvs = resp.Responses[0].ResponseRange.Kvs;
+        if (serviceKvs.Count == 0) return null;
+        var service = newService ?? Parse(VirtualService.Parser, serviceKvs[0].Value, serviceText);
+        var servers = apply([.. resp.Responses[1].ResponseRange.Kvs.Select(kv => Parse(RealServer.Parser, kv.Value, kv.Key.ToStringUtf8()))]);
+        servers.Sort((a, b) => string.CompareOrdinal(Endpoint(a), Endpoint(b)));   // as SQLite hands them over: by endpoint
+        var tableKvs = resp.Responses[2].ResponseRange.Kvs;
+        var previous = tableKvs.Count > 0 ? tableKvs[0].Value.ToByteArray() : null;
+        var next = derive(service, servers, previous);
+
+        long revision = resp.Header.Revision, serviceMod = serviceKvs[0].ModRevision, tableMod = tableKvs.Count > 0 ? tableKvs[0].ModRevision : 0;
+        txn.Compare.Add(new Compare { Key = serviceKey, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = serviceMod });
+        txn.Compare.Add(new Compare { Key = serversKey, RangeEnd = PrefixEnd(serversKey), Target = CompareTarget.Mod, Result = CompareResult.Less, ModRevision = revision + 1 });
+        txn.Compare.Add(tableMod == 0
+            ? new Compare { Key = tableKey, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 }
+            : new Compare { Key = tableKey, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = tableMod });
+        if (next is null)
+        {
+            if (previous is not null) txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = tableKey } });
+        }
+        else if (previous is null || !previous.AsSpan().SequenceEqual(next))
+        {
+            txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = tableKey, Value = ByteString.CopyFrom(next) } });
+        }
+        int at = txn.Failure.Count;
+        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = serviceKey, KeysOnly = true } });
+        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest
+        {
+            Key = serversKey, RangeEnd = PrefixEnd(serversKey), KeysOnly = true, Limit = 1,
+            SortTarget = RangeRequest.Types.SortTarget.Mod, SortOrder = RangeRequest.Types.SortOrder.Descend,
+        } });
+        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = tableKey, KeysOnly = true } });
+        return new TableGuard(revision, serviceMod, tableMod, at);
+    }
+
+    private static string Endpoint(RealServer server) => $"{server.Key?.Ip}:{server.Key?.Port}";
 
     // ---------------------------------------------------------------- list and watch
 
@@ -264,12 +361,18 @@ public sealed class EtcdStore : IStore
         var servers = new Dictionary<string, List<RealServer>>(StringComparer.Ordinal);
         var servicesPrefix = StoreKeys.ServicesPrefix(_prefix);
         var serversPrefix = StoreKeys.ServersPrefix(_prefix);
+        var tablesPrefix = StoreKeys.TablesPrefix(_prefix);
+        var tables = new Dictionary<string, byte[]>(StringComparer.Ordinal);
         foreach (var kv in kvs)
         {
             var key = kv.Key.ToStringUtf8();
             if (key.StartsWith(servicesPrefix, StringComparison.Ordinal))
             {
                 services.Add(Parse(VirtualService.Parser, kv.Value, key));
+            }
+            else if (key.StartsWith(tablesPrefix, StringComparison.Ordinal))
+            {
+                tables[key[tablesPrefix.Length..]] = kv.Value.ToByteArray();
             }
             else if (key.StartsWith(serversPrefix, StringComparison.Ordinal))
             {
@@ -286,7 +389,7 @@ public sealed class EtcdStore : IStore
         foreach (var s in services)
         {
             ids.Add(s.Id);
-            items.Add(new StoreItem(s, servers.TryGetValue(s.Id, out var list) ? list : []));
+            items.Add(new StoreItem(s, servers.TryGetValue(s.Id, out var list) ? list : []) { Table = tables.GetValueOrDefault(s.Id) });
         }
         // The range read brought them anyway: counting them costs nothing, and tells of a Go merlin's service del.
         var orphaned = servers.Where(kv => !ids.Contains(kv.Key)).Sum(kv => kv.Value.Count);

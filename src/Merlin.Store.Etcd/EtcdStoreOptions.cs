@@ -16,4 +16,7 @@ public sealed class EtcdStoreOptions
 
     /// <summary>Keys read per round trip by <see cref="EtcdStore.ListAsync"/> (all pages at one revision).</summary>
     public int PageSize { get; init; } = 5_000;
+
+    /// <summary>Computes each service's lookup table in the transaction of the write that changed it (null: no tables).</summary>
+    public ServiceTableDeriver? DeriveTable { get; init; }
 }

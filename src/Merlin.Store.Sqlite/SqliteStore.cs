@@ -141,6 +141,7 @@ public sealed class SqliteStore : IStore
             w.Execute("UPDATE services SET identity = $identity, record = $record, version = $rev WHERE id = $id",
                 ("$id", service.Id), ("$identity", identity), ("$record", service.ToByteArray()), ("$rev", w.Revision));
             w.Changed(StoreChangeKind.Put, ServiceKey(service.Id));
+            DeriveTable(w, service.Id);
         }, ct);
     }
 
@@ -152,6 +153,7 @@ public sealed class SqliteStore : IStore
             if (w.Scalar<long>("SELECT COUNT(*) FROM services WHERE id = $id", ("$id", id)) == 0)
                 throw new NotFoundException($"service \"{id}\" not found");
             var endpoints = w.Strings("SELECT endpoint FROM servers WHERE service_id = $id ORDER BY endpoint", ("$id", id));
+            if (w.Execute("DELETE FROM tables WHERE service_id = $id", ("$id", id)) > 0) w.Changed(StoreChangeKind.Delete, TableKey(id));
             w.Execute("DELETE FROM servers WHERE service_id = $id", ("$id", id));
             w.Execute("DELETE FROM services WHERE id = $id", ("$id", id));
             w.Changed(StoreChangeKind.Delete, ServiceKey(id));
@@ -173,6 +175,7 @@ public sealed class SqliteStore : IStore
             w.Execute("INSERT INTO servers (service_id, endpoint, record, version) VALUES ($id, $ep, $record, $rev)",
                 ("$id", server.ServiceID), ("$ep", endpoint), ("$record", server.ToByteArray()), ("$rev", w.Revision));
             w.Changed(StoreChangeKind.Put, ServerKey(server.ServiceID, endpoint));
+            DeriveTable(w, server.ServiceID);
         }, ct);
     }
 
@@ -201,6 +204,7 @@ public sealed class SqliteStore : IStore
             w.Execute("UPDATE servers SET record = $record, version = $rev WHERE service_id = $id AND endpoint = $ep",
                 ("$id", server.ServiceID), ("$ep", endpoint), ("$record", server.ToByteArray()), ("$rev", w.Revision));
             w.Changed(StoreChangeKind.Put, ServerKey(server.ServiceID, endpoint));
+            DeriveTable(w, server.ServiceID);
         }, ct);
     }
 
@@ -214,6 +218,7 @@ public sealed class SqliteStore : IStore
             if (w.Execute("DELETE FROM servers WHERE service_id = $id AND endpoint = $ep", ("$id", serviceId), ("$ep", endpoint)) == 0)
                 throw new NotFoundException($"server {endpoint} not found in service \"{serviceId}\"");
             w.Changed(StoreChangeKind.Delete, ServerKey(serviceId, endpoint));
+            DeriveTable(w, serviceId);
         }, ct);
     }
 
@@ -230,7 +235,37 @@ public sealed class SqliteStore : IStore
                 throw new ConflictException($"server {endpoint} of service \"{serviceId}\" changed since version {expectedVersion} (now {current}); re-read and retry");
             w.Execute("DELETE FROM servers WHERE service_id = $id AND endpoint = $ep", ("$id", serviceId), ("$ep", endpoint));
             w.Changed(StoreChangeKind.Delete, ServerKey(serviceId, endpoint));
+            DeriveTable(w, serviceId);
         }, ct);
+    }
+
+    // ---------------------------------------------------------------- lookup tables
+
+    /// <summary>
+    /// The service's table, recomputed from its record, its servers (in endpoint order) and the table
+    /// stored before, in the transaction of the write that changed them (see <see cref="ServiceTableDeriver"/>).
+    /// Written only when it changed, so a write that changes nothing of the table writes nothing more.
+    /// </summary>
+    private void DeriveTable(Writer w, string serviceId)
+    {
+        if (_options.DeriveTable is not { } derive) return;
+        var serviceRecord = w.Blobs("SELECT record FROM services WHERE id = $id", ("$id", serviceId));
+        if (serviceRecord.Count == 0) return;
+        var service = VirtualService.Parser.ParseFrom(serviceRecord[0]);
+        var servers = w.Blobs("SELECT record FROM servers WHERE service_id = $id ORDER BY endpoint", ("$id", serviceId))
+            .Select(b => RealServer.Parser.ParseFrom(b)).ToList();
+        var previous = w.Blobs("SELECT data FROM tables WHERE service_id = $id", ("$id", serviceId)) is [var had] ? had : null;
+        var next = derive(service, servers, previous);
+        if (next is null)
+        {
+            if (previous is not null && w.Execute("DELETE FROM tables WHERE service_id = $id", ("$id", serviceId)) > 0)
+                w.Changed(StoreChangeKind.Delete, TableKey(serviceId));
+            return;
+        }
+        if (previous is not null && previous.AsSpan().SequenceEqual(next)) return;
+        w.Execute("INSERT OR REPLACE INTO tables (service_id, data, version) VALUES ($id, $data, $rev)",
+            ("$id", serviceId), ("$data", next), ("$rev", w.Revision));
+        w.Changed(StoreChangeKind.Put, TableKey(serviceId));
     }
 
     // ---------------------------------------------------------------- settings
@@ -284,8 +319,15 @@ public sealed class SqliteStore : IStore
                 if (servers.TryGetValue(id, out var list)) list.Add(ParseServer(r, 2, ServerKey(id, r.GetString(1))));
             }
         }
+        var tables = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        using (var cmd = Command(c, "SELECT service_id, data FROM tables"))
+        {
+            cmd.Transaction = tx;
+            using var r = cmd.ExecuteReader();
+            while (r.Read()) tables[r.GetString(0)] = Bytes(r, 1);
+        }
         tx.Commit();
-        var items = services.Select(s => new StoreItem(s, servers[s.Id])).ToList();
+        var items = services.Select(s => new StoreItem(s, servers[s.Id]) { Table = tables.GetValueOrDefault(s.Id) }).ToList();
         return new StoreSnapshot(items, revision);
     }, ct);
 
@@ -391,6 +433,15 @@ public sealed class SqliteStore : IStore
             if (v is null or DBNull) return default!;
             var t = Nullable.GetUnderlyingType(typeof(T)) ?? typeof(T);
             return (T)Convert.ChangeType(v, t, System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        /// <summary>The first column of every row, as bytes.</summary>
+        public List<byte[]> Blobs(string sql, params (string Name, object? Value)[] args)
+        {
+            var values = new List<byte[]>();
+            using var r = store.Statement(transaction, sql, args).ExecuteReader();
+            while (r.Read()) values.Add(Bytes(r, 0));
+            return values;
         }
 
         /// <summary>The first column of every row.</summary>
@@ -703,7 +754,7 @@ public sealed class SqliteStore : IStore
         var result = check.ExecuteScalar() as string;
         if (!string.Equals(result, "ok", StringComparison.Ordinal))
             throw new StoreUnavailableException($"sqlite store {_path}: damaged: {result}");
-        using var tables = Command(c, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT IN ('meta', 'services', 'servers', 'changes');");
+        using var tables = Command(c, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT IN ('meta', 'services', 'servers', 'tables', 'changes');");
         using var ours = Command(c, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta';");
         if (Convert.ToInt64(ours.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) == 0
             && Convert.ToInt64(tables.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) > 0)
@@ -754,6 +805,11 @@ public sealed class SqliteStore : IStore
                 record     BLOB NOT NULL,
                 version    INTEGER NOT NULL,
                 PRIMARY KEY (service_id, endpoint)
+            );
+            CREATE TABLE IF NOT EXISTS tables (
+                service_id TEXT PRIMARY KEY REFERENCES services (id) ON DELETE CASCADE,
+                data       BLOB NOT NULL,
+                version    INTEGER NOT NULL
             );
             CREATE TABLE IF NOT EXISTS changes (
                 seq      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -822,6 +878,12 @@ public sealed class SqliteStore : IStore
     private static string ServiceKey(string id) => $"services/{id}";
 
     private static string ServerKey(string serviceId, string endpoint) => $"servers/{serviceId}/{endpoint}";
+
+    private static string TableKey(string serviceId) => $"tables/{serviceId}";
+
+    /// <summary>A blob column; text where a hand edit left text (its reader then finds it damaged, rather than the store failing).</summary>
+    private static byte[] Bytes(SqliteDataReader r, int column) =>
+        r.GetValue(column) as byte[] ?? System.Text.Encoding.UTF8.GetBytes(r.GetValue(column)?.ToString() ?? "");
 
     private VirtualService ParseService(SqliteDataReader r, int column, string key)
     {

@@ -13,4 +13,7 @@ public sealed class SqliteStoreOptions
 
     /// <summary>How often a watch re-reads the change log when no in-process write woke it (writes from another process).</summary>
     public TimeSpan WatchPollInterval { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>Computes each service's lookup table in the transaction of the write that changed it (null: no tables).</summary>
+    public ServiceTableDeriver? DeriveTable { get; init; }
 }

@@ -71,7 +71,21 @@ public interface IStore : IAsyncDisposable
 
 public sealed record Versioned<T>(T Value, long Version);
 
-public sealed record StoreItem(VirtualService Service, IReadOnlyList<RealServer> Servers);
+public sealed record StoreItem(VirtualService Service, IReadOnlyList<RealServer> Servers)
+{
+    /// <summary>The service's stored lookup table (see <see cref="ServiceTableDeriver"/>), or null if it has none.</summary>
+    public byte[]? Table { get; init; }
+}
+
+/// <summary>
+/// Computes a service's lookup table from the service, its servers and the table stored before (null if none);
+/// returns null when the service keeps no table. A store given one (its options' <c>DeriveTable</c>) calls it
+/// inside the transaction of every write that changes a service's servers or the service itself, and stores
+/// the result in that same transaction — so a table can depend on its history (the minimal-disruption table)
+/// and still be exactly one per server set, written by the API, the store's only writer. Must be pure and
+/// deterministic: etcd may call it again when a concurrent write made it retry.
+/// </summary>
+public delegate byte[]? ServiceTableDeriver(VirtualService service, IReadOnlyList<RealServer> servers, byte[]? previous);
 
 public sealed record StoreSnapshot(IReadOnlyList<StoreItem> Items, long Revision)
 {

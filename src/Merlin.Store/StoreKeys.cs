@@ -29,6 +29,14 @@ public static class StoreKeys
     /// </summary>
     public static string Settings(string prefix) => $"{prefix}/settings";
 
+    /// <summary>
+    /// A service's stored lookup table (<see cref="ServiceTableDeriver"/>): outside <c>services/</c> and
+    /// <c>servers/</c>, which the Go merlin parses; its watch of the prefix only runs a pass.
+    /// </summary>
+    public static string Table(string prefix, string serviceId) => $"{prefix}/tables/{serviceId}";
+
+    public static string TablesPrefix(string prefix) => $"{prefix}/tables/";
+
     public static string Server(string prefix, string serviceId, string ip, uint port) => $"{prefix}/servers/{serviceId}/{ip}:{port}";
 
     /// <summary>Identity of a service's key, used to refuse two services with the same ip:port:protocol or fwmark.</summary>

@@ -12,7 +12,7 @@ public class HashCommandTests
         Assert.Equal(0, m.ExitCode);
         Assert.Empty(m.Client.Calls);
         Assert.Contains("3 servers, 20000 flows", m.Out);
-        foreach (var name in new[] { "maglev", "sh-4.x", "sh-fixed", "mh" }) Assert.Contains(name, m.Out);
+        foreach (var name in new[] { "maglev", "sh-4.x", "sh-fixed", "mh", "md" }) Assert.Contains(name, m.Out);
         Assert.Contains("add 198.18.0.13:80", m.Out);
         Assert.Contains("drain ", m.Out);
     }
@@ -49,7 +49,32 @@ public class HashCommandTests
         }
     }
 
+    [Fact]
+    public async Task HashSimulate_FewerWeightsThanServers_AreCycled()
+    {
+        var m = await Meradm.RunAsync("hash", "simulate", "--servers", "5", "--weights", "1,2", "--flows", "1000", "-a", "md", "--output", "json");
+
+        Assert.Equal(0, m.ExitCode);
+        using var doc = JsonDocument.Parse(m.Out);
+        var weights = doc.RootElement.GetProperty("algorithms")[0].GetProperty("servers").EnumerateArray().Select(s => s.GetProperty("weight").GetUInt32());
+        Assert.Equal([1u, 2u, 1u, 2u, 1u], weights);
+    }
+
+    [Fact]
+    public async Task HashSimulate_Changes_PrintsMovedOverIdealPerKindOfChange()
+    {
+        var m = await Meradm.RunAsync("hash", "simulate", "-n", "20", "-w", "1,2", "-f", "20000", "--changes", "200", "--seed", "5");
+
+        Assert.Equal(0, m.ExitCode);
+        Assert.Contains("200 random changes from 20 servers (seed 5; weights 1,2)", m.Out);
+        foreach (var kind in new[] { "add", "remove", "drain", "undrain", "reweight", "all" }) Assert.Contains("\n" + kind + " ", m.Out);
+        Assert.Contains("md slots", m.Out);
+        Assert.Contains("after the last change, max / fair share: maglev slots", m.Out);
+    }
+
     [Theory]
+    [InlineData(new[] { "hash", "simulate", "--servers", "3", "--changes", "10", "-a", "mh" }, "\"mh\" cannot run a change sequence")]
+    [InlineData(new[] { "hash", "simulate", "--servers", "3", "--changes", "0" }, "--changes")]
     [InlineData(new[] { "hash", "simulate" }, "--servers is required")]
     [InlineData(new[] { "hash", "simulate", "--servers", "3", "-a", "rr" }, "\"rr\" is not one of maglev")]
     [InlineData(new[] { "hash", "simulate", "--servers", "3", "--weights", "1,x" }, "--weights: \"x\" is not a weight")]

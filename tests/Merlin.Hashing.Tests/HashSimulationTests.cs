@@ -8,7 +8,7 @@ public class HashSimulationTests
     public void ReportsEveryAlgorithm_WithSharesThatAddUp()
     {
         var report = HashSimulation.Run(SimulationServer.Synthetic(5), SyntheticFlows.Generate(20_000, 9));
-        Assert.Equal(["maglev", "sh-4.x", "sh-fixed", "mh"], report.Algorithms.Select(a => a.Name));
+        Assert.Equal(["maglev", "sh-4.x", "sh-fixed", "mh", "md"], report.Algorithms.Select(a => a.Name));
         foreach (var a in report.Algorithms)
         {
             Assert.Equal(5, a.Servers.Count);
@@ -118,6 +118,7 @@ public class HashSimulationTests
         Assert.Contains("add 198.18.0.13:80 w1", text);
         Assert.Contains("max / expected", text);
         Assert.Contains("50.00%", text);   // expected share of the weight-2 server
+        Assert.Contains("remove: moved / fair", text);
     }
 
     [Theory]
@@ -130,5 +131,49 @@ public class HashSimulationTests
         Assert.True(HashAlgorithms.TryParse(name, out var a));
         Assert.Equal(expected, a);
         Assert.False(HashAlgorithms.TryParse("rr", out _));
+    }
+}
+
+public class MinimalDisruptionSimulationTests
+{
+    [Fact]
+    public void RemoveAndDrain_MoveNoFlowNeedlessly_AndAddMovesAboutItsShare()
+    {
+        var report = HashSimulation.Run(SimulationServer.Synthetic(50, Enumerable.Range(0, 50).Select(i => (uint)(1 + i % 3)).ToArray()), SyntheticFlows.Generate(100_000, 5),
+            new SimulationOptions { Algorithms = [HashAlgorithm.MinimalDisruption, HashAlgorithm.Maglev] });
+        var md = report.Algorithms[0];
+        Assert.Equal("md", md.Name);
+        Assert.Equal(0, md.Disruptions.Single(d => d.Change == "remove").Needless);
+        Assert.Equal(0, md.Disruptions.Single(d => d.Change == "drain").Needless);
+        var add = md.Disruptions.Single(d => d.Change == "add");
+        Assert.InRange(add.Moved / add.Ideal, 0.85, 1.15);   // flows sample the slots: a few percent of noise
+        Assert.InRange(md.MaxOverExpected, 1.0, 1.1);
+        var maglev = report.Algorithms[1];
+        Assert.True(maglev.Disruptions.Single(d => d.Change == "remove").Needless > 0);
+    }
+
+    [Fact]
+    public void ChangeSequence_MdMovesAboutTheIdeal_MaglevMore()
+    {
+        var report = ChangeSimulation.Run(40, [1, 2], SyntheticFlows.Generate(50_000, 2), 300, 11);
+        Assert.Equal(300, report.Changes);
+        var maglev = report.Algorithms.Single(a => a.Name == "maglev");
+        var md = report.Algorithms.Single(a => a.Name == "md");
+        var mdAll = md.Kinds.Single(k => k.Kind == "all");
+        Assert.Equal(300, mdAll.Count);
+        Assert.InRange(mdAll.SlotsMovedOverIdeal, 0.95, 1.05);
+        Assert.True(mdAll.WorstSlotsMovedOverIdeal <= 1.05, $"worst {mdAll.WorstSlotsMovedOverIdeal}");
+        Assert.True(maglev.Kinds.Single(k => k.Kind == "all").SlotsMovedOverIdeal > 1.2);
+        Assert.True(md.MaxSlotsOverFair < 1.05);
+        var text = ChangeSimulation.Format(report);
+        Assert.Contains("300 random changes from 40 servers (seed 11; weights 1,2)", text);
+        Assert.Contains("md slots", text);
+    }
+
+    [Fact]
+    public void ChangeSequence_IsDeterministic()
+    {
+        var flows = SyntheticFlows.Generate(10_000, 4);
+        Assert.Equal(ChangeSimulation.Format(ChangeSimulation.Run(10, [1], flows, 100, 3)), ChangeSimulation.Format(ChangeSimulation.Run(10, [1], flows, 100, 3)));
     }
 }

@@ -47,4 +47,16 @@ public class SchedulersTests
         Assert.Null(Schedulers.ParseFlags("mh", ["mh-port", "mh-fallback"], "f", out var parsed));
         Assert.Equal(["mh-fallback", "mh-port"], Schedulers.FlagNames("mh", parsed));
     }
+
+    [Fact]
+    public void MdTable_IsMhsThirdFlag_AndSelectsTheStoredTable()
+    {
+        Assert.Null(Schedulers.ParseFlags("mh", ["mh-port", "md-table"], "f", out var parsed));
+        Assert.Equal(SchedulerFlags.Flag2 | SchedulerFlags.Flag3, parsed);
+        Assert.Equal(["mh-port", "md-table"], Schedulers.FlagNames("mh", parsed));
+        Assert.Equal(["flag-2", "flag-3"], Schedulers.AliasNames(parsed));   // stored as the Go merlin spells it
+        Assert.True(Schedulers.UsesStoredTable(new ServiceConfig { Scheduler = "mh", Flags = parsed }));
+        Assert.False(Schedulers.UsesStoredTable(new ServiceConfig { Scheduler = "mh", Flags = SchedulerFlags.Flag2 }));
+        Assert.NotNull(Schedulers.ParseFlags("sh", ["md-table"], "f", out _));
+    }
 }

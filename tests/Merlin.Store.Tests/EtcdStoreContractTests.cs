@@ -17,4 +17,13 @@ public sealed class EtcdStoreContractTests(EtcdFixture etcd) : StoreContractTest
         }));
 
     protected override Task CompactAsync(IStore store, long revision) => ((EtcdStore)store).CompactAsync(revision, Ct);
+
+    protected override Task<IStore> OpenWithTablesAsync(ServiceTableDeriver derive) =>
+        Task.FromResult<IStore>(new EtcdStore(new EtcdStoreOptions
+        {
+            Endpoints = [etcd.Server.Endpoint],
+            Prefix = _prefix + "-tables",
+            Timeout = TimeSpan.FromSeconds(5),
+            DeriveTable = derive,
+        }));
 }

@@ -16,6 +16,9 @@ public sealed class SqliteStoreContractTests : StoreContractTests
 
     protected override Task CompactAsync(IStore store, long revision) => ((SqliteStore)store).CompactHistoryAsync(revision, Ct);
 
+    protected override Task<IStore> OpenWithTablesAsync(ServiceTableDeriver derive) =>
+        Task.FromResult<IStore>(new SqliteStore(_dir.File("tables.db"), new SqliteStoreOptions { WatchPollInterval = TimeSpan.FromSeconds(10), DeriveTable = derive }));
+
     public override async ValueTask DisposeAsync()
     {
         await base.DisposeAsync();

@@ -21,6 +21,9 @@ public abstract class StoreContractTests : IAsyncLifetime
     /// <summary>Drops the change history through <paramref name="revision"/> (etcd compaction).</summary>
     protected abstract Task CompactAsync(IStore store, long revision);
 
+    /// <summary>Opens another fresh, empty store, beside this test's, that derives lookup tables with <paramref name="derive"/>.</summary>
+    protected abstract Task<IStore> OpenWithTablesAsync(ServiceTableDeriver derive);
+
     public virtual async ValueTask InitializeAsync() => _store = await OpenAsync();
 
     public virtual async ValueTask DisposeAsync()
@@ -683,6 +686,92 @@ public abstract class StoreContractTests : IAsyncLifetime
         {
             return e;
         }
+    }
+
+    // ------------------------------------------------------------ lookup tables
+
+    /// <summary>
+    /// A stand-in for the API's table: what it was computed from, as text, so a test reads the inputs back.
+    /// Only services with scheduler mh keep one.
+    /// </summary>
+    private static byte[]? DeriveForTest(VirtualService service, IReadOnlyList<RealServer> servers, byte[]? previous) =>
+        service.Config.Scheduler != "mh" ? null : System.Text.Encoding.UTF8.GetBytes(
+            $"after {previous?.Length ?? 0}: " + string.Join(",", servers.Select(s => $"{s.Key.Ip}:{s.Key.Port}={s.Config.Weight}")));
+
+    private static string? TableText(StoreSnapshot snapshot, string id) =>
+        snapshot.Items.Single(i => i.Service.Id == id).Table is { } t ? System.Text.Encoding.UTF8.GetString(t) : null;
+
+    [Fact]
+    public async Task Tables_FollowEveryServerWrite_InTheSameRevision_FromThePreviousTable()
+    {
+        await using var store = await OpenWithTablesAsync(DeriveForTest);
+        await store.CreateServiceAsync(Service("web", "198.18.0.1", 80, scheduler: "mh"), Ct);
+        var start = (await store.ListAsync(Ct)).Revision;
+        await store.CreateServerAsync(Server("web", "198.18.1.2", 80, weight: 1), Ct);
+        await store.CreateServerAsync(Server("web", "198.18.1.1", 80, weight: 2), Ct);
+        var first = await store.ListAsync(Ct);
+        var had = TableText(first, "web")!;
+        Assert.Equal($"after {"after 0: 198.18.1.2:80=1".Length}: 198.18.1.1:80=2,198.18.1.2:80=1", had);
+
+        var server = await store.GetServerAsync("web", "198.18.1.1", 80, Ct);
+        var drained = server!.Value.Clone();
+        drained.Config.Weight = 0;
+        await store.UpdateServerAsync(drained, server.Version, Ct);
+        Assert.Equal($"after {had.Length}: 198.18.1.1:80=0,198.18.1.2:80=1", TableText(await store.ListAsync(Ct), "web"));
+
+        var now = await store.GetServerAsync("web", "198.18.1.1", 80, Ct);
+        await store.DeleteServerAsync("web", "198.18.1.1", 80, now!.Version, Ct);
+        await store.DeleteServerAsync("web", "198.18.1.2", 80, Ct);
+        var last = await store.ListAsync(Ct);
+        Assert.EndsWith(": ", TableText(last, "web"));
+
+        // Each write's table change carries the write's own revision: one transaction.
+        var changes = await CollectAsync(store.WatchAsync(start, Ct), until: c => c.Revision == last.Revision && c.Key == "tables/web");
+        foreach (var revision in changes.Select(c => c.Revision).Distinct())
+        {
+            var keys = changes.Where(c => c.Revision == revision).Select(c => c.Key).ToList();
+            Assert.Contains("tables/web", keys);
+            Assert.Contains(keys, k => k.StartsWith("servers/web/", StringComparison.Ordinal));
+        }
+        Assert.Equal(5, changes.Select(c => c.Revision).Distinct().Count());   // two creates, an update, two deletes
+
+        await store.DeleteServiceAsync("web", Ct);
+        Assert.Empty((await store.ListAsync(Ct)).Items);
+        await store.CreateServiceAsync(Service("web", "198.18.0.1", 80, scheduler: "mh"), Ct);
+        await store.CreateServerAsync(Server("web", "198.18.1.3", 80), Ct);
+        Assert.Equal("after 0: 198.18.1.3:80=1", TableText(await store.ListAsync(Ct), "web"));
+    }
+
+    [Fact]
+    public async Task Tables_GoAwayWhenTheServiceNoLongerKeepsOne_AndStoresWithoutADeriverKeepNone()
+    {
+        await using var store = await OpenWithTablesAsync(DeriveForTest);
+        await store.CreateServiceAsync(Service("web", "198.18.0.1", 80, scheduler: "mh"), Ct);
+        await store.CreateServerAsync(Server("web", "198.18.1.1", 80), Ct);
+        Assert.NotNull(TableText(await store.ListAsync(Ct), "web"));
+        var service = await store.GetServiceAsync("web", Ct);
+        var sh = service!.Value.Clone();
+        sh.Config.Scheduler = "sh";
+        await store.UpdateServiceAsync(sh, service.Version, Ct);
+        Assert.Null(TableText(await store.ListAsync(Ct), "web"));
+
+        await Store.CreateServiceAsync(Service("plain", "198.18.0.2", 80, scheduler: "mh"), Ct);
+        await Store.CreateServerAsync(Server("plain", "198.18.1.1", 80), Ct);
+        Assert.Null(TableText(await Store.ListAsync(Ct), "plain"));
+    }
+
+    [Fact]
+    public async Task Tables_FailedWritesLeaveTheTableAsItWas()
+    {
+        await using var store = await OpenWithTablesAsync(DeriveForTest);
+        await store.CreateServiceAsync(Service("web", "198.18.0.1", 80, scheduler: "mh"), Ct);
+        await store.CreateServerAsync(Server("web", "198.18.1.1", 80), Ct);
+        var before = await store.ListAsync(Ct);
+        await Assert.ThrowsAsync<AlreadyExistsException>(() => store.CreateServerAsync(Server("web", "198.18.1.1", 80, weight: 5), Ct));
+        await Assert.ThrowsAsync<ConflictException>(() => store.UpdateServerAsync(Server("web", "198.18.1.1", 80, weight: 5), 1, Ct));
+        await Assert.ThrowsAsync<NotFoundException>(() => store.DeleteServerAsync("web", "198.18.1.9", 80, Ct));
+        await Assert.ThrowsAsync<NotFoundException>(() => store.CreateServerAsync(Server("nope", "198.18.1.1", 80), Ct));
+        Assert.Equal(TableText(before, "web"), TableText(await store.ListAsync(Ct), "web"));
     }
 
     protected static Task<List<StoreChange>> CollectAsync(IAsyncEnumerable<StoreChange> changes, int count) =>

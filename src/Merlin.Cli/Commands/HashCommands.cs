@@ -25,11 +25,12 @@ internal static class HashCommands
         var tableSize = Parsers.UInt("--table-size", [], "Maglev table size (a prime; default the smallest of the fixed list ≥ 100 × servers)", min: 3, max: (uint)MaglevTable.MaxSize);
         var hashSeed = Parsers.Option<uint>("--hash-seed", [], "jhash seed of the nftables dataplane, hex [default: 0]", TryParseHex, "hex");
         var noPort = new Option<bool>("--no-port") { Description = "Hash the client address only (no sh-port / mh-port)" };
-        var algorithms = Parsers.List("--algorithms", ["-a"], "Which to compare: maglev, sh-4.x, sh-fixed, mh [default: all]", "a,b");
+        var algorithms = Parsers.List("--algorithms", ["-a"], "Which to compare: maglev, sh-4.x, sh-fixed, mh, md [default: all; with --changes: maglev, md]", "a,b");
+        var changes = Parsers.UInt("--changes", [], "Instead of one add/remove/drain: this many random changes (add, remove, drain, undrain, reweight; seeded by --seed) through maglev and md, with moved / ideal per kind of change", min: 1, max: 100_000);
 
-        var simulate = new Command("simulate", "Compare flow spread and disruption of maglev, sh (4.x and fixed) and mh")
+        var simulate = new Command("simulate", "Compare flow spread and disruption of maglev, sh (4.x and fixed), mh and md (the minimal-disruption table)")
         {
-            servers, weights, flows, flowsFile, seed, pattern, tableSize, hashSeed, noPort, algorithms,
+            servers, weights, flows, flowsFile, seed, pattern, tableSize, hashSeed, noPort, algorithms, changes,
         };
         simulate.SetAction(result =>
         {
@@ -43,7 +44,14 @@ internal static class HashCommands
                 weightList.Add(parsed);
             }
             var selected = new List<HashAlgorithm>();
-            foreach (var a in (result.GetValue(algorithms) ?? []).SelectMany(t => t.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)))
+            var names = (result.GetValue(algorithms) ?? []).SelectMany(t => t.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToList();
+            if (result.IsGiven(changes))
+            {
+                foreach (var a in names)
+                    if (!ChangeSimulation.Algorithms.Contains(a.ToLowerInvariant()))
+                        return ctx.UsageError($"--algorithms: \"{a}\" cannot run a change sequence (one of {string.Join(", ", ChangeSimulation.Algorithms)})");
+            }
+            foreach (var a in result.IsGiven(changes) ? [] : names)
             {
                 if (!HashAlgorithms.TryParse(a, out var algorithm))
                     return ctx.UsageError($"--algorithms: \"{a}\" is not one of {string.Join(", ", HashAlgorithms.All.Select(x => x.Name()))}");
@@ -85,7 +93,18 @@ internal static class HashCommands
             if (options.MaglevTableSize is { } m && MaglevTable.ValidateSize(m, count) is { } sizeError)
                 return ctx.UsageError($"--table-size: {sizeError}");
 
-            var report = HashSimulation.Run(SimulationServer.Synthetic(count, weightList.Count > 0 ? weightList : null), flowSet, options);
+            if (result.IsGiven(changes))
+            {
+                var sequence = ChangeSimulation.Run(count, weightList, flowSet, (int)result.GetValue(changes), result.IsGiven(seed) ? result.GetValue(seed) : 1, options,
+                    names.Count > 0 ? names.Select(a => a.ToLowerInvariant()).Distinct().ToList() : null);
+                if (ctx.Output(result) == OutputFormat.Json) Json.Write(ctx.Out, sequence);
+                else ctx.Out.Write(ChangeSimulation.Format(sequence));
+                return CliContext.Ok;
+            }
+
+            // Cycled, as --help promises (the simulator itself takes one weight or one per server).
+            var cycled = weightList.Count == 0 ? null : Enumerable.Range(0, count).Select(i => weightList[i % weightList.Count]).ToList();
+            var report = HashSimulation.Run(SimulationServer.Synthetic(count, cycled), flowSet, options);
             if (ctx.Output(result) == OutputFormat.Json) Json.Write(ctx.Out, report);
             else ctx.Out.Write(SimulationFormatter.Format(report));
             return CliContext.Ok;

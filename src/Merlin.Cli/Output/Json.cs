@@ -8,6 +8,7 @@ namespace Merlin.Cli.Output;
 [JsonSerializable(typeof(ServiceList))]
 [JsonSerializable(typeof(StatusView))]
 [JsonSerializable(typeof(Merlin.Hashing.SimulationReport))]
+[JsonSerializable(typeof(Merlin.Hashing.ChangeSimulationReport))]
 internal sealed partial class CliJsonContext : JsonSerializerContext;
 
 /// <summary><c>--output json</c>: the view records, camelCase, every field present (null when it does not apply).</summary>
@@ -24,6 +25,9 @@ public static class Json
 
     public static void Write(TextWriter writer, StatusView status) =>
         writer.WriteLine(JsonSerializer.Serialize(status, Options.GetTypeInfo(typeof(StatusView))));
+
+    public static void Write(TextWriter writer, Merlin.Hashing.ChangeSimulationReport report) =>
+        writer.WriteLine(JsonSerializer.Serialize(report, Options.GetTypeInfo(typeof(Merlin.Hashing.ChangeSimulationReport))));
 
     public static void Write(TextWriter writer, Merlin.Hashing.SimulationReport report) =>
         writer.WriteLine(JsonSerializer.Serialize(report, Options.GetTypeInfo(typeof(Merlin.Hashing.SimulationReport))));

@@ -294,7 +294,11 @@ internal static class LayoutBuilder
     public static string MarkerComment(string fingerprint) => $"merlin v1 {fingerprint}";
 
     internal sealed record ServicePlan(ServiceKey Key, bool Dsr, int Size, string Shape, string ContentKey, string Variant,
-        IReadOnlyList<Backend> Backends);
+        IReadOnlyList<Backend> Backends)
+    {
+        /// <summary>The stored minimal-disruption table the slots come from; null: Maglev.</summary>
+        public MinimalDisruptionTable? Table { get; init; }
+    }
 
     internal sealed record Backend(string Id, uint Weight, string Value, string? Mac);
 
@@ -353,14 +357,45 @@ internal static class LayoutBuilder
         }
 
         if (same is not null) return same;
+        var table = StoredTable(service, set, issues);
         bool saddrOnly = service.Config.PersistenceTimeout > 0 ||
             (service.Config.Scheduler is "sh" or "mh" && !service.Config.Flags.HasFlag(SchedulerFlags.Flag2));
         string family = key.Family == IpFamily.V6 ? "6" : "4";
         var (shape, contentKey) = set.Keys(family);
+        int size = set.Size;
+        if (table is not null)
+        {
+            // The stored table decides M and the slots: services share a map only when their tables are equal too.
+            size = table.Size;
+            shape = set.Dsr ? $"dsr M={size}" : $"nat{family} M={size}";
+            contentKey = $"{shape} {set.Content} md={table.HashText}";
+        }
         string variant = set.Dsr
             ? $"{family}{(saddrOnly ? "s" : "p")}{(service.Config.OnePacket ? "u" : "")}"
             : saddrOnly ? "s" : "p";
-        return new ServicePlan(key, set.Dsr, set.Size, shape, contentKey, variant, set.Usable);
+        return new ServicePlan(key, set.Dsr, size, shape, contentKey, variant, set.Usable) { Table = table };
+    }
+
+    /// <summary>
+    /// The service's stored minimal-disruption table, if it is an md-table service that has one. One that does
+    /// not decode (damaged, wrong size) is reported and replaced by the table computed from nothing for the
+    /// current servers — what every node computes, and what the API stores on the next write — never used in part.
+    /// </summary>
+    private static MinimalDisruptionTable? StoredTable(ServiceState service, SetPlan set, List<NftablesIssue> issues)
+    {
+        if (!Schedulers.UsesStoredTable(service.Config) || service.Config.Table is not { } stored) return null;
+        try
+        {
+            return MinimalDisruptionTable.Decode(stored.Bytes);
+        }
+        catch (TableFormatException e)
+        {
+            var members = service.Servers
+                .Where(kv => kv.Value.Forward == (set.Dsr ? ForwardMethod.Route : ForwardMethod.Masq))
+                .Select(kv => (Endpoints.Format(kv.Key.Address, kv.Key.Port), kv.Value.Weight)).ToList();
+            issues.Add(new(service.Key, null, $"stored md-table is unusable ({e.Message}); programmed the table computed from nothing until the API stores a new one"));
+            return MinimalDisruptionTable.Build(members);
+        }
     }
 
     /// <summary>
@@ -900,12 +935,50 @@ internal static class LayoutBuilder
 
     private static SetContent Slots(ServicePlan plan)
     {
+        if (plan.Table is { } stored) return StoredSlots(plan, stored);
         var values = new string?[plan.Size];
         var active = plan.Backends.Where(b => b.Weight > 0).ToList();
         if (active.Count == 0) return new SlotContent(values);
         var table = MaglevTable.Build(active.Select(b => (b.Id, b.Weight)).ToList(), plan.Size);
         for (int i = 0; i < table.Length; i++)
             if (table[i] >= 0) values[i] = active[table[i]].Value;
+        return new SlotContent(values);
+    }
+
+    /// <summary>
+    /// The map from a stored table: each slot to its owner's value (MAC for DSR, address . port for NAT). A slot
+    /// whose owner this node cannot use — weight 0 here (health check down), MAC unknown, no longer a server —
+    /// takes the owner of the next slot it can use, so nodes that agree on those program the same map.
+    /// </summary>
+    private static SetContent StoredSlots(ServicePlan plan, MinimalDisruptionTable table)
+    {
+        var byId = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var b in plan.Backends)
+            if (b.Weight > 0) byId[b.Id] = b.Value;
+        var owners = new string?[table.Servers.Count];
+        for (int i = 0; i < owners.Length; i++)
+        {
+            var id = table.Servers[i].Id;
+            // DSR backends are named by address (one server per address); the table by endpoint.
+            if (plan.Dsr && Endpoints.TryParse(id, out var address, out _, out _)) id = address.ToString();
+            owners[i] = byId.GetValueOrDefault(id);
+        }
+        var values = new string?[table.Size];
+        var slots = table.Owners;
+        int last = -1;
+        for (int s = 0; s < values.Length; s++)
+        {
+            if (slots[s] >= 0 && owners[slots[s]] is { } v) { values[s] = v; last = s; }
+        }
+        if (last < 0) return new SlotContent(values);
+        // Fill the gaps backwards from each usable slot, wrapping: a gap takes the next usable owner.
+        string? next = values[last];
+        for (int k = 0; k < values.Length; k++)
+        {
+            int s = (last - k + values.Length) % values.Length;
+            if (values[s] is { } v) next = v;
+            else values[s] = next;
+        }
         return new SlotContent(values);
     }
 
