@@ -28,7 +28,7 @@ public sealed partial class PackageInstallTests
         "/lib/systemd/system/merlin.service", "/lib/systemd/system/merlin-agent.service", "/lib/systemd/system/merlin-k8s.service",
         "/usr/share/doc/merlin", "/usr/share/doc/merlin-agent", "/usr/share/doc/merlin-k8s",
         "/usr/share/lintian/overrides/merlin", "/usr/share/lintian/overrides/merlin-agent", "/usr/share/lintian/overrides/merlin-k8s",
-        "/usr/share/man/man8/merlin.8.gz", "/usr/share/man/man1/meradm.1.gz",
+        "/usr/share/man/man8/merlin.8.gz", "/usr/share/man/man1/meradm.1.gz", "/usr/share/man/man8/merlin-agent.8.gz", "/usr/share/man/man8/merlin-k8s.8.gz",
         "/usr/share/bash-completion/completions/meradm", "/usr/share/zsh/vendor-completions/_meradm",
     ];
 
@@ -42,7 +42,7 @@ public sealed partial class PackageInstallTests
     public async Task Packages_InstallRunUpgradeRemovePurge_WithoutDroppingTheKernelState()
     {
         Requires.Root();
-        foreach (var (tool, package) in new[] { ("dpkg-deb", "dpkg"), ("lintian", "lintian"), ("systemd-analyze", "systemd"), ("setpriv", "util-linux"), ("nft", "nftables"), ("curl", "curl") })
+        foreach (var (tool, package) in new[] { ("dpkg-deb", "dpkg"), ("lintian", "lintian"), ("systemd-analyze", "systemd"), ("setpriv", "util-linux"), ("nft", "nftables"), ("curl", "curl"), ("man", "man-db") })
             Requires.Command(tool, $"apt-get install {package}; scripts/setup installs it");
         if (Packages.FirstOrDefault(IsInstalled) is { } installed)
             Requires.Missing($"a machine without the {installed} package (this test installs and purges it)");
@@ -73,6 +73,14 @@ public sealed partial class PackageInstallTests
             Assert.Contains("/etc/merlin/merlin.json", Succeeds("dpkg-query", ["-W", "-f", "${Conffiles}", "merlin"]));
             Assert.Matches(@"^\d+\.\d+\.\d+", Succeeds("/usr/bin/merlin", ["--version"]));
             Assert.Equal(Succeeds("/usr/bin/merlin", ["--version"]), Succeeds("/usr/bin/meradm", ["--version"]));
+            // What man and the shell show an operator: pages for every program, meradm's commands completed by meradm itself.
+            Assert.Contains("service add", Succeeds("man", ["-P", "cat", "-l", "/usr/share/man/man1/meradm.1.gz"]));
+            Assert.Contains("--store-backend", Succeeds("man", ["-P", "cat", "-l", "/usr/share/man/man8/merlin.8.gz"]));
+            Assert.Contains("--drain-period", Succeeds("man", ["-P", "cat", "-l", "/usr/share/man/man8/merlin-agent.8.gz"]));
+            Assert.Contains("--merlin-api", Succeeds("man", ["-P", "cat", "-l", "/usr/share/man/man8/merlin-k8s.8.gz"]));
+            Assert.Equal("server\nservice", Succeeds("bash", ["-c",
+                "source /usr/share/bash-completion/completions/meradm; COMP_LINE='meradm se'; COMP_POINT=9; COMP_WORDS=(meradm se); COMP_CWORD=1; " +
+                "PATH=/usr/bin:$PATH _meradm; printf '%s\\n' \"${COMPREPLY[@]}\""]));
 
             using var ns = new ScratchNamespace("pkg");
             // The DSR interface: a veth pair inside the namespace (this kernel has no dummy driver).
