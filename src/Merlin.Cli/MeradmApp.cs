@@ -35,6 +35,9 @@ public sealed class MeradmApp
         _root.Subcommands.Add(HashCommands.Create(_ctx));
     }
 
+    /// <summary>The command tree: what --help, the [suggest] completions and the man page (tools/Merlin.ManPages) are made from.</summary>
+    public RootCommand Root => _root;
+
     public static Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, MerlinClientFactory? clientFactory = null, CancellationToken ct = default) =>
         new MeradmApp(stdout, stderr, clientFactory).RunAsync(args, ct);
 

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Net;
+using System.Reflection;
 using Merlin.Model;
 using Microsoft.Extensions.Configuration;
 
@@ -110,6 +111,13 @@ public sealed record DaemonOptions
         ["--log-level"] = "log-level",
         ["--config"] = "config",
     };
+
+    /// <summary>
+    /// What <c>merlin --version</c> prints: the informational version (Directory.Build.props' Version and the git commit),
+    /// the same text as System.CommandLine's --version in meradm, merlin-agent and merlin-k8s.
+    /// </summary>
+    public static string Version =>
+        typeof(DaemonOptions).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown";
 
     public static readonly IReadOnlyList<string> Dataplanes = ["none", "ipvs", "nftables", "auto"];
 

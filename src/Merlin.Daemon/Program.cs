@@ -9,6 +9,12 @@ try
     {
         Console.WriteLine("merlin: the Merlin load-balancer daemon\n\nFlags (also MERLIN_<FLAG> environment variables, or a JSON --config file):");
         foreach (var flag in DaemonOptions.Flags.Keys) Console.WriteLine($"  {flag}");
+        Console.WriteLine("  --version\n  --help");
+        return 0;
+    }
+    if (args.Contains("--version"))
+    {
+        Console.WriteLine(DaemonOptions.Version);
         return 0;
     }
     options = DaemonOptions.From(DaemonOptions.BuildConfiguration(args));

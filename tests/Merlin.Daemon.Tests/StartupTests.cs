@@ -27,6 +27,21 @@ public sealed class StartupTests : IDisposable
     }
 
     [Fact]
+    public async Task Version_PrintsTheReleaseAndCommit_TheSameAsMeradm()
+    {
+        var (code, stdout, stderr) = await MerlinProcess.RunAsync(Limit, "--version");
+        var meradmOut = new StringWriter();
+        var meradmCode = await Merlin.Cli.MeradmApp.RunAsync(["--version"], meradmOut, new StringWriter(), ct: TestContext.Current.CancellationToken);
+
+        Assert.Equal(0, code);
+        Assert.Equal("", stderr);
+        // Directory.Build.props' Version, then the commit the SDK appends: one release string for every program.
+        Assert.Matches(@"^\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?(\+[0-9a-f]{7,40})?$", stdout.Trim());
+        Assert.Equal(0, meradmCode);
+        Assert.Equal(stdout.Trim(), meradmOut.ToString().Trim());
+    }
+
+    [Fact]
     public async Task StateDirIsAFile_ExitsWith2_NamingTheFlag()
     {
         var file = _dir.File("state-file");
