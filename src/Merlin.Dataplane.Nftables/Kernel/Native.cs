@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 
-/// <summary>The few libc calls the netlink reader, the namespace switch and the libnftables runner need.</summary>
+/// <summary>The few libc calls the netlink reader needs.</summary>
 internal static unsafe partial class Native
 {
     public const int AF_NETLINK = 16;
@@ -56,20 +56,4 @@ internal static unsafe partial class Native
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial int close(int fd);
-
-    public const uint MFD_CLOEXEC = 1;
-    public const int EINTR = 4;
-
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int setns(int fd, int nstype);
-
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int memfd_create(string name, uint flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial nint write(int fd, byte* buffer, nint length);
-
-    /// <summary>Returns free heap memory to the kernel (glibc): after a large transaction, libnftables' parse and cache are freed but stay in the heap.</summary>
-    [LibraryImport("libc")]
-    public static partial int malloc_trim(nuint pad);
 }
