@@ -5,6 +5,7 @@ using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Dataplane.Nftables.Neighbours;
 using Merlin.Model;
+using Merlin.Netlink;
 using Merlin.Reconciler;
 using Microsoft.Extensions.Logging;
 

@@ -1,8 +1,8 @@
-using System.Buffers.Binary;
 using System.Net;
 using System.Net.NetworkInformation;
 using System.Text.Json;
 using Merlin.Dataplane.Nftables.Kernel;
+using Merlin.Netlink;
 
 namespace Merlin.Dataplane.Nftables.Neighbours;
 
@@ -39,11 +39,12 @@ internal sealed class IpNeighbours(NftablesOptions options, ICommandRunner runne
         {
             return await Task.Run(() =>
             {
-                using var socket = NetfilterSocket.OpenRoute(options.NetworkNamespace);
-                return RouteReader.Link(socket, device)?.Mac;
+                using var client = OpenRoute();
+                var mac = Rtnetlink.Link(client, device)?.Address;
+                return mac is not null && TryMac(Text(mac.GetAddressBytes()), out var usable) ? usable : null;
             }, ct);
         }
-        catch (Exception e) when (e is IOException or InvalidDataException)
+        catch (Exception e) when (e is NetlinkException or NetlinkTimeoutException or NetlinkDecodeException)
         {
             return await IpLinkAddressAsync(device, ct);
         }
@@ -65,13 +66,13 @@ internal sealed class IpNeighbours(NftablesOptions options, ICommandRunner runne
         {
             var entries = await Task.Run(() =>
             {
-                using var socket = NetfilterSocket.OpenRoute(options.NetworkNamespace);
-                var link = RouteReader.Link(socket, device) ?? throw new IOException($"no interface {device}");
-                return RouteReader.Neighbours(socket, link.Index);
+                using var client = OpenRoute();
+                var link = Rtnetlink.Link(client, device) ?? throw new IOException($"no interface {device}");
+                return Usable(Rtnetlink.Neighbours(client, link.Index));
             }, ct);
             return entries;
         }
-        catch (Exception e) when (e is IOException or InvalidDataException)
+        catch (Exception e) when (e is IOException or NetlinkException or NetlinkTimeoutException or NetlinkDecodeException)
         {
             return await IpReadAsync(device, ct);
         }
@@ -143,65 +144,22 @@ internal sealed class IpNeighbours(NftablesOptions options, ICommandRunner runne
         mac = parsed;
         return true;
     }
-}
 
-/// <summary>Links and neighbours over NETLINK_ROUTE, decoded as <see cref="IpNeighbours"/>' <c>ip -j</c> readers decode them.</summary>
-internal static class RouteReader
-{
-    private const ushort RTM_GETLINK = 18, RTM_GETNEIGH = 30;
-    private const ushort NUD_INCOMPLETE = 0x01, NUD_FAILED = 0x20, NUD_NOARP = 0x40;
-    private const int IfInfoLength = 16, NdMsgLength = 12;
+    private NetlinkClient OpenRoute() => NetlinkClient.Open(Netlink.Netlink.ProtocolRoute, new NetlinkSocketOptions { NetworkNamespace = options.NetworkNamespace });
 
-    /// <summary>The interface's index and MAC (null if it has none), or null if there is no such interface.</summary>
-    public static (int Index, PhysicalAddress? Mac)? Link(NetfilterSocket socket, string device)
+    /// <summary>
+    /// The entries <c>ip neigh show</c> would list with a usable MAC: in some state other than NOARP (its
+    /// default filter; NOARP entries are multicast and the like), and of those not FAILED or INCOMPLETE.
+    /// </summary>
+    internal static Dictionary<IPAddress, PhysicalAddress> Usable(IEnumerable<NeighbourEntry> entries)
     {
-        var attributes = new AttributeWriter().String(3, device).ToArray();   // IFLA_IFNAME
-        var payload = new byte[IfInfoLength + attributes.Length];             // struct ifinfomsg, zeroed: any family, index 0
-        attributes.CopyTo(payload, IfInfoLength);
-        List<ReadOnlyMemory<byte>> replies;
-        try
+        var usable = new Dictionary<IPAddress, PhysicalAddress>();
+        foreach (var entry in entries)
         {
-            replies = socket.RequestRaw(RTM_GETLINK, dump: false, payload);
+            if ((entry.State & 0xff & ~Rtnetlink.StateNoArp) == 0 || (entry.State & (Rtnetlink.StateIncomplete | Rtnetlink.StateFailed)) != 0) continue;
+            if (entry.LinkAddress is { } mac && TryMac(Text(mac.GetAddressBytes()), out var m)) usable[entry.Address] = m;
         }
-        catch (NetlinkException e) when (e.Errno is 19 or NetlinkException.ENOENT)   // ENODEV
-        {
-            return null;
-        }
-        foreach (var reply in replies)
-        {
-            if (reply.Length < IfInfoLength) continue;
-            int index = BinaryPrimitives.ReadInt32LittleEndian(reply.Span[4..]);
-            PhysicalAddress? mac = null;
-            foreach (var a in NlAttribute.Parse(reply[IfInfoLength..]))
-                if (a.Type == 1 && IpNeighbours.TryMac(Text(a.Value.Span), out var m)) mac = m;   // IFLA_ADDRESS
-            return (index, mac);
-        }
-        return null;
-    }
-
-    /// <summary>Every neighbour of interface <paramref name="index"/> with a usable link-layer address (not FAILED or INCOMPLETE).</summary>
-    public static Dictionary<IPAddress, PhysicalAddress> Neighbours(NetfilterSocket socket, int index)
-    {
-        var entries = new Dictionary<IPAddress, PhysicalAddress>();
-        foreach (var reply in socket.RequestRaw(RTM_GETNEIGH, dump: true, new byte[NdMsgLength]))   // struct ndmsg: AF_UNSPEC, both families
-        {
-            if (reply.Length < NdMsgLength) continue;
-            var span = reply.Span;
-            if (BinaryPrimitives.ReadInt32LittleEndian(span[4..]) != index) continue;
-            // As `ip neigh show`: entries in some state other than NOARP (its default filter; NOARP
-            // entries are multicast and the like), and of those not FAILED or INCOMPLETE.
-            int state = BinaryPrimitives.ReadUInt16LittleEndian(span[8..]);
-            if ((state & 0xff & ~NUD_NOARP) == 0 || (state & (NUD_INCOMPLETE | NUD_FAILED)) != 0) continue;
-            IPAddress? address = null;
-            PhysicalAddress? mac = null;
-            foreach (var a in NlAttribute.Parse(reply[NdMsgLength..]))
-            {
-                if (a.Type == 1 && a.Value.Length is 4 or 16) address = new IPAddress(a.Value.Span);   // NDA_DST
-                else if (a.Type == 2 && IpNeighbours.TryMac(Text(a.Value.Span), out var m)) mac = m;    // NDA_LLADDR
-            }
-            if (address is not null && mac is not null) entries[address] = mac;
-        }
-        return entries;
+        return usable;
     }
 
     /// <summary>A link-layer address as ip prints it (aa:bb:…), so both readers apply the same rules.</summary>
