@@ -106,4 +106,50 @@ public static class Rtnetlink
         }, (entries, interfaceIndex));
         return entries;
     }
+
+    /// <summary>
+    /// RTM_NEWNEIGH for a managed entry (NLM_F_CREATE | NLM_F_REPLACE, NUD_NONE, NDA_FLAGS_EXT
+    /// NTF_EXT_MANAGED): the kernel resolves <paramref name="address"/> now and keeps it resolved (Linux
+    /// 5.16+), as <c>ip neigh replace ADDRESS dev DEV managed</c> asks.
+    /// </summary>
+    public static void WriteManagedNeighbour(NetlinkWriter w, int interfaceIndex, IPAddress address)
+    {
+        var mark = Neighbour(w, NewNeighbour, NetlinkFlags.Replace | NetlinkFlags.Create, interfaceIndex, address, 0, 0);
+        w.WriteUInt32(NeighbourAttributeFlagsExtended, ExtendedFlagManaged);
+        w.EndMessage(mark);
+    }
+
+    /// <summary>
+    /// RTM_NEWNEIGH with NTF_USE (NLM_F_CREATE | NLM_F_REPLACE): one resolution of <paramref name="address"/>
+    /// now, as a packet to it would start, for kernels without managed entries; as <c>ip neigh replace
+    /// ADDRESS dev DEV use</c> asks.
+    /// </summary>
+    public static void WriteResolveNeighbourOnce(NetlinkWriter w, int interfaceIndex, IPAddress address) =>
+        w.EndMessage(Neighbour(w, NewNeighbour, NetlinkFlags.Replace | NetlinkFlags.Create, interfaceIndex, address, StatePermanent, FlagUse));
+
+    /// <summary>RTM_DELNEIGH for <paramref name="address"/> on the interface, as <c>ip neigh del ADDRESS dev DEV</c> asks.</summary>
+    public static void WriteDeleteNeighbour(NetlinkWriter w, int interfaceIndex, IPAddress address) =>
+        w.EndMessage(Neighbour(w, DeleteNeighbour, NetlinkFlags.None, interfaceIndex, address, StatePermanent, 0));
+
+    /// <summary>nlmsghdr (REQUEST | ACK | <paramref name="flags"/>), struct ndmsg and NDA_DST; the caller ends the message.</summary>
+    private static MessageMark Neighbour(NetlinkWriter w, ushort type, NetlinkFlags flags, int interfaceIndex, IPAddress address, ushort state, byte ndmFlags)
+    {
+        var family = address.AddressFamily switch
+        {
+            System.Net.Sockets.AddressFamily.InterNetwork => PosixSocket.InterNetwork,
+            System.Net.Sockets.AddressFamily.InterNetworkV6 => PosixSocket.InterNetworkV6,
+            _ => throw new ArgumentException($"neighbour address {address}: not IPv4 or IPv6", nameof(address)),
+        };
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(interfaceIndex);
+        var mark = w.BeginMessage(type, NetlinkFlags.Request | NetlinkFlags.Ack | flags);
+        var header = w.WriteHeader(NeighbourHeaderLength);
+        header[0] = (byte)family;                               // ndm_family (3 pad bytes follow)
+        HostOrder.Write(header[4..], (uint)interfaceIndex);     // ndm_ifindex
+        HostOrder.Write(header[8..], state);                    // ndm_state
+        header[10] = ndmFlags;                                  // ndm_flags
+        Span<byte> bytes = stackalloc byte[16];
+        address.TryWriteBytes(bytes, out var written);
+        w.WriteBytes(NeighbourAttributeDestination, bytes[..written]);
+        return mark;
+    }
 }
