@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Threading.Channels;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
+using Merlin.Netlink;
 
 namespace Merlin.Announcer.Bgp;
 
@@ -415,7 +416,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     private static async Task KillAsync(Process p)
     {
         if (p.HasExited) return;
-        Native.Signal(p.Id, Native.SigKill);
+        ProcessSignal.Send(p.Id, ProcessSignal.Kill);
         await p.WaitForExitAsync(CancellationToken.None);
     }
 

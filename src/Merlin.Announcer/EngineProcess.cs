@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Merlin.Netlink;
 
 namespace Merlin.Announcer;
 
@@ -60,20 +61,20 @@ internal static class EngineProcess
     /// <summary>SIGTERM to <paramref name="pid"/>, SIGKILL if it is still alive after <see cref="StopWait"/>.</summary>
     public static async Task StopPidAsync(int pid, CancellationToken ct)
     {
-        Native.Signal(pid, Native.SigTerm);
+        ProcessSignal.Send(pid, ProcessSignal.Terminate);
         var clock = Stopwatch.StartNew();
-        while (Native.IsAlive(pid) && !IsZombie(pid) && clock.Elapsed < StopWait) await Task.Delay(50, ct);
-        if (!Native.IsAlive(pid) || IsZombie(pid)) return;
-        Native.Signal(pid, Native.SigKill);
+        while (ProcessSignal.IsAlive(pid) && !IsZombie(pid) && clock.Elapsed < StopWait) await Task.Delay(50, ct);
+        if (!ProcessSignal.IsAlive(pid) || IsZombie(pid)) return;
+        ProcessSignal.Send(pid, ProcessSignal.Kill);
         clock.Restart();
-        while (Native.IsAlive(pid) && !IsZombie(pid) && clock.Elapsed < TimeSpan.FromSeconds(1)) await Task.Delay(20, ct);
+        while (ProcessSignal.IsAlive(pid) && !IsZombie(pid) && clock.Elapsed < TimeSpan.FromSeconds(1)) await Task.Delay(20, ct);
     }
 
     /// <summary>SIGTERM to a child and wait for it; true when it stopped, false when it had to be killed after <see cref="StopWait"/>.</summary>
     public static async Task<bool> TerminateAsync(Process p, CancellationToken ct)
     {
         if (p.HasExited) return true;
-        Native.Signal(p.Id, Native.SigTerm);
+        ProcessSignal.Send(p.Id, ProcessSignal.Terminate);
         using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
         wait.CancelAfter(StopWait);
         try
@@ -83,7 +84,7 @@ internal static class EngineProcess
         }
         catch (OperationCanceledException)
         {
-            Native.Signal(p.Id, Native.SigKill);
+            ProcessSignal.Send(p.Id, ProcessSignal.Kill);
             return false;
         }
     }

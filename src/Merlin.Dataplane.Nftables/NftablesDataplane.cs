@@ -5,6 +5,7 @@ using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Dataplane.Nftables.Neighbours;
 using Merlin.Model;
+using Merlin.Netlink;
 using Merlin.Reconciler;
 using Microsoft.Extensions.Logging;
 
@@ -75,7 +76,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
         var runner = new ProcessRunner(options.NetworkNamespace, options.IpPath);
         if (nft is null) _nft = _ownNft = NftKernel.Open(options, runner, logger);
         else _nft = nft;
-        _neighbours = neighbours ?? new IpNeighbours(options, runner);
+        _neighbours = neighbours ?? new NetlinkNeighbours(options);
         _logger = logger;
         _time = time;
         _ownMac = options.OwnMac;
@@ -428,7 +429,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
     private async Task ReadOwnMacAsync(CancellationToken ct)
     {
         if (_options.OwnMac is not null || _options.Interface is null) return;
-        // A failed read keeps the MAC we knew: a hiccup of `ip` must not take DSR down.
+        // A failed read keeps the MAC we knew: a hiccup of the kernel read must not take DSR down.
         _ownMac = await _neighbours.LinkAddressAsync(_options.Interface, ct) ?? _ownMac;
     }
 

@@ -66,7 +66,10 @@ public sealed record NftablesOptions
     /// <summary>The nft executable: the writer when <see cref="LibNftables"/> cannot be loaded.</summary>
     public string NftPath { get; init; } = "nft";
 
-    /// <summary>The ip (iproute2) executable.</summary>
+    /// <summary>
+    /// The ip (iproute2) executable, used only to run the nft CLI fallback inside <see cref="NetworkNamespace"/>
+    /// (<c>ip netns exec</c>); links and neighbours are read and written over rtnetlink.
+    /// </summary>
     public string IpPath { get; init; } = "ip";
 
     /// <summary>Parses a seed written in hex, with or without 0x: "0xdeadbeef", "DEADBEEF".</summary>

@@ -5,7 +5,6 @@ using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using System.Text;
 using Merlin.Netlink;
-using static Merlin.Health.ProbeInterop;
 
 namespace Merlin.Health;
 
@@ -94,14 +93,14 @@ internal sealed class HttpProbe : IDisposable
         _reuse = reuse;
         _idleLimit = Ticks(idleLimit);
         _nextSweep = Stopwatch.GetTimestamp() + _idleLimit;
-        _epoll = EpollCreate1(EpollCloexec);
+        _epoll = Epoll.Create(Epoll.Cloexec);
         if (_epoll < 0) throw new IOException($"epoll_create1 failed: errno {Marshal.GetLastPInvokeError()}");
-        _wake = EventFd(0, EfdNonblock | EfdCloexec);
-        if (_wake < 0 || Control(_epoll, EpollCtlAdd, _wake, EpollIn, WakeToken) < 0)
+        _wake = EventFd.Create(0, EventFd.Nonblock | EventFd.Cloexec);
+        if (_wake < 0 || Epoll.Control(_epoll, Epoll.Add, _wake, Epoll.In, WakeToken) < 0)
         {
             var errno = Marshal.GetLastPInvokeError();
-            if (_wake >= 0) ProbeInterop.Close(_wake);
-            ProbeInterop.Close(_epoll);
+            if (_wake >= 0) FileDescriptor.Close(_wake);
+            FileDescriptor.Close(_epoll);
             throw new IOException($"eventfd failed: errno {errno}");
         }
     }
@@ -249,14 +248,13 @@ internal sealed class HttpProbe : IDisposable
         }
         if (_wakePending) return;
         _wakePending = true;
-        ulong one = 1;
-        Write(_wake, (byte*)&one, 8);
+        EventFd.Signal(_wake);
     }
 
     private unsafe void Run()
     {
-        Volatile.Write(ref _loopThreadId, GetTid());
-        var events = GC.AllocateArray<byte>(MaxEvents * EventSize, pinned: true);
+        Volatile.Write(ref _loopThreadId, KernelThread.CurrentId());
+        var events = GC.AllocateArray<byte>(MaxEvents * Epoll.EventSize, pinned: true);
         fixed (byte* ev = events)
         {
             while (true)
@@ -268,10 +266,10 @@ internal sealed class HttpProbe : IDisposable
                 if (now >= _nextSweep) Sweep(now);
                 if (reschedule || now >= _nextDue) Pump(schedulers, now);
                 var wait = Expire(now, ev);
-                var n = EpollWait(_epoll, ev, MaxEvents, wait);
+                var n = Epoll.Wait(_epoll, ev, MaxEvents, wait);
                 if (n < 0)
                 {
-                    if (Marshal.GetLastPInvokeError() == EIntr) continue;
+                    if (Marshal.GetLastPInvokeError() == Errno.EINTR) continue;
                     break; // the set is gone: nothing more can be checked
                 }
                 Dispatch(ev, n);
@@ -284,12 +282,11 @@ internal sealed class HttpProbe : IDisposable
     {
         for (var i = 0; i < n; i++)
         {
-            var flags = *(uint*)(ev + i * EventSize);
-            var token = *(ulong*)(ev + i * EventSize + EventDataOffset);
+            var flags = *(uint*)(ev + i * Epoll.EventSize);
+            var token = *(ulong*)(ev + i * Epoll.EventSize + Epoll.EventDataOffset);
             if (token == WakeToken)
             {
-                ulong count;
-                Read(_wake, (byte*)&count, 8);
+                EventFd.Drain(_wake);
                 continue;
             }
             var fd = (int)(uint)token;
@@ -381,7 +378,7 @@ internal sealed class HttpProbe : IDisposable
         foreach (var check in _active)
         {
             if (now < check.Deadline && !check.Completion.Cancelled) continue;
-            var n = EpollWait(_epoll, ev, MaxEvents, 0);
+            var n = Epoll.Wait(_epoll, ev, MaxEvents, 0);
             if (n > 0) Dispatch(ev, n);
             polled = true; // it may have read the wake-up: go round once more before waiting
             break;
@@ -414,22 +411,22 @@ internal sealed class HttpProbe : IDisposable
             return;
         }
         int on = 1;
-        SetSockOpt(fd, IpProtoTcp, TcpNoDelay, (byte*)&on, sizeof(int));
+        PosixSocket.SetOption(fd, PosixSocket.IpProtoTcp, PosixSocket.TcpNoDelay, (byte*)&on, sizeof(int));
         var c = new Connection(fd, ++_nextId, slot);
         if (fd >= _byFd.Length) Array.Resize(ref _byFd, Math.Max(fd + 1, _byFd.Length * 2));
         _byFd[fd] = c;
         Attach(check, c);
         int rc;
-        fixed (byte* address = slot.SockAddr) rc = ProbeInterop.Connect(fd, address, slot.SockAddr.Length);
+        fixed (byte* address = slot.SockAddr) rc = PosixSocket.Connect(fd, address, slot.SockAddr.Length);
         var errno = rc < 0 ? Marshal.GetLastPInvokeError() : 0;
-        if (rc < 0 && errno != EInProgress)
+        if (rc < 0 && errno != Errno.EINPROGRESS)
         {
             ConnectFailed(c, errno);
             return;
         }
         c.State = rc == 0 ? State.Sending : State.Connecting;
         c.WatchesOutput = rc != 0;
-        if (Control(_epoll, EpollCtlAdd, fd, rc == 0 ? EpollIn | EpollRdHup : EpollIn | EpollOut | EpollRdHup, c.Token) < 0)
+        if (Epoll.Control(_epoll, Epoll.Add, fd, rc == 0 ? Epoll.In | Epoll.ReadHangUp : Epoll.In | Epoll.Out | Epoll.ReadHangUp, c.Token) < 0)
         {
             ConnectFailed(c, Marshal.GetLastPInvokeError());
             return;
@@ -440,20 +437,20 @@ internal sealed class HttpProbe : IDisposable
     private int NewSocket(AddressFamily family, out string? failure)
     {
         failure = null;
-        var domain = family == AddressFamily.InterNetworkV6 ? AfInet6 : AfInet;
+        var domain = family == AddressFamily.InterNetworkV6 ? PosixSocket.InterNetworkV6 : PosixSocket.InterNetwork;
         (int Fd, int Errno) made;
         try
         {
             if (_networkNamespace is null)
             {
-                var fd = Socket(domain, SockStream | SockNonblock | SockCloexec, IpProtoTcp);
+                var fd = PosixSocket.Open(domain, PosixSocket.Stream | PosixSocket.Nonblock | PosixSocket.Cloexec, PosixSocket.IpProtoTcp);
                 made = (fd, fd < 0 ? Marshal.GetLastPInvokeError() : 0);
             }
             else
             {
                 // On this thread, in a window around socket(2) only: no thread per connection, the loop never waits.
                 _ownNamespace ??= NetworkNamespace.OpenOwn();
-                var fd = NetworkNamespace.Socket(_networkNamespace, _ownNamespace, domain, SockStream | SockNonblock | SockCloexec, IpProtoTcp, out var errno);
+                var fd = NetworkNamespace.Socket(_networkNamespace, _ownNamespace, domain, PosixSocket.Stream | PosixSocket.Nonblock | PosixSocket.Cloexec, PosixSocket.IpProtoTcp, out var errno);
                 made = (fd, errno);
             }
         }
@@ -485,14 +482,14 @@ internal sealed class HttpProbe : IDisposable
             case State.Connecting:
             {
                 int error = 0, length = sizeof(int);
-                if (GetSockOpt(c.Fd, SolSocket, SoError, (byte*)&error, &length) < 0) error = Marshal.GetLastPInvokeError();
+                if (PosixSocket.GetOption(c.Fd, PosixSocket.SolSocket, PosixSocket.SoError, (byte*)&error, &length) < 0) error = Marshal.GetLastPInvokeError();
                 if (error != 0) ConnectFailed(c, error);
-                else if ((flags & EpollOut) != 0)
+                else if ((flags & Epoll.Out) != 0)
                 {
                     c.State = State.Sending;
                     SendRequest(c);
                 }
-                else if ((flags & (EpollErr | EpollHup)) != 0) ConnectFailed(c, 104);
+                else if ((flags & (Epoll.Error | Epoll.HangUp)) != 0) ConnectFailed(c, Errno.ECONNRESET);
                 break;
             }
             case State.Sending:
@@ -517,15 +514,15 @@ internal sealed class HttpProbe : IDisposable
         while (c.Sent < request.Length)
         {
             nint n;
-            fixed (byte* p = request) n = Send(c.Fd, p + c.Sent, (nuint)(request.Length - c.Sent), MsgNoSignal);
+            fixed (byte* p = request) n = PosixSocket.Send(c.Fd, p + c.Sent, (nuint)(request.Length - c.Sent), PosixSocket.MsgNoSignal);
             if (n > 0)
             {
                 c.Sent += (int)n;
                 continue;
             }
             var errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
-            if (errno == EIntr) continue;
-            if (errno == EAgain)
+            if (errno == Errno.EINTR) continue;
+            if (errno == Errno.EAGAIN)
             {
                 c.State = State.Sending;
                 Watch(c, output: true);
@@ -542,7 +539,7 @@ internal sealed class HttpProbe : IDisposable
     {
         if (c.WatchesOutput == output) return;
         c.WatchesOutput = output;
-        Control(_epoll, EpollCtlMod, c.Fd, output ? EpollIn | EpollOut | EpollRdHup : EpollIn | EpollRdHup, c.Token);
+        Epoll.Control(_epoll, Epoll.Modify, c.Fd, output ? Epoll.In | Epoll.Out | Epoll.ReadHangUp : Epoll.In | Epoll.ReadHangUp, c.Token);
     }
 
     private unsafe void Receive(Connection c)
@@ -552,12 +549,12 @@ internal sealed class HttpProbe : IDisposable
         {
             var free = reader.FreeSpace().Span;
             nint n;
-            fixed (byte* p = free) n = Recv(c.Fd, p, (nuint)free.Length, 0);
+            fixed (byte* p = free) n = PosixSocket.Receive(c.Fd, p, (nuint)free.Length, 0);
             if (n <= 0)
             {
                 var errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
-                if (errno == EAgain) return; // woken for less than a response: wait for the rest
-                if (errno == EIntr) continue;
+                if (errno == Errno.EAGAIN) return; // woken for less than a response: wait for the rest
+                if (errno == Errno.EINTR) continue;
                 // Closed before the status line: a broken connection. After it, the status counts, but the
                 // connection is done.
                 Answered(c, reader.Status == 0 ? new Answer(0, false, true, errno == 0 ? null : ErrorName(errno)) : new Answer(reader.Status, false, false, null));
@@ -618,7 +615,7 @@ internal sealed class HttpProbe : IDisposable
     private void Close(Connection c)
     {
         _byFd[c.Fd] = null;
-        ProbeInterop.Close(c.Fd); // also leaves the epoll set
+        FileDescriptor.Close(c.Fd); // also leaves the epoll set
         if (c.Slot.Idle == c) c.Slot.Idle = null;
         if (c.Check is { } check) check.Connection = null;
         c.Check = null;
@@ -693,24 +690,47 @@ internal sealed class HttpProbe : IDisposable
         while (_active.Count > 0) Finish(_active[^1], Stopped);
         foreach (var request in _taking) request.Completion.Completed(Stopped);
         _taking.Clear();
-        ProbeInterop.Close(_wake);
-        ProbeInterop.Close(_epoll);
+        FileDescriptor.Close(_wake);
+        FileDescriptor.Close(_epoll);
         _ownNamespace?.Dispose();
     }
+
+    /// <summary>
+    /// The name a failed socket call had in the probe before the event loop (the <see cref="SocketError"/>
+    /// the runtime maps the errno to), so check details stay the same: "ConnectionRefused", "TimedOut"…
+    /// </summary>
+    internal static string ErrorName(int errno) => errno switch
+    {
+        Errno.ECONNREFUSED => nameof(SocketError.ConnectionRefused),
+        Errno.ECONNRESET => nameof(SocketError.ConnectionReset),
+        Errno.ETIMEDOUT => nameof(SocketError.TimedOut),
+        Errno.EHOSTUNREACH => nameof(SocketError.HostUnreachable),
+        Errno.ENETUNREACH => nameof(SocketError.NetworkUnreachable),
+        Errno.ENETDOWN => nameof(SocketError.NetworkDown),
+        Errno.ECONNABORTED => nameof(SocketError.ConnectionAborted),
+        Errno.EADDRNOTAVAIL => nameof(SocketError.AddressNotAvailable),
+        Errno.EAFNOSUPPORT => nameof(SocketError.AddressFamilyNotSupported),
+        Errno.EADDRINUSE => nameof(SocketError.AddressAlreadyInUse),
+        Errno.EACCES or Errno.EPERM => nameof(SocketError.AccessDenied),
+        Errno.EPIPE => nameof(SocketError.Shutdown),
+        Errno.EMFILE or Errno.ENFILE => nameof(SocketError.TooManyOpenSockets),
+        Errno.ENOBUFS or Errno.ENOMEM => nameof(SocketError.NoBufferSpaceAvailable),
+        _ => $"errno {errno}",
+    };
 
     private static byte[] SocketAddress(IPEndPoint remote)
     {
         if (remote.AddressFamily == AddressFamily.InterNetworkV6)
         {
             var v6 = new byte[28]; // sockaddr_in6: family, port, flow info, address, scope id
-            MemoryMarshal.Write(v6, (ushort)AfInet6);
+            MemoryMarshal.Write(v6, (ushort)PosixSocket.InterNetworkV6);
             BinaryPrimitives.WriteUInt16BigEndian(v6.AsSpan(2), (ushort)remote.Port);
             remote.Address.TryWriteBytes(v6.AsSpan(8, 16), out _);
             MemoryMarshal.Write(v6.AsSpan(24), (uint)remote.Address.ScopeId);
             return v6;
         }
         var v4 = new byte[16]; // sockaddr_in: family, port, address, padding
-        MemoryMarshal.Write(v4, (ushort)AfInet);
+        MemoryMarshal.Write(v4, (ushort)PosixSocket.InterNetwork);
         BinaryPrimitives.WriteUInt16BigEndian(v4.AsSpan(2), (ushort)remote.Port);
         remote.Address.TryWriteBytes(v4.AsSpan(4, 4), out _);
         return v4;
@@ -740,8 +760,8 @@ internal sealed class HttpProbe : IDisposable
         }
         if (thread is null)
         {
-            ProbeInterop.Close(_wake);
-            ProbeInterop.Close(_epoll);
+            FileDescriptor.Close(_wake);
+            FileDescriptor.Close(_epoll);
             return;
         }
         if (Thread.CurrentThread != thread) thread.Join();

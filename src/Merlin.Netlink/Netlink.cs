@@ -6,6 +6,12 @@ public static class Netlink
     /// <summary>AF_NETLINK.</summary>
     public const int AddressFamily = 16;
 
+    /// <summary>NETLINK_ROUTE (rtnetlink): links, addresses, routes, neighbours.</summary>
+    public const int ProtocolRoute = 0;
+
+    /// <summary>NETLINK_NETFILTER (nfnetlink): nf_tables, conntrack, …</summary>
+    public const int ProtocolNetfilter = 12;
+
     /// <summary>NETLINK_GENERIC: the protocol generic-netlink families (IPVS, nl80211, …) live on.</summary>
     public const int ProtocolGeneric = 16;
 

@@ -183,6 +183,85 @@ public sealed class NetlinkClient : IDisposable
         return new NetlinkBatchResult(offsets.Count - 1, sends, failures);
     }
 
+    /// <summary>
+    /// The largest datagram the socket sends (a transaction must fit in one; see <see cref="ExecuteTransaction"/>).
+    /// </summary>
+    public int SendLimit
+    {
+        get
+        {
+            lock (_lock)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                return _socket.SendLimit;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Sends every message in <paramref name="messages"/> in one datagram, as an nfnetlink batch
+    /// (NFNL_MSG_BATCH_BEGIN … NFNL_MSG_BATCH_END) must be sent: the kernel applies it as one transaction,
+    /// inside the send. The messages are numbered consecutively here and stamped with our port id; their
+    /// flags stay as written, and the last one that asks for an acknowledgement (NLM_F_ACK) ends the wait.
+    /// Every answer is queued before the send returns, errors in order before that acknowledgement (a
+    /// failed commit is answered against the batch's first message); the first error fails the transaction.
+    /// After an error the answers still queued are read without waiting, so none is left for the next
+    /// request; answers to other requests (sequence numbers outside the batch) are dropped.
+    /// </summary>
+    /// <param name="describe">Names the failed message from its type, for the exception.</param>
+    /// <exception cref="NetlinkException">The kernel refused a message; the first refusal.</exception>
+    public void ExecuteTransaction(NetlinkBuffer messages, Func<ushort, string> describe, CancellationToken ct = default)
+    {
+        var offsets = MessageOffsets(messages);
+        var count = offsets.Count - 1;
+        var ackIndex = -1;
+        for (var i = 0; i < count; i++)
+            if (((NetlinkFlags)messages.ReadUInt16At(offsets[i] + 6) & NetlinkFlags.Ack) != 0) ackIndex = i;
+        if (ackIndex < 0) throw new ArgumentException("no message of the transaction asks for an acknowledgement (NLM_F_ACK): its outcome could not be known", nameof(messages));
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var firstSeq = _sequence + 1;
+            for (var i = 0; i < count; i++)
+            {
+                messages.WriteUInt32At(offsets[i] + 8, unchecked(firstSeq + (uint)i));
+                messages.WriteUInt32At(offsets[i] + 12, _socket.PortId);
+            }
+            _sequence = unchecked(_sequence + (uint)count);
+            var ackSeq = unchecked(firstSeq + (uint)ackIndex);
+            var what = $"transaction of {count} messages";
+            if (messages.Length > _socket.SendLimit)
+                throw new NetlinkException(Errno.EMSGSIZE, what, $"{messages.Length} bytes do not fit the socket's send buffer ({_socket.SendLimit} bytes a datagram)");
+            if (!_socket.TrySend(messages.WrittenSpan, what)) Timeout(what);
+
+            NetlinkException? failure = null;
+            while (true)
+            {
+                ct.ThrowIfCancellationRequested();
+                int length;
+                if (failure is null) length = ReceiveOrReset(what);
+                else if ((length = _socket.ReceiveQueued(_receive, what)) < 0) throw failure; // every answer read
+                var reader = new NetlinkMessageReader(_receive.AsSpan(0, length));
+                while (reader.TryRead(out var message))
+                {
+                    if (unchecked(message.Sequence - firstSeq) >= (uint)count || message.PortId != _socket.PortId)
+                    {
+                        StaleMessages++;
+                        continue;
+                    }
+                    if (!message.IsError) continue;
+                    var error = message.ReadError();
+                    if (error.Errno != 0) failure ??= new NetlinkException(error.Errno, describe(error.RequestType), error.KernelMessage);
+                    if (message.Sequence == ackSeq)
+                    {
+                        if (failure is not null) throw failure;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     private void AwaitWindow(uint firstSeq, uint lastSeq, int count, int firstIndex, Func<int, string> describe, List<NetlinkBatchFailure> failures, string what)
     {
         while (true)

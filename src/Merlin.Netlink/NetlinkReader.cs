@@ -215,6 +215,9 @@ public readonly ref struct NetlinkAttribute
     /// <summary>A __be32.</summary>
     public uint GetUInt32BigEndian() => BinaryPrimitives.ReadUInt32BigEndian(Fixed(4));
 
+    /// <summary>A __be64 (nf_tables handles and timeouts).</summary>
+    public ulong GetUInt64BigEndian() => BinaryPrimitives.ReadUInt64BigEndian(Fixed(8));
+
     /// <summary>The payload as attributes (a nested attribute).</summary>
     public AttributeReader GetAttributes() => new(Payload);
 

@@ -47,6 +47,12 @@ public interface INetlinkTransport : IDisposable
 
     /// <summary>Receives one datagram from the kernel; -1 if none arrived within the receive timeout.</summary>
     int Receive(Span<byte> buffer, string request);
+
+    /// <summary>Receives one datagram already queued, without waiting; -1 if none is.</summary>
+    int ReceiveQueued(Span<byte> buffer, string request) => Receive(buffer, request);
+
+    /// <summary>The largest datagram a send takes (the send buffer less what the kernel keeps of it).</summary>
+    int SendLimit => int.MaxValue;
 }
 
 /// <summary>
@@ -78,25 +84,25 @@ public sealed unsafe class NetlinkSocket : INetlinkTransport
         if (!Environment.Is64BitProcess) throw new PlatformNotSupportedException("netlink socket timeouts are set as a 64-bit struct timeval");
 
         // Only the socket is made in the namespace: it talks to that one for its whole life, configured and bound from here.
-        if (!Merlin.Netlink.NetworkNamespace.TryCreateSocket(options.NetworkNamespace, Netlink.AddressFamily, Interop.SockRaw | Interop.SockCloexec, protocol, out var fd, out var errno))
+        if (!Merlin.Netlink.NetworkNamespace.TryCreateSocket(options.NetworkNamespace, Netlink.AddressFamily, Libc.SockRaw | Libc.SockCloexec, protocol, out var fd, out var errno))
             ThrowHelper.Errno(errno, $"socket(AF_NETLINK, SOCK_RAW, {protocol})");
         var raw = (int)fd.DangerousGetHandle();
         try
         {
-            SetTimeout(raw, Interop.SoRcvtimeo, options.ReceiveTimeout, "SO_RCVTIMEO");
-            SetTimeout(raw, Interop.SoSndtimeo, options.SendTimeout, "SO_SNDTIMEO");
-            if (options.ReceiveBufferSize > 0) SetBuffer(raw, Interop.SoRcvbufforce, Interop.SoRcvbuf, options.ReceiveBufferSize);
-            if (options.SendBufferSize > 0) SetBuffer(raw, Interop.SoSndbufforce, Interop.SoSndbuf, options.SendBufferSize);
+            SetTimeout(raw, Libc.SoRcvtimeo, options.ReceiveTimeout, "SO_RCVTIMEO");
+            SetTimeout(raw, Libc.SoSndtimeo, options.SendTimeout, "SO_SNDTIMEO");
+            if (options.ReceiveBufferSize > 0) SetBuffer(raw, Libc.SoRcvbufforce, Libc.SoRcvbuf, options.ReceiveBufferSize);
+            if (options.SendBufferSize > 0) SetBuffer(raw, Libc.SoSndbufforce, Libc.SoSndbuf, options.SendBufferSize);
             // Errors echo only the request's header, not its payload (4.3+): smaller replies, fewer dropped.
-            TrySetInt(raw, Interop.SolNetlink, Interop.NetlinkCapAck, 1);
+            TrySetInt(raw, Libc.SolNetlink, Libc.NetlinkCapAck, 1);
             // Errors carry the kernel's text, e.g. "Attribute failed policy validation" (4.12+).
-            TrySetInt(raw, Interop.SolNetlink, Interop.NetlinkExtAck, 1);
+            TrySetInt(raw, Libc.SolNetlink, Libc.NetlinkExtAck, 1);
 
-            var address = new Interop.SockaddrNl { Family = Netlink.AddressFamily };
-            if (Interop.Bind(raw, &address, (uint)sizeof(Interop.SockaddrNl)) != 0)
+            var address = new Libc.SockaddrNl { Family = Netlink.AddressFamily };
+            if (Libc.Bind(raw, &address, (uint)sizeof(Libc.SockaddrNl)) != 0)
                 ThrowHelper.Errno(Marshal.GetLastPInvokeError(), "bind(AF_NETLINK)");
-            var length = (uint)sizeof(Interop.SockaddrNl);
-            if (Interop.GetSockName(raw, &address, &length) != 0)
+            var length = (uint)sizeof(Libc.SockaddrNl);
+            if (Libc.GetSockName(raw, &address, &length) != 0)
                 ThrowHelper.Errno(Marshal.GetLastPInvokeError(), "getsockname(AF_NETLINK)");
             return new NetlinkSocket(fd, address.PortId, options);
         }
@@ -116,12 +122,12 @@ public sealed unsafe class NetlinkSocket : INetlinkTransport
         {
             _fd.DangerousAddRef(ref added);
             var fd = (int)_fd.DangerousGetHandle();
-            var kernel = new Interop.SockaddrNl { Family = Netlink.AddressFamily };
+            var kernel = new Libc.SockaddrNl { Family = Netlink.AddressFamily };
             fixed (byte* data = datagram)
             {
                 while (true)
                 {
-                    var sent = Interop.SendTo(fd, data, (nuint)datagram.Length, 0, &kernel, (uint)sizeof(Interop.SockaddrNl));
+                    var sent = Libc.SendTo(fd, data, (nuint)datagram.Length, 0, &kernel, (uint)sizeof(Libc.SockaddrNl));
                     if (sent >= 0)
                     {
                         // A datagram socket sends all or nothing.
@@ -146,7 +152,18 @@ public sealed unsafe class NetlinkSocket : INetlinkTransport
     /// kernel (another process may send to our port id) are dropped.
     /// </summary>
     /// <returns>The datagram's length, or -1 if nothing arrived within the receive timeout.</returns>
-    public int Receive(Span<byte> buffer, string request)
+    public int Receive(Span<byte> buffer, string request) => Receive(buffer, request, 0);
+
+    /// <summary>As <see cref="Receive(Span{byte}, string)"/>, but -1 at once if no datagram is queued (MSG_DONTWAIT).</summary>
+    public int ReceiveQueued(Span<byte> buffer, string request) => Receive(buffer, request, Libc.MsgDontwait);
+
+    /// <summary>
+    /// The largest datagram a send takes: netlink refuses one longer than the send buffer less 32 bytes
+    /// (SO_SNDBUF reads back the doubled value the kernel keeps).
+    /// </summary>
+    public int SendLimit => GetInt(Libc.SolSocket, Libc.SoSndbuf) - 32;
+
+    private int Receive(Span<byte> buffer, string request, int flags)
     {
         var added = false;
         try
@@ -157,10 +174,10 @@ public sealed unsafe class NetlinkSocket : INetlinkTransport
             {
                 while (true)
                 {
-                    var from = default(Interop.SockaddrNl);
-                    var fromLength = (uint)sizeof(Interop.SockaddrNl);
+                    var from = default(Libc.SockaddrNl);
+                    var fromLength = (uint)sizeof(Libc.SockaddrNl);
                     // MSG_TRUNC: the return value is the datagram's real length even if it did not fit.
-                    var received = Interop.RecvFrom(fd, data, (nuint)buffer.Length, Interop.MsgTrunc, &from, &fromLength);
+                    var received = Libc.RecvFrom(fd, data, (nuint)buffer.Length, Libc.MsgTrunc | flags, &from, &fromLength);
                     if (received < 0)
                     {
                         var errno = Marshal.GetLastPInvokeError();
@@ -184,7 +201,7 @@ public sealed unsafe class NetlinkSocket : INetlinkTransport
     }
 
     /// <summary>The receive buffer size the kernel actually granted (SO_RCVBUF reads back the doubled value).</summary>
-    public int ReceiveBufferSize => GetInt(Interop.SolSocket, Interop.SoRcvbuf);
+    public int ReceiveBufferSize => GetInt(Libc.SolSocket, Libc.SoRcvbuf);
 
     public void Dispose() => _fd.Dispose();
 
@@ -196,7 +213,7 @@ public sealed unsafe class NetlinkSocket : INetlinkTransport
             _fd.DangerousAddRef(ref added);
             int value;
             var length = (uint)sizeof(int);
-            if (Interop.GetSockOpt((int)_fd.DangerousGetHandle(), level, name, &value, &length) != 0)
+            if (Libc.GetSockOpt((int)_fd.DangerousGetHandle(), level, name, &value, &length) != 0)
                 ThrowHelper.Errno(Marshal.GetLastPInvokeError(), $"getsockopt({level}, {name})");
             return value;
         }
@@ -210,20 +227,20 @@ public sealed unsafe class NetlinkSocket : INetlinkTransport
     {
         if (timeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(timeout), timeout, $"{what} must be positive: zero would mean wait forever");
         var micros = (long)Math.Ceiling(timeout.TotalMicroseconds);
-        var value = new Interop.Timeval { Seconds = micros / 1_000_000, Microseconds = micros % 1_000_000 };
-        if (Interop.SetSockOpt(fd, Interop.SolSocket, name, &value, (uint)sizeof(Interop.Timeval)) != 0)
+        var value = new Libc.Timeval { Seconds = micros / 1_000_000, Microseconds = micros % 1_000_000 };
+        if (Libc.SetSockOpt(fd, Libc.SolSocket, name, &value, (uint)sizeof(Libc.Timeval)) != 0)
             ThrowHelper.Errno(Marshal.GetLastPInvokeError(), $"setsockopt({what})");
     }
 
     private static void SetBuffer(int fd, int forced, int capped, int size)
     {
         // The forced option needs CAP_NET_ADMIN (which IPVS needs anyway); without it, take what rmem_max allows.
-        if (Interop.SetSockOpt(fd, Interop.SolSocket, forced, &size, sizeof(int)) == 0) return;
-        if (Interop.SetSockOpt(fd, Interop.SolSocket, capped, &size, sizeof(int)) != 0)
+        if (Libc.SetSockOpt(fd, Libc.SolSocket, forced, &size, sizeof(int)) == 0) return;
+        if (Libc.SetSockOpt(fd, Libc.SolSocket, capped, &size, sizeof(int)) != 0)
             ThrowHelper.Errno(Marshal.GetLastPInvokeError(), "setsockopt(buffer size)");
     }
 
     private static void TrySetInt(int fd, int level, int name, int value) =>
         // Older kernels answer ENOPROTOOPT; the option is an improvement, not a requirement.
-        Interop.SetSockOpt(fd, level, name, &value, sizeof(int));
+        Libc.SetSockOpt(fd, level, name, &value, sizeof(int));
 }

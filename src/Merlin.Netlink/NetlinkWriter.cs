@@ -60,6 +60,18 @@ public ref struct NetlinkWriter
         BinaryPrimitives.WriteUInt16BigEndian(header[2..], resourceId);
     }
 
+    /// <summary>
+    /// Appends a protocol's fixed header after nlmsghdr (struct ifinfomsg, struct ndmsg, …) of
+    /// <paramref name="length"/> bytes, zeroed and padded to 4 bytes, and returns it to be filled in.
+    /// </summary>
+    public readonly Span<byte> WriteHeader(int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        var span = _buffer.Append(Netlink.Align(length));
+        span.Clear();
+        return span[..length];
+    }
+
     /// <summary>Adds <paramref name="flags"/> to a message already written (e.g. NLM_F_ACK on the last message of a batch, once it is known to be the last).</summary>
     public readonly void AddFlags(MessageMark mark, NetlinkFlags flags) =>
         _buffer.WriteUInt16At(mark.Offset + 6, (ushort)(_buffer.ReadUInt16At(mark.Offset + 6) | (ushort)flags));

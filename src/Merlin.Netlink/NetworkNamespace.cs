@@ -61,7 +61,7 @@ public static class NetworkNamespace
         int fd;
         if (name is null)
         {
-            fd = Interop.Socket(domain, type, protocol);
+            fd = Libc.Socket(domain, type, protocol);
             errno = fd < 0 ? Marshal.GetLastPInvokeError() : 0;
         }
         else
@@ -133,7 +133,7 @@ public static class NetworkNamespace
     {
         if (name is null) return 0;
         var buffer = stackalloc byte[256];
-        return Interop.Stat(Path.Combine("/run/netns", name), buffer) == 0 ? *(ulong*)(buffer + 8) : 0;
+        return Libc.Stat(Path.Combine("/run/netns", name), buffer) == 0 ? *(ulong*)(buffer + 8) : 0;
     }
 
     /// <summary>The calling thread's own network namespace, to come back to after a window.</summary>
@@ -173,16 +173,13 @@ public static class NetworkNamespace
     public const int NoFailure = 0, EnterFailed = 1, LeaveFailed = 2;
 
     /// <summary>setns(2)'s nstype for a network namespace.</summary>
-    public const int CloneNewNet = Interop.CloneNewNet;
-
-    // Before the function pointers below: static fields are initialised in the order they are written.
-    private static readonly nint Libc = NativeLibrary.Load("libc.so.6");
+    public const int CloneNewNet = Libc.CloneNewNet;
 
     /// <summary>libc's setns, for a window written elsewhere: read it into a local before entering.</summary>
-    public static readonly unsafe delegate* unmanaged<int, int, int> SetNsFunction = (delegate* unmanaged<int, int, int>)NativeLibrary.GetExport(Libc, "setns");
+    public static unsafe delegate* unmanaged<int, int, int> SetNsFunction => Libc.Window.SetNs;
 
     /// <summary>libc's __errno_location, likewise: errno is read inside the window, before anything else can change it.</summary>
-    public static readonly unsafe delegate* unmanaged<int*> ErrnoFunction = (delegate* unmanaged<int*>)NativeLibrary.GetExport(Libc, "__errno_location");
+    public static unsafe delegate* unmanaged<int*> ErrnoFunction => Libc.Window.ErrnoLocation;
 
     /// <summary>
     /// After a window: throws when it could not enter; ends the process when it could not come back (the thread
@@ -197,9 +194,6 @@ public static class NetworkNamespace
     private const int OpSocket = 0, OpOpen = 1;
     private const int SockCloexec = 0x80000, ORdonly = 0, OWronly = 1, ORdwr = 2, OTrunc = 0x200, OCloexec = 0x80000;
     private const int EPerm = 1, EAcces = 13, ENotDir = 20, ERofs = 30;
-    private static readonly unsafe delegate* unmanaged<int, int, int, int> SocketFunction = (delegate* unmanaged<int, int, int, int>)NativeLibrary.GetExport(Libc, "socket");
-    // open(2) is variadic; the mode is read only with O_CREAT or O_TMPFILE, which a window never passes.
-    private static readonly unsafe delegate* unmanaged<byte*, int, int, int> OpenFunction = (delegate* unmanaged<byte*, int, int, int>)NativeLibrary.GetExport(Libc, "open");
 
     private static string In(string? name) => name is null ? "" : $" in network namespace {name}";
 
@@ -229,10 +223,10 @@ public static class NetworkNamespace
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private static unsafe int NativeWindow(int target, int own, int op, int a, int b, int c, byte* path, out int failure, out int errno)
     {
-        var setns = SetNsFunction;
-        var socket = SocketFunction;
-        var open = OpenFunction;
-        var errnoLocation = ErrnoFunction;
+        var setns = Libc.Window.SetNs;
+        var socket = Libc.Window.Socket;
+        var open = Libc.Window.Open;
+        var errnoLocation = Libc.Window.ErrnoLocation;
         failure = NoFailure;
         errno = 0;
         if (setns(target, CloneNewNet) != 0)

@@ -3,6 +3,7 @@ using System.Net;
 using Merlin.Announcer.Vrrp;
 using Merlin.Testing;
 using Microsoft.Extensions.Logging.Abstractions;
+using Merlin.Netlink;
 
 namespace Merlin.Announcer.Tests;
 
@@ -90,7 +91,7 @@ public class KeepalivedAnnouncerTests
 
             // keepalived dies: FAULT at once, restarted after the backoff (1 s) with the same configuration, priority file reset.
             File.Delete(master);
-            Assert.True(Native.Signal(first!.Value, Native.SigKill));
+            Assert.True(ProcessSignal.Send(first!.Value, ProcessSignal.Kill));
             await WaitAsync(() => announcer.State.Restarts == 1, "the crash noticed");
             await WaitAsync(() => announcer.State.Role == AnnouncerRole.Backup && announcer.Pid is { } p && p != first, "restarted");
             Assert.Contains("198.18.0.100/32 dev eth0", await File.ReadAllTextAsync(options.ConfigPath, Ct));
@@ -103,7 +104,7 @@ public class KeepalivedAnnouncerTests
             // its state learned from the priority probe; an adopted MASTER keeps the VIPs (254 at once).
             await announcer.StopAsync(Ct);
             Assert.Equal(AnnouncerRole.Stopped, announcer.State.Role);
-            Assert.True(Native.IsAlive(second.Value));
+            Assert.True(ProcessSignal.IsAlive(second.Value));
             Assert.True(File.Exists(options.FifoPath));
             var before = logs.Lines.Count;
             announcer = new KeepalivedAnnouncer(options, logs);
@@ -128,13 +129,13 @@ public class KeepalivedAnnouncerTests
             await announcer.ReleaseAsync(Ct);
             Assert.Equal(AnnouncerRole.Stopped, announcer.State.Role);
             Assert.False(announcer.State.Healthy);
-            Assert.False(Native.IsAlive(second.Value) && !EngineProcess.IsZombie(second.Value), "the stand-in still runs");
+            Assert.False(ProcessSignal.IsAlive(second.Value) && !EngineProcess.IsZombie(second.Value), "the stand-in still runs");
             Assert.False(File.Exists(options.FifoPath));
         }
         finally
         {
             await announcer.ReleaseAsync(CancellationToken.None);
-            if (second is { } pid && Native.IsAlive(pid)) Native.Signal(pid, Native.SigKill);
+            if (second is { } pid && ProcessSignal.IsAlive(pid)) ProcessSignal.Send(pid, ProcessSignal.Kill);
         }
     }
 

@@ -1,6 +1,7 @@
 using System.Net;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Model;
+using Merlin.Netlink;
 using Merlin.Reconciler;
 using Microsoft.Extensions.Logging.Abstractions;
 using static Merlin.Dataplane.Nftables.Tests.Given;
@@ -156,7 +157,7 @@ public class ContractTests
         nft.CanStage = true;
         neighbours.Table[Rs.Address] = MacOf(Rs.Address);
         int refusals = 0;
-        nft.FailStaging = _ => refusals++ == 0 ? new NetlinkException(17, 9) : null;   // EEXIST once: our picture was stale
+        nft.FailStaging = _ => refusals++ == 0 ? new NetlinkException(Errno.EEXIST, "nf_tables NEWSET") : null;   // EEXIST once: our picture was stale
 
         var errors = await dataplane.ApplyAsync([new AddService(Vip, Config()), new AddServer(Vip, Rs, new RealServerConfig { Weight = 1 })], CancellationToken.None);
 
@@ -167,7 +168,7 @@ public class ContractTests
         var other = Tcp("198.18.0.11", 80);
         var rs2 = new RealServerKey(IPAddress.Parse("198.18.1.12"), 80);   // another server set: a new map
         neighbours.Table[rs2.Address] = MacOf(rs2.Address);
-        nft.FailStaging = _ => new NetlinkException(22, 12);   // EINVAL: the change itself is refused
+        nft.FailStaging = _ => new NetlinkException(Errno.EINVAL, "nf_tables NEWSETELEM");   // EINVAL: the change itself is refused
         errors = await dataplane.ApplyAsync([new AddService(other, Config()), new AddServer(other, rs2, new RealServerConfig { Weight = 1 })], CancellationToken.None);
         Assert.Null(errors[0]);                           // found operation by operation: the service alone needs no map
         Assert.Contains("Invalid argument", Assert.IsType<DataplaneException>(errors[1]).Message);

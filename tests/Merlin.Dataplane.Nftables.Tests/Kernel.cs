@@ -68,13 +68,13 @@ internal sealed class TestNamespace : IDisposable
     /// <summary>The kernel's ruleset generation in this namespace.</summary>
     public uint Generation()
     {
-        using var socket = NetfilterSocket.Open(Name);
+        using var socket = NfNetlink.Open(Name);
         return NfTablesReader.Generation(socket);
     }
 
     public IReadOnlyList<KernelTable> Tables(params (string, string)[] tables)
     {
-        using var socket = NetfilterSocket.Open(Name);
+        using var socket = NfNetlink.Open(Name);
         return tables.Select(t => NfTablesReader.ReadTable(socket, t.Item1, t.Item2)).OfType<KernelTable>().ToList();
     }
 

@@ -1,7 +1,9 @@
 using System.Net;
+using System.Net.NetworkInformation;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Dataplane.Nftables.Neighbours;
+using Merlin.Netlink;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 
 namespace Merlin.Dataplane.Nftables.Tests;
@@ -64,20 +66,24 @@ public class ParsingTests
     [Fact]
     public void Neighbours_UsableEntriesOnly()
     {
-        const string json = """
-            [{"dst":"198.18.0.12","lladdr":"96:ea:30:ca:00:5c","managed":null,"state":["REACHABLE"]},
-             {"dst":"198.18.0.13","lladdr":"72:89:d1:4e:2f:16","state":["STALE"]},
-             {"dst":"198.18.0.14","managed":null,"state":["INCOMPLETE"]},
-             {"dst":"198.18.0.15","lladdr":"72:89:d1:4e:2f:17","state":["FAILED"]},
-             {"dst":"2001:db8::2","lladdr":"76:ef:bb:e5:e2:e6","router":null,"state":["DELAY"]},
-             {"dst":"198.18.0.16","lladdr":"00:00:00:00:00:00","state":["NOARP"]}]
-            """;
+        static NeighbourEntry Entry(string address, string? mac, ushort state) =>
+            new(3, IPAddress.Parse(address), mac is null ? null : PhysicalAddress.Parse(mac), state, 0, 0);
+        NeighbourEntry[] read =
+        [
+            Entry("198.18.0.12", "96-EA-30-CA-00-5C", Rtnetlink.StateReachable),
+            Entry("198.18.0.13", "72-89-D1-4E-2F-16", Rtnetlink.StateStale),
+            Entry("198.18.0.14", null, Rtnetlink.StateIncomplete),
+            Entry("198.18.0.15", "72-89-D1-4E-2F-17", Rtnetlink.StateFailed),
+            Entry("2001:db8::2", "76-EF-BB-E5-E2-E6", Rtnetlink.StateDelay),
+            Entry("198.18.0.16", "00-00-00-00-00-00", Rtnetlink.StateNoArp),
+            Entry("198.18.0.17", "00-00-00-00-00-00", Rtnetlink.StatePermanent),   // a zero MAC is no MAC
+            Entry("198.18.0.18", "02-00-00-00-00-01", 0),                          // NUD_NONE: ip neigh show leaves it out
+        ];
 
-        var entries = IpNeighbours.Parse(json);
+        var entries = NetlinkNeighbours.Usable(read);
 
         Assert.Equal(["198.18.0.12", "198.18.0.13", "2001:db8::2"], entries.Keys.Select(a => a.ToString()).Order(StringComparer.Ordinal));
         Assert.Equal("96EA30CA005C", entries[IPAddress.Parse("198.18.0.12")].ToString());
-        Assert.Equal([IPAddress.Parse("198.18.0.12"), IPAddress.Parse("198.18.0.14")], IpNeighbours.Managed(json).OrderBy(a => a.ToString()));
     }
 
     [Fact]

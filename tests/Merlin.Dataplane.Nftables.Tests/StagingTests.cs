@@ -1,7 +1,7 @@
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Model;
-using NetlinkFlags = Merlin.Netlink.NetlinkFlags;
+using Merlin.Netlink;
 using Merlin.Reconciler;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 
@@ -32,35 +32,34 @@ public class StagingTests
         values[0] = "02:00:00:00:00:01";
         values[5] = "02:00:00:00:00:0A";
         var set = new NftSet("d1", "map", LayoutBuilder.DsrDeclaration(7), new SlotContent(values));
-        uint sequence = 0;
-        var writer = new BatchWriter(() => ++sequence, 1 << 20);
+        var writer = new BatchWriter(1 << 20);
         writer.Message(0, NetlinkFlags.Create, 5, w => w.Writer.WriteString(1, "merlin"), _ => { });
         writer.Message(9, NetlinkFlags.Create | NetlinkFlags.Exclusive, 5, w => SetStaging.WriteMapDeclaration(w.Writer, "merlin", "d1", 7, 1), _ => { });
         SetStaging.WriteSlots(writer, 5, "merlin", "d1", (SlotContent)set.Content, _ => { });
         var batch = writer.Finish()!.Value;
 
-        string Header(int length, string type, string flags, int seq, string family, string resId) =>
-            $"{length:x2}000000{type}{flags}{seq:x2}00000000000000{family}00{resId}";
+        // Sequence numbers and port ids stay zero: the client stamps them as it sends (NetlinkClient.ExecuteTransaction).
+        string Header(int length, string type, string flags, string family, string resId) =>
+            $"{length:x2}000000{type}{flags}0000000000000000{family}00{resId}";
         var expected = string.Concat(
             // NFNL_MSG_BATCH_BEGIN, AF_UNSPEC, res_id NFNL_SUBSYS_NFTABLES (big endian)
-            Header(20, "1000", "0100", 1, "00", "000a"),
+            Header(20, "1000", "0100", "00", "000a"),
             // NFT_MSG_NEWTABLE (subsystem 10 << 8), REQUEST|CREATE, netdev; NFTA_TABLE_NAME "merlin"
-            Header(32, "000a", "0104", 2, "05", "0000"), "0b000100", "6d65726c696e0000",
+            Header(32, "000a", "0104", "05", "0000"), "0b000100", "6d65726c696e0000",
             // NFT_MSG_NEWSET, REQUEST|CREATE|EXCL: table, name, flags MAP, key integer/4, data ether_addr/6, id 1, desc size 7, user data
-            Header(172, "090a", "0106", 3, "05", "0000"), "0b000100", "6d65726c696e0000", "07000200", "64310000",
+            Header(172, "090a", "0106", "05", "0000"), "0b000100", "6d65726c696e0000", "07000200", "64310000",
             "0800030000000008", "0800040000000004", "0800050000000004", "0800060000000009", "0800070000000006", "08000a0000000001",
             "0c000980", "0800010000000007",
             "48000d00", Convert.ToHexStringLower(SetStaging.MapUserData(7)),
             // NFT_MSG_NEWSETELEM, REQUEST|CREATE|EXCL|ACK (the batch's last message): table, set, elements
-            Header(108, "0c0a", "0506", 4, "05", "0000"), "0b000100", "6d65726c696e0000", "07000200", "64310000",
+            Header(108, "0c0a", "0506", "05", "0000"), "0b000100", "6d65726c696e0000", "07000200", "64310000",
             "44000380",
             // slot 0 → 02:00:00:00:00:01: LIST_ELEM { KEY { VALUE u32 host order }, DATA { VALUE 6 bytes } }
             "20000180", "0c000180", "0800010000000000", "10000280", "0a000100", "020000000001", "0000",
             "20000180", "0c000180", "0800010005000000", "10000280", "0a000100", "02000000000a", "0000",
             // NFNL_MSG_BATCH_END
-            Header(20, "1100", "0100", 5, "00", "000a"));
+            Header(20, "1100", "0100", "00", "000a"));
         Assert.Equal(expected, Convert.ToHexStringLower(batch.Bytes.Span));
-        Assert.Equal((1u, 4u), (batch.FirstSequence, batch.AckSequence));
         Assert.Equal(68, SetStaging.MapUserData(7).Length);
     }
 
@@ -69,8 +68,7 @@ public class StagingTests
     {
         var values = Enumerable.Range(0, 4093).Select(i => i % 3 == 0 ? null : "02:00:00:00:00:01").ToArray();
         var batches = new List<byte[]>();
-        uint sequence = 0;
-        var writer = new BatchWriter(() => ++sequence, 100_000);
+        var writer = new BatchWriter(100_000);
         void Full(BatchWriter w) => batches.Add(w.Finish()!.Value.Bytes.ToArray());
         SetStaging.WriteSlots(writer, 5, "merlin", "d1", new SlotContent(values), Full);
         Full(writer);
@@ -158,18 +156,25 @@ public class StagingTests
         ScriptRenderer.Full(new NftRuleset([new NftTable("netdev", "merlin", sets.ToDictionary(s => s.Name), new Dictionary<string, NftChain>())]));
 
     /// <summary>Every attribute the kernel reports for a set, but its name and handle.</summary>
-    private static List<string> SetAttributes(NetfilterSocket socket, string name) =>
-        NlAttribute.Parse(Assert.Single(socket.Request(10, 5, dump: false, new AttributeWriter().String(1, "merlin").String(2, name).ToArray())))
+    private static List<string> SetAttributes(NetlinkClient socket, string name) =>
+        Attributes(Assert.Single(NfNetlink.Request(socket, 10, 5, dump: false, "merlin", 2, name)))
             .Where(a => a.Type is not (2 or 16))
-            .Select(a => $"{a.Type}={Convert.ToHexStringLower(a.Value.Span)}")
+            .Select(a => $"{a.Type}={Convert.ToHexStringLower(a.Value)}")
             .ToList();
 
+    private static List<(ushort Type, byte[] Value)> Attributes(byte[] bytes)
+    {
+        var result = new List<(ushort, byte[])>();
+        foreach (var a in new AttributeReader(bytes)) result.Add((a.Type, a.Payload.ToArray()));
+        return result;
+    }
+
     /// <summary>The set's elements as the kernel dumps them (each NFTA_LIST_ELEM, as bytes), sorted: a hash set's order depends on its random seed.</summary>
-    private static List<string> ElementBytes(NetfilterSocket socket, string name) =>
-        socket.Request(13, 5, dump: true, new AttributeWriter().String(1, "merlin").String(2, name).ToArray())
-            .SelectMany(r => NlAttribute.Parse(r).Where(a => a.Type == 3))
-            .SelectMany(list => NlAttribute.Parse(list.Value))
-            .Select(e => Convert.ToHexStringLower(e.Value.Span))
+    private static List<string> ElementBytes(NetlinkClient socket, string name) =>
+        NfNetlink.Request(socket, 13, 5, dump: true, "merlin", 2, name)
+            .SelectMany(r => Attributes(r).Where(a => a.Type == 3))
+            .SelectMany(list => Attributes(list.Value))
+            .Select(e => Convert.ToHexStringLower(e.Value))
             .Order(StringComparer.Ordinal)
             .ToList();
 
@@ -180,7 +185,7 @@ public class StagingTests
         var byNft = Map("da", 1021, 10);
         var ours = byNft with { Name = "db" };
         ns.NftScript(NftScriptFor(byNft));
-        using var socket = NetfilterSocket.Open(ns.Name);
+        using var socket = NfNetlink.Open(ns.Name);
 
         Assert.Equal(1, SetStaging.Stage(socket, [new StagedSet("netdev", "merlin", ours)]).Commits);
 
@@ -199,7 +204,7 @@ public class StagingTests
         using var ns = TestNamespace.WithInterface();
         var maps = Enumerable.Range(1, 4).Select(i => Map($"d{i}", 1021, 7, i)).ToList();
         uint before = ns.Generation();
-        using var socket = NetfilterSocket.Open(ns.Name);
+        using var socket = NfNetlink.Open(ns.Name);
 
         var staging = SetStaging.Stage(socket, maps.Select(m => new StagedSet("netdev", "merlin", m)).ToList(), maxBatchBytes: 140_000);
 
@@ -218,7 +223,7 @@ public class StagingTests
         using var ns = TestNamespace.WithInterface();
         ns.NftScript(NftScriptFor(Map("d2", 251, 3)));
         uint before = ns.Generation();
-        using var socket = NetfilterSocket.Open(ns.Name);
+        using var socket = NfNetlink.Open(ns.Name);
 
         var refused = Assert.Throws<NetlinkException>(() => SetStaging.Stage(socket, [new("netdev", "merlin", Map("d1", 251, 3)), new("netdev", "merlin", Map("d2", 251, 3))]).Commits);
 
@@ -233,7 +238,7 @@ public class StagingTests
     {
         using var ns = TestNamespace.WithInterface();
         ns.NftScript(NftScriptFor(Map("d4", 1021, 3)));
-        using var socket = NetfilterSocket.Open(ns.Name);
+        using var socket = NfNetlink.Open(ns.Name);
         var maps = Enumerable.Range(1, 4).Select(i => new StagedSet("netdev", "merlin", Map($"d{i}", 1021, 7, i))).ToList();
 
         // d1–d3 commit in the first batch; the second is refused (d4 exists), so the first is taken back.
@@ -257,7 +262,7 @@ public class StagingTests
             new("netdev", "merlin", Map("d1", 251, 3)), new("netdev", "merlin", Map("d2", 509, 5)),
             new("inet", "merlin_nat", Map("d3", 251, 3)),
         };
-        using var socket = NetfilterSocket.Open(ns.Name);
+        using var socket = NfNetlink.Open(ns.Name);
         var staging = SetStaging.Stage(socket, staged);
         Assert.Equal([("netdev", "merlin")], staging.TablesMade);
 

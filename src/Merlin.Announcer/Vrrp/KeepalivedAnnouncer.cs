@@ -3,6 +3,7 @@ using System.Net;
 using System.Text;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
+using Merlin.Netlink;
 
 namespace Merlin.Announcer.Vrrp;
 
@@ -323,7 +324,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
                         if (_role != AnnouncerRole.Master || want.SequenceEqual(_loaded)) continue;
                     }
                     WriteConfig(want);
-                    if (!Native.Signal(process.Pid, Native.SigHup)) break;
+                    if (!ProcessSignal.Send(process.Pid, ProcessSignal.HangUp)) break;
                     Interlocked.Increment(ref _reloads);
                     lock (_lock) _loaded = want;
                     LogReloaded(_log, process.Pid, want.Count);
@@ -428,7 +429,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             return;
         }
         LogKilled(_log, pid, EngineProcess.StopWait.TotalSeconds);
-        if (vrrpChild is { } child && IsOurKeepalived(child)) Native.Signal(child, Native.SigKill);
+        if (vrrpChild is { } child && IsOurKeepalived(child)) ProcessSignal.Send(child, ProcessSignal.Kill);
     }
 
     /// <summary>A keepalived left running with this configuration by a daemon that died: stop it before starting ours.</summary>
@@ -451,7 +452,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         if (create)
         {
             if (File.Exists(_options.FifoPath)) File.Delete(_options.FifoPath);
-            Native.MakeFifo(_options.FifoPath);
+            Fifo.Create(_options.FifoPath);
         }
         // Read and write: opening never waits for a writer, and a keepalived restart (writer closes) is no end of file.
         _fifo = new FileStream(_options.FifoPath, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, bufferSize: 0);
@@ -748,7 +749,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
 
         public static Engine Adopted(int pid) => new(pid, Task.Run(async () =>
         {
-            while (Native.IsAlive(pid) && !EngineProcess.IsZombie(pid)) await Task.Delay(200);
+            while (ProcessSignal.IsAlive(pid) && !EngineProcess.IsZombie(pid)) await Task.Delay(200);
         }), null);
 
         public void Dispose() => _child?.Dispose();

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text;
 using Merlin.Dataplane.Nftables.Layout;
+using Merlin.Netlink;
 using Microsoft.Extensions.Logging;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
@@ -76,12 +77,12 @@ internal abstract partial class NftKernel : INftables, IDisposable
     /// </summary>
     public static readonly TimeSpan Linger = TimeSpan.FromSeconds(1);
 
-    private readonly Kept<NetfilterSocket> _socket;
+    private readonly Kept<NetlinkClient> _socket;
 
     protected NftKernel(NftablesOptions options)
     {
         Options = options;
-        _socket = new Kept<NetfilterSocket>(() => NetfilterSocket.Open(options.NetworkNamespace), s => s.Dispose(), Linger, new Lock(),
+        _socket = new Kept<NetlinkClient>(() => NfNetlink.Open(options.NetworkNamespace), s => s.Dispose(), Linger, new Lock(),
             () => Merlin.Netlink.NetworkNamespace.Identity(options.NetworkNamespace));
     }
 

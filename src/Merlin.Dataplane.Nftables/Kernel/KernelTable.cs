@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
+using Merlin.Netlink;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 
@@ -44,7 +45,7 @@ internal sealed record KernelSet(string Name, ulong Handle, uint Flags, uint Key
     public bool Anonymous => (Flags & 0x1) != 0;   // NFT_SET_ANONYMOUS
 }
 
-/// <summary>Reads generation ids and table structure over NETLINK_NETFILTER.</summary>
+/// <summary>Reads generation ids and table structure over NETLINK_NETFILTER (<see cref="NfNetlink"/>).</summary>
 internal static class NfTablesReader
 {
     private const byte NFT_MSG_GETTABLE = 1, NFT_MSG_GETCHAIN = 4, NFT_MSG_GETRULE = 7, NFT_MSG_GETSET = 10, NFT_MSG_GETGEN = 16;
@@ -61,20 +62,20 @@ internal static class NfTablesReader
     };
 
     /// <summary>The ruleset generation: the kernel bumps it on every committed transaction, by anyone.</summary>
-    public static uint Generation(NetfilterSocket socket)
+    public static uint Generation(NetlinkClient client)
     {
-        foreach (var reply in socket.Request(NFT_MSG_GETGEN, 0, dump: false, []))
-            foreach (var a in NlAttribute.Parse(reply))
-                if (a.Type == 1) return a.U32BigEndian;   // NFTA_GEN_ID
+        foreach (var reply in NfNetlink.Request(client, NFT_MSG_GETGEN, 0, dump: false))
+            foreach (var a in new AttributeReader(reply))
+                if (a.Type == 1) return a.GetUInt32BigEndian();   // NFTA_GEN_ID
         throw new InvalidDataException("the kernel's generation reply has no NFTA_GEN_ID");
     }
 
     /// <summary>Whether the table exists.</summary>
-    public static bool TableExists(NetfilterSocket socket, string family, string name) =>
-        RequestOne(socket, NFT_MSG_GETTABLE, FamilyNumber(family), new AttributeWriter().String(1, name).ToArray()).Count > 0;
+    public static bool TableExists(NetlinkClient client, string family, string name) =>
+        RequestOne(client, NFT_MSG_GETTABLE, FamilyNumber(family), name).Count > 0;
 
     /// <summary>One table's structure, or null if the table does not exist.</summary>
-    public static KernelTable? ReadTable(NetfilterSocket socket, string family, string name) => ReadTable(socket, family, name, null, null);
+    public static KernelTable? ReadTable(NetlinkClient client, string family, string name) => ReadTable(client, family, name, null, null);
 
     /// <summary>
     /// One table with only the named chains (and their rules) and sets, each asked for by name, or
@@ -82,45 +83,45 @@ internal static class NfTablesReader
     /// not exist are left out. After a transaction of ours that touched a few objects of a table
     /// of thousands, this reads those few.
     /// </summary>
-    public static KernelTable? ReadTable(NetfilterSocket socket, string family, string name, IReadOnlyCollection<string>? onlyChains, IReadOnlyCollection<string>? onlySets)
+    public static KernelTable? ReadTable(NetlinkClient client, string family, string name, IReadOnlyCollection<string>? onlyChains, IReadOnlyCollection<string>? onlySets)
     {
         byte f = FamilyNumber(family);
-        List<ReadOnlyMemory<byte>> tables;
+        List<byte[]> tables;
         try
         {
-            tables = socket.Request(NFT_MSG_GETTABLE, f, dump: false, new AttributeWriter().String(1, name).ToArray());
+            tables = NfNetlink.Request(client, NFT_MSG_GETTABLE, f, dump: false, name);   // NFTA_TABLE_NAME
         }
-        catch (NetlinkException e) when (e.Errno == NetlinkException.ENOENT)
+        catch (NetlinkException e) when (e.Errno == Errno.ENOENT)
         {
             return null;
         }
         ulong handle = 0;
         uint flags = 0;
         foreach (var reply in tables)
-            foreach (var a in NlAttribute.Parse(reply))
+            foreach (var a in new AttributeReader(reply))
             {
-                if (a.Type == 4) handle = a.U64BigEndian;        // NFTA_TABLE_HANDLE
-                else if (a.Type == 2) flags = a.U32BigEndian;    // NFTA_TABLE_FLAGS
+                if (a.Type == 4) handle = a.GetUInt64BigEndian();        // NFTA_TABLE_HANDLE
+                else if (a.Type == 2) flags = a.GetUInt32BigEndian();    // NFTA_TABLE_FLAGS
             }
 
         var rules = new Dictionary<string, List<KernelRule>>(StringComparer.Ordinal);
         var ruleReplies = onlyChains is null
-            ? socket.Request(NFT_MSG_GETRULE, f, dump: true, new AttributeWriter().String(1, name).ToArray())
-            : onlyChains.SelectMany(c => socket.Request(NFT_MSG_GETRULE, f, dump: true, new AttributeWriter().String(1, name).String(2, c).ToArray())).ToList();
+            ? NfNetlink.Request(client, NFT_MSG_GETRULE, f, dump: true, name)
+            : onlyChains.SelectMany(c => NfNetlink.Request(client, NFT_MSG_GETRULE, f, dump: true, name, 2, c)).ToList();
         foreach (var reply in ruleReplies)
         {
             string? table = null, chain = null, comment = null;
             ulong ruleHandle = 0;
             string hash = "";
-            foreach (var a in NlAttribute.Parse(reply))
+            foreach (var a in new AttributeReader(reply))
             {
                 switch (a.Type)
                 {
-                    case 1: table = a.String; break;                       // NFTA_RULE_TABLE
-                    case 2: chain = a.String; break;                       // NFTA_RULE_CHAIN
-                    case 3: ruleHandle = a.U64BigEndian; break;            // NFTA_RULE_HANDLE
-                    case 4: hash = Convert.ToHexStringLower(SHA256.HashData(a.Value.Span))[..16]; break;   // NFTA_RULE_EXPRESSIONS
-                    case 7: comment = UserDataString(a.Value.Span, 0); break;   // NFTA_RULE_USERDATA, NFTNL_UDATA_RULE_COMMENT
+                    case 1: table = a.GetString(); break;                  // NFTA_RULE_TABLE
+                    case 2: chain = a.GetString(); break;                  // NFTA_RULE_CHAIN
+                    case 3: ruleHandle = a.GetUInt64BigEndian(); break;    // NFTA_RULE_HANDLE
+                    case 4: hash = Convert.ToHexStringLower(SHA256.HashData(a.Payload))[..16]; break;   // NFTA_RULE_EXPRESSIONS
+                    case 7: comment = UserDataString(a.Payload, 0); break;   // NFTA_RULE_USERDATA, NFTNL_UDATA_RULE_COMMENT
                 }
             }
             if (table != name || chain is null) continue;
@@ -130,33 +131,32 @@ internal static class NfTablesReader
 
         var chains = new List<KernelChain>();
         var chainReplies = onlyChains is null
-            ? socket.Request(NFT_MSG_GETCHAIN, f, dump: true, [])
-            : onlyChains.SelectMany(c => RequestOne(socket, NFT_MSG_GETCHAIN, f, new AttributeWriter().String(1, name).String(3, c).ToArray())).ToList();
+            ? NfNetlink.Request(client, NFT_MSG_GETCHAIN, f, dump: true)
+            : onlyChains.SelectMany(c => RequestOne(client, NFT_MSG_GETCHAIN, f, name, 3, c)).ToList();
         foreach (var reply in chainReplies)
         {
             string? table = null, chainName = null, type = null, device = null;
             ulong chainHandle = 0;
             uint? hook = null, policy = null;
             int? priority = null;
-            foreach (var a in NlAttribute.Parse(reply))
+            foreach (var a in new AttributeReader(reply))
             {
                 switch (a.Type)
                 {
-                    case 1: table = a.String; break;                // NFTA_CHAIN_TABLE
-                    case 2: chainHandle = a.U64BigEndian; break;    // NFTA_CHAIN_HANDLE
-                    case 3: chainName = a.String; break;            // NFTA_CHAIN_NAME
-                    case 4:                                         // NFTA_CHAIN_HOOK
-                        foreach (var h in NlAttribute.Parse(a.Value))
+                    case 1: table = a.GetString(); break;                 // NFTA_CHAIN_TABLE
+                    case 2: chainHandle = a.GetUInt64BigEndian(); break;  // NFTA_CHAIN_HANDLE
+                    case 3: chainName = a.GetString(); break;             // NFTA_CHAIN_NAME
+                    case 4:                                               // NFTA_CHAIN_HOOK
+                        foreach (var h in a.GetAttributes())
                         {
-                            if (h.Type == 1) hook = h.U32BigEndian;                       // NFTA_HOOK_HOOKNUM
-                            else if (h.Type == 2) priority = (int)h.U32BigEndian;         // NFTA_HOOK_PRIORITY
-                            else if (h.Type == 3) device = h.String;                      // NFTA_HOOK_DEV
-                            else if (h.Type == 4)                                         // NFTA_HOOK_DEVS
-                                device = string.Join(",", NlAttribute.Parse(h.Value).Select(d => d.String));
+                            if (h.Type == 1) hook = h.GetUInt32BigEndian();                 // NFTA_HOOK_HOOKNUM
+                            else if (h.Type == 2) priority = (int)h.GetUInt32BigEndian();   // NFTA_HOOK_PRIORITY
+                            else if (h.Type == 3) device = h.GetString();                   // NFTA_HOOK_DEV
+                            else if (h.Type == 4) device = Devices(h.GetAttributes());      // NFTA_HOOK_DEVS
                         }
                         break;
-                    case 5: policy = a.U32BigEndian; break;         // NFTA_CHAIN_POLICY
-                    case 7: type = a.String; break;                 // NFTA_CHAIN_TYPE
+                    case 5: policy = a.GetUInt32BigEndian(); break;       // NFTA_CHAIN_POLICY
+                    case 7: type = a.GetString(); break;                  // NFTA_CHAIN_TYPE
                 }
             }
             if (table != name || chainName is null) continue;
@@ -165,29 +165,29 @@ internal static class NfTablesReader
 
         var sets = new List<KernelSet>();
         var setReplies = onlySets is null
-            ? socket.Request(NFT_MSG_GETSET, f, dump: true, new AttributeWriter().String(1, name).ToArray())
-            : onlySets.SelectMany(n => RequestOne(socket, NFT_MSG_GETSET, f, new AttributeWriter().String(1, name).String(2, n).ToArray())).ToList();
+            ? NfNetlink.Request(client, NFT_MSG_GETSET, f, dump: true, name)
+            : onlySets.SelectMany(n => RequestOne(client, NFT_MSG_GETSET, f, name, 2, n)).ToList();
         foreach (var reply in setReplies)
         {
             string? table = null, setName = null, comment = null;
             ulong setHandle = 0, timeout = 0;
             uint setFlags = 0, keyLength = 0, dataLength = 0, size = 0;
-            foreach (var a in NlAttribute.Parse(reply))
+            foreach (var a in new AttributeReader(reply))
             {
                 switch (a.Type)
                 {
-                    case 1: table = a.String; break;               // NFTA_SET_TABLE
-                    case 2: setName = a.String; break;             // NFTA_SET_NAME
-                    case 3: setFlags = a.U32BigEndian; break;      // NFTA_SET_FLAGS
-                    case 5: keyLength = a.U32BigEndian; break;     // NFTA_SET_KEY_LEN
-                    case 7: dataLength = a.U32BigEndian; break;    // NFTA_SET_DATA_LEN
-                    case 9:                                        // NFTA_SET_DESC
-                        foreach (var d in NlAttribute.Parse(a.Value))
-                            if (d.Type == 1) size = d.U32BigEndian;   // NFTA_SET_DESC_SIZE
+                    case 1: table = a.GetString(); break;                // NFTA_SET_TABLE
+                    case 2: setName = a.GetString(); break;              // NFTA_SET_NAME
+                    case 3: setFlags = a.GetUInt32BigEndian(); break;    // NFTA_SET_FLAGS
+                    case 5: keyLength = a.GetUInt32BigEndian(); break;   // NFTA_SET_KEY_LEN
+                    case 7: dataLength = a.GetUInt32BigEndian(); break;  // NFTA_SET_DATA_LEN
+                    case 9:                                              // NFTA_SET_DESC
+                        foreach (var d in a.GetAttributes())
+                            if (d.Type == 1) size = d.GetUInt32BigEndian();   // NFTA_SET_DESC_SIZE
                         break;
-                    case 11: timeout = a.U64BigEndian; break;      // NFTA_SET_TIMEOUT (ms)
-                    case 13: comment = UserDataString(a.Value.Span, 7); break;   // NFTA_SET_USERDATA, NFTNL_UDATA_SET_COMMENT
-                    case 16: setHandle = a.U64BigEndian; break;    // NFTA_SET_HANDLE
+                    case 11: timeout = a.GetUInt64BigEndian(); break;    // NFTA_SET_TIMEOUT (ms)
+                    case 13: comment = UserDataString(a.Payload, 7); break;   // NFTA_SET_USERDATA, NFTNL_UDATA_SET_COMMENT
+                    case 16: setHandle = a.GetUInt64BigEndian(); break;  // NFTA_SET_HANDLE
                 }
             }
             if (table != name || setName is null) continue;
@@ -196,14 +196,22 @@ internal static class NfTablesReader
         return new KernelTable(family, name, handle, flags, chains, sets);
     }
 
+    /// <summary>A netdev chain's devices (NFTA_HOOK_DEVS: one NFTA_DEVICE_NAME each), comma-separated.</summary>
+    private static string Devices(AttributeReader names)
+    {
+        var devices = new List<string>();
+        foreach (var d in names) devices.Add(d.GetString());
+        return string.Join(",", devices);
+    }
+
     /// <summary>A get of one object by name: its reply, or none if it does not exist.</summary>
-    private static List<ReadOnlyMemory<byte>> RequestOne(NetfilterSocket socket, byte type, byte family, byte[] attributes)
+    private static List<byte[]> RequestOne(NetlinkClient client, byte type, byte family, string table, ushort nameAttribute = 0, string? name = null)
     {
         try
         {
-            return socket.Request(type, family, dump: false, attributes);
+            return NfNetlink.Request(client, type, family, dump: false, table, nameAttribute, name);
         }
-        catch (NetlinkException e) when (e.Errno == NetlinkException.ENOENT)
+        catch (NetlinkException e) when (e.Errno == Errno.ENOENT)
         {
             return [];
         }

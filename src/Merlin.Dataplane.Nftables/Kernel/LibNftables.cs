@@ -59,7 +59,7 @@ internal sealed partial class NftLib : NftKernel
         {
             _session.Close();
             // Off the pass's path: after the 1,000-map first pass it takes ~85 ms (measured).
-            _ = Task.Run(static () => Native.malloc_trim(0), CancellationToken.None);
+            _ = Task.Run(static () => Heap.Trim(), CancellationToken.None);
         }
         if (outcome.Status != 0) throw new NftException(Summarize(Quote(outcome.Error, quote)));
     }
@@ -377,9 +377,7 @@ internal sealed unsafe class ScriptFile : IDisposable
 
     public static ScriptFile Create()
     {
-        var fd = Native.memfd_create("merlin-nft-script", Native.MFD_CLOEXEC);
-        if (fd < 0) throw new IOException($"memfd_create failed: errno {Marshal.GetLastPInvokeError()}");
-        return new ScriptFile(fd);
+        return new ScriptFile(MemoryFile.Create("merlin-nft-script"));
     }
 
     /// <summary>Renders the script into the file; returns the bytes written.</summary>
@@ -393,7 +391,7 @@ internal sealed unsafe class ScriptFile : IDisposable
     public void Dispose()
     {
         var fd = Interlocked.Exchange(ref _fd, -1);
-        if (fd >= 0) Native.close(fd);
+        if (fd >= 0) FileDescriptor.Close(fd);
     }
 
     private sealed class Writer(int fd, CancellationToken ct) : WriteOnlyStream
@@ -411,11 +409,11 @@ internal sealed unsafe class ScriptFile : IDisposable
             while (!buffer.IsEmpty)
             {
                 nint n;
-                fixed (byte* p = buffer) n = Native.write(fd, p, buffer.Length);
+                fixed (byte* p = buffer) n = FileDescriptor.Write(fd, p, (nuint)buffer.Length);
                 if (n < 0)
                 {
                     var errno = Marshal.GetLastPInvokeError();
-                    if (errno == Native.EINTR) continue;
+                    if (errno == Errno.EINTR) continue;
                     throw new IOException($"writing the script for libnftables: errno {errno}");
                 }
                 Written += n;

@@ -57,10 +57,10 @@ internal static class SetStaging
     /// Creates and fills <paramref name="sets"/> (and their tables, if missing); returns the number of
     /// transactions committed and the tables it made. On failure, what was committed is deleted again.
     /// </summary>
-    public static StageResult Stage(NetfilterSocket socket, IReadOnlyList<StagedSet> sets, int maxBatchBytes = MaxBatchBytes)
+    public static StageResult Stage(NetlinkClient client, IReadOnlyList<StagedSet> sets, int maxBatchBytes = MaxBatchBytes)
     {
-        int limit = Math.Min(maxBatchBytes, socket.ReserveSendBuffer(maxBatchBytes));
-        using var writer = new BatchWriter(socket.NextSequence, limit);
+        int limit = Math.Min(maxBatchBytes, client.SendLimit);
+        using var writer = new BatchWriter(limit);
         int committed = 0;
         var pending = new List<StagedSet>();                        // declared in the batch being written
         var created = new List<StagedSet>();                        // declared in a committed batch
@@ -81,7 +81,7 @@ internal static class SetStaging
                         // The table and its first set in one batch: a batch holding only the NEWTABLE
                         // of a table that exists would commit nothing, and not move the generation.
                         writer.MakeRoom(2, Send);
-                        if (!NfTablesReader.TableExists(socket, group.Key.Family, group.Key.Table))
+                        if (!NfTablesReader.TableExists(client, group.Key.Family, group.Key.Table))
                         {
                             writer.Message(NFT_MSG_NEWTABLE, NetlinkFlags.Create | NetlinkFlags.Exclusive, family, w => w.Writer.WriteString(1, group.Key.Table), Send);   // NFTA_TABLE_NAME
                             pendingTables.Add(group.Key);
@@ -100,8 +100,8 @@ internal static class SetStaging
         {
             if (created.Count > 0 || madeTables.Count > 0)
             {
-                try { Unstage(socket, new StageResult(committed, madeTables), created); }
-                catch (IOException) { }   // the next resync finds and removes them (sets no layout names)
+                try { Unstage(client, new StageResult(committed, madeTables), created); }
+                catch (Exception e) when (e is NetlinkException or NetlinkTimeoutException) { }   // the next resync finds and removes them (sets no layout names)
             }
             throw;
         }
@@ -109,7 +109,7 @@ internal static class SetStaging
         void Send(BatchWriter full)
         {
             if (full.Finish() is not { } batch) return;
-            socket.SendBatch(batch.Bytes.Span, batch.FirstSequence, batch.AckSequence);
+            client.ExecuteTransaction(batch.Buffer, Describe);
             committed++;
             created.AddRange(pending);
             pending.Clear();
@@ -122,9 +122,9 @@ internal static class SetStaging
     /// Deletes staged sets again (after the transaction that was to use them failed), in one
     /// transaction: the tables staging made go whole, the other sets one by one.
     /// </summary>
-    public static void Unstage(NetfilterSocket socket, StageResult staging, IReadOnlyList<StagedSet> sets)
+    public static void Unstage(NetlinkClient client, StageResult staging, IReadOnlyList<StagedSet> sets)
     {
-        using var writer = new BatchWriter(socket.NextSequence, int.MaxValue);
+        using var writer = new BatchWriter(int.MaxValue);
         foreach (var (family, table) in staging.TablesMade)
             writer.Message(NFT_MSG_DELTABLE, NetlinkFlags.None, NfTablesReader.FamilyNumber(family), w => w.Writer.WriteString(1, table), _ => { });
         foreach (var staged in sets)
@@ -138,8 +138,12 @@ internal static class SetStaging
             }, _ => { });
         }
         if (writer.Finish() is not { } batch) return;
-        socket.SendBatch(batch.Bytes.Span, batch.FirstSequence, batch.AckSequence);
+        client.ExecuteTransaction(batch.Buffer, Describe);
     }
+
+    /// <summary>Names the message an error answers: an nf_tables message, or the batch itself (a refused commit is answered against BATCH_BEGIN).</summary>
+    private static string Describe(ushort type) =>
+        type >> 8 == NfNetlink.SubsystemNfTables ? $"nf_tables {NfNetlink.MessageName(type & 0xff)}" : "nf_tables transaction";
 
     /// <summary>
     /// NFT_MSG_NEWSET's attributes for <c>typeof numgen inc mod M : ether daddr; size M;</c>, in the
@@ -272,14 +276,14 @@ internal static class SetStaging
 /// <see cref="NetlinkBuffer"/>, encoded by Merlin.Netlink's <see cref="NetlinkWriter"/>. When the
 /// next message would make the batch longer than its limit, the batch so far is handed to the
 /// caller's send first. The last message of a batch asks for an acknowledgement (NLM_F_ACK).
+/// Sequence numbers and port ids are left zero: <see cref="NetlinkClient.ExecuteTransaction"/> stamps them.
 /// </summary>
-internal sealed class BatchWriter(Func<uint> nextSequence, int limit) : IDisposable
+internal sealed class BatchWriter(int limit) : IDisposable
 {
-    private const ushort NFNL_MSG_BATCH_BEGIN = 0x10, NFNL_MSG_BATCH_END = 0x11, NFNL_SUBSYS_NFTABLES = 10;
+    private const ushort NFNL_MSG_BATCH_BEGIN = 0x10, NFNL_MSG_BATCH_END = 0x11;
     private readonly NetlinkBuffer _buffer = new(Math.Min(limit, 256 << 10));
     private MessageMark? _last;
-    private uint _firstSequence;
-    private uint _lastSequence;
+    private bool _finished;
 
     /// <summary>Writes the attributes of the message begun last.</summary>
     public NetlinkWriter Writer => new(_buffer);
@@ -295,6 +299,7 @@ internal sealed class BatchWriter(Func<uint> nextSequence, int limit) : IDisposa
     /// <summary>Hands the batch so far to <paramref name="full"/> unless <paramref name="messages"/> more messages of up to 64 KiB each fit after it.</summary>
     public void MakeRoom(int messages, Action<BatchWriter> full)
     {
+        StartOver();
         if (_buffer.Length > 0 && _buffer.Length + messages * (64 << 10) + 2 * 20 > limit) full(this);
     }
 
@@ -302,10 +307,10 @@ internal sealed class BatchWriter(Func<uint> nextSequence, int limit) : IDisposa
     public MessageMark BeginMessage(byte type, NetlinkFlags flags, byte family, Action<BatchWriter> full)
     {
         MakeRoom(1, full);
-        if (_buffer.Length == 0) _firstSequence = Control(NFNL_MSG_BATCH_BEGIN);
+        StartOver();
+        if (_buffer.Length == 0) Control(NFNL_MSG_BATCH_BEGIN);
         var w = Writer;
-        _lastSequence = nextSequence();
-        var mark = w.BeginMessage((ushort)(NFNL_SUBSYS_NFTABLES << 8 | type), NetlinkFlags.Request | flags, _lastSequence);
+        var mark = w.BeginMessage((ushort)(NfNetlink.SubsystemNfTables << 8 | type), NetlinkFlags.Request | flags);
         w.WriteNetfilterHeader(family, 0);
         return mark;
     }
@@ -316,9 +321,13 @@ internal sealed class BatchWriter(Func<uint> nextSequence, int limit) : IDisposa
         _last = mark;
     }
 
-    /// <summary>Closes the batch (its last message asks for an acknowledgement) and returns it; null if it holds no message. The writer starts a new batch after this.</summary>
+    /// <summary>
+    /// Closes the batch (its last message asks for an acknowledgement) and returns it; null if it holds no
+    /// message. The batch stays in the buffer until the next message is begun: send it first.
+    /// </summary>
     public Batch? Finish()
     {
+        StartOver();
         if (_last is not { } last)
         {
             _buffer.Clear();
@@ -326,25 +335,32 @@ internal sealed class BatchWriter(Func<uint> nextSequence, int limit) : IDisposa
         }
         Writer.AddFlags(last, NetlinkFlags.Ack);
         Control(NFNL_MSG_BATCH_END);
-        var result = new Batch(_buffer.WrittenMemory, _firstSequence, _lastSequence);
-        // The bytes stay valid until the next message is written: the caller sends them first.
-        _buffer.Clear();
         _last = null;
-        return result;
+        _finished = true;
+        return new Batch(_buffer);
     }
 
-    /// <summary>A finished batch: its bytes, the sequence numbers it spans, the one whose acknowledgement ends it.</summary>
-    public readonly record struct Batch(ReadOnlyMemory<byte> Bytes, uint FirstSequence, uint AckSequence);
+    /// <summary>A finished batch, in the writer's buffer.</summary>
+    public readonly record struct Batch(NetlinkBuffer Buffer)
+    {
+        public ReadOnlyMemory<byte> Bytes => Buffer.WrittenMemory;
+    }
 
-    /// <summary>BATCH_BEGIN or BATCH_END: AF_UNSPEC, res_id NFNL_SUBSYS_NFTABLES. Returns its sequence number.</summary>
-    private uint Control(ushort type)
+    /// <summary>Drops a batch handed out by <see cref="Finish"/> (sent by now) before the next is written.</summary>
+    private void StartOver()
+    {
+        if (!_finished) return;
+        _buffer.Clear();
+        _finished = false;
+    }
+
+    /// <summary>BATCH_BEGIN or BATCH_END: AF_UNSPEC, res_id NFNL_SUBSYS_NFTABLES.</summary>
+    private void Control(ushort type)
     {
         var w = Writer;
-        uint sequence = nextSequence();
-        var mark = w.BeginMessage(type, NetlinkFlags.Request, sequence);
-        w.WriteNetfilterHeader(0, NFNL_SUBSYS_NFTABLES);
+        var mark = w.BeginMessage(type, NetlinkFlags.Request);
+        w.WriteNetfilterHeader(0, NfNetlink.SubsystemNfTables);
         w.EndMessage(mark);
-        return sequence;
     }
 
     /// <summary>
