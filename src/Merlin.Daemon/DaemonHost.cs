@@ -112,11 +112,15 @@ public static class DaemonHost
             var a = announcer.State;
             var role = a.RoleName.Length > 0 ? $" ({a.Mode} {a.RoleName})" : "";
             var ready = s.Ready && s.StoreReachable && a.Healthy && !drain.Drained;
-            var text = ready ? $"ready{role}\n"
-                : !(s.Ready && s.StoreReachable) ? $"not ready: {(s.StoreReachable ? "first reconcile pending" : "store unreachable")}{(s.LastError is null ? "" : $" ({s.LastError})")}\n"
-                : drain.Drained ? "not ready: the node is drained (meradm node undrain)\n"
-                : $"not ready: announcer {a.Mode} {a.RoleName}: {a.Detail}\n";
-            return Results.Text(text, statusCode: ready ? 200 : 503);
+            if (ready) return Results.Text($"ready{role}\n");
+            // Every reason, not the first: a node cut off from its network is both store-unreachable and FAULT,
+            // and which of the two it notices first is a race an operator should not have to know about.
+            var reasons = new List<string>(3);
+            if (!(s.Ready && s.StoreReachable))
+                reasons.Add($"{(s.StoreReachable ? "first reconcile pending" : "store unreachable")}{(s.LastError is null ? "" : $" ({s.LastError})")}");
+            if (drain.Drained) reasons.Add("the node is drained (meradm node undrain)");
+            if (!a.Healthy) reasons.Add($"announcer {a.Mode} {a.RoleName}: {a.Detail}");
+            return Results.Text($"not ready: {string.Join("; ", reasons)}\n", statusCode: 503);
         }).RequireHost(healthHost);
         app.MapGet("/status", (IStatusReporter reporter) =>
             Results.Text(Google.Protobuf.JsonFormatter.Default.Format(reporter.Report()) + "\n", "application/json")).RequireHost(healthHost);
