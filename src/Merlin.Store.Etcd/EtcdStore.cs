@@ -289,8 +289,22 @@ public sealed class EtcdStore : IStore
             items.Add(new StoreItem(s, servers.TryGetValue(s.Id, out var list) ? list : []));
         }
         // The range read brought them anyway: counting them costs nothing, and tells of a Go merlin's service del.
-        var orphaned = servers.Where(kv => !ids.Contains(kv.Key)).Sum(kv => kv.Value.Count);
-        return new StoreSnapshot(items, revision) { OrphanedServers = orphaned };
+        var orphans = new List<OrphanedServer>();
+        if (servers.Keys.Any(id => !ids.Contains(id)))
+        {
+            // Rare (a Go merlin's service del): walk the read again for their keys' endpoints.
+            foreach (var kv in kvs)
+            {
+                var key = kv.Key.ToStringUtf8();
+                if (!key.StartsWith(serversPrefix, StringComparison.Ordinal)) continue;
+                var rest = key.AsSpan(serversPrefix.Length);
+                var slash = rest.IndexOf('/');
+                if (slash <= 0) continue;
+                var serviceId = rest[..slash].ToString();
+                if (!ids.Contains(serviceId)) orphans.Add(new OrphanedServer(serviceId, rest[(slash + 1)..].ToString(), Parse(RealServer.Parser, kv.Value, key)));
+            }
+        }
+        return new StoreSnapshot(items, revision) { OrphanedServers = orphans.Count, Orphans = orphans };
     }
 
     /// <summary>
@@ -351,8 +365,16 @@ public sealed class EtcdStore : IStore
             {
                 var key = ev.Kv.Key.ToStringUtf8();
                 var relative = key.Length > prefixLength ? key[prefixLength..] : key;
-                var kind = ev.Type == Mvccpb.Event.Types.EventType.Delete ? StoreChangeKind.Delete : StoreChangeKind.Put;
-                yield return new StoreChange(kind, relative, ev.Kv.ModRevision);
+                if (ev.Type == Mvccpb.Event.Types.EventType.Delete)
+                {
+                    yield return new StoreChange(StoreChangeKind.Delete, relative, ev.Kv.ModRevision);
+                    continue;
+                }
+                // Decoded as a List decodes it: a record that is not protobuf fails the watch as it fails the List.
+                IMessage? record = relative.StartsWith("services/", StringComparison.Ordinal) ? Parse(VirtualService.Parser, ev.Kv.Value, key)
+                    : relative.StartsWith("servers/", StringComparison.Ordinal) ? Parse(RealServer.Parser, ev.Kv.Value, key)
+                    : null;
+                yield return new StoreChange(StoreChangeKind.Put, relative, ev.Kv.ModRevision) { Record = record };
             }
         }
     }
