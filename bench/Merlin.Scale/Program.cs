@@ -161,7 +161,7 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
     var dataplane = (InMemoryDataplane)app.Services.GetRequiredService<IDataplane>();
     var total = o.Services * o.Servers;
     var clock = Stopwatch.StartNew();
-    while (dataplane.State.ServerCount != total)
+    while (dataplane.State.ServerCount != total || loop.Passes < 1) // the first pass has ended, not just applied
     {
         if (clock.Elapsed > TimeSpan.FromMinutes(5)) throw new InvalidOperationException($"dataplane has {dataplane.State.ServerCount} servers, expected {total}");
         await Task.Delay(100);
