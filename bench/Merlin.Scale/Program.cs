@@ -12,7 +12,11 @@ using Microsoft.Extensions.DependencyInjection;
 
 // Scale harness: a real daemon (in this process, loopback gRPC over HTTP/2) on each store backend.
 // Usage: dotnet run -c Release --project bench/Merlin.Scale -- [--store sqlite|etcd3|both] [--services 10000]
-//        [--servers 10] [--concurrency 32] [--list-runs 10]
+//        [--servers 10] [--concurrency 32] [--list-runs 10] [--fill api|store] [--creates 1000] [--changes 5]
+// --fill api (the default) creates everything through the API and times it. --fill store writes the records
+// straight into the store before the daemon starts (fast at any size), then times what happens at that size:
+// a reconcile pass that applies one change, CreateService of --creates more, and on etcd the raw etcd
+// transaction rate with the same value sizes.
 var opts = Args.Parse(args);
 var results = new List<string>();
 foreach (var backend in opts.Store == "both" ? ["sqlite", "etcd3"] : new[] { opts.Store })
@@ -42,8 +46,20 @@ static async Task<List<string>> Run(string backend, Args o)
             etcd = EtcdServer.Launch();
             options = options with { StoreEndpoints = [etcd.Endpoint], StoreTimeout = TimeSpan.FromSeconds(30) };
         }
+        if (o.Fill == "store")
+        {
+            var sw0 = Stopwatch.StartNew();
+            await FillStore(backend, options, etcd, o);
+            Console.WriteLine($"[{backend}] store filled directly with {o.Services:N0} × {o.Servers} in {sw0.Elapsed.TotalSeconds:N1} s");
+        }
         await using var app = DaemonHost.Build(options with { LogLevel = "warning" });
         await app.StartAsync();
+        if (o.Fill == "store")
+        {
+            rows.AddRange(await MeasureAtSize(backend, app, options, etcd, o));
+            await app.StopAsync();
+            return rows;
+        }
         using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{options.Port}",
             new GrpcChannelOptions { MaxReceiveMessageSize = Merlin.Client.GrpcConnection.MaxMessageBytes });
         var client = new Merlin.Wire.Merlin.MerlinClient(channel);
@@ -100,6 +116,104 @@ static async Task<List<string>> Run(string backend, Args o)
     return rows;
 }
 
+// Writes the records without the API: SQLite through the store (group commit), etcd with raw transactions of
+// 100 puts (what a Go merlin's records look like: no index entries).
+static async Task FillStore(string backend, DaemonOptions options, EtcdServer? etcd, Args o)
+{
+    if (backend == "sqlite")
+    {
+        await using var store = new Merlin.Store.Sqlite.SqliteStore(options.StorePath!);
+        await Parallel(o.Services, 64, i => store.CreateServiceAsync(Service(i)), "[sqlite] fill services");
+        await Parallel(o.Services * o.Servers, 64, i => store.CreateServerAsync(Server(i / o.Servers, i % o.Servers)), "[sqlite] fill servers");
+        return;
+    }
+    using var channel = GrpcChannel.ForAddress(etcd!.Endpoint);
+    var client = new dotnet_etcd.EtcdClient(channel.CreateCallInvoker());
+    var puts = new List<(string Key, ByteString Value)>();
+    for (var i = 0; i < o.Services; i++)
+    {
+        puts.Add(($"/merlin/services/svc-{i}", Service(i).ToByteString()));
+        for (var j = 0; j < o.Servers; j++)
+        {
+            var server = Server(i, j);
+            puts.Add(($"/merlin/servers/svc-{i}/{server.Key.Ip}:{server.Key.Port}", server.ToByteString()));
+        }
+    }
+    var batches = puts.Chunk(100).ToList();
+    await Parallel(batches.Count, 8, async b =>
+    {
+        var txn = new Etcdserverpb.TxnRequest();
+        foreach (var (key, value) in batches[b])
+            txn.Success.Add(new Etcdserverpb.RequestOp { RequestPut = new Etcdserverpb.PutRequest { Key = ByteString.CopyFromUtf8(key), Value = value } });
+        await client.TransactionAsync(txn);
+    }, "[etcd3] fill batches");
+}
+
+// At the filled size: the pass that applies one change (the loop's own pass after a weight change through the
+// API), CreateService of --creates more services, and on etcd the raw transaction rate for comparison.
+static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCore.Builder.WebApplication app, DaemonOptions options, EtcdServer? etcd, Args o)
+{
+    var rows = new List<string>();
+    using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{options.Port}",
+        new GrpcChannelOptions { MaxReceiveMessageSize = Merlin.Client.GrpcConnection.MaxMessageBytes });
+    var client = new Merlin.Wire.Merlin.MerlinClient(channel);
+    var loop = app.Services.GetRequiredService<ReconcileLoop>();
+    var dataplane = (InMemoryDataplane)app.Services.GetRequiredService<IDataplane>();
+    var total = o.Services * o.Servers;
+    var clock = Stopwatch.StartNew();
+    while (dataplane.State.ServerCount != total || loop.Passes < 1) // the first pass has ended, not just applied
+    {
+        if (clock.Elapsed > TimeSpan.FromMinutes(5)) throw new InvalidOperationException($"dataplane has {dataplane.State.ServerCount} servers, expected {total}");
+        await Task.Delay(100);
+    }
+    Console.WriteLine($"[{backend}] first pass programmed {total:N0} servers after {clock.Elapsed.TotalSeconds:N1} s; harness RSS {Environment.WorkingSet / 1048576.0:N0} MiB");
+    rows.Add($"| {backend} | harness process RSS (daemon + client) after the first pass, {o.Services:N0} × {o.Servers} | {Environment.WorkingSet / 1048576.0:N0} MiB |");
+
+    var passes = new List<double>();
+    for (var r = -1; r < o.Changes; r++) // the first change warms up (JIT) and is not counted
+    {
+        var applied = new TaskCompletionSource<PassResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnPass(PassResult p) { if (p.Applied > 0) applied.TrySetResult(p); }
+        loop.PassCompleted += OnPass;
+        var server = Server((r + 1) * 997 % o.Services, (r + 1) % o.Servers);
+        server.Config.Weight = (uint)(3 + r);
+        await client.UpdateServerAsync(server);
+        var pass = await applied.Task.WaitAsync(TimeSpan.FromMinutes(2));
+        loop.PassCompleted -= OnPass;
+        if (pass.Applied != 1) throw new InvalidOperationException($"the pass after one weight change applied {pass.Applied} operations");
+        if (r >= 0) passes.Add(pass.Duration.TotalMilliseconds);
+        await Task.Delay(300);
+    }
+    Console.WriteLine($"[{backend}] one-change reconcile passes: {string.Join(", ", passes.Select(p => $"{p:N1}"))} ms");
+    rows.Add($"| {backend} | reconcile pass applying one weight change at {o.Services:N0} × {o.Servers}, mean of {o.Changes} (each: {string.Join(", ", passes.Select(p => p.ToString("N1")))}) | {passes.Average():N1} ms |");
+
+    var sw = Stopwatch.StartNew();
+    await Parallel(o.Creates, o.Concurrency, async i => await client.CreateServiceAsync(Service(o.Services + i)), $"[{backend}] creates");
+    var createRate = o.Creates / sw.Elapsed.TotalSeconds;
+    Console.WriteLine($"[{backend}] CreateService at {o.Services:N0} existing: {createRate:N0}/s");
+    rows.Add($"| {backend} | CreateService at {o.Services:N0} existing, {o.Concurrency} concurrent, {o.Creates:N0} calls | {createRate:N0}/s |");
+
+    if (etcd is not null)
+    {
+        // The same value size as a service record, one create-if-absent compare each: what etcd alone allows.
+        using var raw = GrpcChannel.ForAddress(etcd.Endpoint);
+        var rawClient = new dotnet_etcd.EtcdClient(raw.CreateCallInvoker());
+        sw.Restart();
+        await Parallel(o.Creates, o.Concurrency, async i =>
+        {
+            var key = ByteString.CopyFromUtf8($"/bench-raw/{i}");
+            var txn = new Etcdserverpb.TxnRequest();
+            txn.Compare.Add(new Etcdserverpb.Compare { Key = key, Target = Etcdserverpb.Compare.Types.CompareTarget.Create, Result = Etcdserverpb.Compare.Types.CompareResult.Equal, CreateRevision = 0 });
+            txn.Success.Add(new Etcdserverpb.RequestOp { RequestPut = new Etcdserverpb.PutRequest { Key = key, Value = Service(o.Services + o.Creates + i).ToByteString() } });
+            await rawClient.TransactionAsync(txn);
+        }, "[etcd3] raw txns");
+        var rawRate = o.Creates / sw.Elapsed.TotalSeconds;
+        Console.WriteLine($"[etcd3] raw etcd create-if-absent txn: {rawRate:N0}/s; CreateService / raw = {createRate / rawRate:P0}");
+        rows.Add($"| {backend} | raw etcd create-if-absent txn (same value size), {o.Concurrency} concurrent, {o.Creates:N0} calls | {rawRate:N0}/s (CreateService / raw = {createRate / rawRate:P0}) |");
+    }
+    return rows;
+}
+
 static VirtualService Service(int i) => new()
 {
     Id = $"svc-{i}",
@@ -141,14 +255,17 @@ static int FreePort()
     return ((IPEndPoint)l.LocalEndpoint).Port;
 }
 
-sealed record Args(string Store, int Services, int Servers, int Concurrency, int ListRuns)
+sealed record Args(string Store, int Services, int Servers, int Concurrency, int ListRuns, string Fill = "api", int Creates = 1000, int Changes = 5)
 {
     public static Args Parse(string[] a)
     {
         string Get(string name, string fallback) => Array.IndexOf(a, name) is var i && i >= 0 && i + 1 < a.Length ? a[i + 1] : fallback;
         var store = Get("--store", "both");
         if (store is not ("sqlite" or "etcd3" or "both")) throw new ArgumentException("--store: sqlite, etcd3 or both");
+        var fill = Get("--fill", "api");
+        if (fill is not ("api" or "store")) throw new ArgumentException("--fill: api or store");
         return new Args(store, int.Parse(Get("--services", "10000")), int.Parse(Get("--servers", "10")),
-            int.Parse(Get("--concurrency", "32")), int.Parse(Get("--list-runs", "10")));
+            int.Parse(Get("--concurrency", "32")), int.Parse(Get("--list-runs", "10")), fill,
+            int.Parse(Get("--creates", "1000")), int.Parse(Get("--changes", "5")));
     }
 }

@@ -79,6 +79,16 @@ public static class MerlinApi
                     owner.Guard(method.Name, method.RequestMarshaller), method.ResponseMarshaller);
                 context.AddUnaryMethod(guarded, [], (endpoint, request, callContext) => invoke(endpoint.Service, request, callContext));
             }
+
+            public override void AddMethod<TRequest, TResponse>(Method<TRequest, TResponse> method, ServerStreamingServerMethod<TRequest, TResponse>? handler)
+            {
+                var implementation = typeof(MerlinService).GetMethod(method.Name, BindingFlags.Public | BindingFlags.Instance, [typeof(TRequest), typeof(IServerStreamWriter<TResponse>), typeof(ServerCallContext)])
+                    ?? throw new InvalidOperationException($"MerlinService has no method {method.Name}({typeof(TRequest).Name}, IServerStreamWriter<{typeof(TResponse).Name}>, ServerCallContext)");
+                var invoke = implementation.CreateDelegate<Func<MerlinService, TRequest, IServerStreamWriter<TResponse>, ServerCallContext, Task>>();
+                var guarded = new Method<TRequest, TResponse>(method.Type, method.ServiceName, method.Name,
+                    owner.Guard(method.Name, method.RequestMarshaller), method.ResponseMarshaller);
+                context.AddServerStreamingMethod(guarded, [], (endpoint, request, stream, callContext) => invoke(endpoint.Service, request, stream, callContext));
+            }
         }
     }
 }

@@ -129,6 +129,41 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         return response;
     });
 
+    /// <summary>The services a ListStream message carries at most; fewer when they pass <see cref="ListChunkBytes"/>.</summary>
+    internal const int ListChunkServices = 256;
+
+    /// <summary>A message is sent once its services reach this size (a service's servers are never split).</summary>
+    internal const int ListChunkBytes = 512 * 1024;
+
+    public override Task ListStream(Empty request, IServerStreamWriter<ListResponse> responseStream, ServerCallContext context) => Guard(context, async ct =>
+    {
+        var snapshot = await store.ListAsync(ct);
+        var chunk = new ListResponse();
+        var bytes = 0;
+        foreach (var item in snapshot.Items)
+        {
+            item.Service.ClearMerlinDigest(); // as List: the mark is the store's business
+            foreach (var server in item.Servers) server.ClearMerlinDigest();
+            var entry = new ListResponse.Types.Item { Service = item.Service };
+            entry.Servers.AddRange(item.Servers);
+            chunk.Items.Add(entry);
+            bytes += entry.CalculateSize();
+            if (chunk.Items.Count < ListChunkServices && bytes < ListChunkBytes) continue;
+            await responseStream.WriteAsync(Finished(chunk), ct);
+            (chunk, bytes) = (new ListResponse(), 0);
+        }
+        if (chunk.Items.Count > 0 || snapshot.Items.Count == 0) await responseStream.WriteAsync(Finished(chunk), ct);
+        return Done;
+    });
+
+    /// <summary>A list message as List completes it: this node's health verdicts, and its clock when a server drains.</summary>
+    private ListResponse Finished(ListResponse response)
+    {
+        status.AddHealth(response);
+        if (response.Items.Any(i => i.Servers.Any(s => s.DrainDeadline is not null))) response.Now = Timestamp.FromDateTimeOffset(time.GetUtcNow());
+        return response;
+    }
+
     public override Task<StatusResponse> Status(Empty request, ServerCallContext context) => Guard(context, async ct =>
     {
         var response = status.Report();

@@ -22,33 +22,64 @@ public static class Planner
 
         foreach (var (key, have) in actualServices)
         {
-            if (desiredServices.ContainsKey(key)) continue;
-            foreach (var server in Concrete(have.Servers).Keys) removals.Add(new DeleteServer(key, server));
-            removals.Add(new DeleteService(key));
+            if (!desiredServices.ContainsKey(key)) PlanService(key, null, have, removals, additions);
         }
-
         foreach (var (key, want) in desiredServices)
         {
-            var wantServers = Concrete(want.Servers);
-            if (!actualServices.TryGetValue(key, out var have))
-            {
-                additions.Add(new AddService(key, want.Config));
-                foreach (var (server, config) in wantServers) additions.Add(new AddServer(key, server, config));
-                continue;
-            }
-            if (!ReferenceEquals(have.Config, want.Config) && !have.Config.Equals(want.Config)) additions.Add(new UpdateService(key, want.Config));
-            var haveServers = Concrete(have.Servers);
-            foreach (var server in haveServers.Keys)
-            {
-                if (!wantServers.ContainsKey(server)) removals.Add(new DeleteServer(key, server));
-            }
-            foreach (var (server, config) in wantServers)
-            {
-                if (!haveServers.TryGetValue(server, out var current)) additions.Add(new AddServer(key, server, config));
-                else if (!ReferenceEquals(current, config) && !current.Equals(config)) additions.Add(new UpdateServer(key, server, config));
-            }
+            PlanService(key, want, actualServices.GetValueOrDefault(key), removals, additions);
         }
+        return Ordered(removals, additions);
+    }
 
+    /// <summary>
+    /// The plan for the services in <paramref name="scope"/> only: what a full plan would say of them. When only
+    /// they can differ (the rest was converged, and a watch event touched these), this is the full plan at a cost
+    /// of the change, not of the store.
+    /// </summary>
+    public static IReadOnlyList<Operation> Plan(DataplaneState desired, DataplaneState actual, IReadOnlySet<ServiceKey> scope)
+    {
+        var removals = new List<Operation>();
+        var additions = new List<Operation>();
+        foreach (var key in scope)
+        {
+            desired.Services.TryGetValue(key, out var want);
+            actual.Services.TryGetValue(key, out var have);
+            PlanService(key, want, have, removals, additions);
+        }
+        return Ordered(removals, additions);
+    }
+
+    private static void PlanService(ServiceKey key, ServiceState? want, ServiceState? have, List<Operation> removals, List<Operation> additions)
+    {
+        if (want is null)
+        {
+            if (have is null) return;
+            foreach (var server in Concrete(have.Servers).Keys) removals.Add(new DeleteServer(key, server));
+            removals.Add(new DeleteService(key));
+            return;
+        }
+        var wantServers = Concrete(want.Servers);
+        if (have is null)
+        {
+            additions.Add(new AddService(key, want.Config));
+            foreach (var (server, config) in wantServers) additions.Add(new AddServer(key, server, config));
+            return;
+        }
+        if (!ReferenceEquals(have.Config, want.Config) && !have.Config.Equals(want.Config)) additions.Add(new UpdateService(key, want.Config));
+        var haveServers = Concrete(have.Servers);
+        foreach (var server in haveServers.Keys)
+        {
+            if (!wantServers.ContainsKey(server)) removals.Add(new DeleteServer(key, server));
+        }
+        foreach (var (server, config) in wantServers)
+        {
+            if (!haveServers.TryGetValue(server, out var current)) additions.Add(new AddServer(key, server, config));
+            else if (!ReferenceEquals(current, config) && !current.Equals(config)) additions.Add(new UpdateServer(key, server, config));
+        }
+    }
+
+    private static List<Operation> Ordered(List<Operation> removals, List<Operation> additions)
+    {
         removals.Sort(OperationOrder.Instance);
         additions.Sort(OperationOrder.Instance);
         removals.AddRange(additions);

@@ -13,16 +13,18 @@ public sealed class ReconcilerOptions
     public TimeSpan RetryMax { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>
-    /// How long a store change waits for more before a pass starts. A pass re-reads the whole store,
-    /// so a burst of API writes (an agent registering, a script adding 1,000 servers) should cost one.
+    /// How long a store change waits for more before a pass starts, so a burst of API writes (an agent
+    /// registering, a script adding 1,000 servers) costs one pass, and one kernel transaction.
     /// </summary>
     public TimeSpan Debounce { get; set; } = TimeSpan.FromMilliseconds(100);
 }
 
 /// <summary>
 /// Drives <see cref="Reconciler"/>: at startup, on every store change (watch), on demand, and every
-/// sync period. Failed passes are retried with exponential backoff. Triggers coalesce: a pass always
-/// re-reads the whole store, so ten changes in a burst cost one or two passes.
+/// sync period. The watch's events go to the reconciler, which applies them to the store state it keeps,
+/// and a pass they trigger plans only the services they touched; the first pass, the sync period's and
+/// the one after a failure plan everything. Failed passes are retried with exponential backoff.
+/// Triggers coalesce: ten changes in a burst cost one or two passes.
 /// </summary>
 public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, ReconcilerOptions options, ILogger<ReconcileLoop> logger, TimeProvider time)
     : BackgroundService
@@ -42,6 +44,7 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
     {
         var watch = WatchAsync(ct);
         var backoff = options.RetryMin;
+        var fullPlan = true;
         try
         {
             while (!ct.IsCancellationRequested)
@@ -50,7 +53,7 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
                 PassResult result;
                 try
                 {
-                    result = await reconciler.RunPassAsync(ct);
+                    result = await reconciler.RunPassAsync(fullPlan, ct);
                 }
                 catch (OperationCanceledException) when (ct.IsCancellationRequested) { break; }
                 catch (Exception e)
@@ -66,7 +69,8 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
                 TimeSpan wait;
                 if (result.Converged) { wait = options.SyncPeriod; backoff = options.RetryMin; }
                 else { wait = backoff; backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, options.RetryMax.Ticks)); }
-                await WaitForTriggerAsync(wait, ct);
+                // Only a change after a pass that converged may be planned alone; a timer's pass checks everything.
+                fullPlan = !await WaitForTriggerAsync(wait, ct) || !result.Converged;
             }
         }
         finally
@@ -75,7 +79,8 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
         }
     }
 
-    private async Task WaitForTriggerAsync(TimeSpan wait, CancellationToken ct)
+    /// <summary>Waits for a trigger or <paramref name="wait"/>; true if a trigger came first.</summary>
+    private async Task<bool> WaitForTriggerAsync(TimeSpan wait, CancellationToken ct)
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
         timeout.CancelAfter(wait); // CancelAfter uses real time; the delay below honours the injected clock
@@ -87,6 +92,7 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
         {
             try { await Task.Delay(options.Debounce, time, ct); } catch (OperationCanceledException) { }
         }
+        return woken == trigger;
     }
 
     private async Task WatchAsync(CancellationToken ct)
@@ -99,9 +105,12 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
         {
             try
             {
+                // Resumed from the last revision seen, so no change is missed; until then a pass re-reads a moved store.
+                reconciler.FollowingWatch = true;
                 await foreach (var change in store.WatchAsync(revision, ct))
                 {
                     backoff = options.RetryMin;
+                    reconciler.Observe(change);
                     // After a Resync the pass this triggers re-lists everything; its revision is where history resumes.
                     revision = Math.Max(revision, change.Revision);
                     Trigger();
@@ -111,6 +120,10 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
             catch (Exception e)
             {
                 LogWatchFailed(e.Message, backoff.TotalMilliseconds);
+            }
+            finally
+            {
+                reconciler.FollowingWatch = false;
             }
             try { await Task.Delay(backoff, time, ct); } catch (OperationCanceledException) { return; }
             backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, options.RetryMax.Ticks));

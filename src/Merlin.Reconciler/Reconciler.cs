@@ -23,11 +23,22 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
     private static readonly Histogram<double> PassSeconds = Meter.CreateHistogram<double>("reconcile_duration_seconds", null, "Duration of a reconcile pass");
 
     private string _lastRejections = "";
-    private (long Revision, DataplaneState Desired, IReadOnlyList<RejectedRecord> Rejected, HashSet<(Model.ServiceKey, Model.RealServerKey)> Checked)? _lastDesired;
+    private StoreMirror? _mirror;
+    private IReadOnlyList<HealthTarget>? _trackedChecks;
+    private HashSet<(Model.ServiceKey, Model.RealServerKey)> _checkedServers = [];
+
+    // Watch events not yet applied; the watch's task adds, a pass takes.
+    private readonly Lock _observedLock = new();
+    private List<StoreChange> _observed = [];
+    private volatile bool _followingWatch;
+
+    /// <summary>The health generation of the last pass that applied everything it planned; null after one that did not.</summary>
+    private long? _inSync;
 
     /// <summary>The inputs of the last pass that converged, to recognise a pass with nothing to do.</summary>
     private (DataplaneState Desired, DataplaneState Actual, long Health)? _converged;
-    private DataplaneState? _convergedEffective;
+    /// <summary>The last pass's desired state with health applied (what the status shows as effective weights), if it applied everything.</summary>
+    private DataplaneState? _effective;
 
     /// <summary>Passes that found the store unchanged and reused the desired state of the one before.</summary>
     public long StoreReadsSkipped { get; private set; }
@@ -35,34 +46,69 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
     /// <summary>Passes whose inputs were those of the last converged pass, so planning was skipped.</summary>
     public long PlansSkipped { get; private set; }
 
-    public async Task<PassResult> RunPassAsync(CancellationToken ct)
+    /// <summary>Passes that planned only the services watch events touched.</summary>
+    public long ScopedPlans { get; private set; }
+
+    /// <summary>
+    /// Set while a watch of the store feeds <see cref="Observe"/> (by <see cref="ReconcileLoop"/>): a pass then
+    /// applies the events it was given instead of re-reading a store whose revision moved. Without a watch a pass
+    /// re-reads whenever the revision moved.
+    /// </summary>
+    public bool FollowingWatch
+    {
+        get => _followingWatch;
+        set => _followingWatch = value;
+    }
+
+    /// <summary>A change from the store's watch, applied by the next pass (any thread).</summary>
+    public void Observe(StoreChange change)
+    {
+        lock (_observedLock) _observed.Add(change);
+    }
+
+    /// <summary>A pass that plans everything (start, the sync period, after a failure; what a direct caller gets).</summary>
+    public Task<PassResult> RunPassAsync(CancellationToken ct) => RunPassAsync(fullPlan: true, ct);
+
+    /// <summary>
+    /// One pass. With <paramref name="fullPlan"/> false and a watch followed, it plans only the services the
+    /// watch events since the last pass touched, when the last pass applied everything it planned and no health
+    /// verdict changed since: the rest of the kernel was as desired then, and only a full plan re-checks it.
+    /// </summary>
+    public async Task<PassResult> RunPassAsync(bool fullPlan, CancellationToken ct)
     {
         var started = time.GetTimestamp();
         DataplaneState desired;
         IReadOnlyList<RejectedRecord> rejected;
-        HashSet<(Model.ServiceKey, Model.RealServerKey)> checkedServers;
+        IReadOnlySet<Model.ServiceKey>? touched = null;
         long revision;
         try
         {
-            // A resync of an unchanged store asks only for its revision: re-reading and decoding every
-            // record is most of a pass at 10,000 services, and the kernel side is audited anyway.
-            revision = await store.GetRevisionAsync(ct);
-            if (_lastDesired is { } last && last.Revision == revision)
+            // Asked on every pass: it tells that the store is reachable, and lets a pass without a watch skip an
+            // unchanged store (re-reading and decoding every record is most of a pass at 10,000 services).
+            var storeRevision = await store.GetRevisionAsync(ct);
+            List<StoreChange> observed;
+            lock (_observedLock) (observed, _observed) = (_observed, []);
+            if (_mirror is { } mirror && (touched = mirror.Apply(observed)) is not null && (FollowingWatch || mirror.Revision == storeRevision))
             {
-                (desired, rejected, checkedServers) = (last.Desired, last.Rejected, last.Checked);
                 StoreReadsSkipped++;
             }
             else
             {
+                // First pass, a Resync (history compacted), an event without its record, or no watch and a moved store.
+                _mirror = null; // a failed Apply may have left it half-way
                 var snapshot = await store.ListAsync(ct);
-                (desired, rejected, var checks) = DesiredState.Build(snapshot, dataplane.ProgramsStoredTables);
-                // Who wrote the records, from this read: it changes only with the store, as the read does.
-                status.RecordStoreOrigins(StoreOrigins.Count(snapshot));
-                revision = snapshot.Revision;
-                checkedServers = checks.Select(c => (c.Service, c.Server)).ToHashSet();
-                health?.Track(checks);
-                _lastDesired = (revision, desired, rejected, checkedServers);
+                _mirror = StoreMirror.Load(snapshot, dataplane.ProgramsStoredTables);
+                touched = null;
             }
+            var current = _mirror;
+            if (touched is null || touched.Count > 0) status.RecordStoreOrigins(current.Origins);
+            if (!ReferenceEquals(_trackedChecks, current.Checks))
+            {
+                _trackedChecks = current.Checks;
+                _checkedServers = current.Checks.Select(c => (c.Service, c.Server)).ToHashSet();
+                health?.Track(current.Checks);
+            }
+            (desired, rejected, revision) = (current.Desired, current.Rejected, current.Revision);
         }
         catch (StoreUnavailableException e)
         {
@@ -82,6 +128,7 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
         catch (Exception e) when (e is not OperationCanceledException)
         {
             LogDataplaneReadFailed(e, dataplane.Name);
+            _inSync = null;
             status.RecordPass(revision, desired, planned: 0, applied: 0, failed: 1, e.Message);
             Passes.Add(1, new KeyValuePair<string, object?>("result", "dataplane_error"));
             return new PassResult(true, 0, 0, 1, rejected, time.GetElapsedTime(started), revision);
@@ -93,12 +140,40 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
         var healthGeneration = health?.Generation ?? 0;
         var unchanged = _converged is { } c && ReferenceEquals(c.Desired, desired) && ReferenceEquals(c.Actual, actual) && c.Health == healthGeneration;
         var storeDesired = desired;
-        // Health verdicts change weights only: what the store says stays the desired configuration.
-        if (health is not null && !unchanged) desired = HealthOverlay.Apply(desired, actual, checkedServers, health.Verdict);
-        // Nothing changed since the pass that converged: its weights (health applied) are still the ones wanted,
-        // and the status (effective weights on the status page) must not fall back to the store's.
-        else if (unchanged && _convergedEffective is { } effective) desired = effective;
-        IReadOnlyList<Operation> plan = unchanged ? [] : Planner.Plan(desired, actual);
+        var scoped = !unchanged && !fullPlan && FollowingWatch && touched is not null && _inSync == healthGeneration;
+        IReadOnlyList<Operation> plan;
+        if (unchanged)
+        {
+            plan = [];
+            // Nothing changed since the pass that converged: its weights (health applied) are still the ones wanted,
+            // and the status (effective weights on the status page) must not fall back to the store's.
+            if (_effective is { } effective) desired = effective;
+        }
+        else if (scoped)
+        {
+            // Only the touched services can differ from what the last pass left in the kernel.
+            var part = new Dictionary<Model.ServiceKey, ServiceState>(touched!.Count);
+            foreach (var key in touched) if (desired.Services.TryGetValue(key, out var s)) part[key] = s;
+            var wanted = new DataplaneState(part);
+            if (health is not null) wanted = HealthOverlay.Apply(wanted, actual, _checkedServers, health.Verdict);
+            plan = Planner.Plan(wanted, actual, touched);
+            ScopedPlans++;
+            // The status shows effective weights: the last pass's, with the touched services as now wanted.
+            if (_effective is { } last)
+            {
+                var merged = new Dictionary<Model.ServiceKey, ServiceState>(last.Services);
+                foreach (var key in touched)
+                    if (wanted.Services.TryGetValue(key, out var s)) merged[key] = s;
+                    else merged.Remove(key);
+                desired = new DataplaneState(merged);
+            }
+        }
+        else
+        {
+            // Health verdicts change weights only: what the store says stays the desired configuration.
+            if (health is not null) desired = HealthOverlay.Apply(desired, actual, _checkedServers, health.Verdict);
+            plan = Planner.Plan(desired, actual);
+        }
         int applied = 0, failed = 0;
         string? lastError = null;
         if (plan.Count > 0)
@@ -123,7 +198,8 @@ public sealed partial class Reconciler(IStore store, IDataplane dataplane, Recon
         }
 
         _converged = plan.Count == 0 ? (storeDesired, actual, healthGeneration) : null;
-        _convergedEffective = plan.Count == 0 ? desired : null;
+        _effective = failed == 0 ? desired : null;
+        _inSync = failed == 0 ? healthGeneration : null;
         if (unchanged) PlansSkipped++;
         var elapsed = time.GetElapsedTime(started);
         status.RecordPass(revision, desired, plan.Count, applied, failed, lastError);

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net.Http;
 using System.Runtime.CompilerServices;
 using dotnet_etcd;
@@ -26,6 +27,7 @@ namespace Merlin.Store.Etcd;
 public sealed class EtcdStore : IStore
 {
     private const int MaxServiceWriteAttempts = 10;
+    private const string KeyIndexDirectory = "service-keys/";
 
     private readonly EtcdStoreOptions _options;
     private readonly string _prefix;
@@ -36,11 +38,13 @@ public sealed class EtcdStore : IStore
     private readonly ByteString _allKey, _allEnd, _servicesKey, _servicesEnd;
     private readonly CancellationTokenSource _closed = new();
 
-    // Identity index of the services (key identity ↔ id), read incrementally; used only under _serviceWrites.
+    // The services' keys (key identity ↔ id) as last read, incrementally; used only under _serviceWrites. A create
+    // holds it only for the read; its transaction compares one index entry (StoreKeys.ServiceKeyIndex).
     private readonly SemaphoreSlim _serviceWrites = new(1, 1);
     private readonly Dictionary<string, string> _identityOf = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _holderOf = new(StringComparer.Ordinal);
     private long _identityRevision;
+    private long _identityReadStarted; // Stopwatch timestamp: when the last read of the services began
     private int _disposed;
 
     public EtcdStore(EtcdStoreOptions options)
@@ -89,30 +93,45 @@ public sealed class EtcdStore : IStore
         var identity = IdentityOrNull(service);
         var key = Key(StoreKeys.Service(_prefix, service.Id));
         using var op = Begin(ct);
-        await Lock(_serviceWrites, op).ConfigureAwait(false);
-        try
+        // Services a Go merlin wrote have no index entry: the services as read since this call began must not
+        // hold the key. Concurrent creates share one read of them (see CheckKeyFreeForCreate).
+        if (identity is not null) await CheckKeyFreeForCreate(identity, service, Stopwatch.GetTimestamp(), op).ConfigureAwait(false);
+        var index = identity is null ? null : Key(StoreKeys.ServiceKeyIndex(_prefix, identity));
+        long indexVersion = 0; // the index entry this create replaces: none, or a stale one
+        for (var attempt = 1; ; attempt++)
         {
-            for (var attempt = 1; ; attempt++)
+            // Uniqueness is one compare on the index entry, so creates of other keys never invalidate each other.
+            var txn = new TxnRequest();
+            txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
+            if (index is not null) txn.Compare.Add(new Compare { Key = index, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = indexVersion });
+            txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = service.ToByteString() } });
+            if (index is not null) txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = index, Value = ByteString.CopyFromUtf8(service.Id) } });
+            // A Go merlin's `service del` leaves the servers behind; a new service of that id must not inherit them.
+            var servers = Key(StoreKeys.ServersOf(_prefix, service.Id));
+            txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = servers, RangeEnd = PrefixEnd(servers) } });
+            txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, CountOnly = true } });
+            if (index is not null) txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = index } });
+            var resp = await Txn(txn, op).ConfigureAwait(false);
+            if (resp.Succeeded) return;
+            if (resp.Responses[0].ResponseRange.Count > 0)
+                throw new AlreadyExistsException($"service \"{service.Id}\" already exists");
+            var entry = index is null ? null : resp.Responses[1].ResponseRange.Kvs.FirstOrDefault();
+            if (entry is not null && entry.ModRevision != indexVersion)
             {
-                var readRevision = await CheckIdentityFree(identity, service, exceptId: null, op).ConfigureAwait(false);
-                var txn = new TxnRequest();
-                txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
-                if (identity is not null) txn.Compare.Add(ServicesUnchangedSince(readRevision));
-                txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = service.ToByteString() } });
-                // A Go merlin's `service del` leaves the servers behind; a new service of that id must not inherit them.
-                var servers = Key(StoreKeys.ServersOf(_prefix, service.Id));
-                txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = servers, RangeEnd = PrefixEnd(servers) } });
-                txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, CountOnly = true } });
-                var resp = await Txn(txn, op).ConfigureAwait(false);
-                if (resp.Succeeded) return;
-                if (resp.Responses[0].ResponseRange.Count > 0)
-                    throw new AlreadyExistsException($"service \"{service.Id}\" already exists");
-                await Backoff(attempt, $"service \"{service.Id}\"", op).ConfigureAwait(false);
+                // The entry names a holder. It is stale if a Go merlin deleted that service or gave it another key:
+                // then this create takes the entry over (compared on its version, so one racer wins).
+                var holder = entry.Value.ToStringUtf8();
+                var held = await Range(new RangeRequest { Key = Key(StoreKeys.Service(_prefix, holder)) }, op).ConfigureAwait(false);
+                if (held.Kvs.Count > 0 && StoreKeys.ServiceIdentity(Parse(VirtualService.Parser, held.Kvs[0].Value, StoreKeys.Service(_prefix, holder))) == identity)
+                    throw new AlreadyExistsException($"service key {Describe(service)} is already used by service \"{holder}\"");
+                indexVersion = entry.ModRevision;
+                if (attempt == 1) continue;
             }
-        }
-        finally
-        {
-            _serviceWrites.Release();
+            else
+            {
+                indexVersion = entry?.ModRevision ?? 0;
+            }
+            await Backoff(attempt, $"service \"{service.Id}\"", op).ConfigureAwait(false);
         }
     }
 
@@ -143,6 +162,11 @@ public sealed class EtcdStore : IStore
                 txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
                 if (identity is not null) txn.Compare.Add(ServicesUnchangedSince(readRevision));
                 txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = service.ToByteString() } });
+                // The range compare proved no other service holds the key: (re)write its index entry, which also
+                // repairs one a Go merlin's writes left missing, and drop the entry of a key the service gave up.
+                if (identity is not null) txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = Key(StoreKeys.ServiceKeyIndex(_prefix, identity)), Value = ByteString.CopyFromUtf8(service.Id) } });
+                if (_identityOf.TryGetValue(service.Id, out var previous) && previous != identity)
+                    txn.Success.Add(DeleteIndexEntryOf(previous, service.Id));
                 txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
                 // A changed table guard (a server written meanwhile) shows as the same version below: retried.
                 await AddTableAsync(txn, service.Id, service, servers => servers, op).ConfigureAwait(false);
@@ -167,11 +191,15 @@ public sealed class EtcdStore : IStore
         var key = Key(StoreKeys.Service(_prefix, id));
         var servers = Key(StoreKeys.ServersOf(_prefix, id));
         using var op = Begin(ct);
+        // The key it holds: the index entry goes with it (a stale entry would only cost the next create a read).
+        var held = await Range(new RangeRequest { Key = key }, op).ConfigureAwait(false);
         var txn = new TxnRequest();
         txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
         txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
         txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = servers, RangeEnd = PrefixEnd(servers) } });
         txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = Key(StoreKeys.Table(_prefix, id)) } });
+        if (held.Kvs.Count > 0 && IdentityOrNull(Parse(VirtualService.Parser, held.Kvs[0].Value, StoreKeys.Service(_prefix, id))) is { } identity)
+            txn.Success.Add(DeleteIndexEntryOf(identity, id));
         var resp = await Txn(txn, op).ConfigureAwait(false);
         if (!resp.Succeeded) throw new NotFoundException($"service \"{id}\" not found");
     }
@@ -392,8 +420,22 @@ public sealed class EtcdStore : IStore
             items.Add(new StoreItem(s, servers.TryGetValue(s.Id, out var list) ? list : []) { Table = tables.GetValueOrDefault(s.Id) });
         }
         // The range read brought them anyway: counting them costs nothing, and tells of a Go merlin's service del.
-        var orphaned = servers.Where(kv => !ids.Contains(kv.Key)).Sum(kv => kv.Value.Count);
-        return new StoreSnapshot(items, revision) { OrphanedServers = orphaned };
+        var orphans = new List<OrphanedServer>();
+        if (servers.Keys.Any(id => !ids.Contains(id)))
+        {
+            // Rare (a Go merlin's service del): walk the read again for their keys' endpoints.
+            foreach (var kv in kvs)
+            {
+                var key = kv.Key.ToStringUtf8();
+                if (!key.StartsWith(serversPrefix, StringComparison.Ordinal)) continue;
+                var rest = key.AsSpan(serversPrefix.Length);
+                var slash = rest.IndexOf('/');
+                if (slash <= 0) continue;
+                var serviceId = rest[..slash].ToString();
+                if (!ids.Contains(serviceId)) orphans.Add(new OrphanedServer(serviceId, rest[(slash + 1)..].ToString(), Parse(RealServer.Parser, kv.Value, key)));
+            }
+        }
+        return new StoreSnapshot(items, revision) { OrphanedServers = orphans.Count, Orphans = orphans };
     }
 
     /// <summary>
@@ -454,8 +496,18 @@ public sealed class EtcdStore : IStore
             {
                 var key = ev.Kv.Key.ToStringUtf8();
                 var relative = key.Length > prefixLength ? key[prefixLength..] : key;
-                var kind = ev.Type == Mvccpb.Event.Types.EventType.Delete ? StoreChangeKind.Delete : StoreChangeKind.Put;
-                yield return new StoreChange(kind, relative, ev.Kv.ModRevision);
+                if (relative.StartsWith(KeyIndexDirectory, StringComparison.Ordinal)) continue; // the store's own bookkeeping
+                if (ev.Type == Mvccpb.Event.Types.EventType.Delete)
+                {
+                    yield return new StoreChange(StoreChangeKind.Delete, relative, ev.Kv.ModRevision);
+                    continue;
+                }
+                // Decoded as a List decodes it: a record that is not protobuf fails the watch as it fails the List.
+                IMessage? record = relative.StartsWith("services/", StringComparison.Ordinal) ? Parse(VirtualService.Parser, ev.Kv.Value, key)
+                    : relative.StartsWith("servers/", StringComparison.Ordinal) ? Parse(RealServer.Parser, ev.Kv.Value, key)
+                    : null;
+                var table = relative.StartsWith("tables/", StringComparison.Ordinal) ? ev.Kv.Value.ToByteArray() : null;
+                yield return new StoreChange(StoreChangeKind.Put, relative, ev.Kv.ModRevision) { Record = record, Table = table };
             }
         }
     }
@@ -515,8 +567,54 @@ public sealed class EtcdStore : IStore
         bool Taken() => _holderOf.TryGetValue(identity, out var holder) && holder != exceptId;
     }
 
+    /// <summary>
+    /// The range check of a create, without holding up other creates for their transactions: the services are
+    /// read again (incrementally) unless a read that began after <paramref name="arrived"/> already did, so one
+    /// read serves every create that was waiting for it. A holder found is confirmed by a full read, and its
+    /// missing index entry repaired.
+    /// </summary>
+    private async Task CheckKeyFreeForCreate(string identity, VirtualService service, long arrived, Operation op)
+    {
+        await Lock(_serviceWrites, op).ConfigureAwait(false);
+        try
+        {
+            if (_identityReadStarted <= arrived) await RefreshIdentities(full: _identityRevision == 0, op).ConfigureAwait(false);
+            if (!_holderOf.ContainsKey(identity)) return;
+            await RefreshIdentities(full: true, op).ConfigureAwait(false); // it may have been deleted since
+            if (!_holderOf.TryGetValue(identity, out var holder)) return;
+            await RepairIndexEntry(identity, holder, op).ConfigureAwait(false);
+            throw new AlreadyExistsException($"service key {Describe(service)} is already used by service \"{holder}\"");
+        }
+        finally
+        {
+            _serviceWrites.Release();
+        }
+    }
+
+    /// <summary>Writes the index entry of a holder a Go merlin created (none yet), while that service still exists.</summary>
+    private async Task RepairIndexEntry(string identity, string holder, Operation op)
+    {
+        var index = Key(StoreKeys.ServiceKeyIndex(_prefix, identity));
+        var txn = new TxnRequest();
+        txn.Compare.Add(new Compare { Key = index, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
+        txn.Compare.Add(new Compare { Key = Key(StoreKeys.Service(_prefix, holder)), Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+        txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = index, Value = ByteString.CopyFromUtf8(holder) } });
+        await Txn(txn, op).ConfigureAwait(false);
+    }
+
+    /// <summary>Deletes <paramref name="identity"/>'s index entry if (inside the transaction) it still names <paramref name="id"/>.</summary>
+    private RequestOp DeleteIndexEntryOf(string identity, string id)
+    {
+        var index = Key(StoreKeys.ServiceKeyIndex(_prefix, identity));
+        var nested = new TxnRequest();
+        nested.Compare.Add(new Compare { Key = index, Target = CompareTarget.Value, Result = CompareResult.Equal, Value = ByteString.CopyFromUtf8(id) });
+        nested.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = index } });
+        return new RequestOp { RequestTxn = nested };
+    }
+
     private async Task<long> RefreshIdentities(bool full, Operation op)
     {
+        _identityReadStarted = Stopwatch.GetTimestamp();
         List<Mvccpb.KeyValue> kvs;
         long revision;
         if (full)

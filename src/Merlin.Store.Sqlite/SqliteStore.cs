@@ -110,9 +110,10 @@ public sealed class SqliteStore : IStore
             if (w.Scalar<long>("SELECT COUNT(*) FROM services WHERE id = $id", ("$id", service.Id)) > 0)
                 throw new AlreadyExistsException($"service \"{service.Id}\" already exists");
             ThrowIfIdentityTaken(w, identity, service, exceptId: null);
+            var record = service.ToByteArray();
             w.Execute("INSERT INTO services (id, identity, record, version) VALUES ($id, $identity, $record, $rev)",
-                ("$id", service.Id), ("$identity", identity), ("$record", service.ToByteArray()), ("$rev", w.Revision));
-            w.Changed(StoreChangeKind.Put, ServiceKey(service.Id));
+                ("$id", service.Id), ("$identity", identity), ("$record", record), ("$rev", w.Revision));
+            w.Changed(StoreChangeKind.Put, ServiceKey(service.Id), record);
         }, ct);
     }
 
@@ -138,9 +139,10 @@ public sealed class SqliteStore : IStore
             if (current != expectedVersion)
                 throw new ConflictException($"service \"{service.Id}\" changed since version {expectedVersion} (now {current}); re-read and retry");
             ThrowIfIdentityTaken(w, identity, service, exceptId: service.Id);
+            var record = service.ToByteArray();
             w.Execute("UPDATE services SET identity = $identity, record = $record, version = $rev WHERE id = $id",
-                ("$id", service.Id), ("$identity", identity), ("$record", service.ToByteArray()), ("$rev", w.Revision));
-            w.Changed(StoreChangeKind.Put, ServiceKey(service.Id));
+                ("$id", service.Id), ("$identity", identity), ("$record", record), ("$rev", w.Revision));
+            w.Changed(StoreChangeKind.Put, ServiceKey(service.Id), record);
             DeriveTable(w, service.Id);
         }, ct);
     }
@@ -172,9 +174,10 @@ public sealed class SqliteStore : IStore
                 throw new NotFoundException($"service \"{server.ServiceID}\" not found");
             if (w.Scalar<long>("SELECT COUNT(*) FROM servers WHERE service_id = $id AND endpoint = $ep", ("$id", server.ServiceID), ("$ep", endpoint)) > 0)
                 throw new AlreadyExistsException($"server {endpoint} already exists in service \"{server.ServiceID}\"");
+            var record = server.ToByteArray();
             w.Execute("INSERT INTO servers (service_id, endpoint, record, version) VALUES ($id, $ep, $record, $rev)",
-                ("$id", server.ServiceID), ("$ep", endpoint), ("$record", server.ToByteArray()), ("$rev", w.Revision));
-            w.Changed(StoreChangeKind.Put, ServerKey(server.ServiceID, endpoint));
+                ("$id", server.ServiceID), ("$ep", endpoint), ("$record", record), ("$rev", w.Revision));
+            w.Changed(StoreChangeKind.Put, ServerKey(server.ServiceID, endpoint), record);
             DeriveTable(w, server.ServiceID);
         }, ct);
     }
@@ -201,9 +204,10 @@ public sealed class SqliteStore : IStore
                 ?? throw new NotFoundException($"server {endpoint} not found in service \"{server.ServiceID}\"");
             if (current != expectedVersion)
                 throw new ConflictException($"server {endpoint} of service \"{server.ServiceID}\" changed since version {expectedVersion} (now {current}); re-read and retry");
+            var record = server.ToByteArray();
             w.Execute("UPDATE servers SET record = $record, version = $rev WHERE service_id = $id AND endpoint = $ep",
-                ("$id", server.ServiceID), ("$ep", endpoint), ("$record", server.ToByteArray()), ("$rev", w.Revision));
-            w.Changed(StoreChangeKind.Put, ServerKey(server.ServiceID, endpoint));
+                ("$id", server.ServiceID), ("$ep", endpoint), ("$record", record), ("$rev", w.Revision));
+            w.Changed(StoreChangeKind.Put, ServerKey(server.ServiceID, endpoint), record);
             DeriveTable(w, server.ServiceID);
         }, ct);
     }
@@ -265,7 +269,7 @@ public sealed class SqliteStore : IStore
         if (previous is not null && previous.AsSpan().SequenceEqual(next)) return;
         w.Execute("INSERT OR REPLACE INTO tables (service_id, data, version) VALUES ($id, $data, $rev)",
             ("$id", serviceId), ("$data", next), ("$rev", w.Revision));
-        w.Changed(StoreChangeKind.Put, TableKey(serviceId));
+        w.Changed(StoreChangeKind.Put, TableKey(serviceId), next);
     }
 
     // ---------------------------------------------------------------- settings
@@ -400,18 +404,38 @@ public sealed class SqliteStore : IStore
 
     private sealed record ChangeBatch(bool Resync, long Current, List<StoreChange> Changes);
 
-    private static ChangeBatch ReadChanges(SqliteConnection c, long after)
+    private ChangeBatch ReadChanges(SqliteConnection c, long after)
     {
         using var tx = c.BeginTransaction(deferred: true);
         var current = ReadMeta(c, tx, "revision");
         var compacted = ReadMeta(c, tx, "compacted");
         if (after < compacted || after > current) return new ChangeBatch(true, current, []);
         var changes = new List<StoreChange>();
-        using var cmd = Command(c, "SELECT revision, kind, key FROM changes WHERE revision > $after AND revision <= $upto ORDER BY revision, seq",
+        using var cmd = Command(c, "SELECT revision, kind, key, record FROM changes WHERE revision > $after AND revision <= $upto ORDER BY revision, seq",
             ("$after", after), ("$upto", after + WatchBatchRevisions));
         cmd.Transaction = tx;
         using (var r = cmd.ExecuteReader())
-            while (r.Read()) changes.Add(new StoreChange((StoreChangeKind)r.GetInt32(1), r.GetString(2), r.GetInt64(0)));
+        {
+            while (r.Read())
+            {
+                var kind = (StoreChangeKind)r.GetInt32(1);
+                var key = r.GetString(2);
+                var change = new StoreChange(kind, key, r.GetInt64(0));
+                if (kind == StoreChangeKind.Put && key.StartsWith("tables/", StringComparison.Ordinal))
+                {
+                    if (r.IsDBNull(3)) return new ChangeBatch(true, current, []); // logged before changes carried tables
+                    change = change with { Table = (byte[])r.GetValue(3) };
+                }
+                else if (kind == StoreChangeKind.Put && (key.StartsWith("services/", StringComparison.Ordinal) || key.StartsWith("servers/", StringComparison.Ordinal)))
+                {
+                    // Logged by a build from before changes carried records (an upgrade, or an older process on the
+                    // same file): what was written is unknown here, so the follower must re-read.
+                    if (r.IsDBNull(3)) return new ChangeBatch(true, current, []);
+                    change = change with { Record = key.StartsWith("services/", StringComparison.Ordinal) ? ParseService(r, 3, key) : ParseServer(r, 3, key) };
+                }
+                changes.Add(change);
+            }
+        }
         tx.Commit();
         return new ChangeBatch(false, current, changes);
     }
@@ -420,9 +444,10 @@ public sealed class SqliteStore : IStore
     private sealed class Writer(SqliteStore store, SqliteTransaction transaction, long revision)
     {
         public long Revision { get; } = revision;
-        public List<(StoreChangeKind Kind, string Key)> Changes { get; } = [];
+        public List<(StoreChangeKind Kind, string Key, byte[]? Record)> Changes { get; } = [];
 
-        public void Changed(StoreChangeKind kind, string key) => Changes.Add((kind, key));
+        /// <summary>Logs a change; a Put carries the record it wrote, which the watch hands on.</summary>
+        public void Changed(StoreChangeKind kind, string key, byte[]? record = null) => Changes.Add((kind, key, record));
 
         public int Execute(string sql, params (string Name, object? Value)[] args) =>
             store.Statement(transaction, sql, args).ExecuteNonQuery();
@@ -631,8 +656,9 @@ public sealed class SqliteStore : IStore
                     {
                         var w = new Writer(this, tx, revision + 1);
                         request.Body(w);
-                        foreach (var (kind, key) in w.Changes)
-                            w.Execute("INSERT INTO changes (revision, kind, key) VALUES ($rev, $kind, $key)", ("$rev", w.Revision), ("$kind", (int)kind), ("$key", key));
+                        foreach (var (kind, key, record) in w.Changes)
+                            w.Execute("INSERT INTO changes (revision, kind, key, record) VALUES ($rev, $kind, $key, $record)",
+                                ("$rev", w.Revision), ("$kind", (int)kind), ("$key", key), ("$record", record));
                         revision = w.Revision;
                     }
                     Statement(tx, ReleaseSql).ExecuteNonQuery();
@@ -823,10 +849,25 @@ public sealed class SqliteStore : IStore
             cmd.Transaction = tx;
             cmd.ExecuteNonQuery();
         }
+        AddChangeRecords(c, tx);
         var schema = ReadMeta(c, tx, "schema");
         if (schema != SchemaVersion)
             throw new StoreUnavailableException($"sqlite store {_path}: schema version {schema} is not supported (this build reads {SchemaVersion})");
         tx.Commit();
+    }
+
+    /// <summary>
+    /// The change log's <c>record</c> column (what each Put wrote), added to a store made before it. Additive: an
+    /// older build ignores it, and the Puts it logs without one make a watcher re-read (<see cref="ReadChanges"/>).
+    /// </summary>
+    private static void AddChangeRecords(SqliteConnection c, SqliteTransaction tx)
+    {
+        using var columns = Command(c, "SELECT count(*) FROM pragma_table_info('changes') WHERE name = 'record'");
+        columns.Transaction = tx;
+        if (Convert.ToInt64(columns.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture) > 0) return;
+        using var alter = Command(c, "ALTER TABLE changes ADD COLUMN record BLOB");
+        alter.Transaction = tx;
+        alter.ExecuteNonQuery();
     }
 
     private static long ReadMeta(SqliteConnection c, SqliteTransaction tx, string key)

@@ -52,7 +52,8 @@ public interface IStore : IAsyncDisposable
     Task<long> GetRevisionAsync(CancellationToken ct = default);
 
     /// <summary>
-    /// Changes after <paramref name="afterRevision"/>, in order. If the history needed is gone
+    /// Changes after <paramref name="afterRevision"/>, in order, each Put with the record it wrote (so a follower
+    /// can keep the decoded state without reading the store again). If the history needed is gone
     /// (etcd compaction) a single <see cref="StoreChangeKind.Resync"/> is yielded and the enumeration
     /// ends: the caller re-lists, and may resume watching from the Resync's revision (or the new list's).
     /// Ends with <see cref="StoreUnavailableException"/> if the store becomes unreachable.
@@ -95,12 +96,40 @@ public sealed record StoreSnapshot(IReadOnlyList<StoreItem> Items, long Revision
     /// deletes cascade and which a Go merlin never writes.
     /// </summary>
     public int OrphanedServers { get; init; }
+
+    /// <summary>
+    /// Those records, with the service id and endpoint of their keys: a follower of the watch must know them, since a
+    /// Go merlin's <c>service add</c> of that id gives them a service again (a List then shows them under it).
+    /// </summary>
+    public IReadOnlyList<OrphanedServer> Orphans { get; init; } = [];
 }
+
+/// <summary>A server record under <c>servers/&lt;ServiceId&gt;/&lt;Endpoint&gt;</c> whose service does not exist.</summary>
+public sealed record OrphanedServer(string ServiceId, string Endpoint, RealServer Server);
 
 public enum StoreChangeKind { Put, Delete, Resync }
 
-/// <summary>One change: the key under the store's prefix that changed (e.g. <c>services/web</c>) and the revision.</summary>
-public sealed record StoreChange(StoreChangeKind Kind, string Key, long Revision);
+/// <summary>
+/// One change: the key under the store's prefix that changed (e.g. <c>services/web</c>) and the revision. The
+/// changes of one write share its revision (a service delete: the service and each of its servers).
+/// </summary>
+public sealed record StoreChange(StoreChangeKind Kind, string Key, long Revision)
+{
+    /// <summary>
+    /// What a Put wrote, as of <see cref="Revision"/>: a <see cref="VirtualService"/> under <c>services/</c>, a
+    /// <see cref="RealServer"/> under <c>servers/</c>. Null for deletes, resyncs and other keys (settings).
+    /// </summary>
+    public Google.Protobuf.IMessage? Record { get; init; }
+
+    /// <summary>What a Put under <c>tables/</c> wrote: the service's stored lookup table (<see cref="StoreItem.Table"/>).</summary>
+    public byte[]? Table { get; init; }
+
+    /// <summary>The same change: kind, key and revision name it; the record is what it carried.</summary>
+    public bool Equals(StoreChange? other) =>
+        other is not null && Kind == other.Kind && Key == other.Key && Revision == other.Revision;
+
+    public override int GetHashCode() => HashCode.Combine(Kind, Key, Revision);
+}
 
 public abstract class StoreException(string message, Exception? inner = null) : Exception(message, inner);
 

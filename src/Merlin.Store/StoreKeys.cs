@@ -37,6 +37,13 @@ public static class StoreKeys
 
     public static string TablesPrefix(string prefix) => $"{prefix}/tables/";
 
+    /// <summary>
+    /// Merlin's index of service keys: <c>&lt;prefix&gt;/service-keys/&lt;identity&gt;</c> → the id of the service that
+    /// holds that ip:port:protocol (or fwmark), written in the transaction that writes the service, so a create
+    /// proves its key unique by one compare. Outside <c>services/</c> and <c>servers/</c>: the Go merlin never reads it.
+    /// </summary>
+    public static string ServiceKeyIndex(string prefix, string identity) => $"{prefix}/service-keys/{identity}";
+
     public static string Server(string prefix, string serviceId, string ip, uint port) => $"{prefix}/servers/{serviceId}/{ip}:{port}";
 
     /// <summary>Identity of a service's key, used to refuse two services with the same ip:port:protocol or fwmark.</summary>

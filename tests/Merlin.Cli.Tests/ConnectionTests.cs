@@ -8,7 +8,7 @@ public class ConnectionTests
     public async Task Defaults_Are127001Port4282Timeout10s()
     {
         var before = DateTime.UtcNow;
-        var run = await Meradm.RunAsync("list");
+        var run = await Meradm.RunAsync("status"); // one call (list tries ListStream first)
 
         var connection = Assert.Single(run.Connections);
         Assert.Equal(new ConnectionOptions("127.0.0.1", 4282, TimeSpan.FromSeconds(10)), connection);

@@ -38,6 +38,30 @@ public sealed class FakeMerlinClient : Wire.Merlin.MerlinClient
     public override AsyncUnaryCall<Empty> DrainServerAsync(DrainRequest request, CallOptions options) => Answer("DrainServer", request, options, new Empty());
     public override AsyncUnaryCall<Empty> UndrainServerAsync(RealServer request, CallOptions options) => Answer("UndrainServer", request, options, new Empty());
     public override AsyncUnaryCall<ListResponse> ListAsync(Empty request, CallOptions options) => Answer("List", request, options, ListResponse);
+
+    /// <summary>What ListStream sends; null: the daemon has no ListStream (the Go merlin, an older Merlin) and answers Unimplemented.</summary>
+    public List<ListResponse>? ListParts { get; set; }
+
+    public override AsyncServerStreamingCall<ListResponse> ListStream(Empty request, CallOptions options)
+    {
+        Calls.Add(("ListStream", request, options));
+        return new AsyncServerStreamingCall<ListResponse>(new Parts(ListParts, Error), Task.FromResult(new Metadata()),
+            () => Grpc.Core.Status.DefaultSuccess, () => [], () => { });
+    }
+
+    private sealed class Parts(List<ListResponse>? parts, RpcException? error) : IAsyncStreamReader<ListResponse>
+    {
+        private int _next = -1;
+
+        public ListResponse Current => parts![_next];
+
+        public Task<bool> MoveNext(CancellationToken cancellationToken)
+        {
+            if (error is not null) return Task.FromException<bool>(error);
+            if (parts is null) return Task.FromException<bool>(new RpcException(new Grpc.Core.Status(StatusCode.Unimplemented, "Method is unimplemented.")));
+            return Task.FromResult(++_next < parts.Count);
+        }
+    }
     public override AsyncUnaryCall<StatusResponse> StatusAsync(Empty request, CallOptions options) => Answer("Status", request, options, StatusResponse);
     public override AsyncUnaryCall<CountersResponse> CountersAsync(Empty request, CallOptions options) => Answer("Counters", request, options, CountersResponse);
     public override AsyncUnaryCall<StatusResponse> DrainNodeAsync(Empty request, CallOptions options) => Answer("DrainNode", request, options, StatusResponse);

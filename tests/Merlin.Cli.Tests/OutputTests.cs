@@ -24,8 +24,33 @@ public class OutputTests
         Assert.Equal(0, run.ExitCode);
         Assert.Equal(expected.ReplaceLineEndings("\n"), run.Out);
         Assert.Equal("", run.Err);
-        Assert.Equal("List", Assert.Single(run.Client.Calls).Method);
+        // The fake has no ListStream, as a Go merlin: meradm asked for it, then fell back to List.
+        Assert.Equal(["ListStream", "List"], run.Client.Calls.Select(c => c.Method));
     }
+
+    [Fact]
+    public async Task List_FromADaemonWithListStream_PrintsItsPartsAsOneTable_AndJsonAsOneDocument()
+    {
+        var whole = Canned.List();
+        var ordered = whole.Items.OrderBy(i => i.Service.Id, StringComparer.Ordinal).ToList(); // a daemon sends the store's order
+        var first = new ListResponse { Items = { ordered[0], ordered[1] }, Now = whole.Now };
+        var second = new ListResponse { Items = { ordered[2] }, Now = whole.Now };
+        var fromList = await Meradm.RunAsync(c => c.ListResponse = whole, "list");
+        var fromListJson = await Meradm.RunAsync(c => c.ListResponse = whole, "list", "--output", "json");
+
+        var streamed = await Meradm.RunAsync(c => c.ListParts = [first, second], "list");
+        var streamedJson = await Meradm.RunAsync(c => c.ListParts = [first, second], "list", "--output", "json");
+
+        Assert.Equal(0, streamed.ExitCode);
+        Assert.Equal("ListStream", Assert.Single(streamed.Client.Calls).Method);
+        // The same rows as List's table; columns only widen as parts come (a part is printed before the next arrives).
+        Assert.Equal(Cells(fromList.Out), Cells(streamed.Out));
+        Assert.Equal(fromListJson.Out, streamedJson.Out);
+        Assert.Equal("No services.\n", (await Meradm.RunAsync(c => c.ListParts = [new ListResponse()], "list")).Out);
+    }
+
+    private static string[] Cells(string table) =>
+        [.. table.Split('\n').Select(line => System.Text.RegularExpressions.Regex.Replace(line, "  +", "  "))];
 
     [Fact]
     public async Task List_Stats_AddsTheKernelCountersOfProgrammedServicesAndServers()
@@ -50,7 +75,7 @@ public class OutputTests
             """;
         Assert.Equal(0, run.ExitCode);
         Assert.Equal(expected.ReplaceLineEndings("\n"), run.Out);
-        Assert.Equal(["List", "Counters"], run.Client.Calls.Select(c => c.Method));
+        Assert.Equal(["Counters", "ListStream", "List"], run.Client.Calls.Select(c => c.Method));
     }
 
     [Fact]

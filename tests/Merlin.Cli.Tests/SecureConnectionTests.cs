@@ -80,7 +80,7 @@ public sealed class SecureConnectionTests : IDisposable
     [Fact]
     public async Task WithoutTokenFile_NoAuthorizationIsSent()
     {
-        var run = await Meradm.RunAsync("list");
+        var run = await Meradm.RunAsync("status");
 
         Assert.Null(Assert.Single(run.Client.Calls).Options.Headers?.GetValue("authorization"));
     }

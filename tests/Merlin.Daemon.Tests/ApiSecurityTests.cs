@@ -36,6 +36,11 @@ public sealed class ApiSecurityTests(SecuredDaemon secured) : IClassFixture<Secu
         }, cancellationToken: Ct).ResponseAsync),
         ("UndrainServer", c => c.UndrainServerAsync(Server("web", OwnIp, 80), cancellationToken: Ct).ResponseAsync),
         ("List", c => c.ListAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
+        ("ListStream", async c =>
+        {
+            using var call = c.ListStream(new Empty(), cancellationToken: Ct);
+            while (await call.ResponseStream.MoveNext(Ct)) { }
+        }),
         ("Status", c => c.StatusAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
         ("Counters", c => c.CountersAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
         ("DrainNode", c => c.DrainNodeAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
@@ -109,7 +114,7 @@ public sealed class ApiSecurityTests(SecuredDaemon secured) : IClassFixture<Secu
         AssertEveryMethod(secured.Client(secured.OtherPki.Client("agent", "admin"), token: AdminToken), _ => StatusCode.Unauthenticated,
             "was not issued by the client CA");
 
-    private static StatusCode RealServerForAnotherIp(string method) => method is "List" or "Status" ? Ok : StatusCode.PermissionDenied;
+    private static StatusCode RealServerForAnotherIp(string method) => method is "List" or "ListStream" or "Status" ? Ok : StatusCode.PermissionDenied;
 
     [Fact]
     public async Task RealServerCertificate_CreatesUpdatesAndDeletesItsOwnServer_Only()

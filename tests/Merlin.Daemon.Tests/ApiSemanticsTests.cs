@@ -89,6 +89,34 @@ public class ApiSemanticsTests(EtcdFixture etcd) : BackendTestBase(etcd)
     }
 
     [Theory, MemberData(nameof(Backends))]
+    public async Task ListStream_SendsWhatListSends_InPartsOfWholeServices(string backend)
+    {
+        await using var daemon = await StartDaemonAsync(backend);
+        var c = daemon.Extended;
+        for (var i = 0; i < 300; i++)
+        {
+            var id = $"svc-{i:D3}";
+            await c.CreateServiceAsync(new Merlin.Wire.VirtualService
+            {
+                Id = id,
+                Key = new() { Ip = $"198.18.{i / 250}.{i % 250 + 1}", Port = 80, Protocol = Merlin.Wire.Protocol.Tcp },
+                Config = new() { Scheduler = "rr" },
+            }, cancellationToken: Ct);
+            if (i % 50 == 0)
+                await c.CreateServerAsync(new Merlin.Wire.RealServer { ServiceID = id, Key = new() { Ip = "198.19.0.1", Port = 80 }, Config = new() { Weight = 1, Forward = Merlin.Wire.ForwardMethod.Route } }, cancellationToken: Ct);
+        }
+        var list = await c.ListAsync(new Empty(), cancellationToken: Ct);
+
+        var parts = new List<Merlin.Wire.ListResponse>();
+        using (var call = c.ListStream(new Empty(), cancellationToken: Ct))
+            await foreach (var part in call.ResponseStream.ReadAllAsync(Ct)) parts.Add(part);
+
+        Assert.True(parts.Count >= 2, $"{parts.Count} part(s)");
+        Assert.All(parts, p => Assert.InRange(p.Items.Count, 1, 256));
+        Assert.Equal(list.Items, parts.SelectMany(p => p.Items));
+    }
+
+    [Theory, MemberData(nameof(Backends))]
     public async Task ErrorCodes_FollowTheContract(string backend)
     {
         await using var daemon = await StartDaemonAsync(backend);

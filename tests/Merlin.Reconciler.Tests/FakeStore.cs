@@ -20,10 +20,11 @@ internal sealed class FakeStore : IStore
 
     public string Backend => "fake";
 
-    public void Changed(string key)
+    /// <summary>A change event; without a record, as an older store's, a follower has to re-read.</summary>
+    public void Changed(string key, Google.Protobuf.IMessage? record = null, StoreChangeKind kind = StoreChangeKind.Put)
     {
         var rev = Interlocked.Increment(ref _revision);
-        _changes.Writer.TryWrite(new StoreChange(StoreChangeKind.Put, key, rev));
+        _changes.Writer.TryWrite(new StoreChange(kind, key, rev) { Record = record });
     }
 
     public Task<StoreSnapshot> ListAsync(CancellationToken ct = default)

@@ -221,6 +221,36 @@ public class ReconcilerTests
     }
 
     [Fact]
+    public async Task Loop_ChangeWithItsRecord_IsAppliedWithoutAStoreRead_ResyncReadsAgain()
+    {
+        var loop = new ReconcileLoop(_reconciler, _store, new ReconcilerOptions { SyncPeriod = TimeSpan.FromHours(1), Debounce = TimeSpan.Zero },
+            NullLogger<ReconcileLoop>.Instance, TimeProvider.System);
+        var ct = TestContext.Current.CancellationToken;
+        await loop.StartAsync(ct);
+        try
+        {
+            await WaitUntil(() => _dataplane.State.Services.Count == 2, ct);
+            var lists = _store.Lists;
+            var heavier = FakeStore.Server("web", "198.18.1.20", weight: 5);
+            _store.Items[0] = new StoreItem(_store.Items[0].Service, [heavier, FakeStore.Server("web", "198.18.1.21")]);
+            _store.Changed("servers/web/198.18.1.20:80", heavier);
+            var server = new RealServerKey(IPAddress.Parse("198.18.1.20"), 80);
+            await WaitUntil(() => _dataplane.State.Services[Web].Servers[server].Weight == 5, ct);
+            Assert.Equal(lists, _store.Lists);
+            Assert.True(_reconciler.ScopedPlans >= 1);
+
+            _store.Items.RemoveAt(1);
+            _store.Changed("", kind: StoreChangeKind.Resync); // the history was compacted: only a List knows what changed
+            await WaitUntil(() => _dataplane.State.Services.Count == 1, ct);
+            Assert.Equal(lists + 1, _store.Lists);
+        }
+        finally
+        {
+            await loop.StopAsync(CancellationToken.None);
+        }
+    }
+
+    [Fact]
     public async Task Loop_StoreDownAtStart_RetriesWithBackoffAndProgramsWhenItReturns()
     {
         _store.Down = true;

@@ -66,7 +66,7 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         await store.CreateServiceAsync(web, Ct);
         await store.CreateServerAsync(server, Ct);
 
-        Assert.Equal(["/merlin/servers/web/2001:db8::10:8443", "/merlin/services/web"], await Raw.KeysAsync("/merlin/"));
+        Assert.Equal(["/merlin/servers/web/2001:db8::10:8443", "/merlin/services/web"], [.. (await Raw.KeysAsync("/merlin/")).Where(k => !k.StartsWith("/merlin/service-keys/"))]);
         Assert.Equal(web, VirtualService.Parser.ParseFrom(await Raw.GetAsync("/merlin/services/web")));
         Assert.Equal(server, RealServer.Parser.ParseFrom(await Raw.GetAsync("/merlin/servers/web/2001:db8::10:8443")));
     }
@@ -145,7 +145,7 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         var after = await store.ListAsync(Ct);
         Assert.Empty(Assert.Single(after.Items).Servers);
         Assert.Equal(1, after.OrphanedServers); // old2's is still an orphan
-        Assert.Equal(["/merlin/servers/old2/198.18.1.8:80", "/merlin/services/old"], await Raw.KeysAsync("/merlin/")); // old2's are not old's
+        Assert.Equal(["/merlin/servers/old2/198.18.1.8:80", "/merlin/services/old"], [.. (await Raw.KeysAsync("/merlin/s")).Where(k => !k.StartsWith("/merlin/service-keys/"))]); // old2's are not old's
     }
 
     [Fact]
@@ -159,6 +159,60 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         Assert.Equal(["/merlin/services/web"], await Raw.KeysAsync("/merlin/services/"));
         Assert.Empty(await Raw.KeysAsync("/merlin/servers/"));
         Assert.Equal(new Settings { Compatibility = "go-merlin" }, Settings.Parser.ParseFrom(await Raw.GetAsync("/merlin/settings")));
+    }
+
+    [Fact]
+    public async Task TheKeyIndex_IsWrittenWithTheService_OutsideWhatTheGoMerlinReads_AndGoesWithIt()
+    {
+        await using var store = Open();
+        await store.CreateServiceAsync(Service("web", "198.18.0.1", 80), Ct);
+        var web = (await store.GetServiceAsync("web", Ct))!;
+        await store.UpdateServiceAsync(web.Value, web.Version, Ct);
+
+        Assert.Equal(["/merlin/services/web"], await Raw.KeysAsync("/merlin/services/"));
+        var entry = Assert.Single(await Raw.KeysAsync("/merlin/service-keys/"));
+        Assert.Equal("web"u8.ToArray(), await Raw.GetAsync(entry));
+
+        await store.DeleteServiceAsync("web", Ct);
+        Assert.Empty(await Raw.KeysAsync("/merlin/"));
+    }
+
+    [Fact]
+    public async Task AServiceAGoMerlinCreated_HasNoIndexEntry_YetItsKeyIsRefused_AndTheEntryRepaired()
+    {
+        await Raw.PutAsync("/merlin/services/go", Service("go", "198.18.0.1", 80).ToByteArray());
+        await using var store = Open();
+        await store.CreateServiceAsync(Service("other", "198.18.0.2", 80), Ct); // the store has read the services once
+
+        await Raw.PutAsync("/merlin/services/go2", Service("go2", "198.18.0.3", 80).ToByteArray()); // after that read
+        var e = await Assert.ThrowsAsync<AlreadyExistsException>(() => store.CreateServiceAsync(Service("web", "198.18.0.3", 80), Ct));
+        Assert.Contains("\"go2\"", e.Message);
+        await Assert.ThrowsAsync<AlreadyExistsException>(() => store.CreateServiceAsync(Service("web", "198.18.0.1", 80), Ct));
+
+        // Repaired: a second client's create is refused by the entry alone.
+        Assert.Equal(3, (await Raw.KeysAsync("/merlin/service-keys/")).Count);
+        await using var second = Open();
+        await Assert.ThrowsAsync<AlreadyExistsException>(() => second.CreateServiceAsync(Service("web", "198.18.0.3", 80), Ct));
+        Assert.Equal(["/merlin/services/go", "/merlin/services/go2", "/merlin/services/other"], await Raw.KeysAsync("/merlin/services/"));
+    }
+
+    [Fact]
+    public async Task AStaleIndexEntry_FromAGoMerlinsDeleteOrKeyChange_DoesNotBlockACreate()
+    {
+        await using var store = Open();
+        await store.CreateServiceAsync(Service("a", "198.18.0.1", 80), Ct);
+        await store.CreateServiceAsync(Service("b", "198.18.0.2", 80), Ct);
+        await Raw.Client.DeleteAsync("/merlin/services/a", cancellationToken: Ct); // a Go merlin's service del: the entry stays
+        await Raw.PutAsync("/merlin/services/b", Service("b", "198.18.0.9", 80).ToByteArray()); // a Go edit of b's key
+
+        await store.CreateServiceAsync(Service("c", "198.18.0.1", 80), Ct);
+        await using var second = Open();
+        await second.CreateServiceAsync(Service("d", "198.18.0.2", 80), Ct);
+
+        var names = new List<string>();
+        foreach (var key in await Raw.KeysAsync("/merlin/service-keys/")) names.Add(System.Text.Encoding.UTF8.GetString((await Raw.GetAsync(key))!));
+        Assert.Equal(["c", "d"], names.Order());
+        await Assert.ThrowsAsync<AlreadyExistsException>(() => second.CreateServiceAsync(Service("e", "198.18.0.1", 80), Ct));
     }
 
     [Fact]

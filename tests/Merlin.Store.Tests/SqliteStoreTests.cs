@@ -36,6 +36,38 @@ public sealed class SqliteStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task AStoreFromBeforeChangesCarriedRecords_IsUpgraded_AndItsOldChangesMakeAWatcherReList()
+    {
+        long start;
+        await using (var store = Open())
+        {
+            start = (await store.ListAsync(Ct)).Revision;
+            await store.CreateServiceAsync(Service("web", "198.18.0.1"), Ct);
+        }
+        using (var c = new SqliteConnection($"Data Source={DbPath};Pooling=False"))
+        {
+            c.Open();
+            using var cmd = c.CreateCommand();
+            cmd.CommandText = "ALTER TABLE changes DROP COLUMN record"; // the file as an older build left it
+            cmd.ExecuteNonQuery();
+        }
+
+        await using var reopened = Open();
+        await reopened.CreateServiceAsync(Service("api", "198.18.0.2"), Ct);
+
+        // What the old build wrote is not in its log; a watch from before it must re-list, one from after it need not.
+        Assert.Equal(StoreChangeKind.Resync, (await FirstChange(reopened, start)).Kind);
+        var api = await FirstChange(reopened, start + 1);
+        Assert.Equal(Service("api", "198.18.0.2"), api.Record);
+    }
+
+    private static async Task<StoreChange> FirstChange(SqliteStore store, long after)
+    {
+        await foreach (var change in store.WatchAsync(after, Ct)) return change;
+        throw new InvalidOperationException("the watch ended without a change");
+    }
+
+    [Fact]
     public async Task ASecondInstanceOnTheSameFile_IsSeenByTheWatchThroughPolling()
     {
         await using var a = Open();

@@ -573,6 +573,58 @@ public abstract class StoreContractTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Watch_PutsCarryTheRecordTheyWrote_DeletesNone()
+    {
+        var start = (await Store.ListAsync(Ct)).Revision;
+        var web = Service("web", "198.18.0.1", 80);
+        await Store.CreateServiceAsync(web, Ct);
+        var server = FullServer("web", "198.18.1.1", 80);
+        await Store.CreateServerAsync(server, Ct);
+        var heavier = server.Clone();
+        heavier.Config.Weight = 7;
+        await Store.UpdateServerAsync(heavier, (await Store.GetServerAsync("web", "198.18.1.1", 80, Ct))!.Version, Ct);
+        await Store.DeleteServiceAsync("web", Ct);
+
+        var changes = await CollectAsync(Store.WatchAsync(start, Ct), 5);
+
+        // A follower keeps the decoded state from these alone: each Put as Get would have returned it then.
+        Assert.Equal<Google.Protobuf.IMessage?>([web, server, heavier, null, null], changes.Select(c => c.Record));
+        Assert.Equal(["servers/web/198.18.1.1:80", "services/web"], changes.Skip(3).Select(c => c.Key).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public async Task Watch_AppliedToAList_EqualsALaterList()
+    {
+        await Store.CreateServiceAsync(Service("a", "198.18.0.1"), Ct);
+        await Store.CreateServerAsync(Server("a", "198.18.1.1"), Ct);
+        var listed = await Store.ListAsync(Ct);
+        var records = new Dictionary<string, Google.Protobuf.IMessage>(StringComparer.Ordinal);
+        foreach (var item in listed.Items)
+        {
+            records[$"services/{item.Service.Id}"] = item.Service;
+            foreach (var server in item.Servers) records[$"servers/{item.Service.Id}/{server.Key.Ip}:{server.Key.Port}"] = server;
+        }
+
+        await Store.CreateServiceAsync(Service("b", "198.18.0.2"), Ct);
+        await Store.CreateServerAsync(Server("b", "198.18.1.2"), Ct);
+        await Store.CreateServerAsync(Server("a", "198.18.1.3"), Ct);
+        var edited = Server("a", "198.18.1.1", weight: 9);
+        await Store.UpdateServerAsync(edited, (await Store.GetServerAsync("a", "198.18.1.1", 8080, Ct))!.Version, Ct);
+        await Store.DeleteServiceAsync("a", Ct);
+        await Store.CreateServiceAsync(Service("marker", "198.18.0.9"), Ct);
+        foreach (var change in await CollectAsync(Store.WatchAsync(listed.Revision, Ct), c => c.Key == "services/marker"))
+        {
+            if (change.Kind == StoreChangeKind.Put) records[change.Key] = change.Record!;
+            else records.Remove(change.Key);
+        }
+
+        var later = await Store.ListAsync(Ct);
+        var expected = later.Items.SelectMany(i => i.Servers.Select(s => ($"servers/{i.Service.Id}/{s.Key.Ip}:{s.Key.Port}", (Google.Protobuf.IMessage)s))
+            .Prepend(($"services/{i.Service.Id}", i.Service)));
+        Assert.Equal(expected.OrderBy(kv => kv.Item1, StringComparer.Ordinal), records.Select(kv => (kv.Key, kv.Value)).OrderBy(kv => kv.Key, StringComparer.Ordinal));
+    }
+
+    [Fact]
     public async Task Watch_ResumedFromARevision_YieldsOnlyLaterChanges()
     {
         await Store.CreateServiceAsync(Service("a", "10.0.0.1"), Ct);

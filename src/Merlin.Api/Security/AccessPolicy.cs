@@ -31,6 +31,7 @@ public static class AccessPolicy
         ["DrainServer"] = OwnServer((DrainRequest r) => r.Server?.Key?.Ip),
         ["UndrainServer"] = OwnServer((RealServer r) => r.Key?.Ip),
         ["List"] = Read,
+        ["ListStream"] = Read,
         ["Status"] = Read,
         // Counters stays admin-only: every service's traffic is none of an agent's business, and a
         // read costs the dataplane one dump per service.

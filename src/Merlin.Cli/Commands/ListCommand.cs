@@ -1,5 +1,7 @@
 using System.CommandLine;
 using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using Merlin.Wire;
 using Merlin.Cli.Output;
 
 namespace Merlin.Cli.Commands;
@@ -14,12 +16,47 @@ internal static class ListCommand
         command.Options.Add(stats);
         command.SetAction((result, ct) => ctx.CallAsync(result, "list services", async (client, options) =>
         {
-            var list = Views.From(await client.ListAsync(new Empty(), options));
-            if (result.GetValue(stats)) list = Views.WithStats(list, await client.CountersAsync(new Empty(), options));
-            if (ctx.Output(result) == OutputFormat.Json) Json.Write(ctx.Out, list);
-            else Tables.WriteList(ctx.Out, list);
+            var counters = result.GetValue(stats) ? await client.CountersAsync(new Empty(), options) : null;
+            var json = ctx.Output(result) == OutputFormat.Json;
+            var table = new Tables.ListWriter(ctx.Out, counters is not null);
+            var all = new List<ServiceView>();
+            await foreach (var response in ListParts(client, options))
+            {
+                var part = Views.From(response);
+                if (counters is not null) part = Views.WithStats(part, counters);
+                // A table is printed part by part as it arrives; JSON is one document.
+                if (json) all.AddRange(part.Services);
+                else table.Write(part);
+            }
+            if (json) Json.Write(ctx.Out, new ServiceList([.. all.OrderBy(s => s.Id, StringComparer.Ordinal)]));
+            else table.End();
         }, ct));
         return command;
+    }
+
+    /// <summary>The list in parts (ListStream); from a daemon without it (the Go merlin, an older Merlin), List's one message.</summary>
+    private static async IAsyncEnumerable<ListResponse> ListParts(Wire.Merlin.MerlinClient client, CallOptions options)
+    {
+        using (var call = client.ListStream(new Empty(), options))
+        {
+            var first = true;
+            while (true)
+            {
+                bool more;
+                try
+                {
+                    more = await call.ResponseStream.MoveNext(options.CancellationToken);
+                }
+                catch (RpcException e) when (first && e.StatusCode == StatusCode.Unimplemented)
+                {
+                    break;
+                }
+                if (!more) yield break;
+                first = false;
+                yield return call.ResponseStream.Current;
+            }
+        }
+        yield return await client.ListAsync(new Empty(), options);
     }
 }
 

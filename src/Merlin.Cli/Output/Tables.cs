@@ -14,51 +14,74 @@ public static class Tables
     /// </summary>
     public static void WriteList(TextWriter writer, ServiceList list)
     {
-        if (list.Services.Count == 0)
+        var table = new ListWriter(writer, stats: list.Services.Any(s => s.Stats is not null));
+        table.Write(list);
+        table.End();
+    }
+
+    /// <summary>
+    /// Prints a list that arrives in parts (ListStream), each part as soon as it is there: columns are as wide as
+    /// the widest cell so far, so a later part may be wider than the lines printed before it.
+    /// </summary>
+    public sealed class ListWriter(TextWriter writer, bool stats)
+    {
+        private int[]? _serviceWidths, _serverWidths;
+
+        public void Write(ServiceList part)
         {
-            writer.WriteLine("No services.");
-            return;
-        }
-        // With --stats, ipvsadm --stats' counters follow the configuration columns.
-        var stats = list.Services.Any(s => s.Stats is not null);
-        string[] serviceStats = stats ? ["CONNS", "INPKTS", "OUTPKTS", "INBYTES", "OUTBYTES"] : [];
-        string[] serverStats = stats ? ["ACTIVE", "INACTIVE", "CONNS", "INPKTS", "INBYTES"] : [];
-        var services = new Table(["ID", "PROTO", "ADDRESS", "SCHEDULER", "FLAGS", "PERSISTENCE", .. serviceStats]);
-        var servers = new Table(["SERVER", "WEIGHT", "FORWARD", "THRESHOLDS", .. serverStats, "HEALTH CHECK"]);
-        var serverRows = new List<(int Service, int Row)>();
-        foreach (var s in list.Services)
-        {
-            string[] serviceCounters = !stats ? [] : s.Stats is { } t
-                ? [Count(t.Connections), Count(t.InPackets), Count(t.OutPackets), Bytes(t.InBytes), Bytes(t.OutBytes)]
-                : ["-", "-", "-", "-", "-"];
-            services.Add([
-                s.Id,
-                s.Protocol,
-                s.Fwmark is { } mark ? $"fwmark {mark}" + (s.Family == "ipv6" ? " (ipv6)" : "") : s.Address ?? "-",
-                Dash(s.Scheduler),
-                Dash(string.Join(",", s.OnePacket ? [.. s.Flags, "one-packet"] : s.Flags)),
-                Persistence(s),
-                .. serviceCounters]);
-            foreach (var r in s.Servers)
+            if (part.Services.Count == 0) return;
+            // With --stats, ipvsadm --stats' counters follow the configuration columns.
+            string[] serviceStats = stats ? ["CONNS", "INPKTS", "OUTPKTS", "INBYTES", "OUTBYTES"] : [];
+            string[] serverStats = stats ? ["ACTIVE", "INACTIVE", "CONNS", "INPKTS", "INBYTES"] : [];
+            var services = new Table(["ID", "PROTO", "ADDRESS", "SCHEDULER", "FLAGS", "PERSISTENCE", .. serviceStats]);
+            var servers = new Table(["SERVER", "WEIGHT", "FORWARD", "THRESHOLDS", .. serverStats, "HEALTH CHECK"]);
+            var serverRows = new List<(int Service, int Row)>();
+            foreach (var s in part.Services)
             {
-                string[] serverCounters = !stats ? [] : r.Stats is { } c
-                    ? [Count(c.ActiveConnections), Count(c.InactiveConnections), Count(c.Connections), Count(c.InPackets), Bytes(c.InBytes)]
+                string[] serviceCounters = !stats ? [] : s.Stats is { } t
+                    ? [Count(t.Connections), Count(t.InPackets), Count(t.OutPackets), Bytes(t.InBytes), Bytes(t.OutBytes)]
                     : ["-", "-", "-", "-", "-"];
-                servers.Add([r.Address, Weight(r), Forward(r), Thresholds(r), .. serverCounters, Verdict(r.Health) + Health(r.HealthCheck)]);
-                serverRows.Add((services.Rows.Count - 1, servers.Rows.Count - 1));
+                services.Add([
+                    s.Id,
+                    s.Protocol,
+                    s.Fwmark is { } mark ? $"fwmark {mark}" + (s.Family == "ipv6" ? " (ipv6)" : "") : s.Address ?? "-",
+                    Dash(s.Scheduler),
+                    Dash(string.Join(",", s.OnePacket ? [.. s.Flags, "one-packet"] : s.Flags)),
+                    Persistence(s),
+                    .. serviceCounters]);
+                foreach (var r in s.Servers)
+                {
+                    string[] serverCounters = !stats ? [] : r.Stats is { } c
+                        ? [Count(c.ActiveConnections), Count(c.InactiveConnections), Count(c.Connections), Count(c.InPackets), Bytes(c.InBytes)]
+                        : ["-", "-", "-", "-", "-"];
+                    servers.Add([r.Address, Weight(r), Forward(r), Thresholds(r), .. serverCounters, Verdict(r.Health) + Health(r.HealthCheck)]);
+                    serverRows.Add((services.Rows.Count - 1, servers.Rows.Count - 1));
+                }
+            }
+            var first = _serviceWidths is null;
+            _serviceWidths = Wider(_serviceWidths, services.Widths());
+            _serverWidths = Wider(_serverWidths, servers.Widths());
+            if (first)
+            {
+                writer.WriteLine(services.Line(0, _serviceWidths));
+                writer.WriteLine(servers.Line(0, _serverWidths, ServerPrefix));
+            }
+            var next = 0;
+            for (var i = 1; i < services.Rows.Count; i++)
+            {
+                writer.WriteLine(services.Line(i, _serviceWidths));
+                for (; next < serverRows.Count && serverRows[next].Service == i; next++)
+                    writer.WriteLine(servers.Line(serverRows[next].Row, _serverWidths, ServerPrefix));
             }
         }
-        var serviceWidths = services.Widths();
-        var serverWidths = servers.Widths();
-        writer.WriteLine(services.Line(0, serviceWidths));
-        writer.WriteLine(servers.Line(0, serverWidths, ServerPrefix));
-        var next = 0;
-        for (var i = 1; i < services.Rows.Count; i++)
+
+        /// <summary>After the last part: says so when there was nothing.</summary>
+        public void End()
         {
-            writer.WriteLine(services.Line(i, serviceWidths));
-            for (; next < serverRows.Count && serverRows[next].Service == i; next++)
-                writer.WriteLine(servers.Line(serverRows[next].Row, serverWidths, ServerPrefix));
+            if (_serviceWidths is null) writer.WriteLine("No services.");
         }
+
+        private static int[] Wider(int[]? before, int[] now) => before is null ? now : [.. before.Zip(now, Math.Max)];
     }
 
     public static void WriteStatus(TextWriter writer, StatusView s)
