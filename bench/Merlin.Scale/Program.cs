@@ -38,7 +38,7 @@ static async Task<List<string>> Run(string backend, Args o)
     {
         var options = new DaemonOptions
         {
-            Port = FreePort(), HealthPort = FreePort(), StoreBackend = backend, StorePath = dir.File("merlin.db"),
+            Port = FreePort(), HealthPort = FreePort(), StoreBackend = backend, StorePath = dir.File("merlin.db"), StateDir = dir.Path,
             SyncPeriod = TimeSpan.FromHours(1), LogFormat = "text",
         };
         if (backend == "etcd3")

@@ -92,7 +92,9 @@ public sealed partial class PackageInstallTests
             Meradm(socket, "service", "add", "web", "tcp", "198.18.0.10:80", "-s", "mh", "-b", "mh-port");
             Meradm(socket, "server", "add", "web", "198.18.1.21:80", "-w", "1", "-f", "route");
             Assert.Contains("198.18.1.21:80", Meradm(socket, "list"));
-            await WaitForAsync(() => Status(ns, "operationsApplied") > 0 && ns.Exec("nft", "list", "tables").Contains("table netdev merlin"), "the dataplane programmed");
+            // Two operations, the service's and the server's (one pass each when the server comes after the pass that
+            // made the service): stopping after the first would leave the restarted daemon the second to apply.
+            await WaitForAsync(() => Status(ns, "operationsApplied") >= 2 && ns.Exec("nft", "list", "tables").Contains("table netdev merlin"), "the dataplane programmed");
             var ruleset = ns.Exec("nft", "list", "table", "netdev", "merlin");
             await StopAsync(daemon);
             daemon = null;
