@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.RegularExpressions;
 using Merlin.Testing;
 
@@ -95,25 +94,7 @@ public sealed partial class ContainerImageTests
     [GeneratedRegex(@"ENTRYPOINT \[""(?<path>[^""]+)""")]
     private static partial Regex EntrypointPattern();
 
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "Merlin.slnx"))) return dir.FullName;
-        throw new InvalidOperationException($"no Merlin.slnx above {AppContext.BaseDirectory}");
-    }
+    private static string RepositoryRoot() => Shell.RepositoryRoot();
 
-    private static (int Code, string Out, string Err) Run(string file, string[] args)
-    {
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in args) start.ArgumentList.Add(a);
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(TimeSpan.FromMinutes(2)))
-        {
-            process.Kill(entireProcessTree: true);
-            Assert.Fail($"{file} {string.Join(' ', args)}: no exit within 2 min");
-        }
-        return (process.ExitCode, stdout.Result, stderr.Result);
-    }
+    private static (int Code, string Out, string Err) Run(string file, string[] args) => Shell.Run(file, args, TimeSpan.FromMinutes(2));
 }

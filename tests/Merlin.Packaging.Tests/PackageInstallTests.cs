@@ -220,12 +220,7 @@ public sealed partial class PackageInstallTests
         return [.. Packages.Select(p => Path.Combine(outDir, $"{p}_0.1.0-{revision}_amd64.deb"))];
     }
 
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "Merlin.slnx"))) return dir.FullName;
-        throw new InvalidOperationException($"no Merlin.slnx above {AppContext.BaseDirectory}");
-    }
+    private static string RepositoryRoot() => Shell.RepositoryRoot();
 
     private static string Meradm(string socket, params string[] args)
     {
@@ -263,21 +258,7 @@ public sealed partial class PackageInstallTests
         return stdout.Trim();
     }
 
-    private static (int Code, string Out, string Err) Run(string file, string[] args)
-    {
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in args) start.ArgumentList.Add(a);
-        start.Environment["DEBIAN_FRONTEND"] = "noninteractive";
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(TimeSpan.FromMinutes(15)))
-        {
-            process.Kill(entireProcessTree: true);
-            Assert.Fail($"{file} {string.Join(' ', args)}: no exit within 15 min");
-        }
-        return (process.ExitCode, stdout.Result, stderr.Result);
-    }
+    private static (int Code, string Out, string Err) Run(string file, string[] args) => Shell.Run(file, args, TimeSpan.FromMinutes(15));
 
     [GeneratedRegex(@"^CapabilityBoundingSet=(.*)$", RegexOptions.Multiline)]
     private static partial Regex CapabilityLine();
