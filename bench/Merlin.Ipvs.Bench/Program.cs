@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Ipvs;
 using Merlin.Reconciler;
 using Merlin.Store.Sqlite;

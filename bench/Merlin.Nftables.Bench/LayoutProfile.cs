@@ -1,10 +1,10 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.NetworkInformation;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Model;
-using Merlin.Reconciler;
 
 namespace Merlin.Nftables.Bench;
 

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Nftables.Bench;

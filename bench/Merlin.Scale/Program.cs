@@ -5,6 +5,7 @@ using Google.Protobuf;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Net.Client;
 using Merlin.Daemon;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Reconciler;
 using Merlin.Testing;
 using Merlin.Wire;

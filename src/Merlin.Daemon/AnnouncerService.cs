@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using Merlin.Announcer;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Reconciler;
 
 namespace Merlin.Daemon;

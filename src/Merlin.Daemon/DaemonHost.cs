@@ -2,6 +2,8 @@ using System.Diagnostics.Metrics;
 using System.Reflection;
 using Google.Protobuf.WellKnownTypes;
 using Merlin.Api;
+using Merlin.Dataplane.Abstractions;
+using Merlin.Model;
 using Merlin.Reconciler;
 using Merlin.Store;
 using Merlin.Store.Etcd;
@@ -9,7 +11,6 @@ using Merlin.Store.Sqlite;
 using Merlin.Wire;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Prometheus;
-using Merlin.Model;
 
 namespace Merlin.Daemon;
 

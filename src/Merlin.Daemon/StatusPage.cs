@@ -2,6 +2,7 @@ using System.Net;
 using System.Text.Json.Nodes;
 using Merlin.Api;
 using Merlin.Api.Security;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Reconciler;
 using Merlin.Store;
 using Merlin.Wire;

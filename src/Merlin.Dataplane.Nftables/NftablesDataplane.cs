@@ -1,12 +1,12 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.NetworkInformation;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Dataplane.Nftables.Neighbours;
 using Merlin.Model;
 using Merlin.Netlink;
-using Merlin.Reconciler;
 using Microsoft.Extensions.Logging;
 
 namespace Merlin.Dataplane.Nftables;

@@ -1,6 +1,7 @@
 using System.Net;
 using Google.Protobuf.WellKnownTypes;
 using Merlin.Cli;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Ipvs;
 using Merlin.Ipvs;
 using Merlin.Model;

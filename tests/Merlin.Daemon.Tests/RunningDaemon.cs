@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using Grpc.Net.Client;
 using Merlin.Daemon;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Reconciler;
 using Merlin.Testing;
 using Microsoft.AspNetCore.Builder;

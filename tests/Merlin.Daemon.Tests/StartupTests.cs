@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Reconciler;
 using Merlin.Store.Sqlite;
 using Merlin.Testing;

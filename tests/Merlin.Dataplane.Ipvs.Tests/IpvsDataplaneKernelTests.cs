@@ -1,4 +1,5 @@
 using System.Net;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Ipvs;
 using Merlin.Model;
 using Merlin.Netlink;

@@ -1,8 +1,8 @@
 using System.Net;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Model;
 using Merlin.Netlink;
-using Merlin.Reconciler;
 using Microsoft.Extensions.Logging.Abstractions;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 

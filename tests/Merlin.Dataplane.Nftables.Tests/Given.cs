@@ -1,8 +1,8 @@
 using System.Net;
 using System.Net.NetworkInformation;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Model;
-using Merlin.Reconciler;
 
 namespace Merlin.Dataplane.Nftables.Tests;
 

@@ -3,9 +3,9 @@ using System.Net;
 using System.Net.NetworkInformation;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Model;
-using Merlin.Reconciler;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 
 namespace Merlin.Dataplane.Nftables.Tests;

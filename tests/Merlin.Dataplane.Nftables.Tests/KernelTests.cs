@@ -1,4 +1,5 @@
 using System.Net;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Model;
 using Merlin.Reconciler;

@@ -1,9 +1,9 @@
 using System.Net;
 using System.Net.NetworkInformation;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Model;
-using Merlin.Reconciler;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 
 namespace Merlin.Dataplane.Nftables.Tests;

@@ -1,8 +1,8 @@
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Model;
 using Merlin.Netlink;
-using Merlin.Reconciler;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 
 namespace Merlin.Dataplane.Nftables.Tests;

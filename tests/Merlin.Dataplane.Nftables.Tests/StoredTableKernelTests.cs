@@ -1,8 +1,8 @@
 using System.Net;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Hashing;
 using Merlin.Model;
-using Merlin.Reconciler;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 
 namespace Merlin.Dataplane.Nftables.Tests;

@@ -1,7 +1,7 @@
 using System.Net;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Lab;
 using Merlin.Model;
-using Merlin.Reconciler;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Merlin.Dataplane.Nftables.Tests;

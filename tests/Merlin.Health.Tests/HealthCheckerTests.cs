@@ -1,4 +1,5 @@
 using System.Net;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Model;
 using Merlin.Reconciler;
 using Microsoft.Extensions.Logging.Abstractions;

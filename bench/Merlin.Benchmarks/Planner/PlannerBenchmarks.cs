@@ -1,5 +1,6 @@
 using System.Net;
 using BenchmarkDotNet.Attributes;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Model;
 using Merlin.Reconciler;
 using Merlin.Store;

@@ -2,9 +2,9 @@ using System.Globalization;
 using System.Net;
 using System.Net.NetworkInformation;
 using System.Net.Sockets;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Hashing;
 using Merlin.Model;
-using Merlin.Reconciler;
 
 namespace Merlin.Dataplane.Nftables.Layout;
 

@@ -1,8 +1,8 @@
 using System.Globalization;
 using System.Net;
 using System.Net.NetworkInformation;
+using Merlin.Dataplane.Abstractions;
 using Merlin.Model;
-using Merlin.Reconciler;
 
 namespace Merlin.Dataplane.Nftables.Layout;
 

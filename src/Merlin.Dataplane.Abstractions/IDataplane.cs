@@ -1,7 +1,9 @@
-namespace Merlin.Reconciler;
+namespace Merlin.Dataplane.Abstractions;
 
 /// <summary>
-/// A kernel dataplane (IPVS, nftables) as the reconciler sees it. Only the reconciler calls it.
+/// A kernel dataplane (IPVS, nftables) as the reconciler sees it. Only the reconciler calls it; the daemon asks for
+/// the optional capabilities (<see cref="IDataplaneCounters"/>, <see cref="IDataplaneDiagnostics"/>,
+/// <see cref="IUnresolvedServers"/>) by type, so it never names a concrete dataplane.
 /// <see cref="ReadAsync"/> returns only what this dataplane owns, so a co-existing kube-proxy or a
 /// hand-made service is never planned for deletion.
 /// </summary>
@@ -52,46 +54,5 @@ public interface IDataplane
             }
         }
         return errors;
-    }
-}
-
-public sealed class DataplaneException(string message, Exception? inner = null) : Exception(message, inner);
-
-/// <summary>
-/// <c>--dataplane none</c>: keeps the programmed state in memory and programs no kernel. Useful to run
-/// the control plane alone (API, store, planner) and as the reconciler's own test double.
-/// </summary>
-public sealed class InMemoryDataplane : IDataplane
-{
-    private readonly Lock _lock = new();
-    private readonly ServiceTable _table = new();
-
-    public string Name => "none";
-
-    public long OperationsApplied { get; private set; }
-
-    /// <summary>Tests use this to make the next applications fail.</summary>
-    public Func<Operation, Exception?>? FailWith { get; set; }
-
-    public DataplaneState State { get { lock (_lock) return _table.ToState(); } }
-
-    public Task<DataplaneState> ReadAsync(CancellationToken ct) => Task.FromResult(State);
-
-    public Task ApplyAsync(Operation operation, CancellationToken ct)
-    {
-        if (FailWith?.Invoke(operation) is { } error) throw error;
-        lock (_lock)
-        {
-            try { _table.Apply(operation); }
-            catch (InvalidOperationException e) { throw new DataplaneException(e.Message, e); }
-            OperationsApplied++;
-        }
-        return Task.CompletedTask;
-    }
-
-    /// <summary>Simulates a change made behind the reconciler's back.</summary>
-    public void Tamper(Operation change)
-    {
-        lock (_lock) _table.Apply(change);
     }
 }

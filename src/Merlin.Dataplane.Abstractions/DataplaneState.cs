@@ -1,6 +1,6 @@
 using Merlin.Model;
 
-namespace Merlin.Reconciler;
+namespace Merlin.Dataplane.Abstractions;
 
 /// <summary>One virtual service as a dataplane holds it: key, config and real servers (no ids: the kernel has none).</summary>
 public sealed record ServiceState(ServiceKey Key, ServiceConfig Config, IReadOnlyDictionary<RealServerKey, RealServerConfig> Servers)

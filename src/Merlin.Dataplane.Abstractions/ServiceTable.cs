@@ -1,6 +1,6 @@
 using Merlin.Model;
 
-namespace Merlin.Reconciler;
+namespace Merlin.Dataplane.Abstractions;
 
 /// <summary>
 /// A mutable service table with the kernel's rules: no duplicate service or server, no server without

@@ -1,6 +1,6 @@
 using Merlin.Model;
 
-namespace Merlin.Reconciler;
+namespace Merlin.Dataplane.Abstractions;
 
 /// <summary>One change to a dataplane. The planner emits them in an order that is safe to apply one by one.</summary>
 public abstract record Operation(ServiceKey Service);
