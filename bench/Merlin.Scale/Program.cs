@@ -10,6 +10,7 @@ using Merlin.Reconciler;
 using Merlin.Testing;
 using Merlin.Wire;
 using Microsoft.Extensions.DependencyInjection;
+using static Harness;
 
 // Scale harness: a real daemon (in this process, loopback gRPC over HTTP/2) on each store backend.
 // Usage: dotnet run -c Release --project bench/Merlin.Scale -- [--store sqlite|etcd3|both] [--services 10000]
@@ -18,12 +19,16 @@ using Microsoft.Extensions.DependencyInjection;
 // straight into the store before the daemon starts (fast at any size), then times what happens at that size:
 // a reconcile pass that applies one change, CreateService of --creates more, and on etcd the raw etcd
 // transaction rate with the same value sizes.
+// --daemons N [--etcd-members 3]: instead, N daemons on one etcd cluster and the time a weight change takes to reach
+// all of them (Fleet.cs); --services and --servers size the store (keep them small: every daemon holds it all).
 var opts = Args.Parse(args);
 var results = new List<string>();
-foreach (var backend in opts.Store == "both" ? ["sqlite", "etcd3"] : new[] { opts.Store })
-{
-    results.AddRange(await Run(backend, opts));
-}
+if (opts.Daemons > 0) results.AddRange(await Fleet.Run(opts));
+else
+    foreach (var backend in opts.Store == "both" ? ["sqlite", "etcd3"] : new[] { opts.Store })
+    {
+        results.AddRange(await Run(backend, opts));
+    }
 Console.WriteLine();
 Console.WriteLine($"| store | measure | value |");
 Console.WriteLine($"|---|---|---|");
@@ -215,40 +220,6 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
     return rows;
 }
 
-static VirtualService Service(int i) => new()
-{
-    Id = $"svc-{i}",
-    Key = new VirtualService.Types.Key { Ip = $"198.18.{i / 250}.{i % 250 + 1}", Port = 80, Protocol = Protocol.Tcp },
-    Config = new VirtualService.Types.Config { Scheduler = "mh", Flags = { "mh-port" } },
-};
-
-static RealServer Server(int service, int j) => new()
-{
-    ServiceID = $"svc-{service}",
-    Key = new RealServer.Types.Key { Ip = $"198.19.{j}.{service % 250 + 1}", Port = (uint)(8080 + service / 250) },
-    Config = new RealServer.Types.Config { Weight = 1, Forward = ForwardMethod.Route },
-};
-
-static async Task Parallel(int count, int concurrency, Func<int, Task> call, string label)
-{
-    var next = -1;
-    var done = 0;
-    var step = Math.Max(1, count / 10);
-    var workers = Enumerable.Range(0, concurrency).Select(async _ =>
-    {
-        int i;
-        while ((i = Interlocked.Increment(ref next)) < count)
-        {
-            await call(i);
-            var d = Interlocked.Increment(ref done);
-            if (d % step == 0) Console.WriteLine($"{label}: {d:N0}/{count:N0}");
-        }
-    });
-    await Task.WhenAll(workers);
-}
-
-static double P(List<double> sorted, double q) => sorted[Math.Min(sorted.Count - 1, (int)(q * sorted.Count))];
-
 static int FreePort()
 {
     using var l = new TcpListener(IPAddress.Loopback, 0);
@@ -256,7 +227,7 @@ static int FreePort()
     return ((IPEndPoint)l.LocalEndpoint).Port;
 }
 
-sealed record Args(string Store, int Services, int Servers, int Concurrency, int ListRuns, string Fill = "api", int Creates = 1000, int Changes = 5)
+sealed record Args(string Store, int Services, int Servers, int Concurrency, int ListRuns, string Fill = "api", int Creates = 1000, int Changes = 5, int Daemons = 0, int EtcdMembers = 1)
 {
     public static Args Parse(string[] a)
     {
@@ -267,6 +238,44 @@ sealed record Args(string Store, int Services, int Servers, int Concurrency, int
         if (fill is not ("api" or "store")) throw new ArgumentException("--fill: api or store");
         return new Args(store, int.Parse(Get("--services", "10000")), int.Parse(Get("--servers", "10")),
             int.Parse(Get("--concurrency", "32")), int.Parse(Get("--list-runs", "10")), fill,
-            int.Parse(Get("--creates", "1000")), int.Parse(Get("--changes", "5")));
+            int.Parse(Get("--creates", "1000")), int.Parse(Get("--changes", "5")), int.Parse(Get("--daemons", "0")), int.Parse(Get("--etcd-members", "3")));
     }
+}
+
+/// <summary>The records and helpers every part of the harness shares.</summary>
+static class Harness
+{
+    public static VirtualService Service(int i) => new()
+    {
+        Id = $"svc-{i}",
+        Key = new VirtualService.Types.Key { Ip = $"198.18.{i / 250}.{i % 250 + 1}", Port = 80, Protocol = Protocol.Tcp },
+        Config = new VirtualService.Types.Config { Scheduler = "mh", Flags = { "mh-port" } },
+    };
+
+    public static RealServer Server(int service, int j) => new()
+    {
+        ServiceID = $"svc-{service}",
+        Key = new RealServer.Types.Key { Ip = $"198.19.{j}.{service % 250 + 1}", Port = (uint)(8080 + service / 250) },
+        Config = new RealServer.Types.Config { Weight = 1, Forward = ForwardMethod.Route },
+    };
+
+    public static async Task Parallel(int count, int concurrency, Func<int, Task> call, string label)
+    {
+        var next = -1;
+        var done = 0;
+        var step = Math.Max(1, count / 10);
+        var workers = Enumerable.Range(0, concurrency).Select(async _ =>
+        {
+            int i;
+            while ((i = Interlocked.Increment(ref next)) < count)
+            {
+                await call(i);
+                var d = Interlocked.Increment(ref done);
+                if (d % step == 0) Console.WriteLine($"{label}: {d:N0}/{count:N0}");
+            }
+        });
+        await Task.WhenAll(workers);
+    }
+
+    public static double P(List<double> sorted, double q) => sorted[Math.Min(sorted.Count - 1, (int)(q * sorted.Count))];
 }

@@ -48,6 +48,10 @@ public sealed class ServiceTable
         }
     }
 
+    /// <summary>One service as a new <see cref="ServiceState"/> (a copy of its servers), or null if absent.</summary>
+    public ServiceState? StateOf(ServiceKey key) =>
+        _services.TryGetValue(key, out var s) ? new ServiceState(key, s.Config, s.Servers.ToDictionary()) : null;
+
     public DataplaneState ToState() =>
         new(_services.ToDictionary(kv => kv.Key, kv => new ServiceState(kv.Key, kv.Value.Config, kv.Value.Servers.ToDictionary())));
 

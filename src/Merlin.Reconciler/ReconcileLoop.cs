@@ -110,6 +110,7 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
                 await foreach (var change in store.WatchAsync(revision, ct))
                 {
                     backoff = options.RetryMin;
+                    if (change.Kind == StoreChangeKind.Resync) LogHistoryCompacted(change.Revision, revision);
                     reconciler.Observe(change);
                     // After a Resync the pass this triggers re-lists everything; its revision is where history resumes.
                     revision = Math.Max(revision, change.Revision);
@@ -133,6 +134,9 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
 
     [LoggerMessage(EventId = 110, Level = LogLevel.Error, Message = "Reconcile pass failed unexpectedly; retrying")]
     private partial void LogPassCrashed(Exception e);
+
+    [LoggerMessage(EventId = 112, Level = LogLevel.Warning, Message = "Store history was compacted through revision {Compacted}, past this node's watch at {Revision}: re-reading the whole store")]
+    private partial void LogHistoryCompacted(long compacted, long revision);
 
     [LoggerMessage(EventId = 111, Level = LogLevel.Warning, Message = "Store watch ended: {Reason}; resuming in {Milliseconds} ms")]
     private partial void LogWatchFailed(string reason, double milliseconds);

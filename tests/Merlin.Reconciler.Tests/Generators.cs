@@ -29,6 +29,15 @@ internal static class Generators
         Gen.Select(ServiceKeyGen, ServiceConfigGen, Gen.Dictionary(ServerKeyGen, ServerConfigGen)[0, 5],
             (k, c, servers) => new ServiceState(k, c, servers));
 
+    /// <summary>Any operation on the same pools, valid or not for a given table (the table's rules decide).</summary>
+    public static readonly Gen<Operation> Operation = Gen.OneOf<Operation>(
+        Gen.Select(ServiceKeyGen, ServiceConfigGen, (k, c) => (Operation)new AddService(k, c)),
+        Gen.Select(ServiceKeyGen, ServiceConfigGen, (k, c) => (Operation)new UpdateService(k, c)),
+        ServiceKeyGen.Select(k => (Operation)new DeleteService(k)),
+        Gen.Select(ServiceKeyGen, ServerKeyGen, ServerConfigGen, (k, s, c) => (Operation)new AddServer(k, s, c)),
+        Gen.Select(ServiceKeyGen, ServerKeyGen, ServerConfigGen, (k, s, c) => (Operation)new UpdateServer(k, s, c)),
+        Gen.Select(ServiceKeyGen, ServerKeyGen, (k, s) => (Operation)new DeleteServer(k, s)));
+
     public static readonly Gen<DataplaneState> State =
         ServiceGen.List[0, 8].Select(list =>
         {

@@ -21,14 +21,30 @@ public sealed class EtcdServer : IDisposable
     private Process? _process;
     private bool _disposed;
 
-    private EtcdServer(string binary, TempDir dir, int clientPort, int peerPort)
+    private readonly string _name;
+    private readonly string? _initialCluster;
+
+    private EtcdServer(string binary, TempDir dir, int clientPort, int peerPort, string name = "merlin-test", string? initialCluster = null)
     {
         _binary = binary;
         _dir = dir;
         ClientPort = clientPort;
         PeerPort = peerPort;
+        _name = name;
+        _initialCluster = initialCluster;
         AppDomain.CurrentDomain.ProcessExit += OnProcessExit;
     }
+
+    /// <summary>A member of a cluster (<see cref="EtcdCluster"/>), not started: members start together, since none is healthy without a quorum.</summary>
+    internal static EtcdServer Member(string name, int clientPort, int peerPort, string initialCluster) =>
+        new(Requires.FindOnPath("etcd") ?? throw new InvalidOperationException("etcd is not on PATH (apt-get install etcd-server)"),
+            new TempDir("etcd"), clientPort, peerPort, name, initialCluster);
+
+    /// <summary>The member's name in its cluster.</summary>
+    public string Name => _name;
+
+    /// <summary>The peer URL, e.g. <c>http://127.0.0.1:40124</c>.</summary>
+    public string PeerUrl => $"http://127.0.0.1:{PeerPort}";
 
     public int ClientPort { get; }
     public int PeerPort { get; }
@@ -70,8 +86,14 @@ public sealed class EtcdServer : IDisposable
     /// <summary>(Re)starts etcd on the same ports and data dir and waits until it is healthy.</summary>
     public void Start()
     {
+        if (StartProcess() is { } process) WaitUntilHealthy(process);
+    }
+
+    /// <summary>Starts the etcd process without waiting for it; null if it was running.</summary>
+    internal Process? StartProcess()
+    {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (IsRunning) return;
+        if (IsRunning) return null;
         lock (_log) _log.Clear();
         var psi = new ProcessStartInfo(_binary)
         {
@@ -84,13 +106,13 @@ public sealed class EtcdServer : IDisposable
         var peer = $"http://127.0.0.1:{PeerPort}";
         foreach (var arg in new[]
         {
-            "--name", "merlin-test",
+            "--name", _name,
             "--data-dir", DataDir,
             "--listen-client-urls", client,
             "--advertise-client-urls", client,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", $"merlin-test={peer}",
+            "--initial-cluster", _initialCluster ?? $"{_name}={peer}",
             "--initial-cluster-state", "new",
             "--logger", "zap",
             "--log-outputs", "stderr",
@@ -104,7 +126,7 @@ public sealed class EtcdServer : IDisposable
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         _process = process;
-        WaitUntilHealthy(process);
+        return process;
     }
 
     /// <summary>Kills etcd by its PID (SIGKILL, an abrupt outage) and waits for it to exit.</summary>
@@ -154,6 +176,9 @@ public sealed class EtcdServer : IDisposable
             _log.AppendLine(line);
         }
     }
+
+    /// <summary>Waits until this member answers healthy (for a cluster member: it sees a leader).</summary>
+    internal void WaitUntilHealthy() => WaitUntilHealthy(_process ?? throw new InvalidOperationException($"etcd {_name} is not running"));
 
     private void WaitUntilHealthy(Process process)
     {

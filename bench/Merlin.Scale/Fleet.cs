@@ -1,0 +1,123 @@
+using System.Diagnostics;
+using System.Net;
+using Grpc.Net.Client;
+using Merlin.Daemon;
+using Merlin.Dataplane.Abstractions;
+using Merlin.Reconciler;
+using Merlin.Testing;
+using Merlin.Wire;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+
+/// <summary>
+/// --daemons N: an etcd cluster of --etcd-members members on loopback and N real daemons (--dataplane none, in this
+/// process, each with its own API and health ports and its own store client on every member), --services × --servers
+/// created through the first daemon's API; then --changes weight changes of one server, each through the next
+/// daemon's API in turn, one at a time. A change is applied by a daemon when the pass that programmed it ends: the
+/// daemon's dataplane read (the none dataplane's snapshot) shows the new weight when its loop reports the pass. The
+/// fan-out latency of a change is from just before the UpdateServer call to the last of the N daemons applying it.
+/// </summary>
+static class Fleet
+{
+    public static async Task<List<string>> Run(Args o)
+    {
+        var rows = new List<string>();
+        using var dir = new TempDir("scale-fleet");
+        using var cluster = EtcdCluster.Launch(o.EtcdMembers);
+        var apps = new List<WebApplication>();
+        var ports = new List<int>();
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            for (var i = 0; i < o.Daemons; i++)
+            {
+                var state = Path.Combine(dir.Path, $"daemon-{i}");
+                Directory.CreateDirectory(state);
+                var options = new DaemonOptions
+                {
+                    Port = LocalPorts.Free(), HealthPort = LocalPorts.Free(), StoreBackend = "etcd3", StoreEndpoints = cluster.Endpoints,
+                    StoreTimeout = TimeSpan.FromSeconds(30), StateDir = state, SyncPeriod = TimeSpan.FromHours(1), LogFormat = "text", LogLevel = "warning",
+                };
+                var app = DaemonHost.Build(options);
+                apps.Add(app);
+                await app.StartAsync();
+                ports.Add(options.Port);
+            }
+            Console.WriteLine($"[fleet] {o.Daemons} daemons up on {o.EtcdMembers} etcd members in {clock.Elapsed.TotalSeconds:N1} s");
+
+            var channels = ports.Select(p => GrpcChannel.ForAddress($"http://127.0.0.1:{p}")).ToArray();
+            try
+            {
+                var clients = channels.Select(c => new Merlin.Wire.Merlin.MerlinClient(c)).ToArray();
+                await Harness.Parallel(o.Services, o.Concurrency, async i => await clients[0].CreateServiceAsync(Harness.Service(i)), "[fleet] services");
+                await Harness.Parallel(o.Services * o.Servers, o.Concurrency, async i => await clients[0].CreateServerAsync(Harness.Server(i / o.Servers, i % o.Servers)), "[fleet] servers");
+                var dataplanes = apps.Select(a => (InMemoryDataplane)a.Services.GetRequiredService<IDataplane>()).ToArray();
+                var loops = apps.Select(a => a.Services.GetRequiredService<ReconcileLoop>()).ToArray();
+                var total = o.Services * o.Servers;
+                clock.Restart();
+                while (dataplanes.Any(d => d.State.ServerCount != total))
+                {
+                    if (clock.Elapsed > TimeSpan.FromMinutes(5)) throw new InvalidOperationException("the daemons did not all program the servers within 5 minutes");
+                    await Task.Delay(100);
+                }
+
+                var fanOut = new List<double>();
+                var each = new List<double>();
+                for (var r = -1; r < o.Changes; r++) // the first change warms up and is not counted
+                {
+                    var service = (r + 1) * 7 % o.Services;
+                    var j = (r + 1) % o.Servers;
+                    var weight = (uint)(100 + r);
+                    var server = Harness.Server(service, j);
+                    server.Config.Weight = weight;
+                    var key = Merlin.Model.ServiceKey.ForAddress(IPAddress.Parse(Harness.Service(service).Key.Ip), 80, Merlin.Model.Protocol.Tcp);
+                    var serverKey = new Merlin.Model.RealServerKey(IPAddress.Parse(server.Key.Ip), (ushort)server.Key.Port);
+                    var applied = new double[o.Daemons];
+                    var left = o.Daemons;
+                    var all = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    var sw = new Stopwatch();
+                    var handlers = new Action<PassResult>[o.Daemons];
+                    for (var d = 0; d < o.Daemons; d++)
+                    {
+                        var index = d;
+                        handlers[d] = _ =>
+                        {
+                            if (applied[index] != 0) return;
+                            if (!dataplanes[index].State.Services.TryGetValue(key, out var s) || !s.Servers.TryGetValue(serverKey, out var c) || c.Weight != weight) return;
+                            applied[index] = sw.Elapsed.TotalMilliseconds;
+                            if (Interlocked.Decrement(ref left) == 0) all.TrySetResult();
+                        };
+                        loops[d].PassCompleted += handlers[d];
+                    }
+                    sw.Start();
+                    await clients[(r + 1) % o.Daemons].UpdateServerAsync(server);
+                    await all.Task.WaitAsync(TimeSpan.FromMinutes(1));
+                    for (var d = 0; d < o.Daemons; d++) loops[d].PassCompleted -= handlers[d];
+                    if (r < 0) continue;
+                    fanOut.Add(applied.Max());
+                    each.AddRange(applied);
+                    await Task.Delay(100);
+                }
+                fanOut.Sort();
+                each.Sort();
+                Console.WriteLine($"[fleet] weight change → applied by all {o.Daemons}: p50 {Harness.P(fanOut, 0.5):N0} ms, p99 {Harness.P(fanOut, 0.99):N0} ms, max {fanOut[^1]:N0} ms; " +
+                                  $"by one daemon: p50 {Harness.P(each, 0.5):N0} ms, p99 {Harness.P(each, 0.99):N0} ms");
+                rows.Add($"| etcd3 ×{o.EtcdMembers} | one server's weight change → applied by all {o.Daemons} daemons' dataplanes (none), {o.Services:N0} × {o.Servers}, {o.Changes} changes | " +
+                         $"p50 {Harness.P(fanOut, 0.5):N0} ms, p99 {Harness.P(fanOut, 0.99):N0} ms, max {fanOut[^1]:N0} ms (one daemon: p50 {Harness.P(each, 0.5):N0} ms, p99 {Harness.P(each, 0.99):N0} ms) |");
+            }
+            finally
+            {
+                foreach (var channel in channels) channel.Dispose();
+            }
+        }
+        finally
+        {
+            foreach (var app in apps)
+            {
+                await app.StopAsync();
+                await app.DisposeAsync();
+            }
+        }
+        return rows;
+    }
+}

@@ -1,0 +1,281 @@
+using System.Net;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Merlin.Dataplane.Abstractions;
+using Merlin.Reconciler;
+using Merlin.Store.Etcd;
+using Merlin.Testing;
+
+namespace Merlin.Daemon.Tests;
+
+/// <summary>One etcd cluster of three members on loopback for a test class; each test uses its own key prefix.</summary>
+public sealed class EtcdClusterFixture : IDisposable
+{
+    private EtcdCluster? _cluster;
+
+    public EtcdCluster Cluster
+    {
+        get
+        {
+            Requires.Etcd();
+            return _cluster ??= EtcdCluster.Launch(3);
+        }
+    }
+
+    public void Dispose() => _cluster?.Dispose();
+}
+
+/// <summary>
+/// Several real daemons (<c>--dataplane none</c>, <c>--store etcd3</c>) watching one three-member etcd: a change made
+/// through one daemon's API reaches every daemon's dataplane, and losing a member, compacting history past a watch
+/// that fell behind, or losing a member in the middle of creates misses no change: at the end every daemon's
+/// dataplane equals a full read of the store. The sync period is far beyond each test, so only the watch and the
+/// resyncs it asks for can make a daemon converge.
+/// </summary>
+public sealed class EtcdClusterTests(EtcdClusterFixture fixture) : IClassFixture<EtcdClusterFixture>, IAsyncDisposable
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+    private static readonly TimeSpan Converge = TimeSpan.FromSeconds(60);
+
+    private readonly string _prefix = $"/merlin-cluster-{Guid.NewGuid():N}";
+    private readonly List<RunningDaemon> _daemons = [];
+
+    private EtcdCluster Cluster => fixture.Cluster;
+
+    /// <summary>Starts a daemon on the cluster (every member, or the given ones only).</summary>
+    private async Task<RunningDaemon> StartDaemonAsync(params int[] members)
+    {
+        var endpoints = members.Length == 0 ? Cluster.Endpoints : members.Select(i => Cluster.Members[i].Endpoint).ToArray();
+        var daemon = await RunningDaemon.StartAsync(o => o with
+        {
+            StoreBackend = "etcd3", StoreEndpoints = endpoints, StorePrefix = _prefix,
+            StoreTimeout = TimeSpan.FromSeconds(2), SyncPeriod = TimeSpan.FromHours(1),
+        });
+        _daemons.Add(daemon);
+        return daemon;
+    }
+
+    private EtcdStore OpenStore() => new(new EtcdStoreOptions { Endpoints = Cluster.Endpoints, Prefix = _prefix, Timeout = TimeSpan.FromSeconds(5) });
+
+    private static Wire.VirtualService Service(int i) => new()
+    {
+        Id = $"svc-{i}", Key = new() { Ip = $"198.18.0.{i + 1}", Port = 80, Protocol = Wire.Protocol.Tcp }, Config = new() { Scheduler = "mh" },
+    };
+
+    private static Wire.RealServer Server(int service, int j, uint weight = 1) => new()
+    {
+        ServiceID = $"svc-{service}", Key = new() { Ip = $"198.18.1.{j + 1}", Port = (uint)(8000 + service) },
+        Config = new() { Weight = weight, Forward = Wire.ForwardMethod.Route },
+    };
+
+    private static uint? Weight(RunningDaemon daemon, int service, int j) =>
+        daemon.Dataplane.State.Services.TryGetValue(Model.ServiceKey.ForAddress(IPAddress.Parse($"198.18.0.{service + 1}"), 80, Model.Protocol.Tcp), out var s)
+        && s.Servers.TryGetValue(new Model.RealServerKey(IPAddress.Parse($"198.18.1.{j + 1}"), (ushort)(8000 + service)), out var c) ? c.Weight : null;
+
+    /// <summary>Calls <paramref name="call"/> until it succeeds, as a client does across a lost member; bounded in time.</summary>
+    private static async Task<T> UntilAcceptedAsync<T>(Func<Task<T>> call)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (true)
+        {
+            try
+            {
+                return await call();
+            }
+            catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(100, Ct);
+            }
+        }
+    }
+
+    /// <summary>Waits until every daemon's dataplane equals a full read of the store, and returns that read.</summary>
+    private async Task<DataplaneState> WaitForAllEqualToStoreAsync()
+    {
+        await using var store = OpenStore();
+        var deadline = DateTime.UtcNow + Converge;
+        while (true)
+        {
+            var desired = DesiredState.Build(await store.ListAsync(Ct)).State;
+            var behind = _daemons.Where(d => !d.Dataplane.State.SameAs(desired)).ToList();
+            if (behind.Count == 0) return desired;
+            if (DateTime.UtcNow > deadline)
+                Assert.Fail($"{behind.Count} of {_daemons.Count} daemons did not reach the store's state ({desired.Services.Count} services, " +
+                            $"{desired.ServerCount} servers) within {Converge.TotalSeconds} s; first one's log:\n{behind[0].Logs.Text}\n{Cluster.Log}");
+            await Task.Delay(100, Ct);
+        }
+    }
+
+    [Fact]
+    public async Task AWeightChangeThroughOneDaemon_ReachesEveryDaemonsDataplane()
+    {
+        for (var i = 0; i < 4; i++) await StartDaemonAsync();
+        await _daemons[0].Extended.CreateServiceAsync(Service(0), cancellationToken: Ct);
+        for (var j = 0; j < 3; j++) await _daemons[0].Extended.CreateServerAsync(Server(0, j), cancellationToken: Ct);
+        await WaitForAllEqualToStoreAsync();
+
+        await _daemons[3].Extended.UpdateServerAsync(Server(0, 1, weight: 7), cancellationToken: Ct);
+
+        foreach (var daemon in _daemons) await daemon.WaitForDataplaneAsync(_ => Weight(daemon, 0, 1) == 7);
+        var store = await WaitForAllEqualToStoreAsync();
+        Assert.Equal(3, store.ServerCount);
+        Assert.All(_daemons, d => Assert.Equal(1u, Weight(d, 0, 0)));
+    }
+
+    [Fact]
+    public async Task AMemberLostAndBack_DuringAStreamOfWrites_NoDaemonMissesAChange()
+    {
+        for (var i = 0; i < 4; i++) await StartDaemonAsync();
+        await _daemons[0].Extended.CreateServiceAsync(Service(0), cancellationToken: Ct);
+        for (var j = 0; j < 10; j++) await _daemons[0].Extended.CreateServerAsync(Server(0, j), cancellationToken: Ct);
+        await WaitForAllEqualToStoreAsync();
+
+        // 120 weight changes, each retried until accepted, through the daemons in turn; member 1 is lost after
+        // the 40th and back after the 80th. The last accepted weight of each server is what must be programmed.
+        var accepted = new uint[10];
+        for (var n = 0; n < 120; n++)
+        {
+            if (n == 40) Cluster.Stop(1);
+            if (n == 80) Cluster.Start(1);
+            var j = n % 10;
+            var weight = (uint)(n + 2);
+            var via = _daemons[n % _daemons.Count];
+            await UntilAcceptedAsync(() => via.Extended.UpdateServerAsync(Server(0, j, weight), cancellationToken: Ct).ResponseAsync);
+            accepted[j] = weight;
+        }
+
+        var store = await WaitForAllEqualToStoreAsync();
+        for (var j = 0; j < 10; j++) Assert.All(_daemons, d => Assert.Equal(accepted[j], Weight(d, 0, j)));
+        Assert.Equal(10, store.ServerCount);
+    }
+
+    [Fact]
+    public async Task ACompactionPastAWatchThatFellBehind_TheDaemonResyncs_AndMissesNoChange()
+    {
+        for (var i = 0; i < 3; i++) await StartDaemonAsync();
+        // This daemon reaches etcd through member 2 only: while that member is away its watch falls behind.
+        var behind = await StartDaemonAsync(2);
+        await _daemons[0].Extended.CreateServiceAsync(Service(0), cancellationToken: Ct);
+        for (var j = 0; j < 5; j++) await _daemons[0].Extended.CreateServerAsync(Server(0, j), cancellationToken: Ct);
+        await WaitForAllEqualToStoreAsync();
+
+        Cluster.Stop(2);
+        for (var n = 0; n < 30; n++)
+            await UntilAcceptedAsync(() => _daemons[n % 3].Extended.UpdateServerAsync(Server(0, n % 5, (uint)(n + 2)), cancellationToken: Ct).ResponseAsync);
+        await UntilAcceptedAsync(() => _daemons[1].Extended.CreateServiceAsync(Service(1), cancellationToken: Ct).ResponseAsync);
+        await UntilAcceptedAsync(() => _daemons[1].Extended.CreateServerAsync(Server(1, 0), cancellationToken: Ct).ResponseAsync);
+        await using (var store = OpenStore())
+        {
+            // History up to now is gone: the behind daemon's watch cannot resume where it stopped.
+            await store.CompactAsync(await store.GetRevisionAsync(Ct), Ct);
+        }
+        Cluster.Start(2);
+
+        var desired = await WaitForAllEqualToStoreAsync();
+        Assert.Equal(2, desired.Services.Count);
+        for (var j = 0; j < 5; j++) Assert.Equal((uint)(25 + j + 2), Weight(behind, 0, j));
+        var deadline = DateTime.UtcNow + Converge;
+        while (!behind.Logs.Text.Contains("compacted", StringComparison.Ordinal) && DateTime.UtcNow < deadline) await Task.Delay(100, Ct);
+        Assert.Contains("compacted", behind.Logs.Text);
+        // After its resync the watch follows again: a later change arrives without another resync.
+        await _daemons[0].Extended.UpdateServerAsync(Server(1, 0, weight: 9), cancellationToken: Ct);
+        await behind.WaitForDataplaneAsync(_ => Weight(behind, 1, 0) == 9);
+        await WaitForAllEqualToStoreAsync();
+    }
+
+    [Fact]
+    public async Task AMemberThatDiesMidWrite_EachCreateSucceedsOrFailsClearly_NothingIsHalfWritten()
+    {
+        for (var i = 0; i < 3; i++) await StartDaemonAsync();
+        var leader = await LeaderAsync();
+
+        // 60 creates of a service with its two servers, 6 at a time through the three daemons; the leader is killed
+        // once 15 have finished, while others are in flight.
+        var outcomes = new (StatusCode Code, string Detail)[60];
+        var finished = 0;
+        var killed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var next = -1;
+        var writers = Enumerable.Range(0, 6).Select(async _ =>
+        {
+            int i;
+            while ((i = Interlocked.Increment(ref next)) < 60)
+            {
+                var via = _daemons[i % 3];
+                try
+                {
+                    await via.Extended.CreateServiceAsync(Service(i), cancellationToken: Ct);
+                    await via.Extended.CreateServerAsync(Server(i, 0), cancellationToken: Ct);
+                    await via.Extended.CreateServerAsync(Server(i, 1), cancellationToken: Ct);
+                    outcomes[i] = (StatusCode.OK, "");
+                }
+                catch (RpcException e)
+                {
+                    outcomes[i] = (e.StatusCode, e.Status.Detail);
+                }
+                if (Interlocked.Increment(ref finished) == 15)
+                {
+                    Cluster.Stop(leader);
+                    killed.SetResult();
+                }
+            }
+        }).ToList();
+        await Task.WhenAll(writers);
+        await killed.Task;
+
+        TestContext.Current.TestOutputHelper?.WriteLine(string.Join("\n", outcomes.Select((o, i) => $"svc-{i}: {o.Code} {o.Detail}")));
+        // A failure says what went wrong, in a code a client can act on.
+        foreach (var (code, detail) in outcomes.Where(o => o.Code != StatusCode.OK))
+        {
+            Assert.Contains(code, new[] { StatusCode.Unavailable, StatusCode.DeadlineExceeded });
+            Assert.False(string.IsNullOrWhiteSpace(detail));
+        }
+
+        // Every accepted create is whole in the store; a failed one is there whole or not at all.
+        await using var store = OpenStore();
+        var snapshot = await store.ListAsync(Ct);
+        var services = snapshot.Items.ToDictionary(s => s.Service.Id);
+        for (var i = 0; i < 60; i++)
+        {
+            if (outcomes[i].Code == StatusCode.OK)
+            {
+                Assert.True(services.TryGetValue($"svc-{i}", out var item), $"svc-{i} was accepted but is not in the store");
+                Assert.Equal(2, item.Servers.Count);
+            }
+        }
+        Assert.Empty(snapshot.Orphans);
+        Assert.All(services.Values, s => Assert.True(s.Service.Key is not null && s.Service.Config is not null, $"{s.Service.Id} is incomplete"));
+        // The service-key index names exactly the stored services (it is written in each create's transaction).
+        using var channel = GrpcChannel.ForAddress(Cluster.Members[(leader + 1) % 3].Endpoint);
+        var kv = new Etcdserverpb.KV.KVClient(channel);
+        var indexPrefix = $"{_prefix}/service-keys/";
+        var index = await kv.RangeAsync(new Etcdserverpb.RangeRequest
+        {
+            Key = ByteString.CopyFromUtf8(indexPrefix), RangeEnd = ByteString.CopyFromUtf8(indexPrefix[..^1] + "0"),
+        }, cancellationToken: Ct);
+        Assert.Equal(services.Keys.Order(), index.Kvs.Select(k => k.Value.ToStringUtf8()).Order());
+
+        Cluster.Start(leader);
+        var desired = await WaitForAllEqualToStoreAsync();
+        Assert.Equal(services.Count, desired.Services.Count);
+    }
+
+    /// <summary>The index of the member that leads the cluster now.</summary>
+    private async Task<int> LeaderAsync()
+    {
+        using var channel = GrpcChannel.ForAddress(Cluster.Members[0].Endpoint);
+        var status = await new Etcdserverpb.Maintenance.MaintenanceClient(channel).StatusAsync(new Etcdserverpb.StatusRequest(), cancellationToken: Ct);
+        using var members = GrpcChannel.ForAddress(Cluster.Members[0].Endpoint);
+        var list = await new Etcdserverpb.Cluster.ClusterClient(members).MemberListAsync(new Etcdserverpb.MemberListRequest(), cancellationToken: Ct);
+        var name = list.Members.Single(m => m.ID == status.Leader).Name;
+        return Cluster.Members.ToList().FindIndex(m => m.Name == name);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var daemon in _daemons) await daemon.DisposeAsync();
+        // A member a failed test left stopped is started again for the class's next test.
+        for (var i = 0; i < Cluster.Members.Count; i++)
+            if (!Cluster.Members[i].IsRunning) Cluster.Start(i);
+    }
+}
