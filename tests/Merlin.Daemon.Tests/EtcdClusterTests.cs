@@ -23,6 +23,9 @@ public sealed class EtcdClusterFixture : IDisposable
         }
     }
 
+    /// <summary>The cluster if a test started it (a skipped test did not).</summary>
+    public EtcdCluster? Launched => _cluster;
+
     public void Dispose() => _cluster?.Dispose();
 }
 
@@ -361,8 +364,9 @@ public sealed class EtcdClusterTests(EtcdClusterFixture fixture) : IClassFixture
     {
         foreach (var daemon in _daemons) await daemon.DisposeAsync();
         // A member a failed test left stopped is started again for the class's next test.
-        for (var i = 0; i < Cluster.Members.Count; i++)
-            if (!Cluster.Members[i].IsRunning) Cluster.Start(i);
+        if (fixture.Launched is not { } cluster) return;
+        for (var i = 0; i < cluster.Members.Count; i++)
+            if (!cluster.Members[i].IsRunning) cluster.Start(i);
     }
 }
 
