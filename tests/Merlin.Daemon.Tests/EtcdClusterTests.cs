@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using Google.Protobuf;
 using Grpc.Core;
@@ -22,6 +23,9 @@ public sealed class EtcdClusterFixture : IDisposable
             return _cluster ??= EtcdCluster.Launch(3);
         }
     }
+
+    /// <summary>The cluster if a test started it (a skipped test did not).</summary>
+    public EtcdCluster? Launched => _cluster;
 
     public void Dispose() => _cluster?.Dispose();
 }
@@ -260,6 +264,92 @@ public sealed class EtcdClusterTests(EtcdClusterFixture fixture) : IClassFixture
         Assert.Equal(services.Count, desired.Services.Count);
     }
 
+    [Fact]
+    public async Task ADaemonKilledMidPass_IsRestarted_AndEndsWithItsKernelEqualToTheStore()
+    {
+        Requires.Root();
+        Requires.Command("nft", "apt-get install nftables");
+        using var ns = new ScratchNamespace("kill");
+        using var dir = new TempDir("kill");
+        var api = await StartDaemonAsync(); // the API the writes go through (--dataplane none)
+        // The daemon under test: a process with the nftables dataplane in the scratch namespace, killed and restarted.
+        string[] args =
+        [
+            "--dataplane", "nftables", "--netns", ns.Name, "--hash-seed", "0x5eed1234",
+            "--store-backend", "etcd3", "--store-endpoints", string.Join(',', Cluster.Endpoints), "--store-prefix", _prefix, "--store-timeout", "2s",
+            "--reconcile-sync-period", "1h", "--port", LocalPorts.Free().ToString(), "--health-port", LocalPorts.Free().ToString(),
+            "--state-dir", dir.Path, "--log-level", "information",
+        ];
+
+        await CreateMasqAsync(api, Enumerable.Range(0, 40), weight: 1);
+        var daemon = DaemonProcess.Start(args);
+        try
+        {
+            await WaitForKernelEqualToStoreAsync(ns, daemon);
+
+            // A large change streams in: 20 services deleted, 40 added, every other server's weight changed. The
+            // daemon is killed (SIGKILL) half-way, while it is applying what has arrived; the rest lands while it is down.
+            var writes = new List<Func<Task>>();
+            for (var i = 0; i < 20; i++) { var id = i; writes.Add(() => api.Extended.DeleteServiceAsync(new Google.Protobuf.WellKnownTypes.StringValue { Value = $"svc-{id}" }, cancellationToken: Ct).ResponseAsync); }
+            for (var i = 20; i < 40; i++)
+                for (var j = 0; j < 10; j += 2) { var (id, k) = (i, j); writes.Add(() => api.Extended.UpdateServerAsync(Masq(id, k, weight: 3), cancellationToken: Ct).ResponseAsync); }
+            var added = Enumerable.Range(40, 40).ToList();
+            for (var n = 0; n < writes.Count; n++)
+            {
+                await writes[n]();
+                if (n == writes.Count / 2) daemon.Kill();
+            }
+            await CreateMasqAsync(api, added, weight: 2);
+
+            daemon = DaemonProcess.Start(args);
+            var desired = await WaitForKernelEqualToStoreAsync(ns, daemon);
+            Assert.Equal(60, desired.Services.Count);
+            Assert.Equal(600, desired.ServerCount);
+        }
+        finally
+        {
+            daemon.Kill();
+        }
+    }
+
+    private static Wire.RealServer Masq(int service, int j, uint weight) => new()
+    {
+        ServiceID = $"svc-{service}", Key = new() { Ip = $"198.18.2.{j + 1}", Port = (uint)(8000 + service) },
+        Config = new() { Weight = weight, Forward = Wire.ForwardMethod.Masq },
+    };
+
+    /// <summary>Creates the services (wrr) with 10 masquerading servers each, 8 calls at a time.</summary>
+    private static async Task CreateMasqAsync(RunningDaemon api, IEnumerable<int> services, uint weight)
+    {
+        await Parallel.ForEachAsync(services, new ParallelOptions { MaxDegreeOfParallelism = 8, CancellationToken = Ct }, async (i, ct) =>
+        {
+            var service = Service(i);
+            service.Key.Ip = $"198.18.3.{i + 1}";
+            service.Config.Scheduler = "wrr";
+            await api.Extended.CreateServiceAsync(service, cancellationToken: ct);
+            for (var j = 0; j < 10; j++) await api.Extended.CreateServerAsync(Masq(i, j, weight), cancellationToken: ct);
+        });
+    }
+
+    /// <summary>Waits until what the kernel holds in the namespace equals a full read of the store.</summary>
+    private async Task<DataplaneState> WaitForKernelEqualToStoreAsync(ScratchNamespace ns, DaemonProcess daemon)
+    {
+        await using var store = OpenStore();
+        var deadline = DateTime.UtcNow + Converge;
+        while (true)
+        {
+            var desired = DesiredState.Build(await store.ListAsync(Ct)).State;
+            // A fresh reader each time: one adopts what the kernel holds once, then trusts what it wrote itself.
+            using var kernel = new Merlin.Dataplane.Nftables.NftablesDataplane(new Merlin.Dataplane.Nftables.NftablesOptions { HashSeed = 0x5eed1234, NetworkNamespace = ns.Name },
+                Microsoft.Extensions.Logging.Abstractions.NullLogger<Merlin.Dataplane.Nftables.NftablesDataplane>.Instance);
+            var actual = await kernel.ReadAsync(Ct);
+            if (actual.SameAs(desired)) return desired;
+            if (DateTime.UtcNow > deadline || daemon.Exited)
+                Assert.Fail($"the kernel holds {actual.Services.Count} services and {actual.ServerCount} servers, the store {desired.Services.Count} and {desired.ServerCount}; the daemon:\n{daemon.Output}");
+            await Task.Delay(200, Ct);
+        }
+    }
+
     /// <summary>The index of the member that leads the cluster now.</summary>
     private async Task<int> LeaderAsync()
     {
@@ -275,7 +365,54 @@ public sealed class EtcdClusterTests(EtcdClusterFixture fixture) : IClassFixture
     {
         foreach (var daemon in _daemons) await daemon.DisposeAsync();
         // A member a failed test left stopped is started again for the class's next test.
-        for (var i = 0; i < Cluster.Members.Count; i++)
-            if (!Cluster.Members[i].IsRunning) Cluster.Start(i);
+        if (fixture.Launched is not { } cluster) return;
+        for (var i = 0; i < cluster.Members.Count; i++)
+            if (!cluster.Members[i].IsRunning) cluster.Start(i);
+    }
+}
+
+/// <summary>The merlin executable built beside the tests, started as a process that keeps running until killed by its PID.</summary>
+internal sealed class DaemonProcess
+{
+    private readonly Process _process;
+    private readonly System.Text.StringBuilder _output = new();
+
+    private DaemonProcess(Process process) => _process = process;
+
+    public bool Exited => _process.HasExited;
+
+    public string Output { get { lock (_output) return _output.ToString(); } }
+
+    public static DaemonProcess Start(IEnumerable<string> args)
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "merlin.dll"));
+        foreach (var arg in args) start.ArgumentList.Add(arg);
+        foreach (var key in start.Environment.Keys.Where(k => k.StartsWith("MERLIN_", StringComparison.Ordinal)).ToList()) start.Environment.Remove(key);
+        var daemon = new DaemonProcess(new Process { StartInfo = start });
+        daemon._process.OutputDataReceived += (_, e) => daemon.Append(e.Data);
+        daemon._process.ErrorDataReceived += (_, e) => daemon.Append(e.Data);
+        daemon._process.Start();
+        daemon._process.BeginOutputReadLine();
+        daemon._process.BeginErrorReadLine();
+        return daemon;
+    }
+
+    /// <summary>SIGKILL by PID (no shutdown of any kind), and waits for it to be gone.</summary>
+    public void Kill()
+    {
+        if (_process.HasExited) return;
+        _process.Kill(entireProcessTree: false);
+        _process.WaitForExit(10_000);
+    }
+
+    private void Append(string? line)
+    {
+        if (line is null) return;
+        lock (_output)
+        {
+            if (_output.Length > 256 * 1024) _output.Remove(0, _output.Length - 128 * 1024);
+            _output.AppendLine(line);
+        }
     }
 }
