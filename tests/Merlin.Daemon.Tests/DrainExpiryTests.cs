@@ -2,6 +2,7 @@ using Google.Protobuf.WellKnownTypes;
 using Merlin.Api;
 using Merlin.Store;
 using Merlin.Store.Sqlite;
+using Merlin.Store.Tests;
 using Merlin.Testing;
 using Merlin.Wire;
 using Microsoft.Extensions.Logging.Abstractions;

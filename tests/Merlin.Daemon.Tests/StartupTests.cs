@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using Merlin.Reconciler;
 using Merlin.Store.Sqlite;
+using Merlin.Store.Tests;
 using Merlin.Testing;
 using Microsoft.Extensions.DependencyInjection;
 
