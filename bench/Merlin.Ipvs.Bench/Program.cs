@@ -3,6 +3,7 @@ using System.Globalization;
 using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Ipvs;
 using Merlin.Reconciler;
+using Merlin.Store.Protobuf;
 using Merlin.Store.Sqlite;
 using Merlin.Wire;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -43,21 +44,21 @@ static async Task<int> Seed(Options o)
         {
             try
             {
-                await store.CreateServiceAsync(new VirtualService
+                await store.CreateServiceAsync(StoredRecords.Of(new VirtualService
                 {
                     Id = id,
                     Key = new VirtualService.Types.Key { Ip = vip, Port = 80, Protocol = Protocol.Tcp },
                     Config = new VirtualService.Types.Config { Scheduler = o.Scheduler },
-                });
+                }));
                 for (var j = 0; j < o.Servers; j++)
                 {
-                    await store.CreateServerAsync(new RealServer
+                    await store.CreateServerAsync(StoredRecords.Of(new RealServer
                     {
                         ServiceID = id,
                         Key = new RealServer.Types.Key { Ip = $"198.19.{j / 250}.{j % 250 + 1}", Port = 80 },
                         Config = new RealServer.Types.Config { Weight = 1, Forward = ForwardMethod.Route },
                         HealthCheck = new RealServer.Types.HealthCheck(),
-                    });
+                    }));
                 }
             }
             finally

@@ -6,6 +6,7 @@ using Merlin.Dataplane.Nftables;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Nftables.Bench;
 using Merlin.Reconciler;
+using Merlin.Store.Protobuf;
 using Merlin.Store.Sqlite;
 using Merlin.Wire;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -233,8 +234,8 @@ namespace Merlin.Nftables.Bench
 
         public static async Task FillAsync(SqliteStore store, List<(VirtualService Service, List<RealServer> Servers)> services)
         {
-            await Concurrently(services.Select(s => (Func<Task>)(() => store.CreateServiceAsync(s.Service))), 32);
-            await Concurrently(services.SelectMany(s => s.Servers).Select(r => (Func<Task>)(() => store.CreateServerAsync(r))), 32);
+            await Concurrently(services.Select(s => (Func<Task>)(() => store.CreateServiceAsync(StoredRecords.Of(s.Service)))), 32);
+            await Concurrently(services.SelectMany(s => s.Servers).Select(r => (Func<Task>)(() => store.CreateServerAsync(StoredRecords.Of(r)))), 32);
         }
 
         /// <summary>The weight of one real server changes: in every service for shared (the ingress node of all of them), in one service for distinct.</summary>
@@ -244,9 +245,9 @@ namespace Merlin.Nftables.Bench
             await Concurrently(targets.Select(r => (Func<Task>)(async () =>
             {
                 var current = await store.GetServerAsync(r.ServiceID, r.Key.Ip, r.Key.Port) ?? throw new InvalidOperationException("server vanished");
-                var updated = current.Value.Clone();
+                var updated = StoredRecords.Message(current.Value).Clone();
                 updated.Config.Weight = weight;
-                await store.UpdateServerAsync(updated, current.Version);
+                await store.UpdateServerAsync(StoredRecords.Of(updated), current.Version);
             })), 32);
         }
 

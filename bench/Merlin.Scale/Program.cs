@@ -129,8 +129,8 @@ static async Task FillStore(string backend, DaemonOptions options, EtcdServer? e
     if (backend == "sqlite")
     {
         await using var store = new Merlin.Store.Sqlite.SqliteStore(options.StorePath!);
-        await Parallel(o.Services, 64, i => store.CreateServiceAsync(Service(i)), "[sqlite] fill services");
-        await Parallel(o.Services * o.Servers, 64, i => store.CreateServerAsync(Server(i / o.Servers, i % o.Servers)), "[sqlite] fill servers");
+        await Parallel(o.Services, 64, i => store.CreateServiceAsync(Merlin.Store.Protobuf.StoredRecords.Of(Service(i))), "[sqlite] fill services");
+        await Parallel(o.Services * o.Servers, 64, i => store.CreateServerAsync(Merlin.Store.Protobuf.StoredRecords.Of(Server(i / o.Servers, i % o.Servers))), "[sqlite] fill servers");
         return;
     }
     using var channel = GrpcChannel.ForAddress(etcd!.Endpoint);

@@ -1,5 +1,6 @@
 using System.Threading.Channels;
 using Merlin.Store;
+using Merlin.Store.Protobuf;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
@@ -63,8 +64,11 @@ public sealed partial class DrainExpiry(IStore store, TimeProvider time, ILogger
         var snapshot = await store.ListAsync(ct).ConfigureAwait(false);
         _deadlines.Clear();
         foreach (var item in snapshot.Items)
-            foreach (var server in item.Servers)
+            foreach (var stored in item.Servers)
+            {
+                var server = StoredRecords.Message(stored);
                 Track(new ServerRef(server.ServiceID, server.Key?.Ip ?? "", server.Key?.Port ?? 0), server);
+            }
         listed();
 
         var changes = Channel.CreateUnbounded<StoreChange>(new UnboundedChannelOptions { SingleWriter = true });
@@ -137,9 +141,9 @@ public sealed partial class DrainExpiry(IStore store, TimeProvider time, ILogger
         {
             var current = await store.GetServerAsync(server.ServiceId, server.Ip, server.Port, ct).ConfigureAwait(false);
             if (current is null) { _deadlines.Remove(server); continue; } // another node removed it, or someone deleted it
-            if (current.Value.DrainDeadline is not { } deadline || deadline.ToDateTimeOffset() > time.GetUtcNow())
+            if (StoredRecords.Message(current.Value).DrainDeadline is not { } deadline || deadline.ToDateTimeOffset() > time.GetUtcNow())
             {
-                Track(server, current.Value); // undrained, or drained again with a later deadline
+                Track(server, StoredRecords.Message(current.Value)); // undrained, or drained again with a later deadline
                 continue;
             }
             try
@@ -165,7 +169,7 @@ public sealed partial class DrainExpiry(IStore store, TimeProvider time, ILogger
     {
         var current = await store.GetServerAsync(server.ServiceId, server.Ip, server.Port, ct).ConfigureAwait(false);
         if (current is null) _deadlines.Remove(server);
-        else Track(server, current.Value);
+        else Track(server, StoredRecords.Message(current.Value));
     }
 
     private void Track(ServerRef server, Wire.RealServer record)

@@ -1,5 +1,4 @@
 using Merlin.Store;
-using Merlin.Wire;
 
 namespace Merlin.Api;
 
@@ -13,9 +12,9 @@ public sealed class FleetSettings(IStore store, TimeProvider time)
     public static readonly TimeSpan MaxAge = TimeSpan.FromSeconds(1);
 
     private readonly SemaphoreSlim _reading = new(1, 1);
-    private (Settings Value, long ReadAt)? _cached;
+    private (StoredSettings Value, long ReadAt)? _cached;
 
-    public async ValueTask<Settings> GetAsync(CancellationToken ct)
+    public async ValueTask<StoredSettings> GetAsync(CancellationToken ct)
     {
         if (Fresh() is { } settings) return settings;
         await _reading.WaitAsync(ct);
@@ -35,6 +34,6 @@ public sealed class FleetSettings(IStore store, TimeProvider time)
     /// <summary>After this node wrote the settings: the next write reads them again.</summary>
     public void Forget() => _cached = null;
 
-    private Settings? Fresh() =>
+    private StoredSettings? Fresh() =>
         _cached is { } c && time.GetElapsedTime(c.ReadAt) < MaxAge ? c.Value : null;
 }

@@ -1,6 +1,8 @@
 using System.Net;
 using Merlin.Hashing;
 using Merlin.Model;
+using Merlin.Store;
+using Merlin.Store.Protobuf;
 using Merlin.Wire;
 using Wire = Merlin.Wire;
 
@@ -16,16 +18,16 @@ namespace Merlin.Api;
 /// </summary>
 public static class LookupTables
 {
-    public static byte[]? Derive(Wire.VirtualService service, IReadOnlyList<Wire.RealServer> servers, byte[]? previous)
+    public static byte[]? Derive(StoredService service, IReadOnlyList<StoredServer> servers, byte[]? previous)
     {
-        if (WireMapper.TryToModel(service, out var model) is not null || !Schedulers.UsesStoredTable(model!.Config)) return null;
+        if (WireMapper.TryToModel(StoredRecords.Message(service), out var model) is not null || !Schedulers.UsesStoredTable(model!.Config)) return null;
         MinimalDisruptionTable? before = null;
         if (previous is not null)
         {
             try { before = MinimalDisruptionTable.Decode(previous); }
             catch (TableFormatException) { before = null; }
         }
-        return MinimalDisruptionTable.Next(before, Members(servers)).Encode();
+        return MinimalDisruptionTable.Next(before, Members(servers.Select(StoredRecords.Message).ToList())).Encode();
     }
 
     /// <summary>The (endpoint, effective weight) of each server whose key can be read; the same rule the dataplane reads the table with.</summary>

@@ -1,6 +1,7 @@
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using Merlin.Model;
+using Merlin.Store.Protobuf;
 using Merlin.Wire;
 using Microsoft.Extensions.Logging;
 using WireServer = Merlin.Wire.RealServer;
@@ -25,8 +26,8 @@ public sealed partial class MerlinService
         var endpoint = Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port);
         var compat = await GoMerlinCompatAsync(ct);
         await UpdateOptimisticallyAsync(
-            async () => await store.GetServerAsync(serviceId, ip, port, ct)
-                ?? throw NotFound($"server {endpoint} of service {serviceId} does not exist"),
+            async () => Record(await store.GetServerAsync(serviceId, ip, port, ct)
+                ?? throw NotFound($"server {endpoint} of service {serviceId} does not exist")),
             current =>
             {
                 var next = current.Clone();
@@ -35,7 +36,7 @@ public sealed partial class MerlinService
                 if (compat && WireMapper.TryToModel(next, out var model) is null) RefuseIfGoMerlinCannot(GoMerlin.Check(model!));
                 return next;
             },
-            (next, version) => store.UpdateServerAsync(next, version, ct));
+            (next, version) => store.UpdateServerAsync(StoredRecords.Of(next), version, ct));
         LogDrainingServer(serviceId, endpoint, Durations.Format(period), deadline);
         return Done;
     });
@@ -45,15 +46,15 @@ public sealed partial class MerlinService
         var (serviceId, ip, port) = DrainTarget(request, "");
         var endpoint = Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port);
         var written = await UpdateOptimisticallyAsync(
-            async () => await store.GetServerAsync(serviceId, ip, port, ct)
-                ?? throw NotFound($"server {endpoint} of service {serviceId} does not exist (a drain that reached its deadline removed it)"),
+            async () => Record(await store.GetServerAsync(serviceId, ip, port, ct)
+                ?? throw NotFound($"server {endpoint} of service {serviceId} does not exist (a drain that reached its deadline removed it)")),
             current =>
             {
                 var next = current.Clone();
                 next.DrainDeadline = null;
                 return next;
             },
-            (next, version) => store.UpdateServerAsync(next, version, ct));
+            (next, version) => store.UpdateServerAsync(StoredRecords.Of(next), version, ct));
         if (written) LogUndrainedServer(serviceId, endpoint);
         return Done;
     });

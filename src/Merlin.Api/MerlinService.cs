@@ -2,6 +2,7 @@ using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using Merlin.Model;
 using Merlin.Store;
+using Merlin.Store.Protobuf;
 using Merlin.Wire;
 using Microsoft.Extensions.Logging;
 using WireServer = Merlin.Wire.RealServer;
@@ -49,7 +50,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
             var ids = (await store.ListAsync(ct)).Items.Select(i => i.Service.Id);
             RefuseIfGoMerlinCannot(GoMerlin.CheckId(model.Id, ids));
         }
-        await store.CreateServiceAsync(RecordDigest.Stamped(WireMapper.ToWire(model)), ct);
+        await store.CreateServiceAsync(StoredRecords.Of(RecordDigest.Stamped(WireMapper.ToWire(model))), ct);
         LogCreatedService(model.Id, model.Key.ToString());
         return Done;
     });
@@ -60,9 +61,9 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         if (request.Config is null) throw Invalid(new("config", "required: an update changes config only"));
         var compat = await GoMerlinCompatAsync(ct);
         var written = await UpdateOptimisticallyAsync(
-            async () => await store.GetServiceAsync(request.Id, ct) ?? throw NotFound($"service {request.Id} does not exist"),
+            async () => Record(await store.GetServiceAsync(request.Id, ct) ?? throw NotFound($"service {request.Id} does not exist")),
             current => Normalized(Merge(current, request), compat),
-            (next, version) => store.UpdateServiceAsync(next, version, ct));
+            (next, version) => store.UpdateServiceAsync(StoredRecords.Of(next), version, ct));
         if (written) LogUpdatedService(request.Id);
         return Done;
     });
@@ -80,9 +81,9 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         var model = Valid(WireMapper.TryToModel(request, out var server), server) with { DrainDeadline = null }; // only DrainServer drains
         var service = await store.GetServiceAsync(model.ServiceId, ct)
             ?? throw NotFound($"service {model.ServiceId} does not exist: create it before its servers");
-        CheckFamily(service.Value, model);
+        CheckFamily(StoredRecords.Message(service.Value), model);
         if (await GoMerlinCompatAsync(ct)) RefuseIfGoMerlinCannot(GoMerlin.Check(model));
-        await store.CreateServerAsync(RecordDigest.Stamped(WireMapper.ToWire(model)), ct);
+        await store.CreateServerAsync(StoredRecords.Of(RecordDigest.Stamped(WireMapper.ToWire(model))), ct);
         LogCreatedServer(model.ServiceId, model.Key.ToString());
         return Done;
     });
@@ -92,10 +93,10 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         var (serviceId, ip, port) = ServerIdentity(request);
         var compat = await GoMerlinCompatAsync(ct);
         var written = await UpdateOptimisticallyAsync(
-            async () => await store.GetServerAsync(serviceId, ip, port, ct)
-                ?? throw NotFound($"server {Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port)} of service {serviceId} does not exist"),
+            async () => Record(await store.GetServerAsync(serviceId, ip, port, ct)
+                ?? throw NotFound($"server {Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port)} of service {serviceId} does not exist")),
             current => Normalized(Merge(current, request), compat),
-            (next, version) => store.UpdateServerAsync(next, version, ct));
+            (next, version) => store.UpdateServerAsync(StoredRecords.Of(next), version, ct));
         if (written) LogUpdatedServer(serviceId, Endpoints.Format(System.Net.IPAddress.Parse(ip), (ushort)port));
         return Done;
     });
@@ -114,13 +115,8 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         var response = new ListResponse();
         foreach (var item in snapshot.Items)
         {
-            // Merlin's mark is the store's business, not the client's: the list is the records as the original
-            // sent them. The snapshot is this call's own (every store parses its records afresh), so clear in place.
-            item.Service.ClearMerlinDigest();
-            foreach (var server in item.Servers) server.ClearMerlinDigest();
-            var entry = new ListResponse.Types.Item { Service = item.Service };
-            entry.Servers.AddRange(item.Servers);
-            response.Items.Add(entry);
+            // Merlin's mark is the store's business, not the client's: the list is the records as the original sent them.
+            response.Items.Add(ListItem(item));
         }
         status.AddHealth(response);
         // The daemon's clock, for a drain's time left; only when something drains, so that a list of an
@@ -142,10 +138,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         var bytes = 0;
         foreach (var item in snapshot.Items)
         {
-            item.Service.ClearMerlinDigest(); // as List: the mark is the store's business
-            foreach (var server in item.Servers) server.ClearMerlinDigest();
-            var entry = new ListResponse.Types.Item { Service = item.Service };
-            entry.Servers.AddRange(item.Servers);
+            var entry = ListItem(item); // as List: the mark is the store's business
             chunk.Items.Add(entry);
             bytes += entry.CalculateSize();
             if (chunk.Items.Count < ListChunkServices && bytes < ListChunkBytes) continue;
@@ -155,6 +148,21 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         if (chunk.Items.Count > 0 || snapshot.Items.Count == 0) await responseStream.WriteAsync(Finished(chunk), ct);
         return Done;
     });
+
+    /// <summary>A snapshot's item as List sends it: the records without Merlin's mark (cleared in place: the snapshot is the call's own).</summary>
+    private static ListResponse.Types.Item ListItem(StoreItem item)
+    {
+        var service = StoredRecords.Message(item.Service);
+        service.ClearMerlinDigest();
+        var entry = new ListResponse.Types.Item { Service = service };
+        foreach (var stored in item.Servers)
+        {
+            var server = StoredRecords.Message(stored);
+            server.ClearMerlinDigest();
+            entry.Servers.Add(server);
+        }
+        return entry;
+    }
 
     /// <summary>A list message as List completes it: this node's health verdicts, and its clock when a server drains.</summary>
     private ListResponse Finished(ListResponse response)
@@ -179,19 +187,19 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         return response;
     });
 
-    public override Task<Settings> GetSettings(Empty request, ServerCallContext context) => Guard(context, ct => store.GetSettingsAsync(ct));
+    public override Task<Settings> GetSettings(Empty request, ServerCallContext context) => Guard(context, async ct => StoredRecords.Message(await store.GetSettingsAsync(ct)));
 
     public override Task<Settings> UpdateSettings(Settings request, ServerCallContext context) => Guard(context, async ct =>
     {
         if (request is null) throw Invalid(new("settings", "required"));
         if (request.HasCompatibility && request.Compatibility is not ("" or GoMerlin.Mode))
             throw Invalid(new("compatibility", $"{Validation.Quote(request.Compatibility)} is not a compatibility mode (\"{GoMerlin.Mode}\", or \"\" for none)"));
-        var settings = await store.GetSettingsAsync(ct);
+        var settings = StoredRecords.Message(await store.GetSettingsAsync(ct));
         var next = settings.Clone();
         next.MergeFrom(request);
         if (!next.Equals(settings))
         {
-            await store.SetSettingsAsync(next, ct);
+            await store.SetSettingsAsync(StoredRecords.Of(next), ct);
             fleet.Forget();
             LogSettings(next.Compatibility.Length == 0 ? "off" : next.Compatibility);
         }
@@ -247,6 +255,12 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
             catch (ConflictException) when (attempt < OptimisticRetries) { }
         }
     }
+
+    /// <summary>The protobuf record the API merges into (the store's own: merges work on a clone).</summary>
+    private static Versioned<WireService> Record(Versioned<StoredService> stored) => new(StoredRecords.Message(stored.Value), stored.Version);
+
+    /// <inheritdoc cref="Record(Versioned{StoredService})"/>
+    private static Versioned<WireServer> Record(Versioned<StoredServer> stored) => new(StoredRecords.Message(stored.Value), stored.Version);
 
     private static bool SameContent<T>(T a, T b) where T : Google.Protobuf.IMessage<T> => (a, b) switch
     {
@@ -379,7 +393,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     }
 
     private static bool SameKey(WireService.Types.Key a, WireService.Types.Key b) =>
-        StoreKeys.ServiceIdentity(new WireService { Key = a }) == StoreKeys.ServiceIdentity(new WireService { Key = b });
+        StoredRecords.Identity(new WireService { Key = a }) == StoredRecords.Identity(new WireService { Key = b });
 
     private static T Valid<T>(ValidationError? error, T? value) where T : class =>
         error is not null ? throw Invalid(error) : value!;

@@ -84,15 +84,15 @@ internal static class StatusPage
         var list = new JsonArray();
         foreach (var item in snapshot.Items.OrderBy(i => i.Service.Id, StringComparer.Ordinal))
         {
-            if (WireMapper.TryToModel(item.Service, out var service) is not null) continue; // not programmable; the log says why
-            var key = service!.Key;
+            if (item.Service.Service is not { } service) continue; // not programmable; the log says why
+            var key = service.Key;
             var wireKey = WireMapper.ToWire(key);
             var serviceTraffic = counters.Services.FirstOrDefault(s => wireKey.Equals(s.Key));
             var servers = new JsonArray();
-            foreach (var wire in item.Servers)
+            foreach (var stored in item.Servers)
             {
-                if (WireMapper.TryToModel(wire, out var server) is not null) continue;
-                var at = server!.Key;
+                if (stored.Server is not { } server) continue;
+                var at = server.Key;
                 var node = new JsonObject
                 {
                     ["address"] = at.ToString(),
@@ -129,7 +129,7 @@ internal static class StatusPage
                 ["id"] = item.Service.Id,
                 ["key"] = key.ToString(),
                 ["scheduler"] = service.Config.Scheduler,
-                ["flags"] = new JsonArray(item.Service.Config?.Flags.Select(f => (JsonNode?)f).ToArray() ?? []),
+                ["flags"] = new JsonArray(Merlin.Store.Protobuf.StoredRecords.Message(item.Service).Config?.Flags.Select(f => (JsonNode?)f).ToArray() ?? []), // as stored
                 ["servers"] = servers,
             };
             if (serviceTraffic is not null) entry["counters"] = TrafficJson(serviceTraffic.Totals);

@@ -1,6 +1,5 @@
 using Merlin.Model;
 using Merlin.Store;
-using Merlin.Wire;
 
 namespace Merlin.Reconciler;
 
@@ -15,8 +14,8 @@ public sealed class StoreMirror
     /// <summary>Everything stored under one service id: the service (null for servers left without one) and its servers by endpoint.</summary>
     private sealed class Entry
     {
-        public Wire.VirtualService? Service;
-        public readonly SortedDictionary<string, Wire.RealServer> Servers = new(StringComparer.Ordinal);
+        public StoredService? Service;
+        public readonly SortedDictionary<string, StoredServer> Servers = new(StringComparer.Ordinal);
         /// <summary>The service's stored lookup table (md-table services), or null.</summary>
         public byte[]? Table;
 
@@ -64,7 +63,7 @@ public sealed class StoreMirror
             var entry = mirror.EntryOf(item.Service.Id);
             entry.Service = item.Service;
             entry.Table = item.Table;
-            foreach (var server in item.Servers) entry.Servers[$"{server.Key?.Ip}:{server.Key?.Port}"] = server;
+            foreach (var server in item.Servers) entry.Servers[server.Endpoint] = server;
         }
         foreach (var orphan in snapshot.Orphans) mirror.EntryOf(orphan.ServiceId).Servers[orphan.Endpoint] = orphan.Server;
         foreach (var (id, entry) in mirror._entries) mirror.Derive(id, entry);
@@ -93,8 +92,8 @@ public sealed class StoreMirror
             if (change.Key.StartsWith("services/", StringComparison.Ordinal))
             {
                 var id = change.Key["services/".Length..];
-                if (put && change.Record is not Wire.VirtualService service) return null;
-                EntryOf(id).Service = put ? (Wire.VirtualService)change.Record! : null;
+                if (put && change.Service is null) return null;
+                EntryOf(id).Service = put ? change.Service : null;
                 touched.Add(id);
             }
             else if (change.Key.StartsWith("servers/", StringComparison.Ordinal))
@@ -104,8 +103,8 @@ public sealed class StoreMirror
                 if (slash <= 0) continue; // a List skips such keys too
                 var id = rest[..slash];
                 var endpoint = rest[(slash + 1)..];
-                if (put && change.Record is not Wire.RealServer) return null;
-                if (put) EntryOf(id).Servers[endpoint] = (Wire.RealServer)change.Record!;
+                if (put && change.Server is null) return null;
+                if (put) EntryOf(id).Servers[endpoint] = change.Server!;
                 else if (_entries.TryGetValue(id, out var entry)) entry.Servers.Remove(endpoint);
                 touched.Add(id);
             }
@@ -179,8 +178,8 @@ public sealed class StoreMirror
         {
             var notByMerlin = 0;
             foreach (var server in entry.Servers.Values)
-                if (!RecordDigest.WrittenByMerlin(server)) notByMerlin++;
-            entry.Origins = (RecordDigest.WrittenByMerlin(entry.Service) ? 0 : 1, notByMerlin, 0);
+                if (!server.WrittenByMerlin) notByMerlin++;
+            entry.Origins = (entry.Service.WrittenByMerlin ? 0 : 1, notByMerlin, 0);
             if (DesiredState.DecodeService(entry.Service, entry.ServiceRejections) is { } service)
             {
                 entry.Key = service.Key;

@@ -1,10 +1,9 @@
 using Merlin.Store;
-using Merlin.Wire;
 
 namespace Merlin.Reconciler;
 
 /// <summary>
-/// Records in the store that a Merlin that marks its writes did not write last (<see cref="RecordDigest"/>): a Go
+/// Records in the store that a Merlin that marks its writes did not write last (<see cref="StoredService.WrittenByMerlin"/>): a Go
 /// merlin's, or an older Merlin's; and server keys whose service does not exist (etcd, a Go merlin's service del).
 /// Counted from the snapshot the reconciler reads anyway, so a mixed fleet is told without another store read.
 /// </summary>
@@ -15,9 +14,9 @@ public sealed record StoreOrigins(int ServicesNotByMerlin, int ServersNotByMerli
         int services = 0, servers = 0;
         foreach (var item in snapshot.Items)
         {
-            if (!RecordDigest.WrittenByMerlin(item.Service)) services++;
+            if (!item.Service.WrittenByMerlin) services++;
             foreach (var server in item.Servers)
-                if (!RecordDigest.WrittenByMerlin(server)) servers++;
+                if (!server.WrittenByMerlin) servers++;
         }
         return new StoreOrigins(services, servers, snapshot.OrphanedServers);
     }

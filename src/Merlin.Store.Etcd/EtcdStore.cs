@@ -8,6 +8,7 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Grpc.Net.Client.Balancer;
 using Grpc.Net.Client.Configuration;
+using Merlin.Store.Protobuf;
 using Merlin.Wire;
 using Microsoft.Extensions.DependencyInjection;
 using CompareResult = Etcdserverpb.Compare.Types.CompareResult;
@@ -87,9 +88,10 @@ public sealed class EtcdStore : IStore
 
     // ---------------------------------------------------------------- services
 
-    public async Task CreateServiceAsync(VirtualService service, CancellationToken ct = default)
+    public async Task CreateServiceAsync(StoredService stored, CancellationToken ct = default)
     {
-        ArgumentNullException.ThrowIfNull(service);
+        ArgumentNullException.ThrowIfNull(stored);
+        var service = StoredRecords.Message(stored);
         var identity = IdentityOrNull(service);
         var key = Key(StoreKeys.Service(_prefix, service.Id));
         using var op = Begin(ct);
@@ -122,7 +124,7 @@ public sealed class EtcdStore : IStore
                 // then this create takes the entry over (compared on its version, so one racer wins).
                 var holder = entry.Value.ToStringUtf8();
                 var held = await Range(new RangeRequest { Key = Key(StoreKeys.Service(_prefix, holder)) }, op).ConfigureAwait(false);
-                if (held.Kvs.Count > 0 && StoreKeys.ServiceIdentity(Parse(VirtualService.Parser, held.Kvs[0].Value, StoreKeys.Service(_prefix, holder))) == identity)
+                if (held.Kvs.Count > 0 && StoredRecords.Identity(Parse(VirtualService.Parser, held.Kvs[0].Value, StoreKeys.Service(_prefix, holder))) == identity)
                     throw new AlreadyExistsException($"service key {Describe(service)} is already used by service \"{holder}\"");
                 indexVersion = entry.ModRevision;
                 if (attempt == 1) continue;
@@ -135,19 +137,20 @@ public sealed class EtcdStore : IStore
         }
     }
 
-    public async Task<Versioned<VirtualService>?> GetServiceAsync(string id, CancellationToken ct = default)
+    public async Task<Versioned<StoredService>?> GetServiceAsync(string id, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(id);
         using var op = Begin(ct);
         var keyText = StoreKeys.Service(_prefix, id);
         var resp = await Range(new RangeRequest { Key = Key(keyText) }, op).ConfigureAwait(false);
         if (resp.Kvs.Count == 0) return null;
-        return new Versioned<VirtualService>(Parse(VirtualService.Parser, resp.Kvs[0].Value, keyText), resp.Kvs[0].ModRevision);
+        return new Versioned<StoredService>(StoredRecords.Of(Parse(VirtualService.Parser, resp.Kvs[0].Value, keyText)), resp.Kvs[0].ModRevision);
     }
 
-    public async Task UpdateServiceAsync(VirtualService service, long expectedVersion, CancellationToken ct = default)
+    public async Task UpdateServiceAsync(StoredService stored, long expectedVersion, CancellationToken ct = default)
     {
-        ArgumentNullException.ThrowIfNull(service);
+        ArgumentNullException.ThrowIfNull(stored);
+        var service = StoredRecords.Message(stored);
         var identity = IdentityOrNull(service);
         var key = Key(StoreKeys.Service(_prefix, service.Id));
         using var op = Begin(ct);
@@ -206,8 +209,10 @@ public sealed class EtcdStore : IStore
 
     // ---------------------------------------------------------------- servers
 
-    public async Task CreateServerAsync(RealServer server, CancellationToken ct = default)
+    public async Task CreateServerAsync(StoredServer stored, CancellationToken ct = default)
     {
+        ArgumentNullException.ThrowIfNull(stored);
+        var server = StoredRecords.Message(stored);
         var (keyText, endpoint) = ServerKey(server);
         var service = Key(StoreKeys.Service(_prefix, server.ServiceID));
         var key = Key(keyText);
@@ -230,7 +235,7 @@ public sealed class EtcdStore : IStore
         throw new AlreadyExistsException($"server {endpoint} already exists in service \"{server.ServiceID}\"");
     }
 
-    public async Task<Versioned<RealServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default)
+    public async Task<Versioned<StoredServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(serviceId);
         ArgumentNullException.ThrowIfNull(ip);
@@ -238,11 +243,13 @@ public sealed class EtcdStore : IStore
         using var op = Begin(ct);
         var resp = await Range(new RangeRequest { Key = Key(keyText) }, op).ConfigureAwait(false);
         if (resp.Kvs.Count == 0) return null;
-        return new Versioned<RealServer>(Parse(RealServer.Parser, resp.Kvs[0].Value, keyText), resp.Kvs[0].ModRevision);
+        return new Versioned<StoredServer>(StoredRecords.Of(Parse(RealServer.Parser, resp.Kvs[0].Value, keyText)), resp.Kvs[0].ModRevision);
     }
 
-    public async Task UpdateServerAsync(RealServer server, long expectedVersion, CancellationToken ct = default)
+    public async Task UpdateServerAsync(StoredServer stored, long expectedVersion, CancellationToken ct = default)
     {
+        ArgumentNullException.ThrowIfNull(stored);
+        var server = StoredRecords.Message(stored);
         var (keyText, endpoint) = ServerKey(server);
         var key = Key(keyText);
         using var op = Begin(ct);
@@ -342,7 +349,7 @@ public sealed class EtcdStore : IStore
         servers.Sort((a, b) => string.CompareOrdinal(Endpoint(a), Endpoint(b)));   // as SQLite hands them over: by endpoint
         var tableKvs = resp.Responses[2].ResponseRange.Kvs;
         var previous = tableKvs.Count > 0 ? tableKvs[0].Value.ToByteArray() : null;
-        var next = derive(service, servers, previous);
+        var next = derive(StoredRecords.Of(service), servers.ConvertAll(StoredRecords.Of), previous);
 
         long revision = resp.Header.Revision, serviceMod = serviceKvs[0].ModRevision, tableMod = tableKvs.Count > 0 ? tableKvs[0].ModRevision : 0;
         txn.Compare.Add(new Compare { Key = serviceKey, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = serviceMod });
@@ -385,8 +392,8 @@ public sealed class EtcdStore : IStore
     {
         using var op = Begin(ct);
         var (kvs, revision) = await ReadAll(_allKey, _allEnd, op).ConfigureAwait(false);
-        var services = new List<VirtualService>();
-        var servers = new Dictionary<string, List<RealServer>>(StringComparer.Ordinal);
+        var services = new List<StoredService>();
+        var servers = new Dictionary<string, List<StoredServer>>(StringComparer.Ordinal);
         var servicesPrefix = StoreKeys.ServicesPrefix(_prefix);
         var serversPrefix = StoreKeys.ServersPrefix(_prefix);
         var tablesPrefix = StoreKeys.TablesPrefix(_prefix);
@@ -396,7 +403,7 @@ public sealed class EtcdStore : IStore
             var key = kv.Key.ToStringUtf8();
             if (key.StartsWith(servicesPrefix, StringComparison.Ordinal))
             {
-                services.Add(Parse(VirtualService.Parser, kv.Value, key));
+                services.Add(StoredRecords.Of(Parse(VirtualService.Parser, kv.Value, key)));
             }
             else if (key.StartsWith(tablesPrefix, StringComparison.Ordinal))
             {
@@ -409,7 +416,7 @@ public sealed class EtcdStore : IStore
                 if (slash <= 0) continue;
                 var serviceId = rest[..slash].ToString();
                 if (!servers.TryGetValue(serviceId, out var list)) servers[serviceId] = list = [];
-                list.Add(Parse(RealServer.Parser, kv.Value, key));
+                list.Add(StoredRecords.Of(Parse(RealServer.Parser, kv.Value, key)));
             }
         }
         var items = new List<StoreItem>(services.Count);
@@ -432,7 +439,7 @@ public sealed class EtcdStore : IStore
                 var slash = rest.IndexOf('/');
                 if (slash <= 0) continue;
                 var serviceId = rest[..slash].ToString();
-                if (!ids.Contains(serviceId)) orphans.Add(new OrphanedServer(serviceId, rest[(slash + 1)..].ToString(), Parse(RealServer.Parser, kv.Value, key)));
+                if (!ids.Contains(serviceId)) orphans.Add(new OrphanedServer(serviceId, rest[(slash + 1)..].ToString(), StoredRecords.Of(Parse(RealServer.Parser, kv.Value, key))));
             }
         }
         return new StoreSnapshot(items, revision) { OrphanedServers = orphans.Count, Orphans = orphans };
@@ -503,29 +510,28 @@ public sealed class EtcdStore : IStore
                     continue;
                 }
                 // Decoded as a List decodes it: a record that is not protobuf fails the watch as it fails the List.
-                IMessage? record = relative.StartsWith("services/", StringComparison.Ordinal) ? Parse(VirtualService.Parser, ev.Kv.Value, key)
-                    : relative.StartsWith("servers/", StringComparison.Ordinal) ? Parse(RealServer.Parser, ev.Kv.Value, key)
-                    : null;
+                var service = relative.StartsWith("services/", StringComparison.Ordinal) ? StoredRecords.Of(Parse(VirtualService.Parser, ev.Kv.Value, key)) : null;
+                var server = relative.StartsWith("servers/", StringComparison.Ordinal) ? StoredRecords.Of(Parse(RealServer.Parser, ev.Kv.Value, key)) : null;
                 var table = relative.StartsWith("tables/", StringComparison.Ordinal) ? ev.Kv.Value.ToByteArray() : null;
-                yield return new StoreChange(StoreChangeKind.Put, relative, ev.Kv.ModRevision) { Record = record, Table = table };
+                yield return new StoreChange(StoreChangeKind.Put, relative, ev.Kv.ModRevision) { Service = service, Server = server, Table = table };
             }
         }
     }
 
-    public async Task<Settings> GetSettingsAsync(CancellationToken ct = default)
+    public async Task<StoredSettings> GetSettingsAsync(CancellationToken ct = default)
     {
         using var op = Begin(ct);
         var keyText = StoreKeys.Settings(_prefix);
         var resp = await Range(new RangeRequest { Key = Key(keyText) }, op).ConfigureAwait(false);
-        return resp.Kvs.Count == 0 ? new Settings() : Parse(Settings.Parser, resp.Kvs[0].Value, keyText);
+        return StoredRecords.Of(resp.Kvs.Count == 0 ? new Settings() : Parse(Settings.Parser, resp.Kvs[0].Value, keyText));
     }
 
-    public async Task SetSettingsAsync(Settings settings, CancellationToken ct = default)
+    public async Task SetSettingsAsync(StoredSettings settings, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(settings);
         using var op = Begin(ct);
         var txn = new TxnRequest();
-        txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = Key(StoreKeys.Settings(_prefix)), Value = settings.ToByteString() } });
+        txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = Key(StoreKeys.Settings(_prefix)), Value = ByteString.CopyFrom(StoredRecords.Encode(settings)) } });
         await Txn(txn, op).ConfigureAwait(false);
     }
 
@@ -635,7 +641,7 @@ public sealed class EtcdStore : IStore
             var keyText = kv.Key.ToStringUtf8();
             var id = keyText[servicesPrefixLength..];
             if (_identityOf.Remove(id, out var old) && _holderOf.TryGetValue(old, out var h) && h == id) _holderOf.Remove(old);
-            var identity = StoreKeys.ServiceIdentity(Parse(VirtualService.Parser, kv.Value, keyText));
+            var identity = StoredRecords.Identity(Parse(VirtualService.Parser, kv.Value, keyText));
             if (identity.Length == 0) continue;
             _identityOf[id] = identity;
             _holderOf[identity] = id;
@@ -896,7 +902,7 @@ public sealed class EtcdStore : IStore
 
     private static string? IdentityOrNull(VirtualService service)
     {
-        var identity = StoreKeys.ServiceIdentity(service);
+        var identity = StoredRecords.Identity(service);
         return identity.Length == 0 ? null : identity;
     }
 

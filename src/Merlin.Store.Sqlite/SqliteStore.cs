@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Google.Protobuf;
+using Merlin.Store.Protobuf;
 using Merlin.Wire;
 using Microsoft.Data.Sqlite;
 
@@ -101,9 +102,10 @@ public sealed class SqliteStore : IStore
 
     // ---------------------------------------------------------------- services
 
-    public Task CreateServiceAsync(VirtualService service, CancellationToken ct = default)
+    public Task CreateServiceAsync(StoredService stored, CancellationToken ct = default)
     {
-        ArgumentNullException.ThrowIfNull(service);
+        ArgumentNullException.ThrowIfNull(stored);
+        var service = StoredRecords.Message(stored);
         var identity = IdentityOrNull(service);
         return WriteAsync(w =>
         {
@@ -117,20 +119,21 @@ public sealed class SqliteStore : IStore
         }, ct);
     }
 
-    public Task<Versioned<VirtualService>?> GetServiceAsync(string id, CancellationToken ct = default)
+    public Task<Versioned<StoredService>?> GetServiceAsync(string id, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(id);
         return ReadAsync(c =>
         {
             using var cmd = Command(c, "SELECT record, version FROM services WHERE id = $id", ("$id", id));
             using var r = cmd.ExecuteReader();
-            return r.Read() ? new Versioned<VirtualService>(ParseService(r, 0, ServiceKey(id)), r.GetInt64(1)) : null;
+            return r.Read() ? new Versioned<StoredService>(ParseService(r, 0, ServiceKey(id)), r.GetInt64(1)) : null;
         }, ct);
     }
 
-    public Task UpdateServiceAsync(VirtualService service, long expectedVersion, CancellationToken ct = default)
+    public Task UpdateServiceAsync(StoredService stored, long expectedVersion, CancellationToken ct = default)
     {
-        ArgumentNullException.ThrowIfNull(service);
+        ArgumentNullException.ThrowIfNull(stored);
+        var service = StoredRecords.Message(stored);
         var identity = IdentityOrNull(service);
         return WriteAsync(w =>
         {
@@ -165,8 +168,10 @@ public sealed class SqliteStore : IStore
 
     // ---------------------------------------------------------------- servers
 
-    public Task CreateServerAsync(RealServer server, CancellationToken ct = default)
+    public Task CreateServerAsync(StoredServer stored, CancellationToken ct = default)
     {
+        ArgumentNullException.ThrowIfNull(stored);
+        var server = StoredRecords.Message(stored);
         var endpoint = Endpoint(server);
         return WriteAsync(w =>
         {
@@ -182,7 +187,7 @@ public sealed class SqliteStore : IStore
         }, ct);
     }
 
-    public Task<Versioned<RealServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default)
+    public Task<Versioned<StoredServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(serviceId);
         ArgumentNullException.ThrowIfNull(ip);
@@ -191,12 +196,14 @@ public sealed class SqliteStore : IStore
         {
             using var cmd = Command(c, "SELECT record, version FROM servers WHERE service_id = $id AND endpoint = $ep", ("$id", serviceId), ("$ep", endpoint));
             using var r = cmd.ExecuteReader();
-            return r.Read() ? new Versioned<RealServer>(ParseServer(r, 0, ServerKey(serviceId, endpoint)), r.GetInt64(1)) : null;
+            return r.Read() ? new Versioned<StoredServer>(ParseServer(r, 0, ServerKey(serviceId, endpoint)), r.GetInt64(1)) : null;
         }, ct);
     }
 
-    public Task UpdateServerAsync(RealServer server, long expectedVersion, CancellationToken ct = default)
+    public Task UpdateServerAsync(StoredServer stored, long expectedVersion, CancellationToken ct = default)
     {
+        ArgumentNullException.ThrowIfNull(stored);
+        var server = StoredRecords.Message(stored);
         var endpoint = Endpoint(server);
         return WriteAsync(w =>
         {
@@ -255,9 +262,9 @@ public sealed class SqliteStore : IStore
         if (_options.DeriveTable is not { } derive) return;
         var serviceRecord = w.Blobs("SELECT record FROM services WHERE id = $id", ("$id", serviceId));
         if (serviceRecord.Count == 0) return;
-        var service = VirtualService.Parser.ParseFrom(serviceRecord[0]);
+        var service = StoredRecords.DecodeService(serviceRecord[0]);
         var servers = w.Blobs("SELECT record FROM servers WHERE service_id = $id ORDER BY endpoint", ("$id", serviceId))
-            .Select(b => RealServer.Parser.ParseFrom(b)).ToList();
+            .Select(b => StoredRecords.DecodeServer(b)).ToList();
         var previous = w.Blobs("SELECT data FROM tables WHERE service_id = $id", ("$id", serviceId)) is [var had] ? had : null;
         var next = derive(service, servers, previous);
         if (next is null)
@@ -275,16 +282,16 @@ public sealed class SqliteStore : IStore
     // ---------------------------------------------------------------- settings
 
     // One row of meta (its value a protobuf blob): no schema change, and no revision, since nothing watches them.
-    public Task<Settings> GetSettingsAsync(CancellationToken ct = default) => ReadAsync(c =>
+    public Task<StoredSettings> GetSettingsAsync(CancellationToken ct = default) => ReadAsync(c =>
     {
         using var cmd = Command(c, "SELECT value FROM meta WHERE key = 'settings'");
-        return cmd.ExecuteScalar() is byte[] blob ? Settings.Parser.ParseFrom(blob) : new Settings();
+        return StoredRecords.DecodeSettings(cmd.ExecuteScalar() as byte[] ?? []);
     }, ct);
 
-    public Task SetSettingsAsync(Settings settings, CancellationToken ct = default)
+    public Task SetSettingsAsync(StoredSettings settings, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(settings);
-        var blob = settings.ToByteArray();
+        var blob = StoredRecords.Encode(settings);
         return WriteAsync(w => w.Execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('settings', $value)", ("$value", blob)), ct);
     }
 
@@ -300,8 +307,8 @@ public sealed class SqliteStore : IStore
     {
         using var tx = c.BeginTransaction(deferred: true);
         var revision = ReadMeta(c, tx, "revision");
-        var services = new List<VirtualService>();
-        var servers = new Dictionary<string, List<RealServer>>(StringComparer.Ordinal);
+        var services = new List<StoredService>();
+        var servers = new Dictionary<string, List<StoredServer>>(StringComparer.Ordinal);
         using (var cmd = Command(c, "SELECT id, record FROM services ORDER BY id"))
         {
             cmd.Transaction = tx;
@@ -431,7 +438,9 @@ public sealed class SqliteStore : IStore
                     // Logged by a build from before changes carried records (an upgrade, or an older process on the
                     // same file): what was written is unknown here, so the follower must re-read.
                     if (r.IsDBNull(3)) return new ChangeBatch(true, current, []);
-                    change = change with { Record = key.StartsWith("services/", StringComparison.Ordinal) ? ParseService(r, 3, key) : ParseServer(r, 3, key) };
+                    change = key.StartsWith("services/", StringComparison.Ordinal)
+                        ? change with { Service = ParseService(r, 3, key) }
+                        : change with { Server = ParseServer(r, 3, key) };
                 }
                 changes.Add(change);
             }
@@ -896,7 +905,7 @@ public sealed class SqliteStore : IStore
 
     private static string? IdentityOrNull(VirtualService service)
     {
-        var identity = StoreKeys.ServiceIdentity(service);
+        var identity = StoredRecords.Identity(service);
         return identity.Length == 0 ? null : identity;
     }
 
@@ -926,11 +935,11 @@ public sealed class SqliteStore : IStore
     private static byte[] Bytes(SqliteDataReader r, int column) =>
         r.GetValue(column) as byte[] ?? System.Text.Encoding.UTF8.GetBytes(r.GetValue(column)?.ToString() ?? "");
 
-    private VirtualService ParseService(SqliteDataReader r, int column, string key)
+    private StoredService ParseService(SqliteDataReader r, int column, string key)
     {
         try
         {
-            return VirtualService.Parser.ParseFrom((byte[])r.GetValue(column));
+            return StoredRecords.DecodeService((byte[])r.GetValue(column));
         }
         catch (InvalidProtocolBufferException e)
         {
@@ -938,11 +947,11 @@ public sealed class SqliteStore : IStore
         }
     }
 
-    private RealServer ParseServer(SqliteDataReader r, int column, string key)
+    private StoredServer ParseServer(SqliteDataReader r, int column, string key)
     {
         try
         {
-            return RealServer.Parser.ParseFrom((byte[])r.GetValue(column));
+            return StoredRecords.DecodeServer((byte[])r.GetValue(column));
         }
         catch (InvalidProtocolBufferException e)
         {

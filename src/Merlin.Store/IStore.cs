@@ -1,11 +1,10 @@
-using Merlin.Wire;
-
 namespace Merlin.Store;
 
 /// <summary>
-/// Desired state: virtual services and their real servers, stored as the wire contract's protobuf
-/// records. Every write is atomic; creates are create-if-absent; updates are optimistic (they name
-/// the version they read). Implementations raise only <see cref="StoreException"/> subclasses.
+/// Desired state: virtual services and their real servers, as <see cref="StoredService"/> and
+/// <see cref="StoredServer"/> records: the model they decode to, and the record itself, whose encoding (the wire
+/// contract's protobuf, which a Go merlin sharing etcd reads) only the stores' codec knows. Every write is atomic;
+/// creates are create-if-absent; updates are optimistic (they name the version they read). Implementations raise only <see cref="StoreException"/> subclasses.
 /// Validation is the caller's job: a store keeps what it is given.
 /// </summary>
 public interface IStore : IAsyncDisposable
@@ -14,22 +13,22 @@ public interface IStore : IAsyncDisposable
     string Backend { get; }
 
     /// <summary>Fails with <see cref="AlreadyExistsException"/> if the id or the key (ip, port, protocol / fwmark) is taken.</summary>
-    Task CreateServiceAsync(VirtualService service, CancellationToken ct = default);
+    Task CreateServiceAsync(StoredService service, CancellationToken ct = default);
 
-    Task<Versioned<VirtualService>?> GetServiceAsync(string id, CancellationToken ct = default);
+    Task<Versioned<StoredService>?> GetServiceAsync(string id, CancellationToken ct = default);
 
     /// <summary>Replaces the record if it is still at <paramref name="expectedVersion"/>, else <see cref="ConflictException"/>.</summary>
-    Task UpdateServiceAsync(VirtualService service, long expectedVersion, CancellationToken ct = default);
+    Task UpdateServiceAsync(StoredService service, long expectedVersion, CancellationToken ct = default);
 
     /// <summary>Deletes the service and all its servers in one transaction; <see cref="NotFoundException"/> if absent.</summary>
     Task DeleteServiceAsync(string id, CancellationToken ct = default);
 
     /// <summary><see cref="NotFoundException"/> if the service is missing, <see cref="AlreadyExistsException"/> if the server exists.</summary>
-    Task CreateServerAsync(RealServer server, CancellationToken ct = default);
+    Task CreateServerAsync(StoredServer server, CancellationToken ct = default);
 
-    Task<Versioned<RealServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default);
+    Task<Versioned<StoredServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default);
 
-    Task UpdateServerAsync(RealServer server, long expectedVersion, CancellationToken ct = default);
+    Task UpdateServerAsync(StoredServer server, long expectedVersion, CancellationToken ct = default);
 
     Task DeleteServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default);
 
@@ -64,15 +63,15 @@ public interface IStore : IAsyncDisposable
     /// The fleet-wide settings (empty until set). etcd keeps them at <c>&lt;prefix&gt;/settings</c>: outside the
     /// <c>services/</c> and <c>servers/</c> ranges the Go merlin lists, so a Go merlin sharing the store never parses them.
     /// </summary>
-    Task<Settings> GetSettingsAsync(CancellationToken ct = default);
+    Task<StoredSettings> GetSettingsAsync(CancellationToken ct = default);
 
     /// <summary>Replaces the settings (last writer wins: they change by hand, rarely).</summary>
-    Task SetSettingsAsync(Settings settings, CancellationToken ct = default);
+    Task SetSettingsAsync(StoredSettings settings, CancellationToken ct = default);
 }
 
 public sealed record Versioned<T>(T Value, long Version);
 
-public sealed record StoreItem(VirtualService Service, IReadOnlyList<RealServer> Servers)
+public sealed record StoreItem(StoredService Service, IReadOnlyList<StoredServer> Servers)
 {
     /// <summary>The service's stored lookup table (see <see cref="ServiceTableDeriver"/>), or null if it has none.</summary>
     public byte[]? Table { get; init; }
@@ -86,7 +85,7 @@ public sealed record StoreItem(VirtualService Service, IReadOnlyList<RealServer>
 /// and still be exactly one per server set, written by the API, the store's only writer. Must be pure and
 /// deterministic: etcd may call it again when a concurrent write made it retry.
 /// </summary>
-public delegate byte[]? ServiceTableDeriver(VirtualService service, IReadOnlyList<RealServer> servers, byte[]? previous);
+public delegate byte[]? ServiceTableDeriver(StoredService service, IReadOnlyList<StoredServer> servers, byte[]? previous);
 
 public sealed record StoreSnapshot(IReadOnlyList<StoreItem> Items, long Revision)
 {
@@ -105,7 +104,7 @@ public sealed record StoreSnapshot(IReadOnlyList<StoreItem> Items, long Revision
 }
 
 /// <summary>A server record under <c>servers/&lt;ServiceId&gt;/&lt;Endpoint&gt;</c> whose service does not exist.</summary>
-public sealed record OrphanedServer(string ServiceId, string Endpoint, RealServer Server);
+public sealed record OrphanedServer(string ServiceId, string Endpoint, StoredServer Server);
 
 public enum StoreChangeKind { Put, Delete, Resync }
 
@@ -115,16 +114,16 @@ public enum StoreChangeKind { Put, Delete, Resync }
 /// </summary>
 public sealed record StoreChange(StoreChangeKind Kind, string Key, long Revision)
 {
-    /// <summary>
-    /// What a Put wrote, as of <see cref="Revision"/>: a <see cref="VirtualService"/> under <c>services/</c>, a
-    /// <see cref="RealServer"/> under <c>servers/</c>. Null for deletes, resyncs and other keys (settings).
-    /// </summary>
-    public Google.Protobuf.IMessage? Record { get; init; }
+    /// <summary>What a Put under <c>services/</c> wrote, as of <see cref="Revision"/>; null for other changes.</summary>
+    public StoredService? Service { get; init; }
+
+    /// <summary>What a Put under <c>servers/</c> wrote, as of <see cref="Revision"/>; null for other changes.</summary>
+    public StoredServer? Server { get; init; }
 
     /// <summary>What a Put under <c>tables/</c> wrote: the service's stored lookup table (<see cref="StoreItem.Table"/>).</summary>
     public byte[]? Table { get; init; }
 
-    /// <summary>The same change: kind, key and revision name it; the record is what it carried.</summary>
+    /// <summary>The same change: kind, key and revision name it; the records are what it carried.</summary>
     public bool Equals(StoreChange? other) =>
         other is not null && Kind == other.Kind && Key == other.Key && Revision == other.Revision;
 

@@ -1,5 +1,3 @@
-using Merlin.Wire;
-
 namespace Merlin.Store;
 
 /// <summary>
@@ -45,14 +43,4 @@ public static class StoreKeys
     public static string ServiceKeyIndex(string prefix, string identity) => $"{prefix}/service-keys/{identity}";
 
     public static string Server(string prefix, string serviceId, string ip, uint port) => $"{prefix}/servers/{serviceId}/{ip}:{port}";
-
-    /// <summary>Identity of a service's key, used to refuse two services with the same ip:port:protocol or fwmark.</summary>
-    public static string ServiceIdentity(VirtualService service)
-    {
-        var k = service.Key;
-        if (k is null) return "";
-        if (k.Fwmark != 0) return $"fwmark:{k.Fwmark}:{(k.Family == AddressFamily.Inet6 ? 6 : 4)}";
-        var ip = System.Net.IPAddress.TryParse(k.Ip, out var a) ? a.ToString() : k.Ip;
-        return $"{(int)k.Protocol}:{ip}:{k.Port}";
-    }
 }

@@ -248,7 +248,7 @@ public sealed class EtcdClusterTests(EtcdClusterFixture fixture) : IClassFixture
             }
         }
         Assert.Empty(snapshot.Orphans);
-        Assert.All(services.Values, s => Assert.True(s.Service.Key is not null && s.Service.Config is not null, $"{s.Service.Id} is incomplete"));
+        Assert.All(services.Values, s => Assert.True(s.Service.Service is not null && s.Service.Problem is null, $"{s.Service.Id} is incomplete"));
         // The service-key index names exactly the stored services (it is written in each create's transaction).
         using var channel = GrpcChannel.ForAddress(Cluster.Members[(leader + 1) % 3].Endpoint);
         var kv = new Etcdserverpb.KV.KVClient(channel);

@@ -2,6 +2,7 @@ using Merlin.Api;
 using Merlin.Hashing;
 using Merlin.Store;
 using Merlin.Store.Sqlite;
+using Merlin.Store.Tests;
 using Merlin.Testing;
 using Merlin.Wire;
 using Microsoft.Data.Sqlite;

@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using Merlin.Dataplane.Abstractions;
 using Merlin.Reconciler;
 using Merlin.Store.Sqlite;
+using Merlin.Store.Tests;
 using Merlin.Testing;
 using Microsoft.Extensions.DependencyInjection;
 

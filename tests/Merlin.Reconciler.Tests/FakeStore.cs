@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Merlin.Store;
+using Merlin.Store.Protobuf;
 using Merlin.Wire;
 
 namespace Merlin.Reconciler.Tests;
@@ -24,7 +25,11 @@ internal sealed class FakeStore : IStore
     public void Changed(string key, Google.Protobuf.IMessage? record = null, StoreChangeKind kind = StoreChangeKind.Put)
     {
         var rev = Interlocked.Increment(ref _revision);
-        _changes.Writer.TryWrite(new StoreChange(kind, key, rev) { Record = record });
+        _changes.Writer.TryWrite(new StoreChange(kind, key, rev)
+        {
+            Service = record is VirtualService service ? StoredRecords.Of(service) : null,
+            Server = record is RealServer server ? StoredRecords.Of(server) : null,
+        });
     }
 
     public Task<StoreSnapshot> ListAsync(CancellationToken ct = default)
@@ -51,18 +56,22 @@ internal sealed class FakeStore : IStore
         }
     }
 
-    public Task CreateServiceAsync(VirtualService service, CancellationToken ct = default) => throw new NotSupportedException();
-    public Task<Versioned<VirtualService>?> GetServiceAsync(string id, CancellationToken ct = default) => throw new NotSupportedException();
-    public Task UpdateServiceAsync(VirtualService service, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task CreateServiceAsync(StoredService service, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task<Versioned<StoredService>?> GetServiceAsync(string id, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task UpdateServiceAsync(StoredService service, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
     public Task DeleteServiceAsync(string id, CancellationToken ct = default) => throw new NotSupportedException();
-    public Task CreateServerAsync(RealServer server, CancellationToken ct = default) => throw new NotSupportedException();
-    public Task<Versioned<RealServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default) => throw new NotSupportedException();
-    public Task UpdateServerAsync(RealServer server, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task CreateServerAsync(StoredServer server, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task<Versioned<StoredServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task UpdateServerAsync(StoredServer server, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
     public Task DeleteServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default) => throw new NotSupportedException();
     public Task DeleteServerAsync(string serviceId, string ip, uint port, long expectedVersion, CancellationToken ct = default) => throw new NotSupportedException();
-    public Task<Settings> GetSettingsAsync(CancellationToken ct = default) => Task.FromResult(new Settings());
-    public Task SetSettingsAsync(Settings settings, CancellationToken ct = default) => throw new NotSupportedException();
+    public Task<StoredSettings> GetSettingsAsync(CancellationToken ct = default) => Task.FromResult(StoredRecords.Of(new Settings()));
+    public Task SetSettingsAsync(StoredSettings settings, CancellationToken ct = default) => throw new NotSupportedException();
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+
+    /// <summary>An item of these records, as a protobuf store reads them.</summary>
+    public static StoreItem Item(VirtualService service, IEnumerable<RealServer> servers) =>
+        new(StoredRecords.Of(service), [.. servers.Select(StoredRecords.Of)]);
 
     public static VirtualService Service(string id, string ip, uint port = 80, string scheduler = "mh") => new()
     {

@@ -2,6 +2,7 @@ using System.Net;
 using Merlin.Model;
 using Merlin.Reconciler;
 using Merlin.Store;
+using Merlin.Store.Protobuf;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Merlin.Reconciler.Tests;
@@ -16,9 +17,9 @@ public class ReconcilerTests
     public ReconcilerTests()
     {
         _reconciler = new Reconciler(_store, _dataplane, _status, NullLogger<Reconciler>.Instance, TimeProvider.System);
-        _store.Items.Add(new StoreItem(FakeStore.Service("web", "198.18.0.10"),
+        _store.Items.Add(FakeStore.Item(FakeStore.Service("web", "198.18.0.10"),
             [FakeStore.Server("web", "198.18.1.20"), FakeStore.Server("web", "198.18.1.21")]));
-        _store.Items.Add(new StoreItem(FakeStore.Service("v6", "2001:db8::10", 443), [FakeStore.Server("v6", "2001:db8::20", port: 443)]));
+        _store.Items.Add(FakeStore.Item(FakeStore.Service("v6", "2001:db8::10", 443), [FakeStore.Server("v6", "2001:db8::20", port: 443)]));
     }
 
     private static readonly ServiceKey Web = ServiceKey.ForAddress(IPAddress.Parse("198.18.0.10"), 80, Protocol.Tcp);
@@ -47,7 +48,7 @@ public class ReconcilerTests
         Assert.Equal(1, _reconciler.StoreReadsSkipped);
         Assert.Equal(0, resync.Planned);
 
-        _store.Items.Add(new StoreItem(FakeStore.Service("late", "198.18.0.13"), [FakeStore.Server("late", "198.18.1.30")]));
+        _store.Items.Add(FakeStore.Item(FakeStore.Service("late", "198.18.0.13"), [FakeStore.Server("late", "198.18.1.30")]));
         var changed = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
         Assert.Equal(lists + 1, _store.Lists);
         Assert.Equal(2, changed.Applied);
@@ -63,7 +64,7 @@ public class ReconcilerTests
             Timeout = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromSeconds(1)), UpThreshold = 1, DownThreshold = 1,
         };
         var web = _store.Items[0];
-        _store.Items[0] = new StoreItem(web.Service, web.Servers.Select(s => { var c = s.Clone(); c.HealthCheck = check; return c; }).ToList());
+        _store.Items[0] = new StoreItem(web.Service, web.Servers.Select(s => { var c = StoredRecords.Message(s).Clone(); c.HealthCheck = check; return StoredRecords.Of(c); }).ToList());
         var stable = new StableDataplane(_dataplane);
         var health = new FixedHealth();
         var reconciler = new Reconciler(_store, stable, _status, NullLogger<Reconciler>.Instance, TimeProvider.System, health);
@@ -166,8 +167,8 @@ public class ReconcilerTests
     [Fact]
     public async Task RunPass_InvalidRecordInStore_IsSkippedAndReported_RestIsProgrammed()
     {
-        _store.Items.Add(new StoreItem(FakeStore.Service("bad", "198.18.0.99", scheduler: "bogus"), []));
-        _store.Items.Add(new StoreItem(FakeStore.Service("mixed", "198.18.0.12"), [FakeStore.Server("mixed", "2001:db8::1")]));
+        _store.Items.Add(FakeStore.Item(FakeStore.Service("bad", "198.18.0.99", scheduler: "bogus"), []));
+        _store.Items.Add(FakeStore.Item(FakeStore.Service("mixed", "198.18.0.12"), [FakeStore.Server("mixed", "2001:db8::1")]));
 
         var result = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
 
@@ -190,7 +191,7 @@ public class ReconcilerTests
         var broken = FakeStore.Server("web", "198.18.1.41");
         broken.HealthCheck = fast.HealthCheck.Clone();
         broken.HealthCheck.Period = new Google.Protobuf.WellKnownTypes.Duration { Seconds = 1, Nanos = -1 };
-        _store.Items[0] = new StoreItem(_store.Items[0].Service, [.. _store.Items[0].Servers, fast, broken]);
+        _store.Items[0] = new StoreItem(_store.Items[0].Service, [.. _store.Items[0].Servers, StoredRecords.Of(fast), StoredRecords.Of(broken)]);
 
         var result = await _reconciler.RunPassAsync(TestContext.Current.CancellationToken);
 
@@ -210,7 +211,7 @@ public class ReconcilerTests
         try
         {
             await WaitUntil(() => _dataplane.State.Services.Count == 2, ct);
-            _store.Items.Add(new StoreItem(FakeStore.Service("late", "198.18.0.13"), [FakeStore.Server("late", "198.18.1.30")]));
+            _store.Items.Add(FakeStore.Item(FakeStore.Service("late", "198.18.0.13"), [FakeStore.Server("late", "198.18.1.30")]));
             _store.Changed("services/late");
             await WaitUntil(() => _dataplane.State.Services.Count == 3, ct);
         }
@@ -232,7 +233,7 @@ public class ReconcilerTests
             await WaitUntil(() => _dataplane.State.Services.Count == 2, ct);
             var lists = _store.Lists;
             var heavier = FakeStore.Server("web", "198.18.1.20", weight: 5);
-            _store.Items[0] = new StoreItem(_store.Items[0].Service, [heavier, FakeStore.Server("web", "198.18.1.21")]);
+            _store.Items[0] = new StoreItem(_store.Items[0].Service, [StoredRecords.Of(heavier), StoredRecords.Of(FakeStore.Server("web", "198.18.1.21"))]);
             _store.Changed("servers/web/198.18.1.20:80", heavier);
             var server = new RealServerKey(IPAddress.Parse("198.18.1.20"), 80);
             await WaitUntil(() => _dataplane.State.Services[Web].Servers[server].Weight == 5, ct);

@@ -1,5 +1,6 @@
 using Google.Protobuf.WellKnownTypes;
 using Merlin.Store;
+using Merlin.Store.Protobuf;
 using Merlin.Wire;
 
 namespace Merlin.Reconciler.Tests;
@@ -101,9 +102,9 @@ public sealed class StoreMirrorTests
 
         public StoreSnapshot Snapshot()
         {
-            var items = _services.Select(s => new StoreItem(s.Value, _servers.Where(kv => kv.Key.Id == s.Key).Select(kv => kv.Value).ToList())
+            var items = _services.Select(s => new StoreItem(StoredRecords.Of(s.Value), _servers.Where(kv => kv.Key.Id == s.Key).Select(kv => StoredRecords.Of(kv.Value)).ToList())
                 { Table = _tables.GetValueOrDefault(s.Key) }).ToList();
-            var orphans = _servers.Where(kv => !_services.ContainsKey(kv.Key.Id)).Select(kv => new OrphanedServer(kv.Key.Id, kv.Key.Endpoint, kv.Value)).ToList();
+            var orphans = _servers.Where(kv => !_services.ContainsKey(kv.Key.Id)).Select(kv => new OrphanedServer(kv.Key.Id, kv.Key.Endpoint, StoredRecords.Of(kv.Value))).ToList();
             return new StoreSnapshot(items, _revision) { OrphanedServers = orphans.Count, Orphans = orphans };
         }
 
@@ -120,7 +121,7 @@ public sealed class StoreMirrorTests
                     // A create through Merlin also removes servers a Go merlin's delete left under the id.
                     var service = RandomService(id);
                     _services[id] = service;
-                    events.Add(new StoreChange(StoreChangeKind.Put, $"services/{id}", revision) { Record = service });
+                    events.Add(new StoreChange(StoreChangeKind.Put, $"services/{id}", revision) { Service = StoredRecords.Of(service) });
                     if (random.Next(2) == 0) DeleteServersOf(id, revision, events);
                     break;
                 }
@@ -138,7 +139,7 @@ public sealed class StoreMirrorTests
                     var server = RandomServer(id);
                     var endpoint = $"{server.Key.Ip}:{server.Key.Port}";
                     _servers[(id, endpoint)] = server;
-                    events.Add(new StoreChange(StoreChangeKind.Put, $"servers/{id}/{endpoint}", revision) { Record = server });
+                    events.Add(new StoreChange(StoreChangeKind.Put, $"servers/{id}/{endpoint}", revision) { Server = StoredRecords.Of(server) });
                     break;
                 }
                 default:

@@ -44,11 +44,11 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         var list = await store.ListAsync(Ct);
 
         var item = Assert.Single(list.Items);
-        Assert.Equal(web, item.Service);
-        Assert.Equal([v4, v6], item.Servers);
+        Assert.Equal(web, item.Service.Message);
+        Assert.Equal([v4, v6], item.Servers.Select(s => s.Message));
         var got = await store.GetServerAsync("web", "198.18.1.1", 8080, Ct);
         Assert.Equal(v4Revision, got!.Version);
-        Assert.Equal(v6, (await store.GetServerAsync("web", "2001:db8::10", 8080, Ct))!.Value);
+        Assert.Equal(v6, (await store.GetServerAsync("web", "2001:db8::10", 8080, Ct))!.Value.Message);
         // And the store can change what the original wrote.
         var changed = v4.Clone();
         changed.Config.Weight = 0;
@@ -69,6 +69,22 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         Assert.Equal(["/merlin/servers/web/2001:db8::10:8443", "/merlin/services/web"], [.. (await Raw.KeysAsync("/merlin/")).Where(k => !k.StartsWith("/merlin/service-keys/"))]);
         Assert.Equal(web, VirtualService.Parser.ParseFrom(await Raw.GetAsync("/merlin/services/web")));
         Assert.Equal(server, RealServer.Parser.ParseFrom(await Raw.GetAsync("/merlin/servers/web/2001:db8::10:8443")));
+    }
+
+    [Fact]
+    public async Task TheBytesInEtcd_AreTheGoMerlinsEncoding_AndAFieldUnknownHereSurvivesARewrite()
+    {
+        await using var store = Open();
+        await store.CreateServiceAsync(Protobuf.StoredRecords.DecodeService(Convert.FromHexString(StoredRecordsTests.GoService)), Ct);
+        await Raw.PutAsync("/merlin/servers/web/198.18.1.1:8080", Convert.FromHexString(StoredRecordsTests.GoServerWithUnknownField));
+
+        // Read and written back as the API's drain does with a record it did not make: nothing of it is lost.
+        var read = (await store.GetServerAsync("web", "198.18.1.1", 8080, Ct))!;
+        await store.UpdateServerAsync(read.Value, read.Version, Ct);
+
+        Assert.Equal(StoredRecordsTests.GoService, Convert.ToHexStringLower((await Raw.GetAsync("/merlin/services/web"))!));
+        Assert.Equal(StoredRecordsTests.GoServerWithUnknownField, Convert.ToHexStringLower((await Raw.GetAsync("/merlin/servers/web/198.18.1.1:8080"))!));
+        Assert.True((await store.GetServerAsync("web", "198.18.1.1", 8080, Ct))!.Version > read.Version);
     }
 
     [Fact]

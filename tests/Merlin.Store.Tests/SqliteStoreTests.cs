@@ -36,6 +36,25 @@ public sealed class SqliteStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task TheBytesInTheFile_AreTheRecordsEncoding_ByteForByte()
+    {
+        await using (var store = Open())
+        {
+            await store.CreateServiceAsync(Protobuf.StoredRecords.DecodeService(Convert.FromHexString(StoredRecordsTests.GoService)), Ct);
+            await store.CreateServerAsync(Protobuf.StoredRecords.DecodeServer(Convert.FromHexString(StoredRecordsTests.GoServerWithUnknownField)), Ct);
+        }
+        using var c = new SqliteConnection($"Data Source={DbPath};Pooling=False");
+        c.Open();
+        using var cmd = c.CreateCommand();
+        cmd.CommandText = "SELECT (SELECT record FROM services WHERE id = 'web'), (SELECT record FROM servers WHERE service_id = 'web')";
+        using var r = cmd.ExecuteReader();
+        Assert.True(r.Read());
+
+        Assert.Equal(StoredRecordsTests.GoService, Convert.ToHexStringLower((byte[])r.GetValue(0)));
+        Assert.Equal(StoredRecordsTests.GoServerWithUnknownField, Convert.ToHexStringLower((byte[])r.GetValue(1)));
+    }
+
+    [Fact]
     public async Task AStoreFromBeforeChangesCarriedRecords_IsUpgraded_AndItsOldChangesMakeAWatcherReList()
     {
         long start;
@@ -58,7 +77,7 @@ public sealed class SqliteStoreTests : IDisposable
         // What the old build wrote is not in its log; a watch from before it must re-list, one from after it need not.
         Assert.Equal(StoreChangeKind.Resync, (await FirstChange(reopened, start)).Kind);
         var api = await FirstChange(reopened, start + 1);
-        Assert.Equal(Service("api", "198.18.0.2"), api.Record);
+        Assert.Equal(Service("api", "198.18.0.2"), api.Service?.Message);
     }
 
     private static async Task<StoreChange> FirstChange(SqliteStore store, long after)

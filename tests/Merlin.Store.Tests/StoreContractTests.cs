@@ -50,7 +50,7 @@ public abstract class StoreContractTests : IAsyncLifetime
         var got = await Store.GetServiceAsync("web", Ct);
 
         Assert.NotNull(got);
-        Assert.Equal(web, got.Value);
+        Assert.Equal(web, got.Value.Message);
         Assert.True(got.Version > 0);
     }
 
@@ -133,7 +133,7 @@ public abstract class StoreContractTests : IAsyncLifetime
         await Store.UpdateServiceAsync(changed, before.Version, Ct);
 
         var after = (await Store.GetServiceAsync("web", Ct))!;
-        Assert.Equal(changed, after.Value);
+        Assert.Equal(changed, after.Value.Message);
         Assert.True(after.Version > before.Version);
     }
 
@@ -227,7 +227,7 @@ public abstract class StoreContractTests : IAsyncLifetime
 
         var got = await Store.GetServerAsync("web", "10.1.0.1", 8443, Ct);
         Assert.NotNull(got);
-        Assert.Equal(server, got.Value);
+        Assert.Equal(server, got.Value.Message);
         Assert.Equal(0u, got.Value.Config.Weight);
         Assert.True(got.Version > 0);
         Assert.Null(await Store.GetServerAsync("web", "10.1.0.1", 8444, Ct));
@@ -279,7 +279,7 @@ public abstract class StoreContractTests : IAsyncLifetime
         await Store.UpdateServerAsync(changed, before.Version, Ct);
 
         var after = (await Store.GetServerAsync("web", "10.1.0.1", 80, Ct))!;
-        Assert.Equal(changed, after.Value);
+        Assert.Equal(changed, after.Value.Message);
         Assert.Equal("", after.Value.HealthCheck.Endpoint);
         Assert.True(after.Version > before.Version);
     }
@@ -340,7 +340,7 @@ public abstract class StoreContractTests : IAsyncLifetime
         var conflict = await Assert.ThrowsAsync<ConflictException>(() => Store.DeleteServerAsync("web", "10.1.0.1", 8080, read.Version, Ct));
         Assert.Contains("10.1.0.1:8080", conflict.Message);
         var current = (await Store.GetServerAsync("web", "10.1.0.1", 8080, Ct))!;
-        Assert.Equal(drained, current.Value);
+        Assert.Equal(drained, current.Value.Message);
 
         await Store.DeleteServerAsync("web", "10.1.0.1", 8080, current.Version, Ct);
 
@@ -588,7 +588,7 @@ public abstract class StoreContractTests : IAsyncLifetime
         var changes = await CollectAsync(Store.WatchAsync(start, Ct), 5);
 
         // A follower keeps the decoded state from these alone: each Put as Get would have returned it then.
-        Assert.Equal<Google.Protobuf.IMessage?>([web, server, heavier, null, null], changes.Select(c => c.Record));
+        Assert.Equal<Google.Protobuf.IMessage?>([web, server, heavier, null, null], changes.Select(c => (Google.Protobuf.IMessage?)c.Service?.Message ?? c.Server?.Message));
         Assert.Equal(["servers/web/198.18.1.1:80", "services/web"], changes.Skip(3).Select(c => c.Key).Order(StringComparer.Ordinal));
     }
 
@@ -601,8 +601,8 @@ public abstract class StoreContractTests : IAsyncLifetime
         var records = new Dictionary<string, Google.Protobuf.IMessage>(StringComparer.Ordinal);
         foreach (var item in listed.Items)
         {
-            records[$"services/{item.Service.Id}"] = item.Service;
-            foreach (var server in item.Servers) records[$"servers/{item.Service.Id}/{server.Key.Ip}:{server.Key.Port}"] = server;
+            records[$"services/{item.Service.Id}"] = item.Service.Message;
+            foreach (var server in item.Servers) records[$"servers/{item.Service.Id}/{server.Key.Ip}:{server.Key.Port}"] = server.Message;
         }
 
         await Store.CreateServiceAsync(Service("b", "198.18.0.2"), Ct);
@@ -614,13 +614,13 @@ public abstract class StoreContractTests : IAsyncLifetime
         await Store.CreateServiceAsync(Service("marker", "198.18.0.9"), Ct);
         foreach (var change in await CollectAsync(Store.WatchAsync(listed.Revision, Ct), c => c.Key == "services/marker"))
         {
-            if (change.Kind == StoreChangeKind.Put) records[change.Key] = change.Record!;
+            if (change.Kind == StoreChangeKind.Put) records[change.Key] = (Google.Protobuf.IMessage?)change.Service?.Message ?? change.Server!.Message;
             else records.Remove(change.Key);
         }
 
         var later = await Store.ListAsync(Ct);
-        var expected = later.Items.SelectMany(i => i.Servers.Select(s => ($"servers/{i.Service.Id}/{s.Key.Ip}:{s.Key.Port}", (Google.Protobuf.IMessage)s))
-            .Prepend(($"services/{i.Service.Id}", i.Service)));
+        var expected = later.Items.SelectMany(i => i.Servers.Select(s => ($"servers/{i.Service.Id}/{s.Key.Ip}:{s.Key.Port}", (Google.Protobuf.IMessage)s.Message))
+            .Prepend(($"services/{i.Service.Id}", (Google.Protobuf.IMessage)i.Service.Message)));
         Assert.Equal(expected.OrderBy(kv => kv.Item1, StringComparer.Ordinal), records.Select(kv => (kv.Key, kv.Value)).OrderBy(kv => kv.Key, StringComparer.Ordinal));
     }
 
@@ -713,7 +713,7 @@ public abstract class StoreContractTests : IAsyncLifetime
     [Fact]
     public async Task Settings_AreEmptyUntilSet_SurviveAReopen_AndAreNoRecord()
     {
-        Assert.Equal(new Settings(), await Store.GetSettingsAsync(Ct));
+        Assert.Equal(new Settings(), (await Store.GetSettingsAsync(Ct)).Message);
         await Store.CreateServiceAsync(Service("web"), Ct);
 
         await Store.SetSettingsAsync(new Settings { Compatibility = "go-merlin" }, Ct);
@@ -746,7 +746,7 @@ public abstract class StoreContractTests : IAsyncLifetime
     /// A stand-in for the API's table: what it was computed from, as text, so a test reads the inputs back.
     /// Only services with scheduler mh keep one.
     /// </summary>
-    private static byte[]? DeriveForTest(VirtualService service, IReadOnlyList<RealServer> servers, byte[]? previous) =>
+    private static byte[]? DeriveForTest(StoredService service, IReadOnlyList<StoredServer> servers, byte[]? previous) =>
         service.Config.Scheduler != "mh" ? null : System.Text.Encoding.UTF8.GetBytes(
             $"after {previous?.Length ?? 0}: " + string.Join(",", servers.Select(s => $"{s.Key.Ip}:{s.Key.Port}={s.Config.Weight}")));
 

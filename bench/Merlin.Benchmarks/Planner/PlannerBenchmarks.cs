@@ -4,6 +4,7 @@ using Merlin.Dataplane.Abstractions;
 using Merlin.Model;
 using Merlin.Reconciler;
 using Merlin.Store;
+using Merlin.Store.Protobuf;
 using Merlin.Wire;
 
 namespace Merlin.Benchmarks.Planner;
@@ -19,7 +20,7 @@ public class PlannerBenchmarks
 {
     private const int Services = 10_000, ServersPer = 10;
     private DataplaneState _desired = null!, _same = null!, _onePercent = null!;
-    private StoreSnapshot _snapshot = null!;
+    private List<(Wire.VirtualService Service, List<Wire.RealServer> Servers)> _records = null!;
 
     [GlobalSetup]
     public void Setup()
@@ -27,7 +28,7 @@ public class PlannerBenchmarks
         _desired = Build(changed: _ => false, replaced: _ => false);
         _same = Build(changed: _ => false, replaced: _ => false); // equal values, distinct instances
         _onePercent = Build(changed: i => i % 100 == 7, replaced: i => i % 100 == 42);
-        var items = new List<StoreItem>(Services);
+        _records = new(Services);
         for (var i = 0; i < Services; i++)
         {
             var svc = new Wire.VirtualService
@@ -42,9 +43,8 @@ public class PlannerBenchmarks
                 Key = new Wire.RealServer.Types.Key { Ip = Rip(i, j).ToString(), Port = 8080 },
                 Config = new Wire.RealServer.Types.Config { Weight = 1, Forward = Wire.ForwardMethod.Route },
             }).ToList();
-            items.Add(new StoreItem(svc, servers));
+            _records.Add((svc, servers));
         }
-        _snapshot = new StoreSnapshot(items, 1);
         if (Merlin.Reconciler.Planner.Plan(_desired, _same).Count != 0) throw new InvalidOperationException("no-change plan is not empty");
     }
 
@@ -55,7 +55,11 @@ public class PlannerBenchmarks
     public int OnePercentChanged() => Merlin.Reconciler.Planner.Plan(_desired, _onePercent).Count;
 
     [Benchmark]
-    public int DesiredFromSnapshot() => DesiredState.From(_snapshot).State.Services.Count;
+    public int DesiredFromSnapshot() => DesiredState.From(Snapshot()).State.Services.Count;
+
+    /// <summary>A List as a store returns it: records read afresh, so each run decodes them (a record decodes once, then keeps its model).</summary>
+    private StoreSnapshot Snapshot() =>
+        new([.. _records.Select(r => new StoreItem(StoredRecords.Of(r.Service), r.Servers.ConvertAll(StoredRecords.Of)))], 1);
 
     private static IPAddress Vip(int i) => new([198, 18, (byte)(i / 250), (byte)(i % 250 + 1)]);
 
