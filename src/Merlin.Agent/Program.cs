@@ -84,9 +84,13 @@ log.LogInformation("merlin-agent: API {Api}, services {Services}, drain period {
 // Second chance runs beside the agent's life and outlives its drain: the rules go when the node has detached.
 using var secondChanceStop = new CancellationTokenSource();
 using var nft = invocation.Agent.SecondChanceSeed is null ? null : new Merlin.Dataplane.Nftables.NftablesScripts(null, log);
-var secondChance = nft is null ? Task.CompletedTask : new SecondChanceAgent(
+var chance = nft is null ? null : new SecondChanceAgent(
     new MerlinClient(channel), new NftablesSecondChanceKernel(nft), invocation.Agent,
-    new SecondChanceOptions(invocation.Agent.SecondChanceSeed!.Value), TimeProvider.System, logs.CreateLogger<SecondChanceAgent>()).RunAsync(secondChanceStop.Token);
+    new SecondChanceOptions(invocation.Agent.SecondChanceSeed!.Value), TimeProvider.System, logs.CreateLogger<SecondChanceAgent>());
+using var metrics = invocation.Agent.MetricsAddress is { } metricsAddress
+    ? new AgentMetrics(metricsAddress, () => chance?.Counters ?? new Dictionary<(string, string), ulong>())
+    : null;
+var secondChance = chance?.RunAsync(secondChanceStop.Token) ?? Task.CompletedTask;
 try
 {
     await agent.RunAsync(stop.Token, hurry.Token);

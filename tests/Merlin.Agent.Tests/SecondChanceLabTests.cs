@@ -13,6 +13,7 @@ namespace Merlin.Agent.Tests;
 public sealed class SecondChanceLabTests
 {
     private const int Connections = 20;
+    private const int MetricsPort = 9477;
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -76,6 +77,14 @@ public sealed class SecondChanceLabTests
             await lb1.ExecAsync("nft", "flush", "map", "netdev", "merlin", "flows4");
             await Task.Delay(TimeSpan.FromSeconds(3), Ct);
             handed = secondChance ? await CounterAsync(rs2, "handed_0") : 0;
+            if (secondChance)
+            {
+                // The same count in the agent's metrics (read from the kernel every 2 s).
+                await Task.Delay(TimeSpan.FromSeconds(2.5), Ct);
+                var scrape = (await rs2.ExecAsync("curl", "-s", "--max-time", "5", $"http://127.0.0.1:{MetricsPort}/metrics")).StandardOutput;
+                var line = scrape.Split('\n').FirstOrDefault(l => l.StartsWith("merlin_agent_second_chance_packets_total{service=\"web\",kind=\"handed\"}", StringComparison.Ordinal));
+                Assert.True(line is not null && long.Parse(line.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture) >= handed, $"metrics of rs2's agent:\n{scrape}");
+            }
         }
         finally
         {
@@ -107,7 +116,7 @@ public sealed class SecondChanceLabTests
             "--api", $"{lb.Address}:{LabMerlin.ApiPort}", "--ca", pki.CaFile, "--cert", cert, "--key", key,
             "--service", "web", "--address", rs.Address.ToString(), "--weight", "1",
             "--drain-period", "0s", "--state-dir", Path.Combine(lab.TempPath, $"agent-{rs.Name}"),
-            .. secondChance ? new[] { "--hash-seed", LabMerlin.DefaultSeed } : []]);
+            .. secondChance ? new[] { "--hash-seed", LabMerlin.DefaultSeed, "--metrics-address", $"127.0.0.1:{MetricsPort}" } : []]);
         try
         {
             await agent.WaitForLineAsync(l => l.Contains("Registered 1 server", StringComparison.Ordinal), TimeSpan.FromSeconds(60), 0, Ct);
