@@ -34,6 +34,8 @@ public sealed class AgentCommandLine
     private readonly Option<string> _cert = new("--cert") { Description = "Use TLS, and show this client certificate (PEM; role realserver, this node's IP as an IP SAN)", HelpName = "file" };
     private readonly Option<string> _key = new("--key") { Description = "The client certificate's private key (PEM) [default: in the --cert file]", HelpName = "file" };
     private readonly Option<string> _tokenFile = new("--token-file") { Description = "Send the bearer token in this file; only over TLS or to loopback", HelpName = "file" };
+    private readonly Option<string> _hashSeed = new("--hash-seed") { Description = "Second chance: the load balancers' nftables --hash-seed; with it, connections of md-table services whose slot moved are handed to their previous owner (docs/operations.md)", HelpName = "hex" };
+    private readonly Option<string> _metricsAddress = new("--metrics-address") { Description = "Serve Prometheus metrics (second-chance hand-offs) on ip:port at /metrics [default: none]", HelpName = "ip:port" };
     private readonly Option<string> _logFormat = new("--log-format") { Description = "text or json [default: text]", HelpName = "text|json" };
 
     public RootCommand Root { get; }
@@ -41,7 +43,7 @@ public sealed class AgentCommandLine
     public AgentCommandLine()
     {
         Root = new RootCommand("merlin-agent: attach this node to Merlin's load balancers as a real server (direct server return), and detach it gracefully on SIGTERM");
-        foreach (var o in new Option[] { _api, _services, _addresses, _weight, _forward, _healthEndpoint, _healthPeriod, _healthTimeout, _healthUp, _healthDown, _drainPeriod, _stateDir, _timeout, _ca, _cert, _key, _tokenFile, _logFormat })
+        foreach (var o in new Option[] { _api, _services, _addresses, _weight, _forward, _healthEndpoint, _healthPeriod, _healthTimeout, _healthUp, _healthDown, _drainPeriod, _stateDir, _timeout, _ca, _cert, _key, _tokenFile, _logFormat, _hashSeed, _metricsAddress })
             Root.Options.Add(o);
     }
 
@@ -130,8 +132,24 @@ public sealed class AgentCommandLine
             DrainPeriod = drain,
             CallTimeout = timeout,
             Headers = GrpcConnection.Headers(connection),
+            SecondChanceSeed = SecondChanceSeed(r.GetValue(_hashSeed)),
+            MetricsAddress = MetricsAddress(r.GetValue(_metricsAddress)),
         };
         return new AgentInvocation(connection, agent, Path.Combine(stateDir, "node.json"), logFormat);
+    }
+
+    private static IPEndPoint? MetricsAddress(string? text)
+    {
+        if (text is null) return null;
+        if (!IPEndPoint.TryParse(text, out var endpoint) || endpoint.Port == 0)
+            throw new OptionError($"--metrics-address: {Validation.Quote(text)} is not ip:port (e.g. 127.0.0.1:9477)");
+        return endpoint;
+    }
+
+    private static uint? SecondChanceSeed(string? text)
+    {
+        try { return text is null ? null : Merlin.Dataplane.Nftables.NftablesOptions.ParseSeed(text); }
+        catch (FormatException e) { throw new OptionError($"--hash-seed: {e.Message}"); }
     }
 
     internal static (string Host, ushort Port) ParseHost(string text) =>

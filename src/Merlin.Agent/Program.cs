@@ -81,6 +81,16 @@ var agent = new RealServerAgent(
     logs.CreateLogger<RealServerAgent>());
 log.LogInformation("merlin-agent: API {Api}, services {Services}, drain period {Drain}, state {State}",
     invocation.Connection.Authority, string.Join(", ", invocation.Agent.Services), Merlin.Model.Durations.Format(invocation.Agent.DrainPeriod), invocation.StateFile);
+// Second chance runs beside the agent's life and outlives its drain: the rules go when the node has detached.
+using var secondChanceStop = new CancellationTokenSource();
+using var nft = invocation.Agent.SecondChanceSeed is null ? null : new Merlin.Dataplane.Nftables.NftablesScripts(null, log);
+var chance = nft is null ? null : new SecondChanceAgent(
+    new MerlinClient(channel), new NftablesSecondChanceKernel(nft), invocation.Agent,
+    new SecondChanceOptions(invocation.Agent.SecondChanceSeed!.Value), TimeProvider.System, logs.CreateLogger<SecondChanceAgent>());
+using var metrics = invocation.Agent.MetricsAddress is { } metricsAddress
+    ? new AgentMetrics(metricsAddress, () => chance?.Counters ?? new Dictionary<(string, string), ulong>())
+    : null;
+var secondChance = chance?.RunAsync(secondChanceStop.Token) ?? Task.CompletedTask;
 try
 {
     await agent.RunAsync(stop.Token, hurry.Token);
@@ -91,4 +101,9 @@ catch (Exception e) when (e is AgentConfigurationException or NodeNetworkExcepti
 {
     log.LogError("{Error}", e.Message);
     return 1;
+}
+finally
+{
+    await secondChanceStop.CancelAsync();
+    await secondChance;
 }

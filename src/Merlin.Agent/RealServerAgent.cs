@@ -36,6 +36,12 @@ public sealed record AgentOptions
     public TimeSpan DetachRetryLimit { get; init; } = TimeSpan.FromSeconds(30);
 
     public Metadata? Headers { get; init; }
+
+    /// <summary>The load balancers' hash seed when this node gives connections a second chance (<see cref="SecondChanceAgent"/>); null: off.</summary>
+    public uint? SecondChanceSeed { get; init; }
+
+    /// <summary>Where to serve Prometheus metrics (<see cref="AgentMetrics"/>); null: nowhere.</summary>
+    public IPEndPoint? MetricsAddress { get; init; }
 }
 
 /// <summary>A configuration the daemon's store cannot satisfy (a missing service, no address of a VIP's family).</summary>

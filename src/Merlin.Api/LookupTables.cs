@@ -18,16 +18,35 @@ namespace Merlin.Api;
 /// </summary>
 public static class LookupTables
 {
-    public static byte[]? Derive(StoredService service, IReadOnlyList<StoredServer> servers, byte[]? previous)
+    /// <summary>
+    /// How long a slot's previous owner is kept for second chance after the slot moved (a draining previous owner
+    /// is kept until it is removed, however long that is): long enough for most long-lived connections to have
+    /// met a load-balancer change, short enough that stray packets are refused by their last owner soon.
+    /// </summary>
+    public static readonly TimeSpan DefaultWindow = TimeSpan.FromHours(1);
+
+    /// <summary>The deriver with the system clock and <see cref="DefaultWindow"/>.</summary>
+    public static byte[]? Derive(StoredService service, IReadOnlyList<StoredServer> servers, byte[]? previous) =>
+        Derive(service, servers, previous, TimeProvider.System.GetUtcNow(), DefaultWindow);
+
+    /// <summary>A deriver that keeps previous owners for <paramref name="window"/> by <paramref name="time"/>'s clock.</summary>
+    public static Store.ServiceTableDeriver Deriver(TimeProvider time, TimeSpan window) =>
+        (service, servers, previous) => Derive(service, servers, previous, time.GetUtcNow(), window);
+
+    /// <summary>
+    /// The record (version 2: the table and its previous owners, <see cref="TableRecord"/>) that follows
+    /// <paramref name="previous"/>, or null for a service that keeps no table.
+    /// </summary>
+    public static byte[]? Derive(StoredService service, IReadOnlyList<StoredServer> servers, byte[]? previous, DateTimeOffset now, TimeSpan window)
     {
         if (WireMapper.TryToModel(StoredRecords.Message(service), out var model) is not null || !Schedulers.UsesStoredTable(model!.Config)) return null;
-        MinimalDisruptionTable? before = null;
+        TableRecord? before = null;
         if (previous is not null)
         {
-            try { before = MinimalDisruptionTable.Decode(previous); }
+            try { before = TableRecord.Decode(previous); }
             catch (TableFormatException) { before = null; }
         }
-        return MinimalDisruptionTable.Next(before, Members(servers.Select(StoredRecords.Message).ToList())).Encode();
+        return TableRecord.Next(before, Members(servers.Select(StoredRecords.Message).ToList()), now, window).Encode();
     }
 
     /// <summary>The (endpoint, effective weight) of each server whose key can be read; the same rule the dataplane reads the table with.</summary>

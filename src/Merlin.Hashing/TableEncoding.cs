@@ -34,9 +34,32 @@ public static class TableEncoding
     public static byte[] Encode(MinimalDisruptionTable table)
     {
         ArgumentNullException.ThrowIfNull(table);
+        var buffer = Header(Version);
+        WriteTable(buffer, table);
+        return Sealed(buffer);
+    }
+
+    /// <summary>"MDT" and a version byte, the start of every encoding.</summary>
+    internal static List<byte> Header(byte version)
+    {
         var buffer = new List<byte>(Magic.Length + 16);
         buffer.AddRange(Magic);
-        buffer.Add(Version);
+        buffer.Add(version);
+        return buffer;
+    }
+
+    /// <summary>The buffer with its FNV-1a 64 appended: the finished encoding.</summary>
+    internal static byte[] Sealed(List<byte> buffer)
+    {
+        var bytes = new byte[buffer.Count + 8];
+        buffer.CopyTo(bytes);
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan(buffer.Count), Fnv1a(bytes.AsSpan(0, buffer.Count)));
+        return bytes;
+    }
+
+    /// <summary>M, the servers and the packed owners: the table part that versions 1 and 2 share.</summary>
+    internal static void WriteTable(List<byte> buffer, MinimalDisruptionTable table)
+    {
         WriteVarint(buffer, (ulong)table.Size);
         WriteVarint(buffer, (ulong)table.Servers.Count);
         foreach (var s in table.Servers)
@@ -49,24 +72,20 @@ public static class TableEncoding
         }
         int n = table.Servers.Count;
         int width = Width(n);
-        int header = buffer.Count;
-        var bytes = new byte[header + PackedLength(table.Size, width) + 8];
-        buffer.CopyTo(bytes);
-        var owners = table.Owners;
+        var packed = new byte[PackedLength(table.Size, width)];
         ulong acc = 0;
-        int bits = 0, at = header;
-        foreach (var o in owners)
+        int bits = 0, at = 0;
+        foreach (var o in table.Owners)
         {
             acc |= (ulong)(o < 0 ? n : o) << bits;
             bits += width;
-            while (bits >= 8) { bytes[at++] = (byte)acc; acc >>= 8; bits -= 8; }
+            while (bits >= 8) { packed[at++] = (byte)acc; acc >>= 8; bits -= 8; }
         }
-        if (bits > 0) bytes[at++] = (byte)acc;
-        BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan(at), Fnv1a(bytes.AsSpan(0, at)));
-        return bytes;
+        if (bits > 0) packed[at++] = (byte)acc;
+        buffer.AddRange(packed);
     }
 
-    /// <summary>The table's hash without keeping its encoding.</summary>
+    /// <summary>The table's hash without keeping its encoding (a version 1 encoding's, whatever record holds the table).</summary>
     internal static ulong HashOf(MinimalDisruptionTable table)
     {
         var bytes = Encode(table);
@@ -77,18 +96,34 @@ public static class TableEncoding
     public static ulong? StoredHash(ReadOnlySpan<byte> bytes) =>
         bytes.Length < Magic.Length + 1 + 8 ? null : BinaryPrimitives.ReadUInt64LittleEndian(bytes[^8..]);
 
-    public static MinimalDisruptionTable Decode(ReadOnlySpan<byte> bytes)
+    /// <summary>The current table of an encoding of either version (a version 2 record's previous owners are not read).</summary>
+    public static MinimalDisruptionTable Decode(ReadOnlySpan<byte> bytes) => DecodeRecord(bytes).Current;
+
+    /// <summary>
+    /// A stored record of either version: version 1 is a table alone (no previous owners), version 2 a table and
+    /// its previous owners (<see cref="TableRecord"/>). Everything is checked; <see cref="TableFormatException"/> says what is wrong.
+    /// </summary>
+    public static TableRecord DecodeRecord(ReadOnlySpan<byte> bytes)
     {
         if (bytes.Length < Magic.Length + 1 + 8 || !bytes[..Magic.Length].SequenceEqual(Magic))
             throw new TableFormatException("not a minimal-disruption table (no \"MDT\" header)");
-        if (bytes[Magic.Length] != Version)
-            throw new TableFormatException($"table format version {bytes[Magic.Length]} is not {Version}");
+        byte version = bytes[Magic.Length];
+        if (version is not (Version or TableRecord.Version))
+            throw new TableFormatException($"table format version {version} is not {Version} or {TableRecord.Version}");
         var body = bytes[..^8];
         ulong stored = BinaryPrimitives.ReadUInt64LittleEndian(bytes[^8..]), computed = Fnv1a(body);
         if (stored != computed)
             throw new TableFormatException($"hash mismatch: the table says {FormatHash(stored)}, its content hashes to {FormatHash(computed)} (damaged)");
 
         int at = Magic.Length + 1;
+        var table = ReadTable(body, ref at);
+        var previous = version == TableRecord.Version ? TableRecord.ReadPrevious(body, ref at, table) : [];
+        if (at != body.Length) throw new TableFormatException($"{body.Length - at} bytes follow the table's end");
+        return new TableRecord(table, previous);
+    }
+
+    private static MinimalDisruptionTable ReadTable(ReadOnlySpan<byte> body, ref int at)
+    {
         ulong m = ReadVarint(body, ref at, "size");
         if (m > MaglevTable.MaxSize) throw new TableFormatException($"size {m} is larger than {MaglevTable.MaxSize}");
         ulong count = ReadVarint(body, ref at, "server count");
@@ -114,7 +149,7 @@ public static class TableEncoding
         }
 
         int width = Width(n);
-        if (body.Length - at != PackedLength(size, width))
+        if (body.Length - at < PackedLength(size, width))
             throw new TableFormatException($"{body.Length - at} bytes of slots, {PackedLength(size, width)} expected for {size} slots of {width} bits");
         var owners = new int[size];
         ulong acc = 0;
@@ -148,13 +183,13 @@ public static class TableEncoding
         return h;
     }
 
-    private static void WriteVarint(List<byte> buffer, ulong value)
+    internal static void WriteVarint(List<byte> buffer, ulong value)
     {
         while (value >= 0x80) { buffer.Add((byte)(value | 0x80)); value >>= 7; }
         buffer.Add((byte)value);
     }
 
-    private static ulong ReadVarint(ReadOnlySpan<byte> data, ref int at, string what)
+    internal static ulong ReadVarint(ReadOnlySpan<byte> data, ref int at, string what)
     {
         ulong value = 0;
         for (int shift = 0; shift < 64; shift += 7)

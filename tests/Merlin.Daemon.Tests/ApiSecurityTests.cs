@@ -47,6 +47,7 @@ public sealed class ApiSecurityTests(SecuredDaemon secured) : IClassFixture<Secu
         ("UndrainNode", c => c.UndrainNodeAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
         ("GetSettings", c => c.GetSettingsAsync(new Empty(), cancellationToken: Ct).ResponseAsync),
         ("UpdateSettings", c => c.UpdateSettingsAsync(new Settings(), cancellationToken: Ct).ResponseAsync),
+        ("GetTable", c => c.GetTableAsync(new StringValue { Value = "web" }, cancellationToken: Ct).ResponseAsync),
     ];
 
     [Fact]
@@ -114,7 +115,7 @@ public sealed class ApiSecurityTests(SecuredDaemon secured) : IClassFixture<Secu
         AssertEveryMethod(secured.Client(secured.OtherPki.Client("agent", "admin"), token: AdminToken), _ => StatusCode.Unauthenticated,
             "was not issued by the client CA");
 
-    private static StatusCode RealServerForAnotherIp(string method) => method is "List" or "ListStream" or "Status" ? Ok : StatusCode.PermissionDenied;
+    private static StatusCode RealServerForAnotherIp(string method) => method is "List" or "ListStream" or "Status" or "GetTable" ? Ok : StatusCode.PermissionDenied;
 
     [Fact]
     public async Task RealServerCertificate_CreatesUpdatesAndDeletesItsOwnServer_Only()

@@ -65,6 +65,11 @@ public sealed class LookupTablesTests : IDisposable
             if (before.OwnerId(s) != after.OwnerId(s)) Assert.Equal("198.18.1.3:80", before.OwnerId(s));
         Assert.Equal(before.SlotCounts()[before.Servers.ToList().FindIndex(x => x.Id == "198.18.1.3:80")],
             Enumerable.Range(0, before.Size).Count(s => before.OwnerId(s) != after.OwnerId(s)));
+        // The same record tells each moved slot's previous owner, for second chance on the real servers.
+        var record = TableRecord.Decode((await store.ListAsync(Ct)).Items.Single().Table!);
+        // (Slots it did not move keep what the adds before it recorded.)
+        for (int s = 0; s < before.Size; s++)
+            if (before.OwnerId(s) != after.OwnerId(s)) Assert.Equal("198.18.1.3:80", record.PreviousId(s));
 
         // Its removal then moves nothing.
         await store.DeleteServerAsync("web", "198.18.1.3", 80, Ct);

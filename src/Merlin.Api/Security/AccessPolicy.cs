@@ -33,6 +33,8 @@ public static class AccessPolicy
         ["List"] = Read,
         ["ListStream"] = Read,
         ["Status"] = Read,
+        // A real server's agent reads its services' tables for second chance.
+        ["GetTable"] = Read,
         // Counters stays admin-only: every service's traffic is none of an agent's business, and a
         // read costs the dataplane one dump per service.
     };

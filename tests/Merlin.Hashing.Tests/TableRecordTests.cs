@@ -1,0 +1,159 @@
+using Merlin.Hashing;
+
+namespace Merlin.Hashing.Tests;
+
+public class TableRecordTests
+{
+    private static readonly DateTimeOffset T0 = DateTimeOffset.FromUnixTimeSeconds(1_800_000_000);
+    private static readonly TimeSpan Hour = TimeSpan.FromHours(1);
+
+    [Fact]
+    public void EncodingOfASmallRecord_IsExactBytes()
+    {
+        // a:2 b:1 over 3 slots (a b a); b drains at t = 1000 s: slot 1 goes to a, and remembers b.
+        var first = TableRecord.Of(MinimalDisruptionTable.Build([("a", 2), ("b", 1)], 3));
+        var drained = TableRecord.Next(first, [("a", 2), ("b", 0)], DateTimeOffset.FromUnixTimeSeconds(1000), Hour, size: 3);
+        Assert.Equal([new PreviousOwner(1, 1, 1000)], drained.Previous);
+        var bytes = drained.Encode();
+        // "MDT" v2 | M 3, N 2, "a" 2, "b" 0, slots a a a | 1 stamp: 1000 | 1 record: slot gap 1, server 1, stamp 0 | FNV-1a 64.
+        Assert.Equal("4D445402" + "03" + "02" + "016102" + "016200" + "00" + "01" + "E807" + "01" + "01" + "01" + "00" + "BF458D17E5AF1F96",
+            Convert.ToHexString(bytes));
+        var back = TableRecord.Decode(bytes);
+        Assert.Equal(drained.Previous, back.Previous);
+        Assert.Equal(bytes, back.Encode());
+        Assert.Equal("b", back.PreviousId(1));
+        Assert.Null(back.PreviousId(0));
+        // The load balancers read the current table of either version; its hash is the table's own.
+        Assert.Equal(drained.Current.HashText, MinimalDisruptionTable.Decode(bytes).HashText);
+    }
+
+    [Fact]
+    public void AVersion1Table_ReadsAsARecordWithoutPreviousOwners()
+    {
+        var table = MinimalDisruptionTable.Build([("a", 1), ("b", 1)]);
+        var record = TableRecord.Decode(table.Encode());
+        Assert.Empty(record.Previous);
+        Assert.Equal(table.Encode(), record.Current.Encode());
+    }
+
+    [Fact]
+    public void ADrain_KeepsThePreviousOwnerUntilTheServerIsRemoved_HoweverLongTheDrain()
+    {
+        var servers = new List<(string, uint)> { ("a", 1), ("b", 1), ("c", 1), ("d", 1) };
+        var start = TableRecord.Of(MinimalDisruptionTable.Build(servers));
+        var drained = TableRecord.Next(start, [("a", 1), ("b", 0), ("c", 1), ("d", 1)], T0, Hour);
+        var moved = Enumerable.Range(0, start.Current.Size).Where(s => start.Current.OwnerId(s) == "b").ToList();
+        Assert.Equal(moved, drained.Previous.Select(p => p.Slot));
+        Assert.All(moved, s => Assert.Equal("b", drained.PreviousId(s)));
+
+        // Another change three hours later (a weight change elsewhere): b still drains, so its records stay on
+        // the slots that change did not move again (those record the owner they had just before).
+        var later = TableRecord.Next(drained, [("a", 2), ("b", 0), ("c", 1), ("d", 1)], T0 + 3 * Hour, Hour);
+        var still = moved.Where(s => later.Current.OwnerId(s) == drained.Current.OwnerId(s)).ToList();
+        Assert.InRange(still.Count, moved.Count / 2, moved.Count);
+        Assert.All(still, s => Assert.Equal("b", later.PreviousId(s)));
+        Assert.All(moved.Except(still), s => Assert.Equal(drained.Current.OwnerId(s), later.PreviousId(s)));
+        // The records of that change itself are new.
+        Assert.Contains(later.Previous, p => p.Since == (T0 + 3 * Hour).ToUnixTimeSeconds());
+
+        // b removed: nothing can hand a packet to it any more.
+        var removed = TableRecord.Next(later, [("a", 2), ("c", 1), ("d", 1)], T0 + 3 * Hour + TimeSpan.FromSeconds(1), Hour);
+        Assert.DoesNotContain(removed.Previous, p => removed.Current.Servers[p.Server].Id == "b");
+    }
+
+    [Fact]
+    public void APreviousOwnerThatStillServes_IsForgottenOnceTheWindowHasPassed()
+    {
+        var start = TableRecord.Of(MinimalDisruptionTable.Build([("a", 1), ("b", 1), ("c", 1)]));
+        var added = TableRecord.Next(start, [("a", 1), ("b", 1), ("c", 1), ("d", 1)], T0, Hour);
+        Assert.NotEmpty(added.Previous);
+        Assert.All(added.Previous, p => Assert.Equal("d", added.Current.OwnerId(p.Slot)));
+
+        var within = TableRecord.Next(added, [("a", 1), ("b", 1), ("c", 1), ("d", 1), ("e", 0)], T0 + Hour - TimeSpan.FromSeconds(1), Hour);
+        Assert.Equal(added.Previous.Select(p => p.Slot), within.Previous.Select(p => p.Slot));
+        var after = TableRecord.Next(within, [("a", 1), ("b", 1), ("c", 1), ("d", 1)], T0 + Hour + TimeSpan.FromSeconds(1), Hour);
+        Assert.Empty(after.Previous);
+    }
+
+    [Fact]
+    public void ASlotThatReturnsToItsPreviousOwner_HasNoRecord()
+    {
+        var start = TableRecord.Of(MinimalDisruptionTable.Build([("a", 1), ("b", 1)]));
+        var drained = TableRecord.Next(start, [("a", 1), ("b", 0)], T0, Hour);
+        var back = TableRecord.Next(drained, [("a", 1), ("b", 1)], T0 + TimeSpan.FromSeconds(10), Hour);
+        // Every slot b got back records a (it owned them meanwhile); none records b, which owns them again.
+        for (int s = 0; s < back.Current.Size; s++)
+            Assert.NotEqual(back.Current.OwnerId(s), back.PreviousId(s));
+    }
+
+    [Fact]
+    public void AnyChangeSequence_KeepsRecordsThatTellTheLastOwnerBeforeEachMove()
+    {
+        // Property over seeded random histories (add, remove, drain, undrain, reweight): after each change every
+        // slot that moved records its owner before the move (if that server is still in the table); no record
+        // names the slot's current owner; every record round-trips to the same bytes.
+        for (ulong seed = 1; seed <= 12; seed++)
+        {
+            var changes = new ChangeSequence(seed, [1, 2, 5], 2, 30).Start(8);
+            var record = TableRecord.Of(MinimalDisruptionTable.Build(changes.Servers));
+            var now = T0;
+            for (int step = 0; step < 60; step++)
+            {
+                changes.Step();
+                now += TimeSpan.FromMinutes(7);
+                var next = TableRecord.Next(record, changes.Servers, now, Hour);
+                var ids = next.Current.Servers.Select(s => s.Id).ToHashSet();
+                if (next.Current.Size == record.Current.Size)
+                {
+                    for (int s = 0; s < next.Current.Size; s++)
+                    {
+                        var was = record.Current.OwnerId(s);
+                        if (was is not null && was != next.Current.OwnerId(s) && ids.Contains(was))
+                            Assert.Equal(was, next.PreviousId(s));
+                    }
+                }
+                foreach (var p in next.Previous)
+                {
+                    Assert.NotEqual(next.Current.Owners[p.Slot], p.Server);
+                    var draining = next.Current.Servers[p.Server].Weight == 0;
+                    Assert.True(draining || p.Since >= (now - Hour).ToUnixTimeSeconds(), $"seed {seed} step {step}: slot {p.Slot} kept past the window");
+                }
+                var bytes = next.Encode();
+                Assert.Equal(bytes, TableRecord.Decode(bytes).Encode());
+                record = next;
+            }
+        }
+    }
+
+    [Fact]
+    public void AThousandServers_WithEverySlotRecorded_StayWellUnderEtcdsLimit()
+    {
+        // The worst case: every slot moved within the window, a thousand different moments.
+        var servers = SimulationServer.Synthetic(1000).Select(s => (s.Id, s.Weight)).ToList();
+        var table = MinimalDisruptionTable.Build(servers);
+        var previous = new PreviousOwner[table.Size];
+        for (int s = 0; s < table.Size; s++)
+            previous[s] = new PreviousOwner(s, (table.Owners[s] + 1) % 1000, 1_800_000_000 + s % 1000);
+        var bytes = new TableRecord(table, previous).Encode();
+        Assert.True(bytes.Length < 1_572_864 * 2 / 3, $"{bytes.Length} bytes");
+        Assert.Equal(previous, TableRecord.Decode(bytes).Previous);
+    }
+
+    [Fact]
+    public void DamagedRecords_AreRefusedWithTheReason()
+    {
+        var start = TableRecord.Of(MinimalDisruptionTable.Build([("a", 1), ("b", 1), ("c", 1)]));
+        var good = TableRecord.Next(start, [("a", 1), ("b", 0), ("c", 1)], T0, Hour).Encode();
+
+        var flipped = (byte[])good.Clone();
+        flipped[^12] ^= 0x01;
+        Assert.Contains("hash mismatch", Assert.Throws<TableFormatException>(() => TableRecord.Decode(flipped)).Message);
+        Assert.Throws<TableFormatException>(() => TableRecord.Decode(good[..^9]));
+
+        // Well-formed but lying: a record that names the slot's current owner as its previous one.
+        var record = TableRecord.Decode(good);
+        var first = record.Previous[0];
+        var lying = new TableRecord(record.Current, [first with { Server = record.Current.Owners[first.Slot] }]).Encode();
+        Assert.Contains("is its current owner", Assert.Throws<TableFormatException>(() => TableRecord.Decode(lying)).Message);
+    }
+}
