@@ -10,25 +10,6 @@ using WireService = Merlin.Wire.VirtualService;
 
 namespace Merlin.Api;
 
-/// <summary>Supplies the daemon's view for the Status RPC; the API itself knows nothing of the reconciler.</summary>
-public interface IStatusReporter
-{
-    StatusResponse Report();
-
-    /// <summary>The dataplane's traffic counters (empty when the dataplane has none).</summary>
-    Task<CountersResponse> CountersAsync(CancellationToken ct);
-
-    /// <summary>Adds what this node's health checks say to a list of the store's records.</summary>
-    void AddHealth(ListResponse response) { }
-
-    /// <summary>
-    /// Drains this node (or ends its drain): its announcer withdraws every VIP and keeps them withdrawn until
-    /// undrained. Returns once the announcer's peers were told; the status then says so.
-    /// </summary>
-    Task<StatusResponse> DrainNodeAsync(bool drain, CancellationToken ct) =>
-        throw new RpcException(new Grpc.Core.Status(StatusCode.FailedPrecondition, "this daemon cannot drain its node"));
-}
-
 /// <summary>
 /// The merlin gRPC service. Semantics follow the original merlin (partial updates merge into the stored
 /// record; the key is immutable) with its defects fixed: NotFound for unknown ids, deletes cascade in one
@@ -118,7 +99,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
             // Merlin's mark is the store's business, not the client's: the list is the records as the original sent them.
             response.Items.Add(ListItem(item));
         }
-        status.AddHealth(response);
+        StatusWireMapper.AddHealth(response, status.Health());
         // The daemon's clock, for a drain's time left; only when something drains, so that a list of an
         // unchanged store is the same message every time (and the same bytes the original sent).
         if (response.Items.Any(i => i.Servers.Any(s => s.DrainDeadline is not null))) response.Now = Timestamp.FromDateTimeOffset(time.GetUtcNow());
@@ -176,14 +157,14 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     /// <summary>A list message as List completes it: this node's health verdicts, and its clock when a server drains.</summary>
     private ListResponse Finished(ListResponse response)
     {
-        status.AddHealth(response);
+        StatusWireMapper.AddHealth(response, status.Health());
         if (response.Items.Any(i => i.Servers.Any(s => s.DrainDeadline is not null))) response.Now = Timestamp.FromDateTimeOffset(time.GetUtcNow());
         return response;
     }
 
     public override Task<StatusResponse> Status(Empty request, ServerCallContext context) => Guard(context, async ct =>
     {
-        var response = status.Report();
+        var response = StatusWireMapper.ToWire(status.Report());
         try
         {
             response.Compatibility = (await store.GetSettingsAsync(ct)).Compatibility;
@@ -217,14 +198,14 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
 
     public override Task<StatusResponse> DrainNode(Empty request, ServerCallContext context) => Guard(context, async ct =>
     {
-        var response = await status.DrainNodeAsync(true, ct);
+        var response = await DrainNodeAsync(true, ct);
         LogDrainedNode(true);
         return response;
     });
 
     public override Task<StatusResponse> UndrainNode(Empty request, ServerCallContext context) => Guard(context, async ct =>
     {
-        var response = await status.DrainNodeAsync(false, ct);
+        var response = await DrainNodeAsync(false, ct);
         LogDrainedNode(false);
         return response;
     });
@@ -233,7 +214,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     {
         try
         {
-            return await status.CountersAsync(ct);
+            return StatusWireMapper.ToWire(await status.CountersAsync(ct));
         }
         catch (Exception e) when (e is not (OperationCanceledException or RpcException))
         {
@@ -241,6 +222,18 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
             throw new RpcException(new Grpc.Core.Status(StatusCode.Unavailable, $"reading the dataplane's counters failed: {e.Message}"));
         }
     });
+
+    private async Task<StatusResponse> DrainNodeAsync(bool drain, CancellationToken ct)
+    {
+        try
+        {
+            return StatusWireMapper.ToWire(await status.DrainNodeAsync(drain, ct));
+        }
+        catch (NodeDrainException e)
+        {
+            throw new RpcException(new Grpc.Core.Status(StatusCode.FailedPrecondition, e.Message));
+        }
+    }
 
     /// <summary>
     /// Read, merge, write only if something changed, and start over if another writer got in between

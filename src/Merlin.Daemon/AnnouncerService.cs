@@ -68,7 +68,7 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
     private void OnPass(PassResult result)
     {
         var desired = status.Current.Desired;
-        var unresolved = dataplane is Merlin.Dataplane.Nftables.NftablesDataplane { UnresolvedServers.Count: > 0 };
+        var unresolved = dataplane is IUnresolvedServers { UnresolvedServers.Count: > 0 };
         lock (_lock) _policy.OnPass(result.StoreReachable, result.Converged, desired is null ? null : VipsOf(desired), unresolved);
         Feed();
     }

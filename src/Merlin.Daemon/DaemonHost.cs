@@ -1,6 +1,5 @@
 using System.Diagnostics.Metrics;
 using System.Reflection;
-using Google.Protobuf.WellKnownTypes;
 using Merlin.Api;
 using Merlin.Dataplane.Abstractions;
 using Merlin.Model;
@@ -8,7 +7,6 @@ using Merlin.Reconciler;
 using Merlin.Store;
 using Merlin.Store.Etcd;
 using Merlin.Store.Sqlite;
-using Merlin.Wire;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Prometheus;
 
@@ -124,7 +122,7 @@ public static class DaemonHost
             return Results.Text($"not ready: {string.Join("; ", reasons)}\n", statusCode: 503);
         }).RequireHost(healthHost);
         app.MapGet("/status", (IStatusReporter reporter) =>
-            Results.Text(Google.Protobuf.JsonFormatter.Default.Format(reporter.Report()) + "\n", "application/json")).RequireHost(healthHost);
+            Results.Text(Google.Protobuf.JsonFormatter.Default.Format(StatusWireMapper.ToWire(reporter.Report())) + "\n", "application/json")).RequireHost(healthHost);
         StatusPage.Map(app, healthHost); // the page (/) and its JSON (/status/detail)
         app.MapMetrics("/metrics").RequireHost(healthHost);
         DaemonMetrics.Register(app.Services);
@@ -307,7 +305,7 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
     /// <summary>How long a node drain waits for the announcer's peers to be told before it answers anyway.</summary>
     private static readonly TimeSpan DrainSettle = TimeSpan.FromSeconds(5);
 
-    public async Task<StatusResponse> DrainNodeAsync(bool drained, CancellationToken ct)
+    public async Task<NodeStatus> DrainNodeAsync(bool drained, CancellationToken ct)
     {
         try
         {
@@ -316,8 +314,7 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             // The state directory was checked at start; it has been replaced or made unwritable since.
-            throw new Grpc.Core.RpcException(new Grpc.Core.Status(Grpc.Core.StatusCode.FailedPrecondition,
-                $"cannot record the node's drain in --state-dir {options.StateDir}: {e.Message}"));
+            throw new NodeDrainException($"cannot record the node's drain in --state-dir {options.StateDir}: {e.Message}", e);
         }
         feed.Feed(); // the announcer is told the new set at once, not at the next pass
         using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -327,99 +324,50 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
         return Report();
     }
 
-    public void AddHealth(ListResponse response)
-    {
-        var verdicts = health.Report().ToDictionary(r => (r.Service, r.Server));
-        if (verdicts.Count == 0) return;
-        foreach (var item in response.Items)
-        {
-            if (WireMapper.TryToModel(item.Service, out var service) is not null) continue;
-            foreach (var server in item.Servers)
-            {
-                if (server.Key is null || !Merlin.Model.Endpoints.TryParseAddress(server.Key.Ip, out var ip) || server.Key.Port > ushort.MaxValue) continue;
-                if (!verdicts.TryGetValue((service!.Key, new Merlin.Model.RealServerKey(ip, (ushort)server.Key.Port)), out var v)) continue;
-                var wire = new ServerHealth { Key = server.Key.Clone(), Verdict = v.Verdict.ToString().ToLowerInvariant(), Detail = v.Detail };
-                if (v.Since is { } since) wire.Since = Timestamp.FromDateTimeOffset(since);
-                item.Health.Add(wire);
-            }
-        }
-    }
+    public IReadOnlyList<ServerHealthStatus> Health() =>
+        health.Report().Select(r => new ServerHealthStatus(r.Service, r.Server, r.Verdict, r.Detail, r.Since)).ToList();
 
-    public StatusResponse Report()
+    public NodeStatus Report()
     {
         var s = status.Current;
-        var response = new StatusResponse
+        var diagnostics = dataplane as IDataplaneDiagnostics;
+        var warnings = new List<string>(diagnostics?.Warnings ?? []);
+        if (feed.Withheld is { } why) warnings.Add($"no VIP is announced: {why}");
+        var verdicts = health.Report();
+        var a = announcer.State;
+        return new NodeStatus
         {
             Version = DaemonHost.Version,
             StoreBackend = store.Backend,
             StoreReachable = s.StoreReachable,
             Dataplane = dataplane.Name,
-            ReconcilePasses = (ulong)s.Passes,
-            ReconcileErrors = (ulong)s.Errors,
-            OperationsApplied = (ulong)s.OperationsApplied,
-            LastError = s.LastError ?? "",
-            Services = (uint)s.Services,
-            Servers = (uint)s.Servers,
+            SinceLastReconcile = s.LastPass is { } last ? time.GetUtcNow() - last : null,
+            ReconcilePasses = s.Passes,
+            ReconcileErrors = s.Errors,
+            OperationsApplied = s.OperationsApplied,
+            LastError = s.LastError,
+            Services = s.Services,
+            Servers = s.Servers,
             Ready = s.Ready && s.StoreReachable,
+            Origins = s.Origins is { } o ? new RecordOrigins(o.ServicesNotByMerlin, o.ServersNotByMerlin, o.OrphanedServers) : null,
+            Sysctls = diagnostics?.Sysctls ?? [],
+            Warnings = warnings,
+            ServersUp = verdicts.Count(r => r.Verdict == HealthVerdict.Up),
+            ServersDown = verdicts.Count(r => r.Verdict == HealthVerdict.Down),
+            ServersUnknown = verdicts.Count(r => r.Verdict is not (HealthVerdict.Up or HealthVerdict.Down)),
+            Announcer = a.Mode,
+            AnnouncerState = a.RoleName,
+            AnnouncerHealthy = a.Healthy,
+            AnnouncerDetail = a.Detail,
+            AnnouncerRestarts = a.Restarts,
+            AnnouncerSince = a.Since,
+            Vips = a.Vips.Select(v => new VipStatus(v.Address, v.Announced, v.Management)).ToList(),
+            NodeDrained = drain.Drained,
         };
-        if (s.LastPass is { } last) response.SinceLastReconcile = Duration.FromTimeSpan(time.GetUtcNow() - last);
-        if (s.Origins is { } origins)
-        {
-            response.ServicesNotByMerlin = (uint)origins.ServicesNotByMerlin;
-            response.ServersNotByMerlin = (uint)origins.ServersNotByMerlin;
-            response.OrphanedServers = (uint)origins.OrphanedServers;
-        }
-        if (dataplane is IDataplaneDiagnostics diagnostics)
-        {
-            foreach (var sysctl in diagnostics.Sysctls)
-                response.Sysctls.Add(new StatusResponse.Types.Sysctl { Name = sysctl.Name, Want = sysctl.Want, Have = sysctl.Have ?? "", Managed = sysctl.Managed, Why = sysctl.Why });
-            response.Warnings.AddRange(diagnostics.Warnings);
-        }
-        foreach (var r in health.Report())
-        {
-            switch (r.Verdict)
-            {
-                case HealthVerdict.Up: response.ServersUp++; break;
-                case HealthVerdict.Down: response.ServersDown++; break;
-                default: response.ServersUnknown++; break;
-            }
-        }
-        var a = announcer.State;
-        response.Announcer = a.Mode;
-        response.AnnouncerState = a.RoleName;
-        response.AnnouncerHealthy = a.Healthy;
-        response.AnnouncerDetail = a.Detail;
-        response.AnnouncerRestarts = (ulong)a.Restarts;
-        if (a.Since is { } since) response.AnnouncerSince = Timestamp.FromDateTimeOffset(since);
-        foreach (var vip in a.Vips)
-            response.Vips.Add(new StatusResponse.Types.Vip { Address = vip.Address.ToString(), Announced = vip.Announced, Management = vip.Management });
-        response.NodeDrained = drain.Drained;
-        if (feed.Withheld is { } why) response.Warnings.Add($"no VIP is announced: {why}");
-        return response;
     }
 
-    public async Task<CountersResponse> CountersAsync(CancellationToken ct)
-    {
-        var response = new CountersResponse { Dataplane = dataplane.Name };
-        if (dataplane is not IDataplaneCounters counters) return response;
-        foreach (var service in await counters.ReadCountersAsync(ct))
-        {
-            var wire = new CountersResponse.Types.Service { Key = WireMapper.ToWire(service.Service), Totals = ToWire(service.Totals) };
-            foreach (var server in service.Servers)
-                wire.Servers.Add(new CountersResponse.Types.Server
-                {
-                    Key = WireMapper.ToWire(server.Server),
-                    ActiveConnections = server.ActiveConnections,
-                    InactiveConnections = server.InactiveConnections,
-                    Totals = ToWire(server.Totals),
-                });
-            response.Services.Add(wire);
-        }
-        return response;
-    }
-
-    private static Traffic ToWire(TrafficCounters t) =>
-        new() { Connections = t.Connections, InPackets = t.InPackets, OutPackets = t.OutPackets, InBytes = t.InBytes, OutBytes = t.OutBytes };
+    public async Task<NodeCounters> CountersAsync(CancellationToken ct) =>
+        new(dataplane.Name, dataplane is IDataplaneCounters counters ? await counters.ReadCountersAsync(ct) : []);
 }
 
 /// <summary>Gauges that describe the node as a whole; counters and histograms come from the reconciler's Meter.</summary>

@@ -61,12 +61,12 @@ internal static class StatusPage
         var time = services.GetRequiredService<TimeProvider>();
         var reporter = services.GetRequiredService<IStatusReporter>();
         var now = time.GetUtcNow();
-        var detail = (JsonObject)JsonNode.Parse(Formatter.Format(reporter.Report()))!;
+        var detail = (JsonObject)JsonNode.Parse(Formatter.Format(StatusWireMapper.ToWire(reporter.Report())))!;
         detail["now"] = now.ToString("O");
         detail["bgpPeers"] = BgpPeers(services);
 
         CountersResponse counters;
-        try { counters = await reporter.CountersAsync(ct); }
+        try { counters = StatusWireMapper.ToWire(await reporter.CountersAsync(ct)); }
         catch (Exception e) when (e is not OperationCanceledException) { counters = new CountersResponse(); detail["countersError"] = e.Message; }
         detail["hasCounters"] = services.GetRequiredService<IDataplane>() is IDataplaneCounters;
 

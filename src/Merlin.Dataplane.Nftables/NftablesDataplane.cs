@@ -29,7 +29,7 @@ namespace Merlin.Dataplane.Nftables;
 /// programmed there, since the planner does not know MACs.
 /// </para>
 /// </summary>
-public sealed partial class NftablesDataplane : IDataplane, IDisposable
+public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostics, IUnresolvedServers, IDisposable
 {
     private readonly NftablesOptions _options;
     private readonly INftables _nft;
@@ -47,6 +47,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
     private readonly Dictionary<string, uint> _auditedAt = new(StringComparer.Ordinal);
     private int _auditCursor;
     private IReadOnlyList<NftablesIssue> _issues = [];
+    private IReadOnlyList<string> _warnings = [];
     private IReadOnlyList<IPAddress> _unresolved = [];
     private bool _issuesChanged;
 
@@ -95,6 +96,9 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
 
     /// <summary>Services and servers held in the state but not forwarded to, and why (unsupported, MAC unknown).</summary>
     public IReadOnlyList<NftablesIssue> Issues => _issues;
+
+    /// <summary>The <see cref="Issues"/>, one line each, for <c>meradm status</c> and the dataplane_warnings gauge.</summary>
+    public IReadOnlyList<string> Warnings => _warnings;
 
     /// <summary>DSR real servers whose MAC is not known yet: they hold no slot until their address resolves.</summary>
     public IReadOnlyList<IPAddress> UnresolvedServers => _unresolved;
@@ -751,6 +755,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDisposable
         foreach (var issue in layout.Issues.Where(i => !old.Contains(i.ToString()))) LogIssue(issue.ToString());
         foreach (var gone in old.Where(o => !now.Contains(o))) LogIssueCleared(gone);
         _issues = layout.Issues;
+        _warnings = layout.Issues.Select(i => i.ToString()).ToList();
         _issuesChanged = true;
     }
 

@@ -2,15 +2,6 @@ using Merlin.Model;
 
 namespace Merlin.Reconciler;
 
-/// <summary>What the health checks say of one real server.</summary>
-public enum HealthVerdict
-{
-    /// <summary>No check, or no verdict yet (just started, or the check was just added).</summary>
-    Unknown,
-    Up,
-    Down,
-}
-
 /// <summary>
 /// The health checks as the reconciler sees them: told the whole set of checks on every pass
 /// (idempotent), asked for verdicts, and raising <see cref="Changed"/> when one changes so that a pass

@@ -379,10 +379,10 @@ public sealed class HttpProbeTests : IDisposable
             Endpoint = Endpoint(server), Period = TimeSpan.FromMilliseconds(50), Timeout = TimeSpan.FromMilliseconds(200), UpThreshold = 1, DownThreshold = 2,
         })]);
         checker.Start();
-        await WaitForAsync(() => checker.Verdict(service, rs) == Merlin.Reconciler.HealthVerdict.Up);
+        await WaitForAsync(() => checker.Verdict(service, rs) == Merlin.Model.HealthVerdict.Up);
         await WaitForAsync(() => checker.Succeeded >= 5);
         server.Dispose();
-        await WaitForAsync(() => checker.Verdict(service, rs) == Merlin.Reconciler.HealthVerdict.Down);
+        await WaitForAsync(() => checker.Verdict(service, rs) == Merlin.Model.HealthVerdict.Down);
         Assert.Equal(2, Volatile.Read(ref changes));
         Assert.Equal(1, server.Accepted);
     }
@@ -410,7 +410,7 @@ public sealed class HttpProbeTests : IDisposable
             new Merlin.Reconciler.HealthTarget(service, web, Check($"http://check.invalid:{server.Port}/healthz")),
             new Merlin.Reconciler.HealthTarget(service, tcp, Check($"tcp://check.invalid:{tcpPort}")),
         ]);
-        await WaitForAsync(() => checker.Verdict(service, web) == Merlin.Reconciler.HealthVerdict.Up && checker.Verdict(service, tcp) == Merlin.Reconciler.HealthVerdict.Up);
+        await WaitForAsync(() => checker.Verdict(service, web) == Merlin.Model.HealthVerdict.Up && checker.Verdict(service, tcp) == Merlin.Model.HealthVerdict.Up);
         var before = server.Requests;
         await WaitForAsync(() => server.Requests >= before + 3); // it keeps its rhythm
     }
