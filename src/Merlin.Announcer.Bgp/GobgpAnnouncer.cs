@@ -42,7 +42,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
 
     private CancellationTokenSource? _stop;
     private Task? _supervisor;
-    private Process? _process;
+    private RunningProgram? _process;
     private GobgpClient? _client;
     private volatile bool _stopping;
 
@@ -66,7 +66,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     public IReadOnlyList<BgpSession> Sessions { get { lock (_lock) return _sessions; } }
 
     /// <summary>The running gobgpd's PID, or null.</summary>
-    public int? Pid { get { lock (_lock) return _process is { HasExited: false } p ? p.Id : null; } }
+    public int? Pid { get { lock (_lock) return _process is { HasExited: false } p ? p.Pid : null; } }
 
     public event Action<AnnouncerState>? Changed;
 
@@ -136,7 +136,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
             try { await _supervisor; }
             catch (OperationCanceledException) { }
         }
-        Process? p;
+        RunningProgram? p;
         GobgpClient? client;
         lock (_lock) (p, client) = (_process, _client);
         if (client is not null && p is { HasExited: false })
@@ -185,7 +185,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
         var backoff = EngineProcess.MinBackoff;
         while (!ct.IsCancellationRequested)
         {
-            Process? process = null;
+            RunningProgram? process = null;
             GobgpClient? client = null;
             try
             {
@@ -195,7 +195,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
             catch (Exception e) when (!ct.IsCancellationRequested && e is IOException or System.ComponentModel.Win32Exception or RpcException or TimeoutException or UnauthorizedAccessException)
             {
                 client?.Dispose();
-                if (process is not null) await KillAsync(process);
+                if (process is not null) await process.KillAsync();
                 LogStartFailed(_log, e.Message, backoff.TotalSeconds);
                 lock (_lock)
                 {
@@ -224,7 +224,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
             }
             Publish();
             var started = _time.GetTimestamp();
-            var exited = process.WaitForExitAsync(CancellationToken.None);
+            var exited = process.Exited;
             string why;
             try
             {
@@ -249,7 +249,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
             {
                 // A gobgpd that no longer answers its API cannot be told anything: replace it.
                 why = $"gobgpd stopped answering ({e.Status.StatusCode}: {e.Status.Detail})";
-                await KillAsync(process);
+                await process.KillAsync();
             }
 
             await exited;
@@ -274,44 +274,23 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
         }
     }
 
-    private Process StartGobgpd()
+    private RunningProgram StartGobgpd()
     {
         var o = _options;
         if (File.Exists(o.SocketPath)) File.Delete(o.SocketPath); // a stale socket makes gobgpd exit at once
-        var argv = new List<string>();
-        if (o.NetworkNamespace is { } ns) argv.AddRange(["ip", "netns", "exec", ns]); // exec: gobgpd keeps the PID
         // No config file: it idles until StartBgp. Its only listener is the API socket (no pprof, and no BGP port: ListenPort -1).
-        argv.AddRange([o.Gobgpd, $"--api-hosts=unix://{o.SocketPath}", "--pprof-disable", "--log-plain", "--log-level=info"]);
-        var psi = new ProcessStartInfo(argv[0])
+        var command = new ProgramCommand(o.Gobgpd, [$"--api-hosts=unix://{o.SocketPath}", "--pprof-disable", "--log-plain", "--log-level=info"])
         {
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
+            NetworkNamespace = o.NetworkNamespace,
         };
-        foreach (var a in argv.Skip(1)) psi.ArgumentList.Add(a);
-        var process = new Process { StartInfo = psi };
-        process.OutputDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogGobgpdLine(_gobgpLog, line); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogGobgpdLine(_gobgpLog, line); };
-        try
-        {
-            process.Start();
-        }
-        catch
-        {
-            process.Dispose();
-            throw;
-        }
-        process.StandardInput.Close();
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        File.WriteAllText(o.PidPath, process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
-        LogStarted(_log, process.Id, o.SocketPath);
+        var process = ProgramRunner.Start(command, _gobgpLog);
+        File.WriteAllText(o.PidPath, process.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
+        LogStarted(_log, process.Pid, o.SocketPath);
         return process;
     }
 
     /// <summary>Waits for the API socket, starts the BGP instance (once: a second StartBgp empties the RIB) and adds the peers it lacks.</summary>
-    private async Task<GobgpClient> ConnectAsync(Process process, CancellationToken ct)
+    private async Task<GobgpClient> ConnectAsync(RunningProgram process, CancellationToken ct)
     {
         var clock = Stopwatch.StartNew();
         while (!File.Exists(_options.SocketPath))
@@ -405,27 +384,19 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     /// <summary>A VIP can only be announced to a peer of its family.</summary>
     private bool HasPeerFor(IPAddress vip) => _options.Peers.Any(p => p.Address.AddressFamily == vip.AddressFamily);
 
-    private async Task TerminateAsync(Process p, CancellationToken ct)
+    private async Task TerminateAsync(RunningProgram p, CancellationToken ct)
     {
-        var pid = p.Id;
-        if (await EngineProcess.TerminateAsync(p, ct)) LogStopped(_log, pid);
-        else LogKilled(_log, pid, EngineProcess.StopWait.TotalSeconds);
+        if (await p.StopAsync(EngineProcess.StopWait, ct)) LogStopped(_log, p.Pid);
+        else LogKilled(_log, p.Pid, EngineProcess.StopWait.TotalSeconds);
         TryDelete(_options.PidPath);
-    }
-
-    private static async Task KillAsync(Process p)
-    {
-        if (p.HasExited) return;
-        ProcessSignal.Send(p.Id, ProcessSignal.Kill);
-        await p.WaitForExitAsync(CancellationToken.None);
     }
 
     /// <summary>A gobgpd left running by a daemon that died (its pid file, its socket on the command line): stop it before starting ours.</summary>
     private async Task StopStaleAsync(CancellationToken ct)
     {
-        if (EngineProcess.ReadPid(_options.PidPath) is not { } pid || !EngineProcess.Runs(pid, "gobgpd", $"--api-hosts=unix://{_options.SocketPath}")) return;
+        if (EngineProcess.ReadPid(_options.PidPath) is not { } pid || !ProgramRunner.Runs(pid, "gobgpd", $"--api-hosts=unix://{_options.SocketPath}")) return;
         LogStale(_log, pid, _options.PidPath);
-        await EngineProcess.StopPidAsync(pid, ct);
+        await ProgramRunner.StopAsync(pid, EngineProcess.StopWait, ct);
     }
 
     private static void TryDelete(string path)
@@ -508,6 +479,4 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     [LoggerMessage(EventId = 9215, Level = LogLevel.Error, Message = "An announcer state listener failed")]
     private static partial void LogListenerFailed(ILogger logger, Exception e);
 
-    [LoggerMessage(EventId = 9216, Level = LogLevel.Information, Message = "{Line}")]
-    private static partial void LogGobgpdLine(ILogger logger, string line);
 }

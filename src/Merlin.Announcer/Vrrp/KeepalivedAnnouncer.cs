@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Text;
 using System.Threading.Channels;
@@ -62,7 +61,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
 
     private CancellationTokenSource? _stop;
     private Task? _supervisor;
-    private Process? _process;
+    private RunningProgram? _process;
     private TaskCompletionSource _firstState = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private FileStream? _fifo;
     private Thread? _fifoReader;
@@ -88,7 +87,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     public long Reloads => Interlocked.Read(ref _reloads);
 
     /// <summary>The running keepalived's PID (its parent process), or null.</summary>
-    public int? Pid { get { lock (_lock) return _adopted ?? (_process is { HasExited: false } p ? p.Id : null); } }
+    public int? Pid { get { lock (_lock) return _adopted ?? (_process is { HasExited: false } p ? p.Pid : null); } }
 
     /// <summary>True when this announcer adopted a keepalived a previous daemon left running.</summary>
     public bool Adopted { get; private set; }
@@ -142,7 +141,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     /// </summary>
     private int? Adoptable()
     {
-        if (EngineProcess.ReadPid(_options.PidPath) is not { } pid || !IsOurKeepalived(pid) || EngineProcess.IsZombie(pid)) return null;
+        if (EngineProcess.ReadPid(_options.PidPath) is not { } pid || !IsOurKeepalived(pid) || ProgramRunner.IsZombie(pid)) return null;
         try
         {
             if (!File.Exists(_options.FifoPath) || !File.Exists(_options.PriorityFilePath)) return null;
@@ -209,7 +208,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     {
         var vrrpChild = EngineProcess.ReadPid(_options.VrrpPidPath);
         await StopSupervisingAsync();
-        Process? child;
+        RunningProgram? child;
         int? adopted;
         lock (_lock)
         {
@@ -225,7 +224,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         }
         else if (adopted is { } pid && IsOurKeepalived(pid))
         {
-            await EngineProcess.StopPidAsync(pid, ct);
+            await ProgramRunner.StopAsync(pid, EngineProcess.StopWait, ct);
             LogStopped(_log, pid);
         }
         lock (_lock) SetRole(AnnouncerRole.Stopped, null, "keepalived stopped; the VIPs are released to the peer");
@@ -247,7 +246,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         int? pid;
         lock (_lock)
         {
-            pid = _adopted ?? (_process is { HasExited: false } p ? p.Id : null);
+            pid = _adopted ?? (_process is { HasExited: false } p ? p.Pid : null);
             _windowTimer?.Dispose();
             _running = false;
             SetRole(AnnouncerRole.Stopped, null, pid is null ? "keepalived is not running" : $"merlin stopped; keepalived (pid {pid}) keeps running for the next daemon to adopt");
@@ -361,25 +360,15 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         }
     }
 
-    private Process StartKeepalived()
+    private RunningProgram StartKeepalived()
     {
         var o = _options;
-        var psi = new ProcessStartInfo(o.Keepalived)
-        {
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-        };
-        // -n: stay in the foreground (our child); -l -D: detailed log to stdout, read below; -G: no syslog;
-        // -P: only the VRRP subsystem; per-daemon pid files, so two daemons on one machine never collide.
-        foreach (var a in new[] { "-n", "-l", "-D", "-G", "-P", "-f", o.ConfigPath, "-p", o.PidPath, "-r", o.VrrpPidPath })
-            psi.ArgumentList.Add(a);
-        if (o.NetworkNamespace is { } ns) { psi.ArgumentList.Add("-s"); psi.ArgumentList.Add(ns); }
+        // -n: stay in the foreground (our child); -l -D: detailed log to stdout, logged line by line; -G: no
+        // syslog; -P: only the VRRP subsystem; per-daemon pid files, so two daemons on one machine never collide;
+        // -s: keepalived enters the network namespace itself.
+        List<string> args = ["-n", "-l", "-D", "-G", "-P", "-f", o.ConfigPath, "-p", o.PidPath, "-r", o.VrrpPidPath];
+        if (o.NetworkNamespace is { } ns) args.AddRange(["-s", ns]);
         _firstState = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var process = new Process { StartInfo = psi };
-        process.OutputDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogKeepalived(line); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogKeepalived(line); };
         // INIT before the start: keepalived's first FIFO line (BACKUP) may be read before Start returns.
         lock (_lock)
         {
@@ -387,21 +376,19 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             _running = true;
             SetRole(AnnouncerRole.Init, null, "keepalived starting");
         }
+        RunningProgram process;
         try
         {
-            process.Start();
+            // keepalived -l -D prefixes every line with its own timestamp: the daemon's log has one already.
+            process = ProgramRunner.Start(new ProgramCommand(o.Keepalived, args), _keepalivedLog);
         }
         catch
         {
             lock (_lock) _running = false;
-            process.Dispose();
             throw;
         }
         lock (_lock) _process = process;
-        process.StandardInput.Close();
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        LogStarted(_log, process.Id, o.InstanceName, o.Interface, o.ConfigPath);
+        LogStarted(_log, process.Pid, o.InstanceName, o.Interface, o.ConfigPath);
         Publish();
         return process;
     }
@@ -419,16 +406,15 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         _written = vips;
     }
 
-    private async Task TerminateAsync(Process p, int? vrrpChild, CancellationToken ct)
+    private async Task TerminateAsync(RunningProgram p, int? vrrpChild, CancellationToken ct)
     {
         if (p.HasExited) return;
-        var pid = p.Id;
-        if (await EngineProcess.TerminateAsync(p, ct))
+        if (await p.StopAsync(EngineProcess.StopWait, ct))
         {
-            LogStopped(_log, pid);
+            LogStopped(_log, p.Pid);
             return;
         }
-        LogKilled(_log, pid, EngineProcess.StopWait.TotalSeconds);
+        LogKilled(_log, p.Pid, EngineProcess.StopWait.TotalSeconds);
         if (vrrpChild is { } child && IsOurKeepalived(child)) ProcessSignal.Send(child, ProcessSignal.Kill);
     }
 
@@ -439,12 +425,12 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         {
             if (EngineProcess.ReadPid(pidFile) is not { } pid || !IsOurKeepalived(pid)) continue;
             LogStale(_log, pid, pidFile);
-            await EngineProcess.StopPidAsync(pid, ct);
+            await ProgramRunner.StopAsync(pid, EngineProcess.StopWait, ct);
         }
     }
 
     /// <summary>True when <paramref name="pid"/> is a keepalived started with this daemon's configuration file.</summary>
-    private bool IsOurKeepalived(int pid) => EngineProcess.Runs(pid, "keepalived", _options.ConfigPath);
+    private bool IsOurKeepalived(int pid) => ProgramRunner.Runs(pid, "keepalived", _options.ConfigPath);
 
     /// <param name="create">False when adopting: the running keepalived writes to the FIFO it opened at its start.</param>
     private void OpenFifo(bool create)
@@ -717,21 +703,12 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     [LoggerMessage(EventId = 9020, Level = LogLevel.Error, Message = "Could not write the VRRP priority file {Path}: {Reason}")]
     private static partial void LogHoldFailed(ILogger logger, string path, string reason);
 
-    private void LogKeepalived(string line)
-    {
-        // keepalived -l -D prefixes every line with its own timestamp: the daemon's log has one already.
-        LogKeepalivedLineTo(_keepalivedLog, line);
-    }
-
-    [LoggerMessage(EventId = 9015, Level = LogLevel.Information, Message = "{Line}")]
-    private static partial void LogKeepalivedLineTo(ILogger logger, string line);
-
     /// <summary>The keepalived being supervised: our child, or one adopted from a previous daemon (not our child: polled).</summary>
     private sealed class Engine : IDisposable
     {
-        private readonly Process? _child;
+        private readonly RunningProgram? _child;
 
-        private Engine(int pid, Task exited, Process? child)
+        private Engine(int pid, Task exited, RunningProgram? child)
         {
             Pid = pid;
             Exited = exited;
@@ -745,11 +722,11 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         /// <summary>The child's exit code; -1 for an adopted process (its exit status goes to its parent).</summary>
         public int ExitCode => _child?.ExitCode ?? -1;
 
-        public static Engine Child(Process p) => new(p.Id, p.WaitForExitAsync(CancellationToken.None), p);
+        public static Engine Child(RunningProgram p) => new(p.Pid, p.Exited, p);
 
         public static Engine Adopted(int pid) => new(pid, Task.Run(async () =>
         {
-            while (ProcessSignal.IsAlive(pid) && !EngineProcess.IsZombie(pid)) await Task.Delay(200);
+            while (ProcessSignal.IsAlive(pid) && !ProgramRunner.IsZombie(pid)) await Task.Delay(200);
         }), null);
 
         public void Dispose() => _child?.Dispose();
