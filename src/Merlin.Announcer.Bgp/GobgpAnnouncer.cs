@@ -26,6 +26,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     private readonly ILogger _log;
     private readonly ILogger _gobgpLog;
     private readonly TimeProvider _time;
+    private readonly EngineSupervisor _engine;
     private readonly Lock _lock = new();
     private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
@@ -35,7 +36,6 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     private IReadOnlyList<BgpSession> _sessions = [];
     private bool _running;
     private bool _stopped;
-    private long _restarts;
     private string _problem = "not started";
     private DateTimeOffset? _since;
     private AnnouncerState _state;
@@ -53,6 +53,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
         _log = logs.CreateLogger<GobgpAnnouncer>();
         _gobgpLog = logs.CreateLogger("Merlin.Announcer.Gobgpd");
         _time = time ?? TimeProvider.System;
+        _engine = new EngineSupervisor(_time);
         _state = BuildState();
     }
 
@@ -180,98 +181,96 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
         _stop?.Dispose();
     }
 
-    private async Task SuperviseAsync(CancellationToken ct)
+    private Task SuperviseAsync(CancellationToken ct) => _engine.RunAsync(RunOnceAsync, OnEngineEnded, ct);
+
+    /// <summary>Starts gobgpd and keeps its RIB equal to the desired VIPs until it exits or stops answering; throws when stopping (StopAsync withdraws and stops it).</summary>
+    private async Task<EngineRun> RunOnceAsync(CancellationToken ct)
     {
-        var backoff = EngineProcess.MinBackoff;
-        while (!ct.IsCancellationRequested)
+        RunningProgram? process = null;
+        GobgpClient? client = null;
+        try
         {
-            RunningProgram? process = null;
-            GobgpClient? client = null;
-            try
-            {
-                process = StartGobgpd();
-                client = await ConnectAsync(process, ct);
-            }
-            catch (Exception e) when (!ct.IsCancellationRequested && e is IOException or System.ComponentModel.Win32Exception or RpcException or TimeoutException or UnauthorizedAccessException)
-            {
-                client?.Dispose();
-                if (process is not null) await process.KillAsync();
-                LogStartFailed(_log, e.Message, backoff.TotalSeconds);
-                lock (_lock)
-                {
-                    _restarts += process is null ? 0 : 1;
-                    SetProblem($"gobgpd could not start: {e.Message}; retrying in {backoff.TotalSeconds:0} s");
-                }
-                Publish();
-                if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
-                backoff = EngineProcess.NextBackoff(backoff);
-                continue;
-            }
-            catch (OperationCanceledException) when (ct.IsCancellationRequested)
-            {
-                // Stopping while it started: StopAsync ends what is there.
-                lock (_lock) { _process = process; _client = client; }
-                return;
-            }
-
-            lock (_lock)
-            {
-                _process = process;
-                _client = client;
-                _running = true;
-                _announced.Clear();
-                SetProblem(null);
-            }
-            Publish();
-            var started = _time.GetTimestamp();
-            var exited = process.Exited;
-            string why;
-            try
-            {
-                while (true)
-                {
-                    await SyncAsync(client, ct);
-                    await PollAsync(client, ct);
-                    var wake = _wake.Reader.WaitToReadAsync(ct).AsTask();
-                    var tick = Task.Delay(PollInterval, _time, ct);
-                    await Task.WhenAny(exited, wake, tick);
-                    ct.ThrowIfCancellationRequested();
-                    if (exited.IsCompleted) break;
-                    _wake.Reader.TryRead(out _);
-                }
-                why = $"gobgpd exited with code {process.ExitCode}";
-            }
-            catch (Exception e) when (ct.IsCancellationRequested && e is OperationCanceledException or RpcException)
-            {
-                return; // StopAsync withdraws and stops gobgpd
-            }
-            catch (RpcException e)
-            {
-                // A gobgpd that no longer answers its API cannot be told anything: replace it.
-                why = $"gobgpd stopped answering ({e.Status.StatusCode}: {e.Status.Detail})";
-                await process.KillAsync();
-            }
-
-            await exited;
-            var ran = _time.GetElapsedTime(started);
-            if (ran > EngineProcess.StableRun) backoff = EngineProcess.MinBackoff;
-            lock (_lock)
-            {
-                _restarts++;
-                _running = false;
-                _process = null;
-                _client = null;
-                _announced.Clear();
-                _sessions = [];
-                SetProblem($"{why} after {ran.TotalSeconds:0.#} s; restarting in {backoff.TotalSeconds:0} s (its routes are gone until then)");
-            }
-            client.Dispose();
-            process.Dispose();
-            LogExited(_log, why, ran.TotalSeconds, backoff.TotalSeconds);
-            Publish();
-            if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
-            backoff = EngineProcess.NextBackoff(backoff);
+            process = StartGobgpd();
+            client = await ConnectAsync(process, ct);
         }
+        catch (Exception e) when (!ct.IsCancellationRequested && e is IOException or System.ComponentModel.Win32Exception or RpcException or TimeoutException or UnauthorizedAccessException)
+        {
+            client?.Dispose();
+            if (process is not null) await process.KillAsync();
+            return EngineRun.FailedToStart(e.Message, processStarted: process is not null);
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            // Stopping while it started: StopAsync ends what is there.
+            lock (_lock) { _process = process; _client = client; }
+            throw;
+        }
+
+        lock (_lock)
+        {
+            _process = process;
+            _client = client;
+            _running = true;
+            _announced.Clear();
+            SetProblem(null);
+        }
+        Publish();
+        var started = _time.GetTimestamp();
+        var exited = process.Exited;
+        string why;
+        try
+        {
+            while (true)
+            {
+                await SyncAsync(client, ct);
+                await PollAsync(client, ct);
+                var wake = _wake.Reader.WaitToReadAsync(ct).AsTask();
+                var tick = Task.Delay(PollInterval, _time, ct);
+                await Task.WhenAny(exited, wake, tick);
+                ct.ThrowIfCancellationRequested();
+                if (exited.IsCompleted) break;
+                _wake.Reader.TryRead(out _);
+            }
+            why = $"gobgpd exited with code {process.ExitCode}";
+        }
+        catch (RpcException) when (ct.IsCancellationRequested)
+        {
+            throw new OperationCanceledException(ct); // StopAsync withdraws and stops gobgpd
+        }
+        catch (RpcException e)
+        {
+            // A gobgpd that no longer answers its API cannot be told anything: replace it.
+            why = $"gobgpd stopped answering ({e.Status.StatusCode}: {e.Status.Detail})";
+            await process.KillAsync();
+        }
+
+        await exited;
+        var ran = _time.GetElapsedTime(started);
+        lock (_lock)
+        {
+            _running = false;
+            _process = null;
+            _client = null;
+            _announced.Clear();
+            _sessions = [];
+        }
+        client.Dispose();
+        process.Dispose();
+        return EngineRun.Ended(ran, why);
+    }
+
+    /// <summary>gobgpd ended or could not start: said in the state until the supervisor starts it again after <paramref name="delay"/>.</summary>
+    private void OnEngineEnded(EngineRun run, TimeSpan delay)
+    {
+        lock (_lock)
+        {
+            SetProblem(run.StartFailed
+                ? $"gobgpd could not start: {run.Why}; retrying in {delay.TotalSeconds:0.#} s"
+                : $"{run.Why} after {run.Ran.TotalSeconds:0.#} s; restarting in {delay.TotalSeconds:0.#} s (its routes are gone until then)");
+        }
+        if (run.StartFailed) LogStartFailed(_log, run.Why, delay.TotalSeconds);
+        else LogExited(_log, run.Why, run.Ran.TotalSeconds, delay.TotalSeconds);
+        Publish();
     }
 
     private RunningProgram StartGobgpd()
@@ -423,7 +422,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
             if (orphans.Count > 0) detail += $"; no peer of the family of {string.Join(", ", orphans)}";
         }
         if (_since is null || _state is null || _state.Healthy != healthy) _since = _time.GetUtcNow();
-        return new AnnouncerState(Name, _stopped ? AnnouncerRole.Stopped : AnnouncerRole.None, vips, healthy, detail, _since, _restarts);
+        return new AnnouncerState(Name, _stopped ? AnnouncerRole.Stopped : AnnouncerRole.None, vips, healthy, detail, _since, _engine.Restarts);
     }
 
     private void Publish()
@@ -458,10 +457,10 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     [LoggerMessage(EventId = 9208, Level = LogLevel.Warning, Message = "Withdrawing {Count} routes did not complete within {Ms} ms: {Reason}")]
     private static partial void LogWithdrawIncomplete(ILogger logger, int count, long ms, string reason);
 
-    [LoggerMessage(EventId = 9209, Level = LogLevel.Error, Message = "{Why} after {Seconds:0.#} s; restarting in {Backoff} s")]
+    [LoggerMessage(EventId = 9209, Level = LogLevel.Error, Message = "{Why} after {Seconds:0.#} s; restarting in {Backoff:0.#} s")]
     private static partial void LogExited(ILogger logger, string why, double seconds, double backoff);
 
-    [LoggerMessage(EventId = 9210, Level = LogLevel.Error, Message = "gobgpd could not start: {Reason}; retrying in {Backoff} s")]
+    [LoggerMessage(EventId = 9210, Level = LogLevel.Error, Message = "gobgpd could not start: {Reason}; retrying in {Backoff:0.#} s")]
     private static partial void LogStartFailed(ILogger logger, string reason, double backoff);
 
     [LoggerMessage(EventId = 9211, Level = LogLevel.Information, Message = "gobgpd (pid {Pid}) stopped")]

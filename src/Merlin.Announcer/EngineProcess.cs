@@ -1,7 +1,7 @@
 namespace Merlin.Announcer;
 
 /// <summary>
-/// What the supervisors of an announcer's engine (keepalived, gobgpd) share: restart backoff and pid files.
+/// What the supervisors of an announcer's engine (keepalived, gobgpd) share: the restart backoff's bounds and pid files.
 /// Starting, recognising and stopping processes is <see cref="Merlin.Netlink.ProgramRunner"/>'s.
 /// </summary>
 internal static class EngineProcess
@@ -12,16 +12,6 @@ internal static class EngineProcess
     public static readonly TimeSpan StableRun = TimeSpan.FromSeconds(60);
     /// <summary>How long SIGTERM has before SIGKILL.</summary>
     public static readonly TimeSpan StopWait = Merlin.Netlink.ProgramRunner.StopWait;
-
-    /// <summary>1 s doubling to 30 s.</summary>
-    public static TimeSpan NextBackoff(TimeSpan backoff) => backoff * 2 > MaxBackoff ? MaxBackoff : backoff * 2;
-
-    /// <summary>Waits, or returns false when <paramref name="ct"/> ends first.</summary>
-    public static async Task<bool> DelayAsync(TimeSpan delay, TimeProvider time, CancellationToken ct)
-    {
-        try { await Task.Delay(delay, time, ct); return true; }
-        catch (OperationCanceledException) { return false; }
-    }
 
     public static int? ReadPid(string path)
     {

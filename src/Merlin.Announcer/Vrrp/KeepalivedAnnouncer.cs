@@ -33,6 +33,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private readonly ILogger _log;
     private readonly ILogger _keepalivedLog;
     private readonly TimeProvider _time;
+    private readonly EngineSupervisor _engine;
     private readonly Lock _lock = new();
     /// <summary>Serializes writes of the tracked priority file; taken before <see cref="_lock"/>, never inside it.</summary>
     private readonly Lock _holdLock = new();
@@ -55,7 +56,6 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private DateTimeOffset? _since;
     private string _detail = "not started";
     private bool _running;
-    private long _restarts;
     private long _reloads;
     private AnnouncerState _state;
 
@@ -74,6 +74,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         _log = logs.CreateLogger<KeepalivedAnnouncer>();
         _keepalivedLog = logs.CreateLogger("Merlin.Announcer.Keepalived");
         _time = time ?? TimeProvider.System;
+        _engine = new EngineSupervisor(_time);
         _state = BuildState();
     }
 
@@ -262,102 +263,96 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         _stop?.Dispose();
     }
 
-    private async Task SuperviseAsync(int? adopted, CancellationToken ct)
+    private Task SuperviseAsync(int? adopted, CancellationToken ct) => _engine.RunAsync(async ct =>
     {
-        var backoff = EngineProcess.MinBackoff;
-        while (!ct.IsCancellationRequested)
+        var run = await RunOnceAsync(adopted, ct);
+        adopted = null;
+        return run;
+    }, OnEngineEnded, ct,
+        // A VRRP child that outlived its parent would still hold the VIPs and make the new one refuse to start.
+        StopStaleAsync);
+
+    /// <summary>Starts (or adopts) keepalived and reloads it as the VIPs change, until it exits; throws when stopping (StopAsync ends the process).</summary>
+    private async Task<EngineRun> RunOnceAsync(int? adopted, CancellationToken ct)
+    {
+        IReadOnlyList<IPAddress> vips;
+        lock (_lock) vips = _desired;
+        Engine process;
+        try
         {
-            IReadOnlyList<IPAddress> vips;
-            lock (_lock) vips = _desired;
-            Engine process;
-            try
+            if (adopted is { } pid)
             {
-                if (adopted is { } pid)
-                {
-                    process = Engine.Adopted(pid);
-                    adopted = null;
-                }
-                else
-                {
-                    WriteConfig(vips);
-                    int hold;
-                    lock (_lock) hold = HoldValue();
-                    WriteHold(hold);
-                    process = Engine.Child(StartKeepalived());
-                }
+                process = Engine.Adopted(pid);
             }
-            catch (Exception e) when (e is IOException or System.ComponentModel.Win32Exception or UnauthorizedAccessException)
+            else
             {
-                LogStartFailed(_log, e.Message, backoff.TotalSeconds);
-                lock (_lock)
-                {
-                    _running = false;
-                    SetRole(AnnouncerRole.Fault, null, $"keepalived could not start: {e.Message}; retrying in {backoff.TotalSeconds:0} s");
-                }
-                Publish();
-                if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
-                backoff = EngineProcess.NextBackoff(backoff);
-                continue;
+                WriteConfig(vips);
+                int hold;
+                lock (_lock) hold = HoldValue();
+                WriteHold(hold);
+                process = Engine.Child(StartKeepalived());
             }
+        }
+        catch (Exception e) when (e is IOException or System.ComponentModel.Win32Exception or UnauthorizedAccessException)
+        {
+            return EngineRun.FailedToStart(e.Message, processStarted: false);
+        }
 
-            var started = _time.GetTimestamp();
-            var exited = process.Exited;
-            try
-            {
-                while (true)
-                {
-                    var wake = _reload.Reader.WaitToReadAsync(ct).AsTask();
-                    if (await Task.WhenAny(exited, wake) == exited) break;
-                    await wake; // throws when stopping
-                    _reload.Reader.TryRead(out _);
-                    // keepalived dies of a SIGHUP that comes before its signal handlers: wait for its first state.
-                    await Task.WhenAny(_firstState.Task, exited, Task.Delay(ReloadGate, _time, ct));
-                    ct.ThrowIfCancellationRequested();
-                    if (exited.IsCompleted) break;
-                    IReadOnlyList<IPAddress> want;
-                    lock (_lock)
-                    {
-                        want = _desired;
-                        // Only a MASTER is reloaded: a reload restarts a BACKUP's master-down timer (see the remarks).
-                        // A BACKUP holds no VIP; the MASTER line wakes this loop again.
-                        if (_role != AnnouncerRole.Master || want.SequenceEqual(_loaded)) continue;
-                    }
-                    WriteConfig(want);
-                    if (!ProcessSignal.Send(process.Pid, ProcessSignal.HangUp)) break;
-                    Interlocked.Increment(ref _reloads);
-                    lock (_lock) _loaded = want;
-                    LogReloaded(_log, process.Pid, want.Count);
-                    Publish();
-                    // Let keepalived finish one reload before the next: a burst of store changes costs one or two.
-                    await Task.Delay(TimeSpan.FromMilliseconds(500), _time, ct);
-                }
-            }
-            catch (OperationCanceledException) when (ct.IsCancellationRequested)
-            {
-                return; // StopAsync terminates the process
-            }
-
-            await exited;
-            var code = process.ExitCode;
-            var ran = _time.GetElapsedTime(started);
-            if (ran > EngineProcess.StableRun) backoff = EngineProcess.MinBackoff;
+        var started = _time.GetTimestamp();
+        var exited = process.Exited;
+        while (true)
+        {
+            var wake = _reload.Reader.WaitToReadAsync(ct).AsTask();
+            if (await Task.WhenAny(exited, wake) == exited) break;
+            await wake; // throws when stopping
+            _reload.Reader.TryRead(out _);
+            // keepalived dies of a SIGHUP that comes before its signal handlers: wait for its first state.
+            await Task.WhenAny(_firstState.Task, exited, Task.Delay(ReloadGate, _time, ct));
+            ct.ThrowIfCancellationRequested();
+            if (exited.IsCompleted) break;
+            IReadOnlyList<IPAddress> want;
             lock (_lock)
             {
-                _restarts++;
-                _running = false;
-                _process = null;
-                _adopted = null;
-                SetRole(AnnouncerRole.Fault, null, $"keepalived exited with code {code} after {ran.TotalSeconds:0.#} s; restarting in {backoff.TotalSeconds:0} s");
+                want = _desired;
+                // Only a MASTER is reloaded: a reload restarts a BACKUP's master-down timer (see the remarks).
+                // A BACKUP holds no VIP; the MASTER line wakes this loop again.
+                if (_role != AnnouncerRole.Master || want.SequenceEqual(_loaded)) continue;
             }
-            process.Dispose();
-            LogExited(_log, code, ran.TotalSeconds, backoff.TotalSeconds);
+            WriteConfig(want);
+            if (!ProcessSignal.Send(process.Pid, ProcessSignal.HangUp)) break;
+            Interlocked.Increment(ref _reloads);
+            lock (_lock) _loaded = want;
+            LogReloaded(_log, process.Pid, want.Count);
             Publish();
-            if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
-            // A VRRP child that outlived its parent would still hold the VIPs and make the new one refuse to start.
-            try { await StopStaleAsync(ct); }
-            catch (OperationCanceledException) { return; }
-            backoff = EngineProcess.NextBackoff(backoff);
+            // Let keepalived finish one reload before the next: a burst of store changes costs one or two.
+            await Task.Delay(TimeSpan.FromMilliseconds(500), _time, ct);
         }
+
+        await exited;
+        var code = process.ExitCode;
+        var ran = _time.GetElapsedTime(started);
+        lock (_lock)
+        {
+            _process = null;
+            _adopted = null;
+        }
+        process.Dispose();
+        return EngineRun.Ended(ran, $"keepalived exited with code {code}", code);
+    }
+
+    /// <summary>keepalived exited or could not start: FAULT until the supervisor starts it again after <paramref name="delay"/>.</summary>
+    private void OnEngineEnded(EngineRun run, TimeSpan delay)
+    {
+        lock (_lock)
+        {
+            _running = false;
+            SetRole(AnnouncerRole.Fault, null, run.StartFailed
+                ? $"keepalived could not start: {run.Why}; retrying in {delay.TotalSeconds:0.#} s"
+                : $"{run.Why} after {run.Ran.TotalSeconds:0.#} s; restarting in {delay.TotalSeconds:0.#} s");
+        }
+        if (run.StartFailed) LogStartFailed(_log, run.Why, delay.TotalSeconds);
+        else LogExited(_log, run.ExitCode ?? -1, run.Ran.TotalSeconds, delay.TotalSeconds);
+        Publish();
     }
 
     private RunningProgram StartKeepalived()
@@ -629,7 +624,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         foreach (var v in _desired) vips.Add(new VipState(v, holds && _loaded.Contains(v)));
         var healthy = _running && _role is AnnouncerRole.Master or AnnouncerRole.Backup;
         var detail = _priority is { } p && _running ? $"{_detail} (instance {_options.InstanceName} on {_options.Interface}, priority {p})" : _detail;
-        return new AnnouncerState(Name, _role, vips, healthy, detail, _since, _restarts);
+        return new AnnouncerState(Name, _role, vips, healthy, detail, _since, _engine.Restarts);
     }
 
     private void Publish()
@@ -658,10 +653,10 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     [LoggerMessage(EventId = 9004, Level = LogLevel.Information, Message = "keepalived reloaded (SIGHUP to pid {Pid}): {Count} service VIPs")]
     private static partial void LogReloaded(ILogger logger, int pid, int count);
 
-    [LoggerMessage(EventId = 9005, Level = LogLevel.Error, Message = "keepalived exited with code {Code} after {Seconds:0.#} s; restarting in {Backoff} s")]
+    [LoggerMessage(EventId = 9005, Level = LogLevel.Error, Message = "keepalived exited with code {Code} after {Seconds:0.#} s; restarting in {Backoff:0.#} s")]
     private static partial void LogExited(ILogger logger, int code, double seconds, double backoff);
 
-    [LoggerMessage(EventId = 9006, Level = LogLevel.Error, Message = "keepalived could not start: {Reason}; retrying in {Backoff} s")]
+    [LoggerMessage(EventId = 9006, Level = LogLevel.Error, Message = "keepalived could not start: {Reason}; retrying in {Backoff:0.#} s")]
     private static partial void LogStartFailed(ILogger logger, string reason, double backoff);
 
     [LoggerMessage(EventId = 9007, Level = LogLevel.Information, Message = "keepalived (pid {Pid}) stopped; it released the VIPs")]
