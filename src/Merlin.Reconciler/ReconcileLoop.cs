@@ -21,13 +21,13 @@ public sealed class ReconcilerOptions
 }
 
 /// <summary>
-/// Drives <see cref="Reconciler"/>: at startup, on every store change (watch), on demand, and every
+/// Drives <see cref="ReconcilePass"/>: at startup, on every store change (watch), on demand, and every
 /// sync period. The watch's events go to the reconciler, which applies them to the store state it keeps,
 /// and a pass they trigger plans only the services they touched; the first pass, the sync period's and
 /// the one after a failure plan everything. Failed passes are retried with exponential backoff.
 /// Triggers coalesce: ten changes in a burst cost one or two passes.
 /// </summary>
-public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, ReconcilerOptions options, ILogger<ReconcileLoop> logger, TimeProvider time)
+public sealed partial class ReconcileLoop(ReconcilePass reconciler, IStore store, ReconcilerOptions options, ILogger<ReconcileLoop> logger, TimeProvider time)
     : BackgroundService
 {
     private readonly Channel<bool> _triggers = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });

@@ -11,11 +11,11 @@ public class ReconcilerTests
     private readonly FakeStore _store = new();
     private readonly InMemoryDataplane _dataplane = new();
     private readonly ReconcilerStatus _status = new(TimeProvider.System);
-    private readonly Reconciler _reconciler;
+    private readonly ReconcilePass _reconciler;
 
     public ReconcilerTests()
     {
-        _reconciler = new Reconciler(_store, _dataplane, _status, NullLogger<Reconciler>.Instance, TimeProvider.System);
+        _reconciler = new ReconcilePass(_store, _dataplane, _status, NullLogger<ReconcilePass>.Instance, TimeProvider.System);
         _store.Items.Add(new StoreItem(FakeStore.Service("web", "198.18.0.10"),
             [FakeStore.Server("web", "198.18.1.20"), FakeStore.Server("web", "198.18.1.21")]));
         _store.Items.Add(new StoreItem(FakeStore.Service("v6", "2001:db8::10", 443), [FakeStore.Server("v6", "2001:db8::20", port: 443)]));
@@ -66,7 +66,7 @@ public class ReconcilerTests
         _store.Items[0] = new StoreItem(web.Service, web.Servers.Select(s => { var c = s.Clone(); c.HealthCheck = check; return c; }).ToList());
         var stable = new StableDataplane(_dataplane);
         var health = new FixedHealth();
-        var reconciler = new Reconciler(_store, stable, _status, NullLogger<Reconciler>.Instance, TimeProvider.System, health);
+        var reconciler = new ReconcilePass(_store, stable, _status, NullLogger<ReconcilePass>.Instance, TimeProvider.System, health);
         var ct = TestContext.Current.CancellationToken;
         await reconciler.RunPassAsync(ct);
         await reconciler.RunPassAsync(ct); // converges: nothing planned
