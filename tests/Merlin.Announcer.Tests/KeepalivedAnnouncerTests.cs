@@ -155,13 +155,6 @@ public class KeepalivedAnnouncerTests
 
     private ListLoggerFactory? _logs;
 
-    private async Task WaitAsync(Func<bool> condition, string what)
-    {
-        var clock = Stopwatch.StartNew();
-        while (!condition())
-        {
-            if (clock.Elapsed > TimeSpan.FromSeconds(15)) Assert.Fail($"timed out waiting for {what}\n{_logs?.Text}");
-            await Task.Delay(20, Ct);
-        }
-    }
+    private Task WaitAsync(Func<bool> condition, string what) =>
+        Poll.UntilAsync(condition, what, TimeSpan.FromSeconds(15), () => _logs?.Text ?? "", ct: Ct);
 }

@@ -3,6 +3,7 @@ using Merlin.Model;
 using Merlin.Reconciler;
 using Merlin.Store;
 using Microsoft.Extensions.Logging.Abstractions;
+using Merlin.Testing;
 
 namespace Merlin.Reconciler.Tests;
 
@@ -272,10 +273,5 @@ public class ReconcilerTests
         }
     }
 
-    private static async Task WaitUntil(Func<bool> condition, CancellationToken ct)
-    {
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timeout.CancelAfter(TimeSpan.FromSeconds(10));
-        while (!condition()) await Task.Delay(10, timeout.Token);
-    }
+    private static Task WaitUntil(Func<bool> condition, CancellationToken ct) => Poll.UntilAsync(condition, "the loop's passes", ct: ct);
 }
