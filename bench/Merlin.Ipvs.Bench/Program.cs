@@ -103,7 +103,7 @@ static async Task<int> Run(Options o)
         var status = new ReconcilerStatus(TimeProvider.System);
         var options = new IpvsDataplaneOptions { NetworkNamespace = ours.Name, AuditServicesPerPass = o.Audit };
         using var dataplane = new IpvsDataplane(options, NullLogger<IpvsDataplane>.Instance);
-        var reconciler = new Merlin.Reconciler.Reconciler(store, dataplane, status, NullLogger<Merlin.Reconciler.Reconciler>.Instance, TimeProvider.System);
+        var reconciler = new Merlin.Reconciler.ReconcilePass(store, dataplane, status, NullLogger<Merlin.Reconciler.ReconcilePass>.Instance, TimeProvider.System);
 
         var first = await reconciler.RunPassAsync(CancellationToken.None);
         if (!first.Converged || first.Applied != services + servers)

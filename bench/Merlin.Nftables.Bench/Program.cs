@@ -142,7 +142,7 @@ namespace Merlin.Nftables.Bench
         }
     }
 
-    /// <summary>One reconcile pass, as <c>Reconciler.RunPassAsync</c> runs it, timed step by step (seconds).</summary>
+    /// <summary>One reconcile pass, as <c>ReconcilePass.RunPassAsync</c> runs it, timed step by step (seconds).</summary>
     internal sealed record Measured(double Store, double Desired, double Read, double Plan, double Apply, double Nft, int Operations)
     {
         public double KernelMiB { get; init; }

@@ -99,7 +99,7 @@ static async Task<List<string>> Run(string backend, Args o)
         rows.Add($"| {backend} | List of {o.Services:N0} × {o.Servers} ({size / 1024.0 / 1024.0:N1} MiB), {o.ListRuns} runs | p50 {P(latencies, 0.5):N0} ms, max {latencies[^1]:N0} ms |");
 
         // The reconciler has been following the watch; make sure it has converged, then time no-change passes.
-        var reconciler = app.Services.GetRequiredService<Reconciler>();
+        var reconciler = app.Services.GetRequiredService<ReconcilePass>();
         var dataplane = (InMemoryDataplane)app.Services.GetRequiredService<IDataplane>();
         await reconciler.RunPassAsync(CancellationToken.None);
         if (dataplane.State.ServerCount != total) throw new InvalidOperationException($"dataplane has {dataplane.State.ServerCount} servers, expected {total}");

@@ -1,6 +1,6 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using Merlin.Netlink;
 
 namespace Merlin.Agent;
 
@@ -26,48 +26,51 @@ public interface INodeNetwork
 public sealed class NodeNetworkException(string message) : Exception(message);
 
 /// <summary>
-/// The node's own network namespace: /proc/sys for sysctls, iproute2's <c>ip</c> for the loopback
-/// addresses (present on every Linux node; the agent changes two addresses per VIP in its life, so a
-/// process per change costs nothing worth a netlink codec of its own).
+/// The node's network namespace (its own, or a named one for tests): rtnetlink for the addresses on
+/// <c>lo</c>, /proc/sys for sysctls. No <c>ip</c> process: what iproute2 would send is sent directly.
 /// </summary>
-public sealed class LinuxNodeNetwork(string ipCommand = "ip") : INodeNetwork
+public sealed class LinuxNodeNetwork(string? networkNamespace = null) : INodeNetwork
 {
-    public async Task<IReadOnlySet<IPAddress>> LoopbackAddressesAsync(CancellationToken ct)
-    {
-        var output = await IpAsync(["-o", "addr", "show", "dev", "lo"], ct);
-        var found = new HashSet<IPAddress>();
-        // "1: lo    inet 198.18.0.100/32 scope global lo\       valid_lft forever preferred_lft forever"
-        foreach (var line in output.Split('\n', StringSplitOptions.RemoveEmptyEntries))
-        {
-            var fields = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-            for (var i = 0; i + 1 < fields.Length; i++)
-                if (fields[i] is "inet" or "inet6" && IPAddress.TryParse(fields[i + 1].Split('/')[0], out var address))
-                    found.Add(address);
-        }
-        return found;
-    }
+    private const string Loopback = "lo";
+
+    public Task<IReadOnlySet<IPAddress>> LoopbackAddressesAsync(CancellationToken ct) =>
+        Task.FromResult<IReadOnlySet<IPAddress>>(Route("list the addresses on lo", (client, lo) =>
+            Rtnetlink.Addresses(client, lo).Select(a => a.Address).ToHashSet()));
 
     public async Task AddLoopbackAsync(IPAddress vip, CancellationToken ct)
     {
         if ((await LoopbackAddressesAsync(ct)).Contains(vip)) return;
         // nodad: the address must answer at once; duplicate detection on lo only delays it.
-        string[] argv = vip.AddressFamily == AddressFamily.InterNetworkV6
-            ? ["addr", "add", $"{vip}/128", "dev", "lo", "nodad"]
-            : ["addr", "add", $"{vip}/32", "dev", "lo"];
-        await IpAsync(argv, ct);
+        var v6 = vip.AddressFamily == AddressFamily.InterNetworkV6;
+        Route($"add {vip}/{HostPrefix(vip)} to lo", (client, lo) =>
+        {
+            using var buffer = new NetlinkBuffer();
+            Rtnetlink.WriteAddAddress(new NetlinkWriter(buffer), lo, vip, HostPrefix(vip), noDuplicateDetection: v6);
+            try { client.Execute(buffer, $"RTM_NEWADDR {vip}"); }
+            catch (NetlinkException e) when (e.Errno == Errno.EEXIST) { } // added meanwhile
+            return 0;
+        });
     }
 
     public async Task RemoveLoopbackAsync(IPAddress vip, CancellationToken ct)
     {
         if (!(await LoopbackAddressesAsync(ct)).Contains(vip)) return;
-        await IpAsync(["addr", "del", $"{vip}/{(vip.AddressFamily == AddressFamily.InterNetworkV6 ? 128 : 32)}", "dev", "lo"], ct);
+        Route($"remove {vip}/{HostPrefix(vip)} from lo", (client, lo) =>
+        {
+            using var buffer = new NetlinkBuffer();
+            Rtnetlink.WriteDeleteAddress(new NetlinkWriter(buffer), lo, vip, HostPrefix(vip));
+            client.Execute(buffer, $"RTM_DELADDR {vip}");
+            return 0;
+        });
     }
 
     public async Task<string> ReadSysctlAsync(string name, CancellationToken ct)
     {
         try
         {
-            return (await File.ReadAllTextAsync(SysctlPath(name), ct)).Trim();
+            using var file = new FileStream(NetworkNamespace.OpenFile(networkNamespace, SysctlPath(name), FileMode.Open, FileAccess.Read), FileAccess.Read, bufferSize: 0);
+            using var reader = new StreamReader(file);
+            return (await reader.ReadToEndAsync(ct)).Trim();
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -79,7 +82,8 @@ public sealed class LinuxNodeNetwork(string ipCommand = "ip") : INodeNetwork
     {
         try
         {
-            await File.WriteAllTextAsync(SysctlPath(name), value + "\n", ct);
+            using var file = new FileStream(NetworkNamespace.OpenFile(networkNamespace, SysctlPath(name), FileMode.Open, FileAccess.Write), FileAccess.Write, bufferSize: 0);
+            await file.WriteAsync(System.Text.Encoding.ASCII.GetBytes(value + "\n"), ct);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -89,27 +93,25 @@ public sealed class LinuxNodeNetwork(string ipCommand = "ip") : INodeNetwork
 
     private static string SysctlPath(string name) => Path.Combine("/proc/sys", name.Replace('.', '/'));
 
-    private async Task<string> IpAsync(IReadOnlyList<string> args, CancellationToken ct)
+    private static byte HostPrefix(IPAddress vip) => vip.AddressFamily == AddressFamily.InterNetworkV6 ? (byte)128 : (byte)32;
+
+    /// <summary>One short-lived rtnetlink socket (the agent changes a few addresses in its life) and lo's index.</summary>
+    private T Route<T>(string what, Func<NetlinkClient, int, T> use)
     {
-        var start = new ProcessStartInfo(ipCommand) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) start.ArgumentList.Add(a);
-        Process process;
         try
         {
-            process = Process.Start(start) ?? throw new NodeNetworkException($"{ipCommand} did not start");
+            using var client = NetlinkClient.Open(Netlink.Netlink.ProtocolRoute, new NetlinkSocketOptions { NetworkNamespace = networkNamespace });
+            var lo = Rtnetlink.Link(client, Loopback) ?? throw new NodeNetworkException($"cannot {what}: this node has no {Loopback} interface");
+            return use(client, lo.Index);
         }
-        catch (System.ComponentModel.Win32Exception e)
+        catch (NetlinkException e)
         {
-            throw new NodeNetworkException($"cannot run {ipCommand} ({e.Message}): install iproute2");
+            var why = e.Errno is Errno.EPERM or Errno.EACCES ? " (the agent needs root or CAP_NET_ADMIN)" : "";
+            throw new NodeNetworkException($"cannot {what}: {e.Message}{why}");
         }
-        using (process)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            var stdout = process.StandardOutput.ReadToEndAsync(ct);
-            var stderr = process.StandardError.ReadToEndAsync(ct);
-            await process.WaitForExitAsync(ct);
-            if (process.ExitCode != 0)
-                throw new NodeNetworkException($"ip {string.Join(' ', args)} failed: {(await stderr).Trim()}");
-            return await stdout;
+            throw new NodeNetworkException($"cannot {what}: {e.Message}");
         }
     }
 }

@@ -1,6 +1,7 @@
 using System.Net;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
+using Backoff = Merlin.Model.Backoff;
 using Durations = Merlin.Model.Durations;
 using Endpoints = Merlin.Model.Endpoints;
 using Merlin.Wire;
@@ -185,7 +186,7 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
     /// <summary>Retries while the daemon is unreachable or restarting (Unavailable, DeadlineExceeded); other answers are final.</summary>
     private async Task<T> RetryAsync<T>(string method, Func<CancellationToken, Task<T>> call, CancellationToken ct, TimeSpan limit)
     {
-        var delay = TimeSpan.FromMilliseconds(200);
+        var backoff = new Backoff(TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(5));
         var started = time.GetTimestamp();
         for (var attempt = 1; ; attempt++)
         {
@@ -197,8 +198,7 @@ public sealed partial class RealServerAgent(MerlinClient api, NodeAttachment nod
                                          && time.GetElapsedTime(started) < limit)
             {
                 if (attempt is 1 or 10 or 100) LogRetrying(method, e.Status.Detail, attempt);
-                await Task.Delay(delay, time, ct);
-                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
+                await Task.Delay(backoff.Next(), time, ct);
             }
         }
     }

@@ -26,6 +26,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     private readonly ILogger _log;
     private readonly ILogger _gobgpLog;
     private readonly TimeProvider _time;
+    private readonly EngineSupervisor _engine;
     private readonly Lock _lock = new();
     private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
@@ -35,14 +36,13 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     private IReadOnlyList<BgpSession> _sessions = [];
     private bool _running;
     private bool _stopped;
-    private long _restarts;
     private string _problem = "not started";
     private DateTimeOffset? _since;
     private AnnouncerState _state;
 
     private CancellationTokenSource? _stop;
     private Task? _supervisor;
-    private Process? _process;
+    private RunningProgram? _process;
     private GobgpClient? _client;
     private volatile bool _stopping;
 
@@ -53,6 +53,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
         _log = logs.CreateLogger<GobgpAnnouncer>();
         _gobgpLog = logs.CreateLogger("Merlin.Announcer.Gobgpd");
         _time = time ?? TimeProvider.System;
+        _engine = new EngineSupervisor(_time);
         _state = BuildState();
     }
 
@@ -66,7 +67,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     public IReadOnlyList<BgpSession> Sessions { get { lock (_lock) return _sessions; } }
 
     /// <summary>The running gobgpd's PID, or null.</summary>
-    public int? Pid { get { lock (_lock) return _process is { HasExited: false } p ? p.Id : null; } }
+    public int? Pid { get { lock (_lock) return _process is { HasExited: false } p ? p.Pid : null; } }
 
     public event Action<AnnouncerState>? Changed;
 
@@ -136,7 +137,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
             try { await _supervisor; }
             catch (OperationCanceledException) { }
         }
-        Process? p;
+        RunningProgram? p;
         GobgpClient? client;
         lock (_lock) (p, client) = (_process, _client);
         if (client is not null && p is { HasExited: false })
@@ -180,138 +181,115 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
         _stop?.Dispose();
     }
 
-    private async Task SuperviseAsync(CancellationToken ct)
+    private Task SuperviseAsync(CancellationToken ct) => _engine.RunAsync(RunOnceAsync, OnEngineEnded, ct);
+
+    /// <summary>Starts gobgpd and keeps its RIB equal to the desired VIPs until it exits or stops answering; throws when stopping (StopAsync withdraws and stops it).</summary>
+    private async Task<EngineRun> RunOnceAsync(CancellationToken ct)
     {
-        var backoff = EngineProcess.MinBackoff;
-        while (!ct.IsCancellationRequested)
+        RunningProgram? process = null;
+        GobgpClient? client = null;
+        try
         {
-            Process? process = null;
-            GobgpClient? client = null;
-            try
-            {
-                process = StartGobgpd();
-                client = await ConnectAsync(process, ct);
-            }
-            catch (Exception e) when (!ct.IsCancellationRequested && e is IOException or System.ComponentModel.Win32Exception or RpcException or TimeoutException or UnauthorizedAccessException)
-            {
-                client?.Dispose();
-                if (process is not null) await KillAsync(process);
-                LogStartFailed(_log, e.Message, backoff.TotalSeconds);
-                lock (_lock)
-                {
-                    _restarts += process is null ? 0 : 1;
-                    SetProblem($"gobgpd could not start: {e.Message}; retrying in {backoff.TotalSeconds:0} s");
-                }
-                Publish();
-                if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
-                backoff = EngineProcess.NextBackoff(backoff);
-                continue;
-            }
-            catch (OperationCanceledException) when (ct.IsCancellationRequested)
-            {
-                // Stopping while it started: StopAsync ends what is there.
-                lock (_lock) { _process = process; _client = client; }
-                return;
-            }
-
-            lock (_lock)
-            {
-                _process = process;
-                _client = client;
-                _running = true;
-                _announced.Clear();
-                SetProblem(null);
-            }
-            Publish();
-            var started = _time.GetTimestamp();
-            var exited = process.WaitForExitAsync(CancellationToken.None);
-            string why;
-            try
-            {
-                while (true)
-                {
-                    await SyncAsync(client, ct);
-                    await PollAsync(client, ct);
-                    var wake = _wake.Reader.WaitToReadAsync(ct).AsTask();
-                    var tick = Task.Delay(PollInterval, _time, ct);
-                    await Task.WhenAny(exited, wake, tick);
-                    ct.ThrowIfCancellationRequested();
-                    if (exited.IsCompleted) break;
-                    _wake.Reader.TryRead(out _);
-                }
-                why = $"gobgpd exited with code {process.ExitCode}";
-            }
-            catch (Exception e) when (ct.IsCancellationRequested && e is OperationCanceledException or RpcException)
-            {
-                return; // StopAsync withdraws and stops gobgpd
-            }
-            catch (RpcException e)
-            {
-                // A gobgpd that no longer answers its API cannot be told anything: replace it.
-                why = $"gobgpd stopped answering ({e.Status.StatusCode}: {e.Status.Detail})";
-                await KillAsync(process);
-            }
-
-            await exited;
-            var ran = _time.GetElapsedTime(started);
-            if (ran > EngineProcess.StableRun) backoff = EngineProcess.MinBackoff;
-            lock (_lock)
-            {
-                _restarts++;
-                _running = false;
-                _process = null;
-                _client = null;
-                _announced.Clear();
-                _sessions = [];
-                SetProblem($"{why} after {ran.TotalSeconds:0.#} s; restarting in {backoff.TotalSeconds:0} s (its routes are gone until then)");
-            }
-            client.Dispose();
-            process.Dispose();
-            LogExited(_log, why, ran.TotalSeconds, backoff.TotalSeconds);
-            Publish();
-            if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
-            backoff = EngineProcess.NextBackoff(backoff);
+            process = StartGobgpd();
+            client = await ConnectAsync(process, ct);
         }
+        catch (Exception e) when (!ct.IsCancellationRequested && e is IOException or System.ComponentModel.Win32Exception or RpcException or TimeoutException or UnauthorizedAccessException)
+        {
+            client?.Dispose();
+            if (process is not null) await process.KillAsync();
+            return EngineRun.FailedToStart(e.Message, processStarted: process is not null);
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            // Stopping while it started: StopAsync ends what is there.
+            lock (_lock) { _process = process; _client = client; }
+            throw;
+        }
+
+        lock (_lock)
+        {
+            _process = process;
+            _client = client;
+            _running = true;
+            _announced.Clear();
+            SetProblem(null);
+        }
+        Publish();
+        var started = _time.GetTimestamp();
+        var exited = process.Exited;
+        string why;
+        try
+        {
+            while (true)
+            {
+                await SyncAsync(client, ct);
+                await PollAsync(client, ct);
+                var wake = _wake.Reader.WaitToReadAsync(ct).AsTask();
+                var tick = Task.Delay(PollInterval, _time, ct);
+                await Task.WhenAny(exited, wake, tick);
+                ct.ThrowIfCancellationRequested();
+                if (exited.IsCompleted) break;
+                _wake.Reader.TryRead(out _);
+            }
+            why = $"gobgpd exited with code {process.ExitCode}";
+        }
+        catch (RpcException) when (ct.IsCancellationRequested)
+        {
+            throw new OperationCanceledException(ct); // StopAsync withdraws and stops gobgpd
+        }
+        catch (RpcException e)
+        {
+            // A gobgpd that no longer answers its API cannot be told anything: replace it.
+            why = $"gobgpd stopped answering ({e.Status.StatusCode}: {e.Status.Detail})";
+            await process.KillAsync();
+        }
+
+        await exited;
+        var ran = _time.GetElapsedTime(started);
+        lock (_lock)
+        {
+            _running = false;
+            _process = null;
+            _client = null;
+            _announced.Clear();
+            _sessions = [];
+        }
+        client.Dispose();
+        process.Dispose();
+        return EngineRun.Ended(ran, why);
     }
 
-    private Process StartGobgpd()
+    /// <summary>gobgpd ended or could not start: said in the state until the supervisor starts it again after <paramref name="delay"/>.</summary>
+    private void OnEngineEnded(EngineRun run, TimeSpan delay)
+    {
+        lock (_lock)
+        {
+            SetProblem(run.StartFailed
+                ? $"gobgpd could not start: {run.Why}; retrying in {delay.TotalSeconds:0.#} s"
+                : $"{run.Why} after {run.Ran.TotalSeconds:0.#} s; restarting in {delay.TotalSeconds:0.#} s (its routes are gone until then)");
+        }
+        if (run.StartFailed) LogStartFailed(_log, run.Why, delay.TotalSeconds);
+        else LogExited(_log, run.Why, run.Ran.TotalSeconds, delay.TotalSeconds);
+        Publish();
+    }
+
+    private RunningProgram StartGobgpd()
     {
         var o = _options;
         if (File.Exists(o.SocketPath)) File.Delete(o.SocketPath); // a stale socket makes gobgpd exit at once
-        var argv = new List<string>();
-        if (o.NetworkNamespace is { } ns) argv.AddRange(["ip", "netns", "exec", ns]); // exec: gobgpd keeps the PID
         // No config file: it idles until StartBgp. Its only listener is the API socket (no pprof, and no BGP port: ListenPort -1).
-        argv.AddRange([o.Gobgpd, $"--api-hosts=unix://{o.SocketPath}", "--pprof-disable", "--log-plain", "--log-level=info"]);
-        var psi = new ProcessStartInfo(argv[0])
+        var command = new ProgramCommand(o.Gobgpd, [$"--api-hosts=unix://{o.SocketPath}", "--pprof-disable", "--log-plain", "--log-level=info"])
         {
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
+            NetworkNamespace = o.NetworkNamespace,
         };
-        foreach (var a in argv.Skip(1)) psi.ArgumentList.Add(a);
-        var process = new Process { StartInfo = psi };
-        process.OutputDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogGobgpdLine(_gobgpLog, line); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogGobgpdLine(_gobgpLog, line); };
-        try
-        {
-            process.Start();
-        }
-        catch
-        {
-            process.Dispose();
-            throw;
-        }
-        process.StandardInput.Close();
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        File.WriteAllText(o.PidPath, process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
-        LogStarted(_log, process.Id, o.SocketPath);
+        var process = ProgramRunner.Start(command, _gobgpLog);
+        File.WriteAllText(o.PidPath, process.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
+        LogStarted(_log, process.Pid, o.SocketPath);
         return process;
     }
 
     /// <summary>Waits for the API socket, starts the BGP instance (once: a second StartBgp empties the RIB) and adds the peers it lacks.</summary>
-    private async Task<GobgpClient> ConnectAsync(Process process, CancellationToken ct)
+    private async Task<GobgpClient> ConnectAsync(RunningProgram process, CancellationToken ct)
     {
         var clock = Stopwatch.StartNew();
         while (!File.Exists(_options.SocketPath))
@@ -405,27 +383,19 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     /// <summary>A VIP can only be announced to a peer of its family.</summary>
     private bool HasPeerFor(IPAddress vip) => _options.Peers.Any(p => p.Address.AddressFamily == vip.AddressFamily);
 
-    private async Task TerminateAsync(Process p, CancellationToken ct)
+    private async Task TerminateAsync(RunningProgram p, CancellationToken ct)
     {
-        var pid = p.Id;
-        if (await EngineProcess.TerminateAsync(p, ct)) LogStopped(_log, pid);
-        else LogKilled(_log, pid, EngineProcess.StopWait.TotalSeconds);
+        if (await p.StopAsync(EngineProcess.StopWait, ct)) LogStopped(_log, p.Pid);
+        else LogKilled(_log, p.Pid, EngineProcess.StopWait.TotalSeconds);
         TryDelete(_options.PidPath);
-    }
-
-    private static async Task KillAsync(Process p)
-    {
-        if (p.HasExited) return;
-        ProcessSignal.Send(p.Id, ProcessSignal.Kill);
-        await p.WaitForExitAsync(CancellationToken.None);
     }
 
     /// <summary>A gobgpd left running by a daemon that died (its pid file, its socket on the command line): stop it before starting ours.</summary>
     private async Task StopStaleAsync(CancellationToken ct)
     {
-        if (EngineProcess.ReadPid(_options.PidPath) is not { } pid || !EngineProcess.Runs(pid, "gobgpd", $"--api-hosts=unix://{_options.SocketPath}")) return;
+        if (EngineProcess.ReadPid(_options.PidPath) is not { } pid || !ProgramRunner.Runs(pid, "gobgpd", $"--api-hosts=unix://{_options.SocketPath}")) return;
         LogStale(_log, pid, _options.PidPath);
-        await EngineProcess.StopPidAsync(pid, ct);
+        await ProgramRunner.StopAsync(pid, EngineProcess.StopWait, ct);
     }
 
     private static void TryDelete(string path)
@@ -452,7 +422,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
             if (orphans.Count > 0) detail += $"; no peer of the family of {string.Join(", ", orphans)}";
         }
         if (_since is null || _state is null || _state.Healthy != healthy) _since = _time.GetUtcNow();
-        return new AnnouncerState(Name, _stopped ? AnnouncerRole.Stopped : AnnouncerRole.None, vips, healthy, detail, _since, _restarts);
+        return new AnnouncerState(Name, _stopped ? AnnouncerRole.Stopped : AnnouncerRole.None, vips, healthy, detail, _since, _engine.Restarts);
     }
 
     private void Publish()
@@ -487,10 +457,10 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     [LoggerMessage(EventId = 9208, Level = LogLevel.Warning, Message = "Withdrawing {Count} routes did not complete within {Ms} ms: {Reason}")]
     private static partial void LogWithdrawIncomplete(ILogger logger, int count, long ms, string reason);
 
-    [LoggerMessage(EventId = 9209, Level = LogLevel.Error, Message = "{Why} after {Seconds:0.#} s; restarting in {Backoff} s")]
+    [LoggerMessage(EventId = 9209, Level = LogLevel.Error, Message = "{Why} after {Seconds:0.#} s; restarting in {Backoff:0.#} s")]
     private static partial void LogExited(ILogger logger, string why, double seconds, double backoff);
 
-    [LoggerMessage(EventId = 9210, Level = LogLevel.Error, Message = "gobgpd could not start: {Reason}; retrying in {Backoff} s")]
+    [LoggerMessage(EventId = 9210, Level = LogLevel.Error, Message = "gobgpd could not start: {Reason}; retrying in {Backoff:0.#} s")]
     private static partial void LogStartFailed(ILogger logger, string reason, double backoff);
 
     [LoggerMessage(EventId = 9211, Level = LogLevel.Information, Message = "gobgpd (pid {Pid}) stopped")]
@@ -508,6 +478,4 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     [LoggerMessage(EventId = 9215, Level = LogLevel.Error, Message = "An announcer state listener failed")]
     private static partial void LogListenerFailed(ILogger logger, Exception e);
 
-    [LoggerMessage(EventId = 9216, Level = LogLevel.Information, Message = "{Line}")]
-    private static partial void LogGobgpdLine(ILogger logger, string line);
 }

@@ -3,6 +3,7 @@ using Merlin.Store;
 using Merlin.Store.Protobuf;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Backoff = Merlin.Model.Backoff;
 
 namespace Merlin.Api;
 
@@ -40,20 +41,20 @@ public sealed partial class DrainExpiry(IStore store, TimeProvider time, ILogger
 
     protected override async Task ExecuteAsync(CancellationToken ct)
     {
-        var backoff = MinBackoff;
+        var backoff = new Backoff(MinBackoff, MaxBackoff);
         while (!ct.IsCancellationRequested)
         {
             try
             {
-                await RunSessionAsync(() => backoff = MinBackoff, ct);
+                await RunSessionAsync(backoff.Reset, ct);
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
             catch (Exception e) when (e is not OperationCanceledException)
             {
                 // Never fatal (a failed background service would stop the daemon): back off and list again.
-                LogFailed(e is StoreUnavailableException ? e.Message : e.ToString(), backoff.TotalSeconds);
-                await Task.Delay(backoff, time, ct).ConfigureAwait(false);
-                backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, MaxBackoff.Ticks));
+                var delay = backoff.Next();
+                LogFailed(e is StoreUnavailableException ? e.Message : e.ToString(), delay.TotalSeconds);
+                await Task.Delay(delay, time, ct).ConfigureAwait(false);
             }
         }
     }
@@ -198,6 +199,6 @@ public sealed partial class DrainExpiry(IStore store, TimeProvider time, ILogger
     [LoggerMessage(EventId = 232, Level = LogLevel.Information, Message = "Drain of server {Server} ended at {Deadline:O}: removed it from the store")]
     private partial void LogRemoved(string server, DateTimeOffset deadline);
 
-    [LoggerMessage(EventId = 233, Level = LogLevel.Warning, Message = "Drain expiry paused: {Reason}; retrying in {Seconds}s")]
+    [LoggerMessage(EventId = 233, Level = LogLevel.Warning, Message = "Drain expiry paused: {Reason}; retrying in {Seconds:0.#}s")]
     private partial void LogFailed(string reason, double seconds);
 }

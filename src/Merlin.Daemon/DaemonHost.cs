@@ -62,7 +62,7 @@ public static class DaemonHost
         services.AddSingleton<IDataplane>(sp => CreateDataplane(options, sp.GetRequiredService<ILoggerFactory>()));
         services.AddSingleton(sp => new ReconcilerStatus(sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton(new ReconcilerOptions { SyncPeriod = options.SyncPeriod });
-        services.AddSingleton<Reconciler.Reconciler>();
+        services.AddSingleton<Reconciler.ReconcilePass>();
         services.AddSingleton<ReconcileLoop>();
         // The services that act on the kernel, the store or the network start once the host has started, i.e.
         // once the API and health ports are bound (AfterListening): a second daemon started by mistake on a node

@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using Merlin.Model;
 using Merlin.Store;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -20,13 +21,13 @@ public sealed class ReconcilerOptions
 }
 
 /// <summary>
-/// Drives <see cref="Reconciler"/>: at startup, on every store change (watch), on demand, and every
+/// Drives <see cref="ReconcilePass"/>: at startup, on every store change (watch), on demand, and every
 /// sync period. The watch's events go to the reconciler, which applies them to the store state it keeps,
 /// and a pass they trigger plans only the services they touched; the first pass, the sync period's and
 /// the one after a failure plan everything. Failed passes are retried with exponential backoff.
 /// Triggers coalesce: ten changes in a burst cost one or two passes.
 /// </summary>
-public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, ReconcilerOptions options, ILogger<ReconcileLoop> logger, TimeProvider time)
+public sealed partial class ReconcileLoop(ReconcilePass reconciler, IStore store, ReconcilerOptions options, ILogger<ReconcileLoop> logger, TimeProvider time)
     : BackgroundService
 {
     private readonly Channel<bool> _triggers = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
@@ -43,7 +44,7 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
     protected override async Task ExecuteAsync(CancellationToken ct)
     {
         var watch = WatchAsync(ct);
-        var backoff = options.RetryMin;
+        var backoff = new Backoff(options.RetryMin, options.RetryMax);
         var fullPlan = true;
         try
         {
@@ -67,8 +68,8 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
                 PassCompleted?.Invoke(result);
 
                 TimeSpan wait;
-                if (result.Converged) { wait = options.SyncPeriod; backoff = options.RetryMin; }
-                else { wait = backoff; backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, options.RetryMax.Ticks)); }
+                if (result.Converged) { wait = options.SyncPeriod; backoff.Reset(); }
+                else wait = backoff.Next();
                 // Only a change after a pass that converged may be planned alone; a timer's pass checks everything.
                 fullPlan = !await WaitForTriggerAsync(wait, ct) || !result.Converged;
             }
@@ -100,16 +101,17 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
         long revision;
         try { revision = await _firstRevision.Task.WaitAsync(ct); }
         catch (OperationCanceledException) { return; }
-        var backoff = options.RetryMin;
+        var backoff = new Backoff(options.RetryMin, options.RetryMax);
         while (!ct.IsCancellationRequested)
         {
+            string? failure = null;
             try
             {
                 // Resumed from the last revision seen, so no change is missed; until then a pass re-reads a moved store.
                 reconciler.FollowingWatch = true;
                 await foreach (var change in store.WatchAsync(revision, ct))
                 {
-                    backoff = options.RetryMin;
+                    backoff.Reset();
                     if (change.Kind == StoreChangeKind.Resync) LogHistoryCompacted(change.Revision, revision);
                     reconciler.Observe(change);
                     // After a Resync the pass this triggers re-lists everything; its revision is where history resumes.
@@ -120,14 +122,15 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
             catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
             catch (Exception e)
             {
-                LogWatchFailed(e.Message, backoff.TotalMilliseconds);
+                failure = e.Message;
             }
             finally
             {
                 reconciler.FollowingWatch = false;
             }
-            try { await Task.Delay(backoff, time, ct); } catch (OperationCanceledException) { return; }
-            backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, options.RetryMax.Ticks));
+            var delay = backoff.Next();
+            if (failure is not null) LogWatchFailed(failure, delay.TotalMilliseconds);
+            try { await Task.Delay(delay, time, ct); } catch (OperationCanceledException) { return; }
             Trigger(); // whatever happened while the watch was down is picked up by a full pass
         }
     }
@@ -138,6 +141,6 @@ public sealed partial class ReconcileLoop(Reconciler reconciler, IStore store, R
     [LoggerMessage(EventId = 112, Level = LogLevel.Warning, Message = "Store history was compacted through revision {Compacted}, past this node's watch at {Revision}: re-reading the whole store")]
     private partial void LogHistoryCompacted(long compacted, long revision);
 
-    [LoggerMessage(EventId = 111, Level = LogLevel.Warning, Message = "Store watch ended: {Reason}; resuming in {Milliseconds} ms")]
+    [LoggerMessage(EventId = 111, Level = LogLevel.Warning, Message = "Store watch ended: {Reason}; resuming in {Milliseconds:0} ms")]
     private partial void LogWatchFailed(string reason, double milliseconds);
 }

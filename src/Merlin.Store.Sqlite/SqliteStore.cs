@@ -3,6 +3,7 @@ using Google.Protobuf;
 using Merlin.Store.Protobuf;
 using Merlin.Wire;
 using Microsoft.Data.Sqlite;
+using Writer = Merlin.Store.Sqlite.SqliteGroupCommit.Writer;
 
 namespace Merlin.Store.Sqlite;
 
@@ -16,7 +17,7 @@ namespace Merlin.Store.Sqlite;
 /// Safe for concurrent callers; several processes may share the file (SQLite's own locking).
 /// </summary>
 /// <remarks>
-/// Writes are group-committed. A commit costs one fsync of the WAL (milliseconds on real disks), and
+/// Writes are group-committed (<see cref="SqliteGroupCommit"/>). A commit costs one fsync of the WAL (milliseconds on real disks), and
 /// committing each call on its own made the fsync the whole cost of a write: concurrent callers just
 /// queued for it. So one writer thread, the only user of the write connection, takes every write
 /// queued while the previous commit was on its way to disk and runs them in one IMMEDIATE
@@ -29,25 +30,14 @@ namespace Merlin.Store.Sqlite;
 public sealed class SqliteStore : IStore
 {
     private const int SchemaVersion = 1;
-    private const int SqliteConstraint = 19;
     private const long WatchBatchRevisions = 1000;
-    /// <summary>The most writes one transaction takes; the rest wait for the next commit.</summary>
-    private const int MaxBatch = 512;
-    private const string SavepointSql = "SAVEPOINT merlin_write";
-    private const string ReleaseSql = "RELEASE merlin_write";
-    private const string RollbackToSql = "ROLLBACK TO merlin_write";
 
     private readonly string _path;
     private readonly string _connectionString;
     private readonly SqliteStoreOptions _options;
     private readonly SqliteConnection _writer;
     private readonly CancellationTokenSource _closed = new();
-    private readonly object _queueLock = new();
-    private readonly Queue<WriteRequest> _queue = new();
-    private readonly Dictionary<string, SqliteCommand> _statements = new(StringComparer.Ordinal);
-    private readonly TaskCompletionSource _writerStopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private bool _stopping;
-    private long _commits;
+    private readonly SqliteGroupCommit _groupCommit;
     private TaskCompletionSource _changed = NewSignal();
     private int _disposed;
 
@@ -75,7 +65,8 @@ public sealed class SqliteStore : IStore
             if (File.Exists(_path) && new FileInfo(_path).Length > 0) CheckIntegrity();
             _writer = Open();
             CreateSchema(_writer);
-            new Thread(WriterLoop) { IsBackground = true, Name = "merlin-sqlite-writer" }.Start();
+            _groupCommit = new SqliteGroupCommit(_writer, _path, _options.HistoryRevisions,
+                () => Interlocked.Exchange(ref _changed, NewSignal()).TrySetResult());
         }
         catch (SqliteException e)
         {
@@ -98,7 +89,7 @@ public sealed class SqliteStore : IStore
     public string FilePath => _path;
 
     /// <summary>Write transactions committed so far (each carries one or more calls); tests prove grouping with it.</summary>
-    internal long CommittedTransactions => Interlocked.Read(ref _commits);
+    internal long CommittedTransactions => _groupCommit.CommittedTransactions;
 
     // ---------------------------------------------------------------- services
 
@@ -387,7 +378,7 @@ public sealed class SqliteStore : IStore
     /// revision); watchers resuming from before it get a <see cref="StoreChangeKind.Resync"/>.
     /// </summary>
     public Task CompactHistoryAsync(long throughRevision, CancellationToken ct = default) =>
-        Enqueue(new WriteRequest(body: null, throughRevision), ct);
+        _groupCommit.CompactAsync(throughRevision, ct);
 
     /// <summary>
     /// Closes the store: the transaction being written is finished (its callers get their answer),
@@ -397,17 +388,14 @@ public sealed class SqliteStore : IStore
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
         _closed.Cancel();
-        lock (_queueLock)
-        {
-            _stopping = true;
-            Monitor.Pulse(_queueLock);
-        }
-        await _writerStopped.Task.ConfigureAwait(false);
+        await _groupCommit.StopAsync().ConfigureAwait(false);
         _writer.Dispose();
         SqliteConnection.ClearPool(new SqliteConnection(_connectionString));
     }
 
     // ---------------------------------------------------------------- plumbing
+
+    private Task WriteAsync(Action<Writer> body, CancellationToken ct) => _groupCommit.WriteAsync(body, ct);
 
     private sealed record ChangeBatch(bool Resync, long Current, List<StoreChange> Changes);
 
@@ -448,320 +436,6 @@ public sealed class SqliteStore : IStore
         tx.Commit();
         return new ChangeBatch(false, current, changes);
     }
-
-    /// <summary>One call inside the write transaction: the revision it will commit at, and the changes it made.</summary>
-    private sealed class Writer(SqliteStore store, SqliteTransaction transaction, long revision)
-    {
-        public long Revision { get; } = revision;
-        public List<(StoreChangeKind Kind, string Key, byte[]? Record)> Changes { get; } = [];
-
-        /// <summary>Logs a change; a Put carries the record it wrote, which the watch hands on.</summary>
-        public void Changed(StoreChangeKind kind, string key, byte[]? record = null) => Changes.Add((kind, key, record));
-
-        public int Execute(string sql, params (string Name, object? Value)[] args) =>
-            store.Statement(transaction, sql, args).ExecuteNonQuery();
-
-        public T Scalar<T>(string sql, params (string Name, object? Value)[] args)
-        {
-            var v = store.Statement(transaction, sql, args).ExecuteScalar();
-            if (v is null or DBNull) return default!;
-            var t = Nullable.GetUnderlyingType(typeof(T)) ?? typeof(T);
-            return (T)Convert.ChangeType(v, t, System.Globalization.CultureInfo.InvariantCulture);
-        }
-
-        /// <summary>The first column of every row, as bytes.</summary>
-        public List<byte[]> Blobs(string sql, params (string Name, object? Value)[] args)
-        {
-            var values = new List<byte[]>();
-            using var r = store.Statement(transaction, sql, args).ExecuteReader();
-            while (r.Read()) values.Add(Bytes(r, 0));
-            return values;
-        }
-
-        /// <summary>The first column of every row.</summary>
-        public List<string> Strings(string sql, params (string Name, object? Value)[] args)
-        {
-            var values = new List<string>();
-            using var r = store.Statement(transaction, sql, args).ExecuteReader();
-            while (r.Read()) values.Add(r.GetString(0));
-            return values;
-        }
-    }
-
-    /// <summary>
-    /// A prepared statement of the write connection, kept for the life of the store: the writer runs the
-    /// same few statements for every call, and preparing them anew each time cost more than running them.
-    /// Writer thread only.
-    /// </summary>
-    private SqliteCommand Statement(SqliteTransaction tx, string sql, params (string Name, object? Value)[] args)
-    {
-        if (!_statements.TryGetValue(sql, out var cmd))
-        {
-            cmd = _writer.CreateCommand();
-            cmd.CommandText = sql;
-            _statements.Add(sql, cmd);
-        }
-        cmd.Transaction = tx;
-        cmd.Parameters.Clear();
-        foreach (var (name, value) in args) cmd.Parameters.AddWithValue(name, value ?? DBNull.Value);
-        return cmd;
-    }
-
-    private long WriterMeta(SqliteTransaction tx, string key) =>
-        Statement(tx, "SELECT value FROM meta WHERE key = $key", ("$key", key)).ExecuteScalar() is long v
-            ? v
-            : throw new StoreUnavailableException($"sqlite store {_path}: meta entry \"{key}\" is missing");
-
-    /// <summary>Drops the change log through <paramref name="through"/>, in the write transaction.</summary>
-    private void Trim(SqliteTransaction tx, long through)
-    {
-        if (through <= WriterMeta(tx, "compacted")) return;
-        Statement(tx, "DELETE FROM changes WHERE revision <= $through", ("$through", through)).ExecuteNonQuery();
-        Statement(tx, "UPDATE meta SET value = $through WHERE key = 'compacted'", ("$through", through)).ExecuteNonQuery();
-    }
-
-    /// <summary>
-    /// One queued call: a write body (or, without one, a history compaction) and the task its caller
-    /// awaits. A call canceled before the writer starts it is dropped; once started it runs to the commit.
-    /// </summary>
-    private sealed class WriteRequest(Action<Writer>? body, long compactThrough)
-    {
-        private const int Queued = 0, Started = 1, Canceled = 2;
-        private int _state;
-        private CancellationTokenRegistration _registration;
-
-        public Action<Writer>? Body { get; } = body;
-        public long CompactThrough { get; } = compactThrough;
-        public TaskCompletionSource Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        public void CancelWith(CancellationToken ct)
-        {
-            if (ct.CanBeCanceled) _registration = ct.UnsafeRegister(static (r, t) => ((WriteRequest)r!).TryCancel(t), this);
-        }
-
-        /// <summary>False if the caller canceled first (its task is already canceled); true also on a re-run.</summary>
-        public bool TryStart() => Interlocked.CompareExchange(ref _state, Started, Queued) != Canceled;
-
-        public void Succeed()
-        {
-            _registration.Unregister();
-            Completion.TrySetResult();
-        }
-
-        public void Fail(Exception e)
-        {
-            _registration.Unregister();
-            Completion.TrySetException(e);
-        }
-
-        private void TryCancel(CancellationToken ct)
-        {
-            if (Interlocked.CompareExchange(ref _state, Canceled, Queued) == Queued) Completion.TrySetCanceled(ct);
-        }
-    }
-
-    private Task WriteAsync(Action<Writer> body, CancellationToken ct) => Enqueue(new WriteRequest(body, 0), ct);
-
-    private Task Enqueue(WriteRequest request, CancellationToken ct)
-    {
-        if (ct.IsCancellationRequested) return Task.FromCanceled(ct);
-        request.CancelWith(ct);
-        lock (_queueLock)
-        {
-            if (_stopping)
-            {
-                request.Fail(Closed());
-                return request.Completion.Task;
-            }
-            _queue.Enqueue(request);
-            Monitor.Pulse(_queueLock);
-        }
-        return request.Completion.Task;
-    }
-
-    /// <summary>The writer thread: takes everything queued (up to <see cref="MaxBatch"/>), writes it as one transaction, repeats.</summary>
-    private void WriterLoop()
-    {
-        var batch = new List<WriteRequest>(MaxBatch);
-        try
-        {
-            while (true)
-            {
-                lock (_queueLock)
-                {
-                    while (_queue.Count == 0 && !_stopping) Monitor.Wait(_queueLock);
-                    if (_stopping)
-                    {
-                        while (_queue.TryDequeue(out var left)) left.Fail(Closed());
-                        return;
-                    }
-                    while (batch.Count < MaxBatch && _queue.TryDequeue(out var next)) batch.Add(next);
-                }
-                try
-                {
-                    var pending = batch;
-                    while (pending.Count > 0) pending = WriteBatch(pending);
-                }
-                catch (Exception e)
-                {
-                    // A bug here must not leave callers waiting forever or stop the writer.
-                    FailAll(batch, () => new StoreUnavailableException($"sqlite store {_path}: write failed: {e.Message}", e));
-                }
-                batch.Clear();
-            }
-        }
-        finally
-        {
-            foreach (var statement in _statements.Values) statement.Dispose();
-            _statements.Clear();
-            _writerStopped.TrySetResult();
-        }
-    }
-
-    /// <summary>
-    /// Writes <paramref name="batch"/> in one transaction, one savepoint per call, commits, then answers
-    /// every caller. Returns the calls to write again: empty, unless one call's SQLite error took the
-    /// whole transaction down, in which case that call fails and the others are re-run in order.
-    /// </summary>
-    private List<WriteRequest> WriteBatch(List<WriteRequest> batch)
-    {
-        var outcomes = new List<(WriteRequest Request, Exception? Failure)>(batch.Count);
-        SqliteTransaction tx;
-        try
-        {
-            tx = _writer.BeginTransaction(deferred: false);
-        }
-        catch (SqliteException e)
-        {
-            FailAll(batch, () => Unavailable(e));
-            return [];
-        }
-        using (tx)
-        {
-            long first, revision;
-            try
-            {
-                first = revision = WriterMeta(tx, "revision");
-            }
-            catch (Exception e) when (e is SqliteException or StoreUnavailableException)
-            {
-                TryRollback(tx);
-                FailAll(batch, () => Unavailable(e));
-                return [];
-            }
-
-            for (var i = 0; i < batch.Count; i++)
-            {
-                var request = batch[i];
-                if (!request.TryStart()) continue;
-                try
-                {
-                    Statement(tx, SavepointSql).ExecuteNonQuery();
-                    if (request.Body is null)
-                    {
-                        Trim(tx, Math.Min(request.CompactThrough, revision));
-                    }
-                    else
-                    {
-                        var w = new Writer(this, tx, revision + 1);
-                        request.Body(w);
-                        foreach (var (kind, key, record) in w.Changes)
-                            w.Execute("INSERT INTO changes (revision, kind, key, record) VALUES ($rev, $kind, $key, $record)",
-                                ("$rev", w.Revision), ("$kind", (int)kind), ("$key", key), ("$record", record));
-                        revision = w.Revision;
-                    }
-                    Statement(tx, ReleaseSql).ExecuteNonQuery();
-                    outcomes.Add((request, null));
-                }
-                catch (Exception e) when (e is not SqliteException || IsConstraint(e))
-                {
-                    // This call's own failure (already exists, not found, conflict, a constraint): undo it alone.
-                    if (!RolledBackToSavepoint(tx)) return Abandon(tx, batch, i, outcomes, Unavailable(e));
-                    outcomes.Add((request, IsConstraint(e) ? new AlreadyExistsException($"the record conflicts with an existing one: {e.Message}") : e));
-                }
-                catch (SqliteException e)
-                {
-                    // SQLite failed under this call (I/O, full disk, too big). If the transaction survived,
-                    // only this call fails; if SQLite rolled it back, the calls before it must be re-run.
-                    if (!RolledBackToSavepoint(tx)) return Abandon(tx, batch, i, outcomes, Unavailable(e));
-                    outcomes.Add((request, Unavailable(e)));
-                }
-            }
-
-            try
-            {
-                if (revision != first)
-                {
-                    Statement(tx, "UPDATE meta SET value = $rev WHERE key = 'revision'", ("$rev", revision)).ExecuteNonQuery();
-                    Trim(tx, revision - _options.HistoryRevisions);
-                }
-                tx.Commit();
-            }
-            catch (Exception e) when (e is SqliteException or StoreUnavailableException or InvalidOperationException)
-            {
-                // Nothing of this transaction is on disk: no call in it may report success, and a call
-                // refused because of an earlier call's (now undone) write was refused wrongly.
-                TryRollback(tx);
-                FailAll(outcomes.Select(o => o.Request), () => Unavailable(e));
-                return [];
-            }
-            Interlocked.Increment(ref _commits);
-            if (revision != first) Interlocked.Exchange(ref _changed, NewSignal()).TrySetResult();
-        }
-
-        // Durable: only now may callers learn their outcome.
-        foreach (var (request, failure) in outcomes)
-        {
-            if (failure is null) request.Succeed();
-            else request.Fail(failure);
-        }
-        return [];
-    }
-
-    /// <summary>The transaction is gone: <paramref name="culprit"/>'s call fails, every other call is re-run from scratch.</summary>
-    private static List<WriteRequest> Abandon(SqliteTransaction tx, List<WriteRequest> batch, int culprit, List<(WriteRequest Request, Exception? Failure)> outcomes, StoreException failure)
-    {
-        TryRollback(tx);
-        batch[culprit].Fail(failure);
-        var rerun = new List<WriteRequest>(batch.Count - 1);
-        rerun.AddRange(outcomes.Select(o => o.Request));
-        rerun.AddRange(batch.Skip(culprit + 1));
-        return rerun;
-    }
-
-    /// <summary>Undoes the current call; false if the transaction itself is gone.</summary>
-    private bool RolledBackToSavepoint(SqliteTransaction tx)
-    {
-        try
-        {
-            Statement(tx, RollbackToSql).ExecuteNonQuery();
-            Statement(tx, ReleaseSql).ExecuteNonQuery();
-            return true;
-        }
-        catch (Exception e) when (e is SqliteException or InvalidOperationException)
-        {
-            return false;
-        }
-    }
-
-    private static void TryRollback(SqliteTransaction tx)
-    {
-        try
-        {
-            tx.Rollback();
-        }
-        catch (Exception e) when (e is SqliteException or InvalidOperationException)
-        {
-            // Already rolled back by SQLite itself.
-        }
-    }
-
-    private static void FailAll(IEnumerable<WriteRequest> requests, Func<Exception> failure)
-    {
-        foreach (var r in requests) r.Fail(failure());
-    }
-
-    private static bool IsConstraint(Exception e) => e is SqliteException { SqliteErrorCode: SqliteConstraint };
 
     private Task<T> ReadAsync<T>(Func<SqliteConnection, T> body, CancellationToken ct)
     {
@@ -932,7 +606,7 @@ public sealed class SqliteStore : IStore
     private static string TableKey(string serviceId) => $"tables/{serviceId}";
 
     /// <summary>A blob column; text where a hand edit left text (its reader then finds it damaged, rather than the store failing).</summary>
-    private static byte[] Bytes(SqliteDataReader r, int column) =>
+    internal static byte[] Bytes(SqliteDataReader r, int column) =>
         r.GetValue(column) as byte[] ?? System.Text.Encoding.UTF8.GetBytes(r.GetValue(column)?.ToString() ?? "");
 
     private StoredService ParseService(SqliteDataReader r, int column, string key)

@@ -89,15 +89,8 @@ public sealed class AgentGoMerlinModeTests : IAsyncLifetime
     private async Task<List<RealServer>> ServersAsync() =>
         (await _api.ListAsync(new Empty(), cancellationToken: Ct)).Items.SelectMany(i => i.Servers).ToList();
 
-    private static async Task WaitForAsync(Func<Task<bool?>> condition)
-    {
-        for (var i = 0; i < 200; i++)
-        {
-            if (await condition() == true) return;
-            await Task.Delay(20, Ct);
-        }
-        Assert.Fail("the condition did not hold within 4 s");
-    }
+    private static Task WaitForAsync(Func<Task<bool?>> condition) =>
+        Poll.UntilAsync(async () => await condition() == true, "the servers' state", TimeSpan.FromSeconds(4), interval: TimeSpan.FromMilliseconds(20), ct: Ct);
 
     public async ValueTask DisposeAsync()
     {

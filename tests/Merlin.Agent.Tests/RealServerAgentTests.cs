@@ -169,11 +169,7 @@ public sealed class RealServerAgentTests : IDisposable
         await run.WaitAsync(TimeSpan.FromSeconds(10), Ct);
     }
 
-    private static async Task WaitForAsync(Func<bool> condition)
-    {
-        for (var i = 0; i < 200 && !condition(); i++) await Task.Delay(10, Ct);
-        Assert.True(condition());
-    }
+    private static Task WaitForAsync(Func<bool> condition) => Poll.UntilAsync(condition, "the agent's call", TimeSpan.FromSeconds(2), ct: Ct);
 
     public void Dispose() => _dir.Dispose();
 

@@ -129,7 +129,7 @@ public class KeepalivedAnnouncerTests
             await announcer.ReleaseAsync(Ct);
             Assert.Equal(AnnouncerRole.Stopped, announcer.State.Role);
             Assert.False(announcer.State.Healthy);
-            Assert.False(ProcessSignal.IsAlive(second.Value) && !EngineProcess.IsZombie(second.Value), "the stand-in still runs");
+            Assert.False(ProcessSignal.IsAlive(second.Value) && !Merlin.Netlink.ProgramRunner.IsZombie(second.Value), "the stand-in still runs");
             Assert.False(File.Exists(options.FifoPath));
         }
         finally
@@ -155,13 +155,6 @@ public class KeepalivedAnnouncerTests
 
     private ListLoggerFactory? _logs;
 
-    private async Task WaitAsync(Func<bool> condition, string what)
-    {
-        var clock = Stopwatch.StartNew();
-        while (!condition())
-        {
-            if (clock.Elapsed > TimeSpan.FromSeconds(15)) Assert.Fail($"timed out waiting for {what}\n{_logs?.Text}");
-            await Task.Delay(20, Ct);
-        }
-    }
+    private Task WaitAsync(Func<bool> condition, string what) =>
+        Poll.UntilAsync(condition, what, TimeSpan.FromSeconds(15), () => _logs?.Text ?? "", ct: Ct);
 }

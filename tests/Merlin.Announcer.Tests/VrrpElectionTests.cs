@@ -221,17 +221,9 @@ public class VrrpElectionTests
             .ToHashSet();
     }
 
-    private static Task WaitAsync(Func<bool> condition, TimeSpan limit, Func<string> what) => WaitAsync(() => Task.FromResult(condition()), limit, what);
+    private static Task WaitAsync(Func<bool> condition, TimeSpan limit, Func<string> what) => Poll.UntilAsync(condition, "the election", limit, what, ct: Ct);
 
-    private static async Task WaitAsync(Func<Task<bool>> condition, TimeSpan limit, Func<string> what)
-    {
-        var clock = Stopwatch.StartNew();
-        while (!await condition())
-        {
-            if (clock.Elapsed > limit) Assert.Fail($"timed out: {what()}");
-            await Task.Delay(20, Ct);
-        }
-    }
+    private static Task WaitAsync(Func<Task<bool>> condition, TimeSpan limit, Func<string> what) => Poll.UntilAsync(condition, "the election", limit, what, ct: Ct);
 
     private static void Output(string line) => TestContext.Current.TestOutputHelper?.WriteLine(line);
 }

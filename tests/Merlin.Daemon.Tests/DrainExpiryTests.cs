@@ -45,12 +45,8 @@ public sealed class DrainExpiryTests : IAsyncLifetime
 
     private async Task<bool> ExistsAsync(string ip) => await _store.GetServerAsync("web", ip, 80, Ct) is not null;
 
-    private static async Task EventuallyAsync(Func<Task<bool>> condition)
-    {
-        using var cts = CancellationTokenSource.CreateLinkedTokenSource(Ct);
-        cts.CancelAfter(TimeSpan.FromSeconds(30)); // a loaded CI machine
-        while (!await condition()) await Task.Delay(20, cts.Token);
-    }
+    private static Task EventuallyAsync(Func<Task<bool>> condition) =>
+        Poll.UntilAsync(condition, "the expiry's store change", TimeSpan.FromSeconds(30), interval: TimeSpan.FromMilliseconds(20), ct: Ct); // a loaded CI machine
 
     /// <summary>Lets the worker run what the last clock move woke (real time; the fake clock stays put).</summary>
     private static Task Settle() => Task.Delay(300, Ct);

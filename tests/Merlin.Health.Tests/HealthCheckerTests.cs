@@ -4,6 +4,7 @@ using Merlin.Model;
 using Merlin.Reconciler;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Time.Testing;
+using Merlin.Testing;
 
 namespace Merlin.Health.Tests;
 
@@ -45,15 +46,7 @@ public sealed class HealthCheckerTests : IAsyncDisposable
     }
 
     /// <summary>Waits for what the scheduler does on its own threads; bounded, so a regression fails instead of hanging.</summary>
-    private static async Task UntilAsync(Func<bool> condition)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(10);
-        while (!condition())
-        {
-            Assert.True(DateTime.UtcNow < deadline, "the condition did not hold within 10 s");
-            await Task.Delay(5);
-        }
-    }
+    private static Task UntilAsync(Func<bool> condition) => Poll.UntilAsync(condition, "the checks the scheduler started", interval: TimeSpan.FromMilliseconds(5));
 
     private async Task StepAsync(int periods = 1)
     {

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Merlin.Testing;
 
 namespace Merlin.Health.Tests;
 
@@ -415,15 +416,7 @@ public sealed class HttpProbeTests : IDisposable
         await WaitForAsync(() => server.Requests >= before + 3); // it keeps its rhythm
     }
 
-    private static async Task WaitForAsync(Func<bool> condition)
-    {
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        while (!condition())
-        {
-            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), "timed out waiting");
-            await Task.Delay(10, Ct);
-        }
-    }
+    private static Task WaitForAsync(Func<bool> condition) => Poll.UntilAsync(condition, "the probe's verdict or request", ct: Ct);
 
     /// <summary>Collects a batch's results, each on the probe's thread, into their request order.</summary>
     private sealed class Collector(int count)

@@ -3,6 +3,7 @@ using k8s.Autorest;
 using k8s.LeaderElection;
 using k8s.LeaderElection.ResourceLock;
 using k8s.Models;
+using Merlin.Testing;
 
 namespace Merlin.Kubernetes.ApiServer.Tests;
 
@@ -68,10 +69,5 @@ public sealed class LeaseTests : ServerTestBase
         await Task.WhenAny(runB, Task.Delay(TimeSpan.FromSeconds(5), Ct));
     }
 
-    static async Task WaitUntil(Func<bool> condition, TimeSpan limit)
-    {
-        var until = DateTime.UtcNow + limit;
-        while (!condition() && DateTime.UtcNow < until) await Task.Delay(50, Ct);
-        Assert.True(condition(), $"not true within {limit}");
-    }
+    static Task WaitUntil(Func<bool> condition, TimeSpan limit) => Poll.UntilAsync(condition, "the lease", limit, interval: TimeSpan.FromMilliseconds(50), ct: Ct);
 }

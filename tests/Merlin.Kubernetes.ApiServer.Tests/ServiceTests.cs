@@ -1,6 +1,7 @@
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
+using Merlin.Testing;
 
 namespace Merlin.Kubernetes.ApiServer.Tests;
 
@@ -405,9 +406,5 @@ public sealed class ServiceTests : ServerTestBase
         await _client.CreateNamespacedServiceAsync(Service("web"), "default", cancellationToken: Ct);
     }
 
-    static async Task WaitUntil(Func<bool> condition)
-    {
-        for (var i = 0; i < 200 && !condition(); i++) await Task.Delay(50, Ct);
-        Assert.True(condition());
-    }
+    static Task WaitUntil(Func<bool> condition) => Poll.UntilAsync(condition, "the API server's change", interval: TimeSpan.FromMilliseconds(50), ct: Ct);
 }

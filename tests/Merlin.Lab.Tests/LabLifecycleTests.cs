@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
 using Merlin.Lab.Server;
+using Merlin.Testing;
 
 namespace Merlin.Lab.Tests;
 
@@ -162,13 +163,5 @@ public sealed class LabLifecycleTests
         return output;
     }
 
-    private static async Task WaitUntil(Func<Task<bool>> condition)
-    {
-        var clock = Stopwatch.StartNew();
-        while (!await condition())
-        {
-            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), "condition not met in 10 s");
-            await Task.Delay(20, Ct);
-        }
-    }
+    private static Task WaitUntil(Func<Task<bool>> condition) => Poll.UntilAsync(condition, "the lab's state", interval: TimeSpan.FromMilliseconds(20), ct: Ct);
 }

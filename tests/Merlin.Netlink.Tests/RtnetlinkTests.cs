@@ -3,7 +3,7 @@ using Merlin.Testing;
 
 namespace Merlin.Netlink.Tests;
 
-/// <summary>rtnetlink links and neighbours: the exact bytes iproute2 sends for the same requests, and a real kernel.</summary>
+/// <summary>rtnetlink links, addresses and neighbours: the exact bytes iproute2 sends for the same requests, and a real kernel.</summary>
 public class RtnetlinkTests
 {
     private static string Encode(Action<NetlinkBuffer> write)
@@ -45,6 +45,82 @@ public class RtnetlinkTests
         Assert.Equal(
             Header(56, "1c00", "0505") + "0a000000" + "07000000" + "0000" + "00" + "00" + "1400010020010db8000000000000000000070021" + "08000f0001000000",
             Encode(b => Rtnetlink.WriteManagedNeighbour(new NetlinkWriter(b), 7, IPAddress.Parse("2001:db8::7:21"))));
+    }
+
+    [Fact]
+    public void AnAddressAdd_IsWhatIpAddrAddSends()
+    {
+        // strace -e write=3 of `ip addr add 198.18.0.100/32 dev lo` (iproute2 6.1): RTM_NEWADDR,
+        // REQUEST|ACK|EXCL|CREATE, ifaddrmsg { AF_INET, /32, no flags, scope universe, lo = 1 }, IFA_LOCAL, IFA_ADDRESS.
+        Assert.Equal(
+            Header(40, "1400", "0506") + "02200000" + "01000000" + "08000200c6120064" + "08000100c6120064",
+            Encode(b => Rtnetlink.WriteAddAddress(new NetlinkWriter(b), 1, IPAddress.Parse("198.18.0.100"), 32)));
+    }
+
+    [Fact]
+    public void AnIPv6AddressAddWithoutDad_IsWhatIpAddrAddNodadSends()
+    {
+        // `ip addr add 2001:db8::1/128 dev lo nodad`: AF_INET6, /128, IFA_F_NODAD in ifa_flags, 16-byte attributes.
+        Assert.Equal(
+            Header(64, "1400", "0506") + "0a800200" + "01000000" + "1400020020010db8000000000000000000000001" + "1400010020010db8000000000000000000000001",
+            Encode(b => Rtnetlink.WriteAddAddress(new NetlinkWriter(b), 1, IPAddress.Parse("2001:db8::1"), 128, noDuplicateDetection: true)));
+    }
+
+    [Fact]
+    public void AnAddressDelete_IsWhatIpAddrDelSends()
+    {
+        // `ip addr del 198.18.0.100/32 dev lo`: RTM_DELADDR, REQUEST|ACK, the same body as the add.
+        Assert.Equal(
+            Header(40, "1500", "0500") + "02200000" + "01000000" + "08000200c6120064" + "08000100c6120064",
+            Encode(b => Rtnetlink.WriteDeleteAddress(new NetlinkWriter(b), 1, IPAddress.Parse("198.18.0.100"), 32)));
+    }
+
+    [Fact]
+    public void AnAddressWithTooLongAPrefix_IsRefusedNamingIt()
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() =>
+            Encode(b => Rtnetlink.WriteAddAddress(new NetlinkWriter(b), 1, IPAddress.Parse("198.18.0.100"), 33)));
+        Assert.Equal("prefixLength", e.ParamName);
+        Assert.Contains("at most 32", e.Message);
+    }
+
+    [Fact]
+    public void InANamespace_AddressesAddedOnLo_AreListedByIpAndByTheDump_AndGoAgain()
+    {
+        Requires.Root();
+        using var ns = new ScratchNamespace("rtnl-addr");
+        using var client = NetlinkClient.Open(Netlink.ProtocolRoute, new NetlinkSocketOptions { NetworkNamespace = ns.Name });
+        var lo = Rtnetlink.Link(client, "lo")!.Index;
+        using (var buffer = new NetlinkBuffer())
+        {
+            Rtnetlink.WriteAddAddress(new NetlinkWriter(buffer), lo, IPAddress.Parse("198.18.7.1"), 32);
+            Rtnetlink.WriteAddAddress(new NetlinkWriter(buffer), lo, IPAddress.Parse("2001:db8::7:1"), 128, noDuplicateDetection: true);
+            client.ExecuteBatch(buffer, i => $"add {i}", ct: TestContext.Current.CancellationToken).ThrowIfFailed();
+        }
+
+        var shown = ScratchNamespace.Run("ip", ["-n", ns.Name, "-o", "addr", "show", "dev", "lo"]);
+        Assert.Contains("inet 198.18.7.1/32 scope global lo", shown);
+        Assert.Contains("inet6 2001:db8::7:1/128 scope global nodad", shown);
+        Assert.Superset(
+            new HashSet<InterfaceAddress> { new(lo, IPAddress.Parse("198.18.7.1"), 32), new(lo, IPAddress.Parse("2001:db8::7:1"), 128), new(lo, IPAddress.Loopback, 8) },
+            Rtnetlink.Addresses(client, lo).ToHashSet());
+
+        using (var buffer = new NetlinkBuffer())
+        {
+            Rtnetlink.WriteAddAddress(new NetlinkWriter(buffer), lo, IPAddress.Parse("198.18.7.1"), 32);
+            Assert.Equal(Errno.EEXIST, Assert.Throws<NetlinkException>(() => client.Execute(buffer, "add again")).Errno);
+        }
+        using (var buffer = new NetlinkBuffer())
+        {
+            Rtnetlink.WriteDeleteAddress(new NetlinkWriter(buffer), lo, IPAddress.Parse("198.18.7.1"), 32);
+            client.Execute(buffer, "delete");
+        }
+        Assert.DoesNotContain(Rtnetlink.Addresses(client, lo), a => a.Address.Equals(IPAddress.Parse("198.18.7.1")));
+        using (var buffer = new NetlinkBuffer())
+        {
+            Rtnetlink.WriteDeleteAddress(new NetlinkWriter(buffer), lo, IPAddress.Parse("198.18.7.1"), 32);
+            Assert.Equal(Errno.EADDRNOTAVAIL, Assert.Throws<NetlinkException>(() => client.Execute(buffer, "delete again")).Errno);
+        }
     }
 
     [Fact]

@@ -229,15 +229,8 @@ public sealed partial class PackageInstallTests
         return stdout;
     }
 
-    private static async Task WaitForAsync(Func<bool> condition, string what)
-    {
-        var watch = Stopwatch.StartNew();
-        while (!condition())
-        {
-            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(90), $"waited 90 s for {what}");
-            await Task.Delay(250, TestContext.Current.CancellationToken);
-        }
-    }
+    private static Task WaitForAsync(Func<bool> condition, string what) =>
+        Poll.UntilAsync(condition, what, TimeSpan.FromSeconds(90), interval: TimeSpan.FromMilliseconds(250), ct: TestContext.Current.CancellationToken);
 
     private static string Version(string package) => Succeeds("dpkg-query", ["-W", "-f", "${Version}", package]);
 

@@ -4,6 +4,7 @@ using Merlin.Reconciler;
 using Merlin.Store;
 using Merlin.Store.Protobuf;
 using Microsoft.Extensions.Logging.Abstractions;
+using Merlin.Testing;
 
 namespace Merlin.Reconciler.Tests;
 
@@ -12,11 +13,11 @@ public class ReconcilerTests
     private readonly FakeStore _store = new();
     private readonly InMemoryDataplane _dataplane = new();
     private readonly ReconcilerStatus _status = new(TimeProvider.System);
-    private readonly Reconciler _reconciler;
+    private readonly ReconcilePass _reconciler;
 
     public ReconcilerTests()
     {
-        _reconciler = new Reconciler(_store, _dataplane, _status, NullLogger<Reconciler>.Instance, TimeProvider.System);
+        _reconciler = new ReconcilePass(_store, _dataplane, _status, NullLogger<ReconcilePass>.Instance, TimeProvider.System);
         _store.Items.Add(FakeStore.Item(FakeStore.Service("web", "198.18.0.10"),
             [FakeStore.Server("web", "198.18.1.20"), FakeStore.Server("web", "198.18.1.21")]));
         _store.Items.Add(FakeStore.Item(FakeStore.Service("v6", "2001:db8::10", 443), [FakeStore.Server("v6", "2001:db8::20", port: 443)]));
@@ -67,7 +68,7 @@ public class ReconcilerTests
         _store.Items[0] = new StoreItem(web.Service, web.Servers.Select(s => { var c = StoredRecords.Message(s).Clone(); c.HealthCheck = check; return StoredRecords.Of(c); }).ToList());
         var stable = new StableDataplane(_dataplane);
         var health = new FixedHealth();
-        var reconciler = new Reconciler(_store, stable, _status, NullLogger<Reconciler>.Instance, TimeProvider.System, health);
+        var reconciler = new ReconcilePass(_store, stable, _status, NullLogger<ReconcilePass>.Instance, TimeProvider.System, health);
         var ct = TestContext.Current.CancellationToken;
         await reconciler.RunPassAsync(ct);
         await reconciler.RunPassAsync(ct); // converges: nothing planned
@@ -273,10 +274,5 @@ public class ReconcilerTests
         }
     }
 
-    private static async Task WaitUntil(Func<bool> condition, CancellationToken ct)
-    {
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timeout.CancelAfter(TimeSpan.FromSeconds(10));
-        while (!condition()) await Task.Delay(10, timeout.Token);
-    }
+    private static Task WaitUntil(Func<bool> condition, CancellationToken ct) => Poll.UntilAsync(condition, "the loop's passes", ct: ct);
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Text;
 using System.Threading.Channels;
@@ -34,6 +33,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private readonly ILogger _log;
     private readonly ILogger _keepalivedLog;
     private readonly TimeProvider _time;
+    private readonly EngineSupervisor _engine;
     private readonly Lock _lock = new();
     /// <summary>Serializes writes of the tracked priority file; taken before <see cref="_lock"/>, never inside it.</summary>
     private readonly Lock _holdLock = new();
@@ -56,13 +56,12 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private DateTimeOffset? _since;
     private string _detail = "not started";
     private bool _running;
-    private long _restarts;
     private long _reloads;
     private AnnouncerState _state;
 
     private CancellationTokenSource? _stop;
     private Task? _supervisor;
-    private Process? _process;
+    private RunningProgram? _process;
     private TaskCompletionSource _firstState = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private FileStream? _fifo;
     private Thread? _fifoReader;
@@ -75,6 +74,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         _log = logs.CreateLogger<KeepalivedAnnouncer>();
         _keepalivedLog = logs.CreateLogger("Merlin.Announcer.Keepalived");
         _time = time ?? TimeProvider.System;
+        _engine = new EngineSupervisor(_time);
         _state = BuildState();
     }
 
@@ -88,7 +88,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     public long Reloads => Interlocked.Read(ref _reloads);
 
     /// <summary>The running keepalived's PID (its parent process), or null.</summary>
-    public int? Pid { get { lock (_lock) return _adopted ?? (_process is { HasExited: false } p ? p.Id : null); } }
+    public int? Pid { get { lock (_lock) return _adopted ?? (_process is { HasExited: false } p ? p.Pid : null); } }
 
     /// <summary>True when this announcer adopted a keepalived a previous daemon left running.</summary>
     public bool Adopted { get; private set; }
@@ -142,7 +142,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     /// </summary>
     private int? Adoptable()
     {
-        if (EngineProcess.ReadPid(_options.PidPath) is not { } pid || !IsOurKeepalived(pid) || EngineProcess.IsZombie(pid)) return null;
+        if (EngineProcess.ReadPid(_options.PidPath) is not { } pid || !IsOurKeepalived(pid) || ProgramRunner.IsZombie(pid)) return null;
         try
         {
             if (!File.Exists(_options.FifoPath) || !File.Exists(_options.PriorityFilePath)) return null;
@@ -209,7 +209,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     {
         var vrrpChild = EngineProcess.ReadPid(_options.VrrpPidPath);
         await StopSupervisingAsync();
-        Process? child;
+        RunningProgram? child;
         int? adopted;
         lock (_lock)
         {
@@ -225,7 +225,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         }
         else if (adopted is { } pid && IsOurKeepalived(pid))
         {
-            await EngineProcess.StopPidAsync(pid, ct);
+            await ProgramRunner.StopAsync(pid, EngineProcess.StopWait, ct);
             LogStopped(_log, pid);
         }
         lock (_lock) SetRole(AnnouncerRole.Stopped, null, "keepalived stopped; the VIPs are released to the peer");
@@ -247,7 +247,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         int? pid;
         lock (_lock)
         {
-            pid = _adopted ?? (_process is { HasExited: false } p ? p.Id : null);
+            pid = _adopted ?? (_process is { HasExited: false } p ? p.Pid : null);
             _windowTimer?.Dispose();
             _running = false;
             SetRole(AnnouncerRole.Stopped, null, pid is null ? "keepalived is not running" : $"merlin stopped; keepalived (pid {pid}) keeps running for the next daemon to adopt");
@@ -263,123 +263,107 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         _stop?.Dispose();
     }
 
-    private async Task SuperviseAsync(int? adopted, CancellationToken ct)
+    private Task SuperviseAsync(int? adopted, CancellationToken ct) => _engine.RunAsync(async ct =>
     {
-        var backoff = EngineProcess.MinBackoff;
-        while (!ct.IsCancellationRequested)
+        var run = await RunOnceAsync(adopted, ct);
+        adopted = null;
+        return run;
+    }, OnEngineEnded, ct,
+        // A VRRP child that outlived its parent would still hold the VIPs and make the new one refuse to start.
+        StopStaleAsync);
+
+    /// <summary>Starts (or adopts) keepalived and reloads it as the VIPs change, until it exits; throws when stopping (StopAsync ends the process).</summary>
+    private async Task<EngineRun> RunOnceAsync(int? adopted, CancellationToken ct)
+    {
+        IReadOnlyList<IPAddress> vips;
+        lock (_lock) vips = _desired;
+        Engine process;
+        try
         {
-            IReadOnlyList<IPAddress> vips;
-            lock (_lock) vips = _desired;
-            Engine process;
-            try
+            if (adopted is { } pid)
             {
-                if (adopted is { } pid)
-                {
-                    process = Engine.Adopted(pid);
-                    adopted = null;
-                }
-                else
-                {
-                    WriteConfig(vips);
-                    int hold;
-                    lock (_lock) hold = HoldValue();
-                    WriteHold(hold);
-                    process = Engine.Child(StartKeepalived());
-                }
+                process = Engine.Adopted(pid);
             }
-            catch (Exception e) when (e is IOException or System.ComponentModel.Win32Exception or UnauthorizedAccessException)
+            else
             {
-                LogStartFailed(_log, e.Message, backoff.TotalSeconds);
-                lock (_lock)
-                {
-                    _running = false;
-                    SetRole(AnnouncerRole.Fault, null, $"keepalived could not start: {e.Message}; retrying in {backoff.TotalSeconds:0} s");
-                }
-                Publish();
-                if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
-                backoff = EngineProcess.NextBackoff(backoff);
-                continue;
+                WriteConfig(vips);
+                int hold;
+                lock (_lock) hold = HoldValue();
+                WriteHold(hold);
+                process = Engine.Child(StartKeepalived());
             }
+        }
+        catch (Exception e) when (e is IOException or System.ComponentModel.Win32Exception or UnauthorizedAccessException)
+        {
+            return EngineRun.FailedToStart(e.Message, processStarted: false);
+        }
 
-            var started = _time.GetTimestamp();
-            var exited = process.Exited;
-            try
-            {
-                while (true)
-                {
-                    var wake = _reload.Reader.WaitToReadAsync(ct).AsTask();
-                    if (await Task.WhenAny(exited, wake) == exited) break;
-                    await wake; // throws when stopping
-                    _reload.Reader.TryRead(out _);
-                    // keepalived dies of a SIGHUP that comes before its signal handlers: wait for its first state.
-                    await Task.WhenAny(_firstState.Task, exited, Task.Delay(ReloadGate, _time, ct));
-                    ct.ThrowIfCancellationRequested();
-                    if (exited.IsCompleted) break;
-                    IReadOnlyList<IPAddress> want;
-                    lock (_lock)
-                    {
-                        want = _desired;
-                        // Only a MASTER is reloaded: a reload restarts a BACKUP's master-down timer (see the remarks).
-                        // A BACKUP holds no VIP; the MASTER line wakes this loop again.
-                        if (_role != AnnouncerRole.Master || want.SequenceEqual(_loaded)) continue;
-                    }
-                    WriteConfig(want);
-                    if (!ProcessSignal.Send(process.Pid, ProcessSignal.HangUp)) break;
-                    Interlocked.Increment(ref _reloads);
-                    lock (_lock) _loaded = want;
-                    LogReloaded(_log, process.Pid, want.Count);
-                    Publish();
-                    // Let keepalived finish one reload before the next: a burst of store changes costs one or two.
-                    await Task.Delay(TimeSpan.FromMilliseconds(500), _time, ct);
-                }
-            }
-            catch (OperationCanceledException) when (ct.IsCancellationRequested)
-            {
-                return; // StopAsync terminates the process
-            }
-
-            await exited;
-            var code = process.ExitCode;
-            var ran = _time.GetElapsedTime(started);
-            if (ran > EngineProcess.StableRun) backoff = EngineProcess.MinBackoff;
+        var started = _time.GetTimestamp();
+        var exited = process.Exited;
+        while (true)
+        {
+            var wake = _reload.Reader.WaitToReadAsync(ct).AsTask();
+            if (await Task.WhenAny(exited, wake) == exited) break;
+            await wake; // throws when stopping
+            _reload.Reader.TryRead(out _);
+            // keepalived dies of a SIGHUP that comes before its signal handlers: wait for its first state.
+            await Task.WhenAny(_firstState.Task, exited, Task.Delay(ReloadGate, _time, ct));
+            ct.ThrowIfCancellationRequested();
+            if (exited.IsCompleted) break;
+            IReadOnlyList<IPAddress> want;
             lock (_lock)
             {
-                _restarts++;
-                _running = false;
-                _process = null;
-                _adopted = null;
-                SetRole(AnnouncerRole.Fault, null, $"keepalived exited with code {code} after {ran.TotalSeconds:0.#} s; restarting in {backoff.TotalSeconds:0} s");
+                want = _desired;
+                // Only a MASTER is reloaded: a reload restarts a BACKUP's master-down timer (see the remarks).
+                // A BACKUP holds no VIP; the MASTER line wakes this loop again.
+                if (_role != AnnouncerRole.Master || want.SequenceEqual(_loaded)) continue;
             }
-            process.Dispose();
-            LogExited(_log, code, ran.TotalSeconds, backoff.TotalSeconds);
+            WriteConfig(want);
+            if (!ProcessSignal.Send(process.Pid, ProcessSignal.HangUp)) break;
+            Interlocked.Increment(ref _reloads);
+            lock (_lock) _loaded = want;
+            LogReloaded(_log, process.Pid, want.Count);
             Publish();
-            if (!await EngineProcess.DelayAsync(backoff, _time, ct)) return;
-            // A VRRP child that outlived its parent would still hold the VIPs and make the new one refuse to start.
-            try { await StopStaleAsync(ct); }
-            catch (OperationCanceledException) { return; }
-            backoff = EngineProcess.NextBackoff(backoff);
+            // Let keepalived finish one reload before the next: a burst of store changes costs one or two.
+            await Task.Delay(TimeSpan.FromMilliseconds(500), _time, ct);
         }
+
+        await exited;
+        var code = process.ExitCode;
+        var ran = _time.GetElapsedTime(started);
+        lock (_lock)
+        {
+            _process = null;
+            _adopted = null;
+        }
+        process.Dispose();
+        return EngineRun.Ended(ran, $"keepalived exited with code {code}", code);
     }
 
-    private Process StartKeepalived()
+    /// <summary>keepalived exited or could not start: FAULT until the supervisor starts it again after <paramref name="delay"/>.</summary>
+    private void OnEngineEnded(EngineRun run, TimeSpan delay)
+    {
+        lock (_lock)
+        {
+            _running = false;
+            SetRole(AnnouncerRole.Fault, null, run.StartFailed
+                ? $"keepalived could not start: {run.Why}; retrying in {delay.TotalSeconds:0.#} s"
+                : $"{run.Why} after {run.Ran.TotalSeconds:0.#} s; restarting in {delay.TotalSeconds:0.#} s");
+        }
+        if (run.StartFailed) LogStartFailed(_log, run.Why, delay.TotalSeconds);
+        else LogExited(_log, run.ExitCode ?? -1, run.Ran.TotalSeconds, delay.TotalSeconds);
+        Publish();
+    }
+
+    private RunningProgram StartKeepalived()
     {
         var o = _options;
-        var psi = new ProcessStartInfo(o.Keepalived)
-        {
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-        };
-        // -n: stay in the foreground (our child); -l -D: detailed log to stdout, read below; -G: no syslog;
-        // -P: only the VRRP subsystem; per-daemon pid files, so two daemons on one machine never collide.
-        foreach (var a in new[] { "-n", "-l", "-D", "-G", "-P", "-f", o.ConfigPath, "-p", o.PidPath, "-r", o.VrrpPidPath })
-            psi.ArgumentList.Add(a);
-        if (o.NetworkNamespace is { } ns) { psi.ArgumentList.Add("-s"); psi.ArgumentList.Add(ns); }
+        // -n: stay in the foreground (our child); -l -D: detailed log to stdout, logged line by line; -G: no
+        // syslog; -P: only the VRRP subsystem; per-daemon pid files, so two daemons on one machine never collide;
+        // -s: keepalived enters the network namespace itself.
+        List<string> args = ["-n", "-l", "-D", "-G", "-P", "-f", o.ConfigPath, "-p", o.PidPath, "-r", o.VrrpPidPath];
+        if (o.NetworkNamespace is { } ns) args.AddRange(["-s", ns]);
         _firstState = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var process = new Process { StartInfo = psi };
-        process.OutputDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogKeepalived(line); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is { Length: > 0 } line) LogKeepalived(line); };
         // INIT before the start: keepalived's first FIFO line (BACKUP) may be read before Start returns.
         lock (_lock)
         {
@@ -387,21 +371,19 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
             _running = true;
             SetRole(AnnouncerRole.Init, null, "keepalived starting");
         }
+        RunningProgram process;
         try
         {
-            process.Start();
+            // keepalived -l -D prefixes every line with its own timestamp: the daemon's log has one already.
+            process = ProgramRunner.Start(new ProgramCommand(o.Keepalived, args), _keepalivedLog);
         }
         catch
         {
             lock (_lock) _running = false;
-            process.Dispose();
             throw;
         }
         lock (_lock) _process = process;
-        process.StandardInput.Close();
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        LogStarted(_log, process.Id, o.InstanceName, o.Interface, o.ConfigPath);
+        LogStarted(_log, process.Pid, o.InstanceName, o.Interface, o.ConfigPath);
         Publish();
         return process;
     }
@@ -419,16 +401,15 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         _written = vips;
     }
 
-    private async Task TerminateAsync(Process p, int? vrrpChild, CancellationToken ct)
+    private async Task TerminateAsync(RunningProgram p, int? vrrpChild, CancellationToken ct)
     {
         if (p.HasExited) return;
-        var pid = p.Id;
-        if (await EngineProcess.TerminateAsync(p, ct))
+        if (await p.StopAsync(EngineProcess.StopWait, ct))
         {
-            LogStopped(_log, pid);
+            LogStopped(_log, p.Pid);
             return;
         }
-        LogKilled(_log, pid, EngineProcess.StopWait.TotalSeconds);
+        LogKilled(_log, p.Pid, EngineProcess.StopWait.TotalSeconds);
         if (vrrpChild is { } child && IsOurKeepalived(child)) ProcessSignal.Send(child, ProcessSignal.Kill);
     }
 
@@ -439,12 +420,12 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         {
             if (EngineProcess.ReadPid(pidFile) is not { } pid || !IsOurKeepalived(pid)) continue;
             LogStale(_log, pid, pidFile);
-            await EngineProcess.StopPidAsync(pid, ct);
+            await ProgramRunner.StopAsync(pid, EngineProcess.StopWait, ct);
         }
     }
 
     /// <summary>True when <paramref name="pid"/> is a keepalived started with this daemon's configuration file.</summary>
-    private bool IsOurKeepalived(int pid) => EngineProcess.Runs(pid, "keepalived", _options.ConfigPath);
+    private bool IsOurKeepalived(int pid) => ProgramRunner.Runs(pid, "keepalived", _options.ConfigPath);
 
     /// <param name="create">False when adopting: the running keepalived writes to the FIFO it opened at its start.</param>
     private void OpenFifo(bool create)
@@ -643,7 +624,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         foreach (var v in _desired) vips.Add(new VipState(v, holds && _loaded.Contains(v)));
         var healthy = _running && _role is AnnouncerRole.Master or AnnouncerRole.Backup;
         var detail = _priority is { } p && _running ? $"{_detail} (instance {_options.InstanceName} on {_options.Interface}, priority {p})" : _detail;
-        return new AnnouncerState(Name, _role, vips, healthy, detail, _since, _restarts);
+        return new AnnouncerState(Name, _role, vips, healthy, detail, _since, _engine.Restarts);
     }
 
     private void Publish()
@@ -672,10 +653,10 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     [LoggerMessage(EventId = 9004, Level = LogLevel.Information, Message = "keepalived reloaded (SIGHUP to pid {Pid}): {Count} service VIPs")]
     private static partial void LogReloaded(ILogger logger, int pid, int count);
 
-    [LoggerMessage(EventId = 9005, Level = LogLevel.Error, Message = "keepalived exited with code {Code} after {Seconds:0.#} s; restarting in {Backoff} s")]
+    [LoggerMessage(EventId = 9005, Level = LogLevel.Error, Message = "keepalived exited with code {Code} after {Seconds:0.#} s; restarting in {Backoff:0.#} s")]
     private static partial void LogExited(ILogger logger, int code, double seconds, double backoff);
 
-    [LoggerMessage(EventId = 9006, Level = LogLevel.Error, Message = "keepalived could not start: {Reason}; retrying in {Backoff} s")]
+    [LoggerMessage(EventId = 9006, Level = LogLevel.Error, Message = "keepalived could not start: {Reason}; retrying in {Backoff:0.#} s")]
     private static partial void LogStartFailed(ILogger logger, string reason, double backoff);
 
     [LoggerMessage(EventId = 9007, Level = LogLevel.Information, Message = "keepalived (pid {Pid}) stopped; it released the VIPs")]
@@ -717,21 +698,12 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     [LoggerMessage(EventId = 9020, Level = LogLevel.Error, Message = "Could not write the VRRP priority file {Path}: {Reason}")]
     private static partial void LogHoldFailed(ILogger logger, string path, string reason);
 
-    private void LogKeepalived(string line)
-    {
-        // keepalived -l -D prefixes every line with its own timestamp: the daemon's log has one already.
-        LogKeepalivedLineTo(_keepalivedLog, line);
-    }
-
-    [LoggerMessage(EventId = 9015, Level = LogLevel.Information, Message = "{Line}")]
-    private static partial void LogKeepalivedLineTo(ILogger logger, string line);
-
     /// <summary>The keepalived being supervised: our child, or one adopted from a previous daemon (not our child: polled).</summary>
     private sealed class Engine : IDisposable
     {
-        private readonly Process? _child;
+        private readonly RunningProgram? _child;
 
-        private Engine(int pid, Task exited, Process? child)
+        private Engine(int pid, Task exited, RunningProgram? child)
         {
             Pid = pid;
             Exited = exited;
@@ -745,11 +717,11 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
         /// <summary>The child's exit code; -1 for an adopted process (its exit status goes to its parent).</summary>
         public int ExitCode => _child?.ExitCode ?? -1;
 
-        public static Engine Child(Process p) => new(p.Id, p.WaitForExitAsync(CancellationToken.None), p);
+        public static Engine Child(RunningProgram p) => new(p.Pid, p.Exited, p);
 
         public static Engine Adopted(int pid) => new(pid, Task.Run(async () =>
         {
-            while (ProcessSignal.IsAlive(pid) && !EngineProcess.IsZombie(pid)) await Task.Delay(200);
+            while (ProcessSignal.IsAlive(pid) && !ProgramRunner.IsZombie(pid)) await Task.Delay(200);
         }), null);
 
         public void Dispose() => _child?.Dispose();

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Netlink;
@@ -228,67 +227,21 @@ internal interface ICommandRunner
     }
 }
 
+/// <summary>Runs nft through <see cref="ProgramRunner"/> (inside the namespace, if any, with <c>ip netns exec</c>).</summary>
 internal sealed class ProcessRunner(string? networkNamespace, string ipPath) : ICommandRunner
 {
     public Task<CommandResult> RunAsync(string file, IReadOnlyList<string> arguments, string? input, CancellationToken ct) =>
-        RunAsync(file, arguments, input is null ? null : stdin =>
-        {
-            var bytes = new UTF8Encoding(false).GetBytes(input);
-            stdin.Write(bytes);
-        }, input is not null, ct);
+        Result(ProgramRunner.RunAsync(Command(file, arguments), input, ct));
 
     public Task<CommandResult> StreamAsync(string file, IReadOnlyList<string> arguments, Action<Stream> writeInput, CancellationToken ct) =>
-        RunAsync(file, arguments, writeInput, true, ct);
+        Result(ProgramRunner.RunAsync(Command(file, arguments), writeInput, ct));
 
-    private async Task<CommandResult> RunAsync(string file, IReadOnlyList<string> arguments, Action<Stream>? writeInput, bool redirectInput, CancellationToken ct)
+    private ProgramCommand Command(string file, IReadOnlyList<string> arguments) =>
+        new(file, arguments) { NetworkNamespace = networkNamespace, IpPath = ipPath };
+
+    private static async Task<CommandResult> Result(Task<ProgramResult> run)
     {
-        var start = new ProcessStartInfo
-        {
-            RedirectStandardInput = redirectInput,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        if (networkNamespace is not null)
-        {
-            start.FileName = ipPath;
-            foreach (var a in new[] { "netns", "exec", networkNamespace, file }) start.ArgumentList.Add(a);
-        }
-        else
-        {
-            start.FileName = file;
-        }
-        foreach (var a in arguments) start.ArgumentList.Add(a);
-
-        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {file}");
-        var output = process.StandardOutput.ReadToEndAsync(ct);
-        var error = process.StandardError.ReadToEndAsync(ct);
-        try
-        {
-            if (writeInput is not null)
-            {
-                // Written on a pool thread, so stdout and stderr keep being drained meanwhile.
-                var stdin = process.StandardInput.BaseStream;
-                await Task.Run(() =>
-                {
-                    try { writeInput(stdin); }
-                    finally { stdin.Dispose(); }
-                }, ct);
-            }
-            await process.WaitForExitAsync(ct);
-        }
-        catch (OperationCanceledException)
-        {
-            try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-            throw;
-        }
-        catch (IOException) when (writeInput is not null)
-        {
-            // nft exited before reading all of its input (a parse error): its stderr says why. (The
-            // broken pipe can be seen a moment before the exit is.)
-            await process.WaitForExitAsync(ct);
-            if (process.ExitCode == 0) throw;
-        }
-        return new CommandResult(process.ExitCode, await output, await error);
+        var result = await run;
+        return new CommandResult(result.ExitCode, result.Output, result.Error);
     }
 }

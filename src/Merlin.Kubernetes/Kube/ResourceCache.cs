@@ -4,6 +4,7 @@ using k8s;
 using k8s.Autorest;
 using k8s.Models;
 using Microsoft.Extensions.Logging;
+using Backoff = Merlin.Model.Backoff;
 
 namespace Merlin.Kubernetes.Kube;
 
@@ -42,7 +43,7 @@ public sealed class ResourceCache<T>(ResourceSource<T> source, TimeProvider time
 
     public async Task RunAsync(CancellationToken ct)
     {
-        var backoff = TimeSpan.FromMilliseconds(200);
+        var backoff = new Backoff(TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(10));
         string? resourceVersion = null;
         while (!ct.IsCancellationRequested)
         {
@@ -52,7 +53,7 @@ public sealed class ResourceCache<T>(ResourceSource<T> source, TimeProvider time
                 Exception? failure = null;
                 await foreach (var (type, obj) in source.Watch(resourceVersion, e => failure = e, ct))
                 {
-                    backoff = TimeSpan.FromMilliseconds(200);
+                    backoff.Reset();
                     if (obj?.Metadata?.ResourceVersion is { Length: > 0 } rv) resourceVersion = rv;
                     switch (type)
                     {
@@ -89,9 +90,9 @@ public sealed class ResourceCache<T>(ResourceSource<T> source, TimeProvider time
             }
             catch (Exception e)
             {
-                log.LogWarning("{Resource}: list or watch failed ({Error}); again in {Backoff} ms", source.Name, e.Message, (int)backoff.TotalMilliseconds);
-                try { await Task.Delay(backoff, time, ct); } catch (OperationCanceledException) { return; }
-                backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, TimeSpan.FromSeconds(10).Ticks));
+                var delay = backoff.Next();
+                log.LogWarning("{Resource}: list or watch failed ({Error}); again in {Backoff} ms", source.Name, e.Message, (int)delay.TotalMilliseconds);
+                try { await Task.Delay(delay, time, ct); } catch (OperationCanceledException) { return; }
             }
         }
     }

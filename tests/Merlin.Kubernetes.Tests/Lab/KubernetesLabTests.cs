@@ -247,13 +247,6 @@ public sealed class KubernetesLabTests
 
     private static Task Eventually(Func<bool> condition, string what) => Eventually(() => Task.FromResult(condition()), what);
 
-    private static async Task Eventually(Func<Task<bool>> condition, string what, int seconds = 30, int pollMs = 100)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(seconds);
-        while (!await condition())
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"waited {seconds} s for {what}");
-            await Task.Delay(pollMs, Ct);
-        }
-    }
+    private static Task Eventually(Func<Task<bool>> condition, string what, int seconds = 30, int pollMs = 100) =>
+        Poll.UntilAsync(condition, what, TimeSpan.FromSeconds(seconds), interval: TimeSpan.FromMilliseconds(pollMs), ct: Ct);
 }

@@ -11,11 +11,12 @@ public sealed record PassResult(bool StoreReachable, int Planned, int Applied, i
 }
 
 /// <summary>
-/// One reconcile pass: read the store, read the dataplane, plan, apply. Store unreachable ⇒ the
+/// Runs reconcile passes: read the store, read the dataplane, plan, apply (one at a time; it keeps what the
+/// next pass needs: the store mirror, the watch events not yet applied, the last converged inputs). Store unreachable ⇒ the
 /// dataplane is not touched. A failed operation is logged and counted and the pass goes on with
 /// operations that do not depend on it; the loop retries the pass with backoff.
 /// </summary>
-public sealed partial class Reconciler(IStore store, IDataplane dataplane, ReconcilerStatus status, ILogger<Reconciler> logger, TimeProvider time, IServerHealth? health = null)
+public sealed partial class ReconcilePass(IStore store, IDataplane dataplane, ReconcilerStatus status, ILogger<ReconcilePass> logger, TimeProvider time, IServerHealth? health = null)
 {
     private static readonly Meter Meter = new("merlin");
     private static readonly Counter<long> Passes = Meter.CreateCounter<long>("reconcile_passes", description: "Reconcile passes by result");
