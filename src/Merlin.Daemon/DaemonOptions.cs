@@ -7,8 +7,8 @@ using Microsoft.Extensions.Configuration;
 namespace Merlin.Daemon;
 
 /// <summary>
-/// The daemon's settings. Flags keep the original merlin's names; every flag can also come from a JSON
-/// file (<c>--config</c>) or the environment (<c>MERLIN_STORE_BACKEND</c> → <c>--store-backend</c>).
+/// The daemon's settings. Flags keep the original merlin's names (declared in <see cref="DaemonCommandLine"/>); every flag
+/// can also come from a JSON file (<c>--config</c>) or the environment (<c>MERLIN_STORE_BACKEND</c> → <c>--store-backend</c>).
 /// Precedence: flags over environment over file.
 /// </summary>
 public sealed record DaemonOptions
@@ -63,55 +63,6 @@ public sealed record DaemonOptions
     public string LogFormat { get; init; } = "text";
     public string LogLevel { get; init; } = "information";
 
-    /// <summary>Flag name → configuration key. The key is the flag without dashes, so env vars and JSON use the same words.</summary>
-    public static readonly IReadOnlyDictionary<string, string> Flags = new Dictionary<string, string>
-    {
-        ["--listen-address"] = "listen-address",
-        ["--port"] = "port",
-        ["--health-listen-address"] = "health-listen-address",
-        ["--health-port"] = "health-port",
-        ["--store-backend"] = "store-backend",
-        ["--store-endpoints"] = "store-endpoints",
-        ["--store-prefix"] = "store-prefix",
-        ["--store-path"] = "store-path",
-        ["--store-timeout"] = "store-timeout",
-        ["--reconcile-sync-period"] = "reconcile-sync-period",
-        ["--dataplane"] = "dataplane",
-        ["--interface"] = "interface",
-        ["--hash-seed"] = "hash-seed",
-        ["--ipvs-own-all"] = "ipvs-own-all",
-        ["--manage-sysctls"] = "manage-sysctls",
-        ["--state-dir"] = "state-dir",
-        ["--netns"] = "netns",
-        ["--tls-cert"] = "tls-cert",
-        ["--tls-key"] = "tls-key",
-        ["--tls-client-ca"] = "tls-client-ca",
-        ["--tokens-file"] = "tokens-file",
-        ["--unix-socket"] = "unix-socket",
-        ["--allow-insecure"] = "allow-insecure",
-        ["--announcer"] = "announcer",
-        ["--vrrp-interface"] = "vrrp-interface",
-        ["--vrrp-router-id"] = "vrrp-router-id",
-        ["--vrrp-priority"] = "vrrp-priority",
-        ["--vrrp-peer"] = "vrrp-peer",
-        ["--vrrp-preempt"] = "vrrp-preempt",
-        ["--vrrp-advert-interval"] = "vrrp-advert-interval",
-        ["--vrrp-start-window"] = "vrrp-start-window",
-        ["--management-vip"] = "management-vip",
-        ["--keepalived"] = "keepalived",
-        ["--bgp-asn"] = "bgp-asn",
-        ["--bgp-router-id"] = "bgp-router-id",
-        ["--bgp-peer"] = "bgp-peer",
-        ["--bgp-local-address"] = "bgp-local-address",
-        ["--bgp-hold-time"] = "bgp-hold-time",
-        ["--bgp-store-grace"] = "bgp-store-grace",
-        ["--gobgpd"] = "gobgpd",
-        ["--health-keepalive"] = "health-keepalive",
-        ["--log-format"] = "log-format",
-        ["--log-level"] = "log-level",
-        ["--config"] = "config",
-    };
-
     /// <summary>
     /// What <c>merlin --version</c> prints: the informational version (Directory.Build.props' Version and the git commit),
     /// the same text as System.CommandLine's --version in meradm, merlin-agent and merlin-k8s.
@@ -121,32 +72,18 @@ public sealed record DaemonOptions
 
     public static readonly IReadOnlyList<string> Dataplanes = ["none", "ipvs", "nftables", "auto"];
 
-    /// <summary>Flags that may stand alone (<c>--manage-sysctls</c>) or take true/false.</summary>
-    private static readonly HashSet<string> Switches = ["--ipvs-own-all", "--manage-sysctls", "--allow-insecure", "--vrrp-preempt", "--health-keepalive"];
-
     public static readonly IReadOnlyList<string> Announcers = ["static", "vrrp", "bgp"];
 
-    /// <summary>Flags that may be given more than once; their values are joined with commas.</summary>
-    private static readonly HashSet<string> Repeatable = ["--vrrp-peer", "--bgp-peer", "--bgp-local-address"];
-
+    /// <summary>
+    /// The settings from the three places they may come from, as text under the flags' names without dashes:
+    /// the command line (<see cref="DaemonCommandLine"/>) over the environment (<c>MERLIN_STORE_BACKEND</c>) over the
+    /// JSON file that <c>--config</c> names.
+    /// </summary>
     public static IConfiguration BuildConfiguration(string[] args, IDictionary<string, string?>? environment = null)
     {
-        var unknown = args.Where(a => a.StartsWith("--", StringComparison.Ordinal) && !Flags.ContainsKey(a.Split('=')[0])).ToList();
-        if (unknown.Count > 0) throw new OptionsException($"{unknown[0].Split('=')[0]}: unknown flag (known: {string.Join(", ", Flags.Keys)})");
-        for (var i = 0; i < args.Length; i++)
-        {
-            // A flag's value follows it (a switch's only when it is true or false); anything else is a stray word.
-            if (args[i].StartsWith("--", StringComparison.Ordinal))
-            {
-                if (!args[i].Contains('=') && i + 1 < args.Length && (!Switches.Contains(args[i]) || args[i + 1] is "true" or "false")) i++;
-                continue;
-            }
-            throw new OptionsException($"{Validation.Quote(args[i])}: unexpected argument (flags are --name value or --name=value)");
-        }
-        var flagArgs = JoinRepeated(ExpandSwitches(args));
-        var flags = new ConfigurationBuilder().AddCommandLine(flagArgs, Flags.ToDictionary()).Build();
+        var flags = new DaemonCommandLine().Read(args);
         var builder = new ConfigurationBuilder();
-        var file = flags["config"];
+        var file = flags.GetValueOrDefault("config");
         if (file is not null)
         {
             if (!File.Exists(file)) throw new OptionsException($"--config: {file} does not exist");
@@ -158,9 +95,7 @@ public sealed record DaemonOptions
         builder.AddInMemoryCollection(env
             .Where(e => e.Key.StartsWith("MERLIN_", StringComparison.Ordinal))
             .Select(e => KeyValuePair.Create(e.Key["MERLIN_".Length..].ToLowerInvariant().Replace('_', '-'), e.Value)));
-        // The flags' own provider, not AddConfiguration(flags): a chained configuration drops empty values, so
-        // --port "" would silently mean the default port instead of being refused.
-        builder.AddCommandLine(flagArgs, Flags.ToDictionary());
+        builder.AddInMemoryCollection(flags);
         try
         {
             return builder.Build();
@@ -173,39 +108,6 @@ public sealed record DaemonOptions
         {
             throw new OptionsException($"--config: cannot read {file}: {e.Message}");
         }
-    }
-
-    /// <summary><c>--vrrp-peer a --vrrp-peer b</c> → <c>--vrrp-peer a,b</c> (the command-line provider keeps only the last).</summary>
-    private static string[] JoinRepeated(string[] args)
-    {
-        var joined = new List<string>(args.Length);
-        var values = new Dictionary<string, List<string>>();
-        for (var i = 0; i < args.Length; i++)
-        {
-            var name = args[i].Split('=')[0];
-            if (!Repeatable.Contains(name))
-            {
-                joined.Add(args[i]);
-                continue;
-            }
-            var value = args[i].Contains('=') ? args[i][(name.Length + 1)..] : i + 1 < args.Length ? args[++i] : "";
-            if (!values.TryGetValue(name, out var list)) values[name] = list = [];
-            list.Add(value);
-        }
-        foreach (var (name, list) in values) joined.AddRange([name, string.Join(",", list)]);
-        return [.. joined];
-    }
-
-    private static string[] ExpandSwitches(string[] args)
-    {
-        var expanded = new List<string>(args.Length + 2);
-        for (var i = 0; i < args.Length; i++)
-        {
-            expanded.Add(args[i]);
-            var next = i + 1 < args.Length ? args[i + 1] : null;
-            if (Switches.Contains(args[i]) && next is not ("true" or "false")) expanded.Add("true");
-        }
-        return [.. expanded];
     }
 
     public static DaemonOptions From(IConfiguration config)
