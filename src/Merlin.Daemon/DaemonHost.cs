@@ -21,7 +21,10 @@ public static class DaemonHost
 
     public static WebApplication Build(DaemonOptions options, Action<IServiceCollection>? overrides = null)
     {
-        // First of all: a second daemon on this node and state directory stops here, having touched nothing.
+        // The sections' rules first (the command line ran them too; a host built from a DaemonOptions directly has not):
+        // a bad setting stops here naming its flag, before the lock, the certificate files, the store or the dataplane.
+        DaemonSections.Check(options);
+        // Then: a second daemon on this node and state directory stops here, having touched nothing.
         var nodeLock = NodeLock.Take(options.StateDir);
         try
         {
@@ -58,6 +61,7 @@ public static class DaemonHost
         var services = builder.Services;
         services.AddSingleton(_ => nodeLock); // made by a factory, so the container disposes it (releases the lock)
         services.AddSingleton(options);
+        services.AddDaemonSections(options); // IOptions<StoreSection>, <ApiSection>, …, each with its validator, ValidateOnStart
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<IStore>(sp => CreateStore(options));
         services.AddSingleton<IDataplane>(sp => CreateDataplane(options, sp.GetRequiredService<ILoggerFactory>()));
@@ -198,12 +202,12 @@ public static class DaemonHost
                 NetworkNamespace = options.NetworkNamespace,
             },
             logs.CreateLogger<Merlin.Dataplane.Nftables.NftablesDataplane>()),
-        _ => throw new OptionsException($"--dataplane: {Validation.Quote(options.Dataplane)} is not available in this build (one of {string.Join(", ", DaemonOptions.Dataplanes)})"),
+        _ => throw new OptionsException($"--dataplane: {Validation.Quote(options.DataplaneKind)} is not available in this build (one of {string.Join(", ", DaemonOptions.Dataplanes)})"),
     };
 
     /// <summary><c>auto</c> is IPVS when the kernel has it (the seed's dataplane), else nftables.</summary>
     public static string ResolveDataplane(DaemonOptions options) =>
-        options.Dataplane != "auto" ? options.Dataplane : Merlin.Ipvs.IpvsClient.IsAvailable(options.NetworkNamespace) ? "ipvs" : "nftables";
+        options.DataplaneKind != "auto" ? options.DataplaneKind : Merlin.Ipvs.IpvsClient.IsAvailable(options.NetworkNamespace) ? "ipvs" : "nftables";
 
     private static Merlin.Dataplane.Ipvs.IpvsDataplane CreateIpvs(DaemonOptions options, ILoggerFactory logs)
     {

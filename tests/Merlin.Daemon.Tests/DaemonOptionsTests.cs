@@ -27,7 +27,7 @@ public class DaemonOptionsTests
     public void From_Nftables_TakesInterfaceAndSeed()
     {
         var o = Parse("--dataplane", "nftables", "--interface", "eth0", "--hash-seed", "0x5eed1234");
-        Assert.Equal(("nftables", "eth0", 0x5eed1234u), (o.Dataplane, o.Interface, o.HashSeed));
+        Assert.Equal(("nftables", "eth0", 0x5eed1234u), (o.DataplaneKind, o.Interface, o.HashSeed));
     }
 
     [Theory]
@@ -51,7 +51,7 @@ public class DaemonOptionsTests
     public void From_Default_IsTheStaticAnnouncer()
     {
         var o = Parse();
-        Assert.Equal(("static", null), (o.Announcer, o.Vrrp));
+        Assert.Equal(("static", null), (o.AnnouncerMode, o.Vrrp));
     }
 
     [Fact]
@@ -203,5 +203,18 @@ public class DaemonOptionsTests
         var o = DaemonOptions.From(DaemonOptions.BuildConfiguration(["--config", file, "--store-prefix", "/flag"], env));
 
         Assert.Equal((5000, 6001, "/flag"), (o.Port, o.HealthPort, o.StorePrefix));
+    }
+
+    [Fact]
+    public void Sections_AreTheFlagsByConcern_AndAHostBuiltFromBadOptionsStopsNamingTheFlag()
+    {
+        var o = Parse("--port", "5000", "--store-backend", "etcd3", "--dataplane", "nftables", "--hash-seed", "0x1", "--health-keepalive=false");
+        Assert.Equal((5000, "etcd3", "nftables", 1u, false), (o.Api.Port, o.Store.Backend, o.Dataplane.Kind, o.Dataplane.HashSeed, o.Health.KeepAlive));
+
+        using var state = new Merlin.Testing.TempDir("sections");
+        var bad = new DaemonOptions { Port = Merlin.Testing.LocalPorts.Free(), HealthPort = Merlin.Testing.LocalPorts.Free(), StateDir = state.Path,
+            StorePath = state.File("merlin.db"), TlsCert = state.File("cert.pem") };
+        Assert.Equal("--tls-key: required with --tls-cert", Assert.Throws<OptionsException>(() => DaemonHost.Build(bad)).Message);
+        Assert.False(File.Exists(state.File("merlin.db")), "the store was opened");
     }
 }
