@@ -95,7 +95,7 @@ public sealed class Cluster : IAsyncDisposable
             {
                 _daemonApp = DaemonHost.Build(new DaemonOptions
                 {
-                    Port = MerlinPort, HealthPort = health, StorePath = store, StateDir = state, Dataplane = "none", LogLevel = "warning",
+                    Port = MerlinPort, HealthPort = health, StorePath = store, StateDir = state, DataplaneKind = "none", LogLevel = "warning",
                 });
                 try { await _daemonApp.StartAsync(ct); }
                 catch (IOException) when (attempt < 5) { await _daemonApp.DisposeAsync(); _daemonApp = null; continue; }

@@ -153,7 +153,7 @@ public sealed class AgentCommandLine
     }
 
     internal static (string Host, ushort Port) ParseHost(string text) =>
-        HostPort.TryParse(text, DefaultPort, out var host, out var port, out var error) ? (host, port) : throw new OptionError($"--api: {error}");
+        HostSpec.TryParseHostPort(text, DefaultPort, out var host, out var port, out var error) ? (host, port) : throw new OptionError($"--api: {error}");
 
     private static TimeSpan Duration(ParseResult r, Option<string> option, TimeSpan fallback, TimeSpan min) =>
         OptionValues.Duration(r.GetValue(option), option.Name, fallback, min);

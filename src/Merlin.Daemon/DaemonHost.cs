@@ -20,7 +20,10 @@ public static class DaemonHost
 
     public static WebApplication Build(DaemonOptions options, Action<IServiceCollection>? overrides = null)
     {
-        // First of all: a second daemon on this node and state directory stops here, having touched nothing.
+        // The sections' rules first (the command line ran them too; a host built from a DaemonOptions directly has not):
+        // a bad setting stops here naming its flag, before the lock, the certificate files, the store or the dataplane.
+        DaemonSections.Check(options);
+        // Then: a second daemon on this node and state directory stops here, having touched nothing.
         var nodeLock = NodeLock.Take(options.StateDir);
         try
         {
@@ -57,23 +60,18 @@ public static class DaemonHost
         var services = builder.Services;
         services.AddSingleton(_ => nodeLock); // made by a factory, so the container disposes it (releases the lock)
         services.AddSingleton(options);
+        services.AddDaemonSections(options); // IOptions<StoreSection>, <ApiSection>, …, each with its validator, ValidateOnStart
         services.AddSingleton(TimeProvider.System);
-        services.AddSingleton<IStore>(sp => CreateStore(options));
-        services.AddSingleton<IDataplane>(sp => CreateDataplane(options, sp.GetRequiredService<ILoggerFactory>()));
-        services.AddSingleton(sp => new ReconcilerStatus(sp.GetRequiredService<TimeProvider>()));
-        services.AddSingleton(new ReconcilerOptions { SyncPeriod = options.SyncPeriod });
-        services.AddSingleton<Reconciler.ReconcilePass>();
-        services.AddSingleton<ReconcileLoop>();
+        services.AddMerlinStore(options.Store);
+        services.AddMerlinDataplane(options.Dataplane, options.NetworkNamespace, options.StateDir);
+        services.AddMerlinReconciler(new ReconcilerOptions { SyncPeriod = options.SyncPeriod });
         // The services that act on the kernel, the store or the network start once the host has started, i.e.
         // once the API and health ports are bound (AfterListening): a second daemon started by mistake on a node
         // fails on the ports in use without having written a thing.
         services.AddHostedService<AfterListening<ReconcileLoop>>();
         services.AddSingleton<IStatusReporter, DaemonStatus>();
         // Health checks run from the namespace the dataplane programs, where the real servers are reachable.
-        services.AddSingleton(sp => new Merlin.Health.HealthProbes(options.NetworkNamespace, options.HealthKeepAlive));
-        services.AddSingleton<Merlin.Health.IHealthProbe>(sp => sp.GetRequiredService<Merlin.Health.HealthProbes>());
-        services.AddSingleton<Merlin.Health.HealthChecker>();
-        services.AddSingleton<IServerHealth>(sp => sp.GetRequiredService<Merlin.Health.HealthChecker>());
+        services.AddMerlinHealth(options.NetworkNamespace, options.HealthKeepAlive);
         services.AddSingleton<HealthCheckService>();
         services.AddHostedService<AfterListening<HealthCheckService>>();
         // Removes drained servers at their deadline: the API's, as the store's only writer.
@@ -81,12 +79,7 @@ public static class DaemonHost
         services.AddHostedService<AfterListening<DrainExpiry>>();
         // Who holds the VIPs, fed the service VIPs of every pass; registered after the reconcile loop, so it
         // stops first: keepalived releases the VIPs (the peer takes over) while this node still forwards.
-        services.AddSingleton<Merlin.Announcer.IAnnouncer>(sp => (options.Vrrp, options.Bgp) switch
-        {
-            ({ } vrrp, _) => new Merlin.Announcer.Vrrp.KeepalivedAnnouncer(vrrp, sp.GetRequiredService<ILoggerFactory>(), sp.GetRequiredService<TimeProvider>()),
-            (_, { } bgp) => new Merlin.Announcer.Bgp.GobgpAnnouncer(bgp, sp.GetRequiredService<ILoggerFactory>(), sp.GetRequiredService<TimeProvider>()),
-            _ => new Merlin.Announcer.StaticAnnouncer(),
-        });
+        services.AddMerlinAnnouncer(options.Announcer);
         services.AddSingleton(new NodeDrain(options.StateDir));
         services.AddSingleton<AnnouncerService>();
         services.AddHostedService<AfterListening<AnnouncerService>>();
@@ -99,7 +92,7 @@ public static class DaemonHost
         // clear start-up error naming the flag rather than a failing host.
         OpenStore(app.Services, options);
         // Open the dataplane now, so a kernel without it is a clear start-up error rather than a failing host.
-        var dataplane = app.Services.GetRequiredService<IDataplane>();
+        var dataplane = OpenDataplane(app.Services);
         var healthHost = $"*:{options.HealthPort}";
         // No host filter: gRPC needs HTTP/2, which only the API's listeners speak (TCP and the Unix socket,
         // whose clients send no port); the health listener is HTTP/1.
@@ -173,50 +166,11 @@ public static class DaemonHost
         }
     }
 
-    public static IStore CreateStore(DaemonOptions options)
-    {
-        if (options.StoreBackend == "sqlite")
-        {
-            var dir = Path.GetDirectoryName(Path.GetFullPath(options.StorePath));
-            if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
-            return new SqliteStore(options.StorePath, new SqliteStoreOptions { DeriveTable = Merlin.Api.LookupTables.Derive });
-        }
-        // The API computes each md-table service's table in the store transaction of the write that changes it.
-        return new EtcdStore(new EtcdStoreOptions { Endpoints = options.StoreEndpoints, Prefix = options.StorePrefix, Timeout = options.StoreTimeout, DeriveTable = Merlin.Api.LookupTables.Derive });
-    }
-
-    public static IDataplane CreateDataplane(DaemonOptions options, ILoggerFactory logs) => ResolveDataplane(options) switch
-    {
-        "none" => new InMemoryDataplane(),
-        "ipvs" => CreateIpvs(options, logs),
-        "nftables" => new Merlin.Dataplane.Nftables.NftablesDataplane(
-            new Merlin.Dataplane.Nftables.NftablesOptions
-            {
-                HashSeed = options.HashSeed ?? throw new OptionsException("--hash-seed: required with the nftables dataplane, and the same on every node (e.g. 0x5eed1234)"),
-                Interface = options.Interface,
-                NetworkNamespace = options.NetworkNamespace,
-            },
-            logs.CreateLogger<Merlin.Dataplane.Nftables.NftablesDataplane>()),
-        _ => throw new OptionsException($"--dataplane: {Validation.Quote(options.Dataplane)} is not available in this build (one of {string.Join(", ", DaemonOptions.Dataplanes)})"),
-    };
-
-    /// <summary><c>auto</c> is IPVS when the kernel has it (the seed's dataplane), else nftables.</summary>
-    public static string ResolveDataplane(DaemonOptions options) =>
-        options.Dataplane != "auto" ? options.Dataplane : Merlin.Ipvs.IpvsClient.IsAvailable(options.NetworkNamespace) ? "ipvs" : "nftables";
-
-    private static Merlin.Dataplane.Ipvs.IpvsDataplane CreateIpvs(DaemonOptions options, ILoggerFactory logs)
+    private static IDataplane OpenDataplane(IServiceProvider services)
     {
         try
         {
-            return new Merlin.Dataplane.Ipvs.IpvsDataplane(
-                new Merlin.Dataplane.Ipvs.IpvsDataplaneOptions
-                {
-                    OwnWholeTable = options.IpvsOwnAll,
-                    ManageSysctls = options.ManageSysctls,
-                    OwnershipFile = Path.Combine(options.StateDir, "ipvs-owned-services"),
-                    NetworkNamespace = options.NetworkNamespace,
-                },
-                logs.CreateLogger<Merlin.Dataplane.Ipvs.IpvsDataplane>());
+            return services.GetRequiredService<IDataplane>();
         }
         catch (Merlin.Netlink.NetlinkException e)
         {

@@ -7,110 +7,55 @@ using Microsoft.Extensions.Configuration;
 namespace Merlin.Daemon;
 
 /// <summary>
-/// The daemon's settings. Flags keep the original merlin's names; every flag can also come from a JSON
-/// file (<c>--config</c>) or the environment (<c>MERLIN_STORE_BACKEND</c> → <c>--store-backend</c>).
+/// The daemon's settings. Flags keep the original merlin's names (declared in <see cref="DaemonCommandLine"/>); every flag
+/// can also come from a JSON file (<c>--config</c>) or the environment (<c>MERLIN_STORE_BACKEND</c> → <c>--store-backend</c>).
 /// Precedence: flags over environment over file.
 /// </summary>
 public sealed record DaemonOptions
 {
-    public IPAddress ListenAddress { get; init; } = IPAddress.Loopback;
-    public int Port { get; init; } = 4282;
-    public IPAddress HealthListenAddress { get; init; } = IPAddress.Loopback;
-    public int HealthPort { get; init; } = 4283;
-    public string StoreBackend { get; init; } = "sqlite";
-    public IReadOnlyList<string> StoreEndpoints { get; init; } = ["http://127.0.0.1:2379"];
-    public string StorePrefix { get; init; } = "/merlin";
-    public string StorePath { get; init; } = "/var/lib/merlin/merlin.db";
-    public TimeSpan StoreTimeout { get; init; } = TimeSpan.FromSeconds(5);
+    // The sections the daemon's parts are given (IOptions<T>, see DaemonSections); the flat properties below read and
+    // write them under the flags' names, so a test or a benchmark can still say `new DaemonOptions { Port = … }`.
+    public StoreSection Store { get; init; } = new();
+    public ApiSection Api { get; init; } = new();
+    public HealthSection Health { get; init; } = new();
+    public DataplaneSection Dataplane { get; init; } = new();
+    public AnnouncerSection Announcer { get; init; } = new();
+
+    public IPAddress ListenAddress { get => Api.ListenAddress; init => Api = Api with { ListenAddress = value }; }
+    public int Port { get => Api.Port; init => Api = Api with { Port = value }; }
+    public IPAddress HealthListenAddress { get => Health.ListenAddress; init => Health = Health with { ListenAddress = value }; }
+    public int HealthPort { get => Health.Port; init => Health = Health with { Port = value }; }
+    public string StoreBackend { get => Store.Backend; init => Store = Store with { Backend = value }; }
+    public IReadOnlyList<string> StoreEndpoints { get => Store.Endpoints; init => Store = Store with { Endpoints = value }; }
+    public string StorePrefix { get => Store.Prefix; init => Store = Store with { Prefix = value }; }
+    public string StorePath { get => Store.Path; init => Store = Store with { Path = value }; }
+    public TimeSpan StoreTimeout { get => Store.Timeout; init => Store = Store with { Timeout = value }; }
+    /// <summary>--reconcile-sync-period: the reconciler's full resync period.</summary>
     public TimeSpan SyncPeriod { get; init; } = TimeSpan.FromSeconds(30);
-    public string Dataplane { get; init; } = "none";
-    /// <summary>nftables: the interface DSR traffic arrives on and leaves by.</summary>
-    public string? Interface { get; init; }
-    /// <summary>nftables: the jhash seed, identical on every node of a fleet.</summary>
-    public uint? HashSeed { get; init; }
-    /// <summary>ipvs: own every service in the kernel's table (the Go merlin's behaviour), not only the store's.</summary>
-    public bool IpvsOwnAll { get; init; }
-    /// <summary>ipvs: set the IPVS sysctls instead of only reporting their drift.</summary>
-    public bool ManageSysctls { get; init; }
-    /// <summary>A named network namespace whose dataplane the daemon programs (default: its own).</summary>
+    /// <summary>--dataplane: none, ipvs, nftables or auto.</summary>
+    public string DataplaneKind { get => Dataplane.Kind; init => Dataplane = Dataplane with { Kind = value }; }
+    public string? Interface { get => Dataplane.Interface; init => Dataplane = Dataplane with { Interface = value }; }
+    public uint? HashSeed { get => Dataplane.HashSeed; init => Dataplane = Dataplane with { HashSeed = value }; }
+    public bool IpvsOwnAll { get => Dataplane.IpvsOwnAll; init => Dataplane = Dataplane with { IpvsOwnAll = value }; }
+    public bool ManageSysctls { get => Dataplane.ManageSysctls; init => Dataplane = Dataplane with { ManageSysctls = value }; }
+    /// <summary>A named network namespace whose dataplane the daemon programs and whose servers it checks (default: its own).</summary>
     public string? NetworkNamespace { get; init; }
-    /// <summary>Where the daemon keeps node-local state (which IPVS services it created).</summary>
+    /// <summary>Where the daemon keeps node-local state (which IPVS services it created, a drain, the node lock).</summary>
     public string StateDir { get; init; } = "/var/lib/merlin";
-    /// <summary>API security (docs/operations.md, "Securing the API"): the server certificate and key, PEM.</summary>
-    public string? TlsCert { get; init; }
-    public string? TlsKey { get; init; }
-    /// <summary>Client certificates issued by this CA (PEM) identify callers; see ClientCertificateAuthority.</summary>
-    public string? TlsClientCa { get; init; }
-    /// <summary>Bearer tokens, one a line: <c>token role [ip…]</c>.</summary>
-    public string? TokensFile { get; init; }
-    /// <summary>A local Unix socket for meradm on the node; its callers are admin.</summary>
-    public string? UnixSocket { get; init; }
-    /// <summary>Serve the API beyond loopback without TLS, or without credentials.</summary>
-    public bool AllowInsecure { get; init; }
-    /// <summary>Who holds the VIPs: static (the operator) or vrrp (keepalived, <see cref="Vrrp"/>).</summary>
-    public string Announcer { get; init; } = "static";
-    /// <summary>--announcer vrrp: the keepalived instance, built and checked from the --vrrp-* flags and --management-vip.</summary>
-    public Merlin.Announcer.Vrrp.VrrpOptions? Vrrp { get; init; }
-    /// <summary>--announcer bgp: gobgpd's instance and peers, built and checked from the --bgp-* flags.</summary>
-    public Merlin.Announcer.Bgp.BgpOptions? Bgp { get; init; }
-    /// <summary>
-    /// --announcer bgp: how long a node that cannot reach the store keeps announcing (and forwarding with its
-    /// last state) before it withdraws its VIPs. Null: it never withdraws for that reason.
-    /// </summary>
-    public TimeSpan? StoreGrace { get; init; }
-    /// <summary>Plain HTTP health checks keep one connection per server (renewed every 22.5-30 s); false: a new connection per check.</summary>
-    public bool HealthKeepAlive { get; init; } = true;
+    public string? TlsCert { get => Api.TlsCert; init => Api = Api with { TlsCert = value }; }
+    public string? TlsKey { get => Api.TlsKey; init => Api = Api with { TlsKey = value }; }
+    public string? TlsClientCa { get => Api.TlsClientCa; init => Api = Api with { TlsClientCa = value }; }
+    public string? TokensFile { get => Api.TokensFile; init => Api = Api with { TokensFile = value }; }
+    public string? UnixSocket { get => Api.UnixSocket; init => Api = Api with { UnixSocket = value }; }
+    public bool AllowInsecure { get => Api.AllowInsecure; init => Api = Api with { AllowInsecure = value }; }
+    /// <summary>--announcer: static, vrrp or bgp.</summary>
+    public string AnnouncerMode { get => Announcer.Mode; init => Announcer = Announcer with { Mode = value }; }
+    public Merlin.Announcer.Vrrp.VrrpOptions? Vrrp { get => Announcer.Vrrp; init => Announcer = Announcer with { Vrrp = value }; }
+    public Merlin.Announcer.Bgp.BgpOptions? Bgp { get => Announcer.Bgp; init => Announcer = Announcer with { Bgp = value }; }
+    public TimeSpan? StoreGrace { get => Announcer.StoreGrace; init => Announcer = Announcer with { StoreGrace = value }; }
+    public bool HealthKeepAlive { get => Health.KeepAlive; init => Health = Health with { KeepAlive = value }; }
     public string LogFormat { get; init; } = "text";
     public string LogLevel { get; init; } = "information";
-
-    /// <summary>Flag name → configuration key. The key is the flag without dashes, so env vars and JSON use the same words.</summary>
-    public static readonly IReadOnlyDictionary<string, string> Flags = new Dictionary<string, string>
-    {
-        ["--listen-address"] = "listen-address",
-        ["--port"] = "port",
-        ["--health-listen-address"] = "health-listen-address",
-        ["--health-port"] = "health-port",
-        ["--store-backend"] = "store-backend",
-        ["--store-endpoints"] = "store-endpoints",
-        ["--store-prefix"] = "store-prefix",
-        ["--store-path"] = "store-path",
-        ["--store-timeout"] = "store-timeout",
-        ["--reconcile-sync-period"] = "reconcile-sync-period",
-        ["--dataplane"] = "dataplane",
-        ["--interface"] = "interface",
-        ["--hash-seed"] = "hash-seed",
-        ["--ipvs-own-all"] = "ipvs-own-all",
-        ["--manage-sysctls"] = "manage-sysctls",
-        ["--state-dir"] = "state-dir",
-        ["--netns"] = "netns",
-        ["--tls-cert"] = "tls-cert",
-        ["--tls-key"] = "tls-key",
-        ["--tls-client-ca"] = "tls-client-ca",
-        ["--tokens-file"] = "tokens-file",
-        ["--unix-socket"] = "unix-socket",
-        ["--allow-insecure"] = "allow-insecure",
-        ["--announcer"] = "announcer",
-        ["--vrrp-interface"] = "vrrp-interface",
-        ["--vrrp-router-id"] = "vrrp-router-id",
-        ["--vrrp-priority"] = "vrrp-priority",
-        ["--vrrp-peer"] = "vrrp-peer",
-        ["--vrrp-preempt"] = "vrrp-preempt",
-        ["--vrrp-advert-interval"] = "vrrp-advert-interval",
-        ["--vrrp-start-window"] = "vrrp-start-window",
-        ["--management-vip"] = "management-vip",
-        ["--keepalived"] = "keepalived",
-        ["--bgp-asn"] = "bgp-asn",
-        ["--bgp-router-id"] = "bgp-router-id",
-        ["--bgp-peer"] = "bgp-peer",
-        ["--bgp-local-address"] = "bgp-local-address",
-        ["--bgp-hold-time"] = "bgp-hold-time",
-        ["--bgp-store-grace"] = "bgp-store-grace",
-        ["--gobgpd"] = "gobgpd",
-        ["--health-keepalive"] = "health-keepalive",
-        ["--log-format"] = "log-format",
-        ["--log-level"] = "log-level",
-        ["--config"] = "config",
-    };
 
     /// <summary>
     /// What <c>merlin --version</c> prints: the informational version (Directory.Build.props' Version and the git commit),
@@ -121,32 +66,18 @@ public sealed record DaemonOptions
 
     public static readonly IReadOnlyList<string> Dataplanes = ["none", "ipvs", "nftables", "auto"];
 
-    /// <summary>Flags that may stand alone (<c>--manage-sysctls</c>) or take true/false.</summary>
-    private static readonly HashSet<string> Switches = ["--ipvs-own-all", "--manage-sysctls", "--allow-insecure", "--vrrp-preempt", "--health-keepalive"];
-
     public static readonly IReadOnlyList<string> Announcers = ["static", "vrrp", "bgp"];
 
-    /// <summary>Flags that may be given more than once; their values are joined with commas.</summary>
-    private static readonly HashSet<string> Repeatable = ["--vrrp-peer", "--bgp-peer", "--bgp-local-address"];
-
+    /// <summary>
+    /// The settings from the three places they may come from, as text under the flags' names without dashes:
+    /// the command line (<see cref="DaemonCommandLine"/>) over the environment (<c>MERLIN_STORE_BACKEND</c>) over the
+    /// JSON file that <c>--config</c> names.
+    /// </summary>
     public static IConfiguration BuildConfiguration(string[] args, IDictionary<string, string?>? environment = null)
     {
-        var unknown = args.Where(a => a.StartsWith("--", StringComparison.Ordinal) && !Flags.ContainsKey(a.Split('=')[0])).ToList();
-        if (unknown.Count > 0) throw new OptionsException($"{unknown[0].Split('=')[0]}: unknown flag (known: {string.Join(", ", Flags.Keys)})");
-        for (var i = 0; i < args.Length; i++)
-        {
-            // A flag's value follows it (a switch's only when it is true or false); anything else is a stray word.
-            if (args[i].StartsWith("--", StringComparison.Ordinal))
-            {
-                if (!args[i].Contains('=') && i + 1 < args.Length && (!Switches.Contains(args[i]) || args[i + 1] is "true" or "false")) i++;
-                continue;
-            }
-            throw new OptionsException($"{Validation.Quote(args[i])}: unexpected argument (flags are --name value or --name=value)");
-        }
-        var flagArgs = JoinRepeated(ExpandSwitches(args));
-        var flags = new ConfigurationBuilder().AddCommandLine(flagArgs, Flags.ToDictionary()).Build();
+        var flags = new DaemonCommandLine().Read(args);
         var builder = new ConfigurationBuilder();
-        var file = flags["config"];
+        var file = flags.GetValueOrDefault("config");
         if (file is not null)
         {
             if (!File.Exists(file)) throw new OptionsException($"--config: {file} does not exist");
@@ -158,9 +89,7 @@ public sealed record DaemonOptions
         builder.AddInMemoryCollection(env
             .Where(e => e.Key.StartsWith("MERLIN_", StringComparison.Ordinal))
             .Select(e => KeyValuePair.Create(e.Key["MERLIN_".Length..].ToLowerInvariant().Replace('_', '-'), e.Value)));
-        // The flags' own provider, not AddConfiguration(flags): a chained configuration drops empty values, so
-        // --port "" would silently mean the default port instead of being refused.
-        builder.AddCommandLine(flagArgs, Flags.ToDictionary());
+        builder.AddInMemoryCollection(flags);
         try
         {
             return builder.Build();
@@ -173,39 +102,6 @@ public sealed record DaemonOptions
         {
             throw new OptionsException($"--config: cannot read {file}: {e.Message}");
         }
-    }
-
-    /// <summary><c>--vrrp-peer a --vrrp-peer b</c> → <c>--vrrp-peer a,b</c> (the command-line provider keeps only the last).</summary>
-    private static string[] JoinRepeated(string[] args)
-    {
-        var joined = new List<string>(args.Length);
-        var values = new Dictionary<string, List<string>>();
-        for (var i = 0; i < args.Length; i++)
-        {
-            var name = args[i].Split('=')[0];
-            if (!Repeatable.Contains(name))
-            {
-                joined.Add(args[i]);
-                continue;
-            }
-            var value = args[i].Contains('=') ? args[i][(name.Length + 1)..] : i + 1 < args.Length ? args[++i] : "";
-            if (!values.TryGetValue(name, out var list)) values[name] = list = [];
-            list.Add(value);
-        }
-        foreach (var (name, list) in values) joined.AddRange([name, string.Join(",", list)]);
-        return [.. joined];
-    }
-
-    private static string[] ExpandSwitches(string[] args)
-    {
-        var expanded = new List<string>(args.Length + 2);
-        for (var i = 0; i < args.Length; i++)
-        {
-            expanded.Add(args[i]);
-            var next = i + 1 < args.Length ? args[i + 1] : null;
-            if (Switches.Contains(args[i]) && next is not ("true" or "false")) expanded.Add("true");
-        }
-        return [.. expanded];
     }
 
     public static DaemonOptions From(IConfiguration config)
@@ -225,7 +121,7 @@ public sealed record DaemonOptions
             StorePath = config["store-path"] ?? d.StorePath,
             StoreTimeout = Duration(config, "store-timeout", d.StoreTimeout),
             SyncPeriod = Duration(config, "reconcile-sync-period", d.SyncPeriod),
-            Dataplane = OneOf(config, "dataplane", d.Dataplane, Dataplanes),
+            DataplaneKind = OneOf(config, "dataplane", d.DataplaneKind, Dataplanes),
             Interface = config["interface"],
             HashSeed = config["hash-seed"] is { } seed ? Seed(seed) : null,
             IpvsOwnAll = Bool(config, "ipvs-own-all", d.IpvsOwnAll),
@@ -240,24 +136,20 @@ public sealed record DaemonOptions
             TokensFile = NonEmpty(config, "tokens-file"),
             UnixSocket = NonEmpty(config, "unix-socket"),
             AllowInsecure = Bool(config, "allow-insecure", d.AllowInsecure),
-            Announcer = OneOf(config, "announcer", d.Announcer, Announcers),
+            AnnouncerMode = OneOf(config, "announcer", d.AnnouncerMode, Announcers),
             HealthKeepAlive = Bool(config, "health-keepalive", d.HealthKeepAlive),
             LogFormat = OneOf(config, "log-format", d.LogFormat, ["text", "json"]),
             LogLevel = OneOf(config, "log-level", d.LogLevel, ["debug", "information", "warning", "error"]),
         };
-        if (options.Dataplane == "nftables" && options.HashSeed is null)
-            throw new OptionsException("--hash-seed: required with --dataplane nftables, and the same on every node (e.g. 0x5eed1234)");
-        if (options.StoreEndpoints.Count == 0) throw new OptionsException("--store-endpoints: at least one etcd endpoint is needed");
-        if (options.StoreBackend == "sqlite") CheckStorePath(options.StorePath);
-        if (options.Port == options.HealthPort && options.Port != 0) throw new OptionsException($"--health-port: {options.HealthPort} is also the API port");
-        CheckApiSecurity(options);
         var bgp = BgpFrom(config, options);
-        return options with
+        options = options with
         {
             Vrrp = VrrpFrom(config, options),
             Bgp = bgp,
             StoreGrace = bgp is null ? null : Duration(config, "bgp-store-grace", TimeSpan.FromSeconds(120)),
         };
+        DaemonSections.Check(options);
+        return options;
     }
 
     private static readonly string[] VrrpKeys =
@@ -289,8 +181,7 @@ public sealed record DaemonOptions
             Keepalived = c["keepalived"] is { Length: > 0 } k ? k : "keepalived",
             NetworkNamespace = o.NetworkNamespace,
         };
-        if (vrrp.Validate() is { } error) throw new OptionsException($"{error.Flag}: {error.Reason}");
-        return vrrp;
+        return vrrp; // checked with the other sections (AnnouncerSectionValidator)
     }
 
     private static readonly string[] BgpKeys =
@@ -330,37 +221,20 @@ public sealed record DaemonOptions
             Gobgpd = c["gobgpd"] is { Length: > 0 } g ? g : "gobgpd",
             NetworkNamespace = o.NetworkNamespace,
         };
-        if (bgp.Validate() is { } error) throw new OptionsException($"{error.Flag}: {error.Reason}");
-        return bgp;
+        return bgp; // checked with the other sections (AnnouncerSectionValidator)
     }
 
     /// <summary>True when the announcer is <paramref name="mode"/>; otherwise none of its flags may be given.</summary>
     private static bool For(IConfiguration c, DaemonOptions o, string mode, IEnumerable<string> keys)
     {
-        if (o.Announcer == mode) return true;
+        if (o.AnnouncerMode == mode) return true;
         if (keys.FirstOrDefault(k => c[k] is not null) is { } stray)
-            throw new OptionsException($"--{stray}: only with --announcer {mode} (the announcer is {o.Announcer})");
+            throw new OptionsException($"--{stray}: only with --announcer {mode} (the announcer is {o.AnnouncerMode})");
         return false;
     }
 
     private static int Integer(string text, string key) =>
         int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : throw new OptionsException($"--{key}: {Validation.Quote(text)} is not a whole number");
-
-    /// <summary>TLS comes as a pair; beyond loopback the API needs TLS and credentials unless told --allow-insecure.</summary>
-    private static void CheckApiSecurity(DaemonOptions o)
-    {
-        if (o.TlsCert is not null && o.TlsKey is null) throw new OptionsException("--tls-key: required with --tls-cert");
-        if (o.TlsKey is not null && o.TlsCert is null) throw new OptionsException("--tls-cert: required with --tls-key");
-        if (o.TlsClientCa is not null && o.TlsCert is null)
-            throw new OptionsException("--tls-client-ca: client certificates need TLS; give --tls-cert and --tls-key too");
-        if (o.AllowInsecure || IPAddress.IsLoopback(o.ListenAddress)) return;
-        if (o.TlsCert is null)
-            throw new OptionsException($"--listen-address: {o.ListenAddress} is beyond loopback and the API has no TLS; give --tls-cert and --tls-key " +
-                                       "(with --tls-client-ca or --tokens-file), or --allow-insecure to serve it in the clear");
-        if (o.TlsClientCa is null && o.TokensFile is null)
-            throw new OptionsException($"--listen-address: {o.ListenAddress} is beyond loopback and the API asks for no credentials, so every caller " +
-                                       "would be admin; give --tls-client-ca or --tokens-file, or --allow-insecure");
-    }
 
     /// <summary>A repeatable flag's values (repeats are joined with commas), trimmed, empty ones dropped.</summary>
     private static string[] Values(IConfiguration c, string key) =>
@@ -375,27 +249,8 @@ public sealed record DaemonOptions
         if (path.Trim().Length == 0) throw new OptionsException("--state-dir: empty (a directory for node-local state, e.g. /var/lib/merlin)");
         var full = Path.GetFullPath(path);
         if (File.Exists(full)) throw new OptionsException($"--state-dir: {path} is a file, not a directory");
-        if (!Directory.Exists(full)) CheckMakeable("--state-dir", path, full);
+        if (!Directory.Exists(full) && PathCheck.Makeable("--state-dir", path, full) is { Failed: true } failed) throw new OptionsException(failed.Failures!.First());
         return path;
-    }
-
-    /// <summary>The SQLite file's path is not a directory, and its directory exists or can be made; opening it is the store's check.</summary>
-    private static void CheckStorePath(string path)
-    {
-        if (path.Trim().Length == 0) throw new OptionsException("--store-path: empty (the SQLite database file, e.g. /var/lib/merlin/merlin.db)");
-        var full = Path.GetFullPath(path);
-        if (Directory.Exists(full)) throw new OptionsException($"--store-path: {path} is a directory; give the database file in it (e.g. {Path.Combine(path, "merlin.db")})");
-        if (!File.Exists(full)) CheckMakeable("--store-path", path, full);
-    }
-
-    /// <summary>A path that does not exist yet can be made: its nearest existing ancestor is a directory, not a file.</summary>
-    private static void CheckMakeable(string flag, string path, string full)
-    {
-        for (var ancestor = Path.GetDirectoryName(full); ancestor is not null; ancestor = Path.GetDirectoryName(ancestor))
-        {
-            if (File.Exists(ancestor)) throw new OptionsException($"{flag}: {path} cannot be made: {ancestor} is a file");
-            if (Directory.Exists(ancestor)) return;
-        }
     }
 
     private static string? NonEmpty(IConfiguration c, string key) => c[key] is { Length: > 0 } text ? text : null;

@@ -5,18 +5,8 @@ using Merlin.Daemon;
 DaemonOptions options;
 try
 {
-    if (args.Contains("--help") || args.Contains("-h"))
-    {
-        Console.WriteLine("merlin: the Merlin load-balancer daemon\n\nFlags (also MERLIN_<FLAG> environment variables, or a JSON --config file):");
-        foreach (var flag in DaemonOptions.Flags.Keys) Console.WriteLine($"  {flag}");
-        Console.WriteLine("  --version\n  --help");
-        return 0;
-    }
-    if (args.Contains("--version"))
-    {
-        Console.WriteLine(DaemonOptions.Version);
-        return 0;
-    }
+    // --help and --version are System.CommandLine's own: the help lists every flag with its default and meaning.
+    if (new DaemonCommandLine().IsHelpOrVersion(args, out var request)) return request.Invoke();
     options = DaemonOptions.From(DaemonOptions.BuildConfiguration(args));
 }
 catch (OptionsException e)

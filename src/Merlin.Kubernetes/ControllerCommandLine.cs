@@ -59,7 +59,7 @@ public sealed class ControllerCommandLine
 
     private ControllerInvocation BindOrThrow(ParseResult r)
     {
-        if (!HostPort.TryParse(r.GetValue(_api)!, 4282, out var host, out var port, out var hostError)) throw new OptionError($"--merlin-api: {hostError}");
+        if (!HostSpec.TryParseHostPort(r.GetValue(_api)!, 4282, out var host, out var port, out var hostError)) throw new OptionError($"--merlin-api: {hostError}");
         var timeout = Duration(r, _timeout, TimeSpan.FromSeconds(10), TimeSpan.FromMilliseconds(100));
         var (ca, cert, key, token) = (r.GetValue(_ca), r.GetValue(_cert), r.GetValue(_key), r.GetValue(_token));
         if (key is not null && cert is null) throw new OptionError("--merlin-key: needs --merlin-cert (the certificate it belongs to)");

@@ -88,6 +88,27 @@ public sealed class AgentCommandLineTests
         Assert.StartsWith(message, error);
     }
 
+    [Theory]
+    [InlineData("[2001:db8::10]:4300", "2001:db8::10", 4300)]
+    [InlineData("lb.example.net", "lb.example.net", 4282)]
+    public void TheApi_IsHostPort_ParsedAsMeradmParsesHost(string api, string host, int port)
+    {
+        var line = new AgentCommandLine();
+        var i = line.Bind(line.Root.Parse(["--api", api, "--service", "web", "--address", "198.18.0.51"]), out var error);
+        Assert.True(i is not null, error);
+        Assert.Equal((host, port), (i.Connection.Host, (int)i.Connection.Port));
+    }
+
+    [Theory]
+    [InlineData("unix:///run/merlin/merlin.sock")]
+    [InlineData("https://lb:4282")]
+    public void TheApi_IsNotAUrlOrASocket(string api)
+    {
+        var line = new AgentCommandLine();
+        Assert.Null(line.Bind(line.Root.Parse(["--api", api, "--service", "web", "--address", "198.18.0.51"]), out var error));
+        Assert.Equal($"--api: \"{api}\" is not host[:port]", error);
+    }
+
     [Fact]
     public void ABadApiPort_IsNamed()
     {

@@ -29,7 +29,7 @@ public sealed class AgentGoMerlinModeTests : IAsyncLifetime
             var port = LocalPorts.Free();
             _daemon = DaemonHost.Build(new DaemonOptions
             {
-                Port = port, HealthPort = LocalPorts.Free(), StorePath = _dir.File("merlin.db"), StateDir = _dir.Path, Dataplane = "none",
+                Port = port, HealthPort = LocalPorts.Free(), StorePath = _dir.File("merlin.db"), StateDir = _dir.Path, DataplaneKind = "none",
                 SyncPeriod = TimeSpan.FromSeconds(30),
             });
             try

@@ -27,7 +27,7 @@ public class DaemonOptionsTests
     public void From_Nftables_TakesInterfaceAndSeed()
     {
         var o = Parse("--dataplane", "nftables", "--interface", "eth0", "--hash-seed", "0x5eed1234");
-        Assert.Equal(("nftables", "eth0", 0x5eed1234u), (o.Dataplane, o.Interface, o.HashSeed));
+        Assert.Equal(("nftables", "eth0", 0x5eed1234u), (o.DataplaneKind, o.Interface, o.HashSeed));
     }
 
     [Theory]
@@ -51,7 +51,7 @@ public class DaemonOptionsTests
     public void From_Default_IsTheStaticAnnouncer()
     {
         var o = Parse();
-        Assert.Equal(("static", null), (o.Announcer, o.Vrrp));
+        Assert.Equal(("static", null), (o.AnnouncerMode, o.Vrrp));
     }
 
     [Fact]
@@ -164,5 +164,57 @@ public class DaemonOptionsTests
         Assert.Equal($"--state-dir: {file}/sub cannot be made: {file} is a file", Assert.Throws<OptionsException>(() => Parse("--state-dir", file + "/sub")).Message);
         Assert.StartsWith("--state-dir: empty", Assert.Throws<OptionsException>(() => Parse("--state-dir", " ")).Message);
         Assert.Equal(dir.File("new/deeper"), Parse("--state-dir", dir.File("new/deeper")).StateDir); // made when first needed
+    }
+
+    [Fact]
+    public void Help_ListsEveryFlag_WithItsDefaultAndMeaning()
+    {
+        var commandLine = new DaemonCommandLine();
+        var output = new StringWriter();
+        Assert.True(commandLine.IsHelpOrVersion(["--help"], out var help));
+        Assert.Equal(0, help.Invoke(new System.CommandLine.InvocationConfiguration { Output = output }));
+
+        var lines = output.ToString().Split('\n');
+        foreach (var flag in commandLine.Flags)
+            Assert.Contains(lines, l => l.TrimStart().StartsWith(flag.Name + " ", StringComparison.Ordinal) && l.Trim().Length > flag.Name.Length + 20);
+        Assert.Contains(lines, l => l.Contains("--port <port>") && l.Contains("[default: 4282]"));
+        Assert.Contains(lines, l => l.Contains("--health-keepalive") && l.Contains("[default: on]"));
+        Assert.Contains(lines, l => l.Contains("--manage-sysctls") && l.Contains("[default: off]"));
+        Assert.Contains(lines, l => l.Contains("--reconcile-sync-period <duration>") && l.Contains("[default: 30s]"));
+    }
+
+    [Fact]
+    public void From_AFlagGivenTwice_TheLastCounts_AndAFlagWithoutItsValueIsNamed()
+    {
+        Assert.Equal(5001, Parse("--port", "5000", "--port=5001").Port);
+        Assert.Equal("--port: needs a value", Assert.Throws<OptionsException>(() => Parse("--port")).Message);
+        Assert.Equal("\"eth0\": unexpected argument (flags are --name value or --name=value)",
+            Assert.Throws<OptionsException>(() => Parse("eth0")).Message);
+    }
+
+    [Fact]
+    public void From_ConfigFile_IsUnderTheEnvironmentAndTheFlags()
+    {
+        using var dir = new Merlin.Testing.TempDir("config");
+        var file = dir.File("merlin.json");
+        File.WriteAllText(file, "// comments as in the packaged file\n{ \"port\": 5000, \"health-port\": 5001, \"store-prefix\": \"/file\" }");
+        var env = new Dictionary<string, string?> { ["MERLIN_HEALTH_PORT"] = "6001", ["MERLIN_STORE_PREFIX"] = "/env" };
+
+        var o = DaemonOptions.From(DaemonOptions.BuildConfiguration(["--config", file, "--store-prefix", "/flag"], env));
+
+        Assert.Equal((5000, 6001, "/flag"), (o.Port, o.HealthPort, o.StorePrefix));
+    }
+
+    [Fact]
+    public void Sections_AreTheFlagsByConcern_AndAHostBuiltFromBadOptionsStopsNamingTheFlag()
+    {
+        var o = Parse("--port", "5000", "--store-backend", "etcd3", "--dataplane", "nftables", "--hash-seed", "0x1", "--health-keepalive=false");
+        Assert.Equal((5000, "etcd3", "nftables", 1u, false), (o.Api.Port, o.Store.Backend, o.Dataplane.Kind, o.Dataplane.HashSeed, o.Health.KeepAlive));
+
+        using var state = new Merlin.Testing.TempDir("sections");
+        var bad = new DaemonOptions { Port = Merlin.Testing.LocalPorts.Free(), HealthPort = Merlin.Testing.LocalPorts.Free(), StateDir = state.Path,
+            StorePath = state.File("merlin.db"), TlsCert = state.File("cert.pem") };
+        Assert.Equal("--tls-key: required with --tls-cert", Assert.Throws<OptionsException>(() => DaemonHost.Build(bad)).Message);
+        Assert.False(File.Exists(state.File("merlin.db")), "the store was opened");
     }
 }

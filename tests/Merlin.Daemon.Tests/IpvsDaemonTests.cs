@@ -45,7 +45,7 @@ public sealed class IpvsDaemonTests : IDisposable
         StoreBackend = "sqlite",
         StorePath = _dir.File("merlin.db"),
         StateDir = _dir.File("state"),
-        Dataplane = "ipvs",
+        DataplaneKind = "ipvs",
         NetworkNamespace = _ns.Name,
         ManageSysctls = manageSysctls,
         SyncPeriod = TimeSpan.FromSeconds(1),

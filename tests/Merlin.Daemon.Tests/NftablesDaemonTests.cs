@@ -33,7 +33,7 @@ public sealed class NftablesDaemonTests : IDisposable
         {
             StoreBackend = "sqlite",
             StorePath = _dir.File("merlin.db"),
-            Dataplane = "nftables",
+            DataplaneKind = "nftables",
             HashSeed = 0x5eed1234,
             NetworkNamespace = _ns.Name,
         });

@@ -4,8 +4,8 @@ using Merlin.Daemon;
 namespace Merlin.ManPages;
 
 /// <summary>
-/// merlin(8). The daemon's flags are not a System.CommandLine tree: its --help lists <see cref="DaemonOptions.Flags"/>,
-/// so the page lists exactly those, each with its default and meaning from the flag table of docs/operations.md
+/// merlin(8). The page lists the flags of <see cref="DaemonCommandLine"/>, which its --help prints, each with its default
+/// and meaning from the flag table of docs/operations.md
 /// ("Running the daemon"). A flag the table does not describe is an error, so the page and the guide cannot drift apart.
 /// </summary>
 public static partial class DaemonPage
@@ -23,7 +23,7 @@ public static partial class DaemonPage
             .Paragraph("merlin serves Merlin's gRPC API, keeps the desired virtual services and real servers in a store (embedded SQLite or etcd), and reconciles them into this node's kernel (nftables or IPVS); it runs health checks of the real servers and may announce the VIPs (keepalived's VRRP or BGP through gobgpd).")
             .Paragraph("Every flag can also be set in the environment as MERLIN_<FLAG> with dashes as underscores (MERLIN_STORE_BACKEND=etcd3), or in the JSON file given with --config, whose keys are the flags without their dashes. Precedence: flags, then the environment, then the file. The packaged service reads /etc/merlin/merlin.json.")
             .Section("options");
-        foreach (var flag in DaemonOptions.Flags.Keys)
+        foreach (var flag in new DaemonCommandLine().Flags.Select(f => f.Name))
         {
             if (!rows.TryGetValue(flag, out var row))
                 throw new InvalidOperationException($"docs/operations.md: the flag table of \"Running the daemon\" does not describe {flag}");

@@ -65,7 +65,7 @@ public sealed class ControllerCluster : IAsyncDisposable
             MerlinPort = LocalPorts.Free();
             _daemon = DaemonHost.Build(new DaemonOptions
             {
-                Port = MerlinPort, HealthPort = LocalPorts.Free(), StorePath = _dir.File("merlin.db"), StateDir = _dir.Path, Dataplane = "none",
+                Port = MerlinPort, HealthPort = LocalPorts.Free(), StorePath = _dir.File("merlin.db"), StateDir = _dir.Path, DataplaneKind = "none",
                 SyncPeriod = TimeSpan.FromSeconds(30),
             });
             try

@@ -3,12 +3,13 @@ using System.Net;
 using System.Net.Sockets;
 using Merlin.Model;
 
-namespace Merlin.Cli.Parsing;
+namespace Merlin.Client;
 
 /// <summary>
 /// The <c>--host</c> value: a name or address, optionally with a port (<c>lb1:4282</c>, <c>[::1]:4282</c>);
 /// the same as a URL (<c>https://lb1:4282</c>, <c>http://127.0.0.1:4282</c>); or the daemon's local
-/// Unix socket (<c>unix:///run/merlin/merlin.sock</c>).
+/// Unix socket (<c>unix:///run/merlin/merlin.sock</c>). The one parser of an API address: meradm's --host, the agent's
+/// --api and the controller's --merlin-api.
 /// </summary>
 public sealed record HostSpec(string Host, ushort? Port)
 {
@@ -24,6 +25,11 @@ public sealed record HostSpec(string Host, ushort? Port)
     {
         spec = null;
         var s = text.Trim();
+        if (s.Length == 0)
+        {
+            error = $"{Validation.Quote(text)} names no host";
+            return false;
+        }
         if (s.StartsWith(UnixPrefix, StringComparison.OrdinalIgnoreCase))
         {
             var path = s[UnixPrefix.Length..];
@@ -92,13 +98,30 @@ public sealed record HostSpec(string Host, ushort? Port)
         {
             if (!ushort.TryParse(portText, NumberStyles.None, CultureInfo.InvariantCulture, out var p) || p == 0)
             {
-                error = $"port {Validation.Quote(portText)} in {Validation.Quote(text)} must be a number from 1 to 65535";
+                error = $"{Validation.Quote(portText)} is not a port (1-65535) in {Validation.Quote(text)}";
                 return false;
             }
             port = p;
         }
         spec = new HostSpec(host, port) { Scheme = scheme };
         error = null;
+        return true;
+    }
+
+    /// <summary>
+    /// An API address as host[:port] only (<c>lb</c>, <c>lb:4282</c>, <c>[2001:db8::10]:4282</c>), <paramref name="defaultPort"/>
+    /// where none is given: for programs whose TLS comes from their own flags rather than a URL's scheme.
+    /// </summary>
+    public static bool TryParseHostPort(string text, ushort defaultPort, out string host, out ushort port, out string? error)
+    {
+        (host, port) = ("", 0);
+        if (!TryParse(text, out var spec, out error)) return false;
+        if (spec!.Scheme is not null || spec.UnixSocket is not null)
+        {
+            error = $"{Validation.Quote(text)} is not host[:port]";
+            return false;
+        }
+        (host, port) = (spec.Host, spec.Port ?? defaultPort);
         return true;
     }
 }
