@@ -6,7 +6,7 @@ using System.Text;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Net.Client;
 using Merlin.Lab;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Merlin.Testing;
 using Merlin.Wire;
 

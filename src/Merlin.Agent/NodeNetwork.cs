@@ -1,6 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Agent;
 
@@ -100,7 +100,7 @@ public sealed class LinuxNodeNetwork(string? networkNamespace = null) : INodeNet
     {
         try
         {
-            using var client = NetlinkClient.Open(Netlink.Netlink.ProtocolRoute, new NetlinkSocketOptions { NetworkNamespace = networkNamespace });
+            using var client = NetlinkClient.Open(Merlin.Linux.Netlink.ProtocolRoute, new NetlinkSocketOptions { NetworkNamespace = networkNamespace });
             var lo = Rtnetlink.Link(client, Loopback) ?? throw new NodeNetworkException($"cannot {what}: this node has no {Loopback} interface");
             return use(client, lo.Index);
         }

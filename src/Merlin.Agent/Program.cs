@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Runtime.InteropServices;
 using Merlin.Agent;
 using Merlin.Client;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Microsoft.Extensions.Logging;
 using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
 

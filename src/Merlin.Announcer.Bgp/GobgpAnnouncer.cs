@@ -4,7 +4,7 @@ using System.Net.Sockets;
 using System.Threading.Channels;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Announcer.Bgp;
 

@@ -2,7 +2,7 @@ namespace Merlin.Announcer;
 
 /// <summary>
 /// What the supervisors of an announcer's engine (keepalived, gobgpd) share: the restart backoff's bounds and pid files.
-/// Starting, recognising and stopping processes is <see cref="Merlin.Netlink.ProgramRunner"/>'s.
+/// Starting, recognising and stopping processes is <see cref="Merlin.Linux.ProgramRunner"/>'s.
 /// </summary>
 internal static class EngineProcess
 {
@@ -11,7 +11,7 @@ internal static class EngineProcess
     /// <summary>An engine that ran this long before dying is restarted after the shortest backoff again.</summary>
     public static readonly TimeSpan StableRun = TimeSpan.FromSeconds(60);
     /// <summary>How long SIGTERM has before SIGKILL.</summary>
-    public static readonly TimeSpan StopWait = Merlin.Netlink.ProgramRunner.StopWait;
+    public static readonly TimeSpan StopWait = Merlin.Linux.ProgramRunner.StopWait;
 
     public static int? ReadPid(string path)
     {

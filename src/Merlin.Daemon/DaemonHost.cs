@@ -172,7 +172,7 @@ public static class DaemonHost
         {
             return services.GetRequiredService<IDataplane>();
         }
-        catch (Merlin.Netlink.NetlinkException e)
+        catch (Merlin.Linux.NetlinkException e)
         {
             throw new OptionsException($"--dataplane: ipvs is not usable on this kernel ({e.Message}); load it with `modprobe ip_vs`, or use --dataplane nftables");
         }

@@ -1,7 +1,7 @@
 using Merlin.Dataplane.Abstractions;
 using Merlin.Ipvs;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Microsoft.Extensions.Logging;
 
 namespace Merlin.Dataplane.Ipvs;

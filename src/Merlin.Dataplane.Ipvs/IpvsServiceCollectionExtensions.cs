@@ -8,7 +8,7 @@ public static class IpvsServiceCollectionExtensions
 {
     /// <summary>
     /// The IPVS dataplane as the reconciler's <see cref="IDataplane"/>. It opens its netlink socket when first resolved,
-    /// and throws <see cref="Merlin.Netlink.NetlinkException"/> there on a kernel without IPVS.
+    /// and throws <see cref="Merlin.Linux.NetlinkException"/> there on a kernel without IPVS.
     /// </summary>
     public static IServiceCollection AddIpvsDataplane(this IServiceCollection services, IpvsDataplaneOptions options) =>
         services.AddSingleton<IDataplane>(sp => new IpvsDataplane(options, sp.GetRequiredService<ILogger<IpvsDataplane>>()));

@@ -1,6 +1,6 @@
 using System.Text;
 using Merlin.Dataplane.Abstractions;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Dataplane.Ipvs;
 

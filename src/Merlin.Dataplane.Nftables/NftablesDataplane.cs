@@ -6,7 +6,7 @@ using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Dataplane.Nftables.Neighbours;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Microsoft.Extensions.Logging;
 
 namespace Merlin.Dataplane.Nftables;

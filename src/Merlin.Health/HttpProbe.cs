@@ -4,7 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using System.Text;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Health;
 

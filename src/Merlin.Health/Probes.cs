@@ -2,7 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using Grpc.Health.V1;
 using Grpc.Net.Client;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Health;
 

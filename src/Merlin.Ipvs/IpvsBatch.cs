@@ -1,5 +1,5 @@
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using K = Merlin.Ipvs.IpvsKernel;
 
 namespace Merlin.Ipvs;

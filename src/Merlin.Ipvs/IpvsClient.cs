@@ -1,5 +1,5 @@
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using K = Merlin.Ipvs.IpvsKernel;
 
 namespace Merlin.Ipvs;
@@ -34,7 +34,7 @@ public sealed class IpvsClient : IDisposable
     /// loaded or not built) raises <see cref="NetlinkException"/> with <see cref="Errno.ENOENT"/>.
     /// </summary>
     public static IpvsClient Open(NetlinkSocketOptions? options = null) =>
-        Open(NetlinkClient.Open(Merlin.Netlink.Netlink.ProtocolGeneric, options));
+        Open(NetlinkClient.Open(Merlin.Linux.Netlink.ProtocolGeneric, options));
 
     /// <summary>Resolves the "IPVS" family over <paramref name="netlink"/>, which the client then owns.</summary>
     public static IpvsClient Open(NetlinkClient netlink)

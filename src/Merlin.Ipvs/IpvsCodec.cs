@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Numerics;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using K = Merlin.Ipvs.IpvsKernel;
 
 namespace Merlin.Ipvs;

@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Merlin.Testing;
 
 namespace Merlin.Agent.Tests;

@@ -3,7 +3,7 @@ using System.Net;
 using Merlin.Announcer.Vrrp;
 using Merlin.Testing;
 using Microsoft.Extensions.Logging.Abstractions;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Announcer.Tests;
 
@@ -129,7 +129,7 @@ public class KeepalivedAnnouncerTests
             await announcer.ReleaseAsync(Ct);
             Assert.Equal(AnnouncerRole.Stopped, announcer.State.Role);
             Assert.False(announcer.State.Healthy);
-            Assert.False(ProcessSignal.IsAlive(second.Value) && !Merlin.Netlink.ProgramRunner.IsZombie(second.Value), "the stand-in still runs");
+            Assert.False(ProcessSignal.IsAlive(second.Value) && !Merlin.Linux.ProgramRunner.IsZombie(second.Value), "the stand-in still runs");
             Assert.False(File.Exists(options.FifoPath));
         }
         finally

@@ -5,7 +5,7 @@ using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Ipvs;
 using Merlin.Ipvs;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Merlin.Reconciler;
 using Merlin.Testing;
 using Microsoft.Extensions.DependencyInjection;

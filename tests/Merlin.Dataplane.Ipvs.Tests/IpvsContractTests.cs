@@ -3,7 +3,7 @@ using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Contract;
 using Merlin.Ipvs;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Merlin.Testing;
 using Microsoft.Extensions.Logging.Abstractions;
 

@@ -2,7 +2,7 @@ using System.Net;
 using Merlin.Dataplane.Abstractions;
 using Merlin.Ipvs;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Merlin.Reconciler;
 using Merlin.Testing;
 using Microsoft.Extensions.Logging.Abstractions;

@@ -2,7 +2,7 @@ using System.Net;
 using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Microsoft.Extensions.Logging.Abstractions;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 

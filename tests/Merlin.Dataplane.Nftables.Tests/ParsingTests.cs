@@ -3,7 +3,7 @@ using System.Net.NetworkInformation;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Dataplane.Nftables.Neighbours;
-using Merlin.Netlink;
+using Merlin.Linux;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 
 namespace Merlin.Dataplane.Nftables.Tests;

@@ -2,7 +2,7 @@ using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using static Merlin.Dataplane.Nftables.Tests.Given;
 
 namespace Merlin.Dataplane.Nftables.Tests;

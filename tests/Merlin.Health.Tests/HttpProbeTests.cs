@@ -333,7 +333,7 @@ public sealed class HttpProbeTests : IDisposable
         Merlin.Testing.Requires.Root();
         using var ns = new Merlin.Testing.ScratchNamespace("probe");
         // The server listens on the namespace's own loopback: only a socket made in there reaches it.
-        using var listener = Merlin.Netlink.NetworkNamespace.CreateSocket(ns.Name, AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        using var listener = Merlin.Linux.NetworkNamespace.CreateSocket(ns.Name, AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         listener.Listen(16);
         var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
@@ -355,7 +355,7 @@ public sealed class HttpProbeTests : IDisposable
         await serving.WaitAsync(TimeSpan.FromSeconds(5), Ct);
 
         // No thread of this process is left in the namespace (the loop entered it around socket(2) only).
-        var identity = Merlin.Netlink.NetworkNamespace.Identity(ns.Name);
+        var identity = Merlin.Linux.NetworkNamespace.Identity(ns.Name);
         Assert.NotEqual(0UL, identity);
         var inside = $"net:[{identity}]";
         var threads = Directory.GetDirectories("/proc/self/task").Where(t => new FileInfo(Path.Combine(t, "ns/net")).LinkTarget == inside).ToList();

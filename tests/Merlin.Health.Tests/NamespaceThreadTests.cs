@@ -8,7 +8,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Merlin.Testing;
 
 namespace Merlin.Health.Tests;
@@ -84,7 +84,7 @@ public sealed class NamespaceThreadTests
             Assert.Equal(new ProbeResult(true, "gRPC Serving"), await Probe(probes, $"grpc://:{grpcPort}"));
             Assert.Equal(new ProbeResult(false, "ConnectionRefused"), await Probe(probes, $"tcp://:{closedPort}"));
             // Generic netlink needs no module: the controller answers in every namespace.
-            using var client = NetlinkClient.Open(Netlink.Netlink.ProtocolGeneric, new NetlinkSocketOptions { NetworkNamespace = ns });
+            using var client = NetlinkClient.Open(Merlin.Linux.Netlink.ProtocolGeneric, new NetlinkSocketOptions { NetworkNamespace = ns });
             Assert.Equal("nlctrl", GenericNetlinkFamily.Resolve(client, "nlctrl").Name);
         }
     }

@@ -4,7 +4,7 @@ using System.Net.Sockets;
 using System.Text;
 using Merlin.Hashing;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Merlin.Testing;
 
 namespace Merlin.Ipvs.Tests;

@@ -1,4 +1,4 @@
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Ipvs.Tests;
 

@@ -1,6 +1,6 @@
 using System.Net;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Merlin.Testing;
 
 namespace Merlin.Ipvs.Tests;

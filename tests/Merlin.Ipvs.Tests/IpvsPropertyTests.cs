@@ -1,7 +1,7 @@
 using System.Net;
 using CsCheck;
 using Merlin.Model;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Ipvs.Tests;
 
@@ -100,7 +100,7 @@ public class IpvsPropertyTests
         Gen.Select(Gen.Byte.Array[0, 200], Gen.Bool).Sample((body, destination) =>
         {
             // A well-framed reply whose service / destination nest holds random bytes.
-            var message = new Merlin.Netlink.Tests.Wire().Message(0x22, 2, 1, 1).Genl(destination ? (byte)5 : (byte)1)
+            var message = new Merlin.Linux.Tests.Wire().Message(0x22, 2, 1, 1).Genl(destination ? (byte)5 : (byte)1)
                 .Nest(destination ? (ushort)2 : (ushort)1).Raw(body).End().End(message: true).ToArray();
             DecodesOrRaisesDecodeException(message, destination);
         }, iter: 20_000);
@@ -110,7 +110,7 @@ public class IpvsPropertyTests
         // Valid framing, but every IPVS attribute type with random widths and contents.
         Gen.Select(Gen.Select(Gen.UShort[0, 16], Gen.Byte.Array[0, 20]).Array[0, 20], Gen.Bool).Sample((attributes, destination) =>
         {
-            var w = new Merlin.Netlink.Tests.Wire().Message(0x22, 2, 1, 1).Genl(destination ? (byte)5 : (byte)1).Nest(destination ? (ushort)2 : (ushort)1);
+            var w = new Merlin.Linux.Tests.Wire().Message(0x22, 2, 1, 1).Genl(destination ? (byte)5 : (byte)1).Nest(destination ? (ushort)2 : (ushort)1);
             foreach (var (type, payload) in attributes) w.Attr(type, payload);
             DecodesOrRaisesDecodeException(w.End().End(message: true).ToArray(), destination);
         }, iter: 20_000);

@@ -1,7 +1,7 @@
 using System.Net;
 using Merlin.Model;
-using Merlin.Netlink;
-using Merlin.Netlink.Tests;
+using Merlin.Linux;
+using Merlin.Linux.Tests;
 
 namespace Merlin.Ipvs.Tests;
 

@@ -1,4 +1,4 @@
-using Merlin.Netlink.Tests;
+using Merlin.Linux.Tests;
 
 namespace Merlin.Ipvs.Tests;
 

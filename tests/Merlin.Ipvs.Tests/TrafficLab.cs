@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Security.Cryptography;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Ipvs.Tests;
 

@@ -2,7 +2,7 @@ using System.Net;
 using System.Text;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Announcer.Vrrp;
 

@@ -1,6 +1,6 @@
 using System.Text;
 using Merlin.Dataplane.Nftables.Layout;
-using Merlin.Netlink;
+using Merlin.Linux;
 using Microsoft.Extensions.Logging;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
@@ -82,7 +82,7 @@ internal abstract partial class NftKernel : INftables, IDisposable
     {
         Options = options;
         _socket = new Kept<NetlinkClient>(() => NfNetlink.Open(options.NetworkNamespace), s => s.Dispose(), Linger, new Lock(),
-            () => Merlin.Netlink.NetworkNamespace.Identity(options.NetworkNamespace));
+            () => Merlin.Linux.NetworkNamespace.Identity(options.NetworkNamespace));
     }
 
     protected NftablesOptions Options { get; }

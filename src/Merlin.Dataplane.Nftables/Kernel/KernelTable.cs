@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 

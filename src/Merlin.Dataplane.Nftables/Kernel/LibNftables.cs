@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.RegularExpressions;
 using Merlin.Dataplane.Nftables.Layout;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 

@@ -1,9 +1,9 @@
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 
 /// <summary>
-/// nf_tables over Merlin.Netlink's one netlink client (NETLINK_NETFILTER): opening it, and the "get"
+/// nf_tables over Merlin.Linux's one netlink client (NETLINK_NETFILTER): opening it, and the "get"
 /// requests the readers make (every one names its objects by string attributes only).
 /// </summary>
 internal static class NfNetlink
@@ -17,7 +17,7 @@ internal static class NfNetlink
     /// past the system's limit with SO_SNDBUFFORCE (CAP_NET_ADMIN, which nftables needs anyway); a
     /// receive takes a datagram of up to 256 KiB.
     /// </summary>
-    public static NetlinkClient Open(string? networkNamespace) => NetlinkClient.Open(Netlink.Netlink.ProtocolNetfilter, new NetlinkSocketOptions
+    public static NetlinkClient Open(string? networkNamespace) => NetlinkClient.Open(Merlin.Linux.Netlink.ProtocolNetfilter, new NetlinkSocketOptions
     {
         NetworkNamespace = networkNamespace,
         SendBufferSize = SetStaging.MaxBatchBytes + (64 << 10),

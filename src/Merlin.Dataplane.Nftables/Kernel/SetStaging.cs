@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 using Merlin.Dataplane.Nftables.Layout;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Dataplane.Nftables.Kernel;
 
@@ -273,7 +273,7 @@ internal static class SetStaging
 
 /// <summary>
 /// Puts nf_tables messages into nfnetlink batches (BATCH_BEGIN, messages, BATCH_END) in one
-/// <see cref="NetlinkBuffer"/>, encoded by Merlin.Netlink's <see cref="NetlinkWriter"/>. When the
+/// <see cref="NetlinkBuffer"/>, encoded by Merlin.Linux's <see cref="NetlinkWriter"/>. When the
 /// next message would make the batch longer than its limit, the batch so far is handed to the
 /// caller's send first. The last message of a batch asks for an acknowledgement (NLM_F_ACK).
 /// Sequence numbers and port ids are left zero: <see cref="NetlinkClient.ExecuteTransaction"/> stamps them.

@@ -1,11 +1,11 @@
 using System.Net;
 using System.Net.NetworkInformation;
-using Merlin.Netlink;
+using Merlin.Linux;
 
 namespace Merlin.Dataplane.Nftables.Neighbours;
 
 /// <summary>
-/// The neighbour table over rtnetlink (Merlin.Netlink's <see cref="Rtnetlink"/>): RTM_GETLINK and
+/// The neighbour table over rtnetlink (Merlin.Linux's <see cref="Rtnetlink"/>): RTM_GETLINK and
 /// RTM_GETNEIGH to read, RTM_NEWNEIGH / RTM_DELNEIGH to track, all on one socket a call, no process (two
 /// <c>ip</c> processes were 10–40 ms of every resync on a busy machine, and <c>ip -batch</c> one more per
 /// change set). A kernel failure is an <see cref="IOException"/>, as the dataplane expects of this seam.
@@ -96,7 +96,7 @@ internal sealed class NetlinkNeighbours(NftablesOptions options) : INeighbours
     {
         try
         {
-            using var client = NetlinkClient.Open(Netlink.Netlink.ProtocolRoute, new NetlinkSocketOptions { NetworkNamespace = options.NetworkNamespace });
+            using var client = NetlinkClient.Open(Merlin.Linux.Netlink.ProtocolRoute, new NetlinkSocketOptions { NetworkNamespace = options.NetworkNamespace });
             return read(client);
         }
         catch (Exception e) when (e is NetlinkException or NetlinkTimeoutException or NetlinkDecodeException)
