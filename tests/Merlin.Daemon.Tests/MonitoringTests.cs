@@ -101,7 +101,8 @@ public sealed partial class MonitoringTests : IAsyncLifetime
         do
         {
             result = (await prometheus.QueryAsync($"merlin_ready{{job=\"merlin\", instance=\"127.0.0.1:{daemon.Options.HealthPort}\"}}", Ct)).GetProperty("result");
-            if (result.GetArrayLength() > 0) break;
+            // A scrape taken before the daemon's first pass says 0; wait for one taken after it.
+            if (result.GetArrayLength() > 0 && result[0].GetProperty("value")[1].GetString() == "1") break;
             await Task.Delay(250, Ct);
         } while (deadline.Elapsed < TimeSpan.FromSeconds(60));
         Assert.True(result.GetArrayLength() == 1, $"no merlin_ready series after 60 s; Prometheus's log:\n{prometheus.Log}");
