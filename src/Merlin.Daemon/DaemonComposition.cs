@@ -15,7 +15,7 @@ public static class DaemonComposition
 {
     /// <summary>The store <see cref="StoreSection.Backend"/> names; the API computes each md-table service's table in the store transaction of its write.</summary>
     public static IServiceCollection AddMerlinStore(this IServiceCollection services, StoreSection store) =>
-        services.AddSingleton<IStore>(_ =>
+        services.AddSingleton<IStore>(provider =>
         {
             if (store.Backend == "sqlite")
             {
@@ -23,7 +23,8 @@ public static class DaemonComposition
                 if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
                 return new SqliteStore(store.Path, new SqliteStoreOptions { DeriveTable = Merlin.Api.LookupTables.Derive });
             }
-            return new EtcdStore(new EtcdStoreOptions { Endpoints = store.Endpoints, Prefix = store.Prefix, Timeout = store.Timeout, DeriveTable = Merlin.Api.LookupTables.Derive });
+            return new EtcdStore(new EtcdStoreOptions { Endpoints = store.Endpoints, Prefix = store.Prefix, Timeout = store.Timeout, DeriveTable = Merlin.Api.LookupTables.Derive,
+                ChannelLogging = provider.GetService<Microsoft.Extensions.Logging.ILoggerFactory>() });
         });
 
     /// <summary>

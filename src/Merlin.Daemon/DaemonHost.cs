@@ -48,6 +48,8 @@ public static class DaemonHost
         builder.Logging.SetMinimumLevel(System.Enum.Parse<LogLevel>(options.LogLevel, ignoreCase: true));
         builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
         builder.Logging.AddFilter("Grpc", LogLevel.Warning);
+        // At debug, the etcd channel's balancer says which member each call picked and when a member's connection fails.
+        if (options.LogLevel.Equals("debug", StringComparison.OrdinalIgnoreCase)) builder.Logging.AddFilter("Grpc.Net.Client.Balancer", LogLevel.Debug);
 
         var apiSecurity = ApiSecurity.Load(options, TimeProvider.System);
         apiSecurity.AddTo(builder); // the API's TCP listener (TLS), its Unix socket, and who may call what

@@ -62,7 +62,7 @@ public sealed class EtcdStore : IStore
             .ToArray();
         if (endpoints.Length == 0) throw new ArgumentException("at least one etcd endpoint is needed", nameof(options));
         _endpointsText = string.Join(", ", endpoints.Select(u => u.GetLeftPart(UriPartial.Authority)));
-        _channel = CreateChannel(endpoints, options.Timeout);
+        _channel = CreateChannel(endpoints, options.Timeout, options.ChannelLogging);
         var invoker = _channel.CreateCallInvoker();
         _client = new EtcdClient(invoker);
         _watchClient = new Watch.WatchClient(invoker);
@@ -819,7 +819,7 @@ public sealed class EtcdStore : IStore
     private StoreUnavailableException Unavailable(string detail, Exception inner) =>
         new($"etcd at {_endpointsText} is unavailable: {detail}", inner);
 
-    private static GrpcChannel CreateChannel(Uri[] endpoints, TimeSpan timeout)
+    private static GrpcChannel CreateChannel(Uri[] endpoints, TimeSpan timeout, Microsoft.Extensions.Logging.ILoggerFactory? logging)
     {
         var secure = endpoints[0].Scheme == Uri.UriSchemeHttps;
         if (endpoints.Any(u => (u.Scheme == Uri.UriSchemeHttps) != secure))
@@ -841,6 +841,7 @@ public sealed class EtcdStore : IStore
             Credentials = secure ? ChannelCredentials.SecureSsl : ChannelCredentials.Insecure,
             InitialReconnectBackoff = TimeSpan.FromMilliseconds(100),
             MaxReconnectBackoff = TimeSpan.FromSeconds(2),
+            LoggerFactory = logging,
         };
         if (endpoints.Length == 1) return GrpcChannel.ForAddress(endpoints[0], options);
 

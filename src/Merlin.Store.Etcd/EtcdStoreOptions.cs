@@ -19,4 +19,7 @@ public sealed class EtcdStoreOptions
 
     /// <summary>Computes each service's lookup table in the transaction of the write that changed it (null: no tables).</summary>
     public ServiceTableDeriver? DeriveTable { get; init; }
+
+    /// <summary>Where the gRPC channel logs its connection and balancing decisions (null: nowhere).</summary>
+    public Microsoft.Extensions.Logging.ILoggerFactory? ChannelLogging { get; init; }
 }

@@ -48,13 +48,15 @@ public sealed class EtcdClusterTests(EtcdClusterFixture fixture) : IClassFixture
     private EtcdCluster Cluster => fixture.Cluster;
 
     /// <summary>Starts a daemon on the cluster (every member, or the given ones only).</summary>
-    private async Task<RunningDaemon> StartDaemonAsync(params int[] members)
+    private Task<RunningDaemon> StartDaemonAsync(params int[] members) => StartDaemonAsync("information", members);
+
+    private async Task<RunningDaemon> StartDaemonAsync(string logLevel, params int[] members)
     {
         var endpoints = members.Length == 0 ? Cluster.Endpoints : members.Select(i => Cluster.Members[i].Endpoint).ToArray();
         var daemon = await RunningDaemon.StartAsync(o => o with
         {
             StoreBackend = "etcd3", StoreEndpoints = endpoints, StorePrefix = _prefix,
-            StoreTimeout = TimeSpan.FromSeconds(2), SyncPeriod = TimeSpan.FromHours(1),
+            StoreTimeout = TimeSpan.FromSeconds(2), SyncPeriod = TimeSpan.FromHours(1), LogLevel = logLevel,
         });
         _daemons.Add(daemon);
         return daemon;
@@ -127,12 +129,14 @@ public sealed class EtcdClusterTests(EtcdClusterFixture fixture) : IClassFixture
         Assert.All(_daemons, d => Assert.Equal(1u, Weight(d, 0, 0)));
     }
 
-    // Known bug, found by this test: after a member is killed, a daemon's etcd channel can keep picking the dead member and
-    // answer Unavailable for 30 s or more (about half the runs, at any load). Skipped until the store fails over.
-    [Fact(Skip = "known bug: the etcd channel keeps picking a killed member (Unavailable, connection refused) for over 30 s in about half the runs")]
+    // Skipped in session 11 after runs where a daemon's etcd channel kept picking the killed member for over 30 s; that no
+    // longer reproduces (0 of 21 runs, alone and with the class, load 40-65). If it comes back, run with --log-level debug:
+    // the daemon then logs the channel's balancer (which member each call picked, each subchannel's state).
+    [Fact]
     public async Task AMemberLostAndBack_DuringAStreamOfWrites_NoDaemonMissesAChange()
     {
-        for (var i = 0; i < 4; i++) await StartDaemonAsync();
+        await StartDaemonAsync("debug");
+        for (var i = 1; i < 4; i++) await StartDaemonAsync();
         await _daemons[0].Extended.CreateServiceAsync(Service(0), cancellationToken: Ct);
         for (var j = 0; j < 10; j++) await _daemons[0].Extended.CreateServerAsync(Server(0, j), cancellationToken: Ct);
         await WaitForAllEqualToStoreAsync();
@@ -154,6 +158,9 @@ public sealed class EtcdClusterTests(EtcdClusterFixture fixture) : IClassFixture
         var store = await WaitForAllEqualToStoreAsync();
         for (var j = 0; j < 10; j++) Assert.All(_daemons, d => Assert.Equal(accepted[j], Weight(d, 0, j)));
         Assert.Equal(10, store.ServerCount);
+        // At debug the daemon's log shows its etcd channel giving up on the lost member's connection.
+        var lost = new Uri(Cluster.Members[1].Endpoint).Port;
+        Assert.Contains(_daemons[0].Logs.Text.Split('\n'), l => l.Contains($"error connecting to socket 127.0.0.1:{lost}", StringComparison.Ordinal));
     }
 
     [Fact]
