@@ -5,7 +5,6 @@ using Merlin.Daemon;
 using Merlin.Testing;
 using Merlin.Wire;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Time.Testing;
 
 namespace Merlin.Agent.Tests;
 
@@ -53,7 +52,7 @@ public sealed class AgentGoMerlinModeTests : IAsyncLifetime
             await _api.CreateServiceAsync(new VirtualService { Id = id, Key = new() { Ip = "198.18.0.100", Port = port, Protocol = Protocol.Tcp }, Config = new() { Scheduler = "rr" } }, cancellationToken: Ct);
         await _api.UpdateSettingsAsync(new Settings { Compatibility = "go-merlin" }, cancellationToken: Ct);
         // The agent's clock starts at the real one: its call deadlines are taken from it.
-        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var time = new FakeClock(DateTimeOffset.UtcNow);
         var logs = new ListLoggerFactory();
         var node = new NodeAttachment(new RecordingNode(), _dir.File("node.json"));
         var agent = new RealServerAgent(_api, node, new AgentOptions
@@ -70,9 +69,9 @@ public sealed class AgentGoMerlinModeTests : IAsyncLifetime
         // Weight 0 at once (no new connections), the servers kept for their established ones; no deadline was stored.
         await WaitForAsync(async () => (await ServersAsync()) is { Count: 2 } s && s.All(r => r.Config.Weight == 0) ? true : null);
         Assert.All(await ServersAsync(), s => Assert.Null(s.DrainDeadline));
-        await Task.Delay(100, Ct); // the wait starts right after the calls
+        Assert.Equal(TimeSpan.FromSeconds(30), await time.NextTimerAsync("the drain wait", Ct));
         time.Advance(TimeSpan.FromSeconds(29));
-        await Task.Delay(100, Ct);
+        Assert.Equal([TimeSpan.FromSeconds(1)], time.Pending); // still waiting, so nothing was deleted
         Assert.Equal(2, (await ServersAsync()).Count);
         Assert.False(run.IsCompleted);
 

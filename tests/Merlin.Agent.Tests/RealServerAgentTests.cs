@@ -5,7 +5,6 @@ using Grpc.Core;
 using Merlin.Testing;
 using Merlin.Wire;
 using Microsoft.Extensions.Logging.Abstractions;
-using Microsoft.Extensions.Time.Testing;
 
 namespace Merlin.Agent.Tests;
 
@@ -15,7 +14,7 @@ public sealed class RealServerAgentTests : IDisposable
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
     private readonly TempDir _dir = new("agent");
     private readonly FakeApi _api = new();
-    private readonly FakeTimeProvider _time = new(DateTimeOffset.Parse("2026-11-26T12:00:00Z"));
+    private readonly FakeClock _time = new(DateTimeOffset.Parse("2026-11-26T12:00:00Z"));
     private readonly NodeAttachment _node;
 
     public RealServerAgentTests()
@@ -67,13 +66,12 @@ public sealed class RealServerAgentTests : IDisposable
         var run = Agent("web").RunAsync(stop.Token, CancellationToken.None);
         await WaitForAsync(() => _api.Calls.Any(c => c.Method == "CreateServer"));
         stop.Cancel();
-        await WaitForAsync(() => _api.Calls.Any(c => c.Method == "DrainServer"));
-        await Task.Delay(50, Ct); // the drain wait starts right after the call
+        Assert.Equal(TimeSpan.FromSeconds(30), await _time.NextTimerAsync("the drain wait", Ct));
         var drain = (DrainRequest)_api.Calls.Single(c => c.Method == "DrainServer").Request;
         Assert.Equal(("web", "198.18.0.51", 80u, TimeSpan.FromSeconds(30)), (drain.Server.ServiceID, drain.Server.Key.Ip, drain.Server.Key.Port, drain.Period.ToTimeSpan()));
 
         _time.Advance(TimeSpan.FromSeconds(29));
-        await Task.Delay(50, Ct);
+        Assert.Equal([TimeSpan.FromSeconds(1)], _time.Pending); // still waiting: nothing else can call the API
         Assert.DoesNotContain(_api.Calls, c => c.Method == "DeleteServer"); // established connections still have a second
         Assert.NotNull(_node.Load());
         _time.Advance(TimeSpan.FromSeconds(1));
@@ -102,12 +100,13 @@ public sealed class RealServerAgentTests : IDisposable
         _api.Fail["CreateServer"] = new Queue<StatusCode>([StatusCode.Unavailable, StatusCode.Unavailable]);
         using var stop = new CancellationTokenSource();
         var run = Agent("web").RunAsync(stop.Token, CancellationToken.None);
-        for (var i = 0; i < 20 && _api.Calls.Count(c => c.Method == "CreateServer") < 3; i++)
+        for (var retry = 1; retry <= 2; retry++)
         {
-            await Task.Delay(20, Ct);
-            _time.Advance(TimeSpan.FromSeconds(1));
+            var backoff = await _time.AdvanceToNextTimerAsync($"the wait before retry {retry}", Ct);
+            Assert.InRange(backoff, TimeSpan.Zero, TimeSpan.FromSeconds(5));
         }
-        Assert.Equal(3, _api.Calls.Count(c => c.Method == "CreateServer"));
+        await WaitForAsync(() => _api.Calls.Count(c => c.Method == "CreateServer") == 3);
+        Assert.Empty(_time.Pending); // answered: no further retry
         await FinishAsync(stop, run);
     }
 
@@ -160,12 +159,7 @@ public sealed class RealServerAgentTests : IDisposable
     private async Task FinishAsync(CancellationTokenSource stop, Task run)
     {
         stop.Cancel();
-        await WaitForAsync(() => _api.Calls.Any(c => c.Method == "DrainServer"));
-        for (var i = 0; i < 100 && !run.IsCompleted; i++)
-        {
-            await Task.Delay(10, Ct); // the drain wait starts right after the call
-            _time.Advance(TimeSpan.FromSeconds(1));
-        }
+        await _time.AdvanceToNextTimerAsync("the drain wait", Ct);
         await run.WaitAsync(TimeSpan.FromSeconds(10), Ct);
     }
 

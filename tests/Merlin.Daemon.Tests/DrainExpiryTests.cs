@@ -6,7 +6,6 @@ using Merlin.Store.Tests;
 using Merlin.Testing;
 using Merlin.Wire;
 using Microsoft.Extensions.Logging.Abstractions;
-using Microsoft.Extensions.Time.Testing;
 
 namespace Merlin.Daemon.Tests;
 
@@ -14,7 +13,7 @@ namespace Merlin.Daemon.Tests;
 public sealed class DrainExpiryTests : IAsyncLifetime
 {
     private readonly TempDir _dir = new("drain-expiry");
-    private readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 1, 1, 12, 0, 0, TimeSpan.Zero));
+    private readonly FakeClock _time = new(new DateTimeOffset(2026, 1, 1, 12, 0, 0, TimeSpan.Zero));
     private SqliteStore _store = null!;
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -48,8 +47,10 @@ public sealed class DrainExpiryTests : IAsyncLifetime
     private static Task EventuallyAsync(Func<Task<bool>> condition) =>
         Poll.UntilAsync(condition, "the expiry's store change", TimeSpan.FromSeconds(30), interval: TimeSpan.FromMilliseconds(20), ct: Ct); // a loaded CI machine
 
-    /// <summary>Lets the worker run what the last clock move woke (real time; the fake clock stays put).</summary>
-    private static Task Settle() => Task.Delay(300, Ct);
+    /// <summary>Waits until the worker sleeps on the fake clock with only <paramref name="left"/> to go: it has
+    /// handled what it learnt and what the last clock move woke, so the store stays as it is until the clock moves.</summary>
+    private Task WaitingAsync(TimeSpan left) =>
+        _time.UntilPendingAsync(p => p.Count == 1 && p[0] == left, $"the worker waiting {left.TotalSeconds} s for the next deadline", Ct);
 
     [Fact]
     public async Task Expiry_RemovesEachServerAtItsDeadline_NotBefore_AndLeavesAnUndrainedOne()
@@ -65,7 +66,7 @@ public sealed class DrainExpiryTests : IAsyncLifetime
             await EventuallyAsync(() => Task.FromResult(expiry.Draining == 3));
 
             _time.Advance(TimeSpan.FromSeconds(59));
-            await Settle();
+            await WaitingAsync(TimeSpan.FromSeconds(1));
             Assert.True(await ExistsAsync("198.18.1.1"));
 
             _time.Advance(TimeSpan.FromSeconds(1));
@@ -74,8 +75,9 @@ public sealed class DrainExpiryTests : IAsyncLifetime
 
             await DrainAsync("198.18.1.2", period: null); // undrained before its deadline
             await EventuallyAsync(() => Task.FromResult(expiry.Draining == 1));
+            await WaitingAsync(TimeSpan.FromSeconds(60)); // [2001:db8::3]'s; 1.2's is forgotten
             _time.Advance(TimeSpan.FromSeconds(30)); // past 1.2's old deadline; before [2001:db8::3]'s
-            await Settle();
+            await WaitingAsync(TimeSpan.FromSeconds(30));
             Assert.True(await ExistsAsync("198.18.1.2"));
             Assert.True(await ExistsAsync("2001:db8::3"));
 
@@ -127,10 +129,10 @@ public sealed class DrainExpiryTests : IAsyncLifetime
             await expiry.Started.WaitAsync(TimeSpan.FromSeconds(10), Ct);
             _time.Advance(TimeSpan.FromSeconds(9));
             await DrainAsync("198.18.1.1", TimeSpan.FromSeconds(60));
-            await Settle();
+            await WaitingAsync(TimeSpan.FromSeconds(60)); // the new deadline, learnt from the watch
 
             _time.Advance(TimeSpan.FromSeconds(5));
-            await Settle();
+            await WaitingAsync(TimeSpan.FromSeconds(55));
             Assert.True(await ExistsAsync("198.18.1.1"));
 
             _time.Advance(TimeSpan.FromSeconds(60));

@@ -3,15 +3,14 @@ using Merlin.Dataplane.Abstractions;
 using Merlin.Model;
 using Merlin.Reconciler;
 using Microsoft.Extensions.Logging.Abstractions;
-using Microsoft.Extensions.Time.Testing;
 using Merlin.Testing;
 
 namespace Merlin.Health.Tests;
 
 /// <summary>The scheduler and verdicts, on a fake clock with a scripted probe.</summary>
-public sealed class HealthCheckerTests : IAsyncDisposable
+public sealed class HealthCheckerTests : IAsyncLifetime
 {
-    private readonly FakeTimeProvider _time = new(DateTimeOffset.Parse("2026-11-26T10:00:00Z"));
+    private readonly FakeClock _time = new(DateTimeOffset.Parse("2026-11-26T10:00:00Z"));
     private readonly ScriptedProbe _probe = new();
     private readonly HealthChecker _checker;
     private int _changes;
@@ -22,6 +21,11 @@ public sealed class HealthCheckerTests : IAsyncDisposable
         _checker.Changed += () => Interlocked.Increment(ref _changes);
         _checker.Start();
     }
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    // The scheduler's loop has made its first pass and sleeps on the clock: each step below then wakes it once.
+    public async ValueTask InitializeAsync() => await _time.TimerSetAfterAsync(0, "the scheduler's first pass", Ct);
 
     public async ValueTask DisposeAsync() => await _checker.DisposeAsync();
 
@@ -36,38 +40,50 @@ public sealed class HealthCheckerTests : IAsyncDisposable
         Period = TimeSpan.FromMilliseconds(500), Timeout = TimeSpan.FromMilliseconds(200), UpThreshold = up, DownThreshold = down,
     };
 
-    /// <summary>Lets the scheduler and the probes' continuations run, and waits until every probe that
-    /// started has been recorded (unless the test holds them at the gate), so a loaded machine is not a failure.</summary>
-    private async Task SettleAsync()
+    /// <summary>Tracks <paramref name="targets"/> and waits until the scheduler has handled it: started what is due
+    /// and set its timer for the next check again.</summary>
+    private async Task TrackAsync(params HealthTarget[] targets)
     {
-        for (var i = 0; i < 20; i++) await Task.Delay(5);
-        if (_probe.Gate is { Task.IsCompleted: false }) return;
-        await UntilAsync(() => _checker.Succeeded + _checker.FailedChecks >= _probe.Calls);
+        var sets = _time.TimerSets;
+        _checker.Track(targets);
+        await _time.TimerSetAfterAsync(sets, "the scheduler's pass after Track", Ct);
+        await RecordedAsync();
     }
 
-    /// <summary>Waits for what the scheduler does on its own threads; bounded, so a regression fails instead of hanging.</summary>
-    private static Task UntilAsync(Func<bool> condition) => Poll.UntilAsync(condition, "the checks the scheduler started", interval: TimeSpan.FromMilliseconds(5));
+    /// <summary>Moves the clock; when that fires the scheduler's timer, waits until the scheduler has started what
+    /// is due and set its timer again. No timer armed means the scheduler runs nothing until the next Track.</summary>
+    private async Task AdvanceAsync(TimeSpan by)
+    {
+        var sets = _time.TimerSets;
+        var fires = _time.Pending is [var due, ..] && due <= by;
+        _time.Advance(by);
+        if (fires) await _time.TimerSetAfterAsync(sets, "the scheduler's pass after its timer fired", Ct);
+        await RecordedAsync();
+    }
 
     private async Task StepAsync(int periods = 1)
     {
-        for (var i = 0; i < periods; i++)
-        {
-            _time.Advance(TimeSpan.FromMilliseconds(500));
-            await SettleAsync();
-        }
+        for (var i = 0; i < periods; i++) await AdvanceAsync(TimeSpan.FromMilliseconds(500));
     }
+
+    /// <summary>Waits until every probe that started has been recorded, unless the test holds them at the gate.</summary>
+    private Task RecordedAsync() =>
+        _probe.Gate is { Task.IsCompleted: false } ? Task.CompletedTask : UntilAsync(() => _checker.Succeeded + _checker.FailedChecks >= _probe.Calls);
+
+    /// <summary>Waits for what the probes do on other threads; bounded, so a regression fails instead of hanging.</summary>
+    private static Task UntilAsync(Func<bool> condition) => Poll.UntilAsync(condition, "the checks the scheduler started", interval: TimeSpan.FromMilliseconds(5));
 
     [Fact]
     public async Task ANewCheck_RunsAtOnce_AndAFirstSuccessIsUp()
     {
         _probe.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _checker.Track([new HealthTarget(Web, Rs1, Check())]);
-        await UntilAsync(() => _probe.Calls == 1); // at once: the clock has not moved
+        await TrackAsync(new HealthTarget(Web, Rs1, Check()));
+        Assert.Equal(1, _probe.Calls); // at once: the clock has not moved
         Assert.Equal(HealthVerdict.Unknown, _checker.Verdict(Web, Rs1)); // until the first result
 
         _probe.Gate.SetResult();
         await UntilAsync(() => _checker.Verdict(Web, Rs1) == HealthVerdict.Up);
-        await SettleAsync();
+        Assert.Equal([TimeSpan.FromMilliseconds(500)], _time.Pending); // the next check is a period away
         Assert.Equal(1, _probe.Calls);
         Assert.Equal(HealthVerdict.Up, _checker.Verdict(Web, Rs1));
         Assert.Equal(1, _changes);
@@ -76,8 +92,7 @@ public sealed class HealthCheckerTests : IAsyncDisposable
     [Fact]
     public async Task DownAfterDownThresholdFailures_UpAfterUpThresholdSuccesses_EachTransitionOnce()
     {
-        _checker.Track([new HealthTarget(Web, Rs1, Check(up: 2, down: 2))]);
-        await SettleAsync();
+        await TrackAsync(new HealthTarget(Web, Rs1, Check(up: 2, down: 2)));
         _probe.Healthy = false;
 
         await StepAsync();
@@ -101,8 +116,7 @@ public sealed class HealthCheckerTests : IAsyncDisposable
     {
         var check = Check();
         var rs1In443 = new RealServerKey(Rs1.Address, 443);
-        _checker.Track([new HealthTarget(Web, Rs1, check), new HealthTarget(Tls, rs1In443, check)]);
-        await SettleAsync();
+        await TrackAsync(new HealthTarget(Web, Rs1, check), new HealthTarget(Tls, rs1In443, check));
         await StepAsync(3);
 
         Assert.Equal(4, _probe.Calls);
@@ -113,10 +127,10 @@ public sealed class HealthCheckerTests : IAsyncDisposable
     [Fact]
     public async Task AnUntrackedCheck_StopsRunning_AndItsServerIsUnknown()
     {
-        _checker.Track([new HealthTarget(Web, Rs1, Check())]);
-        await SettleAsync();
-        _checker.Track([]);
+        await TrackAsync(new HealthTarget(Web, Rs1, Check()));
+        await TrackAsync();
         var calls = _probe.Calls;
+        Assert.Empty(_time.Pending); // nothing left to wake the scheduler for
 
         await StepAsync(4);
 
@@ -132,25 +146,16 @@ public sealed class HealthCheckerTests : IAsyncDisposable
         // other checks keep the removed one's old turn from coming up first.
         var rs2 = new RealServerKey(IPAddress.Parse("198.18.1.2"), 80);
         var other = new HealthTarget(Web, rs2, Check());
-        _checker.Track([other]);
-        await SettleAsync();
-        _time.Advance(TimeSpan.FromMilliseconds(100));
-        _checker.Track([other, new HealthTarget(Web, Rs1, Check())]);
-        await SettleAsync();
-        _time.Advance(TimeSpan.FromMilliseconds(150));
-        await SettleAsync();
-        _checker.Track([other]);
-        await SettleAsync();
-        _checker.Track([other, new HealthTarget(Web, Rs1, Check())]);
-        await SettleAsync();
+        await TrackAsync(other);
+        await AdvanceAsync(TimeSpan.FromMilliseconds(100));
+        await TrackAsync(other, new HealthTarget(Web, Rs1, Check()));
+        await AdvanceAsync(TimeSpan.FromMilliseconds(150));
+        await TrackAsync(other);
+        await TrackAsync(other, new HealthTarget(Web, Rs1, Check()));
         var calls = _probe.Calls;
 
         for (var i = 0; i < 40; i++) // 2 s in steps of 50 ms, so two rhythms would not fall on one step
-        {
-            _time.Advance(TimeSpan.FromMilliseconds(50));
-            await Task.Delay(5, TestContext.Current.CancellationToken);
-        }
-        await SettleAsync();
+            await AdvanceAsync(TimeSpan.FromMilliseconds(50));
 
         Assert.Equal(calls + 8, _probe.Calls); // two checks, four periods
     }
@@ -159,14 +164,13 @@ public sealed class HealthCheckerTests : IAsyncDisposable
     public async Task ASlowCheck_IsNotStartedAgainBeforeItEnds()
     {
         _probe.Gate = new TaskCompletionSource();
-        _checker.Track([new HealthTarget(Web, Rs1, Check())]);
-        await SettleAsync();
+        await TrackAsync(new HealthTarget(Web, Rs1, Check()));
         await StepAsync(3);
         Assert.Equal(1, _probe.Calls);
         Assert.Equal(3, _checker.Skipped); // counted, for the falling-behind alert
 
         _probe.Gate.SetResult();
-        await SettleAsync();
+        await RecordedAsync();
         await StepAsync();
         Assert.Equal(2, _probe.Calls);
     }
@@ -174,8 +178,7 @@ public sealed class HealthCheckerTests : IAsyncDisposable
     [Fact]
     public async Task Report_SaysWhatTheLastCheckSaw()
     {
-        _checker.Track([new HealthTarget(Web, Rs1, Check(down: 1))]);
-        await SettleAsync();
+        await TrackAsync(new HealthTarget(Web, Rs1, Check(down: 1)));
         _probe.Healthy = false;
         await StepAsync();
 
@@ -189,12 +192,10 @@ public sealed class HealthCheckerTests : IAsyncDisposable
     [Fact]
     public async Task AChecksStartAfterItWasDue_AddsToTheDelay()
     {
-        _checker.Track([new HealthTarget(Web, Rs1, Check())]);
-        await SettleAsync();
+        await TrackAsync(new HealthTarget(Web, Rs1, Check()));
         Assert.Equal(TimeSpan.Zero, _checker.Delay); // a new check runs at once
 
-        _time.Advance(TimeSpan.FromMilliseconds(700)); // due at 500 ms, started at 700 ms
-        await SettleAsync();
+        await AdvanceAsync(TimeSpan.FromMilliseconds(700)); // due at 500 ms, started at 700 ms
         Assert.Equal(2, _probe.Calls);
         Assert.Equal(200, _checker.Delay.TotalMilliseconds, precision: 3);
         Assert.Equal(0, _checker.Skipped);

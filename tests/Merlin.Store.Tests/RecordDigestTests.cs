@@ -1,7 +1,8 @@
 using Google.Protobuf;
+using Merlin.Store.Protobuf;
 using Merlin.Wire;
 
-namespace Merlin.Model.Tests;
+namespace Merlin.Store.Tests;
 
 /// <summary>Merlin's mark on its writes (merlin_digest): the exact bytes, and what it tells apart.</summary>
 public class RecordDigestTests

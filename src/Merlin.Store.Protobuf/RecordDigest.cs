@@ -1,6 +1,7 @@
 using Google.Protobuf;
+using Merlin.Wire;
 
-namespace Merlin.Wire;
+namespace Merlin.Store.Protobuf;
 
 /// <summary>
 /// Merlin's mark on the records its API writes (<c>merlin_digest</c>, field 15 of VirtualService and RealServer):
