@@ -20,7 +20,7 @@ if (args.Contains("--help"))
 if (args.Contains("--ipvs"))
 {
     Console.Error.WriteLine("IPVS is not measured here: this machine's kernel has no IPVS, and the qemu guest (tests/vm/ipvs-guest) " +
-        "runs one CPU of its own whose per-packet cost is not comparable to the host's NAPI threads. See docs/performance.md, \"Packet path (issue 18)\".");
+        "is emulated (TCG): its CPU time is not comparable to the host's NAPI threads, and it was not run beside other work. See docs/performance.md, \"Packet path (issue 18)\".");
     return 2;
 }
 if (!Environment.IsPrivilegedProcess)
