@@ -16,9 +16,19 @@ using Microsoft.Extensions.DependencyInjection;
 /// daemon's API in turn, one at a time. A change is applied by a daemon when the pass that programmed it ends: the
 /// daemon's dataplane read (the none dataplane's snapshot) shows the new weight when its loop reports the pass. The
 /// fan-out latency of a change is from just before the UpdateServer call to the last of the N daemons applying it.
+/// --nft-daemons K more daemons program the nftables dataplane, each in a scratch network namespace the harness
+/// creates (a veth pair in it, one end as --interface) and removes; for them a change is applied when the first pass that applied
+/// operations ends after the call (their kernel tables are not read back). Servers are NAT (masq) here, so the
+/// nftables daemons program them without neighbours.
 /// </summary>
 static class Fleet
 {
+    private static RealServer Nat(RealServer server)
+    {
+        server.Config.Forward = ForwardMethod.Masq;
+        return server;
+    }
+
     public static async Task<List<string>> Run(Args o)
     {
         var rows = new List<string>();
@@ -26,6 +36,7 @@ static class Fleet
         using var cluster = EtcdCluster.Launch(o.EtcdMembers);
         var apps = new List<WebApplication>();
         var ports = new List<int>();
+        var namespaces = new List<ScratchNamespace>();
         try
         {
             var clock = Stopwatch.StartNew();
@@ -43,67 +54,96 @@ static class Fleet
                 await app.StartAsync();
                 ports.Add(options.Port);
             }
-            Console.WriteLine($"[fleet] {o.Daemons} daemons up on {o.EtcdMembers} etcd members in {clock.Elapsed.TotalSeconds:N1} s");
+            for (var i = 0; i < o.NftDaemons; i++)
+            {
+                if (!Environment.IsPrivilegedProcess) throw new InvalidOperationException("--nft-daemons needs root (it creates network namespaces)");
+                var ns = new ScratchNamespace("scale");
+                namespaces.Add(ns);
+                ScratchNamespace.Run("ip", ["-n", ns.Name, "link", "add", "lb0", "type", "veth", "peer", "name", "lb1"]);
+                ScratchNamespace.Run("ip", ["-n", ns.Name, "link", "set", "lb0", "up"]);
+                ScratchNamespace.Run("ip", ["-n", ns.Name, "link", "set", "lb1", "up"]);
+                var state = Path.Combine(dir.Path, $"nft-daemon-{i}");
+                Directory.CreateDirectory(state);
+                var options = new DaemonOptions
+                {
+                    Port = LocalPorts.Free(), HealthPort = LocalPorts.Free(), StoreBackend = "etcd3", StoreEndpoints = cluster.Endpoints,
+                    StoreTimeout = TimeSpan.FromSeconds(30), StateDir = state, SyncPeriod = TimeSpan.FromHours(1), LogFormat = "text", LogLevel = "warning",
+                    DataplaneKind = "nftables", NetworkNamespace = ns.Name, Interface = "lb0", HashSeed = 0x5eed0001,
+                };
+                var app = DaemonHost.Build(options);
+                apps.Add(app);
+                await app.StartAsync();
+                ports.Add(options.Port);
+            }
+            var daemons = o.Daemons + o.NftDaemons;
+            Console.WriteLine($"[fleet] {o.Daemons} + {o.NftDaemons} nftables daemons up on {o.EtcdMembers} etcd members in {clock.Elapsed.TotalSeconds:N1} s");
 
             var channels = ports.Select(p => GrpcChannel.ForAddress($"http://127.0.0.1:{p}")).ToArray();
             try
             {
                 var clients = channels.Select(c => new Merlin.Wire.Merlin.MerlinClient(c)).ToArray();
                 await Harness.Parallel(o.Services, o.Concurrency, async i => await clients[0].CreateServiceAsync(Harness.Service(i)), "[fleet] services");
-                await Harness.Parallel(o.Services * o.Servers, o.Concurrency, async i => await clients[0].CreateServerAsync(Harness.Server(i / o.Servers, i % o.Servers)), "[fleet] servers");
-                var dataplanes = apps.Select(a => (InMemoryDataplane)a.Services.GetRequiredService<IDataplane>()).ToArray();
+                await Harness.Parallel(o.Services * o.Servers, o.Concurrency, async i => await clients[0].CreateServerAsync(Nat(Harness.Server(i / o.Servers, i % o.Servers))), "[fleet] servers");
+                var dataplanes = apps.Take(o.Daemons).Select(a => (InMemoryDataplane)a.Services.GetRequiredService<IDataplane>()).ToArray();
                 var loops = apps.Select(a => a.Services.GetRequiredService<ReconcileLoop>()).ToArray();
                 var total = o.Services * o.Servers;
                 clock.Restart();
-                while (dataplanes.Any(d => d.State.ServerCount != total))
+                await Poll.UntilAsync(() => dataplanes.All(d => d.State.ServerCount == total), "every none daemon programming all servers", limit: TimeSpan.FromMinutes(5), interval: TimeSpan.FromMilliseconds(100));
+                if (o.NftDaemons > 0)
                 {
-                    if (clock.Elapsed > TimeSpan.FromMinutes(5)) throw new InvalidOperationException("the daemons did not all program the servers within 5 minutes");
-                    await Task.Delay(100);
+                    var nftStatus = apps.Skip(o.Daemons).Select(a => a.Services.GetRequiredService<ReconcilerStatus>()).ToArray();
+                    await Poll.UntilAsync(() => nftStatus.All(s => s.Current.Ready), "every nftables daemon's first pass", limit: TimeSpan.FromMinutes(5), interval: TimeSpan.FromMilliseconds(100),
+                        state: () => string.Join("; ", nftStatus.Select(s => s.Current.LastError ?? "no error")));
                 }
 
                 var fanOut = new List<double>();
+                var appliedNft = new List<double>();
                 var each = new List<double>();
                 for (var r = -1; r < o.Changes; r++) // the first change warms up and is not counted
                 {
                     var service = (r + 1) * 7 % o.Services;
                     var j = (r + 1) % o.Servers;
                     var weight = (uint)(100 + r);
-                    var server = Harness.Server(service, j);
+                    var server = Nat(Harness.Server(service, j));
                     server.Config.Weight = weight;
                     var key = Merlin.Model.ServiceKey.ForAddress(IPAddress.Parse(Harness.Service(service).Key.Ip), 80, Merlin.Model.Protocol.Tcp);
                     var serverKey = new Merlin.Model.RealServerKey(IPAddress.Parse(server.Key.Ip), (ushort)server.Key.Port);
-                    var applied = new double[o.Daemons];
-                    var left = o.Daemons;
+                    var applied = new double[daemons];
+                    var left = daemons;
                     var all = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                     var sw = new Stopwatch();
-                    var handlers = new Action<PassResult>[o.Daemons];
-                    for (var d = 0; d < o.Daemons; d++)
+                    var handlers = new Action<PassResult>[daemons];
+                    for (var d = 0; d < daemons; d++)
                     {
                         var index = d;
-                        handlers[d] = _ =>
+                        handlers[d] = pass =>
                         {
-                            if (applied[index] != 0) return;
-                            if (!dataplanes[index].State.Services.TryGetValue(key, out var s) || !s.Servers.TryGetValue(serverKey, out var c) || c.Weight != weight) return;
+                            if (applied[index] != 0 || !sw.IsRunning) return;
+                            if (index >= o.Daemons ? pass.Applied == 0
+                                : !dataplanes[index].State.Services.TryGetValue(key, out var s) || !s.Servers.TryGetValue(serverKey, out var c) || c.Weight != weight) return;
                             applied[index] = sw.Elapsed.TotalMilliseconds;
                             if (Interlocked.Decrement(ref left) == 0) all.TrySetResult();
                         };
                         loops[d].PassCompleted += handlers[d];
                     }
                     sw.Start();
-                    await clients[(r + 1) % o.Daemons].UpdateServerAsync(server);
+                    await clients[(r + 1) % daemons].UpdateServerAsync(server);
                     await all.Task.WaitAsync(TimeSpan.FromMinutes(1));
-                    for (var d = 0; d < o.Daemons; d++) loops[d].PassCompleted -= handlers[d];
+                    for (var d = 0; d < daemons; d++) loops[d].PassCompleted -= handlers[d];
                     if (r < 0) continue;
                     fanOut.Add(applied.Max());
-                    each.AddRange(applied);
+                    each.AddRange(applied.Take(o.Daemons));
+                    appliedNft.AddRange(applied.Skip(o.Daemons));
                     await Task.Delay(100);
                 }
                 fanOut.Sort();
+                appliedNft.Sort();
                 each.Sort();
-                Console.WriteLine($"[fleet] weight change → applied by all {o.Daemons}: p50 {Harness.P(fanOut, 0.5):N0} ms, p99 {Harness.P(fanOut, 0.99):N0} ms, max {fanOut[^1]:N0} ms; " +
+                var nft = appliedNft.Count == 0 ? "" : $"; the {o.NftDaemons} nftables daemons: p50 {Harness.P(appliedNft, 0.5):N0} ms, p99 {Harness.P(appliedNft, 0.99):N0} ms";
+                Console.WriteLine($"[fleet] weight change → applied by all {daemons}: p50 {Harness.P(fanOut, 0.5):N0} ms, p99 {Harness.P(fanOut, 0.99):N0} ms, max {fanOut[^1]:N0} ms; " +
                                   $"by one daemon: p50 {Harness.P(each, 0.5):N0} ms, p99 {Harness.P(each, 0.99):N0} ms");
-                rows.Add($"| etcd3 ×{o.EtcdMembers} | one server's weight change → applied by all {o.Daemons} daemons' dataplanes (none), {o.Services:N0} × {o.Servers}, {o.Changes} changes | " +
-                         $"p50 {Harness.P(fanOut, 0.5):N0} ms, p99 {Harness.P(fanOut, 0.99):N0} ms, max {fanOut[^1]:N0} ms (one daemon: p50 {Harness.P(each, 0.5):N0} ms, p99 {Harness.P(each, 0.99):N0} ms) |");
+                rows.Add($"| etcd3 ×{o.EtcdMembers} | one server's weight change → applied by all {o.Daemons} none + {o.NftDaemons} nftables daemons, {o.Services:N0} × {o.Servers}, {o.Changes} changes | " +
+                         $"p50 {Harness.P(fanOut, 0.5):N0} ms, p99 {Harness.P(fanOut, 0.99):N0} ms, max {fanOut[^1]:N0} ms (one none daemon: p50 {Harness.P(each, 0.5):N0} ms, p99 {Harness.P(each, 0.99):N0} ms{nft}) |");
             }
             finally
             {
@@ -117,6 +157,7 @@ static class Fleet
                 await app.StopAsync();
                 await app.DisposeAsync();
             }
+            foreach (var ns in namespaces) ns.Dispose();
         }
         return rows;
     }

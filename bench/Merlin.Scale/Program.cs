@@ -19,11 +19,20 @@ using static Harness;
 // straight into the store before the daemon starts (fast at any size), then times what happens at that size:
 // a reconcile pass that applies one change, CreateService of --creates more, and on etcd the raw etcd
 // transaction rate with the same value sizes.
-// --daemons N [--etcd-members 3]: instead, N daemons on one etcd cluster and the time a weight change takes to reach
-// all of them (Fleet.cs); --services and --servers size the store (keep them small: every daemon holds it all).
+// --daemons N [--etcd-members 3] [--nft-daemons 2]: instead, N daemons on one etcd cluster and the time a weight
+// change takes to reach all of them (Fleet.cs); --services and --servers size the store (keep them small: every
+// daemon holds it all). --nft-daemons adds daemons with the nftables dataplane, each in a scratch namespace (root).
+// --table: issue 18's goals table in one run: --fill store on both stores at --services × --servers (with the
+// streamed list, CreateServer next to raw etcd and the RSS of a separate merlin process), then the fleet with
+// --daemons (default 20) + --nft-daemons (default 2) at --fleet-services × --servers (default 100 × 10).
 var opts = Args.Parse(args);
 var results = new List<string>();
-if (opts.Daemons > 0) results.AddRange(await Fleet.Run(opts));
+if (opts.Table)
+{
+    foreach (var backend in opts.Store == "both" ? ["sqlite", "etcd3"] : new[] { opts.Store }) results.AddRange(await Run(backend, opts with { Fill = "store" }));
+    results.AddRange(await Fleet.Run(opts with { Daemons = opts.Daemons > 0 ? opts.Daemons : 20, Services = opts.FleetServices, Changes = opts.FleetChanges, Concurrency = 8 }));
+}
+else if (opts.Daemons > 0) results.AddRange(await Fleet.Run(opts));
 else
     foreach (var backend in opts.Store == "both" ? ["sqlite", "etcd3"] : new[] { opts.Store })
     {
@@ -64,6 +73,15 @@ static async Task<List<string>> Run(string backend, Args o)
         {
             rows.AddRange(await MeasureAtSize(backend, app, options, etcd, o));
             await app.StopAsync();
+            await app.DisposeAsync();
+            try
+            {
+                rows.Add(await DaemonProcessRss(backend, options, o));
+            }
+            catch (Exception e) // a row that says why, not a run lost at its end
+            {
+                rows.Add($"| {backend} | daemon RSS (separate merlin process) | not measured: {e.Message.ReplaceLineEndings(" ")} |");
+            }
             return rows;
         }
         using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{options.Port}",
@@ -193,6 +211,30 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
     Console.WriteLine($"[{backend}] one-change reconcile passes: {string.Join(", ", passes.Select(p => $"{p:N1}"))} ms");
     rows.Add($"| {backend} | reconcile pass applying one weight change at {o.Services:N0} × {o.Servers}, mean of {o.Changes} (each: {string.Join(", ", passes.Select(p => p.ToString("N1")))}) | {passes.Average():N1} ms |");
 
+    // The streamed list (meradm list): the first part, and the whole, as a client reading the stream sees them.
+    var firsts = new List<double>();
+    var wholes = new List<double>();
+    for (var r = -1; r < 5; r++) // the first run warms up
+    {
+        var watch = Stopwatch.StartNew();
+        using var call = client.ListStream(new Empty());
+        double first = -1;
+        var services = 0;
+        while (await call.ResponseStream.MoveNext(CancellationToken.None))
+        {
+            if (first < 0) first = watch.Elapsed.TotalMilliseconds;
+            services += call.ResponseStream.Current.Items.Count;
+        }
+        if (services != o.Services) throw new InvalidOperationException($"ListStream returned {services} services, expected {o.Services}");
+        if (r < 0) continue;
+        firsts.Add(first);
+        wholes.Add(watch.Elapsed.TotalMilliseconds);
+    }
+    firsts.Sort();
+    wholes.Sort();
+    Console.WriteLine($"[{backend}] ListStream: first part p50 {P(firsts, 0.5):N0} ms, whole p50 {P(wholes, 0.5):N0} ms");
+    rows.Add($"| {backend} | streamed list (ListStream) of {o.Services:N0} × {o.Servers}: first part / whole, p50 of 5 (max) | {P(firsts, 0.5):N0} ms ({firsts[^1]:N0}) / {P(wholes, 0.5):N0} ms ({wholes[^1]:N0}) |");
+
     var sw = Stopwatch.StartNew();
     await Parallel(o.Creates, o.Concurrency, async i => await client.CreateServiceAsync(Service(o.Services + i)), $"[{backend}] creates");
     var createRate = o.Creates / sw.Elapsed.TotalSeconds;
@@ -217,7 +259,76 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
         Console.WriteLine($"[etcd3] raw etcd create-if-absent txn: {rawRate:N0}/s; CreateService / raw = {createRate / rawRate:P0}");
         rows.Add($"| {backend} | raw etcd create-if-absent txn (same value size), {o.Concurrency} concurrent, {o.Creates:N0} calls | {rawRate:N0}/s (CreateService / raw = {createRate / rawRate:P0}) |");
     }
+
+    // CreateServer: one more server in existing services (an 11th, 12th, … endpoint), and the raw etcd rate with a server's value size.
+    sw.Restart();
+    await Parallel(o.Creates, o.Concurrency, async i => await client.CreateServerAsync(Server(i * 7 % o.Services, o.Servers + i * 7 / o.Services)), $"[{backend}] server creates");
+    var serverRate = o.Creates / sw.Elapsed.TotalSeconds;
+    Console.WriteLine($"[{backend}] CreateServer at {total:N0} existing: {serverRate:N0}/s");
+    rows.Add($"| {backend} | CreateServer at {total:N0} existing, {o.Concurrency} concurrent, {o.Creates:N0} calls | {serverRate:N0}/s |");
+    if (etcd is not null)
+    {
+        using var raw = GrpcChannel.ForAddress(etcd.Endpoint);
+        var rawClient = new dotnet_etcd.EtcdClient(raw.CreateCallInvoker());
+        sw.Restart();
+        await Parallel(o.Creates, o.Concurrency, async i =>
+        {
+            var key = ByteString.CopyFromUtf8($"/bench-raw-servers/{i}");
+            var txn = new Etcdserverpb.TxnRequest();
+            txn.Compare.Add(new Etcdserverpb.Compare { Key = key, Target = Etcdserverpb.Compare.Types.CompareTarget.Create, Result = Etcdserverpb.Compare.Types.CompareResult.Equal, CreateRevision = 0 });
+            txn.Success.Add(new Etcdserverpb.RequestOp { RequestPut = new Etcdserverpb.PutRequest { Key = key, Value = Server(i, o.Servers).ToByteString() } });
+            await rawClient.TransactionAsync(txn);
+        }, "[etcd3] raw server txns");
+        var rawRate = o.Creates / sw.Elapsed.TotalSeconds;
+        Console.WriteLine($"[etcd3] raw etcd txn, server value size: {rawRate:N0}/s; CreateServer / raw = {serverRate / rawRate:P0}");
+        rows.Add($"| {backend} | raw etcd create-if-absent txn (server value size), {o.Concurrency} concurrent, {o.Creates:N0} calls | {rawRate:N0}/s (CreateServer / raw = {serverRate / rawRate:P0}) |");
+    }
     return rows;
+}
+
+// The daemon alone: the built merlin binary as its own process (--dataplane none) on the store just measured, its
+// RSS read from /proc once /readyz says its first pass is done, and again 5 s later.
+static async Task<string> DaemonProcessRss(string backend, DaemonOptions options, Args o)
+{
+    var binary = Path.Combine(AppContext.BaseDirectory, "merlin");
+    int port = FreePort(), health = FreePort();
+    var start = new ProcessStartInfo(binary) { RedirectStandardOutput = true, RedirectStandardError = true };
+    foreach (var a in new[] { "--store-backend", backend, "--dataplane", "none", "--listen-address", "127.0.0.1", "--port", $"{port}",
+                 "--health-listen-address", "127.0.0.1", "--health-port", $"{health}", "--state-dir", options.StateDir!, "--log-level", "warning",
+                 "--reconcile-sync-period", "1h" })
+        start.ArgumentList.Add(a);
+    if (backend == "sqlite") { start.ArgumentList.Add("--store-path"); start.ArgumentList.Add(options.StorePath!); }
+    else { start.ArgumentList.Add("--store-endpoints"); start.ArgumentList.Add(string.Join(",", options.StoreEndpoints)); start.ArgumentList.Add("--store-timeout"); start.ArgumentList.Add("30s"); }
+    using var process = Process.Start(start) ?? throw new InvalidOperationException($"cannot start {binary}");
+    var output = new System.Text.StringBuilder();
+    process.OutputDataReceived += (_, e) => { lock (output) output.AppendLine(e.Data); };
+    process.ErrorDataReceived += (_, e) => { lock (output) output.AppendLine(e.Data); };
+    process.BeginOutputReadLine();
+    process.BeginErrorReadLine();
+    try
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        var clock = Stopwatch.StartNew();
+        await Poll.UntilAsync(async () =>
+        {
+            if (process.HasExited) throw new InvalidOperationException($"merlin exited ({process.ExitCode}): {output}");
+            try { return (await http.GetAsync($"http://127.0.0.1:{health}/readyz")).IsSuccessStatusCode; }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException) { return false; } // not listening yet, or too busy to answer
+        }, "the merlin process's first pass (/readyz)", limit: TimeSpan.FromMinutes(5), interval: TimeSpan.FromMilliseconds(200));
+        var ready = Rss(process.Id);
+        await Task.Delay(TimeSpan.FromSeconds(5));
+        var later = Rss(process.Id);
+        Console.WriteLine($"[{backend}] merlin process (--dataplane none) ready after {clock.Elapsed.TotalSeconds:N1} s: RSS {ready:N0} MiB, 5 s later {later:N0} MiB");
+        return $"| {backend} | daemon RSS (separate merlin process, --dataplane none) at {o.Services * o.Servers + o.Creates:N0} servers: at ready / 5 s later | {ready:N0} / {later:N0} MiB |";
+    }
+    finally
+    {
+        if (!process.HasExited) process.Kill(entireProcessTree: true);
+        await process.WaitForExitAsync();
+    }
+
+    static double Rss(int pid) => File.ReadLines($"/proc/{pid}/status").Where(l => l.StartsWith("VmRSS:", StringComparison.Ordinal))
+        .Select(l => double.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024).First();
 }
 
 static int FreePort()
@@ -227,7 +338,8 @@ static int FreePort()
     return ((IPEndPoint)l.LocalEndpoint).Port;
 }
 
-sealed record Args(string Store, int Services, int Servers, int Concurrency, int ListRuns, string Fill = "api", int Creates = 1000, int Changes = 5, int Daemons = 0, int EtcdMembers = 1)
+sealed record Args(string Store, int Services, int Servers, int Concurrency, int ListRuns, string Fill = "api", int Creates = 1000, int Changes = 5, int Daemons = 0, int EtcdMembers = 1,
+    int NftDaemons = 0, bool Table = false, int FleetServices = 100, int FleetChanges = 50)
 {
     public static Args Parse(string[] a)
     {
@@ -238,7 +350,8 @@ sealed record Args(string Store, int Services, int Servers, int Concurrency, int
         if (fill is not ("api" or "store")) throw new ArgumentException("--fill: api or store");
         return new Args(store, int.Parse(Get("--services", "10000")), int.Parse(Get("--servers", "10")),
             int.Parse(Get("--concurrency", "32")), int.Parse(Get("--list-runs", "10")), fill,
-            int.Parse(Get("--creates", "1000")), int.Parse(Get("--changes", "5")), int.Parse(Get("--daemons", "0")), int.Parse(Get("--etcd-members", "3")));
+            int.Parse(Get("--creates", "1000")), int.Parse(Get("--changes", "5")), int.Parse(Get("--daemons", "0")), int.Parse(Get("--etcd-members", "3")),
+            int.Parse(Get("--nft-daemons", a.Contains("--table") ? "2" : "0")), a.Contains("--table"), int.Parse(Get("--fleet-services", "100")), int.Parse(Get("--fleet-changes", "50")));
     }
 }
 

@@ -8,6 +8,7 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using Grpc.Net.Client.Balancer;
 using Grpc.Net.Client.Configuration;
+using Backoff = Merlin.Model.Backoff;
 using Merlin.Store.Protobuf;
 using Merlin.Wire;
 using Microsoft.Extensions.DependencyInjection;
@@ -20,8 +21,9 @@ namespace Merlin.Store.Etcd;
 /// The etcd v3 store, compatible with the original merlin: keys <c>&lt;prefix&gt;/services/&lt;id&gt;</c> and
 /// <c>&lt;prefix&gt;/servers/&lt;serviceID&gt;/&lt;ip&gt;:&lt;port&gt;</c>, values the protobuf bytes of
 /// types.VirtualService / types.RealServer. Every write is one etcd transaction; a record's version is its
-/// key's mod_revision. Two services may not share a key (ip:port:protocol or fwmark): a create reads the
-/// services and commits only if none of them changed since (compare on the whole range), retrying on a race.
+/// key's mod_revision. Two services may not share a key (ip:port:protocol or fwmark): a create compares one
+/// index entry, and checks the services a Go merlin wrote (no entry) in a view a watch keeps (see
+/// <see cref="CreateServiceAsync"/> for why that is enough).
 /// Every transport failure surfaces as <see cref="StoreUnavailableException"/>, and every call is bounded by
 /// <see cref="EtcdStoreOptions.Timeout"/>.
 /// </summary>
@@ -39,13 +41,11 @@ public sealed class EtcdStore : IStore
     private readonly ByteString _allKey, _allEnd, _servicesKey, _servicesEnd;
     private readonly CancellationTokenSource _closed = new();
 
-    // The services' keys (key identity ↔ id) as last read, incrementally; used only under _serviceWrites. A create
-    // holds it only for the read; its transaction compares one index entry (StoreKeys.ServiceKeyIndex).
-    private readonly SemaphoreSlim _serviceWrites = new(1, 1);
-    private readonly Dictionary<string, string> _identityOf = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, string> _holderOf = new(StringComparer.Ordinal);
-    private long _identityRevision;
-    private long _identityReadStarted; // Stopwatch timestamp: when the last read of the services began
+    // The services' keys as a watch of the services range keeps them, followed from the first service write on.
+    private readonly ServiceKeyView _view = new();
+    private readonly Lock _followGate = new();
+    private Task? _following;
+    private CancellationTokenSource? _restartWatch;
     private int _disposed;
 
     public EtcdStore(EtcdStoreOptions options)
@@ -88,6 +88,20 @@ public sealed class EtcdStore : IStore
 
     // ---------------------------------------------------------------- services
 
+    /// <summary>
+    /// Creates a service whose id and key are free. Merlin's own services carry an index entry per key
+    /// (<see cref="StoreKeys.ServiceKeyIndex"/>), so uniqueness against them is one compare in the transaction.
+    /// A Go merlin's services carry none; against those the create checks the view of the services range that
+    /// a watch keeps (no read of the range, no compare on it: either made every create cost a scan of all
+    /// services). The view is at some revision R when checked and the transaction commits at T; a Go merlin's
+    /// service with this key written in (R, T) is invisible to both. So after the commit the create waits
+    /// until the view has reached T (its own put is an event of the range, so it arrives) and looks again:
+    /// if any other service holds the key by then, this one is undone (compared on its create revision, so
+    /// only this incarnation) and the caller told <see cref="AlreadyExistsException"/>. Every service committed
+    /// before T is in that second look, so no create ever leaves a duplicate of a service written before it.
+    /// A Go merlin's blind write after that look can still duplicate it — its own check-then-write races
+    /// every writer alike, which no transaction of ours can prevent.
+    /// </summary>
     public async Task CreateServiceAsync(StoredService stored, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(stored);
@@ -95,11 +109,11 @@ public sealed class EtcdStore : IStore
         var identity = IdentityOrNull(service);
         var key = Key(StoreKeys.Service(_prefix, service.Id));
         using var op = Begin(ct);
-        // Services a Go merlin wrote have no index entry: the services as read since this call began must not
-        // hold the key. Concurrent creates share one read of them (see CheckKeyFreeForCreate).
-        if (identity is not null) await CheckKeyFreeForCreate(identity, service, Stopwatch.GetTimestamp(), op).ConfigureAwait(false);
+        if (identity is not null) await RefuseKeyHeldInView(identity, service, op).ConfigureAwait(false);
+        if (BeforeCreateTransaction is { } hook) await hook().ConfigureAwait(false);
         var index = identity is null ? null : Key(StoreKeys.ServiceKeyIndex(_prefix, identity));
         long indexVersion = 0; // the index entry this create replaces: none, or a stale one
+        var backoff = ConflictBackoff();
         for (var attempt = 1; ; attempt++)
         {
             // Uniqueness is one compare on the index entry, so creates of other keys never invalidate each other.
@@ -114,7 +128,11 @@ public sealed class EtcdStore : IStore
             txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, CountOnly = true } });
             if (index is not null) txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = index } });
             var resp = await Txn(txn, op).ConfigureAwait(false);
-            if (resp.Succeeded) return;
+            if (resp.Succeeded)
+            {
+                if (identity is not null) await UndoIfKeyTakenMeanwhile(identity, service, resp.Header.Revision, op).ConfigureAwait(false);
+                return;
+            }
             if (resp.Responses[0].ResponseRange.Count > 0)
                 throw new AlreadyExistsException($"service \"{service.Id}\" already exists");
             var entry = index is null ? null : resp.Responses[1].ResponseRange.Kvs.FirstOrDefault();
@@ -133,9 +151,12 @@ public sealed class EtcdStore : IStore
             {
                 indexVersion = entry?.ModRevision ?? 0;
             }
-            await Backoff(attempt, $"service \"{service.Id}\"", op).ConfigureAwait(false);
+            await Retry(backoff, attempt, $"service \"{service.Id}\"", op).ConfigureAwait(false);
         }
     }
+
+    /// <summary>Tests only: runs between a create's check of the view and its transaction (to write into that window).</summary>
+    internal Func<Task>? BeforeCreateTransaction { get; set; }
 
     public async Task<Versioned<StoredService>?> GetServiceAsync(string id, CancellationToken ct = default)
     {
@@ -154,37 +175,35 @@ public sealed class EtcdStore : IStore
         var identity = IdentityOrNull(service);
         var key = Key(StoreKeys.Service(_prefix, service.Id));
         using var op = Begin(ct);
-        await Lock(_serviceWrites, op).ConfigureAwait(false);
-        try
+        var backoff = ConflictBackoff();
+        long seen = 0; // the latest service write a failed attempt met: the next check must include it
+        for (var attempt = 1; ; attempt++)
         {
-            for (var attempt = 1; ; attempt++)
-            {
-                var readRevision = await CheckIdentityFree(identity, service, exceptId: service.Id, op).ConfigureAwait(false);
-                var txn = new TxnRequest();
-                txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
-                txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
-                if (identity is not null) txn.Compare.Add(ServicesUnchangedSince(readRevision));
-                txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = service.ToByteString() } });
-                // The range compare proved no other service holds the key: (re)write its index entry, which also
-                // repairs one a Go merlin's writes left missing, and drop the entry of a key the service gave up.
-                if (identity is not null) txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = Key(StoreKeys.ServiceKeyIndex(_prefix, identity)), Value = ByteString.CopyFromUtf8(service.Id) } });
-                if (_identityOf.TryGetValue(service.Id, out var previous) && previous != identity)
-                    txn.Success.Add(DeleteIndexEntryOf(previous, service.Id));
-                txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
-                // A changed table guard (a server written meanwhile) shows as the same version below: retried.
-                await AddTableAsync(txn, service.Id, service, servers => servers, op).ConfigureAwait(false);
-                var resp = await Txn(txn, op).ConfigureAwait(false);
-                if (resp.Succeeded) return;
-                var kvs = resp.Responses[0].ResponseRange.Kvs;
-                if (kvs.Count == 0) throw new NotFoundException($"service \"{service.Id}\" not found");
-                if (kvs[0].ModRevision != expectedVersion)
-                    throw new ConflictException($"service \"{service.Id}\" changed since version {expectedVersion} (now {kvs[0].ModRevision}); re-read and retry");
-                await Backoff(attempt, $"service \"{service.Id}\"", op).ConfigureAwait(false);
-            }
-        }
-        finally
-        {
-            _serviceWrites.Release();
+            // Updates are rare and may change the key: they keep the compare on the whole range, against the view's revision.
+            var (readRevision, previous) = await CheckIdentityFree(identity, service, service.Id, seen, op).ConfigureAwait(false);
+            var txn = new TxnRequest();
+            txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
+            txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
+            if (identity is not null) txn.Compare.Add(ServicesUnchangedSince(readRevision));
+            txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = service.ToByteString() } });
+            // The range compare proved no other service holds the key: (re)write its index entry, which also
+            // repairs one a Go merlin's writes left missing, and drop the entry of a key the service gave up.
+            if (identity is not null) txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = Key(StoreKeys.ServiceKeyIndex(_prefix, identity)), Value = ByteString.CopyFromUtf8(service.Id) } });
+            if (previous is not null && previous != identity)
+                txn.Success.Add(DeleteIndexEntryOf(previous, service.Id));
+            txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
+            txn.Failure.Add(new RequestOp { RequestRange = LatestServiceWrite() });
+            // A changed table guard (a server written meanwhile) shows as the same version below: retried.
+            await AddTableAsync(txn, service.Id, service, servers => servers, op).ConfigureAwait(false);
+            var resp = await Txn(txn, op).ConfigureAwait(false);
+            if (resp.Succeeded) return;
+            var kvs = resp.Responses[0].ResponseRange.Kvs;
+            if (kvs.Count == 0) throw new NotFoundException($"service \"{service.Id}\" not found");
+            if (kvs[0].ModRevision != expectedVersion)
+                throw new ConflictException($"service \"{service.Id}\" changed since version {expectedVersion} (now {kvs[0].ModRevision}); re-read and retry");
+            // Other services changed since the view's revision: check again once the view has them.
+            if (resp.Responses[1].ResponseRange.Kvs is { Count: > 0 } latest) seen = latest[0].ModRevision;
+            await Retry(backoff, attempt, $"service \"{service.Id}\"", op).ConfigureAwait(false);
         }
     }
 
@@ -218,6 +237,7 @@ public sealed class EtcdStore : IStore
         var key = Key(keyText);
         using var op = Begin(ct);
         TxnResponse resp;
+        var backoff = ConflictBackoff();
         for (var attempt = 1; ; attempt++)
         {
             var txn = new TxnRequest();
@@ -229,7 +249,7 @@ public sealed class EtcdStore : IStore
             resp = await Txn(txn, op).ConfigureAwait(false);
             if (resp.Succeeded) return;
             if (guard is null || !guard.Broken(resp)) break;
-            await Backoff(attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
+            await Retry(backoff, attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
         }
         if (resp.Responses[0].ResponseRange.Count == 0) throw new NotFoundException($"service \"{server.ServiceID}\" not found");
         throw new AlreadyExistsException($"server {endpoint} already exists in service \"{server.ServiceID}\"");
@@ -254,6 +274,7 @@ public sealed class EtcdStore : IStore
         var key = Key(keyText);
         using var op = Begin(ct);
         TxnResponse resp;
+        var backoff = ConflictBackoff();
         for (var attempt = 1; ; attempt++)
         {
             var txn = new TxnRequest();
@@ -265,7 +286,7 @@ public sealed class EtcdStore : IStore
             resp = await Txn(txn, op).ConfigureAwait(false);
             if (resp.Succeeded) return;
             if (guard is null || !guard.Broken(resp)) break;
-            await Backoff(attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
+            await Retry(backoff, attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
         }
         var kvs = resp.Responses[0].ResponseRange.Kvs;
         if (kvs.Count == 0) throw new NotFoundException($"server {endpoint} not found in service \"{server.ServiceID}\"");
@@ -287,6 +308,7 @@ public sealed class EtcdStore : IStore
         using var op = Begin(ct);
         var endpoint = $"{ip}:{port}";
         TxnResponse resp;
+        var backoff = ConflictBackoff();
         for (var attempt = 1; ; attempt++)
         {
             var txn = new TxnRequest();
@@ -299,7 +321,7 @@ public sealed class EtcdStore : IStore
             resp = await Txn(txn, op).ConfigureAwait(false);
             if (resp.Succeeded) return;
             if (guard is null || !guard.Broken(resp)) break;
-            await Backoff(attempt, $"table of service \"{serviceId}\"", op).ConfigureAwait(false);
+            await Retry(backoff, attempt, $"table of service \"{serviceId}\"", op).ConfigureAwait(false);
         }
         var kvs = resp.Responses[0].ResponseRange.Kvs;
         if (kvs.Count == 0) throw new NotFoundException($"server {ip}:{port} not found in service \"{serviceId}\"");
@@ -554,47 +576,68 @@ public sealed class EtcdStore : IStore
     // ---------------------------------------------------------------- identity index
 
     /// <summary>
-    /// Ensures no other service holds <paramref name="identity"/>; returns the revision the services were
-    /// read at (the commit then requires the whole services range unchanged since).
+    /// Ensures no other service holds <paramref name="identity"/> as of a revision at least
+    /// <paramref name="minRevision"/>; returns that revision (the commit then requires the whole services range
+    /// unchanged since) and the key <paramref name="exceptId"/> held then (its index entry to drop if it changes).
     /// </summary>
-    private async Task<long> CheckIdentityFree(string? identity, VirtualService service, string? exceptId, Operation op)
+    private async Task<(long Revision, string? Previous)> CheckIdentityFree(string? identity, VirtualService service, string exceptId, long minRevision, Operation op)
     {
-        if (identity is null) return 0; // a service without a key conflicts with nothing
-        var revision = await RefreshIdentities(full: _identityRevision == 0, op).ConfigureAwait(false);
+        var keys = await ServiceKeysAt(minRevision, identity ?? "", exceptId, op).ConfigureAwait(false);
+        if (identity is null) return (keys.Revision, keys.Own); // a service without a key conflicts with nothing
         // An update that keeps its key takes nothing: a duplicate the Go merlin accepted must not block edits.
-        if (exceptId is not null && _identityOf.TryGetValue(exceptId, out var own) && own == identity) return revision;
-        if (!Taken()) return revision;
-        // The index may still hold a service deleted since; confirm with a full read.
-        revision = await RefreshIdentities(full: true, op).ConfigureAwait(false);
-        if (Taken())
-            throw new AlreadyExistsException($"service key {Describe(service)} is already used by service \"{_holderOf[identity]}\"");
-        return revision;
-
-        bool Taken() => _holderOf.TryGetValue(identity, out var holder) && holder != exceptId;
+        if (keys.Own == identity) return (keys.Revision, keys.Own);
+        // A holder may have been deleted since (a deleted key leaves the range compare nothing to catch), so
+        // each is read; one that still holds the key refuses.
+        foreach (var holder in keys.Holders)
+        {
+            if (await StillHolds(holder, identity, op).ConfigureAwait(false))
+                throw new AlreadyExistsException($"service key {Describe(service)} is already used by service \"{holder}\"");
+        }
+        return (keys.Revision, keys.Own);
     }
 
     /// <summary>
-    /// The range check of a create, without holding up other creates for their transactions: the services are
-    /// read again (incrementally) unless a read that began after <paramref name="arrived"/> already did, so one
-    /// read serves every create that was waiting for it. A holder found is confirmed by a full read, and its
-    /// missing index entry repaired.
+    /// A create's check before its transaction: a service holding the key in the view (read again, as the view
+    /// may lag a delete) refuses it, and gets the index entry a Go merlin's write left missing.
     /// </summary>
-    private async Task CheckKeyFreeForCreate(string identity, VirtualService service, long arrived, Operation op)
+    private async Task RefuseKeyHeldInView(string identity, VirtualService service, Operation op)
     {
-        await Lock(_serviceWrites, op).ConfigureAwait(false);
-        try
+        var keys = await ServiceKeysAt(0, identity, service.Id, op).ConfigureAwait(false);
+        foreach (var holder in keys.Holders)
         {
-            if (_identityReadStarted <= arrived) await RefreshIdentities(full: _identityRevision == 0, op).ConfigureAwait(false);
-            if (!_holderOf.ContainsKey(identity)) return;
-            await RefreshIdentities(full: true, op).ConfigureAwait(false); // it may have been deleted since
-            if (!_holderOf.TryGetValue(identity, out var holder)) return;
+            if (!await StillHolds(holder, identity, op).ConfigureAwait(false)) continue;
             await RepairIndexEntry(identity, holder, op).ConfigureAwait(false);
             throw new AlreadyExistsException($"service key {Describe(service)} is already used by service \"{holder}\"");
         }
-        finally
-        {
-            _serviceWrites.Release();
-        }
+    }
+
+    /// <summary>
+    /// A create's look after its commit at <paramref name="committed"/> (see <see cref="CreateServiceAsync"/>):
+    /// as of that revision or later, another holder of the key means a Go merlin's write slipped in before the
+    /// commit (or just after), and this create is undone.
+    /// </summary>
+    private async Task UndoIfKeyTakenMeanwhile(string identity, VirtualService service, long committed, Operation op)
+    {
+        var holders = (await ServiceKeysAt(committed, identity, service.Id, op).ConfigureAwait(false)).Holders;
+        if (holders.Length == 0) return;
+        var key = Key(StoreKeys.Service(_prefix, service.Id));
+        var servers = Key(StoreKeys.ServersOf(_prefix, service.Id));
+        var undo = new TxnRequest();
+        undo.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = committed });
+        undo.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
+        undo.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = servers, RangeEnd = PrefixEnd(servers) } });
+        undo.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = Key(StoreKeys.Table(_prefix, service.Id)) } });
+        undo.Success.Add(DeleteIndexEntryOf(identity, service.Id));
+        await Txn(undo, op).ConfigureAwait(false);
+        if (await StillHolds(holders[0], identity, op).ConfigureAwait(false)) await RepairIndexEntry(identity, holders[0], op).ConfigureAwait(false);
+        throw new AlreadyExistsException($"service key {Describe(service)} is already used by service \"{holders[0]}\" (written while this create committed; the create was undone)");
+    }
+
+    private async Task<bool> StillHolds(string holder, string identity, Operation op)
+    {
+        var keyText = StoreKeys.Service(_prefix, holder);
+        var held = await Range(new RangeRequest { Key = Key(keyText) }, op).ConfigureAwait(false);
+        return held.Kvs.Count > 0 && StoredRecords.Identity(Parse(VirtualService.Parser, held.Kvs[0].Value, keyText)) == identity;
     }
 
     /// <summary>Writes the index entry of a holder a Go merlin created (none yet), while that service still exists.</summary>
@@ -618,38 +661,6 @@ public sealed class EtcdStore : IStore
         return new RequestOp { RequestTxn = nested };
     }
 
-    private async Task<long> RefreshIdentities(bool full, Operation op)
-    {
-        _identityReadStarted = Stopwatch.GetTimestamp();
-        List<Mvccpb.KeyValue> kvs;
-        long revision;
-        if (full)
-        {
-            (kvs, revision) = await ReadAll(_servicesKey, _servicesEnd, op).ConfigureAwait(false);
-            _identityOf.Clear();
-            _holderOf.Clear();
-        }
-        else
-        {
-            var resp = await Range(new RangeRequest { Key = _servicesKey, RangeEnd = _servicesEnd, MinModRevision = _identityRevision + 1 }, op).ConfigureAwait(false);
-            kvs = [.. resp.Kvs];
-            revision = resp.Header.Revision;
-        }
-        var servicesPrefixLength = _servicesKey.Length;
-        foreach (var kv in kvs)
-        {
-            var keyText = kv.Key.ToStringUtf8();
-            var id = keyText[servicesPrefixLength..];
-            if (_identityOf.Remove(id, out var old) && _holderOf.TryGetValue(old, out var h) && h == id) _holderOf.Remove(old);
-            var identity = StoredRecords.Identity(Parse(VirtualService.Parser, kv.Value, keyText));
-            if (identity.Length == 0) continue;
-            _identityOf[id] = identity;
-            _holderOf[identity] = id;
-        }
-        _identityRevision = revision;
-        return revision;
-    }
-
     private Compare ServicesUnchangedSince(long revision) => new()
     {
         Key = _servicesKey,
@@ -659,13 +670,150 @@ public sealed class EtcdStore : IStore
         ModRevision = revision + 1,
     };
 
-    private static async Task Backoff(int attempt, string what, Operation op)
+    /// <summary>The most recently written service's key (keys only), for a failed update to know what its view must reach.</summary>
+    private RangeRequest LatestServiceWrite() => new()
+    {
+        Key = _servicesKey, RangeEnd = _servicesEnd, KeysOnly = true, Limit = 1,
+        SortTarget = RangeRequest.Types.SortTarget.Mod, SortOrder = RangeRequest.Types.SortOrder.Descend,
+    };
+
+    /// <summary>
+    /// The services other than <paramref name="exceptId"/> holding <paramref name="identity"/>, and the key
+    /// <paramref name="exceptId"/> holds, as of a revision at least <paramref name="minRevision"/> (returned).
+    /// From the view; if it has not got there within half the call's timeout (a watch on a connection that
+    /// died quietly does not always say so), from one read of the range, and the view starts over.
+    /// </summary>
+    private async Task<(string[] Holders, string? Own, long Revision)> ServiceKeysAt(long minRevision, string identity, string exceptId, Operation op)
+    {
+        if (Volatile.Read(ref _following) is null)
+        {
+            lock (_followGate) _following ??= Task.Run(FollowServicesAsync);
+        }
+        using (var budget = CancellationTokenSource.CreateLinkedTokenSource(op.Token))
+        {
+            budget.CancelAfter(_options.Timeout / 2);
+            try
+            {
+                var revision = await _view.WaitAsync(minRevision, budget.Token).ConfigureAwait(false);
+                return (_view.HoldersOf(identity, exceptId), _view.IdentityOf(exceptId), revision);
+            }
+            catch (OperationCanceledException) when (!op.Token.IsCancellationRequested)
+            {
+                try
+                {
+                    Volatile.Read(ref _restartWatch)?.Cancel();
+                }
+                catch (ObjectDisposedException)
+                {
+                    // that watch has ended already
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                op.ThrowTimeoutOrCanceled();
+                throw;
+            }
+        }
+        var (kvs, read) = await ReadAll(_servicesKey, _servicesEnd, op).ConfigureAwait(false);
+        var entries = kvs.Select(ServiceEntry).ToArray();
+        return ([.. entries.Where(e => e.Identity == identity && e.Id != exceptId).Select(e => e.Id)],
+            entries.FirstOrDefault(e => e.Id == exceptId).Identity is { Length: > 0 } own ? own : null, read);
+    }
+
+    /// <summary>
+    /// Keeps <see cref="_view"/>: reads the services range at one revision, then watches it from there. A
+    /// compaction of the history it needs starts over with a read; a failure is recorded (creates waiting
+    /// then report it) and retried after a backoff, until the store is disposed.
+    /// </summary>
+    private async Task FollowServicesAsync()
+    {
+        var backoff = new Backoff(TimeSpan.FromMilliseconds(100), TimeSpan.FromSeconds(2));
+        while (!_closed.IsCancellationRequested)
+        {
+            try
+            {
+                long revision;
+                using (var op = new Operation(this, CancellationToken.None))
+                {
+                    (var kvs, revision) = await ReadAll(_servicesKey, _servicesEnd, op).ConfigureAwait(false);
+                    _view.Reset(kvs.Select(ServiceEntry), revision);
+                }
+                backoff.Reset();
+                await WatchServices(revision).ConfigureAwait(false);
+            }
+            catch (Exception) when (_closed.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception)
+            {
+                _view.Fail();
+                // A write waiting for the view cuts the backoff short: it would rather try now than time out.
+                await Task.WhenAny(Task.Delay(backoff.Next(), _closed.Token), _view.Wanted()).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>Applies the services range's events after <paramref name="revision"/> to the view; returns when etcd compacted past it.</summary>
+    private async Task WatchServices(long revision)
+    {
+        using var startTimer = new CancellationTokenSource(_options.Timeout);
+        using var restart = new CancellationTokenSource();
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(_closed.Token, startTimer.Token, restart.Token);
+        Volatile.Write(ref _restartWatch, restart);
+        using var call = _watchClient.Watch(cancellationToken: linked.Token);
+        await WatchStep(async () =>
+        {
+            await call.RequestStream.WriteAsync(new WatchRequest
+            {
+                CreateRequest = new WatchCreateRequest { Key = _servicesKey, RangeEnd = _servicesEnd, StartRevision = revision + 1 },
+            }, linked.Token).ConfigureAwait(false);
+            return true;
+        }, "start a watch of the services", CancellationToken.None, startTimer).ConfigureAwait(false);
+        var created = false;
+        while (true)
+        {
+            if (!await WatchStep(() => call.ResponseStream.MoveNext(linked.Token), "watch of the services", CancellationToken.None, startTimer).ConfigureAwait(false))
+                throw new StoreUnavailableException($"etcd at {_endpointsText} closed the watch stream");
+            var resp = call.ResponseStream.Current;
+            if (!created && resp.Created)
+            {
+                created = true;
+                startTimer.CancelAfter(Timeout.InfiniteTimeSpan);
+            }
+            if (resp.CompactRevision > 0) return;
+            if (resp.Canceled) throw new StoreUnavailableException($"etcd at {_endpointsText} canceled the watch: {resp.CancelReason}");
+            if (resp.Events.Count == 0) continue;
+            foreach (var ev in resp.Events)
+            {
+                if (ev.Type == Mvccpb.Event.Types.EventType.Delete) _view.Delete(ev.Kv.Key.ToStringUtf8()[_servicesKey.Length..]);
+                else
+                {
+                    var (id, identity) = ServiceEntry(ev.Kv);
+                    _view.Put(id, identity);
+                }
+            }
+            // Only events' own revisions: a response's header may be ahead of what a catching-up watch delivered.
+            _view.Advance(resp.Events[^1].Kv.ModRevision);
+        }
+    }
+
+    private (string Id, string Identity) ServiceEntry(Mvccpb.KeyValue kv)
+    {
+        var keyText = kv.Key.ToStringUtf8();
+        return (keyText[_servicesKey.Length..], StoredRecords.Identity(Parse(VirtualService.Parser, kv.Value, keyText)));
+    }
+
+    /// <summary>The delay between attempts of a write whose compares other writers broke (several clients race in step: jitter).</summary>
+    private static Backoff ConflictBackoff() => new(TimeSpan.FromMilliseconds(2), TimeSpan.FromMilliseconds(100), jitter: 0.5);
+
+    private static async Task Retry(Backoff backoff, int attempt, string what, Operation op)
     {
         if (attempt >= MaxServiceWriteAttempts)
-            throw new ConflictException($"{what}: other services kept changing during {attempt} attempts; retry");
+            throw new ConflictException($"{what}: other writers kept changing it during {attempt} attempts; retry");
         try
         {
-            await Task.Delay(Random.Shared.Next(1, 5 * attempt), op.Token).ConfigureAwait(false);
+            await Task.Delay(backoff.Next(), op.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {
@@ -705,18 +853,6 @@ public sealed class EtcdStore : IStore
         ct.ThrowIfCancellationRequested();
         if (Volatile.Read(ref _disposed) == 1) throw new StoreUnavailableException($"etcd store ({_endpointsText}) is closed");
         return new Operation(this, ct);
-    }
-
-    private static async Task Lock(SemaphoreSlim gate, Operation op)
-    {
-        try
-        {
-            await gate.WaitAsync(op.Token).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            op.ThrowTimeoutOrCanceled();
-        }
     }
 
     private Task<TxnResponse> Txn(TxnRequest txn, Operation op) =>

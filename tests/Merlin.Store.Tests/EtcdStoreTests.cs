@@ -287,6 +287,59 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         await Assert.ThrowsAsync<AlreadyExistsException>(() => b.UpdateServiceAsync(Service("y", "198.18.0.2", 80), y.Version, Ct));
     }
 
+    [Fact]
+    public async Task AGoMerlinsServiceWrittenBetweenTheCreatesCheckAndItsCommit_IsNotDuplicated()
+    {
+        await using var store = Open();
+        await store.CreateServiceAsync(Service("other", "198.18.0.2", 80), Ct); // the store follows the services now
+        // The Go merlin writes the same key after the create checked its view and before its transaction.
+        store.BeforeCreateTransaction = () => Raw.PutAsync("/merlin/services/go", Service("go", "198.18.0.1", 80).ToByteArray());
+
+        var e = await Assert.ThrowsAsync<AlreadyExistsException>(() => store.CreateServiceAsync(Service("web", "198.18.0.1", 80), Ct));
+        Assert.Contains("\"go\"", e.Message);
+        Assert.Equal(["/merlin/services/go", "/merlin/services/other"], await Raw.KeysAsync("/merlin/services/"));
+        foreach (var entry in await Raw.KeysAsync("/merlin/service-keys/")) Assert.NotEqual("web"u8.ToArray(), await Raw.GetAsync(entry));
+
+        store.BeforeCreateTransaction = null;
+        await Assert.ThrowsAsync<AlreadyExistsException>(() => store.CreateServiceAsync(Service("web", "198.18.0.1", 80), Ct));
+    }
+
+    [Fact]
+    public async Task AGoMerlinsServiceWrittenConcurrentlyWithACreateOfItsKey_IsNeverDuplicatedByTheCreate()
+    {
+        // A raw put checks nothing, so one that lands after the create's commit may still duplicate it (the Go
+        // merlin's own race); what the create must never do is succeed after the raw service was written.
+        await using var store = Open();
+        await store.CreateServiceAsync(Service("warm", "198.18.1.1", 80), Ct);
+        var refused = 0;
+        for (var round = 0; round < 30; round++)
+        {
+            var ip = $"198.18.0.{round + 1}";
+            var goWrite = Task.Run(async () =>
+            {
+                await Task.Delay(Random.Shared.Next(0, 3), Ct);
+                return await Raw.PutAsync($"/merlin/services/go-{round}", Service($"go-{round}", ip, 80).ToByteArray());
+            }, Ct);
+            if (round % 5 == 0) await goWrite; // now and then one plainly first: the check must refuse it
+            else if (round % 2 == 0) await Task.Delay(1, Ct);
+            var created = await Outcome(() => store.CreateServiceAsync(Service($"web-{round}", ip, 80), Ct));
+            var goRevision = await goWrite;
+            if (created is null)
+            {
+                var web = await store.GetServiceAsync($"web-{round}", Ct);
+                Assert.NotNull(web);
+                Assert.True(goRevision > web.Version, $"round {round}: the create succeeded at revision {web.Version} after the Go merlin's service at {goRevision}");
+            }
+            else
+            {
+                Assert.IsType<AlreadyExistsException>(created);
+                Assert.Null(await store.GetServiceAsync($"web-{round}", Ct));
+                refused++;
+            }
+        }
+        Assert.True(refused >= 6, $"only {refused} creates refused, yet 6 rounds wrote the Go merlin's service first");
+    }
+
     private static async Task<Exception?> Outcome(Func<Task> action)
     {
         try
