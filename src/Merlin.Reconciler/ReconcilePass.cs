@@ -18,10 +18,22 @@ public sealed record PassResult(bool StoreReachable, int Planned, int Applied, i
 /// </summary>
 public sealed partial class ReconcilePass(IStore store, IDataplane dataplane, ReconcilerStatus status, ILogger<ReconcilePass> logger, TimeProvider time, IServerHealth? health = null)
 {
-    private static readonly Meter Meter = new("merlin");
+    /// <summary>The Meter of the passes' instruments (and of the daemon's): a host exports it on /metrics.</summary>
+    public const string MeterName = "merlin";
+
+    /// <summary>The label names each instrument's measurements carry, so an exporter declares the families before the first pass.</summary>
+    public static IReadOnlyDictionary<string, string[]> InstrumentLabels { get; } = new Dictionary<string, string[]>
+    {
+        ["reconcile_passes"] = ["result"],
+        ["dataplane_operations"] = ["kind", "result"],
+        ["reconcile_duration_seconds"] = [],
+    };
+
+    private static readonly Meter Meter = new(MeterName);
     private static readonly Counter<long> Passes = Meter.CreateCounter<long>("reconcile_passes", description: "Reconcile passes by result");
     private static readonly Counter<long> Operations = Meter.CreateCounter<long>("dataplane_operations", description: "Dataplane operations by kind and result");
-    private static readonly Histogram<double> PassSeconds = Meter.CreateHistogram<double>("reconcile_duration_seconds", null, "Duration of a reconcile pass");
+    private static readonly Histogram<double> PassSeconds = Meter.CreateHistogram("reconcile_duration_seconds", null, "Duration of a reconcile pass", tags: null,
+        new InstrumentAdvice<double> { HistogramBucketBoundaries = [.. Enumerable.Range(0, 16).Select(i => 0.0005 * Math.Pow(2, i))] }); // 0.5 ms … 16 s
 
     private string _lastRejections = "";
     private StoreMirror? _mirror;

@@ -19,10 +19,14 @@ public sealed class RunningDaemon : IAsyncDisposable
     /// <summary>The daemon's own --state-dir (unless a test gives one): a daemon takes a node lock in it.</summary>
     private readonly TempDir _state;
 
-    private RunningDaemon(DaemonOptions options, TempDir state)
+    /// <summary>Replacements for the daemon's own services (a dataplane that counts, say), applied at each start.</summary>
+    private readonly Action<IServiceCollection>? _overrides;
+
+    private RunningDaemon(DaemonOptions options, TempDir state, Action<IServiceCollection>? overrides)
     {
         Options = options;
         _state = state;
+        _overrides = overrides;
     }
 
     public DaemonOptions Options { get; }
@@ -43,7 +47,7 @@ public sealed class RunningDaemon : IAsyncDisposable
 
     public ReconcileLoop Loop => Services.GetRequiredService<ReconcileLoop>();
 
-    public static async Task<RunningDaemon> StartAsync(Func<DaemonOptions, DaemonOptions> configure)
+    public static async Task<RunningDaemon> StartAsync(Func<DaemonOptions, DaemonOptions> configure, Action<IServiceCollection>? overrides = null)
     {
         // A port found free can be taken by another test process (etcd, a lab) before Kestrel binds
         // it: pick new ports and try again.
@@ -51,7 +55,7 @@ public sealed class RunningDaemon : IAsyncDisposable
         {
             var state = new TempDir("state");
             var options = configure(new DaemonOptions { Port = LocalPorts.Free(), HealthPort = LocalPorts.Free(), SyncPeriod = TimeSpan.FromSeconds(30), StateDir = state.Path });
-            var daemon = new RunningDaemon(options, state);
+            var daemon = new RunningDaemon(options, state, overrides);
             try
             {
                 await daemon.StartAsync();
@@ -66,7 +70,11 @@ public sealed class RunningDaemon : IAsyncDisposable
 
     public async Task StartAsync()
     {
-        _app = DaemonHost.Build(Options, services => services.AddSingleton<Microsoft.Extensions.Logging.ILoggerProvider>(Logs));
+        _app = DaemonHost.Build(Options, services =>
+        {
+            services.AddSingleton<Microsoft.Extensions.Logging.ILoggerProvider>(Logs);
+            _overrides?.Invoke(services);
+        });
         await _app.StartAsync(TestContext.Current.CancellationToken);
         _channel = GrpcChannel.ForAddress($"http://127.0.0.1:{Options.Port}");
         Original = new Original.Types.Merlin.MerlinClient(_channel);
