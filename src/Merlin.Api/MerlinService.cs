@@ -142,6 +142,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
             server.ClearMerlinDigest();
             entry.Servers.Add(server);
         }
+        (entry.TableHash, entry.TableProblem) = LookupTables.Describe(service, item.Table);
         return entry;
     }
 

@@ -317,6 +317,7 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
             AnnouncerSince = a.Since,
             Vips = a.Vips.Select(v => new VipStatus(v.Address, v.Announced, v.Management)).ToList(),
             NodeDrained = drain.Drained,
+            Tables = (dataplane as IProgrammedTables)?.Tables ?? [],
         };
     }
 
@@ -356,6 +357,12 @@ internal static class DaemonMetrics
             description: "1 when a kernel setting the dataplane depends on differs from the value it wants");
         meter.CreateObservableGauge("dataplane_warnings", () => diagnostics?.Warnings.Count ?? 0,
             description: "Conditions that keep part of the desired state from working (see meradm status)");
+        var tables = dataplane as IProgrammedTables;
+        meter.CreateObservableCounter("table_slots_moved",
+            () => tables?.Tables.Select(t => new Measurement<long>(t.SlotsMoved, new KeyValuePair<string, object?>("service", t.Service.ToString()))) ?? [],
+            description: "Slots of an md-table service's table that changed owner, summed over the table changes this node programmed");
+        meter.CreateObservableGauge("tables_recomputed", () => tables?.Tables.Count(t => t.Problem is not null) ?? 0,
+            description: "md-table services whose stored table is damaged or not made for their servers, so this node programs its recomputation (see meradm status)");
         KernelCounterMetrics.Register(dataplane as IDataplaneCounters);
 
         var announcer = services.GetRequiredService<Merlin.Announcer.IAnnouncer>();

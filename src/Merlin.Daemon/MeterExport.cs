@@ -27,6 +27,7 @@ internal static class MeterExport
         ["store_up"] = [], ["ready"] = [], ["services"] = [], ["servers"] = [],
         ["store_records_not_by_merlin"] = ["kind"],
         ["sysctl_drift"] = ["name"], ["dataplane_warnings"] = [],
+        ["table_slots_moved"] = ["service"], ["tables_recomputed"] = [],
         ["announcer_state"] = ["mode", "state"], ["announcer_healthy"] = [], ["announcer_restarts"] = [],
         ["node_drained"] = [], ["vip_announced"] = ["vip", "management"], ["bgp_session_up"] = ["peer"],
         ["server_healthy"] = ["service", "server"],
