@@ -49,6 +49,18 @@ public static class LookupTables
         return TableRecord.Next(before, Members(servers.Select(StoredRecords.Message).ToList()), now, window).Encode();
     }
 
+    /// <summary>
+    /// What List tells of a service's stored table: its hash (the table's, which every node shows in <c>meradm status</c>
+    /// for the table it programs), or why there is none to show. Both empty for a service that keeps no table.
+    /// </summary>
+    public static (string Hash, string Problem) Describe(Wire.VirtualService service, byte[]? stored)
+    {
+        if (WireMapper.TryToModel(service, out var model) is not null || !Schedulers.UsesStoredTable(model!.Config)) return ("", "");
+        if (stored is null) return ("", "no table stored yet (the service or its servers were last written past Merlin's API)");
+        try { return (TableRecord.Decode(stored).Current.HashText, ""); }
+        catch (TableFormatException e) { return ("", $"damaged ({e.Message})"); }
+    }
+
     /// <summary>The (endpoint, effective weight) of each server whose key can be read; the same rule the dataplane reads the table with.</summary>
     public static List<(string Id, uint Weight)> Members(IReadOnlyList<Wire.RealServer> servers)
     {

@@ -142,14 +142,15 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
             server.ClearMerlinDigest();
             entry.Servers.Add(server);
         }
+        (entry.TableHash, entry.TableProblem) = LookupTables.Describe(service, item.Table);
         return entry;
     }
 
     public override Task<ServiceTable> GetTable(StringValue request, ServerCallContext context) => Guard(context, async ct =>
     {
         if (Validation.Id(request?.Value, "value") is { } idError) throw Invalid(idError with { Field = "id" });
-        // A list is the one read that carries the table with its service (one snapshot); agents ask every few seconds.
-        var item = (await store.ListAsync(ct)).Items.FirstOrDefault(i => i.Service.Id == request!.Value)
+        // Only this service's records: agents ask every few seconds, for each of their services.
+        var item = await store.GetItemAsync(request!.Value, ct)
             ?? throw NotFound($"service {request!.Value} does not exist");
         return new ServiceTable { Table = item.Table is { } bytes ? Google.Protobuf.ByteString.CopyFrom(bytes) : Google.Protobuf.ByteString.Empty };
     });

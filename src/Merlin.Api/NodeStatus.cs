@@ -57,6 +57,9 @@ public sealed record NodeStatus
     public DateTimeOffset? AnnouncerSince { get; init; }
     public IReadOnlyList<VipStatus> Vips { get; init; } = [];
     public bool NodeDrained { get; init; }
+
+    /// <summary>md-table services' tables as the dataplane programs them (none from a dataplane that does not).</summary>
+    public IReadOnlyList<ProgrammedTable> Tables { get; init; } = [];
 }
 
 /// <summary>Counts of the store's records by who wrote them last (<see cref="NodeStatus.Origins"/>).</summary>

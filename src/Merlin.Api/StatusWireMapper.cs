@@ -47,6 +47,8 @@ public static class StatusWireMapper
         if (s.AnnouncerSince is { } announcerSince) response.AnnouncerSince = Timestamp.FromDateTimeOffset(announcerSince);
         foreach (var vip in s.Vips)
             response.Vips.Add(new StatusResponse.Types.Vip { Address = vip.Address.ToString(), Announced = vip.Announced, Management = vip.Management });
+        foreach (var t in s.Tables)
+            response.Tables.Add(new StatusResponse.Types.Table { Service = t.Service.ToString(), Hash = t.Hash, Problem = t.Problem ?? "", Changes = (ulong)t.Changes, SlotsMoved = (ulong)t.SlotsMoved });
         return response;
     }
 

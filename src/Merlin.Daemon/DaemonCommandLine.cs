@@ -40,6 +40,7 @@ public sealed class DaemonCommandLine
             Value("--store-prefix", "etcd key prefix", d.StorePrefix, "prefix"),
             Value("--store-path", "the SQLite store's file", d.StorePath, "file"),
             Value("--store-timeout", "bound on every store call", Durations.Format(d.StoreTimeout), "duration"),
+            Value("--second-chance-window", "md-table services: how long a moved slot's previous owner is kept for second chance (drains: until removed)", Durations.Format(d.SecondChanceWindow), "duration"),
             Value("--reconcile-sync-period", "full resync period; repairs changes made behind merlin's back", Durations.Format(d.SyncPeriod), "duration"),
             Value("--dataplane", "none (control plane only), ipvs, nftables, or auto (IPVS when the kernel has it, else nftables)", d.DataplaneKind, "none|ipvs|nftables|auto"),
             Value("--interface", "nftables: the interface DSR traffic arrives on and leaves by", null, "name"),

@@ -13,17 +13,21 @@ namespace Merlin.Daemon;
 /// </summary>
 public static class DaemonComposition
 {
-    /// <summary>The store <see cref="StoreSection.Backend"/> names; the API computes each md-table service's table in the store transaction of its write.</summary>
+    /// <summary>
+    /// The store <see cref="StoreSection.Backend"/> names; the API computes each md-table service's table in the store
+    /// transaction of its write, keeping previous owners for <see cref="StoreSection.SecondChanceWindow"/>.
+    /// </summary>
     public static IServiceCollection AddMerlinStore(this IServiceCollection services, StoreSection store) =>
         services.AddSingleton<IStore>(provider =>
         {
+            var deriveTable = Merlin.Api.LookupTables.Deriver(provider.GetService<TimeProvider>() ?? TimeProvider.System, store.SecondChanceWindow);
             if (store.Backend == "sqlite")
             {
                 var dir = Path.GetDirectoryName(Path.GetFullPath(store.Path));
                 if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
-                return new SqliteStore(store.Path, new SqliteStoreOptions { DeriveTable = Merlin.Api.LookupTables.Derive });
+                return new SqliteStore(store.Path, new SqliteStoreOptions { DeriveTable = deriveTable });
             }
-            return new EtcdStore(new EtcdStoreOptions { Endpoints = store.Endpoints, Prefix = store.Prefix, Timeout = store.Timeout, DeriveTable = Merlin.Api.LookupTables.Derive,
+            return new EtcdStore(new EtcdStoreOptions { Endpoints = store.Endpoints, Prefix = store.Prefix, Timeout = store.Timeout, DeriveTable = deriveTable,
                 ChannelLogging = provider.GetService<Microsoft.Extensions.Logging.ILoggerFactory>() });
         });
 

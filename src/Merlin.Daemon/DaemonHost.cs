@@ -318,6 +318,7 @@ internal sealed class DaemonStatus(ReconcilerStatus status, DaemonOptions option
             AnnouncerSince = a.Since,
             Vips = a.Vips.Select(v => new VipStatus(v.Address, v.Announced, v.Management)).ToList(),
             NodeDrained = drain.Drained,
+            Tables = (dataplane as IProgrammedTables)?.Tables ?? [],
         };
     }
 

@@ -24,6 +24,7 @@ internal static class DaemonMetrics
         ["store_up"] = [], ["ready"] = [], ["services"] = [], ["servers"] = [],
         ["store_records_not_by_merlin"] = ["kind"],
         ["sysctl_drift"] = ["name"], ["dataplane_warnings"] = [],
+        ["table_slots_moved"] = ["service"], ["tables_recomputed"] = [],
         ["announcer_state"] = ["mode", "state"], ["announcer_healthy"] = [], ["announcer_restarts"] = [],
         ["node_drained"] = [], ["vip_announced"] = ["management", "vip"], ["bgp_session_up"] = ["peer"],
         ["server_healthy"] = ["server", "service"],
@@ -76,6 +77,12 @@ internal static class DaemonMetrics
             description: "1 when a kernel setting the dataplane depends on differs from the value it wants");
         meter.CreateObservableGauge("dataplane_warnings", () => diagnostics?.Warnings.Count ?? 0,
             description: "Conditions that keep part of the desired state from working (see meradm status)");
+        var tables = dataplane as IProgrammedTables;
+        meter.CreateObservableCounter("table_slots_moved",
+            () => tables?.Tables.Select(t => new Measurement<long>(t.SlotsMoved, new KeyValuePair<string, object?>("service", t.Service.ToString()))) ?? [],
+            description: "Slots of an md-table service's table that changed owner, summed over the table changes this node programmed");
+        meter.CreateObservableGauge("tables_recomputed", () => tables?.Tables.Count(t => t.Problem is not null) ?? 0,
+            description: "md-table services whose stored table is damaged or not made for their servers, so this node programs its recomputation (see meradm status)");
         var kernelCounters = KernelCounterMetrics.Register(meter, dataplane as IDataplaneCounters, exporter);
         stopped.Register(kernelCounters.Dispose);
 

@@ -30,6 +30,7 @@ public sealed record DaemonOptions
     public string StorePrefix { get => Store.Prefix; init => Store = Store with { Prefix = value }; }
     public string StorePath { get => Store.Path; init => Store = Store with { Path = value }; }
     public TimeSpan StoreTimeout { get => Store.Timeout; init => Store = Store with { Timeout = value }; }
+    public TimeSpan SecondChanceWindow { get => Store.SecondChanceWindow; init => Store = Store with { SecondChanceWindow = value }; }
     /// <summary>--reconcile-sync-period: the reconciler's full resync period.</summary>
     public TimeSpan SyncPeriod { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>--dataplane: none, ipvs, nftables or auto.</summary>
@@ -120,6 +121,7 @@ public sealed record DaemonOptions
             StorePrefix = config["store-prefix"] ?? d.StorePrefix,
             StorePath = config["store-path"] ?? d.StorePath,
             StoreTimeout = Duration(config, "store-timeout", d.StoreTimeout),
+            SecondChanceWindow = Duration(config, "second-chance-window", d.SecondChanceWindow),
             SyncPeriod = Duration(config, "reconcile-sync-period", d.SyncPeriod),
             DataplaneKind = OneOf(config, "dataplane", d.DataplaneKind, Dataplanes),
             Interface = config["interface"],

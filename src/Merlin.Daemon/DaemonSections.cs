@@ -1,4 +1,5 @@
 using System.Net;
+using Merlin.Model;
 using Microsoft.Extensions.Options;
 
 namespace Merlin.Daemon;
@@ -15,6 +16,14 @@ public sealed record StoreSection
     public string Prefix { get; init; } = "/merlin";
     public string Path { get; init; } = "/var/lib/merlin/merlin.db";
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>
+    /// How long the table each API write stores keeps a moved slot's previous owner for second chance (a draining
+    /// previous owner is kept until it is removed, however long): <see cref="Merlin.Api.LookupTables.DefaultWindow"/>.
+    /// </summary>
+    public TimeSpan SecondChanceWindow { get; init; } = Merlin.Api.LookupTables.DefaultWindow;
+
+    /// <summary>The longest <see cref="SecondChanceWindow"/>: a record older than this is a hand-off nobody has the connection for.</summary>
+    public static readonly TimeSpan MaxSecondChanceWindow = TimeSpan.FromDays(30);
 }
 
 /// <summary>The gRPC API's listeners and who may call it (docs/operations.md, "Securing the API").</summary>
@@ -79,6 +88,8 @@ internal sealed class StoreSectionValidator : IValidateOptions<StoreSection>
     public ValidateOptionsResult Validate(string? name, StoreSection o)
     {
         if (o.Endpoints.Count == 0) return Fail("--store-endpoints: at least one etcd endpoint is needed");
+        if (o.SecondChanceWindow <= TimeSpan.Zero || o.SecondChanceWindow > StoreSection.MaxSecondChanceWindow)
+            return Fail($"--second-chance-window: {Durations.Format(o.SecondChanceWindow)} is not between 1s and {Durations.Format(StoreSection.MaxSecondChanceWindow)}");
         return o.Backend == "sqlite" ? PathCheck.StoreFile(o.Path) : ValidateOptionsResult.Success;
     }
 

@@ -5,6 +5,7 @@ using Merlin.Dataplane.Abstractions;
 using Merlin.Dataplane.Nftables.Kernel;
 using Merlin.Dataplane.Nftables.Layout;
 using Merlin.Dataplane.Nftables.Neighbours;
+using Merlin.Hashing;
 using Merlin.Model;
 using Merlin.Linux;
 using Microsoft.Extensions.Logging;
@@ -29,7 +30,7 @@ namespace Merlin.Dataplane.Nftables;
 /// programmed there, since the planner does not know MACs.
 /// </para>
 /// </summary>
-public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostics, IUnresolvedServers, IDisposable
+public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostics, IUnresolvedServers, IProgrammedTables, IDisposable
 {
     private readonly NftablesOptions _options;
     private readonly INftables _nft;
@@ -50,6 +51,9 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
     private IReadOnlyList<string> _warnings = [];
     private IReadOnlyList<IPAddress> _unresolved = [];
     private bool _issuesChanged;
+    private IReadOnlyList<ProgrammedTable> _tables = [];
+    // md-table services' tables as last programmed, with the changes and slots moved since the start.
+    private readonly Dictionary<ServiceKey, (MinimalDisruptionTable Table, long Changes, long Moved)> _tableHistory = new();
 
     /// <summary>What we believe the kernel holds.</summary>
     private sealed class Programmed
@@ -102,6 +106,9 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
 
     /// <summary>DSR real servers whose MAC is not known yet: they hold no slot until their address resolves.</summary>
     public IReadOnlyList<IPAddress> UnresolvedServers => _unresolved;
+
+    /// <summary>The md-table services' tables as programmed at the last pass (<c>meradm status</c>, the slots-moved metric).</summary>
+    public IReadOnlyList<ProgrammedTable> Tables => Volatile.Read(ref _tables);
 
     /// <summary>Raised after <see cref="Issues"/> changed (after the read or apply that changed them returned its lock).</summary>
     public event EventHandler? IssuesChanged;
@@ -748,15 +755,46 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
 
     private void Report(Layout.Layout layout)
     {
+        RecordTables(layout);
         var old = _issues.Select(i => i.ToString()).ToHashSet();
         var now = layout.Issues.Select(i => i.ToString()).ToHashSet();
         _unresolved = layout.Unresolved;
         if (old.SetEquals(now)) return;
-        foreach (var issue in layout.Issues.Where(i => !old.Contains(i.ToString()))) LogIssue(issue.ToString());
+        foreach (var issue in layout.Issues.Where(i => !old.Contains(i.ToString())))
+        {
+            if (issue.StoredTable) LogStoredTableReplaced(issue.ToString());
+            else LogIssue(issue.ToString());
+        }
         foreach (var gone in old.Where(o => !now.Contains(o))) LogIssueCleared(gone);
         _issues = layout.Issues;
         _warnings = layout.Issues.Select(i => i.ToString()).ToList();
         _issuesChanged = true;
+    }
+
+    /// <summary>Counts what each programmed table change moved (a first table, at start or for a new service, moved nothing).</summary>
+    private void RecordTables(Layout.Layout layout)
+    {
+        var seen = new HashSet<ServiceKey>();
+        var tables = new List<ProgrammedTable>(layout.Tables.Count);
+        foreach (var (service, table, problem) in layout.Tables)
+        {
+            seen.Add(service);
+            var (changes, moved) = (0L, 0L);
+            if (_tableHistory.TryGetValue(service, out var had))
+            {
+                (changes, moved) = (had.Changes, had.Moved);
+                if (!ReferenceEquals(had.Table, table) && had.Table.Hash != table.Hash)
+                {
+                    int slots = MinimalDisruptionTable.SlotsMoved(had.Table, table);
+                    (changes, moved) = (changes + 1, moved + slots);
+                    LogTableChanged(service, table.HashText, slots, table.Size);
+                }
+            }
+            _tableHistory[service] = (table, changes, moved);
+            tables.Add(new ProgrammedTable(service, table.HashText, problem, changes, moved));
+        }
+        foreach (var gone in _tableHistory.Keys.Where(k => !seen.Contains(k)).ToList()) _tableHistory.Remove(gone);
+        Volatile.Write(ref _tables, tables);
     }
 
     /// <summary>Outside the gate, so a handler may call back into the dataplane.</summary>
@@ -799,6 +837,12 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
 
     [LoggerMessage(EventId = 409, Level = LogLevel.Warning, Message = "nftables: {Issue}")]
     private partial void LogIssue(string issue);
+
+    [LoggerMessage(EventId = 416, Level = LogLevel.Error, Message = "nftables: {Issue}")]
+    private partial void LogStoredTableReplaced(string issue);
+
+    [LoggerMessage(EventId = 417, Level = LogLevel.Information, Message = "nftables: md-table of {Service} is now {Hash}: {Moved} of {Size} slots moved")]
+    private partial void LogTableChanged(ServiceKey service, string hash, int moved, int size);
 
     [LoggerMessage(EventId = 410, Level = LogLevel.Information, Message = "nftables: resolved: {Issue}")]
     private partial void LogIssueCleared(string issue);

@@ -9,5 +9,8 @@ namespace Merlin.Dataplane.Nftables;
 /// </summary>
 public sealed record NftablesIssue(ServiceKey Service, RealServerKey? Server, string Reason)
 {
+    /// <summary>The service's stored md-table could not be used as is and the node programs its recomputation.</summary>
+    public bool StoredTable { get; init; }
+
     public override string ToString() => Server is { } server ? $"{Service} {server}: {Reason}" : $"{Service}: {Reason}";
 }

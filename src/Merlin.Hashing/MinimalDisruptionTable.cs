@@ -247,6 +247,24 @@ public sealed class MinimalDisruptionTable
         return sorted;
     }
 
+    /// <summary>
+    /// The slots of <paramref name="after"/> whose owner is not the owner of the slot of <paramref name="before"/> that
+    /// covers the same hashes (the same slot when M is the same; scaled as <see cref="Next(MinimalDisruptionTable?, IReadOnlyList{ValueTuple{string, uint}}, int?)"/>
+    /// scales when M grew): the flows a change moved, in slots.
+    /// </summary>
+    public static int SlotsMoved(MinimalDisruptionTable before, MinimalDisruptionTable after)
+    {
+        ArgumentNullException.ThrowIfNull(before);
+        ArgumentNullException.ThrowIfNull(after);
+        int m = after.Size, old = before.Size, moved = 0;
+        for (int s = 0; s < m; s++)
+        {
+            int from = old == m ? s : (int)(((2L * s + 1) * old) / (2L * m));
+            if (!string.Equals(before.OwnerId(from), after.OwnerId(s), StringComparison.Ordinal)) moved++;
+        }
+        return moved;
+    }
+
     /// <summary>The compact encoding (<see cref="TableEncoding"/>), hash included.</summary>
     public byte[] Encode() => TableEncoding.Encode(this);
 

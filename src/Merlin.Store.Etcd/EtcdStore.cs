@@ -467,6 +467,30 @@ public sealed class EtcdStore : IStore
         return new StoreSnapshot(items, revision) { OrphanedServers = orphans.Count, Orphans = orphans };
     }
 
+    /// <summary>One service, its servers (by endpoint, as SQLite orders them) and its table, in one transaction of three range reads.</summary>
+    public async Task<StoreItem?> GetItemAsync(string serviceId, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(serviceId);
+        using var op = Begin(ct);
+        var serviceText = StoreKeys.Service(_prefix, serviceId);
+        var serversKey = Key(StoreKeys.ServersOf(_prefix, serviceId));
+        var read = new TxnRequest();
+        read.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = Key(serviceText) } });
+        read.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = serversKey, RangeEnd = PrefixEnd(serversKey) } });
+        read.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = Key(StoreKeys.Table(_prefix, serviceId)) } });
+        var resp = await Txn(read, op).ConfigureAwait(false);
+        var serviceKvs = resp.Responses[0].ResponseRange.Kvs;
+        if (serviceKvs.Count == 0) return null;
+        var service = StoredRecords.Of(Parse(VirtualService.Parser, serviceKvs[0].Value, serviceText));
+        var servers = resp.Responses[1].ResponseRange.Kvs
+            .Select(kv => (Key: kv.Key.ToStringUtf8(), kv.Value))
+            .OrderBy(kv => kv.Key, StringComparer.Ordinal)
+            .Select(kv => StoredRecords.Of(Parse(RealServer.Parser, kv.Value, kv.Key)))
+            .ToList();
+        var tableKvs = resp.Responses[2].ResponseRange.Kvs;
+        return new StoreItem(service, servers) { Table = tableKvs.Count > 0 ? tableKvs[0].Value.ToByteArray() : null };
+    }
+
     /// <summary>
     /// Watches the prefix from <paramref name="afterRevision"/> + 1. If etcd compacted that history, one
     /// <see cref="StoreChangeKind.Resync"/> (carrying the compaction revision) is yielded and the watch ends.

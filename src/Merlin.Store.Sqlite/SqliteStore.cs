@@ -333,6 +333,39 @@ public sealed class SqliteStore : IStore
         return new StoreSnapshot(items, revision);
     }, ct);
 
+    public Task<StoreItem?> GetItemAsync(string serviceId, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(serviceId);
+        return ReadAsync(c =>
+        {
+            using var tx = c.BeginTransaction(deferred: true);
+            StoredService service;
+            using (var cmd = Command(c, "SELECT record FROM services WHERE id = $id", ("$id", serviceId)))
+            {
+                cmd.Transaction = tx;
+                using var r = cmd.ExecuteReader();
+                if (!r.Read()) return null;
+                service = ParseService(r, 0, ServiceKey(serviceId));
+            }
+            var servers = new List<StoredServer>();
+            using (var cmd = Command(c, "SELECT endpoint, record FROM servers WHERE service_id = $id ORDER BY endpoint", ("$id", serviceId)))
+            {
+                cmd.Transaction = tx;
+                using var r = cmd.ExecuteReader();
+                while (r.Read()) servers.Add(ParseServer(r, 1, ServerKey(serviceId, r.GetString(0))));
+            }
+            byte[]? table = null;
+            using (var cmd = Command(c, "SELECT data FROM tables WHERE service_id = $id", ("$id", serviceId)))
+            {
+                cmd.Transaction = tx;
+                using var r = cmd.ExecuteReader();
+                if (r.Read()) table = Bytes(r, 0);
+            }
+            tx.Commit();
+            return (StoreItem?)new StoreItem(service, servers) { Table = table };
+        }, ct);
+    }
+
     /// <summary>
     /// Replays the change log after <paramref name="afterRevision"/>, then follows new writes: woken at
     /// once by writes through this instance, and by polling for writes from other processes. If the

@@ -44,6 +44,16 @@ public interface IStore : IAsyncDisposable
     Task<StoreSnapshot> ListAsync(CancellationToken ct = default);
 
     /// <summary>
+    /// One service as <see cref="ListAsync"/> has it — the service, its servers by endpoint, its table — read at one
+    /// revision without reading the others; null if the service does not exist. (The default reads a whole List.)
+    /// </summary>
+    async Task<StoreItem?> GetItemAsync(string serviceId, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(serviceId);
+        return (await ListAsync(ct).ConfigureAwait(false)).Items.FirstOrDefault(i => i.Service.Id == serviceId);
+    }
+
+    /// <summary>
     /// The revision a <see cref="ListAsync"/> now would be read at, without reading anything else: equal to
     /// the last snapshot's revision only if nothing changed since (etcd: any write to the cluster moves it,
     /// which costs a needless re-list, never a missed change). Lets a resync skip an unchanged store.

@@ -165,7 +165,7 @@ public class OutputTests
         Assert.Equal(["dns-mark", "web", "web6"], services.Select(s => s.GetProperty("id").GetString()));
 
         string[] serviceFields = ["id", "protocol", "family", "address", "ip", "port", "fwmark", "scheduler", "flags",
-            "persistenceTimeout", "persistenceNetmask", "onePacket", "servers", "stats"];
+            "persistenceTimeout", "persistenceNetmask", "onePacket", "servers", "stats", "table"];
         string[] serverFields = ["address", "ip", "port", "weight", "forward", "tunnel", "upperThreshold", "lowerThreshold", "healthCheck", "stats", "health", "drainDeadline", "drainSecondsLeft"];
         foreach (var service in services)
         {
@@ -302,7 +302,7 @@ public class OutputTests
 
         Assert.Contains("\nmixed fleet         records last written by a Go merlin (or an older Merlin): 2 services, 1 server, " +
             "3 orphaned server keys (of services deleted by a Go merlin)\n", run.Out);
-        Assert.Contains("\"servicesNotByMerlin\": 2,\n  \"serversNotByMerlin\": 1,\n  \"orphanedServers\": 3\n", json.Out.ReplaceLineEndings("\n"));
+        Assert.Contains("\"servicesNotByMerlin\": 2,\n  \"serversNotByMerlin\": 1,\n  \"orphanedServers\": 3,\n", json.Out.ReplaceLineEndings("\n"));
     }
 
     [Fact]
@@ -358,6 +358,29 @@ public class OutputTests
     }
 
     [Fact]
+    public async Task Status_ShowsEachMdTableAsThisNodeProgramsIt_SoNodesCanBeCompared()
+    {
+        var status = Canned.Status();
+        status.Tables.Add(new StatusResponse.Types.Table { Service = "tcp:198.18.0.10:80", Hash = "0123456789abcdef", Changes = 2, SlotsMoved = 205 });
+        status.Tables.Add(new StatusResponse.Types.Table { Service = "tcp:198.18.0.11:80", Hash = "fedcba9876543210", Problem = "damaged (hash mismatch)" });
+        var run = await Meradm.RunAsync(c => c.StatusResponse = status, "status");
+        var json = await Meradm.RunAsync(c => c.StatusResponse = status, "status", "-o", "json");
+
+        Assert.Contains("\nmd-table            tcp:198.18.0.10:80 0123456789abcdef, 2 changes, 205 slots moved\n", run.Out);
+        Assert.Contains("\nmd-table            tcp:198.18.0.11:80 fedcba9876543210 (RECOMPUTED: stored table damaged (hash mismatch)), 0 changes, 0 slots moved\n", run.Out);
+        Assert.Contains("""
+              "tables": [
+                {
+                  "service": "tcp:198.18.0.10:80",
+                  "hash": "0123456789abcdef",
+                  "problem": null,
+                  "changes": 2,
+                  "slotsMoved": 205
+                },
+            """.ReplaceLineEndings("\n"), json.Out.ReplaceLineEndings("\n"));
+    }
+
+    [Fact]
     public async Task Status_Json_IsExact()
     {
         var run = await Meradm.RunAsync(c => c.StatusResponse = Canned.Status(), "status", "--output", "json");
@@ -392,7 +415,8 @@ public class OutputTests
               "compatibility": "",
               "servicesNotByMerlin": null,
               "serversNotByMerlin": null,
-              "orphanedServers": 0
+              "orphanedServers": 0,
+              "tables": []
             }
 
             """;

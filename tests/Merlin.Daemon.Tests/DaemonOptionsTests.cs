@@ -144,6 +144,15 @@ public class DaemonOptionsTests
     }
 
     [Fact]
+    public void SecondChanceWindow_Is1hByDefault_ReadFromItsFlag_AndOutOfRangeIsRefusedNamingTheFlag()
+    {
+        Assert.Equal(TimeSpan.FromHours(1), Parse().SecondChanceWindow);
+        Assert.Equal(TimeSpan.FromMinutes(90), Parse("--second-chance-window", "90m").SecondChanceWindow);
+        Assert.Equal("--second-chance-window: must be positive", Assert.Throws<OptionsException>(() => Parse("--second-chance-window", "0s")).Message);
+        Assert.Equal("--second-chance-window: 800h is not between 1s and 720h", Assert.Throws<OptionsException>(() => Parse("--second-chance-window", "800h")).Message);
+    }
+
+    [Fact]
     public void HealthKeepAlive_IsOnByDefault_AndCanBeTurnedOff()
     {
         Assert.True(Parse().HealthKeepAlive);

@@ -105,6 +105,21 @@ public sealed class LookupTablesTests : IDisposable
     }
 
     [Fact]
+    public void Describe_TellsListTheStoredTablesHash_OrWhyThereIsNone()
+    {
+        var table = MinimalDisruptionTable.Build([("198.18.1.1:80", 1), ("198.18.1.2:80", 1)]);
+        var record = TableRecord.Of(table).Encode();
+        Assert.Equal((table.HashText, ""), LookupTables.Describe(Service("web", "md-table"), record));
+        var damaged = (byte[])record.Clone();
+        damaged[10] ^= 1;
+        var (hash, problem) = LookupTables.Describe(Service("web", "md-table"), damaged);
+        Assert.Equal("", hash);
+        Assert.StartsWith("damaged (hash mismatch", problem);
+        Assert.StartsWith("no table stored yet", LookupTables.Describe(Service("web", "md-table"), null).Problem);
+        Assert.Equal(("", ""), LookupTables.Describe(Service("web", "flag-2"), record));
+    }
+
+    [Fact]
     public async Task ServicesWithoutMdTable_KeepNoTable()
     {
         await using var store = Open();

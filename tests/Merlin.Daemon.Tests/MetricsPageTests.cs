@@ -14,7 +14,7 @@ namespace Merlin.Daemon.Tests;
 /// </summary>
 public sealed class MetricsPageTests : IAsyncDisposable
 {
-    /// <summary>Captured from the daemon before the move to one metrics API; labels (in the order the series show them) where the test makes series.</summary>
+    /// <summary>Captured from the daemon before the move to one metrics API (plus the two md-table families added since); labels (in the order the series show them) where the test makes series.</summary>
     private const string Expected = """
         merlin_announcer_healthy gauge
         merlin_announcer_restarts_total counter
@@ -45,6 +45,8 @@ public sealed class MetricsPageTests : IAsyncDisposable
         merlin_store_records_not_by_merlin gauge kind
         merlin_store_up gauge
         merlin_sysctl_drift gauge name
+        merlin_table_slots_moved_total counter
+        merlin_tables_recomputed gauge
         merlin_vip_announced gauge
         """;
 

@@ -22,8 +22,12 @@ public class StoredTableKernelTests
             .Select(s => SlotContent.ElementText(s, StateRecords.MacText(MacOf(IPAddress.Parse(table.OwnerId(s)!.Split(':')[0])))))
             .ToHashSet(StringComparer.Ordinal);
 
-    private static HashSet<string> KernelMap(TestNamespace ns) =>
-        Kernel.NftJson.Elements(ns.Nft("-j", "list", "map", "netdev", "merlin", "d1")).Select(e => e.Element).ToHashSet(StringComparer.Ordinal);
+    private static HashSet<string> KernelMap(TestNamespace ns, string map = "d1") =>
+        Kernel.NftJson.Elements(ns.Nft("-j", "list", "map", "netdev", "merlin", map)).Select(e => e.Element).ToHashSet(StringComparer.Ordinal);
+
+    /// <summary>Whether one of the first maps (two services: two maps, numbered as the layout chose) holds exactly <paramref name="table"/>.</summary>
+    private static bool SomeMapHolds(TestNamespace ns, MinimalDisruptionTable table) =>
+        new[] { "d1", "d2", "d3" }.Any(m => { try { return KernelMap(ns, m).SetEquals(Expected(table)); } catch (InvalidOperationException) { return false; } });
 
     [Fact]
     public async Task StoredTable_IsProgrammedSlotForSlot_AndADamagedOneIsReportedAndReplacedByTheFreshTable()
@@ -51,8 +55,49 @@ public class StoredTableKernelTests
         await dataplane.ReconcileAsync(broken);
 
         var issue = Assert.Single(dataplane.Issues);
-        Assert.Contains("stored md-table is unusable (hash mismatch", issue.ToString());
+        Assert.Contains("stored md-table damaged (hash mismatch", issue.ToString());
+        Assert.Contains($"programmed {fresh.HashText}", issue.ToString());
         Assert.True(KernelMap(ns).SetEquals(Expected(fresh)), "a damaged table must be replaced whole by the fresh one");
+        var programmed = Assert.Single(dataplane.Tables);
+        Assert.Equal((fresh.HashText, 1L), (programmed.Hash, programmed.Changes));
+        Assert.StartsWith("damaged (hash mismatch", programmed.Problem);
+    }
+
+    [Fact]
+    public async Task TableMadeForOtherServers_IsReplacedByWhatFollowsIt_ReportedEveryPass_AndEachChangeCountsTheSlotsItMoved()
+    {
+        using var ns = TestNamespace.WithInterface();
+        // Stored for .11, .12, .13 and .14; the service has .11, .12, .13 and .15 (written past the API, as a Go merlin does).
+        var stored = MinimalDisruptionTable.Build([("198.18.1.11:80", 1), ("198.18.1.12:80", 1), ("198.18.1.13:80", 2), ("198.18.1.14:80", 1)]);
+        var md = Config("mh", SchedulerFlags.Flag2 | SchedulerFlags.Flag3) with { Table = new StoredTable(stored.Encode()) };
+        var service = Service(Tcp("198.18.0.10", 80), md, Route("198.18.1.11", 80), Route("198.18.1.12", 80), Route("198.18.1.13", 80, 2), Route("198.18.1.15", 80));
+        var other = Service(Tcp("198.18.0.11", 80), Route("198.18.1.11", 80));
+        var desired = State(service, other);
+        var (dataplane, _) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
+
+        await dataplane.ReconcileAsync(desired);
+
+        // What the API stores on the next write: the table that follows the stored one (the stored weights kept).
+        var expected = stored.Next([("198.18.1.11:80", 1), ("198.18.1.12:80", 1), ("198.18.1.13:80", 2), ("198.18.1.15:80", 1)]);
+        Assert.True(SomeMapHolds(ns, expected), "the node must program the table that follows the stored one");
+        string issue = Assert.Single(dataplane.Issues).ToString();
+        Assert.Contains("stored md-table made for other servers (servers not in it: 198.18.1.15:80; in it but not servers: 198.18.1.14:80)", issue);
+        Assert.Equal((expected.HashText, 0L), (dataplane.Tables.Single().Hash, dataplane.Tables.Single().Changes));
+
+        // Another service changes: this one's plan is reused, and its table's problem is still reported.
+        var otherChanged = Service(Tcp("198.18.0.11", 80), Route("198.18.1.12", 80));
+        await dataplane.ReconcileAsync(State(service, otherChanged));
+        Assert.Equal(issue, Assert.Single(dataplane.Issues).ToString());
+
+        // The API's next write stores a table for the servers: no issue, and the change counts the slots it moved.
+        var now = expected.Next([("198.18.1.11:80", 1), ("198.18.1.12:80", 1), ("198.18.1.13:80", 2)]);
+        var repaired = Service(Tcp("198.18.0.10", 80), md with { Table = new StoredTable(now.Encode()) }, Route("198.18.1.11", 80), Route("198.18.1.12", 80), Route("198.18.1.13", 80, 2));
+        await dataplane.ReconcileAsync(State(repaired, otherChanged));
+        Assert.Empty(dataplane.Issues);
+        Assert.True(SomeMapHolds(ns, now));
+        var table = Assert.Single(dataplane.Tables);
+        Assert.Equal((now.HashText, (string?)null, 1L), (table.Hash, table.Problem, table.Changes));
+        Assert.Equal(expected.SlotCounts()[expected.Servers.ToList().FindIndex(s => s.Id == "198.18.1.15:80")], table.SlotsMoved);
     }
 
     [Fact]

@@ -287,4 +287,28 @@ public class MinimalDisruptionTableTests
         Assert.Contains("appears twice", Assert.Throws<ArgumentException>(() => MinimalDisruptionTable.Build([("a", 1), ("a", 2)])).Message);
         Assert.Contains("not prime", Assert.Throws<ArgumentOutOfRangeException>(() => MinimalDisruptionTable.Build([("a", 1)], 100)).Message);
     }
+
+    [Theory]
+    [InlineData(11UL)]
+    [InlineData(12UL)]
+    public void SlotsMoved_CountsTheSlotsWhoseOwnerChanged_AndWhenMGrows_OnlyWhatTheNewServersTook(ulong seed)
+    {
+        var changes = new ChangeSequence(seed, [1, 2], 5, 20).Start(10);
+        var table = MinimalDisruptionTable.Build(changes.Servers);
+        Assert.Equal(0, MinimalDisruptionTable.SlotsMoved(table, table));
+        for (int step = 0; step < 200; step++)
+        {
+            changes.Step();
+            var next = table.Next(changes.Servers);
+            if (next.Size == table.Size) Assert.Equal(Moved(table, next), MinimalDisruptionTable.SlotsMoved(table, next));
+            table = next;
+        }
+
+        // Growing M (10 servers of weight 1 to 30) scales the old slots; the new servers' slots are what moved.
+        var ten = MinimalDisruptionTable.Build(Enumerable.Range(0, 10).Select(i => ($"s{i:D2}", 1u)).ToList());
+        var thirty = ten.Next(Enumerable.Range(0, 30).Select(i => ($"s{i:D2}", 1u)).ToList());
+        Assert.True(thirty.Size > ten.Size);
+        int taken = thirty.SlotCounts().Where((_, i) => string.CompareOrdinal(thirty.Servers[i].Id, "s10") >= 0).Sum();
+        Assert.Equal(taken, MinimalDisruptionTable.SlotsMoved(ten, thirty));
+    }
 }

@@ -406,6 +406,31 @@ public abstract class StoreContractTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task GetItem_IsTheListsItemForThatService_TableIncluded_AndUnknownIsNull()
+    {
+        await using var store = await OpenWithTablesAsync(DeriveForTest);
+        await store.CreateServiceAsync(Service("svc1", "198.18.0.1", 80, scheduler: "mh"), Ct);
+        await store.CreateServiceAsync(Service("svc10", "198.18.0.10", 80, scheduler: "mh"), Ct);
+        await store.CreateServerAsync(Server("svc10", "198.18.1.10"), Ct);
+        await store.CreateServerAsync(Server("svc1", "198.18.1.2"), Ct);
+        await store.CreateServerAsync(Server("svc1", "198.18.1.1"), Ct);
+
+        var list = await store.ListAsync(Ct);
+        foreach (var id in new[] { "svc1", "svc10" })
+        {
+            var listed = list.Items.Single(i => i.Service.Id == id);
+            var item = await store.GetItemAsync(id, Ct);
+            Assert.NotNull(item);
+            Assert.Equal(listed.Service.Id, item.Service.Id);
+            Assert.Equal(listed.Servers.Select(x => (x.ServiceID, x.Key.Ip, x.Key.Port)), item.Servers.Select(x => (x.ServiceID, x.Key.Ip, x.Key.Port)));
+            Assert.NotNull(item.Table);
+            Assert.Equal(listed.Table, item.Table);
+        }
+        Assert.Equal(["198.18.1.1", "198.18.1.2"], (await store.GetItemAsync("svc1", Ct))!.Servers.Select(x => x.Key.Ip));
+        Assert.Null(await store.GetItemAsync("svc", Ct));
+    }
+
+    [Fact]
     public async Task List_Empty_HasNoItems()
     {
         var list = await Store.ListAsync(Ct);

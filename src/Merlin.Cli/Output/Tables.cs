@@ -113,6 +113,8 @@ public static class Tables
         }
         foreach (var x in s.Sysctls)
             table.Add($"sysctl {x.Name}", x.Drifted ? $"{x.Have ?? "unreadable"} (DRIFT: want {x.Want}{(x.Managed ? "" : "; --manage-sysctls sets it")})" : x.Have ?? "-");
+        foreach (var t in s.Tables)
+            table.Add("md-table", $"{t.Service} {t.Hash}{(t.Problem is { } p ? $" (RECOMPUTED: stored table {p})" : "")}, {Plural((uint)t.Changes, "change")}, {Plural((uint)t.SlotsMoved, "slot")} moved");
         foreach (var w in s.Warnings) table.Add("warning", w);
         var widths = table.Widths();
         for (var i = 1; i < table.Rows.Count; i++) writer.WriteLine(table.Line(i, widths));

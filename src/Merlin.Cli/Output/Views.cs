@@ -33,7 +33,18 @@ public sealed record ServiceView
     public required IReadOnlyList<ServerView> Servers { get; init; }
     /// <summary>The kernel's counters (<c>list --stats</c>); null when not asked for or not programmed.</summary>
     public TrafficView? Stats { get; init; }
+    /// <summary>An md-table service's stored table; null for other services.</summary>
+    public TableView? Table { get; init; }
 }
+
+/// <summary>A stored md-table: its hash (16 hex digits, as <c>meradm status</c> shows each node's), or null with why there is none.</summary>
+public sealed record TableView(string? Hash, string? Problem);
+
+/// <summary>
+/// An md-table service's table as the answering node programs it: the hash, why the stored one was not used (null when
+/// it was), and the table changes programmed since the daemon started with the slots they moved.
+/// </summary>
+public sealed record TableStatusView(string Service, string Hash, string? Problem, ulong Changes, ulong SlotsMoved);
 
 /// <summary>Totals since the kernel created the service or server.</summary>
 public sealed record TrafficView(ulong Connections, ulong InPackets, ulong OutPackets, ulong InBytes, ulong OutBytes);
@@ -125,6 +136,8 @@ public sealed record StatusView
     public uint? ServersNotByMerlin { get; init; }
     /// <summary>Server keys whose service does not exist (etcd: left by a Go merlin's service del).</summary>
     public uint OrphanedServers { get; init; }
+    /// <summary>md-table services' tables as this node programs them (compare the hashes between nodes).</summary>
+    public IReadOnlyList<TableStatusView> Tables { get; init; } = [];
 }
 
 /// <summary>A VIP the announcer is responsible for, and whether this node holds (VRRP) or announces (BGP) it.</summary>
@@ -194,6 +207,8 @@ public static class Views
             PersistenceTimeout = config.PersistenceTimeout,
             PersistenceNetmask = config.HasPersistenceNetmask ? config.PersistenceNetmask : (v6 ? 128u : 32u),
             OnePacket = config.OnePacket,
+            Table = item.TableHash.Length == 0 && item.TableProblem.Length == 0 ? null
+                : new TableView(item.TableHash.Length == 0 ? null : item.TableHash, item.TableProblem.Length == 0 ? null : item.TableProblem),
             Servers = item.Servers
                 .OrderBy(s => AddressSortKey(s.Key?.Ip ?? ""), StringComparer.Ordinal)
                 .ThenBy(s => s.Key?.Port ?? 0)
@@ -268,6 +283,7 @@ public static class Views
         ServersNotByMerlin = status.HasServersNotByMerlin ? status.ServersNotByMerlin : null,
         OrphanedServers = status.OrphanedServers,
         Vips = status.Vips.Select(v => new VipView(v.Address, v.Announced, v.Management)).ToList(),
+        Tables = status.Tables.Select(t => new TableStatusView(t.Service, t.Hash, t.Problem.Length == 0 ? null : t.Problem, t.Changes, t.SlotsMoved)).ToList(),
     };
 
     /// <summary>Adds the kernel's counters to a list; services and servers the dataplane does not hold keep null.</summary>

@@ -100,7 +100,17 @@ internal sealed record Layout(
     Assignment Assignment,
     IReadOnlyList<NftablesIssue> Issues,
     IReadOnlyList<IPAddress> Unresolved,
-    IReadOnlyList<IPAddress> DsrAddresses);
+    IReadOnlyList<IPAddress> DsrAddresses)
+{
+    /// <summary>The md-table services' tables as this layout programs them, in service order.</summary>
+    public IReadOnlyList<LayoutTable> Tables { get; init; } = [];
+}
+
+/// <summary>
+/// An md-table service's table as a layout programs it: the stored one, or — when <paramref name="Problem"/> says why
+/// the stored one could not be used — the node's recomputation.
+/// </summary>
+internal sealed record LayoutTable(ServiceKey Service, MinimalDisruptionTable Table, string? Problem);
 
 /// <summary>
 /// Builds the ruleset for a set of services. Pure: the same input gives the same ruleset, text for
@@ -253,7 +263,8 @@ internal static class LayoutBuilder
             Contents = contents, ListIds = records.ListIds, Sets = sets, SetsFor = setOptions,
             Order = order, Memos = byKey, ServerRecordIds = records.ServerRecordIds, IdsOf = records.IdsOf, Members = records.Members, Texts = records.Texts, Chains = chains,
         };
-        return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.Order(AddressComparer).ToList());
+        var programmedTables = plans.Where(p => p.Table is not null).Select(p => new LayoutTable(p.Key, p.Table!, p.TableProblem)).ToList();
+        return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.Order(AddressComparer).ToList()) { Tables = programmedTables };
     }
 
     /// <summary>The services in key order: the previous build's order when the keys are the same (no sort).</summary>
@@ -298,6 +309,9 @@ internal static class LayoutBuilder
     {
         /// <summary>The stored minimal-disruption table the slots come from; null: Maglev.</summary>
         public MinimalDisruptionTable? Table { get; init; }
+
+        /// <summary>Why the stored table was not used as is (<see cref="Table"/> is then the node's recomputation); null when it was.</summary>
+        public string? TableProblem { get; init; }
     }
 
     internal sealed record Backend(string Id, uint Weight, string Value, string? Mac);
@@ -356,8 +370,14 @@ internal static class LayoutBuilder
             return null;
         }
 
-        if (same is not null) return same;
-        var table = StoredTable(service, set, issues);
+        if (same is not null)
+        {
+            // Issues are made anew by every build: a reused plan reports its table's problem again.
+            if (same.TableProblem is { } known) issues.Add(TableIssue(key, known, same.Table!));
+            return same;
+        }
+        var (table, problem) = StoredTable(service);
+        if (problem is not null) issues.Add(TableIssue(key, problem, table!));
         bool saddrOnly = service.Config.PersistenceTimeout > 0 ||
             (service.Config.Scheduler is "sh" or "mh" && !service.Config.Flags.HasFlag(SchedulerFlags.Flag2));
         string family = key.Family == IpFamily.V6 ? "6" : "4";
@@ -373,30 +393,58 @@ internal static class LayoutBuilder
         string variant = set.Dsr
             ? $"{family}{(saddrOnly ? "s" : "p")}{(service.Config.OnePacket ? "u" : "")}"
             : saddrOnly ? "s" : "p";
-        return new ServicePlan(key, set.Dsr, size, shape, contentKey, variant, set.Usable) { Table = table };
+        return new ServicePlan(key, set.Dsr, size, shape, contentKey, variant, set.Usable) { Table = table, TableProblem = problem };
     }
 
     /// <summary>
-    /// The service's stored minimal-disruption table, if it is an md-table service that has one. One that does
-    /// not decode (damaged, wrong size) is reported and replaced by the table computed from nothing for the
-    /// current servers — what every node computes, and what the API stores on the next write — never used in part.
+    /// The service's stored minimal-disruption table, if it is an md-table service that has one. One that cannot be used
+    /// as is — it does not decode (damaged, wrong size: <see cref="TableFormatException"/>), or it was made for other
+    /// servers than the service's (a server written by something other than Merlin's API, a record restored from
+    /// elsewhere) — is replaced whole by what the API stores on the service's next write, which every node computes
+    /// alike from the same store: the table computed from nothing, or the one that follows the stored table for the
+    /// current servers. Never used in part. The second value says why it was replaced.
     /// </summary>
-    private static MinimalDisruptionTable? StoredTable(ServiceState service, SetPlan set, List<NftablesIssue> issues)
+    private static (MinimalDisruptionTable? Table, string? Problem) StoredTable(ServiceState service)
     {
-        if (!Schedulers.UsesStoredTable(service.Config) || service.Config.Table is not { } stored) return null;
+        if (!Schedulers.UsesStoredTable(service.Config) || service.Config.Table is not { } stored) return (null, null);
+        MinimalDisruptionTable table;
         try
         {
-            return MinimalDisruptionTable.Decode(stored.Bytes);
+            table = MinimalDisruptionTable.Decode(stored.Bytes);
         }
         catch (TableFormatException e)
         {
-            var members = service.Servers
-                .Where(kv => kv.Value.Forward == (set.Dsr ? ForwardMethod.Route : ForwardMethod.Masq))
-                .Select(kv => (Endpoints.Format(kv.Key.Address, kv.Key.Port), kv.Value.Weight)).ToList();
-            issues.Add(new(service.Key, null, $"stored md-table is unusable ({e.Message}); programmed the table computed from nothing until the API stores a new one"));
-            return MinimalDisruptionTable.Build(members);
+            return (MinimalDisruptionTable.Build(Members(service, null)), $"damaged ({e.Message})");
         }
+        var servers = service.Servers.Keys.Select(k => Endpoints.Format(k.Address, k.Port)).ToHashSet(StringComparer.Ordinal);
+        var inTable = table.Servers.Select(s => s.Id).ToHashSet(StringComparer.Ordinal);
+        var missing = servers.Where(id => !inTable.Contains(id)).Order(StringComparer.Ordinal).ToList();
+        var extra = inTable.Where(id => !servers.Contains(id)).Order(StringComparer.Ordinal).ToList();
+        if (missing.Count == 0 && extra.Count == 0) return (table, null);
+        static string Few(List<string> ids) => string.Join(", ", ids.Take(3)) + (ids.Count > 3 ? $" and {ids.Count - 3} more" : "");
+        var parts = new List<string>(2);
+        if (missing.Count > 0) parts.Add($"servers not in it: {Few(missing)}");
+        if (extra.Count > 0) parts.Add($"in it but not servers: {Few(extra)}");
+        return (table.Next(Members(service, table)), $"made for other servers ({string.Join("; ", parts)})");
     }
+
+    /// <summary>
+    /// The service's servers as table members, by endpoint as the API names them. A server the stored table has keeps
+    /// the table's weight (this node's health verdicts must not make its table differ from other nodes'); another takes
+    /// its weight here (0 while draining).
+    /// </summary>
+    private static List<(string Id, uint Weight)> Members(ServiceState service, MinimalDisruptionTable? stored)
+    {
+        var weights = stored?.Servers.ToDictionary(s => s.Id, s => s.Weight, StringComparer.Ordinal);
+        return service.Servers.Select(kv =>
+        {
+            var id = Endpoints.Format(kv.Key.Address, kv.Key.Port);
+            return (id, weights is not null && weights.TryGetValue(id, out var w) ? w : kv.Value.Weight);
+        }).ToList();
+    }
+
+    private static NftablesIssue TableIssue(ServiceKey key, string problem, MinimalDisruptionTable programmed) =>
+        new(key, null, $"stored md-table {problem}; programmed {programmed.HashText}, what the API stores on the service's next write") { StoredTable = true };
 
     /// <summary>
     /// What a set of real servers forwards to: the same for every service that has exactly these
