@@ -28,6 +28,9 @@ public sealed record NftablesOptions
     /// <summary>The inet table that holds NAT (masq) services.</summary>
     public string NatTable { get; init; } = "merlin_nat";
 
+    /// <summary>The two tables the dataplane owns, as (family, name); it never touches anything else.</summary>
+    internal (string Family, string Name)[] OurTables => [("netdev", DsrTable), ("inet", NatTable)];
+
     /// <summary>How long an idle DSR flow stays pinned to its real server.</summary>
     public TimeSpan FlowTimeout { get; init; } = TimeSpan.FromSeconds(300);
 

@@ -129,9 +129,10 @@ public static class ChangeSimulation
                 for (int s = 0; s < size; s++) owners[s] = _md.Owners[s] < 0 ? -1 : ids[_md.Owners[s]];
                 return owners;
             }
-            var table = MaglevTable.Build(servers, size);
+            // Built in place: a second table of M slots per change would only be garbage.
+            MaglevTable.Build(servers, owners);
             var numbers = servers.Select(s => number(s.Id)).ToArray();
-            for (int s = 0; s < size; s++) owners[s] = table[s] < 0 ? -1 : numbers[table[s]];
+            for (int s = 0; s < size; s++) owners[s] = owners[s] < 0 ? -1 : numbers[owners[s]];
             return owners;
         }
 

@@ -184,11 +184,11 @@ internal sealed class RecordingNftables(INftables inner) : INftables
 
 internal static class KernelDataplane
 {
-    public static (NftablesDataplane Dataplane, RecordingNftables Nft) Create(TestNamespace ns, INeighbours neighbours, NftablesOptions? options = null)
+    public static (NftablesDataplane Dataplane, RecordingNftables Nft) Create(TestNamespace ns, INeighbours neighbours, NftablesOptions? options = null, TimeProvider? time = null)
     {
         options = (options ?? Given.Options()) with { NetworkNamespace = ns.Name };
         var nft = new RecordingNftables(NftKernel.Open(options, new ProcessRunner(ns.Name, options.IpPath), NullLogger.Instance));
-        return (new NftablesDataplane(options, nft, neighbours, NullLogger.Instance, TimeProvider.System), nft);
+        return (new NftablesDataplane(options, nft, neighbours, NullLogger.Instance, time ?? TimeProvider.System), nft);
     }
 
     /// <summary>One reconcile pass as the reconciler does it: read, plan, apply the plan as one batch.</summary>

@@ -34,7 +34,7 @@ public class KernelTests
         Assert.True(read.SameAs(new DataplaneState(desired)));
         Assert.Empty(dataplane.Issues);
         var layout = Build(desired);
-        Assert.Null(NftablesDataplane.Mismatch(ns.Tables(("netdev", "merlin"), ("inet", "merlin_nat")), layout.Ruleset));
+        Assert.Null(TableAuditor.Mismatch(ns.Tables(("netdev", "merlin"), ("inet", "merlin_nat")), layout.Ruleset));
         // The kernel holds exactly the Maglev table we computed.
         var d1 = Kernel.NftJson.Elements(ns.Nft("-j", "list", "map", "netdev", "merlin", "d1"));
         Assert.Equal(layout.Ruleset.Table("netdev", "merlin")!.Sets["d1"].Content.Elements().Select(e => e.Element).Order(StringComparer.Ordinal),
@@ -114,7 +114,7 @@ public class KernelTests
 
         Assert.True(dataplane.Repairs > 0, $"{what}: not detected");
         Assert.True(read.SameAs(new DataplaneState(desired)));
-        Assert.Null(NftablesDataplane.Mismatch(ns.Tables(("netdev", "merlin"), ("inet", "merlin_nat")), layout.Ruleset));
+        Assert.Null(TableAuditor.Mismatch(ns.Tables(("netdev", "merlin"), ("inet", "merlin_nat")), layout.Ruleset));
         foreach (var (table, set) in new[] { ("netdev merlin", "d1"), ("netdev merlin", "d1_live"), ("netdev merlin", "svc4"), ("netdev merlin", "state"), ("inet merlin_nat", "n1") })
         {
             var t = table.Split(' ');
@@ -219,7 +219,7 @@ public class KernelTests
 
         Assert.Equal(plan.Count, nft.Scripts.Count);   // a transaction per operation
         Assert.True((await dataplane.ReadAsync(CancellationToken.None)).SameAs(new DataplaneState(desired)));
-        Assert.Null(NftablesDataplane.Mismatch(ns.Tables(("netdev", "merlin"), ("inet", "merlin_nat")), dataplane.Ruleset!));
+        Assert.Null(TableAuditor.Mismatch(ns.Tables(("netdev", "merlin"), ("inet", "merlin_nat")), dataplane.Ruleset!));
         // Group names depend on the order things happened in; the tables themselves do not.
         static List<string> Maps(NftRuleset r) => r.Tables.SelectMany(t => t.Sets.Values.Where(s => s.Name[0] is 'd' or 'n' && char.IsAsciiDigit(s.Name[1])).Select(s => s.Content.Hash)).Order(StringComparer.Ordinal).ToList();
         Assert.Equal(Maps(Build(desired).Ruleset), Maps(dataplane.Ruleset!));

@@ -141,11 +141,11 @@ public class LayoutCacheTests
         var weight = Build(State(Service(A.Key, Route("198.18.1.11", 80, 2), Route("198.18.1.12", 80)), B), first.Assignment);
         var added = Build(State(A, B, Service(Tcp("198.18.0.12", 80), Route("198.18.1.16", 80))), first.Assignment);
 
-        var (chains, sets) = NftablesDataplane.Touched(first.Ruleset.Tables[0], weight.Ruleset.Tables[0]);
+        var (chains, sets) = TableWriter.Touched(first.Ruleset.Tables[0], weight.Ruleset.Tables[0]);
         Assert.Empty(chains);
         Assert.Equal(["marker"], sets);   // the map and the state records only change elements
 
-        (chains, sets) = NftablesDataplane.Touched(first.Ruleset.Tables[0], added.Ruleset.Tables[0]);
+        (chains, sets) = TableWriter.Touched(first.Ruleset.Tables[0], added.Ruleset.Tables[0]);
         Assert.Equal(["d3_4p"], chains);
         Assert.Equal(["d3", "d3_live", "marker"], sets.Order(StringComparer.Ordinal));
     }

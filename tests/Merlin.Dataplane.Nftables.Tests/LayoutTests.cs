@@ -193,21 +193,21 @@ public class LayoutTests
         KernelTable Kernel(Func<List<KernelChain>, List<KernelChain>>? chains = null, Func<List<KernelSet>, List<KernelSet>>? sets = null)
         {
             var c = table.Chains.Values.Select(ch => new KernelChain(ch.Name, 1, ch.Base is null ? null : "filter", ch.Base is null ? null : 0u, ch.Base is null ? null : 0,
-                ch.Base is null ? null : "eth0", ch.Base is null ? null : 1u, ch.Rules.Select((r, i) => new KernelRule((ulong)i, NftablesDataplane.CommentOf(r), "h")).ToList())).ToList();
+                ch.Base is null ? null : "eth0", ch.Base is null ? null : 1u, ch.Rules.Select((r, i) => new KernelRule((ulong)i, TableAuditor.CommentOf(r), "h")).ToList())).ToList();
             var s = table.Sets.Values.Select(st => new KernelSet(st.Name, 1, st.Dynamic ? 0x38u : 0u, 4, 0, st.Dynamic ? 262144u : 0u, st.Dynamic ? 300_000u : 0u,
                 st.Name == "marker" ? LayoutBuilder.MarkerComment(ruleset.Fingerprint("marker")) : null)).ToList();
             return new KernelTable("netdev", "merlin", 1, 0, chains?.Invoke(c) ?? c, sets?.Invoke(s) ?? s);
         }
 
-        Assert.Null(NftablesDataplane.Mismatch([Kernel()], ruleset));
-        Assert.Contains("missing", NftablesDataplane.Mismatch([], ruleset));
-        Assert.Contains("d1_4p", NftablesDataplane.Mismatch([Kernel(chains: c => c.Where(x => x.Name != "d1_4p").ToList())], ruleset));
-        Assert.Contains("holds 3 rules", NftablesDataplane.Mismatch([Kernel(chains: c => c.Select(x => x.Name == "d1_4p" ? x with { Rules = x.Rules.Skip(1).ToList() } : x).ToList())], ruleset));
-        Assert.Contains("not ours", NftablesDataplane.Mismatch([Kernel(chains: c => [.. c, new KernelChain("extra", 9, null, null, null, null, null, [])])], ruleset));
-        Assert.Contains("hooks device eth1", NftablesDataplane.Mismatch([Kernel(chains: c => c.Select(x => x.Name == "ingress" ? x with { Device = "eth1" } : x).ToList())], ruleset));
-        Assert.Contains("marker", NftablesDataplane.Mismatch([Kernel(sets: s => s.Select(x => x.Name == "marker" ? x with { Comment = "merlin v1 0000" } : x).ToList())], ruleset));
-        Assert.Contains("flows4", NftablesDataplane.Mismatch([Kernel(sets: s => s.Select(x => x.Name == "flows4" ? x with { Size = 10 } : x).ToList())], ruleset));
-        Assert.Contains("should not exist", NftablesDataplane.Mismatch([Kernel(), new KernelTable("inet", "merlin_nat", 2, 0, [], [])], ruleset));
+        Assert.Null(TableAuditor.Mismatch([Kernel()], ruleset));
+        Assert.Contains("missing", TableAuditor.Mismatch([], ruleset));
+        Assert.Contains("d1_4p", TableAuditor.Mismatch([Kernel(chains: c => c.Where(x => x.Name != "d1_4p").ToList())], ruleset));
+        Assert.Contains("holds 3 rules", TableAuditor.Mismatch([Kernel(chains: c => c.Select(x => x.Name == "d1_4p" ? x with { Rules = x.Rules.Skip(1).ToList() } : x).ToList())], ruleset));
+        Assert.Contains("not ours", TableAuditor.Mismatch([Kernel(chains: c => [.. c, new KernelChain("extra", 9, null, null, null, null, null, [])])], ruleset));
+        Assert.Contains("hooks device eth1", TableAuditor.Mismatch([Kernel(chains: c => c.Select(x => x.Name == "ingress" ? x with { Device = "eth1" } : x).ToList())], ruleset));
+        Assert.Contains("marker", TableAuditor.Mismatch([Kernel(sets: s => s.Select(x => x.Name == "marker" ? x with { Comment = "merlin v1 0000" } : x).ToList())], ruleset));
+        Assert.Contains("flows4", TableAuditor.Mismatch([Kernel(sets: s => s.Select(x => x.Name == "flows4" ? x with { Size = 10 } : x).ToList())], ruleset));
+        Assert.Contains("should not exist", TableAuditor.Mismatch([Kernel(), new KernelTable("inet", "merlin_nat", 2, 0, [], [])], ruleset));
     }
 
     private static string Comment(string element)

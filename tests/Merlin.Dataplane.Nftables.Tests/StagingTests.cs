@@ -31,7 +31,7 @@ public class StagingTests
         var values = new string?[7];
         values[0] = "02:00:00:00:00:01";
         values[5] = "02:00:00:00:00:0A";
-        var set = new NftSet("d1", "map", LayoutBuilder.DsrDeclaration(7), new SlotContent(values));
+        var set = new NftSet("d1", "map", TableRenderer.DsrDeclaration(7), new SlotContent(values));
         var writer = new BatchWriter(1 << 20);
         writer.Message(0, NetlinkFlags.Create, 5, w => w.Writer.WriteString(1, "merlin"), _ => { });
         writer.Message(9, NetlinkFlags.Create | NetlinkFlags.Exclusive, 5, w => SetStaging.WriteMapDeclaration(w.Writer, "merlin", "d1", 7, 1), _ => { });
@@ -149,7 +149,7 @@ public class StagingTests
         var values = new string?[size];
         for (int i = 0; i < size; i++)
             if ((i + seed) % 17 != 0) values[i] = $"02:00:00:00:{(i + seed) % servers:x2}:{seed % 256:x2}";
-        return new NftSet(name, "map", LayoutBuilder.DsrDeclaration(size), new SlotContent(values));
+        return new NftSet(name, "map", TableRenderer.DsrDeclaration(size), new SlotContent(values));
     }
 
     private static string NftScriptFor(params NftSet[] sets) =>

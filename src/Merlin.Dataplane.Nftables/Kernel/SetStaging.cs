@@ -20,7 +20,7 @@ internal sealed record StagedSet(string Family, string Table, NftSet Set)
     /// names an existing <c>… th dport</c> NAT map (see <see cref="ScriptRenderer.Redeclared"/>).
     /// </summary>
     public static bool Stageable(NftSet set) =>
-        set is { Kind: "map", Dynamic: false, Content: SlotContent slots } && set.Declaration == LayoutBuilder.DsrDeclaration(slots.Length);
+        set is { Kind: "map", Dynamic: false, Content: SlotContent slots } && set.Declaration == TableRenderer.DsrDeclaration(slots.Length);
 }
 
 /// <summary>What staging did: transactions committed, and the tables it had to make (deleted whole if the sets are unstaged).</summary>
