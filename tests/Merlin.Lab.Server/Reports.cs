@@ -29,6 +29,10 @@ public sealed class RequestReport
     public long ElapsedMs { get; set; }
     public double MeanLatencyMs { get; set; }
     public double MaxLatencyMs { get; set; }
+    /// <summary>Latency percentiles of the successful requests (nearest rank; 0 when none succeeded).</summary>
+    public double P50LatencyMs { get; set; }
+    public double P90LatencyMs { get; set; }
+    public double P99LatencyMs { get; set; }
     /// <summary>True when --duration or SIGTERM/SIGINT ended the loop before --count requests.</summary>
     public bool StoppedEarly { get; set; }
     /// <summary>Every request's flow and outcome (only with --flows).</summary>

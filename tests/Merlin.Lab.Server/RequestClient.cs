@@ -25,6 +25,7 @@ public sealed class RequestClient
     private readonly RequestReport _report;
     private readonly Stopwatch _clock = new();
     private double _latencySum;
+    private readonly List<double> _successLatencies = [];
 
     private RequestClient(string mode, Args a)
     {
@@ -89,6 +90,10 @@ public sealed class RequestClient
         _report.ElapsedMs = _clock.ElapsedMilliseconds;
         _report.StoppedEarly = _report.Completed < _count;
         _report.MeanLatencyMs = _report.Completed == 0 ? 0 : Math.Round(_latencySum / _report.Completed, 3);
+        _successLatencies.Sort();
+        _report.P50LatencyMs = Percentile(_successLatencies, 50);
+        _report.P90LatencyMs = Percentile(_successLatencies, 90);
+        _report.P99LatencyMs = Percentile(_successLatencies, 99);
         _report.Flows?.Sort((x, y) => x.Request.CompareTo(y.Request));
         Console.Out.WriteLine(ReportJson.Write(_report));
     }
@@ -135,6 +140,7 @@ public sealed class RequestClient
             if (error is null)
             {
                 _report.Successes++;
+                _successLatencies.Add(latency);
                 Increment(_report.PerServer, server ?? "?");
             }
             else
@@ -146,6 +152,14 @@ public sealed class RequestClient
             }
             _report.Flows?.Add(new FlowRecord(i, localPort, server, status, error));
         }
+    }
+
+    /// <summary>The nearest-rank percentile of sorted values: the smallest value with at least <paramref name="p"/> % of them at or below it.</summary>
+    public static double Percentile(IReadOnlyList<double> sorted, double p)
+    {
+        if (sorted.Count == 0) return 0;
+        var rank = (int)Math.Ceiling(p / 100 * sorted.Count);
+        return Math.Round(sorted[Math.Clamp(rank, 1, sorted.Count) - 1], 3);
     }
 
     private static void Increment(SortedDictionary<string, int> d, string key) => d[key] = d.GetValueOrDefault(key) + 1;

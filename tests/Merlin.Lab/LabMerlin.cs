@@ -132,7 +132,8 @@ public sealed class LabMerlin : IAsyncDisposable
     /// <summary><c>meradm status -o json</c>.</summary>
     public async Task<JsonElement> StatusAsync()
     {
-        var r = await MeradmAsync("status", "-o", "json");
+        // A generous deadline: on a machine busy with other builds a first status can take longer than meradm's default 10 s.
+        var r = await MeradmAsync("status", "-o", "json", "--timeout", "30s");
         using var doc = JsonDocument.Parse(r.StandardOutput);
         return doc.RootElement.Clone();
     }
