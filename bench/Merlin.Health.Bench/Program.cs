@@ -8,7 +8,7 @@ using Grpc.Net.Client;
 using Merlin.Lab;
 using Merlin.Linux;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 // Health-check load: the real daemon, in its own process (so its CPU is its own), checks N HTTP servers
 // that this process serves on loopback (127.0.0.1, one port each), every period. The rate is the
@@ -58,7 +58,7 @@ try
 {
     await Until(async () => { try { return (await http.GetAsync("/healthz")).IsSuccessStatusCode; } catch (HttpRequestException) { return false; } }, "the daemon to start", 60);
     using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{api}", new GrpcChannelOptions { HttpHandler = InNamespace(lb?.Namespace) });
-    var client = new Merlin.Wire.Merlin.MerlinClient(channel);
+    var client = new Merlin.Contracts.Merlin.MerlinClient(channel);
     // 100 servers per service, as an ingress tier of 100 nodes behind N/100 VIPs would be.
     var perService = 100;
     var created = Stopwatch.StartNew();

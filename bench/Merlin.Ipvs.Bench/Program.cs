@@ -5,7 +5,7 @@ using Merlin.Dataplane.Ipvs;
 using Merlin.Reconciler;
 using Merlin.Store.Protobuf;
 using Merlin.Store.Sqlite;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.Logging.Abstractions;
 
 // IPVS sync benchmark. Two steps, because the kernel with IPVS is in the qemu guest and seeding a store

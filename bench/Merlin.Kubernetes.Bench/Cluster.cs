@@ -15,7 +15,8 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Logging;
 using k8s;
 using k8s.Models;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Kubernetes.Bench;
 

@@ -7,6 +7,7 @@ using Merlin.Kubernetes.Controller;
 using Merlin.Kubernetes.Mapping;
 using Microsoft.Extensions.Logging;
 using static Merlin.Kubernetes.Bench.Util;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Kubernetes.Bench;
 

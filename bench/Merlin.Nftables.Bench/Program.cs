@@ -8,7 +8,7 @@ using Merlin.Nftables.Bench;
 using Merlin.Reconciler;
 using Merlin.Store.Protobuf;
 using Merlin.Store.Sqlite;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.Logging.Abstractions;
 
 // The nftables dataplane at scale on the real kernel. Every measurement runs in fresh network

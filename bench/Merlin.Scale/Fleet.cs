@@ -5,7 +5,7 @@ using Merlin.Daemon;
 using Merlin.Dataplane.Abstractions;
 using Merlin.Reconciler;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -81,7 +81,7 @@ static class Fleet
             var channels = ports.Select(p => GrpcChannel.ForAddress($"http://127.0.0.1:{p}")).ToArray();
             try
             {
-                var clients = channels.Select(c => new Merlin.Wire.Merlin.MerlinClient(c)).ToArray();
+                var clients = channels.Select(c => new Merlin.Contracts.Merlin.MerlinClient(c)).ToArray();
                 await Harness.Parallel(o.Services, o.Concurrency, async i => await clients[0].CreateServiceAsync(Harness.Service(i)), "[fleet] services");
                 await Harness.Parallel(o.Services * o.Servers, o.Concurrency, async i => await clients[0].CreateServerAsync(Nat(Harness.Server(i / o.Servers, i % o.Servers))), "[fleet] servers");
                 var dataplanes = apps.Take(o.Daemons).Select(a => (InMemoryDataplane)a.Services.GetRequiredService<IDataplane>()).ToArray();

@@ -8,7 +8,7 @@ using Merlin.Daemon;
 using Merlin.Dataplane.Abstractions;
 using Merlin.Reconciler;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.DependencyInjection;
 using static Harness;
 
@@ -86,7 +86,7 @@ static async Task<List<string>> Run(string backend, Args o)
         }
         using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{options.Port}",
             new GrpcChannelOptions { MaxReceiveMessageSize = Merlin.Client.GrpcConnection.MaxMessageBytes });
-        var client = new Merlin.Wire.Merlin.MerlinClient(channel);
+        var client = new Merlin.Contracts.Merlin.MerlinClient(channel);
         Console.WriteLine($"[{backend}] daemon up; creating {o.Services:N0} services × {o.Servers} servers with {o.Concurrency} concurrent calls");
 
         var sw = Stopwatch.StartNew();
@@ -180,7 +180,7 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
     var rows = new List<string>();
     using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{options.Port}",
         new GrpcChannelOptions { MaxReceiveMessageSize = Merlin.Client.GrpcConnection.MaxMessageBytes });
-    var client = new Merlin.Wire.Merlin.MerlinClient(channel);
+    var client = new Merlin.Contracts.Merlin.MerlinClient(channel);
     var loop = app.Services.GetRequiredService<ReconcileLoop>();
     var dataplane = (InMemoryDataplane)app.Services.GetRequiredService<IDataplane>();
     var total = o.Services * o.Servers;

@@ -4,7 +4,7 @@ using Merlin.Client;
 using Validation = Merlin.Model.Validation;
 using OptionValues = Merlin.Model.OptionValues;
 using OptionValueException = Merlin.Model.OptionValueException;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Agent;
 

@@ -4,7 +4,7 @@ using Merlin.Agent;
 using Merlin.Client;
 using Merlin.Linux;
 using Microsoft.Extensions.Logging;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 // Exit codes: 0 detached cleanly, 1 a failure (the reason is logged), 2 the command line was wrong.
 var commandLine = new AgentCommandLine();

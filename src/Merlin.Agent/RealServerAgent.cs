@@ -4,9 +4,9 @@ using Grpc.Core;
 using Backoff = Merlin.Model.Backoff;
 using Durations = Merlin.Model.Durations;
 using Endpoints = Merlin.Model.Endpoints;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.Logging;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 namespace Merlin.Agent;
 

@@ -3,10 +3,10 @@ using System.Text.Json;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using Merlin.Hashing;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.Logging;
 using Endpoints = Merlin.Model.Endpoints;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 namespace Merlin.Agent;
 

@@ -4,6 +4,7 @@ using Merlin.Store.Protobuf;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Backoff = Merlin.Model.Backoff;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Api;
 

@@ -3,8 +3,8 @@ using Merlin.Hashing;
 using Merlin.Model;
 using Merlin.Store;
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
-using Wire = Merlin.Wire;
+using Merlin.Contracts;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Api;
 

@@ -2,9 +2,9 @@ using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using Merlin.Model;
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.Logging;
-using WireServer = Merlin.Wire.RealServer;
+using WireServer = Merlin.Contracts.RealServer;
 
 namespace Merlin.Api;
 

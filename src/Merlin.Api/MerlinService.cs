@@ -3,10 +3,11 @@ using Grpc.Core;
 using Merlin.Model;
 using Merlin.Store;
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.Logging;
-using WireServer = Merlin.Wire.RealServer;
-using WireService = Merlin.Wire.VirtualService;
+using WireServer = Merlin.Contracts.RealServer;
+using WireService = Merlin.Contracts.VirtualService;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Api;
 

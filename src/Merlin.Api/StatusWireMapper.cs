@@ -1,7 +1,7 @@
 using Google.Protobuf.WellKnownTypes;
 using Merlin.Dataplane.Abstractions;
 using Merlin.Model;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Api;
 

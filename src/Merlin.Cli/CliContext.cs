@@ -5,7 +5,7 @@ using Grpc.Core;
 using Merlin.Cli.Parsing;
 using Merlin.Client;
 using Merlin.Model;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 namespace Merlin.Cli;
 

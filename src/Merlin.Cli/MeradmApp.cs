@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.CommandLine.Invocation;
 using Merlin.Cli.Commands;
 using Merlin.Client;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 namespace Merlin.Cli;
 

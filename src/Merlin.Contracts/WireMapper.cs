@@ -1,7 +1,9 @@
 using Google.Protobuf.WellKnownTypes;
 using Merlin.Model;
 
-namespace Merlin.Wire;
+using Wire = Merlin.Contracts;
+
+namespace Merlin.Contracts;
 
 /// <summary>
 /// Converts between the wire contract and the domain model. Reading from the wire validates:

@@ -5,7 +5,7 @@ using Merlin.Api.Security;
 using Merlin.Dataplane.Abstractions;
 using Merlin.Reconciler;
 using Merlin.Store;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Daemon;
 

@@ -5,7 +5,7 @@ using Merlin.Client;
 using Merlin.Kubernetes;
 using Merlin.Kubernetes.Controller;
 using Prometheus;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 // Exit codes: 0 stopped by a signal, 1 lost the leader lease or failed (logged), 2 the command line was wrong.
 var commandLine = new ControllerCommandLine();

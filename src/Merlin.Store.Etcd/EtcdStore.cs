@@ -10,7 +10,7 @@ using Grpc.Net.Client.Balancer;
 using Grpc.Net.Client.Configuration;
 using Backoff = Merlin.Model.Backoff;
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.DependencyInjection;
 using CompareResult = Etcdserverpb.Compare.Types.CompareResult;
 using CompareTarget = Etcdserverpb.Compare.Types.CompareTarget;

@@ -1,5 +1,6 @@
 using Merlin.Model;
-using Merlin.Wire;
+using Merlin.Contracts;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Store.Protobuf;
 

@@ -1,4 +1,4 @@
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Store.Protobuf;
 

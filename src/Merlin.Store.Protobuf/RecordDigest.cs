@@ -1,5 +1,5 @@
 using Google.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Store.Protobuf;
 

@@ -1,5 +1,6 @@
 using Google.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Store.Protobuf;
 

@@ -1,7 +1,7 @@
 using System.Runtime.CompilerServices;
 using Google.Protobuf;
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Data.Sqlite;
 using Writer = Merlin.Store.Sqlite.SqliteGroupCommit.Writer;
 

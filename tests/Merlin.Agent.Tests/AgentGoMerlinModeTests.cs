@@ -3,8 +3,9 @@ using Google.Protobuf.WellKnownTypes;
 using Grpc.Net.Client;
 using Merlin.Daemon;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.AspNetCore.Builder;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Agent.Tests;
 

@@ -3,8 +3,9 @@ using Google.Protobuf;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.Logging.Abstractions;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Agent.Tests;
 

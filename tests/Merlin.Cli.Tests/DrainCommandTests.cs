@@ -1,6 +1,6 @@
 using System.Text.Json;
 using Google.Protobuf.WellKnownTypes;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Cli.Tests;
 

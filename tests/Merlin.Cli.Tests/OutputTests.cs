@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Cli.Tests;
 

@@ -1,6 +1,6 @@
 using Google.Protobuf;
 using Google.Protobuf.WellKnownTypes;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Cli.Tests;
 

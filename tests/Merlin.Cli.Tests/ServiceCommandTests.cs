@@ -1,5 +1,5 @@
 using Google.Protobuf.WellKnownTypes;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Cli.Tests;
 

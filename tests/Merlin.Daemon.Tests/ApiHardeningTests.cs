@@ -1,7 +1,7 @@
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Daemon.Tests;
 

@@ -2,9 +2,10 @@ using System.Net;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 using static Merlin.Daemon.Tests.SecuredDaemon;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Daemon.Tests;
 

@@ -96,18 +96,18 @@ public class ApiSemanticsTests(EtcdFixture etcd) : BackendTestBase(etcd)
         for (var i = 0; i < 300; i++)
         {
             var id = $"svc-{i:D3}";
-            await c.CreateServiceAsync(new Merlin.Wire.VirtualService
+            await c.CreateServiceAsync(new Merlin.Contracts.VirtualService
             {
                 Id = id,
-                Key = new() { Ip = $"198.18.{i / 250}.{i % 250 + 1}", Port = 80, Protocol = Merlin.Wire.Protocol.Tcp },
+                Key = new() { Ip = $"198.18.{i / 250}.{i % 250 + 1}", Port = 80, Protocol = Merlin.Contracts.Protocol.Tcp },
                 Config = new() { Scheduler = "rr" },
             }, cancellationToken: Ct);
             if (i % 50 == 0)
-                await c.CreateServerAsync(new Merlin.Wire.RealServer { ServiceID = id, Key = new() { Ip = "198.19.0.1", Port = 80 }, Config = new() { Weight = 1, Forward = Merlin.Wire.ForwardMethod.Route } }, cancellationToken: Ct);
+                await c.CreateServerAsync(new Merlin.Contracts.RealServer { ServiceID = id, Key = new() { Ip = "198.19.0.1", Port = 80 }, Config = new() { Weight = 1, Forward = Merlin.Contracts.ForwardMethod.Route } }, cancellationToken: Ct);
         }
         var list = await c.ListAsync(new Empty(), cancellationToken: Ct);
 
-        var parts = new List<Merlin.Wire.ListResponse>();
+        var parts = new List<Merlin.Contracts.ListResponse>();
         using (var call = c.ListStream(new Empty(), cancellationToken: Ct))
             await foreach (var part in call.ResponseStream.ReadAllAsync(Ct)) parts.Add(part);
 

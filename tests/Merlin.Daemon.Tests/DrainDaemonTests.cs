@@ -6,8 +6,9 @@ using Merlin.Cli;
 using Merlin.Model;
 using Merlin.Store;
 using Merlin.Store.Etcd;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.DependencyInjection;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Daemon.Tests;
 

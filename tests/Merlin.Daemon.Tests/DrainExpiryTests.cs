@@ -4,8 +4,9 @@ using Merlin.Store;
 using Merlin.Store.Sqlite;
 using Merlin.Store.Tests;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Extensions.Logging.Abstractions;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Daemon.Tests;
 

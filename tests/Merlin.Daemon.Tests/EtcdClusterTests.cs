@@ -7,6 +7,7 @@ using Merlin.Dataplane.Abstractions;
 using Merlin.Reconciler;
 using Merlin.Store.Etcd;
 using Merlin.Testing;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Daemon.Tests;
 

@@ -1,6 +1,6 @@
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Go = Original.Types;
 
 namespace Merlin.Daemon.Tests;

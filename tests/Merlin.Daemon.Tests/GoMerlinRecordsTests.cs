@@ -5,6 +5,7 @@ using Google.Protobuf.WellKnownTypes;
 using Grpc.Net.Client;
 using Merlin.Model;
 using Go = Original.Types;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Daemon.Tests;
 

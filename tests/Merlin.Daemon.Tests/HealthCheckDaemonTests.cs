@@ -2,11 +2,12 @@ using System.Net;
 using Google.Protobuf.WellKnownTypes;
 using Merlin.Model;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Daemon.Tests;
 

@@ -4,7 +4,7 @@ using Merlin.Store;
 using Merlin.Store.Sqlite;
 using Merlin.Store.Tests;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Microsoft.Data.Sqlite;
 
 namespace Merlin.Daemon.Tests;

@@ -7,6 +7,7 @@ using Merlin.Reconciler;
 using Merlin.Testing;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Daemon.Tests;
 

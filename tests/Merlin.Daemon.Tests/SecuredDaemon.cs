@@ -6,8 +6,8 @@ using Grpc.Core;
 using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 using Merlin.Testing;
-using Merlin.Wire;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using Merlin.Contracts;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 namespace Merlin.Daemon.Tests;
 

@@ -6,6 +6,7 @@ using Merlin.Store.Sqlite;
 using Merlin.Store.Tests;
 using Merlin.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Daemon.Tests;
 

@@ -4,7 +4,7 @@ using Google.Protobuf.WellKnownTypes;
 using Merlin.Api;
 using Merlin.Dataplane.Abstractions;
 using Merlin.Model;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Daemon.Tests;
 

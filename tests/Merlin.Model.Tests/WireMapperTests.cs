@@ -1,4 +1,5 @@
-using Merlin.Wire;
+using Merlin.Contracts;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Model.Tests;
 

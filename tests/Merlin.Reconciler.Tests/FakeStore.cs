@@ -2,7 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Merlin.Store;
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Reconciler.Tests;
 

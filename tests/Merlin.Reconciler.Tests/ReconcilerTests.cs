@@ -5,6 +5,7 @@ using Merlin.Store;
 using Merlin.Store.Protobuf;
 using Microsoft.Extensions.Logging.Abstractions;
 using Merlin.Testing;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Reconciler.Tests;
 

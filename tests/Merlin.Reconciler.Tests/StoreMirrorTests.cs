@@ -1,7 +1,7 @@
 using Google.Protobuf.WellKnownTypes;
 using Merlin.Store;
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Reconciler.Tests;
 

@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Google.Protobuf;
 using Merlin.Store.Etcd;
-using Merlin.Wire;
+using Merlin.Contracts;
 using static Merlin.Store.Tests.Records;
 
 namespace Merlin.Store.Tests;

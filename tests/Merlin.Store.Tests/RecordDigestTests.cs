@@ -1,6 +1,7 @@
 using Google.Protobuf;
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Store.Tests;
 

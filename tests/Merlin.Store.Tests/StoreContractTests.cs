@@ -1,4 +1,4 @@
-using Merlin.Wire;
+using Merlin.Contracts;
 using static Merlin.Store.Tests.Records;
 
 namespace Merlin.Store.Tests;

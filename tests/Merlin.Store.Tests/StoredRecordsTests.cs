@@ -1,5 +1,5 @@
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
 using static Merlin.Store.Tests.Records;
 
 namespace Merlin.Store.Tests;

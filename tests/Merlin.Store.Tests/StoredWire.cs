@@ -1,5 +1,5 @@
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Store.Tests;
 

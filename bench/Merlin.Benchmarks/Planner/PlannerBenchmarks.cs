@@ -5,7 +5,8 @@ using Merlin.Model;
 using Merlin.Reconciler;
 using Merlin.Store;
 using Merlin.Store.Protobuf;
-using Merlin.Wire;
+using Merlin.Contracts;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Benchmarks.Planner;
 

@@ -1,6 +1,6 @@
 using System.Net;
 using Grpc.Core;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Api.Security;
 

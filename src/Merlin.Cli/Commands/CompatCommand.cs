@@ -1,7 +1,7 @@
 using System.CommandLine;
 using Google.Protobuf.WellKnownTypes;
 using Merlin.Model;
-using Merlin.Wire;
+using Merlin.Contracts;
 
 namespace Merlin.Cli.Commands;
 

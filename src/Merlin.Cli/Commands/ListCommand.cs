@@ -1,8 +1,9 @@
 using System.CommandLine;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
-using Merlin.Wire;
+using Merlin.Contracts;
 using Merlin.Cli.Output;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Cli.Commands;
 

@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.CommandLine.Parsing;
 using Duration = Google.Protobuf.WellKnownTypes.Duration;
 using Merlin.Cli.Parsing;
-using Wire = Merlin.Wire;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Cli.Commands;
 

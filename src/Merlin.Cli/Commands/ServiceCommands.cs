@@ -3,7 +3,7 @@ using System.CommandLine.Parsing;
 using System.Net;
 using StringValue = Google.Protobuf.WellKnownTypes.StringValue;
 using Merlin.Cli.Parsing;
-using Wire = Merlin.Wire;
+using Wire = Merlin.Contracts;
 using Merlin.Model;
 
 namespace Merlin.Cli.Commands;

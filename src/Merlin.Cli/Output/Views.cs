@@ -1,7 +1,7 @@
 using System.Net;
 using Merlin.Model;
-using Merlin.Wire;
-using Wire = Merlin.Wire;
+using Merlin.Contracts;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Cli.Output;
 

@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.CommandLine.Parsing;
 using System.Net;
 using Merlin.Model;
-using Wire = Merlin.Wire;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Cli.Parsing;
 

@@ -5,7 +5,7 @@ using k8s.LeaderElection.ResourceLock;
 using k8s.Models;
 using Merlin.Kubernetes.Kube;
 using Microsoft.Extensions.Logging;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 namespace Merlin.Kubernetes.Controller;
 

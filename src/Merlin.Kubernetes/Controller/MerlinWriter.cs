@@ -1,12 +1,12 @@
 using System.Collections.Concurrent;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
-using WireMapper = Merlin.Wire.WireMapper;
+using WireMapper = Merlin.Contracts.WireMapper;
 using Merlin.Kubernetes.Mapping;
 using Merlin.Model;
 using Microsoft.Extensions.Logging;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
-using Wire = Merlin.Wire;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Kubernetes.Controller;
 

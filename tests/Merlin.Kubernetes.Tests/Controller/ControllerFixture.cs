@@ -11,7 +11,8 @@ using Merlin.Testing;
 using Microsoft.AspNetCore.Builder;
 using k8s;
 using k8s.Models;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
+using Wire = Merlin.Contracts;
 
 namespace Merlin.Kubernetes.Tests.Controller;
 

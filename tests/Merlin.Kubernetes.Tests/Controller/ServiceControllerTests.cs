@@ -1,7 +1,7 @@
 using k8s;
 using k8s.Models;
 using Merlin.Kubernetes.Mapping;
-using Merlin.Wire;
+using Merlin.Contracts;
 using static Merlin.Kubernetes.Tests.Controller.ControllerCluster;
 
 namespace Merlin.Kubernetes.Tests.Controller;

@@ -7,7 +7,7 @@ using Merlin.Lab;
 using Merlin.Testing;
 using k8s;
 using k8s.Models;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 namespace Merlin.Kubernetes.Tests.Lab;
 

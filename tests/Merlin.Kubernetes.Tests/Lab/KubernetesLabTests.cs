@@ -10,7 +10,7 @@ using Merlin.Lab.Server;
 using Merlin.Testing;
 using k8s;
 using k8s.Models;
-using MerlinClient = Merlin.Wire.Merlin.MerlinClient;
+using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 namespace Merlin.Kubernetes.Tests.Lab;
 

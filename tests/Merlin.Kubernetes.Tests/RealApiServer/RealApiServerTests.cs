@@ -4,7 +4,7 @@ using Merlin.Kubernetes.Kube;
 using Merlin.Kubernetes.Mapping;
 using Merlin.Kubernetes.Tests.Controller;
 using Merlin.Testing;
-using Merlin.Wire;
+using Merlin.Contracts;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
