@@ -59,6 +59,7 @@ public sealed class AgentGoMerlinModeTests : IAsyncLifetime
         var agent = new RealServerAgent(_api, node, new AgentOptions
         {
             Services = ["web", "dns"], Addresses = [IPAddress.Parse("198.18.0.51")], Weight = 3, DrainPeriod = TimeSpan.FromSeconds(30),
+            DetachRetryLimit = TimeSpan.FromSeconds(7), // not to be mistaken for the drain wait
         }, time, new Microsoft.Extensions.Logging.Logger<RealServerAgent>(logs));
 
         using var stop = new CancellationTokenSource();
@@ -70,7 +71,7 @@ public sealed class AgentGoMerlinModeTests : IAsyncLifetime
         // Weight 0 at once (no new connections), the servers kept for their established ones; no deadline was stored.
         await WaitForAsync(async () => (await ServersAsync()) is { Count: 2 } s && s.All(r => r.Config.Weight == 0) ? true : null);
         Assert.All(await ServersAsync(), s => Assert.Null(s.DrainDeadline));
-        Assert.Equal(TimeSpan.FromSeconds(30), await time.NextTimerAsync("the drain wait", Ct));
+        await time.UntilPendingAsync(p => p.SequenceEqual([TimeSpan.FromSeconds(30)]), "the drain wait, 30 s, alone", Ct);
         time.Advance(TimeSpan.FromSeconds(29));
         Assert.Equal([TimeSpan.FromSeconds(1)], time.Pending); // still waiting, so nothing was deleted
         Assert.Equal(2, (await ServersAsync()).Count);

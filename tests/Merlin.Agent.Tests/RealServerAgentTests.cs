@@ -32,6 +32,9 @@ public sealed class RealServerAgentTests : IDisposable
         Weight = 3,
         HealthCheck = new RealServer.Types.HealthCheck { Endpoint = "http://:80/healthz", Period = Duration.FromTimeSpan(TimeSpan.FromSeconds(1)) },
         DrainPeriod = TimeSpan.FromSeconds(30),
+        // Not the drain period: each detach call arms a limit timer of this length, and a test waiting for the
+        // drain wait must not mistake that timer for it.
+        DetachRetryLimit = TimeSpan.FromSeconds(7),
     }, _time, NullLogger<RealServerAgent>.Instance);
 
     [Fact]
@@ -67,7 +70,7 @@ public sealed class RealServerAgentTests : IDisposable
         var run = Agent("web").RunAsync(stop.Token, CancellationToken.None);
         await WaitForAsync(() => _api.Calls.Any(c => c.Method == "CreateServer"));
         stop.Cancel();
-        Assert.Equal(TimeSpan.FromSeconds(30), await _time.NextTimerAsync("the drain wait", Ct));
+        await _time.UntilPendingAsync(p => p.SequenceEqual([TimeSpan.FromSeconds(30)]), "the drain wait, 30 s, alone", Ct);
         var drain = (DrainRequest)_api.Calls.Single(c => c.Method == "DrainServer").Request;
         Assert.Equal(("web", "198.18.0.51", 80u, TimeSpan.FromSeconds(30)), (drain.Server.ServiceID, drain.Server.Key.Ip, drain.Server.Key.Port, drain.Period.ToTimeSpan()));
 
@@ -160,7 +163,9 @@ public sealed class RealServerAgentTests : IDisposable
     private async Task FinishAsync(CancellationTokenSource stop, Task run)
     {
         stop.Cancel();
-        await _time.AdvanceToNextTimerAsync("the drain wait", Ct);
+        // Only the drain wait: a detach call's limit timer (7 s) may be armed for a moment before it.
+        await _time.UntilPendingAsync(p => p.SequenceEqual([TimeSpan.FromSeconds(30)]), "the drain wait, 30 s, alone", Ct);
+        _time.Advance(TimeSpan.FromSeconds(30));
         await run.WaitAsync(TimeSpan.FromSeconds(10), Ct);
     }
 
