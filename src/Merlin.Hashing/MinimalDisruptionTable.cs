@@ -74,7 +74,16 @@ public sealed class MinimalDisruptionTable
     /// owner of the old slot that covers the same hash values (<c>jhash mod M</c> is a scaling of
     /// the hash, so new slot s covers about the hashes old slot s·M_old/M_new did), then the quotas apply.
     /// </summary>
-    public static MinimalDisruptionTable Next(MinimalDisruptionTable? previous, IReadOnlyList<(string Id, uint Weight)> servers, int? size = null)
+    public static MinimalDisruptionTable Next(MinimalDisruptionTable? previous, IReadOnlyList<(string Id, uint Weight)> servers, int? size = null) =>
+        Next(previous, servers, size, recentlyMoved: null);
+
+    /// <summary>
+    /// As <see cref="Next(MinimalDisruptionTable?, IReadOnlyList{ValueTuple{string, uint}}, int?)"/>, but a server above its
+    /// quota frees first the slots not marked in <paramref name="recentlyMoved"/> (indexed by <paramref name="previous"/>'s
+    /// slots): a slot that moved within the second-chance window and moved again would leave its connections from two
+    /// changes back with no previous owner that has them. Only which slots move changes, never how many.
+    /// </summary>
+    public static MinimalDisruptionTable Next(MinimalDisruptionTable? previous, IReadOnlyList<(string Id, uint Weight)> servers, int? size, bool[]? recentlyMoved)
     {
         ArgumentNullException.ThrowIfNull(servers);
         var sorted = Canonical(servers);
@@ -85,6 +94,7 @@ public sealed class MinimalDisruptionTable
 
         // 1. Who holds each slot now, by the new server indices; −1 = free (its owner left or went to weight 0).
         var owners = new int[m];
+        bool[]? moved = null;
         if (previous is null) owners.AsSpan().Fill(-1);
         else
         {
@@ -100,8 +110,11 @@ public sealed class MinimalDisruptionTable
                 int from = old == m ? s : (int)(((2L * s + 1) * old) / (2L * m));
                 int o = previous._owners[from];
                 owners[s] = o < 0 ? -1 : map[o];
+                if (recentlyMoved is not null && recentlyMoved[from]) (moved ??= new bool[m])[s] = true;
             }
         }
+        if (recentlyMoved is not null && previous is not null && recentlyMoved.Length != previous.Size)
+            throw new ArgumentException($"recentlyMoved has {recentlyMoved.Length} entries for a table of {previous.Size} slots", nameof(recentlyMoved));
 
         var counts = new int[n];
         foreach (var o in owners) if (o >= 0) counts[o]++;
@@ -118,10 +131,14 @@ public sealed class MinimalDisruptionTable
         }
         if (anyExcess)
         {
-            for (int j = 0, s = 0; j < m; j++, s = Step(s, stride, m))
+            // Slots that did not move recently go first; a second walk takes recently moved ones only if it must.
+            for (int pass = moved is null ? 1 : 0; pass < 2; pass++)
             {
-                int o = owners[s];
-                if (o >= 0 && excess[o] > 0) { excess[o]--; owners[s] = -1; }
+                for (int j = 0, s = 0; j < m; j++, s = Step(s, stride, m))
+                {
+                    int o = owners[s];
+                    if (o >= 0 && excess[o] > 0 && (pass == 1 || !moved![s])) { excess[o]--; owners[s] = -1; }
+                }
             }
         }
 

@@ -76,12 +76,20 @@ public sealed class TableRecord
     public static TableRecord Next(TableRecord? before, IReadOnlyList<(string Id, uint Weight)> servers, DateTimeOffset now, TimeSpan window, int? size = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(window, TimeSpan.Zero);
-        var current = MinimalDisruptionTable.Next(before?.Current, servers, size);
+        long stamp = now.ToUnixTimeSeconds(), windowSeconds = (long)Math.Ceiling(window.TotalSeconds);
+        // Slots whose previous owner is still kept: moving them again would strand that owner's connections.
+        bool[]? recentlyMoved = null;
+        if (before is not null && before._previous.Length > 0)
+        {
+            recentlyMoved = new bool[before.Current.Size];
+            foreach (var p in before._previous)
+                if (p.Since >= stamp - windowSeconds || before.Current.Servers[p.Server].Weight == 0) recentlyMoved[p.Slot] = true;
+        }
+        var current = MinimalDisruptionTable.Next(before?.Current, servers, size, recentlyMoved);
         if (before is null) return Of(current);
 
         var index = new Dictionary<string, int>(current.Servers.Count, StringComparer.Ordinal);
         for (int i = 0; i < current.Servers.Count; i++) index[current.Servers[i].Id] = i;
-        long stamp = now.ToUnixTimeSeconds(), windowSeconds = (long)Math.Ceiling(window.TotalSeconds);
         var old = before.Current;
         var oldBySlot = before.BySlot();
         int m = current.Size;

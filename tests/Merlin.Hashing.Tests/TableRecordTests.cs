@@ -126,6 +126,55 @@ public class TableRecordTests
     }
 
     [Fact]
+    public void ADrainThenAnAddition_WithinTheWindow_MovesNoSlotTwice()
+    {
+        // The fleet lab's scenario: a drain, then an addition before the window ends. The addition takes its share
+        // from the servers that just received the drained one's slots; taking those slots again would leave their
+        // connections (still on the drained server) with a previous owner that does not have them.
+        var eight = Enumerable.Range(0, 8).Select(i => ($"s{i}", 1u)).ToList(); // 9 with the addition: M stays 1,021
+        var start = TableRecord.Of(MinimalDisruptionTable.Build(eight));
+        var drained = TableRecord.Next(start, [.. eight.Select(x => x.Item1 == "s3" ? (x.Item1, 0u) : x)], T0, Hour);
+        var added = TableRecord.Next(drained, [.. drained.Current.Servers.Select(x => (x.Id, x.Weight)), ("s8", 1u)], T0 + TimeSpan.FromSeconds(10), Hour);
+
+        int m = start.Current.Size;
+        var movedTwice = Enumerable.Range(0, m).Count(s =>
+            start.Current.OwnerId(s) != drained.Current.OwnerId(s) && drained.Current.OwnerId(s) != added.Current.OwnerId(s));
+        Assert.Equal(0, movedTwice);
+        // Every slot the drain moved still names s3, the server with its connections.
+        Assert.All(Enumerable.Range(0, m).Where(s => start.Current.OwnerId(s) == "s3"), s => Assert.Equal("s3", added.PreviousId(s)));
+
+        // Without the preference the same addition moves some of them twice (what this test guards against).
+        var plain = MinimalDisruptionTable.Next(drained.Current, [.. drained.Current.Servers.Select(x => (x.Id, x.Weight)), ("s8", 1u)]);
+        Assert.Contains(Enumerable.Range(0, m), s => start.Current.OwnerId(s) != drained.Current.OwnerId(s) && drained.Current.OwnerId(s) != plain.OwnerId(s));
+        // It changes which slots move, never how many or the balance.
+        Assert.Equal(plain.SlotCounts(), added.Current.SlotCounts());
+        Assert.Equal(MinimalDisruptionTable.SlotsMoved(drained.Current, plain), MinimalDisruptionTable.SlotsMoved(drained.Current, added.Current));
+    }
+
+    [Fact]
+    public void AnyChangeSequence_PreferringUnmovedSlots_MovesAsManySlotsAndKeepsTheSameCounts()
+    {
+        for (ulong seed = 1; seed <= 12; seed++)
+        {
+            var changes = new ChangeSequence(seed, [1, 2, 5], 2, 30).Start(8);
+            var record = TableRecord.Of(MinimalDisruptionTable.Build(changes.Servers));
+            var now = T0;
+            for (int step = 0; step < 60; step++)
+            {
+                changes.Step();
+                now += TimeSpan.FromMinutes(7);
+                var next = TableRecord.Next(record, changes.Servers, now, Hour);
+                var plain = MinimalDisruptionTable.Next(record.Current, changes.Servers);
+                Assert.Equal(plain.Size, next.Current.Size);
+                Assert.Equal(plain.SlotCounts(), next.Current.SlotCounts());
+                if (plain.Size == record.Current.Size)
+                    Assert.Equal(MinimalDisruptionTable.SlotsMoved(record.Current, plain), MinimalDisruptionTable.SlotsMoved(record.Current, next.Current));
+                record = next;
+            }
+        }
+    }
+
+    [Fact]
     public void AThousandServers_WithEverySlotRecorded_StayWellUnderEtcdsLimit()
     {
         // The worst case: every slot moved within the window, a thousand different moments.
