@@ -6,7 +6,8 @@ public readonly record struct TableServer(string Id, uint Weight);
 /// <summary>
 /// A lookup table (slot → server) that changes as little as it must: the next table is derived from
 /// the previous one, not from the server set alone. Looked up like <see cref="MaglevTable"/>
-/// (<c>jhash … mod M</c>), sized like it (M ≥ 100·N, a prime from <see cref="MaglevTable.Sizes"/>).
+/// (<c>jhash … mod M</c>) and first sized like it (M ≥ 100·N, a prime from <see cref="MaglevTable.Sizes"/>); when it
+/// must grow it grows to a multiple of its size (<see cref="GrowSize"/>), so growth alone moves no flow.
 /// <para>
 /// Each server of weight w holds between floor(M·w/W) − 1 and ceil(M·w/W) slots (its quota; see
 /// <see cref="Quotas"/>), after any history of changes: never more than its share rounded up, which
@@ -68,11 +69,11 @@ public sealed class MinimalDisruptionTable
 
     /// <summary>
     /// The table that follows <paramref name="previous"/> (null: none) for <paramref name="servers"/>.
-    /// M is <paramref name="size"/> if given; else the previous M while it still gives 100 slots per
-    /// server (a table never shrinks by itself), else <see cref="MaglevTable.ChooseSize"/> — counting
-    /// weight-0 servers too, so a drain never changes M. When M changes, each new slot starts with the
-    /// owner of the old slot that covers the same hash values (<c>jhash mod M</c> is a scaling of
-    /// the hash, so new slot s covers about the hashes old slot s·M_old/M_new did), then the quotas apply.
+    /// M is <paramref name="size"/> if given; else <see cref="MaglevTable.ChooseSize"/> for a first table, else
+    /// <see cref="GrowSize"/> of the previous M — counting weight-0 servers too, so a drain never changes M. When M
+    /// changes, each new slot starts with the owner of the old slot that covers its hashes (<c>jhash mod M</c> is a
+    /// scaling of the hash: after growth to k·M, new slot s holds exactly hashes of old slot s / k; for any other new
+    /// size, of the old slot under its middle), then the quotas apply.
     /// </summary>
     public static MinimalDisruptionTable Next(MinimalDisruptionTable? previous, IReadOnlyList<(string Id, uint Weight)> servers, int? size = null) =>
         Next(previous, servers, size, recentlyMoved: null);
@@ -89,8 +90,8 @@ public sealed class MinimalDisruptionTable
         var sorted = Canonical(servers);
         int n = sorted.Length;
         int m = size is int given
-            ? (MaglevTable.ValidateSize(given, n) is { } error ? throw new ArgumentOutOfRangeException(nameof(size), error) : given)
-            : previous is null ? MaglevTable.ChooseSize(n) : MaglevTable.KeepOrGrowSize(n, previous.Size);
+            ? (ValidateSize(given, n) is { } error ? throw new ArgumentOutOfRangeException(nameof(size), error) : given)
+            : previous is null ? MaglevTable.ChooseSize(n) : GrowSize(n, previous.Size);
 
         // 1. Who holds each slot now, by the new server indices; −1 = free (its owner left or went to weight 0).
         var owners = new int[m];
@@ -106,7 +107,8 @@ public sealed class MinimalDisruptionTable
             int old = previous.Size;
             for (int s = 0; s < m; s++)
             {
-                // The old slot whose hash range holds the middle of new slot s (the same slot when M is kept).
+                // The old slot whose hash range holds the middle of new slot s: the same slot when M is kept, and
+                // s / k, which holds all of new slot s, when M grew k-fold.
                 int from = old == m ? s : (int)(((2L * s + 1) * old) / (2L * m));
                 int o = previous._owners[from];
                 owners[s] = o < 0 ? -1 : map[o];
@@ -172,6 +174,40 @@ public sealed class MinimalDisruptionTable
     }
 
     /// <summary>
+    /// M for a changed server set of <paramref name="serverCount"/> (weight-0 ones included) when the table has
+    /// <paramref name="currentSize"/> slots: kept while it gives 100 slots a server (or is as large as
+    /// <see cref="MaglevTable.ChooseSize"/> ever makes a table), else the smallest multiple of it that does.
+    /// A multiple, because the kernel puts a flow in slot reciprocal_scale(hash, M) = (hash·M) &gt;&gt; 32
+    /// (net/netfilter/nft_hash.c): with k·M slots, new slot s lies inside old slot s / k, so each new slot can keep
+    /// the owner of every flow it holds. Any other new size puts about M new slots across an old slot boundary, and
+    /// the flows on one side of each would change server with no previous owner recorded — out of second chance's
+    /// reach. A table never shrinks by itself (a new M would move flows).
+    /// </summary>
+    public static int GrowSize(int serverCount, int currentSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(serverCount);
+        if (ValidateSize(currentSize, 0) is not null) return MaglevTable.ChooseSize(serverCount);
+        long want = Math.Min((long)serverCount * MaglevTable.SlotsPerBackend, MaglevTable.Sizes[^1]);
+        if (serverCount > want) return MaglevTable.ChooseSize(serverCount);   // more servers than the largest table: it says so
+        if (currentSize >= want) return currentSize;
+        // currentSize < want ≤ the largest size, so k·M < 2 × the largest size: well within MaxSize.
+        long k = (want + currentSize - 1) / currentSize;
+        return (int)(k * currentSize);
+    }
+
+    /// <summary>
+    /// Null if a minimal-disruption table of <paramref name="size"/> slots can hold <paramref name="serverCount"/>
+    /// servers, else why not. Any size from 2 to <see cref="MaglevTable.MaxSize"/> will do: unlike Maglev's, this
+    /// table has no skip that must be coprime to M, and growth makes multiples (<see cref="GrowSize"/>).
+    /// </summary>
+    public static string? ValidateSize(int size, int serverCount)
+    {
+        if (size < 2 || size > MaglevTable.MaxSize) return $"table size {size} is outside 2 to {MaglevTable.MaxSize}";
+        if (size < serverCount) return $"table size {size} is smaller than the {serverCount} servers it must hold";
+        return null;
+    }
+
+    /// <summary>
     /// Each server's slot count given what it holds (<paramref name="held"/>). With q = M·w/W the exact
     /// share, a count stays within [floor(q) − 1, ceil(q)]: never above the share rounded up (which is
     /// what bounds max / fair share), and at most one slot short of its floor. Within those bounds a
@@ -229,7 +265,7 @@ public sealed class MinimalDisruptionTable
     internal static int Stride(int m)
     {
         if (m <= 2) return 1;
-        // About M/φ, nudged to the next value coprime to M (M is prime for every size Merlin uses).
+        // About M/φ, nudged to the next value coprime to M (a grown M is a multiple, not a prime).
         int stride = (int)(((ulong)m * 0x9E3779B9UL) >> 32);
         if (stride < 1) stride = 1;
         while (Gcd(stride, m) != 1) stride++;

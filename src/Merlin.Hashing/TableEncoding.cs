@@ -129,7 +129,7 @@ public static class TableEncoding
         ulong count = ReadVarint(body, ref at, "server count");
         if (count > m) throw new TableFormatException($"{count} servers do not fit a table of {m} slots");
         int size = (int)m, n = (int)count;
-        if (MaglevTable.ValidateSize(size, n) is { } sizeError) throw new TableFormatException(sizeError);
+        if (MinimalDisruptionTable.ValidateSize(size, n) is { } sizeError) throw new TableFormatException(sizeError);
 
         var servers = new TableServer[n];
         for (int i = 0; i < n; i++)

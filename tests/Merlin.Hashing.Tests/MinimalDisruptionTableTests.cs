@@ -242,9 +242,10 @@ public class MinimalDisruptionTableTests
 
         Assert.Contains("no \"MDT\" header", Assert.Throws<TableFormatException>(() => MinimalDisruptionTable.Decode("junk junk junk"u8)).Message);
 
-        // A consistent encoding of a table whose size is not a usable one (not prime): refused though its hash matches.
-        var wrongSize = Reencode(good, body => body[4] = 250 & 0x7f);
-        Assert.Throws<TableFormatException>(() => MinimalDisruptionTable.Decode(wrongSize));
+        // A consistent encoding of a table whose size cannot hold its servers (9 slots, 10 servers): refused though its hash matches.
+        Assert.Equal([0xFD, 0x07], good[4..6]);   // M = 1,021 as a varint
+        var tooSmall = Reencode([.. good[..4], 0x09, .. good[6..]], _ => { });
+        Assert.Contains("do not fit", Assert.Throws<TableFormatException>(() => MinimalDisruptionTable.Decode(tooSmall)).Message);
     }
 
     /// <summary>The encoding with its body edited and the hash recomputed (a well-formed table that lies about itself).</summary>
@@ -260,14 +261,34 @@ public class MinimalDisruptionTableTests
     [Fact]
     public void GrowingTheTable_KeepsMostHashesOnTheirServer()
     {
-        // 251 slots hold 2 servers at 100 each; a third needs 509. Slots of the old table map onto the new by hash range.
+        // 251 slots hold 2 servers at 100 each; four need 400, so M doubles to 502 and each new slot lies inside one
+        // old slot. Half the flows must move to c and d, and no more do; a rebuild from nothing would move about three quarters.
         var flows = SyntheticFlows.Generate(50_000, 3);
         var two = MinimalDisruptionTable.Build([("a:1", 1), ("b:1", 1)]);
         Assert.Equal(251, two.Size);
-        var grown = two.Next([("a:1", 1), ("b:1", 1), ("c:1", 1), ("d:1", 1)], 509);
-        int moved = flows.Count(f => two.OwnerId(NftFlowHash.Slot(f, 0, 251)) != grown.OwnerId(NftFlowHash.Slot(f, 0, 509)));
-        // Half the flows must move to c and d; a rebuild from nothing would move about three quarters.
-        Assert.InRange(moved / (double)flows.Length, 0.45, 0.6);
+        var grown = two.Next([("a:1", 1), ("b:1", 1), ("c:1", 1), ("d:1", 1)]);
+        Assert.Equal(502, grown.Size);
+        int moved = flows.Count(f => two.OwnerId(NftFlowHash.Slot(f, 0, 251)) != grown.OwnerId(NftFlowHash.Slot(f, 0, 502)));
+        Assert.Equal(grown.SlotCounts()[2] + grown.SlotCounts()[3], MinimalDisruptionTable.SlotsMoved(two, grown));
+        Assert.InRange(moved / (double)flows.Length, 0.47, 0.53);
+        // An older table grown to a size that is no multiple (what Merlin did before) still reads and grows.
+        var odd = two.Next([("a:1", 1), ("b:1", 1), ("c:1", 1), ("d:1", 1)], 509);
+        Assert.Equal(odd.Encode(), MinimalDisruptionTable.Decode(odd.Encode()).Encode());
+        Assert.Equal(1018, odd.Next([.. odd.Servers.Select(x => (x.Id, x.Weight)), ("e:1", 1), ("f:1", 1)]).Size);
+    }
+
+    [Theory]
+    [InlineData(6, 509, 1018)]     // the fleet lab's sixth server
+    [InlineData(5, 509, 509)]      // 100 a server still: kept
+    [InlineData(3, 1021, 1021)]    // never shrinks
+    [InlineData(12, 509, 1527)]    // the smallest multiple, not a power of two
+    [InlineData(1000, 509, 100_273)]
+    [InlineData(20_000, 1018, 1_049_558)]   // past the largest Maglev size: the smallest multiple above it
+    public void GrowSize_IsTheSmallestMultipleWithAHundredSlotsAServer(int servers, int current, int grown)
+    {
+        Assert.Equal(grown, MinimalDisruptionTable.GrowSize(servers, current));
+        Assert.Equal(0, grown % current);
+        Assert.Null(MinimalDisruptionTable.ValidateSize(grown, servers));
     }
 
     [Fact]
@@ -285,7 +306,10 @@ public class MinimalDisruptionTableTests
     public void BadInput_IsRefusedNamingTheProblem()
     {
         Assert.Contains("appears twice", Assert.Throws<ArgumentException>(() => MinimalDisruptionTable.Build([("a", 1), ("a", 2)])).Message);
-        Assert.Contains("not prime", Assert.Throws<ArgumentOutOfRangeException>(() => MinimalDisruptionTable.Build([("a", 1)], 100)).Message);
+        Assert.Contains("outside 2 to", Assert.Throws<ArgumentOutOfRangeException>(() => MinimalDisruptionTable.Build([("a", 1)], 1)).Message);
+        Assert.Contains("smaller than the 3 servers", Assert.Throws<ArgumentOutOfRangeException>(() => MinimalDisruptionTable.Build([("a", 1), ("b", 1), ("c", 1)], 2)).Message);
+        // Unlike Maglev's, any size that holds the servers will do (growth makes multiples).
+        Assert.Equal(100, MinimalDisruptionTable.Build([("a", 1)], 100).Size);
     }
 
     [Theory]

@@ -151,6 +151,91 @@ public class TableRecordTests
         Assert.Equal(MinimalDisruptionTable.SlotsMoved(drained.Current, plain), MinimalDisruptionTable.SlotsMoved(drained.Current, added.Current));
     }
 
+    /// <summary>The slot the kernel gives hash <paramref name="h"/> in a table of <paramref name="m"/> slots: <c>jhash … mod M</c> is reciprocal_scale, (h·M) >> 32.</summary>
+    private static int KernelSlot(uint h, int m) => (int)Jhash.ReciprocalScale(h, (uint)m);
+
+    private static uint[] RandomHashes(ulong seed, int count)
+    {
+        var rng = new SyntheticFlows.SplitMix64(seed);
+        var hashes = new uint[count];
+        for (int i = 0; i < count; i++) hashes[i] = (uint)rng.Next();
+        return hashes;
+    }
+
+    /// <summary>
+    /// The flows (as hashes) whose server changed from <paramref name="before"/> to <paramref name="after"/> without
+    /// <paramref name="after"/> naming their old server as their slot's previous owner — flows second chance cannot
+    /// save. A server that left the table is not counted: nothing could hand a packet to it.
+    /// </summary>
+    private static List<string> Unrecorded(MinimalDisruptionTable before, TableRecord after, uint[] hashes)
+    {
+        var ids = after.Current.Servers.Select(s => s.Id).ToHashSet(StringComparer.Ordinal);
+        var unrecorded = new List<string>();
+        foreach (var h in hashes)
+        {
+            int from = KernelSlot(h, before.Size), to = KernelSlot(h, after.Current.Size);
+            string? was = before.OwnerId(from), owner = after.Current.OwnerId(to);
+            if (was is null || was == owner || !ids.Contains(was) || after.PreviousId(to) == was) continue;
+            unrecorded.Add($"hash {h:x8}: slot {from}/{before.Size} on {was}, now slot {to}/{after.Current.Size} on {owner}, previous {after.PreviousId(to) ?? "none"}");
+        }
+        return unrecorded;
+    }
+
+    [Theory]
+    [InlineData(1UL, new uint[] { 1 })]
+    [InlineData(2UL, new uint[] { 1, 2, 5 })]
+    [InlineData(3UL, new uint[] { 7, 100, 1000 })]
+    public void AnyChangeSequenceThatGrowsTheTable_LeavesEveryFlowOnItsServerOrRecordsIt(ulong seed, uint[] weights)
+    {
+        // Property over random histories from 2 servers up to 60, so M grows several times: after every change, every
+        // flow (a random 32-bit hash placed as the kernel places it) is on the server it was on, or its new slot names
+        // that server as previous owner. Growth must hide no move from second chance.
+        var hashes = RandomHashes(seed, 20_000);
+        var changes = new ChangeSequence(seed, weights, 2, 60).Start(2);
+        var record = TableRecord.Of(MinimalDisruptionTable.Build(changes.Servers));
+        var now = T0;
+        int growths = 0;
+        for (int step = 0; step < 300; step++)
+        {
+            changes.Step();
+            now += TimeSpan.FromMinutes(1);
+            var next = TableRecord.Next(record, changes.Servers, now, Hour);
+            if (next.Current.Size != record.Current.Size)
+            {
+                growths++;
+                // Growing moves no more than the change needs, as at a kept size (the ≤ 1.05 × ideal goal).
+                double ideal = next.Current.Size * ChangeSimulation.ChangedShare([.. record.Current.Servers.Select(x => (x.Id, x.Weight))], changes.Servers);
+                int moved = MinimalDisruptionTable.SlotsMoved(record.Current, next.Current);
+                Assert.True(moved <= Math.Max(1.05 * ideal, Math.Ceiling(ideal)), $"seed {seed} step {step} {changes.Kind} (M {record.Current.Size} → {next.Current.Size}): {moved} slots moved, ideal {ideal:F2}");
+            }
+            var unrecorded = Unrecorded(record.Current, next, hashes);
+            Assert.True(unrecorded.Count == 0, $"seed {seed} step {step} {changes.Kind} {changes.ChangedId} (M {record.Current.Size} → {next.Current.Size}): {unrecorded.Count} flow(s) moved unrecorded, e.g. {string.Join("; ", unrecorded.Take(3))}");
+            record = next;
+        }
+        Assert.True(growths >= 2, $"seed {seed}: M grew {growths} time(s); the property needs growth to test");
+    }
+
+    [Fact]
+    public void TheFleetLabsThirdScenario_ADrainAndAnAdditionThatGrowsTheTable_LeaveEveryFlowRecoverable()
+    {
+        // Five servers (M = 509); the busiest drains, and a sixth joins ten seconds later, which needs M ≥ 600. Every
+        // flow of the first table is still on its server after both, or the slot it lands in names that server.
+        var five = Enumerable.Range(1, 5).Select(i => ($"198.18.1.{i}:80", 1u)).ToList();
+        var start = TableRecord.Of(MinimalDisruptionTable.Build(five));
+        Assert.Equal(509, start.Current.Size);
+        var drained = TableRecord.Next(start, [.. five.Select(x => x.Item1 == "198.18.1.3:80" ? (x.Item1, 0u) : x)], T0, Hour);
+        var added = TableRecord.Next(drained, [.. drained.Current.Servers.Select(x => (x.Id, x.Weight)), ("198.18.1.6:80", 1u)], T0 + TimeSpan.FromSeconds(10), Hour);
+        Assert.Equal(1018, added.Current.Size);
+        Assert.Equal(added.Encode(), TableRecord.Decode(added.Encode()).Encode());
+
+        var hashes = RandomHashes(17, 50_000);
+        Assert.Empty(Unrecorded(start.Current, drained, hashes));
+        Assert.Empty(Unrecorded(drained.Current, added, hashes));
+        // Across both changes: a flow that began before the drain is on its server or names it (nothing moved twice).
+        var unrecorded = Unrecorded(start.Current, added, hashes);
+        Assert.True(unrecorded.Count == 0, $"{unrecorded.Count} flow(s), e.g. {string.Join("; ", unrecorded.Take(3))}");
+    }
+
     [Fact]
     public void AnyChangeSequence_PreferringUnmovedSlots_MovesAsManySlotsAndKeepsTheSameCounts()
     {
