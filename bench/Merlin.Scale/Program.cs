@@ -19,6 +19,7 @@ using static Harness;
 // straight into the store before the daemon starts (fast at any size), then times what happens at that size:
 // a reconcile pass that applies one change, CreateService of --creates more, and on etcd the raw etcd
 // transaction rate with the same value sizes.
+// --list-only (implies --fill store): only the streamed list's row, first part and whole, after the first pass.
 // --daemons N [--etcd-members 3] [--nft-daemons 2]: instead, N daemons on one etcd cluster and the time a weight
 // change takes to reach all of them (Fleet.cs); --services and --servers size the store (keep them small: every
 // daemon holds it all). --nft-daemons adds daemons with the nftables dataplane, each in a scratch namespace (root).
@@ -74,6 +75,7 @@ static async Task<List<string>> Run(string backend, Args o)
             rows.AddRange(await MeasureAtSize(backend, app, options, etcd, o));
             await app.StopAsync();
             await app.DisposeAsync();
+            if (o.ListOnly) return rows;
             try
             {
                 rows.Add(await DaemonProcessRss(backend, options, o));
@@ -192,6 +194,7 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
     }
     Console.WriteLine($"[{backend}] first pass programmed {total:N0} servers after {clock.Elapsed.TotalSeconds:N1} s; harness RSS {Environment.WorkingSet / 1048576.0:N0} MiB");
     rows.Add($"| {backend} | harness process RSS (daemon + client) after the first pass, {o.Services:N0} × {o.Servers} | {Environment.WorkingSet / 1048576.0:N0} MiB |");
+    if (o.ListOnly) return [.. rows, await StreamedList(backend, client, o)];
 
     var passes = new List<double>();
     for (var r = -1; r < o.Changes; r++) // the first change warms up (JIT) and is not counted
@@ -211,29 +214,7 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
     Console.WriteLine($"[{backend}] one-change reconcile passes: {string.Join(", ", passes.Select(p => $"{p:N1}"))} ms");
     rows.Add($"| {backend} | reconcile pass applying one weight change at {o.Services:N0} × {o.Servers}, mean of {o.Changes} (each: {string.Join(", ", passes.Select(p => p.ToString("N1")))}) | {passes.Average():N1} ms |");
 
-    // The streamed list (meradm list): the first part, and the whole, as a client reading the stream sees them.
-    var firsts = new List<double>();
-    var wholes = new List<double>();
-    for (var r = -1; r < 5; r++) // the first run warms up
-    {
-        var watch = Stopwatch.StartNew();
-        using var call = client.ListStream(new Empty());
-        double first = -1;
-        var services = 0;
-        while (await call.ResponseStream.MoveNext(CancellationToken.None))
-        {
-            if (first < 0) first = watch.Elapsed.TotalMilliseconds;
-            services += call.ResponseStream.Current.Items.Count;
-        }
-        if (services != o.Services) throw new InvalidOperationException($"ListStream returned {services} services, expected {o.Services}");
-        if (r < 0) continue;
-        firsts.Add(first);
-        wholes.Add(watch.Elapsed.TotalMilliseconds);
-    }
-    firsts.Sort();
-    wholes.Sort();
-    Console.WriteLine($"[{backend}] ListStream: first part p50 {P(firsts, 0.5):N0} ms, whole p50 {P(wholes, 0.5):N0} ms");
-    rows.Add($"| {backend} | streamed list (ListStream) of {o.Services:N0} × {o.Servers}: first part / whole, p50 of 5 (max) | {P(firsts, 0.5):N0} ms ({firsts[^1]:N0}) / {P(wholes, 0.5):N0} ms ({wholes[^1]:N0}) |");
+    rows.Add(await StreamedList(backend, client, o));
 
     var sw = Stopwatch.StartNew();
     await Parallel(o.Creates, o.Concurrency, async i => await client.CreateServiceAsync(Service(o.Services + i)), $"[{backend}] creates");
@@ -284,6 +265,33 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
         rows.Add($"| {backend} | raw etcd create-if-absent txn (server value size), {o.Concurrency} concurrent, {o.Creates:N0} calls | {rawRate:N0}/s (CreateServer / raw = {serverRate / rawRate:P0}) |");
     }
     return rows;
+}
+
+// The streamed list (meradm list): the first part, and the whole, as a client reading the stream sees them.
+static async Task<string> StreamedList(string backend, Merlin.Contracts.Merlin.MerlinClient client, Args o)
+{
+    var firsts = new List<double>();
+    var wholes = new List<double>();
+    for (var r = -1; r < 5; r++) // the first run warms up
+    {
+        var watch = Stopwatch.StartNew();
+        using var call = client.ListStream(new Empty());
+        double first = -1;
+        var services = 0;
+        while (await call.ResponseStream.MoveNext(CancellationToken.None))
+        {
+            if (first < 0) first = watch.Elapsed.TotalMilliseconds;
+            services += call.ResponseStream.Current.Items.Count;
+        }
+        if (services != o.Services) throw new InvalidOperationException($"ListStream returned {services} services, expected {o.Services}");
+        if (r < 0) continue;
+        firsts.Add(first);
+        wholes.Add(watch.Elapsed.TotalMilliseconds);
+    }
+    firsts.Sort();
+    wholes.Sort();
+    Console.WriteLine($"[{backend}] ListStream: first part p50 {P(firsts, 0.5):N0} ms, whole p50 {P(wholes, 0.5):N0} ms");
+    return $"| {backend} | streamed list (ListStream) of {o.Services:N0} × {o.Servers}: first part / whole, p50 of 5 (max) | {P(firsts, 0.5):N0} ms ({firsts[^1]:N0}) / {P(wholes, 0.5):N0} ms ({wholes[^1]:N0}) |";
 }
 
 // The daemon alone: the built merlin binary as its own process (--dataplane none) on the store just measured, its
@@ -339,19 +347,21 @@ static int FreePort()
 }
 
 sealed record Args(string Store, int Services, int Servers, int Concurrency, int ListRuns, string Fill = "api", int Creates = 1000, int Changes = 5, int Daemons = 0, int EtcdMembers = 1,
-    int NftDaemons = 0, bool Table = false, int FleetServices = 100, int FleetChanges = 50)
+    int NftDaemons = 0, bool Table = false, int FleetServices = 100, int FleetChanges = 50, bool ListOnly = false)
 {
     public static Args Parse(string[] a)
     {
         string Get(string name, string fallback) => Array.IndexOf(a, name) is var i && i >= 0 && i + 1 < a.Length ? a[i + 1] : fallback;
         var store = Get("--store", "both");
         if (store is not ("sqlite" or "etcd3" or "both")) throw new ArgumentException("--store: sqlite, etcd3 or both");
-        var fill = Get("--fill", "api");
+        var fill = Get("--fill", a.Contains("--list-only") ? "store" : "api");
         if (fill is not ("api" or "store")) throw new ArgumentException("--fill: api or store");
+        if (a.Contains("--list-only") && fill != "store") throw new ArgumentException("--list-only: needs --fill store (its default)");
         return new Args(store, int.Parse(Get("--services", "10000")), int.Parse(Get("--servers", "10")),
             int.Parse(Get("--concurrency", "32")), int.Parse(Get("--list-runs", "10")), fill,
             int.Parse(Get("--creates", "1000")), int.Parse(Get("--changes", "5")), int.Parse(Get("--daemons", "0")), int.Parse(Get("--etcd-members", "3")),
-            int.Parse(Get("--nft-daemons", a.Contains("--table") ? "2" : "0")), a.Contains("--table"), int.Parse(Get("--fleet-services", "100")), int.Parse(Get("--fleet-changes", "50")));
+            int.Parse(Get("--nft-daemons", a.Contains("--table") ? "2" : "0")), a.Contains("--table"), int.Parse(Get("--fleet-services", "100")), int.Parse(Get("--fleet-changes", "50")),
+            a.Contains("--list-only"));
     }
 }
 

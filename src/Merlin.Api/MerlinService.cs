@@ -113,21 +113,29 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     /// <summary>A message is sent once its services reach this size (a service's servers are never split).</summary>
     internal const int ListChunkBytes = 512 * 1024;
 
+    /// <summary>
+    /// Sends each page of the store's paged read (<see cref="IStore.ListPagesAsync"/>, all at one revision) as soon as
+    /// it is read, so the first services leave before the last are read; a page past <see cref="ListChunkBytes"/>
+    /// goes in several messages.
+    /// </summary>
     public override Task ListStream(Empty request, IServerStreamWriter<ListResponse> responseStream, ServerCallContext context) => Guard(context, async ct =>
     {
-        var snapshot = await store.ListAsync(ct);
-        var chunk = new ListResponse();
-        var bytes = 0;
-        foreach (var item in snapshot.Items)
+        await foreach (var page in store.ListPagesAsync(ListChunkServices, ct))
         {
-            var entry = ListItem(item); // as List: the mark is the store's business
-            chunk.Items.Add(entry);
-            bytes += entry.CalculateSize();
-            if (chunk.Items.Count < ListChunkServices && bytes < ListChunkBytes) continue;
-            await responseStream.WriteAsync(Finished(chunk), ct);
-            (chunk, bytes) = (new ListResponse(), 0);
+            var chunk = new ListResponse();
+            var bytes = 0;
+            foreach (var item in page.Items)
+            {
+                var entry = ListItem(item); // as List: the mark is the store's business
+                chunk.Items.Add(entry);
+                bytes += entry.CalculateSize();
+                if (bytes < ListChunkBytes) continue;
+                await responseStream.WriteAsync(Finished(chunk), ct);
+                (chunk, bytes) = (new ListResponse(), 0);
+            }
+            // An empty store's one empty page is still one message: the client learns there is nothing.
+            if (chunk.Items.Count > 0 || page.Items.Count == 0) await responseStream.WriteAsync(Finished(chunk), ct);
         }
-        if (chunk.Items.Count > 0 || snapshot.Items.Count == 0) await responseStream.WriteAsync(Finished(chunk), ct);
         return Done;
     });
 
@@ -421,6 +429,7 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         catch (NotFoundException e) { throw NotFound(e.Message); }
         catch (AlreadyExistsException e) { throw new RpcException(new Grpc.Core.Status(StatusCode.AlreadyExists, e.Message)); }
         catch (ConflictException e) { throw new RpcException(new Grpc.Core.Status(StatusCode.Aborted, $"concurrent update, try again: {e.Message}")); }
+        catch (SnapshotCompactedException e) { throw new RpcException(new Grpc.Core.Status(StatusCode.Aborted, e.Message)); }
         catch (StoreUnavailableException e)
         {
             LogStoreUnavailable(e.Message);

@@ -492,6 +492,97 @@ public sealed class EtcdStore : IStore
     }
 
     /// <summary>
+    /// Pages of the services range, each read at the revision of the first. A page's servers are one range
+    /// from the least to the greatest of its services' <c>servers/&lt;id&gt;/</c> prefixes, read
+    /// <see cref="EtcdStoreOptions.PageSize"/> keys at a time: an id that is a prefix of another (<c>a</c>,
+    /// <c>a-1</c>) sorts differently there than among the services, so servers of services of other pages may lie
+    /// in that range; they are skipped undecoded. Its tables are one range too (<c>tables/&lt;id&gt;</c> sort as the
+    /// ids do). Each page is bounded by <see cref="EtcdStoreOptions.Timeout"/> on its own.
+    /// </summary>
+    public async IAsyncEnumerable<StorePage> ListPagesAsync(int pageSize, [EnumeratorCancellation] CancellationToken ct = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(pageSize, 1);
+        long revision = 0;
+        ByteString? from = _servicesKey;
+        var read = 0;
+        while (from is not null)
+        {
+            (var items, revision, from) = await ReadServicesPage(from, revision, pageSize, read, ct).ConfigureAwait(false);
+            read += items.Count;
+            if (items.Count > 0 || (read == 0 && from is null)) yield return new StorePage(items, revision);
+        }
+    }
+
+    /// <summary>One page of <see cref="ListPagesAsync"/> from <paramref name="from"/> at <paramref name="revision"/> (0: now); the key the next page starts at, or null.</summary>
+    private async Task<(List<StoreItem> Items, long Revision, ByteString? Next)> ReadServicesPage(ByteString from, long revision, int pageSize, int read, CancellationToken ct)
+    {
+        using var op = Begin(ct);
+        try
+        {
+            var resp = await Range(new RangeRequest { Key = from, RangeEnd = _servicesEnd, Limit = pageSize, Revision = revision }, op).ConfigureAwait(false);
+            if (revision == 0) revision = resp.Header.Revision;
+            var next = resp.More && resp.Kvs.Count > 0 ? After(resp.Kvs[^1].Key) : null;
+            if (resp.Kvs.Count == 0) return ([], revision, null);
+            var services = resp.Kvs.Select(kv => StoredRecords.Of(Parse(VirtualService.Parser, kv.Value, kv.Key.ToStringUtf8()))).ToList();
+
+            // As ListAsync: servers go under the service whose record names the id of their key.
+            var servers = new Dictionary<string, List<StoredServer>>(services.Count, StringComparer.Ordinal);
+            foreach (var s in services) servers.TryAdd(s.Id, []);
+            var serversPrefix = StoreKeys.ServersPrefix(_prefix);
+            var (low, high) = Bounds(servers.Keys.Select(id => Key(StoreKeys.ServersOf(_prefix, id))), PrefixEnd);
+            for (ByteString? key = low; key is not null;)
+            {
+                var page = await Range(new RangeRequest { Key = key, RangeEnd = high, Limit = _options.PageSize, Revision = revision }, op).ConfigureAwait(false);
+                foreach (var kv in page.Kvs)
+                {
+                    var text = kv.Key.ToStringUtf8();
+                    var rest = text.AsSpan(serversPrefix.Length);
+                    var slash = rest.IndexOf('/');
+                    if (slash > 0 && servers.TryGetValue(rest[..slash].ToString(), out var list)) list.Add(StoredRecords.Of(Parse(RealServer.Parser, kv.Value, text)));
+                }
+                key = page.More && page.Kvs.Count > 0 ? After(page.Kvs[^1].Key) : null;
+            }
+
+            var tables = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+            var tablesPrefix = StoreKeys.TablesPrefix(_prefix);
+            var (first, last) = Bounds(servers.Keys.Select(id => Key(StoreKeys.Table(_prefix, id))), After);
+            for (ByteString? key = first; key is not null;)
+            {
+                var page = await Range(new RangeRequest { Key = key, RangeEnd = last, Limit = _options.PageSize, Revision = revision }, op).ConfigureAwait(false);
+                foreach (var kv in page.Kvs)
+                {
+                    var id = kv.Key.ToStringUtf8()[tablesPrefix.Length..];
+                    if (servers.ContainsKey(id)) tables[id] = kv.Value.ToByteArray();
+                }
+                key = page.More && page.Kvs.Count > 0 ? After(page.Kvs[^1].Key) : null;
+            }
+            var items = services.Select(s => new StoreItem(s, servers[s.Id]) { Table = tables.GetValueOrDefault(s.Id) }).ToList();
+            return (items, revision, next);
+        }
+        catch (StoreUnavailableException e) when (revision != 0 && e.InnerException is RpcException { StatusCode: StatusCode.OutOfRange })
+        {
+            throw new SnapshotCompactedException(
+                $"etcd at {_endpointsText} compacted revision {revision} while a paged list read at it ({read} services read); list again", e);
+        }
+    }
+
+    /// <summary>The least of <paramref name="keys"/> and the greatest of their ends (<paramref name="end"/> of each), bytewise as etcd orders keys.</summary>
+    private static (ByteString Low, ByteString High) Bounds(IEnumerable<ByteString> keys, Func<ByteString, ByteString> end)
+    {
+        ByteString? low = null, high = null;
+        foreach (var key in keys)
+        {
+            var e = end(key);
+            if (low is null || key.Span.SequenceCompareTo(low.Span) < 0) low = key;
+            if (high is null || e.Span.SequenceCompareTo(high.Span) > 0) high = e;
+        }
+        return (low!, high!);
+    }
+
+    /// <summary>The first key after <paramref name="key"/>.</summary>
+    private static ByteString After(ByteString key) => ByteString.CopyFrom([.. key.Span, 0]);
+
+    /// <summary>
     /// Watches the prefix from <paramref name="afterRevision"/> + 1. If etcd compacted that history, one
     /// <see cref="StoreChangeKind.Resync"/> (carrying the compaction revision) is yielded and the watch ends.
     /// Keys are relative to the prefix (<c>services/web</c>). Losing etcd ends the watch with
@@ -901,7 +992,7 @@ public sealed class EtcdStore : IStore
                     if (revision == 0) revision = resp.Header.Revision;
                     kvs.AddRange(resp.Kvs);
                     if (!resp.More || resp.Kvs.Count == 0) return (kvs, revision);
-                    from = ByteString.CopyFrom([.. resp.Kvs[^1].Key.Span, 0]);
+                    from = After(resp.Kvs[^1].Key);
                 }
             }
             catch (StoreUnavailableException e) when (attempt < 3 && e.InnerException is RpcException { StatusCode: StatusCode.OutOfRange })

@@ -333,6 +333,81 @@ public sealed class SqliteStore : IStore
         return new StoreSnapshot(items, revision);
     }, ct);
 
+    /// <summary>
+    /// Pages by id inside one read transaction, whose WAL snapshot keeps every page at the revision of the first.
+    /// While it is open a checkpoint cannot pass that snapshot (the WAL grows meanwhile): callers read it through.
+    /// </summary>
+    public async IAsyncEnumerable<StorePage> ListPagesAsync(int pageSize, [EnumeratorCancellation] CancellationToken ct = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(pageSize, 1);
+        ThrowIfClosed(ct);
+        using var c = Guarded(Open);
+        using var tx = Guarded(() => c.BeginTransaction(deferred: true));
+        var revision = Guarded(() => ReadMeta(c, tx, "revision")); // the first read fixes the snapshot
+        string? after = null;
+        var any = false;
+        while (true)
+        {
+            ThrowIfClosed(ct);
+            var (items, last) = Guarded(() => ReadPage(c, tx, after, pageSize));
+            if (items.Count > 0 || !any) yield return new StorePage(items, revision);
+            any = true;
+            if (items.Count < pageSize) yield break;
+            after = last;
+            await Task.Yield(); // each page on its own turn: a caller's cancellation or disposal is seen between pages
+        }
+    }
+
+    /// <summary>Up to <paramref name="pageSize"/> services after the id <paramref name="after"/> (null: from the first), with their servers and tables.</summary>
+    private (List<StoreItem> Items, string? Last) ReadPage(SqliteConnection c, SqliteTransaction tx, string? after, int pageSize)
+    {
+        var services = new List<(string Id, StoredService Record)>(pageSize);
+        using (var cmd = Command(c, "SELECT id, record FROM services WHERE $after IS NULL OR id > $after ORDER BY id LIMIT $n", ("$after", after), ("$n", pageSize)))
+        {
+            cmd.Transaction = tx;
+            using var r = cmd.ExecuteReader();
+            while (r.Read())
+            {
+                var id = r.GetString(0);
+                services.Add((id, ParseService(r, 1, ServiceKey(id))));
+            }
+        }
+        if (services.Count == 0) return ([], null);
+        var (first, last) = (services[0].Id, services[^1].Id);
+        var servers = services.ToDictionary(s => s.Id, _ => new List<StoredServer>(), StringComparer.Ordinal);
+        using (var cmd = Command(c, "SELECT service_id, endpoint, record FROM servers WHERE service_id >= $first AND service_id <= $last ORDER BY service_id, endpoint",
+            ("$first", first), ("$last", last)))
+        {
+            cmd.Transaction = tx;
+            using var r = cmd.ExecuteReader();
+            while (r.Read())
+            {
+                var id = r.GetString(0);
+                if (servers.TryGetValue(id, out var list)) list.Add(ParseServer(r, 2, ServerKey(id, r.GetString(1))));
+            }
+        }
+        var tables = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        using (var cmd = Command(c, "SELECT service_id, data FROM tables WHERE service_id >= $first AND service_id <= $last", ("$first", first), ("$last", last)))
+        {
+            cmd.Transaction = tx;
+            using var r = cmd.ExecuteReader();
+            while (r.Read()) tables[r.GetString(0)] = Bytes(r, 1);
+        }
+        return (services.Select(s => new StoreItem(s.Record, servers[s.Id]) { Table = tables.GetValueOrDefault(s.Id) }).ToList(), last);
+    }
+
+    private T Guarded<T>(Func<T> read)
+    {
+        try
+        {
+            return read();
+        }
+        catch (SqliteException e)
+        {
+            throw Unavailable(e);
+        }
+    }
+
     public Task<StoreItem?> GetItemAsync(string serviceId, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(serviceId);

@@ -44,6 +44,22 @@ public interface IStore : IAsyncDisposable
     Task<StoreSnapshot> ListAsync(CancellationToken ct = default);
 
     /// <summary>
+    /// The items of <see cref="ListAsync"/>, in its order, at one revision, in pages of at most
+    /// <paramref name="pageSize"/> services, each with all its servers and its table: a page is read when the
+    /// caller asks for it, so the first arrives before the rest is read. Writes after the first page are not
+    /// seen. If the store can no longer read at that revision (etcd compacted it meanwhile) the enumeration
+    /// ends with <see cref="SnapshotCompactedException"/>. An empty store gives one empty page; pages carry no
+    /// orphaned servers. (The default reads a whole List and cuts it.)
+    /// </summary>
+    async IAsyncEnumerable<StorePage> ListPagesAsync(int pageSize, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(pageSize, 1);
+        var snapshot = await ListAsync(ct).ConfigureAwait(false);
+        if (snapshot.Items.Count == 0) yield return new StorePage([], snapshot.Revision);
+        foreach (var page in snapshot.Items.Chunk(pageSize)) yield return new StorePage(page, snapshot.Revision);
+    }
+
+    /// <summary>
     /// One service as <see cref="ListAsync"/> has it — the service, its servers by endpoint, its table — read at one
     /// revision without reading the others; null if the service does not exist. (The default reads a whole List.)
     /// </summary>
@@ -97,6 +113,9 @@ public sealed record StoreItem(StoredService Service, IReadOnlyList<StoredServer
 /// </summary>
 public delegate byte[]? ServiceTableDeriver(StoredService service, IReadOnlyList<StoredServer> servers, byte[]? previous);
 
+/// <summary>One page of <see cref="IStore.ListPagesAsync"/>: whole services, read at <see cref="Revision"/> (the same for every page).</summary>
+public sealed record StorePage(IReadOnlyList<StoreItem> Items, long Revision);
+
 public sealed record StoreSnapshot(IReadOnlyList<StoreItem> Items, long Revision)
 {
     /// <summary>
@@ -148,5 +167,11 @@ public sealed class AlreadyExistsException(string message) : StoreException(mess
 
 /// <summary>The record changed between read and write; the caller re-reads and retries.</summary>
 public sealed class ConflictException(string message) : StoreException(message);
+
+/// <summary>
+/// A read that spans several calls (<see cref="IStore.ListPagesAsync"/>) lost its revision: etcd compacted it before
+/// the last page was read. What was read is consistent but incomplete; the caller reads again.
+/// </summary>
+public sealed class SnapshotCompactedException(string message, Exception? inner = null) : StoreException(message, inner);
 
 public sealed class StoreUnavailableException(string message, Exception? inner = null) : StoreException(message, inner);

@@ -361,6 +361,29 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         l.Stop();
         return port;
     }
+
+    [Fact]
+    public async Task ListPages_WhoseRevisionIsCompactedMidRead_EndWithAClearError_AfterTheFirstPages()
+    {
+        await using var store = Open();
+        for (var i = 0; i < 3; i++) await store.CreateServiceAsync(Service($"svc{i}", $"198.18.0.{i + 1}", 80), Ct);
+
+        await using var reader = store.ListPagesAsync(1, Ct).GetAsyncEnumerator(Ct);
+        Assert.True(await reader.MoveNextAsync());
+        var revision = reader.Current.Revision;
+        Assert.Equal("svc0", Assert.Single(reader.Current.Items).Service.Id);
+        await store.CreateServiceAsync(Service("later", "198.18.0.9", 80), Ct);
+        await store.CompactAsync(await store.GetRevisionAsync(Ct), Ct);
+
+        var e = await Assert.ThrowsAsync<SnapshotCompactedException>(async () => await reader.MoveNextAsync());
+        Assert.Contains($"compacted revision {revision}", e.Message);
+        Assert.Contains("1 services read", e.Message);
+        Assert.Contains("list again", e.Message);
+        // Read again: a new revision, everything there.
+        var again = new List<StorePage>();
+        await foreach (var page in store.ListPagesAsync(1, Ct)) again.Add(page);
+        Assert.Equal(["later", "svc0", "svc1", "svc2"], again.SelectMany(p => p.Items).Select(i => i.Service.Id));
+    }
 }
 
 /// <summary>An etcd that goes away, never answers, or was never there: always StoreUnavailable, within the timeout.</summary>

@@ -510,6 +510,108 @@ public abstract class StoreContractTests : IAsyncLifetime
         }
     }
 
+    // ------------------------------------------------------------ paged list
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(100)]
+    public async Task ListPages_AreTheListsItemsInItsOrder_InPagesOfAtMostTheSize_AtItsRevision(int pageSize)
+    {
+        // "a" is a prefix of "a-1" and "a.b", so their servers' keys sort apart from the services'; "many" has more
+        // servers than etcd's test page size (4), so a read of servers ends inside a service.
+        string[] ids = ["b", "a-1", "a", "many", "a.b", "c"];
+        for (var i = 0; i < ids.Length; i++) await Store.CreateServiceAsync(Service(ids[i], $"198.18.0.{i + 1}", 80), Ct);
+        for (var i = 0; i < 9; i++) await Store.CreateServerAsync(Server("many", $"198.18.2.{i + 1}"), Ct);
+        foreach (var id in new[] { "a", "a-1", "a.b", "c" })
+            for (var i = 0; i < 2; i++) await Store.CreateServerAsync(Server(id, $"198.18.{3 + Array.IndexOf(ids, id)}.{i + 1}"), Ct);
+        var list = await Store.ListAsync(Ct);
+
+        var pages = await ToListAsync(Store.ListPagesAsync(pageSize, Ct));
+
+        Assert.All(pages, p => Assert.InRange(p.Items.Count, 1, pageSize));
+        Assert.Equal(Math.Ceiling(ids.Length / (double)pageSize), pages.Count);
+        Assert.All(pages, p => Assert.Equal(list.Revision, p.Revision));
+        Assert.Equal(Shape(list.Items), Shape(pages.SelectMany(p => p.Items)));
+        Assert.Equal(9, pages.SelectMany(p => p.Items).Single(i => i.Service.Id == "many").Servers.Count);
+    }
+
+    [Fact]
+    public async Task ListPages_CarryTheTables_AsListDoes()
+    {
+        await using var store = await OpenWithTablesAsync(DeriveForTest);
+        foreach (var (id, i) in new[] { "svc1", "svc10", "svc2" }.Select((id, i) => (id, i)))
+        {
+            await store.CreateServiceAsync(Service(id, $"198.18.0.{i + 1}", 80, scheduler: i == 2 ? "rr" : "mh"), Ct);
+            await store.CreateServerAsync(Server(id, $"198.18.1.{i + 1}"), Ct);
+        }
+        var list = await store.ListAsync(Ct);
+
+        var items = (await ToListAsync(store.ListPagesAsync(2, Ct))).SelectMany(p => p.Items).ToList();
+
+        Assert.Equal(list.Items.Select(i => i.Table), items.Select(i => i.Table));
+        Assert.Equal(2, items.Count(i => i.Table is not null));
+    }
+
+    [Fact]
+    public async Task ListPages_WritesAfterTheFirstPage_AreNotSeen()
+    {
+        foreach (var (id, i) in new[] { "p1", "p2", "p3", "p4", "p5" }.Select((id, i) => (id, i)))
+        {
+            await Store.CreateServiceAsync(Service(id, $"198.18.0.{i + 1}", 80), Ct);
+            await Store.CreateServerAsync(Server(id, $"198.18.1.{i + 1}"), Ct);
+        }
+        var before = await Store.ListAsync(Ct);
+
+        var pages = new List<StorePage>();
+        await using (var reader = Store.ListPagesAsync(2, Ct).GetAsyncEnumerator(Ct))
+        {
+            Assert.True(await reader.MoveNextAsync());
+            pages.Add(reader.Current);
+            // Into pages not read yet: a new service, a new server, a changed server, a deleted service.
+            await Store.CreateServiceAsync(Service("p6", "198.18.0.6", 80), Ct);
+            await Store.CreateServerAsync(Server("p4", "198.18.1.40"), Ct);
+            var p3 = (await Store.GetServerAsync("p3", "198.18.1.3", 8080, Ct))!;
+            var heavier = p3.Value.Clone();
+            heavier.Config.Weight = 9;
+            await Store.UpdateServerAsync(heavier, p3.Version, Ct);
+            await Store.DeleteServiceAsync("p5", Ct);
+            while (await reader.MoveNextAsync()) pages.Add(reader.Current);
+        }
+
+        Assert.Equal(Shape(before.Items), Shape(pages.SelectMany(p => p.Items)));
+        Assert.All(pages, p => Assert.Equal(before.Revision, p.Revision));
+        Assert.Equal(1u, pages.SelectMany(p => p.Items).Single(i => i.Service.Id == "p3").Servers.Single().Config.Weight);
+        Assert.Equal(["p1", "p2", "p3", "p4", "p6"], (await Store.ListAsync(Ct)).Items.Select(i => i.Service.Id));
+    }
+
+    [Fact]
+    public async Task ListPages_OfAnEmptyStore_IsOneEmptyPage()
+    {
+        var page = Assert.Single(await ToListAsync(Store.ListPagesAsync(10, Ct)));
+
+        Assert.Empty(page.Items);
+        Assert.True(page.Revision >= 0);
+    }
+
+    [Fact]
+    public async Task ListPages_ASizeBelowOne_IsRefused()
+    {
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(async () => await ToListAsync(Store.ListPagesAsync(0, Ct)));
+    }
+
+    /// <summary>What a list shows of its items: each service with its servers' endpoints, in order.</summary>
+    private static List<string> Shape(IEnumerable<StoreItem> items) =>
+        [.. items.Select(i => $"{i.Service.Id}: {string.Join(", ", i.Servers.Select(s => $"{s.ServiceID}/{s.Key.Ip}:{s.Key.Port}"))}")];
+
+    protected static async Task<List<T>> ToListAsync<T>(IAsyncEnumerable<T> items)
+    {
+        var list = new List<T>();
+        await foreach (var item in items) list.Add(item);
+        return list;
+    }
+
     // ------------------------------------------------------------ concurrency
 
     [Fact]
