@@ -20,6 +20,7 @@ using static Harness;
 // a reconcile pass that applies one change, CreateService of --creates more, and on etcd the raw etcd
 // transaction rate with the same value sizes.
 // --list-only (implies --fill store): only the streamed list's row, first part and whole, after the first pass.
+// --only creates (with --fill store): only the creates at that size, and on etcd what limits them (MeasureCreates).
 // --daemons N [--etcd-members 3] [--nft-daemons 2]: instead, N daemons on one etcd cluster and the time a weight
 // change takes to reach all of them (Fleet.cs); --services and --servers size the store (keep them small: every
 // daemon holds it all). --nft-daemons adds daemons with the nftables dataplane, each in a scratch namespace (root).
@@ -196,6 +197,7 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
     rows.Add($"| {backend} | harness process RSS (daemon + client) after the first pass, {o.Services:N0} × {o.Servers} | {Environment.WorkingSet / 1048576.0:N0} MiB |");
     if (o.ListOnly) return [.. rows, await StreamedList(backend, client, o)];
 
+    if (o.OnlyCreates) return [.. rows, .. await MeasureCreates(backend, app, client, etcd, o)];
     var passes = new List<double>();
     for (var r = -1; r < o.Changes; r++) // the first change warms up (JIT) and is not counted
     {
@@ -216,54 +218,7 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
 
     rows.Add(await StreamedList(backend, client, o));
 
-    var sw = Stopwatch.StartNew();
-    await Parallel(o.Creates, o.Concurrency, async i => await client.CreateServiceAsync(Service(o.Services + i)), $"[{backend}] creates");
-    var createRate = o.Creates / sw.Elapsed.TotalSeconds;
-    Console.WriteLine($"[{backend}] CreateService at {o.Services:N0} existing: {createRate:N0}/s");
-    rows.Add($"| {backend} | CreateService at {o.Services:N0} existing, {o.Concurrency} concurrent, {o.Creates:N0} calls | {createRate:N0}/s |");
-
-    if (etcd is not null)
-    {
-        // The same value size as a service record, one create-if-absent compare each: what etcd alone allows.
-        using var raw = GrpcChannel.ForAddress(etcd.Endpoint);
-        var rawClient = new dotnet_etcd.EtcdClient(raw.CreateCallInvoker());
-        sw.Restart();
-        await Parallel(o.Creates, o.Concurrency, async i =>
-        {
-            var key = ByteString.CopyFromUtf8($"/bench-raw/{i}");
-            var txn = new Etcdserverpb.TxnRequest();
-            txn.Compare.Add(new Etcdserverpb.Compare { Key = key, Target = Etcdserverpb.Compare.Types.CompareTarget.Create, Result = Etcdserverpb.Compare.Types.CompareResult.Equal, CreateRevision = 0 });
-            txn.Success.Add(new Etcdserverpb.RequestOp { RequestPut = new Etcdserverpb.PutRequest { Key = key, Value = Service(o.Services + o.Creates + i).ToByteString() } });
-            await rawClient.TransactionAsync(txn);
-        }, "[etcd3] raw txns");
-        var rawRate = o.Creates / sw.Elapsed.TotalSeconds;
-        Console.WriteLine($"[etcd3] raw etcd create-if-absent txn: {rawRate:N0}/s; CreateService / raw = {createRate / rawRate:P0}");
-        rows.Add($"| {backend} | raw etcd create-if-absent txn (same value size), {o.Concurrency} concurrent, {o.Creates:N0} calls | {rawRate:N0}/s (CreateService / raw = {createRate / rawRate:P0}) |");
-    }
-
-    // CreateServer: one more server in existing services (an 11th, 12th, … endpoint), and the raw etcd rate with a server's value size.
-    sw.Restart();
-    await Parallel(o.Creates, o.Concurrency, async i => await client.CreateServerAsync(Server(i * 7 % o.Services, o.Servers + i * 7 / o.Services)), $"[{backend}] server creates");
-    var serverRate = o.Creates / sw.Elapsed.TotalSeconds;
-    Console.WriteLine($"[{backend}] CreateServer at {total:N0} existing: {serverRate:N0}/s");
-    rows.Add($"| {backend} | CreateServer at {total:N0} existing, {o.Concurrency} concurrent, {o.Creates:N0} calls | {serverRate:N0}/s |");
-    if (etcd is not null)
-    {
-        using var raw = GrpcChannel.ForAddress(etcd.Endpoint);
-        var rawClient = new dotnet_etcd.EtcdClient(raw.CreateCallInvoker());
-        sw.Restart();
-        await Parallel(o.Creates, o.Concurrency, async i =>
-        {
-            var key = ByteString.CopyFromUtf8($"/bench-raw-servers/{i}");
-            var txn = new Etcdserverpb.TxnRequest();
-            txn.Compare.Add(new Etcdserverpb.Compare { Key = key, Target = Etcdserverpb.Compare.Types.CompareTarget.Create, Result = Etcdserverpb.Compare.Types.CompareResult.Equal, CreateRevision = 0 });
-            txn.Success.Add(new Etcdserverpb.RequestOp { RequestPut = new Etcdserverpb.PutRequest { Key = key, Value = Server(i, o.Servers).ToByteString() } });
-            await rawClient.TransactionAsync(txn);
-        }, "[etcd3] raw server txns");
-        var rawRate = o.Creates / sw.Elapsed.TotalSeconds;
-        Console.WriteLine($"[etcd3] raw etcd txn, server value size: {rawRate:N0}/s; CreateServer / raw = {serverRate / rawRate:P0}");
-        rows.Add($"| {backend} | raw etcd create-if-absent txn (server value size), {o.Concurrency} concurrent, {o.Creates:N0} calls | {rawRate:N0}/s (CreateServer / raw = {serverRate / rawRate:P0}) |");
-    }
+    rows.AddRange(await MeasureCreates(backend, app, client, etcd, o));
     return rows;
 }
 
@@ -292,6 +247,95 @@ static async Task<string> StreamedList(string backend, Merlin.Contracts.Merlin.M
     wholes.Sort();
     Console.WriteLine($"[{backend}] ListStream: first part p50 {P(firsts, 0.5):N0} ms, whole p50 {P(wholes, 0.5):N0} ms");
     return $"| {backend} | streamed list (ListStream) of {o.Services:N0} × {o.Servers}: first part / whole, p50 of 5 (max) | {P(firsts, 0.5):N0} ms ({firsts[^1]:N0}) / {P(wholes, 0.5):N0} ms ({wholes[^1]:N0}) |";
+}
+
+// CreateService of --creates more services and CreateServer of --creates more servers (an 11th, 12th, … endpoint of
+// existing services) through the API with the daemon's reconcile loop running, as an operator's calls meet it. On
+// etcd the same again with the loop stopped (is the daemon's CPU the limit?), straight on a store of its own (no
+// API: is the API the limit?), and as raw create-if-absent transactions with the same value sizes (what etcd alone
+// allows); each row with the etcd calls per create, from etcd's own counters (grpc_server_handled_total).
+static async Task<List<string>> MeasureCreates(string backend, Microsoft.AspNetCore.Builder.WebApplication app,
+    Merlin.Contracts.Merlin.MerlinClient client, EtcdServer? etcd, Args o)
+{
+    var rows = new List<string>();
+    var total = o.Services * o.Servers;
+    var next = o.Services; // the next new service's number
+    var round = 0;         // the servers' endpoint round: each round adds one endpoint to --creates services
+    async Task<double> Timed(string what, string label, Func<int, Task> call)
+    {
+        var before = etcd is null ? default : await EtcdCalls(etcd);
+        var sw = Stopwatch.StartNew();
+        await Parallel(o.Creates, o.Concurrency, call, $"[{backend}] {label}");
+        var rate = o.Creates / sw.Elapsed.TotalSeconds;
+        var calls = "";
+        if (etcd is not null)
+        {
+            var after = await EtcdCalls(etcd);
+            calls = $" ({(after.Range - before.Range) / (double)o.Creates:N1} reads + {(after.Txn - before.Txn) / (double)o.Creates:N1} txns per call)";
+        }
+        Console.WriteLine($"[{backend}] {what}: {rate:N0}/s{calls}");
+        rows.Add($"| {backend} | {what}, {o.Concurrency} concurrent, {o.Creates:N0} calls | {rate:N0}/s{calls} |");
+        return rate;
+    }
+    Func<int, Task> ApiServices() { var from = next; next += o.Creates; return async i => await client.CreateServiceAsync(Service(from + i)); }
+    Func<int, Task> ApiServers() { var r = round++; return async i => await client.CreateServerAsync(NewServer(i, r)); }
+    RealServer NewServer(int i, int r) => Server(i * 7 % o.Services, o.Servers + r * (o.Creates * 7 / o.Services + 1) + i * 7 / o.Services);
+
+    var service = await Timed($"CreateService at {o.Services:N0} existing (API, reconcile loop running)", "creates", ApiServices());
+    var server = await Timed($"CreateServer at {total:N0} existing (API, reconcile loop running)", "server creates", ApiServers());
+    if (etcd is null) return rows;
+
+    await app.Services.GetRequiredService<ReconcileLoop>().StopAsync(CancellationToken.None);
+    await Timed("CreateService (API, reconcile loop stopped)", "creates, loop stopped", ApiServices());
+    await Timed("CreateServer (API, reconcile loop stopped)", "server creates, loop stopped", ApiServers());
+    await using (var store = new Merlin.Store.Etcd.EtcdStore(new Merlin.Store.Etcd.EtcdStoreOptions
+    {
+        Endpoints = [etcd.Endpoint], Timeout = TimeSpan.FromSeconds(30),
+        DeriveTable = Merlin.Api.LookupTables.Deriver(TimeProvider.System, Merlin.Api.LookupTables.DefaultWindow), KeepsTable = Merlin.Api.LookupTables.KeepsTable,
+    }))
+    {
+        var from = next; next += o.Creates;
+        await Timed("CreateService (the store alone, no API)", "store creates", i => store.CreateServiceAsync(Merlin.Store.Protobuf.StoredRecords.Of(Service(from + i))));
+        var r = round++;
+        await Timed("CreateServer (the store alone, no API)", "store server creates", i => store.CreateServerAsync(Merlin.Store.Protobuf.StoredRecords.Of(NewServer(i, r))));
+    }
+    // Without KeepsTable every server write reads the service, its servers and its table first (before session 13).
+    await using (var store = new Merlin.Store.Etcd.EtcdStore(new Merlin.Store.Etcd.EtcdStoreOptions
+    {
+        Endpoints = [etcd.Endpoint], Timeout = TimeSpan.FromSeconds(30),
+        DeriveTable = Merlin.Api.LookupTables.Deriver(TimeProvider.System, Merlin.Api.LookupTables.DefaultWindow),
+    }))
+    {
+        var r = round++;
+        await Timed("CreateServer (the store alone, a read before each write as before)", "store server creates, read first", i => store.CreateServerAsync(Merlin.Store.Protobuf.StoredRecords.Of(NewServer(i, r))));
+    }
+
+    using var raw = GrpcChannel.ForAddress(etcd.Endpoint);
+    var rawClient = new dotnet_etcd.EtcdClient(raw.CreateCallInvoker());
+    Func<int, Task> RawCreate(string dir, Func<int, IMessage> value) => async i =>
+    {
+        var key = ByteString.CopyFromUtf8($"/{dir}/{i}");
+        var txn = new Etcdserverpb.TxnRequest();
+        txn.Compare.Add(new Etcdserverpb.Compare { Key = key, Target = Etcdserverpb.Compare.Types.CompareTarget.Create, Result = Etcdserverpb.Compare.Types.CompareResult.Equal, CreateRevision = 0 });
+        txn.Success.Add(new Etcdserverpb.RequestOp { RequestPut = new Etcdserverpb.PutRequest { Key = key, Value = value(i).ToByteString() } });
+        await rawClient.TransactionAsync(txn);
+    };
+    var rawService = await Timed("raw etcd create-if-absent txn (service value size)", "raw txns", RawCreate("bench-raw", i => Service(next + i)));
+    var rawServer = await Timed("raw etcd create-if-absent txn (server value size)", "raw server txns", RawCreate("bench-raw-servers", i => Server(i, o.Servers)));
+    rows.Add($"| {backend} | CreateService / raw, CreateServer / raw (API, loop running) | {service / rawService:P0}, {server / rawServer:P0} |");
+    Console.WriteLine($"[etcd3] CreateService / raw = {service / rawService:P0}; CreateServer / raw = {server / rawServer:P0}");
+    return rows;
+}
+
+// etcd's own count of the unary KV calls it has handled (all result codes): reads and transactions.
+static async Task<(long Range, long Txn)> EtcdCalls(EtcdServer etcd)
+{
+    using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+    var text = await http.GetStringAsync($"{etcd.Endpoint}/metrics");
+    long Count(string method) => text.Split('\n')
+        .Where(l => l.StartsWith("grpc_server_handled_total{", StringComparison.Ordinal) && l.Contains($"grpc_method=\"{method}\"", StringComparison.Ordinal))
+        .Sum(l => (long)double.Parse(l[(l.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture));
+    return (Count("Range"), Count("Txn"));
 }
 
 // The daemon alone: the built merlin binary as its own process (--dataplane none) on the store just measured, its
@@ -347,7 +391,7 @@ static int FreePort()
 }
 
 sealed record Args(string Store, int Services, int Servers, int Concurrency, int ListRuns, string Fill = "api", int Creates = 1000, int Changes = 5, int Daemons = 0, int EtcdMembers = 1,
-    int NftDaemons = 0, bool Table = false, int FleetServices = 100, int FleetChanges = 50, bool ListOnly = false)
+    int NftDaemons = 0, bool Table = false, int FleetServices = 100, int FleetChanges = 50, bool ListOnly = false, bool OnlyCreates = false)
 {
     public static Args Parse(string[] a)
     {
@@ -361,7 +405,8 @@ sealed record Args(string Store, int Services, int Servers, int Concurrency, int
             int.Parse(Get("--concurrency", "32")), int.Parse(Get("--list-runs", "10")), fill,
             int.Parse(Get("--creates", "1000")), int.Parse(Get("--changes", "5")), int.Parse(Get("--daemons", "0")), int.Parse(Get("--etcd-members", "3")),
             int.Parse(Get("--nft-daemons", a.Contains("--table") ? "2" : "0")), a.Contains("--table"), int.Parse(Get("--fleet-services", "100")), int.Parse(Get("--fleet-changes", "50")),
-            a.Contains("--list-only"));
+            a.Contains("--list-only"),
+            Get("--only", "") switch { "" => false, "creates" => true, var other => throw new ArgumentException($"--only: \"{other}\" is not a part (creates)") });
     }
 }
 

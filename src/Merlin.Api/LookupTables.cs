@@ -39,7 +39,7 @@ public static class LookupTables
     /// </summary>
     public static byte[]? Derive(StoredService service, IReadOnlyList<StoredServer> servers, byte[]? previous, DateTimeOffset now, TimeSpan window)
     {
-        if (WireMapper.TryToModel(StoredRecords.Message(service), out var model) is not null || !Schedulers.UsesStoredTable(model!.Config)) return null;
+        if (!KeepsTable(service)) return null;
         TableRecord? before = null;
         if (previous is not null)
         {
@@ -48,6 +48,10 @@ public static class LookupTables
         }
         return TableRecord.Next(before, Members(servers.Select(StoredRecords.Message).ToList()), now, window).Encode();
     }
+
+    /// <summary>Whether the service keeps a table (an md-table service with a valid record): for any other, <see cref="Derive(StoredService, IReadOnlyList{StoredServer}, byte[], DateTimeOffset, TimeSpan)"/> returns null whatever its servers.</summary>
+    public static bool KeepsTable(StoredService service) =>
+        WireMapper.TryToModel(StoredRecords.Message(service), out var model) is null && Schedulers.UsesStoredTable(model!.Config);
 
     /// <summary>
     /// What List tells of a service's stored table: its hash (the table's, which every node shows in <c>meradm status</c>

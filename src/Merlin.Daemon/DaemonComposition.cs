@@ -28,7 +28,7 @@ public static class DaemonComposition
                 return new SqliteStore(store.Path, new SqliteStoreOptions { DeriveTable = deriveTable });
             }
             return new EtcdStore(new EtcdStoreOptions { Endpoints = store.Endpoints, Prefix = store.Prefix, Timeout = store.Timeout, DeriveTable = deriveTable,
-                ChannelLogging = provider.GetService<Microsoft.Extensions.Logging.ILoggerFactory>() });
+                KeepsTable = Merlin.Api.LookupTables.KeepsTable, ChannelLogging = provider.GetService<Microsoft.Extensions.Logging.ILoggerFactory>() });
         });
 
     /// <summary>

@@ -155,6 +155,9 @@ public sealed class EtcdStore : IStore
         }
     }
 
+    /// <summary>Tests only: the revision the view of the services has reached (0: not followed yet).</summary>
+    internal long ViewRevision => _view.Revision;
+
     /// <summary>Tests only: runs between a create's check of the view and its transaction (to write into that window).</summary>
     internal Func<Task>? BeforeCreateTransaction { get; set; }
 
@@ -245,11 +248,11 @@ public sealed class EtcdStore : IStore
             txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
             txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
             txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = service, CountOnly = true } });
-            var guard = await AddTableAsync(txn, server.ServiceID, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op).ConfigureAwait(false);
+            var guard = await AddTableAsync(txn, server.ServiceID, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op, mayUseView: attempt == 1).ConfigureAwait(false);
             resp = await Txn(txn, op).ConfigureAwait(false);
             if (resp.Succeeded) return;
             if (guard is null || !guard.Broken(resp)) break;
-            await Retry(backoff, attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
+            if (!guard.Unread) await Retry(backoff, attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
         }
         if (resp.Responses[0].ResponseRange.Count == 0) throw new NotFoundException($"service \"{server.ServiceID}\" not found");
         throw new AlreadyExistsException($"server {endpoint} already exists in service \"{server.ServiceID}\"");
@@ -282,11 +285,11 @@ public sealed class EtcdStore : IStore
             txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
             txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
             txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
-            var guard = await AddTableAsync(txn, server.ServiceID, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op).ConfigureAwait(false);
+            var guard = await AddTableAsync(txn, server.ServiceID, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op, mayUseView: attempt == 1).ConfigureAwait(false);
             resp = await Txn(txn, op).ConfigureAwait(false);
             if (resp.Succeeded) return;
             if (guard is null || !guard.Broken(resp)) break;
-            await Retry(backoff, attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
+            if (!guard.Unread) await Retry(backoff, attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
         }
         var kvs = resp.Responses[0].ResponseRange.Kvs;
         if (kvs.Count == 0) throw new NotFoundException($"server {endpoint} not found in service \"{server.ServiceID}\"");
@@ -317,11 +320,11 @@ public sealed class EtcdStore : IStore
                 txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = version });
             txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
             txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
-            var guard = await AddTableAsync(txn, serviceId, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint)], op).ConfigureAwait(false);
+            var guard = await AddTableAsync(txn, serviceId, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint)], op, mayUseView: attempt == 1).ConfigureAwait(false);
             resp = await Txn(txn, op).ConfigureAwait(false);
             if (resp.Succeeded) return;
             if (guard is null || !guard.Broken(resp)) break;
-            await Retry(backoff, attempt, $"table of service \"{serviceId}\"", op).ConfigureAwait(false);
+            if (!guard.Unread) await Retry(backoff, attempt, $"table of service \"{serviceId}\"", op).ConfigureAwait(false);
         }
         var kvs = resp.Responses[0].ResponseRange.Kvs;
         if (kvs.Count == 0) throw new NotFoundException($"server {ip}:{port} not found in service \"{serviceId}\"");
@@ -336,10 +339,14 @@ public sealed class EtcdStore : IStore
     /// </summary>
     private sealed record TableGuard(long Revision, long ServiceMod, long TableMod, int At)
     {
+        /// <summary>From the view, not a read: the service keeps no table at <see cref="ServiceMod"/>, and none is stored.</summary>
+        public bool Unread { get; init; }
+
         /// <summary>Whether the transaction failed because what the table was computed from changed (then retry).</summary>
         public bool Broken(TxnResponse resp)
         {
             static long Mod(TxnResponse r, int i) => r.Responses[i].ResponseRange.Kvs is { Count: > 0 } kvs ? kvs[0].ModRevision : 0;
+            if (Unread) return Mod(resp, At) != ServiceMod || Mod(resp, At + 1) != 0;
             return Mod(resp, At) != ServiceMod || Mod(resp, At + 1) > Revision || Mod(resp, At + 2) != TableMod;
         }
     }
@@ -350,15 +357,33 @@ public sealed class EtcdStore : IStore
     /// <paramref name="newService"/> if given), and compares that hold only if nothing it was computed from
     /// changed: the service, every server of it (no mod revision after the read), the table. Null (nothing
     /// added) without a deriver or when the service is gone (the write itself then fails).
+    /// A server write (<paramref name="newService"/> null) to a service the view knows keeps no table reads
+    /// nothing: with <paramref name="mayUseView"/> it only compares the service's version as the view has it and
+    /// that no table is stored — what the read would have found, as the deriver gives such a service no table
+    /// whatever its servers; if either compare fails (a view behind, a table left by a Go merlin's re-scheduling),
+    /// the caller's next attempt reads.
     /// </summary>
     private async Task<TableGuard?> AddTableAsync(TxnRequest txn, string serviceId, VirtualService? newService,
-        Func<List<RealServer>, List<RealServer>> apply, Operation op)
+        Func<List<RealServer>, List<RealServer>> apply, Operation op, bool mayUseView = false)
     {
         if (_options.DeriveTable is not { } derive) return null;
         var serviceText = StoreKeys.Service(_prefix, serviceId);
         var serviceKey = Key(serviceText);
         var serversKey = Key(StoreKeys.ServersOf(_prefix, serviceId));
         var tableKey = Key(StoreKeys.Table(_prefix, serviceId));
+        if (mayUseView && newService is null && _options.KeepsTable is not null)
+        {
+            FollowServices();
+            if (_view.TableFreeVersion(serviceId) is var version and > 0)
+            {
+                txn.Compare.Add(new Compare { Key = serviceKey, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = version });
+                txn.Compare.Add(new Compare { Key = tableKey, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
+                int from = txn.Failure.Count;
+                txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = serviceKey, KeysOnly = true } });
+                txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = tableKey, KeysOnly = true } });
+                return new TableGuard(0, version, 0, from) { Unread = true };
+            }
+        }
         var read = new TxnRequest();
         read.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = serviceKey } });
         read.Success.Add(new RequestOp { RequestRange = new RangeRequest { Key = serversKey, RangeEnd = PrefixEnd(serversKey) } });
@@ -405,7 +430,9 @@ public sealed class EtcdStore : IStore
     public async Task<long> GetRevisionAsync(CancellationToken ct = default)
     {
         using var op = Begin(ct);
-        var resp = await Range(new RangeRequest { Key = _allKey, RangeEnd = _allEnd, CountOnly = true }, op).ConfigureAwait(false);
+        // Any read's header carries the cluster's revision. One key, not the prefix: etcd (3.4) answers a count-only
+        // range by walking the index entry of every key in it (110,000 at 10,000 × 10), and the daemon asks on every pass.
+        var resp = await Range(new RangeRequest { Key = _allKey, KeysOnly = true }, op).ConfigureAwait(false);
         return resp.Header.Revision;
     }
 
@@ -800,10 +827,7 @@ public sealed class EtcdStore : IStore
     /// </summary>
     private async Task<(string[] Holders, string? Own, long Revision)> ServiceKeysAt(long minRevision, string identity, string exceptId, Operation op)
     {
-        if (Volatile.Read(ref _following) is null)
-        {
-            lock (_followGate) _following ??= Task.Run(FollowServicesAsync);
-        }
+        FollowServices();
         using (var budget = CancellationTokenSource.CreateLinkedTokenSource(op.Token))
         {
             budget.CancelAfter(_options.Timeout / 2);
@@ -830,9 +854,18 @@ public sealed class EtcdStore : IStore
             }
         }
         var (kvs, read) = await ReadAll(_servicesKey, _servicesEnd, op).ConfigureAwait(false);
-        var entries = kvs.Select(ServiceEntry).ToArray();
+        var entries = kvs.Select(ServiceEntryOf).ToArray();
         return ([.. entries.Where(e => e.Identity == identity && e.Id != exceptId).Select(e => e.Id)],
             entries.FirstOrDefault(e => e.Id == exceptId).Identity is { Length: > 0 } own ? own : null, read);
+    }
+
+    /// <summary>Starts keeping <see cref="_view"/> (once: from the first write that needs it on).</summary>
+    private void FollowServices()
+    {
+        if (Volatile.Read(ref _following) is null)
+        {
+            lock (_followGate) _following ??= Task.Run(FollowServicesAsync);
+        }
     }
 
     /// <summary>
@@ -851,7 +884,7 @@ public sealed class EtcdStore : IStore
                 using (var op = new Operation(this, CancellationToken.None))
                 {
                     (var kvs, revision) = await ReadAll(_servicesKey, _servicesEnd, op).ConfigureAwait(false);
-                    _view.Reset(kvs.Select(ServiceEntry), revision);
+                    _view.Reset(kvs.Select(ServiceEntryOf), revision);
                 }
                 backoff.Reset();
                 await WatchServices(revision).ConfigureAwait(false);
@@ -902,21 +935,19 @@ public sealed class EtcdStore : IStore
             foreach (var ev in resp.Events)
             {
                 if (ev.Type == Mvccpb.Event.Types.EventType.Delete) _view.Delete(ev.Kv.Key.ToStringUtf8()[_servicesKey.Length..]);
-                else
-                {
-                    var (id, identity) = ServiceEntry(ev.Kv);
-                    _view.Put(id, identity);
-                }
+                else _view.Put(ServiceEntryOf(ev.Kv));
             }
             // Only events' own revisions: a response's header may be ahead of what a catching-up watch delivered.
             _view.Advance(resp.Events[^1].Kv.ModRevision);
         }
     }
 
-    private (string Id, string Identity) ServiceEntry(Mvccpb.KeyValue kv)
+    private ServiceEntry ServiceEntryOf(Mvccpb.KeyValue kv)
     {
         var keyText = kv.Key.ToStringUtf8();
-        return (keyText[_servicesKey.Length..], StoredRecords.Identity(Parse(VirtualService.Parser, kv.Value, keyText)));
+        var service = Parse(VirtualService.Parser, kv.Value, keyText);
+        var keepsTable = _options.KeepsTable is not { } keeps || keeps(StoredRecords.Of(service));
+        return new ServiceEntry(keyText[_servicesKey.Length..], StoredRecords.Identity(service), kv.ModRevision, keepsTable);
     }
 
     /// <summary>The delay between attempts of a write whose compares other writers broke (several clients race in step: jitter).</summary>

@@ -20,6 +20,13 @@ public sealed class EtcdStoreOptions
     /// <summary>Computes each service's lookup table in the transaction of the write that changed it (null: no tables).</summary>
     public ServiceTableDeriver? DeriveTable { get; init; }
 
+    /// <summary>
+    /// Whether <see cref="DeriveTable"/> may give this service a table; false promises it returns null for the
+    /// service whatever its servers. With it, a server write to a service that keeps no table needs no read before
+    /// its transaction (null: every service is assumed to keep one, and each such write reads first).
+    /// </summary>
+    public Func<StoredService, bool>? KeepsTable { get; init; }
+
     /// <summary>Where the gRPC channel logs its connection and balancing decisions (null: nowhere).</summary>
     public Microsoft.Extensions.Logging.ILoggerFactory? ChannelLogging { get; init; }
 }

@@ -4,7 +4,9 @@ namespace Merlin.Store.Etcd;
 /// Which service holds which service key (ip:port:protocol or fwmark), as a watch of the <c>services/</c>
 /// range has brought them up to <see cref="Revision"/>. The store feeds it (one read, then the watch's
 /// events; a compaction or a lost watch starts over with a read) and its creates check it instead of
-/// reading the range. Pure state behind one lock; callers wait for a revision with <see cref="WaitAsync"/>.
+/// reading the range. It also keeps which services keep no lookup table, and at which version, so a server
+/// write to one of them needs no read first. Pure state behind one lock; callers wait for a revision with
+/// <see cref="WaitAsync"/>.
 /// </summary>
 internal sealed class ServiceKeyView
 {
@@ -12,6 +14,8 @@ internal sealed class ServiceKeyView
     private readonly Dictionary<string, string> _identityOf = new(StringComparer.Ordinal);
     // Usually one id per key; more only if a Go merlin (which checks nothing atomically) wrote duplicates.
     private readonly Dictionary<string, List<string>> _holdersOf = new(StringComparer.Ordinal);
+    // The version (mod revision) of each service whose record, at that version, keeps no lookup table.
+    private readonly Dictionary<string, long> _tableFree = new(StringComparer.Ordinal);
     private TaskCompletionSource _moved = NewSignal();
     private TaskCompletionSource _wanted = NewSignal();
     private long _revision;
@@ -24,23 +28,24 @@ internal sealed class ServiceKeyView
     }
 
     /// <summary>Starts over from a read of the whole range at <paramref name="revision"/>.</summary>
-    public void Reset(IEnumerable<(string Id, string Identity)> services, long revision)
+    public void Reset(IEnumerable<ServiceEntry> services, long revision)
     {
         lock (_gate)
         {
             _identityOf.Clear();
             _holdersOf.Clear();
-            foreach (var (id, identity) in services) PutLocked(id, identity);
+            _tableFree.Clear();
+            foreach (var entry in services) PutLocked(entry);
             _revision = revision;
             _current = true;
             SignalLocked();
         }
     }
 
-    /// <summary>A service was written at some revision; an empty identity is a service without a key.</summary>
-    public void Put(string id, string identity)
+    /// <summary>A service was written (at <see cref="ServiceEntry.Version"/>).</summary>
+    public void Put(ServiceEntry entry)
     {
-        lock (_gate) PutLocked(id, identity);
+        lock (_gate) PutLocked(entry);
     }
 
     public void Delete(string id)
@@ -82,6 +87,16 @@ internal sealed class ServiceKeyView
         lock (_gate) return _identityOf.GetValueOrDefault(id);
     }
 
+    /// <summary>
+    /// The version of service <paramref name="id"/> in the view if at that version it keeps no lookup table; 0 if
+    /// it keeps one, is not in the view, or the view does not follow etcd. A write that compares the service's
+    /// version with it knows, if the compare holds, that the service keeps no table.
+    /// </summary>
+    public long TableFreeVersion(string id)
+    {
+        lock (_gate) return _current ? _tableFree.GetValueOrDefault(id) : 0;
+    }
+
     /// <summary>The services other than <paramref name="exceptId"/> that hold <paramref name="identity"/> in the view.</summary>
     public string[] HoldersOf(string identity, string? exceptId)
     {
@@ -107,9 +122,11 @@ internal sealed class ServiceKeyView
         }
     }
 
-    private void PutLocked(string id, string identity)
+    private void PutLocked(ServiceEntry entry)
     {
+        var (id, identity) = (entry.Id, entry.Identity);
         RemoveLocked(id);
+        if (!entry.KeepsTable) _tableFree[id] = entry.Version;
         if (identity.Length == 0) return;
         _identityOf[id] = identity;
         if (!_holdersOf.TryGetValue(identity, out var ids)) _holdersOf[identity] = ids = new List<string>(1);
@@ -118,6 +135,7 @@ internal sealed class ServiceKeyView
 
     private void RemoveLocked(string id)
     {
+        _tableFree.Remove(id);
         if (!_identityOf.Remove(id, out var old)) return;
         var ids = _holdersOf[old];
         ids.Remove(id);
@@ -133,3 +151,9 @@ internal sealed class ServiceKeyView
 
     private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 }
+
+/// <summary>
+/// A service as the view keeps it: its id, its key (empty: none), the version (mod revision) of the record, and
+/// whether that record may keep a lookup table.
+/// </summary>
+internal readonly record struct ServiceEntry(string Id, string Identity, long Version, bool KeepsTable);

@@ -340,6 +340,89 @@ public sealed class EtcdStoreTests(EtcdFixture etcd) : IClassFixture<EtcdFixture
         Assert.True(refused >= 6, $"only {refused} creates refused, yet 6 rounds wrote the Go merlin's service first");
     }
 
+    // A stand-in for the API's deriver: "mh" services keep a table of their servers, others none.
+    private EtcdStore OpenWithTables() => new(new EtcdStoreOptions
+    {
+        Endpoints = [etcd.Server.Endpoint], Timeout = TimeSpan.FromSeconds(5),
+        DeriveTable = (service, servers, _) => service.Config.Scheduler != "mh" ? null
+            : System.Text.Encoding.UTF8.GetBytes(string.Join(",", servers.Select(x => $"{x.Key.Ip}:{x.Key.Port}"))),
+        KeepsTable = service => service.Config.Scheduler == "mh",
+    });
+
+    /// <summary>Waits until the store's view of the services has reached the service's current version.</summary>
+    private static async Task ViewHasAsync(EtcdStore store, string id)
+    {
+        var version = (await store.GetServiceAsync(id, Ct))!.Version;
+        await Merlin.Testing.Poll.UntilAsync(() => store.ViewRevision >= version, $"the view to reach service {id} at {version}", ct: Ct);
+    }
+
+    /// <summary>etcd's own count of the reads (Range) and transactions (Txn) it has answered.</summary>
+    private async Task<(long Range, long Txn)> EtcdCallsAsync()
+    {
+        using var http = new HttpClient();
+        var text = await http.GetStringAsync($"{etcd.Server.Endpoint}/metrics", Ct);
+        long Count(string method) => text.Split('\n')
+            .Where(l => l.StartsWith("grpc_server_handled_total{", StringComparison.Ordinal) && l.Contains($"grpc_method=\"{method}\"", StringComparison.Ordinal))
+            .Sum(l => (long)double.Parse(l[(l.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture));
+        return (Count("Range"), Count("Txn"));
+    }
+
+    [Fact]
+    public async Task ServerWritesToAServiceThatKeepsNoTable_AreOneTransactionEach_AndKeepTheirErrors()
+    {
+        await using var store = OpenWithTables();
+        await store.CreateServiceAsync(Service("web", "198.18.0.1", 80), Ct);
+        await ViewHasAsync(store, "web");
+
+        var before = await EtcdCallsAsync();
+        await store.CreateServerAsync(Server("web", "198.18.1.1"), Ct);
+        await store.CreateServerAsync(Server("web", "198.18.1.2"), Ct);
+        var after = await EtcdCallsAsync();
+
+        Assert.Equal((0L, 2L), (after.Range - before.Range, after.Txn - before.Txn));
+        Assert.Empty(await Raw.KeysAsync("/merlin/tables/"));
+        await Assert.ThrowsAsync<AlreadyExistsException>(() => store.CreateServerAsync(Server("web", "198.18.1.1", weight: 5), Ct));
+        Assert.Equal(1u, (await store.GetServerAsync("web", "198.18.1.1", 8080, Ct))!.Value.Config.Weight);
+        await Assert.ThrowsAsync<NotFoundException>(() => store.CreateServerAsync(Server("gone", "198.18.1.1"), Ct));
+        var server = await store.GetServerAsync("web", "198.18.1.2", 8080, Ct);
+        var changed = server!.Value.Clone();
+        changed.Config.Weight = 7;
+        await store.UpdateServerAsync(changed, server.Version, Ct);
+        await Assert.ThrowsAsync<ConflictException>(() => store.UpdateServerAsync(changed, server.Version, Ct));
+        await store.DeleteServerAsync("web", "198.18.1.2", 8080, Ct);
+        await Assert.ThrowsAsync<NotFoundException>(() => store.DeleteServerAsync("web", "198.18.1.2", 8080, Ct));
+        Assert.Equal(["/merlin/servers/web/198.18.1.1:8080"], await Raw.KeysAsync("/merlin/servers/"));
+    }
+
+    [Fact]
+    public async Task AServiceAGoMerlinMovedToATableScheduler_GetsItsTableFromTheNextServerWrite_HoweverFarTheViewLags()
+    {
+        await using var store = OpenWithTables();
+        await store.CreateServiceAsync(Service("web", "198.18.0.1", 80), Ct);
+        await ViewHasAsync(store, "web");
+        await store.CreateServerAsync(Server("web", "198.18.1.1"), Ct);
+        // Behind the store's back: the service now keeps a table; the view may or may not have seen it yet.
+        await Raw.PutAsync("/merlin/services/web", Service("web", "198.18.0.1", 80, scheduler: "mh").ToByteArray());
+
+        await store.CreateServerAsync(Server("web", "198.18.1.2"), Ct);
+
+        Assert.Equal("198.18.1.1:8080,198.18.1.2:8080", System.Text.Encoding.UTF8.GetString((await Raw.GetAsync("/merlin/tables/web"))!));
+    }
+
+    [Fact]
+    public async Task AStaleTableOfAServiceThatKeepsNone_IsRemovedByTheNextServerWrite()
+    {
+        await using var store = OpenWithTables();
+        await store.CreateServiceAsync(Service("web", "198.18.0.1", 80), Ct);
+        await ViewHasAsync(store, "web");
+        await Raw.PutAsync("/merlin/tables/web", "stale"u8.ToArray()); // e.g. a Go merlin re-scheduled an md-table service
+
+        await store.CreateServerAsync(Server("web", "198.18.1.1"), Ct);
+
+        Assert.Empty(await Raw.KeysAsync("/merlin/tables/"));
+        Assert.Equal(["/merlin/servers/web/198.18.1.1:8080"], await Raw.KeysAsync("/merlin/servers/"));
+    }
+
     private static async Task<Exception?> Outcome(Func<Task> action)
     {
         try
