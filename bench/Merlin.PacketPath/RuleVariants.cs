@@ -20,11 +20,13 @@ public static partial class RuleVariants
         ["nolive"] = "a pinned flow's server is not checked against the live set",
         ["nopin"] = "no pinned-flow lookup at all: every packet hashed into the Maglev map (one-packet scheduling)",
         ["novmap"] = "the service matched by a plain rule ahead of the dispatch vmap, then a jump to its chain",
+        ["sized"] = "the dispatch map svc4 and the group's live set declared with a size, so the kernel picks its fixed-size hash rather than rhash",
         ["inline"] = "the service matched by a plain rule in ingress, the group chain's rules inlined there (no vmap, no jump)",
     };
 
     /// <summary>The measured service's chains as listed, to change and to restore.</summary>
-    public sealed record Listed(string Table, string GroupChain, IReadOnlyList<string> GroupRules, IReadOnlyList<string> IngressRules, string ServiceMatch);
+    public sealed record Listed(string Table, string GroupChain, IReadOnlyList<string> GroupRules, IReadOnlyList<string> IngressRules, string ServiceMatch,
+        IReadOnlyList<string> Sets);
 
     /// <summary>Reads the chain the dispatch map sends <paramref name="serviceKey"/> (<c>vip . udp . port</c>) to, and the ingress chain.</summary>
     public static async Task<Listed> ListAsync(string ns, string table, string vip, int port, string ownMac, CancellationToken ct)
@@ -33,8 +35,13 @@ public static partial class RuleVariants
         var jump = Regex.Match(map, $@"{Regex.Escape(vip)} \. udp \. {port} : (?:jump|goto) (\S+?)[,\s}}]");
         if (!jump.Success) throw new InvalidOperationException($"the dispatch map has no element for {vip} . udp . {port}: {map}");
         var chain = jump.Groups[1].Value;
-        return new Listed(table, chain, await RulesAsync(ns, table, chain, ct), await RulesAsync(ns, table, "ingress", ct),
-            $"ether daddr {ownMac} ip daddr {vip} udp dport {port}");
+        var group = await RulesAsync(ns, table, chain, ct);
+        var live = group.Select(r => LiveSet().Match(r)).FirstOrDefault(m => m.Success)?.Groups[1].Value
+            ?? throw new InvalidOperationException($"chain {chain} checks no live set");
+        // The sets "sized" re-declares, as listed: nft reads its own listing back as a script.
+        var liveSet = await Commands.RunAsync(["ip", "netns", "exec", ns, "nft", "list", "set", "netdev", table, live], ct: ct);
+        return new Listed(table, chain, group, await RulesAsync(ns, table, "ingress", ct),
+            $"ether daddr {ownMac} ip daddr {vip} udp dport {port}", [map, liveSet]);
     }
 
     private static async Task<List<string>> RulesAsync(string ns, string table, string chain, CancellationToken ct)
@@ -79,6 +86,8 @@ public static partial class RuleVariants
             case "novmap":
                 ingress.Insert(0, $"{listed.ServiceMatch} jump {listed.GroupChain}");
                 break;
+            case "sized":
+                return Write(listed, group, ingress, sized: true);
             case "inline":
                 ingress.InsertRange(0, group.Select(r => $"{listed.ServiceMatch} {r}"));
                 break;
@@ -91,13 +100,20 @@ public static partial class RuleVariants
     }
 
     /// <summary>The nft script that writes Merlin's listed rules back.</summary>
-    public static string Restore(Listed listed) => Write(listed, listed.GroupRules, listed.IngressRules);
+    public static string Restore(Listed listed) => Write(listed, listed.GroupRules, listed.IngressRules, sized: false);
 
-    private static string Write(Listed listed, IReadOnlyList<string> group, IReadOnlyList<string> ingress)
+    private static string Write(Listed listed, IReadOnlyList<string> group, IReadOnlyList<string> ingress, bool sized = false)
     {
         var script = new StringBuilder();
         script.Append($"flush chain netdev {listed.Table} ingress\n");
         script.Append($"flush chain netdev {listed.Table} {listed.GroupChain}\n");
+        // The sets are declared again every time (with a size or as listed), so "sized" is undone by any restore.
+        foreach (var set in listed.Sets)
+        {
+            var header = SetHeader().Match(set);
+            script.Append($"delete {header.Groups[1].Value} netdev {listed.Table} {header.Groups[2].Value}\n");
+            script.Append(sized ? TypeLine().Replace(set, "$0\n\t\tsize 4096", 1) : set).Append('\n');
+        }
         foreach (var rule in ingress) script.Append($"add rule netdev {listed.Table} ingress {rule}\n");
         foreach (var rule in group) script.Append($"add rule netdev {listed.Table} {listed.GroupChain} {rule}\n");
         return script.ToString();
@@ -105,6 +121,15 @@ public static partial class RuleVariants
 
     [GeneratedRegex(@" update @flows4 \{[^}]*\} ")]
     private static partial Regex UpdateClause();
+
+    [GeneratedRegex(@"\b(set|map) (\S+) \{")]
+    private static partial Regex SetHeader();
+
+    [GeneratedRegex(@"^\s*type [^\n]*", RegexOptions.Multiline)]
+    private static partial Regex TypeLine();
+
+    [GeneratedRegex(@"ether daddr @(\S+_live)")]
+    private static partial Regex LiveSet();
 
     [GeneratedRegex(@" ether daddr @\S+_live ")]
     private static partial Regex LiveClause();
