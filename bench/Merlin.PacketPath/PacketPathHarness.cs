@@ -23,6 +23,9 @@ public enum PathConfig
 
     /// <summary>d. Merlin holding <see cref="PacketPathOptions.Services"/> services × 10 servers (1 M map elements), traffic to one.</summary>
     MerlinMany,
+
+    /// <summary>c or d with Merlin's rules for the measured service changed by hand (<see cref="RuleVariants"/>).</summary>
+    Variant,
 }
 
 public sealed record PacketPathOptions
@@ -61,6 +64,9 @@ public sealed record PacketPathOptions
 /// </summary>
 public sealed record Measurement(PathConfig Config, int Round, long Sent, long Refused, long LbForwarded, long Delivered, long LbNs, long PathNs, TimeSpan Elapsed)
 {
+    /// <summary>What was measured: the configuration, or for <see cref="PathConfig.Variant"/> the variant's name.</summary>
+    public string Label { get; init; } = Config.ToString();
+
     /// <summary>LB kernel CPU per forwarded packet, ns (NaN for the direct path).</summary>
     public double LbNsPerPacket => LbForwarded > 0 ? (double)LbNs / LbForwarded : double.NaN;
 
@@ -88,6 +94,7 @@ public sealed class PacketPathHarness : IAsyncDisposable
     private readonly Dictionary<string, int> _threads = new(StringComparer.Ordinal);
     private readonly Action<string> _log;
     private NftablesDataplane? _dataplane;
+    private RuleVariants.Listed? _listed;
     private bool _poolReady;
 
     private PacketPathHarness(Lab.Lab lab, PacketPathOptions options, Action<string> log)
@@ -187,10 +194,7 @@ public sealed class PacketPathHarness : IAsyncDisposable
     public async Task ProgramMerlinAsync(int services, CancellationToken ct = default)
     {
         if (services > 1) await PoolAsync(ct);
-        _dataplane ??= new NftablesDataplane(new NftablesOptions
-        {
-            HashSeed = HashSeed, Interface = Lb.Interface, NetworkNamespace = Lb.Namespace, ResolveWait = TimeSpan.FromSeconds(5),
-        }, NullLogger<NftablesDataplane>.Instance);
+        _dataplane ??= new NftablesDataplane(DataplaneOptions, NullLogger<NftablesDataplane>.Instance);
         var desired = Desired(services);
         var dataplane = _dataplane;
         var passes = 0;
@@ -210,6 +214,32 @@ public sealed class PacketPathHarness : IAsyncDisposable
             return plan.Count == 0 && dataplane.Issues.Count == 0;
         }, $"Merlin's dataplane holding {services} service(s) with every MAC known", TimeSpan.FromMinutes(3), () => last, TimeSpan.FromMilliseconds(200), ct);
     }
+
+    /// <summary>
+    /// Puts a hand-made variant of the measured service's rules in place (<paramref name="name"/>), or with null
+    /// writes Merlin's rules back as they were listed when the variant went in.
+    /// </summary>
+    public async Task VariantAsync(string? name, CancellationToken ct = default)
+    {
+        string script;
+        if (name is null)
+        {
+            if (_listed is null) return;
+            script = RuleVariants.Restore(_listed);
+            _listed = null;
+        }
+        else
+        {
+            _listed ??= await RuleVariants.ListAsync(Lb.Namespace, DataplaneOptions.DsrTable, _lab.Vip.ToString(), _options.Port, Lb.Mac.ToLowerInvariant(), ct);
+            script = RuleVariants.Script(name, _listed);
+        }
+        await Commands.RunAsync(["ip", "netns", "exec", Lb.Namespace, "nft", "-f", "-"], script, ct);
+    }
+
+    private NftablesOptions DataplaneOptions => new()
+    {
+        HashSeed = HashSeed, Interface = Lb.Interface, NetworkNamespace = Lb.Namespace, ResolveWait = TimeSpan.FromSeconds(5),
+    };
 
     private DataplaneState Desired(int services)
     {

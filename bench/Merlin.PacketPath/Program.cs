@@ -10,11 +10,14 @@ using Merlin.PacketPath;
 // Rounds interleave the configurations (a, b, c, then a, b, d) so drift on a shared machine hits all of
 // them; ratios to b are taken round by round. Run as root, under flock /tmp/merlin-bench.lock.
 // IPVS in the qemu guest (tests/vm) is not part of this harness: --ipvs says so and exits.
-// Usage: Merlin.PacketPath [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000]
+// Usage: Merlin.PacketPath [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000] [--variants a,b,…] [--no-many]
 if (args.Contains("--help"))
 {
-    Console.WriteLine("usage: Merlin.PacketPath [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000]");
+    Console.WriteLine("usage: Merlin.PacketPath [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000] [--variants a,b,…] [--no-many]");
     Console.WriteLine("       Merlin.PacketPath --ipvs   (IPVS in the guest: not measured by this harness)");
+    Console.WriteLine("  --variants: hand-made changes to the measured service's rules, each measured after c (and d) in every round:");
+    foreach (var (name, what) in RuleVariants.Known) Console.WriteLine($"    {name}: {what}");
+    Console.WriteLine("  --no-many: skip d (Merlin with --services services)");
     return 0;
 }
 if (args.Contains("--ipvs"))
@@ -40,6 +43,10 @@ var options = new PacketPathOptions
     Services = Int("--services", 1000),
 };
 var rounds = Int("--rounds", 3);
+var variants = Arg("--variants", "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+foreach (var v in variants)
+    if (!RuleVariants.Known.ContainsKey(v)) throw new ArgumentException($"--variants: unknown variant '{v}'; known: {string.Join(", ", RuleVariants.Known.Keys)}");
+var many = !args.Contains("--no-many");
 if (rounds is < 1 or > 20) throw new ArgumentOutOfRangeException("--rounds", rounds, "--rounds must be 1…20");
 
 string Load() => File.ReadAllText("/proc/loadavg").Trim();
@@ -51,12 +58,12 @@ await using var harness = await PacketPathHarness.CreateAsync(options, line => C
 Console.WriteLine($"  NAPI threads: {string.Join(", ", harness.Threads.Select(t => $"{t.Key}={t.Value}"))}");
 
 var results = new List<Measurement>();
-async Task MeasureAsync(PathConfig config, int round)
+async Task MeasureAsync(PathConfig config, int round, string? label = null)
 {
-    var m = await harness.MeasureAsync(config, round, ct);
+    var m = await harness.MeasureAsync(config, round, ct) with { Label = label ?? config.ToString() };
     results.Add(m);
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"  [{config} round {round}] sent {m.Sent:N0} ({m.Sent / m.Elapsed.TotalSeconds:N0}/s, {m.Refused} refused), LB forwarded {m.LbForwarded:N0}, delivered {m.Delivered:N0}; " +
+        $"  [{m.Label} round {round}] sent {m.Sent:N0} ({m.Sent / m.Elapsed.TotalSeconds:N0}/s, {m.Refused} refused), LB forwarded {m.LbForwarded:N0}, delivered {m.Delivered:N0}; " +
         $"LB {m.LbNs / 1e6:0.0} ms = {m.LbNsPerPacket:0} ns/packet, path {m.PathNs / 1e6:0.0} ms = {m.PathNsPerPacket:0} ns/packet; load {Load()}"));
 }
 
@@ -69,18 +76,34 @@ for (var r = 1; r <= rounds; r++)
     await MeasureAsync(PathConfig.MinimalRule, r);
     await harness.MinimalRuleAsync(false, ct);
     await MeasureAsync(PathConfig.Merlin1, r);
+    await VariantsAsync(r, PathConfig.Merlin1);
+}
+
+// Each variant of the measured service's rules, after Merlin's own (c or d) in the same round.
+async Task VariantsAsync(int round, PathConfig of)
+{
+    foreach (var v in variants)
+    {
+        await harness.VariantAsync(v, ct);
+        await MeasureAsync(PathConfig.Variant, round, $"{of} {v}");
+        await harness.VariantAsync(null, ct);
+    }
 }
 // Phase 2: the same service among many.
-var clock = System.Diagnostics.Stopwatch.StartNew();
-await harness.ProgramMerlinAsync(options.Services, ct);
-Console.WriteLine($"  Merlin programmed with {options.Services:N0} services in {clock.Elapsed.TotalSeconds:0.0} s; load {Load()}");
-for (var r = 1; r <= rounds; r++)
+if (many)
 {
-    await MeasureAsync(PathConfig.Direct, rounds + r);
-    await harness.MinimalRuleAsync(true, ct);
-    await MeasureAsync(PathConfig.MinimalRule, rounds + r);
-    await harness.MinimalRuleAsync(false, ct);
-    await MeasureAsync(PathConfig.MerlinMany, rounds + r);
+    var clock = System.Diagnostics.Stopwatch.StartNew();
+    await harness.ProgramMerlinAsync(options.Services, ct);
+    Console.WriteLine($"  Merlin programmed with {options.Services:N0} services in {clock.Elapsed.TotalSeconds:0.0} s; load {Load()}");
+    for (var r = 1; r <= rounds; r++)
+    {
+        await MeasureAsync(PathConfig.Direct, rounds + r);
+        await harness.MinimalRuleAsync(true, ct);
+        await MeasureAsync(PathConfig.MinimalRule, rounds + r);
+        await harness.MinimalRuleAsync(false, ct);
+        await MeasureAsync(PathConfig.MerlinMany, rounds + r);
+        await VariantsAsync(rounds + r, PathConfig.MerlinMany);
+    }
 }
 
 static string Spread(IEnumerable<double> values, string format)
@@ -98,13 +121,14 @@ Console.WriteLine();
 Console.WriteLine("median (min–max) over the rounds:");
 Console.WriteLine("| configuration | LB CPU per packet (ns) | LB / minimal rule | LB packets/s at one core | path CPU per packet (ns) | path / direct | delivered / sent |");
 Console.WriteLine("|---|---|---|---|---|---|---|");
-foreach (var config in Enum.GetValues<PathConfig>())
+foreach (var label in results.Select(m => m.Label).Distinct().ToList())
 {
-    var ms = results.Where(m => m.Config == config).ToList();
+    var ms = results.Where(m => m.Label == label).ToList();
+    var config = ms[0].Config;
     var lb = config == PathConfig.Direct ? "—" : Spread(ms.Select(m => m.LbNsPerPacket), "0");
     var ratio = config == PathConfig.Direct ? "—" : Spread(ms.Select(Ratio), "0.00");
     var pps = config == PathConfig.Direct ? "—" : Spread(ms.Select(m => m.LbPacketsPerSecondAtOneCore / 1000), "0") + " k";
-    Console.WriteLine($"| {config} | {lb} | {ratio} | {pps} | {Spread(ms.Select(m => m.PathNsPerPacket), "0")} | {Spread(ms.Select(PathRatio), "0.00")} | {Spread(ms.Select(m => (double)m.Delivered / m.Sent), "0.000")} |");
+    Console.WriteLine($"| {label} | {lb} | {ratio} | {pps} | {Spread(ms.Select(m => m.PathNsPerPacket), "0")} | {Spread(ms.Select(PathRatio), "0.00")} | {Spread(ms.Select(m => (double)m.Delivered / m.Sent), "0.000")} |");
 }
 Console.WriteLine($"load at the end {Load()}");
 return 0;
