@@ -36,6 +36,9 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
     private string? _applied;
     private readonly Dictionary<string, string> _names = [];
 
+    // IPv6 md-table services this agent has said it cannot give a second chance (said once each, not every pass).
+    private readonly HashSet<string> _ipv6Told = new(StringComparer.Ordinal);
+
     /// <summary>Hand-offs per service and kind (<see cref="SecondChanceRules.CounterKinds"/>), as last read from the kernel.</summary>
     public IReadOnlyDictionary<(string Service, string Kind), ulong> Counters { get; private set; } = new Dictionary<(string, string), ulong>();
 
@@ -79,6 +82,13 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
         {
             var service = list.Items.FirstOrDefault(i => i.Service?.Id == id)?.Service;
             if (service?.Key is not { } key || !IPAddress.TryParse(key.Ip, out var vip) || key.Protocol != Protocol.Tcp) continue;
+            if (vip.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork)
+            {
+                // The hand-off mark is the IPv4 header's reserved flag bit; IPv6 has no spare bit (SecondChanceRules).
+                if (WireMapper.TryToModel(service, out var v6) is null && Merlin.Model.Schedulers.UsesStoredTable(v6!.Config) && _ipv6Told.Add(id))
+                    LogIpv6Refused(id, key.Ip);
+                continue;
+            }
             var own = agent.Addresses.FirstOrDefault(a => a.AddressFamily == vip.AddressFamily);
             if (own is null) continue;
             var stored = await api.GetTableAsync(new StringValue { Value = id }, Call(ct));
@@ -144,6 +154,9 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
 
     [LoggerMessage(EventId = 23, Level = LogLevel.Error, Message = "Second chance: could not remove table ip merlin_chance: {Error}")]
     private partial void LogRemoveFailed(string error);
+
+    [LoggerMessage(EventId = 24, Level = LogLevel.Warning, Message = "Second chance: none for service {Service} (VIP {Vip}): it is IPv4 only, since IPv6 has no spare header bit to mark a hand-off; the load balancers still use its md-table")]
+    private partial void LogIpv6Refused(string service, string vip);
 }
 
 /// <summary>The kernel's nftables through the dataplane's writer (libnftables in the process).</summary>

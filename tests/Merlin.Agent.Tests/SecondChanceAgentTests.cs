@@ -1,0 +1,93 @@
+using System.Net;
+using Google.Protobuf;
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using Merlin.Hashing;
+using Merlin.Testing;
+using Merlin.Contracts;
+using Microsoft.Extensions.Logging;
+using Wire = Merlin.Contracts;
+
+namespace Merlin.Agent.Tests;
+
+/// <summary>What the agent's second chance writes and says, against a scripted API and a recording kernel.</summary>
+public sealed class SecondChanceAgentTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task AnIpv6MdTableService_GetsNoRules_AndTheAgentSaysWhyOnce()
+    {
+        var record = TableRecord.Next(TableRecord.Of(MinimalDisruptionTable.Build([("198.18.0.11:80", 1), ("198.18.0.12:80", 1)], 7)),
+            [("198.18.0.11:80", 1), ("198.18.0.12:80", 1), ("198.18.0.13:80", 1)], DateTimeOffset.UnixEpoch, TimeSpan.FromHours(1), size: 7);
+        var api = new FakeApi();
+        api.Add(Service("web", "198.18.0.100", 80), record.Encode());
+        api.Add(Service("web6", "2001:db8::100", 443), record.Encode());
+        var kernel = new RecordingKernel();
+        using var logs = new ListLoggerFactory();
+        var agent = new SecondChanceAgent(api, kernel, new AgentOptions
+        {
+            Services = ["web", "web6"],
+            Addresses = [IPAddress.Parse("198.18.0.13"), IPAddress.Parse("2001:db8::13")],
+        }, new SecondChanceOptions(0x5eed1234), TimeProvider.System, logs.CreateLogger<SecondChanceAgent>());
+
+        Assert.True(await agent.SyncAsync(Ct));
+        Assert.False(await agent.SyncAsync(Ct));
+
+        // The IPv4 service's rules, nothing of the IPv6 one.
+        var script = Assert.Single(kernel.Scripts);
+        Assert.Contains("198.18.0.100 . 80 : goto s_0", script);
+        Assert.DoesNotContain("2001:db8", script);
+        Assert.Equal(["web"], agent.RecordHashes.Keys);
+        // Said once, naming the service, its VIP and why; not again on every pass.
+        var said = Assert.Single(logs.Lines, l => l.Contains("web6", StringComparison.Ordinal));
+        Assert.Contains("Warning", said);
+        Assert.Contains("2001:db8::100", said);
+        Assert.Contains("IPv4 only", said);
+    }
+
+    private static VirtualService Service(string id, string ip, uint port) => new()
+    {
+        Id = id,
+        Key = new() { Ip = ip, Port = port, Protocol = Protocol.Tcp },
+        Config = new() { Scheduler = "mh", Flags = { "flag-2", "flag-3" } },
+    };
+
+    private sealed class RecordingKernel : ISecondChanceKernel
+    {
+        public List<string> Scripts { get; } = [];
+
+        public Task RunAsync(string script, CancellationToken ct)
+        {
+            Scripts.Add(script);
+            return Task.CompletedTask;
+        }
+
+        public Task<string?> ListCountersJsonAsync(CancellationToken ct) => Task.FromResult<string?>(null);
+    }
+
+    private sealed class FakeApi : Wire.Merlin.MerlinClient
+    {
+        private readonly List<VirtualService> _services = [];
+        private readonly Dictionary<string, byte[]> _tables = [];
+
+        public void Add(VirtualService service, byte[] table)
+        {
+            _services.Add(service);
+            _tables[service.Id] = table;
+        }
+
+        private static AsyncUnaryCall<T> Answer<T>(T response) =>
+            new(Task.FromResult(response), Task.FromResult(new Metadata()), () => Grpc.Core.Status.DefaultSuccess, () => [], () => { });
+
+        public override AsyncUnaryCall<ListResponse> ListAsync(Empty request, CallOptions options)
+        {
+            var list = new ListResponse();
+            foreach (var s in _services) list.Items.Add(new ListResponse.Types.Item { Service = s });
+            return Answer(list);
+        }
+
+        public override AsyncUnaryCall<ServiceTable> GetTableAsync(StringValue request, CallOptions options) =>
+            Answer(new ServiceTable { Table = ByteString.CopyFrom(_tables[request.Value]) });
+    }
+}
