@@ -27,11 +27,12 @@ internal static class LayoutProfile
         {
             var firstPhases = new Phases();
             var sw = Stopwatch.StartNew();
-            var first = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, Assignment.Empty), options, firstPhases);
+            var cache = new BuildCache();
+            var first = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, Assignment.Empty), options, cache, firstPhases);
             var tBuild = sw.Elapsed.TotalMilliseconds; sw.Restart();
             var full = ScriptRenderer.Full(first.Ruleset);
             var tRender = sw.Elapsed.TotalMilliseconds; sw.Restart();
-            var again = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, first.Assignment), options);
+            var again = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, first.Assignment), options, cache);
             var tAgain = sw.Elapsed.TotalMilliseconds; sw.Restart();
             var none = ScriptRenderer.Diff(first.Ruleset, again.Ruleset);
             var tNone = sw.Elapsed.TotalMilliseconds; sw.Restart();
@@ -45,7 +46,7 @@ internal static class LayoutProfile
             }
             var phases = new Phases();
             sw.Restart();
-            var weight = LayoutBuilder.Build(new LayoutInput(changed, macs, options.OwnMac, again.Assignment), options, phases);
+            var weight = LayoutBuilder.Build(new LayoutInput(changed, macs, options.OwnMac, again.Assignment), options, cache, phases);
             var tWeight = sw.Elapsed.TotalMilliseconds; sw.Restart();
             var diff = ScriptRenderer.Diff(again.Ruleset, weight.Ruleset);
             var tDiff = sw.Elapsed.TotalMilliseconds;

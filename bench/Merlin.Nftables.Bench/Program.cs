@@ -28,7 +28,15 @@ if (args.Contains("--help"))
 {
     Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no]");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared] [--services 1000] [--servers 10]   (layout build and render, no kernel)");
+    Console.WriteLine("       Merlin.Nftables.Bench --profile-maglev [N] [--builds 50] [--katran PATH]   (one DSR map of N servers (1000) at Merlin's M: time and gen-2 collections per build)");
     return 0;
+}
+if (args.Contains("--profile-maglev"))
+{
+    string? Value(string flag) => Array.IndexOf(args, flag) is var at and >= 0 && at + 1 < args.Length ? args[at + 1] : null;
+    var rest = args.SkipWhile(a => a != "--profile-maglev").Skip(1).FirstOrDefault();
+    int n = rest is not null && int.TryParse(rest, CultureInfo.InvariantCulture, out var parsed) ? parsed : 1000;
+    return MaglevMapProfile.Run(n, int.Parse(Value("--builds") ?? "50", CultureInfo.InvariantCulture), Value("--katran"));
 }
 if (args.Contains("--profile-layout"))
 {

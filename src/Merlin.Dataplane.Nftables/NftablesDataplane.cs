@@ -45,6 +45,8 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
     private readonly SemaphoreSlim _gate = new(1, 1);
+    // What one layout build hands to the next (pure work, never an id): a change formats only what it touched.
+    private readonly BuildCache _buildCache = new();
 
     private ProgrammedState? _programmed;
     private IReadOnlyList<NftablesIssue> _issues = [];
@@ -219,8 +221,8 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
 
     /// <summary>
     /// The services after <paramref name="applied"/>: a service no operation names keeps its state
-    /// object from <paramref name="before"/>, which is how the layout builder knows it need not
-    /// format anything of it again.
+    /// object from <paramref name="before"/>, so the build cache knows at once (by reference, without
+    /// comparing its servers) that nothing of it needs formatting again.
     /// </summary>
     private static Dictionary<ServiceKey, ServiceState> Services(ServiceTable table, Dictionary<ServiceKey, ServiceState> before, IEnumerable<Operation> applied)
     {
@@ -338,7 +340,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
     private Layout.Layout Build(IReadOnlyDictionary<ServiceKey, ServiceState> services, Assignment previous)
     {
         using var _ = Phases.Measure("build");
-        return LayoutBuilder.Build(new LayoutInput(services, _neighbours.Macs, _neighbours.OwnMac, previous), _options, Phases);
+        return LayoutBuilder.Build(new LayoutInput(services, _neighbours.Macs, _neighbours.OwnMac, previous), _options, _buildCache, Phases);
     }
 
     /// <summary>Programs <paramref name="services"/>: one transaction with what differs from what the kernel holds.</summary>

@@ -50,10 +50,21 @@ internal static class Given
     public static Dictionary<IPAddress, PhysicalAddress> MacsFor(IEnumerable<ServiceState> services) =>
         services.SelectMany(s => s.Servers.Keys).Select(k => k.Address).Distinct().ToDictionary(a => a, MacOf);
 
+    // The build cache each layout built here was made with: a build after it continues with the same cache, as the
+    // dataplane's builds do, unless a test passes its own.
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<Assignment, BuildCache> CacheOf = new();
+
+    /// <summary>
+    /// A layout build. After <paramref name="previous"/> (a layout built here), with that build's cache unless
+    /// <paramref name="cache"/> is given; without <paramref name="previous"/>, from scratch.
+    /// </summary>
     public static Layout.Layout Build(IReadOnlyDictionary<ServiceKey, ServiceState> services, Assignment? previous = null,
-        NftablesOptions? options = null, IReadOnlyDictionary<IPAddress, PhysicalAddress>? macs = null)
+        NftablesOptions? options = null, IReadOnlyDictionary<IPAddress, PhysicalAddress>? macs = null, BuildCache? cache = null)
     {
         options ??= Options();
-        return LayoutBuilder.Build(new LayoutInput(services, macs ?? MacsFor(services.Values), options.OwnMac, previous ?? Assignment.Empty), options);
+        cache ??= previous is not null && CacheOf.TryGetValue(previous, out var had) ? had : new BuildCache();
+        var layout = LayoutBuilder.Build(new LayoutInput(services, macs ?? MacsFor(services.Values), options.OwnMac, previous ?? Assignment.Empty), options, cache);
+        CacheOf.AddOrUpdate(layout.Assignment, cache);
+        return layout;
     }
 }

@@ -50,13 +50,14 @@ public class IncrementalBuildTests
     [Fact]
     public void WeightChangeInOneService_FormatsOnlyThatService_AndKeepsEveryOtherPiece()
     {
-        var first = Build(State(A, B, C));
+        var cache = new BuildCache();
+        var first = Build(State(A, B, C), cache: cache);
+        var before = cache.Services;
         var changedB = Service(B.Key, Route("198.18.1.13", 80, 3), Route("198.18.1.14", 80));
 
-        var second = Build(State(A, changedB, C), first.Assignment);
+        var second = Build(State(A, changedB, C), first.Assignment, cache: cache);
 
-        var before = first.Assignment.Memos!;
-        var after = second.Assignment.Memos!;
+        var after = cache.Services;
         foreach (var key in new[] { A.Key, C.Key })
         {
             Assert.Same(before[key].Plan, after[key].Plan);
@@ -83,26 +84,32 @@ public class IncrementalBuildTests
     [Fact]
     public void ServicesRebuiltAsNewObjects_WithTheSameContent_GiveTheSameRuleset()
     {
-        var first = Build(State(A, B, C));
+        var cache = new BuildCache();
+        var first = Build(State(A, B, C), cache: cache);
+        var before = cache.Services[A.Key];
         var copies = State(A with { }, B with { }, C with { });
 
-        var second = Build(copies, first.Assignment);
+        var second = Build(copies, first.Assignment, cache: cache);
 
         Assert.Equal("", ScriptRenderer.Diff(first.Ruleset, second.Ruleset));
-        Assert.Same(first.Assignment.Memos![A.Key].Set, second.Assignment.Memos![A.Key].Set);   // found by content
+        // Found by content: the same analysis, and the same plan (its state is equal, if not the same object).
+        Assert.Same(before.Set, cache.Services[A.Key].Set);
+        Assert.Same(before.Plan, cache.Services[A.Key].Plan);
     }
 
     [Fact]
     public void AMacChange_FormatsTheServicesOfThatServerSetAgain_AndOnlyThose()
     {
         var macs = MacsFor([A, B, C]);
-        var first = Build(State(A, B, C), macs: macs);
+        var cache = new BuildCache();
+        var first = Build(State(A, B, C), macs: macs, cache: cache);
+        var before = cache.Services;
         var moved = new Dictionary<IPAddress, PhysicalAddress>(macs) { [IPAddress.Parse("198.18.1.13")] = PhysicalAddress.Parse("02-00-00-00-99-99") };
 
-        var second = Build(State(A, B, C), first.Assignment, macs: moved);
+        var second = Build(State(A, B, C), first.Assignment, macs: moved, cache: cache);
 
-        Assert.Same(first.Assignment.Memos![A.Key].Plan, second.Assignment.Memos![A.Key].Plan);
-        Assert.NotSame(first.Assignment.Memos![B.Key].Plan, second.Assignment.Memos![B.Key].Plan);
+        Assert.Same(before[A.Key].Plan, cache.Services[A.Key].Plan);
+        Assert.NotSame(before[B.Key].Plan, cache.Services[B.Key].Plan);
         AssertSameAsPlain(second, Build(State(A, B, C), Plain(first), macs: moved));
     }
 
@@ -172,7 +179,8 @@ public class IncrementalBuildTests
         int next = 12;
         var macs = new Dictionary<IPAddress, PhysicalAddress>();
         foreach (var a in pool4.Concat(pool6)) macs[IPAddress.Parse(a)] = MacOf(IPAddress.Parse(a));
-        var layout = Build(services, macs: macs);
+        var cache = new BuildCache();
+        var layout = Build(services, macs: macs, cache: cache);
 
         for (int step = 0; step < 40; step++)
         {
@@ -211,7 +219,8 @@ public class IncrementalBuildTests
                     break;
             }
 
-            var incremental = Build(changed, layout.Assignment, macs: macs);
+            var incremental = Build(changed, layout.Assignment, macs: macs, cache: cache);
+            Assert.Equal(changed.Keys.ToHashSet(), cache.Services.Keys.ToHashSet());   // a removed service's entry goes with it
             var plain = Build(changed, Plain(layout), macs: macs);
             AssertSameAsPlain(incremental, plain);
             services = changed;

@@ -20,34 +20,39 @@ public class LayoutCacheTests
     private static readonly ServiceState A = Service(Tcp("198.18.0.10", 80), Route("198.18.1.11", 80), Route("198.18.1.12", 80));
     private static readonly ServiceState B = Service(Tcp("198.18.0.11", 80), Route("198.18.1.13", 80), Route("198.18.1.14", 80));
 
-    private static LayoutBuilder.SetPlan SetOf(Layout.Layout layout, ServiceState service) => layout.Assignment.Sets![service.Servers];
+    private static LayoutBuilder.SetPlan SetOf(BuildCache cache, ServiceState service) => cache.Sets![service.Servers];
 
     [Fact]
     public void UnchangedServerSet_IsNotAnalyzedAgain_AChangedOneIs()
     {
-        var first = Build(State(A, B));
+        var cache = new BuildCache();
+        var first = Build(State(A, B), cache: cache);
+        var (setA, setB) = (SetOf(cache, A), SetOf(cache, B));
         var changedB = Service(B.Key, Route("198.18.1.13", 80, 3), Route("198.18.1.14", 80));
 
         // Services rebuilt from the store are new objects with the same content: still reused.
-        var second = Build(State(Service(A.Key, Route("198.18.1.11", 80), Route("198.18.1.12", 80)), changedB), first.Assignment);
+        var second = Build(State(Service(A.Key, Route("198.18.1.11", 80), Route("198.18.1.12", 80)), changedB), first.Assignment, cache: cache);
 
-        Assert.Same(SetOf(first, A), SetOf(second, A));
-        Assert.NotSame(SetOf(first, B), SetOf(second, changedB));
+        Assert.Same(setA, SetOf(cache, A));
+        Assert.NotSame(setB, SetOf(cache, changedB));
+        Assert.False(cache.Sets!.ContainsKey(B.Servers));   // evicted: no service has B's old servers
         // And the result is what a build without any history gives.
-        Assert.Equal(ScriptRenderer.Full(Build(State(A, changedB)).Ruleset), ScriptRenderer.Full(Build(State(A, changedB), second.Assignment).Ruleset));
+        Assert.Equal(ScriptRenderer.Full(Build(State(A, changedB)).Ruleset), ScriptRenderer.Full(Build(State(A, changedB), second.Assignment, cache: cache).Ruleset));
     }
 
     [Fact]
     public void ServerSetWhoseMacChanged_IsAnalyzedAgain_AndItsMapFollowsTheNewMac()
     {
         var macs = MacsFor([A, B]);
-        var first = Build(State(A, B), macs: macs);
+        var cache = new BuildCache();
+        var first = Build(State(A, B), macs: macs, cache: cache);
+        var (setA, setB) = (SetOf(cache, A), SetOf(cache, B));
         var moved = new Dictionary<IPAddress, PhysicalAddress>(macs) { [IPAddress.Parse("198.18.1.12")] = PhysicalAddress.Parse("02-00-00-00-99-99") };
 
-        var second = Build(State(A, B), first.Assignment, macs: moved);
+        var second = Build(State(A, B), first.Assignment, macs: moved, cache: cache);
 
-        Assert.NotSame(SetOf(first, A), SetOf(second, A));
-        Assert.Same(SetOf(first, B), SetOf(second, B));
+        Assert.NotSame(setA, SetOf(cache, A));
+        Assert.Same(setB, SetOf(cache, B));
         var map = second.Ruleset.Table("netdev", "merlin")!.Sets["d1"].Content.Elements().Select(e => e.Element).ToList();
         Assert.Contains(map, e => e.EndsWith("02:00:00:00:99:99", StringComparison.Ordinal));
         Assert.DoesNotContain(map, e => e.EndsWith("02:00:c6:12:01:0c", StringComparison.Ordinal));
@@ -58,11 +63,13 @@ public class LayoutCacheTests
     {
         var macs = MacsFor([A]);
         macs.Remove(IPAddress.Parse("198.18.1.12"));
-        var first = Build(State(A), macs: macs);
+        var cache = new BuildCache();
+        var first = Build(State(A), macs: macs, cache: cache);
+        var setA = SetOf(cache, A);
 
-        var second = Build(State(A), first.Assignment, macs: MacsFor([A]));
+        var second = Build(State(A), first.Assignment, macs: MacsFor([A]), cache: cache);
 
-        Assert.NotSame(SetOf(first, A), SetOf(second, A));
+        Assert.NotSame(setA, SetOf(cache, A));
         Assert.Empty(second.Unresolved);
         Assert.Equal(2, second.Ruleset.Table("netdev", "merlin")!.Sets["d1_live"].Content.Count);
     }
@@ -74,7 +81,9 @@ public class LayoutCacheTests
     public void AnalysesMadeUnderOtherOptions_AreNeverReused(string what)
     {
         var options = Options();
-        var first = Build(State(A, B), options: options);
+        var cache = new BuildCache();
+        var first = Build(State(A, B), options: options, cache: cache);
+        var (setA, setB) = (SetOf(cache, A), SetOf(cache, B));
         var other = what switch
         {
             "seed" => options with { HashSeed = 0x1234 },
@@ -82,10 +91,11 @@ public class LayoutCacheTests
             _ => options with { OwnMac = PhysicalAddress.Parse("02-00-00-00-00-BB") },
         };
 
-        var second = Build(State(A, B), first.Assignment, options: other);
+        var second = Build(State(A, B), first.Assignment, options: other, cache: cache);
 
-        Assert.NotSame(SetOf(first, A), SetOf(second, A));
-        Assert.NotSame(SetOf(first, B), SetOf(second, B));
+        Assert.NotSame(setA, SetOf(cache, A));
+        Assert.NotSame(setB, SetOf(cache, B));
+        Assert.Equal(LayoutBuilder.SetOptions(other, other.OwnMac), cache.Options);
         Assert.Equal(ScriptRenderer.Full(Build(State(A, B), options: other).Ruleset), ScriptRenderer.Full(second.Ruleset));
     }
 

@@ -8,70 +8,6 @@ using Merlin.Model;
 
 namespace Merlin.Dataplane.Nftables.Layout;
 
-/// <summary>What carries over from one layout to the next: record ids and which service uses which group.</summary>
-internal sealed record Assignment(
-    IReadOnlyDictionary<ServiceKey, string> ServiceGroups,
-    IReadOnlyDictionary<string, GroupInfo> Groups,
-    IReadOnlyDictionary<ServiceKey, uint> ServiceIds,
-    IReadOnlyDictionary<(ServiceKey, RealServerKey), uint> ServerIds)
-{
-    public static readonly Assignment Empty = new(
-        new Dictionary<ServiceKey, string>(), new Dictionary<string, GroupInfo>(),
-        new Dictionary<ServiceKey, uint>(), new Dictionary<(ServiceKey, RealServerKey), uint>());
-
-    /// <summary>
-    /// The elements of every group's map and live set by content key: a group whose content did not
-    /// change reuses them, so its Maglev table is not built again nor its elements hashed again.
-    /// </summary>
-    public IReadOnlyDictionary<string, GroupContent> Contents { get; init; } = new Dictionary<string, GroupContent>();
-
-    /// <summary>The id of each service's server-list record (services without servers have none).</summary>
-    public IReadOnlyDictionary<ServiceKey, uint> ListIds { get; init; } = new Dictionary<ServiceKey, uint>();
-
-    /// <summary>
-    /// The analysis of every server set of the layout (what it forwards to, its M, its content key,
-    /// its state record texts), by the set's content: a set whose servers and MACs did not change
-    /// is not analyzed again. Valid only for the options in <see cref="SetsFor"/>.
-    /// </summary>
-    public IReadOnlyDictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, LayoutBuilder.SetPlan>? Sets { get; init; }
-
-    /// <summary>The options <see cref="Sets"/> were analyzed under (<see cref="LayoutBuilder.SetOptions"/>).</summary>
-    public string? SetsFor { get; init; }
-
-    // What a build keeps so the next one formats only what changed (null: nothing, e.g. after adoption).
-
-    /// <summary>The services' keys in order.</summary>
-    public IReadOnlyList<ServiceKey>? Order { get; init; }
-
-    /// <summary>Per service: the state object the build saw, its server set's analysis, and what was made of them.</summary>
-    public IReadOnlyDictionary<ServiceKey, ServiceMemo>? Memos { get; init; }
-
-    /// <summary>Real server record body → id (with <see cref="Memos"/>, the ids every (service, server) had; replaces <see cref="ServerIds"/>).</summary>
-    public IReadOnlyDictionary<string, uint>? ServerRecordIds { get; init; }
-
-    /// <summary>Per server set: the record id of each of its servers, in the order of <see cref="LayoutBuilder.SetPlan.Bodies"/>.</summary>
-    public IReadOnlyDictionary<LayoutBuilder.SetPlan, uint[]>? IdsOf { get; init; }
-
-    /// <summary>Per server set: its record ids in order and the list record's text.</summary>
-    public IReadOnlyDictionary<LayoutBuilder.SetPlan, (uint[] Ids, string Text)>? Members { get; init; }
-
-    /// <summary>Server and list records by id: their text and elements.</summary>
-    public IReadOnlyDictionary<uint, RecordText>? Texts { get; init; }
-
-    /// <summary>Group chains by (name, shape), valid under <see cref="SetsFor"/>.</summary>
-    public IReadOnlyDictionary<(string, string), NftChain>? Chains { get; init; }
-}
-
-/// <summary>What one build made of one service; the next build reuses it while the service's state object and server set analysis are the same.</summary>
-internal sealed class ServiceMemo(ServiceState state, LayoutBuilder.SetPlan set)
-{
-    public ServiceState State { get; } = state;
-    public LayoutBuilder.SetPlan Set { get; } = set;
-    public LayoutBuilder.ServicePlan? Plan { get; init; }
-    public ServiceRecord? Record { get; set; }
-    public DispatchElement? Dispatch { get; set; }
-}
-
 /// <summary>A service's state record: its inputs besides the service and its elements.</summary>
 internal sealed record ServiceRecord(uint Id, string? Group, uint? List, (string Key, string Element)[] Elements);
 
@@ -133,49 +69,54 @@ internal static class LayoutBuilder
     public const string StateSet = "state";
     public const uint FullRange = uint.MaxValue;
 
-    public static Layout Build(LayoutInput input, NftablesOptions options, Phases? phases = null)
+    /// <summary>
+    /// Builds the layout of <paramref name="input"/>. <paramref name="cache"/> holds what earlier builds made (see
+    /// <see cref="BuildCache"/>; null: nothing, a build from scratch) and is left holding what this build made.
+    /// </summary>
+    public static Layout Build(LayoutInput input, NftablesOptions options, BuildCache? cache = null, Phases? phases = null)
     {
+        cache ??= new BuildCache();
         var step = phases?.Measure("build: plans");
         var issues = new List<NftablesIssue>();
         var unresolved = new SortedSet<IPAddress>(Comparer<IPAddress>.Create(AddressOrder.Compare));
         var dsrAddresses = new HashSet<IPAddress>();
         var text = new TextCache();
-        var (services, sameOrder) = InOrder(input.Services, input.Previous.Order);
+        var (services, sameOrder) = InOrder(input.Services, cache.Order);
         bool dsrPossible = options.Interface is not null && input.OwnMac is not null;
 
         // 1. What each service forwards to. Services with the same servers (the ingress case: all of
-        // them) share one analysis of them, and a set analyzed by the previous build under the same
-        // options is reused while its servers' MACs are the same. A service whose state is the very
-        // object the previous build saw, with the same analysis, keeps its plan (nothing of it is
-        // formatted again).
+        // them) share one analysis of them, and a set the cache holds under the same options is reused
+        // while its servers' MACs are the same. A service whose state is what the cache saw, with the
+        // same analysis, keeps its plan (nothing of it is formatted again).
         var plans = new List<ServicePlan>();
         var sets = new Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, SetPlan>(ServerSetComparer.Instance);
         var setOptions = SetOptions(options, input.OwnMac);
-        var cached = input.Previous.SetsFor == setOptions ? input.Previous.Sets : null;
-        // Memos hold what each service had last time (its ids follow from them under any options);
-        // their plans and sets are reused only under the same options.
-        var previousMemos = input.Previous.Memos;
-        bool reusable = input.Previous.SetsFor == setOptions;
+        bool sameOptions = cache.Options == setOptions;
+        var cachedSets = sameOptions ? cache.Sets : null;
+        var previousSets = input.Previous.ServerSets;
         var setOf = new SetPlan[services.Count];
-        var memos = new ServiceMemo[services.Count];
-        var before = new ServiceMemo?[services.Count];
+        var entries = new ServiceEntry[services.Count];
+        // What the cache had of each service (its record and dispatch element are checked by content, under any options).
+        var cachedEntries = new ServiceEntry?[services.Count];
+        // The server set each service had in the previous layout: its ids follow from it.
+        var setBefore = new SetPlan?[services.Count];
         var macsStill = new Dictionary<SetPlan, bool>(ReferenceEqualityComparer.Instance);
         var seen = new Dictionary<SetPlan, IReadOnlyDictionary<RealServerKey, RealServerConfig>>(ReferenceEqualityComparer.Instance);
         for (int k = 0; k < services.Count; k++)
         {
             var service = services[k];
             SetPlan? set = null;
-            ServiceMemo? memo = null;
-            if (previousMemos is not null && previousMemos.TryGetValue(service.Key, out memo))
+            ServicePlan? samePlan = null;
+            if (previousSets is not null) setBefore[k] = previousSets.GetValueOrDefault(service.Key);
+            if (cache.Services.TryGetValue(service.Key, out var entry))
             {
-                before[k] = memo;
-                if (!macsStill.TryGetValue(memo.Set, out var still)) macsStill[memo.Set] = still = memo.Set.SameMacs(input.Macs);
-                if (reusable && ReferenceEquals(memo.State, service) && still) set = memo.Set;
-                else memo = null;
+                cachedEntries[k] = entry;
+                if (!macsStill.TryGetValue(entry.Set, out var still)) macsStill[entry.Set] = still = entry.Set.SameMacs(input.Macs);
+                if (sameOptions && still && BuildCache.SameState(entry.State, service)) (set, samePlan) = (entry.Set, entry.Plan);
             }
             if (set is null && !sets.TryGetValue(service.Servers, out set))
             {
-                if (cached is null || !cached.TryGetValue(service.Servers, out set) || !set.SameMacs(input.Macs))
+                if (cachedSets is null || !cachedSets.TryGetValue(service.Servers, out set) || !set.SameMacs(input.Macs))
                     set = Analyze(service.Servers, input.Macs, options, dsrPossible, text);
                 sets[service.Servers] = set;
             }
@@ -185,8 +126,8 @@ internal static class LayoutBuilder
                 dsrAddresses.UnionWith(set.Addresses);
                 unresolved.UnionWith(set.Unresolved);
             }
-            var plan = Plan(service, set, options, dsrPossible, issues, memo?.Plan);
-            memos[k] = new ServiceMemo(service, set) { Plan = plan };
+            var plan = Plan(service, set, options, dsrPossible, issues, samePlan);
+            entries[k] = new ServiceEntry(service, set) { Plan = plan };
             if (plan is not null) plans.Add(plan);
         }
         foreach (var (set, servers) in seen) sets.TryAdd(servers, set);
@@ -201,7 +142,7 @@ internal static class LayoutBuilder
         step?.Dispose();
         step = phases?.Measure("build: records");
         // 3. State records, their ids kept across layouts so an unchanged record is never rewritten.
-        var records = StateRecordPlanner.Plan(services, setOf, before, memos, input, serviceGroups);
+        var records = StateRecordPlanner.Plan(services, setOf, setBefore, cachedEntries, entries, input, cache, serviceGroups);
 
         var groups = new Dictionary<string, GroupInfo>();
         foreach (var plan in plans) groups[assignment[plan.ContentKey]] = new GroupInfo(assignment[plan.ContentKey], plan.Shape, plan.ContentKey);
@@ -214,7 +155,7 @@ internal static class LayoutBuilder
         foreach (var plan in plans)
         {
             if (contents.ContainsKey(plan.ContentKey)) continue;
-            if (input.Previous.Contents.TryGetValue(plan.ContentKey, out var had)) contents[plan.ContentKey] = had;
+            if (cache.Contents.TryGetValue(plan.ContentKey, out var had)) contents[plan.ContentKey] = had;
             else { contents[plan.ContentKey] = null!; fresh.Add(plan); }
         }
         // New maps: their Maglev tables and content hashes are independent of one another; with
@@ -235,14 +176,14 @@ internal static class LayoutBuilder
         var dispatch = new List<(ServicePlan Plan, (string Key, string Element) Element)>(plans.Count);
         for (int k = 0; k < services.Count; k++)
         {
-            if (memos[k].Plan is not { } plan) continue;
+            if (entries[k].Plan is not { } plan) continue;
             var group = assignment[plan.ContentKey];
-            var element = before[k] is { Dispatch: { } had } && had.Group == group && had.Variant == plan.Variant ? had : NewDispatch(plan.Key, group, plan.Variant);
-            memos[k].Dispatch = element;
+            var element = cachedEntries[k] is { Dispatch: { } had } && had.Group == group && had.Variant == plan.Variant ? had : NewDispatch(plan.Key, group, plan.Variant);
+            entries[k].Dispatch = element;
             dispatch.Add((plan, (element.Key, element.Element)));
         }
         var chains = new Dictionary<(string, string), NftChain>();
-        var chainsBefore = reusable ? input.Previous.Chains : null;
+        var chainsBefore = sameOptions ? cache.Chains : null;
         var tables = new List<NftTable>();
         var dsrPlans = plans.Where(p => p.Dsr).ToList();
         var natPlans = plans.Where(p => !p.Dsr).ToList();
@@ -255,13 +196,14 @@ internal static class LayoutBuilder
         var ruleset = WithMarker(new NftRuleset(tables), options);
         step?.Dispose();
 
-        var order = sameOrder ? input.Previous.Order! : services.ConvertAll(x => x.Key);
-        var byKey = new Dictionary<ServiceKey, ServiceMemo>(services.Count);
-        for (int k = 0; k < services.Count; k++) byKey[services[k].Key] = memos[k];
+        var order = sameOrder ? cache.Order! : services.ConvertAll(x => x.Key);
+        var byKey = new Dictionary<ServiceKey, ServiceEntry>(services.Count);
+        var serverSets = new Dictionary<ServiceKey, SetPlan>(services.Count);
+        for (int k = 0; k < services.Count; k++) (byKey[services[k].Key], serverSets[services[k].Key]) = (entries[k], setOf[k]);
+        cache.Keep(setOptions, order, byKey, sets, contents, records.Members, records.Texts, chains);
         var newAssignment = new Assignment(serviceGroups, groups, records.ServiceIds, new Dictionary<(ServiceKey, RealServerKey), uint>())
         {
-            Contents = contents, ListIds = records.ListIds, Sets = sets, SetsFor = setOptions,
-            Order = order, Memos = byKey, ServerRecordIds = records.ServerRecordIds, IdsOf = records.IdsOf, Members = records.Members, Texts = records.Texts, Chains = chains,
+            ListIds = records.ListIds, ServerRecordIds = records.ServerRecordIds, ServerSets = serverSets, IdsOf = records.IdsOf,
         };
         var programmedTables = plans.Where(p => p.Table is not null).Select(p => new LayoutTable(p.Key, p.Table!, p.TableProblem)).ToList();
         return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.Order(AddressComparer).ToList()) { Tables = programmedTables };
@@ -560,28 +502,6 @@ internal static class LayoutBuilder
             bodies[i] = (server, text.ServerBody(server, config, mac));
         }
         return new SetPlan(dsr, members.Count, size, content.ToString(), usable, issues, addresses, unresolved, bodies, [.. macsSeen]);
-    }
-
-    /// <summary>Server maps compared by content (services built apart still share an analysis).</summary>
-    private sealed class ServerSetComparer : IEqualityComparer<IReadOnlyDictionary<RealServerKey, RealServerConfig>>
-    {
-        public static readonly ServerSetComparer Instance = new();
-
-        public bool Equals(IReadOnlyDictionary<RealServerKey, RealServerConfig>? x, IReadOnlyDictionary<RealServerKey, RealServerConfig>? y)
-        {
-            if (ReferenceEquals(x, y)) return true;
-            if (x is null || y is null || x.Count != y.Count) return false;
-            foreach (var (key, config) in x)
-                if (!y.TryGetValue(key, out var other) || !config.Equals(other)) return false;
-            return true;
-        }
-
-        public int GetHashCode(IReadOnlyDictionary<RealServerKey, RealServerConfig> map)
-        {
-            int hash = map.Count;
-            foreach (var (key, config) in map) hash += HashCode.Combine(key, config.Weight, config.Forward);
-            return hash;
-        }
     }
 
     /// <summary>The seed as nft prints it back (hex, no leading zeros).</summary>

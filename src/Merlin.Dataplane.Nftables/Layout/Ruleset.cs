@@ -74,25 +74,87 @@ internal abstract class SetContent
 }
 
 /// <summary>A map from slot number 0…M-1 to a value (a Maglev table); null slots hold no element.</summary>
-internal sealed class SlotContent(string?[] values) : SetContent
+/// <remarks>
+/// Held as each slot's owner — an index into the few distinct values (one per server) — in chunks of
+/// <see cref="ChunkSlots"/>: a map of M = 131,071 would otherwise be one 1 MiB array of references per build, on the
+/// large-object heap, whose budget is what starts gen-2 collections. Chunks of 64 KiB stay below it.
+/// </remarks>
+internal sealed class SlotContent : SetContent
 {
-    private readonly string?[] _values = values;
-    private readonly int _count = values.Count(v => v is not null);
+    private const int ChunkBits = 14;
+    /// <summary>Slots per chunk: 16,384 owner indices, 64 KiB (the large-object heap starts at 85,000 bytes).</summary>
+    internal const int ChunkSlots = 1 << ChunkBits;
+    private const int ChunkMask = ChunkSlots - 1;
 
-    public int Length => _values.Length;
+    private readonly string?[] _values;
+    private readonly int[][] _owners;
+    private readonly int _length;
+    private readonly int _count;
+
+    /// <summary>From each slot's value (tests; few distinct instances expected, as a Maglev table has).</summary>
+    public SlotContent(string?[] values) : this(values.Length)
+    {
+        var index = new Dictionary<string, int>(StringComparer.Ordinal);
+        var distinct = new List<string?>();
+        for (int i = 0; i < values.Length; i++)
+        {
+            int owner = -1;
+            if (values[i] is { } value && !index.TryGetValue(value, out owner))
+            {
+                index[value] = owner = distinct.Count;
+                distinct.Add(value);
+            }
+            _owners[i >> ChunkBits][i & ChunkMask] = owner;
+            if (owner >= 0) _count++;
+        }
+        _values = [.. distinct];
+    }
+
+    /// <summary>
+    /// From each slot's owner, an index into <paramref name="values"/> (negative, or a null value: no element).
+    /// <paramref name="owners"/> may be a pooled buffer: it is copied.
+    /// </summary>
+    public SlotContent(ReadOnlySpan<int> owners, string?[] values) : this(owners.Length)
+    {
+        _values = values;
+        for (int c = 0; c < _owners.Length; c++)
+        {
+            var chunk = _owners[c];
+            owners.Slice(c << ChunkBits, chunk.Length).CopyTo(chunk);
+            for (int i = 0; i < chunk.Length; i++)
+            {
+                if (chunk[i] >= 0 && values[chunk[i]] is null) chunk[i] = -1;
+                if (chunk[i] >= 0) _count++;
+            }
+        }
+    }
+
+    private SlotContent(int length)
+    {
+        _length = length;
+        _owners = new int[(length + ChunkMask) >> ChunkBits][];
+        for (int c = 0; c < _owners.Length; c++) _owners[c] = new int[Math.Min(ChunkSlots, length - (c << ChunkBits))];
+        _values = [];
+    }
+
+    public int Length => _length;
 
     public override int Count => _count;
 
-    public string? ValueAt(int slot) => _values[slot];
+    public string? ValueAt(int slot)
+    {
+        int owner = _owners[slot >> ChunkBits][slot & ChunkMask];
+        return owner < 0 ? null : _values[owner];
+    }
 
     /// <summary>The same bytes as the base class writes, without a string per element: a map of 1,021 slots hashes in microseconds.</summary>
     protected override void WriteElements(HashWriter to)
     {
         string? last = null;
         byte[] bytes = [];
-        for (int i = 0; i < _values.Length; i++)
+        for (int i = 0; i < _length; i++)
         {
-            var value = _values[i];
+            var value = ValueAt(i);
             if (value is null) continue;
             // A Maglev table has few distinct values (one per server), each one string instance.
             if (!ReferenceEquals(value, last)) { bytes = Encoding.UTF8.GetBytes(value); last = value; }
@@ -105,8 +167,8 @@ internal sealed class SlotContent(string?[] values) : SetContent
 
     public override IEnumerable<(string Key, string Element)> Elements()
     {
-        for (int i = 0; i < _values.Length; i++)
-            if (_values[i] is { } value) yield return (KeyText(i), ElementText(i, value));
+        for (int i = 0; i < _length; i++)
+            if (ValueAt(i) is { } value) yield return (KeyText(i), ElementText(i, value));
     }
 
     public static string KeyText(int slot) => slot.ToString(System.Globalization.CultureInfo.InvariantCulture);

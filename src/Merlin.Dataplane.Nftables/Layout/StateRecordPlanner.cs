@@ -29,8 +29,8 @@ internal static class StateRecordPlanner
     /// not change keeps its elements from the previous build (nothing is formatted again).
     /// </para>
     /// </summary>
-    public static Result Plan(List<ServiceState> services, LayoutBuilder.SetPlan[] setOf, ServiceMemo?[] before, ServiceMemo[] memos, LayoutInput input,
-        Dictionary<ServiceKey, string> groups)
+    public static Result Plan(List<ServiceState> services, LayoutBuilder.SetPlan[] setOf, LayoutBuilder.SetPlan?[] setBefore, ServiceEntry?[] cached,
+        ServiceEntry[] entries, LayoutInput input, BuildCache cache, Dictionary<ServiceKey, string> groups)
     {
         var previous = input.Previous;
         var ids = new RecordIdAllocator(previous.ServiceIds.Values.Concat(previous.ServerRecordIds is { } had ? had.Values : previous.ServerIds.Values).Concat(previous.ListIds.Values));
@@ -68,7 +68,7 @@ internal static class StateRecordPlanner
             var mine = votesOf[set] = new RecordVotes[set.Bodies.Length];
             byOldSet.Clear();
             foreach (var k in members)
-                if (before[k] is { } memo && previous.ServerRecordIds is not null) byOldSet[memo.Set] = byOldSet.GetValueOrDefault(memo.Set) + 1;
+                if (setBefore[k] is { } old && previous.ServerRecordIds is not null) byOldSet[old] = byOldSet.GetValueOrDefault(old) + 1;
             for (int i = 0; i < set.Bodies.Length; i++)
             {
                 var (server, body) = set.Bodies[i];
@@ -100,7 +100,7 @@ internal static class StateRecordPlanner
             if (set.Bodies.Length == 0) continue;
             var sorted = (uint[])idsOf[set].Clone();
             Array.Sort(sorted);
-            string text = previous.Members is { } known && known.TryGetValue(set, out var was) && was.Ids.AsSpan().SequenceEqual(sorted)
+            string text = cache.Members is { } known && known.TryGetValue(set, out var was) && was.Ids.AsSpan().SequenceEqual(sorted)
                 ? was.Text
                 : string.Join(',', sorted.Select(i => i.ToString(CultureInfo.InvariantCulture)));
             memberTexts[set] = (sorted, text);
@@ -121,16 +121,16 @@ internal static class StateRecordPlanner
             var id = serviceIds[service.Key];
             var group = groups.GetValueOrDefault(service.Key);
             uint? list = listIds.TryGetValue(service.Key, out var l) ? l : null;
-            var record = before[k] is { Record: { } r } memo && r.Id == id && r.Group == group && r.List == list
-                && (ReferenceEquals(memo.State.Config, service.Config) || memo.State.Config == service.Config)
+            var record = cached[k] is { Record: { } r } entry && r.Id == id && r.Group == group && r.List == list
+                && (ReferenceEquals(entry.State.Config, service.Config) || entry.State.Config == service.Config)
                 ? r
                 : new ServiceRecord(id, group, list, [.. StateRecords.Elements(id, StateRecords.Service(id, service.Key, service.Config, group, list))]);
-            memos[k].Record = record;
+            entries[k].Record = record;
             elements.AddRange(record.Elements);
         }
         RecordText Text(char kind, uint id, string body, Func<uint, string, string> format)
         {
-            if (previous.Texts is { } known && known.TryGetValue(id, out var was) && was.Kind == kind && was.Body == body) return texts[id] = was;
+            if (cache.Texts is { } known && known.TryGetValue(id, out var was) && was.Kind == kind && was.Body == body) return texts[id] = was;
             return texts[id] = new RecordText(kind, body, [.. StateRecords.Elements(id, format(id, body))]);
         }
         foreach (var (body, id) in serverRecords) elements.AddRange(Text('r', id, body, StateRecords.Server).Elements);

@@ -146,24 +146,23 @@ internal static class TableRenderer
     public static SetContent Slots(LayoutBuilder.ServicePlan plan)
     {
         if (plan.Table is { } stored) return StoredSlots(plan, stored);
-        var values = new string?[plan.Size];
         var active = plan.Backends.Where(b => b.Weight > 0).ToList();
-        if (active.Count == 0) return new SlotContent(values);
-        // Built into a pooled buffer: a fresh 512 KiB table per map at M = 131,071 lands on the
-        // large-object heap and costs gen-2 collections; the output bytes are the same (a property test says so).
+        var values = active.ConvertAll(b => b.Value).ToArray();
+        // Built into a pooled buffer, kept as owner indices: a fresh table or a string per slot at M = 131,071
+        // lands on the large-object heap and costs gen-2 collections; the output bytes are the same (a property
+        // test says so).
         var rented = ArrayPool<int>.Shared.Rent(plan.Size);
         try
         {
             var table = rented.AsSpan(0, plan.Size);
-            MaglevTable.Build(active.Select(b => (b.Id, b.Weight)).ToList(), table);
-            for (int i = 0; i < table.Length; i++)
-                if (table[i] >= 0) values[i] = active[table[i]].Value;
+            if (active.Count == 0) table.Fill(-1);
+            else MaglevTable.Build(active.Select(b => (b.Id, b.Weight)).ToList(), table);
+            return new SlotContent(table, values);
         }
         finally
         {
             ArrayPool<int>.Shared.Return(rented);
         }
-        return new SlotContent(values);
     }
 
     /// <summary>
@@ -184,22 +183,33 @@ internal static class TableRenderer
             if (plan.Dsr && Endpoints.TryParse(id, out var address, out _, out _)) id = address.ToString();
             owners[i] = byId.GetValueOrDefault(id);
         }
-        var values = new string?[table.Size];
+        // Each slot's owner in the table, then each gap filled backwards from the next usable slot, wrapping.
         var slots = table.Owners;
-        int last = -1;
-        for (int s = 0; s < values.Length; s++)
+        var rented = ArrayPool<int>.Shared.Rent(table.Size);
+        try
         {
-            if (slots[s] >= 0 && owners[slots[s]] is { } v) { values[s] = v; last = s; }
+            var filled = rented.AsSpan(0, table.Size);
+            int last = -1;
+            for (int s = 0; s < filled.Length; s++)
+            {
+                filled[s] = slots[s] >= 0 && owners[slots[s]] is not null ? slots[s] : -1;
+                if (filled[s] >= 0) last = s;
+            }
+            if (last >= 0)
+            {
+                int next = filled[last];
+                for (int k = 0; k < filled.Length; k++)
+                {
+                    int s = (last - k + filled.Length) % filled.Length;
+                    if (filled[s] >= 0) next = filled[s];
+                    else filled[s] = next;
+                }
+            }
+            return new SlotContent(filled, owners);
         }
-        if (last < 0) return new SlotContent(values);
-        // Fill the gaps backwards from each usable slot, wrapping: a gap takes the next usable owner.
-        string? next = values[last];
-        for (int k = 0; k < values.Length; k++)
+        finally
         {
-            int s = (last - k + values.Length) % values.Length;
-            if (values[s] is { } v) next = v;
-            else values[s] = next;
+            ArrayPool<int>.Shared.Return(rented);
         }
-        return new SlotContent(values);
     }
 }
