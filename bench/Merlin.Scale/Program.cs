@@ -27,9 +27,17 @@ using static Harness;
 // --table: issue 18's goals table in one run: --fill store on both stores at --services × --servers (with the
 // streamed list, CreateServer next to raw etcd and the RSS of a separate merlin process), then the fleet with
 // --daemons (default 20) + --nft-daemons (default 2) at --fleet-services × --servers (default 100 × 10).
+// --rss: the table's RSS row alone (--fill store, the in-process daemon's first pass, then a separate merlin);
+// --daemon-env default|NAME=VALUE[,NAME=VALUE…] (repeatable): one separate merlin each, with those variables set for
+// it alone (e.g. DOTNET_gcServer=1), one after another on the same store; --daemon-hold SECONDS keeps each one
+// that long after its RSS is read, to look at it (dotnet-gcdump).
 var opts = Args.Parse(args);
 var results = new List<string>();
-if (opts.Table)
+if (opts.RssOnly)
+{
+    foreach (var backend in opts.Store == "both" ? ["sqlite", "etcd3"] : new[] { opts.Store }) results.AddRange(await Run(backend, opts with { Fill = "store" }));
+}
+else if (opts.Table)
 {
     foreach (var backend in opts.Store == "both" ? ["sqlite", "etcd3"] : new[] { opts.Store }) results.AddRange(await Run(backend, opts with { Fill = "store" }));
     results.AddRange(await Fleet.Run(opts with { Daemons = opts.Daemons > 0 ? opts.Daemons : 20, Services = opts.FleetServices, Changes = opts.FleetChanges, Concurrency = 8 }));
@@ -73,18 +81,20 @@ static async Task<List<string>> Run(string backend, Args o)
         await app.StartAsync();
         if (o.Fill == "store")
         {
-            rows.AddRange(await MeasureAtSize(backend, app, options, etcd, o));
+            rows.Add(await FirstPass(backend, app, o));
+            if (!o.RssOnly) rows.AddRange(await MeasureAtSize(backend, app, options, etcd, o));
             await app.StopAsync();
             await app.DisposeAsync();
             if (o.ListOnly) return rows;
-            try
-            {
-                rows.Add(await DaemonProcessRss(backend, options, o));
-            }
-            catch (Exception e) // a row that says why, not a run lost at its end
-            {
-                rows.Add($"| {backend} | daemon RSS (separate merlin process) | not measured: {e.Message.ReplaceLineEndings(" ")} |");
-            }
+            foreach (var env in o.DaemonEnv.Count == 0 ? [[]] : o.DaemonEnv)
+                try
+                {
+                    rows.Add(await DaemonProcessRss(backend, options, o, env));
+                }
+                catch (Exception e) // a row that says why, not a run lost at its end
+                {
+                    rows.Add($"| {backend} | daemon RSS (separate merlin process) | not measured: {e.Message.ReplaceLineEndings(" ")} |");
+                }
             return rows;
         }
         using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{options.Port}",
@@ -176,6 +186,20 @@ static async Task FillStore(string backend, DaemonOptions options, EtcdServer? e
     }, "[etcd3] fill batches");
 }
 
+// The in-process daemon's first pass over the filled store, and the harness process's RSS then (daemon and client together).
+static async Task<string> FirstPass(string backend, Microsoft.AspNetCore.Builder.WebApplication app, Args o)
+{
+    var loop = app.Services.GetRequiredService<ReconcileLoop>();
+    var dataplane = (InMemoryDataplane)app.Services.GetRequiredService<IDataplane>();
+    var total = o.Services * o.Servers;
+    await Poll.UntilAsync(() => dataplane.State.ServerCount == total && loop.Passes >= 1, // the first pass has ended, not just applied
+        $"the first pass to program {total:N0} servers", limit: TimeSpan.FromMinutes(5), interval: TimeSpan.FromMilliseconds(100));
+    var rss = Environment.WorkingSet / 1048576.0;
+    var gc = GC.GetGCMemoryInfo();
+    Console.WriteLine($"[{backend}] first pass programmed {total:N0} servers; harness RSS {rss:N0} MiB (GC heap {gc.HeapSizeBytes / 1048576.0:N0} MiB, committed {gc.TotalCommittedBytes / 1048576.0:N0} MiB)");
+    return $"| {backend} | harness process RSS (daemon + client, workstation GC) after the first pass, {o.Services:N0} × {o.Servers} | {rss:N0} MiB |";
+}
+
 // At the filled size: the pass that applies one change (the loop's own pass after a weight change through the
 // API), CreateService of --creates more services, and on etcd the raw transaction rate for comparison.
 static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCore.Builder.WebApplication app, DaemonOptions options, EtcdServer? etcd, Args o)
@@ -185,16 +209,7 @@ static async Task<List<string>> MeasureAtSize(string backend, Microsoft.AspNetCo
         new GrpcChannelOptions { MaxReceiveMessageSize = Merlin.Client.GrpcConnection.MaxMessageBytes });
     var client = new Merlin.Contracts.Merlin.MerlinClient(channel);
     var loop = app.Services.GetRequiredService<ReconcileLoop>();
-    var dataplane = (InMemoryDataplane)app.Services.GetRequiredService<IDataplane>();
     var total = o.Services * o.Servers;
-    var clock = Stopwatch.StartNew();
-    while (dataplane.State.ServerCount != total || loop.Passes < 1) // the first pass has ended, not just applied
-    {
-        if (clock.Elapsed > TimeSpan.FromMinutes(5)) throw new InvalidOperationException($"dataplane has {dataplane.State.ServerCount} servers, expected {total}");
-        await Task.Delay(100);
-    }
-    Console.WriteLine($"[{backend}] first pass programmed {total:N0} servers after {clock.Elapsed.TotalSeconds:N1} s; harness RSS {Environment.WorkingSet / 1048576.0:N0} MiB");
-    rows.Add($"| {backend} | harness process RSS (daemon + client) after the first pass, {o.Services:N0} × {o.Servers} | {Environment.WorkingSet / 1048576.0:N0} MiB |");
     if (o.ListOnly) return [.. rows, await StreamedList(backend, client, o)];
 
     if (o.OnlyCreates) return [.. rows, .. await MeasureCreates(backend, app, client, etcd, o)];
@@ -340,11 +355,13 @@ static async Task<(long Range, long Txn)> EtcdCalls(EtcdServer etcd)
 
 // The daemon alone: the built merlin binary as its own process (--dataplane none) on the store just measured, its
 // RSS read from /proc once /readyz says its first pass is done, and again 5 s later.
-static async Task<string> DaemonProcessRss(string backend, DaemonOptions options, Args o)
+static async Task<string> DaemonProcessRss(string backend, DaemonOptions options, Args o, IReadOnlyList<(string Name, string Value)> variables)
 {
     var binary = Path.Combine(AppContext.BaseDirectory, "merlin");
     int port = FreePort(), health = FreePort();
     var start = new ProcessStartInfo(binary) { RedirectStandardOutput = true, RedirectStandardError = true };
+    foreach (var (name, value) in variables) start.Environment[name] = value;
+    var env = variables.Count == 0 ? "" : $", {string.Join(" ", variables.Select(e => $"{e.Name}={e.Value}"))}";
     foreach (var a in new[] { "--store-backend", backend, "--dataplane", "none", "--listen-address", "127.0.0.1", "--port", $"{port}",
                  "--health-listen-address", "127.0.0.1", "--health-port", $"{health}", "--state-dir", options.StateDir!, "--log-level", "warning",
                  "--reconcile-sync-period", "1h" })
@@ -370,8 +387,14 @@ static async Task<string> DaemonProcessRss(string backend, DaemonOptions options
         var ready = Rss(process.Id);
         await Task.Delay(TimeSpan.FromSeconds(5));
         var later = Rss(process.Id);
-        Console.WriteLine($"[{backend}] merlin process (--dataplane none) ready after {clock.Elapsed.TotalSeconds:N1} s: RSS {ready:N0} MiB, 5 s later {later:N0} MiB");
-        return $"| {backend} | daemon RSS (separate merlin process, --dataplane none) at {o.Services * o.Servers + o.Creates:N0} servers: at ready / 5 s later | {ready:N0} / {later:N0} MiB |";
+        if (o.DaemonHold > TimeSpan.Zero) // time to look at it (dotnet-gcdump collect -p, /proc/<pid>/smaps_rollup)
+        {
+            Console.WriteLine($"[{backend}] merlin process {process.Id} kept for {o.DaemonHold.TotalSeconds:N0} s (--daemon-hold)");
+            await Task.Delay(o.DaemonHold);
+        }
+        var servers = o.Services * o.Servers + (o.RssOnly ? 0 : o.Creates);
+        Console.WriteLine($"[{backend}] merlin process (--dataplane none{env}) ready after {clock.Elapsed.TotalSeconds:N1} s: RSS {ready:N0} MiB, 5 s later {later:N0} MiB");
+        return $"| {backend} | daemon RSS (separate merlin process, --dataplane none{env}) at {servers:N0} servers: at ready / 5 s later | {ready:N0} / {later:N0} MiB |";
     }
     finally
     {
@@ -391,8 +414,18 @@ static int FreePort()
 }
 
 sealed record Args(string Store, int Services, int Servers, int Concurrency, int ListRuns, string Fill = "api", int Creates = 1000, int Changes = 5, int Daemons = 0, int EtcdMembers = 1,
-    int NftDaemons = 0, bool Table = false, int FleetServices = 100, int FleetChanges = 50, bool ListOnly = false, bool OnlyCreates = false)
+    int NftDaemons = 0, bool Table = false, int FleetServices = 100, int FleetChanges = 50, bool ListOnly = false, bool OnlyCreates = false, bool RssOnly = false)
 {
+    /// <summary>--daemon-hold SECONDS: how long to keep each separate merlin after its RSS is read.</summary>
+    public TimeSpan DaemonHold { get; init; }
+
+    /// <summary>--daemon-env, each: one separate merlin process with these variables (none for "default").</summary>
+    public IReadOnlyList<IReadOnlyList<(string Name, string Value)>> DaemonEnv { get; init; } = [];
+
+    private static IReadOnlyList<(string Name, string Value)> Variables(string text) => text == "default" ? [] :
+        [.. text.Split(',').Select(v => v.Split('=', 2) is [var n, var value] && n.Length > 0
+            ? (n, value) : throw new ArgumentException($"--daemon-env: '{v}' is not NAME=VALUE (or 'default')"))];
+
     public static Args Parse(string[] a)
     {
         string Get(string name, string fallback) => Array.IndexOf(a, name) is var i && i >= 0 && i + 1 < a.Length ? a[i + 1] : fallback;
@@ -406,7 +439,12 @@ sealed record Args(string Store, int Services, int Servers, int Concurrency, int
             int.Parse(Get("--creates", "1000")), int.Parse(Get("--changes", "5")), int.Parse(Get("--daemons", "0")), int.Parse(Get("--etcd-members", "3")),
             int.Parse(Get("--nft-daemons", a.Contains("--table") ? "2" : "0")), a.Contains("--table"), int.Parse(Get("--fleet-services", "100")), int.Parse(Get("--fleet-changes", "50")),
             a.Contains("--list-only"),
-            Get("--only", "") switch { "" => false, "creates" => true, var other => throw new ArgumentException($"--only: \"{other}\" is not a part (creates)") });
+            Get("--only", "") switch { "" => false, "creates" => true, var other => throw new ArgumentException($"--only: \"{other}\" is not a part (creates)") },
+            a.Contains("--rss"))
+        {
+            DaemonHold = TimeSpan.FromSeconds(int.Parse(Get("--daemon-hold", "0"))),
+            DaemonEnv = [.. a.Select((v, i) => (v, i)).Where(p => p.v == "--daemon-env" && p.i + 1 < a.Length).Select(p => Variables(a[p.i + 1]))],
+        };
     }
 }
 

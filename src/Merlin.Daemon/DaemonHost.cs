@@ -70,6 +70,8 @@ public static class DaemonHost
         // once the API and health ports are bound (AfterListening): a second daemon started by mistake on a node
         // fails on the ports in use without having written a thing.
         services.AddHostedService<AfterListening<ReconcileLoop>>();
+        services.AddSingleton<HeapTrim>();
+        services.AddHostedService(sp => sp.GetRequiredService<HeapTrim>());
         services.AddSingleton<IStatusReporter, DaemonStatus>();
         // Health checks run from the namespace the dataplane programs, where the real servers are reachable.
         services.AddMerlinHealth(options.NetworkNamespace, options.HealthKeepAlive);

@@ -59,6 +59,9 @@ public sealed partial class ReconcilePass(IStore store, IDataplane dataplane, Re
     /// <summary>Passes whose inputs were those of the last converged pass, so planning was skipped.</summary>
     public long PlansSkipped { get; private set; }
 
+    /// <summary>Passes that read and decoded the whole store (the first, a resync, a watch event without its record, no watch).</summary>
+    public long StoreReads { get; private set; }
+
     /// <summary>Passes that planned only the services watch events touched.</summary>
     public long ScopedPlans { get; private set; }
 
@@ -112,6 +115,7 @@ public sealed partial class ReconcilePass(IStore store, IDataplane dataplane, Re
                 var snapshot = await store.ListAsync(ct);
                 _mirror = StoreMirror.Load(snapshot, dataplane.ProgramsStoredTables);
                 touched = null;
+                StoreReads++;
             }
             var current = _mirror;
             if (touched is null || touched.Count > 0) status.RecordStoreOrigins(current.Origins);
