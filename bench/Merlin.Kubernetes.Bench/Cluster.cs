@@ -10,6 +10,7 @@ using Merlin.Kubernetes.ApiServer;
 using Merlin.Kubernetes.Controller;
 using Merlin.Kubernetes.Kube;
 using Merlin.Kubernetes.Mapping;
+using Merlin.PrometheusExport;
 using Merlin.Testing;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Logging;
@@ -180,9 +181,11 @@ public sealed class Cluster : IAsyncDisposable
         var kube = new k8s.Kubernetes(Api.ClientConfiguration());
         var host = new ControllerHost(kube, Merlin, () => new CallOptions(deadline: DateTime.UtcNow.AddSeconds(10)),
             Options(workers) with { Identity = identity }, lease, Logs);
+        // Exported as merlin-k8s exports it, from the start (measurements before an exporter listens are not kept).
+        var metrics = MeterExporter.Of(host.Metrics.Meter, ControllerMetrics.InstrumentLabels);
         var stop = new CancellationTokenSource();
         var started = Stopwatch.GetTimestamp();
-        var replica = new Replica(identity, host, kube, stop, Task.Run(() => host.RunAsync(stop.Token)), started);
+        var replica = new Replica(identity, host, metrics, kube, stop, Task.Run(() => host.RunAsync(stop.Token)), started);
         _replicas.Add(replica);
         return replica;
     }
@@ -246,6 +249,8 @@ public sealed class Cluster : IAsyncDisposable
     {
         await StopReplicaAsync(r);
         _replicas.Remove(r);
+        r.Metrics.Dispose();
+        r.Host.Dispose();
         r.Kube.Dispose();
         r.Stop.Dispose();
     }
@@ -259,6 +264,8 @@ public sealed class Cluster : IAsyncDisposable
         {
             r.Stop.Cancel();
             try { await r.Run.WaitAsync(TimeSpan.FromSeconds(30)); } catch { /* stopping: its failure is not this run's result */ }
+            r.Metrics.Dispose();
+            r.Host.Dispose();
             r.Kube.Dispose();
         }
         foreach (var p in _children) Kill(p);
@@ -292,4 +299,13 @@ public sealed class Cluster : IAsyncDisposable
     private static string I(int v) => v.ToString(CultureInfo.InvariantCulture);
 }
 
-public sealed record Replica(string Identity, ControllerHost Host, k8s.Kubernetes Kube, CancellationTokenSource Stop, Task Run, long Started);
+public sealed record Replica(string Identity, ControllerHost Host, MeterExporter Metrics, k8s.Kubernetes Kube, CancellationTokenSource Stop, Task Run, long Started)
+{
+    /// <summary>The replica's /metrics page, as merlin-k8s would serve it.</summary>
+    public async Task<string> ScrapeAsync(CancellationToken ct)
+    {
+        using var page = new MemoryStream();
+        await Metrics.Registry.CollectAndExportAsTextAsync(page, ct);
+        return System.Text.Encoding.UTF8.GetString(page.ToArray());
+    }
+}

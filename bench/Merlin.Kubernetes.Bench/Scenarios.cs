@@ -77,7 +77,8 @@ public static class Scenarios
         r.Values["background_services"] = o.LatencyBackground;
         r.Values["reconciles"] = reconciles;
         r.Values["reconcile_failures"] = replica.Host.Controller.Queue.Failed;
-        r.Values["reconcile_errors"] = Errors(replica.Host);
+        var errors = Errors(await replica.ScrapeAsync(ct));
+        r.Values["reconcile_errors"] = errors;
         var shape = $"{o.Services} Services × {o.LatencyNodes} nodes, {(o.Rate > 0 ? $"{o.Rate:N0}/s" : $"back to back ({o.Services / createSeconds:N0}/s)")}{(o.LatencyBackground > 0 ? $", {o.LatencyBackground:N0} Services already served" : "")}";
         var p99 = missing > 0 ? double.PositiveInfinity : Quantile(ingress, 0.99);
         r.Rows.Add(new($"created → status with ingress IP ({shape})",
@@ -85,7 +86,7 @@ public static class Scenarios
             "p99 ≤ 1 s", p99 <= 1000));
         r.Rows.Add(new("created → Ready condition (Merlin programmed on every node)",
             $"p50 {F(Quantile(ready, 0.5))} ms, p90 {F(Quantile(ready, 0.9))} ms, p99 {F(Quantile(ready, 0.99))} ms, max {F(Quantile(ready, 1))} ms"));
-        r.Rows.Add(new("reconciles while creating (failed, by reason)", $"{reconciles:N0} for {o.Services} Services ({Errors(replica.Host)})"));
+        r.Rows.Add(new("reconciles while creating (failed, by reason)", $"{reconciles:N0} for {o.Services} Services ({errors})"));
         Log(r.Name, $"ingress p50 {F(Quantile(ingress, 0.5))} p99 {F(Quantile(ingress, 0.99))} max {F(Quantile(ingress, 1))} ms; ready p99 {F(Quantile(ready, 0.99))} ms");
     }
 
@@ -217,7 +218,9 @@ public static class Scenarios
         var kubeWrites = c.Api.Requests.Skip(requests0).Where(q => !q.StartsWith("GET ", StringComparison.Ordinal))
             .GroupBy(q => q[..q.IndexOf(' ')] + (q.Contains("/status", StringComparison.Ordinal) ? " status" : q.Contains("/events", StringComparison.Ordinal) ? " events" : q.Contains("/leases", StringComparison.Ordinal) ? " leases" : ""))
             .ToDictionary(g => g.Key, g => g.Count());
-        var reconcileSeconds = replica.Host.Metrics.ReconcileSeconds.Sum;
+        var page = await replica.ScrapeAsync(ct);
+        var reconcileSeconds = Metric(page, "merlin_k8s_reconcile_duration_seconds_sum");
+        var errors = Errors(page);
 
         // Steady state: the controller idle, following its watches.
         await Task.Delay(TimeSpan.FromSeconds(o.Quick ? 1 : 5), ct);
@@ -240,7 +243,7 @@ public static class Scenarios
         r.Values["kubernetes_writes"] = kubeWrites;
         r.Values["reconciles"] = controller.Queue.Handled;
         r.Values["reconcile_failures"] = controller.Queue.Failed;
-        r.Values["reconcile_errors"] = Errors(replica.Host);
+        r.Values["reconcile_errors"] = errors;
         r.Values["reconcile_seconds_sum"] = Math.Round(reconcileSeconds, 1);
         r.Values["bench_process_cpu_s"] = Math.Round(ownCpu, 1);
         r.Values["daemon_process_cpu_s"] = Math.Round(daemonCpu, 1);
@@ -257,7 +260,7 @@ public static class Scenarios
             $"{(allReady is null ? $"only {watch.Ready.Count} Ready" : $"{F(Ms(replica.Started, lastReady) / 1000, 1)} s")} / {servers:N0} of {expectedServers:N0} servers"));
         r.Rows.Add(new("writes: Merlin / Kubernetes", $"{string.Join(", ", writes.OrderBy(k => k.Key).Select(kv => $"{kv.Key} {kv.Value:N0}"))} / {string.Join(", ", kubeWrites.OrderBy(k => k.Key).Select(kv => $"{kv.Key} {kv.Value:N0}"))}"));
         r.Rows.Add(new("CPU during the sync: bench process (controller + API server + watch) / merlin daemon",
-            $"{F(ownCpu, 1)} s / {(double.IsNaN(daemonCpu) ? "in this process" : $"{F(daemonCpu, 1)} s")} over {F(toSync / 1000, 1)} s on {Environment.ProcessorCount} cores; reconciles {controller.Queue.Handled:N0} (failed: {Errors(replica.Host)}), Σ reconcile time {F(reconcileSeconds, 0)} s"));
+            $"{F(ownCpu, 1)} s / {(double.IsNaN(daemonCpu) ? "in this process" : $"{F(daemonCpu, 1)} s")} over {F(toSync / 1000, 1)} s on {Environment.ProcessorCount} cores; reconciles {controller.Queue.Handled:N0} (failed: {errors}), Σ reconcile time {F(reconcileSeconds, 0)} s"));
         r.Rows.Add(new("GC heap of the bench process: after the sync − before the replica started (the controller, and the API server's growth from its writes)",
             $"{F(Mib(heap1 - heap0), 1)} MiB ({F(Mib(heap0), 1)} → {F(Mib(heap1), 1)} MiB)", "≤ 200 MiB (an upper bound for the controller)", Mib(heap1 - heap0) <= 200));
         r.Rows.Add(new("RSS of the bench process: before → after (peak)", $"{F(Mib(rss0))} → {F(Mib(rss1))} MiB ({F(Mib(peak1))} MiB)"));
@@ -274,11 +277,11 @@ public static class Scenarios
         return (ours.Sum(i => (long)i.Servers.Count), ours.Count);
     }
 
-    /// <summary>The controller's failed reconciles by reason (its merlin_k8s_reconcile_errors_total).</summary>
-    public static string Errors(ControllerHost host)
+    /// <summary>The controller's failed reconciles by reason, from its /metrics page (merlin_k8s_reconcile_errors_total).</summary>
+    public static string Errors(string page)
     {
         var parts = new[] { "Conflict", "KubernetesApi", "MerlinRefused", "MerlinUnreachable", "Internal" }
-            .Select(reason => (reason, n: host.Metrics.ReconcileErrors.WithLabels(reason).Value)).Where(x => x.n > 0).Select(x => $"{x.reason} {x.n:N0}");
+            .Select(reason => (reason, n: Metric(page, $"merlin_k8s_reconcile_errors_total{{reason=\"{reason}\"}}"))).Where(x => x.n > 0).Select(x => $"{x.reason} {x.n:N0}");
         return string.Join(", ", parts) is { Length: > 0 } text ? text : "none";
     }
 
@@ -371,11 +374,12 @@ public static class Scenarios
         r.Values["merlin_writes"] = writes;
         r.Values["queue_depth_max"] = maxDepth;
         r.Values["reconcile_failures"] = controller.Queue.Failed;
-        r.Values["reconcile_errors"] = Errors(replica.Host);
+        var errors = Errors(await replica.ScrapeAsync(ct));
+        r.Values["reconcile_errors"] = errors;
         r.Rows.Add(new($"EndpointSlice updates ({o.ChurnServices} ETP Local Services × {o.ChurnNodes} nodes)", $"{sent:N0} in {F(writeSeconds, 1)} s = {F(sent / writeSeconds)}/s (asked {o.ChurnRate:N0}/s)"));
         r.Rows.Add(new("last update → Merlin weights final everywhere", converged is null ? "not within 30 s" : $"{F(lag)} ms", "≤ 1 s", lag <= 1000));
         r.Rows.Add(new("reconciles / Merlin writes per update (coalescing)",
-            $"{reconciles:N0} reconciles ({F((double)reconciles / sent, 2)} per update), {writes:N0} Merlin writes; queue depth max {maxDepth}; failed: {Errors(replica.Host)}"));
+            $"{reconciles:N0} reconciles ({F((double)reconciles / sent, 2)} per update), {writes:N0} Merlin writes; queue depth max {maxDepth}; failed: {errors}"));
         Log(r.Name, $"{sent} updates at {F(sent / writeSeconds)}/s; final in Merlin {F(lag)} ms after the last; {reconciles} reconciles, {writes} writes");
     }
 

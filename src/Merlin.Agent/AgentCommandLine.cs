@@ -4,6 +4,7 @@ using Merlin.Client;
 using Validation = Merlin.Model.Validation;
 using OptionValues = Merlin.Model.OptionValues;
 using OptionValueException = Merlin.Model.OptionValueException;
+using Durations = Merlin.Model.Durations;
 using Merlin.Contracts;
 
 namespace Merlin.Agent;
@@ -17,24 +18,27 @@ public sealed class AgentCommandLine
     public const ushort DefaultPort = 4282;
     public const string DefaultStateDir = "/var/lib/merlin-agent";
 
-    private readonly Option<string> _api = new("--api") { Description = "The load balancers' API, host[:port] — their management VIP [default port: 4282]", Required = true, HelpName = "host[:port]" };
+    /// <summary>The settings a flag not given leaves: AgentOptions' own defaults, which --help shows.</summary>
+    private static readonly AgentOptions Defaults = new() { Services = [], Addresses = [] };
+
+    private readonly Option<string> _api = new("--api") { Description = $"The load balancers' API, host[:port] — their management VIP [default port: {DefaultPort}]", Required = true, HelpName = "host[:port]" };
     private readonly Option<string[]> _services = new("--service") { Description = "A service (its ID in the store) this node serves; repeat for more", Required = true, HelpName = "id" };
     private readonly Option<string[]> _addresses = new("--address") { Description = "This node's own address (one per family it serves); its real-server IP", Required = true, HelpName = "ip" };
-    private readonly Option<string> _weight = new("--weight") { Description = "Weight [default: 1]", HelpName = "n" };
-    private readonly Option<string> _forward = new("--forward") { Description = "route (direct server return) or tunnel [default: route]", HelpName = "route|tunnel" };
-    private readonly Option<string> _healthEndpoint = new("--health-endpoint") { Description = "Health check the load balancers run, e.g. http://:80/healthz (none if absent)", HelpName = "url" };
+    private readonly Option<string> _weight = new("--weight") { Description = $"Weight of this node in each service [default: {Defaults.Weight}]", HelpName = "n" };
+    private readonly Option<string> _forward = new("--forward") { Description = $"route (direct server return) or tunnel [default: {Defaults.Forward.ToString().ToLowerInvariant()}]", HelpName = "route|tunnel" };
+    private readonly Option<string> _healthEndpoint = new("--health-endpoint") { Description = "Health check the load balancers run, e.g. http://:80/healthz [default: none, no health check]", HelpName = "url" };
     private readonly Option<string> _healthPeriod = new("--health-period") { Description = "Between checks, 100ms to 1h [default: 2s]", HelpName = "duration" };
     private readonly Option<string> _healthTimeout = new("--health-timeout") { Description = "Per check, at most the period [default: 1s, or the period if shorter]", HelpName = "duration" };
     private readonly Option<string> _healthUp = new("--health-up") { Description = "Passing checks in a row before up [default: 2]", HelpName = "n" };
     private readonly Option<string> _healthDown = new("--health-down") { Description = "Failing checks in a row before down [default: 2]", HelpName = "n" };
-    private readonly Option<string> _drainPeriod = new("--drain-period") { Description = "On SIGTERM: how long established connections may finish before the node is removed (0s: remove at once) [default: 30s]", HelpName = "duration" };
+    private readonly Option<string> _drainPeriod = new("--drain-period") { Description = $"On SIGTERM: how long established connections may finish before the node is removed (0s: remove at once) [default: {Durations.Format(Defaults.DrainPeriod)}]", HelpName = "duration" };
     private readonly Option<string> _stateDir = new("--state-dir") { Description = $"Where the node's original settings are remembered [default: {DefaultStateDir}]", HelpName = "dir" };
-    private readonly Option<string> _timeout = new("--timeout") { Description = "Deadline of each API call [default: 10s]", HelpName = "duration" };
-    private readonly Option<string> _ca = new("--ca") { Description = "Use TLS, and trust only this CA (PEM) for the daemon's certificate", HelpName = "file" };
-    private readonly Option<string> _cert = new("--cert") { Description = "Use TLS, and show this client certificate (PEM; role realserver, this node's IP as an IP SAN)", HelpName = "file" };
+    private readonly Option<string> _timeout = new("--timeout") { Description = $"Deadline of each API call, at least {Durations.Format(AgentOptionsValidator.MinCallTimeout)} [default: {Durations.Format(Defaults.CallTimeout)}]", HelpName = "duration" };
+    private readonly Option<string> _ca = new("--ca") { Description = "Use TLS, and trust only this CA (PEM) for the daemon's certificate [default: none, the system's CAs if --cert is given, else no TLS]", HelpName = "file" };
+    private readonly Option<string> _cert = new("--cert") { Description = "Use TLS, and show this client certificate (PEM; role realserver, this node's IP as an IP SAN) [default: none]", HelpName = "file" };
     private readonly Option<string> _key = new("--key") { Description = "The client certificate's private key (PEM) [default: in the --cert file]", HelpName = "file" };
-    private readonly Option<string> _tokenFile = new("--token-file") { Description = "Send the bearer token in this file; only over TLS or to loopback", HelpName = "file" };
-    private readonly Option<string> _hashSeed = new("--hash-seed") { Description = "Second chance: the load balancers' nftables --hash-seed; with it, connections of md-table services whose slot moved are handed to their previous owner (docs/operations.md)", HelpName = "hex" };
+    private readonly Option<string> _tokenFile = new("--token-file") { Description = "Send the bearer token in this file; only over TLS or to loopback [default: none]", HelpName = "file" };
+    private readonly Option<string> _hashSeed = new("--hash-seed") { Description = "Second chance: the load balancers' nftables --hash-seed; with it, connections of md-table services whose slot moved are handed to their previous owner (docs/operations.md) [default: none, second chance off]", HelpName = "hex" };
     private readonly Option<string> _metricsAddress = new("--metrics-address") { Description = "Serve Prometheus metrics (second-chance hand-offs) on ip:port at /metrics [default: none]", HelpName = "ip:port" };
     private readonly Option<string> _logFormat = new("--log-format") { Description = "text or json [default: text]", HelpName = "text|json" };
 
@@ -65,7 +69,7 @@ public sealed class AgentCommandLine
     private AgentInvocation BindOrThrow(ParseResult r)
     {
         var (host, port) = ParseHost(r.GetValue(_api)!);
-        var timeout = Duration(r, _timeout, TimeSpan.FromSeconds(10), min: TimeSpan.FromMilliseconds(100));
+        var timeout = Duration(r, _timeout, Defaults.CallTimeout, min: AgentOptionsValidator.MinCallTimeout);
         var (ca, cert, key, tokenFile) = (r.GetValue(_ca), r.GetValue(_cert), r.GetValue(_key), r.GetValue(_tokenFile));
         if (key is not null && cert is null) throw new OptionError("--key: needs --cert (the certificate it belongs to)");
         var tls = ca is not null || cert is not null ? new ClientTls(ca, cert, key) : null;
@@ -74,23 +78,15 @@ public sealed class AgentCommandLine
         var connection = new ConnectionOptions(host, port, timeout) { Tls = tls, TokenFile = tokenFile };
 
         var services = r.GetValue(_services)!;
-        foreach (var id in services)
-            if (Validation.Id(id, "--service") is { } idError) throw new OptionError($"{idError} ({Validation.Quote(id)})");
-        if (services.Distinct(StringComparer.Ordinal).Count() != services.Length) throw new OptionError("--service: a service is named twice");
-
         var addresses = new List<IPAddress>();
         foreach (var text in r.GetValue(_addresses)!)
         {
             if (!IPAddress.TryParse(text, out var a) || text.Contains('/'))
                 throw new OptionError($"--address: {Validation.Quote(text)} is not an IP address (this node's own, without a prefix length)");
-            if (IPAddress.IsLoopback(a) || a.Equals(IPAddress.Any) || a.Equals(IPAddress.IPv6Any))
-                throw new OptionError($"--address: {a} is not an address the load balancers can reach");
-            if (addresses.Any(x => x.AddressFamily == a.AddressFamily))
-                throw new OptionError($"--address: give one address per family; {a} is a second {(a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")} one");
             addresses.Add(a);
         }
 
-        var weight = UInt(r, _weight, 1, 0, int.MaxValue);
+        var weight = UInt(r, _weight, Defaults.Weight, 0, int.MaxValue);
         var forward = r.GetValue(_forward)?.Trim().ToLowerInvariant() switch
         {
             null or "route" or "dr" => ForwardMethod.Route,
@@ -117,7 +113,7 @@ public sealed class AgentCommandLine
             throw new OptionError("--health-endpoint: required with --health-period, --health-timeout, --health-up or --health-down");
         }
 
-        var drain = Duration(r, _drainPeriod, TimeSpan.FromSeconds(30), TimeSpan.Zero);
+        var drain = Duration(r, _drainPeriod, Defaults.DrainPeriod, TimeSpan.Zero);
         var logFormat = r.GetValue(_logFormat)?.Trim().ToLowerInvariant() ?? "text";
         if (logFormat is not ("text" or "json")) throw new OptionError($"--log-format: {Validation.Quote(logFormat)} is not text or json");
         var stateDir = r.GetValue(_stateDir) ?? DefaultStateDir;
@@ -135,6 +131,9 @@ public sealed class AgentCommandLine
             SecondChanceSeed = SecondChanceSeed(r.GetValue(_hashSeed)),
             MetricsAddress = MetricsAddress(r.GetValue(_metricsAddress)),
         };
+        // The rules between values (services, addresses, the drain…) are the section's (AgentOptionsValidator), which
+        // the agent's Program runs again at start as ValidateOnStart.
+        if (AgentSections.Check(agent) is { } rule) throw new OptionError(rule);
         return new AgentInvocation(connection, agent, Path.Combine(stateDir, "node.json"), logFormat);
     }
 

@@ -3,7 +3,9 @@ using System.Runtime.InteropServices;
 using Merlin.Agent;
 using Merlin.Client;
 using Merlin.Linux;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 // Exit codes: 0 detached cleanly, 1 a failure (the reason is logged), 2 the command line was wrong.
@@ -32,6 +34,22 @@ if (invocation is null)
     Console.Error.WriteLine($"merlin-agent: {error}");
     return 2;
 }
+
+// The settings as IOptions sections (AgentSections), each checked by its validators (ValidateOnStart) before the node
+// or the API is touched; the command line has run the same rules, so this only fails if the two parted.
+var secondChanceSection = invocation.Agent.SecondChanceSeed is { } seed ? new SecondChanceOptions(seed) : null;
+await using var sections = new ServiceCollection().AddAgentSections(invocation.Agent, secondChanceSection).BuildServiceProvider();
+try
+{
+    AgentSections.ValidateOnStart(sections);
+}
+catch (OptionsValidationException e)
+{
+    Console.Error.WriteLine($"merlin-agent: {e.Failures.First()}");
+    return 2;
+}
+var options = sections.GetRequiredService<IOptions<AgentOptions>>().Value;
+var secondChanceOptions = secondChanceSection is null ? null : sections.GetRequiredService<IOptions<SecondChanceOptions>>().Value;
 
 // One agent per node and state directory, before the node or the API is touched: two would each record the other's
 // changes as the operator's and undo them at detach.
@@ -76,18 +94,18 @@ using var channel = GrpcConnection.CreateChannel(invocation.Connection);
 var agent = new RealServerAgent(
     new MerlinClient(channel),
     new NodeAttachment(new LinuxNodeNetwork(), invocation.StateFile),
-    invocation.Agent,
+    options,
     TimeProvider.System,
     logs.CreateLogger<RealServerAgent>());
 log.LogInformation("merlin-agent: API {Api}, services {Services}, drain period {Drain}, state {State}",
-    invocation.Connection.Authority, string.Join(", ", invocation.Agent.Services), Merlin.Model.Durations.Format(invocation.Agent.DrainPeriod), invocation.StateFile);
+    invocation.Connection.Authority, string.Join(", ", options.Services), Merlin.Model.Durations.Format(options.DrainPeriod), invocation.StateFile);
 // Second chance runs beside the agent's life and outlives its drain: the rules go when the node has detached.
 using var secondChanceStop = new CancellationTokenSource();
-using var nft = invocation.Agent.SecondChanceSeed is null ? null : new Merlin.Dataplane.Nftables.NftablesScripts(null, log);
+using var nft = secondChanceOptions is null ? null : new Merlin.Dataplane.Nftables.NftablesScripts(null, log);
 var chance = nft is null ? null : new SecondChanceAgent(
-    new MerlinClient(channel), new NftablesSecondChanceKernel(nft), invocation.Agent,
-    new SecondChanceOptions(invocation.Agent.SecondChanceSeed!.Value), TimeProvider.System, logs.CreateLogger<SecondChanceAgent>());
-using var metrics = invocation.Agent.MetricsAddress is { } metricsAddress
+    new MerlinClient(channel), new NftablesSecondChanceKernel(nft), options,
+    secondChanceOptions!, TimeProvider.System, logs.CreateLogger<SecondChanceAgent>());
+using var metrics = options.MetricsAddress is { } metricsAddress
     ? new AgentMetrics(metricsAddress, () => chance?.Counters ?? new Dictionary<(string, string), ulong>())
     : null;
 var secondChance = chance?.RunAsync(secondChanceStop.Token) ?? Task.CompletedTask;

@@ -4,6 +4,7 @@ using k8s;
 using Merlin.Client;
 using Merlin.Kubernetes;
 using Merlin.Kubernetes.Controller;
+using Merlin.PrometheusExport;
 using Prometheus;
 using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
@@ -57,12 +58,13 @@ var logs = app.Services.GetRequiredService<ILoggerFactory>();
 using var kubernetes = new Kubernetes(kubeConfig);
 using var channel = GrpcConnection.CreateChannel(invocation.Merlin);
 var timeout = invocation.Merlin.Timeout;
-var host = new ControllerHost(kubernetes, new MerlinClient(channel), () => new CallOptions(headers, DateTime.UtcNow + timeout),
+using var host = new ControllerHost(kubernetes, new MerlinClient(channel), () => new CallOptions(headers, DateTime.UtcNow + timeout),
     invocation.Controller, invocation.Lease, logs);
 
 app.MapGet("/healthz", () => Results.Text("ok\n"));
 app.MapGet("/readyz", () => host.Synced ? Results.Text(host.Leading ? "leader\n" : "standby\n") : Results.Text("caches not synced\n", statusCode: 503));
-app.MapMetrics("/metrics", host.Metrics.Registry);
+using var metrics = MeterExporter.Of(host.Metrics.Meter, ControllerMetrics.InstrumentLabels);
+app.MapMetrics("/metrics", metrics.Registry);
 
 using var stop = new CancellationTokenSource();
 using var onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });

@@ -119,6 +119,28 @@ public sealed class AgentCommandLineTests
     }
 
     [Fact]
+    public void Help_ListsEveryFlag_WithItsMeaning_AndItsDefaultOrRequired()
+    {
+        var line = new AgentCommandLine();
+        var output = new StringWriter();
+        Assert.Equal(0, line.Root.Parse(["--help"]).Invoke(new System.CommandLine.InvocationConfiguration { Output = output }));
+        var help = string.Join(" ", output.ToString().Split((char[])[' ', '\n'], StringSplitOptions.RemoveEmptyEntries)); // as if never wrapped
+
+        var flags = line.Root.Options.Where(o => o.Name.StartsWith("--", StringComparison.Ordinal) && o.Name is not ("--help" or "--version")).ToList();
+        Assert.Equal(20, flags.Count);
+        foreach (var flag in flags)
+        {
+            Assert.Contains(flag.Name + " ", help);
+            Assert.True(flag.Required || flag.Description!.Contains("[default", StringComparison.Ordinal), $"{flag.Name}: no default in \"{flag.Description}\"");
+        }
+        // The defaults shown are AgentOptions' own.
+        Assert.Contains("--weight <n> Weight of this node in each service [default: 1]", help);
+        Assert.Contains("route (direct server return) or tunnel [default: route]", help);
+        Assert.Contains("(0s: remove at once) [default: 30s]", help);
+        Assert.Contains("Deadline of each API call, at least 100ms [default: 10s]", help);
+    }
+
+    [Fact]
     public void TheRequiredOptions_AreRequired()
     {
         var parsed = new AgentCommandLine().Root.Parse(["--api", "lb"]);

@@ -84,6 +84,19 @@ public class ProgramTests
             Assert.Contains("merlin_k8s_reconcile_duration_seconds_count", metrics);
             Assert.Contains("merlin_k8s_reconcile_errors_total", metrics);
             Assert.Contains("merlin_k8s_first_sync_seconds", metrics);
+            // Every family with the name and type it had before the controller moved to the one metrics API (the
+            // errors' reason label only shows once a reconcile has failed, so labels are checked where series are sure).
+            var families = PrometheusText.Families(metrics);
+            Assert.Equal("""
+                merlin_k8s_first_sync_seconds gauge
+                merlin_k8s_leader gauge
+                merlin_k8s_merlin_writes_total counter
+                merlin_k8s_pool_addresses gauge
+                merlin_k8s_queue_depth gauge
+                merlin_k8s_reconcile_duration_seconds histogram
+                merlin_k8s_reconcile_errors_total counter
+                """, string.Join("\n", families.OrderBy(f => f.Key, StringComparer.Ordinal).Select(f => $"{f.Key} {f.Value.Type}")));
+            Assert.Equal(["pool", "state"], families["merlin_k8s_pool_addresses"].Labels);
         }
         finally
         {

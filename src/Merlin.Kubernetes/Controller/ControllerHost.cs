@@ -23,8 +23,8 @@ public sealed record LeaseOptions(string Namespace, string Name, string Identity
 
 /// <summary>One replica of merlin-k8s: its caches run on every replica (a standby is warm), the controller only while
 /// this replica holds the lease. <see cref="RunAsync"/> returns when the lease is lost (the process then exits and is
-/// restarted clean, as Kubernetes controllers do) or when cancelled.</summary>
-public sealed class ControllerHost
+/// restarted clean, as Kubernetes controllers do) or when cancelled. Dispose it once stopped: that ends its Meter.</summary>
+public sealed class ControllerHost : IDisposable
 {
     private readonly LeaseOptions _lease;
     private readonly IKubernetes _k;
@@ -51,7 +51,7 @@ public sealed class ControllerHost
         Merlin = new MerlinWriter(merlin, callOptions, logs.CreateLogger<MerlinWriter>());
         var events = new EventRecorder(k, options.Component, lease.Identity, _log);
         Controller = new ServiceController(k, Services, Nodes, Slices, Pools, Merlin, options, events, Metrics, time, logs.CreateLogger<ServiceController>());
-        Metrics.Registry.AddBeforeCollectCallback(() => Metrics.QueueDepth.Set(Controller.Queue.Depth));
+        Metrics.ObserveQueueDepth(() => Controller.Queue.Depth);
     }
 
     public async Task RunAsync(CancellationToken ct)
@@ -71,7 +71,7 @@ public sealed class ControllerHost
         elector.OnStartedLeading += () =>
         {
             Leading = true;
-            Metrics.Leader.Set(1);
+            Metrics.Leader.Record(1);
             _log.LogInformation("{Identity} leads (lease {Namespace}/{Name})", _lease.Identity, _lease.Namespace, _lease.Name);
             controller = Task.Run(() => Controller.RunAsync(leading.Token), leading.Token);
         };
@@ -87,7 +87,7 @@ public sealed class ControllerHost
         {
             var wasLeading = Leading;
             Leading = false;
-            Metrics.Leader.Set(0);
+            Metrics.Leader.Record(0);
             leading.Cancel();
             stop.Cancel();
             try { await controller; } catch (OperationCanceledException) { }
@@ -95,6 +95,8 @@ public sealed class ControllerHost
             if (wasLeading && ct.IsCancellationRequested && _lease.HandBackOnStop) await ReleaseAsync(leaseLock);
         }
     }
+
+    public void Dispose() => Metrics.Dispose();
 
     // Stopped while leading (SIGTERM, a rolling update): the lease is handed back — it runs out in a second instead of
     // its full duration — so a standby takes over at its next try. Only after the controller has stopped writing.

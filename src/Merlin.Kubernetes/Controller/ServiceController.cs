@@ -77,7 +77,7 @@ public sealed class ServiceController
         EnqueueAll();
         await _queue.WaitIdleAsync(ct);
         FirstSyncDone = true;
-        _metrics.FirstSyncSeconds.Set(Stopwatch.GetElapsedTime(started).TotalSeconds);
+        _metrics.FirstSyncSeconds.Record(Stopwatch.GetElapsedTime(started).TotalSeconds);
         _log.LogInformation("First full sync done in {Ms} ms: {Services} Services", (int)Stopwatch.GetElapsedTime(started).TotalMilliseconds, _services.Items.Count);
         await SweepOrphansAsync(ct);
         PoolStatusDue();
@@ -224,7 +224,7 @@ public sealed class ServiceController
                 HttpOperationException => "KubernetesApi",
                 _ => "Internal",
             };
-            _metrics.ReconcileErrors.WithLabels(reason).Inc();
+            _metrics.ReconcileErrors.Add(1, new KeyValuePair<string, object?>("reason", reason));
             if (reason != "Conflict") _log.LogWarning("{Service}: {Reason}: {Error}", key, reason, e.Message);
             if (e is MerlinWriteException && _services.Get(key) is { } svc)
             {
@@ -237,7 +237,7 @@ public sealed class ServiceController
         }
         finally
         {
-            _metrics.ReconcileSeconds.Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
+            _metrics.ReconcileSeconds.Record(Stopwatch.GetElapsedTime(started).TotalSeconds);
         }
     }
 
@@ -314,7 +314,7 @@ public sealed class ServiceController
             ? $"{string.Join(", ", addresses)}: no node can serve it now ({(intent.LocalTraffic ? "no ready endpoints on a usable node" : "no usable node")})"
             : $"{string.Join(", ", addresses)} served by {serving} nodes";
         await WriteStatusAsync(svc, addresses, intent.Forwarding == Forwarding.Route, serving == 0 ? "NoNodes" : "Programmed", message, ct, ready: serving > 0);
-        _metrics.MerlinWrites.Inc(writes);
+        _metrics.MerlinWrites.Add(writes);
     }
 
     // The Service was deleted or stopped being ours: its Merlin services go, its address is released (and cleared
@@ -478,8 +478,8 @@ public sealed class ServiceController
                     ? Condition("Overlapping", "True", "OverlapsOtherPools", $"shares addresses with {string.Join(", ", overlapping)}; each address is still given to one Service only")
                     : Condition("Overlapping", "False", "NoOverlap", "no other pool holds these addresses"));
             }
-            _metrics.PoolAddresses.WithLabels(obj.Metadata.Name, "total").Set(total);
-            _metrics.PoolAddresses.WithLabels(obj.Metadata.Name, "used").Set(used);
+            _metrics.PoolAddresses.Record(total, new("pool", obj.Metadata.Name), new("state", "total"));
+            _metrics.PoolAddresses.Record(used, new("pool", obj.Metadata.Name), new("state", "used"));
             var status = new V1IPPoolStatus { Total = total, Used = used, Free = total - used, Conditions = conditions };
             var have = obj.Status;
             if (have is not null && have.Total == status.Total && have.Used == status.Used && have.Free == status.Free

@@ -179,6 +179,7 @@ public sealed class ControllerCluster : IAsyncDisposable
         {
             r.Stop.Cancel();
             try { await r.Run; } catch (OperationCanceledException) { }
+            r.Host.Dispose();
         }
         _channel?.Dispose();
         if (_daemon is not null)
