@@ -80,7 +80,11 @@ public class ServiceControllerTests
                 new V1Endpoint { Addresses = ["198.19.0.4"], NodeName = "n4", Conditions = new V1EndpointConditions { Ready = false } },
             ],
         }, "default", cancellationToken: TestContext.Current.CancellationToken);
-        item = await EventuallyAsync(() => c.MerlinServiceAsync(WebId), i => Servers(i) == "127.0.0.11:80=2 127.0.0.12:80=1(draining) 127.0.0.13:80=1 127.0.0.14:80=1(draining)", "weights 2 and 1, n4 (no ready endpoint) draining");
+        // Servers are updated one by one: the weights can be final while a server's health check is still to come.
+        item = await EventuallyAsync(() => c.MerlinServiceAsync(WebId),
+            i => Servers(i) == "127.0.0.11:80=2 127.0.0.12:80=1(draining) 127.0.0.13:80=1 127.0.0.14:80=1(draining)"
+                 && i.Servers.Where(s => s.DrainDeadline is null).All(s => s.HealthCheck?.Endpoint == $"http://:{c.GetService("web")!.Spec.HealthCheckNodePort}/healthz"),
+            "weights 2 and 1, n4 (no ready endpoint) draining, the serving nodes health-checked");
         var port = c.GetService("web")!.Spec.HealthCheckNodePort;
         Assert.All(item.Servers.Where(s => s.DrainDeadline is null), s => Assert.Equal($"http://:{port}/healthz", s.HealthCheck.Endpoint));
     }
