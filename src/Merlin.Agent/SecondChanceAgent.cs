@@ -71,16 +71,34 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
         await RemoveAsync();
     }
 
-    /// <summary>One pass: read the records, write the rules if they changed. Returns whether it wrote.</summary>
+    /// <summary>
+    /// One pass: read the records, write the rules if they changed. Returns whether it wrote. Each service is one
+    /// GetTable call (the table and the service), so a pass costs this agent's services, not the whole store; a
+    /// server older than GetTable's service field is asked for a List once per pass instead.
+    /// </summary>
     public async Task<bool> SyncAsync(CancellationToken ct)
     {
-        var list = await api.ListAsync(new Empty(), Call(ct));
         var services = new List<SecondChanceService>();
         var hashes = new Dictionary<string, string>();
+        ListResponse? list = null;
         _names.Clear();
         foreach (var id in agent.Services)
         {
-            var service = list.Items.FirstOrDefault(i => i.Service?.Id == id)?.Service;
+            ServiceTable stored;
+            try
+            {
+                stored = await api.GetTableAsync(new StringValue { Value = id }, Call(ct));
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.NotFound)
+            {
+                continue; // gone: no rules for it
+            }
+            var service = stored.Service;
+            if (service is null)
+            {
+                list ??= await api.ListAsync(new Empty(), Call(ct));
+                service = list.Items.FirstOrDefault(i => i.Service?.Id == id)?.Service;
+            }
             if (service?.Key is not { } key || !IPAddress.TryParse(key.Ip, out var vip) || key.Protocol != Protocol.Tcp) continue;
             if (vip.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork)
             {
@@ -91,7 +109,6 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
             }
             var own = agent.Addresses.FirstOrDefault(a => a.AddressFamily == vip.AddressFamily);
             if (own is null) continue;
-            var stored = await api.GetTableAsync(new StringValue { Value = id }, Call(ct));
             if (stored.Table.IsEmpty) continue;
             var record = TableRecord.Decode(stored.Table.Span);
             if (WireMapper.TryToModel(service, out var model) is not null) continue;

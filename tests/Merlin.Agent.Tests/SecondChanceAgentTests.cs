@@ -46,6 +46,31 @@ public sealed class SecondChanceAgentTests
         Assert.Contains("IPv4 only", said);
     }
 
+    [Theory]
+    [InlineData(false)] // a server that sends the service with its table: one GetTable per service, no List
+    [InlineData(true)]  // an older server (GetTable without the service): one List per pass besides
+    public async Task APass_ReadsOnlyItsOwnServices_AndSkipsOneThatIsGone(bool olderServer)
+    {
+        var record = TableRecord.Next(TableRecord.Of(MinimalDisruptionTable.Build([("198.18.0.11:80", 1), ("198.18.0.12:80", 1)], 7)),
+            [("198.18.0.11:80", 1), ("198.18.0.12:80", 1), ("198.18.0.13:80", 1)], DateTimeOffset.UnixEpoch, TimeSpan.FromHours(1), size: 7);
+        var api = new FakeApi { OlderServer = olderServer };
+        api.Add(Service("web", "198.18.0.100", 80), record.Encode());
+        api.Add(Service("other", "198.18.0.101", 80), record.Encode());
+        var kernel = new RecordingKernel();
+        var agent = new SecondChanceAgent(api, kernel, new AgentOptions
+        {
+            Services = ["web", "gone"],
+            Addresses = [IPAddress.Parse("198.18.0.13")],
+        }, new SecondChanceOptions(0x5eed1234), TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<SecondChanceAgent>.Instance);
+
+        Assert.True(await agent.SyncAsync(Ct));
+
+        Assert.Equal(["web", "gone"], api.TablesAsked);
+        Assert.Equal(olderServer ? 1 : 0, api.Lists);
+        Assert.Contains("198.18.0.100 . 80 : goto s_0", Assert.Single(kernel.Scripts));
+        Assert.Equal(["web"], agent.RecordHashes.Keys);
+    }
+
     private static VirtualService Service(string id, string ip, uint port) => new()
     {
         Id = id,
@@ -80,14 +105,28 @@ public sealed class SecondChanceAgentTests
         private static AsyncUnaryCall<T> Answer<T>(T response) =>
             new(Task.FromResult(response), Task.FromResult(new Metadata()), () => Grpc.Core.Status.DefaultSuccess, () => [], () => { });
 
+        /// <summary>Answers GetTable without the service, as servers before that field did.</summary>
+        public bool OlderServer { get; init; }
+
+        public int Lists { get; private set; }
+
+        public List<string> TablesAsked { get; } = [];
+
         public override AsyncUnaryCall<ListResponse> ListAsync(Empty request, CallOptions options)
         {
+            Lists++;
             var list = new ListResponse();
             foreach (var s in _services) list.Items.Add(new ListResponse.Types.Item { Service = s });
             return Answer(list);
         }
 
-        public override AsyncUnaryCall<ServiceTable> GetTableAsync(StringValue request, CallOptions options) =>
-            Answer(new ServiceTable { Table = ByteString.CopyFrom(_tables[request.Value]) });
+        public override AsyncUnaryCall<ServiceTable> GetTableAsync(StringValue request, CallOptions options)
+        {
+            TablesAsked.Add(request.Value);
+            if (!_tables.TryGetValue(request.Value, out var table))
+                return new(Task.FromException<ServiceTable>(new RpcException(new Grpc.Core.Status(StatusCode.NotFound, $"service {request.Value} does not exist"))),
+                    Task.FromResult(new Metadata()), () => new Grpc.Core.Status(StatusCode.NotFound, ""), () => [], () => { });
+            return Answer(new ServiceTable { Table = ByteString.CopyFrom(table), Service = OlderServer ? null : _services.Single(s => s.Id == request.Value) });
+        }
     }
 }
