@@ -20,6 +20,7 @@ namespace Merlin.Daemon.Tests;
 /// nothing, <c>meradm status</c> says RECOMPUTED, <c>merlin_tables_recomputed</c> goes to 1, and the API's next write
 /// of the service stores a good record again.
 /// </summary>
+[Collection(ProcessMetricsCollection.Name)]
 public sealed partial class DamagedTableDaemonTests : IClassFixture<EtcdFixture>, IDisposable
 {
     private const uint Seed = 0x5eed1234;

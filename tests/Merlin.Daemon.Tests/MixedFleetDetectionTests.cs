@@ -7,16 +7,12 @@ using Go = Original.Types;
 
 namespace Merlin.Daemon.Tests;
 
-/// <summary>Alone, because /metrics is process-wide: another daemon alive at the same time would export the same series.</summary>
-[CollectionDefinition(nameof(MixedFleetDetectionTests), DisableParallelization = true)]
-public sealed class MixedFleetCollection;
-
 /// <summary>
 /// A fleet shared with a Go merlin is told from the store (issue 21): records without Merlin's mark (a Go create), with a
 /// mark their content no longer matches (a Go edit of Merlin's record), and server keys whose service a Go merlin deleted
 /// are counted by every daemon from its reconcile read, in <c>meradm status</c> and on /metrics.
 /// </summary>
-[Collection(nameof(MixedFleetDetectionTests))]
+[Collection(ProcessMetricsCollection.Name)]
 public class MixedFleetDetectionTests(EtcdFixture etcd) : BackendTestBase(etcd)
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;

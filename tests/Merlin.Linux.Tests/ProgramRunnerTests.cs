@@ -73,11 +73,14 @@ public sealed class ProgramRunnerTests
     }
 
     [Fact]
-    public void Runs_RecognisesAProgramByNameAndArgument()
+    public async Task Runs_RecognisesAProgramByNameAndArgument()
     {
         using var other = System.Diagnostics.Process.Start("/bin/sleep", "29.5");
         try
         {
+            // Start returns after the fork: until the child's exec, its command line is the test host's.
+            await Poll.UntilAsync(() => File.ReadAllText($"/proc/{other.Id}/cmdline").StartsWith("/bin/sleep\0", StringComparison.Ordinal),
+                "the child has exec'd sleep", TimeSpan.FromSeconds(10), ct: TestContext.Current.CancellationToken);
             Assert.True(ProgramRunner.Runs(other.Id, "sleep", "29.5"));
             Assert.False(ProgramRunner.Runs(other.Id, "sleep", "30"));
             Assert.False(ProgramRunner.Runs(other.Id, "keepalived", "29.5"));
