@@ -298,38 +298,8 @@ public sealed class SqliteStore : IStore
     {
         using var tx = c.BeginTransaction(deferred: true);
         var revision = ReadMeta(c, tx, "revision");
-        var services = new List<StoredService>();
-        var servers = new Dictionary<string, List<StoredServer>>(StringComparer.Ordinal);
-        using (var cmd = Command(c, "SELECT id, record FROM services ORDER BY id"))
-        {
-            cmd.Transaction = tx;
-            using var r = cmd.ExecuteReader();
-            while (r.Read())
-            {
-                var id = r.GetString(0);
-                services.Add(ParseService(r, 1, ServiceKey(id)));
-                servers[id] = [];
-            }
-        }
-        using (var cmd = Command(c, "SELECT service_id, endpoint, record FROM servers ORDER BY service_id, endpoint"))
-        {
-            cmd.Transaction = tx;
-            using var r = cmd.ExecuteReader();
-            while (r.Read())
-            {
-                var id = r.GetString(0);
-                if (servers.TryGetValue(id, out var list)) list.Add(ParseServer(r, 2, ServerKey(id, r.GetString(1))));
-            }
-        }
-        var tables = new Dictionary<string, byte[]>(StringComparer.Ordinal);
-        using (var cmd = Command(c, "SELECT service_id, data FROM tables"))
-        {
-            cmd.Transaction = tx;
-            using var r = cmd.ExecuteReader();
-            while (r.Read()) tables[r.GetString(0)] = Bytes(r, 1);
-        }
+        var (items, _) = ReadPage(c, tx, after: null, int.MaxValue);
         tx.Commit();
-        var items = services.Select(s => new StoreItem(s, servers[s.Id]) { Table = tables.GetValueOrDefault(s.Id) }).ToList();
         return new StoreSnapshot(items, revision);
     }, ct);
 
@@ -358,10 +328,13 @@ public sealed class SqliteStore : IStore
         }
     }
 
-    /// <summary>Up to <paramref name="pageSize"/> services after the id <paramref name="after"/> (null: from the first), with their servers and tables.</summary>
+    /// <summary>
+    /// Up to <paramref name="pageSize"/> services after the id <paramref name="after"/> (null: from the first), with their
+    /// servers and tables; a whole list is one page of <see cref="int.MaxValue"/>.
+    /// </summary>
     private (List<StoreItem> Items, string? Last) ReadPage(SqliteConnection c, SqliteTransaction tx, string? after, int pageSize)
     {
-        var services = new List<(string Id, StoredService Record)>(pageSize);
+        var services = new List<(string Id, StoredService Record)>(Math.Min(pageSize, 1024));
         using (var cmd = Command(c, "SELECT id, record FROM services WHERE $after IS NULL OR id > $after ORDER BY id LIMIT $n", ("$after", after), ("$n", pageSize)))
         {
             cmd.Transaction = tx;
