@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using Merlin.Model;
+using Merlin.Hosting;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 
@@ -61,9 +62,9 @@ public static class AgentSections
 {
     public static IServiceCollection AddAgentSections(this IServiceCollection services, AgentOptions agent, SecondChanceOptions? secondChance)
     {
-        services.AddSection(agent).AddSingleton<IValidateOptions<AgentOptions>, AgentOptionsValidator>();
+        services.AddGivenSection(agent).AddSingleton<IValidateOptions<AgentOptions>, AgentOptionsValidator>();
         if (secondChance is not null)
-            services.AddSection(secondChance).AddSingleton<IValidateOptions<SecondChanceOptions>, SecondChanceOptionsValidator>();
+            services.AddGivenSection(secondChance).AddSingleton<IValidateOptions<SecondChanceOptions>, SecondChanceOptionsValidator>();
         return services;
     }
 
@@ -77,21 +78,4 @@ public static class AgentSections
     /// </summary>
     /// <exception cref="OptionsValidationException">A section breaks a rule; its first failure names the flag.</exception>
     public static void ValidateOnStart(IServiceProvider services) => services.GetRequiredService<IStartupValidator>().Validate();
-
-    private static IServiceCollection AddSection<T>(this IServiceCollection services, T section) where T : class
-    {
-        services.AddOptions<T>().ValidateOnStart();
-        services.AddSingleton<IOptionsFactory<T>>(sp => new GivenOptionsFactory<T>(section, sp.GetServices<IValidateOptions<T>>()));
-        return services;
-    }
-
-    /// <summary>IOptions' factory for a section that is given rather than bound: the same instance, validated as any other.</summary>
-    private sealed class GivenOptionsFactory<T>(T section, IEnumerable<IValidateOptions<T>> validators) : IOptionsFactory<T> where T : class
-    {
-        public T Create(string name)
-        {
-            var failures = validators.Select(v => v.Validate(name, section)).Where(r => r.Failed).SelectMany(r => r.Failures!).ToList();
-            return failures.Count == 0 ? section : throw new OptionsValidationException(name, typeof(T), failures);
-        }
-    }
 }

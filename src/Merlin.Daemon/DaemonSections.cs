@@ -1,5 +1,6 @@
 using System.Net;
 using Merlin.Model;
+using Merlin.Hosting;
 using Microsoft.Extensions.Options;
 
 namespace Merlin.Daemon;
@@ -177,11 +178,11 @@ public static class DaemonSections
 {
     public static IServiceCollection AddDaemonSections(this IServiceCollection services, DaemonOptions options)
     {
-        services.AddSection(options.Store).AddSingleton<IValidateOptions<StoreSection>, StoreSectionValidator>();
-        services.AddSection(options.Api).AddSingleton<IValidateOptions<ApiSection>, ApiSectionValidator>();
-        services.AddSection(options.Health).AddSingleton<IValidateOptions<HealthSection>, HealthSectionValidator>();
-        services.AddSection(options.Dataplane).AddSingleton<IValidateOptions<DataplaneSection>, DataplaneSectionValidator>();
-        services.AddSection(options.Announcer).AddSingleton<IValidateOptions<AnnouncerSection>, AnnouncerSectionValidator>();
+        services.AddGivenSection(options.Store).AddSingleton<IValidateOptions<StoreSection>, StoreSectionValidator>();
+        services.AddGivenSection(options.Api).AddSingleton<IValidateOptions<ApiSection>, ApiSectionValidator>();
+        services.AddGivenSection(options.Health).AddSingleton<IValidateOptions<HealthSection>, HealthSectionValidator>();
+        services.AddGivenSection(options.Dataplane).AddSingleton<IValidateOptions<DataplaneSection>, DataplaneSectionValidator>();
+        services.AddGivenSection(options.Announcer).AddSingleton<IValidateOptions<AnnouncerSection>, AnnouncerSectionValidator>();
         return services;
     }
 
@@ -201,22 +202,5 @@ public static class DaemonSections
     private static void Throw(ValidateOptionsResult result)
     {
         if (result.Failed) throw new OptionsException(result.Failures!.First());
-    }
-
-    private static IServiceCollection AddSection<T>(this IServiceCollection services, T section) where T : class
-    {
-        services.AddOptions<T>().ValidateOnStart();
-        services.AddSingleton<IOptionsFactory<T>>(sp => new GivenOptionsFactory<T>(section, sp.GetServices<IValidateOptions<T>>()));
-        return services;
-    }
-
-    /// <summary>IOptions' factory for a section that is given rather than bound: the same instance, validated as any other.</summary>
-    private sealed class GivenOptionsFactory<T>(T section, IEnumerable<IValidateOptions<T>> validators) : IOptionsFactory<T> where T : class
-    {
-        public T Create(string name)
-        {
-            var failures = validators.Select(v => v.Validate(name, section)).Where(r => r.Failed).SelectMany(r => r.Failures!).ToList();
-            return failures.Count == 0 ? section : throw new OptionsValidationException(name, typeof(T), failures);
-        }
     }
 }
