@@ -42,8 +42,11 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
     /// <summary>Hand-offs per service and kind (<see cref="SecondChanceRules.CounterKinds"/>), as last read from the kernel.</summary>
     public IReadOnlyDictionary<(string Service, string Kind), ulong> Counters { get; private set; } = new Dictionary<(string, string), ulong>();
 
-    /// <summary>The hash of each service's record the rules were last written from (what an operator compares with the API's).</summary>
-    public IReadOnlyDictionary<string, string> RecordHashes { get; private set; } = new Dictionary<string, string>();
+    /// <summary>
+    /// The hash of each service's table the rules were last written from, as <c>meradm list</c> and <c>meradm status</c>
+    /// show it: what an operator compares with the load balancers'.
+    /// </summary>
+    public IReadOnlyDictionary<string, string> TableHashes { get; private set; } = new Dictionary<string, string>();
 
     /// <summary>Syncs until <paramref name="ct"/>, then removes the rules.</summary>
     public async Task RunAsync(CancellationToken ct)
@@ -115,10 +118,10 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
             // As the load balancers hash (LayoutBuilder): the source address alone for persistence, or mh without mh-port.
             bool sourceOnly = model!.Config.PersistenceTimeout > 0 || !model.Config.Flags.HasFlag(Merlin.Model.SchedulerFlags.Flag2);
             services.Add(new SecondChanceService(id, vip, (ushort)key.Port, sourceOnly, Endpoints.Format(own, (ushort)key.Port), record));
-            hashes[id] = record.HashText;
+            hashes[id] = record.Current.HashText;
             _names[$"{services.Count - 1}"] = id;
         }
-        RecordHashes = hashes;
+        TableHashes = hashes;
         var script = SecondChanceRules.Render(services, options.HashSeed);
         if (script == _applied) return false;
         await kernel.RunAsync(script, ct);
@@ -160,7 +163,7 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
 
     private CallOptions Call(CancellationToken ct) => new(agent.Headers, time.GetUtcNow().UtcDateTime + agent.CallTimeout, ct);
 
-    [LoggerMessage(EventId = 20, Level = LogLevel.Information, Message = "Second chance: rules written for {Count} md-table service(s), {Slots} slot(s) with another previous owner; records {Hashes}")]
+    [LoggerMessage(EventId = 20, Level = LogLevel.Information, Message = "Second chance: rules written for {Count} md-table service(s), {Slots} slot(s) with another previous owner; tables {Hashes}")]
     private partial void LogRulesWritten(int count, int slots, string hashes);
 
     [LoggerMessage(EventId = 21, Level = LogLevel.Warning, Message = "Second chance: could not update the rules, keeping the ones in place: {Error}")]

@@ -38,7 +38,7 @@ public sealed class SecondChanceAgentTests
         var script = Assert.Single(kernel.Scripts);
         Assert.Contains("198.18.0.100 . 80 : goto s_0", script);
         Assert.DoesNotContain("2001:db8", script);
-        Assert.Equal(["web"], agent.RecordHashes.Keys);
+        Assert.Equal(["web"], agent.TableHashes.Keys);
         // Said once, naming the service, its VIP and why; not again on every pass.
         var said = Assert.Single(logs.Lines, l => l.Contains("web6", StringComparison.Ordinal));
         Assert.Contains("Warning", said);
@@ -68,7 +68,7 @@ public sealed class SecondChanceAgentTests
         Assert.Equal(["web", "gone"], api.TablesAsked);
         Assert.Equal(olderServer ? 1 : 0, api.Lists);
         Assert.Contains("198.18.0.100 . 80 : goto s_0", Assert.Single(kernel.Scripts));
-        Assert.Equal(["web"], agent.RecordHashes.Keys);
+        Assert.Equal(["web"], agent.TableHashes.Keys);
     }
 
     private static VirtualService Service(string id, string ip, uint port) => new()

@@ -238,10 +238,43 @@ public sealed class SecondChanceFleetLabTests
                 return true;
             }, $"every node's tables {(present ? "give" : "take")} slots {(present ? "to" : "from")} {server.Name}", Patience, interval: TimeSpan.FromMilliseconds(200), ct: Ct);
             // A drained server's own rules need not change (the slots it gave away name itself as their previous owner);
-            // the servers that now own them must have the new records before a flow can need them.
-            foreach (var (host, (_, on)) in _agents.Where(a => !_drained.Contains(lab[a.Key])))
-                await on.WaitForLineAsync(l => l.Contains("Second chance: rules written", StringComparison.Ordinal) && !l.Contains(" 0 slot(s)", StringComparison.Ordinal),
-                    Patience, marks.GetValueOrDefault(host), Ct);
+            // the servers that now own them must have the records every node programs before a flow can need them —
+            // the last ones, not a record of a service changed first while the other was still to change.
+            HashSet<string> programmed = [];
+            var serving = _agents.Where(a => !_drained.Contains(lab[a.Key])).ToList();
+            await Poll.UntilAsync(async () =>
+            {
+                programmed = await ProgrammedHashesAsync();
+                return serving.All(a => LastRecords(a.Value.On, marks.GetValueOrDefault(a.Key)) is { Count: > 0 } written && written.IsSubsetOf(programmed));
+            }, "every serving agent's second-chance rules are written from the records every node programs", Patience,
+                () => $"programmed [{string.Join(", ", programmed)}]; agents: " + string.Join("; ", serving.Select(a => $"{a.Key} [{string.Join(", ", LastRecords(a.Value.On, marks.GetValueOrDefault(a.Key)) ?? [])}]")),
+                TimeSpan.FromMilliseconds(200), Ct);
+        }
+
+        /// <summary>The md-table hashes the running nodes program, when they all program the same ones; otherwise none.</summary>
+        private async Task<HashSet<string>> ProgrammedHashesAsync()
+        {
+            HashSet<string>? common = null;
+            foreach (var d in Running)
+            {
+                var status = await d.StatusAsync();
+                var hashes = status.GetProperty("tables").EnumerateArray().Select(t => t.GetProperty("hash").GetString()!).ToHashSet(StringComparer.Ordinal);
+                if (common is null) common = hashes;
+                else if (!common.SetEquals(hashes)) return [];
+            }
+            return common ?? [];
+        }
+
+        /// <summary>
+        /// The table hashes of the "on" agent's last rules written after line <paramref name="mark"/>
+        /// ("… tables on-web 0123…, on-echo 4567…"), or null if it wrote none since.
+        /// </summary>
+        private static HashSet<string>? LastRecords(LabProcess agent, int mark)
+        {
+            var line = agent.LinesSince(mark).LastOrDefault(l => l.Contains("Second chance: rules written", StringComparison.Ordinal));
+            if (line is null) return null;
+            var records = line[(line.IndexOf("tables ", StringComparison.Ordinal) + "tables ".Length)..];
+            return records.Split(", ").Select(r => r.Split(' ').Last().Trim()).ToHashSet(StringComparer.Ordinal);
         }
 
         /// <summary>Drains <paramref name="rs"/> in every service for 10 minutes (longer than the test): weight 0, its connections stay.</summary>

@@ -88,6 +88,12 @@ public sealed class LabProcess : IAsyncDisposable, IDisposable
         }
     }
 
+    /// <summary>The lines (stdout and stderr) printed at or after line <paramref name="fromLine"/> that are still kept.</summary>
+    public IReadOnlyList<string> LinesSince(int fromLine)
+    {
+        lock (_gate) return _lines.Skip(Math.Max(0, fromLine - _dropped)).Select(l => l.Line).ToList();
+    }
+
     public string StandardOutput => Join(isError: false);
 
     public string StandardError => Join(isError: true);
