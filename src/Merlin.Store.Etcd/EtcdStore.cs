@@ -164,11 +164,17 @@ public sealed class EtcdStore : IStore
     public async Task<Versioned<StoredService>?> GetServiceAsync(string id, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(id);
+        return await GetRecordAsync(StoreKeys.Service(_prefix, id), VirtualService.Parser, StoredRecords.Of, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>The record at <paramref name="keyText"/> with its ModRevision (the version writes compare), or null if there is none.</summary>
+    private async Task<Versioned<TStored>?> GetRecordAsync<TMessage, TStored>(string keyText, MessageParser<TMessage> parser, Func<TMessage, TStored> of, CancellationToken ct)
+        where TMessage : IMessage<TMessage>
+    {
         using var op = Begin(ct);
-        var keyText = StoreKeys.Service(_prefix, id);
         var resp = await Range(new RangeRequest { Key = Key(keyText) }, op).ConfigureAwait(false);
         if (resp.Kvs.Count == 0) return null;
-        return new Versioned<StoredService>(StoredRecords.Of(Parse(VirtualService.Parser, resp.Kvs[0].Value, keyText)), resp.Kvs[0].ModRevision);
+        return new Versioned<TStored>(of(Parse(parser, resp.Kvs[0].Value, keyText)), resp.Kvs[0].ModRevision);
     }
 
     public async Task UpdateServiceAsync(StoredService stored, long expectedVersion, CancellationToken ct = default)
@@ -262,11 +268,7 @@ public sealed class EtcdStore : IStore
     {
         ArgumentNullException.ThrowIfNull(serviceId);
         ArgumentNullException.ThrowIfNull(ip);
-        var keyText = StoreKeys.Server(_prefix, serviceId, ip, port);
-        using var op = Begin(ct);
-        var resp = await Range(new RangeRequest { Key = Key(keyText) }, op).ConfigureAwait(false);
-        if (resp.Kvs.Count == 0) return null;
-        return new Versioned<StoredServer>(StoredRecords.Of(Parse(RealServer.Parser, resp.Kvs[0].Value, keyText)), resp.Kvs[0].ModRevision);
+        return await GetRecordAsync(StoreKeys.Server(_prefix, serviceId, ip, port), RealServer.Parser, StoredRecords.Of, ct).ConfigureAwait(false);
     }
 
     public async Task UpdateServerAsync(StoredServer stored, long expectedVersion, CancellationToken ct = default)
