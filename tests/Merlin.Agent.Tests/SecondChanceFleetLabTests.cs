@@ -88,13 +88,11 @@ public sealed class SecondChanceFleetLabTests
             Output($"scenarios done after {clock.Elapsed.TotalSeconds:0.0} s");
             foreach (var s in new[] { s1, s2, s3 })
             {
-                // Second chance on: every connection, every request — the goal, met in scenario 1. Scenarios 2 and 3
-                // still lose one or two connections in some runs (quiet runs of session 13: scenario 2 30/30 and 28/30,
-                // scenario 3 29/30 and 30/30), with refused hand-offs: a slot whose previous owner is not the server
-                // that holds the connection (a slot moved twice within the window, docs/architecture.md "Failure
-                // modes"; not yet diagnosed further — issue 17 stays open on it). There only connections whose
-                // packets reached another server may fail; how many is reported.
-                if (s == s1)
+                // Second chance on: every connection, every request — the goal. Scenario 2 used to lose one or two in some
+                // runs: the node was stopped before every agent had the last tables (ChangeAsync waits for them now).
+                // Scenario 3 still loses one in some runs, with refused hand-offs (not yet diagnosed; issue 17 stays open
+                // on it): there only connections whose packets reached another server may fail.
+                if (s != s3)
                     Assert.True(s.On.Hold.Survived == Connections, $"scenario {s.Name}, second chance on: {s.On.Describe()}");
                 else
                     Assert.True(s.On.Failed.IsSubsetOf(s.On.AtRisk), $"scenario {s.Name}, second chance on: a connection that stayed on its server failed: {s.On.Describe()}");
