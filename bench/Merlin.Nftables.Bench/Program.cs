@@ -21,12 +21,14 @@ using Microsoft.Extensions.Logging.Abstractions;
 //         the maps our pass made over netlink (staged) written into them as nft commands: the same
 //         change, all of it through nft.
 // Usage (root): dotnet run -c Release --project bench/Merlin.Nftables.Bench -- [--services 1000]
-//        [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no]
+//        [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no] [--table maglev|md]
+// --table md makes every service an md-table service (-b mh-port,md-table: its table computed by the API's deriver
+// as the store is filled, and stored), to compare its maps and kernel memory with Maglev's;
 // --writer cli makes the dataplane write through the nft CLI instead of libnftables (for comparison);
 // --stage no makes it write new maps through nft too (NftablesOptions.StageMaps = false).
 if (args.Contains("--help"))
 {
-    Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no]");
+    Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no] [--table maglev|md]");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared] [--services 1000] [--servers 10]   (layout build and render, no kernel)");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-maglev [N] [--builds 50] [--katran PATH]   (one DSR map of N servers (1000) at Merlin's M: time and gen-2 collections per build)");
     return 0;
@@ -55,12 +57,12 @@ using var temp = new TempFolder();
 Console.WriteLine($"nft {Shell.Run("nft", ["--version"]).Trim()}, kernel {File.ReadAllText("/proc/sys/kernel/osrelease").Trim()}, load {File.ReadAllText("/proc/loadavg").Trim()}");
 foreach (var kind in o.Cases)
 {
-    var services = Workload.Services(kind, o.Services, o.Servers);
+    var services = Workload.Services(kind, o.Services, o.Servers, o.MdTable);
     var storePath = Path.Combine(temp.Path, $"{kind}.db");
-    await using var store = new SqliteStore(storePath);
+    await using var store = new SqliteStore(storePath, o.MdTable ? new SqliteStoreOptions { DeriveTable = Merlin.Api.LookupTables.Deriver(TimeProvider.System, Merlin.Api.LookupTables.DefaultWindow) } : null);
     var clock = Stopwatch.StartNew();
     await Workload.FillAsync(store, services);
-    Console.WriteLine($"[{kind}] store filled with {services.Count:N0} services × {o.Servers} servers in {clock.Elapsed.TotalSeconds:0.0} s");
+    Console.WriteLine($"[{kind}] store filled with {services.Count:N0} services × {o.Servers} servers ({(o.MdTable ? "md-table" : "Maglev")}) in {clock.Elapsed.TotalSeconds:0.0} s");
     var servers = services.SelectMany(s => s.Servers).Select(s => IPAddress.Parse(s.Key.Ip)).Distinct().ToList();
 
     for (var run = 1; run <= o.Runs; run++)
@@ -136,7 +138,7 @@ return 0;
 
 namespace Merlin.Nftables.Bench
 {
-    internal sealed record BenchArgs(int Services, int Servers, int Runs, IReadOnlyList<string> Cases, int WeightChanges, bool Cli, bool Stage = true)
+    internal sealed record BenchArgs(int Services, int Servers, int Runs, IReadOnlyList<string> Cases, int WeightChanges, bool Cli, bool Stage = true, bool MdTable = false)
     {
         public static BenchArgs Parse(string[] a)
         {
@@ -146,7 +148,8 @@ namespace Merlin.Nftables.Bench
             return new BenchArgs(int.Parse(Get("--services", "1000"), CultureInfo.InvariantCulture), int.Parse(Get("--servers", "10"), CultureInfo.InvariantCulture),
                 int.Parse(Get("--runs", "3"), CultureInfo.InvariantCulture), cases, int.Parse(Get("--weight-changes", "5"), CultureInfo.InvariantCulture),
                 Get("--writer", "lib") switch { "lib" => false, "cli" => true, var w => throw new ArgumentException($"--writer {w}: lib or cli") },
-                Get("--stage", "yes") switch { "yes" => true, "no" => false, var v => throw new ArgumentException($"--stage {v}: yes or no") });
+                Get("--stage", "yes") switch { "yes" => true, "no" => false, var v => throw new ArgumentException($"--stage {v}: yes or no") },
+                Get("--table", "maglev") switch { "maglev" => false, "md" => true, var t => throw new ArgumentException($"--table {t}: maglev or md") });
         }
     }
 
@@ -169,7 +172,8 @@ namespace Merlin.Nftables.Bench
             var sw = Stopwatch.StartNew();
             var snapshot = await store.ListAsync();
             var tStore = Lap(sw);
-            var (desired, rejected) = DesiredState.From(snapshot);
+            // As the daemon does for nftables: md-table services get their stored table.
+            var (desired, rejected, _) = DesiredState.Build(snapshot, withTables: true);
             if (rejected.Count > 0) throw new InvalidOperationException($"rejected: {rejected[0]}");
             var tDesired = Lap(sw);
             var actual = await dataplane.ReadAsync(CancellationToken.None);
@@ -203,7 +207,7 @@ namespace Merlin.Nftables.Bench
         /// Maglev map; shared: every service has the same ten (one map).
         /// VIPs 198.18.4.1 …, real servers 198.19.0.1 …, all DSR on port 80.
         /// </summary>
-        public static List<(VirtualService Service, List<RealServer> Servers)> Services(string kind, int count, int perService)
+        public static List<(VirtualService Service, List<RealServer> Servers)> Services(string kind, int count, int perService, bool mdTable = false)
         {
             var list = new List<(VirtualService, List<RealServer>)>(count);
             for (var i = 0; i < count; i++)
@@ -214,6 +218,7 @@ namespace Merlin.Nftables.Bench
                     Key = new VirtualService.Types.Key { Ip = Address(18, 4 * 250 + i), Port = 80, Protocol = Protocol.Tcp },
                     Config = new VirtualService.Types.Config { Scheduler = "mh", Flags = { "mh-port" } },
                 };
+                if (mdTable) service.Config.Flags.Add("md-table");
                 var servers = Enumerable.Range(0, perService).Select(j => new RealServer
                 {
                     ServiceID = service.Id,
