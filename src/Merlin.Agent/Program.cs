@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Runtime.InteropServices;
 using Merlin.Agent;
 using Merlin.Client;
+using Merlin.Hosting;
 using Merlin.Linux;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
@@ -10,14 +11,8 @@ using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 // Exit codes: 0 detached cleanly, 1 a failure (the reason is logged), 2 the command line was wrong.
 var commandLine = new AgentCommandLine();
-var parsed = commandLine.Root.Parse(args);
-if (parsed.Errors.Count > 0)
-{
-    foreach (var e in parsed.Errors) Console.Error.WriteLine($"merlin-agent: {e.Message}");
-    Console.Error.WriteLine("Run 'merlin-agent --help' for usage.");
-    return 2;
-}
-if (args.Any(a => a is "--help" or "-h" or "-?" or "--version")) return await parsed.InvokeAsync();
+var (parsed, exit) = await HostCommandLine.ParseAsync(commandLine.Root, "merlin-agent", args);
+if (exit is { } code) return code;
 
 AgentInvocation? invocation;
 string? error;

@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using Grpc.Core;
 using k8s;
 using Merlin.Client;
+using Merlin.Hosting;
 using Merlin.Kubernetes;
 using Merlin.Kubernetes.Controller;
 using Merlin.PrometheusExport;
@@ -10,14 +11,8 @@ using MerlinClient = Merlin.Contracts.Merlin.MerlinClient;
 
 // Exit codes: 0 stopped by a signal, 1 lost the leader lease or failed (logged), 2 the command line was wrong.
 var commandLine = new ControllerCommandLine();
-var parsed = commandLine.Root.Parse(args);
-if (parsed.Errors.Count > 0)
-{
-    foreach (var e in parsed.Errors) Console.Error.WriteLine($"merlin-k8s: {e.Message}");
-    Console.Error.WriteLine("Run 'merlin-k8s --help' for usage.");
-    return 2;
-}
-if (args.Any(a => a is "--help" or "-h" or "-?" or "--version")) return await parsed.InvokeAsync();
+var (parsed, exit) = await HostCommandLine.ParseAsync(commandLine.Root, "merlin-k8s", args);
+if (exit is { } code) return code;
 var invocation = commandLine.Bind(parsed, out var error);
 Metadata? headers = null;
 try
