@@ -245,21 +245,14 @@ public sealed class EtcdStore : IStore
         var service = Key(StoreKeys.Service(_prefix, server.ServiceID));
         var key = Key(keyText);
         using var op = Begin(ct);
-        TxnResponse resp;
-        var backoff = ConflictBackoff();
-        for (var attempt = 1; ; attempt++)
+        var resp = await ServerTxnAsync(server.ServiceID, txn =>
         {
-            var txn = new TxnRequest();
             txn.Compare.Add(new Compare { Key = service, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
             txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
             txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
             txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = service, CountOnly = true } });
-            var guard = await AddTableAsync(txn, server.ServiceID, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op, mayUseView: attempt == 1).ConfigureAwait(false);
-            resp = await Txn(txn, op).ConfigureAwait(false);
-            if (resp.Succeeded) return;
-            if (guard is null || !guard.Broken(resp)) break;
-            if (!guard.Unread) await Retry(backoff, attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
-        }
+        }, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op).ConfigureAwait(false);
+        if (resp.Succeeded) return;
         if (resp.Responses[0].ResponseRange.Count == 0) throw new NotFoundException($"service \"{server.ServiceID}\" not found");
         throw new AlreadyExistsException($"server {endpoint} already exists in service \"{server.ServiceID}\"");
     }
@@ -278,21 +271,14 @@ public sealed class EtcdStore : IStore
         var (keyText, endpoint) = ServerKey(server);
         var key = Key(keyText);
         using var op = Begin(ct);
-        TxnResponse resp;
-        var backoff = ConflictBackoff();
-        for (var attempt = 1; ; attempt++)
+        var resp = await ServerTxnAsync(server.ServiceID, txn =>
         {
-            var txn = new TxnRequest();
             txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
             txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = expectedVersion });
             txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
             txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
-            var guard = await AddTableAsync(txn, server.ServiceID, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op, mayUseView: attempt == 1).ConfigureAwait(false);
-            resp = await Txn(txn, op).ConfigureAwait(false);
-            if (resp.Succeeded) return;
-            if (guard is null || !guard.Broken(resp)) break;
-            if (!guard.Unread) await Retry(backoff, attempt, $"table of service \"{server.ServiceID}\"", op).ConfigureAwait(false);
-        }
+        }, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op).ConfigureAwait(false);
+        if (resp.Succeeded) return;
         var kvs = resp.Responses[0].ResponseRange.Kvs;
         if (kvs.Count == 0) throw new NotFoundException($"server {endpoint} not found in service \"{server.ServiceID}\"");
         throw new ConflictException($"server {endpoint} of service \"{server.ServiceID}\" changed since version {expectedVersion} (now {kvs[0].ModRevision}); re-read and retry");
@@ -312,25 +298,38 @@ public sealed class EtcdStore : IStore
         var key = Key(StoreKeys.Server(_prefix, serviceId, ip, port));
         using var op = Begin(ct);
         var endpoint = $"{ip}:{port}";
-        TxnResponse resp;
-        var backoff = ConflictBackoff();
-        for (var attempt = 1; ; attempt++)
+        var resp = await ServerTxnAsync(serviceId, txn =>
         {
-            var txn = new TxnRequest();
             txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Greater, CreateRevision = 0 });
             if (expectedVersion is { } version)
                 txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = version });
             txn.Success.Add(new RequestOp { RequestDeleteRange = new DeleteRangeRequest { Key = key } });
             txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = key, KeysOnly = true } });
-            var guard = await AddTableAsync(txn, serviceId, null, servers => [.. servers.Where(s => Endpoint(s) != endpoint)], op, mayUseView: attempt == 1).ConfigureAwait(false);
-            resp = await Txn(txn, op).ConfigureAwait(false);
-            if (resp.Succeeded) return;
-            if (guard is null || !guard.Broken(resp)) break;
-            if (!guard.Unread) await Retry(backoff, attempt, $"table of service \"{serviceId}\"", op).ConfigureAwait(false);
-        }
+        }, servers => [.. servers.Where(s => Endpoint(s) != endpoint)], op).ConfigureAwait(false);
+        if (resp.Succeeded) return;
         var kvs = resp.Responses[0].ResponseRange.Kvs;
         if (kvs.Count == 0) throw new NotFoundException($"server {ip}:{port} not found in service \"{serviceId}\"");
         throw new ConflictException($"server {ip}:{port} of service \"{serviceId}\" changed since version {expectedVersion} (now {kvs[0].ModRevision}); re-read and retry");
+    }
+
+    /// <summary>
+    /// A write of one server of <paramref name="serviceId"/> (<paramref name="build"/> adds its compares and operations,
+    /// with the failure read its caller explains first) with the service's table in the same transaction. When the
+    /// write failed only because the table's inputs moved, it is built again and retried; otherwise the response is
+    /// the caller's to explain.
+    /// </summary>
+    private async Task<TxnResponse> ServerTxnAsync(string serviceId, Action<TxnRequest> build, Func<List<RealServer>, List<RealServer>> servers, Operation op)
+    {
+        var backoff = ConflictBackoff();
+        for (var attempt = 1; ; attempt++)
+        {
+            var txn = new TxnRequest();
+            build(txn);
+            var guard = await AddTableAsync(txn, serviceId, null, servers, op, mayUseView: attempt == 1).ConfigureAwait(false);
+            var resp = await Txn(txn, op).ConfigureAwait(false);
+            if (resp.Succeeded || guard is null || !guard.Broken(resp)) return resp;
+            if (!guard.Unread) await Retry(backoff, attempt, $"table of service \"{serviceId}\"", op).ConfigureAwait(false);
+        }
     }
 
     // ---------------------------------------------------------------- lookup tables
