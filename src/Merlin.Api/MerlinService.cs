@@ -61,11 +61,16 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
     public override Task<Empty> CreateServer(WireServer request, ServerCallContext context) => Guard(context, async ct =>
     {
         var model = Valid(WireMapper.TryToModel(request, out var server), server) with { DrainDeadline = null }; // only DrainServer drains
-        var service = await store.GetServiceAsync(model.ServiceId, ct)
-            ?? throw NotFound($"service {model.ServiceId} does not exist: create it before its servers");
-        CheckFamily(StoredRecords.Message(service.Value), model);
         if (await GoMerlinCompatAsync(ct)) RefuseIfGoMerlinCannot(GoMerlin.Check(model));
-        await store.CreateServerAsync(StoredRecords.Of(RecordDigest.Stamped(WireMapper.ToWire(model))), ct);
+        // The store checks the server's family against the service it writes on (no read of the service first).
+        try
+        {
+            await store.CreateServerAsync(StoredRecords.Of(RecordDigest.Stamped(WireMapper.ToWire(model))), ct);
+        }
+        catch (NotFoundException)
+        {
+            throw NotFound($"service {model.ServiceId} does not exist: create it before its servers");
+        }
         LogCreatedServer(model.ServiceId, model.Key.ToString());
         return Done;
     });
@@ -397,13 +402,6 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         if (Validation.Address(request.Key.Ip, "key.ip", out var address) is { } ipError) throw Invalid(ipError);
         if (Validation.Port(request.Key.Port, "key.port") is { } portError) throw Invalid(portError);
         return (request.ServiceID, address!.ToString(), request.Key.Port);
-    }
-
-    private static void CheckFamily(WireService service, Model.RealServer server)
-    {
-        var serviceModel = WireMapper.TryToModel(service, out var s) is null ? s : null;
-        if (serviceModel is null || serviceModel.Key.IsFirewallMark) return;
-        if (Validation.SameFamily(server.Key.Address, serviceModel.Key.Family, "key.ip") is { } error) throw Invalid(error);
     }
 
     private static bool SameKey(WireService.Types.Key a, WireService.Types.Key b) =>

@@ -251,7 +251,7 @@ public sealed class EtcdStore : IStore
             txn.Compare.Add(new Compare { Key = key, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
             txn.Success.Add(new RequestOp { RequestPut = new PutRequest { Key = key, Value = server.ToByteString() } });
             txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = service, CountOnly = true } });
-        }, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op).ConfigureAwait(false);
+        }, servers => [.. servers.Where(s => Endpoint(s) != endpoint), server], op, created: server).ConfigureAwait(false);
         if (resp.Succeeded) return;
         if (resp.Responses[0].ResponseRange.Count == 0) throw new NotFoundException($"service \"{server.ServiceID}\" not found");
         throw new AlreadyExistsException($"server {endpoint} already exists in service \"{server.ServiceID}\"");
@@ -318,14 +318,15 @@ public sealed class EtcdStore : IStore
     /// write failed only because the table's inputs moved, it is built again and retried; otherwise the response is
     /// the caller's to explain.
     /// </summary>
-    private async Task<TxnResponse> ServerTxnAsync(string serviceId, Action<TxnRequest> build, Func<List<RealServer>, List<RealServer>> servers, Operation op)
+    private async Task<TxnResponse> ServerTxnAsync(string serviceId, Action<TxnRequest> build, Func<List<RealServer>, List<RealServer>> servers, Operation op,
+        RealServer? created = null)
     {
         var backoff = ConflictBackoff();
         for (var attempt = 1; ; attempt++)
         {
             var txn = new TxnRequest();
             build(txn);
-            var guard = await AddTableAsync(txn, serviceId, null, servers, op, mayUseView: attempt == 1).ConfigureAwait(false);
+            var guard = await AddTableAsync(txn, serviceId, null, servers, op, mayUseView: attempt == 1, created).ConfigureAwait(false);
             var resp = await Txn(txn, op).ConfigureAwait(false);
             if (resp.Succeeded || guard is null || !guard.Broken(resp)) return resp;
             if (!guard.Unread) await Retry(backoff, attempt, $"table of service \"{serviceId}\"", op).ConfigureAwait(false);
@@ -343,10 +344,14 @@ public sealed class EtcdStore : IStore
         /// <summary>From the view, not a read: the service keeps no table at <see cref="ServiceMod"/>, and none is stored.</summary>
         public bool Unread { get; init; }
 
+        /// <summary>No table (no deriver): only the service's version, read to check a created server's family, is compared.</summary>
+        public bool ServiceOnly { get; init; }
+
         /// <summary>Whether the transaction failed because what the table was computed from changed (then retry).</summary>
         public bool Broken(TxnResponse resp)
         {
             static long Mod(TxnResponse r, int i) => r.Responses[i].ResponseRange.Kvs is { Count: > 0 } kvs ? kvs[0].ModRevision : 0;
+            if (ServiceOnly) return Mod(resp, At) != ServiceMod;
             if (Unread) return Mod(resp, At) != ServiceMod || Mod(resp, At + 1) != 0;
             return Mod(resp, At) != ServiceMod || Mod(resp, At + 1) > Revision || Mod(resp, At + 2) != TableMod;
         }
@@ -365,17 +370,20 @@ public sealed class EtcdStore : IStore
     /// the caller's next attempt reads.
     /// </summary>
     private async Task<TableGuard?> AddTableAsync(TxnRequest txn, string serviceId, VirtualService? newService,
-        Func<List<RealServer>, List<RealServer>> apply, Operation op, bool mayUseView = false)
+        Func<List<RealServer>, List<RealServer>> apply, Operation op, bool mayUseView = false, RealServer? created = null)
     {
-        if (_options.DeriveTable is not { } derive) return null;
         var serviceText = StoreKeys.Service(_prefix, serviceId);
         var serviceKey = Key(serviceText);
+        if (_options.DeriveTable is not { } derive) return created is null ? null : await CheckFamilyAsync(txn, serviceText, created, op).ConfigureAwait(false);
         var serversKey = Key(StoreKeys.ServersOf(_prefix, serviceId));
         var tableKey = Key(StoreKeys.Table(_prefix, serviceId));
         if (mayUseView && newService is null && _options.KeepsTable is not null)
         {
             FollowServices();
-            if (_view.TableFreeVersion(serviceId) is var version and > 0)
+            // A created server of the other family (as the view has the service) is checked by the read below: the
+            // view may be behind, and only the service the write compares may refuse it.
+            if (_view.TableFree(serviceId) is (> 0 and var version, var identity)
+                && (created is null || StoredRecords.FamilyMismatch(identity, created) is null))
             {
                 txn.Compare.Add(new Compare { Key = serviceKey, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = version });
                 txn.Compare.Add(new Compare { Key = tableKey, Target = CompareTarget.Create, Result = CompareResult.Equal, CreateRevision = 0 });
@@ -393,6 +401,8 @@ public sealed class EtcdStore : IStore
         var serviceKvs = resp.Responses[0].ResponseRange.Kvs;
         if (serviceKvs.Count == 0) return null;
         var service = newService ?? Parse(VirtualService.Parser, serviceKvs[0].Value, serviceText);
+        if (created is not null && StoredRecords.FamilyMismatch(StoredRecords.Identity(service), created) is { } wrongFamily)
+            throw new Merlin.Model.ValidationException(wrongFamily);
         var servers = apply([.. resp.Responses[1].ResponseRange.Kvs.Select(kv => Parse(RealServer.Parser, kv.Value, kv.Key.ToStringUtf8()))]);
         servers.Sort((a, b) => string.CompareOrdinal(Endpoint(a), Endpoint(b)));   // as SQLite hands them over: by endpoint
         var tableKvs = resp.Responses[2].ResponseRange.Kvs;
@@ -422,6 +432,25 @@ public sealed class EtcdStore : IStore
         } });
         txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = tableKey, KeysOnly = true } });
         return new TableGuard(revision, serviceMod, tableMod, at);
+    }
+
+    /// <summary>
+    /// Without a table to derive, a created server's family is still checked against the service the write is made
+    /// on: read it, refuse the other family, and compare its version (null, adding nothing, if it is gone: the write
+    /// itself then fails).
+    /// </summary>
+    private async Task<TableGuard?> CheckFamilyAsync(TxnRequest txn, string serviceText, RealServer created, Operation op)
+    {
+        var serviceKey = Key(serviceText);
+        var resp = await Range(new RangeRequest { Key = serviceKey }, op).ConfigureAwait(false);
+        if (resp.Kvs.Count == 0) return null;
+        if (StoredRecords.FamilyMismatch(StoredRecords.Identity(Parse(VirtualService.Parser, resp.Kvs[0].Value, serviceText)), created) is { } wrongFamily)
+            throw new Merlin.Model.ValidationException(wrongFamily);
+        long serviceMod = resp.Kvs[0].ModRevision;
+        txn.Compare.Add(new Compare { Key = serviceKey, Target = CompareTarget.Mod, Result = CompareResult.Equal, ModRevision = serviceMod });
+        int at = txn.Failure.Count;
+        txn.Failure.Add(new RequestOp { RequestRange = new RangeRequest { Key = serviceKey, KeysOnly = true } });
+        return new TableGuard(0, serviceMod, 0, at) { ServiceOnly = true };
     }
 
     private static string Endpoint(RealServer server) => $"{server.Key?.Ip}:{server.Key?.Port}";

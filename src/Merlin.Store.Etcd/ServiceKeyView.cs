@@ -92,9 +92,16 @@ internal sealed class ServiceKeyView
     /// it keeps one, is not in the view, or the view does not follow etcd. A write that compares the service's
     /// version with it knows, if the compare holds, that the service keeps no table.
     /// </summary>
-    public long TableFreeVersion(string id)
+    public long TableFreeVersion(string id) => TableFree(id).Version;
+
+    /// <summary>
+    /// <see cref="TableFreeVersion"/> and, read with it, the key the service holds at that version (empty: none), so a
+    /// server write can check the server's family against the version it compares.
+    /// </summary>
+    public (long Version, string Identity) TableFree(string id)
     {
-        lock (_gate) return _current ? _tableFree.GetValueOrDefault(id) : 0;
+        lock (_gate)
+            return _current && _tableFree.TryGetValue(id, out var version) ? (version, _identityOf.GetValueOrDefault(id, "")) : (0, "");
     }
 
     /// <summary>The services other than <paramref name="exceptId"/> that hold <paramref name="identity"/> in the view.</summary>

@@ -15,6 +15,21 @@ public static class StoredRecords
     /// <summary>The record <paramref name="message"/> as the store keeps it (not copied: the caller gives it up).</summary>
     public static StoredService Of(Wire.VirtualService message) => new ProtobufService(message);
 
+    /// <summary>
+    /// Why <paramref name="server"/> cannot be a server of the service whose key identity (<see cref="Identity(Wire.VirtualService)"/>)
+    /// is <paramref name="serviceIdentity"/>: its address is of the other family. Null when it can — a firewall-mark
+    /// service, or a service or server without a valid address, takes either (what else is wrong is the API's to say).
+    /// </summary>
+    public static Merlin.Model.ValidationError? FamilyMismatch(string serviceIdentity, Wire.RealServer server)
+    {
+        if (serviceIdentity.Length == 0 || serviceIdentity.StartsWith("fwmark:", StringComparison.Ordinal)) return null;
+        int first = serviceIdentity.IndexOf(':'), last = serviceIdentity.LastIndexOf(':');
+        if (last <= first || !System.Net.IPAddress.TryParse(serviceIdentity.AsSpan(first + 1, last - first - 1), out var vip)) return null;
+        if (!System.Net.IPAddress.TryParse(server.Key?.Ip, out var address)) return null;
+        var family = vip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? Merlin.Model.IpFamily.V6 : Merlin.Model.IpFamily.V4;
+        return Merlin.Model.Validation.SameFamily(address, family, "key.ip");
+    }
+
     /// <inheritdoc cref="Of(Wire.VirtualService)"/>
     public static StoredServer Of(Wire.RealServer message) => new ProtobufServer(message);
 

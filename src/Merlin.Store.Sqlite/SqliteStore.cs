@@ -166,8 +166,10 @@ public sealed class SqliteStore : IStore
         var endpoint = Endpoint(server);
         return WriteAsync(w =>
         {
-            if (w.Scalar<long>("SELECT COUNT(*) FROM services WHERE id = $id", ("$id", server.ServiceID)) == 0)
-                throw new NotFoundException($"service \"{server.ServiceID}\" not found");
+            var service = w.Scalar<byte[]?>("SELECT record FROM services WHERE id = $id", ("$id", server.ServiceID))
+                ?? throw new NotFoundException($"service \"{server.ServiceID}\" not found");
+            if (StoredRecords.FamilyMismatch(StoredRecords.Identity(StoredRecords.DecodeService(service)), server) is { } wrongFamily)
+                throw new Merlin.Model.ValidationException(wrongFamily);
             if (w.Scalar<long>("SELECT COUNT(*) FROM servers WHERE service_id = $id AND endpoint = $ep", ("$id", server.ServiceID), ("$ep", endpoint)) > 0)
                 throw new AlreadyExistsException($"server {endpoint} already exists in service \"{server.ServiceID}\"");
             var record = server.ToByteArray();

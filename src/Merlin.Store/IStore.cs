@@ -23,7 +23,12 @@ public interface IStore : IAsyncDisposable
     /// <summary>Deletes the service and all its servers in one transaction; <see cref="NotFoundException"/> if absent.</summary>
     Task DeleteServiceAsync(string id, CancellationToken ct = default);
 
-    /// <summary><see cref="NotFoundException"/> if the service is missing, <see cref="AlreadyExistsException"/> if the server exists.</summary>
+    /// <summary>
+    /// <see cref="NotFoundException"/> if the service is missing, <see cref="AlreadyExistsException"/> if the server
+    /// exists, <see cref="ValidationException"/> (field <c>key.ip</c>) if the server's address is not of the service's
+    /// family — checked against the very version of the service the write is made on (a firewall-mark service, or one
+    /// without a valid address, takes either), so the API need not read the service first.
+    /// </summary>
     Task CreateServerAsync(StoredServer server, CancellationToken ct = default);
 
     Task<Versioned<StoredServer>?> GetServerAsync(string serviceId, string ip, uint port, CancellationToken ct = default);
