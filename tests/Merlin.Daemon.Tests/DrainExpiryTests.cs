@@ -21,9 +21,10 @@ public sealed class DrainExpiryTests : IAsyncLifetime
     public async ValueTask InitializeAsync()
     {
         _store = new SqliteStore(_dir.File("merlin.db"));
+        // A firewall-mark service, which takes servers of both families: an IPv6 server beside the IPv4 ones.
         await _store.CreateServiceAsync(new Wire.VirtualService
         {
-            Id = "web", Key = new() { Ip = "198.18.0.10", Port = 80, Protocol = Wire.Protocol.Tcp }, Config = new() { Scheduler = "mh" },
+            Id = "web", Key = new() { Fwmark = 7, Family = Wire.AddressFamily.Inet }, Config = new() { Scheduler = "mh" },
         }, Ct);
         foreach (var ip in new[] { "198.18.1.1", "198.18.1.2", "2001:db8::3" })
             await _store.CreateServerAsync(new Wire.RealServer { ServiceID = "web", Key = new() { Ip = ip, Port = 80 }, Config = new() { Weight = 5, Forward = ForwardMethod.Route } }, Ct);
