@@ -88,15 +88,10 @@ internal sealed class ServiceKeyView
     }
 
     /// <summary>
-    /// The version of service <paramref name="id"/> in the view if at that version it keeps no lookup table; 0 if
-    /// it keeps one, is not in the view, or the view does not follow etcd. A write that compares the service's
-    /// version with it knows, if the compare holds, that the service keeps no table.
-    /// </summary>
-    public long TableFreeVersion(string id) => TableFree(id).Version;
-
-    /// <summary>
-    /// <see cref="TableFreeVersion"/> and, read with it, the key the service holds at that version (empty: none), so a
-    /// server write can check the server's family against the version it compares.
+    /// The version of service <paramref name="id"/> in the view if at that version it keeps no lookup table (0 if it
+    /// keeps one, is not in the view, or the view does not follow etcd), and the key it holds at that version (empty:
+    /// none). A write that compares the service's version with it knows, if the compare holds, that the service keeps
+    /// no table and has that key — so a server write can check the server's family without a read.
     /// </summary>
     public (long Version, string Identity) TableFree(string id)
     {
