@@ -168,7 +168,7 @@ public sealed class SqliteStore : IStore
         {
             var service = w.Scalar<byte[]?>("SELECT record FROM services WHERE id = $id", ("$id", server.ServiceID))
                 ?? throw new NotFoundException($"service \"{server.ServiceID}\" not found");
-            if (StoredRecords.FamilyMismatch(StoredRecords.Identity(StoredRecords.DecodeService(service)), server) is { } wrongFamily)
+            if (StoredRecords.FamilyMismatch(StoredRecords.Identity(DecodeService(service, ServiceKey(server.ServiceID))), server) is { } wrongFamily)
                 throw new Merlin.Model.ValidationException(wrongFamily);
             if (w.Scalar<long>("SELECT COUNT(*) FROM servers WHERE service_id = $id AND endpoint = $ep", ("$id", server.ServiceID), ("$ep", endpoint)) > 0)
                 throw new AlreadyExistsException($"server {endpoint} already exists in service \"{server.ServiceID}\"");
@@ -692,11 +692,13 @@ public sealed class SqliteStore : IStore
     internal static byte[] Bytes(SqliteDataReader r, int column) =>
         r.GetValue(column) as byte[] ?? System.Text.Encoding.UTF8.GetBytes(r.GetValue(column)?.ToString() ?? "");
 
-    private StoredService ParseService(SqliteDataReader r, int column, string key)
+    private StoredService ParseService(SqliteDataReader r, int column, string key) => DecodeService((byte[])r.GetValue(column), key);
+
+    private StoredService DecodeService(byte[] record, string key)
     {
         try
         {
-            return StoredRecords.DecodeService((byte[])r.GetValue(column));
+            return StoredRecords.DecodeService(record);
         }
         catch (InvalidProtocolBufferException e)
         {
