@@ -249,7 +249,7 @@ public abstract class StoreContractTests : IAsyncLifetime
     {
         await using var opened = withTables ? await OpenWithTablesAsync(DeriveForTest) : null;
         var store = opened ?? Store;
-        await store.CreateServiceAsync(Service("v4", "10.0.0.1"), Ct);
+        await store.CreateServiceAsync(Service("v4", "198.18.0.1"), Ct);
         await store.CreateServiceAsync(Service("v6", "2001:db8::1", 443), Ct);
         await store.CreateServiceAsync(Service("v6mh", "2001:db8::2", 443, scheduler: "mh"), Ct);
         await store.CreateServiceAsync(FwmarkService("mark", 7), Ct);
@@ -257,26 +257,26 @@ public abstract class StoreContractTests : IAsyncLifetime
         var e = await Assert.ThrowsAsync<Merlin.Model.ValidationException>(() => store.CreateServerAsync(Server("v4", "2001:db8::10"), Ct));
         Assert.Equal("key.ip", e.Error.Field);
         Assert.Equal("2001:db8::10 is IPv6 but the service is IPv4", e.Error.Reason);
-        await Assert.ThrowsAsync<Merlin.Model.ValidationException>(() => store.CreateServerAsync(Server("v6", "10.1.0.1"), Ct));
-        await Assert.ThrowsAsync<Merlin.Model.ValidationException>(() => store.CreateServerAsync(Server("v6mh", "10.1.0.1"), Ct));
-        await store.CreateServerAsync(Server("v4", "10.1.0.1"), Ct);
+        await Assert.ThrowsAsync<Merlin.Model.ValidationException>(() => store.CreateServerAsync(Server("v6", "198.18.1.1"), Ct));
+        await Assert.ThrowsAsync<Merlin.Model.ValidationException>(() => store.CreateServerAsync(Server("v6mh", "198.18.1.1"), Ct));
+        await store.CreateServerAsync(Server("v4", "198.18.1.1"), Ct);
         await store.CreateServerAsync(Server("v6", "2001:db8::10"), Ct);
         await store.CreateServerAsync(Server("v6mh", "2001:db8::10"), Ct);
-        await store.CreateServerAsync(Server("mark", "10.1.0.1"), Ct);
+        await store.CreateServerAsync(Server("mark", "198.18.1.1"), Ct);
         await store.CreateServerAsync(Server("mark", "2001:db8::10"), Ct);
 
         var servers = (await store.ListAsync(Ct)).Items.ToDictionary(i => i.Service.Id, i => i.Servers.Select(r => r.Key.Ip).Order().ToList());
-        Assert.Equal(["10.1.0.1"], servers["v4"]);
+        Assert.Equal(["198.18.1.1"], servers["v4"]);
         Assert.Equal(["2001:db8::10"], servers["v6"]);
         Assert.Equal(["2001:db8::10"], servers["v6mh"]);
-        Assert.Equal(["10.1.0.1", "2001:db8::10"], servers["mark"]);
+        Assert.Equal(["198.18.1.1", "2001:db8::10"], servers["mark"]);
 
         // The service replaced by one of the other family under the same id: the server is checked against the new one,
         // whatever a view of the services still holds.
         await store.DeleteServiceAsync("v4", Ct);
         await store.CreateServiceAsync(Service("v4", "2001:db8::4"), Ct);
         await store.CreateServerAsync(Server("v4", "2001:db8::40"), Ct);
-        await Assert.ThrowsAsync<Merlin.Model.ValidationException>(() => store.CreateServerAsync(Server("v4", "10.1.0.4"), Ct));
+        await Assert.ThrowsAsync<Merlin.Model.ValidationException>(() => store.CreateServerAsync(Server("v4", "198.18.1.4"), Ct));
         Assert.Equal("2001:db8::40", Assert.Single((await store.GetItemAsync("v4", Ct))!.Servers).Key.Ip);
     }
 
