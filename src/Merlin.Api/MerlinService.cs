@@ -166,9 +166,11 @@ public sealed partial class MerlinService(IStore store, IStatusReporter status, 
         // Only this service's records: agents ask every few seconds, for each of their services.
         var item = await store.GetItemAsync(request!.Value, ct)
             ?? throw NotFound($"service {request!.Value} does not exist");
-        var service = StoredRecords.Message(item.Service).Clone(); // a copy: what a store hands out may be shared
-        service.ClearMerlinDigest();
-        return new ServiceTable { Table = item.Table is { } bytes ? Google.Protobuf.ByteString.CopyFrom(bytes) : Google.Protobuf.ByteString.Empty, Service = service };
+        return new ServiceTable
+        {
+            Table = item.Table is { } bytes ? Google.Protobuf.ByteString.CopyFrom(bytes) : Google.Protobuf.ByteString.Empty,
+            Service = RecordDigest.Unmarked(StoredRecords.Message(item.Service)),
+        };
     });
 
     /// <summary>A list message as List completes it: this node's health verdicts, and its clock when a server drains.</summary>

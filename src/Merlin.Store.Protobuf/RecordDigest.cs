@@ -76,7 +76,8 @@ public static class RecordDigest
     /// <inheritdoc cref="SameContent(VirtualService, VirtualService)"/>
     public static bool SameContent(RealServer a, RealServer b) => Unmarked(a).Equals(Unmarked(b));
 
-    private static VirtualService Unmarked(VirtualService s)
+    /// <summary>The record without Merlin's mark: <paramref name="s"/> itself if it has none, else a copy (what a store hands out may be shared).</summary>
+    public static VirtualService Unmarked(VirtualService s)
     {
         if (!s.HasMerlinDigest) return s;
         var copy = s.Clone();
@@ -84,7 +85,8 @@ public static class RecordDigest
         return copy;
     }
 
-    private static RealServer Unmarked(RealServer s)
+    /// <inheritdoc cref="Unmarked(VirtualService)"/>
+    public static RealServer Unmarked(RealServer s)
     {
         if (!s.HasMerlinDigest) return s;
         var copy = s.Clone();
