@@ -127,7 +127,7 @@ internal static class ScriptRenderer
         foreach (var set in from.OrderedSets)
         {
             if (!to.Sets.TryGetValue(set.Name, out var want) || want.Kind != set.Kind || want.Declaration != set.Declaration) redeclared.Add(set.Name);
-            else if (set.Kind == "map" && set.Declaration.Contains(" th dport", StringComparison.Ordinal)) (transportMaps ??= []).Add(set.Name);
+            else if (set.Kind == "map" && MapsToTransport(set.Declaration)) (transportMaps ??= []).Add(set.Name);
         }
         if (transportMaps is null) return redeclared;
         foreach (var chain in to.Chains.Values)
@@ -137,6 +137,16 @@ internal static class ScriptRenderer
                 if (chain.References(map)) redeclared.Add(map);
         }
         return redeclared;
+    }
+
+    /// <summary>
+    /// Whether a map's values hold a transport port (a NAT map's <c>… : ip daddr . th dport</c>). The flow maps hold one
+    /// in their keys only, and nft takes new rules naming them as they are: declaring one again would drop every pin.
+    /// </summary>
+    private static bool MapsToTransport(string declaration)
+    {
+        int colon = declaration.IndexOf(" : ", StringComparison.Ordinal);
+        return colon >= 0 && declaration.AsSpan(colon).IndexOf(" th dport", StringComparison.Ordinal) >= 0;
     }
 
     private static void DiffTable(NftScript script, NftTable from, NftTable to, bool stage)
