@@ -14,10 +14,11 @@ public sealed class ReconcilerOptions
     public TimeSpan RetryMax { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>
-    /// How long a store change waits for more before a pass starts, so a burst of API writes (an agent
-    /// registering, a script adding 1,000 servers) costs one pass, and one kernel transaction.
+    /// The least time between the starts of two passes that store changes trigger. A change after a quiet spell is
+    /// applied at once; the changes that follow within the interval (an agent registering, a script adding 1,000
+    /// servers) wait for its end and cost one more pass, and one kernel transaction (kube-proxy's minSyncPeriod).
     /// </summary>
-    public TimeSpan Debounce { get; set; } = TimeSpan.FromMilliseconds(100);
+    public TimeSpan MinPassInterval { get; set; } = TimeSpan.FromMilliseconds(100);
 }
 
 /// <summary>
@@ -33,6 +34,7 @@ public sealed partial class ReconcileLoop(ReconcilePass reconciler, IStore store
     private readonly Channel<bool> _triggers = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     private readonly TaskCompletionSource<long> _firstRevision = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _passes;
+    private long _lastPassStarted;
 
     /// <summary>Completed passes; tests wait on it.</summary>
     public long Passes => Interlocked.Read(ref _passes);
@@ -52,6 +54,7 @@ public sealed partial class ReconcileLoop(ReconcilePass reconciler, IStore store
             {
                 _triggers.Reader.TryRead(out _); // this pass covers any trigger already queued
                 PassResult result;
+                _lastPassStarted = time.GetTimestamp();
                 try
                 {
                     result = await reconciler.RunPassAsync(fullPlan, ct);
@@ -89,9 +92,10 @@ public sealed partial class ReconcileLoop(ReconcilePass reconciler, IStore store
         var trigger = _triggers.Reader.WaitToReadAsync(timeout.Token).AsTask();
         var woken = await Task.WhenAny(delay, trigger);
         await timeout.CancelAsync();
-        if (woken == trigger && !ct.IsCancellationRequested && options.Debounce > TimeSpan.Zero)
+        var rest = options.MinPassInterval - time.GetElapsedTime(_lastPassStarted);
+        if (woken == trigger && !ct.IsCancellationRequested && rest > TimeSpan.Zero)
         {
-            try { await Task.Delay(options.Debounce, time, ct); } catch (OperationCanceledException) { }
+            try { await Task.Delay(rest, time, ct); } catch (OperationCanceledException) { }
         }
         return woken == trigger;
     }

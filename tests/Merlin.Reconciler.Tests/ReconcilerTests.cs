@@ -228,7 +228,7 @@ public class ReconcilerTests
     [Fact]
     public async Task Loop_ChangeWithItsRecord_IsAppliedWithoutAStoreRead_ResyncReadsAgain()
     {
-        var loop = new ReconcileLoop(_reconciler, _store, new ReconcilerOptions { SyncPeriod = TimeSpan.FromHours(1), Debounce = TimeSpan.Zero },
+        var loop = new ReconcileLoop(_reconciler, _store, new ReconcilerOptions { SyncPeriod = TimeSpan.FromHours(1), MinPassInterval = TimeSpan.Zero },
             NullLogger<ReconcileLoop>.Instance, TimeProvider.System);
         var ct = TestContext.Current.CancellationToken;
         await loop.StartAsync(ct);
@@ -270,6 +270,38 @@ public class ReconcilerTests
             Assert.Empty(_dataplane.State.Services);
             _store.Down = false;
             await WaitUntil(() => _dataplane.State.Services.Count == 2, ct);
+        }
+        finally
+        {
+            await loop.StopAsync(CancellationToken.None);
+        }
+    }
+
+    [Fact]
+    public async Task Loop_AChangeAfterAQuietSpell_IsAppliedAtOnce_TheNextWaitsForTheInterval()
+    {
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UnixEpoch);
+        var loop = new ReconcileLoop(_reconciler, _store, new ReconcilerOptions { SyncPeriod = TimeSpan.FromDays(1), MinPassInterval = TimeSpan.FromHours(1) },
+            NullLogger<ReconcileLoop>.Instance, clock);
+        var ct = TestContext.Current.CancellationToken;
+        await loop.StartAsync(ct);
+        try
+        {
+            await WaitUntil(() => _dataplane.State.Services.Count == 2, ct);
+            clock.Advance(TimeSpan.FromHours(2));   // quiet for longer than the interval
+
+            _store.Items.Add(FakeStore.Item(FakeStore.Service("late", "198.18.0.13"), [FakeStore.Server("late", "198.18.1.30")]));
+            _store.Changed("services/late");
+            await WaitUntil(() => _dataplane.State.Services.Count == 3, ct);   // no time passed on the loop's clock
+
+            var passes = loop.Passes;
+            _store.Items.Add(FakeStore.Item(FakeStore.Service("later", "198.18.0.14"), [FakeStore.Server("later", "198.18.1.31")]));
+            _store.Changed("services/later");
+            await Task.Delay(300, ct);
+            Assert.Equal(3, _dataplane.State.Services.Count);   // within the interval of the last pass: it waits
+            Assert.Equal(passes, loop.Passes);
+            clock.Advance(TimeSpan.FromHours(1));
+            await WaitUntil(() => _dataplane.State.Services.Count == 4, ct);
         }
         finally
         {
