@@ -297,7 +297,8 @@ static async Task<List<string>> MeasureCreates(string backend, Microsoft.AspNetC
     RealServer NewServer(int i, int r) => Server(i * 7 % o.Services, o.Servers + r * (o.Creates * 7 / o.Services + 1) + i * 7 / o.Services);
 
     // Not timed: a few hundred calls of each kind first, so the first row does not pay for the JIT tiering up the API's,
-    // the store's and the reconcile pass's code (the rows after it would not).
+    // the store's and the reconcile pass's code (the rows after it would not). The services are numbered past every
+    // range the timed rows take from `next`; the servers get an endpoint round of their own.
     var warm = Math.Min(200, o.Creates);
     await Parallel(warm, o.Concurrency, async i => await client.CreateServiceAsync(Service(o.Services + o.Creates * 16 + i)), $"[{backend}] warm-up services");
     var warmRound = round++;
