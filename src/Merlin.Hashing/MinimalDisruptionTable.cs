@@ -76,15 +76,17 @@ public sealed class MinimalDisruptionTable
     /// size, of the old slot under its middle), then the quotas apply.
     /// </summary>
     public static MinimalDisruptionTable Next(MinimalDisruptionTable? previous, IReadOnlyList<(string Id, uint Weight)> servers, int? size = null) =>
-        Next(previous, servers, size, recentlyMoved: null);
+        Next(previous, servers, size, keep: null);
 
     /// <summary>
     /// As <see cref="Next(MinimalDisruptionTable?, IReadOnlyList{ValueTuple{string, uint}}, int?)"/>, but a server above its
-    /// quota frees first the slots not marked in <paramref name="recentlyMoved"/> (indexed by <paramref name="previous"/>'s
-    /// slots): a slot that moved within the second-chance window and moved again would leave its connections from two
-    /// changes back with no previous owner that has them. Only which slots move changes, never how many.
+    /// quota frees its slots in the order <paramref name="keep"/> gives (indexed by <paramref name="previous"/>'s slots):
+    /// first those at 0, along the walk; then, only if it must, the others from the lowest value up. A slot that moved
+    /// within the second-chance window and moves again leaves its connections from before the first move with no
+    /// previous owner that has them, so the caller ranks such slots by what moving them again would strand.
+    /// Only which slots move changes, never how many.
     /// </summary>
-    public static MinimalDisruptionTable Next(MinimalDisruptionTable? previous, IReadOnlyList<(string Id, uint Weight)> servers, int? size, bool[]? recentlyMoved)
+    public static MinimalDisruptionTable Next(MinimalDisruptionTable? previous, IReadOnlyList<(string Id, uint Weight)> servers, int? size, int[]? keep)
     {
         ArgumentNullException.ThrowIfNull(servers);
         var sorted = Canonical(servers);
@@ -95,7 +97,7 @@ public sealed class MinimalDisruptionTable
 
         // 1. Who holds each slot now, by the new server indices; −1 = free (its owner left or went to weight 0).
         var owners = new int[m];
-        bool[]? moved = null;
+        int[]? kept = null;
         if (previous is null) owners.AsSpan().Fill(-1);
         else
         {
@@ -112,11 +114,11 @@ public sealed class MinimalDisruptionTable
                 int from = old == m ? s : (int)(((2L * s + 1) * old) / (2L * m));
                 int o = previous._owners[from];
                 owners[s] = o < 0 ? -1 : map[o];
-                if (recentlyMoved is not null && recentlyMoved[from]) (moved ??= new bool[m])[s] = true;
+                if (keep is not null && keep[from] > 0) (kept ??= new int[m])[s] = keep[from];
             }
         }
-        if (recentlyMoved is not null && previous is not null && recentlyMoved.Length != previous.Size)
-            throw new ArgumentException($"recentlyMoved has {recentlyMoved.Length} entries for a table of {previous.Size} slots", nameof(recentlyMoved));
+        if (keep is not null && previous is not null && keep.Length != previous.Size)
+            throw new ArgumentException($"keep has {keep.Length} entries for a table of {previous.Size} slots", nameof(keep));
 
         var counts = new int[n];
         foreach (var o in owners) if (o >= 0) counts[o]++;
@@ -133,13 +135,23 @@ public sealed class MinimalDisruptionTable
         }
         if (anyExcess)
         {
-            // Slots that did not move recently go first; a second walk takes recently moved ones only if it must.
-            for (int pass = moved is null ? 1 : 0; pass < 2; pass++)
+            // Slots ranked 0 go first, along the walk; the others wait, keyed (rank, walk position), for the few
+            // servers that cannot free enough without them.
+            List<long>? ranked = null;
+            for (int j = 0, s = 0; j < m; j++, s = Step(s, stride, m))
             {
-                for (int j = 0, s = 0; j < m; j++, s = Step(s, stride, m))
+                int o = owners[s];
+                if (o < 0 || excess[o] == 0) continue;
+                if (kept is null || kept[s] == 0) { excess[o]--; owners[s] = -1; }
+                else (ranked ??= []).Add(((long)kept[s] << 32) | (uint)j);
+            }
+            if (ranked is not null && excess.Any(e => e > 0))
+            {
+                ranked.Sort();
+                foreach (var key in ranked)
                 {
-                    int o = owners[s];
-                    if (o >= 0 && excess[o] > 0 && (pass == 1 || !moved![s])) { excess[o]--; owners[s] = -1; }
+                    int s = (int)((uint)key * (long)stride % m), o = owners[s];   // the walk's j-th slot is j·stride mod M
+                    if (excess[o] > 0) { excess[o]--; owners[s] = -1; }
                 }
             }
         }

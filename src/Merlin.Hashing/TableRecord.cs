@@ -77,15 +77,21 @@ public sealed class TableRecord
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(window, TimeSpan.Zero);
         long stamp = now.ToUnixTimeSeconds(), windowSeconds = (long)Math.Ceiling(window.TotalSeconds);
-        // Slots whose previous owner is still kept: moving them again would strand that owner's connections.
-        bool[]? recentlyMoved = null;
+        // Slots whose previous owner is still kept: moving them again strands that owner's connections from before
+        // the move. So they move only when a server cannot free enough others, the oldest moves first (their
+        // connections had the longest to end), and last those whose previous owner drains: it surely still has some.
+        int[]? keep = null;
         if (before is not null && before._previous.Length > 0)
         {
-            recentlyMoved = new bool[before.Current.Size];
+            keep = new int[before.Current.Size];
+            var stamps = before._previous.Select(p => p.Since).Distinct().Order().ToList();
             foreach (var p in before._previous)
-                if (p.Since >= stamp - windowSeconds || before.Current.Servers[p.Server].Weight == 0) recentlyMoved[p.Slot] = true;
+            {
+                if (before.Current.Servers[p.Server].Weight == 0) keep[p.Slot] = int.MaxValue;
+                else if (p.Since >= stamp - windowSeconds) keep[p.Slot] = 1 + stamps.BinarySearch(p.Since);
+            }
         }
-        var current = MinimalDisruptionTable.Next(before?.Current, servers, size, recentlyMoved);
+        var current = MinimalDisruptionTable.Next(before?.Current, servers, size, keep);
         if (before is null) return Of(current);
 
         var index = new Dictionary<string, int>(current.Servers.Count, StringComparer.Ordinal);

@@ -90,12 +90,10 @@ public sealed class SecondChanceFleetLabTests
             {
                 // Second chance on: every connection, every request — the goal. Scenario 2 used to lose one or two in some
                 // runs: the node was stopped before every agent had the last tables (ChangeAsync waits for them now).
-                // Scenario 3 still loses one in some runs, with refused hand-offs (not yet diagnosed; issue 17 stays open
-                // on it): there only connections whose packets reached another server may fail.
-                if (s != s3)
-                    Assert.True(s.On.Hold.Survived == Connections, $"scenario {s.Name}, second chance on: {s.On.Describe()}");
-                else
-                    Assert.True(s.On.Failed.IsSubsetOf(s.On.AtRisk), $"scenario {s.Name}, second chance on: a connection that stayed on its server failed: {s.On.Describe()}");
+                // Scenario 3 used to lose one in some runs, with refused hand-offs: by then most slots had moved within
+                // the window, and the addition took back slots the drain had just given away (TableRecordTests,
+                // TheFleetLabsWholeHistory_…); such slots are now the last a server frees.
+                Assert.True(s.On.Hold.Survived == Connections, $"scenario {s.Name}, second chance on: {s.On.Describe()}");
                 Assert.True(s.On.Requests.Failures == 0, $"scenario {s.Name}, second chance on: {s.On.Requests.Failures} request(s) failed: {Errors(s.On.Requests)}");
                 // A connection whose packets reached another server was handed back: the counters saw it.
                 if (s.On.AtRisk.Count > 0)

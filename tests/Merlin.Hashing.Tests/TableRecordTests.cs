@@ -236,6 +236,30 @@ public class TableRecordTests
         Assert.True(unrecorded.Count == 0, $"{unrecorded.Count} flow(s), e.g. {string.Join("; ", unrecorded.Take(3))}");
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void TheFleetLabsWholeHistory_ADrainAndAnAdditionAfterEarlierMoves_LeaveEveryFlowRecoverable(bool addFirst)
+    {
+        // The lab's three scenarios within one window: rs2 drains and comes back, rs5 joins, then rs1 drains while rs6
+        // joins (in either order). By then most slots have moved within the window, so the addition cannot take only
+        // unmoved slots; it must not take the ones the drain just gave away, whose connections are still on rs1.
+        static string Rs(int i) => $"198.18.1.{i}:80";
+        static List<(string, uint)> Set(TableRecord r, string id, uint weight) =>
+            [.. r.Current.Servers.Where(s => s.Id != id).Select(s => (s.Id, s.Weight)), (id, weight)];
+        var record = TableRecord.Of(MinimalDisruptionTable.Build([.. Enumerable.Range(1, 4).Select(i => (Rs(i), 1u))]));
+        var now = T0;
+        record = TableRecord.Next(record, Set(record, Rs(2), 0), now += TimeSpan.FromSeconds(30), Hour);
+        record = TableRecord.Next(record, Set(record, Rs(2), 1), now += TimeSpan.FromSeconds(30), Hour);
+        record = TableRecord.Next(record, Set(record, Rs(5), 1), now += TimeSpan.FromSeconds(30), Hour);
+        var before = record;
+        foreach (var (id, weight) in addFirst ? new[] { (Rs(6), 1u), (Rs(1), 0u) } : [(Rs(1), 0u), (Rs(6), 1u)])
+            record = TableRecord.Next(record, Set(record, id, weight), now += TimeSpan.FromSeconds(1), Hour);
+
+        var unrecorded = Unrecorded(before.Current, record, RandomHashes(5, 50_000));
+        Assert.True(unrecorded.Count == 0, $"{unrecorded.Count} flow(s), e.g. {string.Join("; ", unrecorded.Take(3))}");
+    }
+
     [Fact]
     public void AnyChangeSequence_PreferringUnmovedSlots_MovesAsManySlotsAndKeepsTheSameCounts()
     {
