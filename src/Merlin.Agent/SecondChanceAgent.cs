@@ -15,8 +15,8 @@ public interface ISecondChanceKernel
 {
     Task RunAsync(string script, CancellationToken ct);
 
-    /// <summary><c>nft -j list counters table ip merlin_chance</c>; null if the table does not exist.</summary>
-    Task<string?> ListCountersJsonAsync(CancellationToken ct);
+    /// <summary><c>nft -j list counters table &lt;family&gt; merlin_chance</c>; null if the table does not exist.</summary>
+    Task<string?> ListCountersJsonAsync(string family, CancellationToken ct);
 }
 
 /// <summary>What second chance needs besides the API: the load balancers' hash seed and how often to re-read the tables.</summary>
@@ -35,9 +35,6 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
 {
     private string? _applied;
     private readonly Dictionary<string, string> _names = [];
-
-    // IPv6 md-table services this agent has said it cannot give a second chance (said once each, not every pass).
-    private readonly HashSet<string> _ipv6Told = new(StringComparer.Ordinal);
 
     /// <summary>Hand-offs per service and kind (<see cref="SecondChanceRules.CounterKinds"/>), as last read from the kernel.</summary>
     public IReadOnlyDictionary<(string Service, string Kind), ulong> Counters { get; private set; } = new Dictionary<(string, string), ulong>();
@@ -103,13 +100,6 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
                 service = list.Items.FirstOrDefault(i => i.Service?.Id == id)?.Service;
             }
             if (service?.Key is not { } key || !IPAddress.TryParse(key.Ip, out var vip) || key.Protocol != Protocol.Tcp) continue;
-            if (vip.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork)
-            {
-                // The hand-off mark is the IPv4 header's reserved flag bit; IPv6 has no spare bit (SecondChanceRules).
-                if (WireMapper.TryToModel(service, out var v6) is null && Merlin.Model.Schedulers.UsesStoredTable(v6!.Config) && _ipv6Told.Add(id))
-                    LogIpv6Refused(id, key.Ip);
-                continue;
-            }
             var own = agent.Addresses.FirstOrDefault(a => a.AddressFamily == vip.AddressFamily);
             if (own is null) continue;
             if (stored.Table.IsEmpty) continue;
@@ -132,16 +122,19 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
 
     private async Task ReadCountersAsync(CancellationToken ct)
     {
-        if (await kernel.ListCountersJsonAsync(ct) is not { } json) return;
         var counters = new Dictionary<(string, string), ulong>();
-        using var doc = JsonDocument.Parse(json);
-        foreach (var item in doc.RootElement.GetProperty("nftables").EnumerateArray())
+        foreach (var family in SecondChanceRules.Families)
         {
-            if (!item.TryGetProperty("counter", out var counter)) continue;
-            var name = counter.GetProperty("name").GetString() ?? "";
-            var cut = name.LastIndexOf('_');
-            if (cut < 0 || !_names.TryGetValue(name[(cut + 1)..], out var service)) continue;
-            counters[(service, name[..cut])] = counter.GetProperty("packets").GetUInt64();
+            if (await kernel.ListCountersJsonAsync(family, ct) is not { } json) continue;
+            using var doc = JsonDocument.Parse(json);
+            foreach (var item in doc.RootElement.GetProperty("nftables").EnumerateArray())
+            {
+                if (!item.TryGetProperty("counter", out var counter)) continue;
+                var name = counter.GetProperty("name").GetString() ?? "";
+                var cut = name.LastIndexOf('_');
+                if (cut < 0 || !_names.TryGetValue(name[(cut + 1)..], out var service)) continue;
+                counters[(service, name[..cut])] = counter.GetProperty("packets").GetUInt64();
+            }
         }
         Counters = counters;
     }
@@ -172,11 +165,8 @@ public sealed partial class SecondChanceAgent(MerlinClient api, ISecondChanceKer
     [LoggerMessage(EventId = 22, Level = LogLevel.Information, Message = "Second chance: rules removed")]
     private partial void LogRemoved();
 
-    [LoggerMessage(EventId = 23, Level = LogLevel.Error, Message = "Second chance: could not remove table ip merlin_chance: {Error}")]
+    [LoggerMessage(EventId = 23, Level = LogLevel.Error, Message = "Second chance: could not remove tables ip and ip6 merlin_chance: {Error}")]
     private partial void LogRemoveFailed(string error);
-
-    [LoggerMessage(EventId = 24, Level = LogLevel.Warning, Message = "Second chance: none for service {Service} (VIP {Vip}): it is IPv4 only, since IPv6 has no spare header bit to mark a hand-off; the load balancers still use its md-table")]
-    private partial void LogIpv6Refused(string service, string vip);
 }
 
 /// <summary>The kernel's nftables through the dataplane's writer (libnftables in the process).</summary>
@@ -184,5 +174,5 @@ public sealed class NftablesSecondChanceKernel(Merlin.Dataplane.Nftables.Nftable
 {
     public Task RunAsync(string script, CancellationToken ct) => nft.RunAsync(script, ct);
 
-    public Task<string?> ListCountersJsonAsync(CancellationToken ct) => nft.ListCountersJsonAsync(SecondChanceRules.Family, SecondChanceRules.Table, ct);
+    public Task<string?> ListCountersJsonAsync(string family, CancellationToken ct) => nft.ListCountersJsonAsync(family, SecondChanceRules.Table, ct);
 }

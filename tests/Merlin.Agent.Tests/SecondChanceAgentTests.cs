@@ -16,34 +16,33 @@ public sealed class SecondChanceAgentTests
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     [Fact]
-    public async Task AnIpv6MdTableService_GetsNoRules_AndTheAgentSaysWhyOnce()
+    public async Task AnIpv4AndAnIpv6MdTableService_EachGetRulesInTheirFamilysTable_HandingToAnAddressOfThatFamily()
     {
-        var record = TableRecord.Next(TableRecord.Of(MinimalDisruptionTable.Build([("198.18.0.11:80", 1), ("198.18.0.12:80", 1)], 7)),
-            [("198.18.0.11:80", 1), ("198.18.0.12:80", 1), ("198.18.0.13:80", 1)], DateTimeOffset.UnixEpoch, TimeSpan.FromHours(1), size: 7);
+        static TableRecord Joined(string a, string b, string c) => TableRecord.Next(TableRecord.Of(MinimalDisruptionTable.Build([(a, 1), (b, 1)], 7)),
+            [(a, 1), (b, 1), (c, 1)], DateTimeOffset.UnixEpoch, TimeSpan.FromHours(1), size: 7);
         var api = new FakeApi();
-        api.Add(Service("web", "198.18.0.100", 80), record.Encode());
-        api.Add(Service("web6", "2001:db8::100", 443), record.Encode());
+        api.Add(Service("web", "198.18.0.100", 80), Joined("198.18.0.11:80", "198.18.0.12:80", "198.18.0.13:80").Encode());
+        api.Add(Service("web6", "2001:db8::100", 443), Joined("[2001:db8::11]:443", "[2001:db8::12]:443", "[2001:db8::13]:443").Encode());
         var kernel = new RecordingKernel();
-        using var logs = new ListLoggerFactory();
         var agent = new SecondChanceAgent(api, kernel, new AgentOptions
         {
             Services = ["web", "web6"],
             Addresses = [IPAddress.Parse("198.18.0.13"), IPAddress.Parse("2001:db8::13")],
-        }, new SecondChanceOptions(0x5eed1234), TimeProvider.System, logs.CreateLogger<SecondChanceAgent>());
+        }, new SecondChanceOptions(0x5eed1234), TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<SecondChanceAgent>.Instance);
 
         Assert.True(await agent.SyncAsync(Ct));
         Assert.False(await agent.SyncAsync(Ct));
 
-        // The IPv4 service's rules, nothing of the IPv6 one.
         var script = Assert.Single(kernel.Scripts);
-        Assert.Contains("198.18.0.100 . 80 : goto s_0", script);
-        Assert.DoesNotContain("2001:db8", script);
-        Assert.Equal(["web"], agent.TableHashes.Keys);
-        // Said once, naming the service, its VIP and why; not again on every pass.
-        var said = Assert.Single(logs.Lines, l => l.Contains("web6", StringComparison.Ordinal));
-        Assert.Contains("Warning", said);
-        Assert.Contains("2001:db8::100", said);
-        Assert.Contains("IPv4 only", said);
+        var v4 = script[script.IndexOf("table ip merlin_chance {", StringComparison.Ordinal)..script.IndexOf("table ip6 merlin_chance\n", StringComparison.Ordinal)];
+        var v6 = script[script.IndexOf("table ip6 merlin_chance {", StringComparison.Ordinal)..];
+        Assert.Contains("198.18.0.100 . 80 : goto s_0", v4);
+        Assert.DoesNotContain("2001:db8", v4);
+        Assert.Contains("2001:db8::100 . 443 : goto s_1", v6);
+        Assert.Contains("typeof numgen inc mod 7 : ip6 daddr", v6);
+        Assert.Matches(@"elements = \{ \d : 2001:db8::1[12]", v6);
+        Assert.DoesNotContain("198.18.", v6);
+        Assert.Equal(["web", "web6"], agent.TableHashes.Keys);
     }
 
     [Theory]
@@ -88,7 +87,7 @@ public sealed class SecondChanceAgentTests
             return Task.CompletedTask;
         }
 
-        public Task<string?> ListCountersJsonAsync(CancellationToken ct) => Task.FromResult<string?>(null);
+        public Task<string?> ListCountersJsonAsync(string family, CancellationToken ct) => Task.FromResult<string?>(null);
     }
 
     private sealed class FakeApi : Wire.Merlin.MerlinClient
