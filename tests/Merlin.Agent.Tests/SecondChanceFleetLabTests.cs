@@ -105,8 +105,8 @@ public sealed class SecondChanceFleetLabTests
                     $"scenario {s.Name}, second chance off: failed [{string.Join(", ", s.Off.Failed)}], reached another server [{string.Join(", ", s.Off.AtRisk)}]");
             }
 
-            // 4. Cost: the same request loop through the real servers, their rules in place and removed, alternating.
-            await fleet.MeasureCostAsync(rounds: 3, requests: 300);
+            // 4. Cost: the same request loop through the real servers with their rules, with conntrack alone, with neither, in turn.
+            await fleet.MeasureCostAsync(rounds: 5, requests: 300);
             Output($"done after {clock.Elapsed.TotalSeconds:0.0} s");
         }
         catch (Exception e) when (e is not Xunit.Sdk.XunitException)
@@ -328,8 +328,11 @@ public sealed class SecondChanceFleetLabTests
         }
 
         /// <summary>
-        /// Scenario 4: HTTP request loops on the "on" VIP, alternating between every real server having its
-        /// second-chance table and none having it (saved with <c>nft list</c>, deleted, loaded back). A measurement:
+        /// Scenario 4: HTTP request loops on the "on" VIP, rotating through three settings on every real server: its
+        /// second-chance tables in place ("rules"); removed, with only conntrack kept on by a one-rule table
+        /// ("conntrack": what a real server with any stateful firewall, or kube-proxy, runs anyway); and nothing
+        /// ("none"). The rules need conntrack, so "rules" against "conntrack" is the rules' own cost, and against
+        /// "none" the whole. The tables are saved with <c>nft list</c>, deleted and loaded back. A measurement:
         /// printed, never asserted.
         /// </summary>
         public async Task MeasureCostAsync(int rounds, int requests)
@@ -341,23 +344,30 @@ public sealed class SecondChanceFleetLabTests
                 saved[rs] = Path.Combine(lab.TempPath, $"chance-{rs.Name}.nft");
                 await File.WriteAllTextAsync(saved[rs], text, Ct);
             }
+            var conntrackOnly = Path.Combine(lab.TempPath, "conntrack-only.nft");
+            await File.WriteAllTextAsync(conntrackOnly,
+                "table ip merlin_cost {\n  chain prerouting {\n    type filter hook prerouting priority mangle; policy accept;\n    ct state invalid counter\n  }\n}\n", Ct);
+            string[] settings = ["rules", "conntrack", "none"];
             var options = new LabRequestOptions { Count = requests, Timeout = TimeSpan.FromSeconds(3) };
-            var all = new Dictionary<bool, List<RequestReport>> { [true] = [], [false] = [] };
+            var all = settings.ToDictionary(s => s, _ => new List<RequestReport>());
             try
             {
                 for (var round = 0; round < rounds; round++)
                 {
-                    foreach (var rules in new[] { true, false })
+                    foreach (var setting in settings)
                     {
                         foreach (var (rs, file) in saved)
                         {
                             var present = (await rs.RunAsync("nft", "list", "table", "ip", "merlin_chance")).ExitCode == 0;
-                            if (rules && !present) await rs.ExecAsync("nft", "-f", file);
-                            if (!rules && present) await rs.ExecAsync("nft", "delete", "table", "ip", "merlin_chance");
+                            if (setting == "rules" && !present) await rs.ExecAsync("nft", "-f", file);
+                            if (setting != "rules" && present) await rs.ExecAsync("nft", "delete", "table", "ip", "merlin_chance");
+                            var costTable = (await rs.RunAsync("nft", "list", "table", "ip", "merlin_cost")).ExitCode == 0;
+                            if (setting == "conntrack" && !costTable) await rs.ExecAsync("nft", "-f", conntrackOnly);
+                            if (setting != "conntrack" && costTable) await rs.ExecAsync("nft", "delete", "table", "ip", "merlin_cost");
                         }
                         var r = await lab.Client.HttpAsync(new IPEndPoint(VipOn, TheLab.HttpPort), options, Ct);
-                        all[rules].Add(r);
-                        Output($"  cost round {round + 1}, rules {(rules ? "on " : "off")}: p50 {r.P50LatencyMs:0.000} ms, p90 {r.P90LatencyMs:0.000} ms, p99 {r.P99LatencyMs:0.000} ms, mean {r.MeanLatencyMs:0.000} ms ({r.Successes}/{r.Completed} ok)");
+                        all[setting].Add(r);
+                        Output($"  cost round {round + 1}, {setting,-9}: p50 {r.P50LatencyMs:0.000} ms, p90 {r.P90LatencyMs:0.000} ms, p99 {r.P99LatencyMs:0.000} ms, mean {r.MeanLatencyMs:0.000} ms ({r.Successes}/{r.Completed} ok)");
                     }
                 }
             }
@@ -365,12 +375,15 @@ public sealed class SecondChanceFleetLabTests
             {
                 // Leave the agents' rules as they wrote them, so their detach removes them.
                 foreach (var (rs, file) in saved)
+                {
+                    if ((await rs.RunAsync("nft", "list", "table", "ip", "merlin_cost")).ExitCode == 0) await rs.ExecAsync("nft", "delete", "table", "ip", "merlin_cost");
                     if ((await rs.RunAsync("nft", "list", "table", "ip", "merlin_chance")).ExitCode != 0) await rs.ExecAsync("nft", "-f", file);
+                }
             }
-            foreach (var rules in new[] { true, false })
+            foreach (var setting in settings)
             {
-                var r = all[rules];
-                Output($"cost, rules {(rules ? "on " : "off")}: median of rounds p50 {Median(r.Select(x => x.P50LatencyMs)):0.000} ms, p99 {Median(r.Select(x => x.P99LatencyMs)):0.000} ms; {r.Sum(x => x.Failures)} failed");
+                var r = all[setting];
+                Output($"cost, {setting,-9}: median of rounds p50 {Median(r.Select(x => x.P50LatencyMs)):0.000} ms, p99 {Median(r.Select(x => x.P99LatencyMs)):0.000} ms; {r.Sum(x => x.Failures)} failed");
             }
             var load = (await File.ReadAllTextAsync("/proc/loadavg", Ct)).Trim();
             Output($"load average during the cost rounds (/proc/loadavg): {load}");
