@@ -20,14 +20,18 @@ public static partial class RuleVariants
         ["nolive"] = "a pinned flow's server is not checked against the live set",
         ["nopin"] = "no pinned-flow lookup at all: every packet hashed into the Maglev map (one-packet scheduling)",
         ["novmap"] = "the service matched by a plain rule ahead of the dispatch vmap, then a jump to its chain",
-        ["sized"] = "the dispatch map svc4 and the group's live set declared with a size, so the kernel picks its fixed-size hash rather than rhash",
+        ["sized"] = "the dispatch map svc4 and the live set live4 declared with a size, so the kernel picks its fixed-size hash rather than rhash",
         ["inline"] = "the service matched by a plain rule in ingress, the group chain's rules inlined there (no vmap, no jump)",
-        ["pinfirst"] = "a pinned flow found in ingress before the dispatch vmap, its server checked in one live set keyed by service and MAC (no vmap, no jump for pinned packets)",
+        ["pinlast"] = "the pinned-flow rule after the dispatch vmap, in the service's chain (the layout before the pin moved to ingress)",
     };
 
     /// <summary>The measured service's chains as listed, to change and to restore.</summary>
     public sealed record Listed(string Table, string GroupChain, IReadOnlyList<string> GroupRules, IReadOnlyList<string> IngressRules, string ServiceMatch,
-        IReadOnlyList<string> Sets);
+        IReadOnlyList<string> Sets)
+    {
+        /// <summary>The ingress rules' match of the load balancer's own MAC (the first words of <see cref="ServiceMatch"/>).</summary>
+        public Regex OwnMatch() => new("^" + Regex.Escape(string.Join(' ', ServiceMatch.Split(' ').Take(3))) + " ");
+    }
 
     /// <summary>Reads the chain the dispatch map sends <paramref name="serviceKey"/> (<c>vip . udp . port</c>) to, and the ingress chain.</summary>
     public static async Task<Listed> ListAsync(string ns, string table, string vip, int port, string ownMac, CancellationToken ct)
@@ -37,10 +41,8 @@ public static partial class RuleVariants
         if (!jump.Success) throw new InvalidOperationException($"the dispatch map has no element for {vip} . udp . {port}: {map}");
         var chain = jump.Groups[1].Value;
         var group = await RulesAsync(ns, table, chain, ct);
-        var live = group.Select(r => LiveSet().Match(r)).FirstOrDefault(m => m.Success)?.Groups[1].Value
-            ?? throw new InvalidOperationException($"chain {chain} checks no live set");
         // The sets "sized" re-declares, as listed: nft reads its own listing back as a script.
-        var liveSet = await Commands.RunAsync(["ip", "netns", "exec", ns, "nft", "list", "set", "netdev", table, live], ct: ct);
+        var liveSet = await Commands.RunAsync(["ip", "netns", "exec", ns, "nft", "list", "set", "netdev", table, "live4"], ct: ct);
         return new Listed(table, chain, group, await RulesAsync(ns, table, "ingress", ct),
             $"ether daddr {ownMac} ip daddr {vip} udp dport {port}", [map, liveSet]);
     }
@@ -67,22 +69,28 @@ public static partial class RuleVariants
     {
         var group = listed.GroupRules.ToList();
         var ingress = listed.IngressRules.ToList();
-        int pinned = group.FindIndex(r => r.Contains("\"merlin: pinned flow\"", StringComparison.Ordinal));
+        int pinned = ingress.FindIndex(r => r.Contains("\"merlin: pinned IPv4 flow\"", StringComparison.Ordinal));
         switch (name)
         {
             case "relisted":
                 break;
             case "norefresh":
-                group[Pinned(pinned)] = UpdateClause().Replace(group[pinned], " ", 1);
+                ingress[Pinned(pinned)] = UpdateClause().Replace(ingress[pinned], " ", 1);
                 break;
             case "sampled16":
-                group.Insert(Pinned(pinned), "numgen random mod 16 != 0 " + UpdateClause().Replace(group[pinned], " ", 1));
+                ingress.Insert(Pinned(pinned), "numgen random mod 16 != 0 " + UpdateClause().Replace(ingress[pinned], " ", 1));
                 break;
             case "nolive":
-                group[Pinned(pinned)] = LiveClause().Replace(group[pinned], " ", 1);
+                ingress[Pinned(pinned)] = LiveClause().Replace(ingress[pinned], " ", 1);
                 break;
             case "nopin":
                 group.RemoveAll(r => r.Contains("@flows4", StringComparison.Ordinal));
+                ingress.RemoveAll(r => r.Contains("@flows4", StringComparison.Ordinal));
+                break;
+            case "pinlast":
+                // The same rule, without its own-MAC match, first in the service's chain.
+                group.Insert(0, listed.OwnMatch().Replace(ingress[Pinned(pinned)], "", 1));
+                ingress.RemoveAt(pinned);
                 break;
             case "novmap":
                 ingress.Insert(0, $"{listed.ServiceMatch} jump {listed.GroupChain}");
@@ -92,8 +100,6 @@ public static partial class RuleVariants
             case "inline":
                 ingress.InsertRange(0, group.Select(r => $"{listed.ServiceMatch} {r}"));
                 break;
-            case "pinfirst":
-                return Write(listed, group, ingress, pinFirst: true);
             default:
                 throw new ArgumentException($"unknown rule variant '{name}'; known: {string.Join(", ", Known.Keys)}", nameof(name));
         }
@@ -105,22 +111,9 @@ public static partial class RuleVariants
     /// <summary>The nft script that writes Merlin's listed rules back.</summary>
     public static string Restore(Listed listed) => Write(listed, listed.GroupRules, listed.IngressRules, sized: false);
 
-    private static string Write(Listed listed, IReadOnlyList<string> group, IReadOnlyList<string> ingress, bool sized = false, bool pinFirst = false)
+    private static string Write(Listed listed, IReadOnlyList<string> group, IReadOnlyList<string> ingress, bool sized = false)
     {
         var script = new StringBuilder();
-        if (pinFirst)
-        {
-            // One live set for every service: (vip . proto . port . MAC), so a pinned packet is checked without
-            // knowing its service's group; the pin lookup moves ahead of the dispatch vmap.
-            var service = ServiceParts().Match(listed.ServiceMatch);
-            var own = service.Groups[1].Value;
-            var macs = Mac().Matches(listed.Sets[1]).Select(m => m.Value).Distinct();
-            script.Append($"add set netdev {listed.Table} pp_live4 {{ type ipv4_addr . inet_proto . inet_service . ether_addr; }}\n");
-            script.Append($"add element netdev {listed.Table} pp_live4 {{ {string.Join(", ", macs.Select(m => $"{service.Groups[2].Value} . udp . {service.Groups[3].Value} . {m}"))} }}\n");
-            var pinned = group.First(r => r.Contains("\"merlin: pinned flow\"", StringComparison.Ordinal));
-            var first = LiveClause().Replace(pinned, " ip daddr . meta l4proto . th dport . ether daddr @pp_live4 ", 1);
-            ingress = [$"ether daddr {own} {first}", .. ingress];
-        }
         script.Append($"flush chain netdev {listed.Table} ingress\n");
         script.Append($"flush chain netdev {listed.Table} {listed.GroupChain}\n");
         // The sets are declared again every time (with a size or as listed), so "sized" is undone by any restore.
@@ -144,15 +137,6 @@ public static partial class RuleVariants
     [GeneratedRegex(@"^\s*type [^\n]*", RegexOptions.Multiline)]
     private static partial Regex TypeLine();
 
-    [GeneratedRegex(@"ether daddr @(\S+_live)")]
-    private static partial Regex LiveSet();
-
-    [GeneratedRegex(@"ether daddr (\S+) ip daddr (\S+) udp dport (\d+)")]
-    private static partial Regex ServiceParts();
-
-    [GeneratedRegex(@"\b[0-9a-f]{2}(?::[0-9a-f]{2}){5}\b")]
-    private static partial Regex Mac();
-
-    [GeneratedRegex(@" ether daddr @\S+_live ")]
+    [GeneratedRegex(@" ip daddr \. meta l4proto \. th dport \. ether daddr @live4 ")]
     private static partial Regex LiveClause();
 }

@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using System.Net;
 using Merlin.Lab;
 using Merlin.Lab.Server;
@@ -84,6 +85,9 @@ public sealed class SecondChanceLabTests
             // What a flow meets on another load-balancer node: no pin, the current table.
             await lb1.ExecAsync("nft", "flush", "map", "netdev", "merlin", ipv6 ? "flows6" : "flows4");
             await Task.Delay(TimeSpan.FromSeconds(3), Ct);
+            // lb1 pinned the held flows again (its pinned path, not only the table, carries them from here on).
+            var pins = (await lb1.ExecAsync("nft", "list", "map", "netdev", "merlin", ipv6 ? "flows6" : "flows4")).StandardOutput;
+            Assert.True(Regex.Matches(pins, @" : ([0-9a-f]{2}:){5}[0-9a-f]{2}").Count >= Connections, $"lb1 holds fewer pins than the {Connections} held flows:\n{pins}");
             handed = secondChance ? await CounterAsync(rs2, family, "handed_0") : 0;
             if (secondChance)
             {

@@ -21,10 +21,12 @@ public class RenderingTests
             "add chain netdev merlin d1_4p",
             "add map netdev merlin d1 { typeof numgen inc mod 251 : ether daddr; size 251; }",
             "add element netdev merlin d1 { 251 elements }",
-            "add set netdev merlin d1_live { type ether_addr; }",
-            "add element netdev merlin d1_live { 02:00:c6:12:01:0b, 02:00:c6:12:01:0c }",
             "add map netdev merlin flows4 { type ipv4_addr . ipv4_addr . inet_service . inet_service : ether_addr; size 262144; flags dynamic,timeout; timeout 300s; }",
             "add map netdev merlin flows6 { typeof numgen inc mod 2 . th sport . th dport : ether daddr; size 262144; flags dynamic,timeout; timeout 300s; }",
+            // Whether a pinned flow's server is still live for its service: one set of service . MAC per family.
+            "add set netdev merlin live4 { type ipv4_addr . inet_proto . inet_service . ether_addr; }",
+            "add element netdev merlin live4 { 198.18.0.10 . tcp . 80 . 02:00:c6:12:01:0b, 198.18.0.10 . tcp . 80 . 02:00:c6:12:01:0c }",
+            "add set netdev merlin live6 { type ipv6_addr . inet_proto . inet_service . ether_addr; }",
             $"add set netdev merlin marker {{ type mark; comment \"merlin v1 {Build(state).Ruleset.Fingerprint("marker")}\"; }}",
             "add set netdev merlin state { type mark; }",
             // One record per service (naming its server list), per server list, per real server.
@@ -32,9 +34,11 @@ public class RenderingTests
             "add map netdev merlin svc4 { type ipv4_addr . inet_proto . inet_service : verdict; }",
             "add element netdev merlin svc4 { 198.18.0.10 . tcp . 80 : goto d1_4p }",
             "add map netdev merlin svc6 { type ipv6_addr . inet_proto . inet_service : verdict; }",
-            "add rule netdev merlin ingress ether daddr 02:00:00:00:00:aa ip daddr . meta l4proto . th dport vmap @svc4 comment \"merlin: IPv4 services\"",
-            "add rule netdev merlin ingress ether daddr 02:00:00:00:00:aa ip6 daddr . meta l4proto . th dport vmap @svc6 comment \"merlin: IPv6 services\"",
-            "add rule netdev merlin d1_4p ether daddr set ip saddr . ip daddr . th sport . th dport map @flows4 ether daddr @d1_live update @flows4 { ip saddr . ip daddr . th sport . th dport : ether daddr } ether saddr set 02:00:00:00:00:aa fwd to \"eth0\" comment \"merlin: pinned flow\"",
+            // A pinned flow is forwarded before the dispatch map; new flows go on to their service's chain.
+            "add rule netdev merlin ingress ether daddr 02:00:00:00:00:aa ether daddr set ip saddr . ip daddr . th sport . th dport map @flows4 ip daddr . meta l4proto . th dport . ether daddr @live4 update @flows4 { ip saddr . ip daddr . th sport . th dport : ether daddr } ether saddr set 02:00:00:00:00:aa fwd to \"eth0\" comment \"merlin: pinned IPv4 flow\"",
+            "add rule netdev merlin ingress ether daddr 02:00:00:00:00:aa ether daddr set jhash ip6 saddr . ip6 daddr mod 4294967295 seed 0x5eed1234 . th sport . th dport map @flows6 ip6 daddr . meta l4proto . th dport . ether daddr @live6 update @flows6 { jhash ip6 saddr . ip6 daddr mod 4294967295 seed 0x5eed1234 . th sport . th dport : ether daddr } ether saddr set 02:00:00:00:00:aa fwd to \"eth0\" comment \"merlin: pinned IPv6 flow\"",
+            "add rule netdev merlin ingress meta pkttype host ip daddr . meta l4proto . th dport vmap @svc4 comment \"merlin: IPv4 services\"",
+            "add rule netdev merlin ingress meta pkttype host ip6 daddr . meta l4proto . th dport vmap @svc6 comment \"merlin: IPv6 services\"",
             "add rule netdev merlin d1_4p ether daddr set jhash ip saddr . th sport mod 251 seed 0x5eed1234 map @d1 update @flows4 { ip saddr . ip daddr . th sport . th dport : ether daddr } ether saddr set 02:00:00:00:00:aa fwd to \"eth0\" comment \"merlin: new flow\"",
             "add rule netdev merlin d1_4p ether daddr set jhash ip saddr . th sport mod 251 seed 0x5eed1234 map @d1 ether saddr set 02:00:00:00:00:aa fwd to \"eth0\" comment \"merlin: new flow, flow map full\"",
             "add rule netdev merlin d1_4p ether daddr set 02:00:00:00:00:aa comment \"merlin: no real server, local delivery\""),
@@ -73,7 +77,6 @@ public class RenderingTests
         var rules = ScriptRenderer.Full(Build(state).Ruleset).Split('\n').Where(l => l.StartsWith("add rule netdev merlin d1_", StringComparison.Ordinal)).ToArray();
 
         Assert.Equal(Golden.Lines(
-            "add rule netdev merlin d1_6s ether daddr set jhash ip6 saddr . ip6 daddr mod 4294967295 seed 0x5eed1234 . th sport . th dport map @flows6 ether daddr @d1_live update @flows6 { jhash ip6 saddr . ip6 daddr mod 4294967295 seed 0x5eed1234 . th sport . th dport : ether daddr } ether saddr set 02:00:00:00:00:aa fwd to \"eth0\" comment \"merlin: pinned flow\"",
             "add rule netdev merlin d1_6s ether daddr set jhash ip6 saddr mod 251 seed 0x5eed1234 map @d1 update @flows6 { jhash ip6 saddr . ip6 daddr mod 4294967295 seed 0x5eed1234 . th sport . th dport : ether daddr } ether saddr set 02:00:00:00:00:aa fwd to \"eth0\" comment \"merlin: new flow\"",
             "add rule netdev merlin d1_6s ether daddr set jhash ip6 saddr mod 251 seed 0x5eed1234 map @d1 ether saddr set 02:00:00:00:00:aa fwd to \"eth0\" comment \"merlin: new flow, flow map full\"",
             "add rule netdev merlin d1_6s ether daddr set 02:00:00:00:00:aa comment \"merlin: no real server, local delivery\""),
@@ -109,8 +112,8 @@ public class RenderingTests
         var script = ScriptRenderer.Diff(first.Ruleset, Build(State(one, Service(Udp("2001:db8::20", 53), Config("sh"), Route("2001:db8:1::13", 53))), first.Assignment).Ruleset);
 
         Assert.Contains("add chain netdev merlin d2_6s", script);
-        Assert.Contains("update @flows6", script);                            // the new chain pins its flows
         Assert.DoesNotContain("map netdev merlin flows6", script);   // neither deleted nor declared again
+        Assert.DoesNotContain("flush chain netdev merlin ingress", script);
     }
 
     [Fact]
@@ -125,7 +128,7 @@ public class RenderingTests
 
         var table = Build(state).Ruleset.Table("netdev", "merlin")!;
 
-        Assert.Equal(["d1", "d1_live", "d2", "d2_live", "flows4", "flows6", "marker", "state", "svc4", "svc6"], table.Sets.Keys.Order(StringComparer.Ordinal));
+        Assert.Equal(["d1", "d2", "flows4", "flows6", "live4", "live6", "marker", "state", "svc4", "svc6"], table.Sets.Keys.Order(StringComparer.Ordinal));
         Assert.Equal(["d1_4p", "d2_4p", "ingress"], table.Chains.Keys.Order(StringComparer.Ordinal));
         Assert.Equal([
             "198.18.0.10 . tcp . 443 : goto d1_4p",
@@ -147,8 +150,8 @@ public class RenderingTests
         var macs = new[] { "02:00:c6:12:01:0b", "02:00:c6:12:01:0c" };
         Assert.Equal(expected.Select((owner, slot) => $"{slot} : {macs[owner]}"), map.Content.Elements().Select(e => e.Element));
         // The drained server holds no slot but stays live, so flows pinned to it keep going there.
-        Assert.Equal(["02:00:c6:12:01:0b", "02:00:c6:12:01:0c", "02:00:c6:12:01:0d"],
-            Build(state).Ruleset.Table("netdev", "merlin")!.Sets["d1_live"].Content.Elements().Select(e => e.Key));
+        Assert.Equal(["198.18.0.10 . tcp . 80 . 02:00:c6:12:01:0b", "198.18.0.10 . tcp . 80 . 02:00:c6:12:01:0c", "198.18.0.10 . tcp . 80 . 02:00:c6:12:01:0d"],
+            Build(state).Ruleset.Table("netdev", "merlin")!.Sets["live4"].Content.Elements().Select(e => e.Key));
     }
 
     [Fact]
@@ -175,8 +178,12 @@ public class RenderingTests
         var before = first.Ruleset.Table("netdev", "merlin")!.Sets;
         var after = second.Ruleset.Table("netdev", "merlin")!.Sets;
         Assert.Same(before["d1"].Content, after["d1"].Content);
-        Assert.Same(before["d1_live"].Content, after["d1_live"].Content);
         Assert.NotSame(before["d2"].Content, after["d2"].Content);
+        // The live set's chunk of the unchanged service is the same instance: nothing of it is formatted or diffed again.
+        var live = ((ChunkedContent)before["live4"].Content).Chunks;
+        var liveAfter = ((ChunkedContent)after["live4"].Content).Chunks;
+        Assert.Same(live[0].Chunk, liveAfter[0].Chunk);
+        Assert.Equal(live.Select(c => c.Name), liveAfter.Select(c => c.Name));
     }
 
     [Fact]
@@ -230,7 +237,7 @@ public class RenderingTests
         Assert.InRange(moved.Count - drained.Count, 0, 509 / 50);
         Assert.DoesNotContain(map2.Values, v => v.EndsWith("02:00:c6:12:01:0c", StringComparison.Ordinal));
         var script = ScriptRenderer.Diff(first.Ruleset, second.Ruleset);
-        Assert.DoesNotContain("d1_live", script);
+        Assert.DoesNotContain("live4", script);
         Assert.DoesNotContain("chain", script);
     }
 
@@ -251,15 +258,13 @@ public class RenderingTests
             "delete element netdev merlin svc4 { 198.18.0.10 . tcp . 80 }",
             "flush chain netdev merlin d1_4p",
             "delete map netdev merlin d1",
-            "delete set netdev merlin d1_live",
             "delete set netdev merlin marker",
             "delete chain netdev merlin d1_4p",
             "add chain netdev merlin d2_4p",
             "add map netdev merlin d2 { typeof numgen inc mod 509 : ether daddr; size 509; }",
-            "add element netdev merlin d2 { 509 elements }",
-            "add set netdev merlin d2_live { type ether_addr; }",
-            "add element netdev merlin d2_live { 02:00:c6:12:01:0b, 02:00:c6:12:01:0c, 02:00:c6:12:01:0d }"],
-            script.Take(12));
+            "add element netdev merlin d2 { 509 elements }"],
+            script.Take(9));
+        Assert.Contains("add element netdev merlin live4 { 198.18.0.10 . tcp . 80 . 02:00:c6:12:01:0d }", script);
         Assert.Contains("add element netdev merlin svc4 { 198.18.0.10 . tcp . 80 : goto d2_4p }", script);
         Assert.Contains(script, l => l.StartsWith("add rule netdev merlin d2_4p ", StringComparison.Ordinal));
     }

@@ -53,7 +53,7 @@ public class TableAuditorTests
         await dataplane.ReadAsync(CancellationToken.None);
 
         var warning = Assert.Single(dataplane.Warnings);
-        Assert.Contains("chain netdev merlin ingress holds 0 rules, not the 2 we wrote", warning);
+        Assert.Contains("chain netdev merlin ingress holds 0 rules, not the 4 we wrote", warning);
         Assert.Null(TableAuditor.Mismatch(ns.Tables(("netdev", "merlin"), ("inet", "merlin_nat")), Build(desired).Ruleset));
     }
 }

@@ -182,13 +182,25 @@ internal static class LayoutBuilder
             entries[k].Dispatch = element;
             dispatch.Add((plan, (element.Key, element.Element)));
         }
+        // The live sets: each pinned DSR service's live servers, a chunk per service kept while its group's MACs are.
+        var live4 = new List<(string, SetContent)>();
+        var live6 = new List<(string, SetContent)>();
+        for (int k = 0; k < services.Count; k++)
+        {
+            if (entries[k].Plan is not { Dsr: true } plan || plan.Variant.EndsWith('u')) continue;
+            var macs = contents[plan.ContentKey].Live!;
+            var key = entries[k].Dispatch!.Key;
+            var chunk = cachedEntries[k] is { Live: { } had } && ReferenceEquals(had.Macs, macs) && had.Service == key ? had : NewLive(key, macs);
+            entries[k].Live = chunk;
+            (plan.Key.Family == IpFamily.V6 ? live6 : live4).Add((key, chunk.Content));
+        }
         var chains = new Dictionary<(string, string), NftChain>();
         var chainsBefore = sameOptions ? cache.Chains : null;
         var tables = new List<NftTable>();
         var dsrPlans = plans.Where(p => p.Dsr).ToList();
         var natPlans = plans.Where(p => !p.Dsr).ToList();
         if (services.Count > 0)
-            tables.Add(TableRenderer.DsrTable(dsrPlans, assignment, contents, records.State, dispatch, chainsBefore, chains, input.OwnMac, options));
+            tables.Add(TableRenderer.DsrTable(dsrPlans, assignment, contents, records.State, dispatch, (new ChunkedContent(live4), new ChunkedContent(live6)), chainsBefore, chains, input.OwnMac, options));
         if (natPlans.Count > 0)
             tables.Add(TableRenderer.NatTable(natPlans, assignment, contents, dispatch, chainsBefore, chains, options));
         step?.Dispose();
@@ -224,6 +236,9 @@ internal static class LayoutBuilder
         }
         return (services.Values.OrderBy(s => s.Key, ServiceKeyComparer.Instance).ToList(), false);
     }
+
+    private static LiveChunk NewLive(string service, SetContent macs) =>
+        new(service, macs, KeyedContent.Of(macs.Elements().Select(m => { var e = $"{service} . {m.Key}"; return (e, e); })));
 
     private static DispatchElement NewDispatch(ServiceKey service, string group, string variant)
     {

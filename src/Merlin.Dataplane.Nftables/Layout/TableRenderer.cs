@@ -16,7 +16,7 @@ namespace Merlin.Dataplane.Nftables.Layout;
 internal static class TableRenderer
 {
     public static NftTable DsrTable(List<LayoutBuilder.ServicePlan> plans, Dictionary<string, string> groups, Dictionary<string, GroupContent> contents,
-        SetContent state, List<(LayoutBuilder.ServicePlan Plan, (string Key, string Element) Element)> dispatch,
+        SetContent state, List<(LayoutBuilder.ServicePlan Plan, (string Key, string Element) Element)> dispatch, (SetContent V4, SetContent V6) live,
         IReadOnlyDictionary<(string, string), NftChain>? chainsBefore, Dictionary<(string, string), NftChain> chainsNow, PhysicalAddress? ownMac, NftablesOptions options)
     {
         var sets = new Dictionary<string, NftSet>
@@ -35,17 +35,25 @@ internal static class TableRenderer
             sets["flows6"] = new("flows6", "map", $"typeof numgen inc mod 2 . th sport . th dport : ether daddr; size {maxFlows}; flags dynamic,timeout; timeout {timeout}s;", SetContent.Empty, Dynamic: true);
             sets["svc4"] = new("svc4", "map", "type ipv4_addr . inet_proto . inet_service : verdict;", Dispatch(dispatch, true, IpFamily.V4));
             sets["svc6"] = new("svc6", "map", "type ipv6_addr . inet_proto . inet_service : verdict;", Dispatch(dispatch, true, IpFamily.V6));
+            sets["live4"] = new("live4", "set", "type ipv4_addr . inet_proto . inet_service . ether_addr;", live.V4);
+            sets["live6"] = new("live6", "set", "type ipv6_addr . inet_proto . inet_service . ether_addr;", live.V6);
+            // A pinned flow is found before the dispatch map: one lookup for its pin, one for whether its server is
+            // still live for its service (live4/live6: service . MAC), one to refresh the pin. Only new flows, and
+            // flows pinned to a server no longer live, go on to their service's chain. The pin rule writes the pinned
+            // MAC before the live check can fail, so the dispatch rules ask whether the frame was sent to this node
+            // (meta pkttype host: set on receipt, untouched by a rewrite), not what its destination now reads.
             chains["ingress"] = new("ingress", $"type filter hook ingress device \"{iface}\" priority 0; policy accept;",
             [
-                $"ether daddr {own} ip daddr . meta l4proto . th dport vmap @svc4 comment \"merlin: IPv4 services\"",
-                $"ether daddr {own} ip6 daddr . meta l4proto . th dport vmap @svc6 comment \"merlin: IPv6 services\"",
+                $"ether daddr {own} {PinnedRule(false, own, iface, seed)} comment \"merlin: pinned IPv4 flow\"",
+                $"ether daddr {own} {PinnedRule(true, own, iface, seed)} comment \"merlin: pinned IPv6 flow\"",
+                $"meta pkttype host ip daddr . meta l4proto . th dport vmap @svc4 comment \"merlin: IPv4 services\"",
+                $"meta pkttype host ip6 daddr . meta l4proto . th dport vmap @svc6 comment \"merlin: IPv6 services\"",
             ]);
             foreach (var group in plans.GroupBy(p => groups[p.ContentKey]))
             {
                 var plan = group.First();
                 var name = group.Key;
                 sets[name] = new(name, "map", Declarations.Dsr(plan.Size), contents[plan.ContentKey].Map);
-                sets[name + "_live"] = new(name + "_live", "set", "type ether_addr;", contents[plan.ContentKey].Live!);
                 foreach (var variant in group.Select(p => p.Variant).Distinct())
                 {
                     var chain = $"{name}_{variant}";
@@ -58,6 +66,19 @@ internal static class TableRenderer
         return new NftTable("netdev", options.DsrTable, sets, chains);
     }
 
+    /// <summary>The flow key: exact for IPv4; for IPv6 the address pair is folded by a hash, because nft 1.0.6 cannot write a dynamic map update whose key is longer than 16 bytes.</summary>
+    private static string FlowKey(bool v6, string seed) =>
+        v6 ? $"jhash ip6 saddr . ip6 daddr mod {LayoutBuilder.FullRange.ToString(CultureInfo.InvariantCulture)} seed {seed} . th sport . th dport" : "ip saddr . ip daddr . th sport . th dport";
+
+    /// <summary>The ingress rule that forwards a pinned flow's packet to its pinned server while that server is live for the packet's service.</summary>
+    private static string PinnedRule(bool v6, string own, string iface, string seed)
+    {
+        string flow = FlowKey(v6, seed);
+        string flows = v6 ? "flows6" : "flows4";
+        return $"ether daddr set {flow} map @{flows} {(v6 ? "ip6" : "ip")} daddr . meta l4proto . th dport . ether daddr @live{(v6 ? '6' : '4')} " +
+            $"update @{flows} {{ {flow} : ether daddr }} ether saddr set {own} fwd to \"{iface}\"";
+    }
+
     private static List<string> DsrRules(string group, int size, string variant, string own, string iface, string seed)
     {
         bool v6 = variant[0] == '6';
@@ -66,15 +87,14 @@ internal static class TableRenderer
         string ip = v6 ? "ip6" : "ip";
         string m = size.ToString(CultureInfo.InvariantCulture);
         string hash = saddrOnly ? $"jhash {ip} saddr mod {m} seed {seed}" : $"jhash {ip} saddr . th sport mod {m} seed {seed}";
-        // The flow key: exact for IPv4; for IPv6 the address pair is folded by a hash, because nft
-        // 1.0.6 cannot write a dynamic map update whose key is longer than 16 bytes.
-        string flow = v6 ? $"jhash ip6 saddr . ip6 daddr mod {LayoutBuilder.FullRange.ToString(CultureInfo.InvariantCulture)} seed {seed} . th sport . th dport" : "ip saddr . ip daddr . th sport . th dport";
+        string flow = FlowKey(v6, seed);
         string flows = v6 ? "flows6" : "flows4";
         string forward = $"ether saddr set {own} fwd to \"{iface}\"";
         var rules = new List<string>();
         if (pinned)
         {
-            rules.Add($"ether daddr set {flow} map @{flows} ether daddr @{group}_live update @{flows} {{ {flow} : ether daddr }} {forward} comment \"merlin: pinned flow\"");
+            // Pinned flows whose server is live never get here (the ingress chain forwards them); a flow pinned to a
+            // server gone from its service is hashed again, and its pin only refreshed: update never rewrites a value.
             rules.Add($"ether daddr set {hash} map @{group} update @{flows} {{ {flow} : ether daddr }} {forward} comment \"merlin: new flow\"");
             rules.Add($"ether daddr set {hash} map @{group} {forward} comment \"merlin: new flow, flow map full\"");
         }
