@@ -122,6 +122,54 @@ public class TrafficTests
     }
 
     [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Dsr_AServerThatLeaves_ItsPinnedFlowsGoWhereTheTableSays_AndAreResetAtOnce(bool ipv6)
+    {
+        // A flow pinned to a server that left its service fails the ingress chain's pin rule at its live check, after
+        // that rule wrote the pinned MAC into the frame. It must still reach its service's chain and go to the table's
+        // owner, which resets it at once (it has no socket). When a dispatch rule matched the rewritten address, the frame
+        // fell through to lb1's own stack (it holds the VIP), and lb1 answered the reset — and a connection whose table
+        // owner had it (second chance's case) was lost.
+        Lab.Lab.Require();
+        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
+        await lab.StartServersAsync(ct: Ct);
+        var lb = lab["lb1"];
+        await lab.AssignVipAsync(lb, Ct);
+        var dataplane = Dataplane(lb);
+        var all = OneService(lab, ipv6, ForwardMethod.Route, Lab.Lab.EchoPort);
+        await dataplane.ReconcileAsync(all);
+
+        await using var hold = lab.Client.StartHold(lab.VipEndpoint(Lab.Lab.EchoPort, ipv6),
+            new LabHoldOptions { Connections = 10, Only = "rs1", Interval = TimeSpan.FromMilliseconds(100), Duration = TimeSpan.FromSeconds(4), Timeout = TimeSpan.FromSeconds(3), MaxAttempts = 400 });
+        Assert.Equal(10, await hold.WaitConnectedAsync(ct: Ct));
+        var rs1 = ipv6 ? lab["rs1"].Address6! : lab["rs1"].Address;
+        var service = all.Values.Single();
+        var lbResets = await OutResetsAsync(lb);
+        var othersBefore = await Task.WhenAll(new[] { lab["rs2"], lab["rs3"] }.Select(OutResetsAsync));
+        await dataplane.ReconcileAsync(new Dictionary<ServiceKey, ServiceState> { [service.Key] = service with { Servers = service.Servers.Where(s => !s.Key.Address.Equals(rs1)).ToDictionary() } });
+        var held = await hold.ReportAsync(Ct);
+        var othersAfter = await Task.WhenAll(new[] { lab["rs2"], lab["rs3"] }.Select(OutResetsAsync));
+
+        long byLb = await OutResetsAsync(lb) - lbResets, byOthers = othersAfter.Sum() - othersBefore.Sum();
+        Output($"{(ipv6 ? "IPv6" : "IPv4")}: {held.Survived}/10 survived; errors {string.Join(", ", held.Connections.Select(c => $"{c.Error} at {c.FailedAtMs} ms"))}; resets sent by lb1 {byLb}, by rs2 and rs3 {byOthers}");
+        Assert.Equal(0, held.Survived);
+        Assert.All(held.Connections, c => Assert.True(c.Error == "ConnectionReset" && c.FailedAtMs < 2_000, $"{c.LocalPort}: {c.Error} at {c.FailedAtMs} ms"));
+        // The resets came from the servers the table names now, none from lb1's own stack.
+        Assert.Equal(0, byLb);
+        Assert.True(byOthers >= 10, $"rs2 and rs3 sent {byOthers} resets for 10 connections");
+    }
+
+    /// <summary>The TCP resets a host's stack has sent (<c>/proc/net/snmp</c>, Tcp OutRsts; IPv4 and IPv6 alike).</summary>
+    private static async Task<long> OutResetsAsync(LabHost host)
+    {
+        var lines = (await host.ExecAsync("cat", "/proc/net/snmp")).StandardOutput.Split('\n').Where(l => l.StartsWith("Tcp:", StringComparison.Ordinal)).ToList();
+        var names = lines[0].Split(' ');
+        var values = lines[1].Split(' ');
+        return long.Parse(values[Array.IndexOf(names, "OutRsts")], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    [Theory]
     [InlineData(true)]
     [InlineData(false)]
     public async Task Dsr_Failover_ToANodeWithTheSameSeed_KeepsEstablishedConnections(bool sameSeed)
