@@ -25,6 +25,24 @@ public class TrafficTests
         ResolveWait = TimeSpan.FromSeconds(3),
     }, NullLogger<NftablesDataplane>.Instance);
 
+    /// <summary>lb1 with the VIP routed to it, and rs1–rs3 serving.</summary>
+    private static async Task<Lab.Lab> OneLoadBalancerLabAsync()
+    {
+        Lab.Lab.Require();
+        var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
+        try
+        {
+            await lab.StartServersAsync(ct: Ct);
+            await lab.AssignVipAsync(lab["lb1"], Ct);
+            return lab;
+        }
+        catch
+        {
+            await lab.DisposeAsync();
+            throw;
+        }
+    }
+
     private static Dictionary<ServiceKey, ServiceState> OneService(Lab.Lab lab, bool ipv6, ForwardMethod forward, int port, Func<string, uint>? weight = null)
     {
         var vip = ipv6 ? lab.Vip6! : lab.Vip;
@@ -40,11 +58,8 @@ public class TrafficTests
     [InlineData(true)]
     public async Task Dsr_300Requests_AreSpreadOverThreeServers_AndRepliesBypassTheLoadBalancer(bool ipv6)
     {
-        Lab.Lab.Require();
-        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
-        await lab.StartServersAsync(ct: Ct);
+        await using var lab = await OneLoadBalancerLabAsync();
         var lb = lab["lb1"];
-        await lab.AssignVipAsync(lb, Ct);
         var dataplane = Dataplane(lb);
         await dataplane.ReconcileAsync(OneService(lab, ipv6, ForwardMethod.Route, Lab.Lab.HttpPort));
         Assert.Empty(dataplane.Issues);   // every real server's MAC resolved
@@ -72,11 +87,8 @@ public class TrafficTests
     [Fact]
     public async Task Dsr_Drain_NewConnectionsAvoidTheServer_WhileItsEstablishedConnectionsKeepWorking()
     {
-        Lab.Lab.Require();
-        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
-        await lab.StartServersAsync(ct: Ct);
+        await using var lab = await OneLoadBalancerLabAsync();
         var lb = lab["lb1"];
-        await lab.AssignVipAsync(lb, Ct);
         var dataplane = Dataplane(lb);
         await dataplane.ReconcileAsync(Merge(OneService(lab, false, ForwardMethod.Route, Lab.Lab.EchoPort), OneService(lab, false, ForwardMethod.Route, Lab.Lab.HttpPort)));
 
@@ -102,11 +114,8 @@ public class TrafficTests
     public async Task Dsr_Drain_WithoutThePinnedFlows_WouldBreakTheSameConnections()
     {
         // The control for the test above: the pins are what keeps those connections, not luck.
-        Lab.Lab.Require();
-        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
-        await lab.StartServersAsync(ct: Ct);
+        await using var lab = await OneLoadBalancerLabAsync();
         var lb = lab["lb1"];
-        await lab.AssignVipAsync(lb, Ct);
         var dataplane = Dataplane(lb);
         await dataplane.ReconcileAsync(OneService(lab, false, ForwardMethod.Route, Lab.Lab.EchoPort));
 
@@ -131,11 +140,8 @@ public class TrafficTests
         // owner, which resets it at once (it has no socket). When a dispatch rule matched the rewritten address, the frame
         // fell through to lb1's own stack (it holds the VIP), and lb1 answered the reset — and a connection whose table
         // owner had it (second chance's case) was lost.
-        Lab.Lab.Require();
-        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
-        await lab.StartServersAsync(ct: Ct);
+        await using var lab = await OneLoadBalancerLabAsync();
         var lb = lab["lb1"];
-        await lab.AssignVipAsync(lb, Ct);
         var dataplane = Dataplane(lb);
         var all = OneService(lab, ipv6, ForwardMethod.Route, Lab.Lab.EchoPort);
         await dataplane.ReconcileAsync(all);
@@ -200,11 +206,8 @@ public class TrafficTests
     [Fact]
     public async Task Nat_300Requests_AreSpreadOverThreeServers()
     {
-        Lab.Lab.Require();
-        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
-        await lab.StartServersAsync(ct: Ct);
+        await using var lab = await OneLoadBalancerLabAsync();
         var lb = lab["lb1"];
-        await lab.AssignVipAsync(lb, Ct);
         // NAT: replies must go back through the LB, which undoes the DNAT.
         foreach (var rs in lab.RealServers) await rs.ReplaceRouteAsync($"{lab.Client.Address}/32", lb.Address);
         var dataplane = Dataplane(lb);
@@ -221,11 +224,8 @@ public class TrafficTests
     [Fact]
     public async Task Dsr_AServerWhoseMacIsUnknown_HoldsNoSlotUntilItResolves_ThenJoins()
     {
-        Lab.Lab.Require();
-        await using var lab = await Lab.Lab.CreateAsync(new LabOptions { LoadBalancers = 1, RealServers = 3 }, Ct);
-        await lab.StartServersAsync(ct: Ct);
+        await using var lab = await OneLoadBalancerLabAsync();
         var lb = lab["lb1"];
-        await lab.AssignVipAsync(lb, Ct);
         var dataplane = new NftablesDataplane(new NftablesOptions
         {
             HashSeed = Seed, Interface = lb.Interface, NetworkNamespace = lb.Namespace, ResolveWait = TimeSpan.FromMilliseconds(500),
