@@ -47,8 +47,12 @@ public sealed record PacketPathOptions
 
     public int Port { get; init; } = 9999;
 
+    /// <summary>UDP datagrams dropped by the real servers before their stack, or TCP segments on connections to a discard server.</summary>
+    public Protocol Protocol { get; init; } = Protocol.Udp;
+
     public void Validate()
     {
+        if (Protocol is not (Protocol.Udp or Protocol.Tcp)) throw new ArgumentOutOfRangeException(nameof(Protocol), Protocol, "Protocol must be UDP or TCP");
         if (Rate is < 1 or > 1_000_000) throw new ArgumentOutOfRangeException(nameof(Rate), Rate, "Rate must be 1…1,000,000 packets a second");
         if (Duration <= TimeSpan.Zero || Duration > TimeSpan.FromMinutes(5)) throw new ArgumentOutOfRangeException(nameof(Duration), Duration, "Duration must be more than 0 and at most 5 minutes");
         if (Flows is < 1 or > 1024) throw new ArgumentOutOfRangeException(nameof(Flows), Flows, "Flows must be 1…1,024");
@@ -96,6 +100,7 @@ public sealed class PacketPathHarness : IAsyncDisposable
     private NftablesDataplane? _dataplane;
     private RuleVariants.Listed? _listed;
     private bool _poolReady;
+    private readonly List<DiscardServer> _discard = [];
 
     private PacketPathHarness(Lab.Lab lab, PacketPathOptions options, Action<string> log)
     {
@@ -147,11 +152,14 @@ public sealed class PacketPathHarness : IAsyncDisposable
         foreach (var host in new[] { Lb }.Concat(Servers))
             await ThreadedAsync($"{host.Name}:{host.Interface}", host.Namespace, host.Interface, ethtool, ct);
 
-        // The real servers drop the load before their stack: no socket, no ICMP port unreachable back.
+        // UDP: the real servers drop the load before their stack (no socket, no ICMP port unreachable back).
+        // TCP: a discard server on each takes the connections; its ACKs go straight back to the client (DSR).
         foreach (var rs in Servers)
         {
-            await Commands.RunAsync(["ip", "netns", "exec", rs.Namespace, "nft", "-f", "-"],
-                $"table inet pp_sink {{\n  chain prerouting {{\n    type filter hook prerouting priority -300;\n    udp dport {_options.Port} drop\n  }}\n}}\n", ct);
+            if (_options.Protocol == Protocol.Tcp) _discard.Add(new DiscardServer(rs.Namespace, _options.Port));
+            else
+                await Commands.RunAsync(["ip", "netns", "exec", rs.Namespace, "nft", "-f", "-"],
+                    $"table inet pp_sink {{\n  chain prerouting {{\n    type filter hook prerouting priority -300;\n    udp dport {_options.Port} drop\n  }}\n}}\n", ct);
         }
     }
 
@@ -176,7 +184,7 @@ public sealed class PacketPathHarness : IAsyncDisposable
               table netdev {{MinimalTable}} {
                 chain ingress {
                   type filter hook ingress device "{{Lb.Interface}}" priority -500; policy accept;
-                  ether daddr {{Lb.Mac}} ip daddr {{_lab.Vip}} udp dport {{_options.Port}} ether saddr set {{Lb.Mac}} ether daddr set {{Servers[0].Mac}} fwd to "{{Lb.Interface}}"
+                  ether daddr {{Lb.Mac}} ip daddr {{_lab.Vip}} {{Transport}} dport {{_options.Port}} ether saddr set {{Lb.Mac}} ether daddr set {{Servers[0].Mac}} fwd to "{{Lb.Interface}}"
                 }
               }
 
@@ -236,6 +244,8 @@ public sealed class PacketPathHarness : IAsyncDisposable
         await Commands.RunAsync(["ip", "netns", "exec", Lb.Namespace, "nft", "-f", "-"], script, ct);
     }
 
+    private string Transport => _options.Protocol == Protocol.Tcp ? "tcp" : "udp";
+
     private NftablesOptions DataplaneOptions => new()
     {
         HashSeed = HashSeed, Interface = Lb.Interface, NetworkNamespace = Lb.Namespace, ResolveWait = TimeSpan.FromSeconds(5),
@@ -248,7 +258,7 @@ public sealed class PacketPathHarness : IAsyncDisposable
         var route = new RealServerConfig { Weight = 1, Forward = ForwardMethod.Route };
         var list = new List<ServiceState>
         {
-            new(ServiceKey.ForAddress(_lab.Vip, port, Protocol.Udp), config,
+            new(ServiceKey.ForAddress(_lab.Vip, port, _options.Protocol), config,
                 Servers.ToDictionary(s => new RealServerKey(s.Address, port), _ => route)),
         };
         var seen = new HashSet<string>(StringComparer.Ordinal);
@@ -259,7 +269,7 @@ public sealed class PacketPathHarness : IAsyncDisposable
             do picks = [.. Enumerable.Range(1, PoolSize).OrderBy(_ => random.Next()).Take(10).Order()];
             while (!seen.Add(string.Join(',', picks)));   // every service its own server set: its own Maglev map
             var vip = new IPAddress([198, 19, (byte)(128 + i / 250), (byte)(i % 250 + 1)]);
-            list.Add(new ServiceState(ServiceKey.ForAddress(vip, port, Protocol.Udp), config,
+            list.Add(new ServiceState(ServiceKey.ForAddress(vip, port, _options.Protocol), config,
                 picks.ToDictionary(n => new RealServerKey(PoolAddress(n), port), _ => route)));
         }
         return new DataplaneState(list);
@@ -278,20 +288,22 @@ public sealed class PacketPathHarness : IAsyncDisposable
     }
 
     /// <summary>
-    /// One measurement: a 0.3 s warm-up (flows pinned, neighbours fresh), then counters and thread times, the
-    /// fixed-rate load, a wait until the last packets are through, counters and thread times again.
+    /// One measurement: a 0.3 s warm-up (flows pinned, neighbours fresh; for TCP on the connections this measurement
+    /// opens, through this configuration's path), then counters and thread times, the fixed-rate load, a wait until
+    /// the last packets are through, counters and thread times again.
     /// </summary>
     public async Task<Measurement> MeasureAsync(PathConfig config, int round, CancellationToken ct = default)
     {
         await RouteAsync(config);
-        await Task.Factory.StartNew(() => UdpLoad.Run(Client.Namespace, Target, _options.Rate, TimeSpan.FromSeconds(0.3), _options.Flows, ct),
+        using var generator = Load.Open(Client.Namespace, Target, _options.Flows, _options.Protocol == Protocol.Tcp);
+        await Task.Factory.StartNew(() => generator.Run(_options.Rate, TimeSpan.FromSeconds(0.3), ct),
             ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         await SettledAsync(ct);
 
         var lbBefore = await Lb.GetLinkStatsAsync();
         var deliveredBefore = await DeliveredAsync();
         var threadsBefore = ThreadTimes();
-        var load = await Task.Factory.StartNew(() => UdpLoad.Run(Client.Namespace, Target, _options.Rate, _options.Duration, _options.Flows, ct),
+        var load = await Task.Factory.StartNew(() => generator.Run(_options.Rate, _options.Duration, ct),
             ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         await SettledAsync(ct);
         var threadsAfter = ThreadTimes();
@@ -335,6 +347,7 @@ public sealed class PacketPathHarness : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         _dataplane?.Dispose();   // its netlink sockets must not keep the LB namespace alive
+        foreach (var d in _discard) d.Dispose();
         await _lab.DisposeAsync();
     }
 }

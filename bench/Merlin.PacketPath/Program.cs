@@ -2,7 +2,7 @@ using System.Globalization;
 using Merlin.PacketPath;
 
 // The packet path, measured (issue 18): the load balancer's kernel CPU per forwarded packet, read from
-// the run time of its NAPI thread (threaded NAPI on every lab link), at one fixed UDP rate, for
+// the run time of its NAPI thread (threaded NAPI on every lab link), at one fixed UDP (or TCP) rate, for
 //   a. the direct path (client → rs1, no load balancer),
 //   b. a minimal hand-written netdev rule (match; ether saddr/daddr set; fwd),
 //   c. Merlin's nftables DSR with 1 service,
@@ -10,10 +10,11 @@ using Merlin.PacketPath;
 // Rounds interleave the configurations (a, b, c, then a, b, d) so drift on a shared machine hits all of
 // them; ratios to b are taken round by round. Run as root, under flock /tmp/merlin-bench.lock.
 // IPVS in the qemu guest (tests/vm) is not part of this harness: --ipvs says so and exits.
-// Usage: Merlin.PacketPath [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000] [--variants a,b,…] [--no-many]
+// Usage: Merlin.PacketPath [--protocol udp|tcp] [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000] [--variants a,b,…] [--no-many]
 if (args.Contains("--help"))
 {
-    Console.WriteLine("usage: Merlin.PacketPath [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000] [--variants a,b,…] [--no-many]");
+    Console.WriteLine("usage: Merlin.PacketPath [--protocol udp|tcp] [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000] [--variants a,b,…] [--no-many]");
+    Console.WriteLine("  --protocol tcp: 64-byte segments on --flows connections to a discard server on each real server (opened per measurement)");
     Console.WriteLine("       Merlin.PacketPath --ipvs   (IPVS in the guest: not measured by this harness)");
     Console.WriteLine("  --variants: hand-made changes to the measured service's rules, each measured after c (and d) in every round:");
     foreach (var (name, what) in RuleVariants.Known) Console.WriteLine($"    {name}: {what}");
@@ -41,16 +42,23 @@ var options = new PacketPathOptions
     Flows = Int("--flows", 16),
     RealServers = Int("--real-servers", 10),
     Services = Int("--services", 1000),
+    Protocol = Arg("--protocol", "udp") switch
+    {
+        "udp" => Merlin.Model.Protocol.Udp,
+        "tcp" => Merlin.Model.Protocol.Tcp,
+        var p => throw new ArgumentException($"--protocol must be udp or tcp, got '{p}'"),
+    },
 };
 var rounds = Int("--rounds", 3);
 var variants = Arg("--variants", "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 foreach (var v in variants)
     if (!RuleVariants.Known.ContainsKey(v)) throw new ArgumentException($"--variants: unknown variant '{v}'; known: {string.Join(", ", RuleVariants.Known.Keys)}");
 var many = !args.Contains("--no-many");
+if (variants.Length > 0 && options.Protocol != Merlin.Model.Protocol.Udp) throw new ArgumentException("--variants: the rule variants are written for the UDP load only");
 if (rounds is < 1 or > 20) throw new ArgumentOutOfRangeException("--rounds", rounds, "--rounds must be 1…20");
 
 string Load() => File.ReadAllText("/proc/loadavg").Trim();
-Console.WriteLine($"packet path: {options.Rate:N0} UDP packets/s × {options.Duration.TotalSeconds:0} s over {options.Flows} flows, {rounds} round(s); kernel {File.ReadAllText("/proc/sys/kernel/osrelease").Trim()}; load {Load()}");
+Console.WriteLine($"packet path: {options.Rate:N0} {options.Protocol.ToString().ToUpperInvariant()} messages/s × {options.Duration.TotalSeconds:0} s over {options.Flows} flows, {rounds} round(s); kernel {File.ReadAllText("/proc/sys/kernel/osrelease").Trim()}; load {Load()}");
 using var stop = new CancellationTokenSource();
 Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Cancel(); };
 var ct = stop.Token;
