@@ -317,6 +317,44 @@ public sealed class PacketPathHarness : IAsyncDisposable
         return new Measurement(config, round, load.Sent, load.Refused, forwarded, deliveredAfter - deliveredBefore, lbNs, pathNs, load.Elapsed);
     }
 
+    /// <summary>b: the minimal rule put in place, measured, and taken out again (Merlin's tables stay loaded behind it).</summary>
+    public async Task<Measurement> MeasureMinimalRuleAsync(int round, CancellationToken ct = default)
+    {
+        await MinimalRuleAsync(true, ct);
+        try
+        {
+            return await MeasureAsync(PathConfig.MinimalRule, round, ct);
+        }
+        finally
+        {
+            await MinimalRuleAsync(false, ct);
+        }
+    }
+
+    /// <summary>
+    /// Issue 18's packet-path row on its own: rounds of b and c at 1 service, then of b and d at
+    /// <see cref="PacketPathOptions.Services"/>; each round's Merlin / minimal-rule ratio of LB CPU per packet.
+    /// </summary>
+    public static async Task<(IReadOnlyList<double> One, IReadOnlyList<double> Many)> RatiosAsync(PacketPathOptions options, int rounds, Action<string>? log = null, CancellationToken ct = default)
+    {
+        await using var harness = await CreateAsync(options, log, ct);
+        var one = new List<double>();
+        var many = new List<double>();
+        await harness.ProgramMerlinAsync(1, ct);
+        for (var r = 1; r <= rounds; r++)
+        {
+            var b = await harness.MeasureMinimalRuleAsync(r, ct);
+            one.Add((await harness.MeasureAsync(PathConfig.Merlin1, r, ct)).LbNsPerPacket / b.LbNsPerPacket);
+        }
+        await harness.ProgramMerlinAsync(options.Services, ct);
+        for (var r = 1; r <= rounds; r++)
+        {
+            var b = await harness.MeasureMinimalRuleAsync(rounds + r, ct);
+            many.Add((await harness.MeasureAsync(PathConfig.MerlinMany, rounds + r, ct)).LbNsPerPacket / b.LbNsPerPacket);
+        }
+        return (one, many);
+    }
+
     private Dictionary<string, long> ThreadTimes() => _threads.ToDictionary(t => t.Key, t => NapiThreads.RunTimeNs(t.Value));
 
     private async Task<long> DeliveredAsync()

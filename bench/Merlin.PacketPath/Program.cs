@@ -68,7 +68,7 @@ Console.WriteLine($"  NAPI threads: {string.Join(", ", harness.Threads.Select(t 
 var results = new List<Measurement>();
 async Task MeasureAsync(PathConfig config, int round, string? label = null)
 {
-    var m = await harness.MeasureAsync(config, round, ct) with { Label = label ?? config.ToString() };
+    var m = await (config == PathConfig.MinimalRule ? harness.MeasureMinimalRuleAsync(round, ct) : harness.MeasureAsync(config, round, ct)) with { Label = label ?? config.ToString() };
     results.Add(m);
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
         $"  [{m.Label} round {round}] sent {m.Sent:N0} ({m.Sent / m.Elapsed.TotalSeconds:N0}/s, {m.Refused} refused), LB forwarded {m.LbForwarded:N0}, delivered {m.Delivered:N0}; " +
@@ -80,9 +80,7 @@ await harness.ProgramMerlinAsync(1, ct);
 for (var r = 1; r <= rounds; r++)
 {
     await MeasureAsync(PathConfig.Direct, r);
-    await harness.MinimalRuleAsync(true, ct);
     await MeasureAsync(PathConfig.MinimalRule, r);
-    await harness.MinimalRuleAsync(false, ct);
     await MeasureAsync(PathConfig.Merlin1, r);
     await VariantsAsync(r, PathConfig.Merlin1);
 }
@@ -106,9 +104,7 @@ if (many)
     for (var r = 1; r <= rounds; r++)
     {
         await MeasureAsync(PathConfig.Direct, rounds + r);
-        await harness.MinimalRuleAsync(true, ct);
         await MeasureAsync(PathConfig.MinimalRule, rounds + r);
-        await harness.MinimalRuleAsync(false, ct);
         await MeasureAsync(PathConfig.MerlinMany, rounds + r);
         await VariantsAsync(rounds + r, PathConfig.MerlinMany);
     }

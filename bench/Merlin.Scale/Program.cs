@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
@@ -26,7 +27,8 @@ using static Harness;
 // daemon holds it all). --nft-daemons adds daemons with the nftables dataplane, each in a scratch namespace (root).
 // --table: issue 18's goals table in one run: --fill store on both stores at --services × --servers (with the
 // streamed list, CreateServer next to raw etcd and the RSS of a separate merlin process), then the fleet with
-// --daemons (default 20) + --nft-daemons (default 2) at --fleet-services × --servers (default 100 × 10).
+// --daemons (default 20) + --nft-daemons (default 2) at --fleet-services × --servers (default 100 × 10), then (as
+// root) --packet-rounds (default 4) rounds of Merlin.PacketPath's Merlin / minimal-rule ratio at 1 and 1,000 services.
 // --rss: the table's RSS row alone (--fill store, the in-process daemon's first pass, then a separate merlin);
 // --daemon-env default|NAME=VALUE[,NAME=VALUE…] (repeatable): one separate merlin each, with those variables set for
 // it alone (e.g. DOTNET_gcServer=1), one after another on the same store; --daemon-hold SECONDS keeps each one
@@ -41,6 +43,7 @@ else if (opts.Table)
 {
     foreach (var backend in opts.Store == "both" ? ["sqlite", "etcd3"] : new[] { opts.Store }) results.AddRange(await Run(backend, opts with { Fill = "store" }));
     results.AddRange(await Fleet.Run(opts with { Daemons = opts.Daemons > 0 ? opts.Daemons : 20, Services = opts.FleetServices, Changes = opts.FleetChanges, Concurrency = 8 }));
+    results.Add(await PacketPathRow(opts.PacketRounds));
 }
 else if (opts.Daemons > 0) results.AddRange(await Fleet.Run(opts));
 else
@@ -53,6 +56,25 @@ Console.WriteLine($"| store | measure | value |");
 Console.WriteLine($"|---|---|---|");
 foreach (var line in results) Console.WriteLine(line);
 return 0;
+
+// The packet path's row (Merlin.PacketPath's lab, UDP at its default rate, rounds of 2 s): Merlin / the minimal rule,
+// LB CPU per packet, at 1 and 1,000 services. It needs root (namespaces, kernel threads' CPU time).
+static async Task<string> PacketPathRow(int rounds)
+{
+    const string what = "packet path: LB CPU per packet / minimal netdev rule (Merlin.PacketPath, UDP), 1 service / 1,000 × 10";
+    if (rounds == 0) return $"| nftables | {what} | not measured (--packet-rounds 0) |";
+    if (!Environment.IsPrivilegedProcess) return $"| nftables | {what} | not measured (needs root) |";
+    Console.WriteLine($"[packet path] {rounds} round(s) of 2 s at 1 service, then at 1,000");
+    var (one, many) = await Merlin.PacketPath.PacketPathHarness.RatiosAsync(
+        new Merlin.PacketPath.PacketPathOptions { Duration = TimeSpan.FromSeconds(2) }, rounds, line => Console.WriteLine($"[packet path] {line}"));
+    static string Spread(IReadOnlyList<double> v)
+    {
+        var o = v.Order().ToList();
+        var median = o.Count % 2 == 1 ? o[o.Count / 2] : (o[o.Count / 2 - 1] + o[o.Count / 2]) / 2;
+        return string.Create(CultureInfo.InvariantCulture, $"{median:0.00} ({o[0]:0.00}–{o[^1]:0.00})");
+    }
+    return $"| nftables | {what}, median (min–max) of {rounds} rounds | {Spread(one)} / {Spread(many)} |";
+}
 
 static async Task<List<string>> Run(string backend, Args o)
 {
@@ -423,6 +445,9 @@ static int FreePort()
 sealed record Args(string Store, int Services, int Servers, int Concurrency, int ListRuns, string Fill = "api", int Creates = 1000, int Changes = 5, int Daemons = 0, int EtcdMembers = 1,
     int NftDaemons = 0, bool Table = false, int FleetServices = 100, int FleetChanges = 50, bool ListOnly = false, bool OnlyCreates = false, bool RssOnly = false)
 {
+    /// <summary>--packet-rounds N (with --table): rounds of the packet path's row; 0 leaves it out.</summary>
+    public int PacketRounds { get; init; } = 4;
+
     /// <summary>--daemon-hold SECONDS: how long to keep each separate merlin after its RSS is read.</summary>
     public TimeSpan DaemonHold { get; init; }
 
@@ -450,6 +475,7 @@ sealed record Args(string Store, int Services, int Servers, int Concurrency, int
             a.Contains("--rss"))
         {
             DaemonHold = TimeSpan.FromSeconds(int.Parse(Get("--daemon-hold", "0"))),
+            PacketRounds = int.Parse(Get("--packet-rounds", "4")) is var rounds and >= 0 and <= 20 ? rounds : throw new ArgumentException("--packet-rounds: 0…20"),
             DaemonEnv = [.. a.Select((v, i) => (v, i)).Where(p => p.v == "--daemon-env" && p.i + 1 < a.Length).Select(p => Variables(a[p.i + 1]))],
         };
     }
