@@ -64,6 +64,9 @@ public sealed class TableRecord
         return _bySlot = bySlot;
     }
 
+    /// <summary>The distinct times the recorded slots moved, ascending: the encoding's stamp list, and the ranks Next frees by.</summary>
+    private long[] Stamps() => _previous.Select(p => p.Since).Distinct().Order().ToArray();
+
     /// <summary>A table with no previous owners (a fresh table, or a version 1 encoding).</summary>
     public static TableRecord Of(MinimalDisruptionTable table) => new(table, []);
 
@@ -84,11 +87,11 @@ public sealed class TableRecord
         if (before is not null && before._previous.Length > 0)
         {
             keep = new int[before.Current.Size];
-            var stamps = before._previous.Select(p => p.Since).Distinct().Order().ToList();
+            var stamps = before.Stamps();
             foreach (var p in before._previous)
             {
                 if (before.Current.Servers[p.Server].Weight == 0) keep[p.Slot] = int.MaxValue;
-                else if (p.Since >= stamp - windowSeconds) keep[p.Slot] = 1 + stamps.BinarySearch(p.Since);
+                else if (p.Since >= stamp - windowSeconds) keep[p.Slot] = 1 + Array.BinarySearch(stamps, p.Since);
             }
         }
         var current = MinimalDisruptionTable.Next(before?.Current, servers, size, keep);
@@ -120,7 +123,7 @@ public sealed class TableRecord
     {
         var buffer = TableEncoding.Header(Version);
         TableEncoding.WriteTable(buffer, Current);
-        var stamps = _previous.Select(p => p.Since).Distinct().Order().ToArray();
+        var stamps = Stamps();
         TableEncoding.WriteVarint(buffer, (ulong)stamps.Length);
         long last = 0;
         foreach (var t in stamps)
