@@ -7,7 +7,7 @@ namespace Merlin.PacketPath;
 /// Hand-made variants of the rules Merlin programmed for the measured service, to find what its per-packet
 /// cost is made of. Each is a text change to the rules as <c>nft list</c> prints them (the measured
 /// service's group chain, and the ingress chain), applied in one <c>nft -f</c> transaction and undone by
-/// writing the listed rules back. Never a behaviour to ship as is: some drop what Merlin needs (the live check).
+/// writing the listed rules back. Never a behaviour to ship as is: some drop what Merlin needs (the refresh, the pin).
 /// </summary>
 public static partial class RuleVariants
 {
@@ -17,10 +17,9 @@ public static partial class RuleVariants
         ["relisted"] = "Merlin's rules written back as listed (checks that listing and rewriting changes nothing)",
         ["norefresh"] = "a pinned flow's packet does not refresh its pin (no update @flows4 on the pinned path)",
         ["sampled16"] = "a pinned flow's pin refreshed by one packet in 16 (numgen random), the other 15 only looked up",
-        ["nolive"] = "a pinned flow's server is not checked against the live set",
         ["nopin"] = "no pinned-flow lookup at all: every packet hashed into the Maglev map (one-packet scheduling)",
         ["novmap"] = "the service matched by a plain rule ahead of the dispatch vmap, then a jump to its chain",
-        ["sized"] = "the dispatch map svc4 and the live set live4 declared with a size, so the kernel picks its fixed-size hash rather than rhash",
+        ["sized"] = "the dispatch map svc4 declared with a size, so the kernel picks its fixed-size hash rather than rhash",
         ["inline"] = "the service matched by a plain rule in ingress, the group chain's rules inlined there (no vmap, no jump)",
         ["pinlast"] = "the pinned-flow rule after the dispatch vmap, in the service's chain (the layout before the pin moved to ingress)",
     };
@@ -41,10 +40,9 @@ public static partial class RuleVariants
         if (!jump.Success) throw new InvalidOperationException($"the dispatch map has no element for {vip} . udp . {port}: {map}");
         var chain = jump.Groups[1].Value;
         var group = await RulesAsync(ns, table, chain, ct);
-        // The sets "sized" re-declares, as listed: nft reads its own listing back as a script.
-        var liveSet = await Commands.RunAsync(["ip", "netns", "exec", ns, "nft", "list", "set", "netdev", table, "live4"], ct: ct);
+        // The set "sized" re-declares, as listed: nft reads its own listing back as a script.
         return new Listed(table, chain, group, await RulesAsync(ns, table, "ingress", ct),
-            $"ether daddr {ownMac} ip daddr {vip} udp dport {port}", [map, liveSet]);
+            $"ether daddr {ownMac} ip daddr {vip} udp dport {port}", [map]);
     }
 
     private static async Task<List<string>> RulesAsync(string ns, string table, string chain, CancellationToken ct)
@@ -79,9 +77,6 @@ public static partial class RuleVariants
                 break;
             case "sampled16":
                 ingress.Insert(Pinned(pinned), "numgen random mod 16 != 0 " + UpdateClause().Replace(ingress[pinned], " ", 1));
-                break;
-            case "nolive":
-                ingress[Pinned(pinned)] = LiveClause().Replace(ingress[pinned], " ", 1);
                 break;
             case "nopin":
                 group.RemoveAll(r => r.Contains("@flows4", StringComparison.Ordinal));
@@ -136,7 +131,4 @@ public static partial class RuleVariants
 
     [GeneratedRegex(@"^\s*type [^\n]*", RegexOptions.Multiline)]
     private static partial Regex TypeLine();
-
-    [GeneratedRegex(@" ip daddr \. meta l4proto \. th dport \. ether daddr @live4 ")]
-    private static partial Regex LiveClause();
 }

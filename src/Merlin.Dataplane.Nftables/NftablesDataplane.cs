@@ -55,6 +55,9 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
     private IReadOnlyList<IPAddress> _unresolved = [];
     private bool _issuesChanged;
     private IReadOnlyList<ProgrammedTable> _tables = [];
+    // Whether the flow maps hold no pin the programmed layout rules out (false at start: a previous run may have
+    // stopped between a change and its sweep; and after a sweep failed).
+    private bool _pinsSwept;
     // md-table services' tables as last programmed, with the changes and slots moved since the start.
     private readonly Dictionary<ServiceKey, (MinimalDisruptionTable Table, long Changes, long Moved)> _tableHistory = new();
 
@@ -141,6 +144,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
             }
             using (Phases.Measure("neighbours"))
                 if (await _neighbours.RefreshAsync(_programmed!.Layout.DsrAddresses, ct)) await FlushAsync(_programmed.Services, ct);
+            if (!_pinsSwept) await SweepPinsAsync(_programmed!.Layout, _programmed.Layout, ct);
             return new DataplaneState(new Dictionary<ServiceKey, ServiceState>(_programmed!.Services));
         }
         finally
@@ -347,6 +351,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
     private async Task FlushAsync(Dictionary<ServiceKey, ServiceState> services, CancellationToken ct)
     {
         var programmed = _programmed!;
+        var before = programmed.Layout;
         var layout = Build(services, programmed.Layout.Assignment);
         if (layout.Unresolved.Count > 0)
         {
@@ -357,7 +362,56 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
         {
             using (Phases.Measure("neighbours")) await _neighbours.ForgetAllButAsync(programmed.Layout.DsrAddresses, ct);
         }
+        await SweepPinsAsync(before, layout, ct);
         Report(layout);
+    }
+
+    /// <summary>
+    /// After <paramref name="now"/> was programmed over <paramref name="before"/>: deletes the pins of servers that left
+    /// their service (<see cref="PinSweep"/>), and once more a moment later, for a packet that looked a pin up before
+    /// the deletion and refreshed it after (its rule's update adds the pin back). Nothing to do unless a server left or
+    /// the pins were never checked. A failure is logged and the next pass tries again: the change itself is programmed.
+    /// </summary>
+    private async Task SweepPinsAsync(Layout.Layout before, Layout.Layout now, CancellationToken ct)
+    {
+        if (_pinsSwept && !PinSweep.Departed(before.Pinned, now.Pinned)) return;
+        _pinsSwept = false;
+        using var _ = Phases.Measure("sweep pins");
+        try
+        {
+            int deleted = await DeleteStalePinsAsync(now, ct);
+            if (deleted > 0)
+            {
+                await Task.Delay(PinSettle, ct);
+                deleted += await DeleteStalePinsAsync(now, ct);
+                LogPinsSwept(deleted);
+            }
+            _pinsSwept = true;
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            LogPinSweepFailed(e.Message);
+        }
+    }
+
+    /// <summary>Longer than a packet's pass through the pinned-flow rule by far (it runs under RCU, microseconds).</summary>
+    internal static readonly TimeSpan PinSettle = TimeSpan.FromMilliseconds(50);
+
+    private async Task<int> DeleteStalePinsAsync(Layout.Layout layout, CancellationToken ct)
+    {
+        int deleted = 0;
+        foreach (var (v6, set) in new[] { (false, "flows4"), (true, "flows6") })
+        {
+            for (int attempt = 1; ; attempt++)
+            {
+                var stale = PinSweep.Stale(v6, await _nft.ReadElementsAsync("netdev", _options.DsrTable, set, ct), layout.Pinned);
+                if (stale.Count == 0) break;
+                if (await _nft.DeleteElementsAsync("netdev", _options.DsrTable, set, stale, ct)) { deleted += stale.Count; break; }
+                // A pin expired between the read and the deletion: read again.
+                if (attempt == 3) throw new InvalidOperationException($"{set}: pins kept expiring while they were deleted");
+            }
+        }
+        return deleted;
     }
 
     /// <summary>Replaces our tables, whatever they hold, with <paramref name="layout"/>; pinned flows survive.</summary>
@@ -445,6 +499,12 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
 
     [LoggerMessage(EventId = 417, Level = LogLevel.Information, Message = "nftables: md-table of {Service} is now {Hash}: {Moved} of {Size} slots moved")]
     private partial void LogTableChanged(ServiceKey service, string hash, int moved, int size);
+
+    [LoggerMessage(EventId = 418, Level = LogLevel.Information, Message = "nftables: {Count} pinned flows lost their pin: their server left their service")]
+    private partial void LogPinsSwept(int count);
+
+    [LoggerMessage(EventId = 419, Level = LogLevel.Warning, Message = "nftables: the pins of servers that left their service could not be deleted ({Reason}); their flows still go to them; the next pass tries again")]
+    private partial void LogPinSweepFailed(string reason);
 
     [LoggerMessage(EventId = 410, Level = LogLevel.Information, Message = "nftables: resolved: {Issue}")]
     private partial void LogIssueCleared(string issue);

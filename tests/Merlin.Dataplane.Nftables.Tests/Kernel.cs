@@ -180,6 +180,17 @@ internal sealed class RecordingNftables(INftables inner) : INftables
     }
 
     public Task UnstageAsync(StageResult staging, IReadOnlyList<StagedSet> sets, CancellationToken ct) => inner.UnstageAsync(staging, sets, ct);
+
+    public Task<IReadOnlyList<SetElement>> ReadElementsAsync(string family, string table, string set, CancellationToken ct) => inner.ReadElementsAsync(family, table, set, ct);
+
+    /// <summary>Elements deleted by key (pins swept), as "family table set: count".</summary>
+    public List<string> Deleted { get; } = new();
+
+    public Task<bool> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, CancellationToken ct)
+    {
+        Deleted.Add($"{family} {table} {set}: {keys.Count}");
+        return inner.DeleteElementsAsync(family, table, set, keys, ct);
+    }
 }
 
 internal static class KernelDataplane

@@ -87,7 +87,6 @@ public class KernelTests
         { "dispatch entry deleted", "delete element netdev merlin svc4 { 198.18.0.10 . tcp . 443 }" },
         { "maglev slot rewritten", "delete element netdev merlin d1 { 7 }\nadd element netdev merlin d1 { 7 : 02:00:00:00:00:66 }" },
         { "maglev slot deleted", "delete element netdev merlin d1 { 100 }" },
-        { "live server removed", "delete element netdev merlin live4 { 198.18.0.10 . tcp . 443 . 02:00:c6:12:01:0b }" },
         { "state record deleted", "delete element netdev merlin state { 256 }" },
         { "chain added", "add chain netdev merlin extra" },
         { "set added", "add set netdev merlin extra { type ipv4_addr; }" },
@@ -115,7 +114,7 @@ public class KernelTests
         Assert.True(dataplane.Repairs > 0, $"{what}: not detected");
         Assert.True(read.SameAs(new DataplaneState(desired)));
         Assert.Null(TableAuditor.Mismatch(ns.Tables(("netdev", "merlin"), ("inet", "merlin_nat")), layout.Ruleset));
-        foreach (var (table, set) in new[] { ("netdev merlin", "d1"), ("netdev merlin", "live4"), ("netdev merlin", "svc4"), ("netdev merlin", "state"), ("inet merlin_nat", "n1") })
+        foreach (var (table, set) in new[] { ("netdev merlin", "d1"), ("netdev merlin", "svc4"), ("netdev merlin", "state"), ("inet merlin_nat", "n1") })
         {
             var t = table.Split(' ');
             var want = layout.Ruleset.Table(t[0], t[1])!.Sets[set];

@@ -116,7 +116,7 @@ public class StagingTests
         Assert.DoesNotContain("merlin d1 ", text);
         Assert.DoesNotContain("merlin d2 ", text);
         Assert.Contains("add map inet merlin_nat n1 ", text);   // NAT maps stay in nft's script
-        Assert.Contains("add set netdev merlin live4 ", text);
+        Assert.Contains("add map netdev merlin svc4 ", text);
         Assert.Contains("map @d1", text);                       // the rules that put them in use
         Assert.Equal(ScriptRenderer.Full(ruleset), staged.ToString(withStaged: true));
         Assert.True(staged.HasNftCommands);

@@ -33,6 +33,13 @@ internal interface INftables
     /// <summary>The ruleset generation id, bumped by every transaction of anyone.</summary>
     Task<uint> GenerationAsync(CancellationToken ct);
 
+    /// <summary>Every element of one set as key and value bytes (the pins of a flow map); empty if the set does not exist.</summary>
+    Task<IReadOnlyList<SetElement>> ReadElementsAsync(string family, string table, string set, CancellationToken ct) =>
+        Task.FromResult<IReadOnlyList<SetElement>>([]);
+
+    /// <summary>Deletes elements by key (<see cref="SetElements.Delete"/>); false if one was gone already.</summary>
+    Task<bool> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, CancellationToken ct) => Task.FromResult(true);
+
     /// <summary>Our tables' structure (no elements); a missing table is left out.</summary>
     Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct);
 
@@ -118,6 +125,12 @@ internal abstract partial class NftKernel : INftables, IDisposable
     private static partial void LogFallback(ILogger logger, string reason, string writer);
 
     public Task<uint> GenerationAsync(CancellationToken ct) => Task.Run(() => _socket.Use(NfTablesReader.Generation), ct);
+
+    public Task<IReadOnlyList<SetElement>> ReadElementsAsync(string family, string table, string set, CancellationToken ct) =>
+        Task.Run(() => (IReadOnlyList<SetElement>)_socket.Use(socket => SetElements.Read(socket, family, table, set)), ct);
+
+    public Task<bool> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, CancellationToken ct) =>
+        Task.Run(() => _socket.Use(socket => SetElements.Delete(socket, family, table, set, keys)), ct);
 
     /// <summary>The codec writes numbers in host order as little-endian (every Linux this runs on).</summary>
     public bool CanStage => BitConverter.IsLittleEndian;

@@ -42,7 +42,7 @@ internal sealed class BuildCache
     public IReadOnlyDictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, LayoutBuilder.SetPlan>? Sets { get; private set; }
 
     /// <summary>
-    /// Each group's map elements and live set by content key (kind, M and backends with their MACs: everything the
+    /// Each group's map elements and servers' MACs by content key (kind, M and backends with their MACs: everything the
     /// slots depend on), so an unchanged map's Maglev table is not built again nor its elements hashed again.
     /// </summary>
     public IReadOnlyDictionary<string, GroupContent> Contents { get; private set; } = new Dictionary<string, GroupContent>();
@@ -78,7 +78,7 @@ internal sealed class BuildCache
 /// <summary>
 /// What one build made of one service. The next build reuses the plan (and the set) while the service's state is
 /// the same (<see cref="BuildCache.SameState"/>) under the same options with the same MACs; the state record
-/// while its id, group, list and config are the same; the dispatch element while its group and variant are; the live chunk while its group's MACs are the same instance.
+/// while its id, group, list and config are the same; and the dispatch element while its group and variant are.
 /// </summary>
 internal sealed class ServiceEntry(ServiceState state, LayoutBuilder.SetPlan set)
 {
@@ -87,11 +87,10 @@ internal sealed class ServiceEntry(ServiceState state, LayoutBuilder.SetPlan set
     public LayoutBuilder.ServicePlan? Plan { get; init; }
     public ServiceRecord? Record { get; set; }
     public DispatchElement? Dispatch { get; set; }
-    public LiveChunk? Live { get; set; }
 }
 
-/// <summary>A pinned DSR service's elements of the live set (service . MAC), made from its group's MACs.</summary>
-internal sealed record LiveChunk(string Service, SetContent Macs, SetContent Content);
+/// <summary>A pinned DSR service and the MACs of the servers its flows may stay pinned to (<see cref="GroupContent.Macs"/>).</summary>
+internal sealed record PinTarget(ServiceKey Service, SetContent Macs);
 
 /// <summary>Server maps compared by content (services built apart still share an analysis).</summary>
 internal sealed class ServerSetComparer : IEqualityComparer<IReadOnlyDictionary<RealServerKey, RealServerConfig>>

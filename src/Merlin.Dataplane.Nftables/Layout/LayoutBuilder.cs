@@ -17,8 +17,8 @@ internal sealed record RecordText(char Kind, string Body, (string Key, string El
 /// <summary>A service's element of the dispatch map.</summary>
 internal sealed record DispatchElement(string Group, string Variant, string Key, string Element);
 
-/// <summary>A group's map elements and, for DSR, its live set.</summary>
-internal sealed record GroupContent(SetContent Map, SetContent? Live);
+/// <summary>A group's map elements and, for DSR, its servers' MACs (keys and elements both the MAC's text).</summary>
+internal sealed record GroupContent(SetContent Map, SetContent? Macs);
 
 /// <summary>A group of services that share one Maglev map: same kind, size and backends. <paramref name="Shape"/> is kind and size (what a map can be edited within).</summary>
 internal sealed record GroupInfo(string Name, string Shape, string ContentKey);
@@ -40,6 +40,9 @@ internal sealed record Layout(
 {
     /// <summary>The md-table services' tables as this layout programs them, in service order.</summary>
     public IReadOnlyList<LayoutTable> Tables { get; init; } = [];
+
+    /// <summary>Each pinned DSR service with the servers its flows may stay pinned to, in service order.</summary>
+    public IReadOnlyList<PinTarget> Pinned { get; init; } = [];
 }
 
 /// <summary>
@@ -57,8 +60,8 @@ internal sealed record LayoutTable(ServiceKey Service, MinimalDisruptionTable Ta
 /// <item>M = <see cref="MaglevTable.ChooseSize"/> of the servers the service forwards to, drained and
 /// unresolved ones included, so every node computes the same M from the same store (a size that
 /// depended on history would differ between nodes and move flows at failover).</item>
-/// <item>Services with the same kind, M and backends (identity, weight, MAC) share one map, one live
-/// set and one chain per hash variant; a dispatch verdict map sends each service to its chain.</item>
+/// <item>Services with the same kind, M and backends (identity, weight, MAC) share one map
+/// and one chain per hash variant; a dispatch verdict map sends each service to its chain.</item>
 /// <item>The hash key is <c>saddr . sport</c>, or <c>saddr</c> alone for sh/mh without their port flag
 /// and for persistent services (persistence is per client address; a netmask is not applied).</item>
 /// </list>
@@ -182,25 +185,18 @@ internal static class LayoutBuilder
             entries[k].Dispatch = element;
             dispatch.Add((plan, (element.Key, element.Element)));
         }
-        // The live sets: each pinned DSR service's live servers, a chunk per service kept while its group's MACs are.
-        var live4 = new List<(string, SetContent)>();
-        var live6 = new List<(string, SetContent)>();
+        // The servers each pinned DSR service's flows may stay pinned to: its group's MACs (no kernel set; the dataplane
+        // deletes the pins they rule out, PinSweep).
+        var pinned = new List<PinTarget>();
         for (int k = 0; k < services.Count; k++)
-        {
-            if (entries[k].Plan is not { Dsr: true } plan || plan.Variant.EndsWith('u')) continue;
-            var macs = contents[plan.ContentKey].Live!;
-            var key = entries[k].Dispatch!.Key;
-            var chunk = cachedEntries[k] is { Live: { } had } && ReferenceEquals(had.Macs, macs) && had.Service == key ? had : NewLive(key, macs);
-            entries[k].Live = chunk;
-            (plan.Key.Family == IpFamily.V6 ? live6 : live4).Add((key, chunk.Content));
-        }
+            if (entries[k].Plan is { Dsr: true } plan && !plan.Variant.EndsWith('u')) pinned.Add(new PinTarget(plan.Key, contents[plan.ContentKey].Macs!));
         var chains = new Dictionary<(string, string), NftChain>();
         var chainsBefore = sameOptions ? cache.Chains : null;
         var tables = new List<NftTable>();
         var dsrPlans = plans.Where(p => p.Dsr).ToList();
         var natPlans = plans.Where(p => !p.Dsr).ToList();
         if (services.Count > 0)
-            tables.Add(TableRenderer.DsrTable(dsrPlans, assignment, contents, records.State, dispatch, (new ChunkedContent(live4), new ChunkedContent(live6)), chainsBefore, chains, input.OwnMac, options));
+            tables.Add(TableRenderer.DsrTable(dsrPlans, assignment, contents, records.State, dispatch, chainsBefore, chains, input.OwnMac, options));
         if (natPlans.Count > 0)
             tables.Add(TableRenderer.NatTable(natPlans, assignment, contents, dispatch, chainsBefore, chains, options));
         step?.Dispose();
@@ -218,7 +214,7 @@ internal static class LayoutBuilder
             ListIds = records.ListIds, ServerRecordIds = records.ServerRecordIds, ServerSets = serverSets, IdsOf = records.IdsOf,
         };
         var programmedTables = plans.Where(p => p.Table is not null).Select(p => new LayoutTable(p.Key, p.Table!, p.TableProblem)).ToList();
-        return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.Order(AddressComparer).ToList()) { Tables = programmedTables };
+        return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.Order(AddressComparer).ToList()) { Tables = programmedTables, Pinned = pinned };
     }
 
     /// <summary>The services in key order: the previous build's order when the keys are the same (no sort).</summary>
@@ -236,9 +232,6 @@ internal static class LayoutBuilder
         }
         return (services.Values.OrderBy(s => s.Key, ServiceKeyComparer.Instance).ToList(), false);
     }
-
-    private static LiveChunk NewLive(string service, SetContent macs) =>
-        new(service, macs, KeyedContent.Of(macs.Elements().Select(m => { var e = $"{service} . {m.Key}"; return (e, e); })));
 
     private static DispatchElement NewDispatch(ServiceKey service, string group, string variant)
     {

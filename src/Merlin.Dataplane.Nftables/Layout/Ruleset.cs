@@ -44,7 +44,6 @@ internal abstract class SetContent
         var delete = new List<string>();
         var add = new List<string>();
         if (ReferenceEquals(from, to) || from.Hash == to.Hash) return (delete, add);
-        if (from is ChunkedContent c && to is ChunkedContent d) return ChunkedContent.Diff(c, d);
         if (from is SlotContent a && to is SlotContent b && a.Length == b.Length)
         {
             for (int i = 0; i < a.Length; i++)
@@ -194,51 +193,6 @@ internal sealed class HashWriter : BufferedUtf8Writer
     {
         _sha.Dispose();
         base.Dispose();
-    }
-}
-
-/// <summary>
-/// A set made of named chunks whose keys never overlap (one chunk per service in the global live sets), so a build
-/// that changed one service diffs and hashes one chunk: the others are the previous build's instances.
-/// Its <see cref="SetContent.Hash"/> is of the chunks' names and hashes, not of its elements.
-/// </summary>
-internal sealed class ChunkedContent(IReadOnlyList<(string Name, SetContent Chunk)> chunks) : SetContent
-{
-    private readonly int _count = chunks.Sum(c => c.Chunk.Count);
-
-    public IReadOnlyList<(string Name, SetContent Chunk)> Chunks { get; } = chunks;
-
-    public override int Count => _count;
-
-    public override IEnumerable<(string Key, string Element)> Elements() => Chunks.SelectMany(c => c.Chunk.Elements());
-
-    protected override void WriteElements(HashWriter to)
-    {
-        foreach (var (name, chunk) in Chunks)
-        {
-            to.Append(name);
-            to.Append((byte)' ');
-            to.Append(chunk.Hash);
-            to.Append((byte)'\n');
-        }
-    }
-
-    /// <summary>Chunk by chunk: a chunk kept as it was costs a dictionary lookup, not a diff of its elements.</summary>
-    public static (List<string> Delete, List<string> Add) Diff(ChunkedContent from, ChunkedContent to)
-    {
-        var delete = new List<string>();
-        var add = new List<string>();
-        var old = new Dictionary<string, SetContent>(from.Chunks.Count, StringComparer.Ordinal);
-        foreach (var (name, chunk) in from.Chunks) old[name] = chunk;
-        foreach (var (name, chunk) in to.Chunks)
-        {
-            var (d, a) = SetContent.Diff(old.Remove(name, out var was) ? was : Empty, chunk);
-            delete.AddRange(d);
-            add.AddRange(a);
-        }
-        foreach (var chunk in old.Values) delete.AddRange(chunk.Elements().Select(e => e.Key));
-        delete.Sort(StringComparer.Ordinal);
-        return (delete, add);
     }
 }
 

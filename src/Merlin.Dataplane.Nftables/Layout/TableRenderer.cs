@@ -10,13 +10,13 @@ namespace Merlin.Dataplane.Nftables.Layout;
 
 /// <summary>
 /// Renders a layout's planned groups into nftables tables: the DSR netdev table (ingress chain,
-/// dispatch maps, a Maglev map, live set and chain per group) and the NAT inet table, and each
+/// dispatch maps, a Maglev map and chain per group) and the NAT inet table, and each
 /// group's map slots from its Maglev table or its stored minimal-disruption table.
 /// </summary>
 internal static class TableRenderer
 {
     public static NftTable DsrTable(List<LayoutBuilder.ServicePlan> plans, Dictionary<string, string> groups, Dictionary<string, GroupContent> contents,
-        SetContent state, List<(LayoutBuilder.ServicePlan Plan, (string Key, string Element) Element)> dispatch, (SetContent V4, SetContent V6) live,
+        SetContent state, List<(LayoutBuilder.ServicePlan Plan, (string Key, string Element) Element)> dispatch,
         IReadOnlyDictionary<(string, string), NftChain>? chainsBefore, Dictionary<(string, string), NftChain> chainsNow, PhysicalAddress? ownMac, NftablesOptions options)
     {
         var sets = new Dictionary<string, NftSet>
@@ -35,12 +35,10 @@ internal static class TableRenderer
             sets["flows6"] = new("flows6", "map", $"typeof numgen inc mod 2 . th sport . th dport : ether daddr; size {maxFlows}; flags dynamic,timeout; timeout {timeout}s;", SetContent.Empty, Dynamic: true);
             sets["svc4"] = new("svc4", "map", "type ipv4_addr . inet_proto . inet_service : verdict;", Dispatch(dispatch, true, IpFamily.V4));
             sets["svc6"] = new("svc6", "map", "type ipv6_addr . inet_proto . inet_service : verdict;", Dispatch(dispatch, true, IpFamily.V6));
-            sets["live4"] = new("live4", "set", "type ipv4_addr . inet_proto . inet_service . ether_addr;", live.V4);
-            sets["live6"] = new("live6", "set", "type ipv6_addr . inet_proto . inet_service . ether_addr;", live.V6);
-            // A pinned flow is found before the dispatch map: one lookup for its pin, one for whether its server is
-            // still live for its service (live4/live6: service . MAC), one to refresh the pin. Only new flows, and
-            // flows pinned to a server no longer live, go on to their service's chain. The pin rule writes the pinned
-            // MAC before the live check can fail, so the dispatch rules ask whether the frame was sent to this node
+            // A pinned flow is found before the dispatch map: one lookup for its pin, one to refresh it. Only new
+            // flows go on to their service's chain. A pin is not checked against its service's servers here (that
+            // lookup was ~0.09 of the minimal rule's cost a packet): the dataplane deletes the pins of a server that
+            // left right after the change (PinSweep). The dispatch rules ask whether the frame was sent to this node
             // (meta pkttype host: set on receipt, untouched by a rewrite), not what its destination now reads.
             chains["ingress"] = new("ingress", $"type filter hook ingress device \"{iface}\" priority 0; policy accept;",
             [
@@ -70,13 +68,12 @@ internal static class TableRenderer
     private static string FlowKey(bool v6, string seed) =>
         v6 ? $"jhash ip6 saddr . ip6 daddr mod {LayoutBuilder.FullRange.ToString(CultureInfo.InvariantCulture)} seed {seed} . th sport . th dport" : "ip saddr . ip daddr . th sport . th dport";
 
-    /// <summary>The ingress rule that forwards a pinned flow's packet to its pinned server while that server is live for the packet's service.</summary>
+    /// <summary>The ingress rule that forwards a pinned flow's packet to its pinned server and refreshes the pin.</summary>
     private static string PinnedRule(bool v6, string own, string iface, string seed)
     {
         string flow = FlowKey(v6, seed);
         string flows = v6 ? "flows6" : "flows4";
-        return $"ether daddr set {flow} map @{flows} {(v6 ? "ip6" : "ip")} daddr . meta l4proto . th dport . ether daddr @live{(v6 ? '6' : '4')} " +
-            $"update @{flows} {{ {flow} : ether daddr }} ether saddr set {own} fwd to \"{iface}\"";
+        return $"ether daddr set {flow} map @{flows} update @{flows} {{ {flow} : ether daddr }} ether saddr set {own} fwd to \"{iface}\"";
     }
 
     private static List<string> DsrRules(string group, int size, string variant, string own, string iface, string seed)
@@ -93,8 +90,7 @@ internal static class TableRenderer
         var rules = new List<string>();
         if (pinned)
         {
-            // Pinned flows whose server is live never get here (the ingress chain forwards them); a flow pinned to a
-            // server gone from its service is hashed again, and its pin only refreshed: update never rewrites a value.
+            // Pinned flows never get here (the ingress chain forwards them): a flow is new, or its pin was deleted.
             rules.Add($"ether daddr set {hash} map @{group} update @{flows} {{ {flow} : ether daddr }} {forward} comment \"merlin: new flow\"");
             rules.Add($"ether daddr set {hash} map @{group} {forward} comment \"merlin: new flow, flow map full\"");
         }
