@@ -31,6 +31,7 @@ if (args.Contains("--help"))
     Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no] [--table maglev|md]");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared] [--services 1000] [--servers 10]   (layout build and render, no kernel)");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-maglev [N] [--builds 50] [--katran PATH]   (one DSR map of N servers (1000) at Merlin's M: time and gen-2 collections per build)");
+    Console.WriteLine("       Merlin.Nftables.Bench --profile-sweep [0,10000,100000,262144] [--runs 3]   (root: a server removed while the flow map holds that many pins)");
     return 0;
 }
 if (args.Contains("--profile-maglev"))
@@ -39,6 +40,14 @@ if (args.Contains("--profile-maglev"))
     var rest = args.SkipWhile(a => a != "--profile-maglev").Skip(1).FirstOrDefault();
     int n = rest is not null && int.TryParse(rest, CultureInfo.InvariantCulture, out var parsed) ? parsed : 1000;
     return MaglevMapProfile.Run(n, int.Parse(Value("--builds") ?? "50", CultureInfo.InvariantCulture), Value("--katran"));
+}
+if (args.Contains("--profile-sweep"))
+{
+    if (!Environment.IsPrivilegedProcess) { Console.Error.WriteLine("Merlin.Nftables.Bench --profile-sweep: run as root"); return 2; }
+    var rest = args.SkipWhile(a => a != "--profile-sweep").Skip(1).FirstOrDefault(a => !a.StartsWith("--", StringComparison.Ordinal)) ?? "0,10000,100000,262144";
+    var runsAt = Array.IndexOf(args, "--runs");
+    return await PinSweepProfile.RunAsync(rest.Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)).ToList(),
+        runsAt >= 0 ? int.Parse(args[runsAt + 1], CultureInfo.InvariantCulture) : 3);
 }
 if (args.Contains("--profile-layout"))
 {
@@ -356,6 +365,10 @@ namespace Merlin.Nftables.Bench
         public Task UnstageAsync(StageResult staging, IReadOnlyList<StagedSet> sets, CancellationToken ct) => _inner.UnstageAsync(staging, sets, ct);
 
         public Task<uint> GenerationAsync(CancellationToken ct) => _inner.GenerationAsync(ct);
+
+        public Task<IReadOnlyList<SetElement>> ReadElementsAsync(string family, string table, string set, CancellationToken ct) => _inner.ReadElementsAsync(family, table, set, ct);
+
+        public Task<int?> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, bool evenIfGone, CancellationToken ct) => _inner.DeleteElementsAsync(family, table, set, keys, evenIfGone, ct);
 
         public Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct) => _inner.ReadTablesAsync(tables, ct);
 

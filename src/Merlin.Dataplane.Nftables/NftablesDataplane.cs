@@ -55,9 +55,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
     private IReadOnlyList<IPAddress> _unresolved = [];
     private bool _issuesChanged;
     private IReadOnlyList<ProgrammedTable> _tables = [];
-    // Whether the flow maps hold no pin the programmed layout rules out (false at start: a previous run may have
-    // stopped between a change and its sweep; and after a sweep failed).
-    private bool _pinsSwept;
+    private readonly PinSweeper _pins;
     // md-table services' tables as last programmed, with the changes and slots moved since the start.
     private readonly Dictionary<ServiceKey, (MinimalDisruptionTable Table, long Changes, long Moved)> _tableHistory = new();
 
@@ -77,6 +75,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
         _neighbours = new NeighbourTracker(options, neighbours ?? new NetlinkNeighbours(options), logger, time);
         _auditor = new TableAuditor(options, _nft);
         _writer = new TableWriter(options, _nft, logger, Phases);
+        _pins = new PinSweeper(options, _nft, _gate, () => _programmed, logger, Phases);
         _logger = logger;
         _time = time;
     }
@@ -90,7 +89,14 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
     /// Closes the netlink sockets kept open between passes (ours and libnftables'); they close
     /// themselves a second after their last use anyway. The tables stay programmed.
     /// </summary>
-    public void Dispose() => _ownNft?.Dispose();
+    public void Dispose()
+    {
+        _pins.Dispose();
+        _ownNft?.Dispose();
+    }
+
+    /// <summary>The pin sweep running now, or a completed task (<see cref="PinSweeper"/>).</summary>
+    internal Task PinSweepRunning => _pins.Running;
 
     /// <summary>Services and servers held in the state but not forwarded to, and why (unsupported, MAC unknown).</summary>
     public IReadOnlyList<NftablesIssue> Issues => _issues;
@@ -144,7 +150,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
             }
             using (Phases.Measure("neighbours"))
                 if (await _neighbours.RefreshAsync(_programmed!.Layout.DsrAddresses, ct)) await FlushAsync(_programmed.Services, ct);
-            if (!_pinsSwept) await SweepPinsAsync(_programmed!.Layout, _programmed.Layout, ct);
+            _pins.RequestUnlessClean();
             return new DataplaneState(new Dictionary<ServiceKey, ServiceState>(_programmed!.Services));
         }
         finally
@@ -362,56 +368,10 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
         {
             using (Phases.Measure("neighbours")) await _neighbours.ForgetAllButAsync(programmed.Layout.DsrAddresses, ct);
         }
-        await SweepPinsAsync(before, layout, ct);
+        // A server that left its service keeps its pinned flows until they are deleted: in the background, so this
+        // change is not held up by a dump of the flow maps.
+        if (PinSweep.Departed(before.Pinned, layout.Pinned)) _pins.Request();
         Report(layout);
-    }
-
-    /// <summary>
-    /// After <paramref name="now"/> was programmed over <paramref name="before"/>: deletes the pins of servers that left
-    /// their service (<see cref="PinSweep"/>), and once more a moment later, for a packet that looked a pin up before
-    /// the deletion and refreshed it after (its rule's update adds the pin back). Nothing to do unless a server left or
-    /// the pins were never checked. A failure is logged and the next pass tries again: the change itself is programmed.
-    /// </summary>
-    private async Task SweepPinsAsync(Layout.Layout before, Layout.Layout now, CancellationToken ct)
-    {
-        if (_pinsSwept && !PinSweep.Departed(before.Pinned, now.Pinned)) return;
-        _pinsSwept = false;
-        using var _ = Phases.Measure("sweep pins");
-        try
-        {
-            int deleted = await DeleteStalePinsAsync(now, ct);
-            if (deleted > 0)
-            {
-                await Task.Delay(PinSettle, ct);
-                deleted += await DeleteStalePinsAsync(now, ct);
-                LogPinsSwept(deleted);
-            }
-            _pinsSwept = true;
-        }
-        catch (Exception e) when (e is not OperationCanceledException)
-        {
-            LogPinSweepFailed(e.Message);
-        }
-    }
-
-    /// <summary>Longer than a packet's pass through the pinned-flow rule by far (it runs under RCU, microseconds).</summary>
-    internal static readonly TimeSpan PinSettle = TimeSpan.FromMilliseconds(50);
-
-    private async Task<int> DeleteStalePinsAsync(Layout.Layout layout, CancellationToken ct)
-    {
-        int deleted = 0;
-        foreach (var (v6, set) in new[] { (false, "flows4"), (true, "flows6") })
-        {
-            for (int attempt = 1; ; attempt++)
-            {
-                var stale = PinSweep.Stale(v6, await _nft.ReadElementsAsync("netdev", _options.DsrTable, set, ct), layout.Pinned);
-                if (stale.Count == 0) break;
-                if (await _nft.DeleteElementsAsync("netdev", _options.DsrTable, set, stale, ct)) { deleted += stale.Count; break; }
-                // A pin expired between the read and the deletion: read again.
-                if (attempt == 3) throw new InvalidOperationException($"{set}: pins kept expiring while they were deleted");
-            }
-        }
-        return deleted;
     }
 
     /// <summary>Replaces our tables, whatever they hold, with <paramref name="layout"/>; pinned flows survive.</summary>
@@ -499,12 +459,6 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
 
     [LoggerMessage(EventId = 417, Level = LogLevel.Information, Message = "nftables: md-table of {Service} is now {Hash}: {Moved} of {Size} slots moved")]
     private partial void LogTableChanged(ServiceKey service, string hash, int moved, int size);
-
-    [LoggerMessage(EventId = 418, Level = LogLevel.Information, Message = "nftables: {Count} pinned flows lost their pin: their server left their service")]
-    private partial void LogPinsSwept(int count);
-
-    [LoggerMessage(EventId = 419, Level = LogLevel.Warning, Message = "nftables: the pins of servers that left their service could not be deleted ({Reason}); their flows still go to them; the next pass tries again")]
-    private partial void LogPinSweepFailed(string reason);
 
     [LoggerMessage(EventId = 410, Level = LogLevel.Information, Message = "nftables: resolved: {Issue}")]
     private partial void LogIssueCleared(string issue);

@@ -30,6 +30,13 @@ internal sealed class ProgrammedState
         Tables = tables;
     }
 
+    /// <summary>Transactions of ours alone moved the generation from <paramref name="before"/> to <paramref name="after"/> without touching what was audited: it still holds.</summary>
+    public void Advance(uint before, uint after)
+    {
+        foreach (var key in AuditedAt.Keys.ToList()) if (AuditedAt[key] == before) AuditedAt[key] = after;
+        Generation = after;
+    }
+
     /// <summary>We no longer know what the kernel holds: the next resync reads it whole.</summary>
     public void Unknown()
     {

@@ -50,6 +50,20 @@ public class ContractTests
         public Task<uint> GenerationAsync(CancellationToken ct) => Task.FromResult(_generation);
         public Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct) =>
             Task.FromResult<IReadOnlyList<KernelTable>>([]);
+
+        /// <summary>flows4's pins; reading them fails with <see cref="FailPinReads"/> while it is set.</summary>
+        public List<SetElement> Pins4 { get; } = new();
+        public Exception? FailPinReads { get; set; }
+
+        public Task<IReadOnlyList<SetElement>> ReadElementsAsync(string family, string table, string set, CancellationToken ct) =>
+            FailPinReads is { } e ? Task.FromException<IReadOnlyList<SetElement>>(e) : Task.FromResult<IReadOnlyList<SetElement>>(set == "flows4" ? Pins4.ToList() : []);
+
+        public Task<int?> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, bool evenIfGone, CancellationToken ct)
+        {
+            Pins4.RemoveAll(p => keys.Any(k => k.AsSpan().SequenceEqual(p.Key)));
+            _generation++;
+            return Task.FromResult<int?>(1);
+        }
     }
 
     private static (NftablesDataplane, ScriptedNftables, FakeNeighbours) Create()
@@ -102,6 +116,31 @@ public class ContractTests
         Assert.Null(errors[1]);
         Assert.Contains("no such service", errors[2]!.Message);
         Assert.Single(nft.Scripts);
+    }
+
+    [Fact]
+    public async Task APinSweepThatFails_LeavesTheChangeProgrammed_AndTheNextResyncSweeps()
+    {
+        var (dataplane, nft, neighbours) = Create();
+        var other = new RealServerKey(IPAddress.Parse("198.18.1.12"), 80);
+        neighbours.Table[Rs.Address] = MacOf(Rs.Address);
+        neighbours.Table[other.Address] = MacOf(other.Address);
+        await dataplane.ApplyAsync([new AddService(Vip, Config()), new AddServer(Vip, Rs, new RealServerConfig { Weight = 1 }), new AddServer(Vip, other, new RealServerConfig { Weight = 1 })], CancellationToken.None);
+        // 198.18.9.1:40000 → 198.18.0.10:80 pinned to .12.
+        byte[] key = [198, 18, 9, 1, 198, 18, 0, 10, 0x9c, 0x40, 0, 0, 0, 80, 0, 0];
+        nft.Pins4.Add(new SetElement(key, MacOf(other.Address).GetAddressBytes()));
+        nft.FailPinReads = new IOException("netlink: timed out");
+
+        var errors = await dataplane.ApplyAsync([new DeleteServer(Vip, other)], CancellationToken.None);
+        await dataplane.PinSweepRunning;
+
+        Assert.Null(Assert.Single(errors));   // the server is out of the tables: the sweep's failure is not the change's
+        Assert.Single(nft.Pins4);
+        nft.FailPinReads = null;
+        var read = await dataplane.ReadAsync(CancellationToken.None);
+        await dataplane.PinSweepRunning;
+        Assert.Empty(nft.Pins4);
+        Assert.Equal([Rs], read.Services[Vip].Servers.Keys);
     }
 
     [Fact]

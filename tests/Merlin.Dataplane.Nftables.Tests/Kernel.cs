@@ -183,13 +183,13 @@ internal sealed class RecordingNftables(INftables inner) : INftables
 
     public Task<IReadOnlyList<SetElement>> ReadElementsAsync(string family, string table, string set, CancellationToken ct) => inner.ReadElementsAsync(family, table, set, ct);
 
-    /// <summary>Elements deleted by key (pins swept), as "family table set: count".</summary>
+    /// <summary>Elements deleted by key (pins swept), as "family table set: count", and " again" for the sweep's second look.</summary>
     public List<string> Deleted { get; } = new();
 
-    public Task<bool> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, CancellationToken ct)
+    public Task<int?> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, bool evenIfGone, CancellationToken ct)
     {
-        Deleted.Add($"{family} {table} {set}: {keys.Count}");
-        return inner.DeleteElementsAsync(family, table, set, keys, ct);
+        Deleted.Add($"{family} {table} {set}: {keys.Count}{(evenIfGone ? " again" : "")}");
+        return inner.DeleteElementsAsync(family, table, set, keys, evenIfGone, ct);
     }
 }
 

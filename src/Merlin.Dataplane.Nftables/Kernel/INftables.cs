@@ -34,11 +34,13 @@ internal interface INftables
     Task<uint> GenerationAsync(CancellationToken ct);
 
     /// <summary>Every element of one set as key and value bytes (the pins of a flow map); empty if the set does not exist.</summary>
-    Task<IReadOnlyList<SetElement>> ReadElementsAsync(string family, string table, string set, CancellationToken ct) =>
-        Task.FromResult<IReadOnlyList<SetElement>>([]);
+    Task<IReadOnlyList<SetElement>> ReadElementsAsync(string family, string table, string set, CancellationToken ct);
 
-    /// <summary>Deletes elements by key (<see cref="SetElements.Delete"/>); false if one was gone already.</summary>
-    Task<bool> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, CancellationToken ct) => Task.FromResult(true);
+    /// <summary>
+    /// Deletes elements by key (<see cref="SetElements.Delete"/>): the transactions committed, or null if a key was gone
+    /// already; with <paramref name="evenIfGone"/> gone keys are passed over, or <see cref="NotSupportedException"/> on a kernel older than 6.3.
+    /// </summary>
+    Task<int?> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, bool evenIfGone, CancellationToken ct);
 
     /// <summary>Our tables' structure (no elements); a missing table is left out.</summary>
     Task<IReadOnlyList<KernelTable>> ReadTablesAsync(IReadOnlyList<(string Family, string Name)> tables, CancellationToken ct);
@@ -126,11 +128,15 @@ internal abstract partial class NftKernel : INftables, IDisposable
 
     public Task<uint> GenerationAsync(CancellationToken ct) => Task.Run(() => _socket.Use(NfTablesReader.Generation), ct);
 
-    public Task<IReadOnlyList<SetElement>> ReadElementsAsync(string family, string table, string set, CancellationToken ct) =>
-        Task.Run(() => (IReadOnlyList<SetElement>)_socket.Use(socket => SetElements.Read(socket, family, table, set)), ct);
+    /// <summary>On a socket of its own: a dump of a full flow map takes seconds, and the kept socket serves the passes meanwhile.</summary>
+    public Task<IReadOnlyList<SetElement>> ReadElementsAsync(string family, string table, string set, CancellationToken ct) => Task.Run(() =>
+    {
+        using var socket = NfNetlink.Open(Options.NetworkNamespace);
+        return (IReadOnlyList<SetElement>)SetElements.Read(socket, family, table, set);
+    }, ct);
 
-    public Task<bool> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, CancellationToken ct) =>
-        Task.Run(() => _socket.Use(socket => SetElements.Delete(socket, family, table, set, keys)), ct);
+    public Task<int?> DeleteElementsAsync(string family, string table, string set, IReadOnlyList<byte[]> keys, bool evenIfGone, CancellationToken ct) =>
+        Task.Run(() => _socket.Use(socket => SetElements.Delete(socket, family, table, set, keys, evenIfGone)), ct);
 
     /// <summary>The codec writes numbers in host order as little-endian (every Linux this runs on).</summary>
     public bool CanStage => BitConverter.IsLittleEndian;

@@ -11,7 +11,7 @@ internal sealed record SetElement(byte[] Key, byte[] Value);
 /// </summary>
 internal static class SetElements
 {
-    private const byte NFT_MSG_GETSETELEM = 13, NFT_MSG_DELSETELEM = 14;
+    private const byte NFT_MSG_GETSETELEM = 13, NFT_MSG_DELSETELEM = 14, NFT_MSG_DESTROYSETELEM = 30;
 
     /// <summary>Keys per DELSETELEM message: the element list is one attribute, whose length is 16 bits (at most 32 bytes a key here).</summary>
     internal const int KeysPerMessage = 1024;
@@ -63,19 +63,22 @@ internal static class SetElements
 
     /// <summary>
     /// Deletes the elements with <paramref name="keys"/> from <paramref name="set"/>, in as few transactions as the
-    /// send buffer allows. False if the kernel refused a transaction because one of its keys was gone already (it
-    /// expired since it was read): that transaction deleted nothing, those before it stay done; read again and retry.
+    /// send buffer allows, and returns how many it committed. Null if the kernel refused a transaction because one of
+    /// its keys was gone already (it expired since it was read): that transaction deleted nothing, those before it
+    /// stay done; read again and retry. With <paramref name="evenIfGone"/>, keys that are gone are passed over
+    /// (NFT_MSG_DESTROYSETELEM, Linux 6.3 and later; an older kernel refuses the message: <see cref="NotSupportedException"/>).
     /// </summary>
-    public static bool Delete(NetlinkClient client, string family, string table, string set, IReadOnlyList<byte[]> keys)
+    public static int? Delete(NetlinkClient client, string family, string table, string set, IReadOnlyList<byte[]> keys, bool evenIfGone = false)
     {
-        if (keys.Count == 0) return true;
+        if (keys.Count == 0) return 0;
+        int commits = 0;
         byte f = NfTablesReader.FamilyNumber(family);
         using var writer = new BatchWriter(Math.Min(SetStaging.MaxBatchBytes, client.SendLimit));
         try
         {
             for (int i = 0; i < keys.Count;)
             {
-                var start = writer.BeginMessage(NFT_MSG_DELSETELEM, NetlinkFlags.None, f, Send);
+                var start = writer.BeginMessage(evenIfGone ? NFT_MSG_DESTROYSETELEM : NFT_MSG_DELSETELEM, NetlinkFlags.None, f, Send);
                 var w = writer.Writer;
                 w.WriteString(1, table);                  // NFTA_SET_ELEM_LIST_TABLE
                 w.WriteString(2, set);                    // NFTA_SET_ELEM_LIST_SET
@@ -92,17 +95,22 @@ internal static class SetElements
                 writer.EndMessage(start);
             }
             Send(writer);
-            return true;
+            return commits;
         }
-        catch (NetlinkException e) when (e.Errno == Errno.ENOENT)
+        catch (NetlinkException e) when (e.Errno == Errno.ENOENT && !evenIfGone)
         {
-            return false;
+            return null;
+        }
+        catch (NetlinkException e) when (evenIfGone && e.Errno is Errno.EINVAL or Errno.EOPNOTSUPP && commits == 0)
+        {
+            throw new NotSupportedException($"this kernel does not delete set elements that may be gone (NFT_MSG_DESTROYSETELEM): {e.Message}", e);
         }
 
         void Send(BatchWriter full)
         {
             if (full.Finish() is not { } batch) return;
             client.ExecuteTransaction(batch.Buffer, type => $"nf_tables {NfNetlink.MessageName(type & 0xff)}");
+            commits++;
         }
     }
 }
