@@ -1,5 +1,6 @@
 using System.Net;
 using Merlin.Dataplane.Abstractions;
+using Merlin.Dataplane.Ipvs;
 using Merlin.Dataplane.Nftables;
 using Merlin.Lab;
 using Merlin.Model;
@@ -26,6 +27,12 @@ public enum PathConfig
 
     /// <summary>c or d with Merlin's rules for the measured service changed by hand (<see cref="RuleVariants"/>).</summary>
     Variant,
+
+    /// <summary>e. Merlin's IPVS dataplane (direct routing) holding the same 1 service: a kernel with IPVS only (the qemu guest).</summary>
+    Ipvs1,
+
+    /// <summary>f. Merlin's IPVS dataplane holding <see cref="PacketPathOptions.Services"/> services × 10 servers, traffic to one.</summary>
+    IpvsMany,
 }
 
 public sealed record PacketPathOptions
@@ -98,6 +105,7 @@ public sealed class PacketPathHarness : IAsyncDisposable
     private readonly Dictionary<string, int> _threads = new(StringComparer.Ordinal);
     private readonly Action<string> _log;
     private NftablesDataplane? _dataplane;
+    private IpvsDataplane? _ipvs;
     private RuleVariants.Listed? _listed;
     private bool _poolReady;
     private readonly List<DiscardServer> _discard = [];
@@ -203,8 +211,31 @@ public sealed class PacketPathHarness : IAsyncDisposable
     {
         if (services > 1) await PoolAsync(ct);
         _dataplane ??= new NftablesDataplane(DataplaneOptions, NullLogger<NftablesDataplane>.Instance);
-        var desired = Desired(services);
         var dataplane = _dataplane;
+        await ReconcileAsync(dataplane, Desired(services), () => dataplane.Issues.Select(i => i.ToString()).ToList(), $"Merlin's dataplane holding {services} service(s) with every MAC known", ct);
+    }
+
+    /// <summary>
+    /// Programs the LB through Merlin's IPVS dataplane instead (direct routing, the same services as
+    /// <see cref="ProgramMerlinAsync"/>): Merlin's nftables tables are removed first, and the VIP is put on the
+    /// LB's <c>lo</c> (IPVS takes a packet at local delivery). Needs a kernel with IPVS: the qemu guest here.
+    /// </summary>
+    public async Task ProgramIpvsAsync(int services, CancellationToken ct = default)
+    {
+        if (_ipvs is null)
+        {
+            if (_dataplane is { } nft)
+                await ReconcileAsync(nft, new DataplaneState(new Dictionary<ServiceKey, ServiceState>()), () => [], "Merlin's nftables tables removed", ct);
+            await Lb.IpAsync("addr", "add", $"{_lab.Vip}/32", "dev", "lo");
+            _ipvs = new IpvsDataplane(new IpvsDataplaneOptions { NetworkNamespace = Lb.Namespace, OwnWholeTable = true }, NullLogger<IpvsDataplane>.Instance);
+        }
+        if (services > 1) await PoolAsync(ct);
+        await ReconcileAsync(_ipvs, Desired(services), () => [], $"Merlin's IPVS dataplane holding {services} service(s)", ct);
+    }
+
+    /// <summary>Passes until the plan is empty and the dataplane reports no issue.</summary>
+    private async Task ReconcileAsync(IDataplane dataplane, DataplaneState desired, Func<IReadOnlyList<string>> issues, string what, CancellationToken ct)
+    {
         var passes = 0;
         var last = "";
         await Poll.UntilAsync(async () =>
@@ -217,10 +248,11 @@ public sealed class PacketPathHarness : IAsyncDisposable
                 var errors = await dataplane.ApplyAsync(plan, ct);
                 if (errors.FirstOrDefault(e => e is not null) is { } error) throw new InvalidOperationException($"apply failed: {error.Message}", error);
             }
-            last = $"pass {passes}: {plan.Count} operations, {dataplane.Issues.Count} issues{(dataplane.Issues.Count > 0 ? $", e.g. {dataplane.Issues[0]}" : "")}";
+            var now = issues();
+            last = $"pass {passes}: {plan.Count} operations, {now.Count} issues{(now.Count > 0 ? $", e.g. {now[0]}" : "")}";
             _log(last);
-            return plan.Count == 0 && dataplane.Issues.Count == 0;
-        }, $"Merlin's dataplane holding {services} service(s) with every MAC known", TimeSpan.FromMinutes(3), () => last, TimeSpan.FromMilliseconds(200), ct);
+            return plan.Count == 0 && now.Count == 0;
+        }, what, TimeSpan.FromMinutes(10), () => last, TimeSpan.FromMilliseconds(200), ct);
     }
 
     /// <summary>
@@ -385,6 +417,7 @@ public sealed class PacketPathHarness : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         _dataplane?.Dispose();   // its netlink sockets must not keep the LB namespace alive
+        _ipvs?.Dispose();
         foreach (var d in _discard) d.Dispose();
         await _lab.DisposeAsync();
     }

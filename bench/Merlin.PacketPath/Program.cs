@@ -9,22 +9,25 @@ using Merlin.PacketPath;
 //   d. Merlin with 1,000 services × 10 servers (1.02 M map elements), traffic to one.
 // Rounds interleave the configurations (a, b, c, then a, b, d) so drift on a shared machine hits all of
 // them; ratios to b are taken round by round. Run as root, under flock /tmp/merlin-bench.lock.
-// IPVS in the qemu guest (tests/vm) is not part of this harness: --ipvs says so and exits.
-// Usage: Merlin.PacketPath [--protocol udp|tcp] [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000] [--variants a,b,…] [--no-many]
+// With --ipvs (a kernel with IPVS: the qemu guest, bench/Merlin.PacketPath/ipvs-guest.sh), d is left out and
+//   e. Merlin's IPVS dataplane (direct routing) with the same 1 service,
+//   f. IPVS with 1,000 services × 10, traffic to one,
+// follow in rounds of a, b, e and a, b, f: ratios within the guest only (its CPU is emulated).
+// Usage: Merlin.PacketPath [--protocol udp|tcp] [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000] [--variants a,b,…] [--no-many] [--ipvs]
 if (args.Contains("--help"))
 {
-    Console.WriteLine("usage: Merlin.PacketPath [--protocol udp|tcp] [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000] [--variants a,b,…] [--no-many]");
+    Console.WriteLine("usage: Merlin.PacketPath [--protocol udp|tcp] [--rate 20000] [--seconds 3] [--rounds 3] [--flows 16] [--real-servers 10] [--services 1000] [--variants a,b,…] [--no-many] [--ipvs]");
     Console.WriteLine("  --protocol tcp: 64-byte segments on --flows connections to a discard server on each real server (opened per measurement)");
-    Console.WriteLine("       Merlin.PacketPath --ipvs   (IPVS in the guest: not measured by this harness)");
+    Console.WriteLine("  --ipvs: a, b, c, then Merlin's IPVS dataplane with 1 and with --services services (e, f) instead of d; needs IPVS (tests/vm/ipvs-guest --script bench/Merlin.PacketPath/ipvs-guest.sh)");
     Console.WriteLine("  --variants: hand-made changes to the measured service's rules, each measured after c (and d) in every round:");
     foreach (var (name, what) in RuleVariants.Known) Console.WriteLine($"    {name}: {what}");
     Console.WriteLine("  --no-many: skip d (Merlin with --services services)");
     return 0;
 }
-if (args.Contains("--ipvs"))
+var ipvs = args.Contains("--ipvs");
+if (ipvs && !Directory.Exists("/sys/module/ip_vs"))
 {
-    Console.Error.WriteLine("IPVS is not measured here: this machine's kernel has no IPVS, and the qemu guest (tests/vm/ipvs-guest) " +
-        "is emulated (TCG): its CPU time is not comparable to the host's NAPI threads, and it was not run beside other work. See docs/performance.md, \"Packet path (issue 18)\".");
+    Console.Error.WriteLine("Merlin.PacketPath --ipvs: this kernel has no IPVS; run it in the qemu guest: tests/vm/ipvs-guest --script bench/Merlin.PacketPath/ipvs-guest.sh");
     return 2;
 }
 if (!Environment.IsPrivilegedProcess)
@@ -53,7 +56,8 @@ var rounds = Int("--rounds", 3);
 var variants = Arg("--variants", "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 foreach (var v in variants)
     if (!RuleVariants.Known.ContainsKey(v)) throw new ArgumentException($"--variants: unknown variant '{v}'; known: {string.Join(", ", RuleVariants.Known.Keys)}");
-var many = !args.Contains("--no-many");
+var many = !args.Contains("--no-many") && !ipvs;
+if (ipvs && variants.Length > 0) throw new ArgumentException("--variants and --ipvs do not mix");
 if (variants.Length > 0 && options.Protocol != Merlin.Model.Protocol.Udp) throw new ArgumentException("--variants: the rule variants are written for the UDP load only");
 if (rounds is < 1 or > 20) throw new ArgumentOutOfRangeException("--rounds", rounds, "--rounds must be 1…20");
 
@@ -107,6 +111,27 @@ if (many)
         await MeasureAsync(PathConfig.MinimalRule, rounds + r);
         await MeasureAsync(PathConfig.MerlinMany, rounds + r);
         await VariantsAsync(rounds + r, PathConfig.MerlinMany);
+    }
+}
+
+// Phase 3 (--ipvs): Merlin's IPVS dataplane instead of its nftables tables, with 1 service and then with many.
+if (ipvs)
+{
+    await harness.ProgramIpvsAsync(1, ct);
+    for (var r = 1; r <= rounds; r++)
+    {
+        await MeasureAsync(PathConfig.Direct, 2 * rounds + r);
+        await MeasureAsync(PathConfig.MinimalRule, 2 * rounds + r);
+        await MeasureAsync(PathConfig.Ipvs1, 2 * rounds + r);
+    }
+    var clock = System.Diagnostics.Stopwatch.StartNew();
+    await harness.ProgramIpvsAsync(options.Services, ct);
+    Console.WriteLine($"  IPVS programmed with {options.Services:N0} services in {clock.Elapsed.TotalSeconds:0.0} s; load {Load()}");
+    for (var r = 1; r <= rounds; r++)
+    {
+        await MeasureAsync(PathConfig.Direct, 3 * rounds + r);
+        await MeasureAsync(PathConfig.MinimalRule, 3 * rounds + r);
+        await MeasureAsync(PathConfig.IpvsMany, 3 * rounds + r);
     }
 }
 
