@@ -232,7 +232,26 @@ public class ApiSemanticsTests(EtcdFixture etcd) : BackendTestBase(etcd)
         {
             Etcd.Server.Start();
         }
-        await daemon.Original.CreateServiceAsync(Svc("new", "198.18.0.50"), cancellationToken: Ct);
+        // etcd answers again, but the daemon's channel reconnects with backoff: until it has, a call still fails
+        // Unavailable, and a client retries it (docs/operations.md, "What happens when…").
+        string last = "";
+        await Merlin.Testing.Poll.UntilAsync(async () =>
+        {
+            try
+            {
+                await daemon.Original.CreateServiceAsync(Svc("new", "198.18.0.50"), cancellationToken: Ct);
+                return true;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable)
+            {
+                last = e.Status.Detail;
+                return false;
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.AlreadyExists)
+            {
+                return true;   // an earlier try went through after all
+            }
+        }, "a create to succeed once etcd is back", TimeSpan.FromSeconds(30), () => last, TimeSpan.FromMilliseconds(200), Ct);
         await daemon.WaitForDataplaneAsync(s => s.Services.Count == 2);
     }
 

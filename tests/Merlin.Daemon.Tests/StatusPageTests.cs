@@ -51,7 +51,7 @@ public sealed class StatusPageTests : IDisposable
         using var http = daemon.Health();
         JsonElement web = default, root = default;
         var deadline = System.Diagnostics.Stopwatch.StartNew();
-        // The counts come from the reconciler's last pass and the verdict from the checker: wait for both to catch up.
+        // The counts and effective weights come from the reconciler's last pass and the verdict from the checker: wait for both to catch up.
         while (deadline.Elapsed < TimeSpan.FromSeconds(30))
         {
             using var detail = JsonDocument.Parse(await http.GetStringAsync("/status/detail", Ct));
@@ -59,6 +59,7 @@ public sealed class StatusPageTests : IDisposable
             web = root.GetProperty("virtualServices").EnumerateArray().FirstOrDefault(s => s.GetProperty("id").GetString() == "web");
             if (web.ValueKind == JsonValueKind.Object && Server(web, "127.0.0.1:80").TryGetProperty("health", out var h)
                 && h.GetProperty("verdict").GetString() == "down" && Server(web, "127.0.0.1:80").TryGetProperty("effectiveWeight", out var w) && w.GetUInt32() == 0
+                && Server(web, "127.0.0.2:80") is { ValueKind: JsonValueKind.Object } d && d.TryGetProperty("effectiveWeight", out var drained) && drained.GetUInt32() == 0
                 && root.TryGetProperty("servers", out var count) && count.ValueKind == JsonValueKind.Number && count.GetUInt32() == 2) break;
             await Task.Delay(100, Ct);
         }
