@@ -109,7 +109,7 @@ internal static class SetElements
         void Send(BatchWriter full)
         {
             if (full.Finish() is not { } batch) return;
-            client.ExecuteTransaction(batch.Buffer, type => $"nf_tables {NfNetlink.MessageName(type & 0xff)}");
+            client.ExecuteTransaction(batch.Buffer, SetStaging.Describe);
             commits++;
         }
     }

@@ -142,7 +142,7 @@ internal static class SetStaging
     }
 
     /// <summary>Names the message an error answers: an nf_tables message, or the batch itself (a refused commit is answered against BATCH_BEGIN).</summary>
-    private static string Describe(ushort type) =>
+    internal static string Describe(ushort type) =>
         type >> 8 == NfNetlink.SubsystemNfTables ? $"nf_tables {NfNetlink.MessageName(type & 0xff)}" : "nf_tables transaction";
 
     /// <summary>
