@@ -166,6 +166,7 @@ public class PinSweepTests
         var desired = State(Web, Web6);
         var (dataplane, nft) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
         await dataplane.ReconcileAsync(desired);
+        await dataplane.PinSweepRunning;   // the start's sweep, before the pins it would otherwise judge go in
         AddPins(ns,
             "flows4 { 198.18.9.1 . 198.18.0.10 . 40000 . 80 : 02:00:c6:12:01:0b, 198.18.9.1 . 198.18.0.10 . 40001 . 80 : 02:00:c6:12:01:0c, 198.18.9.2 . 198.18.0.10 . 40000 . 80 : 02:00:c6:12:01:0c }",
             "flows6 { 7 . 40000 . 80 : 02:00:00:00:00:11, 8 . 40001 . 80 : 02:00:00:00:00:12 }");
@@ -193,6 +194,7 @@ public class PinSweepTests
         var desired = State(Web);
         var (first, _) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
         await first.ReconcileAsync(desired);
+        await first.PinSweepRunning;   // else the first dataplane's own start-up sweep may delete the pin below
         // As if the previous run died between its transaction and its sweep: a pin to a server the tables no longer hold.
         AddPins(ns, "flows4 { 198.18.9.1 . 198.18.0.10 . 40000 . 80 : 02:00:c6:12:01:0b, 198.18.9.1 . 198.18.0.10 . 40001 . 80 : 02:00:c6:12:01:0e }");
 
