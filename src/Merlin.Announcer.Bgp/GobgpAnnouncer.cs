@@ -31,6 +31,8 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     private IReadOnlyList<IPAddress> _desired = [];
+
+    private IReadOnlyCollection<IPAddress>? _given;
     /// <summary>The routes in the running gobgpd's RIB (added by this process since gobgpd started).</summary>
     private readonly HashSet<IPAddress> _announced = [];
     private IReadOnlyList<BgpSession> _sessions = [];
@@ -73,9 +75,12 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
 
     public Task AnnounceAsync(IReadOnlyCollection<IPAddress> vips, CancellationToken ct)
     {
+        // Every reconcile pass announces; the daemon's VIP set is the same instance until a VIP comes or goes.
+        lock (_lock) if (ReferenceEquals(vips, _given)) return Task.CompletedTask;
         var normalized = VipSet.Normalize(vips);
         lock (_lock)
         {
+            _given = vips;
             if (normalized.SequenceEqual(_desired)) return Task.CompletedTask;
             _desired = normalized;
         }
@@ -145,7 +150,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
             // Withdraw first, and let the routers hear it, while this node still forwards what reaches it.
             var clock = Stopwatch.StartNew();
             int count;
-            lock (_lock) { count = _announced.Count; _desired = []; }
+            lock (_lock) { count = _announced.Count; _desired = []; _given = null; }
             try
             {
                 await client.DeleteAllPathsAsync(ct);

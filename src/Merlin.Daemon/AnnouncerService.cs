@@ -29,7 +29,7 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
 
     public Task StartAsync(CancellationToken ct)
     {
-        if (status.Current is { Ready: true, Desired: { } desired }) _policy.OnPass(true, true, VipsOf(desired)); // a pass that finished before we listened
+        if (status.Current is { Ready: true, Desired: { } desired }) _policy.OnPass(true, true, desired.Addresses); // a pass that finished before we listened
         loop.PassCompleted += OnPass;
         announcer.Changed += OnChanged;
         if (options.StoreGrace is { } grace) _graceTimer = time.CreateTimer(_ => Feed(), null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
@@ -69,7 +69,7 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
     {
         var desired = status.Current.Desired;
         var unresolved = dataplane is IUnresolvedServers { UnresolvedServers.Count: > 0 };
-        lock (_lock) _policy.OnPass(result.StoreReachable, result.Converged, desired is null ? null : VipsOf(desired), unresolved);
+        lock (_lock) _policy.OnPass(result.StoreReachable, result.Converged, desired?.Addresses, unresolved);
         Feed();
     }
 
@@ -97,10 +97,6 @@ internal sealed partial class AnnouncerService(IAnnouncer announcer, ReconcileLo
     private static string? Kind(string? why) => why?[..why.IndexOf(' ', 4)];
 
     private void OnChanged(AnnouncerState s) => LogState(log, s.Mode, s.RoleName, s.Healthy, s.Detail);
-
-    /// <summary>The VIPs of every address service (a fwmark service has none of its own).</summary>
-    public static IReadOnlyCollection<IPAddress> VipsOf(DataplaneState desired) =>
-        desired.Services.Keys.Where(k => !k.IsFirewallMark && k.Address is not null).Select(k => k.Address!).Distinct().ToList();
 
     [LoggerMessage(EventId = 9101, Level = LogLevel.Information, Message = "Announcer {Mode} started")]
     private static partial void LogStarted(ILogger logger, string mode);

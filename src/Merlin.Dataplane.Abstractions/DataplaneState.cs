@@ -1,3 +1,5 @@
+using System.Collections.Immutable;
+using System.Net;
 using Merlin.Model;
 
 namespace Merlin.Dataplane.Abstractions;
@@ -19,13 +21,40 @@ public sealed class DataplaneState
 {
     public static readonly DataplaneState Empty = new(new Dictionary<ServiceKey, ServiceState>());
 
-    public DataplaneState(IReadOnlyDictionary<ServiceKey, ServiceState> services) => Services = services;
+    // The server count and the VIPs: computed once when first asked, or given by a builder that keeps them
+    // incrementally, and shared by states of the same shape, so a pass after one change never walks every service.
+    private sealed class Shape
+    {
+        public int? ServerCount;
+        public IReadOnlySet<IPAddress>? Addresses;
+    }
 
-    public DataplaneState(IEnumerable<ServiceState> services) => Services = services.ToDictionary(s => s.Key);
+    private readonly Shape _shape;
+
+    public DataplaneState(IReadOnlyDictionary<ServiceKey, ServiceState> services) => (Services, _shape) = (services, new Shape());
+
+    public DataplaneState(IEnumerable<ServiceState> services) : this(services.ToDictionary(s => s.Key)) { }
+
+    /// <summary>A state whose server count and VIPs its builder kept as it went (no walk over the services).</summary>
+    public DataplaneState(IReadOnlyDictionary<ServiceKey, ServiceState> services, int serverCount, IReadOnlySet<IPAddress> addresses)
+        => (Services, _shape) = (services, new Shape { ServerCount = serverCount, Addresses = addresses });
+
+    /// <summary>
+    /// A state with the same services and the same servers in each as <paramref name="sameShapeAs"/>; only their
+    /// configs (weights) may differ, as when health verdicts are folded in. It shares that state's counts.
+    /// </summary>
+    public DataplaneState(IReadOnlyDictionary<ServiceKey, ServiceState> services, DataplaneState sameShapeAs)
+        => (Services, _shape) = (services, sameShapeAs._shape);
 
     public IReadOnlyDictionary<ServiceKey, ServiceState> Services { get; }
 
-    public int ServerCount => Services.Values.Sum(s => s.Servers.Count);
+    public int ServerCount => _shape.ServerCount ??= Services.Values.Sum(s => s.Servers.Count);
+
+    /// <summary>The VIPs of the services (not of firewall-mark services): what an announcer announces.</summary>
+    public IReadOnlySet<IPAddress> Addresses => _shape.Addresses ??= AddressesOf(Services.Keys);
+
+    public static IReadOnlySet<IPAddress> AddressesOf(IEnumerable<ServiceKey> keys) =>
+        keys.Where(k => !k.IsFirewallMark && k.Address is not null).Select(k => k.Address!).ToImmutableHashSet();
 
     public bool SameAs(DataplaneState other) =>
         Services.Count == other.Services.Count &&

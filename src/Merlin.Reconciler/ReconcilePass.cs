@@ -182,7 +182,7 @@ public sealed partial class ReconcilePass(IStore store, IDataplane dataplane, Re
                 foreach (var key in touched)
                     if (wanted.Services.TryGetValue(key, out var s)) merged[key] = s;
                     else merged.Remove(key);
-                desired = new DataplaneState(merged);
+                desired = new DataplaneState(merged, sameShapeAs: storeDesired);
             }
         }
         else

@@ -53,6 +53,6 @@ public static class HealthOverlay
             }
             services[key] = changed is null ? service : service with { Servers = changed };
         }
-        return new DataplaneState(services);
+        return new DataplaneState(services, sameShapeAs: desired);
     }
 }

@@ -1,3 +1,5 @@
+using System.Collections.Immutable;
+using System.Net;
 using Merlin.Model;
 using Merlin.Store;
 
@@ -34,6 +36,10 @@ public sealed class StoreMirror
     private readonly SortedDictionary<string, Entry> _entries = new(StringComparer.Ordinal);
     private readonly Dictionary<ServiceKey, SortedSet<string>> _claimants = new();
     private Dictionary<ServiceKey, ServiceState> _desired = new();
+    // The desired state's server count and VIPs, kept as keys come and go (a VIP may carry several ports).
+    private int _serverCount;
+    private readonly Dictionary<IPAddress, int> _addressUses = new();
+    private ImmutableHashSet<IPAddress> _addresses = [];
     private (int Services, int Servers, int Orphaned) _origins;
 
     // Whether md-table services get their stored table (DesiredState.Build's withTables): only for a dataplane that programs them.
@@ -69,8 +75,15 @@ public sealed class StoreMirror
         foreach (var (id, entry) in mirror._entries) mirror.Derive(id, entry);
         mirror.Compose();
         mirror._desired = new Dictionary<ServiceKey, ServiceState>(mirror._claimants.Count);
-        foreach (var (key, ids) in mirror._claimants) mirror._desired[key] = mirror._entries[ids.Min!].State!;
-        mirror.Desired = new DataplaneState(mirror._desired);
+        var addresses = ImmutableHashSet.CreateBuilder<IPAddress>();
+        foreach (var (key, ids) in mirror._claimants)
+        {
+            var state = mirror._entries[ids.Min!].State!;
+            mirror._desired[key] = state;
+            mirror.Count(null, state, addresses);
+        }
+        mirror._addresses = addresses.ToImmutable();
+        mirror.Desired = new DataplaneState(mirror._desired, mirror._serverCount, mirror._addresses);
         return mirror;
     }
 
@@ -144,15 +157,37 @@ public sealed class StoreMirror
         if (keys.Count == 0) return keys;
         // A new dictionary, not an edit: the last pass's desired state may still be read elsewhere (status, announcer).
         var desired = new Dictionary<ServiceKey, ServiceState>(_desired);
+        var addresses = _addresses.ToBuilder();
         foreach (var key in keys)
         {
-            if (_claimants.TryGetValue(key, out var claimants)) desired[key] = _entries[claimants.Min!].State!;
-            else desired.Remove(key);
+            desired.Remove(key, out var was);
+            ServiceState? now = null;
+            if (_claimants.TryGetValue(key, out var claimants)) desired[key] = now = _entries[claimants.Min!].State!;
+            Count(was, now, addresses);
         }
         _desired = desired;
-        Desired = new DataplaneState(desired);
+        _addresses = addresses.ToImmutable(); // the same set when no VIP came or went
+        Desired = new DataplaneState(desired, _serverCount, _addresses);
         return keys;
     }
+
+    /// <summary>Moves the server count and the VIPs from one service's desired state to another (either may be null).</summary>
+    private void Count(ServiceState? was, ServiceState? now, ImmutableHashSet<IPAddress>.Builder addresses)
+    {
+        _serverCount += (now?.Servers.Count ?? 0) - (was?.Servers.Count ?? 0);
+        if (Vip(was) is { } gone && --_addressUses[gone] == 0)
+        {
+            _addressUses.Remove(gone);
+            addresses.Remove(gone);
+        }
+        if (Vip(now) is { } added)
+        {
+            _addressUses[added] = _addressUses.GetValueOrDefault(added) + 1;
+            addresses.Add(added);
+        }
+    }
+
+    private static IPAddress? Vip(ServiceState? state) => state is { Key: { IsFirewallMark: false, Address: { } address } } ? address : null;
 
     private bool Contested(ServiceKey? key) => key is { } k && _claimants.TryGetValue(k, out var ids) && ids.Count > 1;
 

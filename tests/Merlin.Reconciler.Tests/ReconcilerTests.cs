@@ -119,6 +119,77 @@ public class ReconcilerTests
             Down.Contains(server.Address.ToString()) ? HealthVerdict.Down : HealthVerdict.Up;
     }
 
+    /// <summary>
+    /// The desired state a pass records (status, announcer) carries its server count and VIPs without walking every
+    /// service: kept by the store mirror, shared by the health overlay and by a scoped pass's merge. Random writes
+    /// and verdicts, scoped and full passes: both always equal a walk of the recorded services.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task RunPass_RecordedState_CountsServersAndVipsAsAWalkWould(int seed)
+    {
+        var random = new Random(seed);
+        var check = new Wire.RealServer.Types.HealthCheck
+        {
+            Endpoint = "http://:8080/health", Period = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromSeconds(1)),
+            Timeout = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromSeconds(1)), UpThreshold = 1, DownThreshold = 1,
+        };
+        string[] vips = ["198.18.0.10", "198.18.0.11", "198.18.0.12", "2001:db8::10"];
+        string[] servers = ["198.18.1.20", "198.18.1.21", "198.18.1.22", "198.18.1.23"];
+        var services = new Dictionary<string, (Wire.VirtualService Service, Dictionary<string, Wire.RealServer> Servers)>();
+        var health = new FixedHealth();
+        var reconciler = new ReconcilePass(_store, _dataplane, _status, NullLogger<ReconcilePass>.Instance, TimeProvider.System, health);
+        _store.Items.Clear();
+        var ct = TestContext.Current.CancellationToken;
+        await reconciler.RunPassAsync(ct);
+        reconciler.FollowingWatch = true;
+        var revision = 1_000L;
+        for (var step = 0; step < 300; step++)
+        {
+            var id = $"s{random.Next(8)}";
+            switch (random.Next(5))
+            {
+                case 0 when !services.ContainsKey(id): // a service on a shared VIP (several ports)
+                    var service = FakeStore.Service(id, vips[random.Next(vips.Length)], port: (uint)(80 + random.Next(3)));
+                    if (services.Values.Any(s => s.Service.Key.Equals(service.Key))) break;
+                    services[id] = (service, []);
+                    reconciler.Observe(new StoreChange(StoreChangeKind.Put, $"services/{id}", ++revision) { Service = StoredRecords.Of(service) });
+                    break;
+                case 1 when services.Remove(id, out var gone):
+                    reconciler.Observe(new StoreChange(StoreChangeKind.Delete, $"services/{id}", ++revision));
+                    foreach (var e in gone.Servers.Keys) reconciler.Observe(new StoreChange(StoreChangeKind.Delete, $"servers/{id}/{e}", revision));
+                    break;
+                case 2 when services.TryGetValue(id, out var s):
+                    var ip = servers[random.Next(servers.Length)];
+                    var port = s.Service.Key.Port;
+                    var server = FakeStore.Server(id, ip, weight: (uint)random.Next(1, 4), port: port);
+                    server.HealthCheck = check;
+                    s.Servers[$"{ip}:{port}"] = server;
+                    reconciler.Observe(new StoreChange(StoreChangeKind.Put, $"servers/{id}/{ip}:{port}", ++revision) { Server = StoredRecords.Of(server) });
+                    break;
+                case 3 when services.TryGetValue(id, out var s) && s.Servers.Count > 0:
+                    var endpoint = s.Servers.Keys.ElementAt(random.Next(s.Servers.Count));
+                    s.Servers.Remove(endpoint);
+                    reconciler.Observe(new StoreChange(StoreChangeKind.Delete, $"servers/{id}/{endpoint}", ++revision));
+                    break;
+                case 4:
+                    var flipped = servers[random.Next(servers.Length)];
+                    if (!health.Down.Remove(flipped)) health.Down.Add(flipped);
+                    health.Generation++;
+                    break;
+            }
+            await reconciler.RunPassAsync(fullPlan: step % 7 == 0, ct);
+            var recorded = _status.Current.Desired!;
+            var walked = new DataplaneState(recorded.Services);
+            Assert.Equal(walked.ServerCount, recorded.ServerCount);
+            Assert.True(walked.Addresses.SetEquals(recorded.Addresses), $"step {step}: VIPs {string.Join(" ", recorded.Addresses)}, walked {string.Join(" ", walked.Addresses)}");
+            Assert.Equal(services.Count, recorded.Services.Count);
+        }
+        Assert.True(reconciler.ScopedPlans > 60, $"{reconciler.ScopedPlans} scoped passes");
+    }
+
     [Fact]
     public async Task RunPass_StoreUnreachable_LeavesDataplaneUntouched()
     {

@@ -40,6 +40,8 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private readonly Channel<bool> _reload = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     private IReadOnlyList<IPAddress> _desired = [];
+
+    private IReadOnlyCollection<IPAddress>? _given;
     private IReadOnlyList<IPAddress> _loaded = [];
     private AnnouncerRole _role = AnnouncerRole.Init;
     private long? _backupSince;
@@ -97,9 +99,12 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
 
     public Task AnnounceAsync(IReadOnlyCollection<IPAddress> vips, CancellationToken ct)
     {
+        // Every reconcile pass announces; the daemon's VIP set is the same instance until a VIP comes or goes.
+        lock (_lock) if (ReferenceEquals(vips, _given)) return Task.CompletedTask;
         var normalized = KeepalivedConfig.Normalize(vips, _options.ManagementVip);
         lock (_lock)
         {
+            _given = vips;
             if (normalized.SequenceEqual(_desired)) return Task.CompletedTask;
             _desired = normalized;
         }
