@@ -301,16 +301,18 @@ static async Task<List<string>> MeasureCreates(string backend, Microsoft.AspNetC
     async Task<double> Timed(string what, string label, Func<int, Task> call)
     {
         var before = etcd is null ? default : await EtcdCalls(etcd);
+        var jit = System.Runtime.JitInfo.GetCompiledMethodCount();
         var sw = Stopwatch.StartNew();
         await Parallel(o.Creates, o.Concurrency, call, $"[{backend}] {label}");
         var rate = o.Creates / sw.Elapsed.TotalSeconds;
+        var compiled = System.Runtime.JitInfo.GetCompiledMethodCount() - jit;
         var calls = "";
         if (etcd is not null)
         {
             var after = await EtcdCalls(etcd);
             calls = $" ({(after.Range - before.Range) / (double)o.Creates:N1} reads + {(after.Txn - before.Txn) / (double)o.Creates:N1} txns per call)";
         }
-        Console.WriteLine($"[{backend}] {what}: {rate:N0}/s{calls}");
+        Console.WriteLine($"[{backend}] {what}: {rate:N0}/s{calls}; {compiled} methods JIT-compiled meanwhile");
         rows.Add($"| {backend} | {what}, {o.Concurrency} concurrent, {o.Creates:N0} calls | {rate:N0}/s{calls} |");
         return rate;
     }
@@ -318,16 +320,60 @@ static async Task<List<string>> MeasureCreates(string backend, Microsoft.AspNetC
     Func<int, Task> ApiServers() { var r = round++; return async i => await client.CreateServerAsync(NewServer(i, r)); }
     RealServer NewServer(int i, int r) => Server(i * 7 % o.Services, o.Servers + r * (o.Creates * 7 / o.Services + 1) + i * 7 / o.Services);
 
-    // Not timed: a few hundred calls of each kind first, so the first row does not pay for the JIT tiering up the API's,
-    // the store's and the reconcile pass's code (the rows after it would not). The services are numbered past every
-    // range the timed rows take from `next`; the servers get an endpoint round of their own.
+    // Not timed: rounds of a few hundred calls of each kind first. Tiered compilation recompiles hot methods
+    // (instrumented, then optimised) for seconds after their first calls, on a core of its own, which a daemon that has
+    // run for a minute no longer pays; with one round the first timed row shared the CPU with ~600 compilations. The
+    // rounds go on until one compiles almost nothing (or 10). The services are numbered past every range the timed rows
+    // take from `next`; the servers of each round get an endpoint round of their own.
     var warm = Math.Min(200, o.Creates);
-    await Parallel(warm, o.Concurrency, async i => await client.CreateServiceAsync(Service(o.Services + o.Creates * 16 + i)), $"[{backend}] warm-up services");
-    var warmRound = round++;
-    await Parallel(warm, o.Concurrency, async i => await client.CreateServerAsync(NewServer(i, warmRound)), $"[{backend}] warm-up servers");
-    var service = await Timed($"CreateService at {o.Services:N0} existing (API, reconcile loop running)", "creates", ApiServices());
-    var server = await Timed($"CreateServer at {total:N0} existing (API, reconcile loop running)", "server creates", ApiServers());
-    if (etcd is null) return rows;
+    var jitBefore = System.Runtime.JitInfo.GetCompiledMethodCount();
+    for (var w = 0; w < 10; w++)
+    {
+        var jit = System.Runtime.JitInfo.GetCompiledMethodCount();
+        var from = o.Services + o.Creates * 16 + w * warm;
+        if (etcd is not null) await EtcdCalls(etcd); // what Timed calls around each row
+        await Parallel(warm, o.Concurrency, async i => await client.CreateServiceAsync(Service(from + i)), $"[{backend}] warm-up services");
+        var warmRound = round++;
+        await Parallel(warm, o.Concurrency, async i => await client.CreateServerAsync(NewServer(i, warmRound)), $"[{backend}] warm-up servers");
+        var compiled = System.Runtime.JitInfo.GetCompiledMethodCount() - jit;
+        if (compiled < 20) { Console.WriteLine($"[{backend}] warm-up: {w + 1} rounds, {System.Runtime.JitInfo.GetCompiledMethodCount() - jitBefore:N0} methods compiled, {compiled} in the last"); break; }
+        await Task.Delay(200); // the JIT's background queue
+    }
+    if (etcd is null)
+    {
+        await Timed($"CreateService at {o.Services:N0} existing (API, reconcile loop running)", "creates", ApiServices());
+        await Timed($"CreateServer at {total:N0} existing (API, reconcile loop running)", "server creates", ApiServers());
+        return rows;
+    }
+
+    // On etcd the API's rate is set beside raw transactions of the same value sizes, in alternating pairs: etcd's own
+    // rate drifts by 2× within a run (its fsyncs, the page cache), and the JIT's last tier-ups land in the first pair,
+    // so one API row and one raw row taken a minute apart measure the drift as much as the API. The ratio is the
+    // median of the pairs'.
+    using var raw = GrpcChannel.ForAddress(etcd.Endpoint);
+    var rawClient = new dotnet_etcd.EtcdClient(raw.CreateCallInvoker());
+    Func<int, Task> RawCreate(string dir, Func<int, IMessage> value) => async i =>
+    {
+        var key = ByteString.CopyFromUtf8($"/{dir}/{i}");
+        var txn = new Etcdserverpb.TxnRequest();
+        txn.Compare.Add(new Etcdserverpb.Compare { Key = key, Target = Etcdserverpb.Compare.Types.CompareTarget.Create, Result = Etcdserverpb.Compare.Types.CompareResult.Equal, CreateRevision = 0 });
+        txn.Success.Add(new Etcdserverpb.RequestOp { RequestPut = new Etcdserverpb.PutRequest { Key = key, Value = value(i).ToByteString() } });
+        await rawClient.TransactionAsync(txn);
+    };
+    var serviceRatios = new List<double>();
+    var serverRatios = new List<double>();
+    for (var pair = 0; pair < CreatePairs; pair++)
+    {
+        var service = await Timed($"CreateService at {o.Services:N0} existing (API, reconcile loop running), pair {pair + 1}", "creates", ApiServices());
+        var rawService = await Timed($"raw etcd create-if-absent txn (service value size), pair {pair + 1}", "raw txns", RawCreate($"bench-raw-{pair}", i => Service(next + i)));
+        var server = await Timed($"CreateServer at {total:N0} existing (API, reconcile loop running), pair {pair + 1}", "server creates", ApiServers());
+        var rawServer = await Timed($"raw etcd create-if-absent txn (server value size), pair {pair + 1}", "raw server txns", RawCreate($"bench-raw-servers-{pair}", i => Server(i, o.Servers)));
+        serviceRatios.Add(service / rawService);
+        serverRatios.Add(server / rawServer);
+    }
+    string Ratios(List<double> r) => $"{r.Order().ElementAt(r.Count / 2):P0} ({string.Join(", ", r.Select(x => x.ToString("P0", CultureInfo.InvariantCulture)))})";
+    rows.Add($"| {backend} | CreateService / raw, CreateServer / raw (API, loop running): median of {CreatePairs} alternating pairs (each pair) | {Ratios(serviceRatios)}; {Ratios(serverRatios)} |");
+    Console.WriteLine($"[etcd3] CreateService / raw = {Ratios(serviceRatios)}; CreateServer / raw = {Ratios(serverRatios)}");
 
     await app.Services.GetRequiredService<ReconcileLoop>().StopAsync(CancellationToken.None);
     await Timed("CreateService (API, reconcile loop stopped)", "creates, loop stopped", ApiServices());
@@ -354,20 +400,6 @@ static async Task<List<string>> MeasureCreates(string backend, Microsoft.AspNetC
         await Timed("CreateServer (the store alone, a read before each write as before)", "store server creates, read first", i => store.CreateServerAsync(Merlin.Store.Protobuf.StoredRecords.Of(NewServer(i, r))));
     }
 
-    using var raw = GrpcChannel.ForAddress(etcd.Endpoint);
-    var rawClient = new dotnet_etcd.EtcdClient(raw.CreateCallInvoker());
-    Func<int, Task> RawCreate(string dir, Func<int, IMessage> value) => async i =>
-    {
-        var key = ByteString.CopyFromUtf8($"/{dir}/{i}");
-        var txn = new Etcdserverpb.TxnRequest();
-        txn.Compare.Add(new Etcdserverpb.Compare { Key = key, Target = Etcdserverpb.Compare.Types.CompareTarget.Create, Result = Etcdserverpb.Compare.Types.CompareResult.Equal, CreateRevision = 0 });
-        txn.Success.Add(new Etcdserverpb.RequestOp { RequestPut = new Etcdserverpb.PutRequest { Key = key, Value = value(i).ToByteString() } });
-        await rawClient.TransactionAsync(txn);
-    };
-    var rawService = await Timed("raw etcd create-if-absent txn (service value size)", "raw txns", RawCreate("bench-raw", i => Service(next + i)));
-    var rawServer = await Timed("raw etcd create-if-absent txn (server value size)", "raw server txns", RawCreate("bench-raw-servers", i => Server(i, o.Servers)));
-    rows.Add($"| {backend} | CreateService / raw, CreateServer / raw (API, loop running) | {service / rawService:P0}, {server / rawServer:P0} |");
-    Console.WriteLine($"[etcd3] CreateService / raw = {service / rawService:P0}; CreateServer / raw = {server / rawServer:P0}");
     return rows;
 }
 
@@ -484,6 +516,9 @@ sealed record Args(string Store, int Services, int Servers, int Concurrency, int
 /// <summary>The records and helpers every part of the harness shares.</summary>
 static class Harness
 {
+    /// <summary>Alternating (API, raw etcd) pairs of create rows on etcd; the ratio is their median.</summary>
+    public const int CreatePairs = 3;
+
     public static VirtualService Service(int i) => new()
     {
         Id = $"svc-{i}",
