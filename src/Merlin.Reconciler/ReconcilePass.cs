@@ -99,9 +99,13 @@ public sealed partial class ReconcilePass(IStore store, IDataplane dataplane, Re
         long revision;
         try
         {
-            // Asked on every pass: it tells that the store is reachable, and lets a pass without a watch skip an
-            // unchanged store (re-reading and decoding every record is most of a pass at 10,000 services).
-            var storeRevision = await store.GetRevisionAsync(ct);
+            // The store's revision tells that the store is reachable, and lets a pass without a watch skip an unchanged
+            // store (re-reading and decoding every record is most of a pass at 10,000 services). A pass that the watch's
+            // events started has its answer in them: asking too cost each node one more etcd round trip per change,
+            // before its pass could start. Every other pass asks (the sync period's, one after a trigger without events).
+            bool events;
+            lock (_observedLock) events = _observed.Count > 0;
+            var storeRevision = fullPlan || !FollowingWatch || !events || _mirror is null ? await store.GetRevisionAsync(ct) : 0;
             List<StoreChange> observed;
             lock (_observedLock) (observed, _observed) = (_observed, []);
             if (_mirror is { } mirror && (touched = mirror.Apply(observed)) is not null && (FollowingWatch || mirror.Revision == storeRevision))

@@ -307,12 +307,14 @@ public class ReconcilerTests
         {
             await WaitUntil(() => _dataplane.State.Services.Count == 2, ct);
             var lists = _store.Lists;
+            var revisionReads = _store.RevisionReads;
             var heavier = FakeStore.Server("web", "198.18.1.20", weight: 5);
             _store.Items[0] = new StoreItem(_store.Items[0].Service, [StoredRecords.Of(heavier), StoredRecords.Of(FakeStore.Server("web", "198.18.1.21"))]);
             _store.Changed("servers/web/198.18.1.20:80", heavier);
             var server = new RealServerKey(IPAddress.Parse("198.18.1.20"), 80);
             await WaitUntil(() => _dataplane.State.Services[Web].Servers[server].Weight == 5, ct);
             Assert.Equal(lists, _store.Lists);
+            Assert.Equal(revisionReads, _store.RevisionReads); // the event answered for the store: no round trip first
             Assert.True(_reconciler.ScopedPlans >= 1);
 
             _store.Items.RemoveAt(1);
