@@ -99,6 +99,7 @@ static class Fleet
                 var fanOut = new List<double>();
                 var appliedNft = new List<double>();
                 var nftPasses = new List<double>(); // the durations of the nftables daemons' passes that applied a change
+                var pauses = new List<(double FanOut, double Paused)>(); // this process's GC pauses (every daemon's) during each change
                 var each = new List<double>();
                 // The first 20 changes are not counted: they run the daemons' watch, pass and dataplane code while .NET
                 // is still tiering it up (with one warm-up change, the slowest of 50 counted ones was such a change).
@@ -131,9 +132,11 @@ static class Fleet
                         };
                         loops[d].PassCompleted += handlers[d];
                     }
+                    var paused = GC.GetTotalPauseDuration();
                     sw.Start();
                     await clients[(r + warmUp) % daemons].UpdateServerAsync(server);
                     await all.Task.WaitAsync(TimeSpan.FromMinutes(1));
+                    paused = GC.GetTotalPauseDuration() - paused;
                     for (var d = 0; d < daemons; d++) loops[d].PassCompleted -= handlers[d];
                     if (r < 0)
                     {
@@ -141,6 +144,7 @@ static class Fleet
                         continue;
                     }
                     fanOut.Add(applied.Max());
+                    pauses.Add((applied.Max(), paused.TotalMilliseconds));
                     each.AddRange(applied.Take(o.Daemons));
                     appliedNft.AddRange(applied.Skip(o.Daemons));
                     await Task.Delay(100);
@@ -150,10 +154,12 @@ static class Fleet
                 each.Sort();
                 nftPasses.Sort();
                 var nft = appliedNft.Count == 0 ? "" : $"; the {o.NftDaemons} nftables daemons: p50 {Harness.P(appliedNft, 0.5):N0} ms, p99 {Harness.P(appliedNft, 0.99):N0} ms, of which their pass p50 {Harness.P(nftPasses, 0.5):N0} ms, p99 {Harness.P(nftPasses, 0.99):N0} ms";
+                var slowest = pauses.MaxBy(p => p.FanOut);
+                var gc = $"; the daemons share one process: its GC paused it {pauses.Sum(p => p.Paused) / pauses.Count:N0} ms per change on average, {slowest.Paused:N0} ms during the slowest";
                 Console.WriteLine($"[fleet] weight change → applied by all {daemons}: p50 {Harness.P(fanOut, 0.5):N0} ms, p99 {Harness.P(fanOut, 0.99):N0} ms, max {fanOut[^1]:N0} ms; " +
                                   $"by one daemon: p50 {Harness.P(each, 0.5):N0} ms, p99 {Harness.P(each, 0.99):N0} ms");
                 rows.Add($"| etcd3 ×{o.EtcdMembers} | one server's weight change → applied by all {o.Daemons} none + {o.NftDaemons} nftables daemons, {o.Services:N0} × {o.Servers}, {o.Changes} changes | " +
-                         $"p50 {Harness.P(fanOut, 0.5):N0} ms, p99 {Harness.P(fanOut, 0.99):N0} ms, max {fanOut[^1]:N0} ms (one none daemon: p50 {Harness.P(each, 0.5):N0} ms, p99 {Harness.P(each, 0.99):N0} ms{nft}) |");
+                         $"p50 {Harness.P(fanOut, 0.5):N0} ms, p99 {Harness.P(fanOut, 0.99):N0} ms, max {fanOut[^1]:N0} ms (one none daemon: p50 {Harness.P(each, 0.5):N0} ms, p99 {Harness.P(each, 0.99):N0} ms{nft}{gc}) |");
             }
             finally
             {
