@@ -31,7 +31,7 @@ public sealed partial class GobgpAnnouncer : IAnnouncer
     private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     private IReadOnlyList<IPAddress> _desired = [];
-
+    /// <summary>The set <see cref="AnnounceAsync"/> was last given, to pass over the same instance without normalising it.</summary>
     private IReadOnlyCollection<IPAddress>? _given;
     /// <summary>The routes in the running gobgpd's RIB (added by this process since gobgpd started).</summary>
     private readonly HashSet<IPAddress> _announced = [];

@@ -51,10 +51,10 @@ public sealed class DataplaneState
     public int ServerCount => _shape.ServerCount ??= Services.Values.Sum(s => s.Servers.Count);
 
     /// <summary>The VIPs of the services (not of firewall-mark services): what an announcer announces.</summary>
-    public IReadOnlySet<IPAddress> Addresses => _shape.Addresses ??= AddressesOf(Services.Keys);
+    public IReadOnlySet<IPAddress> Addresses => _shape.Addresses ??= Services.Keys.Select(VipOf).OfType<IPAddress>().ToImmutableHashSet();
 
-    public static IReadOnlySet<IPAddress> AddressesOf(IEnumerable<ServiceKey> keys) =>
-        keys.Where(k => !k.IsFirewallMark && k.Address is not null).Select(k => k.Address!).ToImmutableHashSet();
+    /// <summary>A service's VIP; null for a firewall-mark service, which has none of its own.</summary>
+    public static IPAddress? VipOf(ServiceKey key) => key is { IsFirewallMark: false, Address: { } address } ? address : null;
 
     public bool SameAs(DataplaneState other) =>
         Services.Count == other.Services.Count &&

@@ -175,19 +175,17 @@ public sealed class StoreMirror
     private void Count(ServiceState? was, ServiceState? now, ImmutableHashSet<IPAddress>.Builder addresses)
     {
         _serverCount += (now?.Servers.Count ?? 0) - (was?.Servers.Count ?? 0);
-        if (Vip(was) is { } gone && --_addressUses[gone] == 0)
+        if (was is not null && DataplaneState.VipOf(was.Key) is { } gone && --_addressUses[gone] == 0)
         {
             _addressUses.Remove(gone);
             addresses.Remove(gone);
         }
-        if (Vip(now) is { } added)
+        if (now is not null && DataplaneState.VipOf(now.Key) is { } added)
         {
             _addressUses[added] = _addressUses.GetValueOrDefault(added) + 1;
             addresses.Add(added);
         }
     }
-
-    private static IPAddress? Vip(ServiceState? state) => state is { Key: { IsFirewallMark: false, Address: { } address } } ? address : null;
 
     private bool Contested(ServiceKey? key) => key is { } k && _claimants.TryGetValue(k, out var ids) && ids.Count > 1;
 

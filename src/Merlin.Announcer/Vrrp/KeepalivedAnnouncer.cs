@@ -40,7 +40,7 @@ public sealed partial class KeepalivedAnnouncer : IAnnouncer
     private readonly Channel<bool> _reload = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     private IReadOnlyList<IPAddress> _desired = [];
-
+    /// <summary>The set <see cref="AnnounceAsync"/> was last given, to pass over the same instance without normalising it.</summary>
     private IReadOnlyCollection<IPAddress>? _given;
     private IReadOnlyList<IPAddress> _loaded = [];
     private AnnouncerRole _role = AnnouncerRole.Init;
