@@ -11,7 +11,7 @@ namespace Merlin.Nftables.Bench;
 /// <summary>The layout and rendering work of one case without a kernel (--profile-layout): where the non-nft time goes, the build of a weight change step by step.</summary>
 internal static class LayoutProfile
 {
-    public static void Run(int count, int perService, string kind = "distinct")
+    public static void Run(int count, int perService, string kind = "distinct", int weightChanges = 0)
     {
         var options = new NftablesOptions { HashSeed = Workload.Seed, Interface = "eth0", OwnMac = PhysicalAddress.Parse("02-00-00-00-00-AA") };
         var services = new Dictionary<ServiceKey, ServiceState>();
@@ -53,5 +53,49 @@ internal static class LayoutProfile
             Console.WriteLine($"round {round}: build {tBuild:0} ms ({string.Join(", ", firstPhases.Take().Select(p => $"{p.Key} {p.Value:0}"))}), full render {tRender:0} ms ({full.Length / 1048576.0:0.0} M chars), rebuild unchanged {tAgain:0} ms, diff {tNone:0} ms ({none.Length} chars), " +
                 $"rebuild after one weight change {tWeight:0.0} ms ({string.Join(", ", phases.Take().Select(p => $"{p.Key} {p.Value:0.0}"))}), diff {tDiff:0.0} ms ({diff.Count(c => c == '\n')} lines)");
         }
+        if (weightChanges > 0) SteadyChanges(services, macs, options, kind, weightChanges);
+    }
+
+    /// <summary>
+    /// One weight change after another on one cache, as a running dataplane sees them: per phase, and for the build and
+    /// the diff as a whole, the median and 90th percentile in milliseconds, with the gen-0/1/2 collections the loop caused.
+    /// </summary>
+    private static void SteadyChanges(Dictionary<ServiceKey, ServiceState> services, Dictionary<IPAddress, PhysicalAddress> macs,
+        NftablesOptions options, string kind, int changes)
+    {
+        var cache = new BuildCache();
+        var layout = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, Assignment.Empty), options, cache);
+        var current = new Dictionary<ServiceKey, ServiceState>(services);
+        var keys = current.Keys.Order(ServiceKeyComparer.Instance).ToList();
+        var samples = new Dictionary<string, List<double>>(StringComparer.Ordinal);
+        void Sample(string name, double ms) { if (!samples.TryGetValue(name, out var list)) samples[name] = list = []; list.Add(ms); }
+        var phases = new Phases();
+        int gen0 = GC.CollectionCount(0), gen1 = GC.CollectionCount(1), gen2 = GC.CollectionCount(2);
+        for (int i = 0; i < changes; i++)
+        {
+            // One server of one service (every service in the shared case) changes weight, as the fan-out measures it.
+            foreach (var key in kind == "shared" ? keys : [keys[i % keys.Count]])
+            {
+                var one = current[key];
+                var servers = one.Servers.ToDictionary();
+                var target = servers.Keys.Order().ElementAt(i % servers.Count);
+                servers[target] = servers[target] with { Weight = servers[target].Weight == 1 ? 2u : 1u };
+                current[key] = one with { Servers = servers };
+            }
+            var input = new Dictionary<ServiceKey, ServiceState>(current);
+            long started = Stopwatch.GetTimestamp();
+            var next = LayoutBuilder.Build(new LayoutInput(input, macs, options.OwnMac, layout.Assignment), options, cache, phases);
+            Sample("build", Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+            started = Stopwatch.GetTimestamp();
+            _ = ScriptRenderer.DiffScript(layout.Ruleset, next.Ruleset, stage: true);
+            Sample("diff", Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+            foreach (var (phase, ms) in phases.Take()) Sample(phase, ms);
+            layout = next;
+        }
+        static double At(List<double> list, double q) { var sorted = list.Order().ToList(); return sorted[(int)Math.Min(sorted.Count - 1, Math.Floor(q * sorted.Count))]; }
+        Console.WriteLine($"{changes} weight changes, {services.Count:N0} services ({kind}), load {File.ReadAllText("/proc/loadavg").Trim()}: " +
+            $"collections gen0 {GC.CollectionCount(0) - gen0}, gen1 {GC.CollectionCount(1) - gen1}, gen2 {GC.CollectionCount(2) - gen2}");
+        foreach (var (name, list) in samples)
+            Console.WriteLine($"  {name,-16} p50 {At(list, 0.5),7:0.00} ms   p90 {At(list, 0.9),7:0.00} ms");
     }
 }

@@ -29,7 +29,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 if (args.Contains("--help"))
 {
     Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no] [--table maglev|md]");
-    Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared] [--services 1000] [--servers 10]   (layout build and render, no kernel)");
+    Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared] [--services 1000] [--servers 10] [--weight-changes N]   (layout build and render, no kernel; N changes in a row: each phase's p50/p90)");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-maglev [N] [--builds 50] [--katran PATH]   (one DSR map of N servers (1000) at Merlin's M: time and gen-2 collections per build)");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-sweep [0,10000,100000,262144] [--runs 3]   (root: a server removed while the flow map holds that many pins)");
     return 0;
@@ -52,7 +52,7 @@ if (args.Contains("--profile-sweep"))
 if (args.Contains("--profile-layout"))
 {
     var p = BenchArgs.Parse(args.Where(a => a != "--profile-layout").ToArray());
-    LayoutProfile.Run(p.Services, p.Servers, p.Cases[0]);
+    LayoutProfile.Run(p.Services, p.Servers, p.Cases[0], args.Contains("--weight-changes") ? p.WeightChanges : 0);
     return 0;
 }
 if (!Environment.IsPrivilegedProcess)

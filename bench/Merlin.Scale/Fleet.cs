@@ -86,6 +86,8 @@ static class Fleet
                 await Harness.Parallel(o.Services * o.Servers, o.Concurrency, async i => await clients[0].CreateServerAsync(Nat(Harness.Server(i / o.Servers, i % o.Servers))), "[fleet] servers");
                 var dataplanes = apps.Take(o.Daemons).Select(a => (InMemoryDataplane)a.Services.GetRequiredService<IDataplane>()).ToArray();
                 var loops = apps.Select(a => a.Services.GetRequiredService<ReconcileLoop>()).ToArray();
+                // The nftables daemons' dataplanes, for where their passes' time went (phases per change).
+                var nftDataplanes = apps.Skip(o.Daemons).Select(a => a.Services.GetRequiredService<IDataplane>()).OfType<Merlin.Dataplane.Nftables.NftablesDataplane>().ToArray();
                 var total = o.Services * o.Servers;
                 clock.Restart();
                 await Poll.UntilAsync(() => dataplanes.All(d => d.State.ServerCount == total), "every none daemon programming all servers", limit: TimeSpan.FromMinutes(5), interval: TimeSpan.FromMilliseconds(100));
@@ -101,14 +103,15 @@ static class Fleet
                 var nftPasses = new List<double>(); // the durations of the nftables daemons' passes that applied a change
                 var pauses = new List<(double FanOut, double Paused)>(); // this process's GC pauses (every daemon's) during each change
                 var each = new List<double>();
-                // The first 20 changes are not counted: they run the daemons' watch, pass and dataplane code while .NET
-                // is still tiering it up (with one warm-up change, the slowest of 50 counted ones was such a change).
-                const int warmUp = 20;
-                for (var r = -warmUp; r < o.Changes; r++)
+                var phases = new List<(double Pass, IReadOnlyDictionary<string, double> Phases)>(); // each nftables daemon's pass that applied a change
+                // One change: the next server's weight, through the next daemon's API; its applied times per daemon.
+                var sequence = 0;
+                async Task<(double[] Applied, double Paused, int Jit)> Change()
                 {
-                    var service = (r + warmUp) * 7 % o.Services;
-                    var j = (r + warmUp) % o.Servers;
-                    var weight = (uint)(100 + r);
+                    var n = sequence++;
+                    var service = n * 7 % o.Services;
+                    var j = n % o.Servers;
+                    var weight = (uint)(100 + n);
                     var server = Nat(Harness.Server(service, j));
                     server.Config.Weight = weight;
                     var key = Merlin.Model.ServiceKey.ForAddress(IPAddress.Parse(Harness.Service(service).Key.Ip), 80, Merlin.Model.Protocol.Tcp);
@@ -127,35 +130,71 @@ static class Fleet
                             if (index >= o.Daemons ? pass.Applied == 0
                                 : !dataplanes[index].State.Services.TryGetValue(key, out var s) || !s.Servers.TryGetValue(serverKey, out var c) || c.Weight != weight) return;
                             applied[index] = sw.Elapsed.TotalMilliseconds;
-                            if (index >= o.Daemons) lock (nftPasses) nftPasses.Add(pass.Duration.TotalMilliseconds);
+                            if (index >= o.Daemons)
+                                lock (nftPasses)
+                                {
+                                    nftPasses.Add(pass.Duration.TotalMilliseconds);
+                                    phases.Add((pass.Duration.TotalMilliseconds, nftDataplanes[index - o.Daemons].Phases.Take()));
+                                }
                             if (Interlocked.Decrement(ref left) == 0) all.TrySetResult();
                         };
                         loops[d].PassCompleted += handlers[d];
                     }
+                    foreach (var dataplane in nftDataplanes) dataplane.Phases.Take();
                     var paused = GC.GetTotalPauseDuration();
+                    var jit = System.Runtime.JitInfo.GetCompiledMethodCount();
                     sw.Start();
-                    await clients[(r + warmUp) % daemons].UpdateServerAsync(server);
+                    await clients[n % daemons].UpdateServerAsync(server);
                     await all.Task.WaitAsync(TimeSpan.FromMinutes(1));
+                    var compiled = (int)(System.Runtime.JitInfo.GetCompiledMethodCount() - jit);
                     paused = GC.GetTotalPauseDuration() - paused;
                     for (var d = 0; d < daemons; d++) loops[d].PassCompleted -= handlers[d];
-                    if (r < 0)
+                    await Task.Delay(100);
+                    return (applied, paused.TotalMilliseconds, compiled);
+                }
+
+                // Not counted: rounds of 10 changes until one compiles almost nothing (at most 30 rounds). Until then the
+                // daemons' watch, pass and dataplane code is still being tiered up (instrumented, then optimised), and the
+                // tiered-compilation thread took over half of the process's busy time during the first counted changes
+                // with a fixed 20 warm-up changes (perf, session 19). A daemon that has run a few minutes no longer pays it.
+                var jitBefore = System.Runtime.JitInfo.GetCompiledMethodCount();
+                for (var round = 1; ; round++)
+                {
+                    var compiled = 0;
+                    for (var i = 0; i < 10; i++) compiled += (await Change()).Jit;
+                    if (compiled < 20 || round == 30)
                     {
-                        lock (nftPasses) nftPasses.Clear();
-                        continue;
+                        Console.WriteLine($"[fleet] warm-up: {round * 10} changes, {System.Runtime.JitInfo.GetCompiledMethodCount() - jitBefore:N0} methods compiled, {compiled} in the last 10");
+                        break;
                     }
+                }
+                lock (nftPasses) { nftPasses.Clear(); phases.Clear(); }
+                var jits = new List<(double FanOut, int Jit)>();
+                for (var r = 0; r < o.Changes; r++)
+                {
+                    var (applied, paused, compiled) = await Change();
                     fanOut.Add(applied.Max());
-                    pauses.Add((applied.Max(), paused.TotalMilliseconds));
+                    pauses.Add((applied.Max(), paused));
+                    jits.Add((applied.Max(), compiled));
                     each.AddRange(applied.Take(o.Daemons));
                     appliedNft.AddRange(applied.Skip(o.Daemons));
-                    await Task.Delay(100);
                 }
                 fanOut.Sort();
                 appliedNft.Sort();
                 each.Sort();
                 nftPasses.Sort();
                 var nft = appliedNft.Count == 0 ? "" : $"; the {o.NftDaemons} nftables daemons: p50 {Harness.P(appliedNft, 0.5):N0} ms, p99 {Harness.P(appliedNft, 0.99):N0} ms, of which their pass p50 {Harness.P(nftPasses, 0.5):N0} ms, p99 {Harness.P(nftPasses, 0.99):N0} ms";
+                if (phases.Count > 0)
+                {
+                    // Per phase: the median over the nftables daemons' passes, and what the slowest pass spent in it.
+                    var slowestPass = phases.MaxBy(p => p.Pass);
+                    var names = phases.SelectMany(p => p.Phases.Keys).Distinct().Where(n => !n.StartsWith("build: ", StringComparison.Ordinal)).ToList();
+                    Console.WriteLine($"[fleet] the nftables daemons' passes by dataplane phase, ms (median / the slowest pass, {slowestPass.Pass:N0} ms): " +
+                        string.Join(", ", names.Select(n => $"{n} {Harness.P(phases.Select(p => p.Phases.GetValueOrDefault(n)).Order().ToList(), 0.5):N1} / {slowestPass.Phases.GetValueOrDefault(n):N1}")));
+                }
                 var slowest = pauses.MaxBy(p => p.FanOut);
-                var gc = $"; the daemons share one process: its GC paused it {pauses.Sum(p => p.Paused) / pauses.Count:N0} ms per change on average, {slowest.Paused:N0} ms during the slowest";
+                var gc = $"; the daemons share one process: its GC paused it {pauses.Sum(p => p.Paused) / pauses.Count:N0} ms per change on average, {slowest.Paused:N0} ms during the slowest" +
+                         $"; the JIT compiled {jits.Sum(j => j.Jit):N0} methods during the counted changes, {jits.MaxBy(j => j.FanOut).Jit} during the slowest";
                 Console.WriteLine($"[fleet] weight change → applied by all {daemons}: p50 {Harness.P(fanOut, 0.5):N0} ms, p99 {Harness.P(fanOut, 0.99):N0} ms, max {fanOut[^1]:N0} ms; " +
                                   $"by one daemon: p50 {Harness.P(each, 0.5):N0} ms, p99 {Harness.P(each, 0.99):N0} ms");
                 rows.Add($"| etcd3 ×{o.EtcdMembers} | one server's weight change → applied by all {o.Daemons} none + {o.NftDaemons} nftables daemons, {o.Services:N0} × {o.Servers}, {o.Changes} changes | " +
