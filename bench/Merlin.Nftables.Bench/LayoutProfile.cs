@@ -15,7 +15,7 @@ internal static class LayoutProfile
     {
         var options = new NftablesOptions { HashSeed = Workload.Seed, Interface = "eth0", OwnMac = PhysicalAddress.Parse("02-00-00-00-00-AA") };
         var services = new Dictionary<ServiceKey, ServiceState>();
-        foreach (var (service, servers) in Workload.Services(kind, count, perService))
+        foreach (var (service, servers) in kind == "unique" ? Unique(count, perService) : Workload.Services(kind, count, perService))
         {
             var key = ServiceKey.ForAddress(IPAddress.Parse(service.Key.Ip), (ushort)service.Key.Port, Protocol.Tcp);
             services[key] = new ServiceState(key, new ServiceConfig { Scheduler = "mh", Flags = SchedulerFlags.Flag2 },
@@ -64,7 +64,8 @@ internal static class LayoutProfile
         NftablesOptions options, string kind, int changes)
     {
         var cache = new BuildCache();
-        var layout = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, Assignment.Empty), options, cache);
+        // The MACs never change here: one version, as the neighbour tracker would give.
+        var layout = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, Assignment.Empty) { MacsVersion = 0 }, options, cache);
         var current = new Dictionary<ServiceKey, ServiceState>(services);
         var keys = current.Keys.Order(ServiceKeyComparer.Instance).ToList();
         var samples = new Dictionary<string, List<double>>(StringComparer.Ordinal);
@@ -84,7 +85,7 @@ internal static class LayoutProfile
             }
             var input = new Dictionary<ServiceKey, ServiceState>(current);
             long started = Stopwatch.GetTimestamp();
-            var next = LayoutBuilder.Build(new LayoutInput(input, macs, options.OwnMac, layout.Assignment), options, cache, phases);
+            var next = LayoutBuilder.Build(new LayoutInput(input, macs, options.OwnMac, layout.Assignment) { MacsVersion = 0 }, options, cache, phases);
             Sample("build", Stopwatch.GetElapsedTime(started).TotalMilliseconds);
             started = Stopwatch.GetTimestamp();
             _ = ScriptRenderer.DiffScript(layout.Ruleset, next.Ruleset, stage: true);
@@ -94,8 +95,22 @@ internal static class LayoutProfile
         }
         static double At(List<double> list, double q) { var sorted = list.Order().ToList(); return sorted[(int)Math.Min(sorted.Count - 1, Math.Floor(q * sorted.Count))]; }
         Console.WriteLine($"{changes} weight changes, {services.Count:N0} services ({kind}), load {File.ReadAllText("/proc/loadavg").Trim()}: " +
-            $"collections gen0 {GC.CollectionCount(0) - gen0}, gen1 {GC.CollectionCount(1) - gen1}, gen2 {GC.CollectionCount(2) - gen2}");
+            $"collections gen0 {GC.CollectionCount(0) - gen0}, gen1 {GC.CollectionCount(1) - gen1}, gen2 {GC.CollectionCount(2) - gen2}; {cache.Patches} of {changes} builds were patches of the last");
         foreach (var (name, list) in samples)
             Console.WriteLine($"  {name,-16} p50 {At(list, 0.5),7:0.00} ms   p90 {At(list, 0.9),7:0.00} ms");
+    }
+
+    /// <summary>
+    /// unique: no server in two services (the kernel cases share a pool of 500 addresses, which the neighbour table
+    /// limits; a layout without a kernel has no such limit): VIPs as the other cases, servers from 198.18.64.1 on.
+    /// </summary>
+    private static List<(Merlin.Contracts.VirtualService, List<Merlin.Contracts.RealServer>)> Unique(int count, int perService)
+    {
+        static string At(int n) { var a = (198u << 24 | 18u << 16 | 64u << 8) + 1 + (uint)n; return $"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}"; }
+        return Workload.Services("shared", count, perService).Select((s, i) =>
+        {
+            foreach (var (server, j) in s.Servers.Select((r, j) => (r, j))) server.Key.Ip = At(i * perService + j);
+            return (s.Service, s.Servers);
+        }).ToList();
     }
 }

@@ -29,7 +29,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 if (args.Contains("--help"))
 {
     Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no] [--table maglev|md]");
-    Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared] [--services 1000] [--servers 10] [--weight-changes N]   (layout build and render, no kernel; N changes in a row: each phase's p50/p90)");
+    Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared|unique] [--services 1000] [--servers 10] [--weight-changes N]   (layout build and render, no kernel; N changes in a row: each phase's p50/p90)");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-maglev [N] [--builds 50] [--katran PATH]   (one DSR map of N servers (1000) at Merlin's M: time and gen-2 collections per build)");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-sweep [0,10000,100000,262144] [--runs 3]   (root: a server removed while the flow map holds that many pins)");
     return 0;
@@ -153,7 +153,7 @@ namespace Merlin.Nftables.Bench
         {
             string Get(string name, string fallback) => Array.IndexOf(a, name) is var i && i >= 0 && i + 1 < a.Length ? a[i + 1] : fallback;
             var cases = Get("--cases", "distinct,shared").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            if (cases.Any(c => c is not ("distinct" or "shared"))) throw new ArgumentException("--cases: distinct and/or shared");
+            if (cases.Any(c => c is not ("distinct" or "shared" or "unique"))) throw new ArgumentException("--cases: distinct and/or shared (--profile-layout: or unique)");
             return new BenchArgs(int.Parse(Get("--services", "1000"), CultureInfo.InvariantCulture), int.Parse(Get("--servers", "10"), CultureInfo.InvariantCulture),
                 int.Parse(Get("--runs", "3"), CultureInfo.InvariantCulture), cases, int.Parse(Get("--weight-changes", "5"), CultureInfo.InvariantCulture),
                 Get("--writer", "lib") switch { "lib" => false, "cli" => true, var w => throw new ArgumentException($"--writer {w}: lib or cli") },

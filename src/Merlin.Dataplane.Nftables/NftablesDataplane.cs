@@ -350,7 +350,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
     private Layout.Layout Build(IReadOnlyDictionary<ServiceKey, ServiceState> services, Assignment previous)
     {
         using var _ = Phases.Measure("build");
-        return LayoutBuilder.Build(new LayoutInput(services, _neighbours.Macs, _neighbours.OwnMac, previous), _options, _buildCache, Phases);
+        return LayoutBuilder.Build(new LayoutInput(services, _neighbours.Macs, _neighbours.OwnMac, previous) { MacsVersion = _neighbours.Version }, _options, _buildCache, Phases);
     }
 
     /// <summary>Programs <paramref name="services"/>: one transaction with what differs from what the kernel holds.</summary>

@@ -63,8 +63,17 @@ internal static class Given
     {
         options ??= Options();
         cache ??= previous is not null && CacheOf.TryGetValue(previous, out var had) ? had : new BuildCache();
-        var layout = LayoutBuilder.Build(new LayoutInput(services, macs ?? MacsFor(services.Values), options.OwnMac, previous ?? Assignment.Empty), options, cache);
+        macs ??= MacsFor(services.Values);
+        var layout = LayoutBuilder.Build(new LayoutInput(services, macs, options.OwnMac, previous ?? Assignment.Empty) { MacsVersion = VersionOf(macs) }, options, cache);
         CacheOf.AddOrUpdate(layout.Assignment, cache);
         return layout;
+    }
+
+    /// <summary>What the neighbour tracker's version says for a dictionary changed in place: here, one number per content.</summary>
+    public static long VersionOf(IReadOnlyDictionary<IPAddress, PhysicalAddress> macs)
+    {
+        var hash = new HashCode();
+        foreach (var (address, mac) in macs.OrderBy(kv => kv.Key.ToString(), StringComparer.Ordinal)) { hash.Add(address); hash.Add(mac.ToString()); }
+        return (long)hash.ToHashCode() << 32 | (uint)macs.Count;
     }
 }

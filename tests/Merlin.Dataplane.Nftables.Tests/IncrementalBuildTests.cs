@@ -229,6 +229,112 @@ public class IncrementalBuildTests
     }
 
     /// <summary>
+    /// Services that each have servers of their own (the usual case: a server is an address and a port), changed as
+    /// a running dataplane sees it — mostly one weight, sometimes two services at once, a config, a server to 0, and
+    /// now and then what a patch must leave to the whole build (a server added or removed, a MAC that changed, a
+    /// server shared with another service, a service gone). After every change the build equals the plain one, and
+    /// the script from the last layout equals the script the whole build's layout gives, line for line; most of
+    /// the builds were patches.
+    /// </summary>
+    [Theory]
+    [InlineData(11)]
+    [InlineData(12)]
+    [InlineData(13)]
+    public void RandomSmallChanges_OnServicesWithServersOfTheirOwn_ArePatched_AndEqualTheWholeBuild(int seed)
+    {
+        var random = new Random(seed);
+        ServiceState NewService(int n)
+        {
+            bool v6 = n % 5 == 4;
+            bool nat = n % 7 == 6;
+            var key = v6 ? Tcp($"2001:db8::{n + 16:x}", 80) : n % 3 == 2 ? Udp($"198.18.0.{n + 10}", 53) : Tcp($"198.18.0.{n + 10}", 80);
+            var servers = Enumerable.Range(0, 2 + n % 3).Select(j =>
+            {
+                string address = v6 ? $"2001:db8:1::{n * 8 + j + 1:x}" : $"198.18.{2 + n / 30}.{n % 30 * 8 + j + 1}";
+                return nat ? Masq(address, 8080, 1) : Route(address, key.Port, 1);
+            }).ToArray();
+            return Service(key, Config(n % 2 == 0 ? "mh" : "sh", SchedulerFlags.Flag2, onePacket: n % 6 == 5), servers);
+        }
+        ServiceState Weighted(ServiceState s, uint weight)
+        {
+            var server = s.Servers.Keys.OrderBy(k => k).ElementAt(random.Next(s.Servers.Count));
+            return s with { Servers = new Dictionary<RealServerKey, RealServerConfig>(s.Servers) { [server] = s.Servers[server] with { Weight = weight } } };
+        }
+        var services = State([.. Enumerable.Range(0, 40).Select(NewService)]);
+        var macs = MacsFor(services.Values);
+        var cache = new BuildCache();
+        var layout = Build(services, macs: macs, cache: cache);
+        const int steps = 80;
+        var shared = new HashSet<ServiceKey>();   // services given another's servers: a weight change of theirs is the whole build's
+
+        for (int step = 0; step < steps; step++)
+        {
+            var changed = new Dictionary<ServiceKey, ServiceState>(services);
+            var keys = changed.Keys.OrderBy(k => k.ToString(), StringComparer.Ordinal).ToList();
+            var pick = changed[keys[random.Next(keys.Count)]];
+            int kind = random.Next(20);
+            switch (kind)
+            {
+                case < 10:   // one server's weight
+                    changed[pick.Key] = Weighted(pick, (uint)random.Next(1, 5));
+                    break;
+                case < 12:   // two services' weights
+                    changed[pick.Key] = Weighted(pick, (uint)random.Next(1, 5));
+                    var other = changed[keys[random.Next(keys.Count)]];
+                    changed[other.Key] = Weighted(other, (uint)random.Next(1, 5));
+                    break;
+                case 12:   // a server drained to 0
+                    changed[pick.Key] = Weighted(pick, 0);
+                    break;
+                case 13:   // the scheduler (the hash variant stays: mh and sh both with their port flag)
+                    changed[pick.Key] = pick with { Config = pick.Config with { Scheduler = pick.Config.Scheduler == "mh" ? "sh" : "mh" } };
+                    break;
+                case 14:   // the same content as a new object
+                    changed[pick.Key] = pick with { Servers = new Dictionary<RealServerKey, RealServerConfig>(pick.Servers) };
+                    break;
+                case 15:   // a server added (the whole build)
+                    var first = pick.Servers.First();
+                    var added = new RealServerKey(IPAddress.Parse(first.Key.Address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"2001:db8:2::{step + 1:x}" : $"198.18.9.{step + 1}"), first.Key.Port);
+                    changed[pick.Key] = pick with { Servers = new Dictionary<RealServerKey, RealServerConfig>(pick.Servers) { [added] = first.Value } };
+                    macs = new Dictionary<IPAddress, PhysicalAddress>(macs) { [added.Address] = MacOf(added.Address) };
+                    break;
+                case 16:   // a server removed (the whole build)
+                    if (pick.Servers.Count > 1) changed[pick.Key] = pick with { Servers = pick.Servers.Where(kv => !kv.Key.Equals(pick.Servers.Keys.Max())).ToDictionary() };
+                    break;
+                case 17:   // a MAC changed (the whole build)
+                    var address = pick.Servers.Keys.First().Address;
+                    macs = new Dictionary<IPAddress, PhysicalAddress>(macs) { [address] = new PhysicalAddress([2, 0, 0, 0, (byte)step, 7]) };
+                    break;
+                case 18:   // another service's servers (now shared: the whole build)
+                    var donor = changed[keys[random.Next(keys.Count)]];
+                    if (donor.Key.Family == pick.Key.Family && donor.Key.Port == pick.Key.Port && !donor.Key.Equals(pick.Key))
+                    {
+                        changed[pick.Key] = pick with { Servers = donor.Servers };
+                        shared.UnionWith([pick.Key, donor.Key]);
+                    }
+                    break;
+                default:   // a service gone (the whole build)
+                    if (changed.Count > 10) changed.Remove(pick.Key);
+                    break;
+            }
+
+            long patchesBefore = cache.Patches;
+            var incremental = Build(changed, layout.Assignment, macs: macs, cache: cache);
+            var whole = Build(changed, layout.Assignment, macs: macs, cache: new BuildCache());
+            AssertSameAsPlain(incremental, Build(changed, Plain(layout), macs: macs));
+            Assert.Equal(ScriptRenderer.Full(whole.Ruleset), ScriptRenderer.Full(incremental.Ruleset));
+            Assert.Equal(ScriptRenderer.DiffScript(layout.Ruleset, whole.Ruleset, stage: true).ToString(), ScriptRenderer.DiffScript(layout.Ruleset, incremental.Ruleset, stage: true).ToString());
+            Assert.Equal(whole.Pinned.Select(p => (p.Service, string.Join(",", p.Macs.Elements()))), incremental.Pinned.Select(p => (p.Service, string.Join(",", p.Macs.Elements()))));
+            Assert.Equal(whole.DsrAddresses, incremental.DsrAddresses);
+            if (kind < 12 && cache.Patches == patchesBefore && !changed.Keys.Where(k => !ReferenceEquals(changed[k], services.GetValueOrDefault(k))).Any(shared.Contains))
+                Assert.Fail($"step {step}: a weight change of services with servers of their own was not patched");
+            services = changed;
+            layout = incremental;
+        }
+        Assert.True(cache.Patches >= steps / 3, $"{cache.Patches} of {steps} builds were patches");
+    }
+
+    /// <summary>
     /// Against the real kernel: a dataplane applies a series of change sets, each as the one
     /// incremental transaction it makes; a second namespace gets one full write of what the plain
     /// builds give for the same series. Both kernels then hold the same tables, element for element.

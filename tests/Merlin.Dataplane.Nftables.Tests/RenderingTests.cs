@@ -176,7 +176,9 @@ public class RenderingTests
         Assert.NotSame(before["d2"].Content, after["d2"].Content);
         // The unchanged service's servers are the same instance, so the pin sweep skips it without comparing them.
         Assert.Same(first.Pinned[0].Macs, second.Pinned[0].Macs);
-        Assert.NotSame(first.Pinned[1].Macs, second.Pinned[1].Macs);
+        // The changed one has the same servers with the same MACs: nobody left, no pin to sweep.
+        Assert.Equal(first.Pinned[1].Macs.Elements(), second.Pinned[1].Macs.Elements());
+        Assert.False(PinSweep.Departed(first.Pinned, second.Pinned));
     }
 
     [Fact]

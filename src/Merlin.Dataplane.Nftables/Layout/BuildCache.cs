@@ -56,6 +56,12 @@ internal sealed class BuildCache
     /// <summary>Group chains by (name, shape), under <see cref="Options"/>: the rules follow from those alone.</summary>
     public IReadOnlyDictionary<(string Name, string Shape), NftChain>? Chains { get; private set; }
 
+    /// <summary>The last build's layout and the counts a patch of it needs (<see cref="LayoutPatch"/>); null before the first.</summary>
+    internal LastBuild? Last { get; set; }
+
+    /// <summary>Builds that were patches of the last one (tests, the benchmark).</summary>
+    public long Patches { get; internal set; }
+
     /// <summary>What a build used, which is what the cache then holds.</summary>
     internal void Keep(string options, IReadOnlyList<ServiceKey> order, IReadOnlyDictionary<ServiceKey, ServiceEntry> services,
         IReadOnlyDictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, LayoutBuilder.SetPlan> sets,

@@ -28,7 +28,14 @@ internal sealed record LayoutInput(
     IReadOnlyDictionary<ServiceKey, ServiceState> Services,
     IReadOnlyDictionary<IPAddress, PhysicalAddress> Macs,
     PhysicalAddress? OwnMac,
-    Assignment Previous);
+    Assignment Previous)
+{
+    /// <summary>
+    /// A number that changes whenever <see cref="Macs"/> does (<see cref="Neighbours.NeighbourTracker.Version"/>); null:
+    /// unknown. Only with it can a build after a small change skip checking every server set's MACs (<see cref="LayoutPatch"/>).
+    /// </summary>
+    public long? MacsVersion { get; init; }
+}
 
 /// <summary>A built layout: the ruleset, what to remember, and what could not be programmed.</summary>
 internal sealed record Layout(
@@ -79,6 +86,9 @@ internal static class LayoutBuilder
     public static Layout Build(LayoutInput input, NftablesOptions options, BuildCache? cache = null, Phases? phases = null)
     {
         cache ??= new BuildCache();
+        var setOptions = SetOptions(options, input.OwnMac);
+        using (phases?.Measure("build: patch"))
+            if (LayoutPatch.TryBuild(input, options, cache, setOptions, phases) is { } patched) return patched;
         var step = phases?.Measure("build: plans");
         var issues = new List<NftablesIssue>();
         var unresolved = new SortedSet<IPAddress>(Comparer<IPAddress>.Create(AddressOrder.Compare));
@@ -93,7 +103,6 @@ internal static class LayoutBuilder
         // same analysis, keeps its plan (nothing of it is formatted again).
         var plans = new List<ServicePlan>();
         var sets = new Dictionary<IReadOnlyDictionary<RealServerKey, RealServerConfig>, SetPlan>(ServerSetComparer.Instance);
-        var setOptions = SetOptions(options, input.OwnMac);
         bool sameOptions = cache.Options == setOptions;
         var cachedSets = sameOptions ? cache.Sets : null;
         var previousSets = input.Previous.ServerSets;
@@ -214,7 +223,14 @@ internal static class LayoutBuilder
             ListIds = records.ListIds, ServerRecordIds = records.ServerRecordIds, ServerSets = serverSets, IdsOf = records.IdsOf,
         };
         var programmedTables = plans.Where(p => p.Table is not null).Select(p => new LayoutTable(p.Key, p.Table!, p.TableProblem)).ToList();
-        return new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.Order(AddressComparer).ToList()) { Tables = programmedTables, Pinned = pinned };
+        var layout = new Layout(ruleset, newAssignment, issues, unresolved.ToList(), dsrAddresses.Order(AddressComparer).ToList()) { Tables = programmedTables, Pinned = pinned };
+        // What a patch of this layout needs to know: who else has each server set, record and map.
+        var setUsers = new Dictionary<SetPlan, int>(ReferenceEqualityComparer.Instance);
+        foreach (var set in setOf) setUsers[set] = setUsers.GetValueOrDefault(set) + 1;
+        var contentUsers = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var plan in plans) contentUsers[plan.ContentKey] = contentUsers.GetValueOrDefault(plan.ContentKey) + 1;
+        cache.Last = new LastBuild(layout, input.MacsVersion, setUsers, records.BodyUsers, contentUsers);
+        return layout;
     }
 
     /// <summary>The services in key order: the previous build's order when the keys are the same (no sort).</summary>
@@ -240,7 +256,7 @@ internal static class LayoutBuilder
     }
 
     /// <summary>The marker: a set whose comment is the fingerprint of everything else.</summary>
-    private static NftRuleset WithMarker(NftRuleset ruleset, NftablesOptions options)
+    internal static NftRuleset WithMarker(NftRuleset ruleset, NftablesOptions options)
     {
         var dsr = ruleset.Table("netdev", options.DsrTable);
         if (dsr is null) return ruleset;
@@ -272,7 +288,7 @@ internal static class LayoutBuilder
     /// Texts a build needs many times (an ingress node's address and MAC appear in every service):
     /// formatted once per build.
     /// </summary>
-    private sealed class TextCache
+    internal sealed class TextCache
     {
         private readonly Dictionary<IPAddress, string> _addresses = new();
         private readonly Dictionary<PhysicalAddress, string> _macs = new();
@@ -302,7 +318,7 @@ internal static class LayoutBuilder
     internal static string SetOptions(NftablesOptions options, PhysicalAddress? ownMac) =>
         $"{options.Interface}|{(ownMac is null ? "-" : StateRecords.MacText(ownMac))}|{Seed(options)}";
 
-    private static ServicePlan? Plan(ServiceState service, SetPlan set, NftablesOptions options, bool dsrPossible, List<NftablesIssue> issues, ServicePlan? same)
+    internal static ServicePlan? Plan(ServiceState service, SetPlan set, NftablesOptions options, bool dsrPossible, List<NftablesIssue> issues, ServicePlan? same)
     {
         var key = service.Key;
         if (key.IsFirewallMark)
@@ -435,7 +451,7 @@ internal static class LayoutBuilder
         }
     }
 
-    private static SetPlan Analyze(IReadOnlyDictionary<RealServerKey, RealServerConfig> map, IReadOnlyDictionary<IPAddress, PhysicalAddress> macs,
+    internal static SetPlan Analyze(IReadOnlyDictionary<RealServerKey, RealServerConfig> map, IReadOnlyDictionary<IPAddress, PhysicalAddress> macs,
         NftablesOptions options, bool dsrPossible, TextCache text)
     {
         var servers = map.ToArray();

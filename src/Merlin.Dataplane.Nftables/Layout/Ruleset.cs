@@ -43,7 +43,10 @@ internal abstract class SetContent
     {
         var delete = new List<string>();
         var add = new List<string>();
-        if (ReferenceEquals(from, to) || from.Hash == to.Hash) return (delete, add);
+        if (ReferenceEquals(from, to)) return (delete, add);
+        // A content patched from this very one knows its difference: no hash of either, no walk of either.
+        if (to is KeyedContent { Patch: { } patch } && ReferenceEquals(patch.Base, from)) return ([.. patch.Delete], [.. patch.Add]);
+        if (from.Hash == to.Hash) return (delete, add);
         if (from is SlotContent a && to is SlotContent b && a.Length == b.Length)
         {
             for (int i = 0; i < a.Length; i++)
@@ -202,6 +205,59 @@ internal sealed class KeyedContent : SetContent
     private readonly (string Key, string Element)[] _elements;
 
     private KeyedContent((string Key, string Element)[] elements) => _elements = elements;
+
+    /// <summary>What <see cref="Patched"/> made this content from: <see cref="SetContent.Diff"/> from that base is this, without a walk.</summary>
+    internal sealed record PatchInfo(SetContent Base, List<string> Delete, List<string> Add);
+
+    // Only the newest patched content keeps its base: a patch made from this one drops it, so a chain of patches
+    // never keeps every earlier state set alive (a diff from an older base goes the long way, by content).
+    private PatchInfo? _patch;
+
+    internal PatchInfo? Patch => _patch;
+
+    /// <summary>
+    /// This content with the elements of <paramref name="remove"/> gone and <paramref name="put"/> added or replacing the
+    /// element of the same key: one merge of the sorted elements (no sort of them, no hash), and the difference from this
+    /// content kept exactly as <see cref="SetContent.Diff"/> would give it (deletes in key order, adds in the new order).
+    /// </summary>
+    public KeyedContent Patched(IEnumerable<string> remove, IEnumerable<(string Key, string Element)> put)
+    {
+        var puts = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (key, element) in put) puts[key] = element;
+        var removes = new HashSet<string>(remove, StringComparer.Ordinal);
+        removes.ExceptWith(puts.Keys);
+        var result = new List<(string, string)>(_elements.Length + puts.Count);
+        var delete = new List<string>();
+        var add = new List<string>();
+        using var next = puts.GetEnumerator();
+        bool more = next.MoveNext();
+        foreach (var (key, element) in _elements)
+        {
+            while (more && string.CompareOrdinal(next.Current.Key, key) < 0)
+            {
+                result.Add((next.Current.Key, next.Current.Value));
+                add.Add(next.Current.Value);
+                more = next.MoveNext();
+            }
+            if (more && next.Current.Key == key)
+            {
+                result.Add((key, next.Current.Value));
+                if (next.Current.Value != element) { delete.Add(key); add.Add(next.Current.Value); }
+                more = next.MoveNext();
+                continue;
+            }
+            if (removes.Contains(key)) { delete.Add(key); continue; }
+            result.Add((key, element));
+        }
+        for (; more; more = next.MoveNext())
+        {
+            result.Add((next.Current.Key, next.Current.Value));
+            add.Add(next.Current.Value);
+        }
+        delete.Sort(StringComparer.Ordinal);
+        _patch = null;
+        return new KeyedContent([.. result]) { _patch = new PatchInfo(this, delete, add) };
+    }
 
     public override int Count => _elements.Length;
 

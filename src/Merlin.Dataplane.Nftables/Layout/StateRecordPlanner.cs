@@ -15,7 +15,11 @@ internal static class StateRecordPlanner
 {
     /// <summary>What <see cref="Plan"/> gives: ids, the state set, and what the next build reuses.</summary>
     public sealed record Result(Dictionary<ServiceKey, uint> ServiceIds, Dictionary<ServiceKey, uint> ListIds, SetContent State,
-        Dictionary<string, uint> ServerRecordIds, Dictionary<LayoutBuilder.SetPlan, uint[]> IdsOf, Dictionary<LayoutBuilder.SetPlan, (uint[] Ids, string Text)> Members, Dictionary<uint, RecordText> Texts);
+        Dictionary<string, uint> ServerRecordIds, Dictionary<LayoutBuilder.SetPlan, uint[]> IdsOf, Dictionary<LayoutBuilder.SetPlan, (uint[] Ids, string Text)> Members, Dictionary<uint, RecordText> Texts)
+    {
+        /// <summary>Each server record body and how many services have it (what a patch of this layout must know, <see cref="LayoutPatch"/>).</summary>
+        public Dictionary<string, int> BodyUsers { get; init; } = [];
+    }
 
     /// <summary>
     /// The state records (see <see cref="StateRecords"/>) and their ids. Ids carry over from the
@@ -135,6 +139,8 @@ internal static class StateRecordPlanner
         }
         foreach (var (body, id) in serverRecords) elements.AddRange(Text('r', id, body, StateRecords.Server).Elements);
         foreach (var (members, id) in listRecords) elements.AddRange(Text('l', id, members, StateRecords.List).Elements);
-        return new Result(serviceIds, listIds, KeyedContent.Of(elements), serverRecords, idsOf, memberTexts, texts);
+        var bodyUsers = new Dictionary<string, int>(bodies.Count, StringComparer.Ordinal);
+        foreach (var (body, votes) in bodies) bodyUsers[body] = votes.Users;
+        return new Result(serviceIds, listIds, KeyedContent.Of(elements), serverRecords, idsOf, memberTexts, texts) { BodyUsers = bodyUsers };
     }
 }

@@ -19,13 +19,23 @@ internal sealed partial class NeighbourTracker(NftablesOptions options, INeighbo
     /// <summary>The last MAC known of each DSR real server (a server that stops answering keeps it).</summary>
     public IReadOnlyDictionary<IPAddress, PhysicalAddress> Macs => _macs;
 
+    /// <summary>Goes up whenever <see cref="Macs"/> changes (it is one dictionary, changed in place): a build may trust what it saw at the same version.</summary>
+    public long Version { get; private set; }
+
+    private void Put(IPAddress address, PhysicalAddress mac)
+    {
+        if (_macs.TryGetValue(address, out var known) && known.Equals(mac)) return;
+        _macs[address] = mac;
+        Version++;
+    }
+
     /// <summary>The interface's MAC: from the options, else read from the interface; null while unknown.</summary>
     public PhysicalAddress? OwnMac { get; private set; } = options.OwnMac;
 
     /// <summary>Takes the MACs a previous run recorded in the kernel's state records.</summary>
     public void Adopt(IReadOnlyDictionary<IPAddress, PhysicalAddress> macs)
     {
-        foreach (var (address, mac) in macs) _macs[address] = mac;
+        foreach (var (address, mac) in macs) Put(address, mac);
     }
 
     public async Task ReadOwnMacAsync(CancellationToken ct)
@@ -51,7 +61,7 @@ internal sealed partial class NeighbourTracker(NftablesOptions options, INeighbo
                 if (!entries.TryGetValue(address, out var mac)) continue;   // keep the last MAC we knew
                 if (_macs.TryGetValue(address, out var known) && known.Equals(mac)) continue;
                 if (_macs.ContainsKey(address)) LogMacChanged(address, _macs[address], mac);
-                _macs[address] = mac;
+                Put(address, mac);
                 changed = true;
             }
         }
@@ -75,7 +85,7 @@ internal sealed partial class NeighbourTracker(NftablesOptions options, INeighbo
         {
             var entries = await neighbours.ReadAsync(device, ct);
             foreach (var a in addresses)
-                if (entries.TryGetValue(a, out var mac)) _macs[a] = mac;
+                if (entries.TryGetValue(a, out var mac)) Put(a, mac);
             if (wait.All(_macs.ContainsKey) || deadline.Elapsed >= options.ResolveWait) return;
             await Task.Delay(TimeSpan.FromMilliseconds(50), time, ct);
         }
@@ -90,7 +100,8 @@ internal sealed partial class NeighbourTracker(NftablesOptions options, INeighbo
         try { await neighbours.UntrackAsync(gone, device, ct); }
         catch (IOException e) { LogTrackFailed(e.Message); }
         _tracked.ExceptWith(gone);
-        foreach (var a in gone) _macs.Remove(a);
+        foreach (var a in gone)
+            if (_macs.Remove(a)) Version++;
     }
 
     private async Task TrackAsync(IReadOnlyList<IPAddress> addresses, string device, CancellationToken ct)
