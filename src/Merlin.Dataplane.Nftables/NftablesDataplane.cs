@@ -292,6 +292,12 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
             _programmed.Remember(generation, tables);
             LogAdopted(decoded.Services.Count, decoded.Services.Values.Sum(s => s.Servers.Count));
         }
+        else if (OlderMarker(dsr) is { } older && TableAuditor.Mismatch(WithMarker(tables, layout), layout.Ruleset) is null)
+        {
+            // Everything matches but the marker, which an older Merlin wrote in its own way: not tampering.
+            LogMarkerUpgraded(older);
+            await RewriteAsync(layout, ct);
+        }
         else
         {
             LogAdoptRepair(mismatch);
@@ -299,6 +305,22 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
             await RewriteAsync(layout, ct);
         }
         Report(layout);
+    }
+
+    /// <summary>The marker's comment if an older version of Merlin wrote it (another fingerprint), else null.</summary>
+    private static string? OlderMarker(KernelTable dsr) =>
+        dsr.Sets.FirstOrDefault(s => s.Name == LayoutBuilder.MarkerSet)?.Comment is { } comment
+        && comment.StartsWith("merlin v", StringComparison.Ordinal) && !comment.StartsWith(LayoutBuilder.MarkerVersion + " ", StringComparison.Ordinal)
+            ? comment : null;
+
+    /// <summary>The kernel's tables with the marker <paramref name="layout"/> writes in place of theirs.</summary>
+    private static IReadOnlyList<KernelTable> WithMarker(IReadOnlyList<KernelTable> tables, Layout.Layout layout)
+    {
+        var declaration = layout.Ruleset.Tables.FirstOrDefault(t => t.Family == "netdev")?.Sets.GetValueOrDefault(LayoutBuilder.MarkerSet)?.Declaration ?? "";
+        int at = declaration.IndexOf("comment \"", StringComparison.Ordinal);
+        var comment = at < 0 ? null : declaration[(at + 9)..declaration.LastIndexOf('"')];
+        return tables.Select(t => t.Family != "netdev" ? t
+            : t with { Sets = t.Sets.Select(s => s.Name == LayoutBuilder.MarkerSet ? s with { Comment = comment } : s).ToList() }).ToList();
     }
 
     // ---- checking and repairing ----
@@ -438,6 +460,9 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
 
     [LoggerMessage(EventId = 401, Level = LogLevel.Warning, Message = "nftables: our tables do not match their state records ({Reason}); rewriting them")]
     private partial void LogAdoptRepair(string reason);
+
+    [LoggerMessage(EventId = 420, Level = LogLevel.Information, Message = "nftables: the tables were written by an older Merlin (marker \"{Marker}\"); rewriting them with this version's marker")]
+    private partial void LogMarkerUpgraded(string marker);
 
     [LoggerMessage(EventId = 402, Level = LogLevel.Warning, Message = "nftables: our tables were changed behind our back ({Reason}); repairing")]
     private partial void LogTampered(string reason);

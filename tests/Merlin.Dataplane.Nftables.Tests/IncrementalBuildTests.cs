@@ -52,7 +52,7 @@ public class IncrementalBuildTests
     {
         var cache = new BuildCache();
         var first = Build(State(A, B, C), cache: cache);
-        var before = cache.Services;
+        var before = cache.Services.ToDictionary();   // the cache's own dictionary may be changed in place
         var changedB = Service(B.Key, Route("198.18.1.13", 80, 3), Route("198.18.1.14", 80));
 
         var second = Build(State(A, changedB, C), first.Assignment, cache: cache);
@@ -103,7 +103,7 @@ public class IncrementalBuildTests
         var macs = MacsFor([A, B, C]);
         var cache = new BuildCache();
         var first = Build(State(A, B, C), macs: macs, cache: cache);
-        var before = cache.Services;
+        var before = cache.Services.ToDictionary();
         var moved = new Dictionary<IPAddress, PhysicalAddress>(macs) { [IPAddress.Parse("198.18.1.13")] = PhysicalAddress.Parse("02-00-00-00-99-99") };
 
         var second = Build(State(A, B, C), first.Assignment, macs: moved, cache: cache);

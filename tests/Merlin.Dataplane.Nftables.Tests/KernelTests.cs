@@ -90,7 +90,7 @@ public class KernelTests
         { "state record deleted", "delete element netdev merlin state { 256 }" },
         { "chain added", "add chain netdev merlin extra" },
         { "set added", "add set netdev merlin extra { type ipv4_addr; }" },
-        { "marker replaced", "delete set netdev merlin marker\nadd set netdev merlin marker { type mark; comment \"merlin v1 0\"; }" },
+        { "marker replaced", "delete set netdev merlin marker\nadd set netdev merlin marker { type mark; comment \"merlin v2 0\"; }" },
         { "nat table deleted", "delete table inet merlin_nat" },
         { "dsr table deleted", "delete table netdev merlin" },
         { "nat dnat rule replaced", "flush chain inet merlin_nat n1_p\nadd rule inet merlin_nat n1_p meta l4proto tcp dnat ip to 198.18.2.99 comment \"merlin: new connection\"" },
@@ -163,6 +163,33 @@ public class KernelTests
         Assert.Empty(nft.Scripts);
         Assert.Equal(generation, ns.Generation());
         Assert.Equal(0, second.Repairs);
+    }
+
+    /// <summary>
+    /// Tables an older Merlin wrote (a "merlin v1" marker: one SHA-256 over everything) are this version's tables
+    /// but for the marker's fingerprint: adopted, the marker written anew, no repair counted, pinned flows kept.
+    /// </summary>
+    [Fact]
+    public async Task Restart_AfterAnUpgrade_ReplacesAnOlderMarker_WithoutCountingARepair()
+    {
+        using var ns = TestNamespace.WithInterface();
+        var desired = Mixed();
+        var (first, _) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
+        await first.ReconcileAsync(desired);
+        ns.NftScript("delete set netdev merlin marker\nadd set netdev merlin marker { type mark; comment \"merlin v1 0123456789abcdef0123456789abcdef\"; }\n");
+        ns.Nft("add", "element", "netdev", "merlin", "flows4", "{ 198.18.9.1 . 198.18.0.10 . 40000 . 80 : 02:00:c6:12:01:0b }");
+
+        var (second, _) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
+        Assert.Equal(0, await second.ReconcileAsync(desired));
+
+        Assert.Equal(0, second.Repairs);
+        Assert.Contains($"{LayoutBuilder.MarkerVersion} {Build(desired).Ruleset.Fingerprint("marker")}", ns.Nft("list", "set", "netdev", "merlin", "marker"));
+        Assert.Contains("198.18.9.1", ns.Nft("list", "map", "netdev", "merlin", "flows4"));
+        // Someone else's marker is still tampering.
+        ns.NftScript("delete set netdev merlin marker\nadd set netdev merlin marker { type mark; comment \"not ours\"; }\n");
+        var (third, _) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
+        await third.ReconcileAsync(desired);
+        Assert.Equal(1, third.Repairs);
     }
 
     [Fact]

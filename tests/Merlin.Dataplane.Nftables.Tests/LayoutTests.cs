@@ -205,7 +205,7 @@ public class LayoutTests
         Assert.Contains("holds 2 rules", TableAuditor.Mismatch([Kernel(chains: c => c.Select(x => x.Name == "d1_4p" ? x with { Rules = x.Rules.Skip(1).ToList() } : x).ToList())], ruleset));
         Assert.Contains("not ours", TableAuditor.Mismatch([Kernel(chains: c => [.. c, new KernelChain("extra", 9, null, null, null, null, null, [])])], ruleset));
         Assert.Contains("hooks device eth1", TableAuditor.Mismatch([Kernel(chains: c => c.Select(x => x.Name == "ingress" ? x with { Device = "eth1" } : x).ToList())], ruleset));
-        Assert.Contains("marker", TableAuditor.Mismatch([Kernel(sets: s => s.Select(x => x.Name == "marker" ? x with { Comment = "merlin v1 0000" } : x).ToList())], ruleset));
+        Assert.Contains("marker", TableAuditor.Mismatch([Kernel(sets: s => s.Select(x => x.Name == "marker" ? x with { Comment = "merlin v2 0000" } : x).ToList())], ruleset));
         Assert.Contains("flows4", TableAuditor.Mismatch([Kernel(sets: s => s.Select(x => x.Name == "flows4" ? x with { Size = 10 } : x).ToList())], ruleset));
         Assert.Contains("should not exist", TableAuditor.Mismatch([Kernel(), new KernelTable("inet", "merlin_nat", 2, 0, [], [])], ruleset));
     }

@@ -23,7 +23,7 @@ public class RenderingTests
             "add element netdev merlin d1 { 251 elements }",
             "add map netdev merlin flows4 { type ipv4_addr . ipv4_addr . inet_service . inet_service : ether_addr; size 262144; flags dynamic,timeout; timeout 300s; }",
             "add map netdev merlin flows6 { typeof numgen inc mod 2 . th sport . th dport : ether daddr; size 262144; flags dynamic,timeout; timeout 300s; }",
-            $"add set netdev merlin marker {{ type mark; comment \"merlin v1 {Build(state).Ruleset.Fingerprint("marker")}\"; }}",
+            $"add set netdev merlin marker {{ type mark; comment \"merlin v2 {Build(state).Ruleset.Fingerprint("marker")}\"; }}",
             "add set netdev merlin state { type mark; }",
             // One record per service (naming its server list), per server list, per real server.
             "add element netdev merlin state { 1024 comment \"l 4 2,3\", 256 comment \"s 1 tcp 198.18.0.10 80 wrr 0 0 0 0 d1 4\", 512 comment \"r 2 198.18.1.11 80 1 1 0 0 0 0 0 02:00:c6:12:01:0b\", 768 comment \"r 3 198.18.1.12 80 1 1 0 0 0 0 0 02:00:c6:12:01:0c\" }",
@@ -282,7 +282,7 @@ public class RenderingTests
             new("netdev", "merlin", 7, 0,
                 [new("ingress", 1, "filter", 0, 0, "eth0", 1, []), new("d1_4p", 2, null, null, null, null, null, []), new("stray", 3, null, null, null, null, null, [])],
                 [new("flows4", 4, 0x38, 16, 6, 262144, 300_000, null), new("flows6", 5, 0x38, 12, 6, 1000, 300_000, null),
-                 new("d1", 6, 0x8, 4, 6, 251, 0, null), new("svc4", 7, 0x8, 12, 16, 0, 0, null), new("marker", 8, 0, 4, 0, 0, 0, "merlin v1 x")]),
+                 new("d1", 6, 0x8, 4, 6, 251, 0, null), new("svc4", 7, 0x8, 12, 16, 0, 0, null), new("marker", 8, 0, 4, 0, 0, 0, "merlin v2 x")]),
             new("inet", "merlin_nat", 8, 0, [], []),
         };
 

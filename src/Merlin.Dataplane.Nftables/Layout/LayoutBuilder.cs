@@ -261,14 +261,20 @@ internal static class LayoutBuilder
         var dsr = ruleset.Table("netdev", options.DsrTable);
         if (dsr is null) return ruleset;
         var fingerprint = ruleset.Fingerprint(MarkerSet);
-        var sets = new Dictionary<string, NftSet>(dsr.Sets)
-        {
-            [MarkerSet] = new(MarkerSet, "set", $"type mark; comment \"{MarkerComment(fingerprint)}\";", SetContent.Empty),
-        };
-        return new NftRuleset(ruleset.Tables.Select(t => t == dsr ? dsr with { Sets = sets } : t).ToList());
+        var marker = new NftSet(MarkerSet, "set", $"type mark; comment \"{MarkerComment(fingerprint)}\";", SetContent.Empty);
+        NftTable marked;
+        if (dsr.Sets.ContainsKey(MarkerSet)) marked = dsr.WithSetsReplaced([marker]);
+        else marked = dsr with { Sets = new Dictionary<string, NftSet>(dsr.Sets) { [MarkerSet] = marker } };
+        return new NftRuleset(ruleset.Tables.Select(t => t == dsr ? marked : t).ToList());
     }
 
-    public static string MarkerComment(string fingerprint) => $"merlin v1 {fingerprint}";
+    /// <summary>
+    /// v2: the fingerprint is a sum of per-set and per-chain digests (a patch hashes only what it changed); v1 was
+    /// one SHA-256 over everything. A v1 marker found at start is replaced without counting it as tampering.
+    /// </summary>
+    public static string MarkerComment(string fingerprint) => $"{MarkerVersion} {fingerprint}";
+
+    public const string MarkerVersion = "merlin v2";
 
     internal sealed record ServicePlan(ServiceKey Key, bool Dsr, int Size, string Shape, string ContentKey, string Variant,
         IReadOnlyList<Backend> Backends)

@@ -111,11 +111,13 @@ internal static class LayoutPatch
         step?.Dispose();
         step = phases?.Measure("patch: copies");
         var previous = input.Previous;
-        var entries = Copy(cache.Services);
-        var sets = Copy(cache.Sets);
-        var contents = Copy(cache.Contents);
-        var members = Copy(cache.Members);
-        var texts = Copy(cache.Texts);
+        // The cache's own dictionaries are changed in place (nothing but builds reads them, and nothing can fail from
+        // here on); the assignment's are copied, since the layout the kernel holds keeps its own until this one is written.
+        var entries = Mutable(cache.Services);
+        var sets = Mutable(cache.Sets);
+        var contents = Mutable(cache.Contents);
+        var members = Mutable(cache.Members);
+        var texts = Mutable(cache.Texts);
         var groups = Copy(previous.Groups);
         var newRecordIds = Copy(recordIds);
         var newIdsOf = Copy(idsOf);
@@ -193,15 +195,13 @@ internal static class LayoutPatch
                 tables.Add(table);
                 continue;
             }
-            var tableSets = new Dictionary<string, NftSet>(table.Sets.Count, StringComparer.Ordinal);
-            foreach (var (name, set) in table.Sets) tableSets[name] = set;
-            foreach (var (name, (_, map)) in changed) tableSets[name] = tableSets[name] with { Content = map };
+            var replaced = changed.ConvertAll(m => table.Sets[m.Key] with { Content = m.Value.Map });
             if (dsrTable && (removeState.Count > 0 || putState.Count > 0))
             {
-                var state = tableSets[LayoutBuilder.StateSet];
-                tableSets[LayoutBuilder.StateSet] = state with { Content = ((KeyedContent)state.Content).Patched(removeState, putState) };
+                var state = table.Sets[LayoutBuilder.StateSet];
+                replaced.Add(state with { Content = ((KeyedContent)state.Content).Patched(removeState, putState) });
             }
-            tables.Add(table with { Sets = tableSets });
+            tables.Add(table.WithSetsReplaced(replaced));
         }
         step?.Dispose();
         step = phases?.Measure("patch: marker");
@@ -218,6 +218,9 @@ internal static class LayoutPatch
         cache.Patches++;
         return layout;
     }
+
+    private static Dictionary<TKey, TValue> Mutable<TKey, TValue>(IReadOnlyDictionary<TKey, TValue> source) where TKey : notnull =>
+        source as Dictionary<TKey, TValue> ?? Copy(source);
 
     private static Dictionary<TKey, TValue> Copy<TKey, TValue>(IReadOnlyDictionary<TKey, TValue> source) where TKey : notnull =>
         source is Dictionary<TKey, TValue> dictionary ? new Dictionary<TKey, TValue>(dictionary, dictionary.Comparer) : new Dictionary<TKey, TValue>(source);

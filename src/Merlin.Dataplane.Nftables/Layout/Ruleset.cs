@@ -1,3 +1,5 @@
+using System.Buffers;
+using System.Buffers.Binary;
 using System.Security.Cryptography;
 using System.Text;
 
@@ -18,6 +20,22 @@ internal abstract class SetContent
 
     /// <summary>SHA-256 of every element's text, each followed by a newline, in order.</summary>
     public string Hash => _hash ??= ComputeHash();
+
+    private protected UInt128? _digest;
+
+    /// <summary>
+    /// What the ruleset's fingerprint takes of this content (<see cref="NftRuleset.Fingerprint"/>): the sum of its
+    /// elements' <see cref="Digests.Of(string)"/>, so a content patched from another has its digest from the other's
+    /// with the changed elements' taken out and put in. A map of slots, always made whole, gives its hash's first bytes.
+    /// </summary>
+    public UInt128 Digest => _digest ??= ComputeDigest();
+
+    protected virtual UInt128 ComputeDigest()
+    {
+        UInt128 sum = 0;
+        foreach (var (_, element) in Elements()) sum += Digests.Of(element);
+        return sum;
+    }
 
     private string ComputeHash()
     {
@@ -168,6 +186,8 @@ internal sealed class SlotContent : SetContent
         }
     }
 
+    protected override UInt128 ComputeDigest() => BinaryPrimitives.ReadUInt128LittleEndian(Convert.FromHexString(Hash.AsSpan(0, 32)));
+
     public override IEnumerable<(string Key, string Element)> Elements()
     {
         for (int i = 0; i < _length; i++)
@@ -222,46 +242,66 @@ internal sealed class KeyedContent : SetContent
     /// </summary>
     public KeyedContent Patched(IEnumerable<string> remove, IEnumerable<(string Key, string Element)> put)
     {
-        var puts = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        foreach (var (key, element) in put) puts[key] = element;
-        var removes = new HashSet<string>(remove, StringComparer.Ordinal);
-        removes.ExceptWith(puts.Keys);
-        var result = new List<(string, string)>(_elements.Length + puts.Count);
+        // The changes in key order, each found by a binary search; the elements between them are copied as blocks.
+        var changes = new SortedDictionary<string, string?>(StringComparer.Ordinal);
+        foreach (var key in remove) changes[key] = null;
+        foreach (var (key, element) in put) changes[key] = element;
+        var result = new (string Key, string Element)[_elements.Length + changes.Count];
+        int length = 0, from = 0;
+        var digest = Digest;
         var delete = new List<string>();
         var add = new List<string>();
-        using var next = puts.GetEnumerator();
-        bool more = next.MoveNext();
-        foreach (var (key, element) in _elements)
+        foreach (var (key, element) in changes)
         {
-            while (more && string.CompareOrdinal(next.Current.Key, key) < 0)
+            int at = Find(key, from);
+            int found = at >= 0 ? at : ~at;
+            Array.Copy(_elements, from, result, length, found - from);
+            length += found - from;
+            from = found;
+            if (at >= 0)
             {
-                result.Add((next.Current.Key, next.Current.Value));
-                add.Add(next.Current.Value);
-                more = next.MoveNext();
+                from++;
+                if (element is null) { delete.Add(key); digest -= Digests.Of(_elements[at].Element); continue; }
+                result[length++] = (key, element);
+                if (element != _elements[at].Element)
+                {
+                    delete.Add(key);
+                    add.Add(element);
+                    digest += Digests.Of(element) - Digests.Of(_elements[at].Element);
+                }
             }
-            if (more && next.Current.Key == key)
+            else if (element is not null)
             {
-                result.Add((key, next.Current.Value));
-                if (next.Current.Value != element) { delete.Add(key); add.Add(next.Current.Value); }
-                more = next.MoveNext();
-                continue;
+                result[length++] = (key, element);
+                add.Add(element);
+                digest += Digests.Of(element);
             }
-            if (removes.Contains(key)) { delete.Add(key); continue; }
-            result.Add((key, element));
         }
-        for (; more; more = next.MoveNext())
-        {
-            result.Add((next.Current.Key, next.Current.Value));
-            add.Add(next.Current.Value);
-        }
-        delete.Sort(StringComparer.Ordinal);
+        Array.Copy(_elements, from, result, length, _elements.Length - from);
+        length += _elements.Length - from;
+        Array.Resize(ref result, length);
         _patch = null;
-        return new KeyedContent([.. result]) { _patch = new PatchInfo(this, delete, add) };
+        return new KeyedContent(result) { _patch = new PatchInfo(this, delete, add), _digest = digest };
     }
 
     public override int Count => _elements.Length;
 
     public override IEnumerable<(string Key, string Element)> Elements() => _elements;
+
+    /// <summary>The index of <paramref name="key"/> at or after <paramref name="start"/>, or the complement of where it would go.</summary>
+    private int Find(string key, int start)
+    {
+        int lo = start, hi = _elements.Length - 1;
+        while (lo <= hi)
+        {
+            int mid = lo + ((hi - lo) >> 1);
+            int c = string.CompareOrdinal(_elements[mid].Key, key);
+            if (c == 0) return mid;
+            if (c < 0) lo = mid + 1;
+            else hi = mid - 1;
+        }
+        return ~lo;
+    }
 
     /// <summary>The elements in ordinal order of their keys; of elements with the same key, the last one.</summary>
     public static KeyedContent Of(IEnumerable<(string Key, string Element)> elements)
@@ -290,7 +330,44 @@ internal sealed class KeyedContent : SetContent
 /// between its braces. A <paramref name="Dynamic"/> set is filled by the packet path (pinned flows):
 /// we declare it and never write or read its elements.
 /// </summary>
-internal sealed record NftSet(string Name, string Kind, string Declaration, SetContent Content, bool Dynamic = false);
+internal sealed record NftSet(string Name, string Kind, string Declaration, SetContent Content, bool Dynamic = false)
+{
+    private Cached<UInt128>? _digest;
+
+    /// <summary>What the fingerprint takes of this set: its declaration and (unless dynamic) its content's digest; made once per set object.</summary>
+    public UInt128 FingerprintDigest()
+    {
+        if (_digest is { } c && c.Valid(Declaration, Content, Name)) return c.Value;
+        var text = $"{Kind} {Name} {{ {Declaration} }}" + (Dynamic ? "" : "\n" + Content.Digest.ToString("x32", System.Globalization.CultureInfo.InvariantCulture));
+        var value = Digests.Of(text);
+        _digest = new Cached<UInt128>(Declaration, Content, Name, value);
+        return value;
+    }
+}
+
+/// <summary>The 128-bit digests the fingerprint adds up: the first 16 bytes of a SHA-256.</summary>
+internal static class Digests
+{
+    public static UInt128 Of(ReadOnlySpan<byte> bytes)
+    {
+        Span<byte> hash = stackalloc byte[32];
+        SHA256.HashData(bytes, hash);
+        return BinaryPrimitives.ReadUInt128LittleEndian(hash);
+    }
+
+    public static UInt128 Of(string text)
+    {
+        int max = Encoding.UTF8.GetMaxByteCount(text.Length);
+        if (max <= 512)
+        {
+            Span<byte> small = stackalloc byte[512];
+            return Of(small[..Encoding.UTF8.GetBytes(text, small)]);
+        }
+        var rented = ArrayPool<byte>.Shared.Rent(max);
+        try { return Of(rented.AsSpan(0, Encoding.UTF8.GetBytes(text, rented))); }
+        finally { ArrayPool<byte>.Shared.Return(rented); }
+    }
+}
 
 /// <summary>A chain: <paramref name="Base"/> is the hook spec of a base chain (null for a regular chain).</summary>
 internal sealed record NftChain(string Name, string? Base, IReadOnlyList<string> Rules)
@@ -310,6 +387,17 @@ internal sealed record NftChain(string Name, string? Base, IReadOnlyList<string>
         var bytes = Encoding.UTF8.GetBytes(text.ToString());
         _fingerprint = new Cached<byte[]>(Name, Base, Rules, bytes);
         return bytes;
+    }
+
+    private Cached<UInt128>? _digest;
+
+    /// <summary>What the fingerprint takes of this chain: the digest of <see cref="FingerprintBytes"/>, made once.</summary>
+    public UInt128 FingerprintDigest()
+    {
+        if (_digest is { } c && c.Valid(Name, Base, Rules)) return c.Value;
+        var value = Digests.Of(FingerprintBytes());
+        _digest = new Cached<UInt128>(Name, Base, Rules, value);
+        return value;
     }
 
     public bool SameAs(NftChain other) => ReferenceEquals(this, other) || (Base == other.Base && Rules.SequenceEqual(other.Rules, StringComparer.Ordinal));
@@ -355,6 +443,34 @@ internal sealed record NftTable(string Family, string Name, IReadOnlyDictionary<
         }
     }
 
+    /// <summary>
+    /// This table with <paramref name="replaced"/> in place of its sets of the same names (all of which it has): the
+    /// sorted order carried over with those entries replaced, not sorted again (a patch of 10,000 sets).
+    /// </summary>
+    public NftTable WithSetsReplaced(IReadOnlyCollection<NftSet> replaced)
+    {
+        var sets = new Dictionary<string, NftSet>(Sets.Count, StringComparer.Ordinal);
+        foreach (var (name, set) in Sets) sets[name] = set;
+        var ordered = OrderedSets.ToArray();
+        foreach (var set in replaced)
+        {
+            if (!sets.ContainsKey(set.Name)) throw new ArgumentException($"table {Id} has no set {set.Name} to replace", nameof(replaced));
+            sets[set.Name] = set;
+            int lo = 0, hi = ordered.Length - 1;
+            while (true)
+            {
+                int mid = lo + ((hi - lo) >> 1);
+                int c = string.CompareOrdinal(ordered[mid].Name, set.Name);
+                if (c == 0) { ordered[mid] = set; break; }
+                if (c < 0) lo = mid + 1;
+                else hi = mid - 1;
+            }
+        }
+        var table = this with { Sets = sets };
+        table._orderedSets = new(sets, null, null, ordered);
+        return table;
+    }
+
     /// <summary>Base chains first, then by name; sorted once per table.</summary>
     public IReadOnlyList<NftChain> OrderedChains
     {
@@ -378,24 +494,24 @@ internal sealed record NftRuleset(IReadOnlyList<NftTable> Tables)
     public NftTable? Table(string family, string name) => Tables.FirstOrDefault(t => t.Family == family && t.Name == name);
 
     /// <summary>
-    /// A hash of everything in the ruleset except the marker set itself (which carries this hash):
-    /// what the generation marker records.
+    /// A hash of everything in the ruleset except the marker set itself (which carries this hash): what the
+    /// generation marker records. Per table, the sum of its chains' and sets' digests, each made once per object (a
+    /// set or chain a build kept costs an addition), mixed with the table's name; the tables' results added up. So
+    /// a build after a small change hashes what it changed, not the whole ruleset.
     /// </summary>
     public string Fingerprint(string markerSet)
     {
-        using var sha = new HashWriter();
-        void Add(string text) { sha.Append(text); sha.Append((byte)'\n'); }
-        foreach (var table in Tables.OrderBy(t => t.Id, StringComparer.Ordinal))
+        UInt128 total = 0;
+        Span<byte> mixed = stackalloc byte[16];
+        foreach (var table in Tables)
         {
-            Add($"table {table.Id}");
-            foreach (var chain in table.OrderedChains) sha.Append(chain.FingerprintBytes());
-            foreach (var set in table.OrderedSets)
-            {
-                if (set.Name == markerSet) continue;
-                Add($"{set.Kind} {set.Name} {{ {set.Declaration} }}");
-                if (!set.Dynamic) Add(set.Content.Hash);
-            }
+            UInt128 sum = 0;
+            foreach (var chain in table.Chains.Values) sum += chain.FingerprintDigest();
+            foreach (var set in table.Sets.Values)
+                if (set.Name != markerSet) sum += set.FingerprintDigest();
+            BinaryPrimitives.WriteUInt128LittleEndian(mixed, sum);
+            total += Digests.Of($"table {table.Id} {Convert.ToHexStringLower(mixed)}");
         }
-        return sha.Finish()[..32];
+        return total.ToString("x32", System.Globalization.CultureInfo.InvariantCulture);
     }
 }
