@@ -263,7 +263,7 @@ internal static class LayoutBuilder
         var fingerprint = ruleset.Fingerprint(MarkerSet);
         var marker = new NftSet(MarkerSet, "set", $"type mark; comment \"{MarkerComment(fingerprint)}\";", SetContent.Empty);
         NftTable marked;
-        if (dsr.Sets.ContainsKey(MarkerSet)) marked = dsr.WithSetsReplaced([marker]);
+        if (dsr.Sets.ContainsKey(MarkerSet)) marked = dsr.WithSetsReplaced([marker], sameBuild: true);
         else marked = dsr with { Sets = new Dictionary<string, NftSet>(dsr.Sets) { [MarkerSet] = marker } };
         return new NftRuleset(ruleset.Tables.Select(t => t == dsr ? marked : t).ToList());
     }

@@ -447,7 +447,7 @@ internal sealed record NftTable(string Family, string Name, IReadOnlyDictionary<
     /// This table with <paramref name="replaced"/> in place of its sets of the same names (all of which it has): the
     /// sorted order carried over with those entries replaced, not sorted again (a patch of 10,000 sets).
     /// </summary>
-    public NftTable WithSetsReplaced(IReadOnlyCollection<NftSet> replaced)
+    public NftTable WithSetsReplaced(IReadOnlyCollection<NftSet> replaced, bool sameBuild = false)
     {
         var sets = new Dictionary<string, NftSet>(Sets.Count, StringComparer.Ordinal);
         foreach (var (name, set) in Sets) sets[name] = set;
@@ -468,8 +468,26 @@ internal sealed record NftTable(string Family, string Name, IReadOnlyDictionary<
         }
         var table = this with { Sets = sets };
         table._orderedSets = new(sets, null, null, ordered);
+        // What changed since the table this one was patched from. Within one build (the marker replaced after the
+        // patch) the changes add up against the last layout's table; that table's own patch is dropped, so only one
+        // level is ever kept (its diff was written when it was).
+        if (sameBuild && Patch is { } had)
+        {
+            table.Patch = new TablePatch(had.From, [.. had.Changed.Concat(replaced.Select(r => r.Name)).Distinct().Order(StringComparer.Ordinal)]);
+        }
+        else
+        {
+            table.Patch = new TablePatch(this, [.. replaced.Select(r => r.Name).Distinct().Order(StringComparer.Ordinal)]);
+            Patch = null;
+        }
         return table;
     }
+
+    /// <summary>The table this one was made from by replacing sets (<see cref="WithSetsReplaced"/>), and their names in order.</summary>
+    internal sealed record TablePatch(NftTable From, string[] Changed);
+
+    /// <summary>Set by <see cref="WithSetsReplaced"/>: a diff from <see cref="TablePatch.From"/> need look at those sets only.</summary>
+    internal TablePatch? Patch { get; private set; }
 
     /// <summary>Base chains first, then by name; sorted once per table.</summary>
     public IReadOnlyList<NftChain> OrderedChains

@@ -149,8 +149,41 @@ internal static class ScriptRenderer
         return colon >= 0 && declaration.AsSpan(colon).IndexOf(" th dport", StringComparison.Ordinal) >= 0;
     }
 
+    /// <summary>
+    /// The diff of a table patched from <paramref name="from"/> (<see cref="NftTable.WithSetsReplaced"/>): only its
+    /// replaced sets differ, so only they are looked at, with the same text as <see cref="DiffTable"/> would write —
+    /// element changes for a set declared as before; for one declared anew, which must be one no rule names (the state
+    /// records, the marker), a delete and an add. False if the patch is not from <paramref name="from"/> or a
+    /// replaced set is declared anew and could be named by a rule: then the whole diff runs.
+    /// </summary>
+    private static bool DiffPatched(NftScript script, NftTable from, NftTable to)
+    {
+        if (to.Patch is not { } patch || !ReferenceEquals(patch.From, from) || !ReferenceEquals(from.Chains, to.Chains)) return false;
+        foreach (var name in patch.Changed)
+        {
+            var (had, want) = (from.Sets.GetValueOrDefault(name), to.Sets.GetValueOrDefault(name));
+            if (had is null || want is null || had.Dynamic || want.Dynamic) return false;
+            if ((had.Kind != want.Kind || had.Declaration != want.Declaration) && name is not (LayoutBuilder.StateSet or LayoutBuilder.MarkerSet)) return false;
+        }
+        foreach (var name in patch.Changed)
+        {
+            var (had, want) = (from.Sets[name], to.Sets[name]);
+            if (had.Kind != want.Kind || had.Declaration != want.Declaration)
+            {
+                script.SetDeletions.AppendLine($"delete {had.Kind} {to.Id} {name}");
+                AddSet(script, to, want, stage: false);
+                continue;
+            }
+            var (delete, add) = SetContent.Diff(had.Content, want.Content);
+            AppendElements(script.ElementDeletions, "delete element", to, name, delete);
+            AppendElements(script.ElementAdditions, "add element", to, name, add);
+        }
+        return true;
+    }
+
     private static void DiffTable(NftScript script, NftTable from, NftTable to, bool stage)
     {
+        if (DiffPatched(script, from, to)) return;
         // Sets that go away or are declared differently, and NAT maps a new rule names (see
         // Redeclared); a redeclared set is deleted and added again.
         var redeclared = Redeclared(from, to);
