@@ -15,7 +15,7 @@ internal static class LayoutProfile
     {
         var options = new NftablesOptions { HashSeed = Workload.Seed, Interface = "eth0", OwnMac = PhysicalAddress.Parse("02-00-00-00-00-AA") };
         var services = new Dictionary<ServiceKey, ServiceState>();
-        foreach (var (service, servers) in kind == "unique" ? Unique(count, perService) : Workload.Services(kind, count, perService))
+        foreach (var (service, servers) in Workload.Services(kind, count, perService))
         {
             var key = ServiceKey.ForAddress(IPAddress.Parse(service.Key.Ip), (ushort)service.Key.Port, Protocol.Tcp);
             services[key] = new ServiceState(key, new ServiceConfig { Scheduler = "mh", Flags = SchedulerFlags.Flag2 },
@@ -71,46 +71,49 @@ internal static class LayoutProfile
         var samples = new Dictionary<string, List<double>>(StringComparer.Ordinal);
         void Sample(string name, double ms) { if (!samples.TryGetValue(name, out var list)) samples[name] = list = []; list.Add(ms); }
         var phases = new Phases();
-        int gen0 = GC.CollectionCount(0), gen1 = GC.CollectionCount(1), gen2 = GC.CollectionCount(2);
-        for (int i = 0; i < changes; i++)
+        int gen0 = 0, gen1 = 0, gen2 = 0;
+        long patches = 0;
+        // Untimed first: rounds of 10 changes until one compiles fewer than 5 methods (at most 10 rounds), so the
+        // timed ones measure tiered-up code, as a daemon's builds are after its first minutes.
+        int warmUp = 0;
+        for (int round = 0, compiled = int.MaxValue; round < 10 && compiled >= 5; round++, warmUp += 10)
+        {
+            long jit = System.Runtime.JitInfo.GetCompiledMethodCount();
+            for (int k = 0; k < 10; k++) Change(-1 - warmUp - k, timed: false);
+            compiled = (int)(System.Runtime.JitInfo.GetCompiledMethodCount() - jit);
+        }
+        (gen0, gen1, gen2, patches) = (GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2), cache.Patches);
+        for (int i = 0; i < changes; i++) Change(i, timed: true);
+
+        void Change(int i, bool timed)
         {
             // One server of one service (every service in the shared case) changes weight, as the fan-out measures it.
-            foreach (var key in kind == "shared" ? keys : [keys[i % keys.Count]])
+            foreach (var key in kind == "shared" ? keys : [keys[((i % keys.Count) + keys.Count) % keys.Count]])
             {
                 var one = current[key];
                 var servers = one.Servers.ToDictionary();
-                var target = servers.Keys.Order().ElementAt(i % servers.Count);
+                var target = servers.Keys.Order().ElementAt(((i % servers.Count) + servers.Count) % servers.Count);
                 servers[target] = servers[target] with { Weight = servers[target].Weight == 1 ? 2u : 1u };
                 current[key] = one with { Servers = servers };
             }
             var input = new Dictionary<ServiceKey, ServiceState>(current);
             long started = Stopwatch.GetTimestamp();
             var next = LayoutBuilder.Build(new LayoutInput(input, macs, options.OwnMac, layout.Assignment) { MacsVersion = 0 }, options, cache, phases);
-            Sample("build", Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+            var built = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
             started = Stopwatch.GetTimestamp();
             _ = ScriptRenderer.DiffScript(layout.Ruleset, next.Ruleset, stage: true);
-            Sample("diff", Stopwatch.GetElapsedTime(started).TotalMilliseconds);
-            foreach (var (phase, ms) in phases.Take()) Sample(phase, ms);
+            var diffed = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
+            var took = phases.Take();
             layout = next;
+            if (!timed) return;
+            Sample("build", built);
+            Sample("diff", diffed);
+            foreach (var (phase, ms) in took) Sample(phase, ms);
         }
         static double At(List<double> list, double q) { var sorted = list.Order().ToList(); return sorted[(int)Math.Min(sorted.Count - 1, Math.Floor(q * sorted.Count))]; }
-        Console.WriteLine($"{changes} weight changes, {services.Count:N0} services ({kind}), load {File.ReadAllText("/proc/loadavg").Trim()}: " +
-            $"collections gen0 {GC.CollectionCount(0) - gen0}, gen1 {GC.CollectionCount(1) - gen1}, gen2 {GC.CollectionCount(2) - gen2}; {cache.Patches} of {changes} builds were patches of the last");
+        Console.WriteLine($"{changes} weight changes after {warmUp} untimed, {services.Count:N0} services ({kind}), load {File.ReadAllText("/proc/loadavg").Trim()}: " +
+            $"collections gen0 {GC.CollectionCount(0) - gen0}, gen1 {GC.CollectionCount(1) - gen1}, gen2 {GC.CollectionCount(2) - gen2}; {cache.Patches - patches} of {changes} builds were patches of the last");
         foreach (var (name, list) in samples)
             Console.WriteLine($"  {name,-16} p50 {At(list, 0.5),7:0.00} ms   p90 {At(list, 0.9),7:0.00} ms");
-    }
-
-    /// <summary>
-    /// unique: no server in two services (the kernel cases share a pool of 500 addresses, which the neighbour table
-    /// limits; a layout without a kernel has no such limit): VIPs as the other cases, servers from 198.18.64.1 on.
-    /// </summary>
-    private static List<(Merlin.Contracts.VirtualService, List<Merlin.Contracts.RealServer>)> Unique(int count, int perService)
-    {
-        static string At(int n) { var a = (198u << 24 | 18u << 16 | 64u << 8) + 1 + (uint)n; return $"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}"; }
-        return Workload.Services("shared", count, perService).Select((s, i) =>
-        {
-            foreach (var (server, j) in s.Servers.Select((r, j) => (r, j))) server.Key.Ip = At(i * perService + j);
-            return (s.Service, s.Servers);
-        }).ToList();
     }
 }

@@ -21,14 +21,14 @@ using Microsoft.Extensions.Logging.Abstractions;
 //         the maps our pass made over netlink (staged) written into them as nft commands: the same
 //         change, all of it through nft.
 // Usage (root): dotnet run -c Release --project bench/Merlin.Nftables.Bench -- [--services 1000]
-//        [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no] [--table maglev|md]
+//        [--servers 10] [--runs 3] [--cases distinct,shared,unique] [--weight-changes 5] [--writer lib|cli] [--stage yes|no] [--table maglev|md]
 // --table md makes every service an md-table service (-b mh-port,md-table: its table computed by the API's deriver
 // as the store is filled, and stored), to compare its maps and kernel memory with Maglev's;
 // --writer cli makes the dataplane write through the nft CLI instead of libnftables (for comparison);
 // --stage no makes it write new maps through nft too (NftablesOptions.StageMaps = false).
 if (args.Contains("--help"))
 {
-    Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared] [--weight-changes 5] [--writer lib|cli] [--stage yes|no] [--table maglev|md]");
+    Console.WriteLine("usage: Merlin.Nftables.Bench [--services 1000] [--servers 10] [--runs 3] [--cases distinct,shared,unique] [--weight-changes 5] [--writer lib|cli] [--stage yes|no] [--table maglev|md]");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-layout [--cases distinct|shared|unique] [--services 1000] [--servers 10] [--weight-changes N]   (layout build and render, no kernel; N changes in a row: each phase's p50/p90)");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-maglev [N] [--builds 50] [--katran PATH]   (one DSR map of N servers (1000) at Merlin's M: time and gen-2 collections per build)");
     Console.WriteLine("       Merlin.Nftables.Bench --profile-sweep [0,10000,100000,262144] [--runs 3]   (root: a server removed while the flow map holds that many pins)");
@@ -72,7 +72,8 @@ foreach (var kind in o.Cases)
     var clock = Stopwatch.StartNew();
     await Workload.FillAsync(store, services);
     Console.WriteLine($"[{kind}] store filled with {services.Count:N0} services × {o.Servers} servers ({(o.MdTable ? "md-table" : "Maglev")}) in {clock.Elapsed.TotalSeconds:0.0} s");
-    var servers = services.SelectMany(s => s.Servers).Select(s => IPAddress.Parse(s.Key.Ip)).Distinct().ToList();
+    // NAT servers are never resolved (nor reached: the benchmark sends no traffic).
+    var servers = kind == "unique" ? [] : services.SelectMany(s => s.Servers).Select(s => IPAddress.Parse(s.Key.Ip)).Distinct().ToList();
 
     for (var run = 1; run <= o.Runs; run++)
     {
@@ -153,7 +154,7 @@ namespace Merlin.Nftables.Bench
         {
             string Get(string name, string fallback) => Array.IndexOf(a, name) is var i && i >= 0 && i + 1 < a.Length ? a[i + 1] : fallback;
             var cases = Get("--cases", "distinct,shared").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            if (cases.Any(c => c is not ("distinct" or "shared" or "unique"))) throw new ArgumentException("--cases: distinct and/or shared (--profile-layout: or unique)");
+            if (cases.Any(c => c is not ("distinct" or "shared" or "unique"))) throw new ArgumentException("--cases: distinct, shared and/or unique");
             return new BenchArgs(int.Parse(Get("--services", "1000"), CultureInfo.InvariantCulture), int.Parse(Get("--servers", "10"), CultureInfo.InvariantCulture),
                 int.Parse(Get("--runs", "3"), CultureInfo.InvariantCulture), cases, int.Parse(Get("--weight-changes", "5"), CultureInfo.InvariantCulture),
                 Get("--writer", "lib") switch { "lib" => false, "cli" => true, var w => throw new ArgumentException($"--writer {w}: lib or cli") },
@@ -213,7 +214,8 @@ namespace Merlin.Nftables.Bench
 
         /// <summary>
         /// distinct: every service has another set of ten real servers, so every service has its own
-        /// Maglev map; shared: every service has the same ten (one map).
+        /// Maglev map; shared: every service has the same ten (one map); unique: no server in two services, NAT (masq:
+        /// nothing to resolve, so no neighbour table limit; --profile-layout makes them route servers all the same).
         /// VIPs 198.18.4.1 …, real servers 198.19.0.1 …, all DSR on port 80.
         /// </summary>
         public static List<(VirtualService Service, List<RealServer> Servers)> Services(string kind, int count, int perService, bool mdTable = false)
@@ -231,8 +233,8 @@ namespace Merlin.Nftables.Bench
                 var servers = Enumerable.Range(0, perService).Select(j => new RealServer
                 {
                     ServiceID = service.Id,
-                    Key = new RealServer.Types.Key { Ip = Address(19, kind == "shared" ? j : Pooled(i, j)), Port = 80 },
-                    Config = new RealServer.Types.Config { Weight = 1, Forward = ForwardMethod.Route },
+                    Key = new RealServer.Types.Key { Ip = kind == "unique" ? Own(i * perService + j) : Address(19, kind == "shared" ? j : Pooled(i, j)), Port = 80 },
+                    Config = new RealServer.Types.Config { Weight = 1, Forward = kind == "unique" ? ForwardMethod.Masq : ForwardMethod.Route },
                 }).ToList();
                 list.Add((service, servers));
             }
@@ -250,6 +252,13 @@ namespace Merlin.Nftables.Bench
         public const int Pool = 500;
 
         private static int Pooled(int service, int j) => (service + j * (service < Pool ? 53 : 37)) % Pool;
+
+        /// <summary>The n-th server of the unique case: 198.18.64.1 on (room for ~114,000; the VIPs end below 198.18.64.0).</summary>
+        private static string Own(int n)
+        {
+            var a = (198u << 24 | 18u << 16 | 64u << 8) + 1 + (uint)n;
+            return $"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}";
+        }
 
         /// <summary>198.&lt;second&gt;.x.y for the n-th host: 250 per /24, starting at .1.</summary>
         private static string Address(int second, int n) => $"198.{second}.{n / 250}.{n % 250 + 1}";

@@ -21,8 +21,8 @@ internal sealed record LastBuild(Layout Layout, long? MacsVersion, Dictionary<La
 /// id. Anything else — services or servers added or removed, a server or map shared with another service, MACs that
 /// changed, issues, md-tables, another kernel state than the last build's — returns null, and the whole build runs.
 /// <para>
-/// At 10,000 services × 10 servers the whole build after one weight change took ~400 ms and its diff ~65 ms (docs/
-/// performance.md); this is a walk of the services by reference and copies of a few dictionaries.
+/// At 10,000 services × 10 servers the whole build after one weight change took 370–560 ms and its diff 55–85 ms; a
+/// patch takes ~5 ms, most of it the walk of the services by reference (docs/performance.md).
 /// </para>
 /// </summary>
 internal static class LayoutPatch
@@ -109,21 +109,20 @@ internal static class LayoutPatch
 
         // 3. Nothing can move: the pieces of the touched services, made anew where their text changed.
         step?.Dispose();
-        step = phases?.Measure("patch: copies");
+        step = phases?.Measure("patch: pieces");
         var previous = input.Previous;
         // The cache's own dictionaries are changed in place (nothing but builds reads them, and nothing can fail from
-        // here on); the assignment's are copied, since the layout the kernel holds keeps its own until this one is written.
+        // here on); the assignment's are layered over the last ones (LayeredDictionary), since the layout the kernel
+        // holds keeps its own until this one is written.
         var entries = Mutable(cache.Services);
         var sets = Mutable(cache.Sets);
         var contents = Mutable(cache.Contents);
         var members = Mutable(cache.Members);
         var texts = Mutable(cache.Texts);
-        var groups = Copy(previous.Groups);
-        var newRecordIds = Copy(recordIds);
-        var newIdsOf = Copy(idsOf);
-        var newServerSets = Copy(serverSets);
-        step?.Dispose();
-        step = phases?.Measure("patch: pieces");
+        var groups = new List<KeyValuePair<string, GroupInfo>>();
+        var (recordsPut, recordsGone) = (new List<KeyValuePair<string, uint>>(), new List<string>());
+        var (idsPut, idsGone) = (new List<KeyValuePair<LayoutBuilder.SetPlan, uint[]>>(), new List<LayoutBuilder.SetPlan>());
+        var setsPut = new List<KeyValuePair<ServiceKey, LayoutBuilder.SetPlan>>();
         var removeState = new List<string>();
         var putState = new List<(string Key, string Element)>();
         var maps = new Dictionary<string, (bool Dsr, SetContent Map)>(StringComparer.Ordinal);
@@ -141,8 +140,8 @@ internal static class LayoutPatch
                 {
                     var (oldBody, body) = (old.Bodies[b].Body, set.Bodies[b].Body);
                     if (body == oldBody) continue;
-                    newRecordIds.Remove(oldBody);
-                    newRecordIds[body] = ids[b];
+                    recordsGone.Add(oldBody);
+                    recordsPut.Add(new(body, ids[b]));
                     last.BodyUsers.Remove(oldBody);
                     last.BodyUsers[body] = 1;
                     var record = new RecordText('r', body, [.. StateRecords.Elements(ids[b], StateRecords.Server(ids[b], body))]);
@@ -150,9 +149,9 @@ internal static class LayoutPatch
                     putState.AddRange(record.Elements);
                     texts[ids[b]] = record;
                 }
-                newIdsOf.Remove(old);
-                newIdsOf[set] = ids;
-                newServerSets[key] = set;
+                idsGone.Add(old);
+                idsPut.Add(new(set, ids));
+                setsPut.Add(new(key, set));
                 sets.Remove(entry.State.Servers);
                 sets[state.Servers] = set;
                 members[set] = members[old];
@@ -173,7 +172,7 @@ internal static class LayoutPatch
                 var group = previous.ServiceGroups[key];
                 contents.Remove(oldPlan.ContentKey);
                 contents[plan.ContentKey] = new GroupContent(TableRenderer.Slots(plan), t.Macs);
-                groups[group] = new GroupInfo(group, plan.Shape, plan.ContentKey);
+                groups.Add(new(group, new GroupInfo(group, plan.Shape, plan.ContentKey)));
                 maps[group] = (plan.Dsr, contents[plan.ContentKey].Map);
                 last.ContentUsers.Remove(oldPlan.ContentKey);
                 last.ContentUsers[plan.ContentKey] = 1;
@@ -208,9 +207,12 @@ internal static class LayoutPatch
         var layoutRuleset = LayoutBuilder.WithMarker(new NftRuleset(tables), options);
         step?.Dispose();
 
-        var assignment = new Assignment(previous.ServiceGroups, groups, previous.ServiceIds, previous.ServerIds)
+        var assignment = new Assignment(previous.ServiceGroups, LayeredDictionary<string, GroupInfo>.With(previous.Groups, groups, []), previous.ServiceIds, previous.ServerIds)
         {
-            ListIds = previous.ListIds, ServerRecordIds = newRecordIds, ServerSets = newServerSets, IdsOf = newIdsOf,
+            ListIds = previous.ListIds,
+            ServerRecordIds = LayeredDictionary<string, uint>.With(recordIds, recordsPut, recordsGone),
+            ServerSets = LayeredDictionary<ServiceKey, LayoutBuilder.SetPlan>.With(serverSets, setsPut, []),
+            IdsOf = LayeredDictionary<LayoutBuilder.SetPlan, uint[]>.With(idsOf, idsPut, idsGone),
         };
         var layout = last.Layout with { Ruleset = layoutRuleset, Assignment = assignment };
         cache.Keep(setOptions, cache.Order!, entries, sets, contents, members, texts, cache.Chains!);

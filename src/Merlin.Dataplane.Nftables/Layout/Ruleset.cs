@@ -220,11 +220,30 @@ internal sealed class HashWriter : BufferedUtf8Writer
 }
 
 /// <summary>Elements keyed by their key text, kept in ordinal order so renders are deterministic.</summary>
+/// <remarks>
+/// Held in chunks of at most <see cref="MaxChunk"/> elements (each below the large-object heap's 85,000 bytes), so a
+/// patch copies the chunks it changes and the list of chunks, not 120,000 elements: a fresh large array per build
+/// had the kernel zero new pages for it, which cost more than the copy itself.
+/// </remarks>
 internal sealed class KeyedContent : SetContent
 {
-    private readonly (string Key, string Element)[] _elements;
+    internal const int MaxChunk = 2048;
+    private readonly (string Key, string Element)[][] _chunks;
+    private readonly int _count;
 
-    private KeyedContent((string Key, string Element)[] elements) => _elements = elements;
+    private KeyedContent((string Key, string Element)[][] chunks)
+    {
+        _chunks = chunks;
+        foreach (var chunk in chunks) _count += chunk.Length;
+    }
+
+    private static KeyedContent FromSorted(List<(string Key, string Element)> sorted)
+    {
+        var chunks = new (string, string)[(sorted.Count + MaxChunk - 1) / MaxChunk][];
+        for (int c = 0; c < chunks.Length; c++)
+            chunks[c] = sorted.GetRange(c * MaxChunk, Math.Min(MaxChunk, sorted.Count - c * MaxChunk)).ToArray();
+        return new KeyedContent(chunks);
+    }
 
     /// <summary>What <see cref="Patched"/> made this content from: <see cref="SetContent.Diff"/> from that base is this, without a walk.</summary>
     internal sealed record PatchInfo(SetContent Base, List<string> Delete, List<string> Add);
@@ -237,70 +256,86 @@ internal sealed class KeyedContent : SetContent
 
     /// <summary>
     /// This content with the elements of <paramref name="remove"/> gone and <paramref name="put"/> added or replacing the
-    /// element of the same key: one merge of the sorted elements (no sort of them, no hash), and the difference from this
-    /// content kept exactly as <see cref="SetContent.Diff"/> would give it (deletes in key order, adds in the new order).
+    /// element of the same key: the chunks the changes fall in are made anew, the others shared (no sort, no hash), and
+    /// the difference from this content kept exactly as <see cref="SetContent.Diff"/> would give it (deletes in key
+    /// order, adds in the new order).
     /// </summary>
     public KeyedContent Patched(IEnumerable<string> remove, IEnumerable<(string Key, string Element)> put)
     {
-        // The changes in key order, each found by a binary search; the elements between them are copied as blocks.
         var changes = new SortedDictionary<string, string?>(StringComparer.Ordinal);
         foreach (var key in remove) changes[key] = null;
         foreach (var (key, element) in put) changes[key] = element;
-        var result = new (string Key, string Element)[_elements.Length + changes.Count];
-        int length = 0, from = 0;
         var digest = Digest;
         var delete = new List<string>();
         var add = new List<string>();
+        // The changes by chunk: a key goes to the last chunk whose first key is not after it.
+        var byChunk = new SortedDictionary<int, List<(string Key, string? Element)>>();
         foreach (var (key, element) in changes)
         {
-            int at = Find(key, from);
-            int found = at >= 0 ? at : ~at;
-            Array.Copy(_elements, from, result, length, found - from);
-            length += found - from;
-            from = found;
-            if (at >= 0)
+            int c = ChunkOf(key);
+            if (!byChunk.TryGetValue(c, out var list)) byChunk[c] = list = [];
+            list.Add((key, element));
+        }
+        var chunks = new List<(string Key, string Element)[]>(_chunks.Length + 1);
+        int next = 0;
+        foreach (var (c, list) in byChunk)
+        {
+            for (; next < c; next++) chunks.Add(_chunks[next]);
+            next = c + 1;
+            var had = c < _chunks.Length ? _chunks[c] : [];
+            var merged = new List<(string Key, string Element)>(had.Length + list.Count);
+            int i = 0;
+            foreach (var (key, element) in list)
             {
-                from++;
-                if (element is null) { delete.Add(key); digest -= Digests.Of(_elements[at].Element); continue; }
-                result[length++] = (key, element);
-                if (element != _elements[at].Element)
+                while (i < had.Length && string.CompareOrdinal(had[i].Key, key) < 0) merged.Add(had[i++]);
+                if (i < had.Length && had[i].Key == key)
                 {
-                    delete.Add(key);
+                    var was = had[i++].Element;
+                    if (element is null) { delete.Add(key); digest -= Digests.Of(was); continue; }
+                    merged.Add((key, element));
+                    if (element != was)
+                    {
+                        delete.Add(key);
+                        add.Add(element);
+                        digest += Digests.Of(element) - Digests.Of(was);
+                    }
+                }
+                else if (element is not null)
+                {
+                    merged.Add((key, element));
                     add.Add(element);
-                    digest += Digests.Of(element) - Digests.Of(_elements[at].Element);
+                    digest += Digests.Of(element);
                 }
             }
-            else if (element is not null)
-            {
-                result[length++] = (key, element);
-                add.Add(element);
-                digest += Digests.Of(element);
-            }
+            while (i < had.Length) merged.Add(had[i++]);
+            for (int at = 0; at < merged.Count; at += MaxChunk) chunks.Add(merged.GetRange(at, Math.Min(MaxChunk, merged.Count - at)).ToArray());
         }
-        Array.Copy(_elements, from, result, length, _elements.Length - from);
-        length += _elements.Length - from;
-        Array.Resize(ref result, length);
+        for (; next < _chunks.Length; next++) chunks.Add(_chunks[next]);
+        delete.Sort(StringComparer.Ordinal);
         _patch = null;
-        return new KeyedContent(result) { _patch = new PatchInfo(this, delete, add), _digest = digest };
+        return new KeyedContent([.. chunks]) { _patch = new PatchInfo(this, delete, add), _digest = digest };
     }
 
-    public override int Count => _elements.Length;
-
-    public override IEnumerable<(string Key, string Element)> Elements() => _elements;
-
-    /// <summary>The index of <paramref name="key"/> at or after <paramref name="start"/>, or the complement of where it would go.</summary>
-    private int Find(string key, int start)
+    /// <summary>The chunk a key belongs in: the last whose first key is not after it (the first chunk for a smaller key; 0 when there is none).</summary>
+    private int ChunkOf(string key)
     {
-        int lo = start, hi = _elements.Length - 1;
+        int lo = 1, hi = _chunks.Length - 1, found = 0;
         while (lo <= hi)
         {
             int mid = lo + ((hi - lo) >> 1);
-            int c = string.CompareOrdinal(_elements[mid].Key, key);
-            if (c == 0) return mid;
-            if (c < 0) lo = mid + 1;
+            if (string.CompareOrdinal(_chunks[mid][0].Key, key) <= 0) { found = mid; lo = mid + 1; }
             else hi = mid - 1;
         }
-        return ~lo;
+        return found;
+    }
+
+    public override int Count => _count;
+
+    public override IEnumerable<(string Key, string Element)> Elements()
+    {
+        foreach (var chunk in _chunks)
+            foreach (var element in chunk)
+                yield return element;
     }
 
     /// <summary>The elements in ordinal order of their keys; of elements with the same key, the last one.</summary>
@@ -321,7 +356,7 @@ internal sealed class KeyedContent : SetContent
             if (i + 1 < order.Length && string.Equals(list[order[i]].Key, list[order[i + 1]].Key, StringComparison.Ordinal)) continue;
             result.Add(list[order[i]]);
         }
-        return new KeyedContent([.. result]);
+        return FromSorted(result);
     }
 }
 
