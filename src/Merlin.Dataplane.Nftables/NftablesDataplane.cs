@@ -294,9 +294,18 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
         }
         else if (OlderMarker(dsr) is { } older && TableAuditor.Mismatch(WithMarker(tables, layout), layout.Ruleset) is null)
         {
-            // Everything matches but the marker, which an older Merlin wrote in its own way: not tampering.
+            // Everything matches but the marker, which an older Merlin wrote in its own way: not tampering. The
+            // kernel holds this layout with that marker; the diff to this one declares the marker set anew, nothing else.
             LogMarkerUpgraded(older);
-            await RewriteAsync(layout, ct);
+            var dsrTable = layout.Ruleset.Table("netdev", _options.DsrTable)!;
+            var marker = dsrTable.Sets[LayoutBuilder.MarkerSet];
+            var held = layout with
+            {
+                Ruleset = new NftRuleset(layout.Ruleset.Tables.Select(t => t == dsrTable ? t with { Sets = new Dictionary<string, NftSet>(t.Sets) { [marker.Name] = marker with { Declaration = $"type mark; comment \"{older}\";" } } } : t).ToList()),
+            };
+            _programmed = new ProgrammedState { Services = decoded.Services, Layout = held };
+            _programmed.Remember(generation, tables);
+            await _writer.WriteAsync(_programmed, layout, decoded.Services, ct);
         }
         else
         {

@@ -167,7 +167,7 @@ public class KernelTests
 
     /// <summary>
     /// Tables an older Merlin wrote (a "merlin v1" marker: one SHA-256 over everything) are this version's tables
-    /// but for the marker's fingerprint: adopted, the marker written anew, no repair counted, pinned flows kept.
+    /// but for the marker's fingerprint: adopted, the marker set alone declared anew, no repair counted, pinned flows kept.
     /// </summary>
     [Fact]
     public async Task Restart_AfterAnUpgrade_ReplacesAnOlderMarker_WithoutCountingARepair()
@@ -179,10 +179,13 @@ public class KernelTests
         ns.NftScript("delete set netdev merlin marker\nadd set netdev merlin marker { type mark; comment \"merlin v1 0123456789abcdef0123456789abcdef\"; }\n");
         ns.Nft("add", "element", "netdev", "merlin", "flows4", "{ 198.18.9.1 . 198.18.0.10 . 40000 . 80 : 02:00:c6:12:01:0b }");
 
-        var (second, _) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
+        var (second, nft) = KernelDataplane.Create(ns, FakeNeighbours.For(desired.Values));
         Assert.Equal(0, await second.ReconcileAsync(desired));
 
         Assert.Equal(0, second.Repairs);
+        // One transaction, of the marker alone.
+        var script = Assert.Single(nft.Scripts);
+        Assert.All(script.TrimEnd('\n').Split('\n'), line => Assert.EndsWith("netdev merlin marker", line.Split(" {")[0], StringComparison.Ordinal));
         Assert.Contains($"{LayoutBuilder.MarkerVersion} {Build(desired).Ruleset.Fingerprint("marker")}", ns.Nft("list", "set", "netdev", "merlin", "marker"));
         Assert.Contains("198.18.9.1", ns.Nft("list", "map", "netdev", "merlin", "flows4"));
         // Someone else's marker is still tampering.
