@@ -13,6 +13,11 @@ namespace Merlin.Testing;
 public sealed class FakeClock(DateTimeOffset start) : FakeTimeProvider(start)
 {
     private readonly Lock _lock = new();
+    // Held while a timer is changed and while the clock moves: a Change is then wholly before or wholly after an
+    // Advance. Without it a timer could be counted as set (the test goes on), the clock moved, and only then the fake
+    // provider's own timer armed, relative to the new time: due now by our books, never fired. Re-entrant (a Monitor),
+    // since a timer's callback may change a timer while Advance fires it.
+    private readonly object _moving = new();
     private readonly List<WatchedTimer> _armed = [];
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _sets;
@@ -86,6 +91,18 @@ public sealed class FakeClock(DateTimeOffset start) : FakeTimeProvider(start)
         }
     }
 
+    /// <summary>Moves the clock (firing what falls due), never in the middle of a timer's change.</summary>
+    public new void Advance(TimeSpan delta)
+    {
+        lock (_moving) base.Advance(delta);
+    }
+
+    /// <summary>Sets the clock (firing what falls due), never in the middle of a timer's change.</summary>
+    public new void SetUtcNow(DateTimeOffset value)
+    {
+        lock (_moving) base.SetUtcNow(value);
+    }
+
     public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
     {
         var watched = new WatchedTimer(this);
@@ -124,9 +141,12 @@ public sealed class FakeClock(DateTimeOffset start) : FakeTimeProvider(start)
         public bool Change(TimeSpan dueTime, TimeSpan period)
         {
             if (_disposed) return false;
-            _period = period;
-            clock.Set(this, dueTime == Timeout.InfiniteTimeSpan ? null : clock.GetUtcNow() + dueTime, counts: true);
-            return Inner.Change(dueTime, period);
+            lock (clock._moving)
+            {
+                _period = period;
+                clock.Set(this, dueTime == Timeout.InfiniteTimeSpan ? null : clock.GetUtcNow() + dueTime, counts: true);
+                return Inner.Change(dueTime, period);
+            }
         }
 
         public void Fire()
