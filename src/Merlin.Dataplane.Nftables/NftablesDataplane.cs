@@ -292,16 +292,17 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
             _programmed.Remember(generation, tables);
             LogAdopted(decoded.Services.Count, decoded.Services.Values.Sum(s => s.Servers.Count));
         }
-        else if (OlderMarker(dsr) is { } older && TableAuditor.Mismatch(WithMarker(tables, layout), layout.Ruleset) is null)
+        else if (OlderMarker(dsr) is { } older
+                 && TableAuditor.Mismatch(WithMarkerComment(tables, LayoutBuilder.MarkerComment(layout.Ruleset.Fingerprint(LayoutBuilder.MarkerSet))), layout.Ruleset) is null)
         {
             // Everything matches but the marker, which an older Merlin wrote in its own way: not tampering. The
             // kernel holds this layout with that marker; the diff to this one declares the marker set anew, nothing else.
             LogMarkerUpgraded(older);
             var dsrTable = layout.Ruleset.Table("netdev", _options.DsrTable)!;
-            var marker = dsrTable.Sets[LayoutBuilder.MarkerSet];
             var held = layout with
             {
-                Ruleset = new NftRuleset(layout.Ruleset.Tables.Select(t => t == dsrTable ? t with { Sets = new Dictionary<string, NftSet>(t.Sets) { [marker.Name] = marker with { Declaration = $"type mark; comment \"{older}\";" } } } : t).ToList()),
+                Ruleset = new NftRuleset(layout.Ruleset.Tables.Select(t => ReferenceEquals(t, dsrTable)
+                    ? t with { Sets = new Dictionary<string, NftSet>(t.Sets) { [LayoutBuilder.MarkerSet] = LayoutBuilder.Marker(older) } } : t).ToList()),
             };
             _programmed = new ProgrammedState { Services = decoded.Services, Layout = held };
             _programmed.Remember(generation, tables);
@@ -322,15 +323,10 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
         && comment.StartsWith("merlin v", StringComparison.Ordinal) && !comment.StartsWith(LayoutBuilder.MarkerVersion + " ", StringComparison.Ordinal)
             ? comment : null;
 
-    /// <summary>The kernel's tables with the marker <paramref name="layout"/> writes in place of theirs.</summary>
-    private static IReadOnlyList<KernelTable> WithMarker(IReadOnlyList<KernelTable> tables, Layout.Layout layout)
-    {
-        var declaration = layout.Ruleset.Tables.FirstOrDefault(t => t.Family == "netdev")?.Sets.GetValueOrDefault(LayoutBuilder.MarkerSet)?.Declaration ?? "";
-        int at = declaration.IndexOf("comment \"", StringComparison.Ordinal);
-        var comment = at < 0 ? null : declaration[(at + 9)..declaration.LastIndexOf('"')];
-        return tables.Select(t => t.Family != "netdev" ? t
+    /// <summary>The kernel's tables with <paramref name="comment"/> on their marker in place of theirs.</summary>
+    private static IReadOnlyList<KernelTable> WithMarkerComment(IReadOnlyList<KernelTable> tables, string comment) =>
+        tables.Select(t => t.Family != "netdev" ? t
             : t with { Sets = t.Sets.Select(s => s.Name == LayoutBuilder.MarkerSet ? s with { Comment = comment } : s).ToList() }).ToList();
-    }
 
     // ---- checking and repairing ----
 
@@ -470,7 +466,7 @@ public sealed partial class NftablesDataplane : IDataplane, IDataplaneDiagnostic
     [LoggerMessage(EventId = 401, Level = LogLevel.Warning, Message = "nftables: our tables do not match their state records ({Reason}); rewriting them")]
     private partial void LogAdoptRepair(string reason);
 
-    [LoggerMessage(EventId = 420, Level = LogLevel.Information, Message = "nftables: the tables were written by an older Merlin (marker \"{Marker}\"); rewriting them with this version's marker")]
+    [LoggerMessage(EventId = 420, Level = LogLevel.Information, Message = "nftables: the tables were written by an older Merlin (marker \"{Marker}\"); writing this version's marker")]
     private partial void LogMarkerUpgraded(string marker);
 
     [LoggerMessage(EventId = 402, Level = LogLevel.Warning, Message = "nftables: our tables were changed behind our back ({Reason}); repairing")]

@@ -261,7 +261,7 @@ internal static class LayoutBuilder
         var dsr = ruleset.Table("netdev", options.DsrTable);
         if (dsr is null) return ruleset;
         var fingerprint = ruleset.Fingerprint(MarkerSet);
-        var marker = new NftSet(MarkerSet, "set", $"type mark; comment \"{MarkerComment(fingerprint)}\";", SetContent.Empty);
+        var marker = Marker(MarkerComment(fingerprint));
         NftTable marked;
         if (dsr.Sets.ContainsKey(MarkerSet)) marked = dsr.WithSetsReplaced([marker], sameBuild: true);
         else marked = dsr with { Sets = new Dictionary<string, NftSet>(dsr.Sets) { [MarkerSet] = marker } };
@@ -273,6 +273,9 @@ internal static class LayoutBuilder
     /// one SHA-256 over everything. A v1 marker found at start is replaced without counting it as tampering.
     /// </summary>
     public static string MarkerComment(string fingerprint) => $"{MarkerVersion} {fingerprint}";
+
+    /// <summary>The marker set carrying <paramref name="comment"/>.</summary>
+    internal static NftSet Marker(string comment) => new(MarkerSet, "set", $"type mark; comment \"{comment}\";", SetContent.Empty);
 
     public const string MarkerVersion = "merlin v2";
 
